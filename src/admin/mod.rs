@@ -1,0 +1,3 @@
+//! The mutual-TLS admin API and its client.
+
+pub mod cli;

@@ -1,0 +1,12 @@
+//! `keyward bench`: the SigV4 load generator (placeholder).
+
+use std::process::ExitCode;
+
+/// Arguments (placeholder).
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Run the command (placeholder).
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not implemented yet")
+}

@@ -1,0 +1,56 @@
+//! `keyward`: argument parsing and dispatch only. Each subcommand's arguments and behaviour live
+//! in its own module's `cli` file.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// keyward: a confidential key appliance for AWS KMS External Key Stores.
+///
+/// Boots in an AMD SEV-SNP confidential VM, proves what it runs to a key-release service in
+/// front of the customer's HSM, receives its master key wrapped to an in-VM ephemeral key,
+/// unseals the KEKs into locked memory and serves the XKS Proxy API.
+#[derive(Parser)]
+#[command(name = "keyward", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance: attest, release, unseal, then serve the XKS and admin APIs.
+    Serve(keyward::appliance::cli::ServeArgs),
+    /// Check a configuration file and report every problem with its key path.
+    Config(keyward::config::cli::Args),
+    /// Manage keys, grants and credentials through the mutual-TLS admin API.
+    Admin(keyward::admin::cli::Args),
+    /// Run the whole pipeline on embedded defaults (simulated TEE, local key release).
+    Demo(keyward::demo::Args),
+    /// Verify attestation evidence offline or from a running appliance (the auditor's tool).
+    Verify(keyward::verify::cli::Args),
+    /// The key-release service in front of the HSM, and its operator commands.
+    Krs(keyward::release::cli::Args),
+    /// Load-generate against any XKS proxy with SigV4-signed requests.
+    Bench(keyward::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => keyward::appliance::cli::serve(a),
+        Command::Config(a) => keyward::config::cli::run(a),
+        Command::Admin(a) => keyward::admin::cli::run(a),
+        Command::Demo(a) => keyward::demo::run(a),
+        Command::Verify(a) => keyward::verify::cli::run(a),
+        Command::Krs(a) => keyward::release::cli::run(a),
+        Command::Bench(a) => keyward::bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyward: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
