@@ -7,4 +7,6 @@
 
 pub mod cli;
 pub mod evidence;
+pub mod nitro;
+pub mod tpm;
 pub mod verdict;

@@ -1,0 +1,1 @@
+//! NitroTPM attestation document verifier (placeholder, filled below).
