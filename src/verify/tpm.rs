@@ -692,7 +692,7 @@ pub fn build_event_log(bank: Bank, events: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
 // The verifier
 // ---------------------------------------------------------------------------------------------
 
-fn find_pcr<'a>(ev: &'a TpmEvidence, bank: Bank, idx: u8) -> Option<&'a [u8]> {
+fn find_pcr(ev: &TpmEvidence, bank: Bank, idx: u8) -> Option<&[u8]> {
     ev.pcrs
         .iter()
         .find(|p| Bank::from_name(&p.bank) == Some(bank) && p.index == idx)
