@@ -238,8 +238,10 @@ fn signature_chain_and_root_failures() {
         vec!["nitro.root"]
     );
     // The default policy pins AWS's real root, so a test root is refused there too.
-    let mut dp = NitroPolicy::default();
-    dp.pcrs = p.pcrs.clone();
+    let dp = NitroPolicy {
+        pcrs: p.pcrs.clone(),
+        ..Default::default()
+    };
     assert_eq!(run(document(&pki_a, &f), &dp, &f, NOW), vec!["nitro.root"]);
 
     // A leaf from another PKI presented under this root: the chain breaks.
