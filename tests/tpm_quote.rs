@@ -338,3 +338,53 @@ fn swtpm_sha384_bank_quote_verifies() {
     verify_tpm(b.tpm.as_ref().unwrap(), &p, &q, &mut v);
     assert!(checks_failed(&v).contains(&"tpm.pcr_selection".to_string()));
 }
+
+#[test]
+fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
+    use keyward::attest::nitrotpm::{
+        encode_request, exchange, read_and_undefine, write_request, NitroTpmAttester,
+        NitroTpmConfig, RawTransport,
+    };
+    use keyward::attest::AttestError;
+    let Some(tpm) = start_swtpm() else { return };
+    let tcti = tpm.tcti();
+    let req = encode_request(Some(&[0xaa; 64]), Some(&[1; 32]), Some(b"spki"));
+
+    // The message-buffer protocol on a real TPM: define, write, read back, undefine.
+    let mut ctx = keyward::attest::tpm::open_context(&tcti).unwrap();
+    let mb = write_request(&mut ctx, &req, 2048).unwrap();
+    let back = read_and_undefine(&mut ctx, &mb).unwrap();
+    assert_eq!(back.len(), 2048);
+    assert_eq!(&back[..req.len()], req.as_slice());
+    let left = tss_esapi::abstraction::nv::list(&mut ctx).unwrap();
+    assert!(left.is_empty(), "NV index left behind: {left:?}");
+    drop(ctx);
+
+    // The vendor command reaches swtpm's dispatcher as a well-formed command and is refused
+    // as an unknown command code (0x143), which the attester reports as "not a NitroTPM";
+    // the buffer is undefined on that path too.
+    let cfg = NitroTpmConfig {
+        tcti: tcti.clone(),
+        raw: RawTransport::Tcp(format!("127.0.0.1:{}", tpm.port)),
+        buffer_size: 2048,
+    };
+    match exchange(&cfg, &req) {
+        Err(AttestError::Unavailable(m)) => assert!(m.contains("not a NitroTPM"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let mut ctx = keyward::attest::tpm::open_context(&tcti).unwrap();
+    assert!(tss_esapi::abstraction::nv::list(&mut ctx)
+        .unwrap()
+        .is_empty());
+    drop(ctx);
+    let att = NitroTpmAttester::new(cfg);
+    let mut b = EvidenceBundle::default();
+    let binding = Binding {
+        report_data: [0; 64],
+        user_data: vec![1; 48],
+        nonce: Some(vec![2; 32]),
+        public_key: None,
+    };
+    assert!(att.attest(&binding, &mut b).is_err());
+    assert!(b.nitro.is_none());
+}

@@ -36,4 +36,5 @@ pub trait Attester: Send + Sync {
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
 
+pub mod nitrotpm;
 pub mod tpm;
