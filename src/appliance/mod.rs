@@ -23,3 +23,4 @@ pub trait MasterKeySource: Send + Sync {
     fn obtain(&self) -> Result<Key32, MasterKeyError>;
 }
 pub mod cli;
+pub mod notify;
