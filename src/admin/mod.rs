@@ -3,4 +3,7 @@
 //! every client certificate must chain to the operator's CA.
 
 pub mod cli;
+pub mod client;
+pub mod proto;
+pub mod server;
 pub mod tls;

@@ -51,7 +51,10 @@ impl Notifier {
     /// Half of `$WATCHDOG_USEC` when the watchdog is on for this process (systemd's advice).
     pub fn watchdog_interval() -> Option<Duration> {
         let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-        if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+        if let Some(pid) = std::env::var("WATCHDOG_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+        {
             if pid != std::process::id() {
                 return None;
             }
