@@ -72,9 +72,10 @@ impl Ca {
     pub fn server(&self, names: &[&str], days: i64) -> Result<Issued, PkiError> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, days);
@@ -84,7 +85,9 @@ impl Ca {
     /// A client certificate with subject `CN=common_name`, valid `days` (negative: expired).
     pub fn client(&self, common_name: &str, days: i64) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params
             .distinguished_name
             .push(DnType::OrganizationName, "keyward");
