@@ -755,6 +755,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn legacy_section_loads_into_a_store_accepting_both_service_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = dir.path().join("mk");
+        std::fs::write(&mk, [1u8; 32]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&mk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = r#"
+[aws_xks_config]
+aws_xks_enable = true
+aws_xks_region = "us-east-1"
+aws_xks_service = "xks-kms"
+aws_xks_sigv4_access_key_id = "AKIAIOSFODNN7EXAMPLE"
+aws_xks_sigv4_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+[xks]
+insecure_http = true
+[master_key]
+source = "file"
+file = "mk"
+"#;
+        let loaded = load_str(text, dir.path());
+        let cfg = loaded.config.expect("the legacy file must load");
+        let ks = &cfg.key_stores[0];
+        assert_eq!(ks.uri_prefix, "");
+        assert_eq!(ks.region, "us-east-1");
+        assert_eq!(
+            ks.services,
+            vec!["kms-xks-proxy".to_string(), "xks-kms".to_string()]
+        );
+        assert_eq!(ks.credentials[0].access_key_id, "AKIAIOSFODNN7EXAMPLE");
+        assert!(loaded
+            .problems
+            .iter()
+            .any(|p| p.severity == Severity::KmsIncompatible
+                && p.path == "aws_xks_config.aws_xks_sigv4_secret_access_key"));
+        // A disabled legacy section yields no store (and so, alone, an error).
+        let off = text.replace("aws_xks_enable = true", "aws_xks_enable = false");
+        assert!(load_str(&off, dir.path()).config.is_none());
+    }
+
+    #[test]
     fn prefix_rules() {
         let mut p = Problems::default();
         check_prefix("", "x", &mut p);
