@@ -658,3 +658,29 @@ fn remove_store_with_force_destroys_its_keys() {
     reg.create_store(store("default", "/keyward")).unwrap();
     assert!(reg.list_keys(None).unwrap().is_empty());
 }
+
+#[test]
+fn create_keys_in_one_batch_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = populated(dir.path());
+    let ids: Vec<String> = (0..50).map(|i| format!("batch-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let infos = reg
+        .create_keys(None, &refs, KeyUsage::EncryptDecrypt)
+        .unwrap();
+    assert_eq!(infos.len(), 50);
+    assert!(infos.iter().all(|k| k.grants.is_empty()));
+    // A batch with one bad or duplicate id creates nothing.
+    assert!(reg
+        .create_keys(None, &["fresh", "k1"], KeyUsage::EncryptDecrypt)
+        .is_err());
+    assert!(reg
+        .create_keys(None, &["fresh", ".."], KeyUsage::EncryptDecrypt)
+        .is_err());
+    assert!(reg.key_info(None, "fresh").is_err());
+    let kek = kek_of(&reg, "default", "batch-7");
+    drop(reg);
+    let reg = open(dir.path()).unwrap();
+    assert_eq!(reg.list_keys(None).unwrap().len(), 52);
+    assert_eq!(kek_of(&reg, "default", "batch-7"), kek);
+}

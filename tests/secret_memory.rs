@@ -18,10 +18,8 @@ fn vmflags_of(addr: usize) -> Option<String> {
     for line in smaps.lines() {
         if let Some((range, _)) = line.split_once(' ') {
             if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (
-                    usize::from_str_radix(a, 16),
-                    usize::from_str_radix(b, 16),
-                ) {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
                     inside = a <= addr && addr < b;
                     continue;
                 }
@@ -39,9 +37,16 @@ fn vmflags_of(addr: usize) -> Option<String> {
 #[test]
 fn key32_debug_is_redacted_everywhere() {
     let k = Key32::from_bytes(&[0xAB; 32]).unwrap();
-    for s in [format!("{k:?}"), format!("{k:#?}"), format!("{:?}", Some(&k))] {
+    for s in [
+        format!("{k:?}"),
+        format!("{k:#?}"),
+        format!("{:?}", Some(&k)),
+    ] {
         assert!(s.contains("redacted"), "{s}");
-        assert!(!s.to_lowercase().contains("ab, ") && !s.contains("171"), "{s}");
+        assert!(
+            !s.to_lowercase().contains("ab, ") && !s.contains("171"),
+            "{s}"
+        );
     }
     let live = keyward::keystore::view::LiveKey {
         id: "k".into(),
@@ -85,7 +90,10 @@ fn keys_are_locked_dontdump_and_vmlck_grows() {
     // forked children ("wf", where the kernel supports it).
     let flags = vmflags_of(keys[0].expose().as_ptr() as usize).expect("mapping in smaps");
     assert!(flags.split(' ').any(|f| f == "lo"), "not locked: {flags}");
-    assert!(flags.split(' ').any(|f| f == "dd"), "not MADV_DONTDUMP: {flags}");
+    assert!(
+        flags.split(' ').any(|f| f == "dd"),
+        "not MADV_DONTDUMP: {flags}"
+    );
 
     // Dropping keys frees slots that are then reused: no new chunks for the same number again.
     let chunks = stats1.chunks;
@@ -178,9 +186,16 @@ fn strict_policy_refuses_unlockable_memory() {
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("STRICT_REFUSED"), "{stdout}");
-    assert!(stdout.contains("RLIMIT_MEMLOCK"), "message says what to do: {stdout}");
+    assert!(
+        stdout.contains("RLIMIT_MEMLOCK"),
+        "message says what to do: {stdout}"
+    );
     assert!(stdout.contains("STRICT_KEY_REFUSED"), "{stdout}");
     assert!(stdout.contains("ALLOWED_UNLOCKED"), "{stdout}");
     assert!(stdout.contains("KEY_OK"), "{stdout}");

@@ -390,10 +390,26 @@ impl Registry {
 
     /// Durably append `rec`, then publish `snap`, then compact if due.
     fn commit(&self, inner: &mut Inner, rec: Record, snap: Snapshot) -> Result<(), KeystoreError> {
-        let seq = inner.next_seq;
-        let mac = inner.sealer.mac_record(seq, &rec)?;
-        inner.backend.append(&SignedRecord { seq, mac, rec })?;
-        inner.next_seq += 1;
+        self.commit_batch(inner, vec![rec], snap)
+    }
+
+    /// Durably append `recs` (one write, one `fdatasync`), then publish `snap`, then compact
+    /// if due.
+    fn commit_batch(
+        &self,
+        inner: &mut Inner,
+        recs: Vec<Record>,
+        snap: Snapshot,
+    ) -> Result<(), KeystoreError> {
+        let mut seq = inner.next_seq;
+        let mut signed = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let mac = inner.sealer.mac_record(seq, &rec)?;
+            signed.push(SignedRecord { seq, mac, rec });
+            seq += 1;
+        }
+        inner.backend.append_batch(&signed)?;
+        inner.next_seq = seq;
         let snap = Arc::new(snap);
         self.view.store(Arc::clone(&snap));
         let live: usize = snap
@@ -538,6 +554,64 @@ impl Registry {
     ) -> Result<KeyInfo, KeystoreError> {
         validate::key_id(id)?;
         self.add_key(store, id, usage, Key32::random()?)
+    }
+
+    /// Create many keys at once (fresh random KEKs, version 1, enabled, no grants), with a
+    /// single write and `fdatasync`: for provisioning and benchmarks. All ids are checked first;
+    /// on error nothing is created. Durable together when it returns.
+    pub fn create_keys(
+        &self,
+        store: Option<&str>,
+        ids: &[&str],
+        usage: KeyUsage,
+    ) -> Result<Vec<KeyInfo>, KeystoreError> {
+        for id in ids {
+            validate::key_id(id)?;
+        }
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let mut keys = sv.keys.clone();
+        let created = now_unix();
+        let mut records = Vec::with_capacity(ids.len());
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            if keys.contains_key(*id) {
+                return Err(KeystoreError::DuplicateKey {
+                    store: sv.name.clone(),
+                    id: id.to_string(),
+                });
+            }
+            let kek = Key32::random()?;
+            records.push(Record::Key(KeyRecord {
+                store: sv.name.clone(),
+                id: id.to_string(),
+                version: 1,
+                usage,
+                status: KeyStatus::Enabled,
+                grants: Vec::new(),
+                created,
+                kek: inner.sealer.seal_kek(&sv.name, id, 1, &kek)?,
+            }));
+            let live = Arc::new(LiveKey {
+                id: id.to_string(),
+                version: 1,
+                usage,
+                status: KeyStatus::Enabled,
+                grants: Vec::new(),
+                kek,
+            });
+            infos.push(key_info(&sv.name, &live, created));
+            keys.insert(id.to_string(), live);
+        }
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit_batch(&mut inner, records, Snapshot { stores })?;
+        if let Some(m) = inner.meta.get_mut(&sv.name) {
+            m.keys
+                .extend(ids.iter().map(|id| (id.to_string(), created)));
+        }
+        Ok(infos)
     }
 
     /// Create a key from 32 raw bytes (migration of an existing key); otherwise as
