@@ -684,3 +684,16 @@ fn create_keys_in_one_batch_survive_reopen() {
     assert_eq!(reg.list_keys(None).unwrap().len(), 52);
     assert_eq!(kek_of(&reg, "default", "batch-7"), kek);
 }
+
+#[test]
+fn health_probe_and_kms_uri_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = populated(dir.path());
+    reg.check_readable().unwrap();
+    assert_eq!(
+        reg.list_stores()[0].xks_proxy_uri_path(),
+        "/keyward/kms/xks/v1"
+    );
+    std::fs::remove_file(log_path(dir.path())).unwrap();
+    assert!(reg.check_readable().is_err());
+}

@@ -59,6 +59,10 @@ impl FileKeyStore {
             .mode(0o700)
             .create(dir)
             .map_err(KeystoreError::io("create directory"))?;
+        // Make the directory entry itself durable (it may have just been created).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

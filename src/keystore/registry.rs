@@ -77,6 +77,13 @@ pub struct KeyInfo {
     pub created: u64,
 }
 
+impl StoreInfo {
+    /// The `XksProxyUriPath` to configure in AWS KMS: the prefix followed by `/kms/xks/v1`.
+    pub fn xks_proxy_uri_path(&self) -> String {
+        format!("{}/kms/xks/v1", self.uri_prefix)
+    }
+}
+
 impl KeyInfo {
     /// Creation time as RFC 3339 (UTC).
     pub fn created_rfc3339(&self) -> String {
@@ -340,6 +347,16 @@ impl Registry {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.view.load_full()
+    }
+
+    /// Health probe: the backing store can still be read (its header is there and unchanged).
+    pub fn check_readable(&self) -> Result<(), KeystoreError> {
+        let mut inner = self.lock();
+        match inner.backend.header()? {
+            Some(h) if inner.sealer.verify_check(&h.check) => Ok(()),
+            Some(_) => Err(KeystoreError::WrongMasterKey),
+            None => Err(KeystoreError::Format("key store header is gone".into())),
+        }
     }
 
     /// Where the records live (for messages and health).
