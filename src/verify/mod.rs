@@ -11,9 +11,11 @@
 
 pub mod cli;
 pub mod evidence;
+pub mod nitro;
 pub mod policy;
 pub mod snp;
 pub mod testsign;
+pub mod tpm;
 pub mod verdict;
 
 use std::time::{SystemTime, UNIX_EPOCH};
