@@ -56,12 +56,15 @@ impl AgentError {
     /// True for a deny the KRS gave for policy reasons (evidence rejected, policy mismatch,
     /// pins): retrying quickly will not change the answer.
     pub fn is_policy_deny(&self) -> bool {
-        matches!(self, AgentError::Denied { code, .. } if [
-            DenyCode::EvidenceRejected.number(),
-            DenyCode::EvidenceMalformed.number(),
-            DenyCode::PolicyDigestMismatch.number(),
-            DenyCode::PinMismatch.number(),
-        ].contains(code) || *code >= 152 && *code < 199)
+        match self {
+            AgentError::Denied { code, .. } => {
+                *code == DenyCode::PinMismatch.number()
+                    || *code == DenyCode::PolicyDigestMismatch.number()
+                    || (DenyCode::EvidenceMalformed.number()..DenyCode::Internal.number())
+                        .contains(code)
+            }
+            _ => false,
+        }
     }
 }
 

@@ -78,9 +78,10 @@ enum PolicyCmd {
         /// Policy name.
         #[arg(long, default_value = "default")]
         id: String,
-        /// Version; must be at least the highest the KRS has accepted.
+        /// Version; must be at least the highest the KRS has accepted. Default: the policy's
+        /// own `policy_version`.
         #[arg(long)]
-        version: u64,
+        version: Option<u64>,
         /// The verifier policy file to sign.
         #[arg(long = "in")]
         input: PathBuf,
@@ -222,6 +223,8 @@ pub fn load_policy(cfg: &KrsConfig, file: &Path) -> anyhow::Result<policy::Verif
         .with_context(|| format!("reading {}", cfg.admin_public_key.display()))?;
     let admin = policy::admin_public_key(&pem)?;
     let p = policy::load(file, &admin)?;
+    super::source::check_policy_text(&p.policy)
+        .with_context(|| format!("signed policy {}", file.display()))?;
     policy::enforce_version(&cfg.version_file(), &p)?;
     Ok(p)
 }
@@ -308,6 +311,13 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             );
             let text =
                 std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let parsed = crate::verify::Policy::from_bytes(&text)
+                .with_context(|| format!("{} is not a valid verifier policy", input.display()))?;
+            let version = match version {
+                Some(v) => v,
+                None if parsed.policy_version > 0 => parsed.policy_version,
+                None => bail!("pass --version (the policy has no policy_version)"),
+            };
             let signed = policy::sign(&pem, &id, version, &text)?;
             std::fs::write(&out, serde_json::to_vec_pretty(&signed)?)?;
             println!("signed {id} version {version} -> {}", out.display());

@@ -123,34 +123,77 @@ impl MasterKeySource for ReleaseSource {
     }
 }
 
-/// The verifier library is not in this build yet: refuse all evidence (fail closed).
-struct FailClosed;
+/// The shared verifier library as the KRS's appraiser. The signed policy's text is a verifier
+/// policy (`crate::verify::Policy`); it is parsed once per policy digest.
+pub struct VerifierAppraiser {
+    parsed: std::sync::Mutex<Option<([u8; 48], Arc<crate::verify::Policy>)>>,
+}
 
-impl Appraiser for FailClosed {
+impl VerifierAppraiser {
+    pub fn new() -> Self {
+        Self {
+            parsed: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn policy(&self, p: &VerifiedPolicy) -> Result<Arc<crate::verify::Policy>, String> {
+        let mut g = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((d, pol)) = g.as_ref() {
+            if *d == p.digest {
+                return Ok(pol.clone());
+            }
+        }
+        let pol =
+            Arc::new(crate::verify::Policy::from_bytes(&p.policy).map_err(|e| e.to_string())?);
+        *g = Some((p.digest, pol.clone()));
+        Ok(pol)
+    }
+}
+
+impl Default for VerifierAppraiser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Appraiser for VerifierAppraiser {
     fn appraise(
         &self,
-        _: &EvidenceBundle,
+        bundle: &EvidenceBundle,
         p: &VerifiedPolicy,
-        _: &Binding,
+        binding: &Binding,
         at: SystemTime,
     ) -> Verdict {
-        let mut v = Verdict {
-            policy_digest: hex::encode(p.digest),
-            verified_at: humantime::format_rfc3339(at).to_string(),
-            ..Verdict::default()
+        let policy = match self.policy(p) {
+            Ok(pol) => pol,
+            Err(e) => {
+                let mut v = Verdict {
+                    policy_digest: hex::encode(p.digest),
+                    ..Verdict::default()
+                };
+                v.fail("policy.parse", e);
+                return v;
+            }
         };
-        v.fail("verifier.available", "no verifier in this build");
-        v
+        let expect = crate::verify::Expectations {
+            report_data: Some(binding.report_data),
+            qualifying_data: Some(binding.user_data.clone()),
+            nonce: binding.nonce.clone(),
+            public_key: binding.public_key.clone(),
+            user_data: Some(binding.user_data.clone()),
+            crls: Vec::new(),
+        };
+        crate::verify::verify_bundle(bundle, &policy, &expect, at)
     }
 }
 
 /// The appraiser `keyward krs serve` uses: the shared verifier library.
 pub fn default_appraiser() -> Box<dyn Appraiser> {
-    Box::new(FailClosed)
+    Box::new(VerifierAppraiser::new())
 }
 
 /// Check that signed policy text is a valid verifier policy.
 pub fn check_policy_text(text: &[u8]) -> anyhow::Result<()> {
-    std::str::from_utf8(text)?;
+    crate::verify::Policy::from_bytes(text)?;
     Ok(())
 }
