@@ -129,6 +129,21 @@ impl Client {
         Ok(Self { stream })
     }
 
+    /// Send raw frame bytes (tests of malformed input), read one response.
+    pub fn call_raw(&mut self, frame: &[u8]) -> Result<Response, AgentError> {
+        use std::io::Write;
+        let len = u32::try_from(frame.len())
+            .map_err(|_| AgentError::Protocol("frame too large".into()))?;
+        self.stream
+            .write_all(&len.to_be_bytes())
+            .and_then(|_| self.stream.write_all(frame))
+            .and_then(|_| self.stream.flush())
+            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        wire::read_msg(&mut self.stream)
+            .map_err(|e| AgentError::Protocol(e.to_string()))?
+            .ok_or_else(|| AgentError::Protocol("the KRS closed the connection".into()))
+    }
+
     /// Send one request, read one response.
     pub fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
         wire::write_msg(&mut self.stream, req).map_err(|e| AgentError::Protocol(e.to_string()))?;
