@@ -32,7 +32,7 @@ enum Command {
     /// The key-release service in front of the HSM, and its operator commands.
     Krs(keyward::release::cli::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
-    Bench(keyward::bench::Args),
+    Bench(Box<keyward::bench::Args>),
     /// Compute the reference values (PCRs, SNP) of a built appliance image (UKI).
     Measure(keyward::measure::cli::Args),
 }
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => keyward::demo::run(a),
         Command::Verify(a) => keyward::verify::cli::run(a),
         Command::Krs(a) => keyward::release::cli::run(a),
-        Command::Bench(a) => keyward::bench::run(a),
+        Command::Bench(a) => keyward::bench::run(*a),
         Command::Measure(a) => keyward::measure::cli::run(a),
     };
     match result {

@@ -35,3 +35,6 @@ pub trait Attester: Send + Sync {
     /// Add this attester's evidence for `binding` to `bundle`.
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
+
+pub mod nitrotpm;
+pub mod tpm;

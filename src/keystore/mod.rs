@@ -1,6 +1,24 @@
 //! The key store: sealed KEK records on disk (AES-256-GCM under the master key), their
 //! in-memory view for the request path, and atomic persistence.
 //!
-//! Owner: platform helper. [`view`] is the CONTRACT read by `xks` on every request.
+//! * [`Registry`]: open a store with the master key, unseal into a [`view::Snapshot`] published
+//!   in a [`view::SharedView`], and apply admin changes (durable before they return, live at
+//!   once).
+//! * [`KeyStore`]: the persistence seam; [`FileKeyStore`] is the file implementation.
+//! * [`validate`]: the input rules (key ids, credentials, URI prefixes) with clear messages.
+//! * [`view`] is the CONTRACT read by `xks` on every request.
 
+mod error;
+pub mod file;
+pub mod model;
+mod registry;
+pub mod validate;
 pub mod view;
+
+pub use error::KeystoreError;
+pub use file::FileKeyStore;
+pub use model::KeyStore;
+pub use registry::{
+    generate_credential, CredentialInfo, KeyInfo, NewStore, Registry, Revoke, StoreInfo,
+    KMS_SERVICE,
+};

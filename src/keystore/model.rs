@@ -1,0 +1,183 @@
+//! The persistent model and the storage seam: what a key store holds on disk (or, later, in a
+//! shared database), already sealed, and the [`KeyStore`] trait that persists it.
+//!
+//! A store is a sequence of [`SignedRecord`]s after one [`Header`]. Each record is an upsert or a
+//! removal; replaying them in `seq` order gives the current state. Every record carries an
+//! HMAC-SHA256 (under a key derived from the master key) over its sequence number, the store id
+//! and its canonical JSON, so nothing on disk can be changed, swapped between ids or copied from
+//! another store unnoticed. Secrets inside records (KEKs, credential secrets) are additionally
+//! sealed with AES-256-GCM (see `seal.rs`). A backend stores and returns these records; it never
+//! needs the master key and never sees a secret in clear.
+
+use serde::{Deserialize, Serialize};
+
+use super::view::{Grant, KeyStatus, KeyUsage};
+use super::KeystoreError;
+
+/// The on-disk format version this build writes and reads (bound into every AAD and MAC).
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes that are only ever written sealed: `format ‖ IV(12) ‖ ciphertext ‖ tag(16)`.
+/// Serialized as standard Base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Sealed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sealed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(Sealed)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The first entry of every store: identifies it and proves the master key opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Must equal [`FORMAT_VERSION`].
+    pub format: u8,
+    /// Random id of this store (bound into every record MAC, so records cannot be moved
+    /// between stores sealed under the same master key). Hex.
+    pub store_id: String,
+    /// A known constant sealed under the master key; opening it checks the master key.
+    pub check: Sealed,
+}
+
+/// A logical key store (one URI prefix), as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    /// Store name.
+    pub name: String,
+    /// Path before `/kms/xks/v1`; empty for none.
+    pub uri_prefix: String,
+    /// Region expected in the SigV4 scope.
+    pub region: String,
+    /// Service names accepted besides `kms-xks-proxy`.
+    pub extra_services: Vec<String>,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+}
+
+/// An external key, as persisted. The KEK is sealed with AAD binding format version, store,
+/// key id and key version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Store the key belongs to.
+    pub store: String,
+    /// External key id.
+    pub id: String,
+    /// Key version.
+    pub version: u32,
+    /// Allowed operations.
+    pub usage: KeyUsage,
+    /// Enabled or disabled.
+    pub status: KeyStatus,
+    /// Grants (none for a new key: deny by default).
+    pub grants: Vec<Grant>,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// The sealed KEK.
+    pub kek: Sealed,
+}
+
+/// A SigV4 credential, as persisted; the secret is sealed with AAD binding format version,
+/// store and access key id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// Store the credential opens.
+    pub store: String,
+    /// Access key id (public).
+    pub access_key_id: String,
+    /// The sealed secret access key.
+    pub secret: Sealed,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+}
+
+/// One change: an upsert of a store, key or credential, or a removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// Create a store.
+    Store(StoreRecord),
+    /// Remove a store with its keys and credentials.
+    RemoveStore {
+        /// Store name.
+        name: String,
+    },
+    /// Create or replace a key.
+    Key(KeyRecord),
+    /// Add a credential.
+    Credential(CredentialRecord),
+    /// Remove a credential.
+    RemoveCredential {
+        /// Store name.
+        store: String,
+        /// Access key id.
+        access_key_id: String,
+    },
+}
+
+/// A record with its sequence number and MAC, as a backend stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRecord {
+    /// Strictly increasing within a store.
+    pub seq: u64,
+    /// HMAC-SHA256 over `seq`, the store id and the record's canonical JSON. Hex.
+    pub mac: String,
+    /// The change.
+    pub rec: Record,
+}
+
+/// Persistence of sealed records: the seam between the registry and where records live (a
+/// directory of files now, a shared database later).
+///
+/// Every method that writes is durable when it returns `Ok`: the change survives a crash or
+/// `kill -9` at any later moment. A crash during a write leaves either the old or the new
+/// state, never an unreadable store.
+pub trait KeyStore: Send {
+    /// Where the store lives, for messages (a path, a database URL without credentials).
+    fn location(&self) -> String;
+
+    /// The header, or `None` for a store that has never been initialised.
+    fn header(&mut self) -> Result<Option<Header>, KeystoreError>;
+
+    /// Initialise an empty store with `header` (atomically: afterwards [`KeyStore::header`]
+    /// returns it, or the store is still uninitialised).
+    fn init(&mut self, header: &Header) -> Result<(), KeystoreError>;
+
+    /// Hand every stored record to `visit`, in `seq` order. Records may include superseded
+    /// ones; the caller applies them in order. Stops at the first error `visit` returns.
+    fn load(
+        &mut self,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError>;
+
+    /// Durably persist one record.
+    fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError>;
+
+    /// Number of records the backend holds (superseded ones included), to decide compaction.
+    fn record_count(&self) -> usize;
+
+    /// Atomically replace all records with `records` (the live state), keeping the header. If
+    /// the iterator yields an error, nothing is replaced and that error is returned.
+    fn compact(
+        &mut self,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError>;
+}
