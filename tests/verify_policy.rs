@@ -52,3 +52,37 @@ fn builtin_default_is_the_shipped_file() {
     let from_file = Policy::from_bytes(&shipped).unwrap();
     assert_eq!(from_file.digest(), Policy::builtin_default().digest());
 }
+
+#[test]
+fn reference_values_example_parses_and_feeds_a_policy() {
+    use keyward::verify::refvalues::ReferenceValues;
+    let bytes = std::fs::read(root().join("attestation/reference-values.example.json")).unwrap();
+    let rv = ReferenceValues::from_json(&bytes).unwrap();
+    assert_eq!(rv.measurements("aws-ec2").len(), 2);
+    assert!(rv.measurements("qemu").is_empty());
+    let text = format!(
+        "format = 1\nname = \"from refvalues\"\n{}",
+        rv.policy_fragment("aws-ec2")
+    );
+    let p = Policy::from_bytes(text.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(p.snp.measurements, rv.measurements("aws-ec2"));
+    let n: keyward::verify::nitro::NitroPolicy = p.section("nitro").unwrap().unwrap();
+    assert_eq!(n.pcrs.len(), 2);
+    // Strict: a short digest, an unknown field, another format are refused.
+    let s = String::from_utf8(bytes).unwrap();
+    for bad in [
+        s.replacen("555555", "55", 1),
+        s.replacen(
+            "\"tool\": \"systemd-measure 252\"",
+            "\"tool\": \"x\", \"extra\": 1",
+            1,
+        ),
+        s.replacen(
+            "keyward-reference-values/1",
+            "keyward-reference-values/2",
+            1,
+        ),
+    ] {
+        assert!(ReferenceValues::from_json(bad.as_bytes()).is_err());
+    }
+}
