@@ -99,7 +99,15 @@ pub fn verify_bundle(
     if missing.is_empty() {
         v.pass(
             "bundle.required_evidence",
-            format!("present: {:?}", policy.required_evidence),
+            format!(
+                "present: {}",
+                policy
+                    .required_evidence
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     } else {
         v.fail(
