@@ -124,7 +124,7 @@ mod tests {
             3,
             "every built-in AMD certificate must hash to its pin"
         );
-        for set in &b {
+        for set in b {
             let name = set.product.amd_name();
             assert_eq!(set.ark.subject_cn(), format!("ARK-{name}"));
             assert_eq!(set.ask.subject_cn(), format!("SEV-{name}"));
