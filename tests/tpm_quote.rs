@@ -215,7 +215,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
 
     // 1. The genuine quote verifies; the verdict names what was replayed and compared.
     let mut v = Verdict::default();
-    verify_tpm(&ev, &policy, &nonce, &mut v);
+    verify_tpm(&ev, &policy, Some(&nonce), &mut v);
     assert!(v.ok(), "{:#?}", v.checks);
     let replay = v.checks.iter().find(|c| c.name == "tpm.replay").unwrap();
     assert_eq!(replay.status, Status::Passed);
@@ -223,32 +223,71 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let user = v.checks.iter().find(|c| c.name == "tpm.userspace").unwrap();
     assert!(user.detail.contains("[11, 15]"), "{}", user.detail);
 
+    // 1b. The same through the library entry point and a TOML policy file.
+    let toml = format!(
+        r#"format = 1
+required_evidence = ["tpm"]
+[tpm]
+registered_aks = ["{ak}"]
+bank = "sha256"
+pcrs = [0, 4, 11, 12, 15]
+[[tpm.userspace]]
+pcr = 11
+words = ["enter-initrd", "leave-initrd", "ready"]
+[[tpm.userspace]]
+pcr = 15
+digests = ["{pins}"]
+[[tpm.allowed]]
+pcr = 4
+values = ["{pcr4}"]
+"#,
+        ak = ak.name_hex,
+        pins = hex::encode(&pins_digest),
+        pcr4 = hex::encode(&pcr4)
+    );
+    let pol = keyward::verify::Policy::from_bytes(toml.as_bytes()).unwrap();
+    let expect = keyward::verify::Expectations {
+        qualifying_data: Some(nonce.clone()),
+        ..Default::default()
+    };
+    let v = keyward::verify::verify_bundle(&bundle, &pol, &expect, std::time::SystemTime::now());
+    assert!(v.ok(), "{:#?}", v.checks);
+    assert!(v
+        .checks
+        .iter()
+        .any(|c| c.name == "tpm.replay" && c.status == Status::Passed));
+    // A policy without a [tpm] section registers no AK: refused.
+    let pol = keyward::verify::Policy::from_bytes(b"format = 1\nrequired_evidence = [\"tpm\"]\n")
+        .unwrap();
+    let v = keyward::verify::verify_bundle(&bundle, &pol, &expect, std::time::SystemTime::now());
+    assert_eq!(checks_failed(&v), vec!["tpm.policy"]);
+
     // 2. Wrong nonce.
     let mut v = Verdict::default();
     let mut wrong = nonce.clone();
     wrong[0] ^= 1;
-    verify_tpm(&ev, &policy, &wrong, &mut v);
+    verify_tpm(&ev, &policy, Some(&wrong), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
 
     // 3. Wrong PCR: the policy allows another PCR 4 value.
     let mut p = policy.clone();
     p.allowed[0].values = vec![hex::encode([0x11u8; 32])];
     let mut v = Verdict::default();
-    verify_tpm(&ev, &p, &nonce, &mut v);
+    verify_tpm(&ev, &p, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.pcr_allowed"]);
 
     // 3b. Wrong user-space expectation (a phase word missing).
     let mut p = policy.clone();
     p.userspace[0].words.pop();
     let mut v = Verdict::default();
-    verify_tpm(&ev, &p, &nonce, &mut v);
+    verify_tpm(&ev, &p, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.userspace"]);
 
     // 4. A PCR value changed in the evidence: the quote's digest no longer matches.
     let mut forged = ev.clone();
     forged.pcrs[1].value[0] ^= 1;
     let mut v = Verdict::default();
-    verify_tpm(&forged, &policy, &nonce, &mut v);
+    verify_tpm(&forged, &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.pcr_digest"]);
 
     // 5. A tampered attest body: the signature fails.
@@ -256,7 +295,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let n = forged.attest.len();
     forged.attest[n - 1] ^= 1;
     let mut v = Verdict::default();
-    verify_tpm(&forged, &policy, &nonce, &mut v);
+    verify_tpm(&forged, &policy, Some(&nonce), &mut v);
     assert!(checks_failed(&v).contains(&"tpm.signature".to_string()));
 
     // 6. Another AK: a genuine quote by an unregistered key is refused...
@@ -270,13 +309,13 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let mut b2 = EvidenceBundle::default();
     other_att.attest(&binding, &mut b2).unwrap();
     let mut v = Verdict::default();
-    verify_tpm(b2.tpm.as_ref().unwrap(), &policy, &nonce, &mut v);
+    verify_tpm(b2.tpm.as_ref().unwrap(), &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.ak_trusted"]);
     // ...and claiming the registered AK for it breaks the signature.
     let mut swapped = b2.tpm.clone().unwrap();
     swapped.ak_public = ev.ak_public.clone();
     let mut v = Verdict::default();
-    verify_tpm(&swapped, &policy, &nonce, &mut v);
+    verify_tpm(&swapped, &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.signature"]);
 
     // 7. An extend the log does not record: PCR 4 no longer replays.
@@ -284,7 +323,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let mut b3 = EvidenceBundle::default();
     attester.attest(&binding, &mut b3).unwrap();
     let mut v = Verdict::default();
-    verify_tpm(b3.tpm.as_ref().unwrap(), &policy, &nonce, &mut v);
+    verify_tpm(b3.tpm.as_ref().unwrap(), &policy, Some(&nonce), &mut v);
     let failed = checks_failed(&v);
     assert!(failed.contains(&"tpm.replay".to_string()), "{failed:?}");
     assert!(
@@ -327,7 +366,7 @@ fn swtpm_sha384_bank_quote_verifies() {
         ..Default::default()
     };
     let mut v = Verdict::default();
-    verify_tpm(b.tpm.as_ref().unwrap(), &policy, &q, &mut v);
+    verify_tpm(b.tpm.as_ref().unwrap(), &policy, Some(&q), &mut v);
     assert!(v.ok(), "{:#?}", v.checks);
     // The policy asking for the sha256 bank refuses this quote.
     let p = TpmPolicy {
@@ -335,7 +374,7 @@ fn swtpm_sha384_bank_quote_verifies() {
         ..policy
     };
     let mut v = Verdict::default();
-    verify_tpm(b.tpm.as_ref().unwrap(), &p, &q, &mut v);
+    verify_tpm(b.tpm.as_ref().unwrap(), &p, Some(&q), &mut v);
     assert!(checks_failed(&v).contains(&"tpm.pcr_selection".to_string()));
 }
 

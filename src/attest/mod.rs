@@ -37,4 +37,5 @@ pub trait Attester: Send + Sync {
 }
 
 pub mod nitrotpm;
+pub mod snp;
 pub mod tpm;

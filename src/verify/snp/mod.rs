@@ -129,7 +129,14 @@ pub fn verify(ev: &SnpEvidence, policy: &Policy, expect: &Expectations, at: u64,
     let product = product_check(&r, &vek, signer, policy, v);
 
     // --- chain -------------------------------------------------------------------------
+    let first = v.checks.len();
     let chain = build_chain(&given, &vek, signer, product, policy, at, v);
+    // Report the chain top-down (root, intermediate, VEK), whatever order it was built in.
+    v.checks[first..].sort_by_key(|c| match c.name.as_str() {
+        "snp.chain.ark" => 0,
+        "snp.chain.intermediate" => 1,
+        _ => 2,
+    });
 
     // --- CRLs --------------------------------------------------------------------------
     crl_check(&expect.crls, chain.as_ref(), &vek, policy, at, v);
@@ -417,7 +424,6 @@ fn build_chain(
         if unpinned.is_empty() {
             v.skip("snp.chain.ark", "no intermediate to check against a root");
         }
-        v.skip("snp.chain.intermediate_signature", "no intermediate");
         return None;
     };
     // Candidate roots: the given ones, else the policy's PEMs and AMD's built-ins.
