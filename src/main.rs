@@ -35,6 +35,8 @@ enum Command {
     Krs(keyward::release::cli::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
     Bench(Box<keyward::bench::Args>),
+    /// Compute the reference values (PCRs, SNP) of a built appliance image (UKI).
+    Measure(keyward::measure::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => keyward::verify::cli::run(a),
         Command::Krs(a) => keyward::release::cli::run(a),
         Command::Bench(a) => keyward::bench::run(*a),
+        Command::Measure(a) => keyward::measure::cli::run(a),
     };
     match result {
         Ok(code) => code,
