@@ -112,9 +112,77 @@ impl ReleaseSource {
     }
 }
 
+impl ReleaseSource {
+    /// Build from `[master_key.release]`: attesters by name, retry schedule, and a status hook
+    /// that logs `phase=release` lines and sends sd_notify `STATUS=` for each attempt.
+    pub fn from_config(
+        cfg: &crate::config::release::ReleaseConfig,
+        product_release: &str,
+    ) -> Result<Self, MasterKeyError> {
+        let attesters = build_attesters(cfg)?;
+        let notifier = crate::appliance::notify::Notifier::from_env();
+        let status: StatusFn = Arc::new(move |s: &str| {
+            crate::appliance::phase("release", s.trim_start_matches("phase=release "));
+            notifier.status(s);
+        });
+        Ok(Self {
+            agent: Agent {
+                cfg: cfg.agent.clone(),
+                attesters,
+                product_release: product_release.to_string(),
+            },
+            retry: Retry {
+                base: Duration::from_millis(cfg.retry_initial_ms),
+                cap: Duration::from_secs(cfg.retry_max_secs),
+                policy_deny_delay: Duration::from_secs(cfg.policy_deny_retry_secs),
+                max_attempts: (cfg.max_attempts > 0).then_some(cfg.max_attempts),
+            },
+            status,
+        })
+    }
+}
+
+/// The attesters named in the configuration, in order.
+pub fn build_attesters(
+    cfg: &crate::config::release::ReleaseConfig,
+) -> Result<Vec<Box<dyn crate::attest::Attester>>, MasterKeyError> {
+    use crate::attest::{nitrotpm, tpm};
+    let mut out: Vec<Box<dyn crate::attest::Attester>> = Vec::new();
+    for name in &cfg.agent.attesters {
+        match name.as_str() {
+            "tpm" => {
+                let mut c = tpm::TpmConfig::appliance(
+                    crate::verify::tpm::Bank::Sha256,
+                    vec![0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 15],
+                );
+                if let Some(t) = &cfg.tpm_tcti {
+                    c.tcti = t.clone();
+                }
+                out.push(Box::new(tpm::TpmAttester::new(c)));
+            }
+            "nitrotpm" => {
+                let mut c = nitrotpm::NitroTpmConfig::default();
+                if let Some(t) = &cfg.tpm_tcti {
+                    c.tcti = t.clone();
+                }
+                out.push(Box::new(nitrotpm::NitroTpmAttester::new(c)));
+            }
+            other => {
+                return Err(MasterKeyError::Release(format!(
+                    "attester `{other}` is not available in this build"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl MasterKeySource for ReleaseSource {
     fn name(&self) -> &'static str {
         "release"
+    }
+    fn attested(&self) -> bool {
+        true
     }
     fn obtain(&self) -> Result<Key32, MasterKeyError> {
         self.obtain_with_retry()

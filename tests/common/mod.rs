@@ -121,6 +121,11 @@ impl Running {
 
 /// The repository's default verifier policy with a given version.
 pub fn policy_text(version: u64, extra: &str) -> String {
+    policy_text_full(version, &[], extra)
+}
+
+/// The default policy with a version, a measurement allow-list and extra TOML appended.
+pub fn policy_text_full(version: u64, measurements: &[String], extra: &str) -> String {
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/attestation/policies/default.toml"
@@ -130,6 +135,8 @@ pub fn policy_text(version: u64, extra: &str) -> String {
     for line in base.lines() {
         if line.starts_with("policy_version") {
             out.push_str(&format!("policy_version = {version}\n"));
+        } else if line.starts_with("measurements") && !measurements.is_empty() {
+            out.push_str(&format!("measurements = {measurements:?}\n"));
         } else {
             out.push_str(line);
             out.push('\n');
@@ -206,8 +213,12 @@ impl KrsFixture {
     }
 
     pub fn sign_policy(&self, version: u64, extra: &str, out: &Path) {
+        self.sign_policy_text(version, &policy_text(version, extra), out)
+    }
+
+    pub fn sign_policy_text(&self, version: u64, text_body: &str, out: &Path) {
         let text = self.dir.join(format!("policy-v{version}.toml"));
-        write(&text, &policy_text(version, extra));
+        write(&text, text_body);
         let _ = std::fs::remove_file(out);
         run_ok(
             self.cmd()
