@@ -1089,15 +1089,16 @@ mod tests {
 
     #[test]
     fn example_policies_parse_into_tpm_policy() {
-        for f in ["tpm-only.toml"] {
-            let path = format!("{}/attestation/policies/{f}", env!("CARGO_MANIFEST_DIR"));
-            let bytes = std::fs::read(&path).unwrap();
-            let p = crate::verify::Policy::from_bytes(&bytes).unwrap();
-            let t: TpmPolicy = p.section("tpm").unwrap().unwrap();
-            assert_eq!(t.bank, "sha256");
-            assert!(!t.registered_aks.is_empty());
-            assert_eq!(t.userspace[0].pcr, 11);
-        }
+        let path = format!(
+            "{}/attestation/policies/tpm-only.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let p = crate::verify::Policy::from_bytes(&bytes).unwrap();
+        let t: TpmPolicy = p.section("tpm").unwrap().unwrap();
+        assert_eq!(t.bank, "sha256");
+        assert!(!t.registered_aks.is_empty());
+        assert_eq!(t.userspace[0].pcr, 11);
     }
 
     #[test]
