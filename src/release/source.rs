@@ -160,6 +160,7 @@ pub fn build_attesters(
                 }
                 out.push(Box::new(tpm::TpmAttester::new(c)));
             }
+            "snp" => out.push(Box::new(crate::attest::snp::SnpAttester::default())),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();
                 if let Some(t) = &cfg.tpm_tcti {
