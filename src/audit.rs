@@ -242,6 +242,12 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+impl From<Arc<AuditLog>> for AuditLog {
+    fn from(a: Arc<AuditLog>) -> Self {
+        (*a).clone()
+    }
+}
+
 impl AuditLog {
     /// Open the sink and start the writer thread.
     pub fn start(sink: AuditSink) -> Result<Self, AuditError> {

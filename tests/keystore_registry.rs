@@ -697,3 +697,25 @@ fn health_probe_and_kms_uri_path() {
     std::fs::remove_file(log_path(dir.path())).unwrap();
     assert!(reg.check_readable().is_err());
 }
+
+#[test]
+fn superseded_records_are_compacted_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = populated(dir.path());
+    reg.create_store(store("big", "/big")).unwrap();
+    let ids: Vec<String> = (0..4200).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    reg.create_keys(Some("big"), &refs, KeyUsage::EncryptDecrypt)
+        .unwrap();
+    assert!(lines(dir.path()).len() > 4200);
+    // Removing the store makes 4200 records dead: the log is rewritten on this change.
+    reg.remove_store("big", true).unwrap();
+    assert_eq!(
+        lines(dir.path()).len(),
+        5,
+        "header + store + credential + 2 keys"
+    );
+    drop(reg);
+    let reg = open(dir.path()).unwrap();
+    assert_eq!(reg.list_keys(None).unwrap().len(), 2);
+}

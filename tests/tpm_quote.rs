@@ -427,3 +427,115 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
     assert!(att.attest(&binding, &mut b).is_err());
     assert!(b.nitro.is_none());
 }
+
+#[test]
+fn live_attestation_over_http_with_a_swtpm_quote() {
+    use keyward::attest::live::{
+        fetch_evidence, fetch_spki_sha256, runtime_binding_value, serve_with, spki_sha256_of_cert,
+        LiveConfig, TokenBucket,
+    };
+    use std::sync::Arc;
+    let Some(tpm) = start_swtpm() else { return };
+    let tcti = tpm.tcti();
+    let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
+    let attesters: Vec<Box<dyn Attester>> = vec![Box::new(TpmAttester::new(TpmConfig {
+        tcti,
+        ak_handle: ak.handle,
+        bank: Bank::Sha256,
+        pcrs: vec![16],
+        event_log: None,
+    }))];
+
+    // A stand-in XKS TLS endpoint with its own certificate.
+    let xks = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let xks_der = xks.cert.der().to_vec();
+    let spki = spki_sha256_of_cert(&xks_der).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        // XKS stand-in: a TLS server that only handshakes.
+        let tls_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![xks_der.clone().into()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(xks.key_pair.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
+        let xks_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let xks_port = xks_l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = xks_l.accept().await {
+                let a = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = a.accept(tcp).await;
+                });
+            }
+        });
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/attestation", l.local_addr().unwrap());
+        let mut cfg = LiveConfig::new(Arc::new(attesters), spki);
+        cfg.bucket = Arc::new(TokenBucket::new(2, 0.01));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(l, cfg, async {
+            let _ = rx.await;
+        }));
+
+        // The auditor's side: read the XKS SPKI separately, fetch evidence, check the binding.
+        let seen = fetch_spki_sha256(&format!("https://localhost:{xks_port}"))
+            .await
+            .unwrap();
+        assert_eq!(seen, spki);
+        let nonce = [0x5au8; 32];
+        let bundle = fetch_evidence(&url, &nonce).await.unwrap();
+        let expected = runtime_binding_value(&nonce, &seen);
+        assert_eq!(bundle.report_data.as_deref(), Some(&expected[..]));
+        let policy = TpmPolicy {
+            registered_aks: vec![ak.name_hex.clone()],
+            bank: "sha256".into(),
+            pcrs: vec![16],
+            replay: Some(vec![]),
+            ..Default::default()
+        };
+        let mut v = Verdict::default();
+        verify_tpm(
+            bundle.tpm.as_ref().unwrap(),
+            &policy,
+            Some(&expected),
+            &mut v,
+        );
+        assert!(v.ok(), "{:#?}", v.checks);
+
+        // Wrong binding: evidence bound to another XKS key (or another nonce) is refused.
+        let other_spki = [0u8; 32];
+        let mut v = Verdict::default();
+        verify_tpm(
+            bundle.tpm.as_ref().unwrap(),
+            &policy,
+            Some(&runtime_binding_value(&nonce, &other_spki)),
+            &mut v,
+        );
+        assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
+
+        // Bad requests and the rate limit (bucket of 2, almost no refill).
+        let err = fetch_evidence(&url.replace("/attestation", "/other"), &nonce)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("404"), "{err}");
+        let _second = fetch_evidence(&url, &[1u8; 32]).await.unwrap();
+        let err = fetch_evidence(&url, &[2u8; 32])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("429"), "{err}");
+
+        let _ = tx.send(());
+        server.await.unwrap();
+    });
+}

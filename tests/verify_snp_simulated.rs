@@ -81,6 +81,7 @@ fn simulated_report_verifies_only_when_the_policy_names_the_test_root() {
     let v = verify(&rep, &p.certs, &Policy::builtin_default());
     assert!(!v.ok());
     assert_eq!(status(&v, "snp.chain.ark"), Status::Failed);
+    assert!(unique_names(&v), "{}", v.to_table());
     // Only the VEK given: AMD's built-in ASK does not name it.
     let v = verify(&rep, &p.certs[..1], &Policy::builtin_default());
     assert_eq!(status(&v, "snp.chain.intermediate"), Status::Failed);
@@ -561,6 +562,15 @@ fn crls_revoke_ask_and_vek_and_go_stale() {
     assert_eq!(status(&v, "snp.crl"), Status::Skipped);
 }
 
+/// Each check appears once per verdict.
+fn unique_names(v: &Verdict) -> bool {
+    let mut names: Vec<&str> = v.checks.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    let n = names.len();
+    names.dedup();
+    names.len() == n
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
@@ -583,6 +593,15 @@ mod fuzz {
             let (_, _, p) = fixture();
             let v = verify_snp_report(&report, std::slice::from_ref(&cert), p, &Expectations { crls: vec![cert.clone()], ..Default::default() }, now());
             prop_assert!(!v.ok());
+            prop_assert!(unique_names(&v));
+        }
+
+        #[test]
+        fn random_policies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400),
+                                       text in "[a-z_=\\[\\]\"0-9 \n{},.]{0,200}") {
+            let _ = Policy::from_bytes(&bytes);
+            let _ = Policy::from_bytes(format!("format = 1\n{text}").as_bytes());
+            let _ = keyward::verify::refvalues::ReferenceValues::from_json(&bytes);
         }
 
         #[test]
@@ -602,6 +621,7 @@ mod fuzz {
             if (idx < 0x2A0 && rep[idx] != val) || (c[which] != before && which < 2) {
                 prop_assert!(!v.ok(), "mutation accepted: report[{idx:#x}]={val:#x} cert{which}[{i}]={cval:#x}");
             }
+            prop_assert!(unique_names(&v), "{}", v.to_table());
         }
     }
 }

@@ -64,17 +64,17 @@ build {
   }
 
   post-processor "amazon-import" {
-    region         = var.region
-    s3_bucket_name = var.s3_bucket
-    s3_key_name    = "keyward-${var.version}-${substr(var.roothash, 0, 16)}.raw"
-    format         = "raw"
-    ami_name       = "keyward-${var.version}-${substr(var.roothash, 0, 16)}"
+    region          = var.region
+    s3_bucket_name  = var.s3_bucket
+    s3_key_name     = "keyward-${var.version}-${substr(var.roothash, 0, 16)}.raw"
+    format          = "raw"
+    ami_name        = "keyward-${var.version}-${substr(var.roothash, 0, 16)}"
     ami_description = "keyward ${var.version} appliance, dm-verity root ${var.roothash}"
-    boot_mode      = "uefi"
-    license_type   = "BYOL"
-    skip_clean     = false
+    boot_mode       = "uefi"
+    license_type    = "BYOL"
+    skip_clean      = false
     tags = {
-      Name              = "keyward-${var.version}"
+      Name               = "keyward-${var.version}"
       "keyward:roothash" = var.roothash
     }
   }

@@ -10,8 +10,6 @@
 # usage: assemble.sh KEYWARD_BINARY
 # output (image/build/): keyward.raw  keyward.efi  roothash  cmdline  root.erofs  root.verity
 # env:   SOURCE_DATE_EPOCH (default: the commit time of HEAD)
-#        KEYWARD_CORRUPT_OFFSET_IN_BINARY=N  (tests only) flip one byte of /usr/bin/keyward
-#        inside root.erofs AFTER the hash tree is computed, to prove dm-verity stops it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -86,22 +84,6 @@ veritysetup format build/root.erofs build/root.verity --salt="$VERITY_SALT" \
     --uuid="$VERITY_UUID" --root-hash-file=build/roothash.bin >/dev/null
 roothash="$(cat build/roothash.bin)"
 echo "$roothash" > build/roothash && rm -f build/roothash.bin
-
-if [ -n "${KEYWARD_CORRUPT_OFFSET_IN_BINARY:-}" ]; then
-    # find /usr/bin/keyward's first data block in the erofs image by content and flip one byte
-    /usr/bin/python3 - "$bin" build/root.erofs "$KEYWARD_CORRUPT_OFFSET_IN_BINARY" <<'PY'
-import sys
-binary, image, offset = open(sys.argv[1], "rb").read(), sys.argv[2], int(sys.argv[3])
-needle = binary[offset:offset + 64]
-data = bytearray(open(image, "rb").read())
-at = data.find(needle)
-if at < 0:
-    sys.exit("corrupt: the binary is stored compressed; this block was not found verbatim")
-data[at] ^= 0x01
-open(image, "wb").write(data)
-print(f"corrupt: flipped the byte at {at} of root.erofs (offset {offset} of /usr/bin/keyward)")
-PY
-fi
 
 # ---- 3. the UKI ------------------------------------------------------------------------------
 cmdline="roothash=$roothash systemd.verity_root_data=PARTUUID=$ROOT_PARTUUID"

@@ -154,6 +154,14 @@ struct StoreBuild {
 /// Compact when superseded records exceed live ones and this floor.
 const COMPACT_FLOOR: usize = 4096;
 
+/// Records needed to describe `snap` (stores, keys, credentials).
+fn live_count(snap: &Snapshot) -> usize {
+    snap.stores
+        .values()
+        .map(|s| 1 + s.keys.len() + s.credentials.len())
+        .sum()
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -322,15 +330,22 @@ impl Registry {
             );
             meta.insert(name, b.meta);
         }
+        let live = live_count(&snapshot);
+        let mut inner = Inner {
+            backend,
+            sealer,
+            location,
+            next_seq: last_seq + 1,
+            meta,
+        };
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
+            if let Err(e) = compact(&mut inner, &snapshot) {
+                tracing::warn!(error = %e, "key store compaction at open failed");
+            }
+        }
         Ok(Registry {
             view: Arc::new(ArcSwap::from_pointee(snapshot)),
-            inner: Mutex::new(Inner {
-                backend,
-                sealer,
-                location,
-                next_seq: last_seq + 1,
-                meta,
-            }),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -429,12 +444,7 @@ impl Registry {
         inner.next_seq = seq;
         let snap = Arc::new(snap);
         self.view.store(Arc::clone(&snap));
-        let live: usize = snap
-            .stores
-            .values()
-            .map(|s| 1 + s.keys.len() + s.credentials.len())
-            .sum();
-        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap)) {
             if let Err(e) = compact(inner, &snap) {
                 // The change is already durable; only the log stays longer than needed.
                 tracing::warn!(error = %e, "key store compaction failed; retried on the next change");

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod evidence;
 pub mod nitro;
 pub mod policy;
+pub mod refvalues;
 pub mod snp;
 pub mod testsign;
 pub mod tpm;

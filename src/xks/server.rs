@@ -45,6 +45,46 @@ pub struct XksSettings {
     pub instance_id: String,
 }
 
+impl XksSettings {
+    /// Map the `[xks]` configuration section onto the listener settings, reading the PEM files.
+    pub fn from_config(c: &crate::config::XksConfig) -> Result<Self, ServerError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => Some(TlsSettings {
+                cert_chain_pem: read(&t.cert_chain)?,
+                key_pem: Zeroizing::new(read(&t.key)?),
+                client_auth: match &c.mtls {
+                    None => None,
+                    Some(m) => Some(ClientAuth {
+                        ca_pem: read(&m.client_ca)?,
+                        allowed_names: m.allowed_subjects.clone(),
+                    }),
+                },
+            }),
+        };
+        Ok(Self {
+            listen: c.listen,
+            tls,
+            insecure_http: c.insecure_http,
+            limits: Limits::default(),
+            instance_id: instance_id(),
+        })
+    }
+}
+
+/// This host's name, for `ekmFleetDetails[].id`.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| "keyward".to_owned(), |h| format!("keyward-{h}"))
+}
+
 /// Server certificate and optional client authentication.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -160,7 +200,7 @@ impl XksServer {
     pub async fn run(
         self,
         view: SharedView,
-        audit: AuditLog,
+        audit: impl Into<AuditLog>,
         probe: Arc<dyn StoreProbe>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
@@ -172,7 +212,7 @@ impl XksServer {
         let ctx = Arc::new(Ctx {
             view,
             health: health.clone(),
-            audit,
+            audit: audit.into(),
             limits: self.limits,
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
