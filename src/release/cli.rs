@@ -247,7 +247,7 @@ pub fn build_service(
     let tls_pin = super::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
     let tls = super::tls::server_config(certs, key)?;
     let svc = Service::new(
-        hsm,
+        Box::new(hsm),
         log,
         policy,
         appraiser,
