@@ -16,6 +16,14 @@ test:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
 
+## make bench: release build, criterion micro-benchmarks (short), then `keyward demo` driven by
+## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
+## BENCH_ARGS=--quick shortens every run to 3 s.
+bench:
+	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_suite
+	$(CARGO) bench --bench floor --bench xks --bench unseal
+	./target/release/examples/bench_suite $(BENCH_ARGS)
+
 build:
 	$(CARGO) build
 

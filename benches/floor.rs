@@ -252,6 +252,34 @@ fn tls_records(c: &mut Criterion) {
     g.finish();
 }
 
+/// Not part of the floor: what `keyward bench` spends signing one request with aws-sigv4 (body
+/// hash pre-computed), to tell where the load generator's own ceiling is.
+fn client_sign(c: &mut Criterion) {
+    let signer = keyward::bench::signer::Signer::new(
+        "AKIAKEYWARDBENCHTEST23",
+        "Q3w9vJm2Xb7Lr5Tn8Pk4Hs6Yd1Fg0Zc2Ve5Ua7Ni3Ox",
+        "us-east-1",
+        "127.0.0.1:8443",
+    )
+    .unwrap();
+    let body = encrypt_body(320, 96);
+    let prepared = keyward::bench::payload::Prepared {
+        op: keyward::bench::settings::Op::Encrypt,
+        path: "/keyward/kms/xks/v1/keys/key-1/encrypt".into(),
+        body_sha256_hex: hex::encode(Sha256::digest(&body)),
+        body: body.into(),
+    };
+    c.bench_function("client/sign_request", |b| {
+        b.iter(|| {
+            black_box(
+                signer
+                    .request(&prepared, std::time::SystemTime::now())
+                    .unwrap(),
+            )
+        })
+    });
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(300))
@@ -262,6 +290,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = sigv4, json_and_base64, aes_gcm, tls_records
+    targets = sigv4, json_and_base64, aes_gcm, tls_records, client_sign
 }
 criterion_main!(benches);

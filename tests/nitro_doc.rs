@@ -349,3 +349,38 @@ fn binding_and_pcrs() {
         assert_eq!(run(document(&pki, &f), &p, &f, NOW), want);
     }
 }
+
+#[test]
+fn through_verify_bundle_with_a_toml_policy() {
+    use keyward::verify::{verify_bundle, EvidenceBundle, Expectations, Policy};
+    let pki = pki("test-nitro-root", (-3600, 3600));
+    let f = good_fields();
+    let bundle = EvidenceBundle {
+        version: 1,
+        nitro: Some(NitroEvidence {
+            document: document(&pki, &f),
+        }),
+        ..Default::default()
+    };
+    let toml = format!(
+        "format = 1\nrequired_evidence = [\"nitro\"]\n[nitro]\nroot_sha256 = [\"{}\"]\nmax_age = \"5m\"\n[[nitro.pcrs]]\npcr = 4\nvalues = [\"{}\"]\n",
+        hex::encode(Sha256::digest(&pki.root)),
+        hex::encode([0x44u8; 48])
+    );
+    let policy = Policy::from_bytes(toml.as_bytes()).unwrap();
+    let expect = Expectations {
+        nonce: Some(vec![1; 32]),
+        public_key: Some(b"spki der bytes".to_vec()),
+        user_data: Some(vec![0xaa; 48]),
+        ..Default::default()
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(NOW);
+    let v = verify_bundle(&bundle, &policy, &expect, at);
+    assert!(v.ok(), "{:#?}", v.checks);
+    // Under the built-in policy (AWS root pinned) the test root is refused.
+    let v = verify_bundle(&bundle, &Policy::builtin_default(), &expect, at);
+    assert!(v
+        .checks
+        .iter()
+        .any(|c| c.name == "nitro.root" && c.status == Status::Failed));
+}

@@ -215,7 +215,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
 
     // 1. The genuine quote verifies; the verdict names what was replayed and compared.
     let mut v = Verdict::default();
-    verify_tpm(&ev, &policy, &nonce, &mut v);
+    verify_tpm(&ev, &policy, Some(&nonce), &mut v);
     assert!(v.ok(), "{:#?}", v.checks);
     let replay = v.checks.iter().find(|c| c.name == "tpm.replay").unwrap();
     assert_eq!(replay.status, Status::Passed);
@@ -223,32 +223,71 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let user = v.checks.iter().find(|c| c.name == "tpm.userspace").unwrap();
     assert!(user.detail.contains("[11, 15]"), "{}", user.detail);
 
+    // 1b. The same through the library entry point and a TOML policy file.
+    let toml = format!(
+        r#"format = 1
+required_evidence = ["tpm"]
+[tpm]
+registered_aks = ["{ak}"]
+bank = "sha256"
+pcrs = [0, 4, 11, 12, 15]
+[[tpm.userspace]]
+pcr = 11
+words = ["enter-initrd", "leave-initrd", "ready"]
+[[tpm.userspace]]
+pcr = 15
+digests = ["{pins}"]
+[[tpm.allowed]]
+pcr = 4
+values = ["{pcr4}"]
+"#,
+        ak = ak.name_hex,
+        pins = hex::encode(&pins_digest),
+        pcr4 = hex::encode(&pcr4)
+    );
+    let pol = keyward::verify::Policy::from_bytes(toml.as_bytes()).unwrap();
+    let expect = keyward::verify::Expectations {
+        qualifying_data: Some(nonce.clone()),
+        ..Default::default()
+    };
+    let v = keyward::verify::verify_bundle(&bundle, &pol, &expect, std::time::SystemTime::now());
+    assert!(v.ok(), "{:#?}", v.checks);
+    assert!(v
+        .checks
+        .iter()
+        .any(|c| c.name == "tpm.replay" && c.status == Status::Passed));
+    // A policy without a [tpm] section registers no AK: refused.
+    let pol = keyward::verify::Policy::from_bytes(b"format = 1\nrequired_evidence = [\"tpm\"]\n")
+        .unwrap();
+    let v = keyward::verify::verify_bundle(&bundle, &pol, &expect, std::time::SystemTime::now());
+    assert_eq!(checks_failed(&v), vec!["tpm.policy"]);
+
     // 2. Wrong nonce.
     let mut v = Verdict::default();
     let mut wrong = nonce.clone();
     wrong[0] ^= 1;
-    verify_tpm(&ev, &policy, &wrong, &mut v);
+    verify_tpm(&ev, &policy, Some(&wrong), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
 
     // 3. Wrong PCR: the policy allows another PCR 4 value.
     let mut p = policy.clone();
     p.allowed[0].values = vec![hex::encode([0x11u8; 32])];
     let mut v = Verdict::default();
-    verify_tpm(&ev, &p, &nonce, &mut v);
+    verify_tpm(&ev, &p, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.pcr_allowed"]);
 
     // 3b. Wrong user-space expectation (a phase word missing).
     let mut p = policy.clone();
     p.userspace[0].words.pop();
     let mut v = Verdict::default();
-    verify_tpm(&ev, &p, &nonce, &mut v);
+    verify_tpm(&ev, &p, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.userspace"]);
 
     // 4. A PCR value changed in the evidence: the quote's digest no longer matches.
     let mut forged = ev.clone();
     forged.pcrs[1].value[0] ^= 1;
     let mut v = Verdict::default();
-    verify_tpm(&forged, &policy, &nonce, &mut v);
+    verify_tpm(&forged, &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.pcr_digest"]);
 
     // 5. A tampered attest body: the signature fails.
@@ -256,7 +295,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let n = forged.attest.len();
     forged.attest[n - 1] ^= 1;
     let mut v = Verdict::default();
-    verify_tpm(&forged, &policy, &nonce, &mut v);
+    verify_tpm(&forged, &policy, Some(&nonce), &mut v);
     assert!(checks_failed(&v).contains(&"tpm.signature".to_string()));
 
     // 6. Another AK: a genuine quote by an unregistered key is refused...
@@ -270,13 +309,13 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let mut b2 = EvidenceBundle::default();
     other_att.attest(&binding, &mut b2).unwrap();
     let mut v = Verdict::default();
-    verify_tpm(b2.tpm.as_ref().unwrap(), &policy, &nonce, &mut v);
+    verify_tpm(b2.tpm.as_ref().unwrap(), &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.ak_trusted"]);
     // ...and claiming the registered AK for it breaks the signature.
     let mut swapped = b2.tpm.clone().unwrap();
     swapped.ak_public = ev.ak_public.clone();
     let mut v = Verdict::default();
-    verify_tpm(&swapped, &policy, &nonce, &mut v);
+    verify_tpm(&swapped, &policy, Some(&nonce), &mut v);
     assert_eq!(checks_failed(&v), vec!["tpm.signature"]);
 
     // 7. An extend the log does not record: PCR 4 no longer replays.
@@ -284,7 +323,7 @@ fn swtpm_quotes_verify_and_forgeries_are_refused() {
     let mut b3 = EvidenceBundle::default();
     attester.attest(&binding, &mut b3).unwrap();
     let mut v = Verdict::default();
-    verify_tpm(b3.tpm.as_ref().unwrap(), &policy, &nonce, &mut v);
+    verify_tpm(b3.tpm.as_ref().unwrap(), &policy, Some(&nonce), &mut v);
     let failed = checks_failed(&v);
     assert!(failed.contains(&"tpm.replay".to_string()), "{failed:?}");
     assert!(
@@ -327,7 +366,7 @@ fn swtpm_sha384_bank_quote_verifies() {
         ..Default::default()
     };
     let mut v = Verdict::default();
-    verify_tpm(b.tpm.as_ref().unwrap(), &policy, &q, &mut v);
+    verify_tpm(b.tpm.as_ref().unwrap(), &policy, Some(&q), &mut v);
     assert!(v.ok(), "{:#?}", v.checks);
     // The policy asking for the sha256 bank refuses this quote.
     let p = TpmPolicy {
@@ -335,7 +374,7 @@ fn swtpm_sha384_bank_quote_verifies() {
         ..policy
     };
     let mut v = Verdict::default();
-    verify_tpm(b.tpm.as_ref().unwrap(), &p, &q, &mut v);
+    verify_tpm(b.tpm.as_ref().unwrap(), &p, Some(&q), &mut v);
     assert!(checks_failed(&v).contains(&"tpm.pcr_selection".to_string()));
 }
 
@@ -387,4 +426,116 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
     };
     assert!(att.attest(&binding, &mut b).is_err());
     assert!(b.nitro.is_none());
+}
+
+#[test]
+fn live_attestation_over_http_with_a_swtpm_quote() {
+    use keyward::attest::live::{
+        fetch_evidence, fetch_spki_sha256, runtime_binding_value, serve_with, spki_sha256_of_cert,
+        LiveConfig, TokenBucket,
+    };
+    use std::sync::Arc;
+    let Some(tpm) = start_swtpm() else { return };
+    let tcti = tpm.tcti();
+    let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
+    let attesters: Vec<Box<dyn Attester>> = vec![Box::new(TpmAttester::new(TpmConfig {
+        tcti,
+        ak_handle: ak.handle,
+        bank: Bank::Sha256,
+        pcrs: vec![16],
+        event_log: None,
+    }))];
+
+    // A stand-in XKS TLS endpoint with its own certificate.
+    let xks = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let xks_der = xks.cert.der().to_vec();
+    let spki = spki_sha256_of_cert(&xks_der).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        // XKS stand-in: a TLS server that only handshakes.
+        let tls_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![xks_der.clone().into()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(xks.key_pair.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
+        let xks_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let xks_port = xks_l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = xks_l.accept().await {
+                let a = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = a.accept(tcp).await;
+                });
+            }
+        });
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/attestation", l.local_addr().unwrap());
+        let mut cfg = LiveConfig::new(Arc::new(attesters), spki);
+        cfg.bucket = Arc::new(TokenBucket::new(2, 0.01));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(l, cfg, async {
+            let _ = rx.await;
+        }));
+
+        // The auditor's side: read the XKS SPKI separately, fetch evidence, check the binding.
+        let seen = fetch_spki_sha256(&format!("https://localhost:{xks_port}"))
+            .await
+            .unwrap();
+        assert_eq!(seen, spki);
+        let nonce = [0x5au8; 32];
+        let bundle = fetch_evidence(&url, &nonce).await.unwrap();
+        let expected = runtime_binding_value(&nonce, &seen);
+        assert_eq!(bundle.report_data.as_deref(), Some(&expected[..]));
+        let policy = TpmPolicy {
+            registered_aks: vec![ak.name_hex.clone()],
+            bank: "sha256".into(),
+            pcrs: vec![16],
+            replay: Some(vec![]),
+            ..Default::default()
+        };
+        let mut v = Verdict::default();
+        verify_tpm(
+            bundle.tpm.as_ref().unwrap(),
+            &policy,
+            Some(&expected),
+            &mut v,
+        );
+        assert!(v.ok(), "{:#?}", v.checks);
+
+        // Wrong binding: evidence bound to another XKS key (or another nonce) is refused.
+        let other_spki = [0u8; 32];
+        let mut v = Verdict::default();
+        verify_tpm(
+            bundle.tpm.as_ref().unwrap(),
+            &policy,
+            Some(&runtime_binding_value(&nonce, &other_spki)),
+            &mut v,
+        );
+        assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
+
+        // Bad requests and the rate limit (bucket of 2, almost no refill).
+        let err = fetch_evidence(&url.replace("/attestation", "/other"), &nonce)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("404"), "{err}");
+        let _second = fetch_evidence(&url, &[1u8; 32]).await.unwrap();
+        let err = fetch_evidence(&url, &[2u8; 32])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("429"), "{err}");
+
+        let _ = tx.send(());
+        server.await.unwrap();
+    });
 }

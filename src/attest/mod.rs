@@ -36,5 +36,7 @@ pub trait Attester: Send + Sync {
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
 
+pub mod live;
 pub mod nitrotpm;
+pub mod snp;
 pub mod tpm;

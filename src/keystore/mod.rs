@@ -12,6 +12,7 @@ mod error;
 pub mod file;
 pub mod model;
 mod registry;
+mod seal;
 pub mod validate;
 pub mod view;
 

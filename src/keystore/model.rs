@@ -171,6 +171,12 @@ pub trait KeyStore: Send {
     /// Durably persist one record.
     fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError>;
 
+    /// Durably persist several records (in order). Durable together when it returns; a crash
+    /// before that may keep any prefix of them. The default appends one by one.
+    fn append_batch(&mut self, recs: &[SignedRecord]) -> Result<(), KeystoreError> {
+        recs.iter().try_for_each(|r| self.append(r))
+    }
+
     /// Number of records the backend holds (superseded ones included), to decide compaction.
     fn record_count(&self) -> usize;
 

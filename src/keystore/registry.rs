@@ -2,17 +2,26 @@
 //! publishes the result as a [`Snapshot`] in a [`SharedView`], and applies admin changes. Each
 //! change is durable before the call returns and live at once (a new snapshot is swapped in).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use secrecy::SecretString;
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::model::KeyStore;
-use super::view::{Grant, GrantOps, KeyStatus, KeyUsage, SharedView, Snapshot};
+use super::model::{
+    CredentialRecord, Header, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
+    FORMAT_VERSION,
+};
+use super::seal::{cred_aad, Sealer};
+use super::validate;
+use super::view::{
+    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
+};
 use super::KeystoreError;
-use crate::secret::Key32;
+use crate::secret::{getrandom_fill, Key32};
 
 /// The SigV4 service name AWS KMS signs with; every store accepts it.
 pub const KMS_SERVICE: &str = "kms-xks-proxy";
@@ -68,6 +77,13 @@ pub struct KeyInfo {
     pub created: u64,
 }
 
+impl StoreInfo {
+    /// The `XksProxyUriPath` to configure in AWS KMS: the prefix followed by `/kms/xks/v1`.
+    pub fn xks_proxy_uri_path(&self) -> String {
+        format!("{}/kms/xks/v1", self.uri_prefix)
+    }
+}
+
 impl KeyInfo {
     /// Creation time as RFC 3339 (UTC).
     pub fn created_rfc3339(&self) -> String {
@@ -110,18 +126,227 @@ pub struct Registry {
     inner: Mutex<Inner>,
 }
 
+/// Writer state: the backend, the sealer, and what the snapshot does not carry.
 struct Inner {
-    _backend: Box<dyn KeyStore>,
+    backend: Box<dyn KeyStore>,
+    sealer: Sealer,
+    location: String,
+    next_seq: u64,
+    meta: HashMap<String, StoreMeta>,
+}
+
+/// Creation times (not part of the request-path view).
+#[derive(Default)]
+struct StoreMeta {
+    created: u64,
+    keys: HashMap<String, u64>,
+    creds: HashMap<String, u64>,
+}
+
+/// A store being assembled while records are replayed.
+struct StoreBuild {
+    record: StoreRecord,
+    keys: HashMap<String, Arc<LiveKey>>,
+    creds: Vec<Arc<Credential>>,
+    meta: StoreMeta,
+}
+
+/// Compact when superseded records exceed live ones and this floor.
+const COMPACT_FLOOR: usize = 4096;
+
+/// Records needed to describe `snap` (stores, keys, credentials).
+fn live_count(snap: &Snapshot) -> usize {
+    snap.stores
+        .values()
+        .map(|s| 1 + s.keys.len() + s.credentials.len())
+        .sum()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn services_of(r: &StoreRecord) -> Vec<String> {
+    let mut v = vec![KMS_SERVICE.to_string()];
+    for s in &r.extra_services {
+        if !v.contains(s) {
+            v.push(s.clone());
+        }
+    }
+    v
+}
+
+/// A new view of one store with `keys`/`credentials` replaced or kept.
+fn store_view(
+    base: &StoreView,
+    keys: Option<HashMap<String, Arc<LiveKey>>>,
+    credentials: Option<Vec<Arc<Credential>>>,
+) -> StoreView {
+    StoreView {
+        name: base.name.clone(),
+        uri_prefix: base.uri_prefix.clone(),
+        region: base.region.clone(),
+        services: base.services.clone(),
+        credentials: credentials.unwrap_or_else(|| base.credentials.clone()),
+        keys: keys.unwrap_or_else(|| base.keys.clone()),
+    }
+}
+
+fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
+    KeyInfo {
+        store: store.to_string(),
+        id: k.id.clone(),
+        version: k.version,
+        usage: k.usage,
+        status: k.status,
+        grants: k.grants.clone(),
+        created,
+    }
+}
+
+fn validate_grant(g: &Grant) -> Result<(), KeystoreError> {
+    if g.principal.is_empty() || g.principal.len() > 2048 {
+        return Err(KeystoreError::invalid(
+            "principal",
+            "1-2048 characters needed",
+        ));
+    }
+    if g.principal
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(KeystoreError::invalid(
+            "principal",
+            "it contains whitespace or control characters",
+        ));
+    }
+    if !(g.ops.encrypt || g.ops.decrypt || g.ops.metadata) {
+        return Err(KeystoreError::invalid(
+            "grant ops",
+            "at least one of encrypt, decrypt, metadata needed",
+        ));
+    }
+    for (what, v) in [
+        ("via service", &g.via_service),
+        ("source vpc", &g.source_vpc),
+        ("source vpce", &g.source_vpce),
+    ] {
+        if let Some(v) = v {
+            if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
+                return Err(KeystoreError::invalid(
+                    what,
+                    "1-256 printable characters needed",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Registry {
     /// Open (or initialise, if empty) `backend` with `master`, verify and unseal every record
     /// into locked memory, and publish the snapshot. A wrong master key gives
     /// [`KeystoreError::WrongMasterKey`]; any altered record gives [`KeystoreError::Tampered`]
-    /// (nothing partial is ever published).
-    pub fn open(backend: Box<dyn KeyStore>, master: Key32) -> Result<Registry, KeystoreError> {
-        let _ = (backend, master);
-        todo!()
+    /// (nothing partial is ever published). The master key is used to derive the sealing and
+    /// MAC subkeys and then dropped (zeroized); it is never written anywhere.
+    pub fn open(mut backend: Box<dyn KeyStore>, master: Key32) -> Result<Registry, KeystoreError> {
+        let location = backend.location();
+        let (sealer, fresh) = match backend.header()? {
+            None => {
+                let mut id = [0u8; 16];
+                getrandom_fill(&mut id)?;
+                let sealer = Sealer::new(&master, &id)?;
+                let header = Header {
+                    format: FORMAT_VERSION,
+                    store_id: hex::encode(id),
+                    check: sealer.seal_check()?,
+                };
+                backend.init(&header)?;
+                (sealer, true)
+            }
+            Some(h) => {
+                if h.format != FORMAT_VERSION {
+                    return Err(KeystoreError::Format(format!(
+                        "format version {} (this build reads {FORMAT_VERSION})",
+                        h.format
+                    )));
+                }
+                let id = hex::decode(&h.store_id)
+                    .map_err(|_| KeystoreError::Format("store id is not hex".into()))?;
+                let sealer = Sealer::new(&master, &id)?;
+                if !sealer.verify_check(&h.check) {
+                    return Err(KeystoreError::WrongMasterKey);
+                }
+                (sealer, false)
+            }
+        };
+        drop(master);
+
+        let mut builds: HashMap<String, StoreBuild> = HashMap::new();
+        let mut last_seq = 0u64;
+        if fresh {
+            // Opens the append handle on the new, empty log.
+            backend.load(&mut |_| Err(KeystoreError::Format("new store is not empty".into())))?;
+        } else {
+            backend.load(&mut |sr: SignedRecord| {
+                let at = || format!("seq {}", sr.seq);
+                if sr.seq <= last_seq {
+                    return Err(KeystoreError::Tampered {
+                        record: at(),
+                        why: "sequence numbers out of order (record replayed or moved)",
+                    });
+                }
+                if !sealer.verify_record(sr.seq, &sr.rec, &sr.mac)? {
+                    return Err(KeystoreError::Tampered {
+                        record: at(),
+                        why: "record MAC does not verify",
+                    });
+                }
+                last_seq = sr.seq;
+                apply(&sealer, &mut builds, sr.rec).map_err(|e| match e {
+                    ApplyError::Tampered(why) => KeystoreError::Tampered { record: at(), why },
+                    ApplyError::Other(e) => e,
+                })
+            })?;
+        }
+
+        let mut snapshot = Snapshot::default();
+        let mut meta = HashMap::new();
+        for (name, b) in builds {
+            let services = services_of(&b.record);
+            snapshot.stores.insert(
+                name.clone(),
+                Arc::new(StoreView {
+                    name: name.clone(),
+                    uri_prefix: b.record.uri_prefix,
+                    region: b.record.region,
+                    services,
+                    credentials: b.creds,
+                    keys: b.keys,
+                }),
+            );
+            meta.insert(name, b.meta);
+        }
+        let live = live_count(&snapshot);
+        let mut inner = Inner {
+            backend,
+            sealer,
+            location,
+            next_seq: last_seq + 1,
+            meta,
+        };
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
+            if let Err(e) = compact(&mut inner, &snapshot) {
+                tracing::warn!(error = %e, "key store compaction at open failed");
+            }
+        }
+        Ok(Registry {
+            view: Arc::new(ArcSwap::from_pointee(snapshot)),
+            inner: Mutex::new(inner),
+        })
     }
 
     /// [`Registry::open`] on a [`super::FileKeyStore`] in `dir` (created if missing).
@@ -139,22 +364,211 @@ impl Registry {
         self.view.load_full()
     }
 
+    /// Health probe: the backing store can still be read (its header is there and unchanged).
+    pub fn check_readable(&self) -> Result<(), KeystoreError> {
+        let mut inner = self.lock();
+        match inner.backend.header()? {
+            Some(h) if inner.sealer.verify_check(&h.check) => Ok(()),
+            Some(_) => Err(KeystoreError::WrongMasterKey),
+            None => Err(KeystoreError::Format("key store header is gone".into())),
+        }
+    }
+
+    /// Where the records live (for messages and health).
+    pub fn location(&self) -> String {
+        self.lock().location.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change: the snapshot is
+        // swapped only after the record is durable, and `meta` only holds creation times.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolve the store argument against `snap`.
+    fn resolve(snap: &Snapshot, store: Option<&str>) -> Result<Arc<StoreView>, KeystoreError> {
+        match store {
+            Some(name) => snap
+                .stores
+                .get(name)
+                .cloned()
+                .ok_or_else(|| KeystoreError::UnknownStore(name.to_string())),
+            None if snap.stores.len() == 1 => snap
+                .stores
+                .values()
+                .next()
+                .cloned()
+                .ok_or(KeystoreError::StoreRequired(0)),
+            None => Err(KeystoreError::StoreRequired(snap.stores.len())),
+        }
+    }
+
+    fn find_key(
+        snap: &Snapshot,
+        store: Option<&str>,
+        id: &str,
+    ) -> Result<(Arc<StoreView>, Arc<LiveKey>), KeystoreError> {
+        let sv = Self::resolve(snap, store)?;
+        let k = sv
+            .keys
+            .get(id)
+            .cloned()
+            .ok_or_else(|| KeystoreError::UnknownKey {
+                store: sv.name.clone(),
+                id: id.to_string(),
+            })?;
+        Ok((sv, k))
+    }
+
+    /// Durably append `rec`, then publish `snap`, then compact if due.
+    fn commit(&self, inner: &mut Inner, rec: Record, snap: Snapshot) -> Result<(), KeystoreError> {
+        self.commit_batch(inner, vec![rec], snap)
+    }
+
+    /// Durably append `recs` (one write, one `fdatasync`), then publish `snap`, then compact
+    /// if due.
+    fn commit_batch(
+        &self,
+        inner: &mut Inner,
+        recs: Vec<Record>,
+        snap: Snapshot,
+    ) -> Result<(), KeystoreError> {
+        let mut seq = inner.next_seq;
+        let mut signed = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let mac = inner.sealer.mac_record(seq, &rec)?;
+            signed.push(SignedRecord { seq, mac, rec });
+            seq += 1;
+        }
+        inner.backend.append_batch(&signed)?;
+        inner.next_seq = seq;
+        let snap = Arc::new(snap);
+        self.view.store(Arc::clone(&snap));
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap)) {
+            if let Err(e) = compact(inner, &snap) {
+                // The change is already durable; only the log stays longer than needed.
+                tracing::warn!(error = %e, "key store compaction failed; retried on the next change");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite the store with only the live records (also done automatically when superseded
+    /// records outnumber live ones).
+    pub fn compact(&self) -> Result<(), KeystoreError> {
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        compact(&mut inner, &snap)
+    }
+
     /// Create a key store with no keys and no credentials.
     pub fn create_store(&self, spec: NewStore) -> Result<StoreInfo, KeystoreError> {
-        let _ = (spec, &self.inner);
-        todo!()
+        validate::store_name(&spec.name)?;
+        validate::uri_prefix(&spec.uri_prefix)?;
+        validate::region(&spec.region)?;
+        for s in &spec.extra_services {
+            validate::service(s)?;
+        }
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        if snap.stores.contains_key(&spec.name) {
+            return Err(KeystoreError::DuplicateStore(spec.name));
+        }
+        if let Some(other) = snap.store_by_prefix(&spec.uri_prefix) {
+            return Err(KeystoreError::DuplicatePrefix {
+                prefix: spec.uri_prefix,
+                store: other.name.clone(),
+            });
+        }
+        let record = StoreRecord {
+            name: spec.name.clone(),
+            uri_prefix: spec.uri_prefix,
+            region: spec.region,
+            extra_services: spec.extra_services,
+            created: now_unix(),
+        };
+        let view = StoreView {
+            name: record.name.clone(),
+            uri_prefix: record.uri_prefix.clone(),
+            region: record.region.clone(),
+            services: services_of(&record),
+            credentials: Vec::new(),
+            keys: HashMap::new(),
+        };
+        let info = StoreInfo {
+            name: view.name.clone(),
+            uri_prefix: view.uri_prefix.clone(),
+            region: view.region.clone(),
+            services: view.services.clone(),
+            keys: 0,
+            access_key_ids: Vec::new(),
+            created: record.created,
+        };
+        let mut stores = snap.stores.clone();
+        stores.insert(record.name.clone(), Arc::new(view));
+        inner.meta.insert(
+            spec.name,
+            StoreMeta {
+                created: record.created,
+                ..StoreMeta::default()
+            },
+        );
+        if let Err(e) = self.commit(&mut inner, Record::Store(record), Snapshot { stores }) {
+            inner.meta.remove(&info.name);
+            return Err(e);
+        }
+        Ok(info)
     }
 
     /// Every key store, sorted by name.
     pub fn list_stores(&self) -> Vec<StoreInfo> {
-        todo!()
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let mut v: Vec<StoreInfo> = snap
+            .stores
+            .values()
+            .map(|s| {
+                let mut ids: Vec<String> = s
+                    .credentials
+                    .iter()
+                    .map(|c| c.access_key_id.clone())
+                    .collect();
+                ids.sort();
+                StoreInfo {
+                    name: s.name.clone(),
+                    uri_prefix: s.uri_prefix.clone(),
+                    region: s.region.clone(),
+                    services: s.services.clone(),
+                    keys: s.keys.len(),
+                    access_key_ids: ids,
+                    created: inner.meta.get(&s.name).map(|m| m.created).unwrap_or(0),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Remove a key store with its credentials. If it still holds keys, refuses with
     /// [`KeystoreError::StoreNotEmpty`] unless `force` (the keys are then destroyed).
     pub fn remove_store(&self, name: &str, force: bool) -> Result<(), KeystoreError> {
-        let _ = (name, force);
-        todo!()
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, Some(name))?;
+        if !sv.keys.is_empty() && !force {
+            return Err(KeystoreError::StoreNotEmpty {
+                store: name.to_string(),
+                keys: sv.keys.len(),
+            });
+        }
+        let mut stores = snap.stores.clone();
+        stores.remove(name);
+        let rec = Record::RemoveStore {
+            name: name.to_string(),
+        };
+        self.commit(&mut inner, rec, Snapshot { stores })?;
+        inner.meta.remove(name);
+        Ok(())
     }
 
     /// Create a key with a fresh random KEK, version 1, enabled, and **no grants**.
@@ -165,8 +579,66 @@ impl Registry {
         id: &str,
         usage: KeyUsage,
     ) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id, usage);
-        todo!()
+        validate::key_id(id)?;
+        self.add_key(store, id, usage, Key32::random()?)
+    }
+
+    /// Create many keys at once (fresh random KEKs, version 1, enabled, no grants), with a
+    /// single write and `fdatasync`: for provisioning and benchmarks. All ids are checked first;
+    /// on error nothing is created. Durable together when it returns.
+    pub fn create_keys(
+        &self,
+        store: Option<&str>,
+        ids: &[&str],
+        usage: KeyUsage,
+    ) -> Result<Vec<KeyInfo>, KeystoreError> {
+        for id in ids {
+            validate::key_id(id)?;
+        }
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let mut keys = sv.keys.clone();
+        let created = now_unix();
+        let mut records = Vec::with_capacity(ids.len());
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            if keys.contains_key(*id) {
+                return Err(KeystoreError::DuplicateKey {
+                    store: sv.name.clone(),
+                    id: id.to_string(),
+                });
+            }
+            let kek = Key32::random()?;
+            records.push(Record::Key(KeyRecord {
+                store: sv.name.clone(),
+                id: id.to_string(),
+                version: 1,
+                usage,
+                status: KeyStatus::Enabled,
+                grants: Vec::new(),
+                created,
+                kek: inner.sealer.seal_kek(&sv.name, id, 1, &kek)?,
+            }));
+            let live = Arc::new(LiveKey {
+                id: id.to_string(),
+                version: 1,
+                usage,
+                status: KeyStatus::Enabled,
+                grants: Vec::new(),
+                kek,
+            });
+            infos.push(key_info(&sv.name, &live, created));
+            keys.insert(id.to_string(), live);
+        }
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit_batch(&mut inner, records, Snapshot { stores })?;
+        if let Some(m) = inner.meta.get_mut(&sv.name) {
+            m.keys
+                .extend(ids.iter().map(|id| (id.to_string(), created)));
+        }
+        Ok(infos)
     }
 
     /// Create a key from 32 raw bytes (migration of an existing key); otherwise as
@@ -178,20 +650,138 @@ impl Registry {
         usage: KeyUsage,
         bytes: Zeroizing<[u8; 32]>,
     ) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id, usage, bytes);
-        todo!()
+        validate::key_id(id)?;
+        let kek = Key32::from_bytes(&bytes)?;
+        drop(bytes);
+        self.add_key(store, id, usage, kek)
+    }
+
+    fn add_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        usage: KeyUsage,
+        kek: Key32,
+    ) -> Result<KeyInfo, KeystoreError> {
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if sv.keys.contains_key(id) {
+            return Err(KeystoreError::DuplicateKey {
+                store: sv.name.clone(),
+                id: id.to_string(),
+            });
+        }
+        let created = now_unix();
+        let record = KeyRecord {
+            store: sv.name.clone(),
+            id: id.to_string(),
+            version: 1,
+            usage,
+            status: KeyStatus::Enabled,
+            grants: Vec::new(),
+            created,
+            kek: inner.sealer.seal_kek(&sv.name, id, 1, &kek)?,
+        };
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version: 1,
+            usage,
+            status: KeyStatus::Enabled,
+            grants: Vec::new(),
+            kek,
+        });
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        if let Some(m) = inner.meta.get_mut(&sv.name) {
+            m.keys.insert(id.to_string(), created);
+        }
+        if let Err(e) = self.commit(&mut inner, Record::Key(record), Snapshot { stores }) {
+            if let Some(m) = inner.meta.get_mut(&sv.name) {
+                m.keys.remove(id);
+            }
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    /// Replace one key (same KEK, same version) with `change` applied to its metadata.
+    fn update_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        change: impl FnOnce(&mut KeyStatus, &mut Vec<Grant>) -> Result<(), KeystoreError>,
+    ) -> Result<KeyInfo, KeystoreError> {
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        let mut status = old.status;
+        let mut grants = old.grants.clone();
+        change(&mut status, &mut grants)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        let record = KeyRecord {
+            store: sv.name.clone(),
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status,
+            grants: grants.clone(),
+            created,
+            kek: inner.sealer.seal_kek(&sv.name, id, old.version, &old.kek)?,
+        };
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status,
+            grants,
+            kek: old.kek.try_clone()?,
+        });
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit(&mut inner, Record::Key(record), Snapshot { stores })?;
+        Ok(info)
     }
 
     /// The keys of a store, sorted by id. Never key bytes.
     pub fn list_keys(&self, store: Option<&str>) -> Result<Vec<KeyInfo>, KeystoreError> {
-        let _ = store;
-        todo!()
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let meta = inner.meta.get(&sv.name);
+        let mut v: Vec<KeyInfo> = sv
+            .keys
+            .values()
+            .map(|k| {
+                let created = meta.and_then(|m| m.keys.get(&k.id).copied()).unwrap_or(0);
+                key_info(&sv.name, k, created)
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
     }
 
     /// One key's description.
     pub fn key_info(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id);
-        todo!()
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let (sv, k) = Self::find_key(&snap, store, id)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        Ok(key_info(&sv.name, &k, created))
     }
 
     /// Enable a key.
@@ -211,8 +801,10 @@ impl Registry {
         id: &str,
         status: KeyStatus,
     ) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id, status);
-        todo!()
+        self.update_key(store, id, |s, _| {
+            *s = status;
+            Ok(())
+        })
     }
 
     /// Add a grant. A grant with the same principal and narrowing gets the new ops added.
@@ -222,8 +814,24 @@ impl Registry {
         id: &str,
         grant: Grant,
     ) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id, grant);
-        todo!()
+        validate_grant(&grant)?;
+        self.update_key(store, id, |_, grants| {
+            let same = grants.iter_mut().find(|g| {
+                g.principal == grant.principal
+                    && g.via_service == grant.via_service
+                    && g.source_vpc == grant.source_vpc
+                    && g.source_vpce == grant.source_vpce
+            });
+            match same {
+                Some(g) => {
+                    g.ops.encrypt |= grant.ops.encrypt;
+                    g.ops.decrypt |= grant.ops.decrypt;
+                    g.ops.metadata |= grant.ops.metadata;
+                }
+                None => grants.push(grant),
+            }
+            Ok(())
+        })
     }
 
     /// Remove or narrow grants (see [`Revoke`]); [`KeystoreError::NoMatchingGrant`] if none
@@ -234,8 +842,38 @@ impl Registry {
         id: &str,
         revoke: &Revoke,
     ) -> Result<KeyInfo, KeystoreError> {
-        let _ = (store, id, revoke);
-        todo!()
+        fn narrowed(want: &Option<String>, have: &Option<String>) -> bool {
+            want.is_none() || want == have
+        }
+        self.update_key(store, id, |_, grants| {
+            let mut hit = 0usize;
+            grants.retain_mut(|g| {
+                let matches = g.principal == revoke.principal
+                    && narrowed(&revoke.via_service, &g.via_service)
+                    && narrowed(&revoke.source_vpc, &g.source_vpc)
+                    && narrowed(&revoke.source_vpce, &g.source_vpce);
+                if !matches {
+                    return true;
+                }
+                hit += 1;
+                match revoke.ops {
+                    None => false,
+                    Some(ops) => {
+                        g.ops.encrypt &= !ops.encrypt;
+                        g.ops.decrypt &= !ops.decrypt;
+                        g.ops.metadata &= !ops.metadata;
+                        g.ops.encrypt || g.ops.decrypt || g.ops.metadata
+                    }
+                }
+            });
+            if hit == 0 {
+                return Err(KeystoreError::NoMatchingGrant {
+                    id: id.to_string(),
+                    principal: revoke.principal.clone(),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// Add a SigV4 credential to a store (live at once). The access key id must be unique
@@ -246,8 +884,44 @@ impl Registry {
         access_key_id: &str,
         secret: SecretString,
     ) -> Result<(), KeystoreError> {
-        let _ = (store, access_key_id, secret);
-        todo!()
+        validate::access_key_id(access_key_id)?;
+        validate::secret_access_key(secret.expose_secret())?;
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if snap.stores.values().any(|s| {
+            s.credentials
+                .iter()
+                .any(|c| c.access_key_id == access_key_id)
+        }) {
+            return Err(KeystoreError::DuplicateCredential(
+                access_key_id.to_string(),
+            ));
+        }
+        let created = now_unix();
+        let record = CredentialRecord {
+            store: sv.name.clone(),
+            access_key_id: access_key_id.to_string(),
+            secret: inner.sealer.seal(
+                secret.expose_secret().as_bytes(),
+                &cred_aad(&sv.name, access_key_id),
+            )?,
+            created,
+        };
+        let mut creds = sv.credentials.clone();
+        creds.push(Arc::new(Credential {
+            access_key_id: access_key_id.to_string(),
+            secret_access_key: secret,
+        }));
+        let mut stores = snap.stores.clone();
+        stores.insert(
+            sv.name.clone(),
+            Arc::new(store_view(&sv, None, Some(creds))),
+        );
+        if let Some(m) = inner.meta.get_mut(&sv.name) {
+            m.creds.insert(access_key_id.to_string(), created);
+        }
+        self.commit(&mut inner, Record::Credential(record), Snapshot { stores })
     }
 
     /// Remove a credential (requests signed with it fail at once).
@@ -256,8 +930,35 @@ impl Registry {
         store: Option<&str>,
         access_key_id: &str,
     ) -> Result<(), KeystoreError> {
-        let _ = (store, access_key_id);
-        todo!()
+        let mut inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if !sv
+            .credentials
+            .iter()
+            .any(|c| c.access_key_id == access_key_id)
+        {
+            return Err(KeystoreError::UnknownCredential {
+                store: sv.name.clone(),
+                access_key_id: access_key_id.to_string(),
+            });
+        }
+        let creds: Vec<Arc<Credential>> = sv
+            .credentials
+            .iter()
+            .filter(|c| c.access_key_id != access_key_id)
+            .cloned()
+            .collect();
+        let mut stores = snap.stores.clone();
+        stores.insert(
+            sv.name.clone(),
+            Arc::new(store_view(&sv, None, Some(creds))),
+        );
+        let rec = Record::RemoveCredential {
+            store: sv.name.clone(),
+            access_key_id: access_key_id.to_string(),
+        };
+        self.commit(&mut inner, rec, Snapshot { stores })
     }
 
     /// A store's credentials: ids and ages only.
@@ -265,15 +966,218 @@ impl Registry {
         &self,
         store: Option<&str>,
     ) -> Result<Vec<CredentialInfo>, KeystoreError> {
-        let _ = store;
-        todo!()
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let meta = inner.meta.get(&sv.name);
+        let mut v: Vec<CredentialInfo> = sv
+            .credentials
+            .iter()
+            .map(|c| CredentialInfo {
+                access_key_id: c.access_key_id.clone(),
+                created: meta
+                    .and_then(|m| m.creds.get(&c.access_key_id).copied())
+                    .unwrap_or(0),
+            })
+            .collect();
+        v.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+        Ok(v)
     }
 }
 
-/// A fresh SigV4 credential in the form KMS accepts: a 26-character Base32 access key id and a
-/// 44-character Base64 secret (32 random bytes).
+/// Why replaying a record failed.
+enum ApplyError {
+    Tampered(&'static str),
+    Other(KeystoreError),
+}
+
+impl From<KeystoreError> for ApplyError {
+    fn from(e: KeystoreError) -> Self {
+        ApplyError::Other(e)
+    }
+}
+
+/// Replay one verified record into the stores being built, unsealing secrets.
+fn apply(
+    sealer: &Sealer,
+    builds: &mut HashMap<String, StoreBuild>,
+    rec: Record,
+) -> Result<(), ApplyError> {
+    match rec {
+        Record::Store(r) => {
+            if builds.contains_key(&r.name) {
+                return Err(ApplyError::Tampered("store created twice"));
+            }
+            let meta = StoreMeta {
+                created: r.created,
+                ..StoreMeta::default()
+            };
+            builds.insert(
+                r.name.clone(),
+                StoreBuild {
+                    record: r,
+                    keys: HashMap::new(),
+                    creds: Vec::new(),
+                    meta,
+                },
+            );
+        }
+        Record::RemoveStore { name } => {
+            if builds.remove(&name).is_none() {
+                return Err(ApplyError::Tampered(
+                    "removal of a store that does not exist",
+                ));
+            }
+        }
+        Record::Key(r) => {
+            let b = builds
+                .get_mut(&r.store)
+                .ok_or(ApplyError::Tampered("key of a store that does not exist"))?;
+            let kek = sealer
+                .open_kek(&r.store, &r.id, r.version, &r.kek)?
+                .map_err(ApplyError::Tampered)?;
+            b.meta.keys.insert(r.id.clone(), r.created);
+            b.keys.insert(
+                r.id.clone(),
+                Arc::new(LiveKey {
+                    id: r.id,
+                    version: r.version,
+                    usage: r.usage,
+                    status: r.status,
+                    grants: r.grants,
+                    kek,
+                }),
+            );
+        }
+        Record::Credential(r) => {
+            let b = builds.get_mut(&r.store).ok_or(ApplyError::Tampered(
+                "credential of a store that does not exist",
+            ))?;
+            let n = r
+                .secret
+                .0
+                .len()
+                .checked_sub(1 + 12 + 16)
+                .ok_or(ApplyError::Tampered("sealed secret too short"))?;
+            let mut buf = Zeroizing::new(vec![0u8; n]);
+            sealer
+                .open_into(&r.secret, &cred_aad(&r.store, &r.access_key_id), &mut buf)
+                .map_err(ApplyError::Tampered)?;
+            let s = std::str::from_utf8(&buf)
+                .map_err(|_| ApplyError::Tampered("credential secret is not UTF-8"))?;
+            b.creds.retain(|c| c.access_key_id != r.access_key_id);
+            b.creds.push(Arc::new(Credential {
+                access_key_id: r.access_key_id.clone(),
+                secret_access_key: SecretString::from(s.to_string()),
+            }));
+            b.meta.creds.insert(r.access_key_id, r.created);
+        }
+        Record::RemoveCredential {
+            store,
+            access_key_id,
+        } => {
+            let b = builds.get_mut(&store).ok_or(ApplyError::Tampered(
+                "credential of a store that does not exist",
+            ))?;
+            b.creds.retain(|c| c.access_key_id != access_key_id);
+            b.meta.creds.remove(&access_key_id);
+        }
+    }
+    Ok(())
+}
+
+/// The live state of `snap` as records: per store (by name), the store, its credentials, its
+/// keys, each secret re-sealed.
+fn live_records<'a>(
+    sealer: &'a Sealer,
+    meta: &'a HashMap<String, StoreMeta>,
+    snap: &'a Snapshot,
+) -> impl Iterator<Item = Result<Record, KeystoreError>> + 'a {
+    static EMPTY: std::sync::OnceLock<StoreMeta> = std::sync::OnceLock::new();
+    let empty = EMPTY.get_or_init(StoreMeta::default);
+    let mut stores: Vec<&'a Arc<StoreView>> = snap.stores.values().collect();
+    stores.sort_by(|a, b| a.name.cmp(&b.name));
+    stores.into_iter().flat_map(move |sv| {
+        let m = meta.get(&sv.name).unwrap_or(empty);
+        let store = std::iter::once_with(move || {
+            Ok(Record::Store(StoreRecord {
+                name: sv.name.clone(),
+                uri_prefix: sv.uri_prefix.clone(),
+                region: sv.region.clone(),
+                extra_services: sv
+                    .services
+                    .iter()
+                    .filter(|s| *s != KMS_SERVICE)
+                    .cloned()
+                    .collect(),
+                created: m.created,
+            }))
+        });
+        let creds = sv.credentials.iter().map(move |c| {
+            Ok(Record::Credential(CredentialRecord {
+                store: sv.name.clone(),
+                access_key_id: c.access_key_id.clone(),
+                secret: sealer.seal(
+                    c.secret_access_key.expose_secret().as_bytes(),
+                    &cred_aad(&sv.name, &c.access_key_id),
+                )?,
+                created: m.creds.get(&c.access_key_id).copied().unwrap_or(0),
+            }))
+        });
+        let keys = sv.keys.values().map(move |k| {
+            Ok(Record::Key(KeyRecord {
+                store: sv.name.clone(),
+                id: k.id.clone(),
+                version: k.version,
+                usage: k.usage,
+                status: k.status,
+                grants: k.grants.clone(),
+                created: m.keys.get(&k.id).copied().unwrap_or(0),
+                kek: sealer.seal_kek(&sv.name, &k.id, k.version, &k.kek)?,
+            }))
+        });
+        store.chain(creds).chain(keys)
+    })
+}
+
+/// Rewrite the backend with the live state of `snap`, with sequence numbers continuing upwards
+/// (so no line of the old log can be replayed into the new one).
+fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
+    let Inner {
+        backend,
+        sealer,
+        next_seq,
+        meta,
+        ..
+    } = inner;
+    let sealer: &Sealer = sealer;
+    let mut seq = *next_seq;
+    let mut signed = live_records(sealer, meta, snap).map(|r| {
+        let rec = r?;
+        let s = seq;
+        seq += 1;
+        let mac = sealer.mac_record(s, &rec)?;
+        Ok(SignedRecord { seq: s, mac, rec })
+    });
+    backend.compact(&mut signed)?;
+    drop(signed);
+    *next_seq = seq;
+    Ok(())
+}
+
+/// A fresh SigV4 credential in the form KMS accepts: a 26-character Base32 access key id
+/// (`KW` + 24 random characters of `A-Z2-7`) and a 44-character Base64 secret (32 random bytes).
 pub fn generate_credential() -> Result<(String, SecretString), KeystoreError> {
-    todo!()
+    use base64::Engine;
+    const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut r = [0u8; 24];
+    getrandom_fill(&mut r)?;
+    let mut id = String::from("KW");
+    id.extend(r.iter().map(|b| B32[(*b & 31) as usize] as char));
+    let mut raw = Zeroizing::new([0u8; 32]);
+    getrandom_fill(&mut raw[..])?;
+    let secret = base64::engine::general_purpose::STANDARD.encode(&raw[..]);
+    Ok((id, SecretString::from(secret)))
 }
 
 fn unix_rfc3339(secs: u64) -> String {

@@ -31,6 +31,7 @@ impl Snapshot {
 /// One logical key store: a URI path prefix with its own SigV4 credentials and keys.
 #[derive(Debug)]
 pub struct StoreView {
+    /// Store name (the `--store` argument of the admin commands).
     pub name: String,
     /// Path before `/kms/xks/v1`, e.g. `/keyward`; empty for none.
     pub uri_prefix: String,
@@ -65,16 +66,22 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyUsage {
+    /// Encrypt and decrypt.
     EncryptDecrypt,
+    /// Encrypt only (decrypt and CDIV requests give `InvalidKeyUsageException`).
     EncryptOnly,
+    /// Decrypt only.
     DecryptOnly,
+    /// Neither (metadata only).
     None,
 }
 
 impl KeyUsage {
+    /// Whether encrypt is allowed.
     pub fn can_encrypt(self) -> bool {
         matches!(self, KeyUsage::EncryptDecrypt | KeyUsage::EncryptOnly)
     }
+    /// Whether decrypt is allowed.
     pub fn can_decrypt(self) -> bool {
         matches!(self, KeyUsage::EncryptDecrypt | KeyUsage::DecryptOnly)
     }
@@ -84,15 +91,20 @@ impl KeyUsage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
+    /// Usable.
     Enabled,
+    /// Metadata says `DISABLED`; encrypt and decrypt give `InvalidStateException`.
     Disabled,
 }
 
 /// Operations a grant can open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantOps {
+    /// Encrypt.
     pub encrypt: bool,
+    /// Decrypt.
     pub decrypt: bool,
+    /// GetKeyMetadata.
     pub metadata: bool,
 }
 
@@ -101,11 +113,15 @@ pub struct GrantOps {
 pub struct Grant {
     /// Exact ARN, `*`, or a glob such as `arn:aws:iam::111122223333:role/app-*`.
     pub principal: String,
+    /// The operations this grant opens.
     pub ops: GrantOps,
+    /// Only when `kmsViaService` equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via_service: Option<String>,
+    /// Only when `awsSourceVpc` equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_vpc: Option<String>,
+    /// Only when `awsSourceVpce` equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_vpce: Option<String>,
 }
@@ -113,11 +129,15 @@ pub struct Grant {
 /// One unsealed external key, ready for the request path.
 #[derive(Debug)]
 pub struct LiveKey {
+    /// External key id.
     pub id: String,
     /// Key version, carried in `ciphertextMetadata`.
     pub version: u32,
+    /// Allowed operations.
     pub usage: KeyUsage,
+    /// Enabled or disabled.
     pub status: KeyStatus,
+    /// Who may use it (empty: nobody).
     pub grants: Vec<Grant>,
     /// The KEK itself, in locked memory.
     pub kek: Key32,

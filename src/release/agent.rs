@@ -56,12 +56,15 @@ impl AgentError {
     /// True for a deny the KRS gave for policy reasons (evidence rejected, policy mismatch,
     /// pins): retrying quickly will not change the answer.
     pub fn is_policy_deny(&self) -> bool {
-        matches!(self, AgentError::Denied { code, .. } if [
-            DenyCode::EvidenceRejected.number(),
-            DenyCode::EvidenceMalformed.number(),
-            DenyCode::PolicyDigestMismatch.number(),
-            DenyCode::PinMismatch.number(),
-        ].contains(code) || *code >= 152 && *code < 199)
+        match self {
+            AgentError::Denied { code, .. } => {
+                *code == DenyCode::PinMismatch.number()
+                    || *code == DenyCode::PolicyDigestMismatch.number()
+                    || (DenyCode::EvidenceMalformed.number()..DenyCode::Internal.number())
+                        .contains(code)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -124,6 +127,21 @@ impl Client {
                 .map_err(|e| AgentError::Tls(e.to_string()))?;
         }
         Ok(Self { stream })
+    }
+
+    /// Send raw frame bytes (tests of malformed input), read one response.
+    pub fn call_raw(&mut self, frame: &[u8]) -> Result<Response, AgentError> {
+        use std::io::Write;
+        let len = u32::try_from(frame.len())
+            .map_err(|_| AgentError::Protocol("frame too large".into()))?;
+        self.stream
+            .write_all(&len.to_be_bytes())
+            .and_then(|_| self.stream.write_all(frame))
+            .and_then(|_| self.stream.flush())
+            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        wire::read_msg(&mut self.stream)
+            .map_err(|e| AgentError::Protocol(e.to_string()))?
+            .ok_or_else(|| AgentError::Protocol("the KRS closed the connection".into()))
     }
 
     /// Send one request, read one response.

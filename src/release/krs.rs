@@ -436,8 +436,7 @@ impl Service {
 /// Map a failed verifier check to a deny code. The mapping is the KRS's; callers see only the
 /// number.
 fn code_for_check(name: &str) -> DenyCode {
-    let _ = name;
-    DenyCode::EvidenceRejected
+    DenyCode::for_check(name)
 }
 
 /// Serve KRP/1 on `listener` until the process ends: one thread per connection, TLS 1.3, one

@@ -110,6 +110,9 @@ fn head_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Signs a SHA-384 digest with the receipt key (the HSM), giving `r || s`.
+pub type DigestSigner<'a> = &'a dyn Fn(&[u8; 48]) -> Result<Vec<u8>, String>;
+
 /// An open log, positioned for appending.
 pub struct ReleaseLog {
     path: PathBuf,
@@ -152,11 +155,7 @@ impl ReleaseLog {
 
     /// Append an entry (its `index`, `prev_hash` and `hash` are filled in here), fsync, then
     /// replace the signed head. `sign` signs a SHA-384 digest with the receipt key.
-    pub fn append(
-        &mut self,
-        mut entry: Entry,
-        sign: &dyn Fn(&[u8; 48]) -> Result<Vec<u8>, String>,
-    ) -> Result<(), LogError> {
+    pub fn append(&mut self, mut entry: Entry, sign: DigestSigner<'_>) -> Result<(), LogError> {
         let io = |e: std::io::Error| LogError::Io(self.path.display().to_string(), e.to_string());
         entry.index = self.count;
         entry.prev_hash = hex::encode(self.last_hash);

@@ -27,10 +27,50 @@ pub enum DenyCode {
     BadEphemeralKey,
     EvidenceMalformed,
     EvidenceRejected,
+    EvidenceBinding,
+    GuestPolicy,
+    Measurement,
+    TcbTooLow,
+    EvidenceChain,
     Internal,
 }
 
 impl DenyCode {
+    /// The code for a failed verifier check, by the check's stable name.
+    pub fn for_check(name: &str) -> DenyCode {
+        let n = name;
+        if n.ends_with("report_data")
+            || n.ends_with("qualifying_data")
+            || n.ends_with(".nonce")
+            || n.ends_with("public_key")
+            || n.ends_with("user_data")
+            || n.ends_with("extra_data")
+        {
+            DenyCode::EvidenceBinding
+        } else if n.ends_with(".debug")
+            || n.ends_with("migrate_ma")
+            || n.ends_with("policy_bits")
+            || n.ends_with("guest_policy")
+            || n.ends_with(".vmpl")
+        {
+            DenyCode::GuestPolicy
+        } else if n.ends_with("measurement") || n.ends_with("host_data") || n.contains("pcr") {
+            DenyCode::Measurement
+        } else if n.ends_with("_tcb") || n.ends_with("guest_svn") {
+            DenyCode::TcbTooLow
+        } else if n.contains("chain")
+            || n.ends_with("signature")
+            || n.ends_with("signer")
+            || n.ends_with(".crl")
+            || n.ends_with("hwid")
+            || n.ends_with("csp_id")
+        {
+            DenyCode::EvidenceChain
+        } else {
+            DenyCode::EvidenceRejected
+        }
+    }
+
     /// The opaque number sent to the caller.
     pub fn number(self) -> u32 {
         match self {
@@ -44,6 +84,11 @@ impl DenyCode {
             DenyCode::BadEphemeralKey => 140,
             DenyCode::EvidenceMalformed => 150,
             DenyCode::EvidenceRejected => 151,
+            DenyCode::EvidenceBinding => 152,
+            DenyCode::GuestPolicy => 153,
+            DenyCode::Measurement => 154,
+            DenyCode::TcbTooLow => 155,
+            DenyCode::EvidenceChain => 156,
             DenyCode::Internal => 199,
         }
     }
@@ -61,6 +106,11 @@ impl DenyCode {
             DenyCode::BadEphemeralKey => "bad_ephemeral_key",
             DenyCode::EvidenceMalformed => "evidence_malformed",
             DenyCode::EvidenceRejected => "evidence_rejected",
+            DenyCode::EvidenceBinding => "evidence_binding",
+            DenyCode::GuestPolicy => "guest_policy",
+            DenyCode::Measurement => "measurement",
+            DenyCode::TcbTooLow => "tcb_too_low",
+            DenyCode::EvidenceChain => "evidence_chain",
             DenyCode::Internal => "internal",
         }
     }

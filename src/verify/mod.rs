@@ -13,6 +13,7 @@ pub mod cli;
 pub mod evidence;
 pub mod nitro;
 pub mod policy;
+pub mod refvalues;
 pub mod snp;
 pub mod testsign;
 pub mod tpm;
@@ -99,7 +100,15 @@ pub fn verify_bundle(
     if missing.is_empty() {
         v.pass(
             "bundle.required_evidence",
-            format!("present: {:?}", policy.required_evidence),
+            format!(
+                "present: {}",
+                policy
+                    .required_evidence
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     } else {
         v.fail(
@@ -111,19 +120,11 @@ pub fn verify_bundle(
     if let Some(s) = &bundle.snp {
         snp::verify(s, policy, expect, at_secs, &mut v);
     }
-    // TPM and NitroTPM verifiers (src/verify/tpm.rs, src/verify/nitro.rs) plug in here with
-    // the same shape: `tpm::verify(&TpmEvidence, &Policy, &Expectations, at_secs, &mut v)`.
-    if bundle.tpm.is_some() {
-        v.fail(
-            "tpm",
-            "TPM evidence present but this build has no TPM verifier",
-        );
+    if let Some(t) = &bundle.tpm {
+        tpm::verify(t, policy, expect, at_secs, &mut v);
     }
-    if bundle.nitro.is_some() {
-        v.fail(
-            "nitro",
-            "NitroTPM evidence present but this build has no NitroTPM verifier",
-        );
+    if let Some(n) = &bundle.nitro {
+        nitro::verify(n, policy, expect, at_secs, &mut v);
     }
     v
 }

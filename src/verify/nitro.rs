@@ -303,6 +303,30 @@ fn bind_check(
     }
 }
 
+/// The `verify_bundle` entry point: reads the policy's `[nitro]` section (absent = the defaults:
+/// AWS Nitro Root-G1 pinned, 5-minute age, no PCR 4/7 set) and the expected binding.
+pub fn verify(
+    ev: &NitroEvidence,
+    policy: &super::Policy,
+    expect: &super::Expectations,
+    at_secs: u64,
+    verdict: &mut Verdict,
+) {
+    let p = match policy.section::<NitroPolicy>("nitro") {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            verdict.fail("nitro.policy", format!("policy [nitro] section: {e}"));
+            return;
+        }
+    };
+    let e = NitroExpect {
+        nonce: expect.nonce.as_deref(),
+        public_key: expect.public_key.as_deref(),
+        user_data: expect.user_data.as_deref(),
+    };
+    verify_nitro(ev, &p, e, at_secs, verdict)
+}
+
 /// Verify a NitroTPM attestation document at `now_unix` (seconds). Appends `nitro.*` checks.
 pub fn verify_nitro(
     ev: &NitroEvidence,

@@ -705,13 +705,33 @@ fn decode_hex_list(v: &[String]) -> Result<Vec<Vec<u8>>, String> {
         .collect()
 }
 
+/// The `verify_bundle` entry point: reads the policy's `[tpm]` section and the expected
+/// qualifying data, then runs [`verify_tpm`]. A policy without a `[tpm]` section registers no
+/// AK, so TPM evidence under it fails (fail-closed).
+pub fn verify(
+    ev: &TpmEvidence,
+    policy: &super::Policy,
+    expect: &super::Expectations,
+    _at_secs: u64,
+    verdict: &mut Verdict,
+) {
+    match policy.section::<TpmPolicy>("tpm") {
+        Ok(Some(p)) => verify_tpm(ev, &p, expect.qualifying_data.as_deref(), verdict),
+        Ok(None) => verdict.fail(
+            "tpm.policy",
+            "TPM evidence present but the policy has no [tpm] section (no registered AK)",
+        ),
+        Err(e) => verdict.fail("tpm.policy", format!("policy [tpm] section: {e}")),
+    }
+}
+
 /// Verify a TPM quote. Every step appends a `tpm.*` check to `verdict`; a step whose input is
 /// missing because an earlier step failed is recorded as skipped. `expected_extra_data` is the
 /// qualifying data the caller bound the quote to (KRP/1's T, or the live-attestation value).
 pub fn verify_tpm(
     ev: &TpmEvidence,
     policy: &TpmPolicy,
-    expected_extra_data: &[u8],
+    expected_extra_data: Option<&[u8]>,
     verdict: &mut Verdict,
 ) {
     // 1. AK trust: its Name is registered.
@@ -798,6 +818,13 @@ pub fn verify_tpm(
         );
         return;
     }
+    let Some(expected_extra_data) = expected_extra_data else {
+        verdict.skip("tpm.extra_data", "no expected qualifying data given");
+        verdict
+            .warnings
+            .push("TPM: quote freshness not checked (no expected qualifying data)".into());
+        return verify_pcrs(ev, policy, &attest, sig_bank, verdict);
+    };
     if bool::from(attest.extra_data.ct_eq(expected_extra_data)) {
         verdict.pass(
             "tpm.extra_data",
@@ -809,7 +836,17 @@ pub fn verify_tpm(
             "qualifying data differs from the expected binding (stale or foreign quote)",
         );
     }
+    verify_pcrs(ev, policy, &attest, sig_bank, verdict)
+}
 
+/// Steps 4-7: selection, PCR digest, replay, user-space comparison, allowed sets.
+fn verify_pcrs(
+    ev: &TpmEvidence,
+    policy: &TpmPolicy,
+    attest: &QuoteAttest,
+    sig_bank: Option<Bank>,
+    verdict: &mut Verdict,
+) {
     // 4. The selection covers the policy's PCRs in its bank.
     let Some(bank) = Bank::from_name(&policy.bank) else {
         verdict.fail(

@@ -129,7 +129,14 @@ pub fn verify(ev: &SnpEvidence, policy: &Policy, expect: &Expectations, at: u64,
     let product = product_check(&r, &vek, signer, policy, v);
 
     // --- chain -------------------------------------------------------------------------
+    let first = v.checks.len();
     let chain = build_chain(&given, &vek, signer, product, policy, at, v);
+    // Report the chain top-down (root, intermediate, VEK), whatever order it was built in.
+    v.checks[first..].sort_by_key(|c| match c.name.as_str() {
+        "snp.chain.ark" => 0,
+        "snp.chain.intermediate" => 1,
+        _ => 2,
+    });
 
     // --- CRLs --------------------------------------------------------------------------
     crl_check(&expect.crls, chain.as_ref(), &vek, policy, at, v);
@@ -399,25 +406,24 @@ fn build_chain(
     }
 
     // --- ARK ------------------------------------------------------------------------------
-    let unpinned: Vec<String> = given_ark
+    // Every problem with the root goes into one `snp.chain.ark` check.
+    let mut ark_problems: Vec<String> = given_ark
         .iter()
         .filter(|c| pinned(c).is_none())
-        .map(|c| format!("CN={} sha256 {}", c.subject_cn(), hex::encode(c.sha256())))
-        .collect();
-    if !unpinned.is_empty() {
-        v.fail(
-            "snp.chain.ark",
+        .map(|c| {
             format!(
-                "given root certificate(s) not pinned by the policy: {}",
-                unpinned.join(", ")
-            ),
-        );
-    }
+                "given root CN={} sha256 {} is not pinned by the policy",
+                c.subject_cn(),
+                hex::encode(c.sha256())
+            )
+        })
+        .collect();
     let Some(int) = intermediate else {
-        if unpinned.is_empty() {
+        if ark_problems.is_empty() {
             v.skip("snp.chain.ark", "no intermediate to check against a root");
+        } else {
+            v.fail("snp.chain.ark", ark_problems.join("; "));
         }
-        v.skip("snp.chain.intermediate_signature", "no intermediate");
         return None;
     };
     // Candidate roots: the given ones, else the policy's PEMs and AMD's built-ins.
@@ -448,37 +454,29 @@ fn build_chain(
     let Some(ark) = ark else {
         v.fail(
             "snp.chain.intermediate",
-            format!(
-                "{} CN={}: {} root named CN={} {}",
-                want,
-                int.subject_cn(),
-                if given_ark.is_empty() {
-                    "no trusted"
-                } else {
-                    "none of the given roots is the"
-                },
-                int.issuer_cn(),
-                if given_ark.is_empty() {
-                    "is pinned"
-                } else {
-                    "(wrong ARK)"
-                }
-            ),
+            if given_ark.is_empty() {
+                format!(
+                    "{want} CN={}: no trusted root named CN={} is pinned",
+                    int.subject_cn(),
+                    int.issuer_cn()
+                )
+            } else {
+                format!(
+                    "{want} CN={}: none of the given roots is CN={} (wrong ARK)",
+                    int.subject_cn(),
+                    int.issuer_cn()
+                )
+            },
         );
-        if unpinned.is_empty() {
-            v.fail(
-                "snp.chain.ark",
-                format!("no pinned root CN={}", int.issuer_cn()),
-            );
-        }
+        ark_problems.push(format!("no pinned root CN={}", int.issuer_cn()));
+        v.fail("snp.chain.ark", ark_problems.join("; "));
         return None;
     };
 
     // ARK: pinned, self-signed, valid.
-    let mut problems = Vec::new();
     let pin_name = pinned(&ark);
-    if pin_name.is_none() {
-        problems.push(format!(
+    if pin_name.is_none() && ark_problems.is_empty() {
+        ark_problems.push(format!(
             "CN={} sha256 {} is not pinned",
             ark.subject_cn(),
             hex::encode(ark.sha256())
@@ -487,30 +485,27 @@ fn build_chain(
     match ark.public_key() {
         Ok(PublicKey::Rsa(k)) => {
             if let Err(e) = ark.verify_signed_by(&k) {
-                problems.push(format!("self-signature: {e}"));
+                ark_problems.push(format!("self-signature: {e}"));
             }
         }
-        _ => problems.push("root key is not RSA".into()),
+        _ => ark_problems.push("root key is not RSA".into()),
     }
     if let Err(e) = ark.valid_at(at) {
-        problems.push(e);
+        ark_problems.push(e);
     }
-    let ark_ok = problems.is_empty();
-    if ark_ok {
-        if unpinned.is_empty() {
-            v.pass(
-                "snp.chain.ark",
-                format!(
-                    "CN={} pinned as {:?} (sha256 {}), self-signed, valid {}",
-                    ark.subject_cn(),
-                    pin_name.unwrap_or_default(),
-                    hex::encode(ark.sha256()),
-                    ark.validity_text()
-                ),
-            );
-        }
+    if ark_problems.is_empty() {
+        v.pass(
+            "snp.chain.ark",
+            format!(
+                "CN={} pinned as {:?} (sha256 {}), self-signed, valid {}",
+                ark.subject_cn(),
+                pin_name.unwrap_or_default(),
+                hex::encode(ark.sha256()),
+                ark.validity_text()
+            ),
+        );
     } else {
-        v.fail("snp.chain.ark", problems.join("; "));
+        v.fail("snp.chain.ark", ark_problems.join("; "));
     }
 
     // Intermediate: signed by the ARK, valid.

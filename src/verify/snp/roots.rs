@@ -78,8 +78,14 @@ fn load(pem: &str, pin: &str) -> Option<Cert> {
     (hex::encode(c.sha256()) == pin).then_some(c)
 }
 
-/// The built-in sets whose files match their pins (all three, unless the tree was altered).
-pub fn builtin() -> Vec<BuiltinSet> {
+/// The built-in sets whose files match their pins (all three, unless the tree was altered),
+/// parsed once per process.
+pub fn builtin() -> &'static [BuiltinSet] {
+    static SETS: std::sync::OnceLock<Vec<BuiltinSet>> = std::sync::OnceLock::new();
+    SETS.get_or_init(load_all)
+}
+
+fn load_all() -> Vec<BuiltinSet> {
     let mut out = Vec::new();
     for (i, (product, ark, ask, asvk)) in PEMS.iter().enumerate() {
         let (_, ark_pin) = ARK_PINS[i];
@@ -118,7 +124,7 @@ mod tests {
             3,
             "every built-in AMD certificate must hash to its pin"
         );
-        for set in &b {
+        for set in b {
             let name = set.product.amd_name();
             assert_eq!(set.ark.subject_cn(), format!("ARK-{name}"));
             assert_eq!(set.ask.subject_cn(), format!("SEV-{name}"));
