@@ -17,6 +17,7 @@ pub mod messages;
 pub mod policy;
 pub mod receipt;
 pub mod session;
+pub mod softkeys;
 pub mod source;
 pub mod tls;
 pub mod transcript;
