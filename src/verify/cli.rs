@@ -26,6 +26,13 @@ Two ways to give evidence:
       a raw 1184-byte SEV-SNP report (e.g. snpguest's report.bin) and its certificates,
       DER or PEM, in any order; a PEM file may hold a whole chain (AMD KDS cert_chain).
 
+Live mode (the only one that uses the network):
+  keyward verify --url http://HOST:PORT [--xks-url https://HOST[:PORT]] --policy FILE
+      asks a running appliance's attestation listener for fresh evidence bound to a random
+      nonce and to the key of the certificate the XKS endpoint serves (read over a separate
+      TLS connection), then verifies it: REPORT_DATA / TPM qualifying data / NitroTPM user
+      data must equal SHA-512(\"keyward/1 runtime\" || nonce || SHA-256(XKS cert SPKI)).
+
 Without --policy the built-in default policy applies: report versions 2-5, AMD's pinned
 roots, every non-negotiable check, VMPL 0, no VLEK CSP id; no measurement, TCB, REPORT_DATA
 or CRL requirement (each shown as a warning). --allow-vmpl and --allow-csp widen whichever
