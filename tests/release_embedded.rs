@@ -2,28 +2,11 @@
 //! and the software stand-in; a second start on the same state directory releases the same
 //! master key; the release log verifies.
 
-use keyward::attest::{AttestError, Attester, Binding};
+use keyward::attest::simulated::SimulatedSnpAttester;
 use keyward::release::agent::Agent;
 use keyward::release::embedded::{start, Backend};
-use keyward::verify::evidence::{EvidenceBundle, SnpEvidence};
-use keyward::verify::testsign::SimulatedPlatform;
 
 const MEAS: [u8; 48] = [0x42; 48];
-
-struct Sim(SimulatedPlatform);
-
-impl Attester for Sim {
-    fn name(&self) -> &'static str {
-        "simulated-snp"
-    }
-    fn attest(&self, b: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError> {
-        bundle.snp = Some(SnpEvidence {
-            report: self.0.report(&b.report_data),
-            certs: self.0.certs.clone(),
-        });
-        Ok(())
-    }
-}
 
 fn release(
     k: &keyward::release::embedded::EmbeddedKrs,
@@ -31,7 +14,7 @@ fn release(
 ) -> Result<[u8; 32], String> {
     let a = Agent {
         cfg: k.agent.clone(),
-        attesters: vec![Box::new(Sim(SimulatedPlatform::new(meas).unwrap()))],
+        attesters: vec![Box::new(SimulatedSnpAttester::new(meas).unwrap())],
         product_release: "demo".into(),
     };
     a.release()
