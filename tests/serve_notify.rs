@@ -17,7 +17,7 @@ fn ready_status_watchdog_and_stopping_reach_the_notify_socket() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--config", setup.config.to_str().unwrap()])
         .current_dir(setup.dir.path())
         .env("NOTIFY_SOCKET", &sock_path)
