@@ -35,7 +35,9 @@ fn create_0600(p: &Path, bytes: &[u8]) -> Result<(), HsmError> {
         .mode(0o600)
         .open(p)
         .map_err(|e| io(p, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(p, e))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io(p, e))
 }
 
 impl SoftKeys {
@@ -135,6 +137,9 @@ mod tests {
         let mk = a.unwrap_hsm(&w.hsm_epk, &[1; 48], &w.wrapped).unwrap();
         let again = SoftKeys::open_or_create(d.path()).unwrap();
         assert_eq!(*again.export_master_for_fallback().unwrap(), *mk);
-        assert_eq!(again.receipt_public_key().unwrap(), s.receipt_public_key().unwrap());
+        assert_eq!(
+            again.receipt_public_key().unwrap(),
+            s.receipt_public_key().unwrap()
+        );
     }
 }
