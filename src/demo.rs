@@ -189,7 +189,6 @@ pub fn ready_line(
     ca_cert: &Path,
     key_ids: &[String],
     admin_profile: &Path,
-    attestation_url: &str,
 ) -> String {
     serde_json::json!({
         "url": url,
@@ -200,7 +199,6 @@ pub fn ready_line(
         "ca_cert": ca_cert,
         "key_ids": key_ids,
         "admin_profile": admin_profile,
-        "attestation_url": attestation_url,
         "pid": std::process::id(),
     })
     .to_string()
@@ -269,14 +267,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         running
             .serve_until(stop, |_| {
                 let secret = cred.secret_access_key.expose_secret();
-                let line = ready_line(
-                    &url,
-                    &region,
-                    &cred.access_key_id,
-                    secret,
-                    &ca,
-                    &key_ids,
-                    &profile,
+                let line = with_attestation_url(
+                    &ready_line(
+                        &url,
+                        &region,
+                        &cred.access_key_id,
+                        secret,
+                        &ca,
+                        &key_ids,
+                        &profile,
+                    ),
                     &attestation_url,
                 );
                 let mut out = std::io::stdout().lock();
@@ -291,6 +291,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Add `"attestation_url"` to the ready line.
+fn with_attestation_url(line: &str, attestation_url: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("attestation_url".into(), attestation_url.into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => line.to_string(),
+    }
 }
 
 /// Start the live-attestation listener with the simulated SNP attester (test root, never
