@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cbor;
 pub mod cli;
 pub mod config;
+pub mod embedded;
 pub mod krs;
 pub mod log;
 pub mod messages;

@@ -85,7 +85,6 @@ impl KeyBackend for SoftKeys {
         &self.id
     }
     fn receipt_public_key(&self) -> Result<Vec<u8>, HsmError> {
-        use p384::elliptic_curve::sec1::ToEncodedPoint;
         Ok(self
             .receipt
             .verifying_key()

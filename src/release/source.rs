@@ -161,6 +161,13 @@ pub fn build_attesters(
                 out.push(Box::new(tpm::TpmAttester::new(c)));
             }
             "snp" => out.push(Box::new(crate::attest::snp::SnpAttester::default())),
+            // Named explicitly only (config check warns): proves nothing, for tests and demo.
+            "simulated-snp" => out.push(Box::new(
+                crate::attest::simulated::SimulatedSnpAttester::new(
+                    crate::attest::simulated::DEMO_MEASUREMENT,
+                )
+                .map_err(|e| MasterKeyError::Release(e.to_string()))?,
+            )),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();
                 if let Some(t) = &cfg.tpm_tcti {
