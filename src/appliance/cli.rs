@@ -73,13 +73,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let notifier = Notifier::from_env();
-        let running = match super::boot(&config, source, notifier).await {
+        let mut running = match super::boot(&config, source, notifier).await {
             Ok(r) => r,
             Err(e) => {
                 Notifier::from_env().status(&format!("boot failed: {e}"));
                 return Err(anyhow::Error::new(e).context("boot failed"));
             }
         };
+        if let (Some(_), MasterKeyConfig::Release(cfg)) = (&config.attestation, &config.master_key)
+        {
+            running.set_attesters(crate::release::source::build_attesters(cfg)?);
+        }
         let (_keep, stop) = tokio::sync::watch::channel(false);
         running.serve_until(stop, |_| {}).await?;
         Ok::<_, anyhow::Error>(())
