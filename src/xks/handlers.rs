@@ -394,7 +394,7 @@ fn encrypt(
 
         let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 200);
         out.push(b'{');
-        model::write_b64_field(&mut out, true, "ciphertext", &buf);
+        model::write_b64_field(&mut out, true, "ciphertext", buf);
         model::write_b64_field(&mut out, false, "initializationVector", &iv);
         model::write_b64_field(&mut out, false, "authenticationTag", &tag);
         model::write_b64_field(&mut out, false, "ciphertextMetadata", &ctm);
