@@ -20,7 +20,7 @@ test:
 ## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
 ## BENCH_ARGS=--quick shortens every run to 3 s.
 bench:
-	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_suite
+	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_xks_server --example bench_suite
 	$(CARGO) bench --bench floor --bench xks --bench unseal
 	./target/release/examples/bench_suite $(BENCH_ARGS)
 
@@ -35,7 +35,8 @@ clean:
 
 # ---- the appliance image (owner: image; see README "The appliance image") -------------------
 # make image        mkosi base tree (cached by its config) + keyward release binary -> image/build/keyward.raw
-# make measure      reference values (PCR 4/7/11/12 [+15 with PINS=], SNP with AWS_OVMF=) -> image/build/reference.json
+# make measure      reference values (PCR 4/7/11/12 [+15 with PINS=], SNP with AWS_OVMF=) -> image/build/reference-values.json,
+#                   measurements.json (every event, both banks), tpm-policy.toml (a KRS [tpm] section)
 # make image-repro  build twice from the same .deb cache and compare the UKI and the root hash
 # make image-test   boot the image in qemu with a swtpm and a host KRS: release, XKS, two refusals
 # make ami          the AWS import/registration commands (prints them without AWS credentials)
@@ -62,9 +63,10 @@ image: $(IMAGE_BUILD)/base.stamp
 measure:
 	@test -f $(IMAGE_BUILD)/keyward.efi || { echo "make measure: run make image first" >&2; exit 1; }
 	$(CARGO) run --release --quiet -- measure --uki $(IMAGE_BUILD)/keyward.efi \
-		$(if $(PINS),--pins $(PINS)) --out $(IMAGE_BUILD)/reference.json
-	@jq -r '.pcrs | to_entries[] | .key as $$b | .value | to_entries[] | "\($$b) PCR \(.key) \(.value)"' $(IMAGE_BUILD)/reference.json
-	@jq -r '.snp_note' $(IMAGE_BUILD)/reference.json
+		$(if $(PINS),--pins $(PINS)) --git-commit $$(git rev-parse HEAD) \
+		--artifact rootfs=$(IMAGE_BUILD)/root.erofs --artifact disk=$(IMAGE_BUILD)/keyward.raw \
+		--out $(IMAGE_BUILD)/reference-values.json --events $(IMAGE_BUILD)/measurements.json \
+		--tpm-policy $(IMAGE_BUILD)/tpm-policy.toml
 
 image-repro: $(IMAGE_BUILD)/base.stamp
 	@$(NEED) $(IMAGE_TOOLS)

@@ -201,6 +201,52 @@ fn measure_matches_the_rules_written_out() {
         "--pcr7 none leaves PCR 7 out"
     );
 
+    // the published file passes the strict reference-value parser, and the [tpm] policy section
+    // parses as the verifier's TpmPolicy with the same values
+    let st = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["measure", "--ak-name", "000b1234", "--uki"])
+        .arg(dir.path().join("uki.efi"))
+        .arg("--pins")
+        .arg(dir.path().join("pins"))
+        .arg("--out")
+        .arg(dir.path().join("rv.json"))
+        .arg("--tpm-policy")
+        .arg(dir.path().join("tpm.toml"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rv = keyward::verify::refvalues::ReferenceValues::from_json(
+        &std::fs::read(dir.path().join("rv.json")).unwrap(),
+    )
+    .unwrap();
+    let tpm = rv.tpm.unwrap();
+    assert_eq!(tpm.bank, "sha256");
+    let p4 = tpm.pcrs.iter().find(|p| p.pcr == 4).unwrap();
+    assert_eq!(p4.values, [doc["pcrs"]["sha256"]["4"].as_str().unwrap()]);
+    assert!(
+        tpm.pcrs.iter().all(|p| p.pcr != 15),
+        "PCR 15 is per customer, not per release"
+    );
+    assert_eq!(
+        rv.nitrotpm.unwrap().pcr4,
+        [doc["pcrs"]["sha384"]["4"].as_str().unwrap()]
+    );
+    #[derive(serde::Deserialize)]
+    struct Section {
+        tpm: keyward::verify::tpm::TpmPolicy,
+    }
+    let sec: Section =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("tpm.toml")).unwrap()).unwrap();
+    assert_eq!(sec.tpm.registered_aks, ["000b1234"]);
+    assert_eq!(sec.tpm.pcrs, [4, 7, 11, 12, 15]);
+    let allowed15 = sec.tpm.allowed.iter().find(|a| a.pcr == 15).unwrap();
+    assert_eq!(
+        allowed15.values,
+        [doc["pcrs"]["sha256"]["15"].as_str().unwrap()]
+    );
+    let us15 = sec.tpm.userspace.iter().find(|u| u.pcr == 15).unwrap();
+    assert_eq!(us15.digests, [hex::encode(Sha256::digest(pins))]);
+
     // not a PE: an error, exit code 2, no panic
     std::fs::write(dir.path().join("junk"), b"MZ\0\0junk").unwrap();
     let bad = Command::new(env!("CARGO_BIN_EXE_keyward"))

@@ -50,7 +50,8 @@ admin_ca_sha256 = "$(printf 'test admin ca' | sha256sum | cut -d' ' -f1)"
 PINS
 
 s=$(now)
-"$bin" measure --uki build/keyward.efi --pins "$t/pins" --out "$t/reference.json"
+"$bin" measure --uki build/keyward.efi --pins "$t/pins" --events "$t/reference.json" \
+    --out "$t/reference-values.json" --tpm-policy "$t/tpm-policy.toml"
 step measure $(( $(now) - s ))
 
 # ---- 1. good boot ---------------------------------------------------------------------------

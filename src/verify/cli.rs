@@ -26,6 +26,13 @@ Two ways to give evidence:
       a raw 1184-byte SEV-SNP report (e.g. snpguest's report.bin) and its certificates,
       DER or PEM, in any order; a PEM file may hold a whole chain (AMD KDS cert_chain).
 
+Live mode (the only one that uses the network):
+  keyward verify --url http://HOST:PORT [--xks-url https://HOST[:PORT]] --policy FILE
+      asks a running appliance's attestation listener for fresh evidence bound to a random
+      nonce and to the key of the certificate the XKS endpoint serves (read over a separate
+      TLS connection), then verifies it: REPORT_DATA / TPM qualifying data / NitroTPM user
+      data must equal SHA-512(\"keyward/1 runtime\" || nonce || SHA-256(XKS cert SPKI)).
+
 Without --policy the built-in default policy applies: report versions 2-5, AMD's pinned
 roots, every non-negotiable check, VMPL 0, no VLEK CSP id; no measurement, TCB, REPORT_DATA
 or CRL requirement (each shown as a warning). --allow-vmpl and --allow-csp widen whichever
@@ -79,6 +86,22 @@ pub struct Args {
     #[arg(long = "report-data", value_name = "HEX")]
     pub report_data: Option<String>,
 
+    /// Expected TPM quote qualifying data (hex), for a saved bundle with a TPM quote.
+    #[arg(long = "qualifying-data", value_name = "HEX")]
+    pub qualifying_data: Option<String>,
+
+    /// Expected NitroTPM document nonce (hex).
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
+
+    /// Expected NitroTPM document user data (hex).
+    #[arg(long = "user-data", value_name = "HEX")]
+    pub user_data: Option<String>,
+
+    /// Expected NitroTPM document public key (a DER SubjectPublicKeyInfo file).
+    #[arg(long = "public-key", value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+
     /// Print the verdict as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -126,6 +149,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut rd = [0u8; 64];
         rd.copy_from_slice(&b);
         expect.report_data = Some(rd);
+    }
+    let hex_arg = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Vec<u8>>> {
+        v.as_deref()
+            .map(|h| hex::decode(h.trim()).map_err(|e| anyhow::anyhow!("--{name}: {e}")))
+            .transpose()
+    };
+    expect.qualifying_data = hex_arg("qualifying-data", &args.qualifying_data)?;
+    expect.nonce = hex_arg("nonce", &args.nonce)?;
+    expect.user_data = hex_arg("user-data", &args.user_data)?;
+    if let Some(p) = &args.public_key {
+        expect.public_key = Some(read(p)?);
     }
 
     let bundle = if let Some(url) = &args.url {
