@@ -39,7 +39,11 @@ wait_for() {
     done
     return 1
 }
-stop_vm() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# stop a boot: qemu by its pid file (boot.sh then stops its swtpm), then reap boot.sh ($2)
+stop_vm() {
+    if [ -s "$1/qemu.pid" ]; then kill "$(cat "$1/qemu.pid")" 2>/dev/null || true; fi
+    wait "$2" 2>/dev/null || true
+}
 
 # the pins the test customer gives at launch (the KRS stage rewrites them with real key hashes)
 cat > "$t/pins" <<PINS
@@ -85,7 +89,7 @@ else
     echo "image-test: TODO release+XKS stage: wire the host keyward krs (SoftHSMv2) here"
     echo "skip release+xks (not wired)" >> "$t/times.txt"
 fi
-stop_vm "$vm"
+stop_vm "$t/good" "$vm"
 
 # ---- 3. one byte of /usr/bin/keyward changed ------------------------------------------------
 s=$(now)
@@ -109,7 +113,7 @@ else
     bad "corrupted boot: no result on the console"
 fi
 step corrupt-boot $(( $(now) - s ))
-stop_vm "$vm"
+stop_vm "$t/corrupt" "$vm"
 
 # ---- 4. other pins --------------------------------------------------------------------------
 s=$(now)
@@ -129,7 +133,7 @@ else
     bad "other-pins boot: no keyward-pcr lines"
 fi
 step other-pins-boot $(( $(now) - s ))
-stop_vm "$vm"
+stop_vm "$t/other" "$vm"
 
 echo "image-test: times (s):"; cat "$t/times.txt"
 exit "$fail"
