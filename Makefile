@@ -20,7 +20,7 @@ test:
 ## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
 ## BENCH_ARGS=--quick shortens every run to 3 s.
 bench:
-	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_suite
+	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_xks_server --example bench_suite
 	$(CARGO) bench --bench floor --bench xks --bench unseal
 	./target/release/examples/bench_suite $(BENCH_ARGS)
 

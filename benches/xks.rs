@@ -6,12 +6,10 @@
 //!   whole request path after HTTP: route, SigV4, JSON, key lookup, grants, IV + AES-256-GCM,
 //!   JSON answer, and the audit record handed to the writer thread (writing to a temp file).
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
@@ -19,17 +17,13 @@ use keyward::audit::{AuditLog, AuditSink};
 use keyward::bench::payload::{Builder, EncryptOutput, Prepared};
 use keyward::bench::settings::{Preset, RawSettings, Settings};
 use keyward::bench::signer::Signer;
-use keyward::keystore::view::{
-    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
-};
-use keyward::secret::{Key32, MemoryPolicy};
 use keyward::xks::handlers::{handle, Ctx, Limits, Request};
 use keyward::xks::sigv4;
 use keyward::xks::{health::Health, InMemoryStore};
 
-const AK: &str = "AKIAKEYWARDBENCHTEST23";
-const SK: &str = "Q3w9vJm2Xb7Lr5Tn8Pk4Hs6Yd1Fg0Zc2Ve5Ua7Ni3Ox";
-const PREFIX: &str = "/keyward";
+#[path = "tools/fixture.rs"]
+mod fixture;
+use fixture::{AK, PREFIX, SK};
 
 fn settings(preset: Preset) -> Settings {
     RawSettings {
@@ -46,44 +40,8 @@ fn settings(preset: Preset) -> Settings {
 }
 
 fn ctx(audit_dir: &std::path::Path) -> Ctx {
-    keyward::secret::init(MemoryPolicy {
-        allow_unlocked: true,
-    })
-    .unwrap();
-    let key = LiveKey {
-        id: "key-1".into(),
-        version: 1,
-        usage: KeyUsage::EncryptDecrypt,
-        status: KeyStatus::Enabled,
-        grants: vec![Grant {
-            principal: "*".into(),
-            ops: GrantOps {
-                encrypt: true,
-                decrypt: true,
-                metadata: true,
-            },
-            via_service: None,
-            source_vpc: None,
-            source_vpce: None,
-        }],
-        kek: Key32::random().unwrap(),
-    };
-    let store = StoreView {
-        name: "bench".into(),
-        uri_prefix: PREFIX.into(),
-        region: "us-east-1".into(),
-        services: vec!["kms-xks-proxy".into()],
-        credentials: vec![Arc::new(Credential {
-            access_key_id: AK.into(),
-            secret_access_key: SK.to_string().into(),
-        })],
-        keys: HashMap::from([("key-1".to_string(), Arc::new(key))]),
-    };
-    let snap = Snapshot {
-        stores: HashMap::from([("bench".to_string(), Arc::new(store))]),
-    };
     Ctx {
-        view: Arc::new(ArcSwap::from_pointee(snap)),
+        view: fixture::view(),
         health: Health::new(Arc::new(InMemoryStore), "bench".into()).unwrap(),
         audit: AuditLog::start(AuditSink::File(audit_dir.join("audit.log"))).unwrap(),
         limits: Limits::default(),

@@ -384,3 +384,35 @@ fn through_verify_bundle_with_a_toml_policy() {
         .iter()
         .any(|c| c.name == "nitro.root" && c.status == Status::Failed));
 }
+
+/// Regenerates `tests/data/nitro/` (a synthetic NitroTPM document under a test root, its
+/// bundle and policy) for the CLI test: `cargo test --test nitro_doc -- --ignored generate`.
+#[test]
+#[ignore]
+fn generate_nitro_fixture() {
+    let pki = pki("keyward TEST nitro root - NOT AWS", (-86_400, 86_400));
+    let f = good_fields();
+    let bundle = keyward::verify::EvidenceBundle {
+        version: 1,
+        nitro: Some(NitroEvidence {
+            document: document(&pki, &f),
+        }),
+        ..Default::default()
+    };
+    let policy = format!(
+        "# Policy for tests/data/nitro/bundle.json: trusts the TEST Nitro root only.\n\
+         format = 1\nname = \"nitro fixture\"\nrequired_evidence = [\"nitro\"]\n\n[nitro]\n\
+         root_sha256 = [\"{}\"]\nmax_age = \"5m\"\npcrs = [\n  {{ pcr = 4, values = [\"{}\"] }},\n  {{ pcr = 7, values = [\"{}\"] }},\n]\n",
+        hex::encode(Sha256::digest(&pki.root)),
+        hex::encode([0x44u8; 48]),
+        hex::encode([0x77u8; 48])
+    );
+    let out = format!("{}/tests/data/nitro", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        format!("{out}/bundle.json"),
+        serde_json::to_string_pretty(&bundle).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(format!("{out}/policy.toml"), policy).unwrap();
+}

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use keyward::attest::simulated::SimulatedSnpAttester;
 use keyward::attest::{AttestError, Attester, Binding};
 use keyward::release::agent::{accept_release, parse_pins, Agent, AgentError, Client};
 use keyward::release::cbor::to_canonical;
@@ -23,30 +24,24 @@ use keyward::verify::testsign::{test_root_policy_toml, ReportBuilder, SimulatedP
 
 const MEAS: [u8; 48] = [0x11; 48];
 
-/// Simulated SNP evidence from the test signer, honest or with one thing wrong.
-struct Sim {
+/// Simulated SNP evidence with the DEBUG policy bit set (otherwise honest).
+struct DebugReport {
     platform: SimulatedPlatform,
-    debug: bool,
 }
 
-impl Attester for Sim {
+impl Attester for DebugReport {
     fn name(&self) -> &'static str {
         "simulated-snp"
     }
     fn attest(&self, b: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError> {
         let p = &self.platform;
-        let report = if self.debug {
-            let mut rb = ReportBuilder::new(p.product, p.signer, &p.tcb);
-            rb.report_data(&b.report_data)
-                .measurement(&p.measurement)
-                .chip_id(&p.chip_id)
-                .policy(0x30000 | (1 << 19));
-            p.sign(&rb)
-        } else {
-            p.report(&b.report_data)
-        };
+        let mut rb = ReportBuilder::new(p.product, p.signer, &p.tcb);
+        rb.report_data(&b.report_data)
+            .measurement(&p.measurement)
+            .chip_id(&p.chip_id)
+            .policy(0x30000 | (1 << 19));
         bundle.snp = Some(SnpEvidence {
-            report,
+            report: p.sign(&rb),
             certs: p.certs.clone(),
         });
         Ok(())
@@ -70,7 +65,7 @@ fn platform(meas: [u8; 48], snp_tcb: u8) -> SimulatedPlatform {
     SimulatedPlatform::with(Product::Milan, SignerKind::Vcek, tcb(snp_tcb), chip, meas).unwrap()
 }
 
-fn agent(f: &common::KrsFixture, addr: &str, sim: Sim) -> Agent {
+fn agent(f: &common::KrsFixture, addr: &str, sim: impl Attester + 'static) -> Agent {
     Agent {
         cfg: f.agent_config(addr),
         attesters: vec![Box::new(sim)],
@@ -78,11 +73,9 @@ fn agent(f: &common::KrsFixture, addr: &str, sim: Sim) -> Agent {
     }
 }
 
-fn honest() -> Sim {
-    Sim {
-        platform: platform(MEAS, 22),
-        debug: false,
-    }
+/// The attest helper's simulated SNP attester on a platform with the allowed measurement.
+fn honest() -> SimulatedSnpAttester {
+    SimulatedSnpAttester::from_platform(platform(MEAS, 22))
 }
 
 fn fixture(label: &str) -> Option<common::KrsFixture> {
@@ -156,19 +149,15 @@ fn release_end_to_end_with_refusals() {
     assert_eq!(last["index"], r2.receipt.log_index);
 
     // Refusals by the verifier, each with its own reason and code.
-    let wrong = Sim {
-        platform: platform([0x22; 48], 22),
-        debug: false,
-    };
+    let wrong = SimulatedSnpAttester::from_platform(platform([0x22; 48], 22));
     expect_deny(
         &f,
         agent(&f, &addr, wrong).release(),
         DenyCode::Measurement,
         "snp.measurement",
     );
-    let debug = Sim {
+    let debug = DebugReport {
         platform: platform(MEAS, 22),
-        debug: true,
     };
     expect_deny(
         &f,
@@ -176,10 +165,7 @@ fn release_end_to_end_with_refusals() {
         DenyCode::GuestPolicy,
         "snp.debug",
     );
-    let old_tcb = Sim {
-        platform: platform(MEAS, 18),
-        debug: false,
-    };
+    let old_tcb = SimulatedSnpAttester::from_platform(platform(MEAS, 18));
     expect_deny(
         &f,
         agent(&f, &addr, old_tcb).release(),

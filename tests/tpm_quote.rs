@@ -539,3 +539,78 @@ fn live_attestation_over_http_with_a_swtpm_quote() {
         server.await.unwrap();
     });
 }
+
+/// Regenerates `tests/data/tpm/` (a real swtpm quote bundle + its policy) for the CLI test:
+/// `cargo test --test tpm_quote -- --ignored generate_tpm_fixture`.
+#[test]
+#[ignore]
+fn generate_tpm_fixture() {
+    let tpm = start_swtpm().expect("swtpm needed to regenerate fixtures");
+    let tcti = tpm.tcti();
+    let bank = Bank::Sha256;
+    let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
+    let events: Vec<(u32, u32, Vec<u8>)> = vec![
+        (0, 0x8000_0008, b"firmware volume (fixture)".to_vec()),
+        (0, 4, vec![0, 0, 0, 0]),
+        (
+            4,
+            0x8000_0007,
+            b"Calling EFI Application from Boot Option".to_vec(),
+        ),
+        (4, 4, vec![0, 0, 0, 0]),
+        (
+            4,
+            0x8000_0003,
+            b"UKI authenticode digest (fixture)".to_vec(),
+        ),
+        (7, 0x8000_0001, b"SecureBoot=0 (fixture)".to_vec()),
+        (7, 4, vec![0, 0, 0, 0]),
+    ];
+    for (pcr, _, d) in &events {
+        extend(&tcti, *pcr as u8, bank, &bank.hash(d));
+    }
+    for w in PHASES {
+        extend(&tcti, 11, bank, &bank.hash(w.as_bytes()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::write(&log, build_event_log(bank, &events)).unwrap();
+    let att = TpmAttester::new(TpmConfig {
+        tcti,
+        ak_handle: ak.handle,
+        bank,
+        pcrs: vec![0, 4, 7, 11],
+        event_log: Some(log),
+    });
+    let binding = Binding {
+        report_data: [0; 64],
+        user_data: vec![0x42; 32],
+        nonce: None,
+        public_key: None,
+    };
+    let mut b = EvidenceBundle {
+        version: 1,
+        ..Default::default()
+    };
+    att.attest(&binding, &mut b).unwrap();
+    let ev = b.tpm.as_ref().unwrap();
+    let pcr = |i: u8| hex::encode(&ev.pcrs.iter().find(|p| p.index == i).unwrap().value);
+    let policy = format!(
+        "# Policy for the swtpm fixture bundle (tests/data/tpm/bundle.json).\n\
+         format = 1\nname = \"swtpm fixture\"\nrequired_evidence = [\"tpm\"]\n\n[tpm]\n\
+         registered_aks = [\"{}\"]\nbank = \"sha256\"\npcrs = [0, 4, 7, 11]\n\
+         userspace = [\n  {{ pcr = 11, words = [\"enter-initrd\", \"leave-initrd\", \"ready\"] }},\n]\n\
+         allowed = [\n  {{ pcr = 4, values = [\"{}\"] }},\n  {{ pcr = 7, values = [\"{}\"] }},\n]\n",
+        ak.name_hex,
+        pcr(4),
+        pcr(7)
+    );
+    let out = format!("{}/tests/data/tpm", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        format!("{out}/bundle.json"),
+        serde_json::to_string_pretty(&b).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(format!("{out}/policy.toml"), policy).unwrap();
+}

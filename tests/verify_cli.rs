@@ -161,6 +161,15 @@ fn usage_and_unreadable_input_exit_2() {
         vec!["--report", &r, "--no-such-flag"],
         vec!["--report", &r, "--cert", &c, "--report-data", "abcd"],
         vec!["--url", "https://127.0.0.1:1"],
+        vec!["--report", &r, "--cert", &c, "--nonce", "zz"],
+        vec![
+            "--report",
+            &r,
+            "--cert",
+            &c,
+            "--public-key",
+            "/nonexistent/key.der",
+        ],
     ];
     for a in cases {
         let o = keyward(&a);

@@ -625,3 +625,30 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn bundle_report_data_field_is_informational() {
+    use keyward::verify::evidence::{EvidenceBundle, SnpEvidence};
+    let m = milan();
+    let bundle = |field: [u8; 64]| EvidenceBundle {
+        version: 1,
+        report_data: Some(field.to_vec()),
+        snp: Some(SnpEvidence {
+            report: m.report(&[1; 64]),
+            certs: m.certs.clone(),
+        }),
+        tpm: None,
+        nitro: None,
+    };
+    let e = Expectations::default();
+    let v = keyward::verify::verify_bundle(&bundle([1; 64]), &policy(""), &e, now());
+    assert!(v.ok() && !v.warnings.iter().any(|w| w.contains("informational")));
+    let v = keyward::verify::verify_bundle(&bundle([2; 64]), &policy(""), &e, now());
+    assert!(v.ok(), "{}", v.to_table());
+    assert!(v.warnings.iter().any(|w| w.contains("informational")));
+    // A bundle from a newer format is refused.
+    let mut b = bundle([1; 64]);
+    b.version = 2;
+    let v = keyward::verify::verify_bundle(&b, &policy(""), &e, now());
+    assert_eq!(failed(&v), vec!["bundle.version".to_string()]);
+}

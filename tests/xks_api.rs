@@ -761,6 +761,16 @@ fn grants_allow_and_deny() {
         .0,
         200
     );
+    // ARNs up to 2048 characters are accepted (here through the wildcard grant).
+    let long = format!("arn:aws:iam::111122223333:role/{}", "r".repeat(2048 - 31));
+    assert_eq!(long.len(), 2048);
+    let mut body = json!({"requestMetadata": md(&long)});
+    body["requestMetadata"]["kmsKeyArn"] = format!(
+        "arn:aws:kms:us-east-1:111122223333:key/{}",
+        "k".repeat(2048 - 39)
+    )
+    .into();
+    assert_eq!(fx.signed(&fx.api("k-both", "metadata"), &body).0, 200);
     // Health is never subject to grants.
     let (s, _) = fx.signed(
         &format!("{PREFIX}/kms/xks/v1/health"),

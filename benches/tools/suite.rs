@@ -247,10 +247,43 @@ fn main() -> anyhow::Result<()> {
         None
     };
 
-    // 2. keyward demo.
+    // 2. keyward's request path alone: xks::XksServer over in-memory keys, same client.
+    let xks_bin = root.join("target/release/examples/bench_xks_server");
+    let xks_line = suite.work.join("xks.json");
+    let xks_alone = if xks_bin.exists() {
+        let mut cmd = Command::new(&xks_bin);
+        cmd.arg(suite.work.join("xks")).arg("2");
+        let (guard, _) = start_with_json_line(cmd, &xks_line, Duration::from_secs(20))?;
+        let r = suite.bench(
+            &xks_line,
+            "xks server c64",
+            &["-c", "64", "--duration", &suite.secs(5), "--warmup", "1s"],
+        )?;
+        Some((guard, r))
+    } else {
+        None
+    };
+
+    // 3. keyward demo (or, when it cannot start, the XKS server alone, said so in the results).
     let state = suite.work.join("demo-state");
     let demo_line = suite.work.join("demo.json");
-    let (demo_guard, demo, _port) = suite.start_demo(&state, &demo_line)?;
+    let (demo_guard, demo, demo_line, server_kind) = match suite.start_demo(&state, &demo_line) {
+        Ok((g, v, _port)) => (Some(g), v, demo_line, "keyward demo"),
+        Err(e) => {
+            eprintln!(
+                "bench: keyward demo did not start ({e:#}); measuring bench_xks_server instead"
+            );
+            results["demo_error"] = json!(format!("{e:#}"));
+            let v: Value = serde_json::from_slice(&std::fs::read(&xks_line)?)?;
+            (
+                None,
+                v,
+                xks_line.clone(),
+                "bench_xks_server (keyward demo unavailable)",
+            )
+        }
+    };
+    results["server"] = json!(server_kind);
     results["demo"] =
         json!({ "url": demo["url"], "uri_prefix": demo["uri_prefix"], "pid": demo["pid"] });
 
@@ -338,10 +371,19 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|n| n.parse::<u64>().ok())
         });
     drop(demo_guard);
+    let xks_alone = xks_alone.map(|(guard, r)| {
+        drop(guard);
+        r
+    });
 
     // 3. Start-up: process start to the XKS listener accepting, state already created.
     let mut startups = Vec::new();
-    for _ in 0..if quick { 3 } else { 7 } {
+    let runs = match (server_kind == "keyward demo", quick) {
+        (false, _) => 0,
+        (true, true) => 3,
+        (true, false) => 7,
+    };
+    for _ in 0..runs {
         match startup_once(&suite, &state) {
             Ok(d) => startups.push(d.as_secs_f64() * 1000.0),
             Err(e) => {
@@ -426,7 +468,7 @@ fn main() -> anyhow::Result<()> {
     let spec_ratio = f(&max["ops_per_s"]) / f(&c64["ops_per_s"]);
     results["runs"] = json!({
         "encrypt_closed": closed, "open_1800": open, "spec_max_c64": max,
-        "decrypt_c64": decrypt, "mix_c64": mix, "echo_c64": echo,
+        "decrypt_c64": decrypt, "mix_c64": mix, "echo_c64": echo, "xks_server_alone_c64": xks_alone,
     });
     results["startup_ms"] = json!({ "median": startup_median, "all": startups });
     results["demo_rss_kib_after_load"] = json!(rss_kib);

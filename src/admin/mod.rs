@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod ops;
 pub mod pki;
 pub mod proto;
 pub mod server;

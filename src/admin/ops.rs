@@ -20,11 +20,11 @@ use crate::keystore::{KeystoreError, Registry, Revoke};
 /// Admin requests carried out on a registry, audited.
 pub struct RegistryBackend {
     registry: Arc<Registry>,
-    audit: Arc<AuditLog>,
+    audit: AuditLog,
 }
 
 impl RegistryBackend {
-    pub fn new(registry: Arc<Registry>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(registry: Arc<Registry>, audit: AuditLog) -> Self {
         RegistryBackend { registry, audit }
     }
 }
@@ -60,6 +60,13 @@ impl Backend for RegistryBackend {
         let result = self.apply(req);
         if change {
             let detail = match &result {
+                // A generated credential: name its id (never the secret).
+                Ok(v) if op == "creds_add" => format!(
+                    "{what}; access_key_id={}",
+                    v.get("access_key_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                ),
                 Ok(_) => what,
                 Err(e) => format!("{what}; refused: {e}"),
             };
@@ -192,7 +199,9 @@ impl RegistryBackend {
                 let raw = Zeroizing::new(
                     base64::engine::general_purpose::STANDARD
                         .decode(key_b64.expose())
-                        .map_err(|_| AdminError::BadRequest("key_b64 is not standard Base64".into()))?,
+                        .map_err(|_| {
+                            AdminError::BadRequest("key_b64 is not standard Base64".into())
+                        })?,
                 );
                 let mut bytes = Zeroizing::new([0u8; 32]);
                 if raw.len() != 32 {
@@ -213,7 +222,9 @@ impl RegistryBackend {
                     .collect();
                 to_json(&keys)
             }
-            Request::KeysEnable { store, id } => to_json(&key_info(r.enable_key(store.as_deref(), &id)?)),
+            Request::KeysEnable { store, id } => {
+                to_json(&key_info(r.enable_key(store.as_deref(), &id)?))
+            }
             Request::KeysDisable { store, id } => {
                 to_json(&key_info(r.disable_key(store.as_deref(), &id)?))
             }
@@ -301,10 +312,18 @@ impl RegistryBackend {
                     .stores
                     .get(&name)
                     .ok_or_else(|| AdminError::from(KeystoreError::UnknownStore(name.clone())))?;
-                let cred = match &access_key_id {
-                    Some(a) => sv.credentials.iter().find(|c| &c.access_key_id == a),
-                    None => sv.credentials.last(),
-                }
+                // Default: the newest credential (the one KMS should be switched to).
+                let wanted = match &access_key_id {
+                    Some(a) => Some(a.clone()),
+                    None => r
+                        .list_credentials(Some(&name))?
+                        .into_iter()
+                        .max_by_key(|c| c.created)
+                        .map(|c| c.access_key_id),
+                };
+                let cred = wanted
+                    .as_ref()
+                    .and_then(|a| sv.credentials.iter().find(|c| &c.access_key_id == a))
                 .ok_or_else(|| {
                     AdminError::NotFound(match &access_key_id {
                         Some(a) => format!("no credential {a} in key store {name}"),

@@ -147,6 +147,7 @@ async fn serve_conn(
         async move { Ok::<_, std::convert::Infallible>(handle(req, backend, actor).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
         .await;

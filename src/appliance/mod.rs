@@ -48,7 +48,7 @@ pub enum BootError {
     #[error(transparent)]
     MasterKey(#[from] MasterKeyError),
     #[error("key store: {0}")]
-    Keystore(String),
+    Keystore(#[from] crate::keystore::KeystoreError),
     #[error("audit log: {0}")]
     Audit(String),
     #[error("XKS listener: {0}")]
@@ -69,4 +69,6 @@ pub fn phase(name: &'static str, what: &str) {
     tracing::info!(phase = %name, "{what}");
 }
 
-// (run.rs is wired in when the registry and the XKS server land)
+pub use run::{boot, Running};
+
+mod run;

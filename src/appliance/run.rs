@@ -13,13 +13,14 @@ use crate::audit::{AuditLog, AuditSink};
 use crate::config::{Config, KeyStoreConfig};
 use crate::keystore::{NewStore, Registry};
 use crate::secret::MemoryPolicy;
-use crate::xks::XksServer;
+use crate::xks::{ClientAuth, StoreProbe, TlsSettings, XksServer, XksSettings};
 
 /// A booted appliance: key store unsealed, listeners bound, not yet serving.
 pub struct Running {
     pub addresses: Addresses,
     pub registry: Arc<Registry>,
-    audit: Arc<AuditLog>,
+    store_dir: std::path::PathBuf,
+    audit: AuditLog,
     xks: XksServer,
     admin: Option<AdminServer>,
     notifier: Notifier,
@@ -49,11 +50,17 @@ pub async fn boot(
     } else {
         phase(
             "attest",
-            &format!("skipped: master_key.source = {} (no attestation)", source.name()),
+            &format!(
+                "skipped: master_key.source = {} (no attestation)",
+                source.name()
+            ),
         );
         phase(
             "release",
-            &format!("skipped: master_key.source = {}: reading the master key", source.name()),
+            &format!(
+                "skipped: master_key.source = {}: reading the master key",
+                source.name()
+            ),
         );
     }
     let master = {
@@ -63,7 +70,10 @@ pub async fn boot(
             .map_err(|e| BootError::Xks(format!("master key task: {e}")))??
     };
 
-    phase("unseal", &format!("opening key store {}", config.storage.dir.display()));
+    phase(
+        "unseal",
+        &format!("opening key store {}", config.storage.dir.display()),
+    );
     notifier.status("unseal: opening the key store");
     let dir = config.storage.dir.clone();
     let registry = tokio::task::spawn_blocking(move || Registry::open_dir(&dir, master))
@@ -82,12 +92,14 @@ pub async fn boot(
         Some(p) => AuditSink::File(p.clone()),
         None => AuditSink::Stderr,
     };
-    let audit = Arc::new(AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?);
+    let audit = AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?;
 
-    let xks = XksServer::bind(&config.xks)
+    let xks = XksServer::bind(xks_settings(&config.xks)?)
         .await
         .map_err(|e| BootError::Xks(e.to_string()))?;
-    let xks_addr = xks.local_addr().map_err(|e| BootError::Xks(e.to_string()))?;
+    let xks_addr = xks
+        .local_addr()
+        .map_err(|e| BootError::Xks(e.to_string()))?;
     let admin = match &config.admin {
         Some(a) => Some(AdminServer::bind(a).await?),
         None => None,
@@ -99,11 +111,50 @@ pub async fn boot(
             admin: admin_addr,
         },
         registry,
+        store_dir: config.storage.dir.clone(),
         audit,
         xks,
         admin,
         notifier,
     })
+}
+
+/// Map the `[xks]` section onto the XKS server's settings (reading the PEM files).
+fn xks_settings(x: &crate::config::XksConfig) -> Result<XksSettings, BootError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| BootError::Xks(format!("{}: {e}", p.display())))
+    };
+    let tls = match &x.tls {
+        Some(t) => Some(TlsSettings {
+            cert_chain_pem: read(&t.cert_chain)?,
+            key_pem: zeroize::Zeroizing::new(read(&t.key)?),
+            client_auth: match &x.mtls {
+                Some(m) => Some(ClientAuth {
+                    ca_pem: read(&m.client_ca)?,
+                    allowed_names: m.allowed_subjects.clone(),
+                }),
+                None => None,
+            },
+        }),
+        None => None,
+    };
+    Ok(XksSettings {
+        listen: x.listen,
+        tls,
+        insecure_http: x.insecure_http,
+        limits: crate::xks::Limits::default(),
+        instance_id: instance_id(),
+    })
+}
+
+/// The id this instance reports in health's `ekmFleetDetails`: the host name.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("keyward-{h}"))
+        .unwrap_or_else(|| "keyward".into())
 }
 
 /// Create the configured key stores that do not exist yet and add the configured credentials
@@ -163,15 +214,21 @@ impl Running {
         let Running {
             addresses,
             registry,
+            store_dir,
             audit,
             xks,
             admin,
             notifier,
         } = self;
+        // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
         let (tx, rx) = watch::channel(false);
 
         let view = registry.view();
-        let probe = Arc::new(RegistryProbe(registry.clone()));
+        let probe = Arc::new(DirProbe(store_dir));
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
             let backend = Arc::new(RegistryBackend::new(registry.clone(), audit.clone()));
@@ -198,10 +255,6 @@ impl Running {
             });
         }
 
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
-        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
             _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
@@ -231,5 +284,13 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The health check's "readable key store" probe.
-struct RegistryProbe(Arc<Registry>);
+/// The health check's "readable key store" probe: the store directory can be listed.
+struct DirProbe(std::path::PathBuf);
+
+impl StoreProbe for DirProbe {
+    fn probe(&self) -> Result<(), String> {
+        std::fs::read_dir(&self.0)
+            .map(|_| ())
+            .map_err(|e| format!("key store {}: {e}", self.0.display()))
+    }
+}

@@ -38,5 +38,6 @@ pub trait Attester: Send + Sync {
 
 pub mod live;
 pub mod nitrotpm;
+pub mod simulated;
 pub mod snp;
 pub mod tpm;

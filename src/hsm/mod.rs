@@ -141,6 +141,44 @@ pub struct HsmWrap {
     pub wrapped: Vec<u8>,
 }
 
+/// What the KRS needs from whatever holds its keys: a PKCS#11 token ([`Hsm`]) or, for the
+/// demo on machines without SoftHSM, the software stand-in in `release::softkeys`.
+pub trait KeyBackend: Send {
+    /// Mechanisms available for the release wrap.
+    fn capabilities(&self) -> Capabilities;
+    /// The master key's identifier (label).
+    fn master_key_id(&self) -> &str;
+    /// The receipt public key, SEC1 uncompressed.
+    fn receipt_public_key(&self) -> Result<Vec<u8>, HsmError>;
+    /// Sign a SHA-384 digest with the receipt key: 96 bytes `r || s`.
+    fn sign_digest(&self, digest: &[u8; 48]) -> Result<Vec<u8>, HsmError>;
+    /// Wrap the master key to `agent_epk`, bound to `transcript`.
+    fn release_wrap(&self, agent_epk: &[u8], transcript: &[u8]) -> Result<HsmWrap, HsmError>;
+    /// The HPKE fallback's one-call export of the master key.
+    fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError>;
+}
+
+impl KeyBackend for Hsm {
+    fn capabilities(&self) -> Capabilities {
+        Hsm::capabilities(self)
+    }
+    fn master_key_id(&self) -> &str {
+        Hsm::master_key_id(self)
+    }
+    fn receipt_public_key(&self) -> Result<Vec<u8>, HsmError> {
+        Hsm::receipt_public_key(self)
+    }
+    fn sign_digest(&self, digest: &[u8; 48]) -> Result<Vec<u8>, HsmError> {
+        Hsm::sign_digest(self, digest)
+    }
+    fn release_wrap(&self, agent_epk: &[u8], transcript: &[u8]) -> Result<HsmWrap, HsmError> {
+        Hsm::release_wrap(self, agent_epk, transcript)
+    }
+    fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        Hsm::export_master_for_fallback(self)
+    }
+}
+
 /// An open, logged-in session on the KRS token.
 pub struct Hsm {
     // Field order matters: the session must close before the context finalizes.

@@ -209,6 +209,7 @@ fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
             "receipt_spki_sha256": hex::encode(spki_pin(&spki)),
             "krs_tls_spki_sha256": hex::encode(tls_pin),
             "receipt_public_key": cfg.receipt_pub(),
+            "receipt_public_key_pem": pem,
             "master_key": hsm.master_key_id(),
             "key_version": KEY_VERSION,
             "capabilities": format!("{:?}", hsm.capabilities()),
@@ -246,7 +247,7 @@ pub fn build_service(
     let tls_pin = super::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
     let tls = super::tls::server_config(certs, key)?;
     let svc = Service::new(
-        hsm,
+        Box::new(hsm),
         log,
         policy,
         appraiser,

@@ -27,7 +27,7 @@ use super::transcript;
 use super::unwrap::{hpke_aad, seal_hpke};
 use super::wire;
 use crate::attest::Binding;
-use crate::hsm::{Hsm, HsmError};
+use crate::hsm::{HsmError, KeyBackend};
 use crate::verify::evidence::EvidenceBundle;
 use crate::verify::verdict::Verdict;
 
@@ -56,7 +56,7 @@ pub enum KrsError {
 }
 
 struct Inner {
-    hsm: Hsm,
+    hsm: Box<dyn KeyBackend>,
     log: ReleaseLog,
 }
 
@@ -93,7 +93,7 @@ impl Service {
     /// release log, the appraiser and the TLS key pin.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        hsm: Hsm,
+        hsm: Box<dyn KeyBackend>,
         log: ReleaseLog,
         policy: VerifiedPolicy,
         appraiser: Box<dyn Appraiser>,

@@ -128,3 +128,58 @@ pub enum Response {
     Release(Release),
     Deny(Deny),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::cbor::{from_slice, to_canonical};
+    use proptest::prelude::*;
+
+    fn sample() -> Request {
+        Request::Evidence(Evidence {
+            v: VERSION,
+            session_id: vec![1; 16],
+            epk: vec![4; 97],
+            policy_digest: vec![2; 48],
+            evidence: vec![3; 40],
+        })
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let b = to_canonical(&sample()).unwrap();
+        let back: Request = from_slice(&b).unwrap();
+        assert_eq!(back, sample());
+        assert_eq!(to_canonical(&back).unwrap(), b);
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_without_allocating() {
+        // map(1) {"hello": bytes of declared length 2^62}
+        let mut b = vec![0xa1, 0x65];
+        b.extend_from_slice(b"hello");
+        b.push(0x5b);
+        b.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        assert!(from_slice::<Request>(&b).is_err());
+        let mut b = vec![0xa1, 0x68];
+        b.extend_from_slice(b"evidence");
+        b.push(0x9b); // array of 2^62 items
+        b.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        assert!(from_slice::<Request>(&b).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_and_mutated_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                                                 flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8)) {
+            let _ = from_slice::<Request>(&bytes);
+            let _ = from_slice::<Response>(&bytes);
+            let mut b = to_canonical(&sample()).unwrap();
+            for (i, x) in flips {
+                let n = b.len();
+                b[i % n] ^= x;
+            }
+            let _ = from_slice::<Request>(&b);
+        }
+    }
+}

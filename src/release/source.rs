@@ -160,6 +160,14 @@ pub fn build_attesters(
                 }
                 out.push(Box::new(tpm::TpmAttester::new(c)));
             }
+            "snp" => out.push(Box::new(crate::attest::snp::SnpAttester::default())),
+            // Named explicitly only (config check warns): proves nothing, for tests and demo.
+            "simulated-snp" => out.push(Box::new(
+                crate::attest::simulated::SimulatedSnpAttester::new(
+                    crate::attest::simulated::DEMO_MEASUREMENT,
+                )
+                .map_err(|e| MasterKeyError::Release(e.to_string()))?,
+            )),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();
                 if let Some(t) = &cfg.tpm_tcti {
@@ -264,4 +272,39 @@ pub fn default_appraiser() -> Box<dyn Appraiser> {
 pub fn check_policy_text(text: &[u8]) -> anyhow::Result<()> {
     crate::verify::Policy::from_bytes(text)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_jittered_and_slow_after_policy_deny() {
+        let r = Retry {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            policy_deny_delay: Duration::from_secs(300),
+            max_attempts: None,
+        };
+        let transport = AgentError::Connect("x".into(), "refused".into());
+        for n in 0..40 {
+            let d = r.delay(n, &transport);
+            let full = Duration::from_millis(100)
+                .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX))
+                .min(Duration::from_secs(2));
+            assert!(d >= full / 2 && d <= full, "attempt {n}: {d:?} vs {full:?}");
+        }
+        assert!(r.delay(30, &transport) <= Duration::from_secs(2));
+        let deny = AgentError::Denied {
+            code: crate::release::receipt::DenyCode::Measurement.number(),
+            receipt_verified: true,
+        };
+        assert!(deny.is_policy_deny());
+        assert_eq!(r.delay(0, &deny), Duration::from_secs(300));
+        let replay = AgentError::Denied {
+            code: crate::release::receipt::DenyCode::SessionExpired.number(),
+            receipt_verified: true,
+        };
+        assert!(!replay.is_policy_deny());
+    }
 }

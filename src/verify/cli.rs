@@ -26,6 +26,13 @@ Two ways to give evidence:
       a raw 1184-byte SEV-SNP report (e.g. snpguest's report.bin) and its certificates,
       DER or PEM, in any order; a PEM file may hold a whole chain (AMD KDS cert_chain).
 
+Live mode (the only one that uses the network):
+  keyward verify --url http://HOST:PORT [--xks-url https://HOST[:PORT]] --policy FILE
+      asks a running appliance's attestation listener for fresh evidence bound to a random
+      nonce and to the key of the certificate the XKS endpoint serves (read over a separate
+      TLS connection), then verifies it: REPORT_DATA / TPM qualifying data / NitroTPM user
+      data must equal SHA-512(\"keyward/1 runtime\" || nonce || SHA-256(XKS cert SPKI)).
+
 Without --policy the built-in default policy applies: report versions 2-5, AMD's pinned
 roots, every non-negotiable check, VMPL 0, no VLEK CSP id; no measurement, TCB, REPORT_DATA
 or CRL requirement (each shown as a warning). --allow-vmpl and --allow-csp widen whichever
@@ -79,17 +86,35 @@ pub struct Args {
     #[arg(long = "report-data", value_name = "HEX")]
     pub report_data: Option<String>,
 
+    /// Expected TPM quote qualifying data (hex), for a saved bundle with a TPM quote.
+    #[arg(long = "qualifying-data", value_name = "HEX")]
+    pub qualifying_data: Option<String>,
+
+    /// Expected NitroTPM document nonce (hex).
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
+
+    /// Expected NitroTPM document user data (hex).
+    #[arg(long = "user-data", value_name = "HEX")]
+    pub user_data: Option<String>,
+
+    /// Expected NitroTPM document public key (a DER SubjectPublicKeyInfo file).
+    #[arg(long = "public-key", value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+
     /// Print the verdict as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 
-    /// Live mode: a running appliance's attestation listener (https://HOST:PORT). Fetches
-    /// fresh evidence for a random nonce and checks its binding to the XKS TLS key.
+    /// Live mode: a running appliance's attestation listener (http://HOST:PORT, plain HTTP by
+    /// design; https:// is accepted for a TLS terminator in front). Fetches fresh evidence for
+    /// a random nonce and checks its binding to the XKS TLS key.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 
     /// Live mode: the XKS endpoint whose TLS certificate the evidence must be bound to
-    /// (default: the host of --url).
+    /// (default: https:// on the host of --url, port 443). Its certificate is read, not
+    /// trusted: the evidence must name its key.
     #[arg(long = "xks-url", value_name = "URL", requires = "url")]
     pub xks_url: Option<String>,
 }
@@ -124,6 +149,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut rd = [0u8; 64];
         rd.copy_from_slice(&b);
         expect.report_data = Some(rd);
+    }
+    let hex_arg = |name: &str, v: &Option<String>| -> anyhow::Result<Option<Vec<u8>>> {
+        v.as_deref()
+            .map(|h| hex::decode(h.trim()).map_err(|e| anyhow::anyhow!("--{name}: {e}")))
+            .transpose()
+    };
+    expect.qualifying_data = hex_arg("qualifying-data", &args.qualifying_data)?;
+    expect.nonce = hex_arg("nonce", &args.nonce)?;
+    expect.user_data = hex_arg("user-data", &args.user_data)?;
+    if let Some(p) = &args.public_key {
+        expect.public_key = Some(read(p)?);
     }
 
     let bundle = if let Some(url) = &args.url {
@@ -174,10 +210,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// with the binding it must carry (REPORT_DATA = SHA-512("keyward/1 runtime" || nonce ||
 /// SHA-256(XKS certificate SPKI)), and the same in NitroTPM user data / TPM qualifying data).
 /// The network code lives here, in the CLI, never in the verifier library.
-/// Owner: the attester helper fills this in.
+/// Owner: the attester helper (client code in `attest::live`).
 fn fetch_live(url: &str, xks_url: Option<&str>) -> anyhow::Result<(EvidenceBundle, Expectations)> {
-    let _ = xks_url;
-    bail!("--url {url}: live attestation is not available in this build")
+    use crate::attest::live;
+    let xks_url = match xks_url {
+        Some(u) => u.to_string(),
+        None => {
+            let uri: http::Uri = url.parse().with_context(|| format!("--url {url}"))?;
+            let host = uri.host().context("--url has no host")?;
+            format!("https://{host}")
+        }
+    };
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (spki, bundle) = rt.block_on(async {
+        let spki = live::fetch_spki_sha256(&xks_url)
+            .await
+            .with_context(|| format!("reading the XKS certificate at {xks_url}"))?;
+        let bundle = live::fetch_evidence(url, &nonce)
+            .await
+            .with_context(|| format!("fetching evidence from {url}"))?;
+        anyhow::Ok((spki, bundle))
+    })?;
+    eprintln!(
+        "keyward verify: XKS endpoint {xks_url} serves a key with SPKI SHA-256 {}; \
+         evidence fetched from {url} for nonce {}",
+        hex::encode(spki),
+        hex::encode(nonce)
+    );
+    let v = live::runtime_binding_value(&nonce, &spki);
+    let expect = Expectations {
+        report_data: Some(v),
+        qualifying_data: Some(v.to_vec()),
+        nonce: Some(nonce.to_vec()),
+        public_key: None,
+        user_data: Some(v.to_vec()),
+        crls: Vec::new(),
+    };
+    Ok((bundle, expect))
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {

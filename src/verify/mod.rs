@@ -118,6 +118,19 @@ pub fn verify_bundle(
     }
 
     if let Some(s) = &bundle.snp {
+        // The bundle's own `report_data` is informational; say so when it disagrees with the
+        // report (the checks use the caller's expectation, never this field).
+        if let Some(rd) = &bundle.report_data {
+            if let Ok(r) = snp::report::Report::parse(&s.report) {
+                if rd.as_slice() != r.report_data().as_slice() {
+                    v.warnings.push(
+                        "the bundle's report_data field differs from the SNP report's REPORT_DATA \
+                         (the field is informational and was not used)"
+                            .into(),
+                    );
+                }
+            }
+        }
         snp::verify(s, policy, expect, at_secs, &mut v);
     }
     if let Some(t) = &bundle.tpm {

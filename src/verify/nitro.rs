@@ -561,6 +561,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn example_policy_parses_into_nitro_policy() {
+        let path = format!(
+            "{}/attestation/policies/aws-ec2-snp-nitrotpm.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let p = crate::verify::Policy::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+        let n: NitroPolicy = p.section("nitro").unwrap().unwrap();
+        assert_eq!(n.root_sha256, vec![AWS_NITRO_ROOT_G1_SHA256.to_string()]);
+        assert!(n.pcrs.iter().any(|x| x.pcr == 4));
+    }
+
+    #[test]
     fn junk_never_panics() {
         for n in 0..200usize {
             let junk: Vec<u8> = (0..n).map(|i| (i * 131 + 7) as u8).collect();

@@ -1088,6 +1088,20 @@ mod tests {
     }
 
     #[test]
+    fn example_policies_parse_into_tpm_policy() {
+        let path = format!(
+            "{}/attestation/policies/tpm-only.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let p = crate::verify::Policy::from_bytes(&bytes).unwrap();
+        let t: TpmPolicy = p.section("tpm").unwrap().unwrap();
+        assert_eq!(t.bank, "sha256");
+        assert!(!t.registered_aks.is_empty());
+        assert_eq!(t.userspace[0].pcr, 11);
+    }
+
+    #[test]
     fn malformed_inputs_never_panic() {
         let log = build_event_log(Bank::Sha256, &[(0, 1, vec![1, 2, 3])]);
         for cut in 0..log.len() {

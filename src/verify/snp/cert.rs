@@ -74,6 +74,7 @@ fn split_signed(der: &[u8]) -> Result<SignedParts, CertError> {
         .as_bytes()
         .ok_or_else(|| CertError::Parse("signature BIT STRING has unused bits".into()))?
         .to_vec();
+    // `s.algorithm` is read from the typed parse (`Certificate`/`CertificateList`) instead.
     let _ = s.algorithm;
     Ok(SignedParts { tbs_raw, signature })
 }
@@ -312,6 +313,11 @@ impl Crl {
     /// RSA-PSS-SHA384 signature by `key`.
     pub fn verify_signed_by(&self, key: &RsaPublicKey) -> Result<(), CertError> {
         check_pss_alg(&self.list.signature_algorithm)?;
+        if self.list.signature_algorithm != self.tbs().signature {
+            return Err(CertError::Algorithm(
+                "outer and inner signature algorithms differ".into(),
+            ));
+        }
         verify_pss(key, &self.tbs_raw, &self.signature)
     }
     pub fn this_update(&self) -> u64 {
