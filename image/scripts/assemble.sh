@@ -77,6 +77,12 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)"
   echo "IMAGE_VERSION=$version"; } > build/os-release
 cp build/os-release "$root/usr/lib/os-release"
 
+# the units must load in the tree they ship in (binary present, dependencies resolvable)
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify --root="$root" keyward.service keyward-pins.service keyward-pcrs.service
+    echo "assemble: systemd-analyze verify --root=build/root: passed"
+fi
+
 # ---- 2. erofs root + dm-verity --------------------------------------------------------------
 rm -f build/root.erofs build/root.verity
 mkfs.erofs --quiet -zlz4hc -T "$SOURCE_DATE_EPOCH" -U "$EROFS_UUID" build/root.erofs "$root"
