@@ -95,7 +95,7 @@ stop_vm "$t/good" "$vm"
 s=$(now)
 cp --sparse=always build/keyward.raw "$t/corrupt.raw"
 root_start=$(sfdisk -J "$t/corrupt.raw" | jq '.partitiontable.partitions[] | select(.name=="root-x86-64") | .start')
-phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" {print $5; exit}' | cut -d. -f1)
+phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" {print $7; exit}' | cut -d. -f1)
 at=$(( root_start * 512 + phys + 64 ))
 byte=$(od -An -tu1 -j "$at" -N1 "$t/corrupt.raw" | tr -d ' ')
 printf '%b' "$(printf '\\%03o' $(( byte ^ 1 )))" | dd of="$t/corrupt.raw" bs=1 seek="$at" conv=notrunc status=none
