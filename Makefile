@@ -16,6 +16,14 @@ test:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
 
+## make bench: release build, criterion micro-benchmarks (short), then `keyward demo` driven by
+## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
+## BENCH_ARGS=--quick shortens every run to 3 s.
+bench:
+	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_xks_server --example bench_suite
+	$(CARGO) bench --bench floor --bench xks --bench unseal
+	./target/release/examples/bench_suite $(BENCH_ARGS)
+
 build:
 	$(CARGO) build
 
@@ -24,3 +32,50 @@ release:
 
 clean:
 	$(CARGO) clean
+
+# ---- the appliance image (owner: image; see README "The appliance image") -------------------
+# make image        mkosi base tree (cached by its config) + keyward release binary -> image/build/keyward.raw
+# make measure      reference values (PCR 4/7/11/12 [+15 with PINS=], SNP with AWS_OVMF=) -> image/build/reference-values.json,
+#                   measurements.json (every event, both banks), tpm-policy.toml (a KRS [tpm] section)
+# make image-repro  build twice from the same .deb cache and compare the UKI and the root hash
+# make image-test   boot the image in qemu with a swtpm and a host KRS: release, XKS, two refusals
+# make ami          the AWS import/registration commands (prints them without AWS credentials)
+IMAGE_BUILD := image/build
+KEYWARD_BIN ?= target/release/keyward
+NEED := image/scripts/need.sh
+IMAGE_TOOLS := mkosi:mkosi systemd-nspawn:systemd-container debootstrap:debootstrap \
+	mkfs.erofs:erofs-utils veritysetup:cryptsetup-bin objcopy:binutils mkfs.fat:dosfstools \
+	mcopy:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs dpkg-query:dpkg py:pefile:python3-pefile \
+	/usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi
+BOOT_TOOLS := qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf \
+	swtpm:swtpm swtpm_setup:swtpm-tools softhsm2-util:softhsm2 curl:curl jq:jq openssl:openssl
+
+$(IMAGE_BUILD)/base.stamp: image/mkosi.default image/mkosi.postinst image/scripts/build-base.sh
+	@$(NEED) $(IMAGE_TOOLS)
+	image/scripts/build-base.sh
+	touch $@
+
+image: $(IMAGE_BUILD)/base.stamp
+	@$(NEED) $(IMAGE_TOOLS)
+	$(CARGO) build --release --locked
+	image/scripts/assemble.sh $(KEYWARD_BIN)
+
+measure:
+	@test -f $(IMAGE_BUILD)/keyward.efi || { echo "make measure: run make image first" >&2; exit 1; }
+	$(CARGO) run --release --quiet -- measure --uki $(IMAGE_BUILD)/keyward.efi \
+		$(if $(PINS),--pins $(PINS)) --git-commit $$(git rev-parse HEAD) \
+		--artifact rootfs=$(IMAGE_BUILD)/root.erofs --artifact disk=$(IMAGE_BUILD)/keyward.raw \
+		--out $(IMAGE_BUILD)/reference-values.json --events $(IMAGE_BUILD)/measurements.json \
+		--tpm-policy $(IMAGE_BUILD)/tpm-policy.toml
+
+image-repro: $(IMAGE_BUILD)/base.stamp
+	@$(NEED) $(IMAGE_TOOLS)
+	$(CARGO) build --release --locked
+	image/scripts/repro.sh $(KEYWARD_BIN)
+
+image-test:
+	@$(NEED) $(IMAGE_TOOLS) $(BOOT_TOOLS)
+	image/scripts/image-test.sh
+
+ami:
+	@image/aws/ami.sh

@@ -1,1 +1,534 @@
-//! The audit log: one JSON line per XKS request and per admin action, written off the request path.
+//! The audit log: one JSON line per XKS request and per admin action, written off the request
+//! path.
+//!
+//! A handler fills an [`XksRecord`] (one small string buffer, the only allocation) and sends it
+//! over a bounded channel to a dedicated writer thread, which formats the JSON line and writes it
+//! through a `BufWriter` to a file (append, mode 0600) or stderr. The writer flushes at most
+//! [`FLUSH_EVERY`] after a line arrives, on [`AuditLog::flush`], and on [`AuditLog::shutdown`],
+//! which drains every queued line, flushes and fsyncs: no acknowledged request loses its line.
+//!
+//! What is logged: time, kmsRequestId, operation, kmsOperation, key id, principal, via service,
+//! source VPC/VPCE, access key id, decision, HTTP status, error name, latency. Never plaintext,
+//! ciphertext, AAD, key bytes or secrets: the record has no field that could hold them.
+//!
+//! When the channel is full (the disk cannot keep up), the request thread WAITS for room rather
+//! than drop the line: an audit log that silently loses records under load is worse than a
+//! request that is briefly slower, and KMS retries slow answers while it never learns about
+//! a lost line. Each wait is counted ([`AuditLog::waits`]). A line is lost only if the writer
+//! thread is gone (after `shutdown` or an I/O failure); those are counted in
+//! [`AuditLog::lost`] and reported on stderr at shutdown.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where the lines go.
+#[derive(Debug, Clone)]
+pub enum AuditSink {
+    Stderr,
+    File(PathBuf),
+}
+
+/// Lines waiting between the handlers and the writer.
+pub const CHANNEL_CAPACITY: usize = 16_384;
+/// The longest a written line waits in the buffer before it is flushed.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Errors from the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(io::Error),
+    #[error("audit log write failed: {0}")]
+    Write(io::Error),
+    #[error("audit writer is no longer running")]
+    Gone,
+}
+
+/// The string fields of an XKS record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    KmsRequestId,
+    KmsOperation,
+    KeyId,
+    Principal,
+    ViaService,
+    SourceVpc,
+    SourceVpce,
+    KmsKeyArn,
+    AccessKeyId,
+    UriPrefix,
+}
+
+const FIELDS: [(Field, &str); 10] = [
+    (Field::KmsRequestId, "kmsRequestId"),
+    (Field::KmsOperation, "kmsOperation"),
+    (Field::KeyId, "keyId"),
+    (Field::Principal, "principal"),
+    (Field::ViaService, "viaService"),
+    (Field::SourceVpc, "sourceVpc"),
+    (Field::SourceVpce, "sourceVpce"),
+    (Field::KmsKeyArn, "kmsKeyArn"),
+    (Field::AccessKeyId, "accessKeyId"),
+    (Field::UriPrefix, "uriPrefix"),
+];
+
+const ABSENT: (u32, u32) = (u32::MAX, 0);
+
+/// One XKS request's audit record. Strings live in one buffer (one allocation per request).
+#[derive(Debug, Clone)]
+pub struct XksRecord {
+    time: SystemTime,
+    operation: &'static str,
+    status: u16,
+    error: Option<&'static str>,
+    latency_us: u64,
+    grant: Option<u32>,
+    buf: String,
+    spans: [(u32, u32); 10],
+}
+
+impl Default for XksRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl XksRecord {
+    /// An empty record stamped with the current time.
+    pub fn new() -> Self {
+        Self {
+            time: SystemTime::now(),
+            operation: "unknown",
+            status: 0,
+            error: None,
+            latency_us: 0,
+            grant: None,
+            buf: String::with_capacity(256),
+            spans: [ABSENT; 10],
+        }
+    }
+
+    /// Set a string field (at most 4096 bytes are kept; later calls replace earlier ones).
+    pub fn set(&mut self, f: Field, v: &str) {
+        let mut end = v.len().min(4096);
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        let start = self.buf.len();
+        self.buf.push_str(&v[..end]);
+        self.spans[f as usize] = (start as u32, self.buf.len() as u32);
+    }
+
+    /// A string field, if set.
+    pub fn get(&self, f: Field) -> Option<&str> {
+        let (s, e) = self.spans[f as usize];
+        (s != u32::MAX)
+            .then(|| self.buf.get(s as usize..e as usize))
+            .flatten()
+    }
+
+    /// The API called (`Encrypt`, ...).
+    pub fn set_operation(&mut self, op: &'static str) {
+        self.operation = op;
+    }
+
+    /// The grant (index in the key's grant list) that allowed the request.
+    pub fn set_grant(&mut self, idx: usize) {
+        self.grant = u32::try_from(idx).ok();
+    }
+
+    /// The outcome.
+    pub fn finish(&mut self, status: u16, error: Option<&'static str>, latency: Duration) {
+        self.status = status;
+        self.error = error;
+        self.latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    }
+
+    fn decision(&self) -> &'static str {
+        match self.status {
+            200..=299 => "allow",
+            401 | 403 => "deny",
+            _ => "error",
+        }
+    }
+
+    fn write_json(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(b"{\"time\":\"")?;
+        write_time(w, self.time)?;
+        w.write_all(b"\",\"type\":\"xks\",\"operation\":\"")?;
+        w.write_all(self.operation.as_bytes())?;
+        w.write_all(b"\"")?;
+        for (f, name) in FIELDS {
+            if let Some(v) = self.get(f) {
+                write!(w, ",\"{name}\":\"")?;
+                write_escaped(w, v)?;
+                w.write_all(b"\"")?;
+            }
+        }
+        write!(
+            w,
+            ",\"decision\":\"{}\",\"httpStatus\":{}",
+            self.decision(),
+            self.status
+        )?;
+        match self.error {
+            Some(e) => write!(w, ",\"errorName\":\"{e}\"")?,
+            None => w.write_all(b",\"errorName\":null")?,
+        }
+        if let Some(g) = self.grant {
+            write!(w, ",\"grant\":{g}")?;
+        }
+        writeln!(w, ",\"latencyUs\":{}}}", self.latency_us)
+    }
+}
+
+struct AdminRecord {
+    time: SystemTime,
+    subject: String,
+    action: String,
+    detail: String,
+    ok: bool,
+}
+
+impl AdminRecord {
+    fn write_json(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(b"{\"time\":\"")?;
+        write_time(w, self.time)?;
+        w.write_all(b"\",\"type\":\"admin\",\"subject\":\"")?;
+        write_escaped(w, &self.subject)?;
+        w.write_all(b"\",\"action\":\"")?;
+        write_escaped(w, &self.action)?;
+        w.write_all(b"\",\"detail\":\"")?;
+        write_escaped(w, &self.detail)?;
+        writeln!(
+            w,
+            "\",\"decision\":\"{}\"}}",
+            if self.ok { "allow" } else { "error" }
+        )
+    }
+}
+
+enum Msg {
+    Xks(XksRecord),
+    Admin(AdminRecord),
+    Flush(SyncSender<io::Result<()>>),
+    Shutdown(SyncSender<io::Result<()>>),
+}
+
+struct Inner {
+    tx: SyncSender<Msg>,
+    waits: AtomicU64,
+    lost: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A handle on the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").finish_non_exhaustive()
+    }
+}
+
+impl From<Arc<AuditLog>> for AuditLog {
+    fn from(a: Arc<AuditLog>) -> Self {
+        (*a).clone()
+    }
+}
+
+impl AuditLog {
+    /// Open the sink and start the writer thread.
+    pub fn start(sink: AuditSink) -> Result<Self, AuditError> {
+        let out = match &sink {
+            AuditSink::Stderr => Out::Stderr(io::stderr()),
+            AuditSink::File(path) => {
+                let mut o = OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                let f = o.open(path).map_err(|source| AuditError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                Out::File(f)
+            }
+        };
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("keyward-audit".into())
+            .spawn(move || writer(rx, BufWriter::with_capacity(64 * 1024, out)))
+            .map_err(AuditError::Thread)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                waits: AtomicU64::new(0),
+                lost: AtomicU64::new(0),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Record one XKS request.
+    pub fn xks(&self, rec: XksRecord) {
+        self.send(Msg::Xks(rec));
+    }
+
+    /// Record one admin action: who (the admin certificate's subject), what, and the change.
+    pub fn admin(&self, subject: &str, action: &str, detail: &str, ok: bool) {
+        self.send(Msg::Admin(AdminRecord {
+            time: SystemTime::now(),
+            subject: subject.to_owned(),
+            action: action.to_owned(),
+            detail: detail.to_owned(),
+            ok,
+        }));
+    }
+
+    fn send(&self, m: Msg) {
+        match self.inner.tx.try_send(m) {
+            Ok(()) => {}
+            Err(TrySendError::Full(m)) => {
+                // Back-pressure, never drop (see the module comment).
+                self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                if self.inner.tx.send(m).is_err() {
+                    self.inner.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.inner.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Write every line queued so far to the sink (no fsync).
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.inner
+            .tx
+            .send(Msg::Flush(ack))
+            .map_err(|_| AuditError::Gone)?;
+        done.recv()
+            .map_err(|_| AuditError::Gone)?
+            .map_err(AuditError::Write)
+    }
+
+    /// Drain every queued line, flush, fsync, and stop the writer. Idempotent.
+    pub fn shutdown(&self) -> Result<(), AuditError> {
+        let Some(thread) = self.inner.thread.lock().ok().and_then(|mut t| t.take()) else {
+            return Ok(());
+        };
+        let (ack, done) = mpsc::sync_channel(1);
+        let res = match self.inner.tx.send(Msg::Shutdown(ack)) {
+            Ok(()) => done
+                .recv()
+                .map_err(|_| AuditError::Gone)
+                .and_then(|r| r.map_err(AuditError::Write)),
+            Err(_) => Err(AuditError::Gone),
+        };
+        let _ = thread.join();
+        let lost = self.lost();
+        if lost > 0 {
+            eprintln!("keyward: audit log lost {lost} line(s) because its writer had stopped");
+        }
+        res
+    }
+
+    /// How many times a request waited for room in the channel.
+    pub fn waits(&self) -> u64 {
+        self.inner.waits.load(Ordering::Relaxed)
+    }
+
+    /// Lines that could not be written because the writer had stopped.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// The sink: stderr, or a file that can be fsynced.
+enum Out {
+    Stderr(io::Stderr),
+    File(std::fs::File),
+}
+
+impl Write for Out {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Out::Stderr(e) => e.write(b),
+            Out::File(f) => f.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Out::Stderr(e) => e.flush(),
+            Out::File(f) => f.flush(),
+        }
+    }
+}
+
+fn writer(rx: Receiver<Msg>, mut out: BufWriter<Out>) {
+    let mut dirty: Option<Instant> = None;
+    let mut failed = false;
+    loop {
+        let wait = dirty.map_or(Duration::from_secs(3600), |t| {
+            FLUSH_EVERY.saturating_sub(t.elapsed())
+        });
+        let msg = match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        };
+        let res = match msg {
+            Some(Msg::Xks(r)) => r.write_json(&mut out),
+            Some(Msg::Admin(r)) => r.write_json(&mut out),
+            Some(Msg::Flush(ack)) => {
+                let _ = ack.send(out.flush());
+                dirty = None;
+                continue;
+            }
+            Some(Msg::Shutdown(ack)) => {
+                // Everything sent before the shutdown is already written (FIFO); flush and sync.
+                let r = out.flush().and_then(|()| sync(out.get_mut()));
+                let _ = ack.send(r);
+                return;
+            }
+            None => {
+                if out.flush().is_err() && !failed {
+                    failed = true;
+                    eprintln!("keyward: audit log flush failed");
+                }
+                dirty = None;
+                continue;
+            }
+        };
+        if res.is_err() && !failed {
+            failed = true;
+            eprintln!("keyward: audit log write failed");
+        }
+        if dirty.is_none() {
+            dirty = Some(Instant::now());
+        } else if dirty.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
+            let _ = out.flush();
+            dirty = None;
+        }
+    }
+}
+
+fn sync(w: &mut Out) -> io::Result<()> {
+    match w {
+        Out::Stderr(_) => Ok(()),
+        Out::File(f) => f.sync_all(),
+    }
+}
+
+fn write_escaped(w: &mut impl Write, s: &str) -> io::Result<()> {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            0..=0x1f | 0x7f => None,
+            _ => continue,
+        };
+        w.write_all(&b[start..i])?;
+        match esc {
+            Some(e) => w.write_all(e)?,
+            None => write!(w, "\\u{:04x}", c)?,
+        }
+        start = i + 1;
+    }
+    w.write_all(&b[start..])
+}
+
+fn write_time(w: &mut impl Write, t: SystemTime) -> io::Result<()> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_every_line_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(AuditSink::File(path.clone())).unwrap();
+        for i in 0..1000 {
+            let mut r = XksRecord::new();
+            r.set_operation("Encrypt");
+            r.set(Field::KmsRequestId, &format!("req-{i}"));
+            r.set(Field::Principal, "arn:\"quoted\"\\\n");
+            r.finish(200, None, Duration::from_micros(12));
+            log.xks(r);
+        }
+        log.admin(
+            "CN=admin",
+            "keys create",
+            "id=k1 usage=encrypt,decrypt",
+            true,
+        );
+        log.shutdown().unwrap();
+        log.shutdown().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1001);
+        assert_eq!(lines[999]["kmsRequestId"], "req-999");
+        assert_eq!(lines[0]["principal"], "arn:\"quoted\"\\\n");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[1000]["type"], "admin");
+        assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        // After shutdown, lines are counted as lost, not silently dropped.
+        log.xks(XksRecord::new());
+        assert_eq!(log.lost(), 1);
+    }
+
+    #[test]
+    fn formats_time() {
+        let mut v = Vec::new();
+        write_time(
+            &mut v,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(v).unwrap(), "2015-08-30T12:36:00.000000Z");
+    }
+}

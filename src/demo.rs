@@ -1,12 +1,437 @@
-//! `keyward demo`: the whole pipeline on embedded defaults (placeholder).
+//! `keyward demo`: the whole appliance on embedded defaults, what `make run` runs.
+//!
+//! It creates (or reuses) a state directory with a development master key, a self-signed CA, a
+//! server certificate for `localhost`/`127.0.0.1`, an admin client certificate and profile, one
+//! enabled key granted to `*`, and a SigV4 credential; then boots through the same pipeline as
+//! `keyward serve` and, once the XKS listener accepts, prints ONE JSON line on stdout with
+//! everything a client needs, followed by human-readable lines (and a working `curl` command)
+//! on stderr. A restart on the same state directory reuses all of it.
+//!
+//! SEAM for the release helper: [`master_key_source`] is where the demo's master key comes
+//! from. Today it is a key file in the state directory; with the key-release issue it becomes
+//! an embedded KRS on loopback and the simulated attester, and the JSON line gains
+//! `"attestation": "simulated"` (see [`ready_line`]).
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Arguments (placeholder).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
+use secrecy::ExposeSecret;
 
-/// Run the command (placeholder).
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use crate::admin::pki::{self, Ca};
+use crate::appliance::{self, MasterKeySource};
+use crate::config::{
+    AdminConfig, Config, KeyStoreConfig, LogConfig, LogFormat, MasterKeyConfig, MemoryConfig,
+    StorageConfig, TlsFiles, XksConfig, KMS_SERVICE,
+};
+use crate::keystore::view::{Grant, GrantOps, KeyUsage};
+
+/// Name, prefix and region of the demo's key store.
+pub const STORE: &str = "demo";
+pub const URI_PREFIX: &str = "/keyward";
+pub const DEMO_KEY: &str = "demo-key-1";
+
+/// Run keyward on embedded defaults (what `make run` runs).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// State directory (created if missing, reused if present).
+    #[arg(long, default_value = "./demo-state")]
+    pub state_dir: PathBuf,
+    /// XKS API listen address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Admin API listen address (default: a port the system chooses).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+    /// AWS region of the demo key store (the SigV4 scope clients sign with).
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Live-attestation listener (plain HTTP, `POST /attestation`; simulated SEV-SNP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub attestation_listen: SocketAddr,
+}
+
+/// Files in the state directory.
+struct Paths {
+    dir: PathBuf,
+}
+
+impl Paths {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Where the demo's master key comes from: an embedded KRS on a loopback port the system picks
+/// (SoftHSMv2 token under `STATE/krs` when installed, else a software stand-in there) and the
+/// simulated SNP attester, through the real KRP/1 protocol. A state directory from before key
+/// release (a `master.key` file and no `krs/`) keeps its file key, so its key store still opens.
+fn master_key_source(
+    paths: &Paths,
+) -> anyhow::Result<(Box<dyn MasterKeySource>, MasterKeyConfig, bool)> {
+    let file = paths.p("master.key");
+    if file.exists() && !paths.p("krs").exists() {
+        eprintln!(
+            "keyward demo: {} predates attested key release; using it (delete the state directory to use the embedded KRS)",
+            file.display()
+        );
+        let cfg = MasterKeyConfig::File { path: file.clone() };
+        return Ok((
+            Box::new(appliance::FileMasterKey { path: file }),
+            cfg,
+            false,
+        ));
+    }
+    let krs = crate::release::embedded::start(
+        &paths.p("krs"),
+        &[crate::attest::simulated::DEMO_MEASUREMENT],
+        crate::release::embedded::Backend::Auto,
+    )?;
+    eprintln!(
+        "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
+        krs.addr, krs.backend
+    );
+    let release = crate::config::release::ReleaseConfig {
+        agent: krs.agent.clone(),
+        tpm_tcti: None,
+        retry_initial_ms: 500,
+        retry_max_secs: 5,
+        policy_deny_retry_secs: 5,
+        max_attempts: 5,
+    };
+    let source = crate::release::source::ReleaseSource::from_config(
+        &release,
+        &crate::release::source::product_release(),
+    )?;
+    Ok((Box::new(source), MasterKeyConfig::Release(release), true))
+}
+
+/// Create the CA, the server certificate and the admin client certificate unless present.
+fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
+    let files = [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "admin.pem",
+        "admin-key.pem",
+    ];
+    if files.iter().all(|f| paths.p(f).is_file()) {
+        return Ok(());
+    }
+    let ca = Ca::new("keyward demo CA")?;
+    let server = ca.server(&["localhost", "127.0.0.1"], 3650)?;
+    let admin = ca.client("keyward-demo-admin", 3650)?;
+    pki::write_file(&paths.p("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
+    pki::write_file(&paths.p("server.pem"), server.cert_pem.as_bytes(), false)?;
+    pki::write_file(&paths.p("server-key.pem"), server.key_pem.as_bytes(), true)?;
+    pki::write_file(&paths.p("admin.pem"), admin.cert_pem.as_bytes(), false)?;
+    pki::write_file(&paths.p("admin-key.pem"), admin.key_pem.as_bytes(), true)?;
+    // Last: its presence marks the set as complete.
+    pki::write_file(&paths.p("ca.pem"), ca.cert_pem().as_bytes(), false)?;
+    eprintln!("keyward demo: created a self-signed CA, server and admin certificates");
+    Ok(())
+}
+
+fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Config {
+    Config {
+        xks: XksConfig {
+            listen: args.listen,
+            tls: Some(TlsFiles {
+                cert_chain: paths.p("server.pem"),
+                key: paths.p("server-key.pem"),
+            }),
+            mtls: None,
+            insecure_http: false,
+        },
+        key_stores: vec![KeyStoreConfig {
+            name: STORE.into(),
+            uri_prefix: URI_PREFIX.into(),
+            region: args.region.clone(),
+            services: vec![KMS_SERVICE.into()],
+            credentials: Vec::new(),
+        }],
+        storage: StorageConfig {
+            dir: paths.p("keystore"),
+        },
+        master_key,
+        admin: Some(AdminConfig {
+            listen: args.admin_listen,
+            tls: TlsFiles {
+                cert_chain: paths.p("server.pem"),
+                key: paths.p("server-key.pem"),
+            },
+            client_ca: paths.p("ca.pem"),
+        }),
+        attestation: None,
+        log: LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            audit_file: Some(paths.p("audit.jsonl")),
+        },
+        // Try to lock key memory; warn and go on if the limit does not allow it.
+        memory: MemoryConfig {
+            allow_unlocked_memory: true,
+        },
+    }
+}
+
+/// First run: one key with both usages granted to `*`, and one credential. Later runs: nothing.
+fn seed(registry: &crate::keystore::Registry) -> anyhow::Result<()> {
+    let snap = registry.snapshot();
+    let store = snap
+        .stores
+        .get(STORE)
+        .context("the demo key store is missing")?;
+    if store.credentials.is_empty() {
+        let (akid, secret) = crate::keystore::generate_credential()?;
+        registry.add_credential(Some(STORE), &akid, secret)?;
+    }
+    if store.keys.is_empty() {
+        registry.create_key(Some(STORE), DEMO_KEY, KeyUsage::EncryptDecrypt)?;
+        registry.grant(
+            Some(STORE),
+            DEMO_KEY,
+            Grant {
+                principal: "*".into(),
+                ops: GrantOps {
+                    encrypt: true,
+                    decrypt: true,
+                    metadata: true,
+                },
+                via_service: None,
+                source_vpc: None,
+                source_vpce: None,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The one JSON line printed on stdout when the demo is ready.
+#[allow(clippy::too_many_arguments)]
+pub fn ready_line(
+    url: &str,
+    region: &str,
+    access_key_id: &str,
+    secret: &str,
+    ca_cert: &Path,
+    key_ids: &[String],
+    admin_profile: &Path,
+    attestation: &str,
+) -> String {
+    serde_json::json!({
+        "url": url,
+        "uri_prefix": URI_PREFIX,
+        "region": region,
+        "access_key_id": access_key_id,
+        "secret_access_key": secret,
+        "ca_cert": ca_cert,
+        "key_ids": key_ids,
+        "admin_profile": admin_profile,
+        "pid": std::process::id(),
+        "attestation": attestation,
+    })
+    .to_string()
+}
+
+/// Quote for a POSIX shell (single quotes).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Run the command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    crate::appliance::cli::init_logging("info", LogFormat::Text);
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let dir = std::fs::canonicalize(&args.state_dir)
+        .with_context(|| format!("resolving {}", args.state_dir.display()))?;
+    let paths = Paths { dir };
+    ensure_pki(&paths)?;
+    let (source, master_key, attested) = master_key_source(&paths)?;
+    let config = demo_config(&args, &paths, master_key);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let running =
+            appliance::boot(&config, source, appliance::notify::Notifier::from_env()).await?;
+        let registry = running.registry.clone();
+        tokio::task::spawn_blocking(move || seed(&registry)).await??;
+
+        let snap = running.registry.snapshot();
+        let store = snap.stores.get(STORE).context("the demo key store is missing")?;
+        let cred = store
+            .credentials
+            .first()
+            .context("the demo key store has no credential")?
+            .clone();
+        let mut key_ids: Vec<String> = store.keys.keys().cloned().collect();
+        key_ids.sort();
+        let xks_addr = running.addresses.xks;
+        let admin_addr = running.addresses.admin.context("admin listener")?;
+        let profile = paths.p("admin-profile.toml");
+        let profile_text = format!(
+            "# keyward admin profile for the demo: keyward admin --profile {} keys list\n\
+             url = \"https://127.0.0.1:{}\"\nca_cert = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            profile.display(),
+            admin_addr.port(),
+            paths.p("ca.pem").display(),
+            paths.p("admin.pem").display(),
+            paths.p("admin-key.pem").display(),
+        );
+        pki::write_file(&profile, profile_text.as_bytes(), false)?;
+
+        let url = format!("https://{xks_addr}");
+        let region = args.region.clone();
+        let ca = paths.p("ca.pem");
+        let (attestation_url, policy_file, live_stop) =
+            start_live_attestation(&args, &paths).await?;
+        let (_keep, stop) = tokio::sync::watch::channel(false);
+        running
+            .serve_until(stop, |_| {
+                let secret = cred.secret_access_key.expose_secret();
+                let line = with_attestation_url(
+                    &ready_line(
+                        &url,
+                        &region,
+                        &cred.access_key_id,
+                        secret,
+                        &ca,
+                        &key_ids,
+                        &profile,
+                        if attested { "simulated" } else { "none" },
+                    ),
+                    &attestation_url,
+                );
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+                drop(out);
+                print_help(&url, &region, &cred.access_key_id, secret, &ca, &key_ids, &profile);
+                print_attestation_help(&attestation_url, &url, &policy_file);
+            })
+            .await?;
+        drop(live_stop);
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Add `"attestation_url"` to the ready line.
+fn with_attestation_url(line: &str, attestation_url: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("attestation_url".into(), attestation_url.into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// Start the live-attestation listener with the simulated SNP attester (test root, never
+/// AMD's), bound to the demo's XKS certificate; write the policy an auditor verifies it with.
+async fn start_live_attestation(
+    args: &Args,
+    paths: &Paths,
+) -> anyhow::Result<(String, PathBuf, tokio::sync::oneshot::Sender<()>)> {
+    use crate::attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+    let spki = crate::attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
+        .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
+    let policy_file = paths.p("attestation-policy.toml");
+    let policy = format!(
+        "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\
+         # production) and the demo's launch measurement.\n\
+         format = 1\nname = \"keyward demo (simulated SNP)\"\n\n[snp]\nbuiltin_amd_roots = false\n\
+         measurements = [\"{}\"]\n\n{}",
+        hex::encode(DEMO_MEASUREMENT),
+        crate::verify::testsign::test_root_policy_toml()
+    );
+    pki::write_file(&policy_file, policy.as_bytes(), false)?;
+    let attester = SimulatedSnpAttester::new(DEMO_MEASUREMENT)?;
+    let attesters: Vec<Box<dyn crate::attest::Attester>> = vec![Box::new(attester)];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, _task) = crate::attest::live::spawn(
+        args.attestation_listen,
+        std::sync::Arc::new(attesters),
+        spki,
+        async {
+            let _ = rx.await;
+        },
+    )
+    .await
+    .with_context(|| format!("attestation listener {}", args.attestation_listen))?;
+    Ok((format!("http://{addr}"), policy_file, tx))
+}
+
+fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "  attestation:   {attestation_url}/attestation   (POST; simulated SEV-SNP, TEST root)"
+    );
+    let _ = writeln!(e, "Verify the running appliance as an auditor would:");
+    let _ = writeln!(
+        e,
+        "  keyward verify --url {attestation_url} --xks-url {xks_url} --policy {}",
+        sh_quote(&policy.display().to_string())
+    );
+}
+
+fn print_help(
+    url: &str,
+    region: &str,
+    akid: &str,
+    secret: &str,
+    ca: &Path,
+    key_ids: &[String],
+    profile: &Path,
+) {
+    let key = key_ids.first().map(String::as_str).unwrap_or(DEMO_KEY);
+    let body = serde_json::json!({
+        "requestMetadata": {
+            "awsPrincipalArn": "arn:aws:iam::111122223333:user/demo",
+            "kmsKeyArn": format!("arn:aws:kms:{region}:111122223333:key/demo"),
+            "kmsOperation": "Encrypt",
+            "kmsRequestId": "demo-request-1",
+        },
+        "plaintext": "SGVsbG8sIGtleXdhcmQh",
+        "encryptionAlgorithm": "AES_GCM",
+    });
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "keyward demo is ready.");
+    let _ = writeln!(
+        e,
+        "  XKS API:       {url}{URI_PREFIX}/kms/xks/v1   (region {region}, service {KMS_SERVICE})"
+    );
+    let _ = writeln!(e, "  keys:          {}", key_ids.join(", "));
+    let _ = writeln!(e, "  CA:            {}", ca.display());
+    let _ = writeln!(
+        e,
+        "  admin:         keyward admin --profile {} keys list",
+        profile.display()
+    );
+    let _ = writeln!(e, "Encrypt with curl (SigV4 signed):");
+    let _ = writeln!(
+        e,
+        "  curl -sS --aws-sigv4 {} --user {} --cacert {} -H 'Content-Type: application/json' -d {} {}",
+        sh_quote(&format!("aws:amz:{region}:{KMS_SERVICE}")),
+        sh_quote(&format!("{akid}:{secret}")),
+        sh_quote(&ca.display().to_string()),
+        sh_quote(&body.to_string()),
+        sh_quote(&format!("{url}{URI_PREFIX}/kms/xks/v1/keys/{key}/encrypt")),
+    );
+    let _ = writeln!(
+        e,
+        "Stop with Ctrl-C (state is kept in {}).",
+        ca.parent().unwrap_or(ca).display()
+    );
 }

@@ -11,6 +11,7 @@
 //! * [`xks`]: the XKS Proxy API request path (route, SigV4, JSON, grants, AES-256-GCM).
 //! * [`admin`]: the mutual-TLS admin API and its client.
 //! * [`appliance`]: the boot pipeline `attest → release → unseal → serve`.
+//! * [`measure`]: reference values (PCR 4/7/11/12/15, SEV-SNP) of the appliance image.
 //! * [`config`], [`audit`], [`demo`], [`bench`]: configuration, the audit log, embedded
 //!   defaults for `make run`, and the load generator.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod hsm;
 pub mod keystore;
+pub mod measure;
 pub mod release;
 pub mod secret;
 pub mod verify;

@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing the argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance: attest, release, unseal, then serve the XKS and admin APIs.
@@ -29,10 +31,14 @@ enum Command {
     Demo(keyward::demo::Args),
     /// Verify attestation evidence offline or from a running appliance (the auditor's tool).
     Verify(keyward::verify::cli::Args),
+    /// Produce attestation evidence, or provision the TPM attestation key (operators).
+    Attest(keyward::attest::cli::Args),
     /// The key-release service in front of the HSM, and its operator commands.
     Krs(keyward::release::cli::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
-    Bench(keyward::bench::Args),
+    Bench(Box<keyward::bench::Args>),
+    /// Compute the reference values (PCRs, SNP) of a built appliance image (UKI).
+    Measure(keyward::measure::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,8 +49,10 @@ fn main() -> ExitCode {
         Command::Admin(a) => keyward::admin::cli::run(a),
         Command::Demo(a) => keyward::demo::run(a),
         Command::Verify(a) => keyward::verify::cli::run(a),
+        Command::Attest(a) => keyward::attest::cli::run(a),
         Command::Krs(a) => keyward::release::cli::run(a),
-        Command::Bench(a) => keyward::bench::run(a),
+        Command::Bench(a) => keyward::bench::run(*a),
+        Command::Measure(a) => keyward::measure::cli::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,12 +1,486 @@
-//! Command-line entry point (placeholder until its owner lands it).
+//! `keyward admin --profile FILE <command>`: the operator's client for the mutual-TLS admin API.
+//! Each command is one request; a refused command prints a one-line reason and exits 1.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Arguments (placeholder).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
+use base64::Engine;
 
-/// Run the command (placeholder).
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::client::Profile;
+use super::proto::{
+    ops_str, parse_ops, parse_usage, usage_str, CredAdded, CredInfo, KeyInfo, Request, SecretText,
+    StoreInfo,
+};
+use crate::keystore::view::{Grant, KeyStatus};
+
+/// Manage keys, grants and SigV4 credentials on a running appliance.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Profile file: admin URL, CA certificate, client certificate and key (TOML).
+    #[arg(long, env = "KEYWARD_ADMIN_PROFILE")]
+    profile: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// External keys: create, import, list, enable, disable, grant, revoke.
+    #[command(subcommand)]
+    Keys(Keys),
+    /// SigV4 credentials of a key store (effective at once, no restart).
+    #[command(subcommand)]
+    Creds(Creds),
+    /// List the key stores (name, uri prefix, region).
+    Stores,
+    /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
+    KmsConfig {
+        /// Key store name.
+        store: String,
+        /// Which credential to put in the file (default: the newest).
+        #[arg(long)]
+        access_key_id: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArg {
+    /// Key store name; needed only when more than one key store exists.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Keys {
+    /// Create a key with a fresh random KEK. It starts with NO grants (deny by default).
+    Create {
+        /// External key id: 1-128 characters of A-Za-z0-9._- (not `.` or `..`).
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// encrypt,decrypt | encrypt | decrypt | none
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
+    },
+    /// Import an existing key: a file of exactly 32 raw bytes.
+    Import {
+        id: String,
+        #[arg(long)]
+        from_file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
+    },
+    /// List keys: id, usage, status, version, grants, created (never key bytes).
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Enable a key (encrypt/decrypt work again).
+    Enable {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Disable a key (metadata says DISABLED, encrypt/decrypt refused).
+    Disable {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Grant operations on a key to a principal pattern (exact ARN, `*`, or a glob).
+    Grant {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// encrypt,decrypt,metadata (any subset).
+        #[arg(long)]
+        ops: String,
+    },
+    /// Revoke grants to a principal pattern (all of them, or only --ops).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// Remove only these operations from the matching grants.
+        #[arg(long)]
+        ops: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct GrantArgs {
+    /// Principal pattern matched against awsPrincipalArn: exact, `*`, or a glob.
+    #[arg(long)]
+    principal: String,
+    /// Only when kmsViaService equals this (e.g. dynamodb.amazonaws.com).
+    #[arg(long)]
+    via_service: Option<String>,
+    /// Only when awsSourceVpc equals this.
+    #[arg(long)]
+    source_vpc: Option<String>,
+    /// Only when awsSourceVpce equals this.
+    #[arg(long)]
+    source_vpce: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Creds {
+    /// List access key ids (never secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Add a credential; without --access-key-id/--secret-file one is generated and shown once.
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        /// 20-30 characters of A-Z2-7.
+        #[arg(long)]
+        access_key_id: Option<String>,
+        /// File holding the secret (43-64 characters of A-Za-z0-9/+=).
+        #[arg(long, requires = "access_key_id")]
+        secret_file: Option<PathBuf>,
+    },
+    /// Remove a credential; requests signed with it are refused at once.
+    Remove {
+        access_key_id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+/// Run the command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let profile = Profile::load(&args.profile)?;
+    let (request, show) = build(args.command)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let resp = rt.block_on(profile.call(&request))?;
+    if !resp.ok {
+        eprintln!(
+            "keyward admin: refused: {}",
+            resp.error.as_deref().unwrap_or("no reason given")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    show(resp.result.unwrap_or(serde_json::Value::Null))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+type Show = Box<dyn FnOnce(serde_json::Value) -> anyhow::Result<()>>;
+
+fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
+    Ok(match cmd {
+        Command::Stores => (
+            Request::Stores,
+            Box::new(|v| {
+                let stores: Vec<StoreInfo> = serde_json::from_value(v)?;
+                println!(
+                    "{:<16} {:<24} {:<14} {:>5} {:>6}",
+                    "STORE", "URI PREFIX", "REGION", "KEYS", "CREDS"
+                );
+                for s in stores {
+                    let prefix = if s.uri_prefix.is_empty() {
+                        "(none)"
+                    } else {
+                        &s.uri_prefix
+                    };
+                    println!(
+                        "{:<16} {:<24} {:<14} {:>5} {:>6}",
+                        s.name, prefix, s.region, s.keys, s.credentials
+                    );
+                }
+                Ok(())
+            }),
+        ),
+        Command::KmsConfig {
+            store,
+            access_key_id,
+        } => (
+            Request::KmsConfig {
+                store: Some(store),
+                access_key_id,
+            },
+            Box::new(|v| {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }),
+        ),
+        Command::Keys(k) => build_keys(k)?,
+        Command::Creds(c) => build_creds(c)?,
+    })
+}
+
+fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
+    Ok(match k {
+        Keys::Create { id, store, usage } => {
+            let usage = parse_usage(&usage).map_err(anyhow::Error::msg)?;
+            let store_flag = store_flag(&store.store);
+            (
+                Request::KeysCreate {
+                    store: store.store,
+                    id: id.clone(),
+                    usage,
+                },
+                Box::new(move |_| {
+                    println!("created key {id} (usage {}, enabled)", usage_str(usage));
+                    println!("it has NO grants yet: every request for it is refused (deny by default). To open it:");
+                    println!(
+                        "  keyward admin --profile PROFILE keys grant {id}{store_flag} --principal '*' --ops encrypt,decrypt,metadata"
+                    );
+                    Ok(())
+                }),
+            )
+        }
+        Keys::Import {
+            id,
+            from_file,
+            store,
+            usage,
+        } => {
+            let usage = parse_usage(&usage).map_err(anyhow::Error::msg)?;
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(&from_file).with_context(|| format!("{}", from_file.display()))?,
+            );
+            if bytes.len() != 32 {
+                anyhow::bail!(
+                    "{} holds {} bytes; a key to import is exactly 32 raw bytes",
+                    from_file.display(),
+                    bytes.len()
+                );
+            }
+            let b64 = SecretText::new(base64::engine::general_purpose::STANDARD.encode(&bytes[..]));
+            let store_flag = store_flag(&store.store);
+            (
+                Request::KeysImport {
+                    store: store.store,
+                    id: id.clone(),
+                    usage,
+                    key_b64: b64,
+                },
+                Box::new(move |_| {
+                    println!(
+                        "imported key {id} (usage {}, enabled); it has NO grants yet. To open it:",
+                        usage_str(usage)
+                    );
+                    println!(
+                        "  keyward admin --profile PROFILE keys grant {id}{store_flag} --principal '*' --ops encrypt,decrypt,metadata"
+                    );
+                    Ok(())
+                }),
+            )
+        }
+        Keys::List { store } => (
+            Request::KeysList { store: store.store },
+            Box::new(|v| {
+                let keys: Vec<KeyInfo> = serde_json::from_value(v)?;
+                println!(
+                    "{:<24} {:<16} {:<9} {:>7}  {:<21} GRANTS",
+                    "ID", "USAGE", "STATUS", "VERSION", "CREATED"
+                );
+                for k in keys {
+                    let status = match k.status {
+                        KeyStatus::Enabled => "enabled",
+                        KeyStatus::Disabled => "disabled",
+                    };
+                    let grants = if k.grants.is_empty() {
+                        "(none: deny all)".to_string()
+                    } else {
+                        k.grants
+                            .iter()
+                            .map(grant_str)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    };
+                    println!(
+                        "{:<24} {:<16} {:<9} {:>7}  {:<21} {}",
+                        k.id,
+                        usage_str(k.usage),
+                        status,
+                        k.version,
+                        k.created,
+                        grants
+                    );
+                }
+                Ok(())
+            }),
+        ),
+        Keys::Enable { id, store } => (
+            Request::KeysEnable {
+                store: store.store,
+                id: id.clone(),
+            },
+            Box::new(move |_| {
+                println!("key {id} enabled");
+                Ok(())
+            }),
+        ),
+        Keys::Disable { id, store } => (
+            Request::KeysDisable {
+                store: store.store,
+                id: id.clone(),
+            },
+            Box::new(move |_| {
+                println!("key {id} disabled");
+                Ok(())
+            }),
+        ),
+        Keys::Grant {
+            id,
+            store,
+            grant,
+            ops,
+        } => {
+            let ops = parse_ops(&ops).map_err(anyhow::Error::msg)?;
+            let g = Grant {
+                principal: grant.principal,
+                ops,
+                via_service: grant.via_service,
+                source_vpc: grant.source_vpc,
+                source_vpce: grant.source_vpce,
+            };
+            let text = grant_str(&g);
+            (
+                Request::KeysGrant {
+                    store: store.store,
+                    id: id.clone(),
+                    grant: g,
+                },
+                Box::new(move |_| {
+                    println!("key {id}: granted {text}");
+                    Ok(())
+                }),
+            )
+        }
+        Keys::Revoke {
+            id,
+            store,
+            grant,
+            ops,
+        } => {
+            let ops = ops
+                .map(|o| parse_ops(&o))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            (
+                Request::KeysRevoke {
+                    store: store.store,
+                    id: id.clone(),
+                    principal: grant.principal,
+                    ops,
+                    via_service: grant.via_service,
+                    source_vpc: grant.source_vpc,
+                    source_vpce: grant.source_vpce,
+                },
+                Box::new(move |v| {
+                    let n = v.get("removed").and_then(|n| n.as_u64()).unwrap_or(0);
+                    println!("key {id}: {n} grant(s) changed");
+                    Ok(())
+                }),
+            )
+        }
+    })
+}
+
+fn build_creds(c: Creds) -> anyhow::Result<(Request, Show)> {
+    Ok(match c {
+        Creds::List { store } => (
+            Request::CredsList { store: store.store },
+            Box::new(|v| {
+                let creds: Vec<CredInfo> = serde_json::from_value(v)?;
+                println!("{:<32} CREATED", "ACCESS KEY ID");
+                for c in creds {
+                    println!(
+                        "{:<32} {}",
+                        c.access_key_id,
+                        c.created.as_deref().unwrap_or("-")
+                    );
+                }
+                Ok(())
+            }),
+        ),
+        Creds::Add {
+            store,
+            access_key_id,
+            secret_file,
+        } => {
+            let secret = match secret_file {
+                Some(f) => {
+                    let s = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?,
+                    );
+                    Some(SecretText::new(
+                        s.trim_end_matches(['\n', '\r']).to_string(),
+                    ))
+                }
+                None => None,
+            };
+            let generated = secret.is_none();
+            (
+                Request::CredsAdd {
+                    store: store.store,
+                    access_key_id,
+                    secret_access_key: secret,
+                },
+                Box::new(move |v| {
+                    let added: CredAdded = serde_json::from_value(v)?;
+                    println!(
+                        "added credential {} to key store {} (live now)",
+                        added.access_key_id, added.store
+                    );
+                    if generated {
+                        println!(
+                            "secret access key (shown once): {}",
+                            added.secret_access_key.expose()
+                        );
+                    }
+                    println!("then: aws kms update-custom-key-store ... --xks-proxy-authentication-credential AccessKeyId={},RawSecretAccessKey=...", added.access_key_id);
+                    Ok(())
+                }),
+            )
+        }
+        Creds::Remove {
+            access_key_id,
+            store,
+        } => (
+            Request::CredsRemove {
+                store: store.store,
+                access_key_id: access_key_id.clone(),
+            },
+            Box::new(move |_| {
+                println!("removed credential {access_key_id}; requests signed with it are refused from now on");
+                Ok(())
+            }),
+        ),
+    })
+}
+
+fn store_flag(store: &Option<String>) -> String {
+    store
+        .as_ref()
+        .map(|s| format!(" --store {s}"))
+        .unwrap_or_default()
+}
+
+fn grant_str(g: &Grant) -> String {
+    let mut s = format!("{} -> {}", g.principal, ops_str(&g.ops));
+    if let Some(v) = &g.via_service {
+        s += &format!(" via {v}");
+    }
+    if let Some(v) = &g.source_vpc {
+        s += &format!(" vpc {v}");
+    }
+    if let Some(v) = &g.source_vpce {
+        s += &format!(" vpce {v}");
+    }
+    s
 }

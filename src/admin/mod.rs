@@ -1,3 +1,11 @@
-//! The mutual-TLS admin API and its client.
+//! The mutual-TLS admin API and its client: key, grant and credential management for operators
+//! who have no shell on the appliance. JSON over HTTPS on its own listener (never the XKS port);
+//! every client certificate must chain to the operator's CA.
 
 pub mod cli;
+pub mod client;
+pub mod ops;
+pub mod pki;
+pub mod proto;
+pub mod server;
+pub mod tls;

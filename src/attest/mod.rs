@@ -35,3 +35,10 @@ pub trait Attester: Send + Sync {
     /// Add this attester's evidence for `binding` to `bundle`.
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
+
+pub mod cli;
+pub mod live;
+pub mod nitrotpm;
+pub mod simulated;
+pub mod snp;
+pub mod tpm;

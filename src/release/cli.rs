@@ -1,12 +1,375 @@
-//! Command-line entry point (placeholder until its owner lands it).
+//! `keyward krs`: the key-release service and its operator commands.
+//!
+//! * `init --config FILE`: master key + receipt key in the token, TLS certificate, and the pins
+//!   the appliance must be given.
+//! * `serve --config FILE`: the KRP/1 service.
+//! * `policy keygen|sign|show|check`: the signed, versioned verifier policy.
+//! * `log verify FILE --receipt-key PEM`: offline check of the release log.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Arguments (placeholder).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Subcommand};
 
-/// Run the command (placeholder).
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::config::KrsConfig;
+use super::krs::{Service, KEY_VERSION};
+use super::log::ReleaseLog;
+use super::policy;
+use super::receipt::spki_pin;
+use crate::hsm::Hsm;
+
+/// Arguments of `keyward krs`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create the master key and receipt key in the token and the TLS certificate; print the
+    /// pins the appliance must be configured with.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Serve KRP/1 over TLS 1.3.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the pins of an initialised KRS (same output as `init`).
+    Pins {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Signed policy commands.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Release log commands.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Generate a policy-admin P-384 key pair (keep the private key offline).
+    Keygen {
+        /// Private key (PKCS#8 PEM), created with mode 0600.
+        #[arg(long)]
+        out: PathBuf,
+        /// Public key (SPKI PEM) for the KRS's `admin_public_key`.
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Sign a verifier policy file as a given version.
+    Sign {
+        /// Policy-admin private key (PKCS#8 or SEC1 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Policy name.
+        #[arg(long, default_value = "default")]
+        id: String,
+        /// Version; must be at least the highest the KRS has accepted. Default: the policy's
+        /// own `policy_version`.
+        #[arg(long)]
+        version: Option<u64>,
+        /// The verifier policy file to sign.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Where to write the signed policy (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a signed policy (id, version, digest, text); verifies it when --admin-key is given.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        admin_key: Option<PathBuf>,
+    },
+    /// Check a signed policy against the KRS configuration: signature and version rule.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// Defaults to the config's policy_file.
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCmd {
+    /// Verify the hash chain, every receipt and the signed head of a release log.
+    Verify {
+        file: PathBuf,
+        /// The receipt public key (PEM), as written by `krs init` to `receipt.pub.pem`.
+        #[arg(long)]
+        receipt_key: PathBuf,
+    },
+}
+
+/// Run `keyward krs`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.cmd {
+        Cmd::Init { config } => init(&config),
+        Cmd::Serve { config } => serve(&config),
+        Cmd::Pins { config } => {
+            let cfg = KrsConfig::load(&config)?;
+            print_pins(&cfg, &Hsm::open(&cfg.hsm)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy { cmd } => policy_cmd(cmd),
+        Cmd::Log {
+            cmd: LogCmd::Verify { file, receipt_key },
+        } => {
+            let pem = std::fs::read_to_string(&receipt_key)
+                .with_context(|| format!("reading {}", receipt_key.display()))?;
+            let spki = spki_der_from_pem(&pem)?;
+            match super::log::verify_file(&file, &spki) {
+                Ok(s) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": true, "entries": s.entries,
+                        "releases": s.releases, "denies": s.denies, "head_hash": s.head_hash})
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": false, "error": e.to_string()})
+                    );
+                    eprintln!("keyward: release log does not verify: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+fn spki_der_from_pem(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use p384::pkcs8::{DecodePublicKey, EncodePublicKey};
+    let pk = p384::PublicKey::from_public_key_pem(pem).context("not a P-384 public key PEM")?;
+    Ok(pk.to_public_key_der()?.as_bytes().to_vec())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn init(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = KrsConfig::load(config)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let hsm = Hsm::open(&cfg.hsm)?;
+    hsm.init_keys()?;
+    if hsm.try_read_master_value().is_ok() {
+        bail!("the token lets CKA_VALUE of the master key be read; refusing to use it");
+    }
+    if !cfg.tls_cert().exists() {
+        let (cert, key, _) = super::tls::generate_cert(cfg.tls_names.clone())?;
+        write_private(&cfg.tls_key(), &key)?;
+        std::fs::write(cfg.tls_cert(), cert)?;
+    }
+    print_pins(&cfg, &hsm)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print (JSON, one line) the pins the appliance needs, and write receipt.pub.pem.
+fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
+    use p384::pkcs8::{EncodePublicKey, LineEnding};
+    let sec1 = hsm.receipt_public_key()?;
+    let pk = p384::PublicKey::from_sec1_bytes(&sec1).context("receipt key from the token")?;
+    let spki = pk.to_public_key_der()?.as_bytes().to_vec();
+    let pem = pk.to_public_key_pem(LineEnding::LF)?;
+    std::fs::write(cfg.receipt_pub(), &pem)?;
+    let certs = super::tls::load_certs(&cfg.tls_cert())?;
+    let first = certs.first().context("no TLS certificate")?;
+    let tls_pin = super::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "receipt_spki_sha256": hex::encode(spki_pin(&spki)),
+            "krs_tls_spki_sha256": hex::encode(tls_pin),
+            "receipt_public_key": cfg.receipt_pub(),
+            "receipt_public_key_pem": pem,
+            "master_key": hsm.master_key_id(),
+            "key_version": KEY_VERSION,
+            "capabilities": format!("{:?}", hsm.capabilities()),
+        })
+    );
+    Ok(())
+}
+
+/// Load the policy under the config's rules (signature, forward-only version).
+pub fn load_policy(cfg: &KrsConfig, file: &Path) -> anyhow::Result<policy::VerifiedPolicy> {
+    let pem = std::fs::read_to_string(&cfg.admin_public_key)
+        .with_context(|| format!("reading {}", cfg.admin_public_key.display()))?;
+    let admin = policy::admin_public_key(&pem)?;
+    let p = policy::load(file, &admin)?;
+    super::source::check_policy_text(&p.policy)
+        .with_context(|| format!("signed policy {}", file.display()))?;
+    policy::enforce_version(&cfg.version_file(), &p)?;
+    Ok(p)
+}
+
+/// Everything `serve` needs, built from the config; also used by the embedded demo KRS.
+pub fn build_service(
+    cfg: &KrsConfig,
+    appraiser: Box<dyn super::krs::Appraiser>,
+) -> anyhow::Result<(Service, Arc<rustls::ServerConfig>)> {
+    std::fs::create_dir_all(&cfg.state_dir)?;
+    let policy = load_policy(cfg, &cfg.policy_file)?;
+    let hsm = Hsm::open(&cfg.hsm)?;
+    let log = ReleaseLog::open(&cfg.log_file())?;
+    let certs = super::tls::load_certs(&cfg.tls_cert())?;
+    let key = super::tls::load_key(&cfg.tls_key())?;
+    let first = certs
+        .first()
+        .context("no TLS certificate (run `keyward krs init`)")?;
+    let tls_pin = super::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+    let tls = super::tls::server_config(certs, key)?;
+    let svc = Service::new(
+        Box::new(hsm),
+        log,
+        policy,
+        appraiser,
+        tls_pin,
+        Duration::from_secs(cfg.session_ttl_secs),
+        cfg.wrap,
+    )?;
+    Ok((svc, tls))
+}
+
+fn serve(config: &Path) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let cfg = KrsConfig::load(config)?;
+    let (svc, tls) = build_service(&cfg, super::source::default_appraiser())?;
+    let listener =
+        TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "{}",
+        serde_json::json!({"krs": "listening", "addr": addr.to_string(), "mode": svc.mode()})
+    );
+    tracing::info!(%addr, mode = ?svc.mode(), "keyward krs serving KRP/1");
+    super::krs::serve(listener, tls, Arc::new(svc));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Keygen { out, public } => {
+            use p384::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+            let sk = p384::SecretKey::random(&mut rand_core::OsRng);
+            let pem = sk.to_pkcs8_pem(LineEnding::LF)?;
+            write_private(&out, &pem)?;
+            std::fs::write(&public, sk.public_key().to_public_key_pem(LineEnding::LF)?)?;
+            println!(
+                "policy-admin key written to {} (keep it offline); public key {}",
+                out.display(),
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Sign {
+            key,
+            id,
+            version,
+            input,
+            out,
+        } => {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&key)
+                    .with_context(|| format!("reading {}", key.display()))?,
+            );
+            let text =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let parsed = crate::verify::Policy::from_bytes(&text)
+                .with_context(|| format!("{} is not a valid verifier policy", input.display()))?;
+            let version = match version {
+                Some(v) => v,
+                None if parsed.policy_version > 0 => parsed.policy_version,
+                None => bail!("pass --version (the policy has no policy_version)"),
+            };
+            let signed = policy::sign(&pem, &id, version, &text)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&signed)?)?;
+            println!("signed {id} version {version} -> {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Show { file, admin_key } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let f: policy::SignedPolicyFile = serde_json::from_slice(&bytes)
+                .map_err(|e| policy::PolicyError::Unsigned(e.to_string()))?;
+            let verified = match admin_key {
+                Some(k) => {
+                    let admin = policy::admin_public_key(&std::fs::read_to_string(k)?)?;
+                    Some(policy::verify(&bytes, &admin)?)
+                }
+                None => None,
+            };
+            use base64::Engine;
+            let text = base64::engine::general_purpose::STANDARD.decode(f.policy.as_bytes())?;
+            println!("policy_id: {}\nversion:   {}", f.policy_id, f.version);
+            match verified {
+                Some(p) => println!("signature: valid\ndigest:    {}", hex::encode(p.digest)),
+                None => println!("signature: not checked (pass --admin-key)"),
+            }
+            println!("---\n{}", String::from_utf8_lossy(&text));
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Check { config, file } => {
+            let cfg = KrsConfig::load(&config)?;
+            let file = file.unwrap_or_else(|| cfg.policy_file.clone());
+            let pem = std::fs::read_to_string(&cfg.admin_public_key)?;
+            let admin = policy::admin_public_key(&pem)?;
+            let p = policy::load(&file, &admin)?;
+            let highest = std::fs::read_to_string(cfg.version_file())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if p.version < highest {
+                bail!(
+                    "policy version {} is older than version {highest} already accepted",
+                    p.version
+                );
+            }
+            super::source::check_policy_text(&p.policy)?;
+            println!(
+                "ok: {} signature valid, version {} (highest accepted {highest}), digest {}",
+                p.label(),
+                p.version,
+                hex::encode(p.digest)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

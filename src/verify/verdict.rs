@@ -61,3 +61,80 @@ impl Verdict {
         self.checks.iter().find(|c| c.status == Status::Failed)
     }
 }
+
+impl Verdict {
+    /// Process exit code for this verdict: 0 when no check failed, 1 otherwise. (2, for usage
+    /// errors and unreadable input, is the CLI's.)
+    pub fn exit_code(&self) -> u8 {
+        if self.ok() {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Pretty JSON for machines.
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and enums cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// A readable table for people: one line per check, then warnings and the outcome.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut out = String::new();
+        let _ = writeln!(out, "policy   sha384:{}", self.policy_digest);
+        let _ = writeln!(out, "time     {}", self.verified_at);
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<6}  {:<width$}  detail", "result", "check");
+        for c in &self.checks {
+            let tag = match c.status {
+                Status::Passed => "PASS",
+                Status::Failed => "FAIL",
+                Status::Skipped => "skip",
+            };
+            let _ = writeln!(out, "{tag:<6}  {:<width$}  {}", c.name, c.detail);
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(out);
+            for w in &self.warnings {
+                let _ = writeln!(out, "warning: {w}");
+            }
+        }
+        let _ = writeln!(out);
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Failed)
+            .count();
+        if failed == 0 {
+            let _ = writeln!(
+                out,
+                "VERIFIED: no check failed ({} passed, {} skipped)",
+                self.checks
+                    .iter()
+                    .filter(|c| c.status == Status::Passed)
+                    .count(),
+                self.checks
+                    .iter()
+                    .filter(|c| c.status == Status::Skipped)
+                    .count()
+            );
+        } else {
+            let _ = writeln!(out, "REFUSED: {failed} check(s) failed");
+        }
+        out
+    }
+
+    /// The check named `name`, if present (the last one when repeated).
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().rev().find(|c| c.name == name)
+    }
+}

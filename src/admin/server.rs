@@ -1,0 +1,219 @@
+//! The admin listener: mutual TLS (a client certificate from the operator's CA is mandatory),
+//! HTTP/1.1, one JSON request per `POST /admin/v1`, handed to a [`Backend`] together with the
+//! client certificate's subject (the actor named in the audit log).
+//!
+//! Request path, top to bottom: TLS accept (client certificate verified by rustls) → subject of
+//! the verified certificate → method/path check → bounded body read → JSON → backend (on a
+//! blocking thread: it writes and fsyncs) → JSON answer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::proto::{Request, Response, MAX_BODY, PATH};
+use crate::config::AdminConfig;
+
+/// Why an admin request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What carries out admin requests. `actor` is the verified client certificate's subject.
+/// Implementations make each change durable before returning and live at once.
+pub trait Backend: Send + Sync + 'static {
+    fn handle(&self, actor: &str, req: Request) -> Result<serde_json::Value, AdminError>;
+}
+
+/// Errors starting the admin listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("admin listener {addr}: {msg}")]
+    Bind { addr: SocketAddr, msg: String },
+    #[error("admin TLS: {0}")]
+    Tls(#[from] super::tls::TlsError),
+}
+
+/// A bound admin listener, not yet serving.
+pub struct AdminServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl AdminServer {
+    /// Load the TLS material and bind the listener.
+    pub async fn bind(cfg: &AdminConfig) -> Result<Self, ServerError> {
+        let tls = super::tls::server_config(&cfg.tls.cert_chain, &cfg.tls.key, &cfg.client_ca)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ServerError::Bind {
+                addr: cfg.listen,
+                msg: e.to_string(),
+            })?;
+        Ok(AdminServer {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting and let requests in flight finish
+    /// (up to 10 s).
+    pub async fn run(self, backend: Arc<dyn Backend>, shutdown: impl Future<Output = ()>) {
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let Ok((tcp, peer)) = accepted else { continue };
+                    let acceptor = self.acceptor.clone();
+                    let backend = backend.clone();
+                    conns.spawn(async move { serve_conn(acceptor, tcp, peer, backend).await });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            conns.abort_all();
+        }
+    }
+}
+
+async fn serve_conn(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    backend: Arc<dyn Backend>,
+) {
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "admin TLS handshake refused: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    // rustls has verified the chain to the operator CA; the subject names the actor.
+    let actor = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(super::tls::subject_of);
+    let Some(actor) = actor else {
+        tracing::warn!(%peer, "admin connection without a readable client certificate");
+        return;
+    };
+    let actor: Arc<str> = Arc::from(actor);
+    let service = hyper::service::service_fn(move |req| {
+        let backend = backend.clone();
+        let actor = actor.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, backend, actor).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .await;
+}
+
+async fn handle(
+    req: http::Request<Incoming>,
+    backend: Arc<dyn Backend>,
+    actor: Arc<str>,
+) -> http::Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return answer(StatusCode::NOT_FOUND, Err("unknown path".into()));
+    }
+    if req.method() != Method::POST {
+        return answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()));
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
+        Err(_) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Err(format!("request larger than {MAX_BODY} bytes")),
+            )
+        }
+    };
+    let request: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, Err(format!("bad request: {e}"))),
+    };
+    let op = request.op();
+    let result = tokio::task::spawn_blocking(move || backend.handle(&actor, request)).await;
+    match result {
+        Ok(Ok(v)) => answer(StatusCode::OK, Ok(v)),
+        Ok(Err(e)) => {
+            tracing::info!(op, "admin request refused: {e}");
+            answer(e.status(), Err(e.to_string()))
+        }
+        Err(_) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Err("internal error".into()),
+        ),
+    }
+}
+
+fn answer(
+    status: StatusCode,
+    result: Result<serde_json::Value, String>,
+) -> http::Response<Full<Bytes>> {
+    let body = match result {
+        Ok(v) => Response {
+            ok: true,
+            result: Some(v),
+            error: None,
+        },
+        Err(e) => Response {
+            ok: false,
+            result: None,
+            error: Some(e),
+        },
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    let mut resp = http::Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

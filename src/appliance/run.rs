@@ -1,0 +1,296 @@
+//! The boot pipeline and the serving loop: phases, listeners, watchdog, signals, drain.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+
+use super::notify::Notifier;
+use super::{phase, Addresses, BootError, MasterKeySource};
+use crate::admin::ops::RegistryBackend;
+use crate::admin::server::AdminServer;
+use crate::audit::{AuditLog, AuditSink};
+use crate::config::{Config, KeyStoreConfig};
+use crate::keystore::{NewStore, Registry};
+use crate::secret::MemoryPolicy;
+use crate::xks::{ClientAuth, StoreProbe, TlsSettings, XksServer, XksSettings};
+
+/// A booted appliance: key store unsealed, listeners bound, not yet serving.
+pub struct Running {
+    pub addresses: Addresses,
+    pub registry: Arc<Registry>,
+    store_dir: std::path::PathBuf,
+    audit: AuditLog,
+    xks: XksServer,
+    admin: Option<AdminServer>,
+    notifier: Notifier,
+}
+
+/// Run the phases `attest`, `release`, `unseal` and bind the listeners of `serve`.
+pub async fn boot(
+    config: &Config,
+    source: Box<dyn MasterKeySource>,
+    notifier: Notifier,
+) -> Result<Running, BootError> {
+    // Memory first: nothing secret may exist before key memory is locked and the process is
+    // non-dumpable.
+    crate::secret::harden_process()?;
+    let report = crate::secret::init(MemoryPolicy {
+        allow_unlocked: config.memory.allow_unlocked_memory,
+    })?;
+    if !report.locked {
+        tracing::warn!(
+            "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked_memory: development only"
+        );
+    }
+
+    if source.attested() {
+        phase("attest", "gathering evidence");
+        notifier.status("attest: gathering evidence");
+    } else {
+        phase(
+            "attest",
+            &format!(
+                "skipped: master_key.source = {} (no attestation)",
+                source.name()
+            ),
+        );
+        phase(
+            "release",
+            &format!(
+                "skipped: master_key.source = {}: reading the master key",
+                source.name()
+            ),
+        );
+    }
+    let master = {
+        let source = source;
+        tokio::task::spawn_blocking(move || source.obtain())
+            .await
+            .map_err(|e| BootError::Xks(format!("master key task: {e}")))??
+    };
+
+    phase(
+        "unseal",
+        &format!("opening key store {}", config.storage.dir.display()),
+    );
+    notifier.status("unseal: opening the key store");
+    let dir = config.storage.dir.clone();
+    let registry = tokio::task::spawn_blocking(move || Registry::open_dir(&dir, master))
+        .await
+        .map_err(|e| BootError::Xks(format!("unseal task: {e}")))??;
+    let registry = Arc::new(registry);
+    sync_stores(&registry, &config.key_stores)?;
+    let snap = registry.snapshot();
+    let keys: usize = snap.stores.values().map(|s| s.keys.len()).sum();
+    phase(
+        "unseal",
+        &format!("{} key store(s), {keys} key(s) unsealed", snap.stores.len()),
+    );
+
+    let sink = match &config.log.audit_file {
+        Some(p) => AuditSink::File(p.clone()),
+        None => AuditSink::Stderr,
+    };
+    let audit = AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?;
+
+    let xks = XksServer::bind(xks_settings(&config.xks)?)
+        .await
+        .map_err(|e| BootError::Xks(e.to_string()))?;
+    let xks_addr = xks
+        .local_addr()
+        .map_err(|e| BootError::Xks(e.to_string()))?;
+    let admin = match &config.admin {
+        Some(a) => Some(AdminServer::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    Ok(Running {
+        addresses: Addresses {
+            xks: xks_addr,
+            admin: admin_addr,
+        },
+        registry,
+        store_dir: config.storage.dir.clone(),
+        audit,
+        xks,
+        admin,
+        notifier,
+    })
+}
+
+/// Map the `[xks]` section onto the XKS server's settings (reading the PEM files).
+fn xks_settings(x: &crate::config::XksConfig) -> Result<XksSettings, BootError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| BootError::Xks(format!("{}: {e}", p.display())))
+    };
+    let tls = match &x.tls {
+        Some(t) => Some(TlsSettings {
+            cert_chain_pem: read(&t.cert_chain)?,
+            key_pem: zeroize::Zeroizing::new(read(&t.key)?),
+            client_auth: match &x.mtls {
+                Some(m) => Some(ClientAuth {
+                    ca_pem: read(&m.client_ca)?,
+                    allowed_names: m.allowed_subjects.clone(),
+                }),
+                None => None,
+            },
+        }),
+        None => None,
+    };
+    Ok(XksSettings {
+        listen: x.listen,
+        tls,
+        insecure_http: x.insecure_http,
+        limits: crate::xks::Limits::default(),
+        instance_id: instance_id(),
+    })
+}
+
+/// The id this instance reports in health's `ekmFleetDetails`: the host name.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("keyward-{h}"))
+        .unwrap_or_else(|| "keyward".into())
+}
+
+/// Create the configured key stores that do not exist yet and add the configured credentials
+/// that are missing. Stores and credentials added through the admin API are left alone.
+fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), BootError> {
+    let existing = registry.list_stores();
+    for ks in stores {
+        let current = existing.iter().find(|s| s.name == ks.name);
+        let known: Vec<String> = match current {
+            Some(s) => {
+                if s.uri_prefix != ks.uri_prefix || s.region != ks.region {
+                    tracing::warn!(
+                        store = %ks.name,
+                        "the key store exists with uri prefix `{}` and region {}; the configuration's `{}` / {} are ignored",
+                        s.uri_prefix, s.region, ks.uri_prefix, ks.region
+                    );
+                }
+                s.access_key_ids.clone()
+            }
+            None => {
+                registry.create_store(NewStore {
+                    name: ks.name.clone(),
+                    uri_prefix: ks.uri_prefix.clone(),
+                    region: ks.region.clone(),
+                    extra_services: ks
+                        .services
+                        .iter()
+                        .filter(|s| *s != crate::config::KMS_SERVICE)
+                        .cloned()
+                        .collect(),
+                })?;
+                tracing::info!(store = %ks.name, "created key store `{}`", ks.name);
+                Vec::new()
+            }
+        };
+        for c in &ks.credentials {
+            if !known.contains(&c.access_key_id) {
+                registry.add_credential(
+                    Some(&ks.name),
+                    &c.access_key_id,
+                    secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Running {
+    /// Serve the XKS and admin APIs until SIGINT/SIGTERM (or `stop` turns true); then stop
+    /// accepting, drain, flush the audit log. `on_ready` runs once the listeners accept.
+    pub async fn serve_until(
+        self,
+        mut stop: watch::Receiver<bool>,
+        on_ready: impl FnOnce(&Addresses),
+    ) -> Result<(), BootError> {
+        let Running {
+            addresses,
+            registry,
+            store_dir,
+            audit,
+            xks,
+            admin,
+            notifier,
+        } = self;
+        // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+        let (tx, rx) = watch::channel(false);
+
+        let view = registry.view();
+        let probe = Arc::new(DirProbe(store_dir));
+        let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
+        let admin_task = admin.map(|a| {
+            let backend = Arc::new(RegistryBackend::new(registry.clone(), audit.clone()));
+            tokio::spawn(a.run(backend, wait_true(rx.clone())))
+        });
+
+        // The listeners are bound (the kernel completes connections from here on) and their
+        // accept loops are running: ready.
+        phase("serve", &format!("XKS API on {}", addresses.xks));
+        if let Some(a) = addresses.admin {
+            phase("serve", &format!("admin API on {a} (mutual TLS)"));
+        }
+        notifier.ready(&format!("serving XKS on {}", addresses.xks));
+        on_ready(&addresses);
+
+        if let Some(interval) = Notifier::watchdog_interval() {
+            let n = Notifier::from_env();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(interval);
+                loop {
+                    t.tick().await;
+                    n.watchdog();
+                }
+            });
+        }
+
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+            _ = wait_true(stop.clone()) => tracing::info!("stop requested"),
+        }
+        let _ = stop.borrow_and_update();
+        notifier.stopping();
+        let _ = tx.send(true);
+        let _ = xks_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        if let Err(e) = audit.shutdown() {
+            tracing::error!("audit log flush failed: {e}");
+        }
+        tracing::info!("stopped: listeners closed, requests drained, audit log flushed");
+        Ok(())
+    }
+}
+
+/// Resolves once the watch value is true (or its sender is gone).
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The health check's "readable key store" probe: the store directory can be listed.
+struct DirProbe(std::path::PathBuf);
+
+impl StoreProbe for DirProbe {
+    fn probe(&self) -> Result<(), String> {
+        std::fs::read_dir(&self.0)
+            .map(|_| ())
+            .map_err(|e| format!("key store {}: {e}", self.0.display()))
+    }
+}

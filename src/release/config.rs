@@ -1,0 +1,131 @@
+//! Configuration of the key-release service (`keyward krs ... --config FILE`, TOML) and of the
+//! boot agent (the `[master_key]` release settings of the appliance).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hsm::HsmConfig;
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {0}: {1}")]
+    Io(String, String),
+    #[error("config {0}: {1}")]
+    Parse(String, String),
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// How the KRS wraps the master key for the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WrapChoice {
+    /// In the HSM when it has the mechanisms, HPKE fallback otherwise.
+    #[default]
+    Auto,
+    /// In the HSM only; refuse to start otherwise.
+    Hsm,
+    /// Always the HPKE fallback (for HSMs that cannot wrap to an external key; and tests).
+    Hpke,
+}
+
+/// `keyward krs` configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KrsConfig {
+    /// Listen address, e.g. `0.0.0.0:7443` (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Holds `tls.crt`, `tls.key`, `release.log`(+`.head`), `policy.version`,
+    /// `receipt.pub.pem`.
+    pub state_dir: PathBuf,
+    /// The signed policy file (`keyward krs policy sign`).
+    pub policy_file: PathBuf,
+    /// The policy-admin P-384 public key (PEM SPKI).
+    pub admin_public_key: PathBuf,
+    /// Session lifetime in seconds (default 60).
+    #[serde(default = "default_ttl")]
+    pub session_ttl_secs: u64,
+    #[serde(default)]
+    pub wrap: WrapChoice,
+    /// DNS names / IPs for the self-signed TLS certificate made by `krs init`.
+    #[serde(default = "default_names")]
+    pub tls_names: Vec<String>,
+    pub hsm: HsmConfig,
+}
+
+fn default_ttl() -> u64 {
+    60
+}
+fn default_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+
+impl KrsConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io(path.display().to_string(), e.to_string()))?;
+        let c: Self = toml::from_str(&s)
+            .map_err(|e| ConfigError::Parse(path.display().to_string(), e.to_string()))?;
+        if c.session_ttl_secs == 0 || c.session_ttl_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "session_ttl_secs must be 1..=3600".into(),
+            ));
+        }
+        Ok(c)
+    }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.state_dir.join("tls.crt")
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.state_dir.join("tls.key")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.state_dir.join("release.log")
+    }
+    pub fn version_file(&self) -> PathBuf {
+        self.state_dir.join("policy.version")
+    }
+    pub fn receipt_pub(&self) -> PathBuf {
+        self.state_dir.join("receipt.pub.pem")
+    }
+}
+
+/// What the agent needs to reach and trust the KRS. Hex pins are SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `host:port` of the KRS (a `krs://` prefix is accepted).
+    pub krs_url: String,
+    /// SHA-256 (hex) of the KRS TLS certificate's SPKI.
+    pub krs_tls_spki_sha256: String,
+    /// SHA-256 (hex) of the KRS receipt key's SPKI.
+    pub receipt_spki_sha256: String,
+    /// SHA-256 (hex) of the admin API client CA certificate (informational for the KRS; part
+    /// of the pins digest in T).
+    #[serde(default)]
+    pub admin_ca_sha256: String,
+    /// Attesters to gather evidence from, in order: `snp`, `tpm`, `nitrotpm`,
+    /// `simulated-snp` (the last only when named explicitly).
+    #[serde(default)]
+    pub attesters: Vec<String>,
+    /// The platform string sent in Hello (default: derived from the attesters).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Connect/read timeout per attempt, seconds (default 10).
+    #[serde(default = "default_io_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_io_timeout() -> u64 {
+    10
+}
+
+/// Parse a 32-byte hex pin.
+pub fn parse_pin(name: &str, hex_str: &str) -> Result<[u8; 32], ConfigError> {
+    let v = hex::decode(hex_str.trim())
+        .map_err(|_| ConfigError::Invalid(format!("{name}: not hex")))?;
+    v.try_into()
+        .map_err(|_| ConfigError::Invalid(format!("{name}: must be 32 bytes (64 hex digits)")))
+}

@@ -1,0 +1,153 @@
+//! TLS 1.3 for KRP/1 (rustls, ring provider). The KRS presents a self-generated certificate;
+//! the agent does not use Web PKI at all: it accepts exactly the certificate whose
+//! SubjectPublicKeyInfo hashes (SHA-256) to its pin, and checks the handshake signature with
+//! that key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Errors setting up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS file {0}: {1}")]
+    Io(String, String),
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// SHA-256 of the DER SPKI inside a DER certificate.
+pub fn cert_spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
+    use der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    Some(Sha256::digest(spki).into())
+}
+
+/// A new self-signed P-384 certificate for the KRS: (cert PEM, key PEM, SPKI SHA-256).
+pub fn generate_cert(names: Vec<String>) -> Result<(String, String, [u8; 32]), TlsError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let params =
+        rcgen::CertificateParams::new(names).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let pin = Sha256::digest(key.public_key_der()).into();
+    Ok((cert.pem(), key.serialize_pem(), pin))
+}
+
+/// Load a PEM certificate chain.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let io = |e: std::io::Error| TlsError::Io(path.display().to_string(), e.to_string());
+    let f = std::fs::File::open(path).map_err(io)?;
+    rustls_pemfile::certs(&mut std::io::BufReader::new(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)
+}
+
+/// Load a PEM private key.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let io = |e: std::io::Error| TlsError::Io(path.display().to_string(), e.to_string());
+    let f = std::fs::File::open(path).map_err(io)?;
+    rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
+        .map_err(io)?
+        .ok_or_else(|| TlsError::Io(path.display().to_string(), "no private key".into()))
+}
+
+/// Server configuration: TLS 1.3 only, no client authentication.
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts only the certificate whose SPKI SHA-256 equals the pin.
+#[derive(Debug)]
+struct SpkiPin {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpkiPin {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = cert_spki_sha256(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        if bool::from(got.ct_eq(&self.pin)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is disabled in the client config; refuse if ever asked.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client configuration pinned to one SPKI hash, TLS 1.3 only.
+pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpkiPin { pin, provider }))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,265 @@
+//! Step 3 of a request: the JSON request bodies (borrowing from the body bytes) and the response
+//! writers (contract sections 3 and 4).
+//!
+//! Unknown fields are ignored (KMS adds fields over time: never `deny_unknown_fields`), any
+//! `kmsOperation` value is accepted and `kmsRequestId` is never validated. Required fields are
+//! `Option`s checked by hand so the `ValidationException` names the missing field. Strings are
+//! `Cow` so JSON escapes still parse while the common case borrows.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::error::XksError;
+
+/// Strict standard Base64: `+/`, `=` padding required, no whitespace, canonical trailing bits.
+pub const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The longest ARN the spec makes us accept (we accept it and longer: no check needed, but
+/// ARNs longer than this are refused as invalid input).
+pub const MAX_ARN: usize = 2048;
+
+/// `requestMetadata`, common to all four APIs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMetadata<'a> {
+    #[serde(borrow, default)]
+    pub aws_principal_arn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub aws_source_vpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub aws_source_vpce: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kms_key_arn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kms_operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kms_request_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kms_via_service: Option<Cow<'a, str>>,
+}
+
+impl RequestMetadata<'_> {
+    /// The checks common to every API: `kmsRequestId` and `kmsOperation` present (not
+    /// validated beyond that), ARNs within bounds.
+    pub fn check_common(&self) -> Result<(), XksError> {
+        if self.kms_request_id.is_none() {
+            return Err(XksError::Validation(
+                "requestMetadata.kmsRequestId is required".into(),
+            ));
+        }
+        if self.kms_operation.is_none() {
+            return Err(XksError::Validation(
+                "requestMetadata.kmsOperation is required".into(),
+            ));
+        }
+        for a in [&self.aws_principal_arn, &self.kms_key_arn]
+            .into_iter()
+            .flatten()
+        {
+            if a.len() > MAX_ARN {
+                return Err(XksError::Validation(
+                    "an ARN is longer than 2048 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Key APIs also need `awsPrincipalArn`.
+    pub fn principal(&self) -> Result<&str, XksError> {
+        self.aws_principal_arn.as_deref().ok_or_else(|| {
+            XksError::Validation("requestMetadata.awsPrincipalArn is required".into())
+        })
+    }
+}
+
+/// GetKeyMetadata and GetHealthStatus bodies.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataRequest<'a> {
+    #[serde(borrow, default)]
+    pub request_metadata: Option<RequestMetadata<'a>>,
+}
+
+/// Encrypt body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptRequest<'a> {
+    #[serde(borrow, default)]
+    pub request_metadata: Option<RequestMetadata<'a>>,
+    #[serde(borrow, default)]
+    pub plaintext: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub encryption_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub additional_authenticated_data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub ciphertext_data_integrity_value_algorithm: Option<Cow<'a, str>>,
+}
+
+/// Decrypt body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecryptRequest<'a> {
+    #[serde(borrow, default)]
+    pub request_metadata: Option<RequestMetadata<'a>>,
+    #[serde(borrow, default)]
+    pub ciphertext: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub ciphertext_metadata: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub encryption_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub additional_authenticated_data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub initialization_vector: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub authentication_tag: Option<Cow<'a, str>>,
+}
+
+/// Parse a body; any JSON error is a `ValidationException` that does not echo the body.
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, XksError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = match e.classify() {
+            serde_json::error::Category::Data => "request body has a field of the wrong type",
+            serde_json::error::Category::Eof => "request body is truncated JSON",
+            _ => "request body is not valid JSON",
+        };
+        XksError::Validation(msg.into())
+    })
+}
+
+/// The metadata that every request must carry.
+pub fn require_metadata<'r, 'a>(
+    md: &'r Option<RequestMetadata<'a>>,
+) -> Result<&'r RequestMetadata<'a>, XksError> {
+    let md = md
+        .as_ref()
+        .ok_or_else(|| XksError::Validation("requestMetadata is required".into()))?;
+    md.check_common()?;
+    Ok(md)
+}
+
+/// `encryptionAlgorithm` must be `AES_GCM`.
+pub fn require_aes_gcm(alg: &Option<Cow<'_, str>>) -> Result<(), XksError> {
+    match alg.as_deref() {
+        Some("AES_GCM") => Ok(()),
+        None => Err(XksError::Validation(
+            "encryptionAlgorithm is required".into(),
+        )),
+        Some(_) => Err(XksError::Validation(
+            "encryptionAlgorithm must be AES_GCM".into(),
+        )),
+    }
+}
+
+/// Decoded length of a Base64 string without decoding it (for size checks before work).
+pub fn decoded_len_upper(b64: &str) -> usize {
+    b64.len() / 4 * 3 + 3
+}
+
+/// Decode strict standard Base64 into `out` (appending).
+pub fn decode_into(field: &'static str, b64: &str, out: &mut Vec<u8>) -> Result<(), XksError> {
+    B64.decode_vec(b64.as_bytes(), out).map_err(|_| {
+        XksError::Validation(Cow::Owned(format!("{field} is not valid standard Base64")))
+    })
+}
+
+/// GetKeyMetadata response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataResponse {
+    pub key_spec: &'static str,
+    pub key_usage: &'static [&'static str],
+    pub key_status: &'static str,
+}
+
+/// GetHealthStatus response.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthResponse {
+    pub xks_proxy_fleet_size: u32,
+    pub xks_proxy_vendor: &'static str,
+    pub xks_proxy_model: String,
+    pub ekm_vendor: &'static str,
+    pub ekm_fleet_details: Vec<EkmDetail>,
+}
+
+/// One key-manager instance in a health answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EkmDetail {
+    pub id: String,
+    pub model: String,
+    pub health_status: &'static str,
+}
+
+/// Append `"name":"<base64 of bytes>"` to a JSON object being written (no escaping is needed:
+/// Base64 has none of `"` or `\`).
+pub fn write_b64_field(out: &mut Vec<u8>, first: bool, name: &str, bytes: &[u8]) {
+    if !first {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":\"");
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+        0,
+    );
+    // The buffer was sized with `encoded_len`, so this cannot run out of room.
+    let n = B64.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + n);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignores_unknown_fields_and_accepts_any_operation() {
+        let body = br#"{"requestMetadata":{"awsPrincipalArn":"arn:aws:iam::1:role\/x","kmsOperation":"SomethingNew","kmsRequestId":"not-a-uuid","futureField":{"a":[1,2]}},"plaintext":"SGVsbG8=","encryptionAlgorithm":"AES_GCM","newTopLevel":true}"#;
+        let r: EncryptRequest = parse(body).unwrap();
+        let md = require_metadata(&r.request_metadata).unwrap();
+        assert_eq!(md.principal().unwrap(), "arn:aws:iam::1:role/x");
+        assert_eq!(md.kms_operation.as_deref(), Some("SomethingNew"));
+    }
+
+    #[test]
+    fn missing_fields_are_validation_errors() {
+        let r: EncryptRequest = parse(br#"{"plaintext":"AA=="}"#).unwrap();
+        assert!(matches!(
+            require_metadata(&r.request_metadata),
+            Err(XksError::Validation(_))
+        ));
+        let r: MetadataRequest = parse(br#"{"requestMetadata":{}}"#).unwrap();
+        assert!(require_metadata(&r.request_metadata).is_err());
+        assert!(parse::<MetadataRequest>(b"{").is_err());
+        assert!(parse::<MetadataRequest>(br#"{"requestMetadata":5}"#).is_err());
+        assert!(require_aes_gcm(&Some("AES_CBC".into())).is_err());
+    }
+
+    #[test]
+    fn base64_is_strict() {
+        let mut v = Vec::new();
+        assert!(decode_into("x", "SGVsbG8=", &mut v).is_ok());
+        for bad in [
+            "SGVsbG8",
+            "SGVs bG8=",
+            "SGVsbG8=\n",
+            "-_-_",
+            "SGVsbG9=",
+            "SGVsbG8==",
+        ] {
+            assert!(decode_into("x", bad, &mut Vec::new()).is_err(), "{bad}");
+        }
+        let mut out = b"{".to_vec();
+        write_b64_field(&mut out, true, "a", b"Hello");
+        out.push(b'}');
+        assert_eq!(out, br#"{"a":"SGVsbG8="}"#);
+    }
+}

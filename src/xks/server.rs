@@ -1,0 +1,566 @@
+//! The XKS listener: TLS (rustls, ring provider) or, only when asked for explicitly, plain HTTP;
+//! hyper 1 with HTTP/1.1 keep-alive and HTTP/2 by ALPN; optional mutual TLS; graceful shutdown.
+//!
+//! The platform calls [`XksServer::bind`] (the listener accepts from then on, so it can report
+//! READY), then [`XksServer::run`] on its own multi-thread runtime. [`CertHandle::install`]
+//! swaps the server certificate at run time (new handshakes use it; open connections keep theirs).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
+
+use super::handlers::{self, Ctx, Limits, Reply};
+use super::health::{self, Health, StoreProbe};
+use crate::audit::AuditLog;
+use crate::keystore::view::SharedView;
+
+/// How the XKS listener is set up. The platform maps its configuration onto this.
+#[derive(Debug, Clone)]
+pub struct XksSettings {
+    pub listen: SocketAddr,
+    /// TLS; `None` means plain HTTP, which needs `insecure_http`.
+    pub tls: Option<TlsSettings>,
+    /// Allow plain HTTP (tests and benchmarks only).
+    pub insecure_http: bool,
+    pub limits: Limits,
+    /// The id this instance reports in `ekmFleetDetails`.
+    pub instance_id: String,
+}
+
+impl XksSettings {
+    /// Map the `[xks]` configuration section onto the listener settings, reading the PEM files.
+    pub fn from_config(c: &crate::config::XksConfig) -> Result<Self, ServerError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => Some(TlsSettings {
+                cert_chain_pem: read(&t.cert_chain)?,
+                key_pem: Zeroizing::new(read(&t.key)?),
+                client_auth: match &c.mtls {
+                    None => None,
+                    Some(m) => Some(ClientAuth {
+                        ca_pem: read(&m.client_ca)?,
+                        allowed_names: m.allowed_subjects.clone(),
+                    }),
+                },
+            }),
+        };
+        Ok(Self {
+            listen: c.listen,
+            tls,
+            insecure_http: c.insecure_http,
+            limits: Limits::default(),
+            instance_id: instance_id(),
+        })
+    }
+}
+
+/// This host's name, for `ekmFleetDetails[].id`.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| "keyward".to_owned(), |h| format!("keyward-{h}"))
+}
+
+/// Server certificate and optional client authentication.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_chain_pem: Vec<u8>,
+    /// PEM private key: PKCS#8, SEC1 or PKCS#1.
+    pub key_pem: Zeroizing<Vec<u8>>,
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mutual TLS: the client certificate must chain to `ca_pem` and name one of `allowed_names`
+/// as its subject CN or a SAN dNSName (e.g. `cks.kms.us-east-1.amazonaws.com`).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub ca_pem: Vec<u8>,
+    pub allowed_names: Vec<String>,
+}
+
+/// Errors setting up or running the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("plain HTTP needs the explicit insecure_http setting")]
+    InsecureNotAllowed,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("listener failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("health key: {0}")]
+    Health(String),
+}
+
+/// A bound XKS listener, not yet serving.
+pub struct XksServer {
+    listener: TcpListener,
+    tls: Option<(TlsAcceptor, CertHandle)>,
+    limits: Limits,
+    instance_id: String,
+}
+
+/// Swaps the server certificate at run time.
+#[derive(Clone)]
+pub struct CertHandle(Arc<ArcSwap<CertifiedKey>>);
+
+impl CertHandle {
+    /// Install a new chain and key (PEM). New handshakes use it at once.
+    pub fn install(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), ServerError> {
+        self.0.store(Arc::new(certified_key(chain_pem, key_pem)?));
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SwapResolver(Arc<ArcSwap<CertifiedKey>>);
+
+impl std::fmt::Debug for CertHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertHandle")
+    }
+}
+
+impl ResolvesServerCert for SwapResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl XksServer {
+    /// Build the TLS configuration and bind the listener (it accepts connections from now on;
+    /// they are served once [`XksServer::run`] starts). Call inside a Tokio runtime.
+    pub async fn bind(settings: XksSettings) -> Result<Self, ServerError> {
+        let tls = match &settings.tls {
+            Some(t) => Some(tls_acceptor(t)?),
+            None if settings.insecure_http => None,
+            None => return Err(ServerError::InsecureNotAllowed),
+        };
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            tls,
+            limits: settings.limits,
+            instance_id: settings.instance_id,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The handle that swaps the server certificate (`None` for plain HTTP).
+    pub fn cert_handle(&self) -> Option<CertHandle> {
+        self.tls.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let open requests finish (at most
+    /// 10 s) and return. The caller then calls `audit.shutdown()` to flush the last lines.
+    pub async fn run(
+        self,
+        view: SharedView,
+        audit: impl Into<AuditLog>,
+        probe: Arc<dyn StoreProbe>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let id = self.instance_id.clone();
+        let health = tokio::task::spawn_blocking(move || Health::new(probe, id))
+            .await
+            .map_err(|e| ServerError::Health(e.to_string()))?
+            .map_err(|e| ServerError::Health(e.to_string()))?;
+        let ctx = Arc::new(Ctx {
+            view,
+            health: health.clone(),
+            audit: audit.into(),
+            limits: self.limits,
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(health::refresher(health, stop_rx.clone()));
+        let mut conns = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "xks: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let ctx = ctx.clone();
+            let tls = self.tls.as_ref().map(|(a, _)| a.clone());
+            let stop = stop_rx.clone();
+            conns.spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(stream)) => serve_connection(stream, ctx, stop).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "xks: TLS handshake failed"),
+                            Err(_) => tracing::debug!("xks: TLS handshake timed out"),
+                        }
+                    }
+                    None => serve_connection(tcp, ctx, stop).await,
+                }
+            });
+            // Reap finished connections so the set does not grow.
+            while conns.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        conns.abort_all();
+        ctx.audit.flush().ok();
+        Ok(())
+    }
+}
+
+async fn serve_connection<S>(io: S, ctx: Arc<Ctx>, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(60));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(serve_request(&ctx, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "xks: connection ended"); } }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Bodies above this are not even drained: answered and the connection closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+async fn serve_request(ctx: &Ctx, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        let mut resp = response(handlers::oversized(ctx, parts.uri.path(), started));
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    let body = match read_body(body, ctx.limits.max_body, declared).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return response(handlers::oversized(ctx, parts.uri.path(), started)),
+        Err(()) => {
+            let e = super::error::XksError::Validation("request body could not be read".into());
+            return response(Reply::error(&e));
+        }
+    };
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let req = handlers::Request {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        authority,
+        body: &body,
+    };
+    response(handlers::handle(ctx, &req, started))
+}
+
+/// Read the body: `Ok(None)` when it exceeds `limit` (it is drained up to [`DRAIN_LIMIT`] so
+/// the client gets our answer rather than a reset). A single-frame body is not copied.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Option<Bytes>, ()> {
+    let mut first: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            if total > DRAIN_LIMIT {
+                return Ok(None);
+            }
+            first = None;
+            buf = Vec::new();
+            continue;
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            f => {
+                if buf.is_empty() {
+                    buf.reserve(declared.unwrap_or(0).min(limit));
+                }
+                if let Some(f) = f {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if total > limit {
+        return Ok(None);
+    }
+    Ok(Some(first.unwrap_or_else(|| Bytes::from(buf))))
+}
+
+fn response(r: Reply) -> http::Response<Full<Bytes>> {
+    let ct = if r.json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut resp = http::Response::new(Full::new(r.body));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ct),
+    );
+    if r.allow_post {
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    }
+    resp
+}
+
+/// The spec's four suites (TLS 1.3: AES-256-GCM, ChaCha20-Poly1305; TLS 1.2: ECDHE-RSA and
+/// ECDHE-ECDSA with AES-256-GCM), all forward-secret, on the ring provider.
+fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    Arc::new(p)
+}
+
+fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, ServerError> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Tls(format!("certificate chain PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(ServerError::Tls("no certificate in the chain PEM".into()));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| ServerError::Tls(format!("private key PEM: {e}")))?
+        .ok_or_else(|| {
+            ServerError::Tls("no PKCS#8, SEC1 or PKCS#1 private key in the key PEM".into())
+        })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| ServerError::Tls(format!("unsupported private key: {e}")))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .map_err(|e| ServerError::Tls(format!("key does not match the certificate: {e}")))?;
+    Ok(ck)
+}
+
+fn tls_acceptor(t: &TlsSettings) -> Result<(TlsAcceptor, CertHandle), ServerError> {
+    let provider = provider();
+    let handle = CertHandle(Arc::new(ArcSwap::from_pointee(certified_key(
+        &t.cert_chain_pem,
+        &t.key_pem,
+    )?)));
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = match &t.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SwapResolver(handle.0.clone())));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+        cfg.ticketer = t;
+    }
+    Ok((TlsAcceptor::from(Arc::new(cfg)), handle))
+}
+
+fn client_verifier(
+    ca: &ClientAuth,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, ServerError> {
+    if ca.allowed_names.is_empty() {
+        return Err(ServerError::Tls(
+            "mTLS needs at least one allowed client name".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca.ca_pem[..]) {
+        let c = c.map_err(|e| ServerError::Tls(format!("client CA PEM: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| ServerError::Tls(format!("client CA: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ServerError::Tls(
+            "no certificate in the client CA PEM".into(),
+        ));
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    Ok(Arc::new(NameCheckingVerifier {
+        inner,
+        names: ca.allowed_names.clone(),
+    }))
+}
+
+/// WebPKI chain validation, then the subject CN or a SAN dNSName must be an allowed name.
+#[derive(Debug)]
+struct NameCheckingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+impl ClientCertVerifier for NameCheckingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if cert_names(end_entity)
+            .iter()
+            .any(|n| self.names.iter().any(|a| a.eq_ignore_ascii_case(n)))
+        {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The subject CNs and SAN dNSNames of a certificate (empty if it does not parse).
+fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let Ok(cert) = x509_cert::Certificate::from_der(der.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid == const_oid::db::rfc4519::CN {
+                if let Ok(s) = std::str::from_utf8(atv.value.value()) {
+                    out.push(s.to_owned());
+                }
+            }
+        }
+    }
+    if let Ok(Some((_, san))) = cert.tbs_certificate.get::<SubjectAltName>() {
+        for n in san.0 {
+            if let GeneralName::DnsName(d) = n {
+                out.push(d.as_str().to_owned());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,308 @@
+//! Shared fixtures for the release/KRS/HSM integration tests: a SoftHSMv2 token in a temp dir
+//! with its own SOFTHSM2_CONF, and helpers to run the real `keyward` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const MODULES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// A SoftHSM token of our own. The SOFTHSM2_CONF path must be in the environment of whatever
+/// loads the module (this process for library tests, the child for binary tests).
+pub struct Token {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub module: PathBuf,
+    pub label: String,
+    pub pin: String,
+}
+
+/// None (after a loud message) only when softhsm2-util is not installed.
+pub fn softhsm_token(label: &str) -> Option<Token> {
+    let which = Command::new("sh")
+        .args(["-c", "command -v softhsm2-util"])
+        .output()
+        .ok()?;
+    if !which.status.success() {
+        eprintln!(
+            "\n\n*** SKIPPING: softhsm2-util is not installed (apt install softhsm2) ***\n\n"
+        );
+        return None;
+    }
+    let module = MODULES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("softhsm2-util is installed but libsofthsm2.so was not found");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            "0000",
+            "--pin",
+            "1234",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Token {
+        dir,
+        conf,
+        module,
+        label: label.into(),
+        pin: "1234".into(),
+    })
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keyward")
+}
+
+pub fn write(path: &Path, s: &str) {
+    std::fs::write(path, s).unwrap();
+}
+
+/// A `keyward krs` set up in a temp dir against its own SoftHSM token: `krs init` done, a
+/// policy-admin key made, a signed policy in place. `serve()` starts the real binary.
+pub struct KrsFixture {
+    pub token: Token,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub admin_key: PathBuf,
+    pub admin_pub: PathBuf,
+    pub policy_file: PathBuf,
+    pub receipt_pin: String,
+    pub tls_pin: String,
+}
+
+pub struct Running {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+/// The repository's default verifier policy with a given version.
+pub fn policy_text(version: u64, extra: &str) -> String {
+    policy_text_full(version, &[], extra)
+}
+
+/// The default policy with a version, a measurement allow-list and extra TOML appended.
+pub fn policy_text_full(version: u64, measurements: &[String], extra: &str) -> String {
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/attestation/policies/default.toml"
+    ))
+    .unwrap();
+    let mut out = String::new();
+    for line in base.lines() {
+        if line.starts_with("policy_version") {
+            out.push_str(&format!("policy_version = {version}\n"));
+        } else if line.starts_with("measurements") && !measurements.is_empty() {
+            out.push_str(&format!("measurements = {measurements:?}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl KrsFixture {
+    pub fn new(label: &str, extra_config: &str) -> Option<Self> {
+        let token = softhsm_token(label)?;
+        let dir = token.dir.path().to_path_buf();
+        let state = dir.join("krs-state");
+        let config = dir.join("krs.toml");
+        let admin_key = dir.join("admin.pem");
+        let admin_pub = dir.join("admin.pub.pem");
+        let policy_file = dir.join("policy.signed.json");
+        write(
+            &config,
+            &format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\npolicy_file = \"{}\"\nadmin_public_key = \"{}\"\n{extra_config}\n[hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_env = \"KRS_TEST_PIN\"\n",
+                state.display(),
+                policy_file.display(),
+                admin_pub.display(),
+                token.module.display(),
+                token.label
+            ),
+        );
+        let mut f = Self {
+            token,
+            dir,
+            config,
+            state,
+            admin_key,
+            admin_pub,
+            policy_file,
+            receipt_pin: String::new(),
+            tls_pin: String::new(),
+        };
+        let out = run_ok(f.cmd().args(["krs", "init", "--config"]).arg(&f.config));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        f.receipt_pin = v["receipt_spki_sha256"].as_str().unwrap().to_string();
+        f.tls_pin = v["krs_tls_spki_sha256"].as_str().unwrap().to_string();
+        run_ok(
+            f.cmd()
+                .args(["krs", "policy", "keygen", "--out"])
+                .arg(&f.admin_key)
+                .arg("--public")
+                .arg(&f.admin_pub),
+        );
+        f.sign_policy(1, "", &f.policy_file.clone());
+        Some(f)
+    }
+
+    /// A command for the real binary with this token's environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("SOFTHSM2_CONF", &self.token.conf)
+            .env("KRS_TEST_PIN", &self.token.pin);
+        c
+    }
+
+    pub fn sign_policy(&self, version: u64, extra: &str, out: &Path) {
+        self.sign_policy_text(version, &policy_text(version, extra), out)
+    }
+
+    pub fn sign_policy_text(&self, version: u64, text_body: &str, out: &Path) {
+        let text = self.dir.join(format!("policy-v{version}.toml"));
+        write(&text, text_body);
+        let _ = std::fs::remove_file(out);
+        run_ok(
+            self.cmd()
+                .args(["krs", "policy", "sign", "--key"])
+                .arg(&self.admin_key)
+                .args(["--id", "test", "--in"])
+                .arg(&text)
+                .arg("--out")
+                .arg(out),
+        );
+    }
+
+    /// Start `keyward krs serve`; waits for its "listening" line.
+    pub fn serve(&self) -> Running {
+        use std::io::{BufRead, BufReader};
+        let stderr_path = self.dir.join(format!(
+            "krs-stderr-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut child = self
+            .cmd()
+            .args(["krs", "serve", "--config"])
+            .arg(&self.config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+            panic!(
+                "krs serve did not start: {line}\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )
+        });
+        Running {
+            child,
+            addr: v["addr"].as_str().unwrap().to_string(),
+            stderr_path,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.state.join("release.log")
+    }
+
+    /// The release log's entries.
+    pub fn log_entries(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn agent_config(&self, addr: &str) -> keyward::release::config::AgentConfig {
+        keyward::release::config::AgentConfig {
+            krs_url: addr.to_string(),
+            krs_tls_spki_sha256: self.tls_pin.clone(),
+            receipt_spki_sha256: self.receipt_pin.clone(),
+            admin_ca_sha256: String::new(),
+            attesters: vec![],
+            platform: Some("snp".into()),
+            timeout_secs: 10,
+        }
+    }
+
+    /// `krs log verify` exit status and stdout.
+    pub fn log_verify(&self, file: &Path) -> (bool, String) {
+        let out = self
+            .cmd()
+            .args(["krs", "log", "verify"])
+            .arg(file)
+            .arg("--receipt-key")
+            .arg(self.state.join("receipt.pub.pem"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    }
+}
