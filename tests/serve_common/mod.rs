@@ -142,6 +142,8 @@ pub struct Ready {
     pub key_ids: Vec<String>,
     pub admin_profile: PathBuf,
     pub pid: u32,
+    /// `simulated` when the master key came through the embedded KRS (KRP/1).
+    pub attestation: String,
 }
 
 /// Start `keyward demo` on `state` with the XKS API on a port the system picks.
