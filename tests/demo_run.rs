@@ -25,6 +25,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
             "access_key_id",
             "admin_profile",
             "attestation",
+            "attestation_url",
             "ca_cert",
             "key_ids",
             "pid",

@@ -144,6 +144,8 @@ pub struct Ready {
     pub pid: u32,
     /// `simulated` when the master key came through the embedded KRS (KRP/1).
     pub attestation: String,
+    /// The live-attestation listener (`POST /attestation`).
+    pub attestation_url: String,
 }
 
 /// Start `keyward demo` on `state` with the XKS API on a port the system picks.
