@@ -57,33 +57,13 @@ pub fn load_for_serve(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// The live-attestation listener (`[attestation] listen`, plain HTTP `POST /attestation`):
-/// evidence from the configured attesters, bound to the XKS certificate's key. Stops when the
-/// returned sender is dropped.
-async fn start_attestation(
-    config: &Config,
-) -> anyhow::Result<Option<tokio::sync::oneshot::Sender<()>>> {
-    let Some(att) = &config.attestation else {
-        return Ok(None);
-    };
-    let Some(tls) = &config.xks.tls else {
-        anyhow::bail!("[attestation] binds evidence to the XKS TLS certificate; xks has none");
-    };
-    let spki = crate::attest::live::spki_sha256_of_pem_file(&tls.cert_chain)
-        .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
-    let attesters: Vec<Box<dyn crate::attest::Attester>> = match &config.master_key {
+/// The attesters the live-attestation listener (`[attestation] listen`, plain HTTP
+/// `POST /attestation`) answers with: the release attesters, or the SNP device with a file key.
+fn live_attesters(config: &Config) -> anyhow::Result<Vec<Box<dyn crate::attest::Attester>>> {
+    Ok(match &config.master_key {
         MasterKeyConfig::Release(r) => crate::release::source::build_attesters(r)?,
         MasterKeyConfig::File { .. } => vec![Box::new(crate::attest::snp::SnpAttester::default())],
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr, _task) =
-        crate::attest::live::spawn(att.listen, std::sync::Arc::new(attesters), spki, async {
-            let _ = rx.await;
-        })
-        .await
-        .with_context(|| format!("attestation listener {}", att.listen))?;
-    tracing::info!("live attestation on http://{addr}/attestation");
-    Ok(Some(tx))
+    })
 }
 
 /// Run the command.
@@ -105,17 +85,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let notifier = Notifier::from_env();
-        let running = match super::boot(&config, source, notifier).await {
+        let mut running = match super::boot(&config, source, notifier).await {
             Ok(r) => r,
             Err(e) => {
                 Notifier::from_env().status(&format!("boot failed: {e}"));
                 return Err(anyhow::Error::new(e).context("boot failed"));
             }
         };
-        let live_stop = start_attestation(&config).await?;
+        if config.attestation.is_some() {
+            running.set_attesters(live_attesters(&config)?);
+        }
         let (_keep, stop) = tokio::sync::watch::channel(false);
         running.serve_until(stop, |_| {}).await?;
-        drop(live_stop);
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

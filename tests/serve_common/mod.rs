@@ -131,7 +131,6 @@ impl Drop for Proc {
 
 /// The demo's ready line.
 #[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Ready {
     pub url: String,
     pub uri_prefix: String,
