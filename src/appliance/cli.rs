@@ -62,9 +62,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_for_serve(&args.config)?;
     let source: Box<dyn super::MasterKeySource> = match &config.master_key {
         MasterKeyConfig::File { path } => Box::new(super::FileMasterKey { path: path.clone() }),
-        MasterKeyConfig::Release(_) => {
-            anyhow::bail!("master_key.source = \"release\" is not available in this build")
-        }
+        MasterKeyConfig::Release(r) => Box::new(
+            crate::release::source::ReleaseSource::from_config(
+                r,
+                &crate::release::source::product_release(),
+            )
+            .context("[master_key.release]")?,
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -191,13 +191,37 @@ fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), Boo
             }
         };
         for c in &ks.credentials {
-            if !known.contains(&c.access_key_id) {
-                registry.add_credential(
-                    Some(&ks.name),
-                    &c.access_key_id,
-                    secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
-                )?;
+            if known.contains(&c.access_key_id) {
+                continue;
             }
+            let added = registry.add_credential(
+                Some(&ks.name),
+                &c.access_key_id,
+                secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
+            );
+            match added {
+                Ok(()) => {}
+                // A credential KMS would refuse (e.g. the earlier docs' 40-character sample
+                // secret): the file still loads, the credential is not used, and the log says
+                // why. `keyward config check` reports the same as an error.
+                Err(e @ crate::keystore::KeystoreError::Invalid { .. }) => tracing::error!(
+                    store = %ks.name,
+                    "credential {} from the configuration is NOT used: {e}; replace it, or add one with `keyward admin creds add`",
+                    c.access_key_id
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let live = registry
+            .list_credentials(Some(&ks.name))
+            .map(|c| c.len())
+            .unwrap_or(0);
+        if live == 0 && !ks.credentials.is_empty() {
+            tracing::warn!(
+                store = %ks.name,
+                "key store `{}` has no usable SigV4 credential yet: every XKS request to it is refused until `keyward admin creds add --store {}`",
+                ks.name, ks.name
+            );
         }
     }
     Ok(())
