@@ -209,6 +209,17 @@ def main():
     d2.pop("initializationVector")
     expect_err("val_decrypt_missing_iv", call(D, d2), 400, "ValidationException")
 
+    expect_err("decrypt_iv_16_is_ciphertext_error", call(D, dict(b, initializationVector=b64(os.urandom(16)))), 400, "InvalidCiphertextException")
+    d3 = dict(b)
+    d3.pop("encryptionAlgorithm")
+    expect_err("val_decrypt_missing_alg", call(D, d3), 400, "ValidationException")
+    expect_err("val_metadata_empty_md", call(kpath(KEY, "metadata"), {"requestMetadata": {}}), 400, "ValidationException")
+    expect_err("val_health_no_md", call(BASE + "/health", {}), 400, "ValidationException")
+    expect_err("val_plaintext_null", call(E, dict(good, plaintext=None)), 400, "ValidationException")
+    expect_err("val_body_array", call(E, raw=b"[]"), 400, "ValidationException")
+    expect_err("val_empty_body", call(E, raw=b""), 400, "ValidationException")
+    expect_err("val_aad_urlsafe", call(E, dict(good, additionalAuthenticatedData="-_-_")), 400, "ValidationException")
+    expect_err("path_key_dotdot", call(kpath("..", "metadata"), {"requestMetadata": md()}), 404, "InvalidUriPathException")
     # ---- forward compatibility and sizes
     st, d, _ = call(E, dict(good, futureField=1, requestMetadata=md("SomeFutureOp", SourceIdentity="x", kmsRequestId="not a uuid ;-) \u00e9")))
     check("accept_unknown_fields_op_reqid", st == 200, "%d %r" % (st, d))
@@ -232,6 +243,7 @@ def main():
     expect_err("path_unknown_version", call(PREFIX + "/kms/xks/v2/health", {"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "x"}}), 404, "InvalidUriPathException")
     expect_err("path_key_dot", call(kpath(".", "metadata"), {"requestMetadata": md()}), 404, "InvalidUriPathException")
     expect_err("path_key_badchar", call(kpath("a%2Fb", "metadata"), {"requestMetadata": md()}), 404, "InvalidUriPathException")
+    expect_err("path_key_nonascii", call(kpath("%C3%A9%0A", "metadata"), {"requestMetadata": md()}), 404, "InvalidUriPathException")
     expect_err("path_key_129", call(kpath("k" * 129, "metadata"), {"requestMetadata": md()}), 404, "InvalidUriPathException")
     expect_err("path_query_string", call(BASE + "/health?x=1", {"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "x"}}), 404, "InvalidUriPathException")
 
@@ -256,6 +268,17 @@ def main():
     st, d, _ = call(H, hb, skew=240)
     check("auth_skew_4min_ok", st == 200, "%d %r" % (st, d))
     expect_err("auth_body_tampered", call(H, hb, tamper=True), 401, "AuthenticationFailedException")
+
+    # SignedHeaders must include host (a valid signature over a canonical request without it)
+    class NoHost(botocore.auth.SigV4Auth):
+        def headers_to_sign(self, request):
+            hs = super().headers_to_sign(request)
+            del hs["host"]
+            return hs
+    hbody = json.dumps(hb).encode()
+    req = AWSRequest(method="POST", url="https://%s:%d%s" % (HOST, PORT, H), data=hbody, headers={"Content-Type": "application/json"})
+    NoHost(Credentials(AK, SK), "kms-xks-proxy", REGION).add_auth(req)
+    expect_err("auth_host_not_signed", send("POST", H, hbody, dict(req.headers.items())), 401, "AuthenticationFailedException")
 
     # ---- keep-alive: two requests on one connection
     conn = http.client.HTTPSConnection(HOST, PORT, context=CTX, timeout=15)
@@ -351,7 +374,7 @@ def main():
     check("audit_log_exists", len(log) > 0 and b"req-1" in log, "%d bytes" % len(log))
     leaks = [s for s in SECRETS_SENT + [SK.encode(), new_sk.encode()]
              if s in log or b64(s).encode() in log if isinstance(s, bytes)]
-    check("audit_no_secrets", not leaks and b64(pt).encode() not in log and b64(aad).encode() not in log, "leaked %d values" % len(leaks))
+    check("audit_no_secrets", not leaks and b64(pt).encode() not in log and b64(aad).encode() not in log and e.get("ciphertext", "zz").encode() not in log, "leaked %d values" % len(leaks))
 
 
 if __name__ == "__main__":
