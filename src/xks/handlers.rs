@@ -454,6 +454,12 @@ fn decrypt(
     let mut ctm = Vec::with_capacity(24);
     if let Some(c) = ctm_b64 {
         model::decode_into("ciphertextMetadata", check_small(c, 20)?, &mut ctm)?;
+        // 21 bytes encode to the same 28 Base64 characters as 20: check the decoded length.
+        if ctm.len() > 20 {
+            return Err(XksError::Validation(
+                "ciphertextMetadata must be at most 20 bytes".into(),
+            ));
+        }
     }
     let tag: [u8; 16] = tag
         .as_slice()
