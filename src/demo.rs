@@ -64,17 +64,48 @@ impl Paths {
     }
 }
 
-/// Where the demo's master key comes from (the release helper replaces this with the embedded
-/// key-release service).
-fn master_key_source(paths: &Paths) -> anyhow::Result<Box<dyn MasterKeySource>> {
+/// Where the demo's master key comes from: an embedded KRS on a loopback port the system picks
+/// (SoftHSMv2 token under `STATE/krs` when installed, else a software stand-in there) and the
+/// simulated SNP attester, through the real KRP/1 protocol. A state directory from before key
+/// release (a `master.key` file and no `krs/`) keeps its file key, so its key store still opens.
+fn master_key_source(
+    paths: &Paths,
+) -> anyhow::Result<(Box<dyn MasterKeySource>, MasterKeyConfig, bool)> {
     let file = paths.p("master.key");
-    if appliance::masterkey::create_if_missing(&file)? {
+    if file.exists() && !paths.p("krs").exists() {
         eprintln!(
-            "keyward demo: created a development master key in {}",
+            "keyward demo: {} predates attested key release; using it (delete the state directory to use the embedded KRS)",
             file.display()
         );
+        let cfg = MasterKeyConfig::File { path: file.clone() };
+        return Ok((
+            Box::new(appliance::FileMasterKey { path: file }),
+            cfg,
+            false,
+        ));
     }
-    Ok(Box::new(appliance::FileMasterKey { path: file }))
+    let krs = crate::release::embedded::start(
+        &paths.p("krs"),
+        &[crate::attest::simulated::DEMO_MEASUREMENT],
+        crate::release::embedded::Backend::Auto,
+    )?;
+    eprintln!(
+        "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
+        krs.addr, krs.backend
+    );
+    let release = crate::config::release::ReleaseConfig {
+        agent: krs.agent.clone(),
+        tpm_tcti: None,
+        retry_initial_ms: 500,
+        retry_max_secs: 5,
+        policy_deny_retry_secs: 5,
+        max_attempts: 5,
+    };
+    let source = crate::release::source::ReleaseSource::from_config(
+        &release,
+        &crate::release::source::product_release(),
+    )?;
+    Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }
 
 /// Create the CA, the server certificate and the admin client certificate unless present.
@@ -103,7 +134,7 @@ fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(args: &Args, paths: &Paths) -> Config {
+fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Config {
     Config {
         xks: XksConfig {
             listen: args.listen,
@@ -124,9 +155,7 @@ fn demo_config(args: &Args, paths: &Paths) -> Config {
         storage: StorageConfig {
             dir: paths.p("keystore"),
         },
-        master_key: MasterKeyConfig::File {
-            path: paths.p("master.key"),
-        },
+        master_key,
         admin: Some(AdminConfig {
             listen: args.admin_listen,
             tls: TlsFiles {
@@ -181,6 +210,7 @@ fn seed(registry: &crate::keystore::Registry) -> anyhow::Result<()> {
 }
 
 /// The one JSON line printed on stdout when the demo is ready.
+#[allow(clippy::too_many_arguments)]
 pub fn ready_line(
     url: &str,
     region: &str,
@@ -189,6 +219,7 @@ pub fn ready_line(
     ca_cert: &Path,
     key_ids: &[String],
     admin_profile: &Path,
+    attestation: &str,
 ) -> String {
     serde_json::json!({
         "url": url,
@@ -200,6 +231,7 @@ pub fn ready_line(
         "key_ids": key_ids,
         "admin_profile": admin_profile,
         "pid": std::process::id(),
+        "attestation": attestation,
     })
     .to_string()
 }
@@ -222,8 +254,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("resolving {}", args.state_dir.display()))?;
     let paths = Paths { dir };
     ensure_pki(&paths)?;
-    let source = master_key_source(&paths)?;
-    let config = demo_config(&args, &paths);
+    let (source, master_key, attested) = master_key_source(&paths)?;
+    let config = demo_config(&args, &paths, master_key);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -276,6 +308,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         &ca,
                         &key_ids,
                         &profile,
+                        if attested { "simulated" } else { "none" },
                     ),
                     &attestation_url,
                 );

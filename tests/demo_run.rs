@@ -49,6 +49,13 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         "url is scheme, host and port only"
     );
     assert_eq!(ready.uri_prefix, "/keyward");
+    assert_eq!(ready.attestation, "simulated");
+    // The master key came through the embedded KRS: its phases are in the log.
+    let log = p.stderr_text();
+    assert!(
+        log.contains("phase=attest") && log.contains("released (receipt log index"),
+        "{log}"
+    );
     assert_eq!(ready.region, "us-east-1");
     assert_eq!(ready.pid, p.child.id());
     assert!(ready.ca_cert.is_absolute() && ready.ca_cert.is_file());

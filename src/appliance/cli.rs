@@ -57,14 +57,26 @@ pub fn load_for_serve(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The attesters the live-attestation listener (`[attestation] listen`, plain HTTP
+/// `POST /attestation`) answers with: the release attesters, or the SNP device with a file key.
+fn live_attesters(config: &Config) -> anyhow::Result<Vec<Box<dyn crate::attest::Attester>>> {
+    Ok(match &config.master_key {
+        MasterKeyConfig::Release(r) => crate::release::source::build_attesters(r)?,
+        MasterKeyConfig::File { .. } => vec![Box::new(crate::attest::snp::SnpAttester::default())],
+    })
+}
+
 /// Run the command.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_for_serve(&args.config)?;
     let source: Box<dyn super::MasterKeySource> = match &config.master_key {
         MasterKeyConfig::File { path } => Box::new(super::FileMasterKey { path: path.clone() }),
-        MasterKeyConfig::Release(cfg) => Box::new(
-            crate::release::source::ReleaseSource::from_config(cfg, env!("CARGO_PKG_VERSION"))
-                .context("[master_key.release]")?,
+        MasterKeyConfig::Release(r) => Box::new(
+            crate::release::source::ReleaseSource::from_config(
+                r,
+                &crate::release::source::product_release(),
+            )
+            .context("[master_key.release]")?,
         ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -80,9 +92,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 return Err(anyhow::Error::new(e).context("boot failed"));
             }
         };
-        if let (Some(_), MasterKeyConfig::Release(cfg)) = (&config.attestation, &config.master_key)
-        {
-            running.set_attesters(crate::release::source::build_attesters(cfg)?);
+        if config.attestation.is_some() {
+            running.set_attesters(live_attesters(&config)?);
         }
         let (_keep, stop) = tokio::sync::watch::channel(false);
         running.serve_until(stop, |_| {}).await?;

@@ -293,7 +293,7 @@ impl Running {
                         })?;
                 phase(
                     "serve",
-                    &format!("live attestation on {addr} (POST /attestation)"),
+                    &format!("live attestation on http://{addr}/attestation"),
                 );
                 Some(task)
             }

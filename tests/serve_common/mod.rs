@@ -141,6 +141,10 @@ pub struct Ready {
     pub key_ids: Vec<String>,
     pub admin_profile: PathBuf,
     pub pid: u32,
+    /// `simulated` when the master key came through the embedded KRS (KRP/1).
+    pub attestation: String,
+    /// The live-attestation listener (`POST /attestation`).
+    pub attestation_url: String,
 }
 
 /// Start `keyward demo` on `state` with the XKS API on a port the system picks.
