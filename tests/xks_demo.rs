@@ -40,6 +40,8 @@ fn demo_serves_the_xks_api_as_printed() {
         key_ids: serde_json::from_value(v["key_ids"].clone()).unwrap(),
         admin_profile: v["admin_profile"].as_str().unwrap().into(),
         pid: v["pid"].as_u64().unwrap() as u32,
+        attestation: v["attestation"].as_str().unwrap_or_default().into(),
+        attestation_url: v["attestation_url"].as_str().unwrap_or_default().into(),
     };
     let xks = Xks::from(&ready);
     let key = &ready.key_ids[0];
