@@ -78,4 +78,6 @@ image-test:
 	image/scripts/image-test.sh
 
 ami:
+	@if command -v packer >/dev/null; then packer fmt -check image/packer && echo "packer fmt -check image/packer: ok"; \
+	else echo "packer not installed: image/packer not format-checked (apt-get install packer)"; fi
 	@image/aws/ami.sh

@@ -48,6 +48,9 @@ pub struct Args {
     /// AWS region of the demo key store (the SigV4 scope clients sign with).
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Live-attestation listener (plain HTTP, `POST /attestation`; simulated SEV-SNP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub attestation_listen: SocketAddr,
 }
 
 /// Files in the state directory.
@@ -61,17 +64,48 @@ impl Paths {
     }
 }
 
-/// Where the demo's master key comes from (the release helper replaces this with the embedded
-/// key-release service).
-fn master_key_source(paths: &Paths) -> anyhow::Result<Box<dyn MasterKeySource>> {
+/// Where the demo's master key comes from: an embedded KRS on a loopback port the system picks
+/// (SoftHSMv2 token under `STATE/krs` when installed, else a software stand-in there) and the
+/// simulated SNP attester, through the real KRP/1 protocol. A state directory from before key
+/// release (a `master.key` file and no `krs/`) keeps its file key, so its key store still opens.
+fn master_key_source(
+    paths: &Paths,
+) -> anyhow::Result<(Box<dyn MasterKeySource>, MasterKeyConfig, bool)> {
     let file = paths.p("master.key");
-    if appliance::masterkey::create_if_missing(&file)? {
+    if file.exists() && !paths.p("krs").exists() {
         eprintln!(
-            "keyward demo: created a development master key in {}",
+            "keyward demo: {} predates attested key release; using it (delete the state directory to use the embedded KRS)",
             file.display()
         );
+        let cfg = MasterKeyConfig::File { path: file.clone() };
+        return Ok((
+            Box::new(appliance::FileMasterKey { path: file }),
+            cfg,
+            false,
+        ));
     }
-    Ok(Box::new(appliance::FileMasterKey { path: file }))
+    let krs = crate::release::embedded::start(
+        &paths.p("krs"),
+        &[crate::attest::simulated::DEMO_MEASUREMENT],
+        crate::release::embedded::Backend::Auto,
+    )?;
+    eprintln!(
+        "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
+        krs.addr, krs.backend
+    );
+    let release = crate::config::release::ReleaseConfig {
+        agent: krs.agent.clone(),
+        tpm_tcti: None,
+        retry_initial_ms: 500,
+        retry_max_secs: 5,
+        policy_deny_retry_secs: 5,
+        max_attempts: 5,
+    };
+    let source = crate::release::source::ReleaseSource::from_config(
+        &release,
+        &crate::release::source::product_release(),
+    )?;
+    Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }
 
 /// Create the CA, the server certificate and the admin client certificate unless present.
@@ -100,7 +134,7 @@ fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(args: &Args, paths: &Paths) -> Config {
+fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Config {
     Config {
         xks: XksConfig {
             listen: args.listen,
@@ -121,9 +155,7 @@ fn demo_config(args: &Args, paths: &Paths) -> Config {
         storage: StorageConfig {
             dir: paths.p("keystore"),
         },
-        master_key: MasterKeyConfig::File {
-            path: paths.p("master.key"),
-        },
+        master_key,
         admin: Some(AdminConfig {
             listen: args.admin_listen,
             tls: TlsFiles {
@@ -178,6 +210,7 @@ fn seed(registry: &crate::keystore::Registry) -> anyhow::Result<()> {
 }
 
 /// The one JSON line printed on stdout when the demo is ready.
+#[allow(clippy::too_many_arguments)]
 pub fn ready_line(
     url: &str,
     region: &str,
@@ -186,6 +219,7 @@ pub fn ready_line(
     ca_cert: &Path,
     key_ids: &[String],
     admin_profile: &Path,
+    attestation: &str,
 ) -> String {
     serde_json::json!({
         "url": url,
@@ -197,6 +231,7 @@ pub fn ready_line(
         "key_ids": key_ids,
         "admin_profile": admin_profile,
         "pid": std::process::id(),
+        "attestation": attestation,
     })
     .to_string()
 }
@@ -219,8 +254,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("resolving {}", args.state_dir.display()))?;
     let paths = Paths { dir };
     ensure_pki(&paths)?;
-    let source = master_key_source(&paths)?;
-    let config = demo_config(&args, &paths);
+    let (source, master_key, attested) = master_key_source(&paths)?;
+    let config = demo_config(&args, &paths, master_key);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -258,29 +293,97 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let url = format!("https://{xks_addr}");
         let region = args.region.clone();
         let ca = paths.p("ca.pem");
+        let (attestation_url, policy_file, live_stop) =
+            start_live_attestation(&args, &paths).await?;
         let (_keep, stop) = tokio::sync::watch::channel(false);
         running
             .serve_until(stop, |_| {
                 let secret = cred.secret_access_key.expose_secret();
-                let line = ready_line(
-                    &url,
-                    &region,
-                    &cred.access_key_id,
-                    secret,
-                    &ca,
-                    &key_ids,
-                    &profile,
+                let line = with_attestation_url(
+                    &ready_line(
+                        &url,
+                        &region,
+                        &cred.access_key_id,
+                        secret,
+                        &ca,
+                        &key_ids,
+                        &profile,
+                        if attested { "simulated" } else { "none" },
+                    ),
+                    &attestation_url,
                 );
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
                 drop(out);
                 print_help(&url, &region, &cred.access_key_id, secret, &ca, &key_ids, &profile);
+                print_attestation_help(&attestation_url, &url, &policy_file);
             })
             .await?;
+        drop(live_stop);
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Add `"attestation_url"` to the ready line.
+fn with_attestation_url(line: &str, attestation_url: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("attestation_url".into(), attestation_url.into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// Start the live-attestation listener with the simulated SNP attester (test root, never
+/// AMD's), bound to the demo's XKS certificate; write the policy an auditor verifies it with.
+async fn start_live_attestation(
+    args: &Args,
+    paths: &Paths,
+) -> anyhow::Result<(String, PathBuf, tokio::sync::oneshot::Sender<()>)> {
+    use crate::attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+    let spki = crate::attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
+        .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
+    let policy_file = paths.p("attestation-policy.toml");
+    let policy = format!(
+        "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\
+         # production) and the demo's launch measurement.\n\
+         format = 1\nname = \"keyward demo (simulated SNP)\"\n\n[snp]\nbuiltin_amd_roots = false\n\
+         measurements = [\"{}\"]\n\n{}",
+        hex::encode(DEMO_MEASUREMENT),
+        crate::verify::testsign::test_root_policy_toml()
+    );
+    pki::write_file(&policy_file, policy.as_bytes(), false)?;
+    let attester = SimulatedSnpAttester::new(DEMO_MEASUREMENT)?;
+    let attesters: Vec<Box<dyn crate::attest::Attester>> = vec![Box::new(attester)];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, _task) = crate::attest::live::spawn(
+        args.attestation_listen,
+        std::sync::Arc::new(attesters),
+        spki,
+        async {
+            let _ = rx.await;
+        },
+    )
+    .await
+    .with_context(|| format!("attestation listener {}", args.attestation_listen))?;
+    Ok((format!("http://{addr}"), policy_file, tx))
+}
+
+fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "  attestation:   {attestation_url}/attestation   (POST; simulated SEV-SNP, TEST root)"
+    );
+    let _ = writeln!(e, "Verify the running appliance as an auditor would:");
+    let _ = writeln!(
+        e,
+        "  keyward verify --url {attestation_url} --xks-url {xks_url} --policy {}",
+        sh_quote(&policy.display().to_string())
+    );
 }
 
 fn print_help(

@@ -31,6 +31,8 @@ enum Command {
     Demo(keyward::demo::Args),
     /// Verify attestation evidence offline or from a running appliance (the auditor's tool).
     Verify(keyward::verify::cli::Args),
+    /// Produce attestation evidence, or provision the TPM attestation key (operators).
+    Attest(keyward::attest::cli::Args),
     /// The key-release service in front of the HSM, and its operator commands.
     Krs(keyward::release::cli::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Admin(a) => keyward::admin::cli::run(a),
         Command::Demo(a) => keyward::demo::run(a),
         Command::Verify(a) => keyward::verify::cli::run(a),
+        Command::Attest(a) => keyward::attest::cli::run(a),
         Command::Krs(a) => keyward::release::cli::run(a),
         Command::Bench(a) => keyward::bench::run(*a),
         Command::Measure(a) => keyward::measure::cli::run(a),

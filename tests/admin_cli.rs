@@ -235,6 +235,16 @@ fn admin_session_end_to_end() {
         "{audit}"
     );
     assert!(admin_lines.iter().any(|l| l.contains(&new_id)), "{audit}");
+    assert!(
+        admin_lines.iter().any(|l| l.contains("kms_config")),
+        "{audit}"
+    );
+    assert!(
+        admin_lines
+            .iter()
+            .any(|l| l.contains("refused") && l.contains("already exists")),
+        "refusals are audited too: {audit}"
+    );
     for secret in [new_secret.as_str(), SECRET_1, "QkJCQkJC"] {
         assert!(!audit.contains(secret), "secret in the audit log");
     }

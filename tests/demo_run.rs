@@ -15,23 +15,32 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
     let state = tmp.path().join("state");
     let (mut p, ready, line) = start_demo(&state);
 
-    // Exactly the documented fields (Ready has deny_unknown_fields; check the raw keys too).
+    // Every documented field; later issues may add only their documented fields
+    // (`attestation`, `attestation_url`).
     let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line).unwrap();
-    let mut keys: Vec<&str> = raw.keys().map(String::as_str).collect();
-    keys.sort_unstable();
+    for k in [
+        "access_key_id",
+        "admin_profile",
+        "ca_cert",
+        "key_ids",
+        "pid",
+        "region",
+        "secret_access_key",
+        "uri_prefix",
+        "url",
+    ] {
+        assert!(raw.contains_key(k), "{k} missing from {line}");
+    }
+    for k in raw.keys() {
+        assert!(
+            !k.starts_with("attestation") || k == "attestation" || k == "attestation_url",
+            "{k}"
+        );
+    }
     assert_eq!(
-        keys,
-        [
-            "access_key_id",
-            "admin_profile",
-            "ca_cert",
-            "key_ids",
-            "pid",
-            "region",
-            "secret_access_key",
-            "uri_prefix",
-            "url"
-        ]
+        raw.len(),
+        9 + raw.keys().filter(|k| k.starts_with("attestation")).count(),
+        "{line}"
     );
     assert!(ready.url.starts_with("https://127.0.0.1:"), "{}", ready.url);
     assert_eq!(
@@ -40,6 +49,13 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         "url is scheme, host and port only"
     );
     assert_eq!(ready.uri_prefix, "/keyward");
+    assert_eq!(ready.attestation, "simulated");
+    // The master key came through the embedded KRS: its phases are in the log.
+    let log = p.stderr_text();
+    assert!(
+        log.contains("phase=attest") && log.contains("released (receipt log index"),
+        "{log}"
+    );
     assert_eq!(ready.region, "us-east-1");
     assert_eq!(ready.pid, p.child.id());
     assert!(ready.ca_cert.is_absolute() && ready.ca_cert.is_file());

@@ -78,7 +78,7 @@ fn expected<D: Digest>(
         authenticode::<D>(uki),
         authenticode::<D>(kernel),
     ]);
-    // PCR 7, OVMF with no Secure Boot variables: UEFI_VARIABLE_DATA with no data for each
+    // PCR 7, OVMF with no keys: SecureBoot = 0 (one byte), PK/KEK/db/dbx absent (no data)
     let global = hex::decode("61dfe48bca93d211aa0d00e098032b8c").unwrap();
     let secdb = hex::decode("cbb219d73a3d9645a3bcdad00e67656f").unwrap();
     let mut p7 = Vec::new();
@@ -90,11 +90,13 @@ fn expected<D: Digest>(
         ("dbx", &secdb),
     ] {
         let mut v = guid.clone();
+        let data: &[u8] = if name == "SecureBoot" { &[0] } else { &[] };
         v.extend_from_slice(&(name.len() as u64).to_le_bytes());
-        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&(data.len() as u64).to_le_bytes());
         for c in name.encode_utf16() {
             v.extend_from_slice(&c.to_le_bytes());
         }
+        v.extend_from_slice(data);
         p7.push(D::digest(&v).to_vec());
     }
     p7.push(D::digest([0u8; 4]).to_vec());

@@ -614,3 +614,83 @@ fn generate_tpm_fixture() {
     .unwrap();
     std::fs::write(format!("{out}/policy.toml"), policy).unwrap();
 }
+
+#[test]
+fn keyward_attest_and_verify_as_processes() {
+    use std::process::Command;
+    let Some(tpm) = start_swtpm() else { return };
+    let tcti = tpm.tcti();
+    let bin = env!("CARGO_BIN_EXE_keyward");
+    let out = Command::new(bin)
+        .args(["attest", "provision-ak", "--tcti", &tcti])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = info["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("000b") && name.len() == 68, "{name}");
+
+    let user_data = "ab".repeat(32);
+    let out = Command::new(bin)
+        .args(["attest", "evidence", "--attester", "tpm", "--tcti", &tcti])
+        .args([
+            "--pcrs",
+            "16",
+            "--event-log",
+            "none",
+            "--user-data",
+            &user_data,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(&bundle, &out.stdout).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "format = 1\nrequired_evidence = [\"tpm\"]\n[tpm]\nregistered_aks = [\"{name}\"]\npcrs = [16]\nreplay = []\n"
+        ),
+    )
+    .unwrap();
+    let st = Command::new(bin)
+        .args(["verify", "--evidence"])
+        .arg(&bundle)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // Another AK name in the policy: exit 1.
+    std::fs::write(
+        &policy,
+        format!(
+            "format = 1\nrequired_evidence = [\"tpm\"]\n[tpm]\nregistered_aks = [\"000b{}\"]\npcrs = [16]\nreplay = []\n",
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    let st = Command::new(bin)
+        .args(["verify", "--evidence"])
+        .arg(&bundle)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+}

@@ -652,3 +652,48 @@ fn bundle_report_data_field_is_informational() {
     let v = keyward::verify::verify_bundle(&b, &policy(""), &e, now());
     assert_eq!(failed(&v), vec!["bundle.version".to_string()]);
 }
+
+#[test]
+fn id_block_keys() {
+    let m = milan();
+    let mut b = ReportBuilder::new(Product::Milan, SignerKind::Vcek, &m.tcb);
+    b.chip_id(&m.chip_id).id_key_digest(&[0x1D; 48]);
+    let no_author = m.sign(&b);
+    b.author_key_digest(&[0xA7; 48]);
+    let with_author = m.sign(&b);
+    let id = hex::encode([0x1Du8; 48]);
+    let au = hex::encode([0xA7u8; 48]);
+    let other = hex::encode([0u8; 48]);
+    let v = verify(
+        &with_author,
+        &m.certs,
+        &policy(&format!(
+            "id_key_digests = [\"{id}\"]\nauthor_key_digests = [\"{au}\"]"
+        )),
+    );
+    assert!(v.ok(), "{}", v.to_table());
+    assert_eq!(status(&v, "snp.id_key"), Status::Passed);
+    let v = verify(
+        &with_author,
+        &m.certs,
+        &policy(&format!("id_key_digests = [\"{other}\"]")),
+    );
+    assert_eq!(failed(&v), vec!["snp.id_key".to_string()]);
+    let v = verify(
+        &with_author,
+        &m.certs,
+        &policy(&format!("author_key_digests = [\"{other}\"]")),
+    );
+    assert_eq!(failed(&v), vec!["snp.author_key".to_string()]);
+    let v = verify(
+        &no_author,
+        &m.certs,
+        &policy(&format!("author_key_digests = [\"{au}\"]")),
+    );
+    assert_eq!(failed(&v), vec!["snp.author_key".to_string()]);
+    assert!(v
+        .check("snp.author_key")
+        .unwrap()
+        .detail
+        .contains("AUTHOR_KEY_EN is 0"));
+}

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,9 @@ use keyward::xks::{ClientAuth, InMemoryStore, Limits, TlsSettings, XksServer, Xk
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use xks_common::botocore_python;
+
+mod xks_common;
 
 const AK1: &str = "AKIAIOSFODNN7EXAMPLE";
 const SK1: &str = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5MTIz";
@@ -1169,45 +1172,6 @@ fn audit_log_records_requests_without_secrets() {
 }
 
 // ---------------------------------------------------------------- botocore
-
-/// A venv with botocore under target/, built once. `None` (with a loud message) if PyPI is
-/// unreachable.
-fn botocore_python() -> Option<PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PY.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("xks-pyvenv");
-        let py = root.join("bin").join("python3");
-        let has = |py: &Path| Command::new(py).args(["-c", "import botocore"]).status().is_ok_and(|s| s.success());
-        if py.exists() && has(&py) {
-            return Some(py);
-        }
-        let lock = root.with_extension("lock");
-        let _ = std::fs::create_dir_all(root.parent().unwrap());
-        // Serialize venv creation across test binaries with a lock directory.
-        for _ in 0..600 {
-            if std::fs::create_dir(&lock).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            if py.exists() && has(&py) {
-                return Some(py);
-            }
-        }
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&root).status().is_ok_and(|s| s.success())
-            && Command::new(root.join("bin").join("pip"))
-                .args(["install", "-q", "--disable-pip-version-check", "botocore"])
-                .status()
-                .is_ok_and(|s| s.success());
-        let _ = std::fs::remove_dir(&lock);
-        if ok && has(&py) {
-            Some(py)
-        } else {
-            eprintln!("\n\n!!!!! SKIPPING botocore tests: could not build a venv with botocore (is PyPI reachable?) !!!!!\n");
-            None
-        }
-    })
-    .clone()
-}
 
 #[test]
 fn botocore_signs_like_kms() {

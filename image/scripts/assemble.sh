@@ -77,6 +77,12 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)"
   echo "IMAGE_VERSION=$version"; } > build/os-release
 cp build/os-release "$root/usr/lib/os-release"
 
+# the units must load in the tree they ship in (binary present, dependencies resolvable)
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify --root="$root" keyward.service keyward-pins.service keyward-pcrs.service
+    echo "assemble: systemd-analyze verify --root=build/root: passed"
+fi
+
 # ---- 2. erofs root + dm-verity --------------------------------------------------------------
 rm -f build/root.erofs build/root.verity
 mkfs.erofs --quiet -zlz4hc -T "$SOURCE_DATE_EPOCH" -U "$EROFS_UUID" build/root.erofs "$root"
@@ -89,7 +95,8 @@ echo "$roothash" > build/roothash && rm -f build/roothash.bin
 cmdline="roothash=$roothash systemd.verity_root_data=PARTUUID=$ROOT_PARTUUID"
 cmdline+=" systemd.verity_root_hash=PARTUUID=$VERITY_PARTUUID root=/dev/mapper/root"
 cmdline+=" rootfstype=erofs ro systemd.gpt_auto=0 rd.emergency=poweroff rd.shell=0"
-cmdline+=" console=ttyS0,115200n8 panic=30"
+# slow (TCG) or busy hosts: wait for the disk longer than systemd's default 90 s
+cmdline+=" systemd.default_timeout_start_sec=900 console=ttyS0,115200n8 panic=30"
 printf '%s' "$cmdline" > build/cmdline
 rm -f build/keyward.efi
 /usr/bin/python3 scripts/mk-uki.py "$stub" build/keyward.efi \
@@ -100,13 +107,17 @@ rm -f build/esp.img build/data.img
 mkfs.fat -C -F 32 -n ESP -i "$ESP_VOLUME_ID" --invariant build/esp.img $(( ESP_MIB * 1024 )) >/dev/null
 mmd -i build/esp.img ::/EFI ::/EFI/BOOT
 mcopy -i build/esp.img build/keyward.efi ::/EFI/BOOT/BOOTX64.EFI
-truncate -s "${DATA_MIB}M" build/data.img
-E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -L keyward-data -U "$DATA_FS_UUID" \
-    -E "hash_seed=$DATA_FS_UUID,root_owner=0:0" build/data.img
 
 mib() { echo $(( ($(stat -c %s "$1") + 1048575) / 1048576 )); }
 root_mib=$(mib build/root.erofs); verity_mib=$(mib build/root.verity)
-total=$(( 1 + ESP_MIB + root_mib + verity_mib + DATA_MIB + 1 ))
+# EBS volumes are whole GiB: round the disk up so the backup GPT header is at its real end;
+# the data partition takes the slack
+min_data_mib="${DATA_MIB:?image.env sets DATA_MIB}"
+total=$(( (1 + ESP_MIB + root_mib + verity_mib + min_data_mib + 1 + 1023) / 1024 * 1024 ))
+data_mib=$(( total - 2 - ESP_MIB - root_mib - verity_mib ))
+truncate -s "${data_mib}M" build/data.img
+E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -L keyward-data -U "$DATA_FS_UUID" \
+    -E "hash_seed=$DATA_FS_UUID,root_owner=0:0" build/data.img
 rm -f build/keyward.raw
 truncate -s "${total}M" build/keyward.raw
 s=2048 # sectors of 512 bytes; every partition starts on a MiB boundary
@@ -119,12 +130,13 @@ first-lba: 2048
 start=$esp_at, size=$(( ESP_MIB * 2048 )), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$ESP_PARTUUID, name="esp"
 start=$root_at, size=$(( root_mib * 2048 )), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=$ROOT_PARTUUID, name="root-x86-64"
 start=$verity_at, size=$(( verity_mib * 2048 )), type=2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5, uuid=$VERITY_PARTUUID, name="root-x86-64-verity"
-start=$data_at, size=$(( DATA_MIB * 2048 )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$DATA_PARTUUID, name="keyward-data"
+start=$data_at, size=$(( data_mib * 2048 )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$DATA_PARTUUID, name="keyward-data"
 GPT
-dd if=build/esp.img of=build/keyward.raw bs=512 seek=$esp_at conv=notrunc,sparse status=none
-dd if=build/root.erofs of=build/keyward.raw bs=512 seek=$root_at conv=notrunc status=none
-dd if=build/root.verity of=build/keyward.raw bs=512 seek=$verity_at conv=notrunc status=none
-dd if=build/data.img of=build/keyward.raw bs=512 seek=$data_at conv=notrunc,sparse status=none
+# every start is a whole MiB: copy in MiB blocks (2048 sectors)
+dd if=build/esp.img of=build/keyward.raw bs=1M seek=$(( esp_at / 2048 )) conv=notrunc,sparse status=none
+dd if=build/root.erofs of=build/keyward.raw bs=1M seek=$(( root_at / 2048 )) conv=notrunc status=none
+dd if=build/root.verity of=build/keyward.raw bs=1M seek=$(( verity_at / 2048 )) conv=notrunc status=none
+dd if=build/data.img of=build/keyward.raw bs=1M seek=$(( data_at / 2048 )) conv=notrunc,sparse status=none
 rm -f build/esp.img build/data.img
 
 echo "assemble: root hash $roothash"

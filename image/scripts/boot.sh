@@ -6,7 +6,8 @@
 #   guest 10.0.2.100:9443    -> host 127.0.0.1:$KRS_PORT  (the host's keyward krs)
 # The disk is never written (snapshot=on: the guest's writes go to a temporary overlay).
 #
-# usage: boot.sh DISK PINS WORKDIR      (runs qemu in the foreground; serial -> WORKDIR/serial.log)
+# usage: boot.sh DISK PINS WORKDIR      (runs qemu in the foreground; serial -> WORKDIR/serial.log,
+#                                        qemu's pid -> WORKDIR/qemu.pid)
 # env:   XKS_PORT (18443) KRS_PORT (19443) BOOT_TIMEOUT seconds (900) SMP (1) MEM (1536)
 #        SWTPM_STATE: an existing swtpm state dir to copy (e.g. one with a provisioned AK)
 set -euo pipefail
@@ -34,7 +35,7 @@ for _ in $(seq 50); do [ -S "$work/vtpm/sock" ] && break; sleep 0.1; done
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 
 timeout "${BOOT_TIMEOUT:-900}" qemu-system-x86_64 -nodefaults -machine q35 -accel tcg -m "${MEM:-1536}" -smp "${SMP:-1}" \
-    -nographic -no-reboot -serial "file:$work/serial.log" -monitor none \
+    -nographic -no-reboot -serial "file:$work/serial.log" -monitor none -pidfile "$work/qemu.pid" \
     -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
     -drive if=pflash,format=raw,file="$work/vars.fd" \
     -drive file="$disk",if=virtio,format=raw,snapshot=on \

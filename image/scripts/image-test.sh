@@ -39,7 +39,11 @@ wait_for() {
     done
     return 1
 }
-stop_vm() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# stop a boot: qemu by its pid file (boot.sh then stops its swtpm), then reap boot.sh ($2)
+stop_vm() {
+    if [ -s "$1/qemu.pid" ]; then kill "$(cat "$1/qemu.pid")" 2>/dev/null || true; fi
+    wait "$2" 2>/dev/null || true
+}
 
 # the pins the test customer gives at launch (the KRS stage rewrites them with real key hashes)
 cat > "$t/pins" <<PINS
@@ -78,20 +82,23 @@ else
 fi
 
 # ---- 2. release + XKS (needs the release path in keyward serve) -----------------------------
-if grep -q 'source = \\"release\\" is not available' "$repo/src/config/release.rs" 2>/dev/null; then
+if grep -q -E '"release\\" is not available' "$repo/src/appliance/cli.rs" "$repo/src/config/release.rs" 2>/dev/null; then
     echo "image-test: SKIP release+XKS: keyward serve does not accept source = \"release\" in this build yet"
     echo "skip release+xks" >> "$t/times.txt"
 else
-    echo "image-test: TODO release+XKS stage: wire the host keyward krs (SoftHSMv2) here"
-    echo "skip release+xks (not wired)" >> "$t/times.txt"
+    # keyward serve has the release source now; this stage (host `keyward krs init/serve` on
+    # SoftHSMv2 with $t/tpm-policy.toml, the swtpm AK registered, XKS driven with curl
+    # --aws-sigv4 on 127.0.0.1:$XKS_PORT) is the next step and not written yet.
+    echo "image-test: SKIP release+XKS: stage not written yet (see README)"
+    echo "skip release+xks (not written)" >> "$t/times.txt"
 fi
-stop_vm "$vm"
+stop_vm "$t/good" "$vm"
 
 # ---- 3. one byte of /usr/bin/keyward changed ------------------------------------------------
 s=$(now)
 cp --sparse=always build/keyward.raw "$t/corrupt.raw"
 root_start=$(sfdisk -J "$t/corrupt.raw" | jq '.partitiontable.partitions[] | select(.name=="root-x86-64") | .start')
-phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" {print $5; exit}' | cut -d. -f1)
+phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" {print $7; exit}' | cut -d. -f1)
 at=$(( root_start * 512 + phys + 64 ))
 byte=$(od -An -tu1 -j "$at" -N1 "$t/corrupt.raw" | tr -d ' ')
 printf '%b' "$(printf '\\%03o' $(( byte ^ 1 )))" | dd of="$t/corrupt.raw" bs=1 seek="$at" conv=notrunc status=none
@@ -109,7 +116,7 @@ else
     bad "corrupted boot: no result on the console"
 fi
 step corrupt-boot $(( $(now) - s ))
-stop_vm "$vm"
+stop_vm "$t/corrupt" "$vm"
 
 # ---- 4. other pins --------------------------------------------------------------------------
 s=$(now)
@@ -129,7 +136,7 @@ else
     bad "other-pins boot: no keyward-pcr lines"
 fi
 step other-pins-boot $(( $(now) - s ))
-stop_vm "$vm"
+stop_vm "$t/other" "$vm"
 
 echo "image-test: times (s):"; cat "$t/times.txt"
 exit "$fail"

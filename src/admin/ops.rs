@@ -54,11 +54,11 @@ impl From<KeystoreError> for AdminError {
 
 impl Backend for RegistryBackend {
     fn handle(&self, actor: &str, req: Request) -> Result<Value, AdminError> {
+        // Every request is audited, reads too: `kms-config` discloses a credential.
         let op = req.op();
-        let change = req.is_change();
         let what = describe(&req);
         let result = self.apply(req);
-        if change {
+        {
             let detail = match &result {
                 // A generated credential: name its id (never the secret).
                 Ok(v) if op == "creds_add" => format!(
@@ -123,10 +123,18 @@ fn describe(req: &Request) -> String {
             store,
             access_key_id,
         } => format!("store={} access_key_id={access_key_id}", s(store)),
-        Request::Stores
-        | Request::KeysList { .. }
-        | Request::CredsList { .. }
-        | Request::KmsConfig { .. } => String::new(),
+        Request::Stores => "read".into(),
+        Request::KeysList { store } | Request::CredsList { store } => {
+            format!("store={} read", s(store))
+        }
+        Request::KmsConfig {
+            store,
+            access_key_id,
+        } => format!(
+            "store={} disclosed credential {} to the admin",
+            s(store),
+            access_key_id.as_deref().unwrap_or("(newest)")
+        ),
     }
 }
 

@@ -57,14 +57,27 @@ pub fn load_for_serve(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The attesters the live-attestation listener (`[attestation] listen`, plain HTTP
+/// `POST /attestation`) answers with: the release attesters, or the SNP device with a file key.
+fn live_attesters(config: &Config) -> anyhow::Result<Vec<Box<dyn crate::attest::Attester>>> {
+    Ok(match &config.master_key {
+        MasterKeyConfig::Release(r) => crate::release::source::build_attesters(r)?,
+        MasterKeyConfig::File { .. } => vec![Box::new(crate::attest::snp::SnpAttester::default())],
+    })
+}
+
 /// Run the command.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_for_serve(&args.config)?;
     let source: Box<dyn super::MasterKeySource> = match &config.master_key {
         MasterKeyConfig::File { path } => Box::new(super::FileMasterKey { path: path.clone() }),
-        MasterKeyConfig::Release(_) => {
-            anyhow::bail!("master_key.source = \"release\" is not available in this build")
-        }
+        MasterKeyConfig::Release(r) => Box::new(
+            crate::release::source::ReleaseSource::from_config(
+                r,
+                &crate::release::source::product_release(),
+            )
+            .context("[master_key.release]")?,
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,13 +85,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let notifier = Notifier::from_env();
-        let running = match super::boot(&config, source, notifier).await {
+        let mut running = match super::boot(&config, source, notifier).await {
             Ok(r) => r,
             Err(e) => {
                 Notifier::from_env().status(&format!("boot failed: {e}"));
                 return Err(anyhow::Error::new(e).context("boot failed"));
             }
         };
+        if config.attestation.is_some() {
+            running.set_attesters(live_attesters(&config)?);
+        }
         let (_keep, stop) = tokio::sync::watch::channel(false);
         running.serve_until(stop, |_| {}).await?;
         Ok::<_, anyhow::Error>(())

@@ -24,6 +24,9 @@ pub struct Running {
     xks: XksServer,
     admin: Option<AdminServer>,
     notifier: Notifier,
+    /// `[attestation] listen` and the XKS certificate's SPKI hash the evidence is bound to.
+    attestation: Option<(std::net::SocketAddr, [u8; 32])>,
+    attesters: Option<Arc<Vec<Box<dyn crate::attest::Attester>>>>,
 }
 
 /// Run the phases `attest`, `release`, `unseal` and bind the listeners of `serve`.
@@ -105,6 +108,18 @@ pub async fn boot(
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let attestation = match (&config.attestation, &config.xks.tls) {
+        (Some(a), Some(tls)) => Some((
+            a.listen,
+            crate::attest::live::spki_sha256_of_pem_file(&tls.cert_chain)
+                .map_err(BootError::Xks)?,
+        )),
+        (Some(_), None) => {
+            tracing::warn!("[attestation] needs the XKS TLS certificate to bind evidence to; not started with insecure_http");
+            None
+        }
+        _ => None,
+    };
     Ok(Running {
         addresses: Addresses {
             xks: xks_addr,
@@ -116,6 +131,8 @@ pub async fn boot(
         xks,
         admin,
         notifier,
+        attestation,
+        attesters: None,
     })
 }
 
@@ -191,19 +208,48 @@ fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), Boo
             }
         };
         for c in &ks.credentials {
-            if !known.contains(&c.access_key_id) {
-                registry.add_credential(
-                    Some(&ks.name),
-                    &c.access_key_id,
-                    secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
-                )?;
+            if known.contains(&c.access_key_id) {
+                continue;
             }
+            let added = registry.add_credential(
+                Some(&ks.name),
+                &c.access_key_id,
+                secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
+            );
+            match added {
+                Ok(()) => {}
+                // A credential KMS would refuse (e.g. the earlier docs' 40-character sample
+                // secret): the file still loads, the credential is not used, and the log says
+                // why. `keyward config check` reports the same as an error.
+                Err(e @ crate::keystore::KeystoreError::Invalid { .. }) => tracing::error!(
+                    store = %ks.name,
+                    "credential {} from the configuration is NOT used: {e}; replace it, or add one with `keyward admin creds add`",
+                    c.access_key_id
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let live = registry
+            .list_credentials(Some(&ks.name))
+            .map(|c| c.len())
+            .unwrap_or(0);
+        if live == 0 && !ks.credentials.is_empty() {
+            tracing::warn!(
+                store = %ks.name,
+                "key store `{}` has no usable SigV4 credential yet: every XKS request to it is refused until `keyward admin creds add --store {}`",
+                ks.name, ks.name
+            );
         }
     }
     Ok(())
 }
 
 impl Running {
+    /// The attesters the live-attestation listener (`[attestation] listen`) answers with.
+    pub fn set_attesters(&mut self, attesters: Vec<Box<dyn crate::attest::Attester>>) {
+        self.attesters = Some(Arc::new(attesters));
+    }
+
     /// Serve the XKS and admin APIs until SIGINT/SIGTERM (or `stop` turns true); then stop
     /// accepting, drain, flush the audit log. `on_ready` runs once the listeners accept.
     pub async fn serve_until(
@@ -219,6 +265,8 @@ impl Running {
             xks,
             admin,
             notifier,
+            attestation,
+            attesters,
         } = self;
         // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -234,6 +282,27 @@ impl Running {
             let backend = Arc::new(RegistryBackend::new(registry.clone(), audit.clone()));
             tokio::spawn(a.run(backend, wait_true(rx.clone())))
         });
+
+        let live_task = match (attestation, attesters) {
+            (Some((listen, spki)), Some(att)) if !att.is_empty() => {
+                let (addr, task) =
+                    crate::attest::live::spawn(listen, att, spki, wait_true(rx.clone()))
+                        .await
+                        .map_err(|e| {
+                            BootError::Xks(format!("attestation listener {listen}: {e}"))
+                        })?;
+                phase(
+                    "serve",
+                    &format!("live attestation on http://{addr}/attestation"),
+                );
+                Some(task)
+            }
+            (Some((listen, _)), _) => {
+                tracing::warn!("[attestation] listen = {listen}: not started, no attester is configured (master_key.source = file)");
+                None
+            }
+            _ => None,
+        };
 
         // The listeners are bound (the kernel completes connections from here on) and their
         // accept loops are running: ready.
@@ -265,6 +334,9 @@ impl Running {
         let _ = tx.send(true);
         let _ = xks_task.await;
         if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        if let Some(t) = live_task {
             let _ = t.await;
         }
         if let Err(e) = audit.shutdown() {

@@ -79,6 +79,31 @@ pub fn spki_sha256_of_cert(cert_der: &[u8]) -> Result<[u8; 32], String> {
     Ok(Sha256::digest(spki).into())
 }
 
+/// SHA-256 of the SPKI of the first certificate in a PEM file (the XKS certificate chain).
+pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rd = std::io::BufReader::new(pem.as_slice());
+    let first = rustls_pemfile::certs(&mut rd)
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    spki_sha256_of_cert(first.as_ref())
+}
+
+/// Bind `listen` and serve live attestation on it in a task until `shutdown` resolves.
+/// Returns the bound address (the port may have been chosen by the system).
+pub async fn spawn(
+    listen: SocketAddr,
+    attesters: Arc<Vec<Box<dyn Attester>>>,
+    xks_spki_sha256: [u8; 32],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let l = TcpListener::bind(listen).await?;
+    let addr = l.local_addr()?;
+    let task = tokio::spawn(serve(l, attesters, xks_spki_sha256, shutdown));
+    Ok((addr, task))
+}
+
 /// A token bucket: `capacity` tokens, refilled at `per_second`.
 #[derive(Debug)]
 pub struct TokenBucket {

@@ -36,6 +36,7 @@ pub trait Attester: Send + Sync {
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
 
+pub mod cli;
 pub mod live;
 pub mod nitrotpm;
 pub mod simulated;

@@ -235,9 +235,10 @@ pub const EFI_IMAGE_SECURITY_DATABASE: [u8; 16] = [
 ];
 
 /// OVMF without Secure Boot keys (Debian's OVMF_CODE_4M.fd with a fresh OVMF_VARS_4M.fd):
-/// none of the five variables exists.
+/// `SecureBoot` exists and is 0 (one byte), PK, KEK, db and dbx do not exist. Checked against
+/// the PCR 7 that OVMF + swtpm produced in `make image-test`.
 pub fn ovmf_empty_secure_boot_vars() -> Vec<UefiVariable> {
-    [
+    let mut vars: Vec<UefiVariable> = [
         ("SecureBoot", EFI_GLOBAL_VARIABLE),
         ("PK", EFI_GLOBAL_VARIABLE),
         ("KEK", EFI_GLOBAL_VARIABLE),
@@ -250,7 +251,9 @@ pub fn ovmf_empty_secure_boot_vars() -> Vec<UefiVariable> {
         guid,
         data: None,
     })
-    .collect()
+    .collect();
+    vars[0].data = Some(vec![0]);
+    vars
 }
 
 /// PCR 7: each Secure Boot variable as EV_EFI_VARIABLE_DRIVER_CONFIG, then the separator.

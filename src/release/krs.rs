@@ -442,17 +442,38 @@ fn code_for_check(name: &str) -> DenyCode {
 /// Serve KRP/1 on `listener` until the process ends: one thread per connection, TLS 1.3, one
 /// frame in, one frame out, as many rounds as the agent sends.
 pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, svc: Arc<Service>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        // Bounded concurrency: beyond the limit, new connections are closed at once.
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                "connection limit ({MAX_CONNECTIONS}) reached; closing a new connection"
+            );
+            continue;
+        }
         let tls = tls.clone();
         let svc = svc.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = connection(stream, tls, &svc) {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
+        let counter = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("krs-conn".into())
+            .spawn(move || {
+                if let Err(e) = connection(stream, tls, &svc) {
+                    tracing::debug!("connection ended: {e}");
+                }
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("cannot start a connection thread");
+        }
     }
 }
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
 
 fn connection(
     stream: TcpStream,

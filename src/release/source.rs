@@ -16,6 +16,11 @@ use crate::secret::Key32;
 use crate::verify::evidence::EvidenceBundle;
 use crate::verify::verdict::Verdict;
 
+/// The image identifier sent in Hello (`product_release`).
+pub fn product_release() -> String {
+    format!("keyward-{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Retry schedule for release attempts.
 #[derive(Debug, Clone)]
 pub struct Retry {

@@ -213,6 +213,13 @@ pub struct SnpPolicy {
     /// Accepted HOST_DATA values (hex, 32 bytes). Empty = not checked.
     #[serde(default)]
     pub host_data: Vec<String>,
+    /// Accepted ID_KEY_DIGESTs (hex, 48 bytes): the key that signed the guest's ID block.
+    /// Empty = not checked. Not settable on EC2.
+    #[serde(default)]
+    pub id_key_digests: Vec<String>,
+    /// Accepted AUTHOR_KEY_DIGESTs (hex, 48 bytes); requires AUTHOR_KEY_EN. Empty = not checked.
+    #[serde(default)]
+    pub author_key_digests: Vec<String>,
     /// Minimum REPORTED_TCB (the TCB the VEK endorses).
     #[serde(default)]
     pub min_reported_tcb: Option<TcbMinimum>,
@@ -262,6 +269,8 @@ impl Default for SnpPolicy {
             measurements: Vec::new(),
             report_data: None,
             host_data: Vec::new(),
+            id_key_digests: Vec::new(),
+            author_key_digests: Vec::new(),
             min_reported_tcb: None,
             min_committed_tcb: None,
             min_launch_tcb: None,
@@ -400,6 +409,12 @@ impl Policy {
         }
         for (i, m) in s.host_data.iter().enumerate() {
             check_hex(m, 32).map_err(|r| bad(&format!("host_data[{i}]"), r))?;
+        }
+        for (i, m) in s.id_key_digests.iter().enumerate() {
+            check_hex(m, 48).map_err(|r| bad(&format!("id_key_digests[{i}]"), r))?;
+        }
+        for (i, m) in s.author_key_digests.iter().enumerate() {
+            check_hex(m, 48).map_err(|r| bad(&format!("author_key_digests[{i}]"), r))?;
         }
         if let Some(rd) = &s.report_data {
             check_hex(rd, 64).map_err(|r| bad("report_data", r))?;

@@ -492,6 +492,17 @@ impl ReportBuilder {
         self.raw[0xC0..0xE0].copy_from_slice(h);
         self
     }
+    /// ID_KEY_DIGEST (0xE0).
+    pub fn id_key_digest(&mut self, d: &[u8; 48]) -> &mut Self {
+        self.raw[0xE0..0x110].copy_from_slice(d);
+        self
+    }
+    /// AUTHOR_KEY_DIGEST (0x110); also sets KEY_INFO.AUTHOR_KEY_EN.
+    pub fn author_key_digest(&mut self, d: &[u8; 48]) -> &mut Self {
+        self.raw[0x110..0x140].copy_from_slice(d);
+        self.raw[0x48] |= 1;
+        self
+    }
     pub fn reported_tcb(&mut self, t: &Tcb) -> &mut Self {
         let e = t.encode(self.product);
         self.raw[0x180..0x188].copy_from_slice(&e);

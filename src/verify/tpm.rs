@@ -1102,6 +1102,23 @@ mod tests {
     }
 
     #[test]
+    fn startup_locality_sets_pcr0_initial_value() {
+        let mut loc = b"StartupLocality\0".to_vec();
+        loc.push(3);
+        let log = build_event_log(
+            Bank::Sha256,
+            &[(0, EV_NO_ACTION, loc), (0, 1, b"crtm".to_vec())],
+        );
+        let parsed = parse_event_log(&log, Bank::Sha256).unwrap();
+        assert_eq!(parsed.startup_locality, Some(3));
+        assert_eq!(parsed.events.len(), 1, "EV_NO_ACTION is not extended");
+        let mut init = vec![0u8; 32];
+        init[31] = 3;
+        let want = Bank::Sha256.extend(&init, &Bank::Sha256.hash(b"crtm"));
+        assert_eq!(parsed.replay(0, Bank::Sha256), want);
+    }
+
+    #[test]
     fn malformed_inputs_never_panic() {
         let log = build_event_log(Bank::Sha256, &[(0, 1, vec![1, 2, 3])]);
         for cut in 0..log.len() {

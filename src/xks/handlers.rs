@@ -12,7 +12,6 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use zeroize::Zeroizing;
 
 use super::crypto::{self, CryptoError};
 use super::error::XksError;
@@ -364,42 +363,47 @@ fn encrypt(
         ));
     }
 
-    let mut buf = Zeroizing::new(Vec::with_capacity(pt_b64.len() / 4 * 3));
-    model::decode_into("plaintext", pt_b64, &mut buf)?;
-    let mut aad = Vec::with_capacity(aad_b64.len() / 4 * 3);
-    model::decode_into("additionalAuthenticatedData", aad_b64, &mut aad)?;
-    if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
-        return Err(XksError::UnsupportedOperation(
-            "input larger than this proxy supports".into(),
-        ));
-    }
+    with_scratch(|s| {
+        let Scratch {
+            data: buf,
+            check,
+            aad,
+            gcm_aad: scratch,
+        } = s;
+        model::decode_into("plaintext", pt_b64, buf)?;
+        model::decode_into("additionalAuthenticatedData", aad_b64, aad)?;
+        if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
+            return Err(XksError::UnsupportedOperation(
+                "input larger than this proxy supports".into(),
+            ));
+        }
 
-    let ctm = crypto::ctm_v1(key.version);
-    let mut scratch = Vec::new();
-    let (iv, tag) = crypto::encrypt(&key.kek, &aad, &ctm, &mut buf, &mut scratch)
-        .map_err(|_| XksError::Internal("encryption failed"))?;
-    let cdiv = if want_cdiv {
-        // Computed from the encrypt output BEFORE the verify-decrypt (spec Appendix C).
-        let v = crypto::cdiv(&aad, &ctm, &iv, &buf, &tag);
-        let mut check = Zeroizing::new(buf.to_vec());
-        crypto::decrypt(&key.kek, &aad, &ctm, &iv, &tag, &mut check, &mut scratch)
-            .map_err(|_| XksError::Internal("verify-decrypt of the new ciphertext failed"))?;
-        Some(v)
-    } else {
-        None
-    };
+        let ctm = crypto::ctm_v1(key.version);
+        let (iv, tag) = crypto::encrypt(&key.kek, aad, &ctm, buf, scratch)
+            .map_err(|_| XksError::Internal("encryption failed"))?;
+        let cdiv = if want_cdiv {
+            // Computed from the encrypt output BEFORE the verify-decrypt (spec Appendix C).
+            let v = crypto::cdiv(aad, &ctm, &iv, buf, &tag);
+            check.extend_from_slice(buf);
+            crypto::decrypt(&key.kek, aad, &ctm, &iv, &tag, check, scratch)
+                .map_err(|_| XksError::Internal("verify-decrypt of the new ciphertext failed"))?;
+            Some(v)
+        } else {
+            None
+        };
 
-    let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 200);
-    out.push(b'{');
-    model::write_b64_field(&mut out, true, "ciphertext", &buf);
-    model::write_b64_field(&mut out, false, "initializationVector", &iv);
-    model::write_b64_field(&mut out, false, "authenticationTag", &tag);
-    model::write_b64_field(&mut out, false, "ciphertextMetadata", &ctm);
-    if let Some(v) = cdiv {
-        model::write_b64_field(&mut out, false, "ciphertextDataIntegrityValue", &v);
-    }
-    out.push(b'}');
-    Ok(Reply::ok(out))
+        let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 200);
+        out.push(b'{');
+        model::write_b64_field(&mut out, true, "ciphertext", buf);
+        model::write_b64_field(&mut out, false, "initializationVector", &iv);
+        model::write_b64_field(&mut out, false, "authenticationTag", &tag);
+        model::write_b64_field(&mut out, false, "ciphertextMetadata", &ctm);
+        if let Some(v) = cdiv {
+            model::write_b64_field(&mut out, false, "ciphertextDataIntegrityValue", &v);
+        }
+        out.push(b'}');
+        Ok(Reply::ok(out))
+    })
 }
 
 fn decrypt(
@@ -450,6 +454,12 @@ fn decrypt(
     let mut ctm = Vec::with_capacity(24);
     if let Some(c) = ctm_b64 {
         model::decode_into("ciphertextMetadata", check_small(c, 20)?, &mut ctm)?;
+        // 21 bytes encode to the same 28 Base64 characters as 20: check the decoded length.
+        if ctm.len() > 20 {
+            return Err(XksError::Validation(
+                "ciphertextMetadata must be at most 20 bytes".into(),
+            ));
+        }
     }
     let tag: [u8; 16] = tag
         .as_slice()
@@ -463,38 +473,93 @@ fn decrypt(
     if !key.usage.can_decrypt() {
         return Err(XksError::InvalidKeyUsage("the key does not allow decrypt"));
     }
-    let mut buf = Zeroizing::new(Vec::with_capacity(ct_b64.len() / 4 * 3));
-    model::decode_into("ciphertext", ct_b64, &mut buf)?;
-    let mut aad = Vec::with_capacity(aad_b64.len() / 4 * 3);
-    model::decode_into("additionalAuthenticatedData", aad_b64, &mut aad)?;
-    if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
-        return Err(XksError::UnsupportedOperation(
-            "input larger than this proxy supports".into(),
-        ));
-    }
+    with_scratch(|s| {
+        let Scratch {
+            data: buf,
+            aad,
+            gcm_aad: scratch,
+            ..
+        } = s;
+        model::decode_into("ciphertext", ct_b64, buf)?;
+        model::decode_into("additionalAuthenticatedData", aad_b64, aad)?;
+        if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
+            return Err(XksError::UnsupportedOperation(
+                "input larger than this proxy supports".into(),
+            ));
+        }
 
-    // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata for this key's version.
-    const BAD: XksError =
-        XksError::InvalidCiphertext("ciphertext, IV, tag, AAD or metadata do not authenticate");
-    let iv: [u8; 12] = iv.as_slice().try_into().map_err(|_| BAD)?;
-    let version = crypto::parse_ctm(&ctm).map_err(|_| BAD)?;
-    if version != key.version {
-        return Err(BAD);
-    }
-    let mut scratch = Vec::new();
-    crypto::decrypt(&key.kek, &aad, &ctm, &iv, &tag, &mut buf, &mut scratch).map_err(
-        |e| match e {
+        // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata for this key's version.
+        const BAD: XksError =
+            XksError::InvalidCiphertext("ciphertext, IV, tag, AAD or metadata do not authenticate");
+        let iv: [u8; 12] = iv.as_slice().try_into().map_err(|_| BAD)?;
+        let version = crypto::parse_ctm(&ctm).map_err(|_| BAD)?;
+        if version != key.version {
+            return Err(BAD);
+        }
+        crypto::decrypt(&key.kek, aad, &ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
             CryptoError::AadTooLong => {
                 XksError::UnsupportedOperation("AAD larger than 65535 bytes".into())
             }
             _ => BAD,
-        },
-    )?;
-    let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 20);
-    out.push(b'{');
-    model::write_b64_field(&mut out, true, "plaintext", &buf);
-    out.push(b'}');
-    Ok(Reply::ok(out))
+        })?;
+        let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 20);
+        out.push(b'{');
+        model::write_b64_field(&mut out, true, "plaintext", buf);
+        out.push(b'}');
+        Ok(Reply::ok(out))
+    })
+}
+
+/// Per-thread buffers reused across requests, so the crypto path allocates only its answer.
+/// Plaintext-bearing buffers are wiped (the used part) after every request.
+#[derive(Default)]
+struct Scratch {
+    data: Vec<u8>,
+    check: Vec<u8>,
+    aad: Vec<u8>,
+    gcm_aad: Vec<u8>,
+}
+
+/// Buffers above this capacity are freed after use rather than kept.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+impl Scratch {
+    fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        for v in [
+            &mut self.data,
+            &mut self.check,
+            &mut self.aad,
+            &mut self.gcm_aad,
+        ] {
+            v[..].zeroize();
+            v.clear();
+            if v.capacity() > SCRATCH_KEEP {
+                *v = Vec::new();
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let r = f(&mut s);
+            s.wipe();
+            r
+        }
+        // Not reachable (no re-entry), but never panic: use fresh buffers.
+        Err(_) => {
+            let mut s = Scratch::default();
+            let r = f(&mut s);
+            s.wipe();
+            r
+        }
+    })
 }
 
 /// A small Base64 field (IV, tag, metadata) longer than its maximum is invalid input.

@@ -131,7 +131,6 @@ impl Drop for Proc {
 
 /// The demo's ready line.
 #[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Ready {
     pub url: String,
     pub uri_prefix: String,
@@ -142,6 +141,10 @@ pub struct Ready {
     pub key_ids: Vec<String>,
     pub admin_profile: PathBuf,
     pub pid: u32,
+    /// `simulated` when the master key came through the embedded KRS (KRP/1).
+    pub attestation: String,
+    /// The live-attestation listener (`POST /attestation`).
+    pub attestation_url: String,
 }
 
 /// Start `keyward demo` on `state` with the XKS API on a port the system picks.
@@ -194,6 +197,8 @@ pub struct Xks {
     pub access_key_id: String,
     pub secret: String,
     pub ca: PathBuf,
+    /// SigV4 service name signed with (KMS: `kms-xks-proxy`).
+    pub service: String,
 }
 
 impl From<&Ready> for Xks {
@@ -205,6 +210,7 @@ impl From<&Ready> for Xks {
             access_key_id: r.access_key_id.clone(),
             secret: r.secret_access_key.clone(),
             ca: r.ca_cert.clone(),
+            service: "kms-xks-proxy".into(),
         }
     }
 }
@@ -214,7 +220,7 @@ impl Xks {
     pub fn call(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "20", "--aws-sigv4"])
-            .arg(format!("aws:amz:{}:kms-xks-proxy", self.region))
+            .arg(format!("aws:amz:{}:{}", self.region, self.service))
             .arg("--user")
             .arg(format!("{}:{}", self.access_key_id, self.secret))
             .arg("--cacert")
@@ -297,6 +303,14 @@ pub const AKID_1: &str = "KEYWARDTESTCREDENTIAL2AB";
 
 impl ServeSetup {
     pub fn new() -> ServeSetup {
+        Self::with_stores(&format!(
+            "[[key_store]]\nname = \"main\"\nuri_prefix = \"/kw\"\nregion = \"us-east-1\"\n\
+             [[key_store.credentials]]\naccess_key_id = \"{AKID_1}\"\nsecret_access_key = \"{SECRET_1}\"\n"
+        ))
+    }
+
+    /// Like [`ServeSetup::new`] with `stores` as the key-store part of the configuration.
+    pub fn with_stores(stores: &str) -> ServeSetup {
         use keyward::admin::pki::{write_file, Ca};
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -319,13 +333,7 @@ listen = "127.0.0.1:0"
 tls_cert_chain_file = "server.pem"
 tls_key_file = "server-key.pem"
 
-[[key_store]]
-name = "main"
-uri_prefix = "/kw"
-region = "us-east-1"
-[[key_store.credentials]]
-access_key_id = "{AKID_1}"
-secret_access_key = "{SECRET_1}"
+{stores}
 
 [storage]
 dir = "store"
@@ -378,6 +386,7 @@ allow_unlocked_memory = true
             access_key_id: self.access_key_id.clone(),
             secret: self.secret.clone(),
             ca: self.ca.clone(),
+            service: "kms-xks-proxy".into(),
         };
         (p, xks)
     }

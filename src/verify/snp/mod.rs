@@ -1048,6 +1048,8 @@ fn report_field_checks(
         v.fail("snp.platform_info", pp.join("; "));
     }
 
+    id_key_checks(r, policy, v);
+
     // Host data.
     if sp.host_data.is_empty() {
         v.skip("snp.host_data", "policy lists no HOST_DATA");
@@ -1061,6 +1063,49 @@ fn report_field_checks(
         v.fail(
             "snp.host_data",
             format!("HOST_DATA {} not allowed", hex::encode(r.host_data())),
+        );
+    }
+}
+
+/// ID-block keys: the ID key (and, with AUTHOR_KEY_EN, the author key) in the policy's lists.
+fn id_key_checks(r: &Report<'_>, policy: &Policy, v: &mut Verdict) {
+    let sp = &policy.snp;
+    let listed = |list: &[String], d: &[u8; 48]| {
+        list.iter()
+            .any(|h| hex::decode(h.trim()).ok().as_deref() == Some(&d[..]))
+    };
+    if sp.id_key_digests.is_empty() {
+        v.skip("snp.id_key", "policy lists no ID key");
+    } else if listed(&sp.id_key_digests, &r.id_key_digest()) {
+        v.pass(
+            "snp.id_key",
+            format!("ID key {} allowed", hex::encode(r.id_key_digest())),
+        );
+    } else {
+        v.fail(
+            "snp.id_key",
+            format!(
+                "ID key digest {} not allowed",
+                hex::encode(r.id_key_digest())
+            ),
+        );
+    }
+    if sp.author_key_digests.is_empty() {
+        v.skip("snp.author_key", "policy lists no author key");
+    } else if !r.author_key_en() {
+        v.fail(
+            "snp.author_key",
+            "policy lists author keys but AUTHOR_KEY_EN is 0",
+        );
+    } else if listed(&sp.author_key_digests, &r.author_key_digest()) {
+        v.pass("snp.author_key", "author key allowed");
+    } else {
+        v.fail(
+            "snp.author_key",
+            format!(
+                "author key digest {} not allowed",
+                hex::encode(r.author_key_digest())
+            ),
         );
     }
 }
