@@ -5,10 +5,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
+
+mod xks_common;
+use xks_common::botocore_python;
 
 struct Demo {
     child: Child,
@@ -58,45 +59,6 @@ fn start_demo() -> Demo {
         json,
         _dir: dir,
     }
-}
-
-/// A venv with botocore under target/, built once. `None` (with a loud message) if PyPI is
-/// unreachable.
-fn botocore_python() -> Option<PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PY.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("xks-pyvenv");
-        let py = root.join("bin").join("python3");
-        let has = |py: &Path| {
-            Command::new(py).args(["-c", "import botocore"]).status().is_ok_and(|s| s.success())
-        };
-        if py.exists() && has(&py) {
-            return Some(py);
-        }
-        let lock = root.with_extension("lock");
-        for _ in 0..600 {
-            if std::fs::create_dir(&lock).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            if py.exists() && has(&py) {
-                return Some(py);
-            }
-        }
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&root).status().is_ok_and(|s| s.success())
-            && Command::new(root.join("bin").join("pip"))
-                .args(["install", "-q", "--disable-pip-version-check", "botocore"])
-                .status()
-                .is_ok_and(|s| s.success());
-        let _ = std::fs::remove_dir(&lock);
-        if ok && has(&py) {
-            Some(py)
-        } else {
-            eprintln!("\n\n!!!!! SKIPPING xks_conformance: could not build a venv with botocore (is PyPI reachable?) !!!!!\n");
-            None
-        }
-    })
-    .clone()
 }
 
 #[test]
