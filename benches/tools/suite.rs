@@ -475,9 +475,9 @@ fn main() -> anyhow::Result<()> {
     results["unseal_100k"] = unseal.clone();
     results["criterion_us"] = json!({
         "xks_sigv4_verify": criterion_us("xks_sigv4_verify"),
-        "xks_handle_encrypt_kms": criterion_us("xks_handle_encrypt/kms"),
-        "xks_handle_decrypt_kms": criterion_us("xks_handle_decrypt/kms"),
-        "xks_handle_encrypt_max": criterion_us("xks_handle_encrypt/max"),
+        "xks_handle_encrypt_kms": criterion_us("xks_handle_encrypt_kms"),
+        "xks_handle_decrypt_kms": criterion_us("xks_handle_decrypt_kms"),
+        "xks_handle_encrypt_max": criterion_us("xks_handle_encrypt_max"),
         "unseal_10k_keys": criterion_us("unseal/10k_keys"),
         "unseal_100k_keys": criterion_us("unseal/100k_keys"),
         "client_sign_request": criterion_us("client_sign_request"),
