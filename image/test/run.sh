@@ -204,9 +204,9 @@ fi
 step other-pins-boot $(( $(now) - s ))
 stop_vm "$t/other" "$vm"
 
-"$bin" krs log verify "$t/krs/state/release.log" --receipt-key "$t/krs/state/receipt.pub.pem" \
-    > "$t/log-verify.txt" 2>&1 && ok "krs log verify: release log chain and receipts check" \
-    || bad "krs log verify failed ($t/log-verify.txt)"
+if "$bin" krs log verify "$t/krs/state/release.log" --receipt-key "$t/krs/state/receipt.pub.pem" \
+    > "$t/log-verify.txt" 2>&1; then ok "krs log verify: release log chain and receipts check"
+else bad "krs log verify failed ($t/log-verify.txt)"; fi
 echo "image-test: release log: $(jq -c '{decision, detail}' "$t/krs/state/release.log" 2>/dev/null | tr '\n' ' ')"
 echo "image-test: times (s):"; cat "$t/times.txt"
 exit "$fail"
