@@ -23,7 +23,8 @@ repo="$(cd "$here/.." && pwd)"
 tst="$here/test"
 cd "$here"
 t="$here/build/test"
-bin="${KEYWARD_BIN:-$repo/target/release/keyward}"
+bin="${KEYWARD_BIN:-target/release/keyward}"
+case "$bin" in /*) ;; *) bin="$repo/$bin" ;; esac
 wait_s="${BOOT_WAIT:-1800}"
 export KRS_PORT="${KRS_PORT:-19443}" XKS_PORT="${XKS_PORT:-18443}" ADMIN_PORT="${ADMIN_PORT:-18444}"
 if [ ! -f build/keyward.raw ] || [ ! -f build/keyward.efi ]; then
