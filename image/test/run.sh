@@ -97,7 +97,7 @@ else
 fi
 if wait_until "$vm" has_decision_after "$n0" release; then
     step good-boot-to-release $(( $(now) - s ))
-    ok "KRS released the master key to the guest (TPM quote accepted): $(log_lines_after "$n0" | jq -c 'select(.decision=="release") | {decision, detail}' | head -n 1)"
+    ok "KRS released the master key to the guest (TPM quote accepted): $(log_lines_after "$n0" | jq -c 'select(.decision=="release") | {decision, detail}' | sed -n 1p)"
     # shellcheck disable=SC2317  # called through wait_until
     admin_up() {
         "$bin" admin --profile "$t/admin-profile.toml" stores > "$t/stores.txt" 2>&1
@@ -149,7 +149,7 @@ s=$(now)
 n0=$(log_count)
 cp --sparse=always "$t/disk.raw" "$t/corrupt.raw"
 root_start=$(sfdisk -J "$t/corrupt.raw" | jq '.partitiontable.partitions[] | select(.name=="root-x86-64") | .start')
-phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" {print $7; exit}' | cut -d. -f1)
+phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" && !done {print $7; done=1}' | cut -d. -f1)
 at=$(( root_start * 512 + phys + 64 ))
 byte=$(od -An -tu1 -j "$at" -N1 "$t/corrupt.raw" | tr -d ' ')
 printf '%b' "$(printf '\\%03o' $(( byte ^ 1 )))" | dd of="$t/corrupt.raw" bs=1 seek="$at" conv=notrunc status=none
@@ -167,7 +167,7 @@ if wait_until "$vm" corrupt_seen; then
     elif grep -a -q -E 'device-mapper: verity.*corrupted|verity.*corrupted' "$t/corrupt/serial.log"; then
         ok "corrupted /usr/bin/keyward: dm-verity reported the corrupted block, keyward.service failed, no release"
     elif has_decision_after "$n0" deny; then
-        ok "corrupted /usr/bin/keyward: KRS denied ($(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | head -n 1))"
+        ok "corrupted /usr/bin/keyward: KRS denied ($(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | sed -n 1p))"
     else
         bad "corrupted /usr/bin/keyward: keyward.service failed but no dm-verity error on the console"
     fi
@@ -185,7 +185,7 @@ sed "s/^admin_ca_sha256 = .*/admin_ca_sha256 = \"$other_ca\"/" "$t/krs/pins" > "
 "$here/scripts/boot.sh" "$t/disk.raw" "$t/pins-other" "$t/other" > "$t/other.qemu.log" 2>&1 &
 vm=$!
 if wait_until "$vm" has_decision_after "$n0" deny; then
-    detail="$(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | head -n 1)"
+    detail="$(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | sed -n 1p)"
     if has_decision_after "$n0" release; then
         bad "other pins: the KRS RELEASED"
     elif [[ "$detail" == tpm.* ]]; then
