@@ -158,7 +158,7 @@ echo "image-test: flipped byte $at of the disk (/usr/bin/keyward's first erofs b
 vm=$!
 # shellcheck disable=SC2317  # called through wait_until
 corrupt_seen() {
-    grep -a -q -E 'keyward.service: (Main process exited|Failed)' "$t/corrupt/serial.log" 2>/dev/null \
+    grep -a -q -E 'keyward.service: (Main process exited|Failed)|Failed to start .*keyward\.se' "$t/corrupt/serial.log" 2>/dev/null \
         || has_decision_after "$n0" deny || has_decision_after "$n0" release
 }
 if wait_until "$vm" corrupt_seen; then
