@@ -75,7 +75,7 @@ image-repro: $(IMAGE_BUILD)/base.stamp
 
 image-test:
 	@$(NEED) $(IMAGE_TOOLS) $(BOOT_TOOLS)
-	image/scripts/image-test.sh
+	KEYWARD_BIN=$(KEYWARD_BIN) image/test/run.sh
 
 ami:
 	@if command -v packer >/dev/null; then packer fmt -check image/packer && echo "packer fmt -check image/packer: ok"; \

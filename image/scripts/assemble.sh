@@ -95,8 +95,11 @@ echo "$roothash" > build/roothash && rm -f build/roothash.bin
 cmdline="roothash=$roothash systemd.verity_root_data=PARTUUID=$ROOT_PARTUUID"
 cmdline+=" systemd.verity_root_hash=PARTUUID=$VERITY_PARTUUID root=/dev/mapper/root"
 cmdline+=" rootfstype=erofs ro systemd.gpt_auto=0 rd.emergency=poweroff rd.shell=0"
-# slow (TCG) or busy hosts: wait for the disk longer than systemd's default 90 s
-cmdline+=" systemd.default_timeout_start_sec=900 console=ttyS0,115200n8 panic=30"
+# slow (TCG) or busy hosts: wait for the disk longer than systemd's default 90 s. Device jobs
+# (the verity partitions in the initrd) have their own default since systemd 250
+# (DefaultDeviceTimeoutSec=90s): under a loaded TCG host they timed out, so both are raised.
+cmdline+=" systemd.default_timeout_start_sec=900 systemd.default_device_timeout_sec=900"
+cmdline+=" console=ttyS0,115200n8 panic=30"
 printf '%s' "$cmdline" > build/cmdline
 rm -f build/keyward.efi
 /usr/bin/python3 scripts/mk-uki.py "$stub" build/keyward.efi \

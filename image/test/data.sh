@@ -1,0 +1,28 @@
+#!/bin/bash
+# image-test: a copy of the appliance disk whose data partition (/var/lib/keyward, not measured,
+# not trusted) holds the operator's deployment files the measured /etc/keyward/keyward.toml
+# names: the XKS/admin TLS certificate and key and the operator CA admin clients chain to
+# (its hash is the admin_ca_sha256 pin). These are the committed TEST files of
+# image/test/identity. Written with mke2fs -d (nothing is mounted), owned by keyward (990).
+#
+# usage: data.sh DISK OUT_DISK
+set -euo pipefail
+disk="${1:?usage: data.sh DISK OUT_DISK}" out="${2:?out disk}"
+here="$(cd "$(dirname "$0")" && pwd)"
+id="$here/identity"
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage" "$out.data"' EXIT
+mkdir -p "$stage/deploy"
+install -m 0644 "$id/xks.pem" "$stage/deploy/xks.pem"
+install -m 0600 "$id/xks-key.pem" "$stage/deploy/xks-key.pem"
+install -m 0644 "$id/operator-ca.pem" "$stage/deploy/operator-ca.pem"
+chown -R 990:990 "$stage"
+chmod 0700 "$stage"
+
+cp --sparse=always "$disk" "$out"
+part="$(sfdisk -J "$out" | jq -c '.partitiontable.partitions[] | select(.name=="keyward-data")')"
+start="$(jq .start <<<"$part")" size="$(jq .size <<<"$part")"
+truncate -s $((size * 512)) "$out.data"
+mkfs.ext4 -q -L keyward-data -d "$stage" "$out.data"
+dd if="$out.data" of="$out" bs=512 seek="$start" conv=notrunc,sparse status=none
+echo "data.sh: $out: data partition (sector $start, $((size / 2048)) MiB) holds deploy/{xks.pem,xks-key.pem,operator-ca.pem}"

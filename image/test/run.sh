@@ -1,0 +1,213 @@
+#!/bin/bash
+# make image-test: the appliance image end to end in qemu (TCG, OVMF, swtpm), against a real
+# host `keyward krs` (SoftHSMv2) whose TPM policy is `keyward measure`'s output for this UKI.
+#
+#   0. host: swtpm state with the AK provisioned before first boot (vtpm-ak.sh); KRS with the
+#      committed TEST identity, pins, reference values, signed [tpm] policy (krs-up.sh); a disk
+#      copy whose data partition holds the TEST XKS/admin TLS files (data.sh).
+#   1. good boot: the guest's PCRs (keyward-pcrs on the console) equal the reference values in
+#      both banks; the KRS log shows a release; then through the forwarded ports: the admin API
+#      (mutual TLS) creates a key, a grant and a SigV4 credential, and curl --aws-sigv4
+#      encrypts and decrypts through the guest's XKS API.
+#   2. refusal: one byte of /usr/bin/keyward changed (its first erofs block): dm-verity refuses
+#      the read and keyward.service fails, or the KRS denies; never a release.
+#   3. refusal: other pins (another admin CA hash): PCR 15 differs, the KRS log shows a deny
+#      whose detail names the TPM check, and no release.
+# Every step's wall time goes to image/build/test/times.txt. Boots take minutes under TCG.
+#
+# env: KEYWARD_BIN (target/release/keyward: the same binary the image holds), BOOT_WAIT (1800 s
+#      per boot), KRS_PORT 19443, XKS_PORT 18443, ADMIN_PORT 18444, VTPM_PORT 23321
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+repo="$(cd "$here/.." && pwd)"
+tst="$here/test"
+cd "$here"
+t="$here/build/test"
+bin="${KEYWARD_BIN:-target/release/keyward}"
+case "$bin" in /*) ;; *) bin="$repo/$bin" ;; esac
+wait_s="${BOOT_WAIT:-1800}"
+export KRS_PORT="${KRS_PORT:-19443}" XKS_PORT="${XKS_PORT:-18443}" ADMIN_PORT="${ADMIN_PORT:-18444}"
+if [ ! -f build/keyward.raw ] || [ ! -f build/keyward.efi ]; then
+    echo "image-test: run make image first" >&2; exit 1
+fi
+[ -x "$bin" ] || { echo "image-test: $bin missing (make image builds it)" >&2; exit 1; }
+rm -rf "$t" && mkdir -p "$t"
+fail=0
+now() { date +%s; }
+step() { echo "$1 $2 s" >> "$t/times.txt"; echo "image-test: $1 took $2 s"; }
+ok() { echo "image-test: PASS $*"; }
+bad() { echo "image-test: FAIL $*"; fail=1; }
+krs_pid=""
+# shellcheck disable=SC2317  # called by the trap
+cleanup() { if [ -n "$krs_pid" ]; then kill "$krs_pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
+# wait until command $2.. succeeds, or qemu's wrapper ($1 = pid) ended, or $wait_s passed
+wait_until() {
+    local pid="$1" start
+    shift
+    start=$(now)
+    while [ $(( $(now) - start )) -lt "$wait_s" ]; do
+        "$@" && return 0
+        kill -0 "$pid" 2>/dev/null || { "$@"; return $?; }
+        sleep 5
+    done
+    return 1
+}
+stop_vm() { # $1 workdir, $2 boot.sh pid
+    if [ -s "$1/qemu.pid" ]; then kill "$(cat "$1/qemu.pid")" 2>/dev/null || true; fi
+    wait "$2" 2>/dev/null || true
+}
+# KRS release-log entries appended after line $1 with decision $2
+log_lines_after() { tail -n +"$(( $1 + 1 ))" "$t/krs/state/release.log" 2>/dev/null || true; }
+decisions_after() { log_lines_after "$1" | jq -r 'select(.decision != null) | .decision' 2>/dev/null | grep -c -x "$2" || true; }
+log_count() { wc -l < "$t/krs/state/release.log" 2>/dev/null || echo 0; }
+has_decision_after() { [ "$(decisions_after "$1" "$2")" -gt 0 ]; }
+pcrs_printed() { grep -a -q 'keyward-pcr sha384 15 ' "$1/serial.log" 2>/dev/null; }
+
+# ---- 0. host side -----------------------------------------------------------------------------
+s=$(now)
+ak="$("$tst/vtpm-ak.sh" "$bin" "$t/vtpm-ak")"
+echo "image-test: AK provisioned into the swtpm state before first boot: $ak"
+"$tst/krs-up.sh" "$bin" build/keyward.efi "$t/krs" "$ak"
+krs_pid="$(cat "$t/krs/krs.pid")"
+# shellcheck disable=SC1091
+. "$t/krs/env"
+"$tst/data.sh" build/keyward.raw "$t/disk.raw"
+export SWTPM_STATE="$t/vtpm-ak"
+step host-setup $(( $(now) - s ))
+
+# ---- 1. good boot: PCRs, release, XKS ---------------------------------------------------------
+s=$(now)
+n0=$(log_count)
+"$here/scripts/boot.sh" "$t/disk.raw" "$t/krs/pins" "$t/good" > "$t/good.qemu.log" 2>&1 &
+vm=$!
+if wait_until "$vm" pcrs_printed "$t/good"; then
+    step good-boot-to-pcrs $(( $(now) - s ))
+    for bank in sha256 sha384; do
+        for pcr in 4 7 11 12 15; do
+            got="$(grep -a -o -E "keyward-pcr $bank $pcr [0-9A-Fa-f]+" "$t/good/serial.log" | tail -n 1 | cut -d' ' -f4 | tr 'A-F' 'a-f')"
+            want="$(jq -r --arg b "$bank" --arg p "$pcr" '.pcrs[$b][$p]' "$t/krs/reference.json")"
+            if [ "$got" = "$want" ]; then ok "PCR $pcr ($bank) = reference $want"; else bad "PCR $pcr ($bank): guest $got, reference $want"; fi
+        done
+    done
+else
+    step good-boot-to-pcrs-timeout $(( $(now) - s ))
+    bad "good boot: no keyward-pcr lines on the console (see $t/good/serial.log)"
+fi
+if wait_until "$vm" has_decision_after "$n0" release; then
+    step good-boot-to-release $(( $(now) - s ))
+    ok "KRS released the master key to the guest (TPM quote accepted): $(log_lines_after "$n0" | jq -c 'select(.decision=="release") | {decision, detail}' | sed -n 1p)"
+    # shellcheck disable=SC2317  # called through wait_until
+    admin_up() {
+        "$bin" admin --profile "$t/admin-profile.toml" stores > "$t/stores.txt" 2>&1
+    }
+    id="$tst/identity"
+    cat > "$t/admin-profile.toml" <<EOF
+url = "https://127.0.0.1:$ADMIN_PORT"
+ca_cert = "$id/operator-ca.pem"
+client_cert = "$id/admin.pem"
+client_key = "$id/admin-key.pem"
+EOF
+    if wait_until "$vm" admin_up; then
+        step good-boot-to-xks $(( $(now) - s ))
+        a=("$bin" admin --profile "$t/admin-profile.toml")
+        akid=KEYWARDIMAGETESTCRED2AB
+        printf 'aW1hZ2UtdGVzdC1zZWNyZXQtaW1hZ2UtdGVzdC1zZWNyZXQ=' > "$t/xks-secret"
+        "${a[@]}" keys create k1 > "$t/admin.log" 2>&1
+        "${a[@]}" keys grant k1 --principal '*' --ops encrypt,decrypt,metadata >> "$t/admin.log" 2>&1
+        "${a[@]}" creds add --access-key-id "$akid" --secret-file "$t/xks-secret" >> "$t/admin.log" 2>&1
+        xks() { # $1 path, $2 body
+            curl -sS --max-time 60 --aws-sigv4 aws:amz:us-east-1:kms-xks-proxy \
+                --user "$akid:$(cat "$t/xks-secret")" --cacert "$id/operator-ca.pem" \
+                -H 'Content-Type: application/json' -d "$2" \
+                "https://127.0.0.1:$XKS_PORT/kw/kms/xks/v1/keys/k1/$1"
+        }
+        md='{"awsPrincipalArn":"arn:aws:iam::111122223333:user/test","kmsKeyArn":"arn:aws:kms:us-east-1:111122223333:key/test","kmsOperation":"Encrypt","kmsRequestId":"image-test"}'
+        pt="$(printf 'keyward image-test' | base64)"
+        enc="$(xks encrypt "{\"requestMetadata\":$md,\"plaintext\":\"$pt\",\"encryptionAlgorithm\":\"AES_GCM\"}" || true)"
+        echo "$enc" > "$t/encrypt.json"
+        body="$(jq -c --argjson md "$md" '{requestMetadata: ($md | .kmsOperation = "Decrypt"), ciphertext, initializationVector, authenticationTag, encryptionAlgorithm: "AES_GCM"} + (if .ciphertextMetadata then {ciphertextMetadata} else {} end)' "$t/encrypt.json" 2>/dev/null || echo '{}')"
+        dec="$(xks decrypt "$body" || true)"
+        echo "$dec" > "$t/decrypt.json"
+        if [ "$(jq -r .plaintext <<<"$dec" 2>/dev/null)" = "$pt" ] && [ "$(jq -r .ciphertext <<<"$enc")" != "$pt" ]; then
+            ok "XKS through the guest: curl --aws-sigv4 encrypt then decrypt returned the plaintext"
+        else
+            bad "XKS through the guest: encrypt $enc, decrypt $dec (see $t/admin.log)"
+        fi
+    else
+        bad "guest admin API never answered on 127.0.0.1:$ADMIN_PORT ($t/stores.txt)"
+    fi
+else
+    step good-boot-no-release $(( $(now) - s ))
+    bad "good boot: no release in the KRS log (see $t/krs/krs.stderr, $t/good/serial.log): $(log_lines_after "$n0" | jq -c '{decision, detail}' | tail -n 3 | tr '\n' ' ')"
+fi
+stop_vm "$t/good" "$vm"
+
+# ---- 2. one byte of /usr/bin/keyward changed --------------------------------------------------
+s=$(now)
+n0=$(log_count)
+cp --sparse=always "$t/disk.raw" "$t/corrupt.raw"
+root_start=$(sfdisk -J "$t/corrupt.raw" | jq '.partitiontable.partitions[] | select(.name=="root-x86-64") | .start')
+phys=$(dump.erofs -e --path=/usr/bin/keyward build/root.erofs | awk '$1=="0:" && !done {print $7; done=1}' | cut -d. -f1)
+at=$(( root_start * 512 + phys + 64 ))
+byte=$(od -An -tu1 -j "$at" -N1 "$t/corrupt.raw" | tr -d ' ')
+printf '%b' "$(printf '\\%03o' $(( byte ^ 1 )))" | dd of="$t/corrupt.raw" bs=1 seek="$at" conv=notrunc status=none
+echo "image-test: flipped byte $at of the disk (/usr/bin/keyward's first erofs block, root partition offset $phys)"
+"$here/scripts/boot.sh" "$t/corrupt.raw" "$t/krs/pins" "$t/corrupt" > "$t/corrupt.qemu.log" 2>&1 &
+vm=$!
+# shellcheck disable=SC2317  # called through wait_until
+corrupt_seen() {
+    grep -a -q -E 'keyward.service: (Main process exited|Failed)|Failed to start .*keyward\.se' "$t/corrupt/serial.log" 2>/dev/null \
+        || has_decision_after "$n0" deny || has_decision_after "$n0" release
+}
+if wait_until "$vm" corrupt_seen; then
+    if has_decision_after "$n0" release; then
+        bad "corrupted /usr/bin/keyward: the KRS RELEASED"
+    elif grep -a -q -E 'device-mapper: verity.*corrupted|verity.*corrupted' "$t/corrupt/serial.log"; then
+        ok "corrupted /usr/bin/keyward: dm-verity reported the corrupted block, keyward.service failed, no release"
+    elif has_decision_after "$n0" deny; then
+        ok "corrupted /usr/bin/keyward: KRS denied ($(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | sed -n 1p))"
+    else
+        bad "corrupted /usr/bin/keyward: keyward.service failed but no dm-verity error on the console"
+    fi
+else
+    bad "corrupted boot: no result on the console or in the KRS log"
+fi
+step corrupt-boot $(( $(now) - s ))
+stop_vm "$t/corrupt" "$vm"
+
+# ---- 3. other pins ----------------------------------------------------------------------------
+s=$(now)
+n0=$(log_count)
+other_ca="$(printf 'not the operator CA' | sha256sum | cut -d' ' -f1)"
+sed "s/^admin_ca_sha256 = .*/admin_ca_sha256 = \"$other_ca\"/" "$t/krs/pins" > "$t/pins-other"
+"$here/scripts/boot.sh" "$t/disk.raw" "$t/pins-other" "$t/other" > "$t/other.qemu.log" 2>&1 &
+vm=$!
+if wait_until "$vm" has_decision_after "$n0" deny; then
+    detail="$(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | sed -n 1p)"
+    if has_decision_after "$n0" release; then
+        bad "other pins: the KRS RELEASED"
+    elif [[ "$detail" == tpm.* ]]; then
+        ok "other pins: KRS denied: $detail"
+    else
+        bad "other pins: denied, but not by the TPM check: $detail"
+    fi
+    if pcrs_printed "$t/other"; then
+        got="$(grep -a -o -E 'keyward-pcr sha256 15 [0-9A-Fa-f]+' "$t/other/serial.log" | tail -n 1 | cut -d' ' -f4 | tr 'A-F' 'a-f')"
+        want="$(jq -r '.pcrs.sha256["15"]' "$t/krs/reference.json")"
+        if [ "$got" != "$want" ]; then ok "other pins: guest PCR 15 $got is not the policy's $want"
+        else bad "other pins: guest PCR 15 equals the policy's value"; fi
+    fi
+else
+    bad "other-pins boot: no deny in the KRS log"
+fi
+step other-pins-boot $(( $(now) - s ))
+stop_vm "$t/other" "$vm"
+
+if "$bin" krs log verify "$t/krs/state/release.log" --receipt-key "$t/krs/state/receipt.pub.pem" \
+    > "$t/log-verify.txt" 2>&1; then ok "krs log verify: release log chain and receipts check"
+else bad "krs log verify failed ($t/log-verify.txt)"; fi
+echo "image-test: release log: $(jq -c '{decision, detail}' "$t/krs/state/release.log" 2>/dev/null | tr '\n' ' ')"
+echo "image-test: times (s):"; cat "$t/times.txt"
+exit "$fail"
