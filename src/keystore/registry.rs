@@ -195,6 +195,36 @@ fn store_view(
     }
 }
 
+/// A new key (version 1, enabled, no grants): its sealed record for disk and its live view.
+fn new_key(
+    sealer: &Sealer,
+    store: &str,
+    id: &str,
+    usage: KeyUsage,
+    kek: Key32,
+    created: u64,
+) -> Result<(KeyRecord, Arc<LiveKey>), KeystoreError> {
+    let record = KeyRecord {
+        store: store.to_string(),
+        id: id.to_string(),
+        version: 1,
+        usage,
+        status: KeyStatus::Enabled,
+        grants: Vec::new(),
+        created,
+        kek: sealer.seal_kek(store, id, 1, &kek)?,
+    };
+    let live = Arc::new(LiveKey {
+        id: id.to_string(),
+        version: 1,
+        usage,
+        status: KeyStatus::Enabled,
+        grants: Vec::new(),
+        kek,
+    });
+    Ok((record, live))
+}
+
 fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
     KeyInfo {
         store: store.to_string(),
@@ -609,25 +639,15 @@ impl Registry {
                     id: id.to_string(),
                 });
             }
-            let kek = Key32::random()?;
-            records.push(Record::Key(KeyRecord {
-                store: sv.name.clone(),
-                id: id.to_string(),
-                version: 1,
+            let (record, live) = new_key(
+                &inner.sealer,
+                &sv.name,
+                id,
                 usage,
-                status: KeyStatus::Enabled,
-                grants: Vec::new(),
+                Key32::random()?,
                 created,
-                kek: inner.sealer.seal_kek(&sv.name, id, 1, &kek)?,
-            }));
-            let live = Arc::new(LiveKey {
-                id: id.to_string(),
-                version: 1,
-                usage,
-                status: KeyStatus::Enabled,
-                grants: Vec::new(),
-                kek,
-            });
+            )?;
+            records.push(Record::Key(record));
             infos.push(key_info(&sv.name, &live, created));
             keys.insert(id.to_string(), live);
         }
@@ -673,24 +693,7 @@ impl Registry {
             });
         }
         let created = now_unix();
-        let record = KeyRecord {
-            store: sv.name.clone(),
-            id: id.to_string(),
-            version: 1,
-            usage,
-            status: KeyStatus::Enabled,
-            grants: Vec::new(),
-            created,
-            kek: inner.sealer.seal_kek(&sv.name, id, 1, &kek)?,
-        };
-        let live = Arc::new(LiveKey {
-            id: id.to_string(),
-            version: 1,
-            usage,
-            status: KeyStatus::Enabled,
-            grants: Vec::new(),
-            kek,
-        });
+        let (record, live) = new_key(&inner.sealer, &sv.name, id, usage, kek, created)?;
         let info = key_info(&sv.name, &live, created);
         let mut keys = sv.keys.clone();
         keys.insert(id.to_string(), live);
