@@ -6,6 +6,10 @@ knows: each new section gets a virtual address after the stub's last section (an
 previous new section), aligned to the stub's SectionAlignment. The kernel goes last.
 
 usage: mk-uki.py STUB OUT .osrel=FILE .cmdline=FILE .initrd=FILE .linux=FILE
+
+objcopy writes the build time into the PE header's TimeDateStamp (and so into the Authenticode
+hash PCR 4 measures), so afterwards the stamp is set to SOURCE_DATE_EPOCH and the header
+CheckSum recomputed: the same inputs give the same UKI, byte for byte (make image-repro).
 """
 import os
 import subprocess
@@ -39,6 +43,14 @@ def main(argv: list) -> int:
         addr = round_up(addr + os.path.getsize(path), align)
     cmd += [stub, out]
     subprocess.run(cmd, check=True)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) & 0xFFFFFFFF
+    pe = pefile.PE(out, fast_load=True)
+    pe.FILE_HEADER.TimeDateStamp = epoch
+    pe.OPTIONAL_HEADER.CheckSum = pe.generate_checksum()
+    data = pe.write()
+    pe.close()
+    with open(out, "wb") as f:
+        f.write(data)
     return 0
 
 
