@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod masterkey;
 pub mod notify;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -55,6 +56,8 @@ pub enum BootError {
     Xks(String),
     #[error("{0}")]
     Admin(#[from] crate::admin::server::ServerError),
+    #[error("appliance TLS identity: {0}")]
+    Tls(#[from] tls::TlsIdError),
 }
 
 /// Addresses the appliance serves on, once bound.
