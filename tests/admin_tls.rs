@@ -318,15 +318,38 @@ fn live_attestation_binds_the_managed_key() {
     let krs = f.serve();
     let setup = ServeSetup::new();
     managed(&setup, "");
-    let cfg = std::fs::read_to_string(&setup.config).unwrap().replace(
-        "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
-        &format!(
-            "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n\n[attestation]\nlisten = \"127.0.0.1:0\"\n",
-            krs.addr, f.tls_pin, f.receipt_pin
-        ),
+    let file_config = std::fs::read_to_string(&setup.config).unwrap();
+    let release = |admin_ca: &str| {
+        let cfg = file_config.replace(
+            "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+            &format!(
+                "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{admin_ca}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n\n[attestation]\nlisten = \"127.0.0.1:0\"\n",
+                krs.addr, f.tls_pin, f.receipt_pin
+            ),
+        );
+        assert!(cfg.contains("source = \"release\""));
+        std::fs::write(&setup.config, cfg).unwrap();
+    };
+    // The operator CA file (on the untrusted data volume) must be the one the pins name:
+    // another one stops the boot before anything is attested or released.
+    release(&"ab".repeat(32));
+    let mut p = Proc::spawn(
+        &["serve", "--config", setup.config.to_str().unwrap()],
+        setup.dir.path(),
     );
-    assert!(cfg.contains("source = \"release\""));
-    std::fs::write(&setup.config, cfg).unwrap();
+    assert_ne!(p.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        p.stderr_text().contains("not the admin_ca_sha256 pin"),
+        "{}",
+        p.stderr_text()
+    );
+    assert!(f.log_entries().is_empty(), "the KRS was asked anyway");
+    let ca_der = rustls_pemfile::certs(&mut std::fs::read(&setup.ca).unwrap().as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    use sha2::Digest;
+    release(&hex::encode(sha2::Sha256::digest(ca_der.as_ref())));
     let (mut p, xks) = setup.start();
     let spki = logged_spki(&mut p);
     let line = p.wait_stderr("live attestation on http://", Duration::from_secs(20));

@@ -56,6 +56,8 @@ pub enum BootError {
     Xks(String),
     #[error("{0}")]
     Admin(#[from] crate::admin::server::ServerError),
+    #[error("pins: {0}")]
+    Pins(String),
     #[error("appliance TLS identity: {0}")]
     Tls(#[from] tls::TlsIdError),
 }

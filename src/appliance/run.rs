@@ -51,6 +51,10 @@ pub async fn boot(
         );
     }
 
+    // The admin CA file lives on the (untrusted) data volume: it must be the one the pins
+    // name, before anything is attested or released.
+    check_admin_ca_pin(config)?;
+
     if source.attested() {
         phase("attest", "gathering evidence");
         notifier.status("attest: gathering evidence");
@@ -198,6 +202,39 @@ fn xks_settings(
         instance_id: instance_id(),
     };
     Ok((settings, client_auth))
+}
+
+/// With a released master key and an `admin_ca_sha256` pin, the admin listener's operator CA
+/// file must hold exactly one certificate whose DER SHA-256 is the pin (the pin is in PCR 15
+/// and the release transcript; the file is on the data volume, which is not trusted).
+fn check_admin_ca_pin(config: &Config) -> Result<(), BootError> {
+    let (crate::config::MasterKeyConfig::Release(r), Some(admin)) =
+        (&config.master_key, &config.admin)
+    else {
+        return Ok(());
+    };
+    let pin = r.agent.admin_ca_sha256.trim().to_ascii_lowercase();
+    if pin.is_empty() {
+        return Ok(());
+    }
+    let refuse =
+        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
+    let certs =
+        crate::admin::tls::load_certs(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    if certs.len() != 1 {
+        return Err(refuse(format!(
+            "holds {} certificates; the admin_ca_sha256 pin names exactly one",
+            certs.len()
+        )));
+    }
+    use sha2::Digest;
+    let got = hex::encode(sha2::Sha256::digest(certs[0].as_ref()));
+    if got != pin {
+        return Err(refuse(format!(
+            "its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start"
+        )));
+    }
+    Ok(())
 }
 
 /// The id this instance reports in health's `ekmFleetDetails`: the host name.
