@@ -536,6 +536,29 @@ fn stores_created_at_run_time_serve_at_once() {
         (code, body["errorName"].as_str()),
         (404, Some("KeyNotFoundException"))
     );
+    // A store created at run time on the prefix of a file store removed through the admin API
+    // keeps it: at the next start the file's store is not created, and the log says why.
+    admin_ok(&setup.profile, &["stores", "remove", "--name", "main"]);
+    admin_ok(
+        &setup.profile,
+        &[
+            "stores",
+            "create",
+            "--name",
+            "squat",
+            "--uri-prefix",
+            "/kw",
+            "--region",
+            "us-east-1",
+        ],
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let (mut p, _xks) = setup.start();
+    let line = p.wait_stderr("is NOT created", Duration::from_secs(5));
+    assert!(line.contains("main") && line.contains("squat"), "{line}");
+    let list = admin_ok(&setup.profile, &["stores"]);
+    assert!(list.contains("squat ") && !list.contains("main "), "{list}");
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let audit = std::fs::read_to_string(setup.dir.path().join("audit.jsonl")).unwrap();
