@@ -68,7 +68,7 @@ measure:
 		--out $(IMAGE_BUILD)/reference-values.json --events $(IMAGE_BUILD)/measurements.json \
 		--tpm-policy $(IMAGE_BUILD)/tpm-policy.toml
 
-image-repro: $(IMAGE_BUILD)/base.stamp
+image-repro:
 	@$(NEED) $(IMAGE_TOOLS)
 	$(CARGO) build --release --locked
 	image/scripts/repro.sh $(KEYWARD_BIN)

@@ -51,6 +51,10 @@ fn setup(dir: &Path, pins: &[u8]) {
 }
 
 fn run(dir: &Path) -> (i32, String) {
+    run_with(dir, &[])
+}
+
+fn run_with(dir: &Path, env: &[(&str, &Path)]) -> (i32, String) {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/usr/libexec/keyward/keyward-pins");
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/keyward/keyward.toml");
@@ -67,6 +71,9 @@ fn run(dir: &Path) -> (i32, String) {
         .env("KEYWARD_PINS_FW_CFG", dir.join("fw_cfg"))
         .env("KEYWARD_PINS_IMDS", "http://127.0.0.1:9")
         .env("KEYWARD_BASE_CONFIG", base)
+        .env("KEYWARD_SEV_GUEST", dir.join("no-sev-guest"))
+        .env("KEYWARD_DMI_VENDOR", dir.join("no-dmi-vendor"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .output()
         .unwrap();
     (
@@ -172,4 +179,64 @@ fn pins_that_try_to_set_anything_else_are_refused_after_the_extend() {
     let (code, log) = run(dir.path());
     assert_eq!(code, 1, "{log}");
     assert_eq!(pcr15(dir.path(), "sha256"), "00".repeat(32));
+}
+
+/// The platform decides the attesters line: `snp` when /dev/sev-guest exists, `nitrotpm` when
+/// the TPM is EC2's (DMI vendor "Amazon EC2"), `tpm` for any other TPM; and it is the only
+/// thing in the configuration the script changes.
+#[test]
+fn the_attesters_follow_the_platform() {
+    if !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: /usr/bin/python3 (the fake TPM) is missing");
+        return;
+    }
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/keyward/keyward.toml"),
+    )
+    .unwrap();
+    for (name, sev_guest, vendor, want) in [
+        (
+            "EC2 with SEV-SNP",
+            true,
+            "Amazon EC2",
+            vec!["snp", "nitrotpm"],
+        ),
+        ("EC2 without SEV-SNP", false, "Amazon EC2", vec!["nitrotpm"]),
+        ("qemu with a swtpm", false, "QEMU", vec!["tpm"]),
+        ("SEV-SNP elsewhere", true, "QEMU", vec!["snp", "tpm"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path(), GOOD.as_bytes());
+        let sev = dir.path().join("sev-guest");
+        if sev_guest {
+            std::fs::write(&sev, b"").unwrap();
+        }
+        let dmi = dir.path().join("sys_vendor");
+        std::fs::write(&dmi, format!("{vendor}\n")).unwrap();
+        let (code, log) = run_with(
+            dir.path(),
+            &[("KEYWARD_SEV_GUEST", &sev), ("KEYWARD_DMI_VENDOR", &dmi)],
+        );
+        assert_eq!(code, 0, "{name}: {log}");
+        let config = std::fs::read_to_string(dir.path().join("run/keyward.toml")).unwrap();
+        let parsed: toml::Table = toml::from_str(&config).unwrap();
+        let got: Vec<&str> = parsed["master_key"]["release"]["attesters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{name}");
+        // everything else is the image's file, then the pins
+        let without = |s: &str| {
+            s.lines()
+                .filter(|l| !l.starts_with("attesters = "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let mut expected = without(&base);
+        expected.push(String::new());
+        expected.extend(GOOD.lines().map(str::to_owned));
+        assert_eq!(without(&config), expected, "{name}");
+    }
 }

@@ -11,6 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$(realpath "${1:?usage: repro.sh KEYWARD_BINARY}")"
 cd "$here"
+mkdir -p build
 out=build/repro.txt
 : > "$out"
 for run in 1 2; do
