@@ -142,6 +142,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
                 cert_chain: paths.p("server.pem"),
                 key: paths.p("server-key.pem"),
             }),
+            tls_names: Vec::new(),
             mtls: None,
             insecure_http: false,
         },
@@ -158,10 +159,10 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
         master_key,
         admin: Some(AdminConfig {
             listen: args.admin_listen,
-            tls: TlsFiles {
+            tls: Some(TlsFiles {
                 cert_chain: paths.p("server.pem"),
                 key: paths.p("server-key.pem"),
-            },
+            }),
             client_ca: paths.p("ca.pem"),
         }),
         attestation: None,

@@ -327,3 +327,240 @@ fn admin_listener_refuses_clients_without_an_operator_certificate() {
     let (code, _) = _xks.call("../../../admin/v1", &serde_json::json!({"op": "stores"}));
     assert_ne!(code, 200);
 }
+
+/// `creds add` output: (access key id, secret).
+fn added_credential(out: &str) -> (String, String) {
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("added credential "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret access key (shown once): "))
+        .unwrap()
+        .to_string();
+    (id, secret)
+}
+
+#[test]
+fn stores_created_at_run_time_serve_at_once() {
+    let setup = ServeSetup::new();
+    let (mut p, xks) = setup.start();
+    let prof = setup.profile.as_path();
+
+    // `stores` alone still lists (the old op), as does `stores list`.
+    for args in [vec!["stores"], vec!["stores", "list"]] {
+        let out = admin_ok(prof, &args);
+        assert!(out.lines().any(|l| l.starts_with("main ")), "{out}");
+    }
+
+    // Create a store: live at once, no restart.
+    let out = admin_ok(
+        prof,
+        &[
+            "stores",
+            "create",
+            "--name",
+            "pay",
+            "--uri-prefix",
+            "/pay",
+            "--region",
+            "eu-west-1",
+        ],
+    );
+    assert!(out.contains("created key store pay"), "{out}");
+    assert!(out.contains("/pay/kms/xks/v1"), "{out}");
+    let list = admin_ok(prof, &["stores", "list"]);
+    let row = list.lines().find(|l| l.starts_with("pay ")).unwrap();
+    assert!(row.contains("/pay") && row.contains("eu-west-1"), "{row}");
+
+    // Refusals name the field, on one line.
+    for (args, why) in [
+        (
+            vec![
+                "--name",
+                "pay",
+                "--uri-prefix",
+                "/p2",
+                "--region",
+                "us-east-1",
+            ],
+            "already exists",
+        ),
+        (
+            vec![
+                "--name",
+                "p2",
+                "--uri-prefix",
+                "/kw",
+                "--region",
+                "us-east-1",
+            ],
+            "uri prefix \"/kw\" is already used by key store \"main\"",
+        ),
+        (
+            vec![
+                "--name",
+                "p2",
+                "--uri-prefix",
+                "p2/",
+                "--region",
+                "us-east-1",
+            ],
+            "invalid uri prefix",
+        ),
+        (
+            vec![
+                "--name",
+                "p 2",
+                "--uri-prefix",
+                "/p2",
+                "--region",
+                "us-east-1",
+            ],
+            "invalid key store name",
+        ),
+        (
+            vec!["--name", "p2", "--uri-prefix", "/p2", "--region", "US East"],
+            "invalid region",
+        ),
+    ] {
+        let out = admin(prof, &[&["stores", "create"][..], &args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+
+    // Key, grant, credential in the new store: a SigV4 request to its prefix works.
+    admin_ok(prof, &["keys", "create", "k1", "--store", "pay"]);
+    admin_ok(
+        prof,
+        &[
+            "keys",
+            "grant",
+            "k1",
+            "--store",
+            "pay",
+            "--principal",
+            "*",
+            "--ops",
+            "encrypt,decrypt,metadata",
+        ],
+    );
+    let (id, secret) = added_credential(&admin_ok(prof, &["creds", "add", "--store", "pay"]));
+    let pay = Xks {
+        uri_prefix: "/pay".into(),
+        region: "eu-west-1".into(),
+        access_key_id: id,
+        secret,
+        ..xks.clone()
+    };
+    let (code, enc) = pay.encrypt("k1", "aGVsbG8=");
+    assert_eq!(code, 200, "{enc}");
+    // The other store's credential does not open it.
+    let main_cred_on_pay = Xks {
+        access_key_id: xks.access_key_id.clone(),
+        secret: xks.secret.clone(),
+        ..pay.clone()
+    };
+    assert_eq!(main_cred_on_pay.encrypt("k1", "aGVsbG8=").0, 401);
+
+    // Remove: refused while it holds keys, then with --force its prefix is the spec's 404.
+    let out = admin(prof, &["stores", "remove", "--name", "pay"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("force"), "{}", stderr_of(&out));
+    assert_eq!(pay.encrypt("k1", "aGVsbG8=").0, 200);
+    let out = admin_ok(prof, &["stores", "remove", "--name", "pay", "--force"]);
+    assert!(out.contains("1 key(s) destroyed"), "{out}");
+    let (code, body) = pay.encrypt("k1", "aGVsbG8=");
+    assert_eq!(
+        (code, body["errorName"].as_str()),
+        (404, Some("InvalidUriPathException"))
+    );
+    assert!(!admin_ok(prof, &["stores"]).contains("pay "));
+
+    // A store created at run time survives a restart; a store from the file removed only
+    // through the admin API comes back at the next start (like file credentials).
+    admin_ok(
+        prof,
+        &[
+            "stores",
+            "create",
+            "--name",
+            "keep",
+            "--uri-prefix",
+            "/keep",
+            "--region",
+            "us-east-1",
+        ],
+    );
+    admin_ok(prof, &["keys", "create", "k2", "--store", "keep"]);
+    admin_ok(
+        prof,
+        &[
+            "keys",
+            "grant",
+            "k2",
+            "--store",
+            "keep",
+            "--principal",
+            "*",
+            "--ops",
+            "encrypt,decrypt",
+        ],
+    );
+    let (id, secret) = added_credential(&admin_ok(prof, &["creds", "add", "--store", "keep"]));
+    admin_ok(prof, &["stores", "remove", "--name", "main"]);
+    assert_eq!(
+        xks.encrypt("k1", "aGVsbG8=").1["errorName"],
+        "InvalidUriPathException"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let (mut p, xks) = setup.start();
+    let keep = Xks {
+        uri_prefix: "/keep".into(),
+        access_key_id: id,
+        secret,
+        ..xks.clone()
+    };
+    assert_eq!(keep.encrypt("k2", "aGVsbG8=").0, 200);
+    let list = admin_ok(&setup.profile, &["stores"]);
+    assert!(list.contains("keep ") && list.contains("main "), "{list}");
+    // `main` is back from the file, with its file credential (and no keys).
+    let (code, body) = xks.encrypt("k1", "aGVsbG8=");
+    assert_eq!(
+        (code, body["errorName"].as_str()),
+        (404, Some("KeyNotFoundException"))
+    );
+    // A store created at run time on the prefix of a file store removed through the admin API
+    // keeps it: at the next start the file's store is not created, and the log says why.
+    admin_ok(&setup.profile, &["stores", "remove", "--name", "main"]);
+    admin_ok(
+        &setup.profile,
+        &[
+            "stores",
+            "create",
+            "--name",
+            "squat",
+            "--uri-prefix",
+            "/kw",
+            "--region",
+            "us-east-1",
+        ],
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let (mut p, _xks) = setup.start();
+    let line = p.wait_stderr("is NOT created", Duration::from_secs(5));
+    assert!(line.contains("main") && line.contains("squat"), "{line}");
+    let list = admin_ok(&setup.profile, &["stores"]);
+    assert!(list.contains("squat ") && !list.contains("main "), "{list}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let audit = std::fs::read_to_string(setup.dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("stores_create") && audit.contains("stores_remove"));
+}

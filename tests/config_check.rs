@@ -234,3 +234,61 @@ fn the_committed_example_has_no_unknown_or_malformed_keys() {
     }
     assert!(stdout.contains("xks.tls_cert_chain_file"), "{stdout}");
 }
+
+#[test]
+fn appliance_managed_tls_and_stores_from_the_admin_api() {
+    let dir = fixture();
+    let managed = BASE
+        .replace("tls_cert_chain_file = \"chain.pem\"\n", "")
+        .replace("tls_key_file = \"key.pem\"\n", "");
+    let admin = "\n[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca_file = \"ca.pem\"\n";
+    // No TLS files and no key store: fine with an admin listener (the appliance image).
+    let (code, out) = check(
+        dir.path(),
+        &format!("{managed}{admin}\n[xks.mtls]\nclient_ca_file = \"ca.pem\"\nallowed_subjects = [\"cks.kms.us-east-1.amazonaws.com\"]\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+    // Without one, no store can ever exist: an error; and the self-signed XKS certificate
+    // could never be replaced: a warning.
+    let (code, out) = check(dir.path(), &managed);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: key_store:") && out.contains("stores create"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("warning: xks:") && l.contains("self-signed")),
+        "{out}"
+    );
+    // tls_names: DNS names or IP addresses, and only for the managed key.
+    let named = managed.replace(
+        "[xks]\n",
+        "[xks]\ntls_names = [\"xks.example.com\", \"10.0.0.5\", \"bad name\"]\n",
+    );
+    let (code, out) = check(dir.path(), &format!("{named}{admin}"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("xks.tls_names[2]"), "{out}");
+    let (code, out) = check(
+        dir.path(),
+        &format!(
+            "{}{admin}",
+            BASE.replace("[xks]\n", "[xks]\ntls_names = [\"a.example\"]\n")
+        ),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("xks.tls_names"), "{out}");
+    // One TLS file without the other is still an error.
+    let (code, out) = check(
+        dir.path(),
+        &format!(
+            "{}{admin}",
+            BASE.replace("tls_key_file = \"key.pem\"\n", "")
+        ),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("xks.tls_key_file: required key is missing"),
+        "{out}"
+    );
+}

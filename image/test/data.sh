@@ -1,8 +1,9 @@
 #!/bin/bash
 # image-test: a copy of the appliance disk whose data partition (/var/lib/keyward, not measured,
-# not trusted) holds the operator's deployment files the measured /etc/keyward/keyward.toml
-# names: the XKS/admin TLS certificate and key and the operator CA admin clients chain to
-# (its hash is the admin_ca_sha256 pin). These are the committed TEST files of
+# not trusted) holds the one deployment file the measured /etc/keyward/keyward.toml names: the
+# operator CA admin clients chain to (keyward checks it against the admin_ca_sha256 pin). The
+# XKS/admin TLS key is not a file: keyward generates it inside the VM and keeps it sealed; its
+# chain is installed through the admin API (run.sh). The CA is the committed TEST file of
 # image/test/identity. Written with mke2fs -d (nothing is mounted), owned by keyward (990).
 #
 # usage: data.sh DISK OUT_DISK
@@ -13,8 +14,6 @@ id="$here/identity"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out.data"' EXIT
 mkdir -p "$stage/deploy"
-install -m 0644 "$id/xks.pem" "$stage/deploy/xks.pem"
-install -m 0600 "$id/xks-key.pem" "$stage/deploy/xks-key.pem"
 install -m 0644 "$id/operator-ca.pem" "$stage/deploy/operator-ca.pem"
 chown -R 990:990 "$stage"
 chmod 0700 "$stage"
@@ -25,4 +24,4 @@ start="$(jq .start <<<"$part")" size="$(jq .size <<<"$part")"
 truncate -s $((size * 512)) "$out.data"
 mkfs.ext4 -q -L keyward-data -d "$stage" "$out.data"
 dd if="$out.data" of="$out" bs=512 seek="$start" conv=notrunc,sparse status=none
-echo "data.sh: $out: data partition (sector $start, $((size / 2048)) MiB) holds deploy/{xks.pem,xks-key.pem,operator-ca.pem}"
+echo "data.sh: $out: data partition (sector $start, $((size / 2048)) MiB) holds deploy/operator-ca.pem"

@@ -4,11 +4,14 @@
 #
 #   0. host: swtpm state with the AK provisioned before first boot (vtpm-ak.sh); KRS with the
 #      committed TEST identity, pins, reference values, signed [tpm] policy (krs-up.sh); a disk
-#      copy whose data partition holds the TEST XKS/admin TLS files (data.sh).
+#      copy whose data partition holds the TEST operator CA (data.sh).
 #   1. good boot: the guest's PCRs (keyward-pcrs on the console) equal the reference values in
-#      both banks; the KRS log shows a release; then through the forwarded ports: the admin API
-#      (mutual TLS) creates a key, a grant and a SigV4 credential, and curl --aws-sigv4
-#      encrypts and decrypts through the guest's XKS API.
+#      both banks; the KRS log shows a release; the guest logs its TLS key's SPKI hash on the
+#      console; then through the forwarded ports: the admin API (mutual TLS, the client pinned
+#      to that SPKI hash) makes a CSR with the in-VM key, the host signs it with the TEST
+#      operator CA (openssl), `tls install` serves the chain; the admin API creates the key
+#      store, a key, a grant and a SigV4 credential, and curl --aws-sigv4 --cacert (the TEST
+#      CA) encrypts and decrypts through the guest's XKS API.
 #   2. refusal: one byte of /usr/bin/keyward changed (its first erofs block): dm-verity refuses
 #      the read and keyward.service fails, or the KRS denies; never a release.
 #   3. refusal: other pins (another admin CA hash): PCR 15 differs, the KRS log shows a deny
@@ -98,30 +101,76 @@ fi
 if wait_until "$vm" has_decision_after "$n0" release; then
     step good-boot-to-release $(( $(now) - s ))
     ok "KRS released the master key to the guest (TPM quote accepted): $(log_lines_after "$n0" | jq -c 'select(.decision=="release") | {decision, detail}' | sed -n 1p)"
-    # shellcheck disable=SC2317  # called through wait_until
-    admin_up() {
-        "$bin" admin --profile "$t/admin-profile.toml" stores > "$t/stores.txt" 2>&1
-    }
     id="$tst/identity"
+    # The guest's TLS key never leaves it: its SPKI hash is read from the console, where
+    # keyward logs it once at start, and the admin client is pinned to it.
+    # shellcheck disable=SC2317  # called through wait_until
+    spki_logged() {
+        grep -a -o -E 'xks tls key spki_sha256=[0-9a-f]{64}' "$t/good/serial.log" 2>/dev/null \
+            | tail -n 1 | cut -d= -f2 > "$t/spki.txt"
+        [ -s "$t/spki.txt" ]
+    }
+    spki=""
+    if wait_until "$vm" spki_logged; then
+        spki="$(cat "$t/spki.txt")"
+        ok "guest console: xks tls key spki_sha256=$spki"
+    else
+        bad "guest console: no 'xks tls key spki_sha256=' line (see $t/good/serial.log)"
+    fi
     cat > "$t/admin-profile.toml" <<EOF
 url = "https://127.0.0.1:$ADMIN_PORT"
-ca_cert = "$id/operator-ca.pem"
+server_spki_sha256 = "$spki"
 client_cert = "$id/admin.pem"
 client_key = "$id/admin-key.pem"
 EOF
-    if wait_until "$vm" admin_up; then
+    # shellcheck disable=SC2317  # called through wait_until
+    admin_up() {
+        "$bin" admin --profile "$t/admin-profile.toml" stores list > "$t/stores.txt" 2>&1
+    }
+    if [ -n "$spki" ] && wait_until "$vm" admin_up; then
         step good-boot-to-xks $(( $(now) - s ))
         a=("$bin" admin --profile "$t/admin-profile.toml")
+        xks_url="https://127.0.0.1:$XKS_PORT"
+        "${a[@]}" tls show > "$t/tls-show.txt" 2>&1 || true
+        if grep -q -x "spki_sha256  $spki" "$t/tls-show.txt"; then
+            ok "tls show (admin client pinned to the console's hash) reports the same SPKI hash"
+        else
+            bad "tls show does not report $spki ($t/tls-show.txt)"
+        fi
+        if curl -sS --max-time 30 --cacert "$id/operator-ca.pem" -o /dev/null "$xks_url/" 2> "$t/curl-before.txt"; then
+            bad "the XKS listener was trusted through the TEST CA before a chain was installed"
+        else
+            ok "before tls install: curl --cacert (TEST CA) refuses the self-signed XKS certificate"
+        fi
+        # CSR from the in-VM key -> signed on the host by the TEST operator CA -> installed.
+        if {
+            "${a[@]}" tls csr --dns-name localhost --dns-name 127.0.0.1 > "$t/xks.csr" &&
+            openssl x509 -req -in "$t/xks.csr" -CA "$id/operator-ca.pem" -CAkey "$id/operator-ca.key" \
+                -set_serial "0x$(openssl rand -hex 8)" -days 30 -sha256 -copy_extensions copyall \
+                -out "$t/xks-leaf.pem" &&
+            cat "$t/xks-leaf.pem" "$id/operator-ca.pem" > "$t/xks-chain.pem" &&
+            "${a[@]}" tls install --chain "$t/xks-chain.pem"
+        } > "$t/admin.log" 2>&1; then
+            ok "tls csr (in-VM key), signed on the host by the TEST CA, tls install: served at once"
+        else
+            bad "tls csr / openssl x509 -req / tls install failed (see $t/admin.log)"
+        fi
         akid=KEYWARDIMAGETESTCRED2AB
         printf 'aW1hZ2UtdGVzdC1zZWNyZXQtaW1hZ2UtdGVzdC1zZWNyZXQ=' > "$t/xks-secret"
-        "${a[@]}" keys create k1 > "$t/admin.log" 2>&1
-        "${a[@]}" keys grant k1 --principal '*' --ops encrypt,decrypt,metadata >> "$t/admin.log" 2>&1
-        "${a[@]}" creds add --access-key-id "$akid" --secret-file "$t/xks-secret" >> "$t/admin.log" 2>&1
+        # Deployment settings through the admin API: the key store, a key, a grant, a credential.
+        if ! {
+            "${a[@]}" stores create --name main --uri-prefix /kw --region us-east-1 &&
+            "${a[@]}" keys create k1 &&
+            "${a[@]}" keys grant k1 --principal '*' --ops encrypt,decrypt,metadata &&
+            "${a[@]}" creds add --access-key-id "$akid" --secret-file "$t/xks-secret"
+        } >> "$t/admin.log" 2>&1; then
+            bad "admin API: stores create / keys create / grant / creds add failed (see $t/admin.log)"
+        fi
         xks() { # $1 path, $2 body
             curl -sS --max-time 60 --aws-sigv4 aws:amz:us-east-1:kms-xks-proxy \
                 --user "$akid:$(cat "$t/xks-secret")" --cacert "$id/operator-ca.pem" \
                 -H 'Content-Type: application/json' -d "$2" \
-                "https://127.0.0.1:$XKS_PORT/kw/kms/xks/v1/keys/k1/$1"
+                "$xks_url/kw/kms/xks/v1/keys/k1/$1"
         }
         md='{"awsPrincipalArn":"arn:aws:iam::111122223333:user/test","kmsKeyArn":"arn:aws:kms:us-east-1:111122223333:key/test","kmsOperation":"Encrypt","kmsRequestId":"image-test"}'
         pt="$(printf 'keyward image-test' | base64)"
@@ -131,12 +180,12 @@ EOF
         dec="$(xks decrypt "$body" || true)"
         echo "$dec" > "$t/decrypt.json"
         if [ "$(jq -r .plaintext <<<"$dec" 2>/dev/null)" = "$pt" ] && [ "$(jq -r .ciphertext <<<"$enc")" != "$pt" ]; then
-            ok "XKS through the guest: curl --aws-sigv4 encrypt then decrypt returned the plaintext"
+            ok "XKS through the guest (installed chain, curl --cacert TEST CA): curl --aws-sigv4 encrypt then decrypt returned the plaintext"
         else
             bad "XKS through the guest: encrypt $enc, decrypt $dec (see $t/admin.log)"
         fi
     else
-        bad "guest admin API never answered on 127.0.0.1:$ADMIN_PORT ($t/stores.txt)"
+        bad "guest admin API never answered on 127.0.0.1:$ADMIN_PORT with the pinned key ($t/stores.txt)"
     fi
 else
     step good-boot-no-release $(( $(now) - s ))

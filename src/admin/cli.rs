@@ -10,7 +10,7 @@ use base64::Engine;
 use super::client::Profile;
 use super::proto::{
     ops_str, parse_ops, parse_usage, usage_str, CredAdded, CredInfo, KeyInfo, Request, SecretText,
-    StoreInfo,
+    StoreInfo, TlsInfo,
 };
 use crate::keystore::view::{Grant, KeyStatus};
 
@@ -20,6 +20,10 @@ pub struct Args {
     /// Profile file: admin URL, CA certificate, client certificate and key (TOML).
     #[arg(long, env = "KEYWARD_ADMIN_PROFILE")]
     profile: PathBuf,
+    /// Trust exactly the server key with this SPKI SHA-256 (64 hex digits) instead of the
+    /// profile's ca_cert; overrides the profile's server_spki_sha256.
+    #[arg(long, global = true)]
+    server_spki_sha256: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,8 +36,15 @@ enum Command {
     /// SigV4 credentials of a key store (effective at once, no restart).
     #[command(subcommand)]
     Creds(Creds),
-    /// List the key stores (name, uri prefix, region).
-    Stores,
+    /// Key stores: list (the default), create, remove (effective at once, no restart).
+    Stores {
+        #[command(subcommand)]
+        command: Option<Stores>,
+    },
+    /// The appliance-managed XKS/admin TLS key: show, csr, install (the key never leaves the
+    /// appliance; only its certificate chain is installed).
+    #[command(subcommand)]
+    Tls(Tls),
     /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
     KmsConfig {
         /// Key store name.
@@ -41,6 +52,54 @@ enum Command {
         /// Which credential to put in the file (default: the newest).
         #[arg(long)]
         access_key_id: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Stores {
+    /// List the key stores (name, uri prefix, region, keys, credentials).
+    List,
+    /// Create a key store: no keys, no credentials; it answers XKS requests at once.
+    Create {
+        /// 1-64 characters of A-Za-z0-9._-
+        #[arg(long)]
+        name: String,
+        /// Path before /kms/xks/v1: empty or like /keyward (A-Za-z0-9/_-).
+        #[arg(long, default_value = "")]
+        uri_prefix: String,
+        /// The region in the SigV4 credential scope (the KMS key store's region).
+        #[arg(long)]
+        region: String,
+        /// Extra SigV4 service names (kms-xks-proxy is always accepted).
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
+    /// Remove a key store with its credentials; its prefix answers 404 at once.
+    Remove {
+        #[arg(long)]
+        name: String,
+        /// Also when it holds keys: they are DESTROYED.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Tls {
+    /// SPKI SHA-256, subject, names, notAfter, and whether a chain is installed.
+    Show,
+    /// Print a PEM PKCS#10 request for the names, signed by the appliance's TLS key.
+    Csr {
+        /// A DNS name (or IP address) for the certificate; repeat for more (the first is the
+        /// subject CN).
+        #[arg(long = "dns-name", required = true)]
+        dns_names: Vec<String>,
+    },
+    /// Install a PEM certificate chain (leaf first) issued for the appliance's TLS key; served
+    /// at once by the XKS and admin listeners.
+    Install {
+        #[arg(long)]
+        chain: PathBuf,
     },
 }
 
@@ -158,7 +217,12 @@ enum Creds {
 
 /// Run the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let profile = Profile::load(&args.profile)?;
+    let mut profile = Profile::load(&args.profile)?;
+    if let Some(pin) = &args.server_spki_sha256 {
+        profile.trust = super::tls::ServerTrust::SpkiSha256(
+            super::tls::parse_sha256_hex(pin).map_err(anyhow::Error::msg)?,
+        );
+    }
     let (request, show) = build(args.command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,28 +244,8 @@ type Show = Box<dyn FnOnce(serde_json::Value) -> anyhow::Result<()>>;
 
 fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
     Ok(match cmd {
-        Command::Stores => (
-            Request::Stores,
-            Box::new(|v| {
-                let stores: Vec<StoreInfo> = serde_json::from_value(v)?;
-                println!(
-                    "{:<16} {:<24} {:<14} {:>5} {:>6}",
-                    "STORE", "URI PREFIX", "REGION", "KEYS", "CREDS"
-                );
-                for s in stores {
-                    let prefix = if s.uri_prefix.is_empty() {
-                        "(none)"
-                    } else {
-                        &s.uri_prefix
-                    };
-                    println!(
-                        "{:<16} {:<24} {:<14} {:>5} {:>6}",
-                        s.name, prefix, s.region, s.keys, s.credentials
-                    );
-                }
-                Ok(())
-            }),
-        ),
+        Command::Stores { command } => build_stores(command.unwrap_or(Stores::List))?,
+        Command::Tls(t) => build_tls(t)?,
         Command::KmsConfig {
             store,
             access_key_id,
@@ -217,6 +261,122 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         ),
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
+    })
+}
+
+fn print_store_table(stores: &[StoreInfo]) {
+    println!(
+        "{:<16} {:<24} {:<14} {:>5} {:>6}",
+        "STORE", "URI PREFIX", "REGION", "KEYS", "CREDS"
+    );
+    for s in stores {
+        let prefix = if s.uri_prefix.is_empty() {
+            "(none)"
+        } else {
+            &s.uri_prefix
+        };
+        println!(
+            "{:<16} {:<24} {:<14} {:>5} {:>6}",
+            s.name, prefix, s.region, s.keys, s.credentials
+        );
+    }
+}
+
+fn build_stores(c: Stores) -> anyhow::Result<(Request, Show)> {
+    Ok(match c {
+        Stores::List => (
+            Request::StoresList,
+            Box::new(|v| {
+                let stores: Vec<StoreInfo> = serde_json::from_value(v)?;
+                print_store_table(&stores);
+                Ok(())
+            }),
+        ),
+        Stores::Create {
+            name,
+            uri_prefix,
+            region,
+            services,
+        } => (
+            Request::StoresCreate {
+                name,
+                uri_prefix,
+                region,
+                services,
+            },
+            Box::new(|v| {
+                let s: StoreInfo = serde_json::from_value(v)?;
+                println!(
+                    "created key store {} (XksProxyUriPath {}/kms/xks/v1, region {}); live now, with no keys and no credentials:",
+                    s.name, s.uri_prefix, s.region
+                );
+                println!(
+                    "  keyward admin --profile PROFILE creds add --store {}",
+                    s.name
+                );
+                Ok(())
+            }),
+        ),
+        Stores::Remove { name, force } => (
+            Request::StoresRemove { name, force },
+            Box::new(|v| {
+                let n = v
+                    .get("keys_destroyed")
+                    .and_then(|n| n.as_u64())
+                    .unwrap_or(0);
+                let name = v.get("removed").and_then(|n| n.as_str()).unwrap_or("?");
+                println!(
+                    "removed key store {name} with its credentials ({n} key(s) destroyed); its prefix answers 404 from now on"
+                );
+                Ok(())
+            }),
+        ),
+    })
+}
+
+fn build_tls(t: Tls) -> anyhow::Result<(Request, Show)> {
+    fn show_info(v: serde_json::Value) -> anyhow::Result<()> {
+        let i: TlsInfo = serde_json::from_value(v)?;
+        println!("spki_sha256  {}", i.spki_sha256);
+        println!("subject      {}", i.subject);
+        println!("issuer       {}", i.issuer);
+        println!("names        {}", i.names.join(", "));
+        println!("not_after    {}", i.not_after);
+        if i.chain_installed {
+            println!(
+                "chain        installed ({} certificate(s){})",
+                i.chain_len,
+                i.installed_at.map(|t| format!(", {t}")).unwrap_or_default()
+            );
+        } else {
+            println!("chain        not installed: a self-signed certificate is served");
+        }
+        Ok(())
+    }
+    Ok(match t {
+        Tls::Show => (Request::TlsShow, Box::new(show_info)),
+        Tls::Csr { dns_names } => (
+            Request::TlsCsr { dns_names },
+            Box::new(|v| {
+                let pem = v
+                    .get("csr_pem")
+                    .and_then(|p| p.as_str())
+                    .context("the answer holds no csr_pem")?;
+                print!("{pem}");
+                Ok(())
+            }),
+        ),
+        Tls::Install { chain } => {
+            let chain_pem =
+                std::fs::read_to_string(&chain).with_context(|| format!("{}", chain.display()))?;
+            (
+                Request::TlsInstall { chain_pem },
+                Box::new(|v| {
+                    println!("installed; served now by the XKS and admin listeners:");
+                    show_info(v)
+                }),
+            )
+        }
     })
 }
 

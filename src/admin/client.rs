@@ -8,6 +8,10 @@
 //! client_cert = "admin.pem"     # this operator's certificate, from the operator CA
 //! client_key = "admin-key.pem"
 //! ```
+//!
+//! Instead of `ca_cert`, `server_spki_sha256 = "<64 hex>"` trusts exactly the server key with
+//! that SPKI hash (the appliance-managed TLS key, whose hash the appliance logs at start and
+//! `tls show` prints): for the self-signed certificate served before a chain is installed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::ServerName;
 
 use super::proto::{Request, Response, PATH};
+use super::tls::ServerTrust;
 use crate::config::reader::{Problems, Section};
 
 /// Errors talking to the admin API.
@@ -38,7 +43,8 @@ pub struct Profile {
     pub url: String,
     pub host: String,
     pub port: u16,
-    pub ca_cert: PathBuf,
+    /// How the server is authenticated: `ca_cert`, or `server_spki_sha256` (which wins).
+    pub trust: ServerTrust,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
 }
@@ -59,24 +65,35 @@ impl Profile {
         let mut p = Problems::default();
         let mut s = Section::new("", &table, base);
         let url = s.required_string("url", &mut p);
-        let ca_cert = s.required_path("ca_cert", &mut p);
+        let ca_cert = s.path("ca_cert", &mut p);
+        let pin = s.string("server_spki_sha256", &mut p);
         let client_cert = s.required_path("client_cert", &mut p);
         let client_key = s.required_path("client_key", &mut p);
         s.finish(&mut p);
         if let Some(first) = p.list.first() {
             return Err(err(first.to_string()));
         }
-        let (Some(url), Some(ca_cert), Some(client_cert), Some(client_key)) =
-            (url, ca_cert, client_cert, client_key)
+        let (Some(url), Some(client_cert), Some(client_key)) = (url, client_cert, client_key)
         else {
             return Err(err("incomplete profile".into()));
         };
+        let trust =
+            match (pin, ca_cert) {
+                (Some(pin), _) => {
+                    ServerTrust::SpkiSha256(super::tls::parse_sha256_hex(&pin).map_err(err)?)
+                }
+                (None, Some(ca)) => ServerTrust::Ca(ca),
+                (None, None) => return Err(err(
+                    "give ca_cert (the admin listener's CA) or server_spki_sha256 (its key's hash)"
+                        .into(),
+                )),
+            };
         let (host, port) = parse_url(&url).map_err(err)?;
         Ok(Profile {
             url,
             host,
             port,
-            ca_cert,
+            trust,
             client_cert,
             client_key,
         })
@@ -84,7 +101,7 @@ impl Profile {
 
     /// Send one request and return the answer (an `ok: false` answer is returned, not an error).
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
-        let tls = super::tls::client_config(&self.ca_cert, &self.client_cert, &self.client_key)?;
+        let tls = super::tls::client_config_with(&self.trust, &self.client_cert, &self.client_key)?;
         let connect_err = |msg: String| ClientError::Connect {
             url: self.url.clone(),
             msg,

@@ -11,21 +11,53 @@ use zeroize::Zeroizing;
 
 use super::proto::{
     usage_str, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request, SecretText,
-    StoreInfo,
+    StoreInfo, TlsInfo,
 };
 use super::server::{AdminError, Backend};
 use crate::audit::AuditLog;
-use crate::keystore::{KeystoreError, Registry, Revoke};
+use crate::keystore::{KeystoreError, NewStore, Registry, Revoke, KMS_SERVICE};
+
+/// The appliance-managed TLS identity as the admin API drives it (`tls show|csr|install`).
+/// Implemented by the appliance, which owns the key and the listeners' certificate handle.
+pub trait TlsAdmin: Send + Sync {
+    /// What is served now.
+    fn show(&self) -> Result<TlsInfo, AdminError>;
+    /// A PEM PKCS#10 request for `names`, signed by the in-VM key.
+    fn csr(&self, names: &[String]) -> Result<String, AdminError>;
+    /// Check a PEM chain for the key, store it and serve it at once.
+    fn install(&self, chain_pem: &str) -> Result<TlsInfo, AdminError>;
+}
 
 /// Admin requests carried out on a registry, audited.
 pub struct RegistryBackend {
     registry: Arc<Registry>,
     audit: AuditLog,
+    tls: Option<Arc<dyn TlsAdmin>>,
 }
 
 impl RegistryBackend {
     pub fn new(registry: Arc<Registry>, audit: AuditLog) -> Self {
-        RegistryBackend { registry, audit }
+        RegistryBackend {
+            registry,
+            audit,
+            tls: None,
+        }
+    }
+
+    /// Serve `tls show|csr|install` with the appliance-managed TLS identity.
+    pub fn with_tls(mut self, tls: Arc<dyn TlsAdmin>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    fn tls(&self) -> Result<&dyn TlsAdmin, AdminError> {
+        self.tls.as_deref().ok_or_else(|| {
+            AdminError::BadRequest(
+                "the appliance-managed TLS key is not in use: the listeners' TLS comes from \
+                 files ([xks] tls_cert_chain_file, tls_key_file)"
+                    .into(),
+            )
+        })
     }
 }
 
@@ -123,7 +155,22 @@ fn describe(req: &Request) -> String {
             store,
             access_key_id,
         } => format!("store={} access_key_id={access_key_id}", s(store)),
-        Request::Stores => "read".into(),
+        Request::StoresList => "read".into(),
+        Request::StoresCreate {
+            name,
+            uri_prefix,
+            region,
+            services,
+        } => format!(
+            "store={name} uri_prefix={uri_prefix:?} region={region} services={}",
+            services.join(",")
+        ),
+        Request::StoresRemove { name, force } => format!("store={name} force={force}"),
+        Request::TlsShow => "read".into(),
+        Request::TlsCsr { dns_names } => format!("csr for {}", dns_names.join(",")),
+        Request::TlsInstall { chain_pem } => {
+            format!("certificate chain of {} bytes", chain_pem.len())
+        }
         Request::KeysList { store } | Request::CredsList { store } => {
             format!("store={} read", s(store))
         }
@@ -180,7 +227,40 @@ impl RegistryBackend {
     fn apply(&self, req: Request) -> Result<Value, AdminError> {
         let r = &self.registry;
         match req {
-            Request::Stores => {
+            Request::StoresCreate {
+                name,
+                uri_prefix,
+                region,
+                services,
+            } => {
+                let s = r.create_store(NewStore {
+                    name,
+                    uri_prefix,
+                    region,
+                    extra_services: services.into_iter().filter(|s| s != KMS_SERVICE).collect(),
+                })?;
+                to_json(&StoreInfo {
+                    credentials: s.access_key_ids.len(),
+                    name: s.name,
+                    uri_prefix: s.uri_prefix,
+                    region: s.region,
+                    keys: s.keys,
+                })
+            }
+            Request::StoresRemove { name, force } => {
+                let keys = r
+                    .list_stores()
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.keys)
+                    .unwrap_or(0);
+                r.remove_store(&name, force)?;
+                Ok(json!({ "removed": name, "keys_destroyed": keys }))
+            }
+            Request::TlsShow => to_json(&self.tls()?.show()?),
+            Request::TlsCsr { dns_names } => Ok(json!({ "csr_pem": self.tls()?.csr(&dns_names)? })),
+            Request::TlsInstall { chain_pem } => to_json(&self.tls()?.install(&chain_pem)?),
+            Request::StoresList => {
                 let out: Vec<StoreInfo> = r
                     .list_stores()
                     .into_iter()

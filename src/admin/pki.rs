@@ -100,6 +100,19 @@ impl Ca {
         self.issue(params)
     }
 
+    /// Sign a PEM PKCS#10 request (its signature is checked) as a TLS server certificate for
+    /// the names it asks for, valid `days` (negative: expired). Returns the certificate PEM.
+    pub fn sign_csr(&self, csr_pem: &str, days: i64) -> Result<String, PkiError> {
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        req.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        req.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut req.params, days);
+        if days < 0 {
+            req.params.not_before = req.params.not_after - time::Duration::days(30);
+        }
+        Ok(req.signed_by(&self.cert, &self.key)?.pem())
+    }
+
     fn issue(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;

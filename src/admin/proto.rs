@@ -50,8 +50,37 @@ impl<'de> Deserialize<'de> for SecretText {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Key stores with their prefixes and regions.
-    Stores,
+    /// Key stores with their prefixes and regions (`{"op":"stores"}` is the same).
+    #[serde(alias = "stores")]
+    StoresList,
+    /// Create a key store (no keys, no credentials); it serves XKS requests at once.
+    StoresCreate {
+        name: String,
+        #[serde(default)]
+        uri_prefix: String,
+        region: String,
+        /// SigV4 service names accepted besides `kms-xks-proxy`.
+        #[serde(default)]
+        services: Vec<String>,
+    },
+    /// Remove a key store with its credentials; with keys only when `force` (they are
+    /// destroyed).
+    StoresRemove {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// The appliance-managed TLS identity: SPKI hash, names, expiry, whether a chain is
+    /// installed.
+    TlsShow,
+    /// A PKCS#10 request for `dns_names`, signed by the appliance's TLS key.
+    TlsCsr {
+        dns_names: Vec<String>,
+    },
+    /// Install a PEM certificate chain (leaf first) for the appliance's TLS key.
+    TlsInstall {
+        chain_pem: String,
+    },
     KeysCreate {
         store: Option<String>,
         id: String,
@@ -117,7 +146,12 @@ impl Request {
     /// Short operation name for logs and audit (`keys_create`, ...).
     pub fn op(&self) -> &'static str {
         match self {
-            Request::Stores => "stores",
+            Request::StoresList => "stores_list",
+            Request::StoresCreate { .. } => "stores_create",
+            Request::StoresRemove { .. } => "stores_remove",
+            Request::TlsShow => "tls_show",
+            Request::TlsCsr { .. } => "tls_csr",
+            Request::TlsInstall { .. } => "tls_install",
             Request::KeysCreate { .. } => "keys_create",
             Request::KeysImport { .. } => "keys_import",
             Request::KeysList { .. } => "keys_list",
@@ -136,7 +170,9 @@ impl Request {
     pub fn is_change(&self) -> bool {
         !matches!(
             self,
-            Request::Stores
+            Request::StoresList
+                | Request::TlsShow
+                | Request::TlsCsr { .. }
                 | Request::KeysList { .. }
                 | Request::CredsList { .. }
                 | Request::KmsConfig { .. }
@@ -162,6 +198,29 @@ pub struct StoreInfo {
     pub region: String,
     pub keys: usize,
     pub credentials: usize,
+}
+
+/// The appliance-managed TLS identity as `tls show` (and `tls install`) report it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// SHA-256 of the key's DER SubjectPublicKeyInfo, hex (what the live attestation binds
+    /// and `server_spki_sha256` pins).
+    pub spki_sha256: String,
+    /// Subject of the certificate served now (RFC 4514).
+    pub subject: String,
+    /// Its issuer (the subject again for the self-signed one).
+    pub issuer: String,
+    /// Its SAN DNS names and IP addresses.
+    pub names: Vec<String>,
+    /// Its notAfter, RFC 3339.
+    pub not_after: String,
+    /// Whether a chain was installed (otherwise a self-signed certificate is served).
+    pub chain_installed: bool,
+    /// Certificates served.
+    pub chain_len: usize,
+    /// When the chain was installed, RFC 3339.
+    #[serde(default)]
+    pub installed_at: Option<String>,
 }
 
 /// A key as `keys list` shows it (never key bytes).
@@ -300,5 +359,18 @@ mod tests {
         assert!(!format!("{r:?}").contains("topsecretvalue"));
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains("\"op\":\"creds_add\""));
+    }
+
+    #[test]
+    fn the_old_stores_op_still_lists() {
+        let r: Request = serde_json::from_str(r#"{"op":"stores"}"#).unwrap();
+        assert!(matches!(r, Request::StoresList));
+        let r: Request = serde_json::from_str(r#"{"op":"stores_list"}"#).unwrap();
+        assert!(matches!(r, Request::StoresList) && !r.is_change());
+        let r: Request =
+            serde_json::from_str(r#"{"op":"stores_create","name":"a","region":"us-east-1"}"#)
+                .unwrap();
+        assert!(r.is_change());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"stores_remove"}"#).is_err());
     }
 }

@@ -68,9 +68,27 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Load the TLS material and bind the listener.
-    pub async fn bind(cfg: &AdminConfig) -> Result<Self, ServerError> {
-        let tls = super::tls::server_config(&cfg.tls.cert_chain, &cfg.tls.key, &cfg.client_ca)?;
+    /// Load the TLS material and bind the listener. Without TLS files in `cfg`, the server
+    /// certificate comes from `managed` (the appliance-managed TLS identity, shared with the
+    /// XKS listener); one of the two is needed.
+    pub async fn bind(
+        cfg: &AdminConfig,
+        managed: Option<Arc<dyn rustls::server::ResolvesServerCert>>,
+    ) -> Result<Self, ServerError> {
+        use super::tls::ServerCert;
+        let cert = match (&cfg.tls, managed) {
+            (Some(f), _) => ServerCert::Files {
+                cert_chain: &f.cert_chain,
+                key: &f.key,
+            },
+            (None, Some(r)) => ServerCert::Resolver(r),
+            (None, None) => {
+                return Err(ServerError::Tls(super::tls::TlsError::Config(
+                    "no TLS files and no appliance-managed TLS identity".into(),
+                )))
+            }
+        };
+        let tls = super::tls::server_config_with(cert, &cfg.client_ca)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Bind {

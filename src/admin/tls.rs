@@ -5,9 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ResolvesServerCert;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
 
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -73,37 +76,174 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Where the admin listener's server certificate comes from.
+pub enum ServerCert<'a> {
+    /// A PEM chain and key file.
+    Files { cert_chain: &'a Path, key: &'a Path },
+    /// A resolver shared with another listener (the appliance-managed TLS identity).
+    Resolver(Arc<dyn ResolvesServerCert>),
+}
+
 /// The admin server: TLS 1.2/1.3, a client certificate from `client_ca` is mandatory.
 pub fn server_config(
     cert_chain: &Path,
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(ServerCert::Files { cert_chain, key }, client_ca)
+}
+
+/// [`server_config`] with the server certificate from files or a shared resolver.
+pub fn server_config_with(
+    cert: ServerCert<'_>,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(load_roots(client_ca)?);
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert_chain)?, load_key(key)?)
+        .with_client_cert_verifier(verifier);
+    let mut cfg = match cert {
+        ServerCert::Files { cert_chain, key } => builder
+            .with_single_cert(load_certs(cert_chain)?, load_key(key)?)
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+        ServerCert::Resolver(r) => builder.with_cert_resolver(r),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// How the admin client authenticates the server.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The server's chain must lead to a CA in this PEM file (and name the host).
+    Ca(std::path::PathBuf),
+    /// The server's leaf must hold exactly the public key with this SPKI SHA-256 (the
+    /// appliance-managed key, read from the appliance's console or `tls show`); names and
+    /// issuers are not checked.
+    SpkiSha256([u8; 32]),
+}
+
+/// The admin client: trusts only `ca`, presents `cert`/`key`.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with(&ServerTrust::Ca(ca.to_path_buf()), cert, key)
+}
+
+/// The admin client with either trust: a CA or an SPKI pin. Presents `cert`/`key`.
+pub fn client_config_with(
+    trust: &ServerTrust,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match trust {
+        ServerTrust::Ca(ca) => builder.with_root_certificates(load_roots(ca)?),
+        ServerTrust::SpkiSha256(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpkiPinVerifier::new(*pin))),
+    };
+    let mut cfg = builder
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// The admin client: trusts only `ca`, presents `cert`/`key`.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(ca)?;
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo, or `None` if it does not parse.
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    use der::{Decode, Encode};
+    let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let spki = c.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    Some(Sha256::digest(spki).into())
+}
+
+/// Accepts exactly a server leaf whose SPKI SHA-256 is the pin, and still verifies the
+/// handshake signature with that key (so only the holder of the private key gets through).
+/// Hand-written because rustls has no SPKI-pinning verifier; the signature checks are the
+/// provider's own.
+#[derive(Debug)]
+pub struct SpkiPinVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpkiPinVerifier {
+    pub fn new(pin: [u8; 32]) -> Self {
+        SpkiPinVerifier {
+            pin,
+            provider: provider(),
+        }
+    }
+}
+
+impl ServerCertVerifier for SpkiPinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use subtle::ConstantTimeEq;
+        match spki_sha256(end_entity) {
+            Some(h) if bool::from(h.ct_eq(&self.pin)) => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Parse a 64-hex-digit SHA-256 (case-insensitive, `:` separators allowed).
+pub fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
+    let clean: String = s.chars().filter(|c| *c != ':').collect();
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(clean.trim(), &mut out)
+        .map_err(|_| "server_spki_sha256 must be 64 hex digits (a SHA-256)".to_string())?;
+    Ok(out)
 }
 
 /// The subject of a DER certificate as an RFC 4514 string (`CN=ops-admin,O=...`).
@@ -111,4 +251,152 @@ pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
     use der::Decode;
     let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
     Some(c.tbs_certificate.subject.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::pki::{write_file, Ca, Issued};
+
+    fn der_of(pem: &str) -> CertificateDer<'static> {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Serves `chain` but signs the handshake with `key` (which may not match).
+    #[derive(Debug)]
+    struct Fixed(Arc<rustls::sign::CertifiedKey>);
+    impl ResolvesServerCert for Fixed {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// A TLS handshake over an in-memory pipe: the server presents `cert`'s certificate and
+    /// signs with `signing`'s key; the client trusts `trust`. Whether the client got through.
+    fn handshake(cert: &Issued, signing: &Issued, ca: &Ca, trust: ServerTrust) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let client = ca.client("op", 1).unwrap();
+        write_file(&d.join("c.pem"), client.cert_pem.as_bytes(), false).unwrap();
+        write_file(&d.join("c.key"), client.key_pem.as_bytes(), true).unwrap();
+        write_file(&d.join("ca.pem"), ca.cert_pem().as_bytes(), false).unwrap();
+        let key = rustls_pemfile::private_key(&mut signing.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+        let ck = rustls::sign::CertifiedKey::new(vec![der_of(&cert.cert_pem)], signer);
+        let scfg = server_config_with(
+            ServerCert::Resolver(Arc::new(Fixed(Arc::new(ck)))),
+            &d.join("ca.pem"),
+        )
+        .unwrap();
+        let ccfg = client_config_with(&trust, &d.join("c.pem"), &d.join("c.key")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(async move {
+                let _ = tokio_rustls::TlsAcceptor::from(scfg).accept(a).await;
+            });
+            let name = ServerName::try_from("appliance.invalid").unwrap();
+            let ok = match tokio_rustls::TlsConnector::from(ccfg)
+                .connect(name, b)
+                .await
+            {
+                // TLS 1.3: the client finishes first; a server that refused the client's
+                // certificate would close here, so write and read once to be sure.
+                Ok(mut s) => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    s.write_all(b"x").await.is_ok() && {
+                        let mut b = [0u8; 1];
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(200),
+                            s.read(&mut b),
+                        )
+                        .await;
+                        true
+                    }
+                }
+                Err(_) => false,
+            };
+            let _ = server.await;
+            ok
+        })
+    }
+
+    #[test]
+    fn spki_pin_accepts_exactly_the_pinned_key() {
+        let ca = Ca::new("ops CA").unwrap();
+        // A certificate for another name than the client dials: a CA check refuses it, the
+        // pin (which checks the key only) accepts it.
+        let server = ca.server(&["elsewhere.example"], 1).unwrap();
+        let pin = spki_sha256(&der_of(&server.cert_pem)).unwrap();
+        let ca_path = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_path.path(), ca.cert_pem()).unwrap();
+        assert!(!handshake(
+            &server,
+            &server,
+            &ca,
+            ServerTrust::Ca(ca_path.path().to_path_buf())
+        ));
+        assert!(handshake(
+            &server,
+            &server,
+            &ca,
+            ServerTrust::SpkiSha256(pin)
+        ));
+        let mut wrong = pin;
+        wrong[0] ^= 1;
+        assert!(!handshake(
+            &server,
+            &server,
+            &ca,
+            ServerTrust::SpkiSha256(wrong)
+        ));
+        // The pinned certificate presented by a server without its private key (another key
+        // signs the handshake): refused, the pin alone is not enough.
+        let impostor = ca.server(&["elsewhere.example"], 1).unwrap();
+        assert!(!handshake(
+            &server,
+            &impostor,
+            &ca,
+            ServerTrust::SpkiSha256(pin)
+        ));
+    }
+
+    #[test]
+    fn spki_pin_verifier_checks_the_leaf_only_by_key() {
+        let ca = Ca::new("ops CA").unwrap();
+        let real = der_of(&ca.server(&["a.example"], 1).unwrap().cert_pem);
+        let other = der_of(&ca.server(&["a.example"], 1).unwrap().cert_pem);
+        let v = SpkiPinVerifier::new(spki_sha256(&real).unwrap());
+        let name = ServerName::try_from("b.example").unwrap();
+        assert!(v
+            .verify_server_cert(&real, &[], &name, &[], UnixTime::now())
+            .is_ok());
+        assert!(v
+            .verify_server_cert(&other, &[], &name, &[], UnixTime::now())
+            .is_err());
+        let junk = CertificateDer::from(vec![1, 2, 3]);
+        assert!(v
+            .verify_server_cert(&junk, &[], &name, &[], UnixTime::now())
+            .is_err());
+    }
+
+    #[test]
+    fn sha256_hex_parsing() {
+        let h = "ab".repeat(32);
+        assert_eq!(parse_sha256_hex(&h).unwrap(), [0xab; 32]);
+        assert_eq!(parse_sha256_hex(&h.to_uppercase()).unwrap(), [0xab; 32]);
+        assert!(parse_sha256_hex("abcd").is_err());
+        assert!(parse_sha256_hex(&"zz".repeat(32)).is_err());
+    }
 }

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod masterkey;
 pub mod notify;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -55,6 +56,10 @@ pub enum BootError {
     Xks(String),
     #[error("{0}")]
     Admin(#[from] crate::admin::server::ServerError),
+    #[error("pins: {0}")]
+    Pins(String),
+    #[error("appliance TLS identity: {0}")]
+    Tls(#[from] tls::TlsIdError),
 }
 
 /// Addresses the appliance serves on, once bound.

@@ -7,13 +7,15 @@ use tokio::sync::watch;
 
 use super::notify::Notifier;
 use super::{phase, Addresses, BootError, MasterKeySource};
-use crate::admin::ops::RegistryBackend;
+use crate::admin::ops::{RegistryBackend, TlsAdmin};
 use crate::admin::server::AdminServer;
 use crate::audit::{AuditLog, AuditSink};
 use crate::config::{Config, KeyStoreConfig};
 use crate::keystore::{NewStore, Registry};
 use crate::secret::MemoryPolicy;
 use crate::xks::{ClientAuth, StoreProbe, TlsSettings, XksServer, XksSettings};
+
+use super::tls::ManagedTls;
 
 /// A booted appliance: key store unsealed, listeners bound, not yet serving.
 pub struct Running {
@@ -27,6 +29,8 @@ pub struct Running {
     /// `[attestation] listen` and the XKS certificate's SPKI hash the evidence is bound to.
     attestation: Option<(std::net::SocketAddr, [u8; 32])>,
     attesters: Option<Arc<Vec<Box<dyn crate::attest::Attester>>>>,
+    /// The appliance-managed TLS identity, when a listener serves it.
+    managed_tls: Option<Arc<ManagedTls>>,
 }
 
 /// Run the phases `attest`, `release`, `unseal` and bind the listeners of `serve`.
@@ -46,6 +50,10 @@ pub async fn boot(
             "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked_memory: development only"
         );
     }
+
+    // The admin CA file lives on the (untrusted) data volume: it must be the one the pins
+    // name, before anything is attested or released.
+    check_admin_ca_pin(config)?;
 
     if source.attested() {
         phase("attest", "gathering evidence");
@@ -97,24 +105,50 @@ pub async fn boot(
     };
     let audit = AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?;
 
-    let xks = XksServer::bind(xks_settings(&config.xks)?)
-        .await
-        .map_err(|e| BootError::Xks(e.to_string()))?;
+    // The appliance-managed TLS identity (no TLS files): loaded from the unsealed key store,
+    // or generated and stored sealed on first start.
+    let managed_tls = if config.uses_managed_tls() {
+        let reg = registry.clone();
+        let names = config.xks.tls_names.clone();
+        let m = tokio::task::spawn_blocking(move || ManagedTls::open(reg, &names))
+            .await
+            .map_err(|e| BootError::Xks(format!("TLS identity task: {e}")))??;
+        // The operator reads this on the console to pin the admin client before a chain is
+        // installed (`server_spki_sha256`); `keyward verify --url` shows the same hash.
+        tracing::info!("xks tls key spki_sha256={}", hex::encode(m.spki_sha256()));
+        Some(Arc::new(m))
+    } else {
+        None
+    };
+
+    let (settings, client_auth) = xks_settings(&config.xks)?;
+    let xks = match &managed_tls {
+        Some(m) if config.xks.managed_tls() => {
+            XksServer::bind_with_cert(settings, m.handle(), client_auth.as_ref()).await
+        }
+        _ => XksServer::bind(settings).await,
+    }
+    .map_err(|e| BootError::Xks(e.to_string()))?;
     let xks_addr = xks
         .local_addr()
         .map_err(|e| BootError::Xks(e.to_string()))?;
     let admin = match &config.admin {
-        Some(a) => Some(AdminServer::bind(a).await?),
+        Some(a) => {
+            let resolver = managed_tls.as_ref().map(|m| m.handle().resolver());
+            Some(AdminServer::bind(a, resolver).await?)
+        }
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let attestation = match (&config.attestation, &config.xks.tls) {
-        (Some(a), Some(tls)) => Some((
+    let attestation = match (&config.attestation, &config.xks.tls, &managed_tls) {
+        (Some(a), Some(tls), _) => Some((
             a.listen,
             crate::attest::live::spki_sha256_of_pem_file(&tls.cert_chain)
                 .map_err(BootError::Xks)?,
         )),
-        (Some(_), None) => {
+        // The key actually served: the appliance-managed one.
+        (Some(a), None, Some(m)) if config.xks.managed_tls() => Some((a.listen, m.spki_sha256())),
+        (Some(_), _, _) => {
             tracing::warn!("[attestation] needs the XKS TLS certificate to bind evidence to; not started with insecure_http");
             None
         }
@@ -133,35 +167,74 @@ pub async fn boot(
         notifier,
         attestation,
         attesters: None,
+        managed_tls,
     })
 }
 
-/// Map the `[xks]` section onto the XKS server's settings (reading the PEM files).
-fn xks_settings(x: &crate::config::XksConfig) -> Result<XksSettings, BootError> {
+/// Map the `[xks]` section onto the XKS server's settings (reading the PEM files), and the
+/// client authentication separately (for the appliance-managed certificate too).
+fn xks_settings(
+    x: &crate::config::XksConfig,
+) -> Result<(XksSettings, Option<ClientAuth>), BootError> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| BootError::Xks(format!("{}: {e}", p.display())))
+    };
+    let client_auth = match &x.mtls {
+        Some(m) => Some(ClientAuth {
+            ca_pem: read(&m.client_ca)?,
+            allowed_names: m.allowed_subjects.clone(),
+        }),
+        None => None,
     };
     let tls = match &x.tls {
         Some(t) => Some(TlsSettings {
             cert_chain_pem: read(&t.cert_chain)?,
             key_pem: zeroize::Zeroizing::new(read(&t.key)?),
-            client_auth: match &x.mtls {
-                Some(m) => Some(ClientAuth {
-                    ca_pem: read(&m.client_ca)?,
-                    allowed_names: m.allowed_subjects.clone(),
-                }),
-                None => None,
-            },
+            client_auth: client_auth.clone(),
         }),
         None => None,
     };
-    Ok(XksSettings {
+    let settings = XksSettings {
         listen: x.listen,
         tls,
         insecure_http: x.insecure_http,
         limits: crate::xks::Limits::default(),
         instance_id: instance_id(),
-    })
+    };
+    Ok((settings, client_auth))
+}
+
+/// With a released master key and an `admin_ca_sha256` pin, the admin listener's operator CA
+/// file must hold exactly one certificate whose DER SHA-256 is the pin (the pin is in PCR 15
+/// and the release transcript; the file is on the data volume, which is not trusted).
+fn check_admin_ca_pin(config: &Config) -> Result<(), BootError> {
+    let (crate::config::MasterKeyConfig::Release(r), Some(admin)) =
+        (&config.master_key, &config.admin)
+    else {
+        return Ok(());
+    };
+    let pin = r.agent.admin_ca_sha256.trim().to_ascii_lowercase();
+    if pin.is_empty() {
+        return Ok(());
+    }
+    let refuse =
+        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
+    let certs =
+        crate::admin::tls::load_certs(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    if certs.len() != 1 {
+        return Err(refuse(format!(
+            "holds {} certificates; the admin_ca_sha256 pin names exactly one",
+            certs.len()
+        )));
+    }
+    use sha2::Digest;
+    let got = hex::encode(sha2::Sha256::digest(certs[0].as_ref()));
+    if got != pin {
+        return Err(refuse(format!(
+            "its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start"
+        )));
+    }
+    Ok(())
 }
 
 /// The id this instance reports in health's `ekmFleetDetails`: the host name.
@@ -192,7 +265,7 @@ fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), Boo
                 s.access_key_ids.clone()
             }
             None => {
-                registry.create_store(NewStore {
+                let created = registry.create_store(NewStore {
                     name: ks.name.clone(),
                     uri_prefix: ks.uri_prefix.clone(),
                     region: ks.region.clone(),
@@ -202,8 +275,23 @@ fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), Boo
                         .filter(|s| *s != crate::config::KMS_SERVICE)
                         .cloned()
                         .collect(),
-                })?;
-                tracing::info!(store = %ks.name, "created key store `{}`", ks.name);
+                });
+                match created {
+                    Ok(_) => {
+                        tracing::info!(store = %ks.name, "created key store `{}`", ks.name)
+                    }
+                    // A store created at run time (admin API) already serves this prefix: the
+                    // sealed store wins, as for a store that exists with other settings.
+                    Err(crate::keystore::KeystoreError::DuplicatePrefix { prefix, store }) => {
+                        tracing::error!(
+                            store = %ks.name,
+                            "key store `{}` from the configuration is NOT created: its uri prefix `{prefix}` is served by key store `{store}`",
+                            ks.name
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 Vec::new()
             }
         };
@@ -267,6 +355,7 @@ impl Running {
             notifier,
             attestation,
             attesters,
+            managed_tls,
         } = self;
         // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -279,7 +368,11 @@ impl Running {
         let probe = Arc::new(DirProbe(store_dir));
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
-            let backend = Arc::new(RegistryBackend::new(registry.clone(), audit.clone()));
+            let mut backend = RegistryBackend::new(registry.clone(), audit.clone());
+            if let Some(m) = &managed_tls {
+                backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);
+            }
+            let backend = Arc::new(backend);
             tokio::spawn(a.run(backend, wait_true(rx.clone())))
         });
 

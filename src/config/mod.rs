@@ -39,8 +39,13 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct XksConfig {
     pub listen: SocketAddr,
-    /// Server certificate chain and key; `None` only with `insecure_http`.
+    /// Server certificate chain and key from files. `None` without `insecure_http`: the
+    /// appliance-managed TLS key (generated inside the VM, stored sealed; its chain is
+    /// installed through the admin API).
     pub tls: Option<TlsFiles>,
+    /// Names (DNS names or IP addresses) of the self-signed certificate served for the
+    /// appliance-managed key until a chain is installed; empty: `keyward-appliance`.
+    pub tls_names: Vec<String>,
     /// Optional mutual TLS: KMS's client certificate.
     pub mtls: Option<MtlsConfig>,
     /// Plain HTTP, for tests only.
@@ -98,6 +103,21 @@ pub enum MasterKeyConfig {
     Release(release::ReleaseConfig),
 }
 
+impl XksConfig {
+    /// Whether the XKS listener serves the appliance-managed TLS key (no TLS files, not plain
+    /// HTTP).
+    pub fn managed_tls(&self) -> bool {
+        self.tls.is_none() && !self.insecure_http
+    }
+}
+
+impl Config {
+    /// Whether any listener serves the appliance-managed TLS identity.
+    pub fn uses_managed_tls(&self) -> bool {
+        self.xks.managed_tls() || self.admin.as_ref().is_some_and(|a| a.tls.is_none())
+    }
+}
+
 impl MasterKeyConfig {
     pub fn source_name(&self) -> &'static str {
         match self {
@@ -111,7 +131,9 @@ impl MasterKeyConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    pub tls: TlsFiles,
+    /// Server certificate and key from files; `None`: the appliance-managed TLS identity
+    /// (the same key and certificate as the XKS listener's).
+    pub tls: Option<TlsFiles>,
     /// PEM file with the operator's CA: admin client certificates must chain to it.
     pub client_ca: PathBuf,
 }
@@ -232,10 +254,13 @@ fn parse(table: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             None => stores_ok = false,
         }
     }
-    if key_stores.is_empty() && stores_ok {
+    // Key stores may also be created at run time through the admin API (and are then kept in
+    // the sealed store); without an admin listener the file must declare at least one.
+    if key_stores.is_empty() && stores_ok && !root.has("admin") {
         p.invalid(
             "key_store",
-            "no key store: add a [[key_store]] section (or an enabled [aws_xks_config])",
+            "no key store: add a [[key_store]] section (or an enabled [aws_xks_config]), or an \
+             [admin] listener to create them with `keyward admin stores create`",
         );
     }
     check_store_uniqueness(&key_stores, p);
@@ -299,6 +324,17 @@ fn parse(table: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         );
     }
 
+    if let (Some(x), None) = (&xks, &admin) {
+        if x.managed_tls() && !root.has("admin") {
+            p.warn(
+                "xks",
+                "no TLS files and no [admin] listener: the XKS API serves the appliance-managed \
+                 key with a self-signed certificate, and no chain can be installed for it \
+                 (AWS KMS requires a public CA's certificate)",
+            );
+        }
+    }
+
     root.finish(p);
     Some(Config {
         xks: xks?,
@@ -358,7 +394,24 @@ fn parse_xks(mut s: Section, p: &mut Problems) -> Option<XksConfig> {
         false => Some(SocketAddr::from(([0, 0, 0, 0], 443))),
     };
     let insecure_http = s.bool("insecure_http", p).unwrap_or(false);
-    let tls = tls_files(&mut s, p, !insecure_http);
+    // Without TLS files (and without insecure_http) the appliance manages the TLS key.
+    let tls = tls_files(&mut s, p, false);
+    let tls_names = s.string_list("tls_names", p).unwrap_or_default();
+    for (i, n) in tls_names.iter().enumerate() {
+        if !valid_tls_name(n) {
+            p.invalid(
+                format!("{}[{i}]", s.key_path("tls_names")),
+                format!("`{n}` is not a DNS name or an IP address"),
+            );
+        }
+    }
+    if !tls_names.is_empty() && (tls.is_some() || insecure_http) {
+        p.invalid(
+            s.key_path("tls_names"),
+            "tls_names names the self-signed certificate of the appliance-managed TLS key: \
+             remove it, or remove the TLS files / insecure_http",
+        );
+    }
     if insecure_http {
         p.warn(
             s.key_path("insecure_http"),
@@ -407,6 +460,7 @@ fn parse_xks(mut s: Section, p: &mut Problems) -> Option<XksConfig> {
     Some(XksConfig {
         listen: listen?,
         tls,
+        tls_names,
         mtls,
         insecure_http,
     })
@@ -599,7 +653,8 @@ pub fn check_master_key_file(f: &Path, path: &str, p: &mut Problems) {
 
 fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
     let listen = addr(&mut s, "listen", p, true);
-    let tls = tls_files(&mut s, p, true);
+    // Without TLS files the admin listener serves the appliance-managed TLS identity.
+    let tls = tls_files(&mut s, p, false);
     let client_ca = s.required_path("client_ca_file", p);
     if let Some(f) = &client_ca {
         if !f.is_file() {
@@ -612,7 +667,7 @@ fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
     s.finish(p);
     Some(AdminConfig {
         listen: listen?,
-        tls: tls?,
+        tls,
         client_ca: client_ca?,
     })
 }
@@ -643,6 +698,22 @@ fn parse_log(mut s: Section, p: &mut Problems) -> Option<LogConfig> {
         format,
         audit_file,
     })
+}
+
+/// A DNS name (labels of `A-Za-z0-9-`, a leading `*.` allowed) or an IP address, as a
+/// certificate's subject alternative name.
+pub fn valid_tls_name(n: &str) -> bool {
+    if n.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = n.strip_prefix("*.").unwrap_or(n);
+    (1..=253).contains(&n.len())
+        && host.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn valid_name(n: &str) -> bool {

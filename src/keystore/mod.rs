@@ -21,5 +21,5 @@ pub use file::FileKeyStore;
 pub use model::KeyStore;
 pub use registry::{
     generate_credential, CredentialInfo, KeyInfo, NewStore, Registry, Revoke, StoreInfo,
-    KMS_SERVICE,
+    TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM,
 };

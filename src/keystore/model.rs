@@ -5,7 +5,7 @@
 //! removal; replaying them in `seq` order gives the current state. Every record carries an
 //! HMAC-SHA256 (under a key derived from the master key) over its sequence number, the store id
 //! and its canonical JSON, so nothing on disk can be changed, swapped between ids or copied from
-//! another store unnoticed. Secrets inside records (KEKs, credential secrets) are additionally
+//! another store unnoticed. Secrets inside records (KEKs, credential secrets, the appliance TLS key) are additionally
 //! sealed with AES-256-GCM (see `seal.rs`). A backend stores and returns these records; it never
 //! needs the master key and never sees a secret in clear.
 
@@ -109,6 +109,24 @@ pub struct CredentialRecord {
     pub created: u64,
 }
 
+/// The appliance-managed TLS identity (the XKS and admin listeners' key when no TLS files are
+/// configured): its PKCS#8 private key sealed with AAD binding format version and purpose, and
+/// the certificate chain installed for it (public, integrity-protected by the record MAC).
+/// There is at most one; a new record replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsKeyRecord {
+    /// The sealed PKCS#8 DER private key.
+    pub key: Sealed,
+    /// PEM chain (leaf first) installed for this key; `None` until `tls install`.
+    #[serde(default)]
+    pub chain_pem: Option<String>,
+    /// Key creation time, Unix seconds.
+    pub created: u64,
+    /// When the chain was installed, Unix seconds.
+    #[serde(default)]
+    pub chain_installed: Option<u64>,
+}
+
 /// One change: an upsert of a store, key or credential, or a removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +149,8 @@ pub enum Record {
         /// Access key id.
         access_key_id: String,
     },
+    /// Create or replace the appliance TLS identity.
+    TlsKey(TlsKeyRecord),
 }
 
 /// A record with its sequence number and MAC, as a backend stores it.

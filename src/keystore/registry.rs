@@ -12,10 +12,10 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::model::{
-    CredentialRecord, Header, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
+    CredentialRecord, Header, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord, TlsKeyRecord,
     FORMAT_VERSION,
 };
-use super::seal::{cred_aad, Sealer};
+use super::seal::{cred_aad, tls_key_aad, Sealer};
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
@@ -133,7 +133,39 @@ struct Inner {
     location: String,
     next_seq: u64,
     meta: HashMap<String, StoreMeta>,
+    /// The appliance TLS identity, unsealed (not part of the XKS request-path view).
+    tls: Option<TlsMaterial>,
 }
+
+/// The appliance-managed TLS identity as the key store holds it: the private key (PKCS#8 DER,
+/// zeroized on drop, never shown by `Debug`) and the chain installed for it.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// PKCS#8 DER private key.
+    pub pkcs8_der: Zeroizing<Vec<u8>>,
+    /// PEM chain, leaf first, when one was installed.
+    pub chain_pem: Option<String>,
+    /// Key creation time, Unix seconds.
+    pub created: u64,
+    /// Chain installation time, Unix seconds.
+    pub chain_installed: Option<u64>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("pkcs8_der", &"<redacted>")
+            .field("chain_pem", &self.chain_pem.as_ref().map(|c| c.len()))
+            .field("created", &self.created)
+            .field("chain_installed", &self.chain_installed)
+            .finish()
+    }
+}
+
+/// Largest PEM chain the key store accepts for the TLS identity.
+pub const MAX_TLS_CHAIN_PEM: usize = 48 * 1024;
+/// Largest PKCS#8 private key the key store accepts for the TLS identity.
+const MAX_TLS_KEY_DER: usize = 8 * 1024;
 
 /// Creation times (not part of the request-path view).
 #[derive(Default)]
@@ -154,12 +186,23 @@ struct StoreBuild {
 /// Compact when superseded records exceed live ones and this floor.
 const COMPACT_FLOOR: usize = 4096;
 
-/// Records needed to describe `snap` (stores, keys, credentials).
-fn live_count(snap: &Snapshot) -> usize {
+/// Records needed to describe `snap` (stores, keys, credentials) and the TLS identity.
+fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>) -> usize {
     snap.stores
         .values()
         .map(|s| 1 + s.keys.len() + s.credentials.len())
-        .sum()
+        .sum::<usize>()
+        + usize::from(tls.is_some())
+}
+
+/// The record of a TLS identity, its key sealed afresh.
+fn tls_record(sealer: &Sealer, t: &TlsMaterial) -> Result<Record, KeystoreError> {
+    Ok(Record::TlsKey(TlsKeyRecord {
+        key: sealer.seal(&t.pkcs8_der, &tls_key_aad())?,
+        chain_pem: t.chain_pem.clone(),
+        created: t.created,
+        chain_installed: t.chain_installed,
+    }))
 }
 
 fn now_unix() -> u64 {
@@ -316,6 +359,7 @@ impl Registry {
         drop(master);
 
         let mut builds: HashMap<String, StoreBuild> = HashMap::new();
+        let mut tls: Option<TlsMaterial> = None;
         let mut last_seq = 0u64;
         if fresh {
             // Opens the append handle on the new, empty log.
@@ -336,7 +380,7 @@ impl Registry {
                     });
                 }
                 last_seq = sr.seq;
-                apply(&sealer, &mut builds, sr.rec).map_err(|e| match e {
+                apply(&sealer, &mut builds, &mut tls, sr.rec).map_err(|e| match e {
                     ApplyError::Tampered(why) => KeystoreError::Tampered { record: at(), why },
                     ApplyError::Other(e) => e,
                 })
@@ -360,13 +404,14 @@ impl Registry {
             );
             meta.insert(name, b.meta);
         }
-        let live = live_count(&snapshot);
+        let live = live_count(&snapshot, &tls);
         let mut inner = Inner {
             backend,
             sealer,
             location,
             next_seq: last_seq + 1,
             meta,
+            tls,
         };
         if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
             if let Err(e) = compact(&mut inner, &snapshot) {
@@ -474,7 +519,7 @@ impl Registry {
         inner.next_seq = seq;
         let snap = Arc::new(snap);
         self.view.store(Arc::clone(&snap));
-        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap)) {
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls)) {
             if let Err(e) = compact(inner, &snap) {
                 // The change is already durable; only the log stays longer than needed.
                 tracing::warn!(error = %e, "key store compaction failed; retried on the next change");
@@ -986,6 +1031,71 @@ impl Registry {
         v.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
         Ok(v)
     }
+
+    /// The appliance TLS identity (private key and installed chain), if one was created.
+    pub fn tls_material(&self) -> Option<TlsMaterial> {
+        self.lock().tls.clone()
+    }
+
+    /// Store a new appliance TLS private key (PKCS#8 DER), sealed under the master key,
+    /// replacing any previous identity and the chain installed for it. Durable when it returns.
+    pub fn set_tls_key(&self, pkcs8_der: Zeroizing<Vec<u8>>) -> Result<(), KeystoreError> {
+        if pkcs8_der.is_empty() || pkcs8_der.len() > MAX_TLS_KEY_DER {
+            return Err(KeystoreError::invalid(
+                "TLS key",
+                format!("a PKCS#8 key of 1-{MAX_TLS_KEY_DER} bytes is needed"),
+            ));
+        }
+        let mut inner = self.lock();
+        let t = TlsMaterial {
+            pkcs8_der,
+            chain_pem: None,
+            created: now_unix(),
+            chain_installed: None,
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    /// Install the certificate chain (PEM, leaf first) for the current TLS key, replacing the
+    /// previous chain. The caller has checked that it belongs to the key; this stores it in the
+    /// authenticated log. Durable when it returns.
+    pub fn install_tls_chain(&self, chain_pem: &str) -> Result<(), KeystoreError> {
+        if chain_pem.is_empty() || chain_pem.len() > MAX_TLS_CHAIN_PEM {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                format!("1-{MAX_TLS_CHAIN_PEM} bytes of PEM are needed"),
+            ));
+        }
+        let mut inner = self.lock();
+        let Some(current) = inner.tls.as_ref() else {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                "there is no appliance TLS key to install it for",
+            ));
+        };
+        let t = TlsMaterial {
+            pkcs8_der: current.pkcs8_der.clone(),
+            chain_pem: Some(chain_pem.to_string()),
+            created: current.created,
+            chain_installed: Some(now_unix()),
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    fn commit_tls(&self, inner: &mut Inner, t: TlsMaterial) -> Result<(), KeystoreError> {
+        let rec = tls_record(&inner.sealer, &t)?;
+        let snap = self.view.load_full();
+        let old = inner.tls.replace(t);
+        // The snapshot is unchanged: republishing the same stores is harmless.
+        let same = Snapshot {
+            stores: snap.stores.clone(),
+        };
+        if let Err(e) = self.commit(inner, rec, same) {
+            inner.tls = old;
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 /// Why replaying a record failed.
@@ -1004,6 +1114,7 @@ impl From<KeystoreError> for ApplyError {
 fn apply(
     sealer: &Sealer,
     builds: &mut HashMap<String, StoreBuild>,
+    tls: &mut Option<TlsMaterial>,
     rec: Record,
 ) -> Result<(), ApplyError> {
     match rec {
@@ -1085,6 +1196,27 @@ fn apply(
             b.creds.retain(|c| c.access_key_id != access_key_id);
             b.meta.creds.remove(&access_key_id);
         }
+        Record::TlsKey(r) => {
+            let n = r
+                .key
+                .0
+                .len()
+                .checked_sub(1 + 12 + 16)
+                .filter(|n| (1..=MAX_TLS_KEY_DER).contains(n))
+                .ok_or(ApplyError::Tampered(
+                    "sealed TLS key has an impossible length",
+                ))?;
+            let mut buf = Zeroizing::new(vec![0u8; n]);
+            sealer
+                .open_into(&r.key, &tls_key_aad(), &mut buf)
+                .map_err(ApplyError::Tampered)?;
+            *tls = Some(TlsMaterial {
+                pkcs8_der: buf,
+                chain_pem: r.chain_pem,
+                created: r.created,
+                chain_installed: r.chain_installed,
+            });
+        }
     }
     Ok(())
 }
@@ -1095,52 +1227,57 @@ fn live_records<'a>(
     sealer: &'a Sealer,
     meta: &'a HashMap<String, StoreMeta>,
     snap: &'a Snapshot,
+    tls: &'a Option<TlsMaterial>,
 ) -> impl Iterator<Item = Result<Record, KeystoreError>> + 'a {
+    let tls_rec = tls.iter().map(move |t| tls_record(sealer, t));
     static EMPTY: std::sync::OnceLock<StoreMeta> = std::sync::OnceLock::new();
     let empty = EMPTY.get_or_init(StoreMeta::default);
     let mut stores: Vec<&'a Arc<StoreView>> = snap.stores.values().collect();
     stores.sort_by(|a, b| a.name.cmp(&b.name));
-    stores.into_iter().flat_map(move |sv| {
-        let m = meta.get(&sv.name).unwrap_or(empty);
-        let store = std::iter::once_with(move || {
-            Ok(Record::Store(StoreRecord {
-                name: sv.name.clone(),
-                uri_prefix: sv.uri_prefix.clone(),
-                region: sv.region.clone(),
-                extra_services: sv
-                    .services
-                    .iter()
-                    .filter(|s| *s != KMS_SERVICE)
-                    .cloned()
-                    .collect(),
-                created: m.created,
-            }))
-        });
-        let creds = sv.credentials.iter().map(move |c| {
-            Ok(Record::Credential(CredentialRecord {
-                store: sv.name.clone(),
-                access_key_id: c.access_key_id.clone(),
-                secret: sealer.seal(
-                    c.secret_access_key.expose_secret().as_bytes(),
-                    &cred_aad(&sv.name, &c.access_key_id),
-                )?,
-                created: m.creds.get(&c.access_key_id).copied().unwrap_or(0),
-            }))
-        });
-        let keys = sv.keys.values().map(move |k| {
-            Ok(Record::Key(KeyRecord {
-                store: sv.name.clone(),
-                id: k.id.clone(),
-                version: k.version,
-                usage: k.usage,
-                status: k.status,
-                grants: k.grants.clone(),
-                created: m.keys.get(&k.id).copied().unwrap_or(0),
-                kek: sealer.seal_kek(&sv.name, &k.id, k.version, &k.kek)?,
-            }))
-        });
-        store.chain(creds).chain(keys)
-    })
+    stores
+        .into_iter()
+        .flat_map(move |sv| {
+            let m = meta.get(&sv.name).unwrap_or(empty);
+            let store = std::iter::once_with(move || {
+                Ok(Record::Store(StoreRecord {
+                    name: sv.name.clone(),
+                    uri_prefix: sv.uri_prefix.clone(),
+                    region: sv.region.clone(),
+                    extra_services: sv
+                        .services
+                        .iter()
+                        .filter(|s| *s != KMS_SERVICE)
+                        .cloned()
+                        .collect(),
+                    created: m.created,
+                }))
+            });
+            let creds = sv.credentials.iter().map(move |c| {
+                Ok(Record::Credential(CredentialRecord {
+                    store: sv.name.clone(),
+                    access_key_id: c.access_key_id.clone(),
+                    secret: sealer.seal(
+                        c.secret_access_key.expose_secret().as_bytes(),
+                        &cred_aad(&sv.name, &c.access_key_id),
+                    )?,
+                    created: m.creds.get(&c.access_key_id).copied().unwrap_or(0),
+                }))
+            });
+            let keys = sv.keys.values().map(move |k| {
+                Ok(Record::Key(KeyRecord {
+                    store: sv.name.clone(),
+                    id: k.id.clone(),
+                    version: k.version,
+                    usage: k.usage,
+                    status: k.status,
+                    grants: k.grants.clone(),
+                    created: m.keys.get(&k.id).copied().unwrap_or(0),
+                    kek: sealer.seal_kek(&sv.name, &k.id, k.version, &k.kek)?,
+                }))
+            });
+            store.chain(creds).chain(keys)
+        })
+        .chain(tls_rec)
 }
 
 /// Rewrite the backend with the live state of `snap`, with sequence numbers continuing upwards
@@ -1151,11 +1288,12 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         sealer,
         next_seq,
         meta,
+        tls,
         ..
     } = inner;
     let sealer: &Sealer = sealer;
     let mut seq = *next_seq;
-    let mut signed = live_records(sealer, meta, snap).map(|r| {
+    let mut signed = live_records(sealer, meta, snap, tls).map(|r| {
         let rec = r?;
         let s = seq;
         seq += 1;

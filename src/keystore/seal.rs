@@ -5,6 +5,7 @@
 //! AADs are length-prefixed and domain-separated:
 //! * KEK: `"keyward/kek" ‖ format ‖ u16 len ‖ store ‖ u16 len ‖ key id ‖ u32 version`
 //! * credential secret: `"keyward/cred" ‖ format ‖ u16 len ‖ store ‖ u16 len ‖ access key id`
+//! * appliance TLS private key: `"keyward/tls-key" ‖ format`
 //! * header check: `"keyward/header" ‖ format ‖ store id`
 //!
 //! A sealed blob is `format ‖ IV (12, random) ‖ ciphertext ‖ tag (16)`.
@@ -67,6 +68,13 @@ pub(crate) fn cred_aad(store: &str, access_key_id: &str) -> Vec<u8> {
     aad.push(FORMAT_VERSION);
     push_str(&mut aad, store);
     push_str(&mut aad, access_key_id);
+    aad
+}
+
+/// AAD for the appliance TLS private key (a singleton: the record MAC binds it to this store).
+pub(crate) fn tls_key_aad() -> Vec<u8> {
+    let mut aad = b"keyward/tls-key".to_vec();
+    aad.push(FORMAT_VERSION);
     aad
 }
 

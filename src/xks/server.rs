@@ -139,10 +139,32 @@ pub struct XksServer {
 pub struct CertHandle(Arc<ArcSwap<CertifiedKey>>);
 
 impl CertHandle {
+    /// A handle serving `key` until something else is installed.
+    pub fn new(key: CertifiedKey) -> Self {
+        CertHandle(Arc::new(ArcSwap::from_pointee(key)))
+    }
+
     /// Install a new chain and key (PEM). New handshakes use it at once.
     pub fn install(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), ServerError> {
         self.0.store(Arc::new(certified_key(chain_pem, key_pem)?));
         Ok(())
+    }
+
+    /// Install a chain with its signing key, already checked to match. New handshakes use it
+    /// at once; open connections keep theirs.
+    pub fn install_certified(&self, key: CertifiedKey) {
+        self.0.store(Arc::new(key));
+    }
+
+    /// What new handshakes are served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+
+    /// A rustls certificate resolver that always serves this handle's current certificate
+    /// (for another listener sharing the same identity, e.g. the admin API).
+    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        Arc::new(SwapResolver(self.0.clone()))
     }
 }
 
@@ -166,10 +188,32 @@ impl XksServer {
     /// they are served once [`XksServer::run`] starts). Call inside a Tokio runtime.
     pub async fn bind(settings: XksSettings) -> Result<Self, ServerError> {
         let tls = match &settings.tls {
-            Some(t) => Some(tls_acceptor(t)?),
+            Some(t) => {
+                let handle = CertHandle::new(certified_key(&t.cert_chain_pem, &t.key_pem)?);
+                Some(tls_acceptor(handle, t.client_auth.as_ref())?)
+            }
             None if settings.insecure_http => None,
             None => return Err(ServerError::InsecureNotAllowed),
         };
+        Self::bind_inner(settings, tls).await
+    }
+
+    /// Like [`XksServer::bind`], but serve the certificate of `cert` (the appliance-managed TLS
+    /// identity, swapped at run time through the same handle) instead of PEM files;
+    /// `settings.tls` and `settings.insecure_http` are ignored.
+    pub async fn bind_with_cert(
+        settings: XksSettings,
+        cert: CertHandle,
+        client_auth: Option<&ClientAuth>,
+    ) -> Result<Self, ServerError> {
+        let tls = Some(tls_acceptor(cert, client_auth)?);
+        Self::bind_inner(settings, tls).await
+    }
+
+    async fn bind_inner(
+        settings: XksSettings,
+        tls: Option<(TlsAcceptor, CertHandle)>,
+    ) -> Result<Self, ServerError> {
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -428,16 +472,15 @@ fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Serve
     Ok(ck)
 }
 
-fn tls_acceptor(t: &TlsSettings) -> Result<(TlsAcceptor, CertHandle), ServerError> {
+fn tls_acceptor(
+    handle: CertHandle,
+    client_auth: Option<&ClientAuth>,
+) -> Result<(TlsAcceptor, CertHandle), ServerError> {
     let provider = provider();
-    let handle = CertHandle(Arc::new(ArcSwap::from_pointee(certified_key(
-        &t.cert_chain_pem,
-        &t.key_pem,
-    )?)));
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let builder = match &t.client_auth {
+    let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
     };
