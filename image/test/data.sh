@@ -6,15 +6,16 @@
 # chain is installed through the admin API (run.sh). The CA is the committed TEST file of
 # image/test/identity. Written with mke2fs -d (nothing is mounted), owned by keyward (990).
 #
-# usage: data.sh DISK OUT_DISK
+# usage: data.sh DISK OUT_DISK [CA_PEM]   (CA_PEM: another operator CA, for the other-pins refusal)
 set -euo pipefail
-disk="${1:?usage: data.sh DISK OUT_DISK}" out="${2:?out disk}"
+disk="${1:?usage: data.sh DISK OUT_DISK [CA_PEM]}" out="${2:?out disk}"
 here="$(cd "$(dirname "$0")" && pwd)"
 id="$here/identity"
+ca="${3:-$id/operator-ca.pem}"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out.data"' EXIT
 mkdir -p "$stage/deploy"
-install -m 0644 "$id/operator-ca.pem" "$stage/deploy/operator-ca.pem"
+install -m 0644 "$ca" "$stage/deploy/operator-ca.pem"
 chown -R 990:990 "$stage"
 chmod 0700 "$stage"
 

@@ -14,8 +14,9 @@
 #      CA) encrypts and decrypts through the guest's XKS API.
 #   2. refusal: one byte of /usr/bin/keyward changed (its first erofs block): dm-verity refuses
 #      the read and keyward.service fails, or the KRS denies; never a release.
-#   3. refusal: other pins (another admin CA hash): PCR 15 differs, the KRS log shows a deny
-#      whose detail names the TPM check, and no release.
+#   3. refusal: other pins (another admin CA and its hash, swapped together on the data
+#      partition and in the user data, so keyward's own CA check passes): PCR 15 differs, the
+#      KRS log shows a deny whose detail names the TPM check, and no release.
 # Every step's wall time goes to image/build/test/times.txt. Boots take minutes under TCG.
 #
 # env: KEYWARD_BIN (target/release/keyward: the same binary the image holds), BOOT_WAIT (1800 s
@@ -229,9 +230,15 @@ stop_vm "$t/corrupt" "$vm"
 # ---- 3. other pins ----------------------------------------------------------------------------
 s=$(now)
 n0=$(log_count)
-other_ca="$(printf 'not the operator CA' | sha256sum | cut -d' ' -f1)"
+# The host controls both the user data and the (untrusted) data partition, so it swaps them
+# together: its own operator CA on the disk and that CA's hash in the pins. keyward's local
+# check (CA file == admin_ca_sha256 pin) passes; only PCR 15 in the quote tells the KRS.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=someone else's operator CA" -keyout "$t/other-ca.key" -out "$t/other-ca.pem" 2> /dev/null
+other_ca="$(openssl x509 -in "$t/other-ca.pem" -outform DER | sha256sum | cut -d' ' -f1)"
 sed "s/^admin_ca_sha256 = .*/admin_ca_sha256 = \"$other_ca\"/" "$t/krs/pins" > "$t/pins-other"
-"$here/scripts/boot.sh" "$t/disk.raw" "$t/pins-other" "$t/other" > "$t/other.qemu.log" 2>&1 &
+"$tst/data.sh" build/keyward.raw "$t/other.raw" "$t/other-ca.pem"
+"$here/scripts/boot.sh" "$t/other.raw" "$t/pins-other" "$t/other" > "$t/other.qemu.log" 2>&1 &
 vm=$!
 if wait_until "$vm" has_decision_after "$n0" deny; then
     detail="$(log_lines_after "$n0" | jq -r 'select(.decision=="deny") | .detail' | sed -n 1p)"
