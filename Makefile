@@ -57,7 +57,8 @@ $(IMAGE_BUILD)/base.stamp: image/mkosi.default image/mkosi.postinst image/script
 
 image: $(IMAGE_BUILD)/base.stamp
 	@$(NEED) $(IMAGE_TOOLS)
-	$(CARGO) build --release --locked
+	@if [ "$(KEYWARD_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked; \
+	else echo "make image: KEYWARD_BIN=$(KEYWARD_BIN) (not the release build)"; fi
 	image/scripts/assemble.sh $(KEYWARD_BIN)
 
 measure:

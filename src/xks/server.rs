@@ -286,12 +286,19 @@ impl XksServer {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                             .await
                         {
-                            Ok(Ok(stream)) => serve_connection(stream, ctx, stop).await,
+                            Ok(Ok(stream)) => {
+                                // ALPN decided the protocol: no need to sniff the first bytes.
+                                let proto = match stream.get_ref().1.alpn_protocol() {
+                                    Some(b"h2") => Proto::Http2,
+                                    _ => Proto::Http1,
+                                };
+                                serve_connection(stream, proto, ctx, stop).await
+                            }
                             Ok(Err(e)) => tracing::debug!(error = %e, "xks: TLS handshake failed"),
                             Err(_) => tracing::debug!("xks: TLS handshake timed out"),
                         }
                     }
-                    None => serve_connection(tcp, ctx, stop).await,
+                    None => serve_connection(tcp, Proto::Auto, ctx, stop).await,
                 }
             });
             // Reap finished connections so the set does not grow.
@@ -308,30 +315,81 @@ impl XksServer {
     }
 }
 
-async fn serve_connection<S>(io: S, ctx: Arc<Ctx>, mut stop: tokio::sync::watch::Receiver<bool>)
-where
+/// Which HTTP version a connection speaks: fixed by ALPN under TLS, sniffed from the first
+/// bytes on plain HTTP (tests and benchmarks; HTTP/2 there means prior knowledge).
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Http1,
+    Http2,
+    Auto,
+}
+
+/// How long a client may take to send a request's headers (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent streams per HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 256;
+
+async fn serve_connection<S>(
+    io: S,
+    proto: Proto,
+    ctx: Arc<Ctx>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(serve_request(&ctx, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let io = TokioIo::new(io);
+    match proto {
+        Proto::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            drive(conn, stop, |c| c.graceful_shutdown()).await;
+        }
+        Proto::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_H2_STREAMS)
+                .serve_connection(io, service);
+            drive(conn, stop, |c| c.graceful_shutdown()).await;
+        }
+        Proto::Auto => {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_H2_STREAMS);
+            let conn = builder.serve_connection(io, service);
+            drive(conn, stop, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Run a connection until it ends, or until `stop` changes: then shut it down gracefully
+/// (requests in flight finish, keep-alive ends) and wait for it.
+async fn drive<C, E>(
+    conn: C,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "xks: connection ended"); } }
         _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             let _ = conn.await;
         }
     }
