@@ -168,25 +168,32 @@ impl XksRecord {
         w.write_all(b"\"")?;
         for (f, name) in FIELDS {
             if let Some(v) = self.get(f) {
-                write!(w, ",\"{name}\":\"")?;
+                w.write_all(b",\"")?;
+                w.write_all(name.as_bytes())?;
+                w.write_all(b"\":\"")?;
                 write_escaped(w, v)?;
                 w.write_all(b"\"")?;
             }
         }
-        write!(
-            w,
-            ",\"decision\":\"{}\",\"httpStatus\":{}",
-            self.decision(),
-            self.status
-        )?;
+        w.write_all(b",\"decision\":\"")?;
+        w.write_all(self.decision().as_bytes())?;
+        w.write_all(b"\",\"httpStatus\":")?;
+        write_uint(w, u64::from(self.status), 1)?;
         match self.error {
-            Some(e) => write!(w, ",\"errorName\":\"{e}\"")?,
+            Some(e) => {
+                w.write_all(b",\"errorName\":\"")?;
+                w.write_all(e.as_bytes())?;
+                w.write_all(b"\"")?;
+            }
             None => w.write_all(b",\"errorName\":null")?,
         }
         if let Some(g) = self.grant {
-            write!(w, ",\"grant\":{g}")?;
+            w.write_all(b",\"grant\":")?;
+            write_uint(w, g as u64, 1)?;
         }
-        writeln!(w, ",\"latencyUs\":{}}}", self.latency_us)
+        w.write_all(b",\"latencyUs\":")?;
+        write_uint(w, self.latency_us, 1)?;
+        w.write_all(b"}\n")
     }
 }
 
@@ -496,19 +503,84 @@ fn write_time(w: &mut impl Write, t: SystemTime) -> io::Result<()> {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    write!(
-        w,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    if !(0..=9999).contains(&year) {
+        return write!(
+            w,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            d.subsec_micros()
+        );
+    }
+    // The common case without core::fmt: the writer thread formats one line per request.
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, (rem / 3600) as u64);
+    put(14, 2, (rem % 3600 / 60) as u64);
+    put(17, 2, (rem % 60) as u64);
+    put(20, 6, u64::from(d.subsec_micros()));
+    w.write_all(&b)
+}
+
+/// `n` in decimal, zero-padded to at least `min_width` digits (no core::fmt on the hot path).
+fn write_uint(w: &mut impl Write, mut n: u64, min_width: usize) -> io::Result<()> {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(min_width));
+    w.write_all(&buf[start..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_and_numbers_match_an_independent_formatter() {
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        for (secs, micros) in [
+            (0u64, 0u32),
+            (951_782_400, 1),           // 2000-02-29
+            (1_795_893_022, 123_456),   // 2026-11-28
+            (4_107_542_399, 999_999),   // 2100-02-28T23:59:59
+            (253_402_300_799, 500_000), // 9999-12-31T23:59:59
+        ] {
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
+            let mut ours = Vec::new();
+            write_time(&mut ours, t).unwrap();
+            let theirs = time::OffsetDateTime::from(t).format(fmt).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{secs}");
+        }
+        for (n, width, want) in [
+            (0u64, 1, "0"),
+            (7, 4, "0007"),
+            (200, 1, "200"),
+            (123_456, 2, "123456"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut out = Vec::new();
+            write_uint(&mut out, n, width).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
 
     #[test]
     fn writes_every_line_and_escapes() {
