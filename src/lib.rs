@@ -30,5 +30,6 @@ pub mod keystore;
 pub mod measure;
 pub mod release;
 pub mod secret;
+pub mod tlspin;
 pub mod verify;
 pub mod xks;

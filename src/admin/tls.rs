@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::tlspin::SpkiPinVerifier;
 use rustls::server::ResolvesServerCert;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ pub fn client_config_with(
         ServerTrust::Ca(ca) => builder.with_root_certificates(load_roots(ca)?),
         ServerTrust::SpkiSha256(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpkiPinVerifier::new(*pin))),
+            .with_custom_certificate_verifier(Arc::new(SpkiPinVerifier::new(*pin, provider()))),
     };
     let mut cfg = builder
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
@@ -156,85 +156,7 @@ pub fn client_config_with(
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo, or `None` if it does not parse.
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    use der::{Decode, Encode};
-    let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-    let spki = c.tbs_certificate.subject_public_key_info.to_der().ok()?;
-    Some(Sha256::digest(spki).into())
-}
-
-/// Accepts exactly a server leaf whose SPKI SHA-256 is the pin, and still verifies the
-/// handshake signature with that key (so only the holder of the private key gets through).
-/// Hand-written because rustls has no SPKI-pinning verifier; the signature checks are the
-/// provider's own.
-#[derive(Debug)]
-pub struct SpkiPinVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl SpkiPinVerifier {
-    pub fn new(pin: [u8; 32]) -> Self {
-        SpkiPinVerifier {
-            pin,
-            provider: provider(),
-        }
-    }
-}
-
-impl ServerCertVerifier for SpkiPinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        use subtle::ConstantTimeEq;
-        match spki_sha256(end_entity) {
-            Some(h) if bool::from(h.ct_eq(&self.pin)) => Ok(ServerCertVerified::assertion()),
-            Some(_) => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            )),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::tlspin::spki_sha256(cert.as_ref()).ok()
 }
 
 /// Parse a 64-hex-digit SHA-256 (case-insensitive, `:` separators allowed).
@@ -257,6 +179,8 @@ pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
 mod tests {
     use super::*;
     use crate::admin::pki::{write_file, Ca, Issued};
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
 
     fn der_of(pem: &str) -> CertificateDer<'static> {
         rustls_pemfile::certs(&mut pem.as_bytes())
@@ -377,7 +301,7 @@ mod tests {
         let ca = Ca::new("ops CA").unwrap();
         let real = der_of(&ca.server(&["a.example"], 1).unwrap().cert_pem);
         let other = der_of(&ca.server(&["a.example"], 1).unwrap().cert_pem);
-        let v = SpkiPinVerifier::new(spki_sha256(&real).unwrap());
+        let v = SpkiPinVerifier::new(spki_sha256(&real).unwrap(), provider());
         let name = ServerName::try_from("b.example").unwrap();
         assert!(v
             .verify_server_cert(&real, &[], &name, &[], UnixTime::now())

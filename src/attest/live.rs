@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha512};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -68,15 +68,7 @@ pub fn runtime_binding(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> Binding 
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo.
 pub fn spki_sha256_of_cert(cert_der: &[u8]) -> Result<[u8; 32], String> {
-    use der::{Decode, Encode};
-    let cert =
-        x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("certificate: {e}"))?;
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(|e| format!("SPKI: {e}"))?;
-    Ok(Sha256::digest(spki).into())
+    crate::tlspin::spki_sha256(cert_der).map_err(|e| e.to_string())
 }
 
 /// SHA-256 of the SPKI of the first certificate in a PEM file (the XKS certificate chain).

@@ -6,12 +6,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::{ring, CryptoProvider};
+
+use crate::tlspin::SpkiPinVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +27,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// SHA-256 of the DER SPKI inside a DER certificate.
 pub fn cert_spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
-    use der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
-    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
-    Some(Sha256::digest(spki).into())
+    crate::tlspin::spki_sha256(cert_der).ok()
 }
 
 /// A new self-signed P-384 certificate for the KRS: (cert PEM, key PEM, SPKI SHA-256).
@@ -79,67 +75,6 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Accepts only the certificate whose SPKI SHA-256 equals the pin.
-#[derive(Debug)]
-struct SpkiPin {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpkiPin {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = cert_spki_sha256(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::BadEncoding,
-        ))?;
-        if bool::from(got.ct_eq(&self.pin)) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.2 is disabled in the client config; refuse if ever asked.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Client configuration pinned to one SPKI hash, TLS 1.3 only.
 pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
@@ -147,7 +82,7 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, 
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpkiPin { pin, provider }))
+        .with_custom_certificate_verifier(Arc::new(SpkiPinVerifier::tls13_only(pin, provider)))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
