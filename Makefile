@@ -33,7 +33,7 @@ release:
 clean:
 	$(CARGO) clean
 
-# ---- the appliance image (owner: image; see README "The appliance image") -------------------
+# ---- the appliance image (see README "The appliance image") -------------------
 # make image        mkosi base tree (cached by its config) + keyward release binary -> image/build/keyward.raw
 # make measure      reference values (PCR 4/7/11/12 [+15 with PINS=], SNP with AWS_OVMF=) -> image/build/reference-values.json,
 #                   measurements.json (every event, both banks), tpm-policy.toml (a KRS [tpm] section)
