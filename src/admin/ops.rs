@@ -200,17 +200,6 @@ fn key_info(k: crate::keystore::KeyInfo) -> KeyInfo {
     }
 }
 
-fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl RegistryBackend {
     /// The store name a request refers to (resolving "the only store").
     fn store_name(&self, store: &Option<String>) -> Result<String, AdminError> {
@@ -351,7 +340,7 @@ impl RegistryBackend {
                     .into_iter()
                     .map(|c| CredInfo {
                         access_key_id: c.access_key_id,
-                        created: Some(rfc3339(c.created)),
+                        created: Some(crate::keystore::unix_rfc3339(c.created)),
                     })
                     .collect();
                 to_json(&creds)

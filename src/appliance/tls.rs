@@ -245,19 +245,16 @@ impl ManagedTls {
             not_after: String::new(),
             chain_installed: installed.is_some(),
             chain_len: current.cert.len(),
-            installed_at: installed.filter(|t| *t > 0).map(rfc3339),
+            installed_at: installed
+                .filter(|t| *t > 0)
+                .map(crate::keystore::unix_rfc3339),
         };
         if let Some(leaf) = current.cert.first() {
             if let Ok((_, c)) = X509Certificate::from_der(leaf.as_ref()) {
                 info.subject = c.subject().to_string();
                 info.issuer = c.issuer().to_string();
                 info.names = san_names(&c);
-                info.not_after = c
-                    .validity()
-                    .not_after
-                    .to_datetime()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
+                info.not_after = asn1_rfc3339(&c.validity().not_after);
             }
         }
         info
@@ -347,14 +344,10 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+/// A certificate time as RFC 3339.
+fn asn1_rfc3339(t: &x509_parser::time::ASN1Time) -> String {
+    t.to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -449,14 +442,9 @@ pub fn check_chain(
         why: format!("time: {e}"),
     })?;
     if !leaf.validity().is_valid_at(at) {
-        let fmt = |t: &x509_parser::time::ASN1Time| {
-            t.to_datetime()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        };
         return Err(ChainError::NotValidNow {
-            not_before: fmt(&leaf.validity().not_before),
-            not_after: fmt(&leaf.validity().not_after),
+            not_before: asn1_rfc3339(&leaf.validity().not_before),
+            not_after: asn1_rfc3339(&leaf.validity().not_after),
         });
     }
     for (i, pair) in parsed.windows(2).enumerate() {

@@ -20,6 +20,6 @@ pub use error::KeystoreError;
 pub use file::FileKeyStore;
 pub use model::KeyStore;
 pub use registry::{
-    generate_credential, CredentialInfo, KeyInfo, NewStore, Registry, Revoke, StoreInfo,
-    TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM,
+    generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, NewStore, Registry, Revoke,
+    StoreInfo, TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM,
 };

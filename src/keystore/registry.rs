@@ -1321,7 +1321,8 @@ pub fn generate_credential() -> Result<(String, SecretString), KeystoreError> {
     Ok((id, SecretString::from(secret)))
 }
 
-fn unix_rfc3339(secs: u64) -> String {
+/// Seconds since the epoch as RFC 3339 (UTC), the form every admin answer uses.
+pub fn unix_rfc3339(secs: u64) -> String {
     let t = i64::try_from(secs)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
