@@ -40,7 +40,8 @@ fail=0
 now() { date +%s; }
 step() { echo "$1 $2 s" >> "$t/times.txt"; echo "image-test: $1 took $2 s"; }
 ok() { echo "image-test: PASS $*"; }
-bad() { echo "image-test: FAIL $*"; fail=1; }
+failures=()
+bad() { echo "image-test: FAIL $*"; fail=1; failures+=("$*"); }
 krs_pid=""
 # shellcheck disable=SC2317  # called by the trap
 cleanup() { if [ -n "$krs_pid" ]; then kill "$krs_pid" 2>/dev/null || true; fi; }
@@ -171,7 +172,7 @@ EOF
             curl -sS --max-time 60 --aws-sigv4 aws:amz:us-east-1:kms-xks-proxy \
                 --user "$akid:$(cat "$t/xks-secret")" --cacert "$id/operator-ca.pem" \
                 -H 'Content-Type: application/json' -d "$2" \
-                "$xks_url/kw/kms/xks/v1/keys/k1/$1"
+                "$xks_url/kw/kms/xks/v1/keys/k1/$1" 2>> "$t/xks-curl.txt"
         }
         md='{"awsPrincipalArn":"arn:aws:iam::111122223333:user/test","kmsKeyArn":"arn:aws:kms:us-east-1:111122223333:key/test","kmsOperation":"Encrypt","kmsRequestId":"image-test"}'
         pt="$(printf 'keyward image-test' | base64)"
@@ -183,7 +184,7 @@ EOF
         if [ "$(jq -r .plaintext <<<"$dec" 2>/dev/null)" = "$pt" ] && [ "$(jq -r .ciphertext <<<"$enc")" != "$pt" ]; then
             ok "XKS through the guest (installed chain, curl --cacert TEST CA): curl --aws-sigv4 encrypt then decrypt returned the plaintext"
         else
-            bad "XKS through the guest: encrypt $enc, decrypt $dec (see $t/admin.log)"
+            bad "XKS through the guest: encrypt $enc, decrypt $dec (see $t/admin.log $t/xks-curl.txt)"
         fi
     else
         bad "guest admin API never answered on 127.0.0.1:$ADMIN_PORT with the pinned key ($t/stores.txt)"
@@ -266,4 +267,14 @@ if "$bin" krs log verify "$t/krs/state/release.log" --receipt-key "$t/krs/state/
 else bad "krs log verify failed ($t/log-verify.txt)"; fi
 echo "image-test: release log: $(jq -c '{decision, detail}' "$t/krs/state/release.log" 2>/dev/null | tr '\n' ' ')"
 echo "image-test: times (s):"; cat "$t/times.txt"
+# Last, so a CI log that keeps only its tail still shows why: each failure and the end of
+# every file it names.
+for f in "${failures[@]}"; do
+    echo "image-test: FAILED: $f"
+    grep -o -E "$t/[^ ),]+" <<<"$f" | sort -u | while read -r file; do
+        [ -f "$file" ] || continue
+        echo "image-test:   --- last lines of $file"
+        tail -n 8 "$file" | cut -c1-300 | sed 's/^/image-test:   | /'
+    done
+done
 exit "$fail"

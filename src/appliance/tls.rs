@@ -47,10 +47,11 @@ pub enum ChainError {
     Parse { index: usize, why: String },
     #[error("the certificate's public key is not this appliance's TLS key")]
     WrongKey,
-    #[error("the certificate is not valid now (valid from {not_before} to {not_after})")]
+    #[error("the certificate is not valid now (valid from {not_before} to {not_after}; this appliance's clock reads {now})")]
     NotValidNow {
         not_before: String,
         not_after: String,
+        now: String,
     },
     #[error("certificate {index} is not issued by certificate {next}: issuer `{issuer}`, next subject `{subject}`")]
     NotIssuedByNext {
@@ -404,9 +405,13 @@ fn leaf_matches(certs: &[CertificateDer<'_>], spki_der: &[u8]) -> Result<(), Cha
     Ok(())
 }
 
+/// How far in the future a leaf's `notBefore` may lie and still be installed (clock skew
+/// between the signing CA and this VM).
+pub const NOT_BEFORE_SLACK_SECS: i64 = 300;
+
 /// Check a PEM chain (leaf first) for the key whose DER SPKI is `spki_der`, at Unix time
 /// `now`: it parses, it holds no private key, the leaf's public key is this key, the leaf is
-/// valid at `now`, and each certificate names the next as its issuer and its signature
+/// valid at `now` (its `notBefore` may be up to [`NOT_BEFORE_SLACK_SECS`] ahead), and each certificate names the next as its issuer and its signature
 /// verifies with the next one's key. The last certificate's own issuer (a root the clients
 /// trust) need not be included. Returns the certificates.
 pub fn check_chain(
@@ -441,10 +446,22 @@ pub fn check_chain(
         index: 1,
         why: format!("time: {e}"),
     })?;
-    if !leaf.validity().is_valid_at(at) {
+    // The signer's clock and ours differ: a VM's clock starts from a whole-second RTC and a
+    // CA stamps `notBefore` with its own "now", so a certificate issued a moment ago can look
+    // a second (or, without time sync, minutes) early here. Allow that much, as browsers do;
+    // expiry is checked without slack.
+    let early =
+        x509_parser::time::ASN1Time::from_timestamp(now.saturating_add(NOT_BEFORE_SLACK_SECS))
+            .map_err(|e| ChainError::Parse {
+                index: 1,
+                why: format!("time: {e}"),
+            })?;
+    let validity = leaf.validity();
+    if validity.not_before > early || validity.not_after < at {
         return Err(ChainError::NotValidNow {
-            not_before: asn1_rfc3339(&leaf.validity().not_before),
-            not_after: asn1_rfc3339(&leaf.validity().not_after),
+            not_before: asn1_rfc3339(&validity.not_before),
+            not_after: asn1_rfc3339(&validity.not_after),
+            now: asn1_rfc3339(&at),
         });
     }
     for (i, pair) in parsed.windows(2).enumerate() {
@@ -586,9 +603,21 @@ mod tests {
             e.to_string(),
             "the certificate's public key is not this appliance's TLS key"
         );
-        // Not yet valid / expired.
+        // Expired.
         assert!(matches!(
             check_chain(&good, &spki, now + 40 * 86400),
+            Err(ChainError::NotValidNow { .. })
+        ));
+        // Not yet valid: a clock a little behind the CA's is tolerated, minutes are not.
+        let nb = {
+            let der = certs_of(&good).unwrap();
+            let (_, c) = X509Certificate::from_der(der[0].as_ref()).unwrap();
+            c.validity().not_before.timestamp()
+        };
+        assert!(check_chain(&good, &spki, nb - 2).is_ok());
+        assert!(check_chain(&good, &spki, nb - NOT_BEFORE_SLACK_SECS).is_ok());
+        assert!(matches!(
+            check_chain(&good, &spki, nb - NOT_BEFORE_SLACK_SECS - 1),
             Err(ChainError::NotValidNow { .. })
         ));
         // The next certificate is not the issuer.
