@@ -392,7 +392,15 @@ fn encrypt(
             None
         };
 
-        let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 200);
+        let fields = [
+            ("ciphertext", buf.len()),
+            ("initializationVector", iv.len()),
+            ("authenticationTag", tag.len()),
+            ("ciphertextMetadata", ctm.len()),
+            ("ciphertextDataIntegrityValue", 32),
+        ];
+        let n = if cdiv.is_some() { 5 } else { 4 };
+        let mut out = Vec::with_capacity(model::b64_object_len(&fields[..n]));
         out.push(b'{');
         model::write_b64_field(&mut out, true, "ciphertext", buf);
         model::write_b64_field(&mut out, false, "initializationVector", &iv);
@@ -402,6 +410,7 @@ fn encrypt(
             model::write_b64_field(&mut out, false, "ciphertextDataIntegrityValue", &v);
         }
         out.push(b'}');
+        debug_assert_eq!(out.len(), out.capacity(), "the answer was sized exactly");
         Ok(Reply::ok(out))
     })
 }
@@ -447,22 +456,21 @@ fn decrypt(
     )?;
 
     // Small fields: decode into stack buffers; wrong lengths are invalid input.
-    let mut iv = Vec::with_capacity(18);
-    model::decode_into("initializationVector", check_small(iv_b64, 16)?, &mut iv)?;
-    let mut tag = Vec::with_capacity(18);
-    model::decode_into("authenticationTag", check_small(tag_b64, 16)?, &mut tag)?;
-    let mut ctm = Vec::with_capacity(24);
-    if let Some(c) = ctm_b64 {
-        model::decode_into("ciphertextMetadata", check_small(c, 20)?, &mut ctm)?;
-        // 21 bytes encode to the same 28 Base64 characters as 20: check the decoded length.
-        if ctm.len() > 20 {
-            return Err(XksError::Validation(
-                "ciphertextMetadata must be at most 20 bytes".into(),
-            ));
-        }
+    let (iv_buf, iv_len) = model::decode_small("initializationVector", check_small(iv_b64, 16)?)?;
+    let iv = &iv_buf[..iv_len];
+    let (tag_buf, tag_len) = model::decode_small("authenticationTag", check_small(tag_b64, 16)?)?;
+    let (ctm_buf, ctm_len) = match ctm_b64 {
+        Some(c) => model::decode_small("ciphertextMetadata", check_small(c, 20)?)?,
+        None => ([0; model::SMALL], 0),
+    };
+    // 21 bytes encode to the same 28 Base64 characters as 20: check the decoded length.
+    if ctm_len > 20 {
+        return Err(XksError::Validation(
+            "ciphertextMetadata must be at most 20 bytes".into(),
+        ));
     }
-    let tag: [u8; 16] = tag
-        .as_slice()
+    let ctm = &ctm_buf[..ctm_len];
+    let tag: [u8; 16] = tag_buf[..tag_len]
         .try_into()
         .map_err(|_| XksError::Validation("authenticationTag must be 16 bytes".into()))?;
     if iv.len() != 12 && iv.len() != 16 {
@@ -491,21 +499,22 @@ fn decrypt(
         // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata for this key's version.
         const BAD: XksError =
             XksError::InvalidCiphertext("ciphertext, IV, tag, AAD or metadata do not authenticate");
-        let iv: [u8; 12] = iv.as_slice().try_into().map_err(|_| BAD)?;
-        let version = crypto::parse_ctm(&ctm).map_err(|_| BAD)?;
+        let iv: [u8; 12] = iv.try_into().map_err(|_| BAD)?;
+        let version = crypto::parse_ctm(ctm).map_err(|_| BAD)?;
         if version != key.version {
             return Err(BAD);
         }
-        crypto::decrypt(&key.kek, aad, &ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
+        crypto::decrypt(&key.kek, aad, ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
             CryptoError::AadTooLong => {
                 XksError::UnsupportedOperation("AAD larger than 65535 bytes".into())
             }
             _ => BAD,
         })?;
-        let mut out = Vec::with_capacity(buf.len() * 4 / 3 + 20);
+        let mut out = Vec::with_capacity(model::b64_object_len(&[("plaintext", buf.len())]));
         out.push(b'{');
         model::write_b64_field(&mut out, true, "plaintext", buf);
         out.push(b'}');
+        debug_assert_eq!(out.len(), out.capacity(), "the answer was sized exactly");
         Ok(Reply::ok(out))
     })
 }
