@@ -132,19 +132,7 @@ fn managed_tls_key_csr_install_restart() {
         ca: d.join("testca.pem"),
         ..xks
     };
-    admin_ok(&prof, &["keys", "create", "k1"]);
-    admin_ok(
-        &prof,
-        &[
-            "keys",
-            "grant",
-            "k1",
-            "--principal",
-            "*",
-            "--ops",
-            "encrypt,decrypt,metadata",
-        ],
-    );
+    create_open_key(&prof, "k1");
     assert_eq!(
         xks.encrypt("k1", "aGVsbG8=").0,
         0,

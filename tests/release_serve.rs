@@ -62,19 +62,7 @@ fn serve_releases_unseals_serves_and_restarts() {
     assert!(at("phase=attest") < at("phase=release") && at("phase=release") < at("phase=unseal"));
     assert!(log.contains("released (receipt log index"), "{log}");
 
-    admin_ok(&setup.profile, &["keys", "create", "k1"]);
-    admin_ok(
-        &setup.profile,
-        &[
-            "keys",
-            "grant",
-            "k1",
-            "--principal",
-            "*",
-            "--ops",
-            "encrypt,decrypt,metadata",
-        ],
-    );
+    create_open_key(&setup.profile, "k1");
     let (code, enc) = xks.encrypt("k1", "cmVsZWFzZWQ=");
     assert_eq!(code, 200, "{enc}");
     let (code, dec) = xks.decrypt("k1", &enc);

@@ -31,19 +31,7 @@ fn legacy_section_serves_both_service_names() {
         "{warning}"
     );
 
-    admin_ok(&setup.profile, &["keys", "create", "k1"]);
-    admin_ok(
-        &setup.profile,
-        &[
-            "keys",
-            "grant",
-            "k1",
-            "--principal",
-            "*",
-            "--ops",
-            "encrypt,decrypt,metadata",
-        ],
-    );
+    create_open_key(&setup.profile, "k1");
     let kms = Xks {
         uri_prefix: String::new(),
         access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),

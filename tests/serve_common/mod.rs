@@ -188,6 +188,23 @@ pub fn admin_ok(profile: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Create key `id` and grant every principal encrypt, decrypt and metadata on it.
+pub fn create_open_key(profile: &Path, id: &str) {
+    admin_ok(profile, &["keys", "create", id]);
+    admin_ok(
+        profile,
+        &[
+            "keys",
+            "grant",
+            id,
+            "--principal",
+            "*",
+            "--ops",
+            "encrypt,decrypt,metadata",
+        ],
+    );
+}
+
 /// Where and how to call an XKS API.
 #[derive(Debug, Clone)]
 pub struct Xks {
