@@ -411,9 +411,10 @@ pub const NOT_BEFORE_SLACK_SECS: i64 = 300;
 
 /// Check a PEM chain (leaf first) for the key whose DER SPKI is `spki_der`, at Unix time
 /// `now`: it parses, it holds no private key, the leaf's public key is this key, the leaf is
-/// valid at `now` (its `notBefore` may be up to [`NOT_BEFORE_SLACK_SECS`] ahead), and each certificate names the next as its issuer and its signature
-/// verifies with the next one's key. The last certificate's own issuer (a root the clients
-/// trust) need not be included. Returns the certificates.
+/// valid at `now` (its `notBefore` may be up to [`NOT_BEFORE_SLACK_SECS`] ahead), and each
+/// certificate names the next as its issuer and its signature verifies with the next one's key.
+/// The last certificate's own issuer (a root the clients trust) need not be included. Returns
+/// the certificates.
 pub fn check_chain(
     chain_pem: &str,
     spki_der: &[u8],
