@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_aad: usize,
     /// Raw request body bytes read and kept; larger bodies are drained and answered with 501.
     pub max_body: usize,
+    /// How long a connection may go without starting a request (idle keep-alive, or headers
+    /// and body arriving too slowly) before it is shut down; whole seconds, at least 1.
+    pub conn_idle: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             max_data: 64 * 1024,
             max_aad: crypto::MAX_AAD,
             max_body: 2 * 1024 * 1024,
+            conn_idle: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -96,7 +100,8 @@ impl Reply {
 
 /// Handle one request and write its audit record.
 pub fn handle(ctx: &Ctx, req: &Request<'_>, started: Instant) -> Reply {
-    if let Routed::Ping = router::route(req.path, req.query) {
+    let routed = router::route(req.path, req.query);
+    if let Routed::Ping = routed {
         return if req.method == Method::GET || req.method == Method::HEAD {
             Reply {
                 status: 200,
@@ -108,8 +113,8 @@ pub fn handle(ctx: &Ctx, req: &Request<'_>, started: Instant) -> Reply {
             Reply::error(&XksError::MethodNotAllowed("use GET for /ping"))
         };
     }
-    let mut rec = XksRecord::new();
-    let reply = match dispatch(ctx, req, &mut rec) {
+    let mut rec = XksRecord::at(started);
+    let reply = match dispatch(ctx, req, routed, &mut rec) {
         Ok(r) => {
             rec.finish(r.status, None, started.elapsed());
             r
@@ -125,7 +130,7 @@ pub fn handle(ctx: &Ctx, req: &Request<'_>, started: Instant) -> Reply {
 
 /// The answer for a body larger than [`Limits::max_body`] (no authentication was possible).
 pub fn oversized(ctx: &Ctx, req_path: &str, started: Instant) -> Reply {
-    let mut rec = XksRecord::new();
+    let mut rec = XksRecord::at(started);
     if let Routed::Xks(r) = router::route(req_path, None) {
         rec.set_operation(r.api.as_str());
         rec.set(Field::UriPrefix, r.prefix);
@@ -142,9 +147,14 @@ pub fn oversized(ctx: &Ctx, req_path: &str, started: Instant) -> Reply {
     Reply::error(&e)
 }
 
-fn dispatch(ctx: &Ctx, req: &Request<'_>, rec: &mut XksRecord) -> Result<Reply, XksError> {
+fn dispatch(
+    ctx: &Ctx,
+    req: &Request<'_>,
+    routed: Routed<'_>,
+    rec: &mut XksRecord,
+) -> Result<Reply, XksError> {
     // 1. Route: 404 for unknown paths and prefixes, 405 for a non-POST, before authentication.
-    let route = match router::route(req.path, req.query) {
+    let route = match routed {
         Routed::Xks(r) => r,
         Routed::NotFound(m) => return Err(XksError::InvalidUriPath(m)),
         Routed::Ping => return Err(XksError::InvalidUriPath("not an XKS API path")),
@@ -163,10 +173,7 @@ fn dispatch(ctx: &Ctx, req: &Request<'_>, rec: &mut XksRecord) -> Result<Reply, 
     }
 
     // 2. SigV4.
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = sigv4::unix_now_coarse();
     let signed = sigv4::SignedRequest {
         method: req.method.as_str(),
         path: req.path,

@@ -61,7 +61,13 @@ pub fn route<'a>(path: &'a str, query: Option<&str>) -> Routed<'a> {
     if query.is_some() {
         return Routed::NotFound("XKS URIs take no query string");
     }
-    let Some(at) = path.find(BASE) else {
+    // The first `/kms/xks/v1/` (BASE starts with '/': test only at slashes; `str::find` set
+    // up a two-way searcher per request).
+    let Some(at) = path
+        .bytes()
+        .enumerate()
+        .position(|(i, b)| b == b'/' && path.as_bytes()[i..].starts_with(BASE.as_bytes()))
+    else {
         return Routed::NotFound("not an XKS API path");
     };
     let (prefix, rest) = (&path[..at], &path[at + BASE.len()..]);
@@ -78,9 +84,10 @@ pub fn route<'a>(path: &'a str, query: Option<&str>) -> Routed<'a> {
     let Some(rest) = rest.strip_prefix("keys/") else {
         return Routed::NotFound("unknown XKS API");
     };
-    let Some((id, op)) = rest.split_once('/') else {
+    let Some(slash) = rest.bytes().position(|b| b == b'/') else {
         return Routed::NotFound("unknown XKS API");
     };
+    let (id, op) = (&rest[..slash], &rest[slash + 1..]);
     let api = match op {
         "metadata" => Api::Metadata,
         "encrypt" => Api::Encrypt,
@@ -111,7 +118,7 @@ pub fn key_id_ok(id: &str) -> bool {
 fn prefix_ok(p: &str) -> bool {
     p.is_empty()
         || (p.starts_with('/')
-            && !p.contains("//")
+            && !p.as_bytes().windows(2).any(|w| w == b"//")
             && !p.ends_with('/')
             && p.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-')))
