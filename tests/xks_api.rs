@@ -1231,3 +1231,95 @@ fn botocore_signs_like_kms() {
     let (s, e) = run(&fx.api("k-off", "encrypt"), &enc(p, b"x", None, false), &[]);
     assert_eq!((s, &e["errorName"]), (400, &json!("InvalidStateException")));
 }
+
+/// Slow-loris and idle protection (`Limits::conn_idle`, the watchdog in `xks::watchdog`): a
+/// connection that stops mid-headers, one idle after its answer, and one stalled mid-body are
+/// all closed by the server; one that keeps sending requests is not.
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = AuditLog::start(AuditSink::File(dir.path().join("audit.log"))).unwrap();
+    let view: SharedView = Arc::new(ArcSwap::from_pointee(snapshot(&[(AK1, SK1)])));
+    let settings = XksSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        insecure_http: true,
+        limits: Limits {
+            conn_idle: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        instance_id: "x".into(),
+    };
+    let server = rt.block_on(XksServer::bind(settings)).unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let a = audit.clone();
+    rt.spawn(async move {
+        let _ = server
+            .run(view, a, Arc::new(InMemoryStore), async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let ping = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    let connect = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+        s
+    };
+    // Reads until the server closes; Err if it kept the connection open for 25 s.
+    let closed = |mut s: TcpStream| -> Result<String, String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(String::from_utf8_lossy(&got).into_owned()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok(String::from_utf8_lossy(&got).into_owned())
+                }
+                Err(e) => return Err(format!("still open after 25 s ({e})")),
+            }
+        }
+    };
+
+    let mut partial = connect();
+    partial
+        .write_all(b"POST /ping HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = connect();
+    idle.write_all(ping).unwrap();
+    let mut stalled = connect();
+    stalled
+        .write_all(
+            b"POST /kw/kms/xks/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"req",
+        )
+        .unwrap();
+    let mut busy = connect();
+    for i in 0..12 {
+        busy.write_all(ping).unwrap();
+        let mut buf = [0u8; 512];
+        let n = busy.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "request {i} on a busy connection: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let got = closed(partial).expect("a connection stopped mid-headers");
+    assert!(got.is_empty(), "no answer to half a request: {got:?}");
+    let got = closed(idle).expect("an idle keep-alive connection");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    closed(stalled).expect("a connection stalled mid-body");
+    let _ = tx.send(());
+    audit.shutdown().unwrap();
+}

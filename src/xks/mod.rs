@@ -4,7 +4,7 @@
 //! [`model`] (JSON in and out), [`error`] (every XKS error and its status), [`grants`]
 //! (secondary authorization), [`crypto`] (AES-256-GCM, AAD and metadata layout, CDIV),
 //! [`health`] (the deep health check), [`handlers`] (the four APIs, in the contract's order of
-//! checks) and [`server`] (TLS, HTTP, mTLS, the listener).
+//! checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines).
 //!
 //! Keys and credentials come only from [`crate::keystore::view`]; this module never reaches
 //! `attest`, `verify`, `release` or `hsm`.
@@ -18,6 +18,7 @@ pub mod model;
 pub mod router;
 pub mod server;
 pub mod sigv4;
+pub mod watchdog;
 
 pub use handlers::Limits;
 pub use health::{InMemoryStore, StoreProbe};

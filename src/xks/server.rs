@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 use super::handlers::{self, Ctx, Limits, Reply};
 use super::health::{self, Health, StoreProbe};
+use super::watchdog::{ConnGuard, Signal, Watchdog};
 use crate::audit::AuditLog;
 use crate::keystore::view::SharedView;
 
@@ -262,9 +263,16 @@ impl XksServer {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(health::refresher(health, stop_rx.clone()));
         let mut conns = tokio::task::JoinSet::new();
+        let mut dog = Watchdog::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let (tcp, _peer) = tokio::select! {
+                _ = tick.tick() => {
+                    dog.sweep();
+                    continue;
+                }
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -279,7 +287,7 @@ impl XksServer {
             let _ = tcp.set_nodelay(true);
             let ctx = ctx.clone();
             let tls = self.tls.as_ref().map(|(a, _)| a.clone());
-            let stop = stop_rx.clone();
+            let guard = dog.watch(ctx.limits.conn_idle);
             conns.spawn(async move {
                 match tls {
                     Some(acceptor) => {
@@ -292,19 +300,20 @@ impl XksServer {
                                     Some(b"h2") => Proto::Http2,
                                     _ => Proto::Http1,
                                 };
-                                serve_connection(stream, proto, ctx, stop).await
+                                serve_connection(stream, proto, ctx, guard).await
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "xks: TLS handshake failed"),
                             Err(_) => tracing::debug!("xks: TLS handshake timed out"),
                         }
                     }
-                    None => serve_connection(tcp, Proto::Auto, ctx, stop).await,
+                    None => serve_connection(tcp, Proto::Auto, ctx, guard).await,
                 }
             });
             // Reap finished connections so the set does not grow.
             while conns.try_join_next().is_some() {}
         }
         let _ = stop_tx.send(true);
+        dog.drain_all();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while conns.join_next().await.is_some() {}
         })
@@ -324,20 +333,18 @@ enum Proto {
     Auto,
 }
 
-/// How long a client may take to send a request's headers (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 256;
 
-async fn serve_connection<S>(
-    io: S,
-    proto: Proto,
-    ctx: Arc<Ctx>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) where
+/// Serve one connection. Slow-loris and idle protection come from `guard` (see
+/// [`super::watchdog`]), not from hyper timers: no timer is armed per request.
+async fn serve_connection<S>(io: S, proto: Proto, ctx: Arc<Ctx>, guard: Arc<ConnGuard>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let g = guard.clone();
     let service = hyper::service::service_fn(move |req| {
+        g.touch();
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(serve_request(&ctx, req).await) }
     });
@@ -346,52 +353,52 @@ async fn serve_connection<S>(
         Proto::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(None)
                 .serve_connection(io, service);
-            drive(conn, stop, |c| c.graceful_shutdown()).await;
+            drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
         Proto::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_H2_STREAMS)
                 .serve_connection(io, service);
-            drive(conn, stop, |c| c.graceful_shutdown()).await;
+            drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
         Proto::Auto => {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http1().keep_alive(true).header_read_timeout(None);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_H2_STREAMS);
             let conn = builder.serve_connection(io, service);
-            drive(conn, stop, |c| c.graceful_shutdown()).await;
+            drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
     }
 }
 
-/// Run a connection until it ends, or until `stop` changes: then shut it down gracefully
-/// (requests in flight finish, keep-alive ends) and wait for it.
-async fn drive<C, E>(
-    conn: C,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-) where
+/// Run a connection until it ends. When the watchdog asks it to drain, shut it down gracefully
+/// (the request in flight finishes, keep-alive ends); when it asks to drop it, stop polling it.
+async fn drive<C, E>(conn: C, guard: &ConnGuard, shutdown: impl FnOnce(std::pin::Pin<&mut C>))
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "xks: connection ended"); } }
-        _ = stop.changed() => {
-            shutdown(conn.as_mut());
-            let _ = conn.await;
+        biased;
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "xks: connection ended");
+            }
+            return;
         }
+        () = guard.wait(Signal::Drain) => shutdown(conn.as_mut()),
+    }
+    tokio::select! {
+        biased;
+        _ = conn.as_mut() => {}
+        () = guard.wait(Signal::Drop) => tracing::debug!("xks: connection dropped after its grace period"),
     }
 }
 
