@@ -3,7 +3,7 @@
 //!
 //! A handler fills an [`XksRecord`] (one small string buffer, the only allocation) and sends it
 //! over a bounded channel to a dedicated writer thread, which formats the JSON line and writes it
-//! through a `BufWriter` to a file (append, mode 0600) or stderr. The writer flushes at most
+//! into a buffer handed to a file (append, mode 0600) or stderr in large writes. The writer flushes at most
 //! [`FLUSH_EVERY`] after a line arrives, on [`AuditLog::flush`], and on [`AuditLog::shutdown`],
 //! which drains every queued line, flushes and fsyncs: no acknowledged request loses its line.
 //!
@@ -19,7 +19,7 @@
 //! [`AuditLog::lost`] and reported on stderr at shutdown.
 
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
@@ -170,7 +170,7 @@ impl XksRecord {
     /// One JSON line; `clock` maps the arrival instant to wall-clock time.
     fn write_json(&self, w: &mut impl Write, clock: &mut WallClock) -> io::Result<()> {
         w.write_all(b"{\"time\":\"")?;
-        write_time(w, clock.wall(self.at))?;
+        clock.write_time(w, self.at)?;
         w.write_all(b"\",\"type\":\"xks\",\"operation\":\"")?;
         w.write_all(self.operation.as_bytes())?;
         w.write_all(b"\"")?;
@@ -283,7 +283,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("keyward-audit".into())
-            .spawn(move || writer(rx, BufWriter::with_capacity(64 * 1024, out)))
+            .spawn(move || writer(rx, Sink::new(out)))
             .map_err(AuditError::Thread)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -401,10 +401,14 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Maps an `Instant` to wall-clock time with one reading of both clocks for many lines: each
 /// line then costs a subtraction instead of a clock read. A line newer than the reading takes
-/// a new one, so every time printed is as exact as a direct read.
+/// a new one, so every time printed is as exact as a direct read. The formatted date and
+/// second are kept too: lines within the same second only write their microseconds.
 struct WallClock {
     wall: SystemTime,
     mono: Instant,
+    /// The second (since the epoch) whose `YYYY-MM-DDTHH:MM:SS.` is in `head`.
+    head_sec: Option<u64>,
+    head: [u8; 20],
 }
 
 impl WallClock {
@@ -412,29 +416,111 @@ impl WallClock {
         WallClock {
             wall: SystemTime::now(),
             mono: Instant::now(),
+            head_sec: None,
+            head: [0; 20],
         }
     }
 
     fn wall(&mut self, at: Instant) -> SystemTime {
         if at > self.mono {
-            *self = WallClock::now();
+            self.wall = SystemTime::now();
+            self.mono = Instant::now();
         }
         let ago = self.mono.saturating_duration_since(at);
         self.wall.checked_sub(ago).unwrap_or(self.wall)
+    }
+
+    /// `at` as [`write_time`] prints it.
+    fn write_time(&mut self, w: &mut impl Write, at: Instant) -> io::Result<()> {
+        let t = self.wall(at);
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if self.head_sec != Some(d.as_secs()) {
+            let mut full = Vec::with_capacity(32);
+            write_time(&mut full, t)?;
+            if full.len() != 27 {
+                // A year outside 0000-9999: not cached.
+                return w.write_all(&full);
+            }
+            self.head.copy_from_slice(&full[..20]);
+            self.head_sec = Some(d.as_secs());
+        }
+        w.write_all(&self.head)?;
+        let mut tail = *b"000000Z";
+        let mut v = d.subsec_micros();
+        for c in tail[..6].iter_mut().rev() {
+            *c = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        w.write_all(&tail)
+    }
+}
+
+/// Lines waiting for the sink. The writer formats each line straight into `buf` and hands
+/// it to the file in one `write` per [`SINK_BYTES`] or flush (a `BufWriter` behind a line
+/// buffer copied every byte twice).
+struct Sink {
+    out: Out,
+    buf: Vec<u8>,
+}
+
+/// Bytes gathered before a write to the sink.
+const SINK_BYTES: usize = 64 * 1024;
+/// Pending bytes kept while the sink fails; beyond this they are dropped (and reported).
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+impl Sink {
+    fn new(out: Out) -> Self {
+        Sink {
+            out,
+            buf: Vec::with_capacity(SINK_BYTES + 4096),
+        }
+    }
+
+    /// After a line: write out once enough has gathered.
+    fn line_done(&mut self) -> io::Result<()> {
+        if self.buf.len() >= SINK_BYTES {
+            self.write_out()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Hand everything gathered to the sink; on failure keep it for the next attempt.
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut done = 0;
+        let res = loop {
+            if done == self.buf.len() {
+                break Ok(());
+            }
+            match self.out.write(&self.buf[done..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.drain(..done);
+        if self.buf.len() > MAX_PENDING {
+            self.buf.clear();
+        }
+        res
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.out.flush()
     }
 }
 
 /// The most lines written between two checks of the flush timer.
 const BATCH: usize = 256;
 
-fn writer(rx: Receiver<Msg>, mut out: BufWriter<Out>) {
+fn writer(rx: Receiver<Msg>, mut out: Sink) {
     // When the oldest line not yet flushed was written, and when the last message came.
     let mut dirty: Option<Instant> = None;
     let mut last_msg: Option<Instant> = None;
     let mut failed = false;
     let mut clock = WallClock::now();
-    // Each line is built here, then handed to the BufWriter in one piece.
-    let mut line: Vec<u8> = Vec::with_capacity(1024);
     let mut report = |r: io::Result<()>, what: &str| {
         if r.is_err() && !failed {
             failed = true;
@@ -478,17 +564,16 @@ fn writer(rx: Receiver<Msg>, mut out: BufWriter<Out>) {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(msg) = next.take() {
-            line.clear();
             match msg {
                 Msg::Xks(r) => {
                     let r = r
-                        .write_json(&mut line, &mut clock)
-                        .and_then(|()| out.write_all(&line));
+                        .write_json(&mut out.buf, &mut clock)
+                        .and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
                 }
                 Msg::Admin(r) => {
-                    let r = r.write_json(&mut line).and_then(|()| out.write_all(&line));
+                    let r = r.write_json(&mut out.buf).and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
                 }
@@ -498,7 +583,7 @@ fn writer(rx: Receiver<Msg>, mut out: BufWriter<Out>) {
                 }
                 Msg::Shutdown(ack) => {
                     // Everything sent before the shutdown is written (FIFO); flush and sync.
-                    let r = out.flush().and_then(|()| sync(out.get_mut()));
+                    let r = out.flush().and_then(|()| sync(&mut out.out));
                     let _ = ack.send(r);
                     return;
                 }
@@ -724,6 +809,42 @@ mod tests {
             ours.push(b'"');
             let back: String = serde_json::from_slice(&ours).unwrap();
             assert_eq!(back, s);
+        }
+    }
+
+    /// Lines in the same second reuse the formatted date; every line's time still equals
+    /// the uncached formatter's for the same instant.
+    #[test]
+    fn cached_times_equal_the_formatter() {
+        let mut c = WallClock::now();
+        let base = c.mono;
+        let steps_us: [u64; 9] = [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_500_000,
+            2_000_001,
+            61_000_000,
+            3_600_000_000,
+            86_400_000_007,
+        ];
+        for back in [0u64, 5_000_000] {
+            for us in steps_us {
+                // Instants at and before the reading (mapped without a new one).
+                let Some(at) = base.checked_sub(Duration::from_micros(back + us % 100_000_000))
+                else {
+                    continue; // a machine up for less than 105 s
+                };
+                let mut ours = Vec::new();
+                c.write_time(&mut ours, at).unwrap();
+                let mut want = Vec::new();
+                write_time(&mut want, c.wall(at)).unwrap();
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(want).unwrap()
+                );
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `make bench`'s driver: starts `keyward demo` on a free port with its own state directory,
 //! drives it with `keyward bench` (closed loop at 1/4/16/64 connections, open loop at
-//! 1800 req/s, spec-maximum payloads, server CPU per request), measures the transport floor
+//! 1800 req/s, spec-maximum payloads, server CPU per request; the 64-connection figure repeated
+//! five times alternating with the floor, medians reported), measures the transport floor
 //! with `bench_echo_server`, reads criterion's estimates for the floor's CPU parts, measures
 //! start-up time, then writes `bench/results.json` and `bench/chart.png`.
 //!
@@ -228,6 +229,8 @@ fn main() -> anyhow::Result<()> {
     // 1. The transport floor: bare TLS + HTTP server, same client, same connections.
     let echo_line = suite.work.join("echo.json");
     let echo_bin = root.join("target/release/examples/bench_echo_server");
+    // Kept running for the alternating repeats of step 3b.
+    let mut echo_guard = None;
     let echo = if echo_bin.exists() {
         let mut cmd = Command::new(&echo_bin);
         cmd.arg(&suite.work).arg("560").arg("2");
@@ -237,7 +240,7 @@ fn main() -> anyhow::Result<()> {
             "echo c64",
             &["-c", "64", "--duration", &suite.secs(5), "--warmup", "1s"],
         )?;
-        drop(guard);
+        echo_guard = Some(guard);
         Some(r)
     } else {
         eprintln!(
@@ -360,6 +363,32 @@ fn main() -> anyhow::Result<()> {
             "1s",
         ],
     )?;
+    // 3b. The headline figure again, alternating with the echo floor: on a shared VM the
+    // run-to-run noise (+-15 %) is larger than most changes, so the medians of several
+    // alternating runs are what the targets are judged on, with every run kept.
+    let c64_args = ["-c", "64", "--duration", &suite.secs(5), "--warmup", "1s"];
+    let mut kw_runs = vec![f(&c64["server_cpu"]["us_per_request"])];
+    let mut echo_runs: Vec<f64> = echo
+        .iter()
+        .map(|e| f(&e["server_cpu"]["us_per_request"]))
+        .collect();
+    for i in 1..if quick { 2 } else { 5 } {
+        let r = suite.bench(&demo_line, &format!("encrypt c64 #{}", i + 1), &c64_args)?;
+        kw_runs.push(f(&r["server_cpu"]["us_per_request"]));
+        if echo_guard.is_some() {
+            let r = suite.bench(&echo_line, &format!("echo c64 #{}", i + 1), &c64_args)?;
+            echo_runs.push(f(&r["server_cpu"]["us_per_request"]));
+        }
+    }
+    drop(echo_guard);
+    let median = |v: &[f64]| -> Option<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let keyward_median = median(&kw_runs).unwrap_or(f64::NAN);
+    let echo_median = median(&echo_runs);
+
     // RSS of the serving process after the load.
     let rss_kib = demo["pid"]
         .as_u64()
@@ -431,12 +460,14 @@ fn main() -> anyhow::Result<()> {
     let b64 = criterion_us("floor_base64");
     let gcm = criterion_us("floor_aes_gcm/kms");
     let tls = criterion_us("floor_tls_record_roundtrip/kms");
-    let echo_cpu = echo.as_ref().map(|e| f(&e["server_cpu"]["us_per_request"]));
+    let echo_cpu = echo_median;
     let work = [sigv4, json_us, b64, gcm].iter().flatten().sum::<f64>();
-    let keyward_cpu = f(&c64["server_cpu"]["us_per_request"]);
+    let keyward_cpu = keyward_median;
     let floor_total = echo_cpu.map(|e| ((e + work) * 100.0).round() / 100.0);
     results["floor"] = json!({
         "echo_server_cpu_us_per_request": echo_cpu,
+        "echo_server_cpu_us_per_request_runs": echo_runs,
+        "keyward_us_per_request_runs": kw_runs,
         "echo_ops_per_s": echo.as_ref().map(|e| e["ops_per_s"].clone()),
         "sigv4_cached_key_us": sigv4,
         "json_us": json_us,
@@ -447,7 +478,7 @@ fn main() -> anyhow::Result<()> {
         "floor_us_per_request": floor_total,
         "keyward_us_per_request": keyward_cpu,
         "floor_fraction_of_keyward": floor_total.map(|fl| (fl / keyward_cpu * 100.0).round() / 100.0),
-        "note": "floor = CPU per request of a bare tokio+hyper+rustls server answering a fixed body (includes TCP, TLS records, HTTP/1.1) + the XKS work measured by criterion (SigV4 with cached key, JSON, base64, IV + AES-256-GCM)",
+        "note": "floor = CPU per request of a bare tokio+hyper+rustls server answering a fixed body (includes TCP, TLS records, HTTP/1.1) + the XKS work measured by criterion (SigV4 with cached key, JSON, base64, IV + AES-256-GCM); keyward and echo figures are medians of alternating 64-connection runs",
     });
 
     results["throughput_vs_connections"] = Value::Array(
@@ -489,7 +520,7 @@ fn main() -> anyhow::Result<()> {
     let open_p999 = f(&open["latency_us"]["p999_us"]);
     let open_clean = open["errors_total"] == 0 && open["unsent"] == 0;
     results["targets"] = json!([
-        { "name": "server CPU per signed encrypt, TLS, 64 connections", "target": "<= 25 us (aim 15 us)",
+        { "name": "server CPU per signed encrypt, TLS, 64 connections (median of alternating runs)", "target": "<= 25 us (aim 15 us)",
           "measured": format!("{keyward_cpu} us"), "met": keyward_cpu <= 25.0 },
         { "name": "open loop 1800 req/s p99", "target": "<= 1 ms", "measured": format!("{open_p99} us"),
           "met": open_p99 <= 1000.0 && open_clean },
