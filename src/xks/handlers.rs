@@ -173,7 +173,7 @@ fn dispatch(
     }
 
     // 2. SigV4.
-    let now = sigv4::unix_now_coarse();
+    let now = super::clock::unix_secs();
     let signed = sigv4::SignedRequest {
         method: req.method.as_str(),
         path: req.path,

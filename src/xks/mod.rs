@@ -4,11 +4,12 @@
 //! [`model`] (JSON in and out), [`error`] (every XKS error and its status), [`grants`]
 //! (secondary authorization), [`crypto`] (AES-256-GCM, AAD and metadata layout, CDIV),
 //! [`health`] (the deep health check), [`handlers`] (the four APIs, in the contract's order of
-//! checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines).
+//! checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines) and [`clock`] (coarse clocks).
 //!
 //! Keys and credentials come only from [`crate::keystore::view`]; this module never reaches
 //! `attest`, `verify`, `release` or `hsm`.
 
+pub mod clock;
 pub mod crypto;
 pub mod error;
 pub mod grants;

@@ -341,25 +341,6 @@ fn single_header<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<
     v.to_str().ok()
 }
 
-/// Seconds since the Unix epoch from the coarse real-time clock (a few milliseconds of
-/// resolution, plenty for a 5-minute skew window): it reads a value the kernel keeps, without
-/// the clock-source read that `SystemTime::now` pays on every request.
-pub fn unix_now_coarse() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc == 0 {
-        ts.tv_sec
-    } else {
-        std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    }
-}
-
 /// `yyyymmddTHHMMSSZ` to Unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -705,39 +686,45 @@ mod tests {
     fn reference_parse(h: &str) -> Result<ParsedAuth<'_>, AuthError> {
         const BAD: AuthError = AuthError("malformed Authorization header");
         let rest = h.strip_prefix("AWS4-HMAC-SHA256 ").ok_or(BAD)?;
-        let (mut cred, mut signed, mut sig) = (None, None, None);
-        for part in rest.split(',') {
-            let (k, v) = part.trim_matches(' ').split_once('=').ok_or(BAD)?;
-            let slot = match k {
-                "Credential" => &mut cred,
-                "SignedHeaders" => &mut signed,
-                "Signature" => &mut sig,
-                _ => return Err(BAD),
-            };
-            if slot.replace(v).is_some() {
-                return Err(BAD);
-            }
+        let pairs = rest
+            .split(',')
+            .map(|p| p.trim_matches(' ').split_once('=').ok_or(BAD))
+            .collect::<Result<Vec<_>, _>>()?;
+        const NAMES: [&str; 3] = ["Credential", "SignedHeaders", "Signature"];
+        if pairs.iter().any(|(k, _)| !NAMES.contains(k)) {
+            return Err(BAD);
         }
-        let (cred, signed_headers, sig) = (cred.ok_or(BAD)?, signed.ok_or(BAD)?, sig.ok_or(BAD)?);
-        let p: Vec<&str> = cred.split('/').collect();
-        let [access_key_id, date, region, service, "aws4_request"] = p[..] else {
+        let once = |name: &str| {
+            let found: Vec<&str> = pairs
+                .iter()
+                .filter(|(k, _)| *k == name)
+                .map(|p| p.1)
+                .collect();
+            (found.len() == 1).then(|| found[0]).ok_or(BAD)
+        };
+        let (cred, signed_headers, sig) = (once(NAMES[0])?, once(NAMES[1])?, once(NAMES[2])?);
+        let scope: Vec<&str> = cred.split('/').collect();
+        let [access_key_id, date, region, service, "aws4_request"] = scope[..] else {
             return Err(BAD);
         };
-        if sig.len() != 64 || !sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if sig.len() != 64 || sig.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(BAD);
         }
-        let mut signature = [0u8; 32];
-        hex::decode_to_slice(sig, &mut signature).map_err(|_| BAD)?;
-        if access_key_id.is_empty() || region.is_empty() || service.is_empty() {
+        let signature: [u8; 32] = hex::decode(sig)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or(BAD)?;
+        if [access_key_id, region, service].contains(&"") {
             return Err(BAD);
         }
+        // (Fields in another order than the parser's, so the two read as independent.)
         Ok(ParsedAuth {
-            access_key_id,
-            date,
-            region,
-            service,
-            signed_headers,
             signature,
+            signed_headers,
+            service,
+            region,
+            date,
+            access_key_id,
         })
     }
 

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
+use super::clock::mono_secs;
+
 /// How long a connection asked to shut down may take before it is dropped.
 pub const GRACE: Duration = Duration::from_secs(10);
 
@@ -50,7 +52,7 @@ impl ConnGuard {
     pub fn new(idle: Duration) -> Self {
         let idle_secs = idle.as_secs().max(1);
         ConnGuard {
-            deadline: AtomicU64::new(coarse_secs() + idle_secs),
+            deadline: AtomicU64::new(mono_secs() + idle_secs),
             signal: AtomicU8::new(Signal::Run as u8),
             waker: AtomicWaker::new(),
             idle_secs,
@@ -60,7 +62,7 @@ impl ConnGuard {
     /// A request started: the connection has `idle` again from now.
     pub fn touch(&self) {
         self.deadline
-            .store(coarse_secs() + self.idle_secs, Ordering::Relaxed);
+            .store(mono_secs() + self.idle_secs, Ordering::Relaxed);
     }
 
     fn raise(&self, s: Signal) {
@@ -117,7 +119,7 @@ impl Watchdog {
     /// Forget ended connections, drain those past their deadline, drop those past it by
     /// [`GRACE`]. Returns how many are still watched.
     pub fn sweep(&mut self) -> usize {
-        let now = coarse_secs();
+        let now = mono_secs();
         self.conns.retain(|g| {
             // The task dropped its guard: the connection is gone.
             if Arc::strong_count(g) == 1 {
@@ -139,28 +141,6 @@ impl Watchdog {
         for g in &self.conns {
             g.raise(Signal::Drain);
         }
-    }
-}
-
-/// Whole seconds of `CLOCK_MONOTONIC_COARSE`: a value the kernel keeps per tick, read without
-/// touching the clock source.
-pub fn coarse_secs() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc == 0 {
-        u64::try_from(ts.tv_sec).unwrap_or(0)
-    } else {
-        // Not expected on Linux; a process-relative fallback keeps deadlines meaningful.
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs()
-            + 1
     }
 }
 
@@ -193,7 +173,7 @@ mod tests {
 
         // Past the deadline: drained, and the waiting task is woken.
         g.deadline
-            .store(coarse_secs().saturating_sub(1), Ordering::Relaxed);
+            .store(mono_secs().saturating_sub(1), Ordering::Relaxed);
         dog.sweep();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(poll(&mut drain, &waker));
@@ -204,7 +184,7 @@ mod tests {
         assert!(poll(&mut g.wait(Signal::Drain), &waker));
         // ...and past the grace period the connection is dropped.
         g.deadline.store(
-            coarse_secs().saturating_sub(GRACE.as_secs() + 1),
+            mono_secs().saturating_sub(GRACE.as_secs() + 1),
             Ordering::Relaxed,
         );
         dog.sweep();
@@ -222,7 +202,7 @@ mod tests {
         let b = dog.watch(Duration::from_secs(5));
         a.deadline.store(0, Ordering::Relaxed);
         a.touch();
-        assert!(a.deadline.load(Ordering::Relaxed) >= coarse_secs() + 4);
+        assert!(a.deadline.load(Ordering::Relaxed) >= mono_secs() + 4);
         dog.sweep();
         let waker = std::task::Waker::noop();
         assert!(!poll(&mut a.wait(Signal::Drain), waker));
