@@ -2,8 +2,8 @@
 //! path.
 //!
 //! A handler fills an [`XksRecord`] (one small string buffer, the only allocation) and sends it
-//! over a bounded channel to a dedicated writer thread, which formats the JSON line and writes it
-//! into a buffer handed to a file (append, mode 0600) or stderr in large writes. The writer flushes at most
+//! over a bounded channel to a dedicated writer thread, which formats the JSON line into a buffer
+//! handed to a file (append, mode 0600) or stderr in large writes. The writer flushes at most
 //! [`FLUSH_EVERY`] after a line arrives, on [`AuditLog::flush`], and on [`AuditLog::shutdown`],
 //! which drains every queued line, flushes and fsyncs: no acknowledged request loses its line.
 //!
