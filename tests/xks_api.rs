@@ -185,6 +185,10 @@ struct Fixture {
 
 impl Fixture {
     fn start(client_auth: Option<ClientAuth>) -> Self {
+        Self::start_with(client_auth, Limits::default())
+    }
+
+    fn start_with(client_auth: Option<ClientAuth>, limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_ca = ca("keyward test server CA");
         let (chain, key) = leaf(&server_ca, "localhost", &["localhost", "127.0.0.1"], false);
@@ -206,7 +210,7 @@ impl Fixture {
                 client_auth,
             }),
             insecure_http: false,
-            limits: Limits::default(),
+            limits,
             instance_id: "test-1".into(),
         };
         let server = rt.block_on(XksServer::bind(settings)).unwrap();
@@ -1322,4 +1326,48 @@ fn slow_and_idle_connections_are_closed() {
     closed(stalled).expect("a connection stalled mid-body");
     let _ = tx.send(());
     audit.shutdown().unwrap();
+}
+
+/// The same protection on the production path (TLS, HTTP/1.1 by ALPN): a client that
+/// completes the handshake and then sends half a request is disconnected.
+#[test]
+fn a_slow_tls_client_is_disconnected() {
+    use std::io::{Read, Write};
+    let fx = Fixture::start_with(
+        None,
+        Limits {
+            conn_idle: Duration::from_secs(1),
+            ..Limits::default()
+        },
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&fx.ca_path).unwrap();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(fx.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"POST /kw/kms/xks/v1/health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut buf = [0u8; 256];
+    let outcome = match tls.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("unexpected answer: {:?}", &buf[..n])),
+        // A close without close_notify is still the server hanging up.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(format!("still open after 25 s ({e})")),
+    };
+    outcome.unwrap();
 }
