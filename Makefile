@@ -43,6 +43,7 @@ clean:
 IMAGE_BUILD := image/build
 KEYWARD_BIN ?= target/release/keyward
 NEED := image/scripts/need.sh
+SPACE := image/scripts/need-space.sh
 IMAGE_TOOLS := mkosi:mkosi systemd-nspawn:systemd-container debootstrap:debootstrap \
 	mkfs.erofs:erofs-utils veritysetup:cryptsetup-bin objcopy:binutils mkfs.fat:dosfstools \
 	mcopy:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs dpkg-query:dpkg py:pefile:python3-pefile \
@@ -52,11 +53,13 @@ BOOT_TOOLS := qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd
 
 $(IMAGE_BUILD)/base.stamp: image/mkosi.default image/mkosi.postinst image/scripts/build-base.sh
 	@$(NEED) $(IMAGE_TOOLS)
+	@$(SPACE) "make image" 3500 $(IMAGE_BUILD)
 	image/scripts/build-base.sh
 	touch $@
 
 image: $(IMAGE_BUILD)/base.stamp
 	@$(NEED) $(IMAGE_TOOLS)
+	@$(SPACE) "make image" 1800 $(IMAGE_BUILD)
 	@if [ "$(KEYWARD_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked; \
 	else echo "make image: KEYWARD_BIN=$(KEYWARD_BIN) (not the release build)"; fi
 	image/scripts/assemble.sh $(KEYWARD_BIN)
@@ -76,6 +79,7 @@ image-repro:
 
 image-test:
 	@$(NEED) $(IMAGE_TOOLS) $(BOOT_TOOLS)
+	@$(SPACE) "make image-test" 1200 $(IMAGE_BUILD)
 	KEYWARD_BIN=$(KEYWARD_BIN) image/test/run.sh
 
 ami:

@@ -21,6 +21,7 @@ line="apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "${KEYWARD_AUTO_INSTALL:-0}" = 1 ] && [ "$(id -u)" = 0 ]; then
     echo "need: installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive $line -qq >/dev/null
+    apt-get clean   # the downloaded .debs are not needed once installed (the image needs the disk)
 else
     echo "need: missing tools; install them with:" >&2
     echo "    $line" >&2
