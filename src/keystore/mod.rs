@@ -10,6 +10,7 @@
 
 mod error;
 pub mod file;
+pub mod head;
 pub mod model;
 mod registry;
 mod seal;
@@ -18,6 +19,7 @@ pub mod view;
 
 pub use error::KeystoreError;
 pub use file::FileKeyStore;
+pub use head::{AnchorError, Freshness, HeadAnchor, StoreHead};
 pub use model::KeyStore;
 pub use registry::{
     generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, NewStore, Registry, Revoke,

@@ -424,6 +424,18 @@ impl Registry {
         })
     }
 
+    /// [`Registry::open`] with the store's freshness checked against `freshness` (the floor
+    /// from the KRS's release receipt) and every later write anchored there.
+    // INTERFACE STUB (session 6): the keystore work replaces this with the real check.
+    pub fn open_with(
+        backend: Box<dyn KeyStore>,
+        master: Key32,
+        freshness: super::Freshness,
+    ) -> Result<Registry, KeystoreError> {
+        let _ = freshness;
+        Self::open(backend, master)
+    }
+
     /// [`Registry::open`] on a [`super::FileKeyStore`] in `dir` (created if missing).
     pub fn open_dir(dir: &Path, master: Key32) -> Result<Registry, KeystoreError> {
         Self::open(Box::new(super::FileKeyStore::open(dir)?), master)
