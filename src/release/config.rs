@@ -53,6 +53,29 @@ pub struct KrsConfig {
     #[serde(default = "default_names")]
     pub tls_names: Vec<String>,
     pub hsm: HsmConfig,
+    /// The deployments this KRS serves (`[[deployment]]`): a Hello whose pins match none of
+    /// them is denied before any HSM work.
+    #[serde(default, rename = "deployment")]
+    pub deployments: Vec<DeploymentConfig>,
+    /// AMD CRL files (DER or PEM) handed to the verifier with every appraisal.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+}
+
+/// One deployment (a customer's appliance or fleet): the pins its appliances were launched
+/// with. At least one of the two digests must be set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A name for logs and for the store heads this KRS keeps per deployment.
+    pub name: String,
+    /// SHA-384 (hex) of the canonical CBOR pins (the `pins_digest` in T): covers the KRS URL,
+    /// both KRS key pins and the operator CA.
+    #[serde(default)]
+    pub pins_sha384: Option<String>,
+    /// SHA-256 (hex) of the operator CA certificate (DER), when the whole digest is not given.
+    #[serde(default)]
+    pub admin_ca_sha256: Option<String>,
 }
 
 fn default_ttl() -> u64 {
