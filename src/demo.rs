@@ -164,6 +164,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
                 key: paths.p("server-key.pem"),
             }),
             client_ca: paths.p("ca.pem"),
+            unclaimed_role: crate::admin::role::Role::Admin,
         }),
         attestation: None,
         log: LogConfig {

@@ -7,5 +7,6 @@ pub mod client;
 pub mod ops;
 pub mod pki;
 pub mod proto;
+pub mod role;
 pub mod server;
 pub mod tls;

@@ -1,6 +1,8 @@
 //! The admin backend over the key [`Registry`]: each request becomes one registry call (durable
 //! before it returns, live at once through the shared view), and each change or refusal becomes
 //! one audit line naming the admin certificate's subject and what changed, never a secret.
+//! The operator's role is enforced here, before anything is read or changed: a request the role
+//! does not allow is refused (`403`, `forbidden: …`) and audited as a refusal.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use super::proto::{
     usage_str, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request, SecretText,
     StoreInfo, TlsInfo,
 };
+use super::role::{Operator, Role};
 use super::server::{AdminError, Backend};
 use crate::audit::AuditLog;
 use crate::keystore::{KeystoreError, NewStore, Registry, Revoke, KMS_SERVICE};
@@ -85,11 +88,20 @@ impl From<KeystoreError> for AdminError {
 }
 
 impl Backend for RegistryBackend {
-    fn handle(&self, actor: &str, req: Request) -> Result<Value, AdminError> {
+    fn handle(&self, operator: &Operator, req: Request) -> Result<Value, AdminError> {
         // Every request is audited, reads too: `kms-config` discloses a credential.
+        let actor = operator.subject.as_str();
         let op = req.op();
         let what = describe(&req);
-        let result = self.apply(req);
+        let result = match &operator.role {
+            Ok(role) if role.allows(&req) => self.apply(req),
+            Ok(role) => Err(AdminError::Forbidden(format!(
+                "forbidden: the client certificate's role is {role}, and {op} needs admin \
+                 (a certificate with the SAN URI {})",
+                Role::Admin.uri()
+            ))),
+            Err(why) => Err(AdminError::Forbidden(format!("forbidden: {why}"))),
+        };
         {
             let detail = match &result {
                 // A generated credential: name its id (never the secret).

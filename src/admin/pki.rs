@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    Ia5String, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
+
+use super::role::Role;
 
 /// Errors generating or writing certificates.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +84,20 @@ impl Ca {
         self.issue(params)
     }
 
-    /// A client certificate with subject `CN=common_name`, valid `days` (negative: expired).
+    /// A client certificate with subject `CN=common_name`, valid `days` (negative: expired),
+    /// with no role claim (the admin listener's `unclaimed_role` applies).
     pub fn client(&self, common_name: &str, days: i64) -> Result<Issued, PkiError> {
+        self.client_with_role(common_name, days, None)
+    }
+
+    /// [`Ca::client`] with a role claim: the SAN URI `keyward:role:<role>` (see
+    /// [`crate::admin::role`]).
+    pub fn client_with_role(
+        &self,
+        common_name: &str,
+        days: i64,
+        role: Option<Role>,
+    ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -93,6 +107,9 @@ impl Ca {
             .push(DnType::OrganizationName, "keyward");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if let Some(r) = role {
+            params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(r.uri())?)];
+        }
         validity(&mut params, days);
         if days < 0 {
             params.not_before = params.not_after - time::Duration::days(30);

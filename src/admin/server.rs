@@ -1,8 +1,10 @@
 //! The admin listener: mutual TLS (a client certificate from the operator's CA is mandatory),
 //! HTTP/1.1, one JSON request per `POST /admin/v1`, handed to a [`Backend`] together with the
-//! client certificate's subject (the actor named in the audit log).
+//! verified [`Operator`]: the client certificate's subject (the actor named in the audit log)
+//! and its role (SAN URI `keyward:role:…`, see [`super::role`]); the backend enforces the role.
 //!
-//! Request path, top to bottom: TLS accept (client certificate verified by rustls) → subject of
+//! Request path, top to bottom: TLS accept (client certificate verified by rustls against the
+//! operator CA handed over by the boot pipeline, never re-read from disk) → subject and role of
 //! the verified certificate → method/path check → bounded body read → JSON → backend (on a
 //! blocking thread: it writes and fsyncs) → JSON answer.
 
@@ -20,6 +22,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::proto::{Request, Response, MAX_BODY, PATH};
+use super::role::{Operator, Role};
+use super::tls::OperatorCa;
 use crate::config::AdminConfig;
 
 /// Why an admin request was refused.
@@ -31,6 +35,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The operator's role does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,15 +48,17 @@ impl AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
-/// What carries out admin requests. `actor` is the verified client certificate's subject.
-/// Implementations make each change durable before returning and live at once.
+/// What carries out admin requests for a verified operator (subject and role).
+/// Implementations refuse what the role does not allow ([`Role::allows`]), and make each change
+/// durable before returning and live at once.
 pub trait Backend: Send + Sync + 'static {
-    fn handle(&self, actor: &str, req: Request) -> Result<serde_json::Value, AdminError>;
+    fn handle(&self, operator: &Operator, req: Request) -> Result<serde_json::Value, AdminError>;
 }
 
 /// Errors starting the admin listener.
@@ -65,15 +74,18 @@ pub enum ServerError {
 pub struct AdminServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    unclaimed_role: Role,
 }
 
 impl AdminServer {
     /// Load the TLS material and bind the listener. Without TLS files in `cfg`, the server
     /// certificate comes from `managed` (the appliance-managed TLS identity, shared with the
-    /// XKS listener); one of the two is needed.
+    /// XKS listener); one of the two is needed. `client_ca` is the operator CA as the caller
+    /// read (and checked) it: `cfg.client_ca` is not read again.
     pub async fn bind(
         cfg: &AdminConfig,
         managed: Option<Arc<dyn rustls::server::ResolvesServerCert>>,
+        client_ca: &OperatorCa,
     ) -> Result<Self, ServerError> {
         use super::tls::ServerCert;
         let cert = match (&cfg.tls, managed) {
@@ -88,7 +100,7 @@ impl AdminServer {
                 )))
             }
         };
-        let tls = super::tls::server_config_with(cert, &cfg.client_ca)?;
+        let tls = super::tls::server_config_with(cert, client_ca)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Bind {
@@ -98,6 +110,7 @@ impl AdminServer {
         Ok(AdminServer {
             listener,
             acceptor: TlsAcceptor::from(tls),
+            unclaimed_role: cfg.unclaimed_role,
         })
     }
 
@@ -117,7 +130,10 @@ impl AdminServer {
                     let Ok((tcp, peer)) = accepted else { continue };
                     let acceptor = self.acceptor.clone();
                     let backend = backend.clone();
-                    conns.spawn(async move { serve_conn(acceptor, tcp, peer, backend).await });
+                    let unclaimed = self.unclaimed_role;
+                    conns.spawn(async move {
+                        serve_conn(acceptor, tcp, peer, backend, unclaimed).await
+                    });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -138,6 +154,7 @@ async fn serve_conn(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     backend: Arc<dyn Backend>,
+    unclaimed: Role,
 ) {
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -147,18 +164,19 @@ async fn serve_conn(
         }
         Err(_) => return,
     };
-    // rustls has verified the chain to the operator CA; the subject names the actor.
-    let actor = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(super::tls::subject_of);
+    // rustls has verified the chain to the operator CA; the subject names the actor, the SAN
+    // URI claim gives the role.
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let actor = leaf.and_then(|c| {
+        let subject = super::tls::subject_of(c)?;
+        let role = super::role::resolve(&super::role::claim_of(c), unclaimed);
+        Some(Operator { subject, role })
+    });
     let Some(actor) = actor else {
         tracing::warn!(%peer, "admin connection without a readable client certificate");
         return;
     };
-    let actor: Arc<str> = Arc::from(actor);
+    let actor = Arc::new(actor);
     let service = hyper::service::service_fn(move |req| {
         let backend = backend.clone();
         let actor = actor.clone();
@@ -174,7 +192,7 @@ async fn serve_conn(
 async fn handle(
     req: http::Request<Incoming>,
     backend: Arc<dyn Backend>,
-    actor: Arc<str>,
+    actor: Arc<Operator>,
 ) -> http::Response<Full<Bytes>> {
     if req.uri().path() != PATH {
         return answer(StatusCode::NOT_FOUND, Err("unknown path".into()));

@@ -76,6 +76,48 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The operator CA the admin listener trusts for client certificates: the certificates read
+/// ONCE from `[admin] client_ca_file` (on the untrusted data volume). The boot pipeline checks
+/// these very bytes against the `admin_ca_sha256` pin and hands them to the listener, so a file
+/// changed after the check is never used (no check-then-use gap).
+#[derive(Clone, Debug)]
+pub struct OperatorCa {
+    certs: Vec<CertificateDer<'static>>,
+    source: String,
+}
+
+impl OperatorCa {
+    /// Read the PEM file once.
+    pub fn load(path: &Path) -> Result<OperatorCa, TlsError> {
+        Ok(OperatorCa {
+            certs: load_certs(path)?,
+            source: path.display().to_string(),
+        })
+    }
+
+    /// The certificates (DER), in file order.
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    /// Where they were read from (for messages).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A root store of these certificates.
+    pub fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in &self.certs {
+            roots.add(c.clone()).map_err(|e| TlsError::BadCa {
+                path: self.source.clone(),
+                msg: e.to_string(),
+            })?;
+        }
+        Ok(roots)
+    }
+}
+
 /// Where the admin listener's server certificate comes from.
 pub enum ServerCert<'a> {
     /// A PEM chain and key file.
@@ -90,15 +132,19 @@ pub fn server_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with(ServerCert::Files { cert_chain, key }, client_ca)
+    server_config_with(
+        ServerCert::Files { cert_chain, key },
+        &OperatorCa::load(client_ca)?,
+    )
 }
 
-/// [`server_config`] with the server certificate from files or a shared resolver.
+/// [`server_config`] with the server certificate from files or a shared resolver, and the
+/// operator CA as already read (and checked) by the caller.
 pub fn server_config_with(
     cert: ServerCert<'_>,
-    client_ca: &Path,
+    client_ca: &OperatorCa,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let roots = Arc::new(load_roots(client_ca)?);
+    let roots = Arc::new(client_ca.roots()?);
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -216,7 +262,7 @@ mod tests {
         let ck = rustls::sign::CertifiedKey::new(vec![der_of(&cert.cert_pem)], signer);
         let scfg = server_config_with(
             ServerCert::Resolver(Arc::new(Fixed(Arc::new(ck)))),
-            &d.join("ca.pem"),
+            &OperatorCa::load(&d.join("ca.pem")).unwrap(),
         )
         .unwrap();
         let ccfg = client_config_with(&trust, &d.join("c.pem"), &d.join("c.key")).unwrap();

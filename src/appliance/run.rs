@@ -9,6 +9,7 @@ use super::notify::Notifier;
 use super::{phase, Addresses, BootError, MasterKeySource};
 use crate::admin::ops::{RegistryBackend, TlsAdmin};
 use crate::admin::server::AdminServer;
+use crate::admin::tls::OperatorCa;
 use crate::audit::{AuditLog, AuditSink};
 use crate::config::{Config, KeyStoreConfig};
 use crate::keystore::{NewStore, Registry};
@@ -51,9 +52,11 @@ pub async fn boot(
         );
     }
 
-    // The admin CA file lives on the (untrusted) data volume: it must be the one the pins
-    // name, before anything is attested or released.
-    check_admin_ca_pin(config)?;
+    // The admin CA file lives on the (untrusted) data volume: read it ONCE, check it is the
+    // one the pins name before anything is attested or released, and hand these very bytes
+    // to the admin listener below (the file is not read again: the host may change it while
+    // the release runs).
+    let admin_ca = read_admin_ca(config)?;
 
     if source.attested() {
         phase("attest", "gathering evidence");
@@ -132,12 +135,12 @@ pub async fn boot(
     let xks_addr = xks
         .local_addr()
         .map_err(|e| BootError::Xks(e.to_string()))?;
-    let admin = match &config.admin {
-        Some(a) => {
+    let admin = match (&config.admin, &admin_ca) {
+        (Some(a), Some(ca)) => {
             let resolver = managed_tls.as_ref().map(|m| m.handle().resolver());
-            Some(AdminServer::bind(a, resolver).await?)
+            Some(AdminServer::bind(a, resolver, ca).await?)
         }
-        None => None,
+        _ => None,
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let attestation = match (&config.attestation, &config.xks.tls, &managed_tls) {
@@ -204,23 +207,33 @@ fn xks_settings(
     Ok((settings, client_auth))
 }
 
-/// With a released master key and an `admin_ca_sha256` pin, the admin listener's operator CA
-/// file must hold exactly one certificate whose DER SHA-256 is the pin (the pin is in PCR 15
-/// and the release transcript; the file is on the data volume, which is not trusted).
-fn check_admin_ca_pin(config: &Config) -> Result<(), BootError> {
-    let (crate::config::MasterKeyConfig::Release(r), Some(admin)) =
-        (&config.master_key, &config.admin)
-    else {
-        return Ok(());
+/// Read the admin listener's operator CA file once (`None` without `[admin]`). With a released
+/// master key it must hold exactly one certificate whose DER SHA-256 is the `admin_ca_sha256`
+/// pin (the pin is in PCR 15 and the release transcript; the file is on the data volume, which
+/// is not trusted); the pin is required then (`keyward config check` says so too). The result
+/// is what the admin listener trusts: the file is never read a second time.
+fn read_admin_ca(config: &Config) -> Result<Option<OperatorCa>, BootError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let refuse =
+        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
+    let ca = OperatorCa::load(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    let crate::config::MasterKeyConfig::Release(r) = &config.master_key else {
+        return Ok(Some(ca));
     };
     let pin = r.agent.admin_ca_sha256.trim().to_ascii_lowercase();
     if pin.is_empty() {
-        return Ok(());
+        // `keyward serve` never gets here: its configuration parser refuses a release without
+        // the pin (`master_key.release.admin_ca_sha256 ... required`). Only an in-process
+        // configuration (`keyward demo`, whose CA it made itself) can.
+        tracing::warn!(
+            "master_key.release.admin_ca_sha256 is not set: the operator CA {} is not pinned",
+            admin.client_ca.display()
+        );
+        return Ok(Some(ca));
     }
-    let refuse =
-        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
-    let certs =
-        crate::admin::tls::load_certs(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    let certs = ca.certs();
     if certs.len() != 1 {
         return Err(refuse(format!(
             "holds {} certificates; the admin_ca_sha256 pin names exactly one",
@@ -234,7 +247,7 @@ fn check_admin_ca_pin(config: &Config) -> Result<(), BootError> {
             "its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start"
         )));
     }
-    Ok(())
+    Ok(Some(ca))
 }
 
 /// The id this instance reports in health's `ekmFleetDetails`: the host name.

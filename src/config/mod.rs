@@ -136,6 +136,9 @@ pub struct AdminConfig {
     pub tls: Option<TlsFiles>,
     /// PEM file with the operator's CA: admin client certificates must chain to it.
     pub client_ca: PathBuf,
+    /// The role of a client certificate without a `keyward:role:` SAN URI claim
+    /// (`unclaimed_role`, default admin: certificates from before roles keep working).
+    pub unclaimed_role: crate::admin::role::Role,
 }
 
 /// The attestation listener (live evidence for auditors).
@@ -331,6 +334,19 @@ fn parse(table: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
                 "no TLS files and no [admin] listener: the XKS API serves the appliance-managed \
                  key with a self-signed certificate, and no chain can be installed for it \
                  (AWS KMS requires a public CA's certificate)",
+            );
+        }
+    }
+
+    // The operator CA file is on the untrusted data volume: with a released master key, only
+    // the pin (in the release transcript and PCR 15) says which CA the admin listener trusts.
+    if let (Some(MasterKeyConfig::Release(r)), Some(_)) = (&master_key, &admin) {
+        if r.agent.admin_ca_sha256.trim().is_empty() {
+            p.invalid(
+                "master_key.release.admin_ca_sha256",
+                "required when source = \"release\" and [admin] is set: the SHA-256 of the \
+                 operator CA certificate (DER) that [admin] client_ca_file must hold; without it \
+                 whoever writes the data volume chooses who is admin",
             );
         }
     }
@@ -664,11 +680,22 @@ fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
             );
         }
     }
+    let unclaimed_role = match s.string("unclaimed_role", p) {
+        None => crate::admin::role::Role::Admin,
+        Some(r) => match crate::admin::role::Role::parse(&r) {
+            Ok(role) => role,
+            Err(e) => {
+                p.invalid(s.key_path("unclaimed_role"), e);
+                crate::admin::role::Role::Admin
+            }
+        },
+    };
     s.finish(p);
     Some(AdminConfig {
         listen: listen?,
         tls,
         client_ca: client_ca?,
+        unclaimed_role,
     })
 }
 
