@@ -17,9 +17,10 @@ use crate::keystore::view::{Grant, KeyStatus};
 /// Manage keys, grants and SigV4 credentials on a running appliance.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Profile file: admin URL, CA certificate, client certificate and key (TOML).
+    /// Profile file: admin URL, CA certificate, client certificate and key (TOML). Needed by
+    /// every command but `cert issue`.
     #[arg(long, env = "KEYWARD_ADMIN_PROFILE")]
-    profile: PathBuf,
+    profile: Option<PathBuf>,
     /// Trust exactly the server key with this SPKI SHA-256 (64 hex digits) instead of the
     /// profile's ca_cert; overrides the profile's server_spki_sha256.
     #[arg(long, global = true)]
@@ -45,6 +46,28 @@ enum Command {
     /// appliance; only its certificate chain is installed).
     #[command(subcommand)]
     Tls(Tls),
+    /// First contact: verify the appliance's live attestation (fresh nonce, bound to the TLS
+    /// key the admin URL serves, judged under --policy) and only then pin that key
+    /// (server_spki_sha256) in the profile. Refuses, writing nothing, otherwise.
+    Trust {
+        /// The admin API, https://HOST:PORT (default: the profile's url).
+        #[arg(long)]
+        url: Option<String>,
+        /// The appliance's live-attestation listener ([attestation] listen), http://HOST:PORT.
+        #[arg(long)]
+        attestation_url: String,
+        /// Verifier policy file (TOML or JSON): the one `keyward verify --policy` and the KRS
+        /// use for this image.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the verdict as JSON (on stdout) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator certificates signed by an operator CA held in files (development and small
+    /// deployments; a real CA can add the same SAN URI claim itself).
+    #[command(subcommand)]
+    Cert(Cert),
     /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
     KmsConfig {
         /// Key store name.
@@ -52,6 +75,32 @@ enum Command {
         /// Which credential to put in the file (default: the newest).
         #[arg(long)]
         access_key_id: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cert {
+    /// Issue an operator (admin client) certificate with a role claim: the SAN URI
+    /// keyward:role:viewer (read-only, no secrets) or keyward:role:admin (everything).
+    Issue {
+        /// The operator CA certificate (PEM): the one [admin] client_ca_file holds.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// Its private key (PEM, PKCS#8).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The operator's name (subject CN, named in the audit log).
+        #[arg(long)]
+        name: String,
+        /// viewer | admin
+        #[arg(long)]
+        role: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Write the certificate here (PEM); the key goes to the same name with `-key.pem`.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -217,7 +266,22 @@ enum Creds {
 
 /// Run the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut profile = Profile::load(&args.profile)?;
+    let profile_path = || {
+        args.profile
+            .clone()
+            .context("--profile FILE (or KEYWARD_ADMIN_PROFILE) is required")
+    };
+    match args.command {
+        Command::Cert(c) => return cert(c),
+        Command::Trust {
+            url,
+            attestation_url,
+            policy,
+            json,
+        } => return trust(&profile_path()?, url, &attestation_url, &policy, json),
+        _ => {}
+    }
+    let mut profile = Profile::load(&profile_path()?)?;
     if let Some(pin) = &args.server_spki_sha256 {
         profile.trust = super::tls::ServerTrust::SpkiSha256(
             super::tls::parse_sha256_hex(pin).map_err(anyhow::Error::msg)?,
@@ -237,6 +301,84 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     show(resp.result.unwrap_or(serde_json::Value::Null))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyward admin trust`: exit 0 with the pin written, 1 refused (one line, nothing written).
+fn trust(
+    profile: &std::path::Path,
+    url: Option<String>,
+    attestation_url: &str,
+    policy: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    match rt.block_on(super::trust::trust(
+        profile,
+        url.as_deref(),
+        attestation_url,
+        policy,
+    )) {
+        Ok(t) => {
+            if json {
+                println!("{}", t.verdict.to_json());
+            } else {
+                print!("{}", t.verdict.to_table());
+            }
+            eprintln!(
+                "keyward admin trust: fresh evidence (nonce {}) verified under {} and bound to the admin TLS key spki_sha256={}; pinned in {} (server_spki_sha256)",
+                hex::encode(t.nonce),
+                policy.display(),
+                hex::encode(t.spki_sha256),
+                profile.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("keyward admin trust: refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `keyward admin cert issue`.
+fn cert(c: Cert) -> anyhow::Result<ExitCode> {
+    let Cert::Issue {
+        ca_cert,
+        ca_key,
+        name,
+        role,
+        days,
+        out,
+    } = c;
+    let role = super::role::Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let cert_pem = std::fs::read_to_string(&ca_cert)
+        .with_context(|| format!("--ca-cert {}", ca_cert.display()))?;
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&ca_key)
+            .with_context(|| format!("--ca-key {}", ca_key.display()))?,
+    );
+    let ca = super::pki::Ca::from_pem(&cert_pem, &key_pem)
+        .map_err(|e| anyhow::anyhow!("--ca-cert/--ca-key: {e}"))?;
+    let issued = ca.client_with_role(&name, i64::from(days), Some(role))?;
+    let key_out = {
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "operator".into());
+        out.with_file_name(format!("{stem}-key.pem"))
+    };
+    super::pki::write_file(&key_out, issued.key_pem.as_bytes(), true)?;
+    super::pki::write_file(&out, issued.cert_pem.as_bytes(), false)?;
+    println!(
+        "issued {} (CN={name}, role {role}: SAN URI {}), key {}",
+        out.display(),
+        role.uri(),
+        key_out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -261,6 +403,9 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         ),
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
+        Command::Trust { .. } | Command::Cert(_) => {
+            anyhow::bail!("internal: trust and cert are not admin API requests")
+        }
     })
 }
 

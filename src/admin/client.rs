@@ -52,6 +52,12 @@ pub struct Profile {
 impl Profile {
     /// Read and check a profile file.
     pub fn load(path: &Path) -> Result<Profile, ClientError> {
+        Self::load_with(path, None)
+    }
+
+    /// [`Profile::load`], with `fallback` as the server trust when the profile names none
+    /// (`keyward admin trust`, before the first pin is written).
+    pub fn load_with(path: &Path, fallback: Option<ServerTrust>) -> Result<Profile, ClientError> {
         let err = |msg: String| ClientError::Profile {
             path: path.display().to_string(),
             msg,
@@ -83,10 +89,15 @@ impl Profile {
                     ServerTrust::SpkiSha256(super::tls::parse_sha256_hex(&pin).map_err(err)?)
                 }
                 (None, Some(ca)) => ServerTrust::Ca(ca),
-                (None, None) => return Err(err(
-                    "give ca_cert (the admin listener's CA) or server_spki_sha256 (its key's hash)"
-                        .into(),
-                )),
+                (None, None) => match fallback {
+                    Some(t) => t,
+                    None => return Err(err(
+                        "give ca_cert (the admin listener's CA) or server_spki_sha256 (its key's \
+                         hash; `keyward admin trust` writes it after checking the appliance's \
+                         attestation)"
+                            .into(),
+                    )),
+                },
             };
         let (host, port) = parse_url(&url).map_err(err)?;
         Ok(Profile {

@@ -62,6 +62,17 @@ impl Ca {
         Ok(Ca { cert, key })
     }
 
+    /// An existing CA from its PEM certificate and PEM (PKCS#8) private key, to issue with.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        // Re-signed in memory only to carry the CA's name and key into `signed_by`: the issued
+        // certificates name this subject and are signed with this key, which is what chains
+        // to the original CA certificate.
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { cert, key })
+    }
+
     pub fn cert_pem(&self) -> String {
         self.cert.pem()
     }

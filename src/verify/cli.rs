@@ -122,9 +122,7 @@ pub struct Args {
 /// Run `keyward verify`. Errors (exit 2 in main) are usage errors and unreadable input.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut policy = match &args.policy {
-        Some(p) => {
-            Policy::from_bytes(&read(p)?).with_context(|| format!("policy {}", p.display()))?
-        }
+        Some(p) => load_policy(p)?,
         None => Policy::builtin_default(),
     };
     for v in &args.allow_vmpl {
@@ -221,28 +219,48 @@ fn fetch_live(url: &str, xks_url: Option<&str>) -> anyhow::Result<(EvidenceBundl
             format!("https://{host}")
         }
     };
-    let mut nonce = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (spki, bundle) = rt.block_on(async {
+    let (spki, live) = rt.block_on(async {
         let spki = live::fetch_spki_sha256(&xks_url)
             .await
             .with_context(|| format!("reading the XKS certificate at {xks_url}"))?;
-        let bundle = live::fetch_evidence(url, &nonce)
-            .await
-            .with_context(|| format!("fetching evidence from {url}"))?;
-        anyhow::Ok((spki, bundle))
+        let live = fetch_bound(url, &spki).await?;
+        anyhow::Ok((spki, live))
     })?;
     eprintln!(
         "keyward verify: XKS endpoint {xks_url} serves a key with SPKI SHA-256 {}; \
          evidence fetched from {url} for nonce {}",
         hex::encode(spki),
-        hex::encode(nonce)
+        hex::encode(live.nonce)
     );
-    let v = live::runtime_binding_value(&nonce, &spki);
+    Ok((live.bundle, live.expect))
+}
+
+/// Fresh evidence from a live-attestation listener and the binding it must carry.
+pub struct LiveEvidence {
+    pub bundle: EvidenceBundle,
+    /// REPORT_DATA / TPM qualifying data / NitroTPM user data and nonce expected for
+    /// `nonce` and the TLS key.
+    pub expect: Expectations,
+    /// The random nonce sent.
+    pub nonce: [u8; 32],
+}
+
+/// The live-mode core, shared by `keyward verify --url` and `keyward admin trust`: a fresh
+/// random nonce, the evidence `attestation_url` answers for it, and the expectations binding
+/// it to the TLS key whose SPKI SHA-256 is `spki` (read by the caller from the endpoint that
+/// serves it). Judge it with [`verify_bundle`].
+pub async fn fetch_bound(attestation_url: &str, spki: &[u8; 32]) -> anyhow::Result<LiveEvidence> {
+    use crate::attest::live;
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let bundle = live::fetch_evidence(attestation_url, &nonce)
+        .await
+        .with_context(|| format!("fetching evidence from {attestation_url}"))?;
+    let v = live::runtime_binding_value(&nonce, spki);
     let expect = Expectations {
         report_data: Some(v),
         qualifying_data: Some(v.to_vec()),
@@ -251,7 +269,21 @@ fn fetch_live(url: &str, xks_url: Option<&str>) -> anyhow::Result<(EvidenceBundl
         user_data: Some(v.to_vec()),
         crls: Vec::new(),
     };
-    Ok((bundle, expect))
+    Ok(LiveEvidence {
+        bundle,
+        expect,
+        nonce,
+    })
+}
+
+/// The verdict's checks that compare the evidence with the live binding (nonce and TLS key):
+/// SNP REPORT_DATA, TPM qualifying data, NitroTPM user data. A caller that acts on a live
+/// verdict needs at least one of them passed (a bundle without evidence binds nothing).
+pub const BINDING_CHECKS: [&str; 3] = ["snp.report_data", "tpm.extra_data", "nitro.user_data"];
+
+/// A verifier policy file (TOML or JSON), as `--policy` reads it.
+pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    Policy::from_bytes(&read(path)?).with_context(|| format!("policy {}", path.display()))
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
