@@ -111,6 +111,7 @@ impl Backend for RegistryBackend {
                         .and_then(Value::as_str)
                         .unwrap_or("?")
                 ),
+                Ok(_) if op == "kms_config" => format!("{what}; secret disclosed to the admin"),
                 Ok(_) => what,
                 Err(e) => format!("{what}; refused: {e}"),
             };
@@ -190,7 +191,7 @@ fn describe(req: &Request) -> String {
             store,
             access_key_id,
         } => format!(
-            "store={} disclosed credential {} to the admin",
+            "store={} credential {} for the KMS console",
             s(store),
             access_key_id.as_deref().unwrap_or("(newest)")
         ),
