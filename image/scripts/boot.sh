@@ -1,15 +1,16 @@
 #!/bin/bash
 # Boot the appliance disk in qemu (TCG: KVM is unusable on this host) with OVMF, a swtpm vTPM
 # (SHA-256 and SHA-384 banks), the pins handed in through fw_cfg (the qemu stand-in for EC2
-# user data) and user-mode networking with no route anywhere except two forwards:
+# user data) and user-mode networking with no route anywhere except these forwards:
 #   host 127.0.0.1:$XKS_PORT -> guest :8443   (the guest's XKS API)
 #   host 127.0.0.1:$ADMIN_PORT -> guest :9444 (the guest's mutual-TLS admin API)
+#   host 127.0.0.1:$ATTEST_PORT -> guest :9445 (the guest's live attestation, plain HTTP)
 #   guest 10.0.2.100:9443    -> host 127.0.0.1:$KRS_PORT  (the host's keyward krs)
 # The disk is never written (snapshot=on: the guest's writes go to a temporary overlay).
 #
 # usage: boot.sh DISK PINS WORKDIR      (runs qemu in the foreground; serial -> WORKDIR/serial.log,
 #                                        qemu's pid -> WORKDIR/qemu.pid)
-# env:   XKS_PORT (18443) ADMIN_PORT (18444) KRS_PORT (19443) BOOT_TIMEOUT seconds (900) SMP (1) MEM (1536)
+# env:   XKS_PORT (18443) ADMIN_PORT (18444) ATTEST_PORT (18445) KRS_PORT (19443) BOOT_TIMEOUT seconds (900) SMP (1) MEM (1536)
 #        SWTPM_STATE: an existing swtpm state dir to copy (e.g. one with a provisioned AK)
 set -euo pipefail
 disk="$(realpath "${1:?usage: boot.sh DISK PINS WORKDIR}")"
@@ -19,6 +20,7 @@ mkdir -p "$work"
 work="$(realpath "$work")"
 here="$(cd "$(dirname "$0")" && pwd)"
 xks_port="${XKS_PORT:-18443}" admin_port="${ADMIN_PORT:-18444}" krs_port="${KRS_PORT:-19443}"
+attest_port="${ATTEST_PORT:-18445}"
 
 rm -rf "$work/vtpm" "$work/vars.fd" "$work/serial.log"
 mkdir -p "$work/vtpm"
@@ -40,7 +42,7 @@ timeout "${BOOT_TIMEOUT:-900}" qemu-system-x86_64 -nodefaults -machine q35 -acce
     -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
     -drive if=pflash,format=raw,file="$work/vars.fd" \
     -drive file="$disk",if=virtio,format=raw,snapshot=on \
-    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$xks_port-:8443,hostfwd=tcp:127.0.0.1:$admin_port-:9444,guestfwd=tcp:10.0.2.100:9443-cmd:$here/fwd.sh $krs_port" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$xks_port-:8443,hostfwd=tcp:127.0.0.1:$admin_port-:9444,hostfwd=tcp:127.0.0.1:$attest_port-:9445,guestfwd=tcp:10.0.2.100:9443-cmd:$here/fwd.sh $krs_port" \
     -device virtio-net-pci,netdev=n0,romfile= \
     -fw_cfg name=opt/keyward/pins,file="$pins" \
     -chardev socket,id=chrtpm,path="$work/vtpm/sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \

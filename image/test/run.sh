@@ -6,9 +6,11 @@
 #      committed TEST identity, pins, reference values, signed [tpm] policy (krs-up.sh); a disk
 #      copy whose data partition holds the TEST operator CA (data.sh).
 #   1. good boot: the guest's PCRs (keyward-pcrs on the console) equal the reference values in
-#      both banks; the KRS log shows a release; the guest logs its TLS key's SPKI hash on the
-#      console; then through the forwarded ports: the admin API (mutual TLS, the client pinned
-#      to that SPKI hash) makes a CSR with the in-VM key, the host signs it with the TEST
+#      both banks; the KRS log shows a release; then through the forwarded ports: `keyward admin
+#      trust` verifies the guest's live attestation (fresh nonce, bound to the TLS key the admin
+#      port serves, judged under the KRS's policy.toml) and only then pins the admin client to
+#      that key (the console's SPKI line, which the host controls, is only compared with it);
+#      the admin API (mutual TLS, the attested pin) makes a CSR with the in-VM key, the host signs it with the TEST
 #      operator CA (openssl), `tls install` serves the chain; the admin API creates the key
 #      store, a key, a grant and a SigV4 credential, and curl --aws-sigv4 --cacert (the TEST
 #      CA) encrypts and decrypts through the guest's XKS API.
@@ -20,7 +22,7 @@
 # Every step's wall time goes to image/build/test/times.txt. Boots take minutes under TCG.
 #
 # env: KEYWARD_BIN (target/release/keyward: the same binary the image holds), BOOT_WAIT (1800 s
-#      per boot), KRS_PORT 19443, XKS_PORT 18443, ADMIN_PORT 18444, VTPM_PORT 23321
+#      per boot), KRS_PORT 19443, XKS_PORT 18443, ADMIN_PORT 18444, ATTEST_PORT 18445, VTPM_PORT 23321
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -31,6 +33,7 @@ bin="${KEYWARD_BIN:-target/release/keyward}"
 case "$bin" in /*) ;; *) bin="$repo/$bin" ;; esac
 wait_s="${BOOT_WAIT:-1800}"
 export KRS_PORT="${KRS_PORT:-19443}" XKS_PORT="${XKS_PORT:-18443}" ADMIN_PORT="${ADMIN_PORT:-18444}"
+export ATTEST_PORT="${ATTEST_PORT:-18445}"
 if [ ! -f build/keyward.raw ] || [ ! -f build/keyward.efi ]; then
     echo "image-test: run make image first" >&2; exit 1
 fi
@@ -104,27 +107,53 @@ if wait_until "$vm" has_decision_after "$n0" release; then
     step good-boot-to-release $(( $(now) - s ))
     ok "KRS released the master key to the guest (TPM quote accepted): $(log_lines_after "$n0" | jq -c 'select(.decision=="release") | {decision, detail}' | sed -n 1p)"
     id="$tst/identity"
-    # The guest's TLS key never leaves it: its SPKI hash is read from the console, where
-    # keyward logs it once at start, and the admin client is pinned to it.
+    # The guest's TLS key never leaves it. keyward logs its SPKI hash on the console, but the
+    # host controls the console: the pin comes from `keyward admin trust`, which verifies fresh
+    # live attestation (TPM quote, the KRS's policy) bound to the key the admin port serves and
+    # only then writes server_spki_sha256 into the profile. The console line is only compared.
     # shellcheck disable=SC2317  # called through wait_until
     spki_logged() {
         grep -a -o -E 'xks tls key spki_sha256=[0-9a-f]{64}' "$t/good/serial.log" 2>/dev/null \
-            | tail -n 1 | cut -d= -f2 > "$t/spki.txt"
-        [ -s "$t/spki.txt" ]
+            | tail -n 1 | cut -d= -f2 > "$t/console-spki.txt"
+        [ -s "$t/console-spki.txt" ]
     }
-    spki=""
+    # shellcheck disable=SC2317  # called through wait_until
+    attestation_up() { grep -a -q 'live attestation on http://' "$t/good/serial.log" 2>/dev/null; }
+    console_spki=""
     if wait_until "$vm" spki_logged; then
-        spki="$(cat "$t/spki.txt")"
-        ok "guest console: xks tls key spki_sha256=$spki"
+        console_spki="$(cat "$t/console-spki.txt")"
     else
         bad "guest console: no 'xks tls key spki_sha256=' line (see $t/good/serial.log)"
     fi
     cat > "$t/admin-profile.toml" <<EOF
 url = "https://127.0.0.1:$ADMIN_PORT"
-server_spki_sha256 = "$spki"
 client_cert = "$id/admin.pem"
 client_key = "$id/admin-key.pem"
 EOF
+    spki=""
+    if wait_until "$vm" attestation_up; then
+        for _ in 1 2 3 4 5 6; do
+            if "$bin" admin --profile "$t/admin-profile.toml" trust \
+                --attestation-url "http://127.0.0.1:$ATTEST_PORT" --policy "$t/krs/policy.toml" \
+                > "$t/trust.txt" 2>&1; then
+                spki="$(sed -n -E 's/^server_spki_sha256 = "([0-9a-f]{64})".*/\1/p' "$t/admin-profile.toml")"
+                break
+            fi
+            # a refusal is final; only a listener that does not answer yet is retried
+            grep -q 'refused: cannot' "$t/trust.txt" || break
+            sleep 10
+        done
+    else
+        bad "guest console: no 'live attestation on http://' line (see $t/good/serial.log)"
+    fi
+    if [ -n "$spki" ]; then
+        ok "keyward admin trust: live attestation (TPM quote, KRS policy) bound to the admin TLS key verified; pinned spki_sha256=$spki"
+        if [ "$spki" = "$console_spki" ]; then ok "the console's spki_sha256 line agrees with the attested key"
+        else bad "the console logged spki_sha256=$console_spki, the attested key is $spki"; fi
+    else
+        spki=""
+        bad "keyward admin trust did not pin the admin TLS key ($t/trust.txt)"
+    fi
     # shellcheck disable=SC2317  # called through wait_until
     admin_up() {
         "$bin" admin --profile "$t/admin-profile.toml" stores list > "$t/stores.txt" 2>&1
@@ -135,7 +164,7 @@ EOF
         xks_url="https://127.0.0.1:$XKS_PORT"
         "${a[@]}" tls show > "$t/tls-show.txt" 2>&1 || true
         if grep -q -x "spki_sha256  $spki" "$t/tls-show.txt"; then
-            ok "tls show (admin client pinned to the console's hash) reports the same SPKI hash"
+            ok "tls show (admin client pinned to the attested key) reports the same SPKI hash"
         else
             bad "tls show does not report $spki ($t/tls-show.txt)"
         fi
