@@ -148,7 +148,10 @@ fn the_admin_listener_trusts_the_checked_bytes() {
         .err()
         .expect("booted with a CA file other than the pinned one");
     assert!(matches!(err, BootError::Pins(_)), "{err}");
-    assert!(err.to_string().contains("not the admin_ca_sha256 pin"), "{err}");
+    assert!(
+        err.to_string().contains("not the admin_ca_sha256 pin"),
+        "{err}"
+    );
     assert!(!d.join("unused.pem").exists(), "the release ran anyway");
 }
 

@@ -67,7 +67,10 @@ fn viewer_reads_admin_writes() {
     assert!(admin_ok(&viewer, &["stores"]).contains("main"));
     assert!(admin_ok(&viewer, &["keys", "list"]).contains("k1"));
     let creds = admin_ok(&viewer, &["creds", "list"]);
-    assert!(creds.contains(AKID_1) && !creds.contains(SECRET_1), "{creds}");
+    assert!(
+        creds.contains(AKID_1) && !creds.contains(SECRET_1),
+        "{creds}"
+    );
 
     // ... and is refused kms-config and every write, with one line naming the role.
     let err = refused(&viewer, &["kms-config", "main"]);
@@ -79,7 +82,15 @@ fn viewer_reads_admin_writes() {
     for args in [
         &["keys", "create", "k2"][..],
         &["keys", "disable", "k1"],
-        &["keys", "grant", "k1", "--principal", "x", "--ops", "decrypt"],
+        &[
+            "keys",
+            "grant",
+            "k1",
+            "--principal",
+            "x",
+            "--ops",
+            "decrypt",
+        ],
         &["keys", "revoke", "k1", "--principal", "*"],
         &["creds", "add"],
         &["creds", "remove", AKID_1],

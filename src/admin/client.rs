@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Instead of `ca_cert`, `server_spki_sha256 = "<64 hex>"` trusts exactly the server key with
-//! that SPKI hash (the appliance-managed TLS key, whose hash the appliance logs at start and
-//! `tls show` prints): for the self-signed certificate served before a chain is installed.
+//! that SPKI hash (the appliance-managed TLS key): for the self-signed certificate served before
+//! a chain is installed. `keyward admin trust` ([`super::trust`]) writes it after verifying live
+//! attestation bound to that key; the hash the appliance logs on the console is the host's to
+//! change and is not a reason to trust it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -198,11 +198,17 @@ mod tests {
         let t = std::fs::read_to_string(&p).unwrap();
         assert!(t.starts_with("# mine\nurl"), "{t}");
         let v: toml::Table = toml::from_str(&t).unwrap();
-        assert_eq!(v["server_spki_sha256"].as_str(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            v["server_spki_sha256"].as_str(),
+            Some("ab".repeat(32).as_str())
+        );
         write_pin(&p, &"cd".repeat(32)).unwrap();
         let t = std::fs::read_to_string(&p).unwrap();
         assert_eq!(t.matches("server_spki_sha256").count(), 1, "{t}");
         let v: toml::Table = toml::from_str(&t).unwrap();
-        assert_eq!(v["server_spki_sha256"].as_str(), Some("cd".repeat(32).as_str()));
+        assert_eq!(
+            v["server_spki_sha256"].as_str(),
+            Some("cd".repeat(32).as_str())
+        );
     }
 }
