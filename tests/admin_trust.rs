@@ -133,7 +133,7 @@ fn trust_pins_only_the_attested_key() {
     assert_eq!(code, 1, "{stdout}{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("refused") && err.contains("bound to another TLS key"),
+        err.contains("refused") && err.contains("not bound to the TLS key"),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&first).unwrap(), profile_text);

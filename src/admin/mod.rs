@@ -1,6 +1,8 @@
 //! The mutual-TLS admin API and its client: key, grant and credential management for operators
 //! who have no shell on the appliance. JSON over HTTPS on its own listener (never the XKS port);
-//! every client certificate must chain to the operator's CA.
+//! every client certificate must chain to the operator's CA (read once at boot, [`tls::OperatorCa`])
+//! and carries a role ([`role`]: viewer or admin). [`trust`] is the operator's first contact: it
+//! pins the appliance's TLS key only after live attestation bound to it verifies.
 
 pub mod cli;
 pub mod client;

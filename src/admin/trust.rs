@@ -30,8 +30,9 @@ pub enum TrustError {
     #[error("cannot get evidence: {0}")]
     Fetch(String),
     #[error(
-        "the evidence is bound to another TLS key than the one {url} serves ({spki}): a relay \
-         or man in the middle, or another appliance; no pin written ({check}: {detail})"
+        "the evidence is not bound to the TLS key {url} serves ({spki}) and this nonce: it names \
+         another key (a relay or man in the middle at that address; or the admin listener does \
+         not serve the attested XKS key), or it is replayed; no pin written ({check}: {detail})"
     )]
     OtherKey {
         url: String,
