@@ -280,7 +280,8 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
     // As the appliance does, before anything secret exists (the HSM PIN, an HPKE-fallback
     // master key): non-dumpable, no core files, key memory locked.
     crate::secret::harden_process().context("hardening the KRS process")?;
-    let mem = crate::secret::init(cfg.memory).context("locking key memory (memory.allow_unlocked)")?;
+    let mem =
+        crate::secret::init(cfg.memory).context("locking key memory (memory.allow_unlocked)")?;
     if !mem.locked {
         tracing::warn!(
             "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked: development only"

@@ -26,8 +26,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::WrapChoice;
 use super::limits::{
-    bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, Stats, Status,
-    WarnGate,
+    bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, Stats, Status, WarnGate,
 };
 use super::log::{Entry, ReleaseLog};
 use super::messages::{

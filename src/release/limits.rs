@@ -243,7 +243,12 @@ impl DeadlineStream {
 
     fn timed<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
         match r {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 self.expired = true;
                 Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
             }
@@ -449,7 +454,10 @@ mod tests {
             frame_secs: 0,
             ..Limits::default()
         };
-        assert_eq!(l.check().unwrap_err(), "limits.frame_secs: must be at least 1");
+        assert_eq!(
+            l.check().unwrap_err(),
+            "limits.frame_secs: must be at least 1"
+        );
         assert!(Limits::default().check().is_ok());
     }
 }

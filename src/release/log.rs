@@ -311,10 +311,7 @@ impl ReleaseLog {
     /// Advance the counter (kept first), then sign and replace the head.
     fn write_head(&mut self, sign: DigestSigner<'_>) -> Result<(), LogError> {
         let counter = self.counter + 1;
-        replace_file(
-            &counter_path(&self.path),
-            format!("{counter}\n").as_bytes(),
-        )?;
+        replace_file(&counter_path(&self.path), format!("{counter}\n").as_bytes())?;
         self.counter = counter;
         let sig = sign(&head_digest_counted(self.count, &self.last_hash, counter))
             .map_err(LogError::Sign)?;
@@ -412,10 +409,7 @@ pub fn verify_file(path: &Path, receipt_spki_der: &[u8]) -> Result<Summary, LogE
     verify_entries(path, receipt_spki_der).map(|(s, _)| s)
 }
 
-fn verify_entries(
-    path: &Path,
-    receipt_spki_der: &[u8],
-) -> Result<(Summary, Vec<Entry>), LogError> {
+fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<Entry>), LogError> {
     let f =
         File::open(path).map_err(|e| LogError::Io(path.display().to_string(), e.to_string()))?;
     let entries = read_entries(BufReader::new(f))?;
@@ -656,7 +650,9 @@ mod tests {
         assert_eq!(read_counter(&p).unwrap(), Some(4));
         std::fs::write(&p, &old_log).unwrap();
         std::fs::write(head_path(&p), &old_head).unwrap();
-        let err = ReleaseLog::open(&p).err().expect("an older log must be refused");
+        let err = ReleaseLog::open(&p)
+            .err()
+            .expect("an older log must be refused");
         assert!(
             matches!(err, LogError::Rollback(_)) && err.to_string().contains("counted to 4"),
             "{err}"
