@@ -4,7 +4,8 @@
 //!   the appliance must be given.
 //! * `serve --config FILE`: the KRP/1 service.
 //! * `policy keygen|sign|show|check`: the signed, versioned verifier policy.
-//! * `log verify FILE --receipt-key PEM`: offline check of the release log.
+//! * `log verify FILE --receipt-key PEM [--against HEAD]`: offline check of the release log
+//!   (and that it is not older than, or forked from, a head noted earlier).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,10 @@ enum LogCmd {
         /// The receipt public key (PEM), as written by `krs init` to `receipt.pub.pem`.
         #[arg(long)]
         receipt_key: PathBuf,
+        /// A head noted earlier: a saved copy of `release.log.head`, or `COUNT:HASH[:COUNTER]`
+        /// from an earlier verify. Fails when the log is older than it or forked from it.
+        #[arg(long)]
+        against: Option<String>,
     },
 }
 
@@ -127,17 +132,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Policy { cmd } => policy_cmd(cmd),
         Cmd::Log {
-            cmd: LogCmd::Verify { file, receipt_key },
+            cmd:
+                LogCmd::Verify {
+                    file,
+                    receipt_key,
+                    against,
+                },
         } => {
             let pem = std::fs::read_to_string(&receipt_key)
                 .with_context(|| format!("reading {}", receipt_key.display()))?;
             let spki = spki_der_from_pem(&pem)?;
-            match super::log::verify_file(&file, &spki) {
+            let checked = match &against {
+                None => super::log::verify_file(&file, &spki),
+                Some(a) => super::log::SavedHead::load(a, &spki)
+                    .and_then(|saved| super::log::verify_against(&file, &spki, &saved)),
+            };
+            match checked {
                 Ok(s) => {
                     println!(
                         "{}",
                         serde_json::json!({"ok": true, "entries": s.entries,
-                        "releases": s.releases, "denies": s.denies, "head_hash": s.head_hash})
+                        "releases": s.releases, "denies": s.denies, "head_hash": s.head_hash,
+                        "counter": s.counter, "against": against})
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -261,13 +277,25 @@ pub fn build_service(
 fn serve(config: &Path) -> anyhow::Result<ExitCode> {
     init_tracing();
     let cfg = KrsConfig::load(config)?;
+    // As the appliance does, before anything secret exists (the HSM PIN, an HPKE-fallback
+    // master key): non-dumpable, no core files, key memory locked.
+    crate::secret::harden_process().context("hardening the KRS process")?;
+    let mem =
+        crate::secret::init(cfg.memory).context("locking key memory (memory.allow_unlocked)")?;
+    if !mem.locked {
+        tracing::warn!(
+            "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked: development only"
+        );
+    }
     let (svc, tls) = build_service(&cfg, super::source::default_appraiser())?;
+    let svc = svc.with_limits(cfg.limits);
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!(
         "{}",
-        serde_json::json!({"krs": "listening", "addr": addr.to_string(), "mode": svc.mode()})
+        serde_json::json!({"krs": "listening", "addr": addr.to_string(), "mode": svc.mode(),
+            "non_dumpable": !crate::secret::is_dumpable(), "memory_locked": mem.locked})
     );
     tracing::info!(%addr, mode = ?svc.mode(), "keyward krs serving KRP/1");
     super::krs::serve(listener, tls, Arc::new(svc));

@@ -60,6 +60,12 @@ pub struct KrsConfig {
     /// AMD CRL files (DER or PEM) handed to the verifier with every appraisal.
     #[serde(default)]
     pub crl_files: Vec<PathBuf>,
+    /// Bounds on unauthenticated work (`[limits]`: connections, deadlines, sessions).
+    #[serde(default)]
+    pub limits: super::limits::Limits,
+    /// Key memory of the KRS process (`[memory] allow_unlocked = true`: development only).
+    #[serde(default)]
+    pub memory: crate::secret::MemoryPolicy,
 }
 
 /// One deployment (a customer's appliance or fleet): the pins its appliances were launched
@@ -96,6 +102,7 @@ impl KrsConfig {
                 "session_ttl_secs must be 1..=3600".into(),
             ));
         }
+        c.limits.check().map_err(ConfigError::Invalid)?;
         Ok(c)
     }
     pub fn tls_cert(&self) -> PathBuf {

@@ -5,8 +5,17 @@
 //! evidence decoding -> appraisal by the shared verifier under the signed policy, against the
 //! binding derived from T -> wrap (in the HSM, or the HPKE fallback) -> receipt signed in the
 //! HSM -> log entry fsynced -> answer.
+//!
+//! Work before a session exists is bounded (issue 12 §3): a deny before a session was
+//! consumed (an undecodable frame, a wrong version, an unknown, expired or replayed session, a
+//! Hello whose pins match nothing, a source over its session quota) costs no HSM call, no fsync
+//! and no log entry: it is counted by reason, logged under a rate limit and answered with an
+//! unsigned Deny. Denies after a session was consumed are signed and logged as before, with raw
+//! evidence kept only up to `limits.log_evidence_max`. [`serve`] caps connections (in total and
+//! per source) and gives every phase of a connection a deadline (see `limits`).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +25,9 @@ use sha2::{Digest, Sha384};
 use subtle::ConstantTimeEq;
 
 use super::config::WrapChoice;
+use super::limits::{
+    bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, Stats, Status, WarnGate,
+};
 use super::log::{Entry, ReleaseLog};
 use super::messages::{
     Challenge, Deny, Evidence, Hello, Release, Request, Response, WrapMode, VERSION,
@@ -71,7 +83,14 @@ pub struct Service {
     tls_pin: [u8; 32],
     mode: WrapMode,
     key_id: String,
+    limits: Limits,
+    stats: Stats,
+    conns: Arc<ConnTracker>,
+    warn: WarnGate,
 }
+
+/// Longest deny detail written to a log line or a release-log entry.
+const MAX_DETAIL: usize = 512;
 
 /// Facts gathered so far, for a deny receipt and log entry.
 #[derive(Default)]
@@ -79,6 +98,8 @@ struct Ctx {
     session_id: Vec<u8>,
     t: Vec<u8>,
     evidence: Vec<u8>,
+    /// A session was consumed: a deny is signed and logged. Before that, it is not.
+    session: bool,
 }
 
 fn now_secs() -> u64 {
@@ -127,7 +148,15 @@ impl Service {
             );
         }
         let key_id = hsm.master_key_id().to_string();
+        let mut log = log;
+        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))
+            .map_err(|e| KrsError::Setup(e.to_string()))?;
+        let limits = Limits::default();
         Ok(Self {
+            conns: Arc::new(ConnTracker::new(&limits)),
+            warn: WarnGate::new(limits.warnings_per_sec),
+            stats: Stats::default(),
+            limits,
             krs_id: spki_pin(&receipt_spki),
             receipt_spki,
             inner: Mutex::new(Inner { hsm, log }),
@@ -138,6 +167,45 @@ impl Service {
             mode,
             key_id,
         })
+    }
+
+    /// Apply `[limits]` (before serving: the session table starts empty again).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.sessions = SessionStore::bounded(
+            self.sessions.ttl(),
+            limits.max_sessions,
+            limits.max_sessions_per_source,
+        );
+        self.conns = Arc::new(ConnTracker::new(&limits));
+        self.warn = WarnGate::new(limits.warnings_per_sec);
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The counters of a `krs status` line.
+    pub fn status(&self) -> Status {
+        let st = &self.stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Status {
+            sessions: self.sessions.len(),
+            max_sessions: self.sessions.capacity(),
+            connections: self.conns.active(),
+            max_connections: self.limits.max_connections,
+            hsm_signs: n(&st.hsm_signs),
+            releases: n(&st.releases),
+            signed_denies: n(&st.signed_denies),
+            unsigned_denies: st.unsigned_denies(),
+            connections_refused_total: n(&st.connections_refused_total),
+            connections_refused_per_source: n(&st.connections_refused_per_source),
+            deadline_cuts: n(&st.deadline_cuts),
+            frame_limit_cuts: n(&st.frame_limit_cuts),
+            warnings_suppressed: self.warn.suppressed(),
+        }
     }
 
     /// The wrap mode in use.
@@ -158,12 +226,37 @@ impl Service {
         }
     }
 
-    /// Handle one frame's raw bytes (undecodable input is a logged deny).
+    /// Handle one frame's raw bytes (undecodable input is a counted, unsigned deny).
     pub fn handle_bytes(&self, frame: &[u8]) -> Response {
-        match super::cbor::from_slice::<Request>(frame) {
-            Ok(r) => self.handle(r),
-            Err(e) => self.deny(DenyCode::Malformed, &e.to_string(), Ctx::default()),
+        self.handle_from(frame, None)
+    }
+
+    /// Handle one frame from `source` (a `limits::source_key`; `None`: no per-source quota).
+    /// A Hello is checked for size and against the source's session quota before anything
+    /// else.
+    pub fn handle_from(&self, frame: &[u8], source: Option<IpAddr>) -> Response {
+        let req = match super::cbor::from_slice::<Request>(frame) {
+            Ok(r) => r,
+            Err(e) => return self.deny(DenyCode::Malformed, &e.to_string(), Ctx::default()),
+        };
+        let Request::Hello(h) = req else {
+            return self.handle(req);
+        };
+        if let Some(field) = hello_oversized(&h) {
+            return self.deny(
+                DenyCode::Malformed,
+                &format!("hello {field} is too long"),
+                Ctx::default(),
+            );
         }
+        if let Err(e) = self.sessions.admit(source) {
+            return self.deny(DenyCode::Busy, &e.to_string(), Ctx::default());
+        }
+        let resp = self.hello(h);
+        if let (Response::Challenge(ch), Some(src)) = (&resp, source) {
+            self.sessions.assign(&ch.session_id, src);
+        }
+        resp
     }
 
     fn hello(&self, h: Hello) -> Response {
@@ -236,6 +329,7 @@ impl Service {
                 return self.deny(code, &err.to_string(), ctx);
             }
         };
+        ctx.session = true;
         let pd_agent: bool = e.policy_digest.ct_eq(&self.policy.digest[..]).into();
         let pd_session: bool = s
             .challenge
@@ -360,7 +454,10 @@ impl Service {
         detail: Option<&str>,
         ctx: &Ctx,
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let keep_evidence =
+            !ctx.evidence.is_empty() && ctx.evidence.len() <= self.limits.log_evidence_max;
         let bytes = receipt.encode().map_err(|e| e.to_string())?;
+        Stats::bump(&self.stats.hsm_signs);
         let sig = inner
             .hsm
             .sign_digest(&receipt_digest(&bytes))
@@ -371,30 +468,67 @@ impl Service {
             decision: receipt.decision.clone(),
             code: receipt.code,
             reason: reason.map(|c| c.name().to_string()),
-            detail: detail.map(str::to_string),
+            detail: match (detail, keep_evidence) {
+                (Some(d), false) if !ctx.evidence.is_empty() => Some(format!(
+                    "{} (evidence of {} bytes not kept: over limits.log_evidence_max)",
+                    bounded(d, MAX_DETAIL),
+                    ctx.evidence.len()
+                )),
+                (d, _) => d.map(|d| bounded(d, MAX_DETAIL).into_owned()),
+            },
             key_id: receipt.key_id.clone(),
             evidence_digest: hex::encode(&receipt.evidence_digest),
             policy_digest: hex::encode(&receipt.policy_digest),
             session_id: hex::encode(&ctx.session_id),
-            evidence: (!ctx.evidence.is_empty()).then(|| STANDARD.encode(&ctx.evidence)),
+            evidence: keep_evidence.then(|| STANDARD.encode(&ctx.evidence)),
             receipt: STANDARD.encode(&bytes),
             signature: STANDARD.encode(&sig),
             prev_hash: String::new(),
             hash: String::new(),
         };
         let Inner { hsm, log } = inner;
-        log.append(entry, &|d| hsm.sign_digest(d).map_err(|e| e.to_string()))
-            .map_err(|e| e.to_string())?;
+        log.append(entry, &|d| {
+            Stats::bump(&self.stats.hsm_signs);
+            hsm.sign_digest(d).map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())?;
+        if receipt.decision == "release" {
+            Stats::bump(&self.stats.releases);
+        } else {
+            Stats::bump(&self.stats.signed_denies);
+        }
         Ok((bytes, sig))
     }
 
+    /// The one way to refuse. Before a session was consumed (`ctx.session` false): counted,
+    /// logged under the rate limit, answered unsigned; nothing reaches the HSM or the release
+    /// log. After: signed in the HSM and appended to the release log.
     fn deny(&self, code: DenyCode, detail: &str, ctx: Ctx) -> Response {
-        tracing::warn!(
-            code = code.number(),
-            reason = code.name(),
-            session = %hex::encode(&ctx.session_id),
-            "deny: {detail}"
-        );
+        let detail = bounded(detail, MAX_DETAIL);
+        if !ctx.session {
+            self.stats.unsigned_deny(code.name());
+            if self.warn.allow() {
+                tracing::warn!(
+                    code = code.number(),
+                    reason = code.name(),
+                    "deny before a session (unsigned, not in the release log): {detail}"
+                );
+            }
+            return Response::Deny(Deny {
+                v: VERSION,
+                code: code.number(),
+                receipt: vec![],
+                signature: vec![],
+            });
+        }
+        if self.warn.allow() {
+            tracing::warn!(
+                code = code.number(),
+                reason = code.name(),
+                session = %hex::encode(&ctx.session_id),
+                "deny: {detail}"
+            );
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let receipt = Receipt {
             v: VERSION,
@@ -417,7 +551,7 @@ impl Service {
             log_index: inner.log.next_index(),
         };
         let (receipt, signature) =
-            match self.sign_and_log(&mut inner, &receipt, Some(code), Some(detail), &ctx) {
+            match self.sign_and_log(&mut inner, &receipt, Some(code), Some(&detail), &ctx) {
                 Ok(rs) => rs,
                 Err(err) => {
                     tracing::error!("deny receipt not logged: {err}");
@@ -439,59 +573,144 @@ fn code_for_check(name: &str) -> DenyCode {
     DenyCode::for_check(name)
 }
 
+/// Longest field of a Hello (its strings go into log lines and T).
+const HELLO_FIELD_MAX: usize = 256;
+
+/// The first Hello field that is longer than any agent sends.
+fn hello_oversized(h: &Hello) -> Option<&'static str> {
+    let p = &h.pins;
+    if h.platform.len() > HELLO_FIELD_MAX {
+        Some("platform")
+    } else if h.product_release.len() > HELLO_FIELD_MAX {
+        Some("product_release")
+    } else if h.algs.len() > 16 || h.algs.iter().any(|a| a.len() > 64) {
+        Some("algs")
+    } else if p.krs_url.len() > HELLO_FIELD_MAX * 4 {
+        Some("pins.krs_url")
+    } else if [
+        &p.krs_tls_spki_sha256,
+        &p.receipt_spki_sha256,
+        &p.admin_ca_sha256,
+    ]
+    .iter()
+    .any(|b| b.len() > 64)
+    {
+        Some("pins")
+    } else {
+        None
+    }
+}
+
 /// Serve KRP/1 on `listener` until the process ends: one thread per connection, TLS 1.3, one
-/// frame in, one frame out, as many rounds as the agent sends.
+/// frame in, one frame out, as many rounds as the agent sends (up to the limits). A status
+/// line (`krs status {json}`) is logged every `limits.status_secs`.
 pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, svc: Arc<Service>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let active = Arc::new(AtomicUsize::new(0));
+    let every = Duration::from_secs(svc.limits.status_secs);
+    let status_svc = svc.clone();
+    let _ = std::thread::Builder::new()
+        .name("krs-status".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            match serde_json::to_string(&status_svc.status()) {
+                Ok(j) => tracing::info!("krs status {j}"),
+                Err(e) => tracing::error!("krs status: {e}"),
+            }
+        });
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        // Bounded concurrency: beyond the limit, new connections are closed at once.
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(
-                "connection limit ({MAX_CONNECTIONS}) reached; closing a new connection"
-            );
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, typically: do not spin.
+                if svc.warn.allow() {
+                    tracing::warn!("accept: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
+        };
+        let src = source_key(peer.ip());
+        // Bounded concurrency: beyond a limit, a new connection is closed at once.
+        let slot = match svc.conns.admit(src) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let c = match why {
+                    ConnRefused::Total => &svc.stats.connections_refused_total,
+                    ConnRefused::PerSource => &svc.stats.connections_refused_per_source,
+                };
+                Stats::bump(c);
+                if svc.warn.allow() {
+                    tracing::warn!(source = %src, "{why}; closing a new connection");
+                }
+                continue;
+            }
+        };
         let tls = tls.clone();
-        let svc = svc.clone();
-        let counter = active.clone();
+        let svc2 = svc.clone();
         let spawned = std::thread::Builder::new()
             .name("krs-conn".into())
             .spawn(move || {
-                if let Err(e) = connection(stream, tls, &svc) {
-                    tracing::debug!("connection ended: {e}");
+                let src = slot.source();
+                if let Err(e) = connection(stream, tls, &svc2, src) {
+                    tracing::debug!(source = %src, "connection ended: {e}");
                 }
-                counter.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+        if spawned.is_err() && svc.warn.allow() {
             tracing::error!("cannot start a connection thread");
         }
     }
 }
 
-/// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 64;
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
 
 fn connection(
     stream: TcpStream,
     tls: Arc<rustls::ServerConfig>,
     svc: &Service,
+    src: IpAddr,
 ) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
+    let l = svc.limits;
+    let mut sock = DeadlineStream::new(stream, secs(l.connection_secs));
+    sock.phase(secs(l.handshake_secs));
     let conn = rustls::ServerConnection::new(tls).map_err(|e| e.to_string())?;
-    let mut tls_stream = rustls::StreamOwned::new(conn, stream);
-    loop {
-        let frame = match wire::read_frame(&mut tls_stream) {
+    let mut tls_stream = rustls::StreamOwned::new(conn, sock);
+    let r = frames(&mut tls_stream, svc, src);
+    if tls_stream.sock.expired() {
+        Stats::bump(&svc.stats.deadline_cuts);
+        if svc.warn.allow() {
+            tracing::warn!(source = %src, "connection cut: a deadline passed");
+        }
+    }
+    r
+}
+
+fn frames(
+    s: &mut rustls::StreamOwned<rustls::ServerConnection, DeadlineStream>,
+    svc: &Service,
+    src: IpAddr,
+) -> Result<(), String> {
+    let l = svc.limits;
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    for _ in 0..l.max_frames_per_connection {
+        s.sock.phase(secs(l.idle_secs));
+        let frame = match wire::read_frame_phased(s, |s| s.sock.phase(secs(l.frame_secs))) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
-        let resp = svc.handle_bytes(&frame);
-        wire::write_msg(&mut tls_stream, &resp).map_err(|e| e.to_string())?;
+        let resp = svc.handle_from(&frame, Some(src));
+        s.sock.phase(secs(l.frame_secs));
+        wire::write_msg(s, &resp).map_err(|e| e.to_string())?;
     }
+    Stats::bump(&svc.stats.frame_limit_cuts);
+    Ok(())
 }

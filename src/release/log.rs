@@ -7,6 +7,13 @@
 //! receipt key) is replaced atomically, so truncation is detectable too. The KRS answers the
 //! agent only after both are on disk.
 //!
+//! Rollback (issue 12 §6): the head also carries a monotonic counter the KRS keeps in
+//! `FILE.counter` (written, fsynced, before each new head; it never goes back), and is signed
+//! over it. On open the KRS refuses a log whose head counter is below the one it keeps (an
+//! older copy of the log and head restored). A verifier that saved a head earlier (or noted its
+//! entry count and hash) checks the log against it with [`verify_against`]: an older log, or
+//! one forked from that head, fails. Heads written before the counter existed still verify.
+//!
 //! [`verify_file`] is what `keyward krs log verify` runs offline.
 
 use std::fs::{File, OpenOptions};
@@ -31,6 +38,8 @@ pub enum LogError {
     Head(String),
     #[error("signing: {0}")]
     Sign(String),
+    #[error("release log rolled back: {0}")]
+    Rollback(String),
 }
 
 /// One decision.
@@ -91,8 +100,37 @@ pub struct Head {
     pub count: u64,
     /// Hex hash of the last entry (48 zero bytes when empty).
     pub head_hash: String,
-    /// Base64 ECDSA P-384 r||s over [`head_digest`].
+    /// The KRS's monotonic head counter (absent in heads written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<u64>,
+    /// Base64 ECDSA P-384 r||s over [`head_digest`] (no counter) or [`head_digest_counted`].
     pub signature: String,
+}
+
+impl Head {
+    /// The digest this head's signature covers.
+    pub fn digest(&self) -> [u8; 48] {
+        let hash = hex_or_empty(&self.head_hash);
+        match self.counter {
+            Some(c) => head_digest_counted(self.count, &hash, c),
+            None => head_digest(self.count, &hash),
+        }
+    }
+
+    /// The counter, or for an older head its entry count (one head per entry).
+    fn counter_or_count(&self) -> u64 {
+        self.counter.unwrap_or(self.count)
+    }
+}
+
+/// The digest the receipt key signs for a head with a counter.
+pub fn head_digest_counted(count: u64, head_hash: &[u8], counter: u64) -> [u8; 48] {
+    let mut h = Sha384::new();
+    h.update(b"KRP/1 log head v2");
+    h.update(count.to_be_bytes());
+    h.update(counter.to_be_bytes());
+    h.update(head_hash);
+    h.finalize().into()
 }
 
 /// The digest the receipt key signs for a head.
@@ -105,9 +143,58 @@ pub fn head_digest(count: u64, head_hash: &[u8]) -> [u8; 48] {
 }
 
 fn head_path(path: &Path) -> PathBuf {
+    suffixed(path, ".head")
+}
+
+/// Where the KRS keeps the log's head counter: `FILE.counter`.
+pub fn counter_path(path: &Path) -> PathBuf {
+    suffixed(path, ".counter")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
-    s.push(".head");
+    s.push(suffix);
     PathBuf::from(s)
+}
+
+/// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync the dir).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e.to_string());
+    let tmp = suffixed(path, ".tmp");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn read_head(path: &Path) -> Result<Option<Head>, LogError> {
+    let hp = head_path(path);
+    match std::fs::read(&hp) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| LogError::Head(format!("{}: {e}", hp.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::Head(format!("{}: {e}", hp.display()))),
+    }
+}
+
+fn read_counter(path: &Path) -> Result<Option<u64>, LogError> {
+    let cp = counter_path(path);
+    match std::fs::read_to_string(&cp) {
+        Ok(t) => t
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| LogError::Head(format!("{}: not a counter", cp.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::Io(cp.display().to_string(), e.to_string())),
+    }
 }
 
 /// Signs a SHA-384 digest with the receipt key (the HSM), giving `r || s`.
@@ -119,22 +206,76 @@ pub struct ReleaseLog {
     file: File,
     count: u64,
     last_hash: [u8; 48],
+    /// The head counter (the highest of the kept counter and the head's).
+    counter: u64,
+    /// The last entry has no head yet (a crash between the two writes).
+    head_stale: bool,
 }
 
 impl ReleaseLog {
     /// Open (or create) the log and check its chain (hashes only; receipts are checked by
     /// `verify_file`). A broken chain refuses to open: the KRS does not append to a log it
     /// cannot vouch for.
+    ///
+    /// The head must name the file's last entry (or the one before, when a crash came between
+    /// the entry and its head: [`repair_head`](Self::repair_head) then writes it), and its
+    /// counter must not be below the one kept in `FILE.counter`: otherwise the log or its
+    /// head were truncated or rolled back, and the KRS refuses to start.
     pub fn open(path: &Path) -> Result<Self, LogError> {
         let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e.to_string());
-        let (count, last_hash) = match File::open(path) {
-            Ok(f) => {
-                let entries = read_entries(BufReader::new(f))?;
-                check_chain(&entries)?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, [0u8; 48]),
+        let entries = match File::open(path) {
+            Ok(f) => read_entries(BufReader::new(f))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
+        let (count, last_hash) = check_chain(&entries)?;
+        let head = read_head(path)?;
+        let kept = read_counter(path)?;
+        let head_count = head.as_ref().map(|h| h.count).unwrap_or(0);
+        let head_stale = count == head_count + 1;
+        if head_count > count {
+            return Err(LogError::Rollback(format!(
+                "the signed head names {head_count} entries, {} has {count} (truncated)",
+                path.display()
+            )));
+        }
+        if count > head_count + 1 {
+            return Err(LogError::Head(format!(
+                "{} has {count} entries, its head names {head_count}",
+                path.display()
+            )));
+        }
+        if let Some(h) = &head {
+            let named = match h.count {
+                0 => hex::encode([0u8; 48]),
+                n => entries
+                    .get((n - 1) as usize)
+                    .map(|e| e.hash.clone())
+                    .unwrap_or_default(),
+            };
+            if h.head_hash != named {
+                return Err(LogError::Head(format!(
+                    "the signed head does not name entry {} of {} (rewritten)",
+                    h.count.saturating_sub(1),
+                    path.display()
+                )));
+            }
+        }
+        let head_counter = head.as_ref().map(Head::counter_or_count).unwrap_or(0);
+        if let Some(k) = kept {
+            // A crash between the counter and the head leaves the counter one ahead.
+            let crashed = head_stale && head_counter + 1 == k;
+            if head_counter < k && !crashed {
+                return Err(LogError::Rollback(format!(
+                    "the head of {} has counter {head_counter}, the KRS has counted to {k}: an \
+                     older copy of the log was restored (put the newest back; remove {} only \
+                     if you mean to accept the older log)",
+                    path.display(),
+                    counter_path(path).display()
+                )));
+            }
+        }
+        let counter = head_counter.max(kept.unwrap_or(0));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -145,7 +286,45 @@ impl ReleaseLog {
             file,
             count,
             last_hash,
+            counter,
+            head_stale,
         })
+    }
+
+    /// Whether the last entry still needs its head (see [`repair_head`](Self::repair_head)).
+    pub fn head_stale(&self) -> bool {
+        self.head_stale
+    }
+
+    /// Write the head for the last entry when a crash left it without one.
+    pub fn repair_head(&mut self, sign: DigestSigner<'_>) -> Result<(), LogError> {
+        if self.head_stale {
+            tracing::warn!(
+                "release log {}: the last entry had no signed head (crash?); writing it",
+                self.path.display()
+            );
+            self.write_head(sign)?;
+        }
+        Ok(())
+    }
+
+    /// Advance the counter (kept first), then sign and replace the head.
+    fn write_head(&mut self, sign: DigestSigner<'_>) -> Result<(), LogError> {
+        let counter = self.counter + 1;
+        replace_file(&counter_path(&self.path), format!("{counter}\n").as_bytes())?;
+        self.counter = counter;
+        let sig = sign(&head_digest_counted(self.count, &self.last_hash, counter))
+            .map_err(LogError::Sign)?;
+        let head = Head {
+            count: self.count,
+            head_hash: hex::encode(self.last_hash),
+            counter: Some(counter),
+            signature: STANDARD.encode(sig),
+        };
+        let body = serde_json::to_vec(&head).map_err(|e| LogError::Head(e.to_string()))?;
+        replace_file(&head_path(&self.path), &body)?;
+        self.head_stale = false;
+        Ok(())
     }
 
     /// The index the next entry gets.
@@ -171,26 +350,8 @@ impl ReleaseLog {
         self.file.sync_data().map_err(io)?;
         self.count += 1;
         self.last_hash = h;
-
-        let sig = sign(&head_digest(self.count, &h)).map_err(LogError::Sign)?;
-        let head = Head {
-            count: self.count,
-            head_hash: hex::encode(h),
-            signature: STANDARD.encode(sig),
-        };
-        let hp = head_path(&self.path);
-        let tmp = hp.with_extension("head.tmp");
-        let io2 = |e: std::io::Error| LogError::Io(hp.display().to_string(), e.to_string());
-        let mut f = File::create(&tmp).map_err(io2)?;
-        serde_json::to_writer(&mut f, &head).map_err(|e| LogError::Head(e.to_string()))?;
-        f.sync_all().map_err(io2)?;
-        std::fs::rename(&tmp, &hp).map_err(io2)?;
-        if let Some(dir) = hp.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        self.head_stale = true;
+        self.write_head(sign)
     }
 }
 
@@ -237,12 +398,18 @@ pub struct Summary {
     pub releases: u64,
     pub denies: u64,
     pub head_hash: String,
+    /// The signed head's counter (absent in heads written before it existed).
+    pub counter: Option<u64>,
 }
 
 /// Verify a log file offline: chain, every receipt's signature and contents, and the signed
 /// head (which catches truncation). `receipt_spki_der` is the receipt public key printed by
 /// `keyward krs init`.
 pub fn verify_file(path: &Path, receipt_spki_der: &[u8]) -> Result<Summary, LogError> {
+    verify_entries(path, receipt_spki_der).map(|(s, _)| s)
+}
+
+fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<Entry>), LogError> {
     let f =
         File::open(path).map_err(|e| LogError::Io(path.display().to_string(), e.to_string()))?;
     let entries = read_entries(BufReader::new(f))?;
@@ -287,12 +454,8 @@ pub fn verify_file(path: &Path, receipt_spki_der: &[u8]) -> Result<Summary, LogE
     let sig = STANDARD
         .decode(head.signature.as_bytes())
         .map_err(|_| LogError::Head("signature is not base64".into()))?;
-    verify_digest_sig(
-        receipt_spki_der,
-        &head_digest(head.count, &hex_or_empty(&head.head_hash)),
-        &sig,
-    )
-    .map_err(|_| LogError::Head("signature does not verify".into()))?;
+    verify_digest_sig(receipt_spki_der, &head.digest(), &sig)
+        .map_err(|_| LogError::Head("signature does not verify".into()))?;
     if head.count != count || head.head_hash != hex::encode(last) {
         return Err(LogError::Head(format!(
             "signed head names {} entries ending {}, the file has {} ending {} (truncated or rewritten)",
@@ -302,12 +465,110 @@ pub fn verify_file(path: &Path, receipt_spki_der: &[u8]) -> Result<Summary, LogE
             short(&hex::encode(last))
         )));
     }
-    Ok(Summary {
+    let summary = Summary {
         entries: count,
         releases,
         denies: count - releases,
         head_hash: hex::encode(last),
-    })
+        counter: head.counter,
+    };
+    Ok((summary, entries))
+}
+
+/// A head a verifier noted earlier: a saved `FILE.head` (its signature checked), or
+/// `COUNT:HASH` (the `entries` and `head_hash` a verify printed), optionally `COUNT:HASH:COUNTER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedHead {
+    pub count: u64,
+    pub head_hash: String,
+    pub counter: Option<u64>,
+}
+
+impl SavedHead {
+    /// Parse `arg`: a head file if one exists at that path, else `COUNT:HASH[:COUNTER]`.
+    pub fn load(arg: &str, receipt_spki_der: &[u8]) -> Result<Self, LogError> {
+        let p = Path::new(arg);
+        if p.is_file() {
+            let b = std::fs::read(p).map_err(|e| LogError::Io(arg.into(), e.to_string()))?;
+            let h: Head = serde_json::from_slice(&b)
+                .map_err(|e| LogError::Head(format!("saved head {arg}: {e}")))?;
+            let sig = STANDARD
+                .decode(h.signature.as_bytes())
+                .map_err(|_| LogError::Head(format!("saved head {arg}: signature")))?;
+            verify_digest_sig(receipt_spki_der, &h.digest(), &sig).map_err(|_| {
+                LogError::Head(format!(
+                    "saved head {arg}: signature does not verify with this receipt key"
+                ))
+            })?;
+            return Ok(Self {
+                count: h.count,
+                head_hash: h.head_hash,
+                counter: h.counter,
+            });
+        }
+        let bad = || {
+            LogError::Head(format!(
+                "--against {arg}: neither a head file nor COUNT:HASH[:COUNTER]"
+            ))
+        };
+        let mut it = arg.split(':');
+        let count = it.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+        let head_hash = it.next().filter(|h| h.len() == 96).ok_or_else(bad)?;
+        hex::decode(head_hash).map_err(|_| bad())?;
+        let counter = match it.next() {
+            Some(c) => Some(c.parse().map_err(|_| bad())?),
+            None => None,
+        };
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self {
+            count,
+            head_hash: head_hash.to_ascii_lowercase(),
+            counter,
+        })
+    }
+}
+
+/// [`verify_file`], then check that the log extends `saved`: it holds at least as many
+/// entries, the entry `saved` ended with is still there unchanged, and its head counter is not
+/// below `saved`'s. An older log (restored from a copy) or one forked from `saved` fails.
+pub fn verify_against(
+    path: &Path,
+    receipt_spki_der: &[u8],
+    saved: &SavedHead,
+) -> Result<Summary, LogError> {
+    let (summary, entries) = verify_entries(path, receipt_spki_der)?;
+    if saved.count > summary.entries {
+        return Err(LogError::Rollback(format!(
+            "the log has {} entries, the saved head names {} (an older or truncated copy)",
+            summary.entries, saved.count
+        )));
+    }
+    if let (Some(want), Some(have)) = (saved.counter, summary.counter) {
+        if have < want {
+            return Err(LogError::Rollback(format!(
+                "the log's head counter is {have}, the saved head's is {want} (an older copy)"
+            )));
+        }
+    }
+    let named = match saved.count {
+        0 => hex::encode([0u8; 48]),
+        n => entries
+            .get((n - 1) as usize)
+            .map(|e| e.hash.clone())
+            .unwrap_or_default(),
+    };
+    if named != saved.head_hash {
+        return Err(LogError::Rollback(format!(
+            "entry {} is {}, the saved head names {}: the log was forked from or rewritten \
+             after that head",
+            saved.count.saturating_sub(1),
+            short(&named),
+            short(&saved.head_hash)
+        )));
+    }
+    Ok(summary)
 }
 
 fn short(h: &str) -> &str {
@@ -324,4 +585,116 @@ fn verify_digest_sig(spki_der: &[u8], digest: &[u8; 48], sig: &[u8]) -> Result<(
     let vk = p384::ecdsa::VerifyingKey::from_public_key_der(spki_der).map_err(|_| ())?;
     let sig = p384::ecdsa::Signature::from_slice(sig).map_err(|_| ())?;
     vk.verify_prehash(digest, &sig).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p384::ecdsa::signature::hazmat::PrehashSigner;
+    use p384::pkcs8::EncodePublicKey;
+
+    fn key() -> (p384::ecdsa::SigningKey, Vec<u8>) {
+        let sk = p384::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let spki = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        (sk, spki)
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            index: 0,
+            time: 1,
+            decision: "deny".into(),
+            code: Some(151),
+            reason: None,
+            detail: None,
+            key_id: "k".into(),
+            evidence_digest: String::new(),
+            policy_digest: String::new(),
+            session_id: String::new(),
+            evidence: None,
+            receipt: String::new(),
+            signature: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    fn append(log: &mut ReleaseLog, sk: &p384::ecdsa::SigningKey, n: usize) {
+        let sign = |d: &[u8; 48]| -> Result<Vec<u8>, String> {
+            let s: p384::ecdsa::Signature = sk.sign_prehash(d).map_err(|e| e.to_string())?;
+            Ok(s.to_bytes().to_vec())
+        };
+        for _ in 0..n {
+            log.append(entry(), &sign).unwrap();
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_restored_older_log_and_counter_only_grows() {
+        let (sk, _) = key();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release.log");
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &sk, 2);
+        drop(log);
+        let old_log = std::fs::read(&p).unwrap();
+        let old_head = std::fs::read(head_path(&p)).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &sk, 2);
+        drop(log);
+        assert_eq!(read_counter(&p).unwrap(), Some(4));
+        std::fs::write(&p, &old_log).unwrap();
+        std::fs::write(head_path(&p), &old_head).unwrap();
+        let err = ReleaseLog::open(&p)
+            .err()
+            .expect("an older log must be refused");
+        assert!(
+            matches!(err, LogError::Rollback(_)) && err.to_string().contains("counted to 4"),
+            "{err}"
+        );
+        // A crash between an entry and its head: the entry is kept and its head written.
+        std::fs::remove_file(counter_path(&p)).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        assert!(!log.head_stale());
+        append(&mut log, &sk, 1);
+        drop(log);
+        let head_before = std::fs::read(head_path(&p)).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &sk, 1);
+        drop(log);
+        std::fs::write(head_path(&p), &head_before).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        assert!(log.head_stale());
+        let sign = |d: &[u8; 48]| -> Result<Vec<u8>, String> {
+            let s: p384::ecdsa::Signature = sk.sign_prehash(d).map_err(|e| e.to_string())?;
+            Ok(s.to_bytes().to_vec())
+        };
+        log.repair_head(&sign).unwrap();
+        assert!(!log.head_stale());
+    }
+
+    #[test]
+    fn verify_against_catches_older_and_forked_logs() {
+        let (sk, spki) = key();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release.log");
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &sk, 3);
+        drop(log);
+        // Receipts are not real here: check the head logic through verify_against's parts.
+        let saved_path = d.path().join("saved.head");
+        std::fs::copy(head_path(&p), &saved_path).unwrap();
+        let saved = SavedHead::load(saved_path.to_str().unwrap(), &spki).unwrap();
+        assert_eq!((saved.count, saved.counter), (3, Some(3)));
+        let (_, other) = key();
+        assert!(SavedHead::load(saved_path.to_str().unwrap(), &other).is_err());
+        let by_hash = SavedHead::load(&format!("3:{}", saved.head_hash), &spki).unwrap();
+        assert_eq!(by_hash.count, 3);
+        assert!(SavedHead::load("3:abcd", &spki).is_err());
+    }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod krs;
+pub mod limits;
 pub mod log;
 pub mod messages;
 pub mod policy;

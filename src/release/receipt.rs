@@ -19,6 +19,8 @@ use super::messages::WrapMode;
 pub enum DenyCode {
     Malformed,
     UnsupportedVersion,
+    /// The KRS refuses more work from this source for now (too many open sessions); retry.
+    Busy,
     PinMismatch,
     SessionUnknown,
     SessionReplayed,
@@ -76,6 +78,7 @@ impl DenyCode {
         match self {
             DenyCode::Malformed => 100,
             DenyCode::UnsupportedVersion => 101,
+            DenyCode::Busy => 102,
             DenyCode::PinMismatch => 110,
             DenyCode::SessionUnknown => 120,
             DenyCode::SessionReplayed => 121,
@@ -98,6 +101,7 @@ impl DenyCode {
         match self {
             DenyCode::Malformed => "malformed",
             DenyCode::UnsupportedVersion => "unsupported_version",
+            DenyCode::Busy => "busy",
             DenyCode::PinMismatch => "pin_mismatch",
             DenyCode::SessionUnknown => "session_unknown",
             DenyCode::SessionReplayed => "session_replayed",

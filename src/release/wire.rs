@@ -37,12 +37,27 @@ pub fn write_msg<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), WireE
 
 /// Read one frame's bytes; `Ok(None)` on a clean end of stream before a frame starts.
 pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>, WireError> {
+    read_frame_phased(r, |_| {})
+}
+
+/// [`read_frame`], calling `started` once the frame's first byte has arrived (the KRS starts
+/// the frame's deadline there: waiting for a frame and reading one are timed apart).
+pub fn read_frame_phased<R: Read>(
+    r: &mut R,
+    started: impl FnOnce(&mut R),
+) -> Result<Option<Vec<u8>>, WireError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    loop {
+        match r.read(&mut len[..1]) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
+    started(r);
+    r.read_exact(&mut len[1..])?;
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
         return Err(WireError::TooLarge(n));
