@@ -48,6 +48,7 @@ fn evidence(ch: &Challenge, epk: Vec<u8>) -> Evidence {
             ..Default::default()
         })
         .unwrap(),
+        boot_key: vec![],
     }
 }
 
