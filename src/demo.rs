@@ -84,10 +84,13 @@ fn master_key_source(
             false,
         ));
     }
-    let krs = crate::release::embedded::start(
+    // The operator CA is part of the pins the embedded KRS serves (and so of T).
+    let admin_ca = demo_admin_ca_sha256(paths)?;
+    let krs = crate::release::embedded::start_for(
         &paths.p("krs"),
         &[crate::attest::simulated::DEMO_MEASUREMENT],
         crate::release::embedded::Backend::Auto,
+        &admin_ca,
     )?;
     eprintln!(
         "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
@@ -106,6 +109,17 @@ fn master_key_source(
         &crate::release::source::product_release(),
     )?;
     Ok((Box::new(source), MasterKeyConfig::Release(release), true))
+}
+
+/// SHA-256 of the demo operator CA certificate (DER) in `ca.pem`.
+fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest;
+    let certs = crate::admin::tls::load_certs(&paths.p("ca.pem"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths.p("ca.pem").display()))?;
+    let [ca] = certs.as_slice() else {
+        anyhow::bail!("{}: expected one certificate", paths.p("ca.pem").display());
+    };
+    Ok(sha2::Sha256::digest(ca.as_ref()).to_vec())
 }
 
 /// Create the CA, the server certificate and the admin client certificate unless present.

@@ -303,8 +303,9 @@ fn live_attestation_binds_the_managed_key() {
         &keyward::verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text, &f.policy_file);
-    let krs = f.serve();
     let setup = ServeSetup::new();
+    f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
     managed(&setup, "");
     let file_config = std::fs::read_to_string(&setup.config).unwrap();
     let release = |admin_ca: &str| {

@@ -562,13 +562,23 @@ fn swapped_ciphertexts_and_replayed_records_are_refused() {
     open(dir.path()).unwrap();
 }
 
+fn head_path(dir: &Path) -> PathBuf {
+    dir.join("keystore.head")
+}
+
 #[test]
 fn a_torn_last_record_is_cut_off_and_writes_continue() {
     let dir = tempfile::tempdir().unwrap();
     let reg = populated(dir.path());
+    drop(reg);
+    // A write interrupted before it was acknowledged: its record reached the log, the sealed
+    // head did not move (the head file from before the write is put back to model that).
+    let head_before = std::fs::read(head_path(dir.path())).unwrap();
+    let reg = open(dir.path()).unwrap();
     reg.create_key(None, "torn", KeyUsage::EncryptDecrypt)
         .unwrap();
     drop(reg);
+    std::fs::write(head_path(dir.path()), &head_before).unwrap();
     let full = std::fs::read(log_path(dir.path())).unwrap();
     // Cut the last line in half (as a kill -9 in the middle of write(2) would).
     let last_start = full[..full.len() - 1]
@@ -602,6 +612,22 @@ fn a_torn_last_record_is_cut_off_and_writes_continue() {
     f.extend_from_slice(&[0u8; 300]);
     std::fs::write(log_path(dir.path()), &f).unwrap();
     assert_eq!(open(dir.path()).unwrap().list_keys(None).unwrap().len(), 3);
+
+    // But an acknowledged record cut in half is a truncation, refused.
+    let full = std::fs::read(log_path(dir.path())).unwrap();
+    let last_start = full[..full.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(log_path(dir.path()), &full[..last_start + 10]).unwrap();
+    match open(dir.path()) {
+        Err(e @ KeystoreError::Truncated { .. }) => {
+            assert!(e.to_string().contains("truncated"), "{e}")
+        }
+        Err(e) => panic!("expected Truncated, got {e}"),
+        Ok(_) => panic!("an acknowledged record was cut off silently"),
+    }
 }
 
 #[test]
@@ -618,7 +644,11 @@ fn compaction_keeps_state_and_blocks_replay_of_old_lines() {
     let kek = kek_of(&reg, "default", "k1");
     reg.compact().unwrap();
     let new = lines(dir.path());
-    assert_eq!(new.len(), 5, "header + store + credential + 2 keys");
+    assert_eq!(
+        new.len(),
+        6,
+        "header + checkpoint + store + credential + 2 keys"
+    );
     assert!(old.len() > 40);
     // Writes after compaction append and survive.
     reg.create_key(None, "k3", KeyUsage::EncryptDecrypt)
@@ -712,8 +742,8 @@ fn superseded_records_are_compacted_automatically() {
     reg.remove_store("big", true).unwrap();
     assert_eq!(
         lines(dir.path()).len(),
-        5,
-        "header + store + credential + 2 keys"
+        6,
+        "header + checkpoint + store + credential + 2 keys"
     );
     drop(reg);
     let reg = open(dir.path()).unwrap();

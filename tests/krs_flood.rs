@@ -233,6 +233,7 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
         epk: vec![4; 97],
         policy_digest: vec![0; 48],
         evidence: vec![0xa5; 1_000_000],
+        boot_key: vec![],
     }))
     .unwrap();
     let sent = Arc::new(AtomicU64::new(0));

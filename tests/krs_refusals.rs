@@ -50,6 +50,7 @@ fn evidence(ch: &Challenge, epk: Vec<u8>) -> Evidence {
             ..Default::default()
         })
         .unwrap(),
+        boot_key: vec![],
     }
 }
 

@@ -205,6 +205,7 @@ fn release_end_to_end_with_refusals() {
         epk: b.public_sec1(),
         policy_digest: ch.policy_digest.clone(),
         evidence: to_canonical(&bundle).unwrap(),
+        boot_key: vec![],
     };
     let resp = c.call(&Request::Evidence(ev)).unwrap();
     let Response::Deny(d) = resp else {
@@ -241,6 +242,7 @@ fn release_end_to_end_with_refusals() {
         epk: esk.public_sec1(),
         policy_digest: ch.policy_digest.clone(),
         evidence: to_canonical(&bundle).unwrap(),
+        boot_key: vec![],
     };
     let Response::Release(rel) = c.call(&Request::Evidence(ev.clone())).unwrap() else {
         panic!("honest evidence was not released")

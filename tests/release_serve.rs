@@ -11,10 +11,14 @@ use std::time::Duration;
 
 use serve_common::*;
 
-fn release_section(f: &common::KrsFixture, addr: &str, extra: &str) -> String {
+/// The `[master_key]` release section for `setup`'s appliance (its operator CA pinned); the
+/// KRS must have been told to serve that CA ([`common::KrsFixture::trust_admin_ca`]).
+fn release_section(f: &common::KrsFixture, setup: &ServeSetup, addr: &str, extra: &str) -> String {
     format!(
-        "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{addr}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n{extra}\n",
-        f.tls_pin, f.receipt_pin
+        "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{addr}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n{extra}\n",
+        f.tls_pin,
+        f.receipt_pin,
+        common::ca_pin(&setup.ca)
     )
 }
 
@@ -58,9 +62,10 @@ fn serve_releases_unseals_serves_and_restarts() {
         return;
     };
     sign_demo_measurement_policy(&f, 2, keyward::attest::simulated::DEMO_MEASUREMENT);
-    let krs = f.serve();
     let setup = ServeSetup::new();
-    use_release(&setup, &release_section(&f, &krs.addr, ""));
+    f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
+    use_release(&setup, &release_section(&f, &setup, &krs.addr, ""));
 
     let (mut p, xks) = setup.start();
     let log = p.stderr_text();
@@ -115,12 +120,14 @@ fn serve_never_serves_without_a_release_and_does_not_spin_on_policy_deny() {
     };
     // The policy allows another measurement only.
     sign_demo_measurement_policy(&f, 2, [0x99; 48]);
-    let krs = f.serve();
     let setup = ServeSetup::new();
+    f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
     use_release(
         &setup,
         &release_section(
             &f,
+            &setup,
             &krs.addr,
             "policy_deny_retry_secs = 2\nmax_attempts = 2\n",
         ),

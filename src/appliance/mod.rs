@@ -34,6 +34,11 @@ pub trait MasterKeySource: Send + Sync {
     fn name(&self) -> &'static str;
     /// Obtain the 32-byte master key.
     fn obtain(&self) -> Result<Key32, MasterKeyError>;
+    /// Obtain the master key and how the key store's freshness is checked with it: the floor
+    /// and anchor at the KRS that released it, or none (a key file: development only).
+    fn obtain_fresh(&self) -> Result<(Key32, crate::keystore::Freshness), MasterKeyError> {
+        Ok((self.obtain()?, crate::keystore::Freshness::Unanchored))
+    }
     /// Whether this source attests and releases (phases `attest` and `release` run) or simply
     /// reads a key (they are skipped, and the log says so).
     fn attested(&self) -> bool {

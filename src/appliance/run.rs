@@ -77,9 +77,9 @@ pub async fn boot(
             ),
         );
     }
-    let master = {
+    let (master, freshness) = {
         let source = source;
-        tokio::task::spawn_blocking(move || source.obtain())
+        tokio::task::spawn_blocking(move || source.obtain_fresh())
             .await
             .map_err(|e| BootError::Xks(format!("master key task: {e}")))??
     };
@@ -88,11 +88,31 @@ pub async fn boot(
         "unseal",
         &format!("opening key store {}", config.storage.dir.display()),
     );
+    match &freshness {
+        crate::keystore::Freshness::Unanchored => tracing::warn!(
+            "the key store's freshness is not anchored (master_key.source = file): a restored \
+             older copy of {} would open without a word; development only",
+            config.storage.dir.display()
+        ),
+        crate::keystore::Freshness::Anchored { floor, .. } => phase(
+            "unseal",
+            &match floor {
+                Some(h) => format!("store head at the KRS: seq {}", h.seq),
+                None => "store head at the KRS: none yet (first boot of this deployment)".into(),
+            },
+        ),
+    }
     notifier.status("unseal: opening the key store");
     let dir = config.storage.dir.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::open_dir(&dir, master))
-        .await
-        .map_err(|e| BootError::Xks(format!("unseal task: {e}")))??;
+    let registry = tokio::task::spawn_blocking(move || {
+        Registry::open_with(
+            Box::new(crate::keystore::FileKeyStore::open(&dir)?),
+            master,
+            freshness,
+        )
+    })
+    .await
+    .map_err(|e| BootError::Xks(format!("unseal task: {e}")))??;
     let registry = Arc::new(registry);
     sync_stores(&registry, &config.key_stores)?;
     let snap = registry.snapshot();

@@ -85,6 +85,87 @@ pub enum KeystoreError {
         /// Which check failed.
         why: &'static str,
     },
+    /// The store is older than the head the key-release service recorded: a restored older
+    /// copy, or its last records deleted.
+    #[error(
+        "key store rollback refused: the store on disk ends at record {store_seq} but the \
+         key-release service recorded record {anchor_seq} (an older copy of the store was put \
+         back, or its last records were deleted)"
+    )]
+    Rollback {
+        /// Last record on disk.
+        store_seq: u64,
+        /// Head the KRS holds.
+        anchor_seq: u64,
+    },
+    /// The log ends before its own sealed head: records were deleted or the log cut short.
+    #[error(
+        "key store truncated: its records end at {store_seq} but its sealed head says \
+         {head_seq} (records deleted or the log cut short)"
+    )]
+    Truncated {
+        /// Last record on disk.
+        store_seq: u64,
+        /// The sealed head's record.
+        head_seq: u64,
+    },
+    /// The record at the KRS's head is not the one it recorded: another history of this store.
+    #[error(
+        "key store fork refused: record {seq} on disk is not the one the key-release service \
+         recorded (a different history of this store)"
+    )]
+    Fork {
+        /// Where the histories differ.
+        seq: u64,
+    },
+    /// The store id is not the one the key-release service recorded for this deployment.
+    #[error(
+        "another key store: this store's id is {found} but the key-release service recorded \
+         store {expected} (another appliance's store, or a re-created one, was put in its place)"
+    )]
+    OtherStore {
+        /// This store's id (hex).
+        found: String,
+        /// The recorded id (hex).
+        expected: String,
+    },
+    /// The store is gone but the key-release service recorded one.
+    #[error(
+        "the key store is missing ({location} is empty) but the key-release service recorded \
+         record {anchor_seq} of it (deleted?); refusing to start with an empty store"
+    )]
+    StoreMissing {
+        /// Where it was looked for.
+        location: String,
+        /// Head the KRS holds.
+        anchor_seq: u64,
+    },
+    /// The store is newer than what the key-release service recorded: its record of the head
+    /// was rolled back or lost.
+    #[error(
+        "key store head {store_seq} is newer than the head the key-release service recorded \
+         ({anchor_seq}): the service's record was rolled back or lost; refusing to continue"
+    )]
+    AnchorBehind {
+        /// The store's acknowledged head.
+        store_seq: u64,
+        /// Head the KRS holds.
+        anchor_seq: u64,
+    },
+    /// An admin write was not recorded at the key-release service and was undone.
+    #[error("the key-release service did not record the new store head: {0}; nothing changed")]
+    AnchorRefused(String),
+    /// An admin write's outcome is unknown: the key-release service did not answer, and could
+    /// not be asked again. The change is not in effect; the next admin write settles it.
+    #[error(
+        "the key-release service is unreachable and the outcome of this write is unknown ({0}); \
+         the change is not in effect, and the next admin write settles it first"
+    )]
+    AnchorUnknown(String),
+    /// The store's head could not be recorded at the key-release service when it was first
+    /// anchored (first boot or upgrade).
+    #[error("the key-release service did not record this key store's head at first boot: {0}")]
+    AnchorFirstHead(String),
     /// The on-disk format is not one this build reads.
     #[error("unsupported key store format: {0}")]
     Format(String),

@@ -1,6 +1,6 @@
 //! The file implementation of [`KeyStore`]: one directory holding an append-only log of JSON
 //! lines (`keystore.jsonl`: the [`Header`] first, then one [`SignedRecord`] per line), compacted
-//! by rewriting it.
+//! by rewriting it, and the sealed store head (`keystore.head`, one JSON object).
 //!
 //! Why a log: an admin change appends one line (~300 bytes) and `fdatasync`s it, whatever the
 //! number of keys, and opening reads one file sequentially (100k keys: one 30 MB read instead of
@@ -9,10 +9,12 @@
 //! only when superseded lines outnumber live ones.
 //!
 //! Durability: an append is `write` + `fdatasync`; the first header and every compaction are a
-//! temp file, `fsync`, `rename`, `fsync` of the directory. A `kill -9` can only leave a torn
-//! last line (no final newline), which was never acknowledged; it is cut off when the store is
-//! next opened. A complete line that does not parse is damage, not a crash, and is refused. An
-//! exclusive `flock` on `keystore.lock` keeps a second process from writing the same store.
+//! temp file, `fsync`, `rename`, `fsync` of the directory; so is every head update. A `kill -9`
+//! can only leave a torn last line (no final newline) or complete lines after the sealed head,
+//! neither acknowledged: `load` reports the torn line and the registry decides (it cuts off
+//! only what lies beyond the acknowledged head, see `registry.rs`). A complete line that does
+//! not parse is damage, not a crash, and is refused. An exclusive `flock` on `keystore.lock`
+//! keeps a second process from writing the same store.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -20,12 +22,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::model::{Header, KeyStore, SignedRecord};
+use super::model::{Header, KeyStore, SealedHead, SignedRecord};
 use super::KeystoreError;
 
 const DATA: &str = "keystore.jsonl";
 const TMP: &str = "keystore.jsonl.tmp";
 const LOCK: &str = "keystore.lock";
+const HEAD: &str = "keystore.head";
+const HEAD_TMP: &str = "keystore.head.tmp";
+/// Largest sealed head file accepted.
+const MAX_HEAD: u64 = 4096;
 /// Longest line accepted when reading (a record is well under 64 KiB even with many grants).
 const MAX_LINE: usize = 1 << 20;
 
@@ -42,6 +48,11 @@ pub struct FileKeyStore {
     records: usize,
     /// Set when a failed write could not be rolled back: refuse further writes.
     poisoned: bool,
+    /// `load` found an incomplete last line after `len`; appends wait for `truncate_after`.
+    torn: bool,
+    /// The last appended batch: the `seq` before it, its record count and the length before it
+    /// (undone without a rescan).
+    last_batch: Option<(u64, usize, u64)>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), KeystoreError> {
@@ -82,15 +93,18 @@ impl FileKeyStore {
                 source: e,
             });
         }
-        // A temp file left by a compaction that crashed before its rename is garbage.
-        match std::fs::remove_file(dir.join(TMP)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(KeystoreError::Io {
-                    op: "remove temp file",
-                    source: e,
-                })
+        // A temp file left by a compaction or head update that crashed before its rename is
+        // garbage.
+        for tmp in [TMP, HEAD_TMP] {
+            match std::fs::remove_file(dir.join(tmp)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(KeystoreError::Io {
+                        op: "remove temp file",
+                        source: e,
+                    })
+                }
             }
         }
         Ok(FileKeyStore {
@@ -101,6 +115,8 @@ impl FileKeyStore {
             len: 0,
             records: 0,
             poisoned: false,
+            torn: false,
+            last_batch: None,
         })
     }
 
@@ -159,8 +175,37 @@ impl FileKeyStore {
         self.len = len;
         self.records = n;
         self.poisoned = false;
+        self.torn = false;
+        self.last_batch = None;
         self.open_append()
     }
+
+    /// Cut the log at `off` (a line boundary) and make it durable.
+    fn cut_at(&mut self, off: u64, records: usize) -> Result<(), KeystoreError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.data_path())
+            .map_err(KeystoreError::io("open for truncation"))?;
+        let res = f.set_len(off).and_then(|()| f.sync_all());
+        if let Err(e) = res {
+            self.poisoned = true;
+            return Err(KeystoreError::Io {
+                op: "truncate",
+                source: e,
+            });
+        }
+        self.len = off;
+        self.records = records;
+        self.torn = false;
+        self.last_batch = None;
+        Ok(())
+    }
+}
+
+/// Only the sequence number of a line (the rest is skipped).
+#[derive(serde::Deserialize)]
+struct SeqOnly {
+    seq: u64,
 }
 
 /// Serialize `v` as one line; returns the bytes written.
@@ -247,22 +292,16 @@ impl KeyStore for FileKeyStore {
                         why: "line too long",
                     });
                 }
-                // Torn last line from a crash mid-append: never acknowledged. Cut it off.
+                // Torn last line from a crash mid-append. Whether it may be cut off (it lies
+                // beyond the acknowledged head) is the registry's decision: report it.
                 let mut rest = Vec::new();
                 std::io::Read::read_to_end(&mut r, &mut rest).map_err(KeystoreError::io("read"))?;
-                tracing::warn!(
+                tracing::debug!(
                     bytes = n + rest.len(),
                     store = %self.location(),
-                    "cutting off an incomplete last record (interrupted write, never acknowledged)"
+                    "incomplete last line in the key store log"
                 );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(self.data_path())
-                    .map_err(KeystoreError::io("open for repair"))?;
-                f.set_len(off)
-                    .map_err(KeystoreError::io("truncate torn record"))?;
-                f.sync_all()
-                    .map_err(KeystoreError::io("fsync after repair"))?;
+                self.torn = true;
                 break;
             }
             let rec: SignedRecord =
@@ -276,6 +315,7 @@ impl KeyStore for FileKeyStore {
         }
         self.len = off;
         self.records = records;
+        self.last_batch = None;
         self.open_append()
     }
 
@@ -292,6 +332,15 @@ impl KeyStore for FileKeyStore {
                 ),
             });
         }
+        if self.torn {
+            return Err(KeystoreError::Format(
+                "the log's incomplete last line was not removed before an append".into(),
+            ));
+        }
+        let before = (
+            recs.first().map_or(0, |r| r.seq.saturating_sub(1)),
+            self.len,
+        );
         let Some(f) = self.file.as_mut() else {
             return Err(KeystoreError::Format(
                 "store not loaded before append".into(),
@@ -316,6 +365,7 @@ impl KeyStore for FileKeyStore {
         }
         self.len += line.len() as u64;
         self.records += recs.len();
+        self.last_batch = Some((before.0, recs.len(), before.1));
         Ok(())
     }
 
@@ -331,5 +381,98 @@ impl KeyStore for FileKeyStore {
             return Err(KeystoreError::Format("store not initialised".into()));
         };
         self.replace(&header, records)
+    }
+
+    fn rewrite(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError> {
+        self.replace(header, records)
+    }
+
+    fn has_torn_tail(&self) -> bool {
+        self.torn
+    }
+
+    fn truncate_after(&mut self, seq: u64) -> Result<(), KeystoreError> {
+        // The batch just appended (an anchor refusal): its start is known.
+        if let Some((prev, n, len)) = self.last_batch {
+            if prev == seq && !self.torn {
+                let records = self.records.saturating_sub(n);
+                return self.cut_at(len, records);
+            }
+        }
+        // Otherwise (at open, rare): find the first line after `seq`.
+        let f = File::open(self.data_path()).map_err(KeystoreError::io("open"))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut buf = Vec::with_capacity(1024);
+        let mut off = read_line(&mut r, &mut buf)? as u64;
+        let mut records = 0usize;
+        loop {
+            let n = read_line(&mut r, &mut buf)?;
+            if n == 0 || buf.last() != Some(&b'\n') {
+                break;
+            }
+            match serde_json::from_slice::<SeqOnly>(&buf) {
+                Ok(l) if l.seq <= seq => {}
+                _ => break,
+            }
+            off += n as u64;
+            records += 1;
+        }
+        drop(r);
+        self.cut_at(off, records)?;
+        self.open_append()
+    }
+
+    fn load_head(&mut self) -> Result<Option<SealedHead>, KeystoreError> {
+        let f = match File::open(self.dir.join(HEAD)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(KeystoreError::Io {
+                    op: "open head",
+                    source: e,
+                })
+            }
+        };
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_HEAD + 1), &mut buf)
+            .map_err(KeystoreError::io("read head"))?;
+        if buf.len() as u64 > MAX_HEAD {
+            return Err(KeystoreError::Tampered {
+                record: "sealed head".into(),
+                why: "the head file is too long",
+            });
+        }
+        serde_json::from_slice(&buf)
+            .map(Some)
+            .map_err(|_| KeystoreError::Tampered {
+                record: "sealed head".into(),
+                why: "the head file does not parse",
+            })
+    }
+
+    fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError> {
+        let tmp = self.dir.join(HEAD_TMP);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(KeystoreError::io("create head temp file"))?;
+            write_line(&mut f, head)?;
+            f.sync_all()
+                .map_err(KeystoreError::io("fsync head temp file"))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, self.dir.join(HEAD)).map_err(KeystoreError::io("rename head"))?;
+        sync_dir(&self.dir)
     }
 }

@@ -11,6 +11,7 @@
 mod error;
 pub mod file;
 pub mod head;
+mod load;
 pub mod model;
 mod registry;
 mod seal;

@@ -2,20 +2,38 @@
 //! shared database), already sealed, and the [`KeyStore`] trait that persists it.
 //!
 //! A store is a sequence of [`SignedRecord`]s after one [`Header`]. Each record is an upsert or a
-//! removal; replaying them in `seq` order gives the current state. Every record carries an
-//! HMAC-SHA256 (under a key derived from the master key) over its sequence number, the store id
-//! and its canonical JSON, so nothing on disk can be changed, swapped between ids or copied from
-//! another store unnoticed. Secrets inside records (KEKs, credential secrets, the appliance TLS key) are additionally
+//! removal; replaying them in `seq` order gives the current state. Sequence numbers are
+//! contiguous (`1, 2, 3, ...`), and every record carries a chain MAC: HMAC-SHA256 (under a key
+//! derived from the master key) over the store id, its `seq`, the previous record's chain MAC
+//! and its canonical JSON. So no record can be changed, removed, reordered, moved between
+//! stores or replayed unnoticed, and the last record's `seq` and chain MAC (the store's
+//! [`super::StoreHead`]) name the whole history. The head is kept sealed next to the records
+//! ([`SealedHead`], so a cut-short log is refused) and, with a key-release service, recorded
+//! there too (so a whole older copy is refused).
+//!
+//! Compaction keeps the head: the rewritten log starts with a [`Record::Checkpoint`] carrying
+//! the head it replaces and the number of live records that follow it (each MACed under the
+//! checkpoint, in a chain of their own); later records continue the main chain from the head.
+//!
+//! Secrets inside records (KEKs, credential secrets, the appliance TLS key) are additionally
 //! sealed with AES-256-GCM (see `seal.rs`). A backend stores and returns these records; it never
 //! needs the master key and never sees a secret in clear.
+//!
+//! Format 1 (the previous release: increasing but not contiguous `seq`, per-record MACs, no
+//! head) is still read, verified under its own rules and rewritten as format 2 at open.
 
 use serde::{Deserialize, Serialize};
 
 use super::view::{Grant, KeyStatus, KeyUsage};
 use super::KeystoreError;
 
-/// The on-disk format version this build writes and reads (bound into every AAD and MAC).
+/// The sealing format (bound into every AAD and sealed blob, and into format-1 record MACs).
+/// Unchanged by the log format 2: sealed values are carried over verbatim.
 pub const FORMAT_VERSION: u8 = 1;
+/// The log format this build writes: contiguous chained records, checkpoints, a sealed head.
+pub const LOG_FORMAT: u8 = 2;
+/// The previous release's log format (unchained), read and migrated at open.
+pub const LEGACY_LOG_FORMAT: u8 = 1;
 
 /// Bytes that are only ever written sealed: `format ‖ IV(12) ‖ ciphertext ‖ tag(16)`.
 /// Serialized as standard Base64.
@@ -49,7 +67,7 @@ impl<'de> Deserialize<'de> for Sealed {
 /// The first entry of every store: identifies it and proves the master key opens it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
-    /// Must equal [`FORMAT_VERSION`].
+    /// [`LOG_FORMAT`] (or [`LEGACY_LOG_FORMAT`] for a store not yet migrated).
     pub format: u8,
     /// Random id of this store (bound into every record MAC, so records cannot be moved
     /// between stores sealed under the same master key). Hex.
@@ -151,15 +169,48 @@ pub enum Record {
     },
     /// Create or replace the appliance TLS identity.
     TlsKey(TlsKeyRecord),
+    /// First record of a compacted log: the head it replaces (the record's `seq` and this chain
+    /// MAC) and how many live records follow it.
+    Checkpoint(CheckpointRecord),
+}
+
+/// What a compaction checkpoint carries (see [`Record::Checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The chain MAC of the head at the checkpoint's `seq`. Hex.
+    pub chain_mac: String,
+    /// Number of live records that follow (each with the checkpoint's `seq`).
+    pub live: u64,
+}
+
+/// The store head, sealed (MACed under a master-key subkey) and kept next to the records,
+/// rewritten with each acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedHead {
+    /// [`LOG_FORMAT`].
+    pub format: u8,
+    /// The store id (hex), as in the header.
+    pub store_id: String,
+    /// Sequence number of the last acknowledged record.
+    pub seq: u64,
+    /// Its chain MAC. Hex.
+    pub chain_mac: String,
+    /// HMAC-SHA256 over the above under the head subkey. Hex.
+    pub mac: String,
 }
 
 /// A record with its sequence number and MAC, as a backend stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedRecord {
-    /// Strictly increasing within a store.
+    /// Contiguous within a store (format 1: strictly increasing). The live records after a
+    /// checkpoint carry the checkpoint's `seq`.
     pub seq: u64,
-    /// HMAC-SHA256 over `seq`, the store id and the record's canonical JSON. Hex.
+    /// The chain MAC (format 1: HMAC-SHA256 over `seq`, the store id and the record's JSON). Hex.
     pub mac: String,
+    /// On the first record of a write of several records: how many it wrote (absent: one).
+    /// Covered by the chain MAC. Lets the open tell one unacknowledged write from several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
     /// The change.
     pub rec: Record,
 }
@@ -206,4 +257,29 @@ pub trait KeyStore: Send {
         &mut self,
         records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
     ) -> Result<(), KeystoreError>;
+
+    /// Atomically replace the header and all records (format migration); as [`KeyStore::compact`]
+    /// otherwise.
+    fn rewrite(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError>;
+
+    /// Whether the last [`KeyStore::load`] found an incomplete last entry (an interrupted
+    /// write). It stays until [`KeyStore::truncate_after`] removes it; appends are refused
+    /// meanwhile.
+    fn has_torn_tail(&self) -> bool {
+        false
+    }
+
+    /// Durably remove every record after the one with sequence number `seq` (and any torn
+    /// tail): undoes a write whose head was not recorded, or cuts off one never acknowledged.
+    fn truncate_after(&mut self, seq: u64) -> Result<(), KeystoreError>;
+
+    /// The sealed head, or `None` if there is none.
+    fn load_head(&mut self) -> Result<Option<SealedHead>, KeystoreError>;
+
+    /// Durably replace the sealed head (atomically: the old or the new one survives a crash).
+    fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError>;
 }

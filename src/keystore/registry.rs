@@ -11,11 +11,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::head::{AnchorError, HeadAnchor, StoreHead};
+use super::load;
 use super::model::{
-    CredentialRecord, Header, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord, TlsKeyRecord,
-    FORMAT_VERSION,
+    CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
+    TlsKeyRecord,
 };
-use super::seal::{cred_aad, tls_key_aad, Sealer};
+use super::seal::{cred_aad, tls_key_aad, ChainMac, Sealer};
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
@@ -131,10 +133,32 @@ struct Inner {
     backend: Box<dyn KeyStore>,
     sealer: Sealer,
     location: String,
-    next_seq: u64,
+    /// The last acknowledged record (the next one is `head.seq + 1`).
+    head: StoreHead,
+    /// Where heads are recorded before a write is acknowledged (`None`: unanchored).
+    anchor: Option<Arc<dyn HeadAnchor>>,
+    /// A write appended but neither published nor undone: the anchor's answer was lost and it
+    /// could not be asked again. Settled before any later write.
+    pending: Option<Pending>,
     meta: HashMap<String, StoreMeta>,
     /// The appliance TLS identity, unsealed (not part of the XKS request-path view).
     tls: Option<TlsMaterial>,
+}
+
+/// What a write changes besides the snapshot (creation times, the TLS identity), applied when
+/// the write takes effect.
+type Effect = Box<dyn FnOnce(&mut HashMap<String, StoreMeta>, &mut Option<TlsMaterial>) + Send>;
+
+fn no_effect() -> Effect {
+    Box::new(|_, _| {})
+}
+
+/// A write whose outcome at the anchor is unknown.
+struct Pending {
+    prev: StoreHead,
+    next: StoreHead,
+    snap: Snapshot,
+    effect: Effect,
 }
 
 /// The appliance-managed TLS identity as the key store holds it: the private key (PKCS#8 DER,
@@ -169,14 +193,14 @@ const MAX_TLS_KEY_DER: usize = 8 * 1024;
 
 /// Creation times (not part of the request-path view).
 #[derive(Default)]
-struct StoreMeta {
+pub(super) struct StoreMeta {
     created: u64,
     keys: HashMap<String, u64>,
     creds: HashMap<String, u64>,
 }
 
 /// A store being assembled while records are replayed.
-struct StoreBuild {
+pub(super) struct StoreBuild {
     record: StoreRecord,
     keys: HashMap<String, Arc<LiveKey>>,
     creds: Vec<Arc<Credential>>,
@@ -322,70 +346,35 @@ fn validate_grant(g: &Grant) -> Result<(), KeystoreError> {
 impl Registry {
     /// Open (or initialise, if empty) `backend` with `master`, verify and unseal every record
     /// into locked memory, and publish the snapshot. A wrong master key gives
-    /// [`KeystoreError::WrongMasterKey`]; any altered record gives [`KeystoreError::Tampered`]
-    /// (nothing partial is ever published). The master key is used to derive the sealing and
-    /// MAC subkeys and then dropped (zeroized); it is never written anywhere.
-    pub fn open(mut backend: Box<dyn KeyStore>, master: Key32) -> Result<Registry, KeystoreError> {
-        let location = backend.location();
-        let (sealer, fresh) = match backend.header()? {
-            None => {
-                let mut id = [0u8; 16];
-                getrandom_fill(&mut id)?;
-                let sealer = Sealer::new(&master, &id)?;
-                let header = Header {
-                    format: FORMAT_VERSION,
-                    store_id: hex::encode(id),
-                    check: sealer.seal_check()?,
-                };
-                backend.init(&header)?;
-                (sealer, true)
-            }
-            Some(h) => {
-                if h.format != FORMAT_VERSION {
-                    return Err(KeystoreError::Format(format!(
-                        "format version {} (this build reads {FORMAT_VERSION})",
-                        h.format
-                    )));
-                }
-                let id = hex::decode(&h.store_id)
-                    .map_err(|_| KeystoreError::Format("store id is not hex".into()))?;
-                let sealer = Sealer::new(&master, &id)?;
-                if !sealer.verify_check(&h.check) {
-                    return Err(KeystoreError::WrongMasterKey);
-                }
-                (sealer, false)
-            }
-        };
-        drop(master);
+    /// [`KeystoreError::WrongMasterKey`]; any altered, missing or reordered record gives
+    /// [`KeystoreError::Tampered`] or [`KeystoreError::Truncated`] (nothing partial is ever
+    /// published). The master key is used to derive the sealing and MAC subkeys and then
+    /// dropped (zeroized); it is never written anywhere. No freshness anchor: see
+    /// [`Registry::open_with`].
+    pub fn open(backend: Box<dyn KeyStore>, master: Key32) -> Result<Registry, KeystoreError> {
+        Self::open_with(backend, master, super::Freshness::Unanchored)
+    }
 
-        let mut builds: HashMap<String, StoreBuild> = HashMap::new();
-        let mut tls: Option<TlsMaterial> = None;
-        let mut last_seq = 0u64;
-        if fresh {
-            // Opens the append handle on the new, empty log.
-            backend.load(&mut |_| Err(KeystoreError::Format("new store is not empty".into())))?;
-        } else {
-            backend.load(&mut |sr: SignedRecord| {
-                let at = || format!("seq {}", sr.seq);
-                if sr.seq <= last_seq {
-                    return Err(KeystoreError::Tampered {
-                        record: at(),
-                        why: "sequence numbers out of order (record replayed or moved)",
-                    });
-                }
-                if !sealer.verify_record(sr.seq, &sr.rec, &sr.mac)? {
-                    return Err(KeystoreError::Tampered {
-                        record: at(),
-                        why: "record MAC does not verify",
-                    });
-                }
-                last_seq = sr.seq;
-                apply(&sealer, &mut builds, &mut tls, sr.rec).map_err(|e| match e {
-                    ApplyError::Tampered(why) => KeystoreError::Tampered { record: at(), why },
-                    ApplyError::Other(e) => e,
-                })
-            })?;
-        }
+    /// [`Registry::open`] with the store's freshness checked against `freshness` (the floor
+    /// from the KRS's release receipt) and every later write anchored there: a store older than
+    /// the floor is refused ([`KeystoreError::Rollback`]), another store's
+    /// ([`KeystoreError::OtherStore`]) or another history ([`KeystoreError::Fork`]) too; records
+    /// after the floor were never acknowledged and are cut off. With no floor (first boot or
+    /// upgrade) the current head is recorded first, or the open fails.
+    pub fn open_with(
+        mut backend: Box<dyn KeyStore>,
+        master: Key32,
+        freshness: super::Freshness,
+    ) -> Result<Registry, KeystoreError> {
+        let location = backend.location();
+        let opened = load::open_store(backend.as_mut(), &master, &freshness)?;
+        drop(master);
+        let load::Opened {
+            sealer,
+            builds,
+            tls,
+            head,
+        } = opened;
 
         let mut snapshot = Snapshot::default();
         let mut meta = HashMap::new();
@@ -405,11 +394,17 @@ impl Registry {
             meta.insert(name, b.meta);
         }
         let live = live_count(&snapshot, &tls);
+        let anchor = match freshness {
+            super::Freshness::Anchored { anchor, .. } => Some(anchor),
+            super::Freshness::Unanchored => None,
+        };
         let mut inner = Inner {
             backend,
             sealer,
             location,
-            next_seq: last_seq + 1,
+            head,
+            anchor,
+            pending: None,
             meta,
             tls,
         };
@@ -424,16 +419,9 @@ impl Registry {
         })
     }
 
-    /// [`Registry::open`] with the store's freshness checked against `freshness` (the floor
-    /// from the KRS's release receipt) and every later write anchored there.
-    // INTERFACE STUB (session 6): the keystore work replaces this with the real check.
-    pub fn open_with(
-        backend: Box<dyn KeyStore>,
-        master: Key32,
-        freshness: super::Freshness,
-    ) -> Result<Registry, KeystoreError> {
-        let _ = freshness;
-        Self::open(backend, master)
+    /// The store's acknowledged head (what the KRS holds once writes are anchored).
+    pub fn head(&self) -> StoreHead {
+        self.lock().head.clone()
     }
 
     /// [`Registry::open`] on a [`super::FileKeyStore`] in `dir` (created if missing).
@@ -507,29 +495,175 @@ impl Registry {
         Ok((sv, k))
     }
 
-    /// Durably append `rec`, then publish `snap`, then compact if due.
-    fn commit(&self, inner: &mut Inner, rec: Record, snap: Snapshot) -> Result<(), KeystoreError> {
-        self.commit_batch(inner, vec![rec], snap)
+    /// Lock the writer state for a change: an earlier write whose outcome is unknown is
+    /// settled first (published or undone), so the change is computed from the true state.
+    fn lock_write(&self) -> Result<MutexGuard<'_, Inner>, KeystoreError> {
+        let mut inner = self.lock();
+        self.settle(&mut inner)?;
+        Ok(inner)
     }
 
-    /// Durably append `recs` (one write, one `fdatasync`), then publish `snap`, then compact
-    /// if due.
+    /// Settle a pending write by asking the anchor which head it holds.
+    fn settle(&self, inner: &mut Inner) -> Result<(), KeystoreError> {
+        let Some(p) = inner.pending.take() else {
+            return Ok(());
+        };
+        let Some(anchor) = inner.anchor.clone() else {
+            return Ok(());
+        };
+        match anchor.current() {
+            Ok(Some(h)) if h == p.next => {
+                tracing::info!(
+                    seq = p.next.seq,
+                    "an earlier admin write whose outcome was unknown was recorded by the \
+                     key-release service: it is now in effect"
+                );
+                self.take_effect(inner, p.next, Arc::new(p.snap), p.effect)
+            }
+            Ok(h) => {
+                rollback(inner, &p.prev)?;
+                let held = h.as_ref().map_or(0, |h| h.seq);
+                if h.as_ref() == Some(&p.prev) {
+                    tracing::info!(
+                        seq = p.next.seq,
+                        "an earlier admin write whose outcome was unknown was not recorded by \
+                         the key-release service: undone"
+                    );
+                    Ok(())
+                } else {
+                    Err(KeystoreError::AnchorRefused(format!(
+                        "it holds record {held}, neither this store's head nor the pending write"
+                    )))
+                }
+            }
+            Err(e) => {
+                inner.pending = Some(p);
+                Err(KeystoreError::AnchorUnknown(format!(
+                    "an earlier write is still unsettled: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Durably append `rec`, then publish `snap`, then compact if due.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        rec: Record,
+        snap: Snapshot,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        self.commit_batch(inner, vec![rec], snap, effect)
+    }
+
+    /// Append `recs` durably (one write, one `fdatasync`), chained after the head; have the
+    /// anchor record the new head; only then publish `snap` and apply `effect`, then compact if
+    /// due. The lock was taken with [`Registry::lock_write`] (nothing pending).
     fn commit_batch(
         &self,
         inner: &mut Inner,
         recs: Vec<Record>,
         snap: Snapshot,
+        effect: Effect,
     ) -> Result<(), KeystoreError> {
-        let mut seq = inner.next_seq;
+        let prev = inner.head.clone();
+        let mut chain: ChainMac = prev
+            .chain_mac
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeystoreError::Seal)?;
+        let batch = (recs.len() > 1).then_some(recs.len() as u64);
+        let mut seq = prev.seq;
         let mut signed = Vec::with_capacity(recs.len());
-        for rec in recs {
-            let mac = inner.sealer.mac_record(seq, &rec)?;
-            signed.push(SignedRecord { seq, mac, rec });
+        for (i, rec) in recs.into_iter().enumerate() {
             seq += 1;
+            let b = if i == 0 { batch } else { None };
+            chain = inner.sealer.chain_mac(seq, b.unwrap_or(1), &chain, &rec)?;
+            signed.push(SignedRecord {
+                seq,
+                mac: hex::encode(chain),
+                batch: b,
+                rec,
+            });
         }
+        let next = StoreHead {
+            store_id: prev.store_id.clone(),
+            seq,
+            chain_mac: chain.to_vec(),
+        };
+        // Durable, not yet published.
         inner.backend.append_batch(&signed)?;
-        inner.next_seq = seq;
-        let snap = Arc::new(snap);
+        drop(signed);
+        if let Some(anchor) = inner.anchor.clone() {
+            match anchor.advance(Some(&prev), &next) {
+                Ok(()) => {}
+                Err(AnchorError::Refused(why)) => {
+                    rollback(inner, &prev)?;
+                    return Err(KeystoreError::AnchorRefused(why));
+                }
+                Err(AnchorError::Unreachable(why)) => match anchor.current() {
+                    Ok(Some(h)) if h == next => {
+                        tracing::info!(
+                            seq = next.seq,
+                            error = %why,
+                            "the key-release service's answer was lost but it holds the new \
+                             store head: the write took effect"
+                        );
+                    }
+                    Ok(h) => {
+                        rollback(inner, &prev)?;
+                        return Err(KeystoreError::AnchorRefused(if h.as_ref() == Some(&prev) {
+                            format!("{why}; it still holds the previous head")
+                        } else {
+                            format!("{why}; it holds an unexpected head")
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            seq = next.seq,
+                            "admin write appended but its outcome at the key-release service \
+                             is unknown: not in effect; settled before the next write"
+                        );
+                        inner.pending = Some(Pending {
+                            prev,
+                            next,
+                            snap,
+                            effect,
+                        });
+                        return Err(KeystoreError::AnchorUnknown(format!("{why}; then {e}")));
+                    }
+                },
+            }
+        }
+        self.take_effect(inner, next, Arc::new(snap), effect)
+    }
+
+    /// The write that ends in `next` is acknowledged: seal the head locally, publish, compact.
+    fn take_effect(
+        &self,
+        inner: &mut Inner,
+        next: StoreHead,
+        snap: Arc<Snapshot>,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        let sealed = load::seal_head(&inner.sealer, &next)?;
+        if let Err(e) = inner.backend.store_head(&sealed) {
+            if inner.anchor.is_none() {
+                // Without an anchor the sealed head is what makes the write count: undo it.
+                let prev = inner.head.clone();
+                rollback(inner, &prev)?;
+                return Err(e);
+            }
+            // The KRS holds the new head (the floor at the next boot); the local copy catches
+            // up with the next write.
+            tracing::warn!(
+                error = %e,
+                "could not update the sealed key store head (the key-release service holds \
+                 it); rewritten with the next write"
+            );
+        }
+        inner.head = next;
+        effect(&mut inner.meta, &mut inner.tls);
         self.view.store(Arc::clone(&snap));
         if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls)) {
             if let Err(e) = compact(inner, &snap) {
@@ -543,7 +677,7 @@ impl Registry {
     /// Rewrite the store with only the live records (also done automatically when superseded
     /// records outnumber live ones).
     pub fn compact(&self) -> Result<(), KeystoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         compact(&mut inner, &snap)
     }
@@ -556,7 +690,7 @@ impl Registry {
         for s in &spec.extra_services {
             validate::service(s)?;
         }
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         if snap.stores.contains_key(&spec.name) {
             return Err(KeystoreError::DuplicateStore(spec.name));
@@ -593,17 +727,22 @@ impl Registry {
         };
         let mut stores = snap.stores.clone();
         stores.insert(record.name.clone(), Arc::new(view));
-        inner.meta.insert(
-            spec.name,
-            StoreMeta {
-                created: record.created,
-                ..StoreMeta::default()
-            },
-        );
-        if let Err(e) = self.commit(&mut inner, Record::Store(record), Snapshot { stores }) {
-            inner.meta.remove(&info.name);
-            return Err(e);
-        }
+        let created = record.created;
+        let effect: Effect = Box::new(move |meta, _| {
+            meta.insert(
+                spec.name,
+                StoreMeta {
+                    created,
+                    ..StoreMeta::default()
+                },
+            );
+        });
+        self.commit(
+            &mut inner,
+            Record::Store(record),
+            Snapshot { stores },
+            effect,
+        )?;
         Ok(info)
     }
 
@@ -639,7 +778,7 @@ impl Registry {
     /// Remove a key store with its credentials. If it still holds keys, refuses with
     /// [`KeystoreError::StoreNotEmpty`] unless `force` (the keys are then destroyed).
     pub fn remove_store(&self, name: &str, force: bool) -> Result<(), KeystoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, Some(name))?;
         if !sv.keys.is_empty() && !force {
@@ -653,9 +792,11 @@ impl Registry {
         let rec = Record::RemoveStore {
             name: name.to_string(),
         };
-        self.commit(&mut inner, rec, Snapshot { stores })?;
-        inner.meta.remove(name);
-        Ok(())
+        let gone = name.to_string();
+        let effect: Effect = Box::new(move |meta, _| {
+            meta.remove(&gone);
+        });
+        self.commit(&mut inner, rec, Snapshot { stores }, effect)
     }
 
     /// Create a key with a fresh random KEK, version 1, enabled, and **no grants**.
@@ -682,7 +823,7 @@ impl Registry {
         for id in ids {
             validate::key_id(id)?;
         }
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;
         let mut keys = sv.keys.clone();
@@ -710,11 +851,14 @@ impl Registry {
         }
         let mut stores = snap.stores.clone();
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit_batch(&mut inner, records, Snapshot { stores })?;
-        if let Some(m) = inner.meta.get_mut(&sv.name) {
-            m.keys
-                .extend(ids.iter().map(|id| (id.to_string(), created)));
-        }
+        let name = sv.name.clone();
+        let new: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.keys.extend(new.into_iter().map(|id| (id, created)));
+            }
+        });
+        self.commit_batch(&mut inner, records, Snapshot { stores }, effect)?;
         Ok(infos)
     }
 
@@ -740,7 +884,7 @@ impl Registry {
         usage: KeyUsage,
         kek: Key32,
     ) -> Result<KeyInfo, KeystoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;
         if sv.keys.contains_key(id) {
@@ -756,15 +900,13 @@ impl Registry {
         keys.insert(id.to_string(), live);
         let mut stores = snap.stores.clone();
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        if let Some(m) = inner.meta.get_mut(&sv.name) {
-            m.keys.insert(id.to_string(), created);
-        }
-        if let Err(e) = self.commit(&mut inner, Record::Key(record), Snapshot { stores }) {
-            if let Some(m) = inner.meta.get_mut(&sv.name) {
-                m.keys.remove(id);
+        let (name, key) = (sv.name.clone(), id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.keys.insert(key, created);
             }
-            return Err(e);
-        }
+        });
+        self.commit(&mut inner, Record::Key(record), Snapshot { stores }, effect)?;
         Ok(info)
     }
 
@@ -775,7 +917,7 @@ impl Registry {
         id: &str,
         change: impl FnOnce(&mut KeyStatus, &mut Vec<Grant>) -> Result<(), KeystoreError>,
     ) -> Result<KeyInfo, KeystoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let (sv, old) = Self::find_key(&snap, store, id)?;
         let mut status = old.status;
@@ -809,7 +951,12 @@ impl Registry {
         keys.insert(id.to_string(), live);
         let mut stores = snap.stores.clone();
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit(&mut inner, Record::Key(record), Snapshot { stores })?;
+        self.commit(
+            &mut inner,
+            Record::Key(record),
+            Snapshot { stores },
+            no_effect(),
+        )?;
         Ok(info)
     }
 
@@ -946,7 +1093,7 @@ impl Registry {
     ) -> Result<(), KeystoreError> {
         validate::access_key_id(access_key_id)?;
         validate::secret_access_key(secret.expose_secret())?;
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;
         if snap.stores.values().any(|s| {
@@ -978,10 +1125,18 @@ impl Registry {
             sv.name.clone(),
             Arc::new(store_view(&sv, None, Some(creds))),
         );
-        if let Some(m) = inner.meta.get_mut(&sv.name) {
-            m.creds.insert(access_key_id.to_string(), created);
-        }
-        self.commit(&mut inner, Record::Credential(record), Snapshot { stores })
+        let (name, akid) = (sv.name.clone(), access_key_id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.creds.insert(akid, created);
+            }
+        });
+        self.commit(
+            &mut inner,
+            Record::Credential(record),
+            Snapshot { stores },
+            effect,
+        )
     }
 
     /// Remove a credential (requests signed with it fail at once).
@@ -990,7 +1145,7 @@ impl Registry {
         store: Option<&str>,
         access_key_id: &str,
     ) -> Result<(), KeystoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;
         if !sv
@@ -1018,7 +1173,13 @@ impl Registry {
             store: sv.name.clone(),
             access_key_id: access_key_id.to_string(),
         };
-        self.commit(&mut inner, rec, Snapshot { stores })
+        let (name, akid) = (sv.name.clone(), access_key_id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.creds.remove(&akid);
+            }
+        });
+        self.commit(&mut inner, rec, Snapshot { stores }, effect)
     }
 
     /// A store's credentials: ids and ages only.
@@ -1058,7 +1219,7 @@ impl Registry {
                 format!("a PKCS#8 key of 1-{MAX_TLS_KEY_DER} bytes is needed"),
             ));
         }
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let t = TlsMaterial {
             pkcs8_der,
             chain_pem: None,
@@ -1078,7 +1239,7 @@ impl Registry {
                 format!("1-{MAX_TLS_CHAIN_PEM} bytes of PEM are needed"),
             ));
         }
-        let mut inner = self.lock();
+        let mut inner = self.lock_write()?;
         let Some(current) = inner.tls.as_ref() else {
             return Err(KeystoreError::invalid(
                 "certificate chain",
@@ -1097,21 +1258,17 @@ impl Registry {
     fn commit_tls(&self, inner: &mut Inner, t: TlsMaterial) -> Result<(), KeystoreError> {
         let rec = tls_record(&inner.sealer, &t)?;
         let snap = self.view.load_full();
-        let old = inner.tls.replace(t);
         // The snapshot is unchanged: republishing the same stores is harmless.
         let same = Snapshot {
             stores: snap.stores.clone(),
         };
-        if let Err(e) = self.commit(inner, rec, same) {
-            inner.tls = old;
-            return Err(e);
-        }
-        Ok(())
+        let effect: Effect = Box::new(move |_, tls| *tls = Some(t));
+        self.commit(inner, rec, same, effect)
     }
 }
 
 /// Why replaying a record failed.
-enum ApplyError {
+pub(super) enum ApplyError {
     Tampered(&'static str),
     Other(KeystoreError),
 }
@@ -1123,7 +1280,7 @@ impl From<KeystoreError> for ApplyError {
 }
 
 /// Replay one verified record into the stores being built, unsealing secrets.
-fn apply(
+pub(super) fn apply(
     sealer: &Sealer,
     builds: &mut HashMap<String, StoreBuild>,
     tls: &mut Option<TlsMaterial>,
@@ -1207,6 +1364,9 @@ fn apply(
             ))?;
             b.creds.retain(|c| c.access_key_id != access_key_id);
             b.meta.creds.remove(&access_key_id);
+        }
+        Record::Checkpoint(_) => {
+            return Err(ApplyError::Tampered("a checkpoint out of place"));
         }
         Record::TlsKey(r) => {
             let n = r
@@ -1292,30 +1452,83 @@ fn live_records<'a>(
         .chain(tls_rec)
 }
 
-/// Rewrite the backend with the live state of `snap`, with sequence numbers continuing upwards
-/// (so no line of the old log can be replayed into the new one).
+/// Undo an appended write whose head was not recorded: back to `prev`.
+fn rollback(inner: &mut Inner, prev: &StoreHead) -> Result<(), KeystoreError> {
+    inner.backend.truncate_after(prev.seq).map_err(|e| {
+        tracing::error!(
+            error = %e,
+            "could not undo an unacknowledged key store write (it is cut off at the next start)"
+        );
+        e
+    })
+}
+
+/// Rewrite the backend with the live state of `snap` without changing the head: a checkpoint
+/// carrying the head, the live records MACed under it (their count in the checkpoint), and
+/// later writes continue the chain from the head. No record of the old log fits the new one.
 fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
+    if inner.pending.is_some() {
+        return Err(KeystoreError::AnchorUnknown(
+            "compaction waits until the pending write is settled".into(),
+        ));
+    }
     let Inner {
         backend,
         sealer,
-        next_seq,
+        head,
         meta,
         tls,
         ..
     } = inner;
     let sealer: &Sealer = sealer;
-    let mut seq = *next_seq;
-    let mut signed = live_records(sealer, meta, snap, tls).map(|r| {
+    let chain: ChainMac = head
+        .chain_mac
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeystoreError::Seal)?;
+    let n = live_count(snap, tls) as u64;
+    let at = head.seq;
+    let ckpt_mac = sealer.checkpoint_mac(at, &chain, n);
+    let checkpoint = SignedRecord {
+        seq: at,
+        mac: hex::encode(ckpt_mac),
+        batch: None,
+        rec: Record::Checkpoint(CheckpointRecord {
+            chain_mac: hex::encode(chain),
+            live: n,
+        }),
+    };
+    let mut prev = ckpt_mac;
+    let index = std::cell::Cell::new(0u64);
+    let live = live_records(sealer, meta, snap, tls).map(|r| {
         let rec = r?;
-        let s = seq;
-        seq += 1;
-        let mac = sealer.mac_record(s, &rec)?;
-        Ok(SignedRecord { seq: s, mac, rec })
+        let i = index.get() + 1;
+        index.set(i);
+        if i > n {
+            return Err(KeystoreError::Format("live record count changed".into()));
+        }
+        let mac = sealer.live_mac(at, i, &prev, &rec)?;
+        prev = mac;
+        Ok(SignedRecord {
+            seq: at,
+            mac: hex::encode(mac),
+            batch: None,
+            rec,
+        })
     });
-    backend.compact(&mut signed)?;
-    drop(signed);
-    *next_seq = seq;
-    Ok(())
+    // The count in the checkpoint must match what was written: checked by a final sentinel.
+    let mut checked = false;
+    let sentinel = std::iter::from_fn(|| {
+        if checked || index.get() == n {
+            return None;
+        }
+        checked = true;
+        Some(Err(KeystoreError::Format(
+            "live record count changed".into(),
+        )))
+    });
+    let mut guarded = std::iter::once(Ok(checkpoint)).chain(live).chain(sentinel);
+    backend.compact(&mut guarded)
 }
 
 /// A fresh SigV4 credential in the form KMS accepts: a 26-character Base32 access key id

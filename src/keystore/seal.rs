@@ -1,6 +1,7 @@
 //! Sealing under the master key: AES-256-GCM for secrets (KEKs, credential secrets, the header
-//! check) and HMAC-SHA256 over every record, each with its own subkey derived from the master
-//! key (`HMAC-SHA256(MK, label)`), so one key is never used by two algorithms.
+//! check), chained HMAC-SHA256 over every record and HMAC-SHA256 over the sealed head, each with
+//! its own subkey derived from the master key (`HMAC-SHA256(MK, label)`), so one key is never
+//! used by two algorithms.
 //!
 //! AADs are length-prefixed and domain-separated:
 //! * KEK: `"keyward/kek" ‖ format ‖ u16 len ‖ store ‖ u16 len ‖ key id ‖ u32 version`
@@ -9,37 +10,64 @@
 //! * header check: `"keyward/header" ‖ format ‖ store id`
 //!
 //! A sealed blob is `format ‖ IV (12, random) ‖ ciphertext ‖ tag (16)`.
+//!
+//! MACs (log format 2; `id` = `u64 len ‖ store id`, integers big-endian):
+//! * chain start: `"keyward/chain-start" ‖ 2 ‖ id`
+//! * record: `"keyward/record" ‖ 2 ‖ id ‖ u64 seq ‖ u64 batch ‖ prev chain MAC ‖ JSON`
+//! * checkpoint: `"keyward/checkpoint" ‖ 2 ‖ id ‖ u64 seq ‖ chain MAC ‖ u64 live count`
+//! * live record: `"keyward/live" ‖ 2 ‖ id ‖ u64 seq ‖ u64 index ‖ previous live MAC ‖ JSON`
+//!   (the first one's previous MAC is the checkpoint's)
+//! * sealed head (head subkey): `"keyward/head" ‖ 2 ‖ id ‖ u64 seq ‖ chain MAC`
+//!
+//! Key schedules are wiped when the sealer is dropped: AES-GCM through the same wiped ring key
+//! as the request path ([`GcmKey`]), HMAC through the `hmac`/`sha2` 0.11 generation, whose
+//! states are wiped on drop (checked at compile time below).
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac13::{KeyInit, Mac};
+use ring::aead::{Aad, Nonce, Tag};
+use sha2_11::Sha256;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::model::{Record, Sealed, FORMAT_VERSION};
+use super::model::{Record, Sealed, FORMAT_VERSION, LOG_FORMAT};
 use super::KeystoreError;
 use crate::secret::{getrandom_fill, Key32};
+use crate::xks::crypto::GcmKey;
 
-type HmacSha256 = Hmac<Sha256>;
+type HmacSha256 = hmac13::Hmac<Sha256>;
+
+// The HMAC key schedule (and every clone of it) is wiped on drop: `Hmac<Sha256>` is its two
+// SHA-256 cores (the ipad and opad states) and a block buffer, each `ZeroizeOnDrop` with the
+// `zeroize` features (`Hmac` itself does not carry the marker, so its parts are checked).
+const _: fn() = || {
+    fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+    wiped::<<Sha256 as hmac13::EagerHash>::Core>();
+    wiped::<Sha256>(); // its core and its block buffer, the same buffer type as the HMAC's
+};
 
 const IV_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// The plaintext sealed in the header: opening it proves the master key.
 const CHECK_PLAINTEXT: &[u8; 32] = b"keyward key store master check!!";
 
+/// A chain MAC.
+pub(crate) type ChainMac = [u8; 32];
+
 /// Seals and opens secrets and MACs records for one store.
 pub(crate) struct Sealer {
-    aead: Aes256Gcm,
+    aead: GcmKey,
     mac: HmacSha256,
+    head_mac: HmacSha256,
     store_id: Vec<u8>,
 }
 
 /// Derive a purpose-bound subkey into locked memory.
 fn subkey(master: &Key32, label: &[u8]) -> Result<Key32, KeystoreError> {
-    let mut m =
-        <HmacSha256 as Mac>::new_from_slice(master.expose()).map_err(|_| KeystoreError::Seal)?;
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(master.expose())
+        .map_err(|_| KeystoreError::Seal)?;
     m.update(label);
-    let out = Zeroizing::new(<[u8; 32]>::from(m.finalize().into_bytes()));
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&m.finalize().into_bytes());
     Ok(Key32::from_bytes(&out)?)
 }
 
@@ -91,19 +119,46 @@ impl std::io::Write for MacWriter<'_> {
     }
 }
 
+/// Decode a hex MAC; `None` if it is not 32 bytes of hex.
+pub(crate) fn decode_mac(hex_mac: &str) -> Option<ChainMac> {
+    let mut tag = [0u8; 32];
+    hex::decode_to_slice(hex_mac, &mut tag).ok()?;
+    Some(tag)
+}
+
+/// Constant-time comparison of a computed MAC with a stored hex one.
+pub(crate) fn mac_matches(computed: &ChainMac, stored_hex: &str) -> bool {
+    decode_mac(stored_hex).is_some_and(|t| bool::from(t.ct_eq(computed)))
+}
+
+fn out32(m: HmacSha256) -> ChainMac {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&m.finalize().into_bytes());
+    out
+}
+
 impl Sealer {
     /// Derive the subkeys for the store `store_id`.
     pub(crate) fn new(master: &Key32, store_id: &[u8]) -> Result<Sealer, KeystoreError> {
         let enc = subkey(master, b"keyward keystore v1 seal")?;
         let mac = subkey(master, b"keyward keystore v1 mac")?;
-        let aead = Aes256Gcm::new_from_slice(enc.expose()).map_err(|_| KeystoreError::Seal)?;
-        let mac =
-            <HmacSha256 as Mac>::new_from_slice(mac.expose()).map_err(|_| KeystoreError::Seal)?;
+        let head = subkey(master, b"keyward keystore v2 head")?;
+        let aead = GcmKey::new(&enc).map_err(|_| KeystoreError::Seal)?;
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(mac.expose())
+            .map_err(|_| KeystoreError::Seal)?;
+        let head_mac = <HmacSha256 as KeyInit>::new_from_slice(head.expose())
+            .map_err(|_| KeystoreError::Seal)?;
         Ok(Sealer {
             aead,
             mac,
+            head_mac,
             store_id: store_id.to_vec(),
         })
+    }
+
+    /// The store id this sealer binds.
+    pub(crate) fn store_id(&self) -> &[u8] {
+        &self.store_id
     }
 
     /// Seal `plain` with `aad`.
@@ -116,9 +171,14 @@ impl Sealer {
         out.extend_from_slice(plain);
         let tag = self
             .aead
-            .encrypt_in_place_detached(Nonce::from_slice(&iv), aad, &mut out[1 + IV_LEN..])
+            .get()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(aad),
+                &mut out[1 + IV_LEN..],
+            )
             .map_err(|_| KeystoreError::Seal)?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(Sealed(out))
     }
 
@@ -137,15 +197,18 @@ impl Sealer {
         if b[0] != FORMAT_VERSION {
             return Err("sealed value has an unknown format version");
         }
-        let iv = &b[1..1 + IV_LEN];
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&b[1..1 + IV_LEN]);
         let ct = &b[1 + IV_LEN..b.len() - TAG_LEN];
-        let tag = &b[b.len() - TAG_LEN..];
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&b[b.len() - TAG_LEN..]);
         out.copy_from_slice(ct);
-        let r = self.aead.decrypt_in_place_detached(
-            Nonce::from_slice(iv),
-            aad,
+        let r = self.aead.get().open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(iv),
+            Aad::from(aad),
+            Tag::from(tag),
             out,
-            Tag::from_slice(tag),
+            0..,
         );
         if r.is_err() {
             out.iter_mut().for_each(|b| *b = 0);
@@ -198,36 +261,89 @@ impl Sealer {
         aad
     }
 
-    fn mac_state(&self, seq: u64, rec: &Record) -> Result<HmacSha256, KeystoreError> {
-        let mut m = self.mac.clone();
-        m.update(b"keyward/record");
-        m.update(&[FORMAT_VERSION]);
+    /// A MAC state with `label`, `format` and the store id absorbed.
+    fn start(&self, key: &HmacSha256, label: &[u8], format: u8) -> HmacSha256 {
+        let mut m = key.clone();
+        m.update(label);
+        m.update(&[format]);
         m.update(&(self.store_id.len() as u64).to_be_bytes());
         m.update(&self.store_id);
-        m.update(&seq.to_be_bytes());
-        serde_json::to_writer(MacWriter(&mut m), rec).map_err(|_| KeystoreError::Seal)?;
-        Ok(m)
+        m
     }
 
-    /// The MAC of a record at `seq`, hex.
-    pub(crate) fn mac_record(&self, seq: u64, rec: &Record) -> Result<String, KeystoreError> {
-        Ok(hex::encode(
-            self.mac_state(seq, rec)?.finalize().into_bytes(),
-        ))
+    fn absorb(m: &mut HmacSha256, rec: &Record) -> Result<(), KeystoreError> {
+        serde_json::to_writer(MacWriter(m), rec).map_err(|_| KeystoreError::Seal)
     }
 
-    /// Check a record's MAC (constant time).
-    pub(crate) fn verify_record(
+    /// Format 1: check a record's MAC (constant time). Read only, for migration.
+    pub(crate) fn verify_record_v1(
         &self,
         seq: u64,
         rec: &Record,
         mac_hex: &str,
     ) -> Result<bool, KeystoreError> {
-        let mut tag = [0u8; 32];
-        if hex::decode_to_slice(mac_hex, &mut tag).is_err() {
+        let Some(tag) = decode_mac(mac_hex) else {
             return Ok(false);
-        }
-        Ok(self.mac_state(seq, rec)?.verify_slice(&tag).is_ok())
+        };
+        let mut m = self.start(&self.mac, b"keyward/record", FORMAT_VERSION);
+        m.update(&seq.to_be_bytes());
+        Self::absorb(&mut m, rec)?;
+        Ok(m.verify_slice(&tag).is_ok())
+    }
+
+    /// The chain's start value (the "chain MAC" of an empty store).
+    pub(crate) fn chain_start(&self) -> ChainMac {
+        out32(self.start(&self.mac, b"keyward/chain-start", LOG_FORMAT))
+    }
+
+    /// The chain MAC of the record at `seq` written in a batch of `batch` (1 unless it is the
+    /// first record of a larger write), after `prev`.
+    pub(crate) fn chain_mac(
+        &self,
+        seq: u64,
+        batch: u64,
+        prev: &ChainMac,
+        rec: &Record,
+    ) -> Result<ChainMac, KeystoreError> {
+        let mut m = self.start(&self.mac, b"keyward/record", LOG_FORMAT);
+        m.update(&seq.to_be_bytes());
+        m.update(&batch.to_be_bytes());
+        m.update(prev);
+        Self::absorb(&mut m, rec)?;
+        Ok(out32(m))
+    }
+
+    /// The MAC of a checkpoint standing for the head (`seq`, `chain`) followed by `live` records.
+    pub(crate) fn checkpoint_mac(&self, seq: u64, chain: &ChainMac, live: u64) -> ChainMac {
+        let mut m = self.start(&self.mac, b"keyward/checkpoint", LOG_FORMAT);
+        m.update(&seq.to_be_bytes());
+        m.update(chain);
+        m.update(&live.to_be_bytes());
+        out32(m)
+    }
+
+    /// The MAC of the `index`-th (from 1) live record after the checkpoint at `seq`.
+    pub(crate) fn live_mac(
+        &self,
+        seq: u64,
+        index: u64,
+        prev: &ChainMac,
+        rec: &Record,
+    ) -> Result<ChainMac, KeystoreError> {
+        let mut m = self.start(&self.mac, b"keyward/live", LOG_FORMAT);
+        m.update(&seq.to_be_bytes());
+        m.update(&index.to_be_bytes());
+        m.update(prev);
+        Self::absorb(&mut m, rec)?;
+        Ok(out32(m))
+    }
+
+    /// The sealed head's MAC over (`seq`, `chain`).
+    pub(crate) fn head_mac(&self, seq: u64, chain: &ChainMac) -> ChainMac {
+        let mut m = self.start(&self.head_mac, b"keyward/head", LOG_FORMAT);
+        m.update(&seq.to_be_bytes());
+        m.update(chain);
+        out32(m)
     }
 }
 
@@ -289,16 +405,46 @@ mod tests {
     }
 
     #[test]
-    fn record_mac_binds_seq_store_and_content() {
+    fn chain_mac_binds_seq_batch_prev_store_and_content() {
         let s = sealer(1, b"id1");
         let rec = Record::RemoveStore { name: "a".into() };
-        let mac = s.mac_record(5, &rec).unwrap();
-        assert!(s.verify_record(5, &rec, &mac).unwrap());
-        assert!(!s.verify_record(6, &rec, &mac).unwrap());
-        assert!(!sealer(1, b"id2").verify_record(5, &rec, &mac).unwrap());
-        assert!(!sealer(2, b"id1").verify_record(5, &rec, &mac).unwrap());
+        let prev = s.chain_start();
+        let mac = s.chain_mac(5, 1, &prev, &rec).unwrap();
+        assert!(mac_matches(&mac, &hex::encode(mac)));
+        assert_ne!(s.chain_mac(6, 1, &prev, &rec).unwrap(), mac);
+        assert_ne!(s.chain_mac(5, 2, &prev, &rec).unwrap(), mac);
+        assert_ne!(s.chain_mac(5, 1, &mac, &rec).unwrap(), mac);
+        assert_ne!(sealer(1, b"id2").chain_mac(5, 1, &prev, &rec).unwrap(), mac);
+        assert_ne!(sealer(2, b"id1").chain_mac(5, 1, &prev, &rec).unwrap(), mac);
         let other = Record::RemoveStore { name: "b".into() };
-        assert!(!s.verify_record(5, &other, &mac).unwrap());
-        assert!(!s.verify_record(5, &rec, "zz").unwrap());
+        assert_ne!(s.chain_mac(5, 1, &prev, &other).unwrap(), mac);
+        assert!(!mac_matches(&mac, "zz"));
+        // Each MAC kind is domain-separated from the others, and the chain starts per store.
+        assert_ne!(s.live_mac(5, 1, &prev, &rec).unwrap(), mac);
+        assert_ne!(s.head_mac(5, &mac), s.checkpoint_mac(5, &mac, 0));
+        assert_ne!(s.chain_start(), sealer(1, b"id2").chain_start());
+    }
+
+    #[test]
+    fn format_1_record_macs_still_verify() {
+        // HMAC-SHA256(subkey, "keyward/record" || 1 || u64 len || id || u64 seq || JSON), the
+        // previous release's MAC, computed independently with the hmac 0.12 generation.
+        use hmac::{Hmac, Mac as _};
+        let master = Key32::from_bytes(&[1; 32]).unwrap();
+        let s = Sealer::new(&master, b"id1").unwrap();
+        let mut k = <Hmac<sha2::Sha256>>::new_from_slice(&[1; 32]).unwrap();
+        k.update(b"keyward keystore v1 mac");
+        let sub = k.finalize().into_bytes();
+        let rec = Record::RemoveStore { name: "a".into() };
+        let mut m = <Hmac<sha2::Sha256>>::new_from_slice(&sub).unwrap();
+        m.update(b"keyward/record");
+        m.update(&[1]);
+        m.update(&3u64.to_be_bytes());
+        m.update(b"id1");
+        m.update(&7u64.to_be_bytes());
+        m.update(&serde_json::to_vec(&rec).unwrap());
+        let mac = hex::encode(m.finalize().into_bytes());
+        assert!(s.verify_record_v1(7, &rec, &mac).unwrap());
+        assert!(!s.verify_record_v1(8, &rec, &mac).unwrap());
     }
 }

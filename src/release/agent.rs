@@ -73,6 +73,11 @@ pub struct Released {
     pub key: Key32,
     pub receipt: Receipt,
     pub mode: WrapMode,
+    /// The receipt key's SPKI (DER; its SHA-256 is the pinned one).
+    pub receipt_spki: Vec<u8>,
+    /// The per-boot key the KRS registered (its id is in the receipt): it signs head updates.
+    /// `None` when the KRS did not register one (it keeps no store heads).
+    pub boot_key: Option<std::sync::Arc<super::headproto::BootKey>>,
 }
 
 impl std::fmt::Debug for Released {
@@ -227,7 +232,7 @@ impl Agent {
         let ch = match client.call(&Request::Hello(hello.clone()))? {
             Response::Challenge(c) => c,
             Response::Deny(d) => return Err(denied(&d, None)),
-            Response::Release(_) => {
+            Response::Release(_) | Response::Head(_) => {
                 return Err(AgentError::Protocol("release before evidence".into()))
             }
         };
@@ -235,7 +240,8 @@ impl Agent {
 
         let esk = EphemeralKey::generate();
         let epk = esk.public_sec1();
-        let t = transcript::transcript(&hello, &ch, &epk)
+        let boot_key = super::headproto::BootKey::generate();
+        let t = transcript::transcript_with(&hello, &ch, &epk, boot_key.public_sec1())
             .map_err(|e| AgentError::Protocol(e.to_string()))?;
         let spki = transcript::p384_spki_der(&epk)
             .ok_or_else(|| AgentError::Protocol("own ephemeral key".into()))?;
@@ -259,17 +265,22 @@ impl Agent {
             epk,
             policy_digest: ch.policy_digest.clone(),
             evidence,
+            boot_key: boot_key.public_sec1().to_vec(),
         };
         let rel = match client.call(&Request::Evidence(msg.clone()))? {
             Response::Release(r) => r,
             Response::Deny(d) => return Err(denied(&d, Some(&ch.receipt_spki))),
-            Response::Challenge(_) => {
-                return Err(AgentError::Protocol("unexpected challenge".into()))
+            Response::Challenge(_) | Response::Head(_) => {
+                return Err(AgentError::Protocol("unexpected answer to evidence".into()))
             }
         };
         let out = accept_release(&esk, &ch, &msg, &t, &rel);
         drop(esk);
-        out
+        let mut released = out?;
+        if !released.receipt.boot_key_id.is_empty() {
+            released.boot_key = Some(std::sync::Arc::new(boot_key));
+        }
+        Ok(released)
     }
 }
 
@@ -339,6 +350,15 @@ pub fn accept_release(
     if r.mode != Some(rel.mode) {
         return Err(bad("receipt names another wrap mode"));
     }
+    if !r.boot_key_id.is_empty()
+        && (sent.boot_key.is_empty()
+            || !eq(
+                &r.boot_key_id,
+                &super::headproto::boot_key_id(&sent.boot_key),
+            ))
+    {
+        return Err(bad("receipt registers another boot key"));
+    }
     let mk = match rel.mode {
         WrapMode::HsmEcdhAesKw => esk.unwrap_hsm(&rel.hsm_epk, t, &rel.wrapped_mk),
         WrapMode::HpkeFallback => esk.open_hpke(
@@ -357,5 +377,7 @@ pub fn accept_release(
         key,
         receipt: r,
         mode: rel.mode,
+        receipt_spki: ch.receipt_spki.clone(),
+        boot_key: None,
     })
 }

@@ -43,10 +43,25 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print the pins of an initialised KRS (same output as `init`).
+    /// Print the pins of an initialised KRS (same output as `init`); with `--admin-ca`, the
+    /// `[[deployment]]` block this KRS must be configured with for appliances whose operator CA
+    /// is that file (appended to the config with `--append`).
     Pins {
         #[arg(long)]
         config: PathBuf,
+        /// The deployment's operator (admin client) CA certificate, PEM: exactly one.
+        #[arg(long)]
+        admin_ca: Option<PathBuf>,
+        /// The `krs_url` the appliances are configured with, exactly: adds `pins_sha384`
+        /// (the whole pins digest: URL, both KRS pins and the CA).
+        #[arg(long, requires = "admin_ca")]
+        url: Option<String>,
+        /// The deployment's name (logs, and the store head the KRS keeps for it).
+        #[arg(long, default_value = "default", requires = "admin_ca")]
+        name: String,
+        /// Append the block to the config file instead of printing it.
+        #[arg(long, requires = "admin_ca")]
+        append: bool,
     },
     /// Signed policy commands.
     Policy {
@@ -125,11 +140,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.cmd {
         Cmd::Init { config } => init(&config),
         Cmd::Serve { config } => serve(&config),
-        Cmd::Pins { config } => {
+        Cmd::Pins {
+            config,
+            admin_ca: None,
+            ..
+        } => {
             let cfg = KrsConfig::load(&config)?;
             print_pins(&cfg, &Hsm::open(&cfg.hsm)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Pins {
+            config,
+            admin_ca: Some(ca),
+            url,
+            name,
+            append,
+        } => deployment_block(&config, &ca, url.as_deref(), &name, append),
         Cmd::Policy { cmd } => policy_cmd(cmd),
         Cmd::Log {
             cmd:
@@ -208,6 +234,73 @@ fn init(config: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `krs pins --admin-ca`: the `[[deployment]]` block for appliances with this operator CA (and,
+/// with `--url`, exactly these pins), printed or appended to the config.
+fn deployment_block(
+    config: &Path,
+    ca: &Path,
+    url: Option<&str>,
+    name: &str,
+    append: bool,
+) -> anyhow::Result<ExitCode> {
+    use sha2::Digest;
+    let cfg = KrsConfig::load(config)?;
+    super::deployment::parse(&[super::config::DeploymentConfig {
+        name: name.to_string(),
+        pins_sha384: None,
+        admin_ca_sha256: Some("00".repeat(32)),
+    }])
+    .context("--name")?;
+    if cfg.deployments.iter().any(|d| d.name == name) {
+        bail!("--name: {config:?} already has a [[deployment]] named {name:?}");
+    }
+    let certs = crate::admin::tls::load_certs(ca)
+        .map_err(|e| anyhow::anyhow!("--admin-ca {}: {e}", ca.display()))?;
+    if certs.len() != 1 {
+        bail!(
+            "--admin-ca {}: holds {} certificates; the operator CA is exactly one",
+            ca.display(),
+            certs.len()
+        );
+    }
+    let ca_sha: [u8; 32] = sha2::Sha256::digest(certs[0].as_ref()).into();
+    let pins = match url {
+        Some(u) => {
+            let hsm = Hsm::open(&cfg.hsm)?;
+            let sec1 = hsm.receipt_public_key()?;
+            let spki = super::receipt::spki_from_sec1(&sec1)?;
+            let tls = super::tls::load_certs(&cfg.tls_cert())?;
+            let first = tls
+                .first()
+                .context("no TLS certificate (run `keyward krs init`)")?;
+            let tls_pin =
+                super::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+            Some(super::messages::Pins {
+                krs_url: u.to_string(),
+                krs_tls_spki_sha256: tls_pin.to_vec(),
+                receipt_spki_sha256: spki_pin(&spki).to_vec(),
+                admin_ca_sha256: ca_sha.to_vec(),
+            })
+        }
+        None => None,
+    };
+    let block = super::deployment::block(name, &ca_sha, pins.as_ref());
+    if append {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(config)
+            .with_context(|| format!("opening {}", config.display()))?;
+        f.write_all(format!("\n{block}").as_bytes())?;
+        f.sync_all()?;
+        KrsConfig::load(config).context("the config after appending")?;
+        eprintln!("appended [[deployment]] {name:?} to {}", config.display());
+    } else {
+        print!("{block}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Print (JSON, one line) the pins the appliance needs, and write receipt.pub.pem.
 fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
     use p384::pkcs8::{EncodePublicKey, LineEnding};
@@ -251,7 +344,9 @@ pub fn build_service(
     cfg: &KrsConfig,
     appraiser: Box<dyn super::krs::Appraiser>,
 ) -> anyhow::Result<(Service, Arc<rustls::ServerConfig>)> {
+    let deployments = super::deployment::parse(&cfg.deployments)?;
     std::fs::create_dir_all(&cfg.state_dir)?;
+    let heads = super::heads::HeadBook::open(&cfg.heads_file())?;
     let policy = load_policy(cfg, &cfg.policy_file)?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let log = ReleaseLog::open(&cfg.log_file())?;
@@ -270,7 +365,9 @@ pub fn build_service(
         tls_pin,
         Duration::from_secs(cfg.session_ttl_secs),
         cfg.wrap,
-    )?;
+    )?
+    .with_deployments(deployments)
+    .with_heads(heads);
     Ok((svc, tls))
 }
 

@@ -38,7 +38,7 @@ pub struct KrsConfig {
     /// Listen address, e.g. `0.0.0.0:7443` (`127.0.0.1:0` picks a free port).
     pub listen: String,
     /// Holds `tls.crt`, `tls.key`, `release.log`(+`.head`), `policy.version`,
-    /// `receipt.pub.pem`.
+    /// `receipt.pub.pem`, `heads.json`.
     pub state_dir: PathBuf,
     /// The signed policy file (`keyward krs policy sign`).
     pub policy_file: PathBuf,
@@ -119,6 +119,10 @@ impl KrsConfig {
     }
     pub fn receipt_pub(&self) -> PathBuf {
         self.state_dir.join("receipt.pub.pem")
+    }
+    /// Store heads and registered boot keys per deployment.
+    pub fn heads_file(&self) -> PathBuf {
+        self.state_dir.join("heads.json")
     }
 }
 

@@ -3,8 +3,9 @@
 //! directory (its own `SOFTHSM2_CONF`) when `softhsm2-util` is installed, otherwise in the
 //! software stand-in (`softkeys`) under the same directory, with a one-line notice. The
 //! policy trusts the test signer's root (simulated SNP) and the given measurements, signed by
-//! a demo policy-admin key kept in the state directory. A restart on the same state directory
-//! releases the same master key.
+//! a demo policy-admin key kept in the state directory. It serves one deployment, `demo`: the
+//! pins it hands out. A restart on the same state directory releases the same master key and
+//! keeps the store heads (`heads.json`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -173,11 +174,24 @@ pub enum Backend {
     Software,
 }
 
-/// Start the embedded KRS with its state under `dir`.
+/// Start the embedded KRS with its state under `dir`, for appliances without an operator CA
+/// pin (see [`start_for`]).
 pub fn start(
     dir: &Path,
     measurements: &[[u8; 48]],
     want: Backend,
+) -> Result<EmbeddedKrs, EmbeddedError> {
+    start_for(dir, measurements, want, &[])
+}
+
+/// Start the embedded KRS with its state under `dir`, serving one deployment (`demo`): the
+/// pins in [`EmbeddedKrs::agent`], with `admin_ca_sha256` (empty: none). Its store heads and
+/// boot keys are kept in `dir/heads.json`, so a restart on the same directory keeps them.
+pub fn start_for(
+    dir: &Path,
+    measurements: &[[u8; 48]],
+    want: Backend,
+    admin_ca_sha256: &[u8],
 ) -> Result<EmbeddedKrs, EmbeddedError> {
     std::fs::create_dir_all(dir).map_err(setup("state dir"))?;
     let found = match want {
@@ -255,6 +269,26 @@ pub fn start(
     .map_err(setup("receipt key"))?;
     let log_path = dir.join("release.log");
     let log = ReleaseLog::open(&log_path).map_err(setup("release log"))?;
+    let heads = super::heads::HeadBook::open(&dir.join("heads.json")).map_err(setup("heads"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(setup("bind"))?;
+    let addr = listener.local_addr().map_err(setup("bind"))?;
+    let receipt_pin = Sha256::digest(&receipt_spki);
+    // The one deployment: exactly the pins handed to the appliance (the port changes per
+    // start, the name, under which the heads are kept, does not).
+    let pins = super::messages::Pins {
+        krs_url: addr.to_string(),
+        krs_tls_spki_sha256: tls_pin.to_vec(),
+        receipt_spki_sha256: receipt_pin.to_vec(),
+        admin_ca_sha256: admin_ca_sha256.to_vec(),
+    };
+    let deployment = super::deployment::Deployment {
+        name: "demo".into(),
+        pins_sha384: Some(
+            super::deployment::pins_sha384(&pins)
+                .ok_or_else(|| EmbeddedError::Setup("pins digest".into()))?,
+        ),
+        admin_ca_sha256: None,
+    };
     let svc = Service::new(
         backend,
         log,
@@ -264,9 +298,9 @@ pub fn start(
         Duration::from_secs(60),
         WrapChoice::Auto,
     )
-    .map_err(setup("service"))?;
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(setup("bind"))?;
-    let addr = listener.local_addr().map_err(setup("bind"))?;
+    .map_err(setup("service"))?
+    .with_deployments(vec![deployment])
+    .with_heads(heads);
     let svc = Arc::new(svc);
     std::thread::Builder::new()
         .name("embedded-krs".into())
@@ -277,8 +311,8 @@ pub fn start(
         agent: AgentConfig {
             krs_url: addr.to_string(),
             krs_tls_spki_sha256: hex::encode(tls_pin),
-            receipt_spki_sha256: hex::encode(Sha256::digest(&receipt_spki)),
-            admin_ca_sha256: String::new(),
+            receipt_spki_sha256: hex::encode(receipt_pin),
+            admin_ca_sha256: hex::encode(admin_ca_sha256),
             attesters: vec!["simulated-snp".into()],
             platform: None,
             timeout_secs: 10,

@@ -28,9 +28,12 @@ use super::config::WrapChoice;
 use super::limits::{
     bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, Stats, Status, WarnGate,
 };
+use super::deployment::Deployment;
+use super::heads::HeadBook;
 use super::log::{Entry, ReleaseLog};
 use super::messages::{
-    Challenge, Deny, Evidence, Hello, Release, Request, Response, WrapMode, VERSION,
+    Challenge, Deny, Evidence, HeadAck, HeadQuery, HeadUpdate, Hello, Release, Request, Response,
+    WrapMode, VERSION,
 };
 use super::policy::VerifiedPolicy;
 use super::receipt::{receipt_digest, spki_pin, DenyCode, Receipt};
@@ -87,6 +90,11 @@ pub struct Service {
     stats: Stats,
     conns: Arc<ConnTracker>,
     warn: WarnGate,
+    /// The `[[deployment]]`s served (none: every Hello is denied).
+    deployments: Vec<Deployment>,
+    /// Store heads and registered boot keys (none: boot keys are not registered and head
+    /// requests are denied).
+    heads: Option<HeadBook>,
 }
 
 /// Longest deny detail written to a log line or a release-log entry.
@@ -166,6 +174,8 @@ impl Service {
             tls_pin,
             mode,
             key_id,
+            deployments: Vec::new(),
+            heads: None,
         })
     }
 
@@ -208,6 +218,19 @@ impl Service {
         }
     }
 
+    /// Serve these deployments (checked by [`super::deployment::parse`]); a Hello whose pins
+    /// match none of them is denied with `PinMismatch`.
+    pub fn with_deployments(mut self, deployments: Vec<Deployment>) -> Self {
+        self.deployments = deployments;
+        self
+    }
+
+    /// Keep store heads and boot keys in `book` (`STATE/heads.json`).
+    pub fn with_heads(mut self, book: HeadBook) -> Self {
+        self.heads = Some(book);
+        self
+    }
+
     /// The wrap mode in use.
     pub fn mode(&self) -> WrapMode {
         self.mode
@@ -223,6 +246,8 @@ impl Service {
         match req {
             Request::Hello(h) => self.hello(h),
             Request::Evidence(e) => self.evidence(e),
+            Request::HeadUpdate(u) => self.head_update(u),
+            Request::HeadQuery(q) => self.head_query(q),
         }
     }
 
@@ -281,6 +306,12 @@ impl Service {
                 Ctx::default(),
             );
         }
+        // The rest of the pins (URL, operator CA) must be a configured deployment's: else the
+        // host could boot the genuine image with its own operator CA and administer our keys.
+        let deployment = match super::deployment::find(&self.deployments, &h.pins) {
+            Ok(d) => d.name.clone(),
+            Err(detail) => return self.deny(DenyCode::PinMismatch, &detail, Ctx::default()),
+        };
         let mut session_id = [0u8; 16];
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut session_id);
@@ -299,6 +330,7 @@ impl Service {
             session = %hex::encode(session_id),
             platform = %h.platform,
             product_release = %h.product_release,
+            deployment = %deployment,
             "challenge issued"
         );
         self.sessions.insert(session_id, h, ch.clone());
@@ -350,7 +382,20 @@ impl Service {
         let Some(epk_spki) = transcript::p384_spki_der(&e.epk) else {
             return self.deny(DenyCode::BadEphemeralKey, "epk is not a P-384 point", ctx);
         };
-        let t = match transcript::transcript(&s.hello, &s.challenge, &e.epk) {
+        if !e.boot_key.is_empty() && transcript::p384_spki_der(&e.boot_key).is_none() {
+            return self.deny(
+                DenyCode::BadEphemeralKey,
+                "boot_key is not a P-384 point",
+                ctx,
+            );
+        }
+        // The session's Hello matched a deployment; match again (the table is fixed for the
+        // process) rather than keep a copy per session.
+        let deployment = match super::deployment::find(&self.deployments, &s.hello.pins) {
+            Ok(d) => d.name.clone(),
+            Err(detail) => return self.deny(DenyCode::PinMismatch, &detail, ctx),
+        };
+        let t = match transcript::transcript_with(&s.hello, &s.challenge, &e.epk, &e.boot_key) {
             Ok(t) => t,
             Err(err) => return self.deny(DenyCode::Internal, &err.to_string(), ctx),
         };
@@ -367,11 +412,24 @@ impl Service {
             let code = code_for_check(&f.name);
             return self.deny(code, &format!("{}: {}", f.name, f.detail), ctx);
         }
-        self.release(&e, &t, ctx)
+        self.release(&e, &t, &deployment, ctx)
     }
 
-    fn release(&self, e: &Evidence, t: &[u8; 48], ctx: Ctx) -> Response {
+    fn release(&self, e: &Evidence, t: &[u8; 48], deployment: &str, ctx: Ctx) -> Response {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Register the boot key (durably) and read the head held, before anything is wrapped:
+        // a release whose key cannot advance heads would leave the store unanchored.
+        let (head, boot_key_id) = match (&self.heads, e.boot_key.is_empty()) {
+            (Some(book), false) => match book.register(deployment, &e.boot_key, now_secs()) {
+                Ok(h) => (h, super::headproto::boot_key_id(&e.boot_key).to_vec()),
+                Err(err) => {
+                    drop(inner);
+                    return self.deny(DenyCode::Internal, &err.to_string(), ctx);
+                }
+            },
+            (Some(book), true) => (book.head(deployment), vec![]),
+            (None, _) => (None, vec![]),
+        };
         let wrapped = match self.mode {
             WrapMode::HsmEcdhAesKw => inner
                 .hsm
@@ -412,6 +470,9 @@ impl Service {
             key_version: KEY_VERSION,
             time,
             log_index,
+            head,
+            boot_key_id,
+            nonce: vec![],
         };
         let signed = self.sign_and_log(&mut inner, &receipt, None, None, &ctx);
         drop(inner);
@@ -421,6 +482,7 @@ impl Service {
                     session = %hex::encode(&e.session_id),
                     log_index,
                     mode = ?self.mode,
+                    deployment,
                     "released"
                 );
                 Response::Release(Release {
@@ -435,6 +497,191 @@ impl Service {
             }
             Err(err) => {
                 tracing::error!("release not logged, withheld: {err}");
+                Response::Deny(Deny {
+                    v: VERSION,
+                    code: DenyCode::Internal.number(),
+                    receipt: vec![],
+                    signature: vec![],
+                })
+            }
+        }
+    }
+
+    /// The deployment of the boot key that signed a head request, or the deny: unknown key
+    /// or bad signature are refused before any HSM work.
+    fn head_caller(
+        &self,
+        v: u32,
+        boot_key_id: &[u8],
+        digest: Result<[u8; 48], super::cbor::CborError>,
+        signature: &[u8],
+    ) -> Result<String, Response> {
+        if v != VERSION {
+            return Err(self.deny(
+                DenyCode::UnsupportedVersion,
+                &format!("head request v{v}"),
+                Ctx::default(),
+            ));
+        }
+        let Some(book) = &self.heads else {
+            return Err(self.deny(
+                DenyCode::Internal,
+                "this KRS keeps no store heads",
+                Ctx::default(),
+            ));
+        };
+        let Some((deployment, public)) = book.lookup(boot_key_id) else {
+            return Err(self.deny(
+                DenyCode::HeadKeyUnknown,
+                &format!(
+                    "head request signed by boot key {} that no release registered",
+                    hex::encode(boot_key_id.get(..32).unwrap_or(boot_key_id))
+                ),
+                Ctx::default(),
+            ));
+        };
+        let ok = digest.is_ok_and(|d| super::headproto::verify(&public, &d, signature));
+        if !ok {
+            return Err(self.deny(
+                DenyCode::HeadSignature,
+                &format!(
+                    "head request for deployment {deployment}: boot key signature does not verify"
+                ),
+                Ctx::default(),
+            ));
+        }
+        Ok(deployment)
+    }
+
+    /// `HeadUpdate`: compare-and-set the deployment's store head; durable before the signed
+    /// answer, and recorded in the release log (decision `head`).
+    fn head_update(&self, u: HeadUpdate) -> Response {
+        use super::headproto::well_formed;
+        let deployment = match self.head_caller(
+            u.v,
+            &u.boot_key_id,
+            super::headproto::update_digest(&u),
+            &u.signature,
+        ) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        if !well_formed(&u.next)
+            || u.prev.as_ref().is_some_and(|p| !well_formed(p))
+            || u.nonce.len() != 32
+        {
+            return self.deny(
+                DenyCode::Malformed,
+                "head update: store id, chain MAC or nonce size",
+                Ctx::default(),
+            );
+        }
+        let Some(book) = &self.heads else {
+            return self.deny(DenyCode::Internal, "no head book", Ctx::default());
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match book.advance(&deployment, u.prev.as_ref(), &u.next) {
+            Ok(Ok(outcome)) => {
+                let detail = format!(
+                    "deployment {deployment}: store head seq {} ({outcome:?})",
+                    u.next.seq
+                );
+                self.head_answer(&mut inner, "head", Some(u.next.clone()), &u, &detail)
+            }
+            Ok(Err(refusal)) => {
+                drop(inner);
+                let held = book.head(&deployment);
+                self.deny(
+                    DenyCode::HeadRefused,
+                    &format!(
+                        "deployment {deployment}: {refusal}: held {held:?}, prev {:?}, next {:?}",
+                        u.prev, u.next
+                    ),
+                    Ctx::default(),
+                )
+            }
+            Err(err) => {
+                drop(inner);
+                self.deny(DenyCode::Internal, &err.to_string(), Ctx::default())
+            }
+        }
+    }
+
+    /// `HeadQuery`: the head held for the caller's deployment, signed, naming the nonce.
+    fn head_query(&self, q: HeadQuery) -> Response {
+        let deployment = match self.head_caller(
+            q.v,
+            &q.boot_key_id,
+            super::headproto::query_digest(&q),
+            &q.signature,
+        ) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        if q.nonce.len() != 32 {
+            return self.deny(
+                DenyCode::Malformed,
+                "head query: nonce size",
+                Ctx::default(),
+            );
+        }
+        let head = self.heads.as_ref().and_then(|b| b.head(&deployment));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let detail = format!("deployment {deployment}: head query");
+        let u = HeadUpdate {
+            v: q.v,
+            boot_key_id: q.boot_key_id,
+            prev: None,
+            next: head.clone().unwrap_or(super::messages::StoreHead {
+                store_id: vec![],
+                seq: 0,
+                chain_mac: vec![],
+            }),
+            nonce: q.nonce,
+            signature: vec![],
+        };
+        self.head_answer(&mut inner, "head-query", head, &u, &detail)
+    }
+
+    /// Sign and log a head receipt and answer with it.
+    fn head_answer(
+        &self,
+        inner: &mut Inner,
+        decision: &str,
+        head: Option<super::messages::StoreHead>,
+        req: &HeadUpdate,
+        detail: &str,
+    ) -> Response {
+        let receipt = Receipt {
+            v: VERSION,
+            decision: decision.into(),
+            code: None,
+            session_id: vec![],
+            t: vec![],
+            mode: None,
+            hsm_epk: vec![],
+            wrapped_digest: vec![],
+            evidence_digest: vec![],
+            policy_digest: self.policy.digest.to_vec(),
+            key_id: self.key_id.clone(),
+            key_version: KEY_VERSION,
+            time: now_secs(),
+            log_index: inner.log.next_index(),
+            head,
+            boot_key_id: req.boot_key_id.clone(),
+            nonce: req.nonce.clone(),
+        };
+        match self.sign_and_log(inner, &receipt, None, Some(detail), &Ctx::default()) {
+            Ok((receipt, signature)) => {
+                tracing::info!("{detail}: answered");
+                Response::Head(HeadAck {
+                    v: VERSION,
+                    receipt,
+                    signature,
+                })
+            }
+            Err(err) => {
+                tracing::error!("{detail}: answer not logged, withheld: {err}");
                 Response::Deny(Deny {
                     v: VERSION,
                     code: DenyCode::Internal.number(),
@@ -549,6 +796,9 @@ impl Service {
             key_version: KEY_VERSION,
             time: now_secs(),
             log_index: inner.log.next_index(),
+            head: None,
+            boot_key_id: vec![],
+            nonce: vec![],
         };
         let (receipt, signature) =
             match self.sign_and_log(&mut inner, &receipt, Some(code), Some(&detail), &ctx) {

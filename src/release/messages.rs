@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::keystore::StoreHead;
+
 /// The only protocol version this build speaks.
 pub const VERSION: u32 = 1;
 
@@ -69,6 +71,55 @@ pub struct Evidence {
     /// CBOR of [`crate::verify::evidence::EvidenceBundle`], kept as bytes so its digest is exact.
     #[serde(with = "serde_bytes")]
     pub evidence: Vec<u8>,
+    /// The appliance's per-boot P-384 signing key, SEC1 uncompressed (empty: none; older
+    /// agents). It is part of T, so the attested evidence binds it; on release the KRS
+    /// registers it for the deployment, and only it may advance that deployment's store head.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub boot_key: Vec<u8>,
+}
+
+/// Agent -> KRS (any time after a release): record `next` as the deployment's store head if
+/// the head the KRS holds is `prev` (compare-and-set). Signed by the per-boot key over
+/// [`crate::release::headproto::update_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadUpdate {
+    pub v: u32,
+    /// SHA-256 of the boot key (SEC1).
+    #[serde(with = "serde_bytes")]
+    pub boot_key_id: Vec<u8>,
+    pub prev: Option<StoreHead>,
+    pub next: StoreHead,
+    /// 32 fresh bytes; the signed answer names them.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// ECDSA P-384 `r || s` by the boot key.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// Agent -> KRS: which head do you hold for my deployment? Signed by the boot key over
+/// [`crate::release::headproto::query_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadQuery {
+    pub v: u32,
+    #[serde(with = "serde_bytes")]
+    pub boot_key_id: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// KRS -> Agent: the head recorded (decision `head`) or held (decision `head-query`), as a
+/// receipt signed with the receipt key in the HSM that names the request's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadAck {
+    pub v: u32,
+    /// Deterministic CBOR of [`crate::release::receipt::Receipt`].
+    #[serde(with = "serde_bytes")]
+    pub receipt: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }
 
 /// How the master key was wrapped for the agent.
@@ -118,6 +169,8 @@ pub struct Deny {
 pub enum Request {
     Hello(Hello),
     Evidence(Evidence),
+    HeadUpdate(HeadUpdate),
+    HeadQuery(HeadQuery),
 }
 
 /// Everything a KRS may answer.
@@ -127,6 +180,7 @@ pub enum Response {
     Challenge(Challenge),
     Release(Release),
     Deny(Deny),
+    Head(HeadAck),
 }
 
 #[cfg(test)]
@@ -142,6 +196,7 @@ mod tests {
             epk: vec![4; 97],
             policy_digest: vec![2; 48],
             evidence: vec![3; 40],
+            boot_key: vec![],
         })
     }
 

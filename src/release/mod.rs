@@ -8,10 +8,14 @@
 //! `log` appended and fsynced) and answers `Release` or `Deny`.
 
 pub mod agent;
+pub mod anchor;
 pub mod cbor;
 pub mod cli;
 pub mod config;
+pub mod deployment;
 pub mod embedded;
+pub mod headproto;
+pub mod heads;
 pub mod krs;
 pub mod limits;
 pub mod log;

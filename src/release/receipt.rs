@@ -34,6 +34,12 @@ pub enum DenyCode {
     Measurement,
     TcbTooLow,
     EvidenceChain,
+    /// A head update or query signed by no registered boot key.
+    HeadKeyUnknown,
+    /// A head update or query whose boot-key signature does not verify.
+    HeadSignature,
+    /// A head update that does not extend the head held (or names another store).
+    HeadRefused,
     Internal,
 }
 
@@ -92,6 +98,9 @@ impl DenyCode {
             DenyCode::Measurement => 154,
             DenyCode::TcbTooLow => 155,
             DenyCode::EvidenceChain => 156,
+            DenyCode::HeadKeyUnknown => 160,
+            DenyCode::HeadSignature => 161,
+            DenyCode::HeadRefused => 162,
             DenyCode::Internal => 199,
         }
     }
@@ -115,6 +124,9 @@ impl DenyCode {
             DenyCode::Measurement => "measurement",
             DenyCode::TcbTooLow => "tcb_too_low",
             DenyCode::EvidenceChain => "evidence_chain",
+            DenyCode::HeadKeyUnknown => "head_key_unknown",
+            DenyCode::HeadSignature => "head_signature",
+            DenyCode::HeadRefused => "head_refused",
             DenyCode::Internal => "internal",
         }
     }
@@ -148,6 +160,16 @@ pub struct Receipt {
     /// Unix seconds.
     pub time: u64,
     pub log_index: u64,
+    /// Release: the store head the KRS holds for the deployment (the appliance refuses an
+    /// older store). `head`: the head recorded; `head-query`: the head held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::keystore::StoreHead>,
+    /// The boot key registered (release) or that signed the request (`head`, `head-query`).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub boot_key_id: Vec<u8>,
+    /// `head`, `head-query`: the request's nonce.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub nonce: Vec<u8>,
 }
 
 /// Errors checking a receipt.
@@ -235,6 +257,9 @@ mod tests {
             key_version: 1,
             time: 5,
             log_index: 0,
+            head: None,
+            boot_key_id: vec![],
+            nonce: vec![],
         };
         let bytes = r.encode().unwrap();
         let sig: Signature = sk.sign_prehash(&receipt_digest(&bytes)).unwrap();

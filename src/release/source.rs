@@ -202,6 +202,37 @@ impl MasterKeySource for ReleaseSource {
             .map(|r| r.key)
             .map_err(|e| MasterKeyError::Release(e.to_string()))
     }
+
+    /// The released key, with the head the KRS holds for this deployment (from the signed
+    /// receipt) as the floor and the KRS, through this boot's registered key, as the anchor.
+    fn obtain_fresh(&self) -> Result<(Key32, crate::keystore::Freshness), MasterKeyError> {
+        let r = self
+            .obtain_with_retry()
+            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+        let Some(boot_key) = r.boot_key.clone() else {
+            tracing::warn!(
+                "the KRS registered no boot key (it keeps no store heads): the key store has no \
+                 freshness anchor, an older copy of it cannot be told from the newest"
+            );
+            return Ok((r.key, crate::keystore::Freshness::Unanchored));
+        };
+        let pins = super::agent::parse_pins(&self.agent.cfg)
+            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+        let anchor = super::anchor::KrsAnchor::new(
+            &self.agent.cfg.krs_url,
+            pins.tls,
+            r.receipt_spki.clone(),
+            boot_key,
+            Duration::from_secs(self.agent.cfg.timeout_secs.max(1)),
+        );
+        Ok((
+            r.key,
+            crate::keystore::Freshness::Anchored {
+                floor: r.receipt.head.clone(),
+                anchor: Arc::new(anchor),
+            },
+        ))
+    }
 }
 
 /// The shared verifier library as the KRS's appraiser. The signed policy's text is a verifier

@@ -2,7 +2,8 @@
 //! that each kind of evidence must carry.
 //!
 //! `T = SHA-384("KRP/1 transcript" || cbor{v, platform, product_release, pins_digest, session_id,
-//! nonce, krs_id, policy_id, policy_digest, epk})`, cbor deterministic.
+//! nonce, krs_id, policy_id, policy_digest, epk[, boot_key]})`, cbor deterministic (`boot_key`, the
+//! agent's per-boot signing key, only when it sent one).
 
 use serde::Serialize;
 use sha2::{Digest, Sha384, Sha512};
@@ -34,10 +35,28 @@ struct TranscriptBody<'a> {
     policy_digest: &'a [u8],
     #[serde(with = "serde_bytes")]
     epk: &'a [u8],
+    /// The per-boot signing key (absent from the CBOR when empty, so T without one is T as
+    /// before).
+    #[serde(with = "serde_bytes", skip_serializing_if = "is_empty")]
+    boot_key: &'a [u8],
+}
+
+fn is_empty(b: &&[u8]) -> bool {
+    b.is_empty()
 }
 
 /// Compute T from the Hello, the Challenge and the agent's ephemeral public key.
 pub fn transcript(hello: &Hello, ch: &Challenge, epk: &[u8]) -> Result<[u8; 48], CborError> {
+    transcript_with(hello, ch, epk, &[])
+}
+
+/// T with the agent's per-boot signing key (SEC1) in it, so the evidence binds that key.
+pub fn transcript_with(
+    hello: &Hello,
+    ch: &Challenge,
+    epk: &[u8],
+    boot_key: &[u8],
+) -> Result<[u8; 48], CborError> {
     let pd = pins_digest(&hello.pins)?;
     let body = TranscriptBody {
         v: hello.v,
@@ -50,6 +69,7 @@ pub fn transcript(hello: &Hello, ch: &Challenge, epk: &[u8]) -> Result<[u8; 48],
         policy_id: &ch.policy_id,
         policy_digest: &ch.policy_digest,
         epk,
+        boot_key,
     };
     let mut h = Sha384::new();
     h.update(b"KRP/1 transcript");
@@ -133,5 +153,10 @@ mod tests {
         let mut c4 = c.clone();
         c4.expires = 99;
         assert_eq!(t0, transcript(&h, &c4, &[9; 97]).unwrap());
+        // The boot key is in T when given; without one T is unchanged.
+        assert_eq!(t0, transcript_with(&h, &c, &[9; 97], &[]).unwrap());
+        let tb = transcript_with(&h, &c, &[9; 97], &[4; 97]).unwrap();
+        assert_ne!(t0, tb);
+        assert_ne!(tb, transcript_with(&h, &c, &[9; 97], &[5; 97]).unwrap());
     }
 }

@@ -132,17 +132,17 @@ pub fn decrypt(
 /// them) that is wiped when dropped. ring does not zeroize its expanded keys, so the schedule
 /// lives in a `MaybeUninit` whose bytes are overwritten on drop; a `LessSafeKey` is plain data
 /// (no heap, no drop glue: checked below), so nothing is leaked by never dropping it.
-struct GcmKey(MaybeUninit<LessSafeKey>);
+pub(crate) struct GcmKey(MaybeUninit<LessSafeKey>);
 
 const _: () = assert!(!std::mem::needs_drop::<LessSafeKey>());
 
 impl GcmKey {
-    fn new(key: &Key32) -> Result<Self, CryptoError> {
+    pub(crate) fn new(key: &Key32) -> Result<Self, CryptoError> {
         let k = UnboundKey::new(&AES_256_GCM, key.expose()).map_err(|_| CryptoError::Auth)?;
         Ok(GcmKey(MaybeUninit::new(LessSafeKey::new(k))))
     }
 
-    fn get(&self) -> &LessSafeKey {
+    pub(crate) fn get(&self) -> &LessSafeKey {
         // SAFETY: initialised in `new` and only de-initialised (wiped) in `drop`.
         unsafe { self.0.assume_init_ref() }
     }

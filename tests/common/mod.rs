@@ -158,6 +158,19 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The operator CA pin of the fixture KRS's `test` deployment (no real CA behind it: these
+/// agents run no admin API).
+pub const TEST_ADMIN_CA_PIN: &str =
+    "7e57ca7e57ca7e57ca7e57ca7e57ca7e57ca7e57ca7e57ca7e57ca7e57ca7e57";
+
+/// SHA-256 (hex) of the one certificate in a PEM file (DER), as `admin_ca_sha256` names it.
+pub fn ca_pin(ca: &Path) -> String {
+    use sha2::Digest;
+    let certs = keyward::admin::tls::load_certs(ca).unwrap();
+    assert_eq!(certs.len(), 1);
+    hex::encode(sha2::Sha256::digest(certs[0].as_ref()))
+}
+
 impl KrsFixture {
     pub fn new(label: &str, extra_config: &str) -> Option<Self> {
         let token = softhsm_token(label)?;
@@ -201,7 +214,30 @@ impl KrsFixture {
                 .arg(&f.admin_pub),
         );
         f.sign_policy(1, "", &f.policy_file.clone());
+        // The deployment the tests' agents belong to (`agent_config` sends this CA pin).
+        f.add_deployment(
+            "test",
+            &format!("admin_ca_sha256 = \"{TEST_ADMIN_CA_PIN}\""),
+        );
         Some(f)
+    }
+
+    /// Append a `[[deployment]]` (`body`: its pins lines) to the KRS config; takes effect at
+    /// the next `serve`.
+    pub fn add_deployment(&self, name: &str, body: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .unwrap();
+        write!(f, "\n[[deployment]]\nname = \"{name}\"\n{body}\n").unwrap();
+    }
+
+    /// Serve appliances whose operator CA is the PEM file `ca` (the deployment `name`).
+    pub fn trust_admin_ca(&self, name: &str, ca: &Path) -> String {
+        let pin = ca_pin(ca);
+        self.add_deployment(name, &format!("admin_ca_sha256 = \"{pin}\""));
+        pin
     }
 
     /// A command for the real binary with this token's environment.
@@ -283,7 +319,7 @@ impl KrsFixture {
             krs_url: addr.to_string(),
             krs_tls_spki_sha256: self.tls_pin.clone(),
             receipt_spki_sha256: self.receipt_pin.clone(),
-            admin_ca_sha256: String::new(),
+            admin_ca_sha256: TEST_ADMIN_CA_PIN.into(),
             attesters: vec![],
             platform: Some("snp".into()),
             timeout_secs: 10,
