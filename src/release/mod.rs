@@ -11,6 +11,8 @@ pub mod agent;
 pub mod cbor;
 pub mod cli;
 pub mod config;
+pub mod crl;
+pub mod crl_fetch;
 pub mod embedded;
 pub mod krs;
 pub mod log;

@@ -35,7 +35,10 @@ Live mode (the only one that uses the network):
 
 Without --policy the built-in default policy applies: report versions 2-5, AMD's pinned
 roots, every non-negotiable check, VMPL 0, no VLEK CSP id; no measurement, TCB, REPORT_DATA
-or CRL requirement (each shown as a warning). --allow-vmpl and --allow-csp widen whichever
+or CRL requirement (each shown as a warning). A --policy file whose required evidence no
+reference value pins (empty required_evidence, no snp.measurements, no nitro.pcrs, no
+tpm.allowed) is refused unless it sets allow_unmeasured (see attestation/policy.md).
+--allow-vmpl and --allow-csp widen whichever
 policy is in force; the verdict says so and its policy digest changes.
 
 Every check is listed as PASS, FAIL or skip with its reason. See attestation/AUDITORS.md for
@@ -123,7 +126,13 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut policy = match &args.policy {
         Some(p) => {
-            Policy::from_bytes(&read(p)?).with_context(|| format!("policy {}", p.display()))?
+            let pol =
+                Policy::from_bytes(&read(p)?).with_context(|| format!("policy {}", p.display()))?;
+            // A policy someone wrote must pin what it requires (the built-in default is
+            // exempt: its verdicts say that no measurement was required).
+            pol.check_measured()
+                .with_context(|| format!("policy {}", p.display()))?;
+            pol
         }
         None => Policy::builtin_default(),
     };
