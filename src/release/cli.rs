@@ -540,6 +540,17 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             for w in policy_warnings(&cfg, &parsed) {
                 eprintln!("keyward: warning: {w}");
             }
+            if !cfg.crl_files.is_empty() {
+                let store = super::crl::CrlStore::open(&cfg.crl_files)?;
+                for s in store
+                    .status(Some(&parsed))
+                    .map_err(|e| anyhow::anyhow!(e))?
+                {
+                    if s.stale || s.signature_error.is_some() {
+                        eprintln!("keyward: warning: {}", s.line());
+                    }
+                }
+            }
             if parsed.allows_unmeasured() {
                 for (field, reason) in parsed.unmeasured() {
                     eprintln!(

@@ -667,6 +667,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_policies_measure_what_they_require() {
+        for text in [
+            include_str!("../../attestation/policies/aws-ec2-snp-nitrotpm.toml"),
+            include_str!("../../attestation/policies/bare-metal-snp.toml"),
+            include_str!("../../attestation/policies/tpm-only.toml"),
+        ] {
+            let p = Policy::from_bytes(text.as_bytes()).unwrap();
+            p.check_measured().unwrap();
+            assert!(!p.allows_unmeasured());
+        }
+        // The built-in default (chain-only) is not a policy to sign for a KRS.
+        assert!(Policy::builtin_default().check_measured().is_err());
+    }
+
+    #[test]
     fn sections_are_typed_by_their_readers() {
         #[derive(Deserialize)]
         struct T {
