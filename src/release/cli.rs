@@ -389,16 +389,16 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     match cmd {
         CrlCmd::Fetch {
             config,
             kds_url,
             out,
         } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let cfg = KrsConfig::load(&config)?;
             let p = read_verifier_policy(&cfg)?;
             let out = match out.or_else(|| cfg.crl_files.first().cloned()) {
@@ -442,7 +442,6 @@ fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
                 ok &= !s.stale && s.signature_error.is_none();
                 println!("{}", serde_json::to_string(s)?);
             }
-            let _ = now;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
