@@ -659,7 +659,7 @@ fn keyward_attest_and_verify_as_processes() {
     std::fs::write(
         &policy,
         format!(
-            "format = 1\nrequired_evidence = [\"tpm\"]\n[tpm]\nregistered_aks = [\"{name}\"]\npcrs = [16]\nreplay = []\n"
+            "format = 1\nrequired_evidence = [\"tpm\"]\nallow_unmeasured = \"I understand this accepts evidence no one measured\"\n[tpm]\nregistered_aks = [\"{name}\"]\npcrs = [16]\nreplay = []\n"
         ),
     )
     .unwrap();
@@ -680,7 +680,7 @@ fn keyward_attest_and_verify_as_processes() {
     std::fs::write(
         &policy,
         format!(
-            "format = 1\nrequired_evidence = [\"tpm\"]\n[tpm]\nregistered_aks = [\"000b{}\"]\npcrs = [16]\nreplay = []\n",
+            "format = 1\nrequired_evidence = [\"tpm\"]\nallow_unmeasured = \"I understand this accepts evidence no one measured\"\n[tpm]\nregistered_aks = [\"000b{}\"]\npcrs = [16]\nreplay = []\n",
             "00".repeat(32)
         ),
     )

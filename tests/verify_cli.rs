@@ -256,6 +256,20 @@ fn bundle_with_policy_and_crl_files() {
             )
             .as_bytes(),
     );
+    // Without NitroTPM reference values the policy itself is refused (usage error, 2).
+    let o = keyward(&["--evidence", &b, "--policy", &p2, "--crl", &c]);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("policy field nitro:"));
+    let p2 = write(
+        dir.path(),
+        "p2.toml",
+        format!(
+            "{}\n[nitro]\npcrs = [{{ pcr = 4, values = [\"{}\"] }}]\n",
+            std::fs::read_to_string(&p2).unwrap(),
+            "44".repeat(48)
+        )
+        .as_bytes(),
+    );
     let o = keyward(&["--evidence", &b, "--policy", &p2, "--crl", &c]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL    bundle.required_evidence"));

@@ -4,6 +4,7 @@
 //!   the appliance must be given.
 //! * `serve --config FILE`: the KRP/1 service.
 //! * `policy keygen|sign|show|check`: the signed, versioned verifier policy.
+//! * `crl fetch|status --config FILE`: the AMD CRLs the KRS hands the verifier.
 //! * `log verify FILE --receipt-key PEM [--against HEAD]`: offline check of the release log
 //!   (and that it is not older than, or forked from, a head noted earlier).
 
@@ -73,6 +74,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// AMD CRL commands (the config's `crl_files`).
+    Crl {
+        #[command(subcommand)]
+        cmd: CrlCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CrlCmd {
+    /// Download the CRLs for the products and signers the policy accepts from AMD's KDS,
+    /// check each signature by the pinned ARK, and replace the CRL file (all or nothing).
+    Fetch {
+        #[arg(long)]
+        config: PathBuf,
+        /// KDS base URL (`{base}/vcek/v1/Milan/crl`, ...).
+        #[arg(long, default_value = super::crl_fetch::AMD_KDS)]
+        kds_url: String,
+        /// The file to write. Default: the config's first `crl_files` entry.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print each configured CRL's issuer, thisUpdate, nextUpdate and age (JSON lines); exit
+    /// 1 when one is stale, unreadable or not signed by a pinned ARK.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,7 +139,8 @@ enum PolicyCmd {
         #[arg(long)]
         admin_key: Option<PathBuf>,
     },
-    /// Check a signed policy against the KRS configuration: signature and version rule.
+    /// Check a signed policy against the KRS configuration: signature, version rule, measured
+    /// evidence; warns when nothing judges the deployment pins or the CRLs are missing.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -157,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             append,
         } => deployment_block(&config, &ca, url.as_deref(), &name, append),
         Cmd::Policy { cmd } => policy_cmd(cmd),
+        Cmd::Crl { cmd } => crl_cmd(cmd),
         Cmd::Log {
             cmd:
                 LogCmd::Verify {
@@ -339,6 +369,70 @@ pub fn load_policy(cfg: &KrsConfig, file: &Path) -> anyhow::Result<policy::Verif
     Ok(p)
 }
 
+/// The verifier policy inside the config's signed policy (signature checked; the version rule
+/// is not applied or recorded).
+fn read_verifier_policy(cfg: &KrsConfig) -> anyhow::Result<crate::verify::Policy> {
+    let pem = std::fs::read_to_string(&cfg.admin_public_key)
+        .with_context(|| format!("reading {}", cfg.admin_public_key.display()))?;
+    let admin = policy::admin_public_key(&pem)?;
+    let p = policy::load(&cfg.policy_file, &admin)?;
+    crate::verify::Policy::from_bytes(&p.policy)
+        .with_context(|| format!("signed policy {}", cfg.policy_file.display()))
+}
+
+/// Warnings about what the policy leaves to the KRS configuration: the deployment pins
+/// (`admin_ca_sha256`, KRS URL) and the CRLs.
+pub fn policy_warnings(cfg: &KrsConfig, p: &crate::verify::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    if !covers_pcr15(p) && cfg.deployments.is_empty() {
+        out.push(
+            "nothing judges the deployment pins (admin_ca_sha256, krs_url): the policy has no \
+             PCR 15 entry ([[tpm.allowed]]/[[tpm.userspace]] or [nitro] pcrs with pcr = 15) and \
+             the KRS config has no [[deployment]]; a VM booted with someone else's operator CA \
+             would be released to (add a [[deployment]] with pins_sha384 or admin_ca_sha256)"
+                .into(),
+        );
+    }
+    let snp = p
+        .required_evidence
+        .contains(&crate::verify::policy::EvidenceKind::Snp);
+    if snp && cfg.crl_files.is_empty() {
+        if p.snp.crl.required {
+            out.push(
+                "snp.crl.required = true but the KRS config has no crl_files: every SNP \
+                 release will be denied (run `keyward krs crl fetch` and list the file in \
+                 crl_files)"
+                    .into(),
+            );
+        } else {
+            out.push(
+                "no crl_files configured: SEV-SNP revocation is not checked (set crl_files and \
+                 snp.crl.required = true)"
+                    .into(),
+            );
+        }
+    }
+    out
+}
+
+/// Whether the policy compares PCR 15 (where the appliance extends the pins digest) with a
+/// reference value, in the TPM or the NitroTPM section.
+fn covers_pcr15(p: &crate::verify::Policy) -> bool {
+    let has15 = |v: &Option<serde_json::Value>, key: &str| {
+        v.as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|l| l.as_array())
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|e| e.get("pcr").and_then(|n| n.as_u64()) == Some(15))
+            })
+    };
+    use crate::verify::policy::EvidenceKind;
+    (p.required_evidence.contains(&EvidenceKind::Tpm)
+        && (has15(&p.tpm, "allowed") || has15(&p.tpm, "userspace")))
+        || (p.required_evidence.contains(&EvidenceKind::Nitro) && has15(&p.nitro, "pcrs"))
+}
+
 /// Everything `serve` needs, built from the config; also used by the embedded demo KRS.
 pub fn build_service(
     cfg: &KrsConfig,
@@ -384,7 +478,23 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
             "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked: development only"
         );
     }
-    let (svc, tls) = build_service(&cfg, super::source::default_appraiser())?;
+    let verifier_policy = Arc::new(read_verifier_policy(&cfg)?);
+    let crls = Arc::new(super::crl::CrlStore::open(&cfg.crl_files)?);
+    let crl_status = crls
+        .status(Some(&verifier_policy))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for s in &crl_status {
+        if s.stale || s.signature_error.is_some() {
+            tracing::warn!("{}", s.line());
+        } else {
+            tracing::info!("{}", s.line());
+        }
+    }
+    for w in policy_warnings(&cfg, &verifier_policy) {
+        tracing::warn!("{w}");
+    }
+    let appraiser = super::source::VerifierAppraiser::with_crls(crls.clone());
+    let (svc, tls) = build_service(&cfg, Box::new(appraiser))?;
     let svc = svc.with_limits(cfg.limits);
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
@@ -392,11 +502,78 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
     println!(
         "{}",
         serde_json::json!({"krs": "listening", "addr": addr.to_string(), "mode": svc.mode(),
-            "non_dumpable": !crate::secret::is_dumpable(), "memory_locked": mem.locked})
+            "non_dumpable": !crate::secret::is_dumpable(), "memory_locked": mem.locked,
+            "crls": crl_status})
     );
     tracing::info!(%addr, mode = ?svc.mode(), "keyward krs serving KRP/1");
+    if !cfg.crl_files.is_empty() {
+        super::crl::spawn_status_logger(crls, verifier_policy);
+    }
     super::krs::serve(listener, tls, Arc::new(svc));
     Ok(ExitCode::SUCCESS)
+}
+
+fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CrlCmd::Fetch {
+            config,
+            kds_url,
+            out,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let cfg = KrsConfig::load(&config)?;
+            let p = read_verifier_policy(&cfg)?;
+            let out = match out.or_else(|| cfg.crl_files.first().cloned()) {
+                Some(o) => o,
+                None => bail!("crl_files: empty in {}; give --out FILE", config.display()),
+            };
+            let got = super::crl_fetch::fetch(&kds_url, &p, &out, now)?;
+            for f in &got {
+                println!(
+                    "{}",
+                    serde_json::json!({"fetched": f.url, "issuer": f.facts.issuer_cn,
+                        "signed_by": f.facts.root,
+                        "this_update": crate::verify::snp::cert::fmt_time(f.facts.this_update),
+                        "next_update": f.facts.next_update.map(crate::verify::snp::cert::fmt_time),
+                        "revoked": f.facts.revoked, "file": out})
+                );
+            }
+            if !cfg.crl_files.contains(&out) {
+                eprintln!(
+                    "keyward: warning: {} is not in crl_files of {}; the KRS does not read it",
+                    out.display(),
+                    config.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CrlCmd::Status { config } => {
+            let cfg = KrsConfig::load(&config)?;
+            let p = read_verifier_policy(&cfg)?;
+            if cfg.crl_files.is_empty() {
+                println!(
+                    "{}",
+                    serde_json::json!({"crls": [], "note": "no crl_files configured"})
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let store = super::crl::CrlStore::open(&cfg.crl_files)?;
+            let list = store.status(Some(&p)).map_err(|e| anyhow::anyhow!(e))?;
+            let mut ok = true;
+            for s in &list {
+                ok &= !s.stale && s.signature_error.is_none();
+                println!("{}", serde_json::to_string(s)?);
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }
 
 fn init_tracing() {
@@ -439,6 +616,9 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let parsed = crate::verify::Policy::from_bytes(&text)
                 .with_context(|| format!("{} is not a valid verifier policy", input.display()))?;
+            parsed
+                .check_measured()
+                .with_context(|| format!("refusing to sign {}", input.display()))?;
             let version = match version {
                 Some(v) => v,
                 None if parsed.policy_version > 0 => parsed.policy_version,
@@ -477,17 +657,32 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             let pem = std::fs::read_to_string(&cfg.admin_public_key)?;
             let admin = policy::admin_public_key(&pem)?;
             let p = policy::load(&file, &admin)?;
-            let highest = std::fs::read_to_string(cfg.version_file())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            if p.version < highest {
-                bail!(
-                    "policy version {} is older than version {highest} already accepted",
-                    p.version
-                );
+            let (highest, _) = policy::read_version_file(&cfg.version_file())?;
+            policy::check_version(&cfg.version_file(), &p)?;
+            let parsed = super::source::check_policy_text(&p.policy)
+                .with_context(|| format!("signed policy {}", file.display()))?;
+            for w in policy_warnings(&cfg, &parsed) {
+                eprintln!("keyward: warning: {w}");
             }
-            super::source::check_policy_text(&p.policy)?;
+            if !cfg.crl_files.is_empty() {
+                let store = super::crl::CrlStore::open(&cfg.crl_files)?;
+                for s in store
+                    .status(Some(&parsed))
+                    .map_err(|e| anyhow::anyhow!(e))?
+                {
+                    if s.stale || s.signature_error.is_some() {
+                        eprintln!("keyward: warning: {}", s.line());
+                    }
+                }
+            }
+            if parsed.allows_unmeasured() {
+                for (field, reason) in parsed.unmeasured() {
+                    eprintln!(
+                        "keyward: warning: allow_unmeasured is set: {field} {reason}; evidence \
+                         no one measured is released to"
+                    );
+                }
+            }
             println!(
                 "ok: {} signature valid, version {} (highest accepted {highest}), digest {}",
                 p.label(),

@@ -260,6 +260,7 @@ pub fn start_for(
         &admin_pub,
     )
     .map_err(setup("policy"))?;
+    super::source::check_policy_text(&policy.policy).map_err(setup("policy"))?;
     super::policy::enforce_version(&dir.join("policy.version"), &policy)
         .map_err(setup("policy"))?;
 

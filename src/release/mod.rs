@@ -13,6 +13,8 @@ pub mod cbor;
 pub mod cli;
 pub mod config;
 pub mod deployment;
+pub mod crl;
+pub mod crl_fetch;
 pub mod embedded;
 pub mod headproto;
 pub mod heads;

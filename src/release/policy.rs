@@ -6,8 +6,11 @@
 //! "signature": base64 r||s}`. The signature is ECDSA P-384 over
 //! `SHA-384("KRP/1 policy" || cbor{policy_id, version, policy})`. The policy digest that goes
 //! into T is `SHA-384(cbor{policy_id, version, policy, signature})`.
-//! Versions only move forward: the KRS persists the highest version it accepted and refuses
-//! anything older.
+//! Versions only move forward: the KRS persists the highest version it accepted (and the
+//! content digest of the policy accepted under it) and refuses anything older, and anything
+//! else under the same version: a policy can only be replaced by one with a higher version.
+//! The content digest is `SHA-384("KRP/1 policy" || cbor{policy_id, version, policy})`, the
+//! value that is signed, so re-signing the same text is the same policy.
 
 use std::io::Write;
 use std::path::Path;
@@ -36,6 +39,15 @@ pub enum PolicyError {
     Key(String),
     #[error("policy version {got} is older than version {highest} already accepted")]
     Rollback { got: u64, highest: u64 },
+    #[error(
+        "policy version {version} was already accepted with other content (digest {accepted}, \
+         this one {got}); a changed policy needs a higher version"
+    )]
+    SameVersion {
+        version: u64,
+        accepted: String,
+        got: String,
+    },
     #[error("policy encoding: {0}")]
     Encoding(String),
 }
@@ -175,18 +187,34 @@ pub fn load(path: &Path, admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyE
     verify(&bytes, admin)
 }
 
-/// Enforce the forward-only version rule against the persisted high-water mark in
-/// `version_file`, raising it (atomically, fsynced) when `p` is newer.
-pub fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), PolicyError> {
-    let io = |e: std::io::Error| PolicyError::Io(version_file.display().to_string(), e.to_string());
-    let highest = match std::fs::read_to_string(version_file) {
-        Ok(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|e| PolicyError::Io(version_file.display().to_string(), e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(io(e)),
-    };
+/// The content digest recorded with the version (hex).
+pub fn content_digest(p: &VerifiedPolicy) -> Result<String, PolicyError> {
+    signed_digest(&p.policy_id, p.version, &p.policy).map(hex::encode)
+}
+
+/// The high-water mark in `version_file`: `VERSION [CONTENT-DIGEST]` (older files hold the
+/// version alone). `(0, None)` when the file does not exist.
+pub fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), PolicyError> {
+    let bad = |e: String| PolicyError::Io(version_file.display().to_string(), e);
+    match std::fs::read_to_string(version_file) {
+        Ok(s) => {
+            let mut it = s.split_whitespace();
+            let v = it
+                .next()
+                .unwrap_or("")
+                .parse::<u64>()
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((v, it.next().map(str::to_string)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None)),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Check `p` against the high-water mark without changing it. `Ok(true)` when accepting `p`
+/// would write the file (newer version, or the digest not yet recorded).
+pub fn check_version(version_file: &Path, p: &VerifiedPolicy) -> Result<bool, PolicyError> {
+    let (highest, recorded) = read_version_file(version_file)?;
     if p.version < highest {
         return Err(PolicyError::Rollback {
             got: p.version,
@@ -194,9 +222,30 @@ pub fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), Po
         });
     }
     if p.version > highest {
+        return Ok(true);
+    }
+    let got = content_digest(p)?;
+    match recorded {
+        Some(accepted) if !accepted.eq_ignore_ascii_case(&got) => Err(PolicyError::SameVersion {
+            version: p.version,
+            accepted,
+            got,
+        }),
+        Some(_) => Ok(false),
+        // A file written before digests were recorded: this policy becomes the one.
+        None => Ok(true),
+    }
+}
+
+/// Enforce the version rule against the persisted high-water mark in `version_file`
+/// (older: refused; same version, other content: refused), recording `p` (atomically,
+/// fsynced) when it is newer.
+pub fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), PolicyError> {
+    let io = |e: std::io::Error| PolicyError::Io(version_file.display().to_string(), e.to_string());
+    if check_version(version_file, p)? {
         let tmp = version_file.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        writeln!(f, "{}", p.version).map_err(io)?;
+        writeln!(f, "{} {}", p.version, content_digest(p)?).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, version_file).map_err(io)?;
         if let Some(dir) = version_file.parent() {
@@ -260,5 +309,44 @@ mod tests {
             Err(PolicyError::Rollback { got: 2, highest: 3 })
         ));
         enforce_version(&vf, &p).unwrap();
+        // Re-signing the same text under the same version is the same policy.
+        let again = verify(
+            &serde_json::to_vec(&sign(&pem, "prod", 3, b"measurement = 'ab'").unwrap()).unwrap(),
+            &vk,
+        )
+        .unwrap();
+        enforce_version(&vf, &again).unwrap();
+        // Other text, or another id, under version 3: refused, and the file is unchanged.
+        let before = std::fs::read_to_string(&vf).unwrap();
+        for (id, text) in [
+            ("prod", &b"measurement = 'cd'"[..]),
+            ("other", b"measurement = 'ab'"),
+        ] {
+            let swapped = verify(
+                &serde_json::to_vec(&sign(&pem, id, 3, text).unwrap()).unwrap(),
+                &vk,
+            )
+            .unwrap();
+            assert!(matches!(
+                enforce_version(&vf, &swapped),
+                Err(PolicyError::SameVersion { version: 3, .. })
+            ));
+        }
+        assert_eq!(std::fs::read_to_string(&vf).unwrap(), before);
+        // A version file from before digests were recorded: the first policy seen is recorded.
+        std::fs::write(&vf, "3\n").unwrap();
+        enforce_version(&vf, &p).unwrap();
+        assert_eq!(
+            read_version_file(&vf).unwrap(),
+            (3, Some(content_digest(&p).unwrap()))
+        );
+        // Version 4 with any text moves forward.
+        let v4 = verify(
+            &serde_json::to_vec(&sign(&pem, "prod", 4, b"x").unwrap()).unwrap(),
+            &vk,
+        )
+        .unwrap();
+        enforce_version(&vf, &v4).unwrap();
+        assert_eq!(read_version_file(&vf).unwrap().0, 4);
     }
 }

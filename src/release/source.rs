@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use rand_core::RngCore;
 
 use super::agent::{Agent, AgentError};
+use super::crl::CrlStore;
 use super::krs::Appraiser;
 use super::policy::VerifiedPolicy;
 use crate::appliance::{MasterKeyError, MasterKeySource};
@@ -237,14 +238,27 @@ impl MasterKeySource for ReleaseSource {
 
 /// The shared verifier library as the KRS's appraiser. The signed policy's text is a verifier
 /// policy (`crate::verify::Policy`); it is parsed once per policy digest.
+/// With a [`CrlStore`], the AMD CRLs go to the verifier with every appraisal (re-read when a
+/// file changes; an unreadable file fails the appraisal closed).
 pub struct VerifierAppraiser {
     parsed: std::sync::Mutex<Option<([u8; 48], Arc<crate::verify::Policy>)>>,
+    crls: Option<Arc<CrlStore>>,
 }
 
 impl VerifierAppraiser {
+    /// Without CRLs (a policy with `snp.crl.required` then denies every SNP release).
     pub fn new() -> Self {
         Self {
             parsed: std::sync::Mutex::new(None),
+            crls: None,
+        }
+    }
+
+    /// With the KRS's CRL files.
+    pub fn with_crls(crls: Arc<CrlStore>) -> Self {
+        Self {
+            parsed: std::sync::Mutex::new(None),
+            crls: Some(crls),
         }
     }
 
@@ -255,8 +269,10 @@ impl VerifierAppraiser {
                 return Ok(pol.clone());
             }
         }
-        let pol =
-            Arc::new(crate::verify::Policy::from_bytes(&p.policy).map_err(|e| e.to_string())?);
+        let pol = crate::verify::Policy::from_bytes(&p.policy).map_err(|e| e.to_string())?;
+        // Also refused at KRS start; checked here so that no path appraises under it.
+        pol.check_measured().map_err(|e| e.to_string())?;
+        let pol = Arc::new(pol);
         *g = Some((p.digest, pol.clone()));
         Ok(pol)
     }
@@ -287,13 +303,25 @@ impl Appraiser for VerifierAppraiser {
                 return v;
             }
         };
+        let crls = match self.crls.as_ref().map(|c| c.current()) {
+            None => Vec::new(),
+            Some(Ok(list)) => list.iter().map(|c| c.der.clone()).collect(),
+            Some(Err(e)) => {
+                let mut v = Verdict {
+                    policy_digest: hex::encode(p.digest),
+                    ..Verdict::default()
+                };
+                v.fail("snp.crl", format!("the KRS's CRL files are unusable: {e}"));
+                return v;
+            }
+        };
         let expect = crate::verify::Expectations {
             report_data: Some(binding.report_data),
             qualifying_data: Some(binding.user_data.clone()),
             nonce: binding.nonce.clone(),
             public_key: binding.public_key.clone(),
             user_data: Some(binding.user_data.clone()),
-            crls: Vec::new(),
+            crls,
         };
         crate::verify::verify_bundle(bundle, &policy, &expect, at)
     }
@@ -304,10 +332,12 @@ pub fn default_appraiser() -> Box<dyn Appraiser> {
     Box::new(VerifierAppraiser::new())
 }
 
-/// Check that signed policy text is a valid verifier policy.
-pub fn check_policy_text(text: &[u8]) -> anyhow::Result<()> {
-    crate::verify::Policy::from_bytes(text)?;
-    Ok(())
+/// Check that signed policy text is a valid verifier policy that measures what it requires
+/// (or says `allow_unmeasured`, see [`crate::verify::Policy::check_measured`]).
+pub fn check_policy_text(text: &[u8]) -> anyhow::Result<crate::verify::Policy> {
+    let p = crate::verify::Policy::from_bytes(text)?;
+    p.check_measured()?;
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -35,7 +35,10 @@ Live mode (the only one that uses the network):
 
 Without --policy the built-in default policy applies: report versions 2-5, AMD's pinned
 roots, every non-negotiable check, VMPL 0, no VLEK CSP id; no measurement, TCB, REPORT_DATA
-or CRL requirement (each shown as a warning). --allow-vmpl and --allow-csp widen whichever
+or CRL requirement (each shown as a warning). A --policy file whose required evidence no
+reference value pins (empty required_evidence, no snp.measurements, no nitro.pcrs, no
+tpm.allowed) is refused unless it sets allow_unmeasured (see attestation/policy.md).
+--allow-vmpl and --allow-csp widen whichever
 policy is in force; the verdict says so and its policy digest changes.
 
 Every check is listed as PASS, FAIL or skip with its reason. See attestation/AUDITORS.md for
@@ -283,7 +286,13 @@ pub const BINDING_CHECKS: [&str; 3] = ["snp.report_data", "tpm.extra_data", "nit
 
 /// A verifier policy file (TOML or JSON), as `--policy` reads it.
 pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
-    Policy::from_bytes(&read(path)?).with_context(|| format!("policy {}", path.display()))
+    let pol =
+        Policy::from_bytes(&read(path)?).with_context(|| format!("policy {}", path.display()))?;
+    // A policy someone wrote must pin what it requires (the built-in default is exempt: its
+    // verdicts say that no measurement was required).
+    pol.check_measured()
+        .with_context(|| format!("policy {}", path.display()))?;
+    Ok(pol)
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {

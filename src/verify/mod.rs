@@ -71,6 +71,14 @@ pub fn verify_bundle(
                 .into(),
         );
     }
+    if policy.allows_unmeasured() {
+        for (field, reason) in policy.unmeasured() {
+            v.warnings.push(format!(
+                "policy sets allow_unmeasured: {field} {reason} (evidence no one measured is \
+                 accepted)"
+            ));
+        }
+    }
     for w in policy.widenings() {
         v.warnings
             .push(format!("policy widened on the command line: {w}"));

@@ -29,7 +29,17 @@ pub enum PolicyError {
     Format(u32),
     #[error("policy field {field}: {reason}")]
     Field { field: String, reason: String },
+    #[error(
+        "policy field {field}: {reason}: this policy would accept evidence no one measured \
+         (to accept that anyway, set allow_unmeasured = \"{UNMEASURED_CONSENT}\" at the top)"
+    )]
+    Unmeasured { field: String, reason: String },
 }
+
+/// The exact value of `allow_unmeasured` that lets a policy accept evidence no reference value
+/// pins (an empty `required_evidence`, SNP without measurements, NitroTPM without PCRs, a TPM
+/// quote without allowed PCR values). Any other value is refused.
+pub const UNMEASURED_CONSENT: &str = "I understand this accepts evidence no one measured";
 
 /// Kinds of evidence a policy can require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +65,11 @@ pub struct Policy {
     /// Evidence that must be present in a bundle. Default: `["snp"]`.
     #[serde(default = "default_required")]
     pub required_evidence: Vec<EvidenceKind>,
+    /// The loud opt-out of [`Policy::check_measured`]: must be exactly [`UNMEASURED_CONSENT`].
+    /// Without it, the KRS, `krs policy sign|check` and `keyward verify --policy` refuse a
+    /// policy whose required evidence no reference value pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unmeasured: Option<String>,
     /// SEV-SNP rules.
     #[serde(default)]
     pub snp: SnpPolicy,
@@ -311,6 +326,7 @@ impl Policy {
             policy_version: 0,
             name: "built-in default".into(),
             required_evidence: default_required(),
+            allow_unmeasured: None,
             snp: SnpPolicy::default(),
             tpm: None,
             nitro: None,
@@ -390,7 +406,101 @@ impl Policy {
         }
     }
 
+    /// The fields that leave required evidence unpinned by any reference value, each as
+    /// (field, reason). Empty for a policy that measures everything it requires.
+    pub fn unmeasured(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.required_evidence.is_empty() {
+            out.push((
+                "required_evidence".to_string(),
+                "is empty, so an empty evidence bundle passes".to_string(),
+            ));
+        }
+        let raw_list_empty = |v: &Option<serde_json::Value>, key: &str| -> Option<bool> {
+            v.as_ref().map(|v| {
+                v.get(key)
+                    .and_then(|l| l.as_array())
+                    .is_none_or(|l| l.is_empty())
+            })
+        };
+        for kind in &self.required_evidence {
+            match kind {
+                EvidenceKind::Snp => {
+                    let s = &self.snp;
+                    if s.measurements.is_empty()
+                        && s.id_key_digests.is_empty()
+                        && s.author_key_digests.is_empty()
+                    {
+                        out.push((
+                            "snp.measurements".to_string(),
+                            "is empty (and no snp.id_key_digests), while required_evidence \
+                             includes snp: any launched image passes"
+                                .to_string(),
+                        ));
+                    }
+                }
+                EvidenceKind::Nitro => match raw_list_empty(&self.nitro, "pcrs") {
+                    None => out.push((
+                        "nitro".to_string(),
+                        "section is missing, while required_evidence includes nitro: any \
+                         booted image passes"
+                            .to_string(),
+                    )),
+                    Some(true) => out.push((
+                        "nitro.pcrs".to_string(),
+                        "is empty, while required_evidence includes nitro: any booted image \
+                         passes"
+                            .to_string(),
+                    )),
+                    Some(false) => {}
+                },
+                EvidenceKind::Tpm => match raw_list_empty(&self.tpm, "allowed") {
+                    None => out.push((
+                        "tpm".to_string(),
+                        "section is missing, while required_evidence includes tpm".to_string(),
+                    )),
+                    Some(true) => out.push((
+                        "tpm.allowed".to_string(),
+                        "is empty, while required_evidence includes tpm: no PCR is compared \
+                         with a reference value, so any boot chain passes"
+                            .to_string(),
+                    )),
+                    Some(false) => {}
+                },
+            }
+        }
+        out
+    }
+
+    /// Whether the policy carries the exact `allow_unmeasured` consent.
+    pub fn allows_unmeasured(&self) -> bool {
+        self.allow_unmeasured.as_deref() == Some(UNMEASURED_CONSENT)
+    }
+
+    /// Refuse a policy that would accept evidence no one measured (see [`Policy::unmeasured`]),
+    /// unless it sets `allow_unmeasured` to [`UNMEASURED_CONSENT`]. The error names the first
+    /// such field. Called by the KRS at start, `krs policy sign|check` and `keyward verify
+    /// --policy`; the built-in default policy of `keyward verify` is exempt (its verdicts say
+    /// that no measurement was required).
+    pub fn check_measured(&self) -> Result<(), PolicyError> {
+        if self.allows_unmeasured() {
+            return Ok(());
+        }
+        match self.unmeasured().into_iter().next() {
+            None => Ok(()),
+            Some((field, reason)) => Err(PolicyError::Unmeasured { field, reason }),
+        }
+    }
+
     fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(c) = &self.allow_unmeasured {
+            if c != UNMEASURED_CONSENT {
+                return Err(PolicyError::Field {
+                    field: "allow_unmeasured".into(),
+                    reason: format!("must be exactly {UNMEASURED_CONSENT:?} (or absent)"),
+                });
+            }
+        }
         let s = &self.snp;
         let bad = |field: &str, reason: String| PolicyError::Field {
             field: format!("snp.{field}"),
@@ -478,6 +588,97 @@ mod tests {
         assert!(Policy::from_bytes(b"format = 2\n").is_err());
         assert!(Policy::from_bytes(b"format = 1\n[snp]\nmeasurements = [\"00\"]\n").is_err());
         assert!(Policy::from_bytes(b"format = 1\n[snp]\nreport_versions = [1]\n").is_err());
+    }
+
+    #[test]
+    fn unmeasured_policies_are_refused_naming_the_field_unless_opted_out() {
+        let m = format!("\"{}\"", "ab".repeat(48));
+        let field = |text: &str| match Policy::from_bytes(text.as_bytes())
+            .unwrap()
+            .check_measured()
+        {
+            Err(PolicyError::Unmeasured { field, .. }) => Some(field),
+            Err(e) => panic!("{e}"),
+            Ok(()) => None,
+        };
+        assert_eq!(field("format = 1\n").as_deref(), Some("snp.measurements"));
+        assert_eq!(
+            field(&format!(
+                "format = 1\nrequired_evidence = []\n[snp]\nmeasurements = [{m}]\n"
+            ))
+            .as_deref(),
+            Some("required_evidence")
+        );
+        assert_eq!(
+            field(&format!("format = 1\n[snp]\nmeasurements = [{m}]\n")),
+            None
+        );
+        assert_eq!(
+            field(&format!("format = 1\n[snp]\nid_key_digests = [{m}]\n")),
+            None
+        );
+        let nitro = format!(
+            "format = 1\nrequired_evidence = [\"snp\", \"nitro\"]\n[snp]\nmeasurements = [{m}]\n"
+        );
+        assert_eq!(field(&nitro).as_deref(), Some("nitro"));
+        assert_eq!(
+            field(&format!("{nitro}[nitro]\nmax_age = \"5m\"\n")).as_deref(),
+            Some("nitro.pcrs")
+        );
+        assert_eq!(
+            field(&format!(
+                "{nitro}[nitro]\npcrs = [{{ pcr = 4, values = [{m}] }}]\n"
+            )),
+            None
+        );
+        let tpm = "format = 1\nrequired_evidence = [\"tpm\"]\n";
+        assert_eq!(field(tpm).as_deref(), Some("tpm"));
+        assert_eq!(
+            field(&format!("{tpm}[tpm]\nregistered_aks = []\npcrs = [4]\n")).as_deref(),
+            Some("tpm.allowed")
+        );
+        // The opt-out: exact text only; the error message tells how.
+        let e = Policy::from_bytes(b"format = 1\n")
+            .unwrap()
+            .check_measured()
+            .unwrap_err();
+        assert!(e.to_string().contains(UNMEASURED_CONSENT), "{e}");
+        let ok = format!(
+            "format = 1\nrequired_evidence = []\nallow_unmeasured = \"{UNMEASURED_CONSENT}\"\n"
+        );
+        let p = Policy::from_bytes(ok.as_bytes()).unwrap();
+        assert!(p.check_measured().is_ok() && p.allows_unmeasured());
+        assert!(matches!(
+            Policy::from_bytes(b"format = 1\nallow_unmeasured = \"yes\"\n"),
+            Err(PolicyError::Field { field, .. }) if field == "allow_unmeasured"
+        ));
+        // Verdicts under the opt-out say so.
+        let v = crate::verify::verify_bundle(
+            &crate::verify::EvidenceBundle::default(),
+            &p,
+            &crate::verify::Expectations::default(),
+            std::time::SystemTime::now(),
+        );
+        assert!(
+            v.warnings.iter().any(|w| w.contains("allow_unmeasured")),
+            "{:?}",
+            v.warnings
+        );
+    }
+
+    #[test]
+    fn shipped_example_policies_measure_what_they_require() {
+        for text in [
+            include_str!("../../attestation/policies/aws-ec2-snp-nitrotpm.toml"),
+            include_str!("../../attestation/policies/bare-metal-snp.toml"),
+            include_str!("../../attestation/policies/tpm-only.toml"),
+        ] {
+            let p = Policy::from_bytes(text.as_bytes()).unwrap();
+            p.check_measured().unwrap();
+            assert!(!p.allows_unmeasured());
+        }
+        // The built-in default (chain-only) is not a policy to sign for a KRS.
+        assert!(Policy::builtin_default().check_measured().is_err());
     }
 
     #[test]

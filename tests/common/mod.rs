@@ -124,7 +124,12 @@ pub fn policy_text(version: u64, extra: &str) -> String {
     policy_text_full(version, &[], extra)
 }
 
-/// The default policy with a version, a measurement allow-list and extra TOML appended.
+/// The opt-out line a policy without measurements needs to be signed and served.
+pub const ALLOW_UNMEASURED: &str =
+    "allow_unmeasured = \"I understand this accepts evidence no one measured\"\n";
+
+/// The default policy with a version, a measurement allow-list and extra TOML appended. With
+/// no measurements it carries `allow_unmeasured` (the KRS refuses it otherwise).
 pub fn policy_text_full(version: u64, measurements: &[String], extra: &str) -> String {
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -135,6 +140,10 @@ pub fn policy_text_full(version: u64, measurements: &[String], extra: &str) -> S
     for line in base.lines() {
         if line.starts_with("policy_version") {
             out.push_str(&format!("policy_version = {version}\n"));
+        } else if line.starts_with("required_evidence") && measurements.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            out.push_str(ALLOW_UNMEASURED);
         } else if line.starts_with("measurements") && !measurements.is_empty() {
             out.push_str(&format!("measurements = {measurements:?}\n"));
         } else {

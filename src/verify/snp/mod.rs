@@ -12,6 +12,7 @@
 
 pub mod cert;
 pub mod report;
+pub mod revocation;
 pub mod roots;
 
 use p384::ecdsa::signature::Verifier;
