@@ -520,7 +520,7 @@ fn an_unacknowledged_write_beyond_the_floor_is_cut_off() {
     let floor = anchor.held().unwrap();
     anchor.unreachable.store(true, Ordering::SeqCst);
     anchor.current_fails.store(true, Ordering::SeqCst);
-    let e = reg.disable_key(None, "k1").err().expect("unknown outcome");
+    let e = reg.disable_key(None, "k1").expect_err("unknown outcome");
     assert!(matches!(e, KeystoreError::AnchorUnknown(_)), "{e}");
     drop(reg); // the appliance stops (or dies) with the write pending
     assert!(std::fs::read(log_path(dir.path())).unwrap().len() > before.len());
@@ -574,7 +574,7 @@ fn a_refused_head_rolls_the_write_back() {
     let before = std::fs::read(log_path(dir.path())).unwrap();
     let head = reg.head();
     anchor.refuse.store(true, Ordering::SeqCst);
-    let e = reg.disable_key(None, "k1").err().expect("refused");
+    let e = reg.disable_key(None, "k1").expect_err("refused");
     assert!(matches!(e, KeystoreError::AnchorRefused(_)), "{e}");
     let msg = e.to_string();
     assert!(
@@ -593,8 +593,7 @@ fn a_refused_head_rolls_the_write_back() {
     anchor.unreachable.store(true, Ordering::SeqCst);
     let e = reg
         .create_keys(None, &["b1", "b2"], KeyUsage::EncryptDecrypt)
-        .err()
-        .expect("not recorded");
+        .expect_err("not recorded");
     assert!(matches!(e, KeystoreError::AnchorRefused(_)), "{e}");
     assert!(reg.key_info(None, "b1").is_err());
     assert_eq!(std::fs::read(log_path(dir.path())).unwrap(), before);
@@ -646,7 +645,7 @@ fn an_unknown_outcome_stays_pending_until_the_next_write_settles_it() {
         anchor.unreachable.store(true, Ordering::SeqCst);
         anchor.record_anyway.store(recorded, Ordering::SeqCst);
         anchor.current_fails.store(true, Ordering::SeqCst);
-        let e = reg.disable_key(None, "k1").err().expect("unknown outcome");
+        let e = reg.disable_key(None, "k1").expect_err("unknown outcome");
         assert!(matches!(e, KeystoreError::AnchorUnknown(_)), "{e}");
         assert!(e.to_string().contains("unknown"), "{e}");
         // Not in effect, whatever the KRS did.
@@ -659,8 +658,7 @@ fn an_unknown_outcome_stays_pending_until_the_next_write_settles_it() {
         anchor.record_anyway.store(false, Ordering::SeqCst);
         let e = reg
             .create_key(None, "k3", KeyUsage::EncryptDecrypt)
-            .err()
-            .expect("still unknown");
+            .expect_err("still unknown");
         assert!(matches!(e, KeystoreError::AnchorUnknown(_)), "{e}");
         assert!(reg.key_info(None, "k3").is_err());
         // The KRS is back: the next write settles the pending one first.
