@@ -76,7 +76,6 @@ fn trust_pins_only_the_attested_key() {
         &keyward::verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text, &f.policy_file);
-    let krs = f.serve();
     let setup = ServeSetup::new();
     let d = setup.dir.path();
     // The appliance-managed TLS key on both listeners, a released master key, live attestation.
@@ -86,6 +85,9 @@ fn trust_pins_only_the_attested_key() {
         .unwrap();
     use sha2::Digest;
     let admin_ca = hex::encode(sha2::Sha256::digest(ca_der.as_ref()));
+    // The KRS serves this appliance's deployment (its operator CA).
+    f.add_deployment("appliance", &format!("admin_ca_sha256 = \"{admin_ca}\""));
+    let krs = f.serve();
     let cfg = std::fs::read_to_string(&setup.config)
         .unwrap()
         .replace("tls_cert_chain_file = \"server.pem\"\n", "")
