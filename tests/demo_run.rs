@@ -143,7 +143,10 @@ fn demo_restart_on_the_same_state_dir_decrypts_earlier_ciphertexts() {
     let log = p2.stderr_text();
     assert!(log.contains("store head at the KRS: seq"), "{log}");
     let heads = std::fs::read_to_string(state.join("krs").join("heads.json")).unwrap();
-    assert!(heads.contains("\"demo\"") && heads.contains("chain_mac"), "{heads}");
+    assert!(
+        heads.contains("\"demo\"") && heads.contains("chain_mac"),
+        "{heads}"
+    );
     p2.signal(libc::SIGTERM);
     assert_eq!(p2.wait_exit(Duration::from_secs(20)), Some(0));
 }
