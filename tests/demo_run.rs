@@ -138,6 +138,15 @@ fn demo_restart_on_the_same_state_dir_decrypts_earlier_ciphertexts() {
     let (code, dec) = xks2.decrypt(&second.key_ids[0], &enc);
     assert_eq!(code, 200, "{dec}");
     assert_eq!(dec["plaintext"], "cmVzdGFydCBtZQ==");
+    // The embedded KRS kept the store head across the restart (state/krs/heads.json): the
+    // second boot's release receipt carried it as the floor.
+    let log = p2.stderr_text();
+    assert!(log.contains("store head at the KRS: seq"), "{log}");
+    let heads = std::fs::read_to_string(state.join("krs").join("heads.json")).unwrap();
+    assert!(
+        heads.contains("\"demo\"") && heads.contains("chain_mac"),
+        "{heads}"
+    );
     p2.signal(libc::SIGTERM);
     assert_eq!(p2.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -214,9 +214,23 @@ fn measure_matches_the_rules_written_out() {
         .arg(dir.path().join("rv.json"))
         .arg("--tpm-policy")
         .arg(dir.path().join("tpm.toml"))
+        .arg("--nitro-policy")
+        .arg(dir.path().join("nitro.toml"))
         .status()
         .unwrap();
     assert!(st.success());
+    // The NitroTPM section names PCR 15 (the pins) with its SHA-384 value, as the verifier's
+    // NitroPolicy reads it.
+    #[derive(serde::Deserialize)]
+    struct NitroSection {
+        nitro: keyward::verify::nitro::NitroPolicy,
+    }
+    let nitro: NitroSection =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("nitro.toml")).unwrap()).unwrap();
+    let p15 = nitro.nitro.pcrs.iter().find(|p| p.pcr == 15).unwrap();
+    assert_eq!(p15.values, [doc["pcrs"]["sha384"]["15"].as_str().unwrap()]);
+    let p4 = nitro.nitro.pcrs.iter().find(|p| p.pcr == 4).unwrap();
+    assert_eq!(p4.values, [doc["pcrs"]["sha384"]["4"].as_str().unwrap()]);
     let rv = keyward::verify::refvalues::ReferenceValues::from_json(
         &std::fs::read(dir.path().join("rv.json")).unwrap(),
     )

@@ -2,8 +2,8 @@
 # image-test: the host side of a release. Creates a SoftHSMv2 token in WORK, initialises a
 # `keyward krs` with the committed TEST identity (image/test/identity: TLS key/cert and
 # policy-admin key, test-only), writes the guest's pins, computes the reference values of the
-# UKI for those pins with `keyward measure` (its [tpm] section, the AK registered), signs that
-# policy and starts `keyward krs serve` on 127.0.0.1:KRS_PORT (the guest reaches it as
+# UKI for those pins with `keyward measure` (its [tpm] section, the AK registered), configures the
+# deployment for those pins (`krs pins --admin-ca --url --append`), signs that policy and starts `keyward krs serve` on 127.0.0.1:KRS_PORT (the guest reaches it as
 # 10.0.2.100:9443 through qemu's guestfwd, see image/scripts/boot.sh).
 #
 # usage: krs-up.sh BIN UKI WORK AK_NAME     env: KRS_PORT (19443)
@@ -61,6 +61,12 @@ krs_tls_spki_sha256 = "$tls_pin"
 receipt_spki_sha256 = "$receipt_pin"
 admin_ca_sha256 = "$admin_ca"
 EOF
+
+# the KRS serves this deployment only: the [[deployment]] block for exactly these pins (the
+# URL the guest uses, both KRS pins, the TEST operator CA), appended to its config
+"$bin" krs pins --config "$work/krs.toml" --admin-ca "$id/operator-ca.pem" \
+    --url "10.0.2.100:9443" --name image-test --append 2> "$work/krs-pins.log"
+grep -q '^\[\[deployment\]\]' "$work/krs.toml" || { echo "krs-up: no [[deployment]] in krs.toml" >&2; exit 1; }
 
 # reference values for this UKI + these pins; [tpm] section with the pre-provisioned AK
 "$bin" measure --uki "$uki" --pins "$work/pins" --events "$work/reference.json" \

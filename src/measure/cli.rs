@@ -48,6 +48,11 @@ pub struct Args {
     /// Write a KRS policy `[tpm]` section built from these values here (TOML).
     #[arg(long)]
     pub tpm_policy: Option<PathBuf>,
+    /// Write a KRS policy `[nitro]` section (NitroTPM, SHA-384) here: PCR 4, 7 (unless
+    /// `--pcr7 none`) and, with `--pins`, PCR 15 (this customer's pins: KRS URL, both KRS
+    /// pins and the operator CA), so the NitroTPM evidence itself binds the pins.
+    #[arg(long)]
+    pub nitro_policy: Option<PathBuf>,
     /// TPM Name (hex) of an attestation key the `[tpm]` section registers (repeatable).
     #[arg(long)]
     pub ak_name: Vec<String>,
@@ -205,6 +210,25 @@ fn tpm_policy(
     ))
 }
 
+/// A KRS policy `[nitro]` section: SHA-384 values of the measured PCRs except 11 and 12 (PCR 12
+/// is checked in code; PCR 11 is not in the NitroTPM policy), PCR 15 only with `--pins`.
+fn nitro_policy(args: &Args, events: &[Event], pcr_list: &[u32]) -> String {
+    let mut out = format!(
+        "# [nitro] policy section from `keyward measure` of {} {}{}: paste into the KRS policy.\n[nitro]\nmax_age = \"5m\"\npcrs = [\n",
+        args.release_name,
+        args.release_version,
+        if args.pins.is_some() { " for these pins" } else { "" }
+    );
+    for &pcr in pcr_list.iter().filter(|&&p| p != 11 && p != 12) {
+        out += &format!(
+            "  {{ pcr = {pcr}, values = [\"{}\"] }},\n",
+            hex::encode(replay(events, pcr, Bank::Sha384))
+        );
+    }
+    out += "]\n";
+    out
+}
+
 /// Run `keyward measure`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let uki =
@@ -333,6 +357,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.events {
         let text = serde_json::to_string_pretty(&doc)? + "\n";
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.nitro_policy {
+        std::fs::write(path, nitro_policy(&args, &events, &pcr_list))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.tpm_policy {
         std::fs::write(path, tpm_policy(&args, &events, &pcr_list, bank)?)

@@ -515,40 +515,40 @@ impl Service {
         boot_key_id: &[u8],
         digest: Result<[u8; 48], super::cbor::CborError>,
         signature: &[u8],
-    ) -> Result<String, Response> {
+    ) -> Result<String, Box<Response>> {
         if v != VERSION {
-            return Err(self.deny(
+            return Err(Box::new(self.deny(
                 DenyCode::UnsupportedVersion,
                 &format!("head request v{v}"),
                 Ctx::default(),
-            ));
+            )));
         }
         let Some(book) = &self.heads else {
-            return Err(self.deny(
+            return Err(Box::new(self.deny(
                 DenyCode::Internal,
                 "this KRS keeps no store heads",
                 Ctx::default(),
-            ));
+            )));
         };
         let Some((deployment, public)) = book.lookup(boot_key_id) else {
-            return Err(self.deny(
+            return Err(Box::new(self.deny(
                 DenyCode::HeadKeyUnknown,
                 &format!(
                     "head request signed by boot key {} that no release registered",
                     hex::encode(boot_key_id.get(..32).unwrap_or(boot_key_id))
                 ),
                 Ctx::default(),
-            ));
+            )));
         };
         let ok = digest.is_ok_and(|d| super::headproto::verify(&public, &d, signature));
         if !ok {
-            return Err(self.deny(
+            return Err(Box::new(self.deny(
                 DenyCode::HeadSignature,
                 &format!(
                     "head request for deployment {deployment}: boot key signature does not verify"
                 ),
                 Ctx::default(),
-            ));
+            )));
         }
         Ok(deployment)
     }
@@ -564,7 +564,7 @@ impl Service {
             &u.signature,
         ) {
             Ok(d) => d,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         if !well_formed(&u.next)
             || u.prev.as_ref().is_some_and(|p| !well_formed(p))
@@ -616,7 +616,7 @@ impl Service {
             &q.signature,
         ) {
             Ok(d) => d,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         if q.nonce.len() != 32 {
             return self.deny(
