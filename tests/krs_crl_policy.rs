@@ -570,3 +570,96 @@ fn policy_check_warns_when_nothing_judges_the_pins() {
     f.sign_policy_text(4, &tpm.replace("pcr = 15", "pcr = 4"), &f.policy_file);
     assert!(check(&no_dep).contains(WARN));
 }
+
+/// A simulated bare-metal guest that satisfies the shipped bare-metal policy: launched with
+/// SMT disallowed (POLICY 0x20000) on a host with SMT off and TSME on, TCB 9/0/23/213.
+struct BareMetalGuest {
+    platform: keyward::verify::testsign::SimulatedPlatform,
+}
+
+impl keyward::attest::Attester for BareMetalGuest {
+    fn name(&self) -> &'static str {
+        "simulated-snp"
+    }
+    fn attest(
+        &self,
+        b: &keyward::attest::Binding,
+        bundle: &mut keyward::verify::evidence::EvidenceBundle,
+    ) -> Result<(), keyward::attest::AttestError> {
+        let p = &self.platform;
+        let mut rb = keyward::verify::testsign::ReportBuilder::new(p.product, p.signer, &p.tcb);
+        rb.report_data(&b.report_data)
+            .measurement(&p.measurement)
+            .chip_id(&p.chip_id)
+            .policy(0x20000)
+            .platform_info(0b10);
+        bundle.snp = Some(keyward::verify::evidence::SnpEvidence {
+            report: p.sign(&rb),
+            certs: p.certs.clone(),
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn shipped_bare_metal_policy_releases_once_its_crl_is_configured() {
+    use keyward::verify::policy::{Product, SignerKind};
+    let dir = tempfile::tempdir().unwrap();
+    let crl_file = dir.path().join("amd-crl.pem");
+    let Some(f) = common::KrsFixture::new(
+        "krs-crl-shipped",
+        &format!("crl_files = [\"{}\"]", crl_file.display()),
+    ) else {
+        return;
+    };
+    // The shipped file, its placeholder measurement filled in, plus the test root (the
+    // simulated guest chains to it, not to AMD).
+    let shipped = include_str!("../attestation/policies/bare-metal-snp.toml");
+    let text =
+        shipped.replace(&"0".repeat(96), &hex::encode(DEMO_MEASUREMENT)) + &test_root_policy_toml();
+    assert!(text.contains("[snp.crl]\nrequired = true"));
+    f.sign_policy_text(1, &text, &f.policy_file);
+    install(&crl_file, &crl(vec![vec![9]], 3600, 86_400, false));
+    let krs = f.serve();
+    let tcb = keyward::verify::snp::report::Tcb {
+        fmc: None,
+        bootloader: 9,
+        tee: 0,
+        snp: 23,
+        microcode: 213,
+        raw: [0; 8],
+    };
+    let guest = || {
+        let mut chip = [0u8; 64];
+        chip[0] = 3;
+        let platform = keyward::verify::testsign::SimulatedPlatform::with(
+            Product::Milan,
+            SignerKind::Vcek,
+            tcb,
+            chip,
+            DEMO_MEASUREMENT,
+        )
+        .unwrap();
+        Agent {
+            cfg: f.agent_config(&krs.addr),
+            attesters: vec![Box::new(BareMetalGuest { platform })],
+            product_release: "keyward-test".into(),
+        }
+    };
+    let r = guest().release().unwrap();
+    assert_eq!(r.receipt.decision, "release");
+    install(&crl_file, &crl(vec![vec![0]], 60, 86_400, false));
+    match guest().release() {
+        Err(AgentError::Denied { code, .. }) => assert_eq!(code, DenyCode::EvidenceChain.number()),
+        Err(e) => panic!("expected a deny, got {e}"),
+        Ok(_) => panic!("released to a revoked VCEK"),
+    }
+    let last = f.log_entries().pop().unwrap();
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("revokes CN=SEV-VCEK"),
+        "{last}"
+    );
+}
