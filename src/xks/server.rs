@@ -443,7 +443,8 @@ impl Drop for Ticket<'_> {
 /// exchange with [`OVERFLOW_DEADLINE`].
 async fn serve_overflow(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
     let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-        Ok::<_, Infallible>(throttled(req.into_body(), "too many connections; retry").await)
+        let version = req.version();
+        Ok::<_, Infallible>(throttled(req.into_body(), version, "too many connections; retry").await)
     });
     match tls {
         Some(acceptor) => {
@@ -480,7 +481,11 @@ fn stream_is_h2(io: &TokioIo<tokio_rustls::server::TlsStream<tokio::net::TcpStre
 /// The 429 answer. A small body is read first (bounded by the caller's deadline) so that the
 /// connection can be reused and the client is not reset before it reads the answer; a larger
 /// one is left unread and the connection closed.
-async fn throttled(body: Incoming, msg: &'static str) -> http::Response<Full<Bytes>> {
+async fn throttled(
+    body: Incoming,
+    version: http::Version,
+    msg: &'static str,
+) -> http::Response<Full<Bytes>> {
     let small = body
         .size_hint()
         .upper()
@@ -491,10 +496,7 @@ async fn throttled(body: Incoming, msg: &'static str) -> http::Response<Full<Byt
             .collect()
             .await;
     } else {
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        close_after(&mut resp, version);
     }
     resp.headers_mut().insert(
         http::header::RETRY_AFTER,
@@ -616,10 +618,10 @@ where
 }
 
 /// Bodies over the pre-authentication cap but at most this size are read and thrown away
-/// (nothing is kept), so that the client reads our 501 rather than a reset; larger ones are
-/// answered at once and the connection closed (clients that send more than 1 MiB, curl among
-/// them, wait for `100 Continue`, which they do not get).
-const DRAIN_LIMIT: usize = 1024 * 1024;
+/// (nothing is kept, and it is bounded by the request deadline), so that the client reads our
+/// 501 rather than a reset (curl 7.88 over HTTP/2 reports a stream reset after a complete answer
+/// as an error); larger ones are answered at once and the connection closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 async fn serve_request(s: &Serving, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
     let ctx = &s.ctx;
@@ -644,25 +646,19 @@ async fn serve_request(s: &Serving, req: http::Request<Incoming>) -> http::Respo
         Ok(t) => t,
         Err(msg) => {
             s.adm.throttled.fetch_add(1, Ordering::Relaxed);
-            return throttled(body, msg).await;
+            return throttled(body, parts.version, msg).await;
         }
     };
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         let mut resp = response(handlers::oversized(ctx, parts.uri.path(), started));
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        close_after(&mut resp, parts.version);
         return resp;
     }
     let body = match read_body(body, cap, declared).await {
         Ok(Some(b)) => b,
         Ok(None) => {
             let mut resp = response(handlers::oversized(ctx, parts.uri.path(), started));
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
+            close_after(&mut resp, parts.version);
             return resp;
         }
         Err(()) => {
@@ -723,6 +719,18 @@ async fn read_body(
         return Ok(None);
     }
     Ok(Some(first.unwrap_or_else(|| Bytes::from(buf))))
+}
+
+/// Ask an HTTP/1 client to close after this answer (its body was not read to the end). HTTP/2
+/// has no such header (the stream is reset instead, by hyper): adding it there would make the
+/// answer malformed.
+fn close_after(resp: &mut http::Response<Full<Bytes>>, version: http::Version) {
+    if version <= http::Version::HTTP_11 {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 fn response(r: Reply) -> http::Response<Full<Bytes>> {
