@@ -8,7 +8,7 @@
 //!
 //! While each runs, a normal signed request (`curl --aws-sigv4`, a signer we did not write) must
 //! be answered 200 within 250 ms (the median of 5 fresh connections; a loaded 2-core machine
-//! gets three tries), and during (a) the server's VmRSS must stay within +100 MB.
+//! gets four tries), and during (a) the server's VmRSS must stay within +100 MB.
 //!
 //! The demo runs with RLIMIT_NOFILE 1024 (soft and hard): the limit under which held attestation
 //! connections used to exhaust the descriptors until the XKS API stopped answering.
@@ -101,11 +101,11 @@ fn timed_encrypt(x: &Xks, key: &str) -> (u16, f64) {
     (code, secs)
 }
 
-/// The median latency of 5 signed requests, all of which must be answered 200; up to three
+/// The median latency of 5 signed requests, all of which must be answered 200; up to four
 /// rounds (the machine is shared), the best median is returned with every sample seen.
 fn probe(x: &Xks, key: &str, what: &str) -> f64 {
     let mut best = f64::MAX;
-    for round in 0..3 {
+    for round in 0..4 {
         let mut samples: Vec<f64> = Vec::new();
         for _ in 0..5 {
             let (code, secs) = timed_encrypt(x, key);
@@ -179,6 +179,7 @@ async fn unsigned_flooder(
     len: usize,
     stop: Arc<AtomicBool>,
     refused: Arc<AtomicUsize>,
+    trickling: Arc<AtomicUsize>,
 ) {
     let chunk = vec![b'a'; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
@@ -194,6 +195,9 @@ async fn unsigned_flooder(
         while ok && sent + chunk.len() < len.saturating_sub(1024) && !stop.load(Ordering::Relaxed) {
             ok = tls.write_all(&chunk).await.is_ok();
             sent += chunk.len();
+        }
+        if ok {
+            trickling.fetch_add(1, Ordering::Relaxed);
         }
         while ok && !stop.load(Ordering::Relaxed) {
             ok = tls.write_all(b"a").await.is_ok() && tls.flush().await.is_ok();
@@ -247,6 +251,7 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
     // (a) 200 unsigned connections with big declared bodies.
     let stop = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicUsize::new(0));
+    let trickling = Arc::new(AtomicUsize::new(0));
     let cfg = tls_client(&ready.ca_cert, b"http/1.1");
     let cap = keyward::xks::Limits::default().max_body;
     for i in 0..200 {
@@ -259,16 +264,23 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
             len,
             stop.clone(),
             refused.clone(),
+            trickling.clone(),
         ));
     }
     let t0 = Instant::now();
     let mut rss_max = rss0;
-    while t0.elapsed() < Duration::from_secs(4) {
+    // Every flooder has sent its bulk and holds its connection (or 6 s have passed).
+    while t0.elapsed() < Duration::from_secs(6) && trickling.load(Ordering::Relaxed) < 200 {
         rss_max = rss_max.max(vm_rss_kb(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!(
+        "flood (a): {} connections holding their bodies open after {:?}",
+        trickling.load(Ordering::Relaxed),
+        t0.elapsed()
+    );
     let a = probe(&x, &key, "flood (a)");
-    while t0.elapsed() < Duration::from_secs(8) {
+    while t0.elapsed() < Duration::from_secs(9) {
         rss_max = rss_max.max(vm_rss_kb(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
