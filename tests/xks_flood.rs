@@ -168,6 +168,16 @@ async fn tls_connect(
         .ok()
 }
 
+/// Shared by the flooders of (a): the stop flag and what they saw.
+#[derive(Default)]
+struct FloodState {
+    stop: AtomicBool,
+    /// Connections the server ended (refused, dropped).
+    refused: AtomicUsize,
+    /// Connections that sent their bulk and hold the rest of their body.
+    trickling: AtomicUsize,
+}
+
 /// One flooder of (a): connect, declare `len` bytes of body, send all but the last KiB at
 /// once, then trickle a byte every 200 ms; reconnect (after a pause) whenever the server
 /// hangs up, until `stop`.
@@ -177,10 +187,9 @@ async fn unsigned_flooder(
     addr: std::net::SocketAddr,
     path: String,
     len: usize,
-    stop: Arc<AtomicBool>,
-    refused: Arc<AtomicUsize>,
-    trickling: Arc<AtomicUsize>,
+    st: Arc<FloodState>,
 ) {
+    let (stop, refused, trickling) = (&st.stop, &st.refused, &st.trickling);
     let chunk = vec![b'a'; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let Some(mut tls) = tls_connect(&cfg, &host, addr).await else {
@@ -249,9 +258,7 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
     eprintln!("no flood: VmRSS {rss0} kB");
 
     // (a) 200 unsigned connections with big declared bodies.
-    let stop = Arc::new(AtomicBool::new(false));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let trickling = Arc::new(AtomicUsize::new(0));
+    let st = Arc::new(FloodState::default());
     let cfg = tls_client(&ready.ca_cert, b"http/1.1");
     let cap = keyward::xks::Limits::default().max_body;
     for i in 0..200 {
@@ -262,21 +269,19 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
             addr,
             path.clone(),
             len,
-            stop.clone(),
-            refused.clone(),
-            trickling.clone(),
+            st.clone(),
         ));
     }
     let t0 = Instant::now();
     let mut rss_max = rss0;
     // Every flooder has sent its bulk and holds its connection (or 6 s have passed).
-    while t0.elapsed() < Duration::from_secs(6) && trickling.load(Ordering::Relaxed) < 200 {
+    while t0.elapsed() < Duration::from_secs(6) && st.trickling.load(Ordering::Relaxed) < 200 {
         rss_max = rss_max.max(vm_rss_kb(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
         "flood (a): {} connections holding their bodies open after {:?}",
-        trickling.load(Ordering::Relaxed),
+        st.trickling.load(Ordering::Relaxed),
         t0.elapsed()
     );
     let a = probe(&x, &key, "flood (a)");
@@ -284,11 +289,11 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
         rss_max = rss_max.max(vm_rss_kb(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
+    st.stop.store(true, Ordering::Relaxed);
     let growth_mb = (rss_max.saturating_sub(rss0)) as f64 / 1024.0;
     eprintln!(
         "flood (a): VmRSS max {rss_max} kB, growth {growth_mb:.1} MB; {} flooder connections ended by the server",
-        refused.load(Ordering::Relaxed)
+        st.refused.load(Ordering::Relaxed)
     );
     assert!(
         growth_mb < 100.0,

@@ -444,7 +444,9 @@ impl Drop for Ticket<'_> {
 async fn serve_overflow(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
     let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
         let version = req.version();
-        Ok::<_, Infallible>(throttled(req.into_body(), version, "too many connections; retry").await)
+        Ok::<_, Infallible>(
+            throttled(req.into_body(), version, "too many connections; retry").await,
+        )
     });
     match tls {
         Some(acceptor) => {
