@@ -14,6 +14,7 @@
 //! * [`measure`]: reference values (PCR 4/7/11/12/15, SEV-SNP) of the appliance image.
 //! * [`config`], [`audit`], [`demo`], [`bench`]: configuration, the audit log, embedded
 //!   defaults for `make run`, and the load generator.
+//! * [`fdlimit`]: the descriptor budget that sizes every listener's connection cap.
 //!
 //! Dependency rules (see `docs/architecture.md`): `xks` never reaches `attest`, `verify`,
 //! `release` or `hsm`; `verify` never reaches `xks`, `keystore`, `release` or `hsm`.
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod fdlimit;
 pub mod hsm;
 pub mod keystore;
 pub mod measure;

@@ -48,6 +48,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Listeners size their connection caps from the descriptor limit: lift the soft limit to
+    // the hard one (the unit's LimitNOFILE) before anything binds.
+    keyward::fdlimit::raise_nofile();
     let result = match cli.command {
         Command::Serve(a) => keyward::appliance::cli::serve(a),
         Command::Config(a) => keyward::config::cli::run(a),

@@ -263,6 +263,9 @@ impl Fixture {
         }
         c.args(args).arg(self.url(path));
         let out = c.output().expect("curl must be installed");
+        if std::env::var("KW_CURL_DEBUG").is_ok() {
+            eprintln!("curl stderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.trim().parse().unwrap_or(0), body.to_string())
@@ -1257,6 +1260,7 @@ fn slow_and_idle_connections_are_closed() {
         insecure_http: true,
         limits: Limits {
             conn_idle: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
             ..Limits::default()
         },
         instance_id: "x".into(),
@@ -1370,4 +1374,207 @@ fn a_slow_tls_client_is_disconnected() {
         Err(e) => Err(format!("still open after 25 s ({e})")),
     };
     outcome.unwrap();
+}
+
+/// A TLS connection to the fixture, handshake done, speaking HTTP/1.1.
+fn raw_tls(fx: &Fixture) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&fx.ca_path).unwrap();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(fx.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Read one HTTP/1.1 answer: (status, body).
+fn read_answer(tls: &mut impl std::io::Read) -> (u16, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_string());
+            }
+        }
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("connection ended before a whole answer: {text:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn health_body() -> Value {
+    json!({"requestMetadata": {"kmsRequestId": "h-1", "kmsOperation": "KmsHealthCheck"}})
+}
+
+/// Past the connection cap, KMS is answered 429 ThrottlingException (retryable) at once,
+/// rather than left to time out; once connections close, requests are served again.
+#[test]
+fn past_the_connection_cap_kms_gets_429_throttling() {
+    let fx = Fixture::start_with(
+        None,
+        Limits {
+            max_connections: 3,
+            max_overflow: 4,
+            ..Limits::default()
+        },
+    );
+    let health = format!("{PREFIX}/kms/xks/v1/health");
+    let held: Vec<_> = (0..3).map(|_| raw_tls(&fx)).collect();
+    let t = std::time::Instant::now();
+    let got = fx.signed(&health, &health_body());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_err(got.clone(), 429, "ThrottlingException", "over the cap");
+    assert_eq!(
+        got.1["errorMessage"], "too many connections; retry",
+        "{:?}",
+        got.1
+    );
+    drop(held);
+    // The cap frees as the held connections end.
+    let mut s = 0;
+    for _ in 0..50 {
+        s = fx.signed(&health, &health_body()).0;
+        if s == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s, 200, "served again once the held connections closed");
+}
+
+/// Too many requests in flight (here: two stalled mid-body) also give 429, while the
+/// connections are under their cap.
+#[test]
+fn too_many_requests_in_flight_get_429_throttling() {
+    use std::io::Write;
+    let fx = Fixture::start_with(
+        None,
+        Limits {
+            max_in_flight: 2,
+            ..Limits::default()
+        },
+    );
+    let health = format!("{PREFIX}/kms/xks/v1/health");
+    let stalled: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = raw_tls(&fx);
+            s.write_all(format!("POST {health} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{{\"req").as_bytes())
+                .unwrap();
+            s.flush().unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_err(
+        fx.signed(&health, &health_body()),
+        429,
+        "ThrottlingException",
+        "in flight",
+    );
+    drop(stalled);
+    let mut s = 0;
+    for _ in 0..50 {
+        s = fx.signed(&health, &health_body()).0;
+        if s == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s, 200);
+}
+
+/// A body declared over the pre-authentication cap is answered 501 UnsupportedOperationException
+/// (the spec's error for a parameter larger than supported) before any of it is sent: it is
+/// never buffered. One just over the cap that is sent is read, dropped and refused the same way.
+#[test]
+fn bodies_over_the_pre_auth_cap_are_refused_without_buffering() {
+    use std::io::Write;
+    let fx = Fixture::start(None);
+    let cap = Limits::default().max_body;
+    assert_eq!(cap, 192 * 1024);
+    let path = fx.api("k-both", "encrypt");
+    // Declared over 16 MiB: answered at once; just over the cap: read, dropped, answered.
+    for declared in [32 * 1024 * 1024, cap + 1] {
+        let mut s = raw_tls(&fx);
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        s.flush().unwrap();
+        if declared <= 16 * 1024 * 1024 {
+            s.write_all(&vec![b'a'; declared]).unwrap();
+            s.flush().unwrap();
+        }
+        let t = std::time::Instant::now();
+        let (status, body) = read_answer(&mut s);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{declared}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(status, 501, "{declared}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["errorName"], "UnsupportedOperationException",
+            "{declared}"
+        );
+    }
+}
+
+/// An unknown access key id and a known one with the wrong secret get byte-identical answers
+/// (the verifier does the same work for both: `sigv4` unit test
+/// `unknown_access_key_ids_cost_a_signature_and_get_the_same_answer`).
+#[test]
+fn unknown_and_known_access_key_ids_get_the_same_refusal() {
+    let fx = Fixture::start(None);
+    let health = format!("{PREFIX}/kms/xks/v1/health");
+    let body = health_body().to_string();
+    let run = |ak: &str, sk: &str| {
+        let user = format!("{ak}:{sk}");
+        fx.curl(
+            &health,
+            Some(body.as_bytes()),
+            &[
+                "--aws-sigv4",
+                "aws:amz:us-east-1:kms-xks-proxy",
+                "--user",
+                &user,
+                "-H",
+                "Content-Type: application/json",
+            ],
+        )
+    };
+    let unknown = run("AKIAUNKNOWNKEYIDZZZZZ", SK1);
+    let wrong_secret = run(AK1, SK2);
+    assert_eq!(unknown.0, 401);
+    assert_eq!(unknown, wrong_secret);
+    assert_eq!(run(AK1, SK1).0, 200);
 }

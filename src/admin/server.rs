@@ -75,7 +75,17 @@ pub struct AdminServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     unclaimed_role: Role,
+    /// Connections served at once (the descriptor budget's admin share); more are closed at
+    /// accept, before any TLS work.
+    max_connections: usize,
 }
+
+/// From accept to a verified client certificate.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From accept (or the previous answer) to the end of the next request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the headers to the end of the body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AdminServer {
     /// Load the TLS material and bind the listener. Without TLS files in `cfg`, the server
@@ -111,6 +121,7 @@ impl AdminServer {
             listener,
             acceptor: TlsAcceptor::from(tls),
             unclaimed_role: cfg.unclaimed_role,
+            max_connections: crate::fdlimit::FdBudget::current().admin,
         })
     }
 
@@ -122,16 +133,30 @@ impl AdminServer {
     /// (up to 10 s).
     pub async fn run(self, backend: Arc<dyn Backend>, shutdown: impl Future<Output = ()>) {
         let mut conns = JoinSet::new();
+        let cap = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => {
-                    let Ok((tcp, peer)) = accepted else { continue };
+                    let (tcp, peer) = match accepted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "admin: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = cap.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "admin: connection cap reached, closed");
+                        continue;
+                    };
                     let acceptor = self.acceptor.clone();
                     let backend = backend.clone();
                     let unclaimed = self.unclaimed_role;
                     conns.spawn(async move {
+                        let _permit = permit;
                         serve_conn(acceptor, tcp, peer, backend, unclaimed).await
                     });
                 }
@@ -156,7 +181,7 @@ async fn serve_conn(
     backend: Arc<dyn Backend>,
     unclaimed: Role,
 ) {
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(%peer, "admin TLS handshake refused: {e}");
@@ -184,7 +209,8 @@ async fn serve_conn(
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
         .await;
 }
@@ -200,12 +226,23 @@ async fn handle(
     if req.method() != Method::POST {
         return answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
-        Err(_) => {
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
+        Ok(Err(_)) => {
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Err(format!("request larger than {MAX_BODY} bytes")),
+            )
+        }
+        Err(_) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                Err("request body not received in time".into()),
             )
         }
     };

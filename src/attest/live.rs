@@ -20,6 +20,13 @@
 //! Each answer costs a hardware report, so requests are rate-limited by a token bucket (429
 //! with `Retry-After` when empty) and attesters run on the blocking pool, one at a time.
 //!
+//! Unauthenticated callers cannot hold the appliance's descriptors: the listener serves at most
+//! [`LiveConfig::max_connections`] connections (sized from the descriptor limit, see
+//! [`crate::fdlimit`]); one past the cap is answered a fixed 429 without being read and closed
+//! at once. Each connection carries one request (no keep-alive), whose headers must arrive
+//! within [`LiveConfig::header_timeout`] and body within [`LiveConfig::body_timeout`]; the whole
+//! exchange is bounded by [`LiveConfig::conn_deadline`].
+//!
 //! Request: `{"nonce": "<base64 of 32 bytes>"}` (at most 1 KiB). Answer: the bundle as JSON
 //! (`keyward verify --evidence` reads the same form).
 
@@ -139,19 +146,35 @@ pub struct LiveConfig {
     pub bucket: Arc<TokenBucket>,
     /// One hardware request at a time.
     pub gate: Arc<tokio::sync::Semaphore>,
+    /// Connections served at once; more are answered 429 and closed unread.
+    pub max_connections: usize,
+    /// From accept to the end of the request headers.
+    pub header_timeout: Duration,
+    /// From the headers to the end of the (1 KiB at most) body.
+    pub body_timeout: Duration,
+    /// The whole connection, answer included.
+    pub conn_deadline: Duration,
 }
 
 impl LiveConfig {
-    /// Default limits: bursts of 5, then 1 request per second.
+    /// Default limits: bursts of 5, then 1 request per second; the descriptor budget's
+    /// attestation share of connections; 5 s for headers, 5 s for the body, 30 s in all.
     pub fn new(attesters: Arc<Vec<Box<dyn Attester>>>, xks_spki_sha256: [u8; 32]) -> Self {
         Self {
             attesters,
             xks_spki_sha256,
             bucket: Arc::new(TokenBucket::new(5, 1.0)),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            max_connections: crate::fdlimit::FdBudget::current().attestation,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            conn_deadline: Duration::from_secs(30),
         }
     }
 }
+
+/// The answer to a connection past the cap, written without reading the request.
+const OVER_CAP: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 32\r\n\r\n{\"error\":\"too many connections\"}";
 
 /// Serve `POST /attestation` on `listener` until `shutdown` resolves, with default limits.
 pub async fn serve(
@@ -175,14 +198,33 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut conns = JoinSet::new();
+    let cap = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "attestation: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = cap.clone().try_acquire_owned() else {
+                    // Over the cap: a fixed answer if the socket takes it now, then close.
+                    let _ = tcp.try_write(OVER_CAP);
+                    drop(tcp);
+                    continue;
+                };
                 let cfg = cfg.clone();
-                conns.spawn(async move { serve_conn(tcp, peer, cfg).await });
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let deadline = cfg.conn_deadline;
+                    let _ = tokio::time::timeout(deadline, serve_conn(tcp, peer, cfg)).await;
+                });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -198,13 +240,16 @@ pub async fn serve_with(
 }
 
 async fn serve_conn(tcp: tokio::net::TcpStream, _peer: SocketAddr, cfg: LiveConfig) {
+    let header_timeout = cfg.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let cfg = cfg.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, cfg).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
+        .keep_alive(false)
+        .max_buf_size(16 * 1024)
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
         .await;
 }
@@ -236,9 +281,15 @@ async fn handle(req: http::Request<Incoming>, cfg: LiveConfig) -> http::Response
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         return r;
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 KiB"),
+    let body = match tokio::time::timeout(
+        cfg.body_timeout,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 KiB"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
     };
     let nonce: [u8; 32] = match serde_json::from_slice::<LiveRequest>(&body)
         .ok()

@@ -14,6 +14,7 @@
 //! Without [`init`], the arena uses the strict policy: a key that cannot be locked is an error.
 
 mod arena;
+mod locked;
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -22,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use zeroize::{Zeroize, Zeroizing};
 
 pub use arena::ArenaStats;
+pub use locked::LockedBox;
 
 /// Errors from secret memory handling.
 #[derive(Debug, thiserror::Error)]

@@ -23,27 +23,80 @@ use super::sigv4;
 use crate::audit::{AuditLog, Field, XksRecord};
 use crate::keystore::view::{KeyStatus, KeyUsage, LiveKey, SharedView, StoreView};
 
-/// Size limits above the spec minimums. Above them: 501 `UnsupportedOperationException`.
+/// Size limits above the spec minimums (above them: 501 `UnsupportedOperationException`), and
+/// the listener's resource limits (over them: 429 `ThrottlingException`, which KMS retries).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Decoded plaintext (encrypt) and ciphertext (decrypt). Spec minimum 4300.
     pub max_data: usize,
     /// Decoded AAD. Spec minimum 8192; at most 65535 because of the u16 length prefix.
     pub max_aad: usize,
-    /// Raw request body bytes read and kept; larger bodies are drained and answered with 501.
+    /// Raw request body bytes read and kept before SigV4 is checked (the pre-authentication
+    /// cap); larger bodies are refused with 501 without being buffered. Default:
+    /// [`pre_auth_body_cap`] of the two limits above.
     pub max_body: usize,
-    /// How long a connection may go without starting a request (idle keep-alive, or headers
-    /// and body arriving too slowly) before it is shut down; whole seconds, at least 1.
+    /// How long a connection may go without starting a request once it has served one (idle
+    /// keep-alive, or the next request's headers arriving too slowly) before it is shut down;
+    /// whole seconds, at least 1.
     pub conn_idle: std::time::Duration,
+    /// How long a new connection may take to send its first request's headers (after the TLS
+    /// handshake); also the idle limit for every connection while the listener is above 3/4 of
+    /// `max_connections`. Capped at `conn_idle`.
+    pub header_timeout: std::time::Duration,
+    /// How long a request may take from its headers to its answer (the body arriving, mostly);
+    /// past it the connection is dropped.
+    pub request_timeout: std::time::Duration,
+    /// Connections served at once. Default: [`crate::fdlimit::FdBudget`]'s XKS share.
+    pub max_connections: usize,
+    /// Connections past `max_connections` that are still accepted, only to be answered
+    /// 429 `ThrottlingException` within a short deadline; beyond these they are closed at once.
+    pub max_overflow: usize,
+    /// Requests in flight (headers read, answer not yet produced) across all connections.
+    pub max_in_flight: usize,
+    /// Bytes of request bodies larger than [`SMALL_BODY`] that may be buffered at once, before
+    /// authentication, across all connections. Small bodies (every request KMS sends at the
+    /// spec minimums) never count against it.
+    pub body_budget: usize,
+}
+
+/// Bodies up to this size are never throttled by [`Limits::body_budget`].
+pub const SMALL_BODY: usize = 16 * 1024;
+
+/// Room for everything in a request besides the two Base64 payloads: `requestMetadata` (ARNs
+/// of up to 2048 characters each: `awsPrincipalArn`, `kmsKeyArn`; `kmsRequestId`,
+/// `kmsOperation`, `kmsViaService`, `awsSourceVpc(e)`, and the fields KMS may add later per the
+/// spec's Appendix B), the IV (24), tag (24), metadata (28) and algorithm fields, field names,
+/// JSON punctuation and whitespace.
+pub const METADATA_ALLOWANCE: usize = 16 * 1024;
+
+/// The largest legal request body for these limits, rounded up to 16 KiB. The largest request
+/// is an Encrypt (or Decrypt) with both payloads at their maximum: Base64 of `max_data` bytes
+/// (plaintext or ciphertext) plus Base64 of `max_aad` bytes (AAD), plus
+/// [`METADATA_ALLOWANCE`]. With the defaults (64 KiB data, 65535 AAD):
+/// 87384 + 87380 + 16384 = 191148 bytes, rounded up to 192 KiB. (KMS sends Base64 unescaped; a client
+/// that escaped every `/` as `\/` could exceed this and is refused with 501.)
+pub fn pre_auth_body_cap(max_data: usize, max_aad: usize) -> usize {
+    let b64 = |n: usize| n.div_ceil(3) * 4;
+    let raw = b64(max_data) + b64(max_aad) + METADATA_ALLOWANCE;
+    raw.div_ceil(16 * 1024) * 16 * 1024
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let fds = crate::fdlimit::FdBudget::current();
+        let max_data = 64 * 1024;
+        let max_aad = crypto::MAX_AAD;
         Self {
-            max_data: 64 * 1024,
-            max_aad: crypto::MAX_AAD,
-            max_body: 2 * 1024 * 1024,
+            max_data,
+            max_aad,
+            max_body: pre_auth_body_cap(max_data, max_aad),
             conn_idle: std::time::Duration::from_secs(60),
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(10),
+            max_connections: fds.xks,
+            max_overflow: fds.xks_overflow,
+            max_in_flight: 8192,
+            body_budget: 64 * 1024 * 1024,
         }
     }
 }
@@ -190,7 +243,7 @@ fn dispatch(
     };
     let cred = sigv4::verify(
         &signed,
-        |ak| store.credentials.iter().find(|c| c.access_key_id == ak),
+        |ak| sigv4::find_credential(&store.credentials, ak),
         &policy,
     )
     .map_err(|e| XksError::AuthenticationFailed(e.0))?;
@@ -711,6 +764,40 @@ mod tests {
         assert_eq!(r.status, 200);
         let d: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(d["plaintext"], "SGVsbG8=");
+    }
+
+    /// The pre-authentication cap fits the largest legal request at our limits (both payloads
+    /// at their maximum, every metadata field present, ARNs at the spec's 2048 characters),
+    /// and is far below the 2 MiB it replaced.
+    #[test]
+    fn the_pre_auth_cap_fits_the_largest_legal_request() {
+        use base64::Engine as _;
+        let l = Limits::default();
+        assert_eq!(l.max_body, 192 * 1024);
+        assert_eq!(pre_auth_body_cap(l.max_data, l.max_aad), l.max_body);
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![0xfbu8; n]);
+        let arn = format!("arn:aws:iam::111122223333:role/{}", "r".repeat(2048 - 31));
+        let md = serde_json::json!({
+            "awsPrincipalArn": arn, "kmsKeyArn": arn, "kmsOperation": "GenerateDataKeyWithoutPlaintext",
+            "kmsRequestId": "4112f4d6-db54-4af4-ae30-c55a22a8dfae", "kmsViaService": "dynamodb",
+            "awsSourceVpc": "vpc-0123456789abcdef0", "awsSourceVpce": "vpce-0123456789abcdef0",
+        });
+        let encrypt = serde_json::json!({
+            "requestMetadata": md, "plaintext": b64(l.max_data), "encryptionAlgorithm": "AES_GCM",
+            "additionalAuthenticatedData": b64(l.max_aad),
+            "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+        });
+        let decrypt = serde_json::json!({
+            "requestMetadata": md, "ciphertext": b64(l.max_data), "encryptionAlgorithm": "AES_GCM",
+            "additionalAuthenticatedData": b64(l.max_aad), "ciphertextMetadata": b64(20),
+            "initializationVector": b64(12), "authenticationTag": b64(16),
+        });
+        for body in [encrypt, decrypt] {
+            let n = serde_json::to_vec_pretty(&body).unwrap().len();
+            assert!(n <= l.max_body, "{n} > {}", l.max_body);
+            // Room left for metadata fields KMS may add (spec Appendix B).
+            assert!(l.max_body - n > 4096, "{n}");
+        }
     }
 
     fn value() -> impl Strategy<Value = serde_json::Value> {

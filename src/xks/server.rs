@@ -9,13 +9,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -24,12 +25,14 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use super::handlers::{self, Ctx, Limits, Reply};
+use super::error::XksError;
+use super::handlers::{self, Ctx, Limits, Reply, SMALL_BODY};
 use super::health::{self, Health, StoreProbe};
-use super::watchdog::{ConnGuard, Signal, Watchdog};
+use super::watchdog::{ConnGuard, Deadlines, Signal, Watchdog};
 use crate::audit::AuditLog;
 use crate::keystore::view::SharedView;
 
@@ -254,16 +257,31 @@ impl XksServer {
             .await
             .map_err(|e| ServerError::Health(e.to_string()))?
             .map_err(|e| ServerError::Health(e.to_string()))?;
-        let ctx = Arc::new(Ctx {
-            view,
-            health: health.clone(),
-            audit: audit.into(),
-            limits: self.limits,
+        let limits = self.limits;
+        let shared = Arc::new(Serving {
+            ctx: Ctx {
+                view,
+                health: health.clone(),
+                audit: audit.into(),
+                limits,
+            },
+            adm: Admission::new(&limits),
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(health::refresher(health, stop_rx.clone()));
         let mut conns = tokio::task::JoinSet::new();
-        let mut dog = Watchdog::default();
+        // Connection caps: a permit per served connection, and a few more for connections past
+        // the cap that are only answered 429 (see `serve_overflow`). Beyond both, a connection
+        // is closed as soon as it is accepted, so the descriptor is freed at once.
+        let max_conns = limits.max_connections.max(1);
+        let conn_gate = Arc::new(Semaphore::new(max_conns));
+        let overflow_gate = Arc::new(Semaphore::new(limits.max_overflow));
+        let mut dog = Watchdog::new(Deadlines::new(
+            limits.header_timeout,
+            limits.conn_idle,
+            limits.request_timeout,
+            max_conns / 4 * 3,
+        ));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -271,6 +289,10 @@ impl XksServer {
             let (tcp, _peer) = tokio::select! {
                 _ = tick.tick() => {
                     dog.sweep();
+                    let n = shared.adm.throttled.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        tracing::warn!(throttled = n, open = dog.len(), "xks: overloaded, answered 429 ThrottlingException");
+                    }
                     continue;
                 }
                 r = self.listener.accept() => match r {
@@ -285,30 +307,53 @@ impl XksServer {
                 () = &mut shutdown => break,
             };
             let _ = tcp.set_nodelay(true);
-            let ctx = ctx.clone();
             let tls = self.tls.as_ref().map(|(a, _)| a.clone());
-            let guard = dog.watch(ctx.limits.conn_idle);
-            conns.spawn(async move {
-                match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+            match conn_gate.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = shared.clone();
+                    let guard = dog.watch();
+                    conns.spawn(async move {
+                        let _permit = permit;
+                        match tls {
+                            Some(acceptor) => match tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(tcp),
+                            )
                             .await
-                        {
-                            Ok(Ok(stream)) => {
-                                // ALPN decided the protocol: no need to sniff the first bytes.
-                                let proto = match stream.get_ref().1.alpn_protocol() {
-                                    Some(b"h2") => Proto::Http2,
-                                    _ => Proto::Http1,
-                                };
-                                serve_connection(stream, proto, ctx, guard).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "xks: TLS handshake failed"),
-                            Err(_) => tracing::debug!("xks: TLS handshake timed out"),
+                            {
+                                Ok(Ok(stream)) => {
+                                    // ALPN decided the protocol: no need to sniff the first bytes.
+                                    let proto = match stream.get_ref().1.alpn_protocol() {
+                                        Some(b"h2") => Proto::Http2,
+                                        _ => Proto::Http1,
+                                    };
+                                    serve_connection(stream, proto, shared, guard).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "xks: TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!("xks: TLS handshake timed out"),
+                            },
+                            None => serve_connection(tcp, Proto::Auto, shared, guard).await,
                         }
-                    }
-                    None => serve_connection(tcp, Proto::Auto, ctx, guard).await,
+                    });
                 }
-            });
+                Err(_) => match overflow_gate.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        shared.adm.throttled.fetch_add(1, Ordering::Relaxed);
+                        conns.spawn(async move {
+                            let _permit = permit;
+                            let _ =
+                                tokio::time::timeout(OVERFLOW_DEADLINE, serve_overflow(tcp, tls))
+                                    .await;
+                        });
+                    }
+                    Err(_) => {
+                        shared.adm.throttled.fetch_add(1, Ordering::Relaxed);
+                        drop(tcp);
+                    }
+                },
+            }
             // Reap finished connections so the set does not grow.
             while conns.try_join_next().is_some() {}
         }
@@ -319,9 +364,147 @@ impl XksServer {
         })
         .await;
         conns.abort_all();
-        ctx.audit.flush().ok();
+        shared.ctx.audit.flush().ok();
         Ok(())
     }
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection past the cap is kept: its handshake, one request's headers and the
+/// 429 answer.
+const OVERFLOW_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What every connection task shares: the request context and the admission counters.
+struct Serving {
+    ctx: Ctx,
+    adm: Admission,
+}
+
+/// Admission control across connections: requests in flight, and bytes of large bodies being
+/// buffered before authentication. A request costs one increment and one decrement of
+/// `in_flight` (and two more atomics only for a body over [`SMALL_BODY`]).
+struct Admission {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    big_bytes: AtomicUsize,
+    body_budget: usize,
+    /// Requests and connections answered 429 since the last tick (logged once a second).
+    throttled: AtomicU64,
+}
+
+impl Admission {
+    fn new(l: &Limits) -> Self {
+        Admission {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: l.max_in_flight.max(1),
+            big_bytes: AtomicUsize::new(0),
+            body_budget: l.body_budget,
+            throttled: AtomicU64::new(0),
+        }
+    }
+
+    /// Admit a request that will buffer up to `big` body bytes (0 for a small body).
+    fn admit(&self, big: usize) -> Result<Ticket<'_>, &'static str> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err("too many requests in flight; retry");
+        }
+        let mut t = Ticket { adm: self, big: 0 };
+        if big > 0 {
+            if self.big_bytes.fetch_add(big, Ordering::Relaxed) + big > self.body_budget {
+                self.big_bytes.fetch_sub(big, Ordering::Relaxed);
+                return Err("too many large requests in flight; retry");
+            }
+            t.big = big;
+        }
+        Ok(t)
+    }
+}
+
+/// An admitted request; dropping it gives its share back.
+struct Ticket<'a> {
+    adm: &'a Admission,
+    big: usize,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.adm.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.big > 0 {
+            self.adm.big_bytes.fetch_sub(self.big, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serve a connection past the cap: every request on it is answered 429 `ThrottlingException`
+/// (KMS retries, on another connection), then it is closed. The caller bounds the whole
+/// exchange with [`OVERFLOW_DEADLINE`].
+async fn serve_overflow(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
+    let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+        let version = req.version();
+        Ok::<_, Infallible>(
+            throttled(req.into_body(), version, "too many connections; retry").await,
+        )
+    });
+    match tls {
+        Some(acceptor) => {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let io = TokioIo::new(stream);
+            if stream_is_h2(&io) {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(4)
+                    .serve_connection(io, service)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(io, service)
+                    .await;
+            }
+        }
+        None => {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1().keep_alive(false);
+            b.http2().timer(TokioTimer::new()).max_concurrent_streams(4);
+            let _ = b.serve_connection(TokioIo::new(tcp), service).await;
+        }
+    }
+}
+
+fn stream_is_h2(io: &TokioIo<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>) -> bool {
+    io.inner().get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
+/// The 429 answer. A small body is read first (bounded by the caller's deadline) so that the
+/// connection can be reused and the client is not reset before it reads the answer; a larger
+/// one is left unread and the connection closed.
+async fn throttled(
+    body: Incoming,
+    version: http::Version,
+    msg: &'static str,
+) -> http::Response<Full<Bytes>> {
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= SMALL_BODY as u64);
+    let mut resp = response(Reply::error(&XksError::Throttling(msg)));
+    if small {
+        let _ = http_body_util::Limited::new(body, SMALL_BODY)
+            .collect()
+            .await;
+    } else {
+        close_after(&mut resp, version);
+    }
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// Which HTTP version a connection speaks: fixed by ALPN under TLS, sniffed from the first
@@ -333,20 +516,43 @@ enum Proto {
     Auto,
 }
 
-/// Concurrent streams per HTTP/2 connection.
-const MAX_H2_STREAMS: u32 = 256;
+/// Concurrent streams per HTTP/2 connection. Each may buffer a body of up to
+/// [`Limits::max_body`] before authentication, and all of them together count against
+/// [`Limits::body_budget`] and [`Limits::max_in_flight`].
+const MAX_H2_STREAMS: u32 = 64;
+
+/// HTTP/2 connection flow-control window: what a client may send before we read it.
+const H2_CONN_WINDOW: u32 = 1024 * 1024;
+
+/// The largest header block: SigV4 requests carry well under 2 KiB of headers.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
+/// HTTP/1 read buffer (headers must fit in it; body chunks are read through it).
+const H1_MAX_BUF: usize = 64 * 1024;
+
+/// HTTP/2 stream window: one request of the largest legal size can be sent without waiting.
+fn h2_stream_window(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_body)
+        .unwrap_or(H2_CONN_WINDOW)
+        .clamp(65_535, H2_CONN_WINDOW)
+}
 
 /// Serve one connection. Slow-loris and idle protection come from `guard` (see
 /// [`super::watchdog`]), not from hyper timers: no timer is armed per request.
-async fn serve_connection<S>(io: S, proto: Proto, ctx: Arc<Ctx>, guard: Arc<ConnGuard>)
+async fn serve_connection<S>(io: S, proto: Proto, shared: Arc<Serving>, guard: Arc<ConnGuard>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let g = guard.clone();
+    let window = h2_stream_window(&shared.ctx.limits);
     let service = hyper::service::service_fn(move |req| {
-        g.touch();
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(serve_request(&ctx, req).await) }
+        let busy = g.begin();
+        let shared = shared.clone();
+        async move {
+            let r = serve_request(&shared, req).await;
+            drop(busy);
+            Ok::<_, Infallible>(r)
+        }
     });
     let io = TokioIo::new(io);
     match proto {
@@ -354,6 +560,7 @@ where
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .header_read_timeout(None)
+                .max_buf_size(H1_MAX_BUF)
                 .serve_connection(io, service);
             drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
@@ -361,16 +568,26 @@ where
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_H2_STREAMS)
+                .initial_stream_window_size(window)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .max_header_list_size(MAX_HEADER_BYTES)
                 .serve_connection(io, service);
             drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
         Proto::Auto => {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().keep_alive(true).header_read_timeout(None);
+            builder
+                .http1()
+                .keep_alive(true)
+                .header_read_timeout(None)
+                .max_buf_size(H1_MAX_BUF);
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_H2_STREAMS);
+                .max_concurrent_streams(MAX_H2_STREAMS)
+                .initial_stream_window_size(window)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .max_header_list_size(MAX_HEADER_BYTES);
             let conn = builder.serve_connection(io, service);
             drive(conn, &guard, |c| c.graceful_shutdown()).await;
         }
@@ -402,30 +619,52 @@ where
     }
 }
 
-/// Bodies above this are not even drained: answered and the connection closed.
+/// Bodies over the pre-authentication cap but at most this size are read and thrown away
+/// (nothing is kept, and it is bounded by the request deadline), so that the client reads our
+/// 501 rather than a reset (curl 7.88 over HTTP/2 reports a stream reset after a complete answer
+/// as an error); larger ones are answered at once and the connection closed.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
-async fn serve_request(ctx: &Ctx, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+async fn serve_request(s: &Serving, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let ctx = &s.ctx;
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    // The declared length (Content-Length, or 0 for a body that is known to be empty).
+    let declared = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint()
+            .exact()
+            .and_then(|n| usize::try_from(n).ok())
+    };
+    let cap = ctx.limits.max_body;
+    let big = match declared {
+        Some(n) if n <= SMALL_BODY => 0,
+        Some(n) if n > cap => 0, // not kept: drained or refused below
+        Some(n) => n,
+        None => cap,
+    };
+    let _ticket = match s.adm.admit(big) {
+        Ok(t) => t,
+        Err(msg) => {
+            s.adm.throttled.fetch_add(1, Ordering::Relaxed);
+            return throttled(body, parts.version, msg).await;
+        }
+    };
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         let mut resp = response(handlers::oversized(ctx, parts.uri.path(), started));
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        close_after(&mut resp, parts.version);
         return resp;
     }
-    let body = match read_body(body, ctx.limits.max_body, declared).await {
+    let body = match read_body(body, cap, declared).await {
         Ok(Some(b)) => b,
-        Ok(None) => return response(handlers::oversized(ctx, parts.uri.path(), started)),
+        Ok(None) => {
+            let mut resp = response(handlers::oversized(ctx, parts.uri.path(), started));
+            close_after(&mut resp, parts.version);
+            return resp;
+        }
         Err(()) => {
-            let e = super::error::XksError::Validation("request body could not be read".into());
+            let e = XksError::Validation("request body could not be read".into());
             return response(Reply::error(&e));
         }
     };
@@ -441,8 +680,9 @@ async fn serve_request(ctx: &Ctx, req: http::Request<Incoming>) -> http::Respons
     response(handlers::handle(ctx, &req, started))
 }
 
-/// Read the body: `Ok(None)` when it exceeds `limit` (it is drained up to [`DRAIN_LIMIT`] so
-/// the client gets our answer rather than a reset). A single-frame body is not copied.
+/// Read the body: `Ok(None)` when it exceeds `limit`. Nothing past `limit` is kept: the rest
+/// is read and dropped up to [`DRAIN_LIMIT`] (so the client gets our answer rather than a
+/// reset), then reading stops. A single-frame body is not copied.
 async fn read_body(
     mut body: Incoming,
     limit: usize,
@@ -481,6 +721,18 @@ async fn read_body(
         return Ok(None);
     }
     Ok(Some(first.unwrap_or_else(|| Bytes::from(buf))))
+}
+
+/// Ask an HTTP/1 client to close after this answer (its body was not read to the end). HTTP/2
+/// has no such header (the stream is reset instead, by hyper): adding it there would make the
+/// answer malformed.
+fn close_after(resp: &mut http::Response<Full<Bytes>>, version: http::Version) {
+    if version <= http::Version::HTTP_11 {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 fn response(r: Reply) -> http::Response<Full<Bytes>> {

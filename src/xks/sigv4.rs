@@ -2,10 +2,22 @@
 //!
 //! Why hand-written: the `aws-sigv4` crate only *signs*; verifying with it means re-signing the
 //! whole request, which re-derives the signing key (four HMACs) every time and allocates. Here
-//! the canonical request is streamed straight into SHA-256 (no string is built), the signing key
-//! is cached per (credential, day, region, service) in a small per-thread cache, and a request
-//! costs one SHA-256 of the body, one of the canonical request and one HMAC. The comparison is
-//! constant-time (`subtle`). `aws-sigv4`, curl and botocore serve as independent signers in tests.
+//! the canonical request is streamed straight into SHA-256 (no string is built), the HMAC state
+//! keyed with the signing key is cached per (credential, day, region, service) in a small
+//! per-thread cache, and a request costs one SHA-256 of the body, one of the canonical request
+//! and one HMAC. The comparison is constant-time (`subtle`). `aws-sigv4`, curl and botocore
+//! serve as independent signers in tests.
+//!
+//! Secrets in memory: the cache is a fixed array in a [`LockedBox`] per thread (locked, not
+//! dumpable, never reallocated, so no `Vec` growth leaves a copy behind; wiped when the thread
+//! ends), each cached keyed state is wiped when its slot is reused, the per-request copy of it
+//! is wiped after use, and the intermediate keys (kDate, kRegion, kService) are `Zeroizing`.
+//! (The `hmac` crate's own temporaries inside `finalize` are not reachable for wiping.)
+//!
+//! Unknown access key ids cost the same work as known ones: the canonical request is hashed
+//! first, and an unknown id is checked against a per-process random dummy secret through the
+//! same cache and the same constant-time comparison, so an unauthenticated probe cannot tell
+//! an existing id from a missing one by the time the answer takes (both get the same error).
 //!
 //! Checked, in order: the `Authorization` header shape, the access key id format (20-30 of
 //! `A-Z2-7` for XKS), that `SignedHeaders` names `host` and `x-amz-date`, the `X-Amz-Date`
@@ -24,8 +36,22 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::keystore::view::Credential;
+use crate::secret::LockedBox;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// A keyed HMAC-SHA256 state, wiped where it lies when dropped (or overwritten).
+struct WipedMac(HmacSha256);
+
+impl Drop for WipedMac {
+    fn drop(&mut self) {
+        // SAFETY: `Hmac<Sha256>` is plain data: SHA-256 core states (`[u32; 8]` and a block
+        // counter) and a block buffer (`[u8; 64]` and a `u8` position), no pointers and no
+        // `Drop` of its own; all-zero is a valid value of every field, and the value is not
+        // used after this.
+        unsafe { zeroize::zeroize_flat_type(&mut self.0 as *mut HmacSha256) }
+    }
+}
 
 /// The skew KMS requests may have against our clock.
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -230,33 +256,85 @@ pub fn verify<'c>(
     if !policy.services.iter().any(|s| s == auth.service) {
         return Err(AuthError("credential scope service is not kms-xks-proxy"));
     }
-    // Same message for an unknown key and a wrong signature: do not confirm which ids exist.
+    // Same message, and the same work, for an unknown key and a wrong signature: do not
+    // confirm which ids exist. The canonical request is hashed before the lookup, and an
+    // unknown id is verified against the dummy secret.
     const MISMATCH: AuthError = AuthError("signature or credential not accepted");
-    let cred = lookup(auth.access_key_id).ok_or(MISMATCH)?;
-
     let creq_hash = canonical_request_hash(req, auth.signed_headers)?;
     let mut hex_hash = [0u8; 64];
     hex::encode_to_slice(creq_hash, &mut hex_hash).map_err(|_| MISMATCH)?;
-
-    let expected = with_signing_key(cred, auth.date, auth.region, auth.service, |key| {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(key).map_err(|_| MISMATCH)?;
-        mac.update(b"AWS4-HMAC-SHA256\n");
-        mac.update(amz_date.as_bytes());
-        mac.update(b"\n");
-        mac.update(auth.date.as_bytes());
-        mac.update(b"/");
-        mac.update(auth.region.as_bytes());
-        mac.update(b"/");
-        mac.update(auth.service.as_bytes());
-        mac.update(b"/aws4_request\n");
-        mac.update(&hex_hash);
-        Ok::<_, AuthError>(mac.finalize().into_bytes())
-    })?;
-    if bool::from(expected.as_slice().ct_eq(&auth.signature)) {
-        Ok(cred)
-    } else {
-        Err(MISMATCH)
+    let found = lookup(auth.access_key_id);
+    let signer = found.unwrap_or_else(|| dummy_credential());
+    let expected = with_signing_key(signer, auth.date, auth.region, auth.service, |keyed| {
+        signature(keyed, amz_date, &auth, &hex_hash)
+    });
+    let same = expected.ct_eq(&auth.signature);
+    match found {
+        Some(cred) if bool::from(same) => Ok(cred),
+        _ => Err(MISMATCH),
     }
+}
+
+/// Find `access_key_id` among `creds`, comparing every id in constant time (the scan does not
+/// stop at the match, nor at the first differing byte).
+pub fn find_credential<'c>(
+    creds: &'c [Arc<Credential>],
+    access_key_id: &str,
+) -> Option<&'c Arc<Credential>> {
+    let mut found = None;
+    for c in creds {
+        if bool::from(c.access_key_id.as_bytes().ct_eq(access_key_id.as_bytes())) {
+            found = Some(c);
+        }
+    }
+    found
+}
+
+/// The credential unknown access key ids are verified against: a random secret drawn once per
+/// process (never accepted: [`verify`] refuses whenever the lookup found nothing).
+fn dummy_credential() -> &'static Arc<Credential> {
+    static DUMMY: std::sync::OnceLock<Arc<Credential>> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut raw = Zeroizing::new([0u8; 30]);
+        // An RNG failure leaves zeros: still never accepted, still the same work.
+        let _ = crate::secret::getrandom_fill(&mut raw[..]);
+        use base64::Engine as _;
+        let secret = base64::engine::general_purpose::STANDARD.encode(&raw[..]);
+        Arc::new(Credential {
+            access_key_id: String::new(),
+            secret_access_key: secret.into(),
+        })
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Signatures computed on this thread (tests: both branches of [`verify`] do one).
+    static SIGNATURES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The string-to-sign's HMAC under the cached keyed state `keyed`, on a wiped copy of it.
+fn signature(
+    keyed: &HmacSha256,
+    amz_date: &str,
+    auth: &ParsedAuth<'_>,
+    hex_hash: &[u8; 64],
+) -> [u8; 32] {
+    #[cfg(test)]
+    SIGNATURES.with(|c| c.set(c.get() + 1));
+    let mut mac = WipedMac(keyed.clone());
+    let m = &mut mac.0;
+    m.update(b"AWS4-HMAC-SHA256\n");
+    m.update(amz_date.as_bytes());
+    m.update(b"\n");
+    m.update(auth.date.as_bytes());
+    m.update(b"/");
+    m.update(auth.region.as_bytes());
+    m.update(b"/");
+    m.update(auth.service.as_bytes());
+    m.update(b"/aws4_request\n");
+    m.update(hex_hash);
+    m.finalize_reset().into_bytes().into()
 }
 
 /// SHA-256 of the canonical request, streamed: method, path, query, the signed headers
@@ -368,21 +446,45 @@ pub fn parse_amz_date(s: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// One cached signing key. The credential is held weakly: a removed credential's entry can no
-/// longer match (its allocation stays until eviction, so the pointer cannot be reused).
+/// One cached keyed state. The credential is held weakly: a removed credential's entry can no
+/// longer match (its allocation stays until the slot is reused, so the pointer cannot be
+/// reused either).
 struct CachedKey {
     cred: Weak<Credential>,
     date: String,
     region: String,
     service: String,
-    key: Zeroizing<[u8; 32]>,
+    keyed: WipedMac,
 }
 
 const CACHE_SLOTS: usize = 32;
 
+/// A thread's cache: a fixed array (it never grows, so never moves), in a [`LockedBox`].
+struct KeyCache {
+    slots: [Option<CachedKey>; CACHE_SLOTS],
+    /// The next slot to reuse when all are live (round robin).
+    next: usize,
+}
+
 thread_local! {
     // Per worker thread, so the hot path takes no lock. A few entries per thread per day.
-    static SIGNING_KEYS: RefCell<Vec<CachedKey>> = const { RefCell::new(Vec::new()) };
+    static SIGNING_KEYS: RefCell<Option<LockedBox<KeyCache>>> = const { RefCell::new(None) };
+}
+
+/// An HMAC state keyed with kSigning for these scope values.
+fn keyed_state(cred: &Credential, date: &str, region: &str, service: &str) -> WipedMac {
+    let key = derive_signing_key(
+        cred.secret_access_key.expose_secret(),
+        date,
+        region,
+        service,
+    );
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail; the fallback keeps the
+    // type total (an empty key, whose signatures never match a real one).
+    WipedMac(
+        <HmacSha256 as Mac>::new_from_slice(&key[..])
+            .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default())),
+    )
 }
 
 fn with_signing_key<R>(
@@ -390,41 +492,60 @@ fn with_signing_key<R>(
     date: &str,
     region: &str,
     service: &str,
-    f: impl FnOnce(&[u8; 32]) -> R,
+    f: impl FnOnce(&HmacSha256) -> R,
 ) -> R {
     SIGNING_KEYS.with(|cell| {
-        let mut cache = cell.borrow_mut();
-        let hit = cache.iter().position(|e| {
-            std::ptr::eq(e.cred.as_ptr(), Arc::as_ptr(cred))
-                && e.cred.strong_count() > 0
-                && e.date == date
-                && e.region == region
-                && e.service == service
+        let Ok(mut guard) = cell.try_borrow_mut() else {
+            // Not reachable (no re-entry); never panic: work uncached.
+            return f(&keyed_state(cred, date, region, service).0);
+        };
+        if guard.is_none() {
+            let fresh = KeyCache {
+                slots: std::array::from_fn(|_| None),
+                next: 0,
+            };
+            match LockedBox::new(fresh) {
+                Ok(b) => *guard = Some(b),
+                Err(_) => return f(&keyed_state(cred, date, region, service).0),
+            }
+        }
+        let Some(cache) = guard.as_mut() else {
+            return f(&keyed_state(cred, date, region, service).0);
+        };
+        let hit = cache.slots.iter().position(|e| {
+            e.as_ref().is_some_and(|e| {
+                std::ptr::eq(e.cred.as_ptr(), Arc::as_ptr(cred))
+                    && e.cred.strong_count() > 0
+                    && e.date == date
+                    && e.region == region
+                    && e.service == service
+            })
         });
         let idx = match hit {
             Some(i) => i,
             None => {
-                let key = derive_signing_key(
-                    cred.secret_access_key.expose_secret(),
-                    date,
-                    region,
-                    service,
-                );
-                cache.retain(|e| e.cred.strong_count() > 0);
-                if cache.len() >= CACHE_SLOTS {
-                    cache.remove(0);
-                }
-                cache.push(CachedKey {
+                // An empty slot, or one whose credential is gone, else the next in turn.
+                let i = cache
+                    .slots
+                    .iter()
+                    .position(|e| e.as_ref().is_none_or(|e| e.cred.strong_count() == 0))
+                    .unwrap_or(cache.next % CACHE_SLOTS);
+                cache.next = (i + 1) % CACHE_SLOTS;
+                // The slot's previous state is wiped by its drop here.
+                cache.slots[i] = Some(CachedKey {
                     cred: Arc::downgrade(cred),
                     date: date.to_owned(),
                     region: region.to_owned(),
                     service: service.to_owned(),
-                    key,
+                    keyed: keyed_state(cred, date, region, service),
                 });
-                cache.len() - 1
+                i
             }
         };
-        f(&cache[idx].key)
+        match &cache.slots[idx] {
+            Some(e) => f(&e.keyed.0),
+            None => f(&keyed_state(cred, date, region, service).0),
+        }
     })
 }
 
@@ -450,9 +571,10 @@ pub fn derive_signing_key(
 fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<[u8; 32]> {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
     let mut out = Zeroizing::new([0u8; 32]);
-    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(key) {
-        mac.update(data);
-        out.copy_from_slice(&mac.finalize().into_bytes());
+    if let Ok(m) = <HmacSha256 as Mac>::new_from_slice(key) {
+        let mut mac = WipedMac(m);
+        mac.0.update(data);
+        out.copy_from_slice(&mac.0.finalize_reset().into_bytes());
     }
     out
 }
@@ -651,6 +773,101 @@ mod tests {
         assert!(!ok(T, "us-east-1", &other, false));
         // AKIDEXAMPLE is not an XKS access key id.
         assert!(!ok(T, "us-east-1", &services, true));
+    }
+
+    /// An unknown access key id gets the same answer as a wrong signature, after the same
+    /// work: one signature computed (against the dummy secret) in both cases.
+    #[test]
+    fn unknown_access_key_ids_cost_a_signature_and_get_the_same_answer() {
+        let sig = "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+        let c = cred("AKIDEXAMPLE", SECRET);
+        let headers = |sig: &str| {
+            let mut h = HeaderMap::new();
+            h.append("host", HeaderValue::from_static("example.amazonaws.com"));
+            h.append("x-amz-date", HeaderValue::from_static("20150830T123600Z"));
+            h.insert("authorization", HeaderValue::from_str(&format!(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature={sig}")).unwrap());
+            h
+        };
+        let services = vec!["service".to_string()];
+        let pol = Policy {
+            region: "us-east-1",
+            services: &services,
+            now_unix: T,
+            xks_key_id_format: false,
+        };
+        let count = || SIGNATURES.with(|c| c.get());
+        let run = |h: &HeaderMap, known: bool| {
+            let req = SignedRequest {
+                method: "GET",
+                path: "/",
+                canonical_query: "",
+                headers: h,
+                authority: None,
+                body: b"",
+            };
+            let before = count();
+            let r = verify(&req, |_| known.then_some(&c), &pol).map(|_| ());
+            (r, count() - before)
+        };
+        let good = headers(sig);
+        let bad = headers(&flip(sig));
+        assert_eq!(run(&good, true), (Ok(()), 1));
+        let mismatch = Err(AuthError("signature or credential not accepted"));
+        assert_eq!(run(&bad, true), (mismatch, 1), "known id, wrong signature");
+        assert_eq!(run(&good, false), (mismatch, 1), "unknown id");
+        assert_eq!(
+            run(&bad, false),
+            (mismatch, 1),
+            "unknown id, other signature"
+        );
+        // The dummy secret never verifies, even for a signature made with an empty secret.
+        assert_ne!(
+            dummy_credential().secret_access_key.expose_secret(),
+            "",
+            "the dummy secret is random"
+        );
+
+        // The lookup compares every id, and finds exactly the matching one.
+        let creds = vec![
+            cred("AKIAAAAAAAAAAAAAAAAA", "a"),
+            cred("AKIABBBBBBBBBBBBBBBB", "b"),
+        ];
+        assert!(std::ptr::eq(
+            find_credential(&creds, "AKIABBBBBBBBBBBBBBBB").unwrap(),
+            &creds[1]
+        ));
+        assert!(find_credential(&creds, "AKIABBBBBBBBBBBBBBBC").is_none());
+        assert!(find_credential(&creds, "AKIABBBB").is_none());
+    }
+
+    /// The cache lives in one locked mapping per thread that never moves, and serves the
+    /// same keyed state as a fresh derivation.
+    #[test]
+    fn the_signing_cache_is_locked_in_place_and_agrees_with_a_fresh_key() {
+        let c = cred("AKIDEXAMPLE", SECRET);
+        let tag = |keyed: &HmacSha256| {
+            let mut m = keyed.clone();
+            m.update(b"x");
+            m.finalize().into_bytes()
+        };
+        let first = with_signing_key(&c, "20150830", "us-east-1", "service", tag);
+        let at = SIGNING_KEYS.with(|k| k.borrow().as_ref().map(|b| &**b as *const KeyCache));
+        // Fill every slot and more (eviction), then ask again.
+        for i in 0..(CACHE_SLOTS + 5) {
+            let d = format!("2015{:02}{:02}", 1 + i % 12, 1 + i % 28);
+            with_signing_key(&c, &d, "us-east-1", "service", |_| ());
+        }
+        let again = with_signing_key(&c, "20150830", "us-east-1", "service", tag);
+        let after = SIGNING_KEYS.with(|k| k.borrow().as_ref().map(|b| &**b as *const KeyCache));
+        assert_eq!(first, again);
+        assert_eq!(at, after, "the cache did not move");
+        let k = derive_signing_key(SECRET, "20150830", "us-east-1", "service");
+        let fresh = <HmacSha256 as Mac>::new_from_slice(&k[..]).unwrap();
+        assert_eq!(first, tag(&fresh));
+        // Locked where the process may lock memory (RLIMIT_MEMLOCK allows a few pages).
+        let locked = SIGNING_KEYS.with(|k| k.borrow().as_ref().map(|b| b.is_locked()));
+        assert!(locked.is_some());
     }
 
     #[test]

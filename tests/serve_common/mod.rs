@@ -21,9 +21,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], dir: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(dir)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(dir);
+        Self::spawn_command(cmd)
+    }
+
+    /// Like [`Proc::spawn`] with a command the caller has set up (limits, environment).
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdout(Stdio::piped())
