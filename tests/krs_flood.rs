@@ -184,6 +184,19 @@ fn flood(
         .collect()
 }
 
+/// Wait (at most a minute) until the flood threads have counted `n`.
+fn wait_for(c: &AtomicU64, n: u64, what: &str) {
+    let t0 = Instant::now();
+    while c.load(Ordering::Relaxed) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the flood stalled at {} {what} (a flood thread failed?)",
+            c.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn join(stop: &Arc<AtomicBool>, hs: Vec<std::thread::JoinHandle<()>>) {
     stop.store(true, Ordering::Relaxed);
     for h in hs {
@@ -260,9 +273,7 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let under_a = legit_release(&f, &addr);
-    while sent.load(Ordering::Relaxed) < 40 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&sent, 40, "garbage frames");
     join(&stop, hs);
     let after_a = status(&krs);
     let n = sent.load(Ordering::Relaxed);
@@ -314,13 +325,9 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
         }
         Ok(())
     });
-    while hellos.load(Ordering::Relaxed) < 1000 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&hellos, 1000, "Hellos");
     let under_b = legit_release(&f, &addr);
-    while hellos.load(Ordering::Relaxed) < 3000 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&hellos, 3000, "Hellos");
     let mid_b = status(&krs);
     join(&stop, hs);
     let after_b = status(&krs);

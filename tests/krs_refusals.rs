@@ -166,6 +166,25 @@ fn krs_refusals_and_log_verify() {
         .unwrap();
     assert_deny(&f, r, &ch, DenyCode::BadEphemeralKey);
 
+    // Evidence over limits.log_evidence_max: the deny is signed and logged, the raw evidence
+    // is not copied into the log (its digest is).
+    let ch = challenge(&mut c, &h);
+    let mut ev = evidence(&ch, EphemeralKey::generate().public_sec1());
+    ev.evidence = vec![0xa5; 200_000];
+    let r = c.call(&Request::Evidence(ev)).unwrap();
+    assert_deny(&f, r, &ch, DenyCode::EvidenceMalformed);
+    let last = f.log_entries().pop().unwrap();
+    assert!(last.get("evidence").is_none(), "raw evidence was logged");
+    assert!(
+        last["detail"].as_str().unwrap().contains("not kept"),
+        "{last}"
+    );
+    assert!(
+        last.to_string().len() < 8192,
+        "{} bytes",
+        last.to_string().len()
+    );
+
     // Hello with a receipt-key pin that is not this KRS's: denied before any session.
     let mut bad = h.clone();
     bad.pins.receipt_spki_sha256 = vec![0x11; 32];

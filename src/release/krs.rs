@@ -853,17 +853,26 @@ fn hello_oversized(h: &Hello) -> Option<&'static str> {
 
 /// Serve KRP/1 on `listener` until the process ends: one thread per connection, TLS 1.3, one
 /// frame in, one frame out, as many rounds as the agent sends (up to the limits). A status
-/// line (`krs status {json}`) is logged every `limits.status_secs`.
+/// line (`krs status {json}`) is logged every `limits.status_secs` when a counter changed.
 pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, svc: Arc<Service>) {
     let every = Duration::from_secs(svc.limits.status_secs);
     let status_svc = svc.clone();
     let _ = std::thread::Builder::new()
         .name("krs-status".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            match serde_json::to_string(&status_svc.status()) {
-                Ok(j) => tracing::info!("krs status {j}"),
-                Err(e) => tracing::error!("krs status: {e}"),
+        .spawn(move || {
+            // One line per interval, only when something changed (a quiet KRS stays quiet).
+            let mut last = None;
+            loop {
+                std::thread::sleep(every);
+                let now = status_svc.status();
+                if last.as_ref() == Some(&now) {
+                    continue;
+                }
+                match serde_json::to_string(&now) {
+                    Ok(j) => tracing::info!("krs status {j}"),
+                    Err(e) => tracing::error!("krs status: {e}"),
+                }
+                last = Some(now);
             }
         });
     for stream in listener.incoming() {

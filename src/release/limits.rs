@@ -3,7 +3,7 @@
 //! frame, reading a frame, the whole connection), caps on the session table, counters of the
 //! denials that cost nothing (no HSM, no fsync, no log entry), and a rate limit on warning
 //! lines. `[limits]` in the KRS configuration sets them; `krs::serve` and `krs::Service` apply
-//! them; a `krs status` line with the counters is logged every `status_secs`.
+//! them; a `krs status` line with the counters is logged every `status_secs` (when one changed).
 //!
 //! Deadlines are enforced by [`DeadlineStream`]: before every read or write it sets the
 //! socket's timeout to what is left of the current phase, so a client trickling one byte at a

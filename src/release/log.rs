@@ -590,10 +590,16 @@ fn verify_digest_sig(spki_der: &[u8], digest: &[u8; 48], sig: &[u8]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::release::receipt::{receipt_digest, Receipt};
     use p384::ecdsa::signature::hazmat::PrehashSigner;
     use p384::pkcs8::EncodePublicKey;
 
-    fn key() -> (p384::ecdsa::SigningKey, Vec<u8>) {
+    struct Key {
+        sk: p384::ecdsa::SigningKey,
+        spki: Vec<u8>,
+    }
+
+    fn key() -> Key {
         let sk = p384::ecdsa::SigningKey::random(&mut rand_core::OsRng);
         let spki = sk
             .verifying_key()
@@ -601,51 +607,79 @@ mod tests {
             .unwrap()
             .as_bytes()
             .to_vec();
-        (sk, spki)
+        Key { sk, spki }
     }
 
-    fn entry() -> Entry {
+    impl Key {
+        fn sign(&self, d: &[u8; 48]) -> Result<Vec<u8>, String> {
+            let s: p384::ecdsa::Signature = self.sk.sign_prehash(d).map_err(|e| e.to_string())?;
+            Ok(s.to_bytes().to_vec())
+        }
+    }
+
+    /// A deny entry whose receipt, signed by `k`, names `index`.
+    fn entry(k: &Key, index: u64) -> Entry {
+        let mut sid = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sid);
+        let r = Receipt {
+            v: 1,
+            decision: "deny".into(),
+            code: Some(151),
+            session_id: sid.to_vec(),
+            t: vec![],
+            mode: None,
+            hsm_epk: vec![],
+            wrapped_digest: vec![],
+            evidence_digest: vec![],
+            policy_digest: vec![2; 48],
+            key_id: "k".into(),
+            key_version: 1,
+            time: 7,
+            log_index: index,
+            head: None,
+            boot_key_id: vec![],
+            nonce: vec![],
+        };
+        let bytes = r.encode().unwrap();
+        let sig = k.sign(&receipt_digest(&bytes)).unwrap();
         Entry {
-            index: 0,
-            time: 1,
+            index,
+            time: 7,
             decision: "deny".into(),
             code: Some(151),
             reason: None,
             detail: None,
             key_id: "k".into(),
             evidence_digest: String::new(),
-            policy_digest: String::new(),
-            session_id: String::new(),
+            policy_digest: hex::encode([2u8; 48]),
+            session_id: hex::encode(sid),
             evidence: None,
-            receipt: String::new(),
-            signature: String::new(),
+            receipt: STANDARD.encode(&bytes),
+            signature: STANDARD.encode(sig),
             prev_hash: String::new(),
             hash: String::new(),
         }
     }
 
-    fn append(log: &mut ReleaseLog, sk: &p384::ecdsa::SigningKey, n: usize) {
-        let sign = |d: &[u8; 48]| -> Result<Vec<u8>, String> {
-            let s: p384::ecdsa::Signature = sk.sign_prehash(d).map_err(|e| e.to_string())?;
-            Ok(s.to_bytes().to_vec())
-        };
+    fn append(log: &mut ReleaseLog, k: &Key, n: usize) {
         for _ in 0..n {
-            log.append(entry(), &sign).unwrap();
+            let e = entry(k, log.next_index());
+            log.append(e, &|d| k.sign(d)).unwrap();
         }
     }
 
     #[test]
-    fn open_refuses_a_restored_older_log_and_counter_only_grows() {
-        let (sk, _) = key();
+    fn open_refuses_a_restored_older_log_and_repairs_a_crashed_head() {
+        let k = key();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("release.log");
         let mut log = ReleaseLog::open(&p).unwrap();
-        append(&mut log, &sk, 2);
+        append(&mut log, &k, 2);
         drop(log);
         let old_log = std::fs::read(&p).unwrap();
         let old_head = std::fs::read(head_path(&p)).unwrap();
         let mut log = ReleaseLog::open(&p).unwrap();
-        append(&mut log, &sk, 2);
+        append(&mut log, &k, 2);
         drop(log);
         assert_eq!(read_counter(&p).unwrap(), Some(4));
         std::fs::write(&p, &old_log).unwrap();
@@ -657,44 +691,110 @@ mod tests {
             matches!(err, LogError::Rollback(_)) && err.to_string().contains("counted to 4"),
             "{err}"
         );
-        // A crash between an entry and its head: the entry is kept and its head written.
+        // The operator accepts the older log by removing the counter; the counter goes on
+        // from the head's.
         std::fs::remove_file(counter_path(&p)).unwrap();
         let mut log = ReleaseLog::open(&p).unwrap();
-        assert!(!log.head_stale());
-        append(&mut log, &sk, 1);
+        append(&mut log, &k, 1);
         drop(log);
+        assert_eq!(read_counter(&p).unwrap(), Some(3));
+        // A crash between an entry and its head: the KRS writes the head at start.
         let head_before = std::fs::read(head_path(&p)).unwrap();
         let mut log = ReleaseLog::open(&p).unwrap();
-        append(&mut log, &sk, 1);
+        append(&mut log, &k, 1);
         drop(log);
         std::fs::write(head_path(&p), &head_before).unwrap();
+        assert!(verify_file(&p, &k.spki).is_err());
         let mut log = ReleaseLog::open(&p).unwrap();
         assert!(log.head_stale());
-        let sign = |d: &[u8; 48]| -> Result<Vec<u8>, String> {
-            let s: p384::ecdsa::Signature = sk.sign_prehash(d).map_err(|e| e.to_string())?;
-            Ok(s.to_bytes().to_vec())
-        };
-        log.repair_head(&sign).unwrap();
+        log.repair_head(&|d| k.sign(d)).unwrap();
         assert!(!log.head_stale());
+        assert_eq!(verify_file(&p, &k.spki).unwrap().entries, 4);
+        // A truncated log (head kept) is refused at open.
+        let text = std::fs::read_to_string(&p).unwrap();
+        let cut: Vec<&str> = text.lines().take(2).collect();
+        std::fs::write(&p, cut.join("\n") + "\n").unwrap();
+        let err = ReleaseLog::open(&p)
+            .err()
+            .expect("a truncated log must be refused");
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
     fn verify_against_catches_older_and_forked_logs() {
-        let (sk, spki) = key();
+        let k = key();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("release.log");
         let mut log = ReleaseLog::open(&p).unwrap();
-        append(&mut log, &sk, 3);
+        append(&mut log, &k, 3);
         drop(log);
-        // Receipts are not real here: check the head logic through verify_against's parts.
-        let saved_path = d.path().join("saved.head");
-        std::fs::copy(head_path(&p), &saved_path).unwrap();
-        let saved = SavedHead::load(saved_path.to_str().unwrap(), &spki).unwrap();
-        assert_eq!((saved.count, saved.counter), (3, Some(3)));
-        let (_, other) = key();
-        assert!(SavedHead::load(saved_path.to_str().unwrap(), &other).is_err());
-        let by_hash = SavedHead::load(&format!("3:{}", saved.head_hash), &spki).unwrap();
-        assert_eq!(by_hash.count, 3);
-        assert!(SavedHead::load("3:abcd", &spki).is_err());
+        let older = (
+            std::fs::read(&p).unwrap(),
+            std::fs::read(head_path(&p)).unwrap(),
+        );
+        let h3 = d.path().join("h3.head");
+        std::fs::copy(head_path(&p), &h3).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &k, 2);
+        drop(log);
+        let h5 = d.path().join("h5.head");
+        std::fs::copy(head_path(&p), &h5).unwrap();
+        let h5_saved = SavedHead::load(h5.to_str().unwrap(), &k.spki).unwrap();
+        assert_eq!((h5_saved.count, h5_saved.counter), (5, Some(5)));
+
+        // The current log extends both heads.
+        for h in [&h3, &h5] {
+            let saved = SavedHead::load(h.to_str().unwrap(), &k.spki).unwrap();
+            assert_eq!(verify_against(&p, &k.spki, &saved).unwrap().entries, 5);
+        }
+        let by_hash = SavedHead::load(&format!("5:{}", h5_saved.head_hash), &k.spki).unwrap();
+        assert!(verify_against(&p, &k.spki, &by_hash).is_ok());
+
+        // The older copy restored: it verifies on its own, not against the newer head.
+        std::fs::write(&p, &older.0).unwrap();
+        std::fs::write(head_path(&p), &older.1).unwrap();
+        assert_eq!(verify_file(&p, &k.spki).unwrap().entries, 3);
+        let err = verify_against(&p, &k.spki, &h5_saved).unwrap_err();
+        assert!(
+            matches!(err, LogError::Rollback(_)) && err.to_string().contains("older"),
+            "{err}"
+        );
+        let err = verify_against(&p, &k.spki, &by_hash).unwrap_err();
+        assert!(err.to_string().contains("older"), "{err}");
+
+        // Forked from the newer head: grown past it from the older copy.
+        std::fs::remove_file(counter_path(&p)).unwrap();
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &k, 3);
+        drop(log);
+        let err = verify_against(&p, &k.spki, &by_hash).unwrap_err();
+        assert!(err.to_string().contains("forked"), "{err}");
+
+        // A saved head signed by another key, or a malformed note, is refused.
+        assert!(SavedHead::load(h5.to_str().unwrap(), &key().spki).is_err());
+        assert!(SavedHead::load("3:abcd", &k.spki).is_err());
+    }
+
+    #[test]
+    fn a_head_from_before_the_counter_still_verifies_and_is_carried_on() {
+        let k = key();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release.log");
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &k, 2);
+        drop(log);
+        // What an older KRS wrote: no counter file, a head signed without a counter.
+        let mut h: Head = serde_json::from_slice(&std::fs::read(head_path(&p)).unwrap()).unwrap();
+        h.counter = None;
+        h.signature = STANDARD.encode(k.sign(&h.digest()).unwrap());
+        std::fs::write(head_path(&p), serde_json::to_vec(&h).unwrap()).unwrap();
+        std::fs::remove_file(counter_path(&p)).unwrap();
+        let s = verify_file(&p, &k.spki).unwrap();
+        assert_eq!((s.entries, s.counter), (2, None));
+        let mut log = ReleaseLog::open(&p).unwrap();
+        append(&mut log, &k, 1);
+        drop(log);
+        let s = verify_file(&p, &k.spki).unwrap();
+        assert_eq!((s.entries, s.counter), (3, Some(3)));
     }
 }
