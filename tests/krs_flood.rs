@@ -5,7 +5,9 @@
 //!     log does not grow and the HSM signs nothing for them (the `krs status` counters);
 //! (b) thousands of Hellos from 20 loopback sources: the session table stays within its cap;
 //! (c) 64 connections trickling one byte a second from one source: cut by the handshake
-//!     deadline and capped per source; a lone trickler is cut although it never goes quiet.
+//!     deadline and capped per source; a lone trickler is cut although it never goes quiet;
+//! (d) Hello + garbage Evidence cycles on live sessions: bounded by the source's evidence
+//!     budget (signed denies up to the burst, then unsigned `busy`).
 //! Floods come from 127.0.0.2 and up (Linux routes all of 127/8 to loopback); the agent from
 //! 127.0.0.1. Also: `krs serve` runs non-dumpable, without core files, with key memory locked.
 
@@ -261,12 +263,18 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
                 &big2
             };
             let r = raw_call(&mut s, frame)?;
-            let want = if k % 2 == 0 {
-                DenyCode::Malformed
+            // Sessionless Evidence: unknown session, or busy once the source's evidence
+            // budget is spent; both unsigned.
+            let want: &[DenyCode] = if k % 2 == 0 {
+                &[DenyCode::Malformed]
             } else {
-                DenyCode::SessionUnknown
+                &[DenyCode::SessionUnknown, DenyCode::Busy]
             };
-            assert_eq!(deny_code(&r), Some(want.number()), "thread {i}");
+            let got = deny_code(&r);
+            assert!(
+                want.iter().any(|c| Some(c.number()) == got),
+                "thread {i}: {got:?}"
+            );
             sent2.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -292,7 +300,10 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
     assert_eq!(after_a.releases, base.releases + 1);
     let d = |s: &Status, k: &str| s.unsigned_denies.get(k).copied().unwrap_or(0);
     assert!(d(&after_a, "malformed") >= n / 2, "{after_a:?}");
-    assert!(d(&after_a, "session_unknown") >= n / 2 - 1, "{after_a:?}");
+    assert!(
+        d(&after_a, "session_unknown") + d(&after_a, "busy") >= n / 2 - 1,
+        "{after_a:?}"
+    );
     let _ = pins;
 
     // (b) Thousands of Hellos from 20 sources, each holding its sessions open: 20 x 4 open
@@ -412,6 +423,77 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
     let warn_lines = krs.stderr().lines().filter(|l| l.contains("WARN")).count();
     assert!(warn_lines < 400, "{warn_lines} warning lines");
 
+    // (d) Hello then garbage Evidence on each live session, from one source: each would cost
+    // two HSM signatures and fsyncs; the source's evidence budget (60 a minute, bursts of 15)
+    // bounds them, the rest (Evidence, then Hellos once 4 sessions are left open) are busy,
+    // unsigned.
+    let before_d = status(&krs);
+    let log_len = f.log_entries().len();
+    let ff = f_clone(&f);
+    let (mut signed, mut busy) = (0, 0);
+    let mut s = tls_from(&ff, "127.0.0.5", dst).unwrap();
+    let hello = Hello {
+        v: 1,
+        platform: "snp".into(),
+        product_release: "flood".into(),
+        algs: vec![],
+        pins: parse_pins(&ff.agent_config(&addr)).unwrap().pins,
+    };
+    let t0 = Instant::now();
+    for _ in 0..40 {
+        wire::write_msg(&mut s, &Request::Hello(hello.clone())).unwrap();
+        // Sessions left open by refused Evidence count against the source's quota (4):
+        // then the Hello itself is busy.
+        let ch = match wire::read_msg(&mut s).unwrap() {
+            Some(Response::Challenge(ch)) => ch,
+            Some(r) => {
+                assert_eq!(deny_code(&r), Some(DenyCode::Busy.number()));
+                busy += 1;
+                continue;
+            }
+            None => panic!("closed"),
+        };
+        let ev = Evidence {
+            v: 1,
+            session_id: ch.session_id.clone(),
+            epk: vec![4; 97],
+            policy_digest: ch.policy_digest.clone(),
+            evidence: vec![0xa5; 1000],
+            boot_key: vec![],
+        };
+        wire::write_msg(&mut s, &Request::Evidence(ev)).unwrap();
+        match wire::read_msg(&mut s).unwrap() {
+            Some(Response::Deny(d)) if d.receipt.is_empty() => {
+                assert_eq!(d.code, DenyCode::Busy.number());
+                busy += 1;
+            }
+            Some(Response::Deny(_)) => signed += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let took = t0.elapsed();
+    drop(s);
+    let under_d = legit_release(&f, &addr);
+    let after_d = status(&krs);
+    eprintln!(
+        "(d) 40 Hello+Evidence cycles in {took:?}: {signed} signed, {busy} busy; release in {under_d:?}"
+    );
+    // The burst, plus one a second of refill while the cycles ran.
+    let most = 15 + took.as_secs() as usize + 1;
+    assert!(
+        (15..=most).contains(&signed),
+        "{signed} signed denies in {took:?}"
+    );
+    assert!(busy > 0);
+    assert_eq!(signed + busy, 40);
+    assert_eq!(f.log_entries().len(), log_len + signed + 1);
+    assert_eq!(
+        after_d.hsm_signs,
+        before_d.hsm_signs + 2 * (signed as u64 + 1),
+        "{after_d:?}"
+    );
+    assert!(under_d < Duration::from_secs(5));
+
     drop(krs);
     let (ok, out) = f.log_verify(&f.log_path());
     assert!(ok, "{out}");
@@ -429,7 +511,8 @@ impl FloodFixture {
             krs_url: addr.to_string(),
             krs_tls_spki_sha256: self.tls_pin.clone(),
             receipt_spki_sha256: self.receipt_pin.clone(),
-            admin_ca_sha256: String::new(),
+            // The fixture KRS's `test` deployment, so the flood's Hellos get sessions.
+            admin_ca_sha256: common::TEST_ADMIN_CA_PIN.into(),
             attesters: vec![],
             platform: Some("snp".into()),
             timeout_secs: 10,

@@ -26,7 +26,8 @@ use subtle::ConstantTimeEq;
 
 use super::config::WrapChoice;
 use super::limits::{
-    bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, Stats, Status, WarnGate,
+    bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, SourceBudget, Stats,
+    Status, WarnGate,
 };
 use super::deployment::Deployment;
 use super::heads::HeadBook;
@@ -95,6 +96,7 @@ pub struct Service {
     /// Store heads and registered boot keys (none: boot keys are not registered and head
     /// requests are denied).
     heads: Option<HeadBook>,
+    evidence_budget: SourceBudget,
 }
 
 /// Longest deny detail written to a log line or a release-log entry.
@@ -163,6 +165,10 @@ impl Service {
         Ok(Self {
             conns: Arc::new(ConnTracker::new(&limits)),
             warn: WarnGate::new(limits.warnings_per_sec),
+            evidence_budget: SourceBudget::new(
+                limits.evidence_per_source_per_min,
+                limits.max_sessions,
+            ),
             stats: Stats::default(),
             limits,
             krs_id: spki_pin(&receipt_spki),
@@ -188,6 +194,8 @@ impl Service {
         );
         self.conns = Arc::new(ConnTracker::new(&limits));
         self.warn = WarnGate::new(limits.warnings_per_sec);
+        self.evidence_budget =
+            SourceBudget::new(limits.evidence_per_source_per_min, limits.max_sessions);
         self.limits = limits;
         self
     }
@@ -264,8 +272,25 @@ impl Service {
             Ok(r) => r,
             Err(e) => return self.deny(DenyCode::Malformed, &e.to_string(), Ctx::default()),
         };
-        let Request::Hello(h) = req else {
-            return self.handle(req);
+        let h = match req {
+            Request::Hello(h) => h,
+            Request::Evidence(e) => {
+                // Evidence on a live session costs HSM signatures and fsyncs: a budget per
+                // source, checked before the session is touched.
+                if let Some(src) = source {
+                    if !self.evidence_budget.take(src) {
+                        return self.deny(
+                            DenyCode::Busy,
+                            "evidence budget of this source spent",
+                            Ctx::default(),
+                        );
+                    }
+                }
+                return self.handle(Request::Evidence(e));
+            }
+            // Request types added later go straight to `handle`.
+            #[allow(unreachable_patterns)]
+            other => return self.handle(other),
         };
         if let Some(field) = hello_oversized(&h) {
             return self.deny(

@@ -49,6 +49,10 @@ pub struct Limits {
     pub status_secs: u64,
     /// Warning lines per second (bursts up to ten times that); the rest are counted.
     pub warnings_per_sec: u32,
+    /// Evidence messages one source may send per minute (bursts up to a quarter of that, at
+    /// least 4): each on a live session costs HSM signatures and fsyncs. Beyond: `busy`,
+    /// unsigned, before the session is touched.
+    pub evidence_per_source_per_min: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             log_evidence_max: 64 * 1024,
             status_secs: 60,
             warnings_per_sec: 10,
+            evidence_per_source_per_min: 60,
         }
     }
 }
@@ -73,7 +78,11 @@ impl Default for Limits {
 impl Limits {
     /// The first field that is out of range, as `limits.NAME: why`.
     pub fn check(&self) -> Result<(), String> {
-        let ones: [(&str, u64); 12] = [
+        let ones: [(&str, u64); 13] = [
+            (
+                "evidence_per_source_per_min",
+                u64::from(self.evidence_per_source_per_min),
+            ),
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_source",
@@ -320,6 +329,53 @@ impl WarnGate {
     }
 }
 
+/// Token buckets per source (for Evidence messages): `per_min` a minute, bursts of a quarter
+/// of that (at least 4). At most `max_sources` buckets are kept; when more are needed, full
+/// (idle) ones are forgotten first, then the table is cleared (which only forgives).
+pub struct SourceBudget {
+    per_sec: f64,
+    burst: f64,
+    max_sources: usize,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl SourceBudget {
+    pub fn new(per_min: u32, max_sources: usize) -> Self {
+        let per_min = f64::from(per_min.max(1));
+        Self {
+            per_sec: per_min / 60.0,
+            burst: (per_min / 4.0).max(4.0),
+            max_sources: max_sources.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one unit of `src`'s budget; false when it has none left.
+    pub fn take(&self, src: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        let level = |(t, at): &(f64, Instant)| {
+            (t + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(burst)
+        };
+        if !m.contains_key(&src) && m.len() >= self.max_sources {
+            m.retain(|_, b| level(b) < burst);
+            if m.len() >= self.max_sources {
+                m.clear();
+            }
+        }
+        let b = m.entry(src).or_insert((burst, now));
+        let t = level(b);
+        if t >= 1.0 {
+            *b = (t - 1.0, now);
+            true
+        } else {
+            *b = (t, now);
+            false
+        }
+    }
+}
+
 /// Counters for the `krs status` line.
 #[derive(Default)]
 pub struct Stats {
@@ -438,6 +494,19 @@ mod tests {
         let allowed = (0..100).filter(|_| g.allow()).count();
         assert_eq!(allowed, 10);
         assert_eq!(g.suppressed(), 90);
+    }
+
+    #[test]
+    fn source_budget_allows_a_burst_then_refuses() {
+        let b = SourceBudget::new(60, 2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        let granted = (0..100).filter(|_| b.take(a)).count();
+        assert_eq!(granted, 15);
+        assert!(b.take(c));
+        // A third source when the table is full: the others are not full, so it is cleared.
+        assert!(b.take("127.0.0.4".parse().unwrap()));
+        assert!(b.take(a), "a cleared table forgives");
     }
 
     #[test]
