@@ -25,12 +25,12 @@ use sha2::{Digest, Sha384};
 use subtle::ConstantTimeEq;
 
 use super::config::WrapChoice;
+use super::deployment::Deployment;
+use super::heads::HeadBook;
 use super::limits::{
     bounded, source_key, ConnRefused, ConnTracker, DeadlineStream, Limits, SourceBudget, Stats,
     Status, WarnGate,
 };
-use super::deployment::Deployment;
-use super::heads::HeadBook;
 use super::log::{Entry, ReleaseLog};
 use super::messages::{
     Challenge, Deny, Evidence, HeadAck, HeadQuery, HeadUpdate, Hello, Release, Request, Response,
