@@ -14,26 +14,12 @@ use keyward::admin::pki::Ca;
 use keyward::attest::simulated::SimulatedSnpAttester;
 use keyward::release::agent::{parse_pins, Agent, AgentError};
 use keyward::release::receipt::DenyCode;
-use keyward::verify::policy::{Product, SignerKind};
-use keyward::verify::snp::report::Tcb;
-use keyward::verify::testsign::{test_root_policy_toml, SimulatedPlatform};
+use keyward::verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
 
 fn honest() -> SimulatedSnpAttester {
-    let tcb = Tcb {
-        fmc: None,
-        bootloader: 4,
-        tee: 0,
-        snp: 22,
-        microcode: 213,
-        raw: [0; 8],
-    };
-    let mut chip = [0u8; 64];
-    chip[0] = 7;
-    SimulatedSnpAttester::from_platform(
-        SimulatedPlatform::with(Product::Milan, SignerKind::Vcek, tcb, chip, MEAS).unwrap(),
-    )
+    common::honest_snp(MEAS)
 }
 
 fn agent(cfg: keyward::release::config::AgentConfig) -> Agent {
@@ -148,14 +134,7 @@ fn krs_serve_refuses_a_config_without_deployments() {
     let cfg = std::fs::read_to_string(&f.config).unwrap();
     let cut = cfg.find("\n[[deployment]]").unwrap();
     std::fs::write(&f.config, &cfg[..cut]).unwrap();
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = f.serve_refused();
     assert!(err.contains("no [[deployment]]"), "{err}");
     // A deployment without any digest, or with a short one, is refused by name.
     std::fs::write(
@@ -166,13 +145,6 @@ fn krs_serve_refuses_a_config_without_deployments() {
         ),
     )
     .unwrap();
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = f.serve_refused();
     assert!(err.contains("admin_ca_sha256 must be 32 bytes"), "{err}");
 }

@@ -26,9 +26,7 @@ use keyward::release::limits::Status;
 use keyward::release::messages::{Evidence, Hello, Request, Response};
 use keyward::release::receipt::DenyCode;
 use keyward::release::wire;
-use keyward::verify::policy::{Product, SignerKind};
-use keyward::verify::snp::report::Tcb;
-use keyward::verify::testsign::{test_root_policy_toml, SimulatedPlatform};
+use keyward::verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
 
@@ -43,19 +41,7 @@ max_connections_per_source = 16
 ";
 
 fn honest() -> SimulatedSnpAttester {
-    let mut chip = [0u8; 64];
-    chip[0] = 7;
-    let tcb = Tcb {
-        fmc: None,
-        bootloader: 4,
-        tee: 0,
-        snp: 22,
-        microcode: 213,
-        raw: [0; 8],
-    };
-    SimulatedSnpAttester::from_platform(
-        SimulatedPlatform::with(Product::Milan, SignerKind::Vcek, tcb, chip, MEAS).unwrap(),
-    )
+    common::honest_snp(MEAS)
 }
 
 fn fixture(label: &str) -> Option<common::KrsFixture> {

@@ -17,26 +17,12 @@ use keyward::release::anchor::KrsAnchor;
 use keyward::release::headproto::BootKey;
 use keyward::release::messages::{Request, Response};
 use keyward::release::receipt::DenyCode;
-use keyward::verify::policy::{Product, SignerKind};
-use keyward::verify::snp::report::Tcb;
-use keyward::verify::testsign::{test_root_policy_toml, SimulatedPlatform};
+use keyward::verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
 
 fn honest() -> SimulatedSnpAttester {
-    let tcb = Tcb {
-        fmc: None,
-        bootloader: 4,
-        tee: 0,
-        snp: 22,
-        microcode: 213,
-        raw: [0; 8],
-    };
-    let mut chip = [0u8; 64];
-    chip[0] = 7;
-    SimulatedSnpAttester::from_platform(
-        SimulatedPlatform::with(Product::Milan, SignerKind::Vcek, tcb, chip, MEAS).unwrap(),
-    )
+    common::honest_snp(MEAS)
 }
 
 fn release(f: &common::KrsFixture, addr: &str) -> Released {

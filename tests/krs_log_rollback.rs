@@ -11,26 +11,12 @@ use std::path::Path;
 
 use keyward::attest::simulated::SimulatedSnpAttester;
 use keyward::release::agent::Agent;
-use keyward::verify::policy::{Product, SignerKind};
-use keyward::verify::snp::report::Tcb;
-use keyward::verify::testsign::{test_root_policy_toml, SimulatedPlatform};
+use keyward::verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
 
 fn honest() -> SimulatedSnpAttester {
-    let mut chip = [0u8; 64];
-    chip[0] = 7;
-    let tcb = Tcb {
-        fmc: None,
-        bootloader: 4,
-        tee: 0,
-        snp: 22,
-        microcode: 213,
-        raw: [0; 8],
-    };
-    SimulatedSnpAttester::from_platform(
-        SimulatedPlatform::with(Product::Milan, SignerKind::Vcek, tcb, chip, MEAS).unwrap(),
-    )
+    common::honest_snp(MEAS)
 }
 
 fn releases(f: &common::KrsFixture, n: usize) {
@@ -124,14 +110,7 @@ fn an_older_or_forked_release_log_is_caught() {
     assert!(!ok && out.contains("rolled back"), "{out}");
 
     // The KRS itself refuses to serve from it: its counter is ahead of that head.
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = f.serve_refused();
     assert!(
         err.contains("rolled back") && err.contains("counted to 4"),
         "{err}"

@@ -281,26 +281,12 @@ fn krs_refuses_older_or_unsigned_policy() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("older"));
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = f.serve_refused();
     assert!(err.contains("older than version 3"), "{err}");
 
     // An unsigned policy (the verifier TOML itself) is refused.
     std::fs::write(&f.policy_file, common::policy_text(4, "")).unwrap();
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = f.serve_refused();
     assert!(err.contains("not a signed policy"), "{err}");
 
     // A policy signed by another admin key is refused.
@@ -324,14 +310,7 @@ fn krs_refuses_older_or_unsigned_policy() {
             .arg("--out")
             .arg(&f.policy_file),
     );
-    let out = f
-        .cmd()
-        .args(["krs", "serve", "--config"])
-        .arg(&f.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("signature"));
+    assert!(f.serve_refused().contains("signature"));
 
     // `policy show` prints id, version and verification status.
     f.sign_policy(6, "", &f.policy_file);

@@ -351,3 +351,44 @@ impl KrsFixture {
         )
     }
 }
+
+/// An honest simulated SEV-SNP platform (Milan, VCEK, SNP TCB 22) measuring `meas`: the agent
+/// the KRS tests release to.
+pub fn honest_snp(meas: [u8; 48]) -> keyward::attest::simulated::SimulatedSnpAttester {
+    use keyward::verify::policy::{Product, SignerKind};
+    use keyward::verify::snp::report::Tcb;
+    let tcb = Tcb {
+        fmc: None,
+        bootloader: 4,
+        tee: 0,
+        snp: 22,
+        microcode: 213,
+        raw: [0; 8],
+    };
+    let mut chip = [0u8; 64];
+    chip[0] = 7;
+    keyward::attest::simulated::SimulatedSnpAttester::from_platform(
+        keyward::verify::testsign::SimulatedPlatform::with(
+            Product::Milan,
+            SignerKind::Vcek,
+            tcb,
+            chip,
+            meas,
+        )
+        .unwrap(),
+    )
+}
+
+impl KrsFixture {
+    /// Run `krs serve` on this fixture's config, which must refuse to start; its stderr.
+    pub fn serve_refused(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["krs", "serve", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "krs serve started");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+}
