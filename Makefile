@@ -12,9 +12,11 @@ run:
 
 ## make test: formatting, lints, unit and integration tests (needs the packages .ci/run installs)
 test:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) fmt --all --check
+	scripts/check-deps.sh
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p keyward --no-default-features --features appliance -- -D warnings
+	$(CARGO) test --workspace --all-targets
 
 ## make bench: release build, criterion micro-benchmarks (short), then `keyward demo` driven by
 ## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
@@ -60,7 +62,7 @@ $(IMAGE_BUILD)/base.stamp: image/mkosi.default image/mkosi.postinst image/script
 image: $(IMAGE_BUILD)/base.stamp
 	@$(NEED) $(IMAGE_TOOLS)
 	@$(SPACE) "make image" 1800 $(IMAGE_BUILD)
-	@if [ "$(KEYWARD_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked; \
+	@if [ "$(KEYWARD_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked --no-default-features --features appliance; \
 	else echo "make image: KEYWARD_BIN=$(KEYWARD_BIN) (not the release build)"; fi
 	image/scripts/assemble.sh $(KEYWARD_BIN)
 

@@ -20,13 +20,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
-use crate::admin::pki::{self, Ca};
-use crate::appliance::{self, MasterKeySource};
-use crate::config::{
+use keyward_admin::pki::{self, Ca};
+use keyward_appliance::{self, MasterKeySource};
+use keyward_config::{
     AdminConfig, Config, KeyStoreConfig, LogConfig, LogFormat, MasterKeyConfig, MemoryConfig,
     StorageConfig, TlsFiles, XksConfig, KMS_SERVICE,
 };
-use crate::keystore::view::{Grant, GrantOps, KeyUsage};
+use keyward_keystore::view::{Grant, GrantOps, KeyUsage};
 
 /// Name, prefix and region of the demo's key store.
 pub const STORE: &str = "demo";
@@ -79,24 +79,24 @@ fn master_key_source(
         );
         let cfg = MasterKeyConfig::File { path: file.clone() };
         return Ok((
-            Box::new(appliance::FileMasterKey { path: file }),
+            Box::new(keyward_appliance::FileMasterKey { path: file }),
             cfg,
             false,
         ));
     }
     // The operator CA is part of the pins the embedded KRS serves (and so of T).
     let admin_ca = demo_admin_ca_sha256(paths)?;
-    let krs = crate::release::embedded::start_for(
+    let krs = keyward_krs::embedded::start_for(
         &paths.p("krs"),
-        &[crate::attest::simulated::DEMO_MEASUREMENT],
-        crate::release::embedded::Backend::Auto,
+        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        keyward_krs::embedded::Backend::Auto,
         &admin_ca,
     )?;
     eprintln!(
         "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
         krs.addr, krs.backend
     );
-    let release = crate::config::release::ReleaseConfig {
+    let release = keyward_config::release::ReleaseConfig {
         agent: krs.agent.clone(),
         tpm_tcti: None,
         retry_initial_ms: 500,
@@ -104,9 +104,9 @@ fn master_key_source(
         policy_deny_retry_secs: 5,
         max_attempts: 5,
     };
-    let source = crate::release::source::ReleaseSource::from_config(
+    let source = keyward_appliance::release::release_source(
         &release,
-        &crate::release::source::product_release(),
+        &keyward_agent::source::product_release(),
     )?;
     Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }
@@ -114,7 +114,7 @@ fn master_key_source(
 /// SHA-256 of the demo operator CA certificate (DER) in `ca.pem`.
 fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
     use sha2::Digest;
-    let certs = crate::admin::tls::load_certs(&paths.p("ca.pem"))
+    let certs = keyward_admin::tls::load_certs(&paths.p("ca.pem"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", paths.p("ca.pem").display()))?;
     let [ca] = certs.as_slice() else {
         anyhow::bail!("{}: expected one certificate", paths.p("ca.pem").display());
@@ -178,7 +178,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
                 key: paths.p("server-key.pem"),
             }),
             client_ca: paths.p("ca.pem"),
-            unclaimed_role: crate::admin::role::Role::Admin,
+            unclaimed_role: keyward_admin::role::Role::Admin,
         }),
         attestation: None,
         log: LogConfig {
@@ -194,14 +194,14 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
 }
 
 /// First run: one key with both usages granted to `*`, and one credential. Later runs: nothing.
-fn seed(registry: &crate::keystore::Registry) -> anyhow::Result<()> {
+fn seed(registry: &keyward_keystore::Registry) -> anyhow::Result<()> {
     let snap = registry.snapshot();
     let store = snap
         .stores
         .get(STORE)
         .context("the demo key store is missing")?;
     if store.credentials.is_empty() {
-        let (akid, secret) = crate::keystore::generate_credential()?;
+        let (akid, secret) = keyward_keystore::generate_credential()?;
         registry.add_credential(Some(STORE), &akid, secret)?;
     }
     if store.keys.is_empty() {
@@ -259,7 +259,7 @@ fn sh_quote(s: &str) -> String {
 
 /// Run the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::appliance::cli::init_logging("info", LogFormat::Text);
+    keyward_appliance::cli::init_logging("info", LogFormat::Text);
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
     {
@@ -279,7 +279,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let running =
-            appliance::boot(&config, source, appliance::notify::Notifier::from_env()).await?;
+            keyward_appliance::boot(&config, source, keyward_appliance::notify::Notifier::from_env()).await?;
         let registry = running.registry.clone();
         tokio::task::spawn_blocking(move || seed(&registry)).await??;
 
@@ -359,8 +359,8 @@ async fn start_live_attestation(
     args: &Args,
     paths: &Paths,
 ) -> anyhow::Result<(String, PathBuf, tokio::sync::oneshot::Sender<()>)> {
-    use crate::attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
-    let spki = crate::attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
+    use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+    let spki = keyward_attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
         .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
     let policy_file = paths.p("attestation-policy.toml");
     let policy = format!(
@@ -369,13 +369,13 @@ async fn start_live_attestation(
          format = 1\nname = \"keyward demo (simulated SNP)\"\n\n[snp]\nbuiltin_amd_roots = false\n\
          measurements = [\"{}\"]\n\n{}",
         hex::encode(DEMO_MEASUREMENT),
-        crate::verify::testsign::test_root_policy_toml()
+        keyward_verify::testsign::test_root_policy_toml()
     );
     pki::write_file(&policy_file, policy.as_bytes(), false)?;
     let attester = SimulatedSnpAttester::new(DEMO_MEASUREMENT)?;
-    let attesters: Vec<Box<dyn crate::attest::Attester>> = vec![Box::new(attester)];
+    let attesters: Vec<Box<dyn keyward_attest::Attester>> = vec![Box::new(attester)];
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr, _task) = crate::attest::live::spawn(
+    let (addr, _task) = keyward_attest::live::spawn(
         args.attestation_listen,
         std::sync::Arc::new(attesters),
         spki,

@@ -1,37 +1,51 @@
 //! keyward: a confidential key appliance for AWS KMS External Key Stores (the xksv2 design).
 //!
-//! The module tree follows the boot pipeline, then the request path:
-//!
-//! * [`attest`]: evidence producers (SEV-SNP device, TPM 2.0, NitroTPM, simulated SNP).
-//! * [`verify`]: the verifier library shared by the key-release service and `keyward verify`.
-//! * [`hsm`] and [`release`]: KRP/1, the key-release service (KRS) in front of the HSM and the
-//!   boot agent that talks to it.
-//! * [`secret`]: locked, non-dumpable, zeroized memory and process hardening.
-//! * [`keystore`]: sealed KEK records, their in-memory view, atomic persistence.
-//! * [`xks`]: the XKS Proxy API request path (route, SigV4, JSON, grants, AES-256-GCM).
-//! * [`admin`]: the mutual-TLS admin API and its client.
-//! * [`appliance`]: the boot pipeline `attest → release → unseal → serve`.
-//! * [`measure`]: reference values (PCR 4/7/11/12/15, SEV-SNP) of the appliance image.
-//! * [`config`], [`audit`], [`demo`], [`bench`]: configuration, the audit log, embedded
-//!   defaults for `make run`, and the load generator.
-//! * [`fdlimit`]: the descriptor budget that sizes every listener's connection cap.
-//!
-//! Dependency rules (see `docs/architecture.md`): `xks` never reaches `attest`, `verify`,
-//! `release` or `hsm`; `verify` never reaches `xks`, `keystore`, `release` or `hsm`.
+//! The libraries live in `crates/`, one per stage or trust boundary (see
+//! `docs/architecture.md`); the `keyward` binary (`src/main.rs`) dispatches to them. This library
+//! target only re-exports them under the paths the workspace-wide integration tests in `tests/`
+//! were written against; nothing in the binary goes through it.
 
-pub mod admin;
-pub mod appliance;
-pub mod attest;
-pub mod audit;
-pub mod bench;
-pub mod config;
-pub mod demo;
-pub mod fdlimit;
-pub mod hsm;
-pub mod keystore;
-pub mod measure;
-pub mod release;
-pub mod secret;
-pub mod tlspin;
-pub mod verify;
-pub mod xks;
+#![forbid(unsafe_code)]
+
+pub use keyward_admin as admin;
+pub use keyward_appliance as appliance;
+pub use keyward_attest as attest;
+pub use keyward_audit as audit;
+#[cfg(feature = "dev")]
+pub use keyward_bench as bench;
+pub use keyward_config as config;
+#[cfg(feature = "krs")]
+pub use keyward_hsm as hsm;
+pub use keyward_keystore as keystore;
+#[cfg(feature = "auditor")]
+pub use keyward_measure as measure;
+pub use keyward_pki::tlspin;
+pub use keyward_secret as secret;
+pub use keyward_secret::fdlimit;
+pub use keyward_xks as xks;
+
+/// The verifier, with the evidence types it judges at their former path.
+#[cfg(feature = "auditor")]
+pub mod verify {
+    pub use keyward_evidence as evidence;
+    pub use keyward_verify::*;
+}
+
+/// KRP/1 and both of its ends, at the paths of the former `release` module.
+#[cfg(feature = "krs")]
+pub mod release {
+    pub use keyward_agent::client as agent;
+    pub use keyward_agent::{anchor, source};
+    pub use keyward_krp::wrap as unwrap;
+    pub use keyward_krp::{cbor, headproto, messages, receipt, tls, transcript, wire};
+    pub use keyward_krs::service as krs;
+    pub use keyward_krs::{
+        cli, crl, crl_fetch, deployment, embedded, heads, limits, log, policy, session, softkeys,
+    };
+
+    /// The KRS configuration, and the agent's settings (now in `keyward_config::release`).
+    pub mod config {
+        pub use keyward_config::release::{parse_pin, AgentConfig};
+        pub use keyward_krs::config::*;
+    }
+}

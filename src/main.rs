@@ -1,12 +1,23 @@
 //! `keyward`: argument parsing and dispatch only. Each subcommand's arguments and behaviour live
-//! in its own module's `cli` file.
+//! in its crate's `cli` module; the few commands that join two crates (`verify --url`, `admin
+//! trust`, `demo`) live beside this file. Which subcommands exist is a build choice: the image
+//! builds `--no-default-features --features appliance` (serve, config, attest).
+
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "operator")]
+mod admin_trust;
+#[cfg(feature = "dev")]
+mod demo;
+#[cfg(any(feature = "auditor", feature = "operator"))]
+mod verify_cli;
+
 /// The allocator: per-thread free lists make the request path's small allocations cheaper than
-/// glibc's (see README, Performance). Secrets never rely on it: keys live in the locked arena.
+/// glibc's (see docs/performance.md). Secrets never rely on it: keys live in the locked arena.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -27,40 +38,52 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance: attest, release, unseal, then serve the XKS and admin APIs.
-    Serve(keyward::appliance::cli::ServeArgs),
+    Serve(keyward_appliance::cli::ServeArgs),
     /// Check a configuration file and report every problem with its key path.
-    Config(keyward::config::cli::Args),
+    Config(keyward_config::cli::Args),
     /// Manage keys, grants and credentials through the mutual-TLS admin API.
-    Admin(keyward::admin::cli::Args),
+    #[cfg(feature = "operator")]
+    Admin(keyward_admin::cli::Args),
     /// Run the whole pipeline on embedded defaults (simulated TEE, local key release).
-    Demo(keyward::demo::Args),
+    #[cfg(feature = "dev")]
+    Demo(demo::Args),
     /// Verify attestation evidence offline or from a running appliance (the auditor's tool).
-    Verify(keyward::verify::cli::Args),
+    #[cfg(feature = "auditor")]
+    Verify(verify_cli::Args),
     /// Produce attestation evidence, or provision the TPM attestation key (operators).
-    Attest(keyward::attest::cli::Args),
+    Attest(keyward_attest::cli::Args),
     /// The key-release service in front of the HSM, and its operator commands.
-    Krs(keyward::release::cli::Args),
+    #[cfg(feature = "krs")]
+    Krs(keyward_krs::cli::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
-    Bench(Box<keyward::bench::Args>),
+    #[cfg(feature = "dev")]
+    Bench(Box<keyward_bench::Args>),
     /// Compute the reference values (PCRs, SNP) of a built appliance image (UKI).
-    Measure(keyward::measure::cli::Args),
+    #[cfg(feature = "auditor")]
+    Measure(keyward_measure::cli::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Listeners size their connection caps from the descriptor limit: lift the soft limit to
     // the hard one (the unit's LimitNOFILE) before anything binds.
-    keyward::fdlimit::raise_nofile();
+    keyward_secret::fdlimit::raise_nofile();
     let result = match cli.command {
-        Command::Serve(a) => keyward::appliance::cli::serve(a),
-        Command::Config(a) => keyward::config::cli::run(a),
-        Command::Admin(a) => keyward::admin::cli::run(a),
-        Command::Demo(a) => keyward::demo::run(a),
-        Command::Verify(a) => keyward::verify::cli::run(a),
-        Command::Attest(a) => keyward::attest::cli::run(a),
-        Command::Krs(a) => keyward::release::cli::run(a),
-        Command::Bench(a) => keyward::bench::run(*a),
-        Command::Measure(a) => keyward::measure::cli::run(a),
+        Command::Serve(a) => keyward_appliance::cli::serve(a),
+        Command::Config(a) => keyward_config::cli::run(a),
+        #[cfg(feature = "operator")]
+        Command::Admin(a) => keyward_admin::cli::run(a, admin_trust::run),
+        #[cfg(feature = "dev")]
+        Command::Demo(a) => demo::run(a),
+        #[cfg(feature = "auditor")]
+        Command::Verify(a) => verify_cli::run(a),
+        Command::Attest(a) => keyward_attest::cli::run(a),
+        #[cfg(feature = "krs")]
+        Command::Krs(a) => keyward_krs::cli::run(a),
+        #[cfg(feature = "dev")]
+        Command::Bench(a) => keyward_bench::run(*a),
+        #[cfg(feature = "auditor")]
+        Command::Measure(a) => keyward_measure::cli::run(a),
     };
     match result {
         Ok(code) => code,

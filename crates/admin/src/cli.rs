@@ -1,0 +1,774 @@
+//! `keyward admin --profile FILE <command>`: the operator's client for the mutual-TLS admin API.
+//! Each command is one request; a refused command prints a one-line reason and exits 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+
+use super::client::Profile;
+use super::proto::{
+    ops_str, parse_ops, parse_usage, usage_str, CredAdded, CredInfo, KeyInfo, Request, SecretText,
+    StoreInfo, TlsInfo,
+};
+use keyward_keystore::view::{Grant, KeyStatus};
+
+/// Manage keys, grants and SigV4 credentials on a running appliance.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Profile file: admin URL, CA certificate, client certificate and key (TOML). Needed by
+    /// every command but `cert issue`.
+    #[arg(long, env = "KEYWARD_ADMIN_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Trust exactly the server key with this SPKI SHA-256 (64 hex digits) instead of the
+    /// profile's ca_cert; overrides the profile's server_spki_sha256.
+    #[arg(long, global = true)]
+    server_spki_sha256: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// External keys: create, import, list, enable, disable, grant, revoke.
+    #[command(subcommand)]
+    Keys(Keys),
+    /// SigV4 credentials of a key store (effective at once, no restart).
+    #[command(subcommand)]
+    Creds(Creds),
+    /// Key stores: list (the default), create, remove (effective at once, no restart).
+    Stores {
+        #[command(subcommand)]
+        command: Option<Stores>,
+    },
+    /// The appliance-managed XKS/admin TLS key: show, csr, install (the key never leaves the
+    /// appliance; only its certificate chain is installed).
+    #[command(subcommand)]
+    Tls(Tls),
+    /// First contact: verify the appliance's live attestation (fresh nonce, bound to the TLS
+    /// key the admin URL serves, judged under --policy) and only then pin that key
+    /// (server_spki_sha256) in the profile. Refuses, writing nothing, otherwise.
+    Trust {
+        /// The admin API, https://HOST:PORT (default: the profile's url).
+        #[arg(long)]
+        url: Option<String>,
+        /// The appliance's live-attestation listener ([attestation] listen), http://HOST:PORT.
+        #[arg(long)]
+        attestation_url: String,
+        /// Verifier policy file (TOML or JSON): the one `keyward verify --policy` and the KRS
+        /// use for this image.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the verdict as JSON (on stdout) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator certificates signed by an operator CA held in files (development and small
+    /// deployments; a real CA can add the same SAN URI claim itself).
+    #[command(subcommand)]
+    Cert(Cert),
+    /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
+    KmsConfig {
+        /// Key store name.
+        store: String,
+        /// Which credential to put in the file (default: the newest).
+        #[arg(long)]
+        access_key_id: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cert {
+    /// Issue an operator (admin client) certificate with a role claim: the SAN URI
+    /// keyward:role:viewer (read-only, no secrets) or keyward:role:admin (everything).
+    Issue {
+        /// The operator CA certificate (PEM): the one [admin] client_ca_file holds.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// Its private key (PEM, PKCS#8).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The operator's name (subject CN, named in the audit log).
+        #[arg(long)]
+        name: String,
+        /// viewer | admin
+        #[arg(long)]
+        role: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Write the certificate here (PEM); the key goes to the same name with `-key.pem`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Stores {
+    /// List the key stores (name, uri prefix, region, keys, credentials).
+    List,
+    /// Create a key store: no keys, no credentials; it answers XKS requests at once.
+    Create {
+        /// 1-64 characters of A-Za-z0-9._-
+        #[arg(long)]
+        name: String,
+        /// Path before /kms/xks/v1: empty or like /keyward (A-Za-z0-9/_-).
+        #[arg(long, default_value = "")]
+        uri_prefix: String,
+        /// The region in the SigV4 credential scope (the KMS key store's region).
+        #[arg(long)]
+        region: String,
+        /// Extra SigV4 service names (kms-xks-proxy is always accepted).
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
+    /// Remove a key store with its credentials; its prefix answers 404 at once.
+    Remove {
+        #[arg(long)]
+        name: String,
+        /// Also when it holds keys: they are DESTROYED.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Tls {
+    /// SPKI SHA-256, subject, names, notAfter, and whether a chain is installed.
+    Show,
+    /// Print a PEM PKCS#10 request for the names, signed by the appliance's TLS key.
+    Csr {
+        /// A DNS name (or IP address) for the certificate; repeat for more (the first is the
+        /// subject CN).
+        #[arg(long = "dns-name", required = true)]
+        dns_names: Vec<String>,
+    },
+    /// Install a PEM certificate chain (leaf first) issued for the appliance's TLS key; served
+    /// at once by the XKS and admin listeners.
+    Install {
+        #[arg(long)]
+        chain: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArg {
+    /// Key store name; needed only when more than one key store exists.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Keys {
+    /// Create a key with a fresh random KEK. It starts with NO grants (deny by default).
+    Create {
+        /// External key id: 1-128 characters of A-Za-z0-9._- (not `.` or `..`).
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// encrypt,decrypt | encrypt | decrypt | none
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
+    },
+    /// Import an existing key: a file of exactly 32 raw bytes.
+    Import {
+        id: String,
+        #[arg(long)]
+        from_file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
+    },
+    /// List keys: id, usage, status, version, grants, created (never key bytes).
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Enable a key (encrypt/decrypt work again).
+    Enable {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Disable a key (metadata says DISABLED, encrypt/decrypt refused).
+    Disable {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Grant operations on a key to a principal pattern (exact ARN, `*`, or a glob).
+    Grant {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// encrypt,decrypt,metadata (any subset).
+        #[arg(long)]
+        ops: String,
+    },
+    /// Revoke grants to a principal pattern (all of them, or only --ops).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// Remove only these operations from the matching grants.
+        #[arg(long)]
+        ops: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct GrantArgs {
+    /// Principal pattern matched against awsPrincipalArn: exact, `*`, or a glob.
+    #[arg(long)]
+    principal: String,
+    /// Only when kmsViaService equals this (e.g. dynamodb.amazonaws.com).
+    #[arg(long)]
+    via_service: Option<String>,
+    /// Only when awsSourceVpc equals this.
+    #[arg(long)]
+    source_vpc: Option<String>,
+    /// Only when awsSourceVpce equals this.
+    #[arg(long)]
+    source_vpce: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Creds {
+    /// List access key ids (never secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Add a credential; without --access-key-id/--secret-file one is generated and shown once.
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        /// 20-30 characters of A-Z2-7.
+        #[arg(long)]
+        access_key_id: Option<String>,
+        /// File holding the secret (43-64 characters of A-Za-z0-9/+=).
+        #[arg(long, requires = "access_key_id")]
+        secret_file: Option<PathBuf>,
+    },
+    /// Remove a credential; requests signed with it are refused at once.
+    Remove {
+        access_key_id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+/// `keyward admin trust`'s arguments. The command judges attestation evidence, so it runs in
+/// the binary (beside `keyward verify`), not in this crate: the admin client does not link the
+/// verifier.
+#[derive(Debug)]
+pub struct TrustRequest {
+    pub profile: PathBuf,
+    pub url: Option<String>,
+    pub attestation_url: String,
+    pub policy: PathBuf,
+    pub json: bool,
+}
+
+/// Run the command; `trust` runs `keyward admin trust`.
+pub fn run(
+    args: Args,
+    trust: impl FnOnce(TrustRequest) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    let profile_path = || {
+        args.profile
+            .clone()
+            .context("--profile FILE (or KEYWARD_ADMIN_PROFILE) is required")
+    };
+    match args.command {
+        Command::Cert(c) => return cert(c),
+        Command::Trust {
+            url,
+            attestation_url,
+            policy,
+            json,
+        } => {
+            return trust(TrustRequest {
+                profile: profile_path()?,
+                url,
+                attestation_url,
+                policy,
+                json,
+            })
+        }
+        _ => {}
+    }
+    let mut profile = Profile::load(&profile_path()?)?;
+    if let Some(pin) = &args.server_spki_sha256 {
+        profile.trust = super::tls::ServerTrust::SpkiSha256(
+            super::tls::parse_sha256_hex(pin).map_err(anyhow::Error::msg)?,
+        );
+    }
+    let (request, show) = build(args.command)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let resp = rt.block_on(profile.call(&request))?;
+    if !resp.ok {
+        eprintln!(
+            "keyward admin: refused: {}",
+            resp.error.as_deref().unwrap_or("no reason given")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    show(resp.result.unwrap_or(serde_json::Value::Null))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyward admin cert issue`.
+fn cert(c: Cert) -> anyhow::Result<ExitCode> {
+    let Cert::Issue {
+        ca_cert,
+        ca_key,
+        name,
+        role,
+        days,
+        out,
+    } = c;
+    let role = super::role::Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let cert_pem = std::fs::read_to_string(&ca_cert)
+        .with_context(|| format!("--ca-cert {}", ca_cert.display()))?;
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&ca_key)
+            .with_context(|| format!("--ca-key {}", ca_key.display()))?,
+    );
+    let ca = super::pki::Ca::from_pem(&cert_pem, &key_pem)
+        .map_err(|e| anyhow::anyhow!("--ca-cert/--ca-key: {e}"))?;
+    let issued = ca.client_with_role(&name, i64::from(days), Some(role))?;
+    let key_out = {
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "operator".into());
+        out.with_file_name(format!("{stem}-key.pem"))
+    };
+    super::pki::write_file(&key_out, issued.key_pem.as_bytes(), true)?;
+    super::pki::write_file(&out, issued.cert_pem.as_bytes(), false)?;
+    println!(
+        "issued {} (CN={name}, role {role}: SAN URI {}), key {}",
+        out.display(),
+        role.uri(),
+        key_out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+type Show = Box<dyn FnOnce(serde_json::Value) -> anyhow::Result<()>>;
+
+fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
+    Ok(match cmd {
+        Command::Stores { command } => build_stores(command.unwrap_or(Stores::List))?,
+        Command::Tls(t) => build_tls(t)?,
+        Command::KmsConfig {
+            store,
+            access_key_id,
+        } => (
+            Request::KmsConfig {
+                store: Some(store),
+                access_key_id,
+            },
+            Box::new(|v| {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }),
+        ),
+        Command::Keys(k) => build_keys(k)?,
+        Command::Creds(c) => build_creds(c)?,
+        Command::Trust { .. } | Command::Cert(_) => {
+            anyhow::bail!("internal: trust and cert are not admin API requests")
+        }
+    })
+}
+
+fn print_store_table(stores: &[StoreInfo]) {
+    println!(
+        "{:<16} {:<24} {:<14} {:>5} {:>6}",
+        "STORE", "URI PREFIX", "REGION", "KEYS", "CREDS"
+    );
+    for s in stores {
+        let prefix = if s.uri_prefix.is_empty() {
+            "(none)"
+        } else {
+            &s.uri_prefix
+        };
+        println!(
+            "{:<16} {:<24} {:<14} {:>5} {:>6}",
+            s.name, prefix, s.region, s.keys, s.credentials
+        );
+    }
+}
+
+fn build_stores(c: Stores) -> anyhow::Result<(Request, Show)> {
+    Ok(match c {
+        Stores::List => (
+            Request::StoresList,
+            Box::new(|v| {
+                let stores: Vec<StoreInfo> = serde_json::from_value(v)?;
+                print_store_table(&stores);
+                Ok(())
+            }),
+        ),
+        Stores::Create {
+            name,
+            uri_prefix,
+            region,
+            services,
+        } => (
+            Request::StoresCreate {
+                name,
+                uri_prefix,
+                region,
+                services,
+            },
+            Box::new(|v| {
+                let s: StoreInfo = serde_json::from_value(v)?;
+                println!(
+                    "created key store {} (XksProxyUriPath {}/kms/xks/v1, region {}); live now, with no keys and no credentials:",
+                    s.name, s.uri_prefix, s.region
+                );
+                println!(
+                    "  keyward admin --profile PROFILE creds add --store {}",
+                    s.name
+                );
+                Ok(())
+            }),
+        ),
+        Stores::Remove { name, force } => (
+            Request::StoresRemove { name, force },
+            Box::new(|v| {
+                let n = v
+                    .get("keys_destroyed")
+                    .and_then(|n| n.as_u64())
+                    .unwrap_or(0);
+                let name = v.get("removed").and_then(|n| n.as_str()).unwrap_or("?");
+                println!(
+                    "removed key store {name} with its credentials ({n} key(s) destroyed); its prefix answers 404 from now on"
+                );
+                Ok(())
+            }),
+        ),
+    })
+}
+
+fn build_tls(t: Tls) -> anyhow::Result<(Request, Show)> {
+    fn show_info(v: serde_json::Value) -> anyhow::Result<()> {
+        let i: TlsInfo = serde_json::from_value(v)?;
+        println!("spki_sha256  {}", i.spki_sha256);
+        println!("subject      {}", i.subject);
+        println!("issuer       {}", i.issuer);
+        println!("names        {}", i.names.join(", "));
+        println!("not_after    {}", i.not_after);
+        if i.chain_installed {
+            println!(
+                "chain        installed ({} certificate(s){})",
+                i.chain_len,
+                i.installed_at.map(|t| format!(", {t}")).unwrap_or_default()
+            );
+        } else {
+            println!("chain        not installed: a self-signed certificate is served");
+        }
+        Ok(())
+    }
+    Ok(match t {
+        Tls::Show => (Request::TlsShow, Box::new(show_info)),
+        Tls::Csr { dns_names } => (
+            Request::TlsCsr { dns_names },
+            Box::new(|v| {
+                let pem = v
+                    .get("csr_pem")
+                    .and_then(|p| p.as_str())
+                    .context("the answer holds no csr_pem")?;
+                print!("{pem}");
+                Ok(())
+            }),
+        ),
+        Tls::Install { chain } => {
+            let chain_pem =
+                std::fs::read_to_string(&chain).with_context(|| format!("{}", chain.display()))?;
+            (
+                Request::TlsInstall { chain_pem },
+                Box::new(|v| {
+                    println!("installed; served now by the XKS and admin listeners:");
+                    show_info(v)
+                }),
+            )
+        }
+    })
+}
+
+fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
+    Ok(match k {
+        Keys::Create { id, store, usage } => {
+            let usage = parse_usage(&usage).map_err(anyhow::Error::msg)?;
+            let store_flag = store_flag(&store.store);
+            (
+                Request::KeysCreate {
+                    store: store.store,
+                    id: id.clone(),
+                    usage,
+                },
+                Box::new(move |_| {
+                    println!("created key {id} (usage {}, enabled)", usage_str(usage));
+                    println!("it has NO grants yet: every request for it is refused (deny by default). To open it:");
+                    println!(
+                        "  keyward admin --profile PROFILE keys grant {id}{store_flag} --principal '*' --ops encrypt,decrypt,metadata"
+                    );
+                    Ok(())
+                }),
+            )
+        }
+        Keys::Import {
+            id,
+            from_file,
+            store,
+            usage,
+        } => {
+            let usage = parse_usage(&usage).map_err(anyhow::Error::msg)?;
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(&from_file).with_context(|| format!("{}", from_file.display()))?,
+            );
+            if bytes.len() != 32 {
+                anyhow::bail!(
+                    "{} holds {} bytes; a key to import is exactly 32 raw bytes",
+                    from_file.display(),
+                    bytes.len()
+                );
+            }
+            let b64 = SecretText::new(base64::engine::general_purpose::STANDARD.encode(&bytes[..]));
+            let store_flag = store_flag(&store.store);
+            (
+                Request::KeysImport {
+                    store: store.store,
+                    id: id.clone(),
+                    usage,
+                    key_b64: b64,
+                },
+                Box::new(move |_| {
+                    println!(
+                        "imported key {id} (usage {}, enabled); it has NO grants yet. To open it:",
+                        usage_str(usage)
+                    );
+                    println!(
+                        "  keyward admin --profile PROFILE keys grant {id}{store_flag} --principal '*' --ops encrypt,decrypt,metadata"
+                    );
+                    Ok(())
+                }),
+            )
+        }
+        Keys::List { store } => (
+            Request::KeysList { store: store.store },
+            Box::new(|v| {
+                let keys: Vec<KeyInfo> = serde_json::from_value(v)?;
+                println!(
+                    "{:<24} {:<16} {:<9} {:>7}  {:<21} GRANTS",
+                    "ID", "USAGE", "STATUS", "VERSION", "CREATED"
+                );
+                for k in keys {
+                    let status = match k.status {
+                        KeyStatus::Enabled => "enabled",
+                        KeyStatus::Disabled => "disabled",
+                    };
+                    let grants = if k.grants.is_empty() {
+                        "(none: deny all)".to_string()
+                    } else {
+                        k.grants
+                            .iter()
+                            .map(grant_str)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    };
+                    println!(
+                        "{:<24} {:<16} {:<9} {:>7}  {:<21} {}",
+                        k.id,
+                        usage_str(k.usage),
+                        status,
+                        k.version,
+                        k.created,
+                        grants
+                    );
+                }
+                Ok(())
+            }),
+        ),
+        Keys::Enable { id, store } => (
+            Request::KeysEnable {
+                store: store.store,
+                id: id.clone(),
+            },
+            Box::new(move |_| {
+                println!("key {id} enabled");
+                Ok(())
+            }),
+        ),
+        Keys::Disable { id, store } => (
+            Request::KeysDisable {
+                store: store.store,
+                id: id.clone(),
+            },
+            Box::new(move |_| {
+                println!("key {id} disabled");
+                Ok(())
+            }),
+        ),
+        Keys::Grant {
+            id,
+            store,
+            grant,
+            ops,
+        } => {
+            let ops = parse_ops(&ops).map_err(anyhow::Error::msg)?;
+            let g = Grant {
+                principal: grant.principal,
+                ops,
+                via_service: grant.via_service,
+                source_vpc: grant.source_vpc,
+                source_vpce: grant.source_vpce,
+            };
+            let text = grant_str(&g);
+            (
+                Request::KeysGrant {
+                    store: store.store,
+                    id: id.clone(),
+                    grant: g,
+                },
+                Box::new(move |_| {
+                    println!("key {id}: granted {text}");
+                    Ok(())
+                }),
+            )
+        }
+        Keys::Revoke {
+            id,
+            store,
+            grant,
+            ops,
+        } => {
+            let ops = ops
+                .map(|o| parse_ops(&o))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            (
+                Request::KeysRevoke {
+                    store: store.store,
+                    id: id.clone(),
+                    principal: grant.principal,
+                    ops,
+                    via_service: grant.via_service,
+                    source_vpc: grant.source_vpc,
+                    source_vpce: grant.source_vpce,
+                },
+                Box::new(move |v| {
+                    let n = v.get("removed").and_then(|n| n.as_u64()).unwrap_or(0);
+                    println!("key {id}: {n} grant(s) changed");
+                    Ok(())
+                }),
+            )
+        }
+    })
+}
+
+fn build_creds(c: Creds) -> anyhow::Result<(Request, Show)> {
+    Ok(match c {
+        Creds::List { store } => (
+            Request::CredsList { store: store.store },
+            Box::new(|v| {
+                let creds: Vec<CredInfo> = serde_json::from_value(v)?;
+                println!("{:<32} CREATED", "ACCESS KEY ID");
+                for c in creds {
+                    println!(
+                        "{:<32} {}",
+                        c.access_key_id,
+                        c.created.as_deref().unwrap_or("-")
+                    );
+                }
+                Ok(())
+            }),
+        ),
+        Creds::Add {
+            store,
+            access_key_id,
+            secret_file,
+        } => {
+            let secret = match secret_file {
+                Some(f) => {
+                    let s = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?,
+                    );
+                    Some(SecretText::new(
+                        s.trim_end_matches(['\n', '\r']).to_string(),
+                    ))
+                }
+                None => None,
+            };
+            let generated = secret.is_none();
+            (
+                Request::CredsAdd {
+                    store: store.store,
+                    access_key_id,
+                    secret_access_key: secret,
+                },
+                Box::new(move |v| {
+                    let added: CredAdded = serde_json::from_value(v)?;
+                    println!(
+                        "added credential {} to key store {} (live now)",
+                        added.access_key_id, added.store
+                    );
+                    if generated {
+                        println!(
+                            "secret access key (shown once): {}",
+                            added.secret_access_key.expose()
+                        );
+                    }
+                    println!("then: aws kms update-custom-key-store ... --xks-proxy-authentication-credential AccessKeyId={},RawSecretAccessKey=...", added.access_key_id);
+                    Ok(())
+                }),
+            )
+        }
+        Creds::Remove {
+            access_key_id,
+            store,
+        } => (
+            Request::CredsRemove {
+                store: store.store,
+                access_key_id: access_key_id.clone(),
+            },
+            Box::new(move |_| {
+                println!("removed credential {access_key_id}; requests signed with it are refused from now on");
+                Ok(())
+            }),
+        ),
+    })
+}
+
+fn store_flag(store: &Option<String>) -> String {
+    store
+        .as_ref()
+        .map(|s| format!(" --store {s}"))
+        .unwrap_or_default()
+}
+
+fn grant_str(g: &Grant) -> String {
+    let mut s = format!("{} -> {}", g.principal, ops_str(&g.ops));
+    if let Some(v) = &g.via_service {
+        s += &format!(" via {v}");
+    }
+    if let Some(v) = &g.source_vpc {
+        s += &format!(" vpc {v}");
+    }
+    if let Some(v) = &g.source_vpce {
+        s += &format!(" vpce {v}");
+    }
+    s
+}

@@ -1,0 +1,376 @@
+//! The admin API's wire format: one JSON request per HTTPS `POST /admin/v1`, tagged by `op`,
+//! answered by `{"ok": true, "result": ...}` or `{"ok": false, "error": "one-line reason"}`.
+//!
+//! Secret fields (an imported key, a credential secret) travel only inside the mutual-TLS
+//! channel, are held in [`SecretText`] (zeroized on drop, redacted in `Debug`) and never reach
+//! the audit log.
+
+use serde::{Deserialize, Serialize};
+
+use keyward_keystore::view::{Grant, GrantOps, KeyStatus, KeyUsage};
+
+/// The admin API path.
+pub const PATH: &str = "/admin/v1";
+
+/// Largest request body the admin server reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A string that is a secret: zeroized on drop, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretText(pub zeroize::Zeroizing<String>);
+
+impl SecretText {
+    pub fn new(s: String) -> Self {
+        SecretText(zeroize::Zeroizing::new(s))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretText::new)
+    }
+}
+
+/// One admin operation. `store` may be omitted when exactly one key store exists.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Key stores with their prefixes and regions (`{"op":"stores"}` is the same).
+    #[serde(alias = "stores")]
+    StoresList,
+    /// Create a key store (no keys, no credentials); it serves XKS requests at once.
+    StoresCreate {
+        name: String,
+        #[serde(default)]
+        uri_prefix: String,
+        region: String,
+        /// SigV4 service names accepted besides `kms-xks-proxy`.
+        #[serde(default)]
+        services: Vec<String>,
+    },
+    /// Remove a key store with its credentials; with keys only when `force` (they are
+    /// destroyed).
+    StoresRemove {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// The appliance-managed TLS identity: SPKI hash, names, expiry, whether a chain is
+    /// installed.
+    TlsShow,
+    /// A PKCS#10 request for `dns_names`, signed by the appliance's TLS key.
+    TlsCsr {
+        dns_names: Vec<String>,
+    },
+    /// Install a PEM certificate chain (leaf first) for the appliance's TLS key.
+    TlsInstall {
+        chain_pem: String,
+    },
+    KeysCreate {
+        store: Option<String>,
+        id: String,
+        usage: KeyUsage,
+    },
+    KeysImport {
+        store: Option<String>,
+        id: String,
+        usage: KeyUsage,
+        /// Standard Base64 of the 32 raw key bytes.
+        key_b64: SecretText,
+    },
+    KeysList {
+        store: Option<String>,
+    },
+    KeysEnable {
+        store: Option<String>,
+        id: String,
+    },
+    KeysDisable {
+        store: Option<String>,
+        id: String,
+    },
+    KeysGrant {
+        store: Option<String>,
+        id: String,
+        grant: Grant,
+    },
+    /// Remove grants to `principal` (narrowed by the optional fields when given); with `ops`,
+    /// remove only those operations from the matching grants.
+    KeysRevoke {
+        store: Option<String>,
+        id: String,
+        principal: String,
+        ops: Option<GrantOps>,
+        via_service: Option<String>,
+        source_vpc: Option<String>,
+        source_vpce: Option<String>,
+    },
+    CredsList {
+        store: Option<String>,
+    },
+    /// Add a credential; without `secret_access_key` (and `access_key_id`) the server generates
+    /// them and returns the secret once.
+    CredsAdd {
+        store: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<SecretText>,
+    },
+    CredsRemove {
+        store: Option<String>,
+        access_key_id: String,
+    },
+    /// The JSON file the AWS KMS console accepts for a store (needs the secret: give the access
+    /// key id whose secret to include, or the newest credential is used).
+    KmsConfig {
+        store: Option<String>,
+        access_key_id: Option<String>,
+    },
+}
+
+impl Request {
+    /// Short operation name for logs and audit (`keys_create`, ...).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::StoresList => "stores_list",
+            Request::StoresCreate { .. } => "stores_create",
+            Request::StoresRemove { .. } => "stores_remove",
+            Request::TlsShow => "tls_show",
+            Request::TlsCsr { .. } => "tls_csr",
+            Request::TlsInstall { .. } => "tls_install",
+            Request::KeysCreate { .. } => "keys_create",
+            Request::KeysImport { .. } => "keys_import",
+            Request::KeysList { .. } => "keys_list",
+            Request::KeysEnable { .. } => "keys_enable",
+            Request::KeysDisable { .. } => "keys_disable",
+            Request::KeysGrant { .. } => "keys_grant",
+            Request::KeysRevoke { .. } => "keys_revoke",
+            Request::CredsList { .. } => "creds_list",
+            Request::CredsAdd { .. } => "creds_add",
+            Request::CredsRemove { .. } => "creds_remove",
+            Request::KmsConfig { .. } => "kms_config",
+        }
+    }
+
+    /// Whether the operation changes state (and so is audited as a change).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::StoresList
+                | Request::TlsShow
+                | Request::TlsCsr { .. }
+                | Request::KeysList { .. }
+                | Request::CredsList { .. }
+                | Request::KmsConfig { .. }
+        )
+    }
+}
+
+/// The envelope of every answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A key store as `stores` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub name: String,
+    pub uri_prefix: String,
+    pub region: String,
+    pub keys: usize,
+    pub credentials: usize,
+}
+
+/// The appliance-managed TLS identity as `tls show` (and `tls install`) report it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// SHA-256 of the key's DER SubjectPublicKeyInfo, hex (what the live attestation binds
+    /// and `server_spki_sha256` pins).
+    pub spki_sha256: String,
+    /// Subject of the certificate served now (RFC 4514).
+    pub subject: String,
+    /// Its issuer (the subject again for the self-signed one).
+    pub issuer: String,
+    /// Its SAN DNS names and IP addresses.
+    pub names: Vec<String>,
+    /// Its notAfter, RFC 3339.
+    pub not_after: String,
+    /// Whether a chain was installed (otherwise a self-signed certificate is served).
+    pub chain_installed: bool,
+    /// Certificates served.
+    pub chain_len: usize,
+    /// When the chain was installed, RFC 3339.
+    #[serde(default)]
+    pub installed_at: Option<String>,
+}
+
+/// A key as `keys list` shows it (never key bytes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub usage: KeyUsage,
+    pub status: KeyStatus,
+    pub version: u32,
+    pub grants: Vec<Grant>,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// A credential as `creds list` shows it (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredInfo {
+    pub access_key_id: String,
+    /// RFC 3339 time it was added, when known.
+    #[serde(default)]
+    pub created: Option<String>,
+}
+
+/// The answer to `creds add`: the secret is shown this once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CredAdded {
+    pub store: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretText,
+}
+
+/// The AWS KMS console's proxy configuration file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KmsConfigFile {
+    #[serde(rename = "XksProxyUriPath")]
+    pub xks_proxy_uri_path: String,
+    #[serde(rename = "XksProxyAuthenticationCredential")]
+    pub credential: KmsCredential,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KmsCredential {
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    #[serde(rename = "RawSecretAccessKey")]
+    pub raw_secret_access_key: SecretText,
+}
+
+/// Parse a usage word as the CLI and the API spell it.
+pub fn parse_usage(s: &str) -> Result<KeyUsage, String> {
+    let mut parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    match parts.as_slice() {
+        ["decrypt", "encrypt"] => Ok(KeyUsage::EncryptDecrypt),
+        ["encrypt"] => Ok(KeyUsage::EncryptOnly),
+        ["decrypt"] => Ok(KeyUsage::DecryptOnly),
+        ["none"] => Ok(KeyUsage::None),
+        _ => Err(format!(
+            "unknown usage `{s}`: use encrypt,decrypt or encrypt or decrypt or none"
+        )),
+    }
+}
+
+/// The CLI's spelling of a usage.
+pub fn usage_str(u: KeyUsage) -> &'static str {
+    match u {
+        KeyUsage::EncryptDecrypt => "encrypt,decrypt",
+        KeyUsage::EncryptOnly => "encrypt",
+        KeyUsage::DecryptOnly => "decrypt",
+        KeyUsage::None => "none",
+    }
+}
+
+/// Parse `encrypt,decrypt,metadata` (any subset, at least one).
+pub fn parse_ops(s: &str) -> Result<GrantOps, String> {
+    let mut ops = GrantOps::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "encrypt" => ops.encrypt = true,
+            "decrypt" => ops.decrypt = true,
+            "metadata" => ops.metadata = true,
+            other => {
+                return Err(format!(
+                    "unknown operation `{other}`: use encrypt, decrypt, metadata"
+                ))
+            }
+        }
+    }
+    if ops == GrantOps::default() {
+        return Err("name at least one of encrypt, decrypt, metadata".into());
+    }
+    Ok(ops)
+}
+
+/// The CLI's spelling of grant operations.
+pub fn ops_str(o: &GrantOps) -> String {
+    let mut v = Vec::new();
+    if o.encrypt {
+        v.push("encrypt");
+    }
+    if o.decrypt {
+        v.push("decrypt");
+    }
+    if o.metadata {
+        v.push("metadata");
+    }
+    v.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_and_ops_parse() {
+        assert_eq!(
+            parse_usage("decrypt,encrypt").unwrap(),
+            KeyUsage::EncryptDecrypt
+        );
+        assert_eq!(parse_usage("none").unwrap(), KeyUsage::None);
+        assert!(parse_usage("sign").is_err());
+        let o = parse_ops("encrypt,metadata").unwrap();
+        assert!(o.encrypt && o.metadata && !o.decrypt);
+        assert!(parse_ops("").is_err());
+        assert!(parse_ops("delete").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let r = Request::CredsAdd {
+            store: None,
+            access_key_id: None,
+            secret_access_key: Some(SecretText::new("topsecretvalue".into())),
+        };
+        assert!(!format!("{r:?}").contains("topsecretvalue"));
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains("\"op\":\"creds_add\""));
+    }
+
+    #[test]
+    fn the_old_stores_op_still_lists() {
+        let r: Request = serde_json::from_str(r#"{"op":"stores"}"#).unwrap();
+        assert!(matches!(r, Request::StoresList));
+        let r: Request = serde_json::from_str(r#"{"op":"stores_list"}"#).unwrap();
+        assert!(matches!(r, Request::StoresList) && !r.is_change());
+        let r: Request =
+            serde_json::from_str(r#"{"op":"stores_create","name":"a","region":"us-east-1"}"#)
+                .unwrap();
+        assert!(r.is_change());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"stores_remove"}"#).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The `release` master-key source: the boot agent wrapped in a retry loop, for
+//! `[master_key] source = "release"` in `keyward serve` and for `keyward demo` (built from the
+//! configuration by `keyward_appliance::release`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::RngCore;
+
+use crate::client::{Agent, AgentError};
+use keyward_keystore::{MasterKeyError, MasterKeySource};
+use keyward_secret::Key32;
+
+/// The image identifier sent in Hello (`product_release`).
+pub fn product_release() -> String {
+    format!("keyward-{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Retry schedule for release attempts.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay between transport failures.
+    pub cap: Duration,
+    /// Delay after a policy deny (no tight loop: the answer will not change by itself).
+    pub policy_deny_delay: Duration,
+    /// Give up after this many attempts (None: keep trying).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            policy_deny_delay: Duration::from_secs(300),
+            max_attempts: None,
+        }
+    }
+}
+
+impl Retry {
+    /// Capped exponential backoff with jitter (uniform in [d/2, d]) before attempt `n + 1`.
+    pub fn delay(&self, n: u32, err: &AgentError) -> Duration {
+        if err.is_policy_deny() {
+            return self.policy_deny_delay;
+        }
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let ms = exp.as_millis() as u64;
+        let half = ms / 2;
+        let jitter = if half > 0 {
+            rand_core::OsRng.next_u64() % (half + 1)
+        } else {
+            0
+        };
+        Duration::from_millis(half + jitter)
+    }
+}
+
+/// Called with a one-line status per attempt (the caller forwards it to sd_notify `STATUS=`).
+pub type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Master key from attested release.
+pub struct ReleaseSource {
+    pub agent: Agent,
+    pub retry: Retry,
+    pub status: StatusFn,
+}
+
+impl ReleaseSource {
+    /// Try until released, or until `max_attempts` runs out.
+    pub fn obtain_with_retry(&self) -> Result<crate::client::Released, AgentError> {
+        let mut n: u32 = 0;
+        loop {
+            n += 1;
+            (self.status)(&format!(
+                "phase=release attempt {n}: contacting {}",
+                self.agent.cfg.krs_url
+            ));
+            match self.agent.release() {
+                Ok(r) => {
+                    (self.status)(&format!(
+                        "phase=release attempt {n}: released (receipt log index {}, {:?})",
+                        r.receipt.log_index, r.mode
+                    ));
+                    return Ok(r);
+                }
+                Err(e) => {
+                    let last = self.retry.max_attempts.is_some_and(|m| n >= m);
+                    let d = self.retry.delay(n - 1, &e);
+                    let what = if e.is_policy_deny() {
+                        "policy deny"
+                    } else {
+                        "failed"
+                    };
+                    if last {
+                        (self.status)(&format!("phase=release attempt {n} {what}: {e}; giving up"));
+                        return Err(e);
+                    }
+                    (self.status)(&format!(
+                        "phase=release attempt {n} {what}: {e}; retrying in {:.1}s",
+                        d.as_secs_f64()
+                    ));
+                    std::thread::sleep(d);
+                }
+            }
+        }
+    }
+}
+
+impl MasterKeySource for ReleaseSource {
+    fn name(&self) -> &'static str {
+        "release"
+    }
+    fn attested(&self) -> bool {
+        true
+    }
+    fn obtain(&self) -> Result<Key32, MasterKeyError> {
+        self.obtain_with_retry()
+            .map(|r| r.key)
+            .map_err(|e| MasterKeyError::Release(e.to_string()))
+    }
+
+    /// The released key, with the head the KRS holds for this deployment (from the signed
+    /// receipt) as the floor and the KRS, through this boot's registered key, as the anchor.
+    fn obtain_fresh(&self) -> Result<(Key32, keyward_keystore::Freshness), MasterKeyError> {
+        let r = self
+            .obtain_with_retry()
+            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+        let Some(boot_key) = r.boot_key.clone() else {
+            tracing::warn!(
+                "the KRS registered no boot key (it keeps no store heads): the key store has no \
+                 freshness anchor, an older copy of it cannot be told from the newest"
+            );
+            return Ok((r.key, keyward_keystore::Freshness::Unanchored));
+        };
+        let pins = crate::client::parse_pins(&self.agent.cfg)
+            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+        let anchor = crate::anchor::KrsAnchor::new(
+            &self.agent.cfg.krs_url,
+            pins.tls,
+            r.receipt_spki.clone(),
+            boot_key,
+            Duration::from_secs(self.agent.cfg.timeout_secs.max(1)),
+        );
+        Ok((
+            r.key,
+            keyward_keystore::Freshness::Anchored {
+                floor: r.receipt.head.clone(),
+                anchor: Arc::new(anchor),
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_jittered_and_slow_after_policy_deny() {
+        let r = Retry {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            policy_deny_delay: Duration::from_secs(300),
+            max_attempts: None,
+        };
+        let transport = AgentError::Connect("x".into(), "refused".into());
+        for n in 0..40 {
+            let d = r.delay(n, &transport);
+            let full = Duration::from_millis(100)
+                .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX))
+                .min(Duration::from_secs(2));
+            assert!(d >= full / 2 && d <= full, "attempt {n}: {d:?} vs {full:?}");
+        }
+        assert!(r.delay(30, &transport) <= Duration::from_secs(2));
+        let deny = AgentError::Denied {
+            code: keyward_krp::receipt::DenyCode::Measurement.number(),
+            receipt_verified: true,
+        };
+        assert!(deny.is_policy_deny());
+        assert_eq!(r.delay(0, &deny), Duration::from_secs(300));
+        let replay = AgentError::Denied {
+            code: keyward_krp::receipt::DenyCode::SessionExpired.number(),
+            receipt_verified: true,
+        };
+        assert!(!replay.is_policy_deny());
+    }
+}

@@ -1,0 +1,494 @@
+//! The boot pipeline and the serving loop: phases, listeners, watchdog, signals, drain.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+
+use super::notify::Notifier;
+use super::{phase, Addresses, BootError, MasterKeySource};
+use keyward_admin::ops::{RegistryBackend, TlsAdmin};
+use keyward_admin::server::AdminServer;
+use keyward_admin::tls::OperatorCa;
+use keyward_audit::{AuditLog, AuditSink};
+use keyward_config::{Config, KeyStoreConfig};
+use keyward_keystore::{NewStore, Registry};
+use keyward_secret::MemoryPolicy;
+use keyward_xks::{ClientAuth, StoreProbe, TlsSettings, XksServer, XksSettings};
+
+use super::tls::ManagedTls;
+
+/// A booted appliance: key store unsealed, listeners bound, not yet serving.
+pub struct Running {
+    pub addresses: Addresses,
+    pub registry: Arc<Registry>,
+    store_dir: std::path::PathBuf,
+    audit: AuditLog,
+    xks: XksServer,
+    admin: Option<AdminServer>,
+    notifier: Notifier,
+    /// `[attestation] listen` and the XKS certificate's SPKI hash the evidence is bound to.
+    attestation: Option<(std::net::SocketAddr, [u8; 32])>,
+    attesters: Option<Arc<Vec<Box<dyn keyward_attest::Attester>>>>,
+    /// The appliance-managed TLS identity, when a listener serves it.
+    managed_tls: Option<Arc<ManagedTls>>,
+}
+
+/// Run the phases `attest`, `release`, `unseal` and bind the listeners of `serve`.
+pub async fn boot(
+    config: &Config,
+    source: Box<dyn MasterKeySource>,
+    notifier: Notifier,
+) -> Result<Running, BootError> {
+    // Memory first: nothing secret may exist before key memory is locked and the process is
+    // non-dumpable.
+    keyward_secret::harden_process()?;
+    let report = keyward_secret::init(MemoryPolicy {
+        allow_unlocked: config.memory.allow_unlocked_memory,
+    })?;
+    if !report.locked {
+        tracing::warn!(
+            "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked_memory: development only"
+        );
+    }
+
+    // The admin CA file lives on the (untrusted) data volume: read it ONCE, check it is the
+    // one the pins name before anything is attested or released, and hand these very bytes
+    // to the admin listener below (the file is not read again: the host may change it while
+    // the release runs).
+    let admin_ca = read_admin_ca(config)?;
+
+    if source.attested() {
+        phase("attest", "gathering evidence");
+        notifier.status("attest: gathering evidence");
+    } else {
+        phase(
+            "attest",
+            &format!(
+                "skipped: master_key.source = {} (no attestation)",
+                source.name()
+            ),
+        );
+        phase(
+            "release",
+            &format!(
+                "skipped: master_key.source = {}: reading the master key",
+                source.name()
+            ),
+        );
+    }
+    let (master, freshness) = {
+        let source = source;
+        tokio::task::spawn_blocking(move || source.obtain_fresh())
+            .await
+            .map_err(|e| BootError::Xks(format!("master key task: {e}")))??
+    };
+
+    phase(
+        "unseal",
+        &format!("opening key store {}", config.storage.dir.display()),
+    );
+    match &freshness {
+        keyward_keystore::Freshness::Unanchored => tracing::warn!(
+            "the key store's freshness is not anchored (master_key.source = file): a restored \
+             older copy of {} would open without a word; development only",
+            config.storage.dir.display()
+        ),
+        keyward_keystore::Freshness::Anchored { floor, .. } => phase(
+            "unseal",
+            &match floor {
+                Some(h) => format!("store head at the KRS: seq {}", h.seq),
+                None => "store head at the KRS: none yet (first boot of this deployment)".into(),
+            },
+        ),
+    }
+    notifier.status("unseal: opening the key store");
+    let dir = config.storage.dir.clone();
+    let registry = tokio::task::spawn_blocking(move || {
+        Registry::open_with(
+            Box::new(keyward_keystore::FileKeyStore::open(&dir)?),
+            master,
+            freshness,
+        )
+    })
+    .await
+    .map_err(|e| BootError::Xks(format!("unseal task: {e}")))??;
+    let registry = Arc::new(registry);
+    sync_stores(&registry, &config.key_stores)?;
+    let snap = registry.snapshot();
+    let keys: usize = snap.stores.values().map(|s| s.keys.len()).sum();
+    phase(
+        "unseal",
+        &format!("{} key store(s), {keys} key(s) unsealed", snap.stores.len()),
+    );
+
+    let sink = match &config.log.audit_file {
+        Some(p) => AuditSink::File(p.clone()),
+        None => AuditSink::Stderr,
+    };
+    let audit = AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?;
+
+    // The appliance-managed TLS identity (no TLS files): loaded from the unsealed key store,
+    // or generated and stored sealed on first start.
+    let managed_tls = if config.uses_managed_tls() {
+        let reg = registry.clone();
+        let names = config.xks.tls_names.clone();
+        let m = tokio::task::spawn_blocking(move || ManagedTls::open(reg, &names))
+            .await
+            .map_err(|e| BootError::Xks(format!("TLS identity task: {e}")))??;
+        // The operator reads this on the console to pin the admin client before a chain is
+        // installed (`server_spki_sha256`); `keyward verify --url` shows the same hash.
+        tracing::info!("xks tls key spki_sha256={}", hex::encode(m.spki_sha256()));
+        Some(Arc::new(m))
+    } else {
+        None
+    };
+
+    let (settings, client_auth) = xks_settings(&config.xks)?;
+    let xks = match &managed_tls {
+        Some(m) if config.xks.managed_tls() => {
+            XksServer::bind_with_cert(settings, m.handle(), client_auth.as_ref()).await
+        }
+        _ => XksServer::bind(settings).await,
+    }
+    .map_err(|e| BootError::Xks(e.to_string()))?;
+    let xks_addr = xks
+        .local_addr()
+        .map_err(|e| BootError::Xks(e.to_string()))?;
+    let admin = match (&config.admin, &admin_ca) {
+        (Some(a), Some(ca)) => {
+            let resolver = managed_tls.as_ref().map(|m| m.handle().resolver());
+            Some(AdminServer::bind(a, resolver, ca).await?)
+        }
+        _ => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let attestation = match (&config.attestation, &config.xks.tls, &managed_tls) {
+        (Some(a), Some(tls), _) => Some((
+            a.listen,
+            keyward_attest::live::spki_sha256_of_pem_file(&tls.cert_chain)
+                .map_err(BootError::Xks)?,
+        )),
+        // The key actually served: the appliance-managed one.
+        (Some(a), None, Some(m)) if config.xks.managed_tls() => Some((a.listen, m.spki_sha256())),
+        (Some(_), _, _) => {
+            tracing::warn!("[attestation] needs the XKS TLS certificate to bind evidence to; not started with insecure_http");
+            None
+        }
+        _ => None,
+    };
+    Ok(Running {
+        addresses: Addresses {
+            xks: xks_addr,
+            admin: admin_addr,
+        },
+        registry,
+        store_dir: config.storage.dir.clone(),
+        audit,
+        xks,
+        admin,
+        notifier,
+        attestation,
+        attesters: None,
+        managed_tls,
+    })
+}
+
+/// Map the `[xks]` section onto the XKS server's settings (reading the PEM files), and the
+/// client authentication separately (for the appliance-managed certificate too).
+fn xks_settings(
+    x: &keyward_config::XksConfig,
+) -> Result<(XksSettings, Option<ClientAuth>), BootError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| BootError::Xks(format!("{}: {e}", p.display())))
+    };
+    let client_auth = match &x.mtls {
+        Some(m) => Some(ClientAuth {
+            ca_pem: read(&m.client_ca)?,
+            allowed_names: m.allowed_subjects.clone(),
+        }),
+        None => None,
+    };
+    let tls = match &x.tls {
+        Some(t) => Some(TlsSettings {
+            cert_chain_pem: read(&t.cert_chain)?,
+            key_pem: zeroize::Zeroizing::new(read(&t.key)?),
+            client_auth: client_auth.clone(),
+        }),
+        None => None,
+    };
+    let settings = XksSettings {
+        listen: x.listen,
+        tls,
+        insecure_http: x.insecure_http,
+        limits: keyward_xks::Limits::default(),
+        instance_id: instance_id(),
+    };
+    Ok((settings, client_auth))
+}
+
+/// Read the admin listener's operator CA file once (`None` without `[admin]`). With a released
+/// master key it must hold exactly one certificate whose DER SHA-256 is the `admin_ca_sha256`
+/// pin (the pin is in PCR 15 and the release transcript; the file is on the data volume, which
+/// is not trusted); the pin is required then (`keyward config check` says so too). The result
+/// is what the admin listener trusts: the file is never read a second time.
+fn read_admin_ca(config: &Config) -> Result<Option<OperatorCa>, BootError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let refuse =
+        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
+    let ca = OperatorCa::load(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    let keyward_config::MasterKeyConfig::Release(r) = &config.master_key else {
+        return Ok(Some(ca));
+    };
+    let pin = r.agent.admin_ca_sha256.trim().to_ascii_lowercase();
+    if pin.is_empty() {
+        // `keyward serve` never gets here: its configuration parser refuses a release without
+        // the pin (`master_key.release.admin_ca_sha256 ... required`). Only an in-process
+        // configuration (`keyward demo`, whose CA it made itself) can.
+        tracing::warn!(
+            "master_key.release.admin_ca_sha256 is not set: the operator CA {} is not pinned",
+            admin.client_ca.display()
+        );
+        return Ok(Some(ca));
+    }
+    let certs = ca.certs();
+    if certs.len() != 1 {
+        return Err(refuse(format!(
+            "holds {} certificates; the admin_ca_sha256 pin names exactly one",
+            certs.len()
+        )));
+    }
+    use sha2::Digest;
+    let got = hex::encode(sha2::Sha256::digest(certs[0].as_ref()));
+    if got != pin {
+        return Err(refuse(format!(
+            "its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start"
+        )));
+    }
+    Ok(Some(ca))
+}
+
+/// The id this instance reports in health's `ekmFleetDetails`: the host name.
+fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("keyward-{h}"))
+        .unwrap_or_else(|| "keyward".into())
+}
+
+/// Create the configured key stores that do not exist yet and add the configured credentials
+/// that are missing. Stores and credentials added through the admin API are left alone.
+fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), BootError> {
+    let existing = registry.list_stores();
+    for ks in stores {
+        let current = existing.iter().find(|s| s.name == ks.name);
+        let known: Vec<String> = match current {
+            Some(s) => {
+                if s.uri_prefix != ks.uri_prefix || s.region != ks.region {
+                    tracing::warn!(
+                        store = %ks.name,
+                        "the key store exists with uri prefix `{}` and region {}; the configuration's `{}` / {} are ignored",
+                        s.uri_prefix, s.region, ks.uri_prefix, ks.region
+                    );
+                }
+                s.access_key_ids.clone()
+            }
+            None => {
+                let created = registry.create_store(NewStore {
+                    name: ks.name.clone(),
+                    uri_prefix: ks.uri_prefix.clone(),
+                    region: ks.region.clone(),
+                    extra_services: ks
+                        .services
+                        .iter()
+                        .filter(|s| *s != keyward_config::KMS_SERVICE)
+                        .cloned()
+                        .collect(),
+                });
+                match created {
+                    Ok(_) => {
+                        tracing::info!(store = %ks.name, "created key store `{}`", ks.name)
+                    }
+                    // A store created at run time (admin API) already serves this prefix: the
+                    // sealed store wins, as for a store that exists with other settings.
+                    Err(keyward_keystore::KeystoreError::DuplicatePrefix { prefix, store }) => {
+                        tracing::error!(
+                            store = %ks.name,
+                            "key store `{}` from the configuration is NOT created: its uri prefix `{prefix}` is served by key store `{store}`",
+                            ks.name
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                Vec::new()
+            }
+        };
+        for c in &ks.credentials {
+            if known.contains(&c.access_key_id) {
+                continue;
+            }
+            let added = registry.add_credential(
+                Some(&ks.name),
+                &c.access_key_id,
+                secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
+            );
+            match added {
+                Ok(()) => {}
+                // A credential KMS would refuse (e.g. the earlier docs' 40-character sample
+                // secret): the file still loads, the credential is not used, and the log says
+                // why. `keyward config check` reports the same as an error.
+                Err(e @ keyward_keystore::KeystoreError::Invalid { .. }) => tracing::error!(
+                    store = %ks.name,
+                    "credential {} from the configuration is NOT used: {e}; replace it, or add one with `keyward admin creds add`",
+                    c.access_key_id
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let live = registry
+            .list_credentials(Some(&ks.name))
+            .map(|c| c.len())
+            .unwrap_or(0);
+        if live == 0 && !ks.credentials.is_empty() {
+            tracing::warn!(
+                store = %ks.name,
+                "key store `{}` has no usable SigV4 credential yet: every XKS request to it is refused until `keyward admin creds add --store {}`",
+                ks.name, ks.name
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Running {
+    /// The attesters the live-attestation listener (`[attestation] listen`) answers with.
+    pub fn set_attesters(&mut self, attesters: Vec<Box<dyn keyward_attest::Attester>>) {
+        self.attesters = Some(Arc::new(attesters));
+    }
+
+    /// Serve the XKS and admin APIs until SIGINT/SIGTERM (or `stop` turns true); then stop
+    /// accepting, drain, flush the audit log. `on_ready` runs once the listeners accept.
+    pub async fn serve_until(
+        self,
+        mut stop: watch::Receiver<bool>,
+        on_ready: impl FnOnce(&Addresses),
+    ) -> Result<(), BootError> {
+        let Running {
+            addresses,
+            registry,
+            store_dir,
+            audit,
+            xks,
+            admin,
+            notifier,
+            attestation,
+            attesters,
+            managed_tls,
+        } = self;
+        // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+        let (tx, rx) = watch::channel(false);
+
+        let view = registry.view();
+        let probe = Arc::new(DirProbe(store_dir));
+        let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
+        let admin_task = admin.map(|a| {
+            let mut backend = RegistryBackend::new(registry.clone(), audit.clone());
+            if let Some(m) = &managed_tls {
+                backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);
+            }
+            let backend = Arc::new(backend);
+            tokio::spawn(a.run(backend, wait_true(rx.clone())))
+        });
+
+        let live_task = match (attestation, attesters) {
+            (Some((listen, spki)), Some(att)) if !att.is_empty() => {
+                let (addr, task) =
+                    keyward_attest::live::spawn(listen, att, spki, wait_true(rx.clone()))
+                        .await
+                        .map_err(|e| {
+                            BootError::Xks(format!("attestation listener {listen}: {e}"))
+                        })?;
+                phase(
+                    "serve",
+                    &format!("live attestation on http://{addr}/attestation"),
+                );
+                Some(task)
+            }
+            (Some((listen, _)), _) => {
+                tracing::warn!("[attestation] listen = {listen}: not started, no attester is configured (master_key.source = file)");
+                None
+            }
+            _ => None,
+        };
+
+        // The listeners are bound (the kernel completes connections from here on) and their
+        // accept loops are running: ready.
+        phase("serve", &format!("XKS API on {}", addresses.xks));
+        if let Some(a) = addresses.admin {
+            phase("serve", &format!("admin API on {a} (mutual TLS)"));
+        }
+        notifier.ready(&format!("serving XKS on {}", addresses.xks));
+        on_ready(&addresses);
+
+        if let Some(interval) = Notifier::watchdog_interval() {
+            let n = Notifier::from_env();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(interval);
+                loop {
+                    t.tick().await;
+                    n.watchdog();
+                }
+            });
+        }
+
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+            _ = wait_true(stop.clone()) => tracing::info!("stop requested"),
+        }
+        let _ = stop.borrow_and_update();
+        notifier.stopping();
+        let _ = tx.send(true);
+        let _ = xks_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        if let Some(t) = live_task {
+            let _ = t.await;
+        }
+        if let Err(e) = audit.shutdown() {
+            tracing::error!("audit log flush failed: {e}");
+        }
+        tracing::info!("stopped: listeners closed, requests drained, audit log flushed");
+        Ok(())
+    }
+}
+
+/// Resolves once the watch value is true (or its sender is gone).
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The health check's "readable key store" probe: the store directory can be listed.
+struct DirProbe(std::path::PathBuf);
+
+impl StoreProbe for DirProbe {
+    fn probe(&self) -> Result<(), String> {
+        std::fs::read_dir(&self.0)
+            .map(|_| ())
+            .map_err(|e| format!("key store {}: {e}", self.0.display()))
+    }
+}

@@ -1,0 +1,564 @@
+//! Live attestation of the running appliance: an unauthenticated `POST /attestation` on its own
+//! listener that answers a caller's 32-byte nonce with a fresh [`EvidenceBundle`] bound to
+//!
+//! ```text
+//! V = SHA-512("keyward/1 runtime" ‖ nonce ‖ SHA-256(XKS TLS certificate's SubjectPublicKeyInfo))
+//! ```
+//!
+//! as SNP REPORT_DATA, NitroTPM `user_data` (with `nonce` = the caller's nonce) and TPM
+//! qualifying data. An auditor who reads the XKS endpoint's certificate separately and finds
+//! the same SPKI hash inside hardware-signed evidence knows the TLS endpoint AWS KMS talks to
+//! terminates inside the attested VM.
+//!
+//! Transport decision: **plain HTTP** on a dedicated address (never the admin port, never an
+//! XKS path). The answer is self-authenticating (hardware-signed, bound to the caller's nonce
+//! and to the XKS key), so TLS here would add no assurance, and serving the XKS certificate on
+//! a second, unauthenticated listener would expose the XKS private key to more code for
+//! nothing. The client side ([`fetch_evidence`]) also accepts `https://` URLs (for a TLS
+//! terminator in front) without trusting their certificate: trust comes from the evidence.
+//!
+//! Each answer costs a hardware report, so requests are rate-limited by a token bucket (429
+//! with `Retry-After` when empty) and attesters run on the blocking pool, one at a time.
+//!
+//! Unauthenticated callers cannot hold the appliance's descriptors: the listener serves at most
+//! [`LiveConfig::max_connections`] connections (sized from the descriptor limit, see
+//! [`keyward_secret::fdlimit`]); one past the cap is answered a fixed 429 without being read and closed
+//! at once. Each connection carries one request (no keep-alive), whose headers must arrive
+//! within [`LiveConfig::header_timeout`] and body within [`LiveConfig::body_timeout`]; the whole
+//! exchange is bounded by [`LiveConfig::conn_deadline`].
+//!
+//! Request: `{"nonce": "<base64 of 32 bytes>"}` (at most 1 KiB). Answer: the bundle as JSON
+//! (`keyward verify --evidence` reads the same form).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha512};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::{Attester, Binding};
+use keyward_evidence::EvidenceBundle;
+
+/// The path.
+pub const PATH: &str = "/attestation";
+/// Domain separator of the runtime binding.
+pub const RUNTIME_LABEL: &[u8] = b"keyward/1 runtime";
+const MAX_BODY: usize = 1024;
+
+/// `SHA-512("keyward/1 runtime" ‖ nonce ‖ spki_sha256)`.
+pub fn runtime_binding_value(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(RUNTIME_LABEL);
+    h.update(nonce);
+    h.update(xks_spki_sha256);
+    h.finalize().into()
+}
+
+/// The [`Binding`] every attester gets for a live request.
+pub fn runtime_binding(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> Binding {
+    let v = runtime_binding_value(nonce, xks_spki_sha256);
+    Binding {
+        report_data: v,
+        user_data: v.to_vec(),
+        nonce: Some(nonce.to_vec()),
+        public_key: None,
+    }
+}
+
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo.
+pub fn spki_sha256_of_cert(cert_der: &[u8]) -> Result<[u8; 32], String> {
+    keyward_pki::tlspin::spki_sha256(cert_der).map_err(|e| e.to_string())
+}
+
+/// SHA-256 of the SPKI of the first certificate in a PEM file (the XKS certificate chain).
+pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rd = std::io::BufReader::new(pem.as_slice());
+    let first = rustls_pemfile::certs(&mut rd)
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    spki_sha256_of_cert(first.as_ref())
+}
+
+/// Bind `listen` and serve live attestation on it in a task until `shutdown` resolves.
+/// Returns the bound address (the port may have been chosen by the system).
+pub async fn spawn(
+    listen: SocketAddr,
+    attesters: Arc<Vec<Box<dyn Attester>>>,
+    xks_spki_sha256: [u8; 32],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let l = TcpListener::bind(listen).await?;
+    let addr = l.local_addr()?;
+    let task = tokio::spawn(serve(l, attesters, xks_spki_sha256, shutdown));
+    Ok((addr, task))
+}
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(capacity: u32, per_second: f64) -> Self {
+        let capacity = f64::from(capacity.max(1));
+        Self {
+            capacity,
+            per_second: per_second.max(0.001),
+            state: Mutex::new((capacity, Instant::now())),
+        }
+    }
+    /// Take one token, or say how long until one is available.
+    pub fn take(&self) -> Result<(), Duration> {
+        // A poisoned lock only means another request panicked mid-update; the numbers are
+        // still usable.
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
+        s.0 = (s.0 + refill).min(self.capacity);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - s.0) / self.per_second))
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone)]
+pub struct LiveConfig {
+    pub attesters: Arc<Vec<Box<dyn Attester>>>,
+    pub xks_spki_sha256: [u8; 32],
+    pub bucket: Arc<TokenBucket>,
+    /// One hardware request at a time.
+    pub gate: Arc<tokio::sync::Semaphore>,
+    /// Connections served at once; more are answered 429 and closed unread.
+    pub max_connections: usize,
+    /// From accept to the end of the request headers.
+    pub header_timeout: Duration,
+    /// From the headers to the end of the (1 KiB at most) body.
+    pub body_timeout: Duration,
+    /// The whole connection, answer included.
+    pub conn_deadline: Duration,
+}
+
+impl LiveConfig {
+    /// Default limits: bursts of 5, then 1 request per second; the descriptor budget's
+    /// attestation share of connections; 5 s for headers, 5 s for the body, 30 s in all.
+    pub fn new(attesters: Arc<Vec<Box<dyn Attester>>>, xks_spki_sha256: [u8; 32]) -> Self {
+        Self {
+            attesters,
+            xks_spki_sha256,
+            bucket: Arc::new(TokenBucket::new(5, 1.0)),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            max_connections: keyward_secret::fdlimit::FdBudget::current().attestation,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            conn_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The answer to a connection past the cap, written without reading the request.
+const OVER_CAP: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 32\r\n\r\n{\"error\":\"too many connections\"}";
+
+/// Serve `POST /attestation` on `listener` until `shutdown` resolves, with default limits.
+pub async fn serve(
+    listener: TcpListener,
+    attesters: Arc<Vec<Box<dyn Attester>>>,
+    xks_spki_sha256: [u8; 32],
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(
+        listener,
+        LiveConfig::new(attesters, xks_spki_sha256),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    cfg: LiveConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut conns = JoinSet::new();
+    let cap = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "attestation: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = cap.clone().try_acquire_owned() else {
+                    // Over the cap: a fixed answer if the socket takes it now, then close.
+                    let _ = tcp.try_write(OVER_CAP);
+                    drop(tcp);
+                    continue;
+                };
+                let cfg = cfg.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let deadline = cfg.conn_deadline;
+                    let _ = tokio::time::timeout(deadline, serve_conn(tcp, peer, cfg)).await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+}
+
+async fn serve_conn(tcp: tokio::net::TcpStream, _peer: SocketAddr, cfg: LiveConfig) {
+    let header_timeout = cfg.header_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let cfg = cfg.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, cfg).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(false)
+        .max_buf_size(16 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .await;
+}
+
+fn error(status: StatusCode, msg: &str) -> http::Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": msg }).to_string();
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveRequest {
+    nonce: String,
+}
+
+async fn handle(req: http::Request<Incoming>, cfg: LiveConfig) -> http::Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return error(StatusCode::NOT_FOUND, "unknown path");
+    }
+    if req.method() != Method::POST {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        r.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let body = match tokio::time::timeout(
+        cfg.body_timeout,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 KiB"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+    };
+    let nonce: [u8; 32] = match serde_json::from_slice::<LiveRequest>(&body)
+        .ok()
+        .and_then(|r| STANDARD.decode(r.nonce.as_bytes()).ok())
+        .and_then(|n| <[u8; 32]>::try_from(n).ok())
+    {
+        Some(n) => n,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be {\"nonce\": \"<base64 of 32 bytes>\"}",
+            )
+        }
+    };
+    if let Err(wait) = cfg.bucket.take() {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&secs) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let Ok(_permit) = cfg.gate.clone().acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let binding = runtime_binding(&nonce, &cfg.xks_spki_sha256);
+    let attesters = cfg.attesters.clone();
+    let produced = tokio::task::spawn_blocking(move || {
+        let mut bundle = EvidenceBundle {
+            version: 1,
+            report_data: Some(binding.report_data.to_vec()),
+            ..Default::default()
+        };
+        for a in attesters.iter() {
+            a.attest(&binding, &mut bundle)
+                .map_err(|e| format!("{}: {e}", a.name()))?;
+        }
+        Ok::<_, String>(bundle)
+    })
+    .await;
+    match produced {
+        Ok(Ok(bundle)) => match serde_json::to_vec(&bundle) {
+            Ok(json) => {
+                let mut r = http::Response::new(Full::new(Bytes::from(json)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                r
+            }
+            Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"),
+        },
+        Ok(Err(e)) => {
+            tracing::warn!("live attestation failed: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "attestation failed")
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "attester panicked"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side, for `keyward verify --url` (the CLI fetches; the verifier library judges).
+// ---------------------------------------------------------------------------------------------
+
+/// Errors of the client helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("bad URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("connecting to {0}: {1}")]
+    Connect(String, String),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str, default_path: &str) -> Result<Target, FetchError> {
+    let bad = |m: &str| FetchError::Url(url.to_string(), m.to_string());
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = match uri.path() {
+        "" | "/" => default_path.to_string(),
+        p => p.to_string(),
+    };
+    Ok(Target {
+        https,
+        host,
+        port,
+        path,
+    })
+}
+
+/// A rustls verifier that accepts any server certificate: used only where trust comes from
+/// elsewhere (the attestation evidence), to read the certificate the server presents.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn accept_any_client() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+                .with_no_client_auth()
+        });
+    // with_safe_default_protocol_versions only fails for a provider without TLS 1.2/1.3
+    // cipher suites; ring's default provider has both. Fall back to the same builder anyway.
+    Arc::new(cfg.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    }))
+}
+
+async fn connect_tls(
+    t: &Target,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, FetchError> {
+    let addr = format!("{}:{}", t.host, t.port);
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+    )
+    .await
+    .map_err(|_| FetchError::Connect(addr.clone(), "timed out".into()))?
+    .map_err(|e| FetchError::Connect(addr.clone(), e.to_string()))?;
+    let name = rustls_pki_types::ServerName::try_from(t.host.clone())
+        .map_err(|e| FetchError::Connect(addr.clone(), e.to_string()))?;
+    tokio_rustls::TlsConnector::from(accept_any_client())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| FetchError::Connect(addr, format!("TLS: {e}")))
+}
+
+/// Connect to an XKS endpoint (`https://HOST[:PORT]`) and return SHA-256 of the SPKI of the
+/// certificate it serves. The certificate is read, not trusted.
+pub async fn fetch_spki_sha256(xks_url: &str) -> Result<[u8; 32], FetchError> {
+    let t = parse_url(xks_url, "/")?;
+    if !t.https {
+        return Err(FetchError::Url(
+            xks_url.into(),
+            "the XKS endpoint is https".into(),
+        ));
+    }
+    let tls = connect_tls(&t).await?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| FetchError::Protocol("the XKS endpoint sent no certificate".into()))?;
+    spki_sha256_of_cert(cert.as_ref()).map_err(FetchError::Protocol)
+}
+
+async fn post<S>(io: S, t: &Target, body: Vec<u8>) -> Result<Vec<u8>, FetchError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| FetchError::Protocol(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = http::Request::post(t.path.as_str())
+        .header(http::header::HOST, format!("{}:{}", t.host, t.port))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| FetchError::Protocol(e.to_string()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .map_err(|_| FetchError::Protocol("no answer within 60 s".into()))?
+        .map_err(|e| FetchError::Protocol(e.to_string()))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), 4 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| FetchError::Protocol(format!("reading the answer: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(FetchError::Protocol(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// POST `nonce` to a live-attestation URL (`http[s]://HOST:PORT[/attestation]`) and parse the
+/// bundle it answers.
+pub async fn fetch_evidence(url: &str, nonce: &[u8; 32]) -> Result<EvidenceBundle, FetchError> {
+    let t = parse_url(url, PATH)?;
+    let body = serde_json::json!({ "nonce": STANDARD.encode(nonce) })
+        .to_string()
+        .into_bytes();
+    let bytes = if t.https {
+        post(connect_tls(&t).await?, &t, body).await?
+    } else {
+        let addr = format!("{}:{}", t.host, t.port);
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+        )
+        .await
+        .map_err(|_| FetchError::Connect(addr.clone(), "timed out".into()))?
+        .map_err(|e| FetchError::Connect(addr, e.to_string()))?;
+        post(tcp, &t, body).await?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| FetchError::Protocol(format!("evidence JSON: {e}")))
+}

@@ -1,0 +1,30 @@
+//! The key store: sealed KEK records on disk (AES-256-GCM under the master key), their
+//! in-memory view for the request path, and atomic persistence.
+//!
+//! * [`Registry`]: open a store with the master key, unseal into a [`view::Snapshot`] published
+//!   in a [`view::SharedView`], and apply admin changes (durable before they return, live at
+//!   once).
+//! * [`KeyStore`]: the persistence seam; [`FileKeyStore`] is the file implementation.
+//! * [`validate`]: the input rules (key ids, credentials, URI prefixes) with clear messages.
+//! * [`view`] is the CONTRACT read by `xks` on every request.
+
+mod error;
+pub mod file;
+pub mod head;
+mod load;
+pub mod model;
+mod registry;
+mod seal;
+mod source;
+pub mod validate;
+pub mod view;
+
+pub use error::KeystoreError;
+pub use file::FileKeyStore;
+pub use head::{AnchorError, Freshness, HeadAnchor, StoreHead};
+pub use model::KeyStore;
+pub use registry::{
+    generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, NewStore, Registry, Revoke,
+    StoreInfo, TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM,
+};
+pub use source::{MasterKeyError, MasterKeySource};

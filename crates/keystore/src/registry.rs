@@ -1,0 +1,1557 @@
+//! The registry: opens a [`KeyStore`] with the master key, unseals every KEK into locked memory,
+//! publishes the result as a [`Snapshot`] in a [`SharedView`], and applies admin changes. Each
+//! change is durable before the call returns and live at once (a new snapshot is swapped in).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::head::{AnchorError, HeadAnchor, StoreHead};
+use super::load;
+use super::model::{
+    CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
+    TlsKeyRecord,
+};
+use super::seal::{cred_aad, tls_key_aad, ChainMac, Sealer};
+use super::validate;
+use super::view::{
+    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
+};
+use super::KeystoreError;
+use keyward_secret::{getrandom_fill, Key32};
+
+/// The SigV4 service name AWS KMS signs with; every store accepts it.
+pub const KMS_SERVICE: &str = "kms-xks-proxy";
+
+/// What `create_store` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStore {
+    /// Store name: 1–64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Path before `/kms/xks/v1`: empty, or `/...` of `[a-zA-Z0-9/_-]` (at most 117 characters).
+    pub uri_prefix: String,
+    /// Region expected in the SigV4 credential scope, e.g. `us-east-1`.
+    pub region: String,
+    /// Service names accepted besides `kms-xks-proxy` (e.g. the legacy `xks-kms`).
+    pub extra_services: Vec<String>,
+}
+
+/// A key store as `list_stores` reports it (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreInfo {
+    /// Store name.
+    pub name: String,
+    /// URI prefix (may be empty).
+    pub uri_prefix: String,
+    /// Region.
+    pub region: String,
+    /// Accepted service names, `kms-xks-proxy` first.
+    pub services: Vec<String>,
+    /// Number of keys.
+    pub keys: usize,
+    /// Access key ids of its credentials.
+    pub access_key_ids: Vec<String>,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+}
+
+/// A key as `list_keys` reports it: never key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// Store it belongs to.
+    pub store: String,
+    /// External key id.
+    pub id: String,
+    /// Key version.
+    pub version: u32,
+    /// Allowed operations.
+    pub usage: KeyUsage,
+    /// Enabled or disabled.
+    pub status: KeyStatus,
+    /// Grants (empty: nobody may use it).
+    pub grants: Vec<Grant>,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+}
+
+impl StoreInfo {
+    /// The `XksProxyUriPath` to configure in AWS KMS: the prefix followed by `/kms/xks/v1`.
+    pub fn xks_proxy_uri_path(&self) -> String {
+        format!("{}/kms/xks/v1", self.uri_prefix)
+    }
+}
+
+impl KeyInfo {
+    /// Creation time as RFC 3339 (UTC).
+    pub fn created_rfc3339(&self) -> String {
+        unix_rfc3339(self.created)
+    }
+}
+
+/// A credential as `list_credentials` reports it: the id, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialInfo {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Creation time, Unix seconds (KMS alarms on credential age).
+    pub created: u64,
+}
+
+/// Which grants `revoke` removes: those with exactly this principal pattern and, for each
+/// narrowing given here, the same narrowing. With `ops`, only those operations are taken away
+/// (a grant left with none is removed); without, the whole grant goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoke {
+    /// Principal pattern, compared exactly with the grant's.
+    pub principal: String,
+    /// Operations to take away; `None` removes the matching grants entirely.
+    pub ops: Option<GrantOps>,
+    /// Only grants narrowed to this via-service.
+    pub via_service: Option<String>,
+    /// Only grants narrowed to this source VPC.
+    pub source_vpc: Option<String>,
+    /// Only grants narrowed to this source VPC endpoint.
+    pub source_vpce: Option<String>,
+}
+
+/// The key registry: sole writer of the key store and of the live [`SharedView`].
+///
+/// `Send + Sync`; every method takes `&self` and writers are serialised inside. Mutations do
+/// blocking file I/O (an `fsync` or two): call them from `spawn_blocking` in async code.
+pub struct Registry {
+    view: SharedView,
+    inner: Mutex<Inner>,
+}
+
+/// Writer state: the backend, the sealer, and what the snapshot does not carry.
+struct Inner {
+    backend: Box<dyn KeyStore>,
+    sealer: Sealer,
+    location: String,
+    /// The last acknowledged record (the next one is `head.seq + 1`).
+    head: StoreHead,
+    /// Where heads are recorded before a write is acknowledged (`None`: unanchored).
+    anchor: Option<Arc<dyn HeadAnchor>>,
+    /// A write appended but neither published nor undone: the anchor's answer was lost and it
+    /// could not be asked again. Settled before any later write.
+    pending: Option<Pending>,
+    meta: HashMap<String, StoreMeta>,
+    /// The appliance TLS identity, unsealed (not part of the XKS request-path view).
+    tls: Option<TlsMaterial>,
+}
+
+/// What a write changes besides the snapshot (creation times, the TLS identity), applied when
+/// the write takes effect.
+type Effect = Box<dyn FnOnce(&mut HashMap<String, StoreMeta>, &mut Option<TlsMaterial>) + Send>;
+
+fn no_effect() -> Effect {
+    Box::new(|_, _| {})
+}
+
+/// A write whose outcome at the anchor is unknown.
+struct Pending {
+    prev: StoreHead,
+    next: StoreHead,
+    snap: Snapshot,
+    effect: Effect,
+}
+
+/// The appliance-managed TLS identity as the key store holds it: the private key (PKCS#8 DER,
+/// zeroized on drop, never shown by `Debug`) and the chain installed for it.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// PKCS#8 DER private key.
+    pub pkcs8_der: Zeroizing<Vec<u8>>,
+    /// PEM chain, leaf first, when one was installed.
+    pub chain_pem: Option<String>,
+    /// Key creation time, Unix seconds.
+    pub created: u64,
+    /// Chain installation time, Unix seconds.
+    pub chain_installed: Option<u64>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("pkcs8_der", &"<redacted>")
+            .field("chain_pem", &self.chain_pem.as_ref().map(|c| c.len()))
+            .field("created", &self.created)
+            .field("chain_installed", &self.chain_installed)
+            .finish()
+    }
+}
+
+/// Largest PEM chain the key store accepts for the TLS identity.
+pub const MAX_TLS_CHAIN_PEM: usize = 48 * 1024;
+/// Largest PKCS#8 private key the key store accepts for the TLS identity.
+const MAX_TLS_KEY_DER: usize = 8 * 1024;
+
+/// Creation times (not part of the request-path view).
+#[derive(Default)]
+pub(super) struct StoreMeta {
+    created: u64,
+    keys: HashMap<String, u64>,
+    creds: HashMap<String, u64>,
+}
+
+/// A store being assembled while records are replayed.
+pub(super) struct StoreBuild {
+    record: StoreRecord,
+    keys: HashMap<String, Arc<LiveKey>>,
+    creds: Vec<Arc<Credential>>,
+    meta: StoreMeta,
+}
+
+/// Compact when superseded records exceed live ones and this floor.
+const COMPACT_FLOOR: usize = 4096;
+
+/// Records needed to describe `snap` (stores, keys, credentials) and the TLS identity.
+fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>) -> usize {
+    snap.stores
+        .values()
+        .map(|s| 1 + s.keys.len() + s.credentials.len())
+        .sum::<usize>()
+        + usize::from(tls.is_some())
+}
+
+/// The record of a TLS identity, its key sealed afresh.
+fn tls_record(sealer: &Sealer, t: &TlsMaterial) -> Result<Record, KeystoreError> {
+    Ok(Record::TlsKey(TlsKeyRecord {
+        key: sealer.seal(&t.pkcs8_der, &tls_key_aad())?,
+        chain_pem: t.chain_pem.clone(),
+        created: t.created,
+        chain_installed: t.chain_installed,
+    }))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn services_of(r: &StoreRecord) -> Vec<String> {
+    let mut v = vec![KMS_SERVICE.to_string()];
+    for s in &r.extra_services {
+        if !v.contains(s) {
+            v.push(s.clone());
+        }
+    }
+    v
+}
+
+/// A new view of one store with `keys`/`credentials` replaced or kept.
+fn store_view(
+    base: &StoreView,
+    keys: Option<HashMap<String, Arc<LiveKey>>>,
+    credentials: Option<Vec<Arc<Credential>>>,
+) -> StoreView {
+    StoreView {
+        name: base.name.clone(),
+        uri_prefix: base.uri_prefix.clone(),
+        region: base.region.clone(),
+        services: base.services.clone(),
+        credentials: credentials.unwrap_or_else(|| base.credentials.clone()),
+        keys: keys.unwrap_or_else(|| base.keys.clone()),
+    }
+}
+
+/// A new key (version 1, enabled, no grants): its sealed record for disk and its live view.
+fn new_key(
+    sealer: &Sealer,
+    store: &str,
+    id: &str,
+    usage: KeyUsage,
+    kek: Key32,
+    created: u64,
+) -> Result<(KeyRecord, Arc<LiveKey>), KeystoreError> {
+    let record = KeyRecord {
+        store: store.to_string(),
+        id: id.to_string(),
+        version: 1,
+        usage,
+        status: KeyStatus::Enabled,
+        grants: Vec::new(),
+        created,
+        kek: sealer.seal_kek(store, id, 1, &kek)?,
+    };
+    let live = Arc::new(LiveKey {
+        id: id.to_string(),
+        version: 1,
+        usage,
+        status: KeyStatus::Enabled,
+        grants: Vec::new(),
+        kek,
+    });
+    Ok((record, live))
+}
+
+fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
+    KeyInfo {
+        store: store.to_string(),
+        id: k.id.clone(),
+        version: k.version,
+        usage: k.usage,
+        status: k.status,
+        grants: k.grants.clone(),
+        created,
+    }
+}
+
+fn validate_grant(g: &Grant) -> Result<(), KeystoreError> {
+    if g.principal.is_empty() || g.principal.len() > 2048 {
+        return Err(KeystoreError::invalid(
+            "principal",
+            "1-2048 characters needed",
+        ));
+    }
+    if g.principal
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(KeystoreError::invalid(
+            "principal",
+            "it contains whitespace or control characters",
+        ));
+    }
+    if !(g.ops.encrypt || g.ops.decrypt || g.ops.metadata) {
+        return Err(KeystoreError::invalid(
+            "grant ops",
+            "at least one of encrypt, decrypt, metadata needed",
+        ));
+    }
+    for (what, v) in [
+        ("via service", &g.via_service),
+        ("source vpc", &g.source_vpc),
+        ("source vpce", &g.source_vpce),
+    ] {
+        if let Some(v) = v {
+            if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
+                return Err(KeystoreError::invalid(
+                    what,
+                    "1-256 printable characters needed",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Open (or initialise, if empty) `backend` with `master`, verify and unseal every record
+    /// into locked memory, and publish the snapshot. A wrong master key gives
+    /// [`KeystoreError::WrongMasterKey`]; any altered, missing or reordered record gives
+    /// [`KeystoreError::Tampered`] or [`KeystoreError::Truncated`] (nothing partial is ever
+    /// published). The master key is used to derive the sealing and MAC subkeys and then
+    /// dropped (zeroized); it is never written anywhere. No freshness anchor: see
+    /// [`Registry::open_with`].
+    pub fn open(backend: Box<dyn KeyStore>, master: Key32) -> Result<Registry, KeystoreError> {
+        Self::open_with(backend, master, super::Freshness::Unanchored)
+    }
+
+    /// [`Registry::open`] with the store's freshness checked against `freshness` (the floor
+    /// from the KRS's release receipt) and every later write anchored there: a store older than
+    /// the floor is refused ([`KeystoreError::Rollback`]), another store's
+    /// ([`KeystoreError::OtherStore`]) or another history ([`KeystoreError::Fork`]) too; records
+    /// after the floor were never acknowledged and are cut off. With no floor (first boot or
+    /// upgrade) the current head is recorded first, or the open fails.
+    pub fn open_with(
+        mut backend: Box<dyn KeyStore>,
+        master: Key32,
+        freshness: super::Freshness,
+    ) -> Result<Registry, KeystoreError> {
+        let location = backend.location();
+        let opened = load::open_store(backend.as_mut(), &master, &freshness)?;
+        drop(master);
+        let load::Opened {
+            sealer,
+            builds,
+            tls,
+            head,
+        } = opened;
+
+        let mut snapshot = Snapshot::default();
+        let mut meta = HashMap::new();
+        for (name, b) in builds {
+            let services = services_of(&b.record);
+            snapshot.stores.insert(
+                name.clone(),
+                Arc::new(StoreView {
+                    name: name.clone(),
+                    uri_prefix: b.record.uri_prefix,
+                    region: b.record.region,
+                    services,
+                    credentials: b.creds,
+                    keys: b.keys,
+                }),
+            );
+            meta.insert(name, b.meta);
+        }
+        let live = live_count(&snapshot, &tls);
+        let anchor = match freshness {
+            super::Freshness::Anchored { anchor, .. } => Some(anchor),
+            super::Freshness::Unanchored => None,
+        };
+        let mut inner = Inner {
+            backend,
+            sealer,
+            location,
+            head,
+            anchor,
+            pending: None,
+            meta,
+            tls,
+        };
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
+            if let Err(e) = compact(&mut inner, &snapshot) {
+                tracing::warn!(error = %e, "key store compaction at open failed");
+            }
+        }
+        Ok(Registry {
+            view: Arc::new(ArcSwap::from_pointee(snapshot)),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// The store's acknowledged head (what the KRS holds once writes are anchored).
+    pub fn head(&self) -> StoreHead {
+        self.lock().head.clone()
+    }
+
+    /// [`Registry::open`] on a [`super::FileKeyStore`] in `dir` (created if missing).
+    pub fn open_dir(dir: &Path, master: Key32) -> Result<Registry, KeystoreError> {
+        Self::open(Box::new(super::FileKeyStore::open(dir)?), master)
+    }
+
+    /// The live view for the request path (clone of the `Arc`; load it per request).
+    pub fn view(&self) -> SharedView {
+        Arc::clone(&self.view)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.view.load_full()
+    }
+
+    /// Health probe: the backing store can still be read (its header is there and unchanged).
+    pub fn check_readable(&self) -> Result<(), KeystoreError> {
+        let mut inner = self.lock();
+        match inner.backend.header()? {
+            Some(h) if inner.sealer.verify_check(&h.check) => Ok(()),
+            Some(_) => Err(KeystoreError::WrongMasterKey),
+            None => Err(KeystoreError::Format("key store header is gone".into())),
+        }
+    }
+
+    /// Where the records live (for messages and health).
+    pub fn location(&self) -> String {
+        self.lock().location.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change: the snapshot is
+        // swapped only after the record is durable, and `meta` only holds creation times.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolve the store argument against `snap`.
+    fn resolve(snap: &Snapshot, store: Option<&str>) -> Result<Arc<StoreView>, KeystoreError> {
+        match store {
+            Some(name) => snap
+                .stores
+                .get(name)
+                .cloned()
+                .ok_or_else(|| KeystoreError::UnknownStore(name.to_string())),
+            None if snap.stores.len() == 1 => snap
+                .stores
+                .values()
+                .next()
+                .cloned()
+                .ok_or(KeystoreError::StoreRequired(0)),
+            None => Err(KeystoreError::StoreRequired(snap.stores.len())),
+        }
+    }
+
+    fn find_key(
+        snap: &Snapshot,
+        store: Option<&str>,
+        id: &str,
+    ) -> Result<(Arc<StoreView>, Arc<LiveKey>), KeystoreError> {
+        let sv = Self::resolve(snap, store)?;
+        let k = sv
+            .keys
+            .get(id)
+            .cloned()
+            .ok_or_else(|| KeystoreError::UnknownKey {
+                store: sv.name.clone(),
+                id: id.to_string(),
+            })?;
+        Ok((sv, k))
+    }
+
+    /// Lock the writer state for a change: an earlier write whose outcome is unknown is
+    /// settled first (published or undone), so the change is computed from the true state.
+    fn lock_write(&self) -> Result<MutexGuard<'_, Inner>, KeystoreError> {
+        let mut inner = self.lock();
+        self.settle(&mut inner)?;
+        Ok(inner)
+    }
+
+    /// Settle a pending write by asking the anchor which head it holds.
+    fn settle(&self, inner: &mut Inner) -> Result<(), KeystoreError> {
+        let Some(p) = inner.pending.take() else {
+            return Ok(());
+        };
+        let Some(anchor) = inner.anchor.clone() else {
+            return Ok(());
+        };
+        match anchor.current() {
+            Ok(Some(h)) if h == p.next => {
+                tracing::info!(
+                    seq = p.next.seq,
+                    "an earlier admin write whose outcome was unknown was recorded by the \
+                     key-release service: it is now in effect"
+                );
+                self.take_effect(inner, p.next, Arc::new(p.snap), p.effect)
+            }
+            Ok(h) => {
+                rollback(inner, &p.prev)?;
+                let held = h.as_ref().map_or(0, |h| h.seq);
+                if h.as_ref() == Some(&p.prev) {
+                    tracing::info!(
+                        seq = p.next.seq,
+                        "an earlier admin write whose outcome was unknown was not recorded by \
+                         the key-release service: undone"
+                    );
+                    Ok(())
+                } else {
+                    Err(KeystoreError::AnchorRefused(format!(
+                        "it holds record {held}, neither this store's head nor the pending write"
+                    )))
+                }
+            }
+            Err(e) => {
+                inner.pending = Some(p);
+                Err(KeystoreError::AnchorUnknown(format!(
+                    "an earlier write is still unsettled: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Durably append `rec`, then publish `snap`, then compact if due.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        rec: Record,
+        snap: Snapshot,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        self.commit_batch(inner, vec![rec], snap, effect)
+    }
+
+    /// Append `recs` durably (one write, one `fdatasync`), chained after the head; have the
+    /// anchor record the new head; only then publish `snap` and apply `effect`, then compact if
+    /// due. The lock was taken with [`Registry::lock_write`] (nothing pending).
+    fn commit_batch(
+        &self,
+        inner: &mut Inner,
+        recs: Vec<Record>,
+        snap: Snapshot,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        let prev = inner.head.clone();
+        let mut chain: ChainMac = prev
+            .chain_mac
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeystoreError::Seal)?;
+        let batch = (recs.len() > 1).then_some(recs.len() as u64);
+        let mut seq = prev.seq;
+        let mut signed = Vec::with_capacity(recs.len());
+        for (i, rec) in recs.into_iter().enumerate() {
+            seq += 1;
+            let b = if i == 0 { batch } else { None };
+            chain = inner.sealer.chain_mac(seq, b.unwrap_or(1), &chain, &rec)?;
+            signed.push(SignedRecord {
+                seq,
+                mac: hex::encode(chain),
+                batch: b,
+                rec,
+            });
+        }
+        let next = StoreHead {
+            store_id: prev.store_id.clone(),
+            seq,
+            chain_mac: chain.to_vec(),
+        };
+        // Durable, not yet published.
+        inner.backend.append_batch(&signed)?;
+        drop(signed);
+        if let Some(anchor) = inner.anchor.clone() {
+            match anchor.advance(Some(&prev), &next) {
+                Ok(()) => {}
+                Err(AnchorError::Refused(why)) => {
+                    rollback(inner, &prev)?;
+                    return Err(KeystoreError::AnchorRefused(why));
+                }
+                Err(AnchorError::Unreachable(why)) => match anchor.current() {
+                    Ok(Some(h)) if h == next => {
+                        tracing::info!(
+                            seq = next.seq,
+                            error = %why,
+                            "the key-release service's answer was lost but it holds the new \
+                             store head: the write took effect"
+                        );
+                    }
+                    Ok(h) => {
+                        rollback(inner, &prev)?;
+                        return Err(KeystoreError::AnchorRefused(if h.as_ref() == Some(&prev) {
+                            format!("{why}; it still holds the previous head")
+                        } else {
+                            format!("{why}; it holds an unexpected head")
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            seq = next.seq,
+                            "admin write appended but its outcome at the key-release service \
+                             is unknown: not in effect; settled before the next write"
+                        );
+                        inner.pending = Some(Pending {
+                            prev,
+                            next,
+                            snap,
+                            effect,
+                        });
+                        return Err(KeystoreError::AnchorUnknown(format!("{why}; then {e}")));
+                    }
+                },
+            }
+        }
+        self.take_effect(inner, next, Arc::new(snap), effect)
+    }
+
+    /// The write that ends in `next` is acknowledged: seal the head locally, publish, compact.
+    fn take_effect(
+        &self,
+        inner: &mut Inner,
+        next: StoreHead,
+        snap: Arc<Snapshot>,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        let sealed = load::seal_head(&inner.sealer, &next)?;
+        if let Err(e) = inner.backend.store_head(&sealed) {
+            if inner.anchor.is_none() {
+                // Without an anchor the sealed head is what makes the write count: undo it.
+                let prev = inner.head.clone();
+                rollback(inner, &prev)?;
+                return Err(e);
+            }
+            // The KRS holds the new head (the floor at the next boot); the local copy catches
+            // up with the next write.
+            tracing::warn!(
+                error = %e,
+                "could not update the sealed key store head (the key-release service holds \
+                 it); rewritten with the next write"
+            );
+        }
+        inner.head = next;
+        effect(&mut inner.meta, &mut inner.tls);
+        self.view.store(Arc::clone(&snap));
+        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls)) {
+            if let Err(e) = compact(inner, &snap) {
+                // The change is already durable; only the log stays longer than needed.
+                tracing::warn!(error = %e, "key store compaction failed; retried on the next change");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite the store with only the live records (also done automatically when superseded
+    /// records outnumber live ones).
+    pub fn compact(&self) -> Result<(), KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        compact(&mut inner, &snap)
+    }
+
+    /// Create a key store with no keys and no credentials.
+    pub fn create_store(&self, spec: NewStore) -> Result<StoreInfo, KeystoreError> {
+        validate::store_name(&spec.name)?;
+        validate::uri_prefix(&spec.uri_prefix)?;
+        validate::region(&spec.region)?;
+        for s in &spec.extra_services {
+            validate::service(s)?;
+        }
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        if snap.stores.contains_key(&spec.name) {
+            return Err(KeystoreError::DuplicateStore(spec.name));
+        }
+        if let Some(other) = snap.store_by_prefix(&spec.uri_prefix) {
+            return Err(KeystoreError::DuplicatePrefix {
+                prefix: spec.uri_prefix,
+                store: other.name.clone(),
+            });
+        }
+        let record = StoreRecord {
+            name: spec.name.clone(),
+            uri_prefix: spec.uri_prefix,
+            region: spec.region,
+            extra_services: spec.extra_services,
+            created: now_unix(),
+        };
+        let view = StoreView {
+            name: record.name.clone(),
+            uri_prefix: record.uri_prefix.clone(),
+            region: record.region.clone(),
+            services: services_of(&record),
+            credentials: Vec::new(),
+            keys: HashMap::new(),
+        };
+        let info = StoreInfo {
+            name: view.name.clone(),
+            uri_prefix: view.uri_prefix.clone(),
+            region: view.region.clone(),
+            services: view.services.clone(),
+            keys: 0,
+            access_key_ids: Vec::new(),
+            created: record.created,
+        };
+        let mut stores = snap.stores.clone();
+        stores.insert(record.name.clone(), Arc::new(view));
+        let created = record.created;
+        let effect: Effect = Box::new(move |meta, _| {
+            meta.insert(
+                spec.name,
+                StoreMeta {
+                    created,
+                    ..StoreMeta::default()
+                },
+            );
+        });
+        self.commit(
+            &mut inner,
+            Record::Store(record),
+            Snapshot { stores },
+            effect,
+        )?;
+        Ok(info)
+    }
+
+    /// Every key store, sorted by name.
+    pub fn list_stores(&self) -> Vec<StoreInfo> {
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let mut v: Vec<StoreInfo> = snap
+            .stores
+            .values()
+            .map(|s| {
+                let mut ids: Vec<String> = s
+                    .credentials
+                    .iter()
+                    .map(|c| c.access_key_id.clone())
+                    .collect();
+                ids.sort();
+                StoreInfo {
+                    name: s.name.clone(),
+                    uri_prefix: s.uri_prefix.clone(),
+                    region: s.region.clone(),
+                    services: s.services.clone(),
+                    keys: s.keys.len(),
+                    access_key_ids: ids,
+                    created: inner.meta.get(&s.name).map(|m| m.created).unwrap_or(0),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Remove a key store with its credentials. If it still holds keys, refuses with
+    /// [`KeystoreError::StoreNotEmpty`] unless `force` (the keys are then destroyed).
+    pub fn remove_store(&self, name: &str, force: bool) -> Result<(), KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, Some(name))?;
+        if !sv.keys.is_empty() && !force {
+            return Err(KeystoreError::StoreNotEmpty {
+                store: name.to_string(),
+                keys: sv.keys.len(),
+            });
+        }
+        let mut stores = snap.stores.clone();
+        stores.remove(name);
+        let rec = Record::RemoveStore {
+            name: name.to_string(),
+        };
+        let gone = name.to_string();
+        let effect: Effect = Box::new(move |meta, _| {
+            meta.remove(&gone);
+        });
+        self.commit(&mut inner, rec, Snapshot { stores }, effect)
+    }
+
+    /// Create a key with a fresh random KEK, version 1, enabled, and **no grants**.
+    /// `store` may be `None` when exactly one store exists.
+    pub fn create_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        usage: KeyUsage,
+    ) -> Result<KeyInfo, KeystoreError> {
+        validate::key_id(id)?;
+        self.add_key(store, id, usage, Key32::random()?)
+    }
+
+    /// Create many keys at once (fresh random KEKs, version 1, enabled, no grants), with a
+    /// single write and `fdatasync`: for provisioning and benchmarks. All ids are checked first;
+    /// on error nothing is created. Durable together when it returns.
+    pub fn create_keys(
+        &self,
+        store: Option<&str>,
+        ids: &[&str],
+        usage: KeyUsage,
+    ) -> Result<Vec<KeyInfo>, KeystoreError> {
+        for id in ids {
+            validate::key_id(id)?;
+        }
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let mut keys = sv.keys.clone();
+        let created = now_unix();
+        let mut records = Vec::with_capacity(ids.len());
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            if keys.contains_key(*id) {
+                return Err(KeystoreError::DuplicateKey {
+                    store: sv.name.clone(),
+                    id: id.to_string(),
+                });
+            }
+            let (record, live) = new_key(
+                &inner.sealer,
+                &sv.name,
+                id,
+                usage,
+                Key32::random()?,
+                created,
+            )?;
+            records.push(Record::Key(record));
+            infos.push(key_info(&sv.name, &live, created));
+            keys.insert(id.to_string(), live);
+        }
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        let name = sv.name.clone();
+        let new: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.keys.extend(new.into_iter().map(|id| (id, created)));
+            }
+        });
+        self.commit_batch(&mut inner, records, Snapshot { stores }, effect)?;
+        Ok(infos)
+    }
+
+    /// Create a key from 32 raw bytes (migration of an existing key); otherwise as
+    /// [`Registry::create_key`].
+    pub fn import_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        usage: KeyUsage,
+        bytes: Zeroizing<[u8; 32]>,
+    ) -> Result<KeyInfo, KeystoreError> {
+        validate::key_id(id)?;
+        let kek = Key32::from_bytes(&bytes)?;
+        drop(bytes);
+        self.add_key(store, id, usage, kek)
+    }
+
+    fn add_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        usage: KeyUsage,
+        kek: Key32,
+    ) -> Result<KeyInfo, KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if sv.keys.contains_key(id) {
+            return Err(KeystoreError::DuplicateKey {
+                store: sv.name.clone(),
+                id: id.to_string(),
+            });
+        }
+        let created = now_unix();
+        let (record, live) = new_key(&inner.sealer, &sv.name, id, usage, kek, created)?;
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        let (name, key) = (sv.name.clone(), id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.keys.insert(key, created);
+            }
+        });
+        self.commit(&mut inner, Record::Key(record), Snapshot { stores }, effect)?;
+        Ok(info)
+    }
+
+    /// Replace one key (same KEK, same version) with `change` applied to its metadata.
+    fn update_key(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        change: impl FnOnce(&mut KeyStatus, &mut Vec<Grant>) -> Result<(), KeystoreError>,
+    ) -> Result<KeyInfo, KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        let mut status = old.status;
+        let mut grants = old.grants.clone();
+        change(&mut status, &mut grants)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        let record = KeyRecord {
+            store: sv.name.clone(),
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status,
+            grants: grants.clone(),
+            created,
+            kek: inner.sealer.seal_kek(&sv.name, id, old.version, &old.kek)?,
+        };
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status,
+            grants,
+            kek: old.kek.try_clone()?,
+        });
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit(
+            &mut inner,
+            Record::Key(record),
+            Snapshot { stores },
+            no_effect(),
+        )?;
+        Ok(info)
+    }
+
+    /// The keys of a store, sorted by id. Never key bytes.
+    pub fn list_keys(&self, store: Option<&str>) -> Result<Vec<KeyInfo>, KeystoreError> {
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let meta = inner.meta.get(&sv.name);
+        let mut v: Vec<KeyInfo> = sv
+            .keys
+            .values()
+            .map(|k| {
+                let created = meta.and_then(|m| m.keys.get(&k.id).copied()).unwrap_or(0);
+                key_info(&sv.name, k, created)
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    /// One key's description.
+    pub fn key_info(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let (sv, k) = Self::find_key(&snap, store, id)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        Ok(key_info(&sv.name, &k, created))
+    }
+
+    /// Enable a key.
+    pub fn enable_key(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        self.set_status(store, id, KeyStatus::Enabled)
+    }
+
+    /// Disable a key (metadata says `DISABLED`; encrypt and decrypt are refused).
+    pub fn disable_key(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        self.set_status(store, id, KeyStatus::Disabled)
+    }
+
+    /// Set a key's status.
+    pub fn set_status(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        status: KeyStatus,
+    ) -> Result<KeyInfo, KeystoreError> {
+        self.update_key(store, id, |s, _| {
+            *s = status;
+            Ok(())
+        })
+    }
+
+    /// Add a grant. A grant with the same principal and narrowing gets the new ops added.
+    pub fn grant(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        grant: Grant,
+    ) -> Result<KeyInfo, KeystoreError> {
+        validate_grant(&grant)?;
+        self.update_key(store, id, |_, grants| {
+            let same = grants.iter_mut().find(|g| {
+                g.principal == grant.principal
+                    && g.via_service == grant.via_service
+                    && g.source_vpc == grant.source_vpc
+                    && g.source_vpce == grant.source_vpce
+            });
+            match same {
+                Some(g) => {
+                    g.ops.encrypt |= grant.ops.encrypt;
+                    g.ops.decrypt |= grant.ops.decrypt;
+                    g.ops.metadata |= grant.ops.metadata;
+                }
+                None => grants.push(grant),
+            }
+            Ok(())
+        })
+    }
+
+    /// Remove or narrow grants (see [`Revoke`]); [`KeystoreError::NoMatchingGrant`] if none
+    /// matched.
+    pub fn revoke(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        revoke: &Revoke,
+    ) -> Result<KeyInfo, KeystoreError> {
+        fn narrowed(want: &Option<String>, have: &Option<String>) -> bool {
+            want.is_none() || want == have
+        }
+        self.update_key(store, id, |_, grants| {
+            let mut hit = 0usize;
+            grants.retain_mut(|g| {
+                let matches = g.principal == revoke.principal
+                    && narrowed(&revoke.via_service, &g.via_service)
+                    && narrowed(&revoke.source_vpc, &g.source_vpc)
+                    && narrowed(&revoke.source_vpce, &g.source_vpce);
+                if !matches {
+                    return true;
+                }
+                hit += 1;
+                match revoke.ops {
+                    None => false,
+                    Some(ops) => {
+                        g.ops.encrypt &= !ops.encrypt;
+                        g.ops.decrypt &= !ops.decrypt;
+                        g.ops.metadata &= !ops.metadata;
+                        g.ops.encrypt || g.ops.decrypt || g.ops.metadata
+                    }
+                }
+            });
+            if hit == 0 {
+                return Err(KeystoreError::NoMatchingGrant {
+                    id: id.to_string(),
+                    principal: revoke.principal.clone(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Add a SigV4 credential to a store (live at once). The access key id must be unique
+    /// across all stores.
+    pub fn add_credential(
+        &self,
+        store: Option<&str>,
+        access_key_id: &str,
+        secret: SecretString,
+    ) -> Result<(), KeystoreError> {
+        validate::access_key_id(access_key_id)?;
+        validate::secret_access_key(secret.expose_secret())?;
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if snap.stores.values().any(|s| {
+            s.credentials
+                .iter()
+                .any(|c| c.access_key_id == access_key_id)
+        }) {
+            return Err(KeystoreError::DuplicateCredential(
+                access_key_id.to_string(),
+            ));
+        }
+        let created = now_unix();
+        let record = CredentialRecord {
+            store: sv.name.clone(),
+            access_key_id: access_key_id.to_string(),
+            secret: inner.sealer.seal(
+                secret.expose_secret().as_bytes(),
+                &cred_aad(&sv.name, access_key_id),
+            )?,
+            created,
+        };
+        let mut creds = sv.credentials.clone();
+        creds.push(Arc::new(Credential {
+            access_key_id: access_key_id.to_string(),
+            secret_access_key: secret,
+        }));
+        let mut stores = snap.stores.clone();
+        stores.insert(
+            sv.name.clone(),
+            Arc::new(store_view(&sv, None, Some(creds))),
+        );
+        let (name, akid) = (sv.name.clone(), access_key_id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.creds.insert(akid, created);
+            }
+        });
+        self.commit(
+            &mut inner,
+            Record::Credential(record),
+            Snapshot { stores },
+            effect,
+        )
+    }
+
+    /// Remove a credential (requests signed with it fail at once).
+    pub fn remove_credential(
+        &self,
+        store: Option<&str>,
+        access_key_id: &str,
+    ) -> Result<(), KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        if !sv
+            .credentials
+            .iter()
+            .any(|c| c.access_key_id == access_key_id)
+        {
+            return Err(KeystoreError::UnknownCredential {
+                store: sv.name.clone(),
+                access_key_id: access_key_id.to_string(),
+            });
+        }
+        let creds: Vec<Arc<Credential>> = sv
+            .credentials
+            .iter()
+            .filter(|c| c.access_key_id != access_key_id)
+            .cloned()
+            .collect();
+        let mut stores = snap.stores.clone();
+        stores.insert(
+            sv.name.clone(),
+            Arc::new(store_view(&sv, None, Some(creds))),
+        );
+        let rec = Record::RemoveCredential {
+            store: sv.name.clone(),
+            access_key_id: access_key_id.to_string(),
+        };
+        let (name, akid) = (sv.name.clone(), access_key_id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.creds.remove(&akid);
+            }
+        });
+        self.commit(&mut inner, rec, Snapshot { stores }, effect)
+    }
+
+    /// A store's credentials: ids and ages only.
+    pub fn list_credentials(
+        &self,
+        store: Option<&str>,
+    ) -> Result<Vec<CredentialInfo>, KeystoreError> {
+        let inner = self.lock();
+        let snap = self.view.load_full();
+        let sv = Self::resolve(&snap, store)?;
+        let meta = inner.meta.get(&sv.name);
+        let mut v: Vec<CredentialInfo> = sv
+            .credentials
+            .iter()
+            .map(|c| CredentialInfo {
+                access_key_id: c.access_key_id.clone(),
+                created: meta
+                    .and_then(|m| m.creds.get(&c.access_key_id).copied())
+                    .unwrap_or(0),
+            })
+            .collect();
+        v.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+        Ok(v)
+    }
+
+    /// The appliance TLS identity (private key and installed chain), if one was created.
+    pub fn tls_material(&self) -> Option<TlsMaterial> {
+        self.lock().tls.clone()
+    }
+
+    /// Store a new appliance TLS private key (PKCS#8 DER), sealed under the master key,
+    /// replacing any previous identity and the chain installed for it. Durable when it returns.
+    pub fn set_tls_key(&self, pkcs8_der: Zeroizing<Vec<u8>>) -> Result<(), KeystoreError> {
+        if pkcs8_der.is_empty() || pkcs8_der.len() > MAX_TLS_KEY_DER {
+            return Err(KeystoreError::invalid(
+                "TLS key",
+                format!("a PKCS#8 key of 1-{MAX_TLS_KEY_DER} bytes is needed"),
+            ));
+        }
+        let mut inner = self.lock_write()?;
+        let t = TlsMaterial {
+            pkcs8_der,
+            chain_pem: None,
+            created: now_unix(),
+            chain_installed: None,
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    /// Install the certificate chain (PEM, leaf first) for the current TLS key, replacing the
+    /// previous chain. The caller has checked that it belongs to the key; this stores it in the
+    /// authenticated log. Durable when it returns.
+    pub fn install_tls_chain(&self, chain_pem: &str) -> Result<(), KeystoreError> {
+        if chain_pem.is_empty() || chain_pem.len() > MAX_TLS_CHAIN_PEM {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                format!("1-{MAX_TLS_CHAIN_PEM} bytes of PEM are needed"),
+            ));
+        }
+        let mut inner = self.lock_write()?;
+        let Some(current) = inner.tls.as_ref() else {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                "there is no appliance TLS key to install it for",
+            ));
+        };
+        let t = TlsMaterial {
+            pkcs8_der: current.pkcs8_der.clone(),
+            chain_pem: Some(chain_pem.to_string()),
+            created: current.created,
+            chain_installed: Some(now_unix()),
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    fn commit_tls(&self, inner: &mut Inner, t: TlsMaterial) -> Result<(), KeystoreError> {
+        let rec = tls_record(&inner.sealer, &t)?;
+        let snap = self.view.load_full();
+        // The snapshot is unchanged: republishing the same stores is harmless.
+        let same = Snapshot {
+            stores: snap.stores.clone(),
+        };
+        let effect: Effect = Box::new(move |_, tls| *tls = Some(t));
+        self.commit(inner, rec, same, effect)
+    }
+}
+
+/// Why replaying a record failed.
+pub(super) enum ApplyError {
+    Tampered(&'static str),
+    Other(KeystoreError),
+}
+
+impl From<KeystoreError> for ApplyError {
+    fn from(e: KeystoreError) -> Self {
+        ApplyError::Other(e)
+    }
+}
+
+/// Replay one verified record into the stores being built, unsealing secrets.
+pub(super) fn apply(
+    sealer: &Sealer,
+    builds: &mut HashMap<String, StoreBuild>,
+    tls: &mut Option<TlsMaterial>,
+    rec: Record,
+) -> Result<(), ApplyError> {
+    match rec {
+        Record::Store(r) => {
+            if builds.contains_key(&r.name) {
+                return Err(ApplyError::Tampered("store created twice"));
+            }
+            let meta = StoreMeta {
+                created: r.created,
+                ..StoreMeta::default()
+            };
+            builds.insert(
+                r.name.clone(),
+                StoreBuild {
+                    record: r,
+                    keys: HashMap::new(),
+                    creds: Vec::new(),
+                    meta,
+                },
+            );
+        }
+        Record::RemoveStore { name } => {
+            if builds.remove(&name).is_none() {
+                return Err(ApplyError::Tampered(
+                    "removal of a store that does not exist",
+                ));
+            }
+        }
+        Record::Key(r) => {
+            let b = builds
+                .get_mut(&r.store)
+                .ok_or(ApplyError::Tampered("key of a store that does not exist"))?;
+            let kek = sealer
+                .open_kek(&r.store, &r.id, r.version, &r.kek)?
+                .map_err(ApplyError::Tampered)?;
+            b.meta.keys.insert(r.id.clone(), r.created);
+            b.keys.insert(
+                r.id.clone(),
+                Arc::new(LiveKey {
+                    id: r.id,
+                    version: r.version,
+                    usage: r.usage,
+                    status: r.status,
+                    grants: r.grants,
+                    kek,
+                }),
+            );
+        }
+        Record::Credential(r) => {
+            let b = builds.get_mut(&r.store).ok_or(ApplyError::Tampered(
+                "credential of a store that does not exist",
+            ))?;
+            let n = r
+                .secret
+                .0
+                .len()
+                .checked_sub(1 + 12 + 16)
+                .ok_or(ApplyError::Tampered("sealed secret too short"))?;
+            let mut buf = Zeroizing::new(vec![0u8; n]);
+            sealer
+                .open_into(&r.secret, &cred_aad(&r.store, &r.access_key_id), &mut buf)
+                .map_err(ApplyError::Tampered)?;
+            let s = std::str::from_utf8(&buf)
+                .map_err(|_| ApplyError::Tampered("credential secret is not UTF-8"))?;
+            b.creds.retain(|c| c.access_key_id != r.access_key_id);
+            b.creds.push(Arc::new(Credential {
+                access_key_id: r.access_key_id.clone(),
+                secret_access_key: SecretString::from(s.to_string()),
+            }));
+            b.meta.creds.insert(r.access_key_id, r.created);
+        }
+        Record::RemoveCredential {
+            store,
+            access_key_id,
+        } => {
+            let b = builds.get_mut(&store).ok_or(ApplyError::Tampered(
+                "credential of a store that does not exist",
+            ))?;
+            b.creds.retain(|c| c.access_key_id != access_key_id);
+            b.meta.creds.remove(&access_key_id);
+        }
+        Record::Checkpoint(_) => {
+            return Err(ApplyError::Tampered("a checkpoint out of place"));
+        }
+        Record::TlsKey(r) => {
+            let n = r
+                .key
+                .0
+                .len()
+                .checked_sub(1 + 12 + 16)
+                .filter(|n| (1..=MAX_TLS_KEY_DER).contains(n))
+                .ok_or(ApplyError::Tampered(
+                    "sealed TLS key has an impossible length",
+                ))?;
+            let mut buf = Zeroizing::new(vec![0u8; n]);
+            sealer
+                .open_into(&r.key, &tls_key_aad(), &mut buf)
+                .map_err(ApplyError::Tampered)?;
+            *tls = Some(TlsMaterial {
+                pkcs8_der: buf,
+                chain_pem: r.chain_pem,
+                created: r.created,
+                chain_installed: r.chain_installed,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The live state of `snap` as records: per store (by name), the store, its credentials, its
+/// keys, each secret re-sealed.
+fn live_records<'a>(
+    sealer: &'a Sealer,
+    meta: &'a HashMap<String, StoreMeta>,
+    snap: &'a Snapshot,
+    tls: &'a Option<TlsMaterial>,
+) -> impl Iterator<Item = Result<Record, KeystoreError>> + 'a {
+    let tls_rec = tls.iter().map(move |t| tls_record(sealer, t));
+    static EMPTY: std::sync::OnceLock<StoreMeta> = std::sync::OnceLock::new();
+    let empty = EMPTY.get_or_init(StoreMeta::default);
+    let mut stores: Vec<&'a Arc<StoreView>> = snap.stores.values().collect();
+    stores.sort_by(|a, b| a.name.cmp(&b.name));
+    stores
+        .into_iter()
+        .flat_map(move |sv| {
+            let m = meta.get(&sv.name).unwrap_or(empty);
+            let store = std::iter::once_with(move || {
+                Ok(Record::Store(StoreRecord {
+                    name: sv.name.clone(),
+                    uri_prefix: sv.uri_prefix.clone(),
+                    region: sv.region.clone(),
+                    extra_services: sv
+                        .services
+                        .iter()
+                        .filter(|s| *s != KMS_SERVICE)
+                        .cloned()
+                        .collect(),
+                    created: m.created,
+                }))
+            });
+            let creds = sv.credentials.iter().map(move |c| {
+                Ok(Record::Credential(CredentialRecord {
+                    store: sv.name.clone(),
+                    access_key_id: c.access_key_id.clone(),
+                    secret: sealer.seal(
+                        c.secret_access_key.expose_secret().as_bytes(),
+                        &cred_aad(&sv.name, &c.access_key_id),
+                    )?,
+                    created: m.creds.get(&c.access_key_id).copied().unwrap_or(0),
+                }))
+            });
+            let keys = sv.keys.values().map(move |k| {
+                Ok(Record::Key(KeyRecord {
+                    store: sv.name.clone(),
+                    id: k.id.clone(),
+                    version: k.version,
+                    usage: k.usage,
+                    status: k.status,
+                    grants: k.grants.clone(),
+                    created: m.keys.get(&k.id).copied().unwrap_or(0),
+                    kek: sealer.seal_kek(&sv.name, &k.id, k.version, &k.kek)?,
+                }))
+            });
+            store.chain(creds).chain(keys)
+        })
+        .chain(tls_rec)
+}
+
+/// Undo an appended write whose head was not recorded: back to `prev`.
+fn rollback(inner: &mut Inner, prev: &StoreHead) -> Result<(), KeystoreError> {
+    inner.backend.truncate_after(prev.seq).map_err(|e| {
+        tracing::error!(
+            error = %e,
+            "could not undo an unacknowledged key store write (it is cut off at the next start)"
+        );
+        e
+    })
+}
+
+/// Rewrite the backend with the live state of `snap` without changing the head: a checkpoint
+/// carrying the head, the live records MACed under it (their count in the checkpoint), and
+/// later writes continue the chain from the head. No record of the old log fits the new one.
+fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
+    if inner.pending.is_some() {
+        return Err(KeystoreError::AnchorUnknown(
+            "compaction waits until the pending write is settled".into(),
+        ));
+    }
+    let Inner {
+        backend,
+        sealer,
+        head,
+        meta,
+        tls,
+        ..
+    } = inner;
+    let sealer: &Sealer = sealer;
+    let chain: ChainMac = head
+        .chain_mac
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeystoreError::Seal)?;
+    let n = live_count(snap, tls) as u64;
+    let at = head.seq;
+    let ckpt_mac = sealer.checkpoint_mac(at, &chain, n);
+    let checkpoint = SignedRecord {
+        seq: at,
+        mac: hex::encode(ckpt_mac),
+        batch: None,
+        rec: Record::Checkpoint(CheckpointRecord {
+            chain_mac: hex::encode(chain),
+            live: n,
+        }),
+    };
+    let mut prev = ckpt_mac;
+    let index = std::cell::Cell::new(0u64);
+    let live = live_records(sealer, meta, snap, tls).map(|r| {
+        let rec = r?;
+        let i = index.get() + 1;
+        index.set(i);
+        if i > n {
+            return Err(KeystoreError::Format("live record count changed".into()));
+        }
+        let mac = sealer.live_mac(at, i, &prev, &rec)?;
+        prev = mac;
+        Ok(SignedRecord {
+            seq: at,
+            mac: hex::encode(mac),
+            batch: None,
+            rec,
+        })
+    });
+    // The count in the checkpoint must match what was written: checked by a final sentinel.
+    let mut checked = false;
+    let sentinel = std::iter::from_fn(|| {
+        if checked || index.get() == n {
+            return None;
+        }
+        checked = true;
+        Some(Err(KeystoreError::Format(
+            "live record count changed".into(),
+        )))
+    });
+    let mut guarded = std::iter::once(Ok(checkpoint)).chain(live).chain(sentinel);
+    backend.compact(&mut guarded)
+}
+
+/// A fresh SigV4 credential in the form KMS accepts: a 26-character Base32 access key id
+/// (`KW` + 24 random characters of `A-Z2-7`) and a 44-character Base64 secret (32 random bytes).
+pub fn generate_credential() -> Result<(String, SecretString), KeystoreError> {
+    use base64::Engine;
+    const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut r = [0u8; 24];
+    getrandom_fill(&mut r)?;
+    let mut id = String::from("KW");
+    id.extend(r.iter().map(|b| B32[(*b & 31) as usize] as char));
+    let mut raw = Zeroizing::new([0u8; 32]);
+    getrandom_fill(&mut raw[..])?;
+    let secret = base64::engine::general_purpose::STANDARD.encode(&raw[..]);
+    Ok((id, SecretString::from(secret)))
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC), the form every admin answer uses.
+pub fn unix_rfc3339(secs: u64) -> String {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

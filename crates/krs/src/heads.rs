@@ -1,0 +1,366 @@
+//! The KRS's book of store heads (`STATE/heads.json`): per deployment, the newest store head an
+//! attested appliance recorded and the per-boot keys registered at release (the newest
+//! [`KEEP_BOOT_KEYS`]).
+//!
+//! Every change is written to a temporary file, fsynced, renamed over the book and the
+//! directory fsynced before the caller answers, so an acknowledged head survives a crash. A
+//! book that cannot be read refuses the KRS's start: forgetting heads would let an older store
+//! copy open again.
+//!
+//! A fleet sharing one store is one deployment with several registered boot keys: every
+//! appliance advances the same head by compare-and-set on `prev`, so two writers never fork it
+//! (the loser is refused, reloads and retries).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use keyward_krp::headproto::boot_key_id;
+use keyward_krp::messages::StoreHead;
+
+/// Boot keys kept per deployment (the newest; older boots can no longer advance the head).
+pub const KEEP_BOOT_KEYS: usize = 32;
+
+/// Errors reading or writing the book.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadBookError {
+    #[error("head book {0}: {1}")]
+    Io(String, String),
+    #[error("head book {0} is not readable ({1}); refusing to start without the heads it holds")]
+    Corrupt(String, String),
+}
+
+/// Why an update was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another store than the one this deployment holds a head for.
+    OtherStore,
+    /// `prev` is not the head held (a lost race, or an older store).
+    NotExtending,
+    /// The new head does not move forward.
+    NotForward,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::OtherStore => "another store than the one this deployment's head names",
+            Refusal::NotExtending => "prev is not the head the KRS holds (does not extend it)",
+            Refusal::NotForward => "the new head's seq is not above the one held",
+        })
+    }
+}
+
+/// Outcome of [`HeadBook::advance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advanced {
+    /// Recorded (and on disk).
+    Recorded,
+    /// `next` was already the head held (an idempotent retry).
+    AlreadyHeld,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct HeadJson {
+    store_id: String,
+    seq: u64,
+    chain_mac: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootKeyJson {
+    /// Hex SEC1 public key.
+    public_key: String,
+    /// Unix seconds of the release that registered it.
+    registered: u64,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentJson {
+    #[serde(default)]
+    head: Option<HeadJson>,
+    /// Oldest first.
+    #[serde(default)]
+    boot_keys: Vec<BootKeyJson>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookJson {
+    v: u32,
+    deployments: BTreeMap<String, DeploymentJson>,
+}
+
+#[derive(Clone)]
+struct BootKeyEntry {
+    id: [u8; 32],
+    public: Vec<u8>,
+    registered: u64,
+}
+
+#[derive(Clone, Default)]
+struct DeploymentHeads {
+    head: Option<StoreHead>,
+    boot_keys: Vec<BootKeyEntry>,
+}
+
+/// The book, in memory and on disk.
+pub struct HeadBook {
+    path: PathBuf,
+    state: Mutex<BTreeMap<String, DeploymentHeads>>,
+}
+
+fn to_json(m: &BTreeMap<String, DeploymentHeads>) -> BookJson {
+    BookJson {
+        v: 1,
+        deployments: m
+            .iter()
+            .map(|(k, d)| {
+                (
+                    k.clone(),
+                    DeploymentJson {
+                        head: d.head.as_ref().map(|h| HeadJson {
+                            store_id: hex::encode(&h.store_id),
+                            seq: h.seq,
+                            chain_mac: hex::encode(&h.chain_mac),
+                        }),
+                        boot_keys: d
+                            .boot_keys
+                            .iter()
+                            .map(|b| BootKeyJson {
+                                public_key: hex::encode(&b.public),
+                                registered: b.registered,
+                            })
+                            .collect(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn from_json(b: BookJson) -> Result<BTreeMap<String, DeploymentHeads>, String> {
+    if b.v != 1 {
+        return Err(format!("version {}", b.v));
+    }
+    let mut out = BTreeMap::new();
+    for (name, d) in b.deployments {
+        let head = match d.head {
+            Some(h) => Some(StoreHead {
+                store_id: hex::decode(&h.store_id).map_err(|_| format!("{name}: store_id"))?,
+                seq: h.seq,
+                chain_mac: hex::decode(&h.chain_mac).map_err(|_| format!("{name}: chain_mac"))?,
+            }),
+            None => None,
+        };
+        let mut boot_keys = Vec::new();
+        for k in d.boot_keys {
+            let public = hex::decode(&k.public_key).map_err(|_| format!("{name}: boot key"))?;
+            boot_keys.push(BootKeyEntry {
+                id: boot_key_id(&public),
+                public,
+                registered: k.registered,
+            });
+        }
+        out.insert(name, DeploymentHeads { head, boot_keys });
+    }
+    Ok(out)
+}
+
+impl HeadBook {
+    /// Open the book at `path` (empty when the file does not exist).
+    pub fn open(path: &Path) -> Result<Self, HeadBookError> {
+        let shown = path.display().to_string();
+        let state = match std::fs::read(path) {
+            Ok(bytes) => {
+                let j: BookJson = serde_json::from_slice(&bytes)
+                    .map_err(|e| HeadBookError::Corrupt(shown.clone(), e.to_string()))?;
+                from_json(j).map_err(|e| HeadBookError::Corrupt(shown.clone(), e))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(HeadBookError::Io(shown, e.to_string())),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeploymentHeads>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write `m` durably: temp file, fsync, rename, fsync the directory.
+    fn persist(&self, m: &BTreeMap<String, DeploymentHeads>) -> Result<(), HeadBookError> {
+        use std::io::Write;
+        let shown = self.path.display().to_string();
+        let io = |e: std::io::Error| HeadBookError::Io(shown.clone(), e.to_string());
+        let bytes = serde_json::to_vec_pretty(&to_json(m))
+            .map_err(|e| HeadBookError::Io(shown.clone(), e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The head held for `deployment`.
+    pub fn head(&self, deployment: &str) -> Option<StoreHead> {
+        self.lock().get(deployment).and_then(|d| d.head.clone())
+    }
+
+    /// Register a boot key for `deployment` (durably; the oldest beyond [`KEEP_BOOT_KEYS`] are
+    /// forgotten) and return the head held for it, both under one lock.
+    pub fn register(
+        &self,
+        deployment: &str,
+        public_sec1: &[u8],
+        now: u64,
+    ) -> Result<Option<StoreHead>, HeadBookError> {
+        let mut m = self.lock();
+        let mut next = m.clone();
+        let d = next.entry(deployment.to_string()).or_default();
+        let id = boot_key_id(public_sec1);
+        d.boot_keys.retain(|k| k.id != id);
+        d.boot_keys.push(BootKeyEntry {
+            id,
+            public: public_sec1.to_vec(),
+            registered: now,
+        });
+        let extra = d.boot_keys.len().saturating_sub(KEEP_BOOT_KEYS);
+        d.boot_keys.drain(..extra);
+        let head = d.head.clone();
+        self.persist(&next)?;
+        *m = next;
+        Ok(head)
+    }
+
+    /// The deployment and SEC1 public key of a registered boot key.
+    pub fn lookup(&self, id: &[u8]) -> Option<(String, Vec<u8>)> {
+        let m = self.lock();
+        m.iter().find_map(|(name, d)| {
+            d.boot_keys
+                .iter()
+                .find(|k| k.id[..] == *id)
+                .map(|k| (name.clone(), k.public.clone()))
+        })
+    }
+
+    /// Compare-and-set `deployment`'s head from `prev` to `next`, durably before `Ok`.
+    pub fn advance(
+        &self,
+        deployment: &str,
+        prev: Option<&StoreHead>,
+        next: &StoreHead,
+    ) -> Result<Result<Advanced, Refusal>, HeadBookError> {
+        let mut m = self.lock();
+        let held = m.get(deployment).and_then(|d| d.head.clone());
+        if held.as_ref() == Some(next) {
+            return Ok(Ok(Advanced::AlreadyHeld));
+        }
+        if let Some(h) = &held {
+            if h.store_id != next.store_id {
+                return Ok(Err(Refusal::OtherStore));
+            }
+            if h.seq >= next.seq {
+                return Ok(Err(Refusal::NotForward));
+            }
+        }
+        if held.as_ref() != prev {
+            return Ok(Err(Refusal::NotExtending));
+        }
+        let mut updated = m.clone();
+        updated.entry(deployment.to_string()).or_default().head = Some(next.clone());
+        self.persist(&updated)?;
+        *m = updated;
+        Ok(Ok(Advanced::Recorded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(id: u8, seq: u64) -> StoreHead {
+        StoreHead {
+            store_id: vec![id; 16],
+            seq,
+            chain_mac: vec![seq as u8; 32],
+        }
+    }
+
+    #[test]
+    fn compare_and_set_persists_and_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("heads.json");
+        let b = HeadBook::open(&p).unwrap();
+        assert_eq!(b.register("d", &[4; 97], 1).unwrap(), None);
+        assert_eq!(b.lookup(&boot_key_id(&[4; 97])).unwrap().0, "d");
+        assert!(b.lookup(&[0; 32]).is_none());
+        // prev must be what is held: None first.
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &head(1, 2)).unwrap(),
+            Err(Refusal::NotExtending)
+        );
+        assert_eq!(
+            b.advance("d", None, &head(1, 1)).unwrap(),
+            Ok(Advanced::Recorded)
+        );
+        assert_eq!(
+            b.advance("d", None, &head(1, 1)).unwrap(),
+            Ok(Advanced::AlreadyHeld)
+        );
+        assert_eq!(
+            b.advance("d", None, &head(1, 2)).unwrap(),
+            Err(Refusal::NotExtending)
+        );
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &head(2, 2)).unwrap(),
+            Err(Refusal::OtherStore)
+        );
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &head(1, 1)).unwrap(),
+            Ok(Advanced::AlreadyHeld)
+        );
+        let mut rewound = head(1, 0);
+        rewound.chain_mac = vec![9; 32];
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &rewound).unwrap(),
+            Err(Refusal::NotForward)
+        );
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &head(1, 2)).unwrap(),
+            Ok(Advanced::Recorded)
+        );
+        // Survives a reopen; a new boot key sees the head at registration.
+        let b = HeadBook::open(&p).unwrap();
+        assert_eq!(b.head("d"), Some(head(1, 2)));
+        assert_eq!(b.register("d", &[5; 97], 2).unwrap(), Some(head(1, 2)));
+        assert!(b.lookup(&boot_key_id(&[4; 97])).is_some());
+        // Bounded.
+        for i in 0..(KEEP_BOOT_KEYS as u8 + 3) {
+            b.register("d", &[i; 65], 3).unwrap();
+        }
+        assert!(b.lookup(&boot_key_id(&[4; 97])).is_none());
+        assert!(b
+            .lookup(&boot_key_id(&[KEEP_BOOT_KEYS as u8 + 2; 65]))
+            .is_some());
+        // A damaged book refuses to open.
+        std::fs::write(&p, b"{not json").unwrap();
+        assert!(matches!(
+            HeadBook::open(&p),
+            Err(HeadBookError::Corrupt(..))
+        ));
+    }
+}
