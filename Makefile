@@ -43,7 +43,12 @@ clean:
 # make image-test   boot the image in qemu with a swtpm and a host KRS: release, XKS, two refusals
 # make ami          the AWS import/registration commands (prints them without AWS credentials)
 IMAGE_BUILD := image/build
-KEYWARD_BIN ?= target/release/keyward
+# The image holds the appliance-only binary (serve, config, attest: no KRS, no PKCS#11 loader, no
+# load generator, no test signing keys); the host side of image-test (KRS, measure, admin client)
+# uses the full developer binary.
+APPLIANCE_FEATURES := --no-default-features --features appliance
+KEYWARD_BIN ?= target/release/keyward-appliance
+KEYWARD_HOST_BIN ?= target/release/keyward
 NEED := image/scripts/need.sh
 SPACE := image/scripts/need-space.sh
 IMAGE_TOOLS := mkosi:mkosi systemd-nspawn:systemd-container debootstrap:debootstrap \
@@ -62,7 +67,8 @@ $(IMAGE_BUILD)/base.stamp: image/mkosi.default image/mkosi.postinst image/script
 image: $(IMAGE_BUILD)/base.stamp
 	@$(NEED) $(IMAGE_TOOLS)
 	@$(SPACE) "make image" 1800 $(IMAGE_BUILD)
-	@if [ "$(KEYWARD_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked --no-default-features --features appliance; \
+	@if [ "$(KEYWARD_BIN)" = target/release/keyward-appliance ]; then \
+		$(CARGO) build --release --locked $(APPLIANCE_FEATURES) && cp target/release/keyward target/release/keyward-appliance; \
 	else echo "make image: KEYWARD_BIN=$(KEYWARD_BIN) (not the release build)"; fi
 	image/scripts/assemble.sh $(KEYWARD_BIN)
 
@@ -76,13 +82,15 @@ measure:
 
 image-repro:
 	@$(NEED) $(IMAGE_TOOLS)
-	$(CARGO) build --release --locked
+	@if [ "$(KEYWARD_BIN)" = target/release/keyward-appliance ]; then \
+		$(CARGO) build --release --locked $(APPLIANCE_FEATURES) && cp target/release/keyward target/release/keyward-appliance; fi
 	image/scripts/repro.sh $(KEYWARD_BIN)
 
 image-test:
 	@$(NEED) $(IMAGE_TOOLS) $(BOOT_TOOLS)
 	@$(SPACE) "make image-test" 1200 $(IMAGE_BUILD)
-	KEYWARD_BIN=$(KEYWARD_BIN) image/test/run.sh
+	@if [ "$(KEYWARD_HOST_BIN)" = target/release/keyward ]; then $(CARGO) build --release --locked; fi
+	KEYWARD_BIN=$(KEYWARD_BIN) KEYWARD_HOST_BIN=$(KEYWARD_HOST_BIN) image/test/run.sh
 
 ami:
 	@if command -v packer >/dev/null; then packer fmt -check image/packer && echo "packer fmt -check image/packer: ok"; \

@@ -17,17 +17,17 @@ ours() { sed -n 's/^\(keyward[a-z-]*\) v.*/\1/p' | sort -u; }
 
 # keyward-xks: of ours only keystore, secret, audit (external crates are not restricted here).
 xks=$(tree -p keyward-xks | ours | grep -Ev '^keyward-(xks|keystore|secret|audit)$' || true)
-if [ -n "$xks" ]; then echo "check-deps: keyward-xks reaches" $xks >&2; fail=1; else echo "check-deps: keyward-xks reaches only keystore, secret, audit: ok"; fi
+if [ -n "$xks" ]; then echo "check-deps: keyward-xks reaches" "${xks//$'\n'/ }" >&2; fail=1; else echo "check-deps: keyward-xks reaches only keystore, secret, audit: ok"; fi
 
 # keyward-verify: of ours only evidence; no runtime, no sockets, no HTTP.
 v=$(tree -p keyward-verify | ours | grep -Ev '^keyward-(verify|evidence)$' || true)
 net=$(tree -p keyward-verify | sed 's/ v.*//' | sort -u | grep -E '^(tokio|mio|hyper|hyper-util|socket2|reqwest|h2)$' || true)
-if [ -n "$v$net" ]; then echo "check-deps: keyward-verify reaches" $v $net >&2; fail=1; else echo "check-deps: keyward-verify reaches only evidence, no network code: ok"; fi
+if [ -n "$v$net" ]; then echo "check-deps: keyward-verify reaches" "${v//$'\n'/ } ${net//$'\n'/ }" >&2; fail=1; else echo "check-deps: keyward-verify reaches only evidence, no network code: ok"; fi
 
 # The appliance image binary.
 img=$(tree -p keyward --no-default-features --features appliance | sed 's/ v.*//' | sort -u \
   | grep -E '^(keyward-krs|keyward-hsm|keyward-bench|keyward-measure|keyward-verify|cryptoki|cryptoki-sys|libloading|aws-sigv4|hdrhistogram)$' || true)
-if [ -n "$img" ]; then echo "check-deps: the appliance-only binary links" $img >&2; fail=1; else echo "check-deps: the appliance-only binary links no KRS, PKCS#11 loader, load generator, measure or verifier: ok"; fi
+if [ -n "$img" ]; then echo "check-deps: the appliance-only binary links" "${img//$'\n'/ }" >&2; fail=1; else echo "check-deps: the appliance-only binary links no KRS, PKCS#11 loader, load generator, measure or verifier: ok"; fi
 
 # The test signer (test ARK/ASK private keys) only behind keyward-verify's test-signer feature.
 if tree -p keyward --no-default-features --features appliance -e features 2>/dev/null | grep -q 'test-signer'; then

@@ -157,6 +157,13 @@ fn image_scripts_pass_shellcheck() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "sh"))
         .collect();
+    if let Ok(dir) = std::fs::read_dir(repo().join("scripts")) {
+        files.extend(
+            dir.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sh")),
+        );
+    }
+    files.push(repo().join(".ci/run"));
     files.push(repo().join("image/aws/ami.sh"));
     files.push(repo().join("image/mkosi.postinst"));
     files.push(repo().join("image/rootfs/usr/libexec/keyward/keyward-pins"));

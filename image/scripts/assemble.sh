@@ -18,6 +18,8 @@ cd "$here"
 . ./image.env
 bin="${1:?usage: assemble.sh KEYWARD_BINARY}"
 [ -x "$bin" ] || { echo "assemble: $bin is not an executable" >&2; exit 1; }
+# Only the appliance goes into the measured image: no test keys, no PKCS#11 loader, no bench.
+"$here/scripts/check-binary.sh" "$bin"
 [ -d build/base/usr ] || { echo "assemble: no base tree, run image/scripts/build-base.sh" >&2; exit 1; }
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct)}"
 stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub

@@ -22,7 +22,9 @@
 #      PCR 15 differs too; no release.
 # Every step's wall time goes to image/build/test/times.txt. Boots take minutes under TCG.
 #
-# env: KEYWARD_BIN (target/release/keyward: the same binary the image holds), BOOT_WAIT (1800 s
+# env: KEYWARD_BIN (target/release/keyward-appliance: the appliance-only binary the image holds;
+#      checked first: no test private key, no PKCS#11 loader), KEYWARD_HOST_BIN
+#      (target/release/keyward: the full binary for the host's KRS, measure and admin client), BOOT_WAIT (1800 s
 #      per boot), KRS_PORT 19443, XKS_PORT 18443, ADMIN_PORT 18444, ATTEST_PORT 18445, VTPM_PORT 23321
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,7 +32,9 @@ repo="$(cd "$here/.." && pwd)"
 tst="$here/test"
 cd "$here"
 t="$here/build/test"
-bin="${KEYWARD_BIN:-target/release/keyward}"
+image_bin="${KEYWARD_BIN:-target/release/keyward-appliance}"
+case "$image_bin" in /*) ;; *) image_bin="$repo/$image_bin" ;; esac
+bin="${KEYWARD_HOST_BIN:-target/release/keyward}"
 case "$bin" in /*) ;; *) bin="$repo/$bin" ;; esac
 wait_s="${BOOT_WAIT:-1800}"
 export KRS_PORT="${KRS_PORT:-19443}" XKS_PORT="${XKS_PORT:-18443}" ADMIN_PORT="${ADMIN_PORT:-18444}"
@@ -38,9 +42,19 @@ export ATTEST_PORT="${ATTEST_PORT:-18445}"
 if [ ! -f build/keyward.raw ] || [ ! -f build/keyward.efi ]; then
     echo "image-test: run make image first" >&2; exit 1
 fi
-[ -x "$bin" ] || { echo "image-test: $bin missing (make image builds it)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "image-test: $bin missing (make image-test builds it)" >&2; exit 1; }
 rm -rf "$t" && mkdir -p "$t"
 fail=0
+# 0. The image's binary is the appliance only (the same check assemble.sh made): no test AMD
+# private key (which would let anyone sign SNP reports a test-root policy accepts), no PKCS#11
+# loader, no load generator.
+if ! "$here/scripts/check-binary.sh" "$image_bin"; then
+    echo "image-test: FAIL the image binary $image_bin is not appliance-only" >&2; exit 1
+fi
+if ! cmp -s "$image_bin" build/root/usr/bin/keyward; then
+    echo "image-test: FAIL build/root/usr/bin/keyward is not $image_bin (run make image again)" >&2; exit 1
+fi
+echo "image-test: PASS the image holds $image_bin, appliance-only" 
 now() { date +%s; }
 step() { echo "$1 $2 s" >> "$t/times.txt"; echo "image-test: $1 took $2 s"; }
 ok() { echo "image-test: PASS $*"; }
