@@ -1,6 +1,7 @@
 //! The request path, top to bottom, in the order of contract section 7.4:
-//! route (404/405) -> SigV4 (401) -> content type and JSON (400) -> key lookup (404) -> key
-//! state (400) -> grants (403) -> sizes (501) -> key usage and crypto (400/500).
+//! route (404/405) -> SigV4 (401) -> content type (400) here, then in [`crate::api`], one file
+//! per operation: JSON (400) -> key lookup (404) -> key state (400) -> grants (403) -> sizes
+//! (501) -> key usage and crypto (400/500).
 //!
 //! [`handle`] is synchronous and takes the whole body, so it can be benchmarked in-process. It
 //! loads the key-store snapshot once, never locks, and fills one audit record that it hands to
@@ -13,15 +14,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 
-use super::crypto::{self, CryptoError};
+use super::api;
+use super::crypto;
 use super::error::XksError;
-use super::grants::{self, Op};
 use super::health::Health;
-use super::model::{self, DecryptRequest, EncryptRequest, MetadataRequest, RequestMetadata};
 use super::router::{self, Api, Routed};
 use super::sigv4;
 use keyward_audit::{AuditLog, Field, XksRecord};
-use keyward_keystore::view::{KeyStatus, KeyUsage, LiveKey, SharedView, StoreView};
+use keyward_keystore::view::SharedView;
 
 /// Size limits above the spec minimums (above them: 501 `UnsupportedOperationException`), and
 /// the listener's resource limits (over them: 429 `ThrottlingException`, which KMS retries).
@@ -132,7 +132,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(body: impl Into<Bytes>) -> Self {
+    pub(crate) fn ok(body: impl Into<Bytes>) -> Self {
         Self {
             status: 200,
             body: body.into(),
@@ -249,13 +249,14 @@ fn dispatch(
     .map_err(|e| XksError::AuthenticationFailed(e.0))?;
     rec.set(Field::AccessKeyId, &cred.access_key_id);
 
-    // 3. Content type, then the JSON body.
+    // 3. Content type; then each API parses its JSON body and goes on in its own file.
     check_content_type(req.headers)?;
+    let key_id = route.key_id.unwrap_or_default();
     match route.api {
-        Api::Health => health(ctx, req.body, rec),
-        Api::Metadata => metadata(store, route.key_id.unwrap_or_default(), req.body, rec),
-        Api::Encrypt => encrypt(ctx, store, route.key_id.unwrap_or_default(), req.body, rec),
-        Api::Decrypt => decrypt(ctx, store, route.key_id.unwrap_or_default(), req.body, rec),
+        Api::Health => api::health::handle(ctx, req.body, rec),
+        Api::Metadata => api::metadata::handle(store, key_id, req.body, rec),
+        Api::Encrypt => api::encrypt::handle(ctx, store, key_id, req.body, rec),
+        Api::Decrypt => api::decrypt::handle(ctx, store, key_id, req.body, rec),
     }
 }
 
@@ -280,367 +281,6 @@ fn check_content_type(h: &HeaderMap) -> Result<(), XksError> {
     }
 }
 
-fn note_metadata(rec: &mut XksRecord, md: &RequestMetadata<'_>) {
-    let fields = [
-        (Field::KmsRequestId, &md.kms_request_id),
-        (Field::KmsOperation, &md.kms_operation),
-        (Field::Principal, &md.aws_principal_arn),
-        (Field::ViaService, &md.kms_via_service),
-        (Field::SourceVpc, &md.aws_source_vpc),
-        (Field::SourceVpce, &md.aws_source_vpce),
-        (Field::KmsKeyArn, &md.kms_key_arn),
-    ];
-    for (f, v) in fields {
-        if let Some(v) = v {
-            rec.set(f, v);
-        }
-    }
-}
-
-fn health(ctx: &Ctx, body: &[u8], rec: &mut XksRecord) -> Result<Reply, XksError> {
-    let r: MetadataRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    model::require_metadata(&r.request_metadata)?;
-    // Never subject to grants (spec: MUST).
-    Ok(Reply::ok(ctx.health.answer()))
-}
-
-/// 4. key lookup and 5. (for encrypt/decrypt) key state.
-fn lookup<'s>(store: &'s StoreView, id: &str) -> Result<&'s Arc<LiveKey>, XksError> {
-    store
-        .keys
-        .get(id)
-        .ok_or(XksError::KeyNotFound("no such external key"))
-}
-
-/// 6. grants.
-fn authorize(
-    key: &LiveKey,
-    op: Op,
-    md: &RequestMetadata<'_>,
-    rec: &mut XksRecord,
-) -> Result<(), XksError> {
-    match grants::allowed(&key.grants, op, md) {
-        Some(i) => {
-            rec.set_grant(i);
-            Ok(())
-        }
-        None => Err(XksError::AccessDenied(
-            "no grant on this key allows this principal and operation",
-        )),
-    }
-}
-
-fn metadata(
-    store: &StoreView,
-    id: &str,
-    body: &[u8],
-    rec: &mut XksRecord,
-) -> Result<Reply, XksError> {
-    let r: MetadataRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
-    md.principal()?;
-    let key = lookup(store, id)?;
-    authorize(key, Op::Metadata, md, rec)?;
-    let resp = model::MetadataResponse {
-        key_spec: "AES_256",
-        key_usage: match key.usage {
-            KeyUsage::EncryptDecrypt => &["ENCRYPT", "DECRYPT"],
-            KeyUsage::EncryptOnly => &["ENCRYPT"],
-            KeyUsage::DecryptOnly => &["DECRYPT"],
-            KeyUsage::None => &[],
-        },
-        key_status: match key.status {
-            KeyStatus::Enabled => "ENABLED",
-            KeyStatus::Disabled => "DISABLED",
-        },
-    };
-    let body =
-        serde_json::to_vec(&resp).map_err(|_| XksError::Internal("cannot serialize the answer"))?;
-    Ok(Reply::ok(body))
-}
-
-/// 7. A Base64 field's decoded size against a limit, checked before decoding.
-fn check_size(field: &'static str, b64: &str, max: usize) -> Result<(), XksError> {
-    if b64.len() > base64::encoded_len(max, true).unwrap_or(usize::MAX) {
-        return Err(XksError::UnsupportedOperation(Cow::Owned(format!(
-            "{field} larger than this proxy supports ({max} bytes)"
-        ))));
-    }
-    Ok(())
-}
-
-fn encrypt(
-    ctx: &Ctx,
-    store: &StoreView,
-    id: &str,
-    body: &[u8],
-    rec: &mut XksRecord,
-) -> Result<Reply, XksError> {
-    let r: EncryptRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
-    md.principal()?;
-    let pt_b64 = r
-        .plaintext
-        .as_deref()
-        .ok_or_else(|| XksError::Validation("plaintext is required".into()))?;
-    model::require_aes_gcm(&r.encryption_algorithm)?;
-    let want_cdiv = match r.ciphertext_data_integrity_value_algorithm.as_deref() {
-        None => false,
-        Some("SHA_256") => true,
-        Some(_) => {
-            return Err(XksError::Validation(
-                "ciphertextDataIntegrityValueAlgorithm must be SHA_256".into(),
-            ))
-        }
-    };
-    let key = lookup(store, id)?;
-    if key.status == KeyStatus::Disabled {
-        return Err(XksError::InvalidState("the external key is disabled"));
-    }
-    authorize(key, Op::Encrypt, md, rec)?;
-    let aad_b64 = r.additional_authenticated_data.as_deref().unwrap_or("");
-    check_size("plaintext", pt_b64, ctx.limits.max_data)?;
-    check_size(
-        "additionalAuthenticatedData",
-        aad_b64,
-        ctx.limits.max_aad.min(crypto::MAX_AAD),
-    )?;
-    if !key.usage.can_encrypt() {
-        return Err(XksError::InvalidKeyUsage("the key does not allow encrypt"));
-    }
-    if want_cdiv && !key.usage.can_decrypt() {
-        return Err(XksError::InvalidKeyUsage(
-            "a data integrity value needs a verify-decrypt, which the key does not allow",
-        ));
-    }
-
-    with_scratch(|s| {
-        let Scratch {
-            data: buf,
-            check,
-            aad,
-            gcm_aad: scratch,
-        } = s;
-        model::decode_into("plaintext", pt_b64, buf)?;
-        model::decode_into("additionalAuthenticatedData", aad_b64, aad)?;
-        if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
-            return Err(XksError::UnsupportedOperation(
-                "input larger than this proxy supports".into(),
-            ));
-        }
-
-        let ctm = crypto::ctm_v1(key.version);
-        let (iv, tag) = crypto::encrypt(&key.kek, aad, &ctm, buf, scratch)
-            .map_err(|_| XksError::Internal("encryption failed"))?;
-        let cdiv = if want_cdiv {
-            // Computed from the encrypt output BEFORE the verify-decrypt (spec Appendix C).
-            let v = crypto::cdiv(aad, &ctm, &iv, buf, &tag);
-            check.extend_from_slice(buf);
-            crypto::decrypt(&key.kek, aad, &ctm, &iv, &tag, check, scratch)
-                .map_err(|_| XksError::Internal("verify-decrypt of the new ciphertext failed"))?;
-            Some(v)
-        } else {
-            None
-        };
-
-        let fields = [
-            ("ciphertext", buf.len()),
-            ("initializationVector", iv.len()),
-            ("authenticationTag", tag.len()),
-            ("ciphertextMetadata", ctm.len()),
-            ("ciphertextDataIntegrityValue", 32),
-        ];
-        let n = if cdiv.is_some() { 5 } else { 4 };
-        let mut out = Vec::with_capacity(model::b64_object_len(&fields[..n]));
-        out.push(b'{');
-        model::write_b64_field(&mut out, true, "ciphertext", buf);
-        model::write_b64_field(&mut out, false, "initializationVector", &iv);
-        model::write_b64_field(&mut out, false, "authenticationTag", &tag);
-        model::write_b64_field(&mut out, false, "ciphertextMetadata", &ctm);
-        if let Some(v) = cdiv {
-            model::write_b64_field(&mut out, false, "ciphertextDataIntegrityValue", &v);
-        }
-        out.push(b'}');
-        debug_assert_eq!(out.len(), out.capacity(), "the answer was sized exactly");
-        Ok(Reply::ok(out))
-    })
-}
-
-fn decrypt(
-    ctx: &Ctx,
-    store: &StoreView,
-    id: &str,
-    body: &[u8],
-    rec: &mut XksRecord,
-) -> Result<Reply, XksError> {
-    let r: DecryptRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
-    md.principal()?;
-    let required = |v: &Option<Cow<'_, str>>, name: &'static str| -> Result<(), XksError> {
-        v.as_ref()
-            .map(|_| ())
-            .ok_or_else(|| XksError::Validation(Cow::Owned(format!("{name} is required"))))
-    };
-    required(&r.ciphertext, "ciphertext")?;
-    required(&r.initialization_vector, "initializationVector")?;
-    required(&r.authentication_tag, "authenticationTag")?;
-    model::require_aes_gcm(&r.encryption_algorithm)?;
-    let ct_b64 = r.ciphertext.as_deref().unwrap_or_default();
-    let iv_b64 = r.initialization_vector.as_deref().unwrap_or_default();
-    let tag_b64 = r.authentication_tag.as_deref().unwrap_or_default();
-    let aad_b64 = r.additional_authenticated_data.as_deref().unwrap_or("");
-    let ctm_b64 = r.ciphertext_metadata.as_deref();
-
-    let key = lookup(store, id)?;
-    if key.status == KeyStatus::Disabled {
-        return Err(XksError::InvalidState("the external key is disabled"));
-    }
-    authorize(key, Op::Decrypt, md, rec)?;
-    check_size("ciphertext", ct_b64, ctx.limits.max_data)?;
-    check_size(
-        "additionalAuthenticatedData",
-        aad_b64,
-        ctx.limits.max_aad.min(crypto::MAX_AAD),
-    )?;
-
-    // Small fields: decode into stack buffers; wrong lengths are invalid input.
-    let (iv_buf, iv_len) = model::decode_small("initializationVector", check_small(iv_b64, 16)?)?;
-    let iv = &iv_buf[..iv_len];
-    let (tag_buf, tag_len) = model::decode_small("authenticationTag", check_small(tag_b64, 16)?)?;
-    let (ctm_buf, ctm_len) = match ctm_b64 {
-        Some(c) => model::decode_small("ciphertextMetadata", check_small(c, 20)?)?,
-        None => ([0; model::SMALL], 0),
-    };
-    // 21 bytes encode to the same 28 Base64 characters as 20: check the decoded length.
-    if ctm_len > 20 {
-        return Err(XksError::Validation(
-            "ciphertextMetadata must be at most 20 bytes".into(),
-        ));
-    }
-    let ctm = &ctm_buf[..ctm_len];
-    let tag: [u8; 16] = tag_buf[..tag_len]
-        .try_into()
-        .map_err(|_| XksError::Validation("authenticationTag must be 16 bytes".into()))?;
-    if iv.len() != 12 && iv.len() != 16 {
-        return Err(XksError::Validation(
-            "initializationVector must be 12 or 16 bytes".into(),
-        ));
-    }
-    if !key.usage.can_decrypt() {
-        return Err(XksError::InvalidKeyUsage("the key does not allow decrypt"));
-    }
-    with_scratch(|s| {
-        let Scratch {
-            data: buf,
-            aad,
-            gcm_aad: scratch,
-            ..
-        } = s;
-        model::decode_into("ciphertext", ct_b64, buf)?;
-        model::decode_into("additionalAuthenticatedData", aad_b64, aad)?;
-        if buf.len() > ctx.limits.max_data || aad.len() > ctx.limits.max_aad.min(crypto::MAX_AAD) {
-            return Err(XksError::UnsupportedOperation(
-                "input larger than this proxy supports".into(),
-            ));
-        }
-
-        // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata for this key's version.
-        const BAD: XksError =
-            XksError::InvalidCiphertext("ciphertext, IV, tag, AAD or metadata do not authenticate");
-        let iv: [u8; 12] = iv.try_into().map_err(|_| BAD)?;
-        let version = crypto::parse_ctm(ctm).map_err(|_| BAD)?;
-        if version != key.version {
-            return Err(BAD);
-        }
-        crypto::decrypt(&key.kek, aad, ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
-            CryptoError::AadTooLong => {
-                XksError::UnsupportedOperation("AAD larger than 65535 bytes".into())
-            }
-            _ => BAD,
-        })?;
-        let mut out = Vec::with_capacity(model::b64_object_len(&[("plaintext", buf.len())]));
-        out.push(b'{');
-        model::write_b64_field(&mut out, true, "plaintext", buf);
-        out.push(b'}');
-        debug_assert_eq!(out.len(), out.capacity(), "the answer was sized exactly");
-        Ok(Reply::ok(out))
-    })
-}
-
-/// Per-thread buffers reused across requests, so the crypto path allocates only its answer.
-/// Plaintext-bearing buffers are wiped (the used part) after every request.
-#[derive(Default)]
-struct Scratch {
-    data: Vec<u8>,
-    check: Vec<u8>,
-    aad: Vec<u8>,
-    gcm_aad: Vec<u8>,
-}
-
-/// Buffers above this capacity are freed after use rather than kept.
-const SCRATCH_KEEP: usize = 256 * 1024;
-
-impl Scratch {
-    fn wipe(&mut self) {
-        use zeroize::Zeroize;
-        for v in [
-            &mut self.data,
-            &mut self.check,
-            &mut self.aad,
-            &mut self.gcm_aad,
-        ] {
-            v[..].zeroize();
-            v.clear();
-            if v.capacity() > SCRATCH_KEEP {
-                *v = Vec::new();
-            }
-        }
-    }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            let r = f(&mut s);
-            s.wipe();
-            r
-        }
-        // Not reachable (no re-entry), but never panic: use fresh buffers.
-        Err(_) => {
-            let mut s = Scratch::default();
-            let r = f(&mut s);
-            s.wipe();
-            r
-        }
-    })
-}
-
-/// A small Base64 field (IV, tag, metadata) longer than its maximum is invalid input.
-fn check_small(b64: &str, max: usize) -> Result<&str, XksError> {
-    if b64.len() > base64::encoded_len(max, true).unwrap_or(0) {
-        return Err(XksError::Validation(
-            "a field is longer than the spec allows".into(),
-        ));
-    }
-    Ok(b64)
-}
-
 #[cfg(test)]
 mod tests {
     //! Malformed input never panics and always gets a JSON XKS answer. Bodies are signed here
@@ -651,7 +291,9 @@ mod tests {
     use arc_swap::ArcSwap;
     use hmac::{Hmac, Mac};
     use keyward_audit::AuditSink;
-    use keyward_keystore::view::{Credential, Grant, GrantOps, Snapshot};
+    use keyward_keystore::view::{
+        Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
+    };
     use keyward_secret::Key32;
     use proptest::prelude::*;
     use sha2::{Digest, Sha256};

@@ -3,12 +3,14 @@
 //! Read in the order of a request: [`router`] (method and path), [`sigv4`] (authentication),
 //! [`model`] (JSON in and out), [`error`] (every XKS error and its status), [`grants`]
 //! (secondary authorization), [`crypto`] (AES-256-GCM, AAD and metadata layout, CDIV),
-//! [`health`] (the deep health check), [`handlers`] (the four APIs, in the contract's order of
-//! checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines) and [`clock`] (coarse clocks).
+//! [`health`] (the deep health check), [`handlers`] (route, SigV4 and content type, then one
+//! file per API in `api/`: `encrypt.rs`, `decrypt.rs`, `metadata.rs`, `health.rs`, each parse ->
+//! authorize -> apply in the contract's order of checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines) and [`clock`] (coarse clocks).
 //!
-//! Keys and credentials come only from [`keyward_keystore::view`]; this module never reaches
-//! `attest`, `verify`, `release` or `hsm`.
+//! Keys and credentials come only from [`keyward_keystore::view`]; this crate never reaches
+//! `attest`, `verify`, `krp`, `krs`, `agent` or `hsm` (`scripts/check-deps.sh`).
 
+mod api;
 pub mod clock;
 pub mod crypto;
 pub mod error;

@@ -1,0 +1,19 @@
+//! `POST /kms/xks/v1/health`: the deep health check. Needs `requestMetadata` like every API but
+//! is never subject to grants (the contract's MUST); the answer comes from [`crate::health`].
+
+use crate::error::XksError;
+use crate::handlers::{Ctx, Reply};
+use crate::model::{self, MetadataRequest};
+use keyward_audit::XksRecord;
+
+use super::note_metadata;
+
+pub(crate) fn handle(ctx: &Ctx, body: &[u8], rec: &mut XksRecord) -> Result<Reply, XksError> {
+    let r: MetadataRequest = model::parse(body)?;
+    if let Some(md) = &r.request_metadata {
+        note_metadata(rec, md);
+    }
+    model::require_metadata(&r.request_metadata)?;
+    // Never subject to grants (spec: MUST).
+    Ok(Reply::ok(ctx.health.answer()))
+}
