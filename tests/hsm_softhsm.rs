@@ -2,6 +2,7 @@
 //! the in-HSM release wrap unwraps on the agent side to the same master key the fallback path
 //! sees, and the receipt signature verifies outside the token.
 
+#[path = "it/common.rs"]
 mod common;
 
 use keyward::hsm::{Hsm, HsmConfig, PinSource};

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use keyward::keystore::view::KeyUsage;
-use keyward::keystore::{NewStore, Registry};
-use keyward::secret::{self, Key32, MemoryPolicy};
+use keyward_keystore::view::KeyUsage;
+use keyward_keystore::{NewStore, Registry};
+use keyward_secret::{self as secret, Key32, MemoryPolicy};
 
 const MK: [u8; 32] = [0x77; 32];
 const DIR_ENV: &str = "KEYWARD_BENCH_CHILD_DIR";

@@ -11,6 +11,7 @@
 //! Floods come from 127.0.0.2 and up (Linux routes all of 127/8 to loopback); the agent from
 //! 127.0.0.1. Also: `krs serve` runs non-dumpable, without core files, with key memory locked.
 
+#[path = "it/common.rs"]
 mod common;
 
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use keyward::secret::{self, Key32, MemoryPolicy, SecretError};
+use keyward_secret::{self as secret, Key32, MemoryPolicy, SecretError};
 
 const STRICT: MemoryPolicy = MemoryPolicy {
     allow_unlocked: false,
@@ -48,11 +48,11 @@ fn key32_debug_is_redacted_everywhere() {
             "{s}"
         );
     }
-    let live = keyward::keystore::view::LiveKey {
+    let live = keyward_keystore::view::LiveKey {
         id: "k".into(),
         version: 1,
-        usage: keyward::keystore::view::KeyUsage::EncryptDecrypt,
-        status: keyward::keystore::view::KeyStatus::Enabled,
+        usage: keyward_keystore::view::KeyUsage::EncryptDecrypt,
+        status: keyward_keystore::view::KeyStatus::Enabled,
         grants: vec![],
         kek: k,
     };

@@ -13,6 +13,7 @@
 //! The demo runs with RLIMIT_NOFILE 1024 (soft and hard): the limit under which held attestation
 //! connections used to exhaust the descriptors until the XKS API stopped answering.
 
+#[path = "it/serve_common.rs"]
 mod serve_common;
 
 use std::os::unix::process::CommandExt;

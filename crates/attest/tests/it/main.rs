@@ -1,0 +1,12 @@
+//! The integration tests of keyward-attest, one binary with a module per area (as rustls does):
+//! they link this crate and what it depends on, not the whole workspace.
+
+use std::path::PathBuf;
+
+mod attest_simulated;
+mod attest_snp;
+
+/// The repository root (test data, policies and scripts live there).
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}

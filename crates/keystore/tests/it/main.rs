@@ -1,0 +1,13 @@
+//! The integration tests of keyward-keystore, one binary with a module per area (as rustls does):
+//! they link this crate and what it depends on, not the whole workspace.
+
+use std::path::PathBuf;
+
+mod keystore_crash;
+mod keystore_freshness;
+mod keystore_registry;
+
+/// The repository root (test data, policies and scripts live there).
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}

@@ -1,0 +1,381 @@
+//! The appliance-managed XKS/admin TLS key against a real `keyward serve` with no TLS files:
+//! the SPKI hash on the console, `tls show` through an admin client pinned to it (a wrong pin is
+//! refused), `tls csr` signed by a test CA and `tls install` served at once to
+//! `curl --cacert` (refused before), a chain for another key refused with one line and nothing
+//! changed, a restart keeping the key and the chain, no private key in clear in the state
+//! directory and another master key refused; and the live attestation bound to that key
+//! (`keyward verify --url`, with a released master key and the simulated SNP attester).
+
+use crate::common;
+use crate::serve_common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serve_common::*;
+
+/// Turn a [`ServeSetup`] (file-based TLS) into one with the appliance-managed TLS key: no TLS
+/// files in `[xks]` and `[admin]`, the admin listener's operator CA kept.
+fn managed(setup: &ServeSetup, names: &str) {
+    let cfg = std::fs::read_to_string(&setup.config).unwrap();
+    let cfg = cfg
+        .replace("tls_cert_chain_file = \"server.pem\"\n", "")
+        .replace("tls_key_file = \"server-key.pem\"\n", "");
+    let cfg = cfg.replacen(
+        "[xks]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[xks]\nlisten = \"127.0.0.1:0\"\n{names}"),
+        1,
+    );
+    assert!(!cfg.contains("tls_key_file") && cfg.contains("client_ca_file"));
+    std::fs::write(&setup.config, cfg).unwrap();
+}
+
+/// The `spki_sha256=` the appliance logged at start.
+fn logged_spki(p: &mut Proc) -> String {
+    let line = p.wait_stderr("xks tls key spki_sha256=", Duration::from_secs(10));
+    let at = line.find("spki_sha256=").unwrap() + "spki_sha256=".len();
+    let hex: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    assert_eq!(hex.len(), 64, "{line}");
+    hex
+}
+
+/// An admin profile trusting the server by SPKI pin (no CA).
+fn pinned_profile(setup: &ServeSetup, name: &str, pin: &str) -> std::path::PathBuf {
+    let path = setup.dir.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "url = \"https://{}\"\nserver_spki_sha256 = \"{pin}\"\nclient_cert = \"admin.pem\"\nclient_key = \"admin-key.pem\"\n",
+            setup.admin_addr()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn field<'a>(show: &'a str, name: &str) -> &'a str {
+    show.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in {show}"))
+        .trim()
+}
+
+fn fetch_spki(url: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    hex::encode(
+        rt.block_on(keyward::attest::live::fetch_spki_sha256(url))
+            .unwrap(),
+    )
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn managed_tls_key_csr_install_restart() {
+    let setup = ServeSetup::new();
+    managed(&setup, "");
+    let d = setup.dir.path();
+    let (mut p, xks) = setup.start();
+    let spki = logged_spki(&mut p);
+
+    // The XKS listener serves the logged key (what `keyward verify --url` reads).
+    assert_eq!(fetch_spki(&xks.url), spki);
+
+    // The admin client pinned to it; `tls show` agrees; no chain yet.
+    let prof = pinned_profile(&setup, "pinned.toml", &spki);
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert_eq!(field(&show, "spki_sha256"), spki, "{show}");
+    assert!(show.contains("not installed"), "{show}");
+    assert_eq!(field(&show, "names"), "keyward-appliance", "{show}");
+    // The CA of the file-based set-up does not vouch for the self-signed certificate.
+    let out = admin(&setup.profile, &["tls", "show"]);
+    assert!(!out.status.success(), "the self-signed server was trusted");
+    // A wrong pin is refused before anything is sent.
+    let mut wrong = spki.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let out = admin(
+        &pinned_profile(&setup, "wrong.toml", &wrong),
+        &["tls", "show"],
+    );
+    assert!(!out.status.success(), "a wrong SPKI pin was accepted");
+    assert!(out.stdout.is_empty());
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--profile"])
+        .arg(&prof)
+        .args(["--server-spki-sha256", &wrong, "tls", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--server-spki-sha256 does not override"
+    );
+
+    // A test CA; curl trusting it fails against the self-signed certificate.
+    let ca = keyward::admin::pki::Ca::new("test XKS CA").unwrap();
+    std::fs::write(d.join("testca.pem"), ca.cert_pem()).unwrap();
+    let xks = Xks {
+        ca: d.join("testca.pem"),
+        ..xks
+    };
+    create_open_key(&prof, "k1");
+    assert_eq!(
+        xks.encrypt("k1", "aGVsbG8=").0,
+        0,
+        "curl --cacert testca must fail before the chain is installed"
+    );
+
+    // CSR (signed by the in-VM key), signed by the test CA, installed: served at once.
+    let csr = admin_ok(
+        &prof,
+        &[
+            "tls",
+            "csr",
+            "--dns-name",
+            "xks.example.com",
+            "--dns-name",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    let leaf = ca.sign_csr(&csr, 30).unwrap();
+    std::fs::write(d.join("chain.pem"), format!("{leaf}{}", ca.cert_pem())).unwrap();
+    let out = admin_ok(
+        &prof,
+        &[
+            "tls",
+            "install",
+            "--chain",
+            d.join("chain.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("installed (2 certificate(s)"), "{out}");
+    let (code, enc) = xks.encrypt("k1", "aGVsbG8=");
+    assert_eq!(code, 200, "{enc}");
+    assert_eq!(fetch_spki(&xks.url), spki, "same key, new chain");
+    // The admin listener serves the same chain: a CA-trusting profile works now.
+    std::fs::write(
+        d.join("ca-profile.toml"),
+        format!(
+            "url = \"https://{}\"\nca_cert = \"testca.pem\"\nclient_cert = \"admin.pem\"\nclient_key = \"admin-key.pem\"\n",
+            setup.admin_addr()
+        ),
+    )
+    .unwrap();
+    let show = admin_ok(&d.join("ca-profile.toml"), &["tls", "show"]);
+    assert_eq!(field(&show, "spki_sha256"), spki);
+    assert_eq!(field(&show, "names"), "xks.example.com, 127.0.0.1");
+    assert!(field(&show, "issuer").contains("test XKS CA"), "{show}");
+
+    // A chain for another key: one line naming why, nothing changes.
+    let stranger = ca.server(&["xks.example.com"], 30).unwrap();
+    std::fs::write(d.join("stranger.pem"), &stranger.cert_pem).unwrap();
+    let out = admin(
+        &prof,
+        &[
+            "tls",
+            "install",
+            "--chain",
+            d.join("stranger.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the certificate's public key is not this appliance's TLS key"),
+        "{err}"
+    );
+    assert_eq!(admin_ok(&prof, &["tls", "show"]), show);
+    assert_eq!(xks.decrypt("k1", &enc).0, 200);
+    // An expired certificate for the right key: refused too.
+    let old = ca.sign_csr(&csr, -1).unwrap();
+    std::fs::write(d.join("old.pem"), old).unwrap();
+    let out = admin(
+        &prof,
+        &[
+            "tls",
+            "install",
+            "--chain",
+            d.join("old.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid now"));
+
+    // Restart: same key, the installed chain is served straight away.
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let (mut p, xks2) = setup.start();
+    assert_eq!(logged_spki(&mut p), spki);
+    let xks2 = Xks {
+        ca: d.join("testca.pem"),
+        ..xks2
+    };
+    let (code, dec) = xks2.decrypt("k1", &enc);
+    assert_eq!((code, dec["plaintext"].as_str()), (200, Some("aGVsbG8=")));
+    let prof = pinned_profile(&setup, "pinned.toml", &spki);
+    assert!(admin_ok(&prof, &["tls", "show"]).contains("installed (2 certificate(s)"));
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // The state directory: the sealed TLS record is there, no private key in clear.
+    let store = d.join("store");
+    let mut saw_tls_record = false;
+    for f in files_under(&store) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
+        assert!(!text.contains("PRIVATE KEY"), "{}", f.display());
+        saw_tls_record |= text.contains("\"tls_key\"");
+    }
+    assert!(saw_tls_record, "no tls_key record in {}", store.display());
+    // The audit log names the installs (and the refusal).
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("tls_install") && audit.contains("refused"));
+
+    // Another master key cannot open the sealed store (nor the TLS key in it).
+    write_master(d, &rand32());
+    let mut p = Proc::spawn(&["serve", "--config", setup.config.to_str().unwrap()], d);
+    assert_ne!(p.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        p.stderr_text().contains("master key does not open"),
+        "{}",
+        p.stderr_text()
+    );
+}
+
+fn write_master(d: &Path, key: &[u8; 32]) {
+    keyward::admin::pki::write_file(&d.join("master.key"), key, true).unwrap();
+}
+
+#[test]
+fn tls_names_and_commands_without_a_managed_key() {
+    // tls_names name the self-signed certificate.
+    let setup = ServeSetup::new();
+    managed(
+        &setup,
+        "tls_names = [\"xks.internal.example\", \"10.0.0.5\"]\n",
+    );
+    let (mut p, _xks) = setup.start();
+    let spki = logged_spki(&mut p);
+    let prof = pinned_profile(&setup, "pinned.toml", &spki);
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert_eq!(field(&show, "names"), "xks.internal.example, 10.0.0.5");
+    assert!(field(&show, "subject").contains("xks.internal.example"));
+    // Bad names for a CSR: refused with one line.
+    let out = admin(&prof, &["tls", "csr", "--dns-name", "not a name"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid dns name"));
+    drop(p);
+
+    // With TLS files, the tls commands say the managed key is not in use.
+    let setup = ServeSetup::new();
+    let (_p, _xks) = setup.start();
+    let out = admin(&setup.profile, &["tls", "show"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in use"), "{err}");
+}
+
+#[test]
+fn live_attestation_binds_the_managed_key() {
+    let Some(f) = common::KrsFixture::new("tls-attest", "") else {
+        return;
+    };
+    let text = common::policy_text_full(
+        2,
+        &[hex::encode(keyward::attest::simulated::DEMO_MEASUREMENT)],
+        &keyward::verify::testsign::test_root_policy_toml(),
+    );
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let setup = ServeSetup::new();
+    f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
+    managed(&setup, "");
+    let file_config = std::fs::read_to_string(&setup.config).unwrap();
+    let release = |admin_ca: &str| {
+        let cfg = file_config.replace(
+            "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+            &format!(
+                "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{admin_ca}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n\n[attestation]\nlisten = \"127.0.0.1:0\"\n",
+                krs.addr, f.tls_pin, f.receipt_pin
+            ),
+        );
+        assert!(cfg.contains("source = \"release\""));
+        std::fs::write(&setup.config, cfg).unwrap();
+    };
+    // The operator CA file (on the untrusted data volume) must be the one the pins name:
+    // another one stops the boot before anything is attested or released.
+    release(&"ab".repeat(32));
+    let mut p = Proc::spawn(
+        &["serve", "--config", setup.config.to_str().unwrap()],
+        setup.dir.path(),
+    );
+    assert_ne!(p.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        p.stderr_text().contains("not the admin_ca_sha256 pin"),
+        "{}",
+        p.stderr_text()
+    );
+    assert!(f.log_entries().is_empty(), "the KRS was asked anyway");
+    let ca_der = rustls_pemfile::certs(&mut std::fs::read(&setup.ca).unwrap().as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    use sha2::Digest;
+    release(&hex::encode(sha2::Sha256::digest(ca_der.as_ref())));
+    let (mut p, xks) = setup.start();
+    let spki = logged_spki(&mut p);
+    let line = p.wait_stderr("live attestation on http://", Duration::from_secs(20));
+    let att: String = line[line.find("http://").unwrap()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    let att = att.trim_end_matches("/attestation").to_string();
+    let policy = setup.dir.path().join("verify-policy.toml");
+    std::fs::write(&policy, &text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["verify", "--json", "--url", &att, "--xks-url", &xks.url])
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{v:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report_data = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "snp.report_data")
+        .unwrap();
+    assert_eq!(report_data["status"], "passed", "{v:#}");
+    // The bound key is the one `tls show` reports.
+    let prof = pinned_profile(&setup, "pinned.toml", &spki);
+    assert_eq!(
+        field(&admin_ok(&prof, &["tls", "show"]), "spki_sha256"),
+        fetch_spki(&xks.url)
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(krs);
+}
