@@ -5,8 +5,9 @@
 //!
 //! Request path, top to bottom: TLS accept (client certificate verified by rustls against the
 //! operator CA handed over by the boot pipeline, never re-read from disk) → subject and role of
-//! the verified certificate → method/path check → bounded body read → JSON → backend (on a
-//! blocking thread: it writes and fsyncs) → JSON answer.
+//! the verified certificate → an axum router per connection (method/path, tower-http body cap
+//! and body deadline) → JSON → backend (on a blocking thread: it writes and fsyncs) → JSON
+//! answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,9 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -201,12 +200,7 @@ async fn serve_conn(
         tracing::warn!(%peer, "admin connection without a readable client certificate");
         return;
     };
-    let actor = Arc::new(actor);
-    let service = hyper::service::service_fn(move |req| {
-        let backend = backend.clone();
-        let actor = actor.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, backend, actor).await) }
-    });
+    let service = hyper_util::service::TowerToHyperService::new(router(backend, Arc::new(actor)));
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -215,25 +209,45 @@ async fn serve_conn(
         .await;
 }
 
-async fn handle(
-    req: http::Request<Incoming>,
+/// What every request on one connection shares: the backend and the verified operator.
+#[derive(Clone)]
+struct ConnState {
     backend: Arc<dyn Backend>,
     actor: Arc<Operator>,
-) -> http::Response<Full<Bytes>> {
-    if req.uri().path() != PATH {
-        return answer(StatusCode::NOT_FOUND, Err("unknown path".into()));
-    }
-    if req.method() != Method::POST {
-        return answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()));
-    }
-    let body = match tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
-        Ok(Err(_)) => {
+}
+
+/// The routes of one connection: `POST /admin/v1`, a JSON 405 for other methods on it, a JSON
+/// 404 elsewhere; the body capped at [`MAX_BODY`] (413) and due within 10 s (408) by tower-http
+/// layers. The TLS handshake deadline, the header deadline and the connection cap are the
+/// accept loop's.
+fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
+    use axum::routing::post;
+    axum::Router::new()
+        .route(
+            PATH,
+            post(admin).fallback(|| async {
+                answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()))
+            }),
+        )
+        .fallback(|| async { answer(StatusCode::NOT_FOUND, Err("unknown path".into())) })
+        // Inner first: the limit wraps the body the timeout already wraps, so an oversized body
+        // is told apart (413) from a slow one (408).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .with_state(ConnState { backend, actor })
+}
+
+/// `POST /admin/v1`: one JSON request, carried out on a blocking thread (it writes and fsyncs).
+async fn admin(
+    axum::extract::State(st): axum::extract::State<ConnState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Answer {
+    let body = match body {
+        // The request may carry key material: the copy we parse is wiped after use.
+        Ok(b) => zeroize::Zeroizing::new(b.to_vec()),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Err(format!("request larger than {MAX_BODY} bytes")),
@@ -251,6 +265,7 @@ async fn handle(
         Err(e) => return answer(StatusCode::BAD_REQUEST, Err(format!("bad request: {e}"))),
     };
     let op = request.op();
+    let ConnState { backend, actor } = st;
     let result = tokio::task::spawn_blocking(move || backend.handle(&actor, request)).await;
     match result {
         Ok(Ok(v)) => answer(StatusCode::OK, Ok(v)),
@@ -265,10 +280,9 @@ async fn handle(
     }
 }
 
-fn answer(
-    status: StatusCode,
-    result: Result<serde_json::Value, String>,
-) -> http::Response<Full<Bytes>> {
+type Answer = http::Response<axum::body::Body>;
+
+fn answer(status: StatusCode, result: Result<serde_json::Value, String>) -> Answer {
     let body = match result {
         Ok(v) => Response {
             ok: true,
@@ -282,11 +296,65 @@ fn answer(
         },
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
-    let mut resp = http::Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = http::Response::new(axum::body::Body::from(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    /// Answers every request with its operation name and the actor.
+    struct Echo;
+    impl Backend for Echo {
+        fn handle(&self, op: &Operator, req: Request) -> Result<serde_json::Value, AdminError> {
+            Ok(serde_json::json!({ "op": req.op(), "actor": op.subject }))
+        }
+    }
+
+    async fn call(method: &str, path: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
+        let actor = Arc::new(Operator {
+            subject: "CN=alice".into(),
+            role: Ok(Role::Admin),
+        });
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let r = router(Arc::new(Echo), actor).oneshot(req).await.unwrap();
+        let status = r.status();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_route_json_errors_and_the_body_cap() {
+        let (s, v) = call("POST", PATH, br#"{"op":"stores_list"}"#.to_vec()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["result"]["op"], "stores_list");
+        assert_eq!(v["result"]["actor"], "CN=alice");
+        let (s, v) = call("GET", PATH, Vec::new()).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("use POST"))
+        );
+        let (s, v) = call("POST", "/admin/v2", b"{}".to_vec()).await;
+        assert_eq!((s, v["ok"].as_bool()), (StatusCode::NOT_FOUND, Some(false)));
+        let (s, _) = call("POST", PATH, vec![b' '; MAX_BODY + 1]).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        let (s, v) = call("POST", PATH, b"{\"op\":".to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            v["error"].as_str().unwrap().starts_with("bad request"),
+            "{v}"
+        );
+    }
 }

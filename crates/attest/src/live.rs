@@ -27,7 +27,9 @@
 //! within [`LiveConfig::header_timeout`] and body within [`LiveConfig::body_timeout`]; the whole
 //! exchange is bounded by [`LiveConfig::conn_deadline`].
 //!
-//! Request: `{"nonce": "<base64 of 32 bytes>"}` (at most 1 KiB). Answer: the bundle as JSON
+//! The request side is an axum [`router`] (one route, JSON 404/405, tower-http's body cap and
+//! body deadline) served per connection through hyper, which keeps the cap and the deadlines
+//! above. Request: `{"nonce": "<base64 of 32 bytes>"}` (at most 1 KiB). Answer: the bundle as JSON
 //! (`keyward verify --evidence` reads the same form).
 
 use std::future::Future;
@@ -37,9 +39,8 @@ use std::time::{Duration, Instant};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use sha2::{Digest, Sha512};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -239,12 +240,35 @@ pub async fn serve_with(
     }
 }
 
+/// The routes: `POST /attestation`, a JSON 405 (with `Allow: POST`) for other methods on it and a
+/// JSON 404 elsewhere. The body is capped at 1 KiB (413) and must arrive within
+/// [`LiveConfig::body_timeout`] (408) by tower-http layers; the connection cap, the header
+/// deadline and the whole-connection deadline are the accept loop's ([`serve_with`]).
+pub fn router(cfg: LiveConfig) -> axum::Router {
+    use axum::routing::post;
+    axum::Router::new()
+        .route(
+            PATH,
+            post(attest).fallback(|| async {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                r
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "unknown path") })
+        // Inner first: the limit wraps the body the timeout already wraps, so an oversized body
+        // is told apart (413) from a slow one (408).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            cfg.body_timeout,
+        ))
+        .with_state(cfg)
+}
+
 async fn serve_conn(tcp: tokio::net::TcpStream, _peer: SocketAddr, cfg: LiveConfig) {
     let header_timeout = cfg.header_timeout;
-    let service = hyper::service::service_fn(move |req| {
-        let cfg = cfg.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, cfg).await) }
-    });
+    let service = hyper_util::service::TowerToHyperService::new(router(cfg));
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -254,9 +278,11 @@ async fn serve_conn(tcp: tokio::net::TcpStream, _peer: SocketAddr, cfg: LiveConf
         .await;
 }
 
-fn error(status: StatusCode, msg: &str) -> http::Response<Full<Bytes>> {
+type Answer = http::Response<axum::body::Body>;
+
+fn error(status: StatusCode, msg: &str) -> Answer {
     let body = serde_json::json!({ "error": msg }).to_string();
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    let mut r = http::Response::new(axum::body::Body::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -271,24 +297,17 @@ struct LiveRequest {
     nonce: String,
 }
 
-async fn handle(req: http::Request<Incoming>, cfg: LiveConfig) -> http::Response<Full<Bytes>> {
-    if req.uri().path() != PATH {
-        return error(StatusCode::NOT_FOUND, "unknown path");
-    }
-    if req.method() != Method::POST {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        r.headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-        return r;
-    }
-    let body = match tokio::time::timeout(
-        cfg.body_timeout,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 KiB"),
+/// `POST /attestation`: nonce in, a fresh bundle bound to it and to the XKS key out.
+async fn attest(
+    axum::extract::State(cfg): axum::extract::State<LiveConfig>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Answer {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 KiB")
+        }
+        // The body-timeout layer ends a slow body with an error (or the peer went away).
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
     };
     let nonce: [u8; 32] = match serde_json::from_slice::<LiveRequest>(&body)
@@ -333,7 +352,7 @@ async fn handle(req: http::Request<Incoming>, cfg: LiveConfig) -> http::Response
     match produced {
         Ok(Ok(bundle)) => match serde_json::to_vec(&bundle) {
             Ok(json) => {
-                let mut r = http::Response::new(Full::new(Bytes::from(json)));
+                let mut r = http::Response::new(axum::body::Body::from(json));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
@@ -561,4 +580,79 @@ pub async fn fetch_evidence(url: &str, nonce: &[u8; 32]) -> Result<EvidenceBundl
         post(tcp, &t, body).await?
     };
     serde_json::from_slice(&bytes).map_err(|e| FetchError::Protocol(format!("evidence JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    fn cfg() -> LiveConfig {
+        LiveConfig::new(Arc::new(Vec::new()), [7; 32])
+    }
+
+    async fn call(method: &str, path: &str, body: Vec<u8>) -> (StatusCode, String, Option<String>) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let r = router(cfg()).oneshot(req).await.unwrap();
+        let status = r.status();
+        let allow = r
+            .headers()
+            .get(http::header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_string());
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&b).into_owned(), allow)
+    }
+
+    #[tokio::test]
+    async fn routes_methods_and_limits_answer_json_errors() {
+        let (s, b, _) = call("POST", "/elsewhere", b"{}".to_vec()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(b.contains("unknown path"), "{b}");
+        let (s, b, allow) = call("GET", PATH, Vec::new()).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(b.contains("use POST"), "{b}");
+        assert_eq!(allow.as_deref(), Some("POST"));
+        let (s, _, _) = call("POST", PATH, vec![b' '; MAX_BODY + 1]).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        let (s, b, _) = call("POST", PATH, br#"{"nonce":"c2hvcnQ="}"#.to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(b.contains("32 bytes"), "{b}");
+    }
+
+    #[tokio::test]
+    async fn a_good_nonce_gets_a_bundle_bound_to_it() {
+        let nonce = [9u8; 32];
+        let body = serde_json::json!({ "nonce": STANDARD.encode(nonce) }).to_string();
+        let (s, b, _) = call("POST", PATH, body.into_bytes()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let bundle: EvidenceBundle = serde_json::from_str(&b).unwrap();
+        let want = runtime_binding_value(&nonce, &[7; 32]);
+        assert_eq!(bundle.report_data.as_deref(), Some(&want[..]));
+    }
+
+    #[tokio::test]
+    async fn a_body_slower_than_the_deadline_gets_408() {
+        let mut c = cfg();
+        c.body_timeout = Duration::from_millis(100);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        tx.send(Ok(Bytes::from_static(b"{\"nonce\":")))
+            .await
+            .unwrap();
+        // `tx` stays alive: the rest of the body never comes.
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(PATH)
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap();
+        let r = router(c).oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        drop(tx);
+    }
 }
