@@ -75,6 +75,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         .all(|b| b.is_ascii_alphanumeric() || b"/+=".contains(&b)));
 
     // The printed curl command, run as printed.
+    tools::need("curl", "curl");
     let curl = p.wait_stderr("curl -sS --aws-sigv4", Duration::from_secs(10));
     let out = Command::new("sh")
         .arg("-c")
