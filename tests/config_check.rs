@@ -168,7 +168,9 @@ format = "xml"
 #[test]
 fn secrets_from_files_and_env_and_master_key_mode() {
     let dir = fixture();
-    std::fs::write(dir.path().join("s1"), format!("{GOOD_SECRET}\n")).unwrap();
+    let s1 = dir.path().join("s1");
+    std::fs::write(&s1, format!("{GOOD_SECRET}\n")).unwrap();
+    std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
         "{BASE}\n[[key_store]]\nname = \"a\"\nregion = \"us-east-1\"\n\
          [[key_store.credentials]]\naccess_key_id = \"ABCDEFGHIJKLMNOPQRST\"\nsecret_access_key_file = \"s1\"\n\
@@ -188,6 +190,35 @@ fn secrets_from_files_and_env_and_master_key_mode() {
         stdout.contains("OK (1 key store(s), 2 credential(s)"),
         "{stdout}"
     );
+
+    // A secret file others may read is refused like the master key file, with its key path
+    // (and it is named, never shown).
+    for mode in [0o644, 0o640, 0o602] {
+        std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&f)
+            .env("KW_TEST_S2", GOOD_SECRET)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "mode {mode:o}: {stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("key_store[0].credentials[0].secret_access_key_file:"))
+            .unwrap_or_else(|| panic!("mode {mode:o} not reported:\n{stdout}"));
+        assert!(
+            line.contains("error")
+                && line.contains(&format!("mode {mode:o}"))
+                && line.contains("chmod 600"),
+            "{line}"
+        );
+        assert!(
+            !stdout.contains(GOOD_SECRET),
+            "secret value leaked:\n{stdout}"
+        );
+    }
+    std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A master key readable by the group is refused.
     std::fs::set_permissions(

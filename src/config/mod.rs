@@ -638,7 +638,6 @@ fn parse_master_key(mut s: Section, p: &mut Problems) -> Option<MasterKeyConfig>
 
 /// The master key file must hold 32 bytes and must not be readable by group or others.
 pub fn check_master_key_file(f: &Path, path: &str, p: &mut Problems) {
-    use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(f) {
         Ok(m) if !m.is_file() => p.invalid(path, format!("{} is not a file", f.display())),
         Ok(m) => {
@@ -652,15 +651,8 @@ pub fn check_master_key_file(f: &Path, path: &str, p: &mut Problems) {
                     ),
                 );
             }
-            if m.permissions().mode() & 0o077 != 0 {
-                p.invalid(
-                    path,
-                    format!(
-                        "{} is readable or writable by group or others (mode {:o}): chmod 600",
-                        f.display(),
-                        m.permissions().mode() & 0o777
-                    ),
-                );
+            if let Some(problem) = reader::not_private(f, &m) {
+                p.invalid(path, problem);
             }
         }
         Err(e) => p.invalid(path, format!("cannot read {}: {e}", f.display())),
