@@ -1,6 +1,7 @@
 //! `keyward config check`, run as the real binary: the legacy `[aws_xks_config]` section loads,
 //! its 40-character sample secret is reported with its key path and what KMS requires, unknown
-//! keys are named, every problem is reported at once, and the exit codes are right.
+//! keys are named, every problem is reported at once, a file that cannot be read is named with
+//! its cause once, and the exit codes are right.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -245,6 +246,26 @@ fn syntax_errors_and_missing_files_exit_non_zero() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_missing_file_is_reported_with_its_cause_once() {
+    // `config check` and `serve` both stop on a file that cannot be read, in one line that
+    // names the file and gives the OS's reason once (it was printed twice).
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    for args in [
+        &["config", "check", "/nonexistent/keyward.toml"][..],
+        &["serve", "--config", "/nonexistent/keyward.toml"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("keyward: cannot read /nonexistent/keyward.toml: {cause}"),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
