@@ -73,6 +73,11 @@ fn legacy_section_loads_and_its_sample_secret_is_an_error_with_its_path() {
         line.contains("43-64") && line.contains("[A-Za-z0-9/+=]"),
         "{line}"
     );
+    // ... and that serve still installs it (tests/serve_legacy.rs shows it does).
+    assert!(
+        line.contains("still installs it") && line.contains("KMS will refuse it"),
+        "{line}"
+    );
     assert!(
         !out.contains("wJalrXUtnFEMI"),
         "secret value leaked:\n{out}"

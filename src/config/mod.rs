@@ -825,7 +825,9 @@ fn check_secret(s: &SecretString, path: &str, p: &mut Problems) {
             path,
             format!(
                 "{} characters; AWS KMS requires a secret access key of 43-64 characters of \
-                 [A-Za-z0-9/+=] (e.g. base64 of 32 random bytes)",
+                 [A-Za-z0-9/+=] (e.g. base64 of 32 random bytes). `keyward serve` still \
+                 installs it (16-128 characters, with a warning) for clients that sign with it, \
+                 but KMS will refuse it",
                 s.len()
             ),
         );

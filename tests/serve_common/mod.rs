@@ -438,7 +438,7 @@ allow_unlocked_memory = true
     }
 }
 
-fn addr_after(line: &str, marker: &str) -> String {
+pub fn addr_after(line: &str, marker: &str) -> String {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
     rest.split_whitespace()
         .next()
