@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
 #[path = "tools.rs"]
 pub mod tools;
 

@@ -10,6 +10,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/tools.rs"]
 pub mod tools;
 

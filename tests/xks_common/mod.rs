@@ -1,5 +1,8 @@
 //! Shared by the xks_* integration tests: the botocore venv (an independent SigV4 signer).
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/tools.rs"]
 pub mod tools;
 
