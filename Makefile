@@ -6,12 +6,17 @@ SHELL := /bin/bash
 
 .PHONY: run test build release lint fmt bench image measure image-repro image-test ami clean
 
-## make run: the whole pipeline on embedded defaults (simulated TEE, local key release, XKS on https://127.0.0.1:8443)
+## make run: the whole pipeline on embedded defaults (simulated TEE, local key release, XKS on https://127.0.0.1:8443).
+## Installs missing packages first (scripts/setup.sh), stops before building when the port is taken,
+## shows the build. ARGS="--listen 127.0.0.1:9443" passes options to `keyward demo` (see its --help).
+ARGS ?=
 run:
-	$(CARGO) run --release --quiet -- demo
+	@CARGO="$(CARGO)" scripts/run.sh $(ARGS)
 
-## make test: formatting, lints, unit and integration tests (needs the packages .ci/run installs)
+## make test: installs missing packages (scripts/setup.sh test), then formatting, lints, unit and
+## integration tests
 test:
+	@scripts/setup.sh --install test
 	$(CARGO) fmt --all --check
 	scripts/check-deps.sh
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -257,6 +257,26 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// One shell word: as is when it needs no quoting (a plain path), else single-quoted.
+fn sh_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        sh_quote(s)
+    }
+}
+
+/// How the printed commands start: the real path of this binary (after `make run` it is
+/// `target/release/keyward`, not on PATH), so each command runs as printed from any directory.
+fn self_command() -> String {
+    std::env::current_exe()
+        .map(|p| sh_word(&p.display().to_string()))
+        .unwrap_or_else(|_| "keyward".into())
+}
+
 /// Run the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     keyward_appliance::cli::init_logging("info", LogFormat::Text);
@@ -296,9 +316,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let admin_addr = running.addresses.admin.context("admin listener")?;
         let profile = paths.p("admin-profile.toml");
         let profile_text = format!(
-            "# keyward admin profile for the demo: keyward admin --profile {} keys list\n\
+            "# keyward admin profile for the demo: {} admin --profile {} keys list\n\
              url = \"https://127.0.0.1:{}\"\nca_cert = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
-            profile.display(),
+            self_command(),
+            sh_word(&profile.display().to_string()),
             admin_addr.port(),
             paths.p("ca.pem").display(),
             paths.p("admin.pem").display(),
@@ -397,8 +418,9 @@ fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
     let _ = writeln!(e, "Verify the running appliance as an auditor would:");
     let _ = writeln!(
         e,
-        "  keyward verify --url {attestation_url} --xks-url {xks_url} --policy {}",
-        sh_quote(&policy.display().to_string())
+        "  {} verify --url {attestation_url} --xks-url {xks_url} --policy {}",
+        self_command(),
+        sh_word(&policy.display().to_string())
     );
 }
 
@@ -432,8 +454,9 @@ fn print_help(
     let _ = writeln!(e, "  CA:            {}", ca.display());
     let _ = writeln!(
         e,
-        "  admin:         keyward admin --profile {} keys list",
-        profile.display()
+        "  admin:         {} admin --profile {} keys list",
+        self_command(),
+        sh_word(&profile.display().to_string())
     );
     let _ = writeln!(e, "Encrypt with curl (SigV4 signed):");
     let _ = writeln!(

@@ -88,8 +88,69 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keyward: {e:#}");
+            eprintln!("keyward: {}", error_line(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes on one line (`a: b: c`), each cause once. Many of our error
+/// messages already show their source (`cannot read {path}: {source}`, as thiserror's `source`
+/// field is also the error's `source()`), so anyhow's `{:#}` printed it twice
+/// (`... (os error 2): No such file or directory (os error 2)`): a cause whose text is already
+/// in the line is left out.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Shows {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the store")]
+    struct Hides {
+        #[source]
+        source: std::io::Error,
+    }
+
+    fn enoent() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::NotFound)
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let shows = anyhow::Error::new(Shows {
+            path: "/x".into(),
+            source: enoent(),
+        });
+        let cause = enoent().to_string();
+        let line = error_line(&shows);
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+        assert_eq!(line, format!("cannot read /x: {cause}"));
+        // A message that does not show its source still gets it, after a colon.
+        let hides = anyhow::Error::new(Hides { source: enoent() }).context("serve");
+        assert_eq!(
+            error_line(&hides),
+            format!("serve: cannot open the store: {cause}")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The HSM layer against a real SoftHSMv2 token: key creation, the master key is not readable,
 //! the in-HSM release wrap unwraps on the agent side to the same master key the fallback path
-//! sees, and the receipt signature verifies outside the token.
+//! sees, and the receipt signature verifies outside the token. A missing SoftHSMv2 (or any tool
+//! the tests run) fails with its package name.
 
 #[path = "it/common.rs"]
 mod common;
@@ -29,9 +30,7 @@ fn open(t: &common::Token) -> Hsm {
 
 #[test]
 fn softhsm_master_key_wrap_and_receipts() {
-    let Some(tok) = common::softhsm_token("hsm-test") else {
-        return;
-    };
+    let tok = common::softhsm_token("hsm-test");
     let hsm = open(&tok);
     hsm.init_keys().unwrap();
     // A second init refuses to overwrite.
@@ -88,4 +87,18 @@ fn softhsm_master_key_wrap_and_receipts() {
     let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
     vk.verify_prehash(&d, &p384::ecdsa::Signature::from_slice(&sig).unwrap())
         .unwrap();
+}
+
+/// A tool the tests need and cannot find fails the test with the package that provides it
+/// (tests/it/tools.rs), never a silent pass.
+#[test]
+fn a_missing_tool_fails_naming_its_package() {
+    assert!(common::tools::find("keyward-no-such-tool").is_none());
+    let e = std::panic::catch_unwind(|| common::tools::need("keyward-no-such-tool", "pkg-x"))
+        .expect_err("need() must fail for a missing tool");
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.starts_with("keyward-no-such-tool not found: apt-get install pkg-x"),
+        "{msg}"
+    );
 }

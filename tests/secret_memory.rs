@@ -3,6 +3,9 @@
 //! effect, and the strict policy refuses to run when memory cannot be locked (checked in a child
 //! process with RLIMIT_MEMLOCK 0 and, as root, CAP_IPC_LOCK dropped).
 
+#[path = "it/tools.rs"]
+mod tools;
+
 use std::process::Command;
 
 use keyward_secret::{self as secret, Key32, MemoryPolicy, SecretError};
@@ -159,11 +162,7 @@ fn strict_policy_refuses_unlockable_memory() {
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
         // Root's CAP_IPC_LOCK ignores RLIMIT_MEMLOCK: drop it from the bounding set.
-        if Command::new("setpriv").arg("--version").output().is_err() {
-            eprintln!("SKIPPED: running as root and setpriv (util-linux) is missing");
-            return;
-        }
-        let mut c = Command::new("setpriv");
+        let mut c = Command::new(tools::need("setpriv", "util-linux"));
         c.args(["--bounding-set", "-ipc_lock", "--"]).arg(&exe);
         c
     } else {

@@ -74,7 +74,7 @@ fn timed_encrypt(x: &Xks, key: &str) -> (u16, f64) {
         },
         "plaintext": "SGVsbG8=", "encryptionAlgorithm": "AES_GCM",
     });
-    let out = Command::new("curl")
+    let out = serve_common::tools::curl()
         .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--aws-sigv4"])
         .arg(format!("aws:amz:{}:{}", x.region, x.service))
         .arg("--user")

@@ -5,7 +5,6 @@
 
 use crate::serve_common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -258,7 +257,7 @@ fn admin_listener_refuses_clients_without_an_operator_certificate() {
     let d = setup.dir.path();
 
     // Positive control with curl: the operator's certificate gets in.
-    let ok = Command::new("curl")
+    let ok = tools::curl()
         .args([
             "-sS",
             "--max-time",
@@ -287,7 +286,7 @@ fn admin_listener_refuses_clients_without_an_operator_certificate() {
     );
 
     // No client certificate: the handshake is refused, nothing answered.
-    let none = Command::new("curl")
+    let none = tools::curl()
         .args(["-sS", "--max-time", "10", "--cacert", "ca.pem"])
         .args([
             "-H",

@@ -5,6 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
+#[path = "tools.rs"]
+pub mod tools;
+
 pub const MODULES: &[&str] = &[
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -21,23 +27,10 @@ pub struct Token {
     pub pin: String,
 }
 
-/// None (after a loud message) only when softhsm2-util is not installed.
-pub fn softhsm_token(label: &str) -> Option<Token> {
-    let which = Command::new("sh")
-        .args(["-c", "command -v softhsm2-util"])
-        .output()
-        .ok()?;
-    if !which.status.success() {
-        eprintln!(
-            "\n\n*** SKIPPING: softhsm2-util is not installed (apt install softhsm2) ***\n\n"
-        );
-        return None;
-    }
-    let module = MODULES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("softhsm2-util is installed but libsofthsm2.so was not found");
+/// A fresh token; the test fails naming the package when SoftHSMv2 is not installed.
+pub fn softhsm_token(label: &str) -> Token {
+    let util = tools::need("softhsm2-util", "softhsm2");
+    let module = tools::need_file(MODULES, "libsofthsm2");
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
@@ -50,7 +43,7 @@ pub fn softhsm_token(label: &str) -> Option<Token> {
         ),
     )
     .unwrap();
-    let out = Command::new("softhsm2-util")
+    let out = Command::new(util)
         .env("SOFTHSM2_CONF", &conf)
         .args([
             "--init-token",
@@ -69,13 +62,13 @@ pub fn softhsm_token(label: &str) -> Option<Token> {
         "init-token: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(Token {
+    Token {
         dir,
         conf,
         module,
         label: label.into(),
         pin: "1234".into(),
-    })
+    }
 }
 
 pub fn bin() -> &'static str {
@@ -181,8 +174,10 @@ pub fn ca_pin(ca: &Path) -> String {
 }
 
 impl KrsFixture {
+    /// Always `Some` (a missing SoftHSMv2 fails the test, see [`softhsm_token`]); the `Option`
+    /// stays so the callers' `let Some(f) = ... else` need not change.
     pub fn new(label: &str, extra_config: &str) -> Option<Self> {
-        let token = softhsm_token(label)?;
+        let token = softhsm_token(label);
         let dir = token.dir.path().to_path_buf();
         let state = dir.join("krs-state");
         let config = dir.join("krs.toml");

@@ -1,6 +1,7 @@
 //! `keyward config check`, run as the real binary: the legacy `[aws_xks_config]` section loads,
 //! its 40-character sample secret is reported with its key path and what KMS requires, unknown
-//! keys are named, every problem is reported at once, and the exit codes are right.
+//! keys are named, every problem is reported at once, a file that cannot be read is named with
+//! its cause once, and the exit codes are right.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -70,6 +71,11 @@ fn legacy_section_loads_and_its_sample_secret_is_an_error_with_its_path() {
     assert!(line.contains("error"), "{line}");
     assert!(
         line.contains("43-64") && line.contains("[A-Za-z0-9/+=]"),
+        "{line}"
+    );
+    // ... and that serve still installs it (tests/serve_legacy.rs shows it does).
+    assert!(
+        line.contains("still installs it") && line.contains("KMS will refuse it"),
         "{line}"
     );
     assert!(
@@ -168,7 +174,9 @@ format = "xml"
 #[test]
 fn secrets_from_files_and_env_and_master_key_mode() {
     let dir = fixture();
-    std::fs::write(dir.path().join("s1"), format!("{GOOD_SECRET}\n")).unwrap();
+    let s1 = dir.path().join("s1");
+    std::fs::write(&s1, format!("{GOOD_SECRET}\n")).unwrap();
+    std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
         "{BASE}\n[[key_store]]\nname = \"a\"\nregion = \"us-east-1\"\n\
          [[key_store.credentials]]\naccess_key_id = \"ABCDEFGHIJKLMNOPQRST\"\nsecret_access_key_file = \"s1\"\n\
@@ -188,6 +196,35 @@ fn secrets_from_files_and_env_and_master_key_mode() {
         stdout.contains("OK (1 key store(s), 2 credential(s)"),
         "{stdout}"
     );
+
+    // A secret file others may read is refused like the master key file, with its key path
+    // (and it is named, never shown).
+    for mode in [0o644, 0o640, 0o602] {
+        std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&f)
+            .env("KW_TEST_S2", GOOD_SECRET)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "mode {mode:o}: {stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("key_store[0].credentials[0].secret_access_key_file:"))
+            .unwrap_or_else(|| panic!("mode {mode:o} not reported:\n{stdout}"));
+        assert!(
+            line.contains("error")
+                && line.contains(&format!("mode {mode:o}"))
+                && line.contains("chmod 600"),
+            "{line}"
+        );
+        assert!(
+            !stdout.contains(GOOD_SECRET),
+            "secret value leaked:\n{stdout}"
+        );
+    }
+    std::fs::set_permissions(&s1, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A master key readable by the group is refused.
     std::fs::set_permissions(
@@ -214,6 +251,26 @@ fn syntax_errors_and_missing_files_exit_non_zero() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_missing_file_is_reported_with_its_cause_once() {
+    // `config check` and `serve` both stop on a file that cannot be read, in one line that
+    // names the file and gives the OS's reason once (it was printed twice).
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    for args in [
+        &["config", "check", "/nonexistent/keyward.toml"][..],
+        &["serve", "--config", "/nonexistent/keyward.toml"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("keyward: cannot read /nonexistent/keyward.toml: {cause}"),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

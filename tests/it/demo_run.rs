@@ -1,5 +1,6 @@
 //! `keyward demo` as the real binary: the one JSON line with exactly the documented fields, the
-//! printed curl command working as printed through `sh -c`, a restart on the same state
+//! printed curl, admin and verify commands working as printed through `sh -c` (the last two
+//! from `/`, with no `keyward` on PATH), a restart on the same state
 //! directory decrypting what was encrypted before, and SIGTERM exiting 0.
 
 use crate::serve_common;
@@ -74,6 +75,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         .all(|b| b.is_ascii_alphanumeric() || b"/+=".contains(&b)));
 
     // The printed curl command, run as printed.
+    tools::need("curl", "curl");
     let curl = p.wait_stderr("curl -sS --aws-sigv4", Duration::from_secs(10));
     let out = Command::new("sh")
         .arg("-c")
@@ -102,6 +104,30 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         list.contains(&ready.key_ids[0]) && list.contains("* -> encrypt,decrypt,metadata"),
         "{list}"
     );
+
+    // The printed admin and verify commands, run as printed from another directory with no
+    // `keyward` on PATH: they name the running binary by its real path.
+    for needle in ["  admin:         ", "verify --url "] {
+        let printed = p.wait_stderr(needle, Duration::from_secs(10));
+        let cmd = printed.trim().trim_start_matches("admin:").trim();
+        assert!(
+            cmd.starts_with(env!("CARGO_BIN_EXE_keyward")),
+            "{cmd} does not start with the binary's path"
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir("/")
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // SIGTERM: clean exit 0.
     p.signal(libc::SIGTERM);

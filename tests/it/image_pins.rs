@@ -7,6 +7,8 @@
 //! by a directory and a small script that applies TPM2_PCR_Extend to it (the script's own
 //! check of the result reads the same files). The real extend is exercised by `make image-test`.
 
+use crate::tools;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -97,10 +99,8 @@ admin_ca_sha256 = \"333333333333333333333333333333333333333333333333333333333333
 
 #[test]
 fn pins_are_extended_once_and_become_the_configuration() {
-    if !Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIPPED: /usr/bin/python3 (the fake TPM) is missing");
-        return;
-    }
+    // The fake TPM is a /usr/bin/python3 script: a missing one fails with the package name.
+    tools::debian_python3();
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), GOOD.as_bytes());
     let (code, log) = run(dir.path());
@@ -132,10 +132,8 @@ fn pins_are_extended_once_and_become_the_configuration() {
 
 #[test]
 fn pins_that_try_to_set_anything_else_are_refused_after_the_extend() {
-    if !Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIPPED: /usr/bin/python3 (the fake TPM) is missing");
-        return;
-    }
+    // The fake TPM is a /usr/bin/python3 script: a missing one fails with the package name.
+    tools::debian_python3();
     for (name, pins) in [
         (
             "extra key",
@@ -186,10 +184,8 @@ fn pins_that_try_to_set_anything_else_are_refused_after_the_extend() {
 /// thing in the configuration the script changes.
 #[test]
 fn the_attesters_follow_the_platform() {
-    if !Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIPPED: /usr/bin/python3 (the fake TPM) is missing");
-        return;
-    }
+    // The fake TPM is a /usr/bin/python3 script: a missing one fails with the package name.
+    tools::debian_python3();
     let base = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/keyward/keyward.toml"),
     )

@@ -1,6 +1,9 @@
 //! The appliance image's systemd units and scripts: the hardening the issue requires is present
 //! (checked from the unit text), `systemd-analyze security --offline=true` rates keyward.service
-//! at an exposure of 3.0 or less, and every image script passes shellcheck.
+//! at an exposure of 3.0 or less, and every image script (and scripts/*.sh, .ci/run) passes
+//! shellcheck.
+
+use crate::tools;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,16 +112,8 @@ fn keyward_service_has_every_required_setting() {
     assert!(rules.contains(r#"KERNEL=="sev-guest""#) && rules.contains(r#"GROUP="keyward""#));
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn exposure(unit: &Path) -> f64 {
-    let out = Command::new("systemd-analyze")
+    let out = Command::new(tools::need("systemd-analyze", "systemd"))
         .args(["security", "--offline=true"])
         .arg(unit)
         .output()
@@ -135,10 +130,6 @@ fn exposure(unit: &Path) -> f64 {
 
 #[test]
 fn keyward_service_exposure_is_at_most_3() {
-    if !have("systemd-analyze") {
-        eprintln!("SKIPPED: systemd-analyze is not installed (apt-get install systemd)");
-        return;
-    }
     let e = exposure(&repo().join("systemd/keyward.service"));
     eprintln!("systemd-analyze security --offline=true keyward.service: {e}");
     assert!(e <= 3.0, "exposure {e} > 3.0");
@@ -148,10 +139,7 @@ fn keyward_service_exposure_is_at_most_3() {
 
 #[test]
 fn image_scripts_pass_shellcheck() {
-    if !have("shellcheck") {
-        eprintln!("SKIPPED: shellcheck is not installed (apt-get install shellcheck)");
-        return;
-    }
+    let shellcheck = tools::need("shellcheck", "shellcheck");
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("image/scripts"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -167,8 +155,12 @@ fn image_scripts_pass_shellcheck() {
     files.push(repo().join("image/aws/ami.sh"));
     files.push(repo().join("image/mkosi.postinst"));
     files.push(repo().join("image/rootfs/usr/libexec/keyward/keyward-pins"));
-    assert!(files.len() >= 8, "scripts not found: {files:?}");
-    let out = Command::new("shellcheck")
+    // The set-up scripts of `make run` / `make test` and the CI entry point too.
+    files.push(repo().join("scripts/setup.sh"));
+    files.push(repo().join("scripts/run.sh"));
+    files.push(repo().join(".ci/run"));
+    assert!(files.len() >= 11, "scripts not found: {files:?}");
+    let out = Command::new(shellcheck)
         .arg("-x")
         .args(&files)
         .output()

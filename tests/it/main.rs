@@ -9,6 +9,7 @@
 
 mod common;
 mod serve_common;
+mod tools;
 mod xks_common;
 
 mod admin_ca_once;

@@ -10,6 +10,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
+#[path = "tools.rs"]
+pub mod tools;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
 /// A running keyward process whose stderr is collected in the background.
@@ -240,7 +246,7 @@ impl From<&Ready> for Xks {
 impl Xks {
     /// POST `body` to `{prefix}/kms/xks/v1/{path}` signed by curl; (HTTP status, JSON body).
     pub fn call(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let out = Command::new("curl")
+        let out = tools::curl()
             .args(["-sS", "--max-time", "20", "--aws-sigv4"])
             .arg(format!("aws:amz:{}:{}", self.region, self.service))
             .arg("--user")
@@ -257,7 +263,7 @@ impl Xks {
             .arg(body.to_string())
             .arg(format!("{}{}/kms/xks/v1/{path}", self.url, self.uri_prefix))
             .output()
-            .expect("curl (apt-get install curl)");
+            .expect("running curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (json, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         let code: u16 = code.trim().parse().unwrap_or(0);
@@ -435,7 +441,7 @@ allow_unlocked_memory = true
     }
 }
 
-fn addr_after(line: &str, marker: &str) -> String {
+pub fn addr_after(line: &str, marker: &str) -> String {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
     rest.split_whitespace()
         .next()

@@ -2,6 +2,8 @@
 //! pure-Rust verifier: a good quote over extended PCRs with a synthetic event log that replays
 //! to them, then a wrong nonce, a wrong PCR, a tampered PCR value and another AK, all refused.
 
+use crate::tools;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,15 +51,13 @@ fn free_port_pair() -> u16 {
     panic!("no free port pair");
 }
 
-fn start_swtpm() -> Option<Swtpm> {
-    if Command::new("swtpm").arg("--version").output().is_err() {
-        eprintln!("!!!!!!!! SKIPPING: swtpm binary not found (CI installs it) !!!!!!!!");
-        return None;
-    }
+fn start_swtpm() -> Swtpm {
+    // A missing swtpm fails the test with the package name (never a silent pass).
+    let swtpm = tools::need("swtpm", "swtpm");
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..5 {
         let port = free_port_pair();
-        let child = Command::new("swtpm")
+        let child = Command::new(&swtpm)
             .args(["socket", "--tpm2", "--server"])
             .arg(format!("type=tcp,port={port}"))
             .arg("--ctrl")
@@ -78,7 +78,7 @@ fn start_swtpm() -> Option<Swtpm> {
         while t0.elapsed() < Duration::from_secs(5) {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 s._dir = dir;
-                return Some(s);
+                return s;
             }
             if let Ok(Some(_)) = s.child.try_wait() {
                 break; // port race: try another pair
@@ -127,7 +127,7 @@ const PHASES: [&str; 3] = ["enter-initrd", "leave-initrd", "ready"];
 
 #[test]
 fn swtpm_quotes_verify_and_forgeries_are_refused() {
-    let Some(tpm) = start_swtpm() else { return };
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let bank = Bank::Sha256;
 
@@ -334,7 +334,7 @@ values = ["{pcr4}"]
 
 #[test]
 fn swtpm_sha384_bank_quote_verifies() {
-    let Some(tpm) = start_swtpm() else { return };
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
     let bank = Bank::Sha384;
@@ -385,7 +385,7 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
         NitroTpmConfig, RawTransport,
     };
     use keyward::attest::AttestError;
-    let Some(tpm) = start_swtpm() else { return };
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let req = encode_request(Some(&[0xaa; 64]), Some(&[1; 32]), Some(b"spki"));
 
@@ -435,7 +435,7 @@ fn live_attestation_over_http_with_a_swtpm_quote() {
         LiveConfig, TokenBucket,
     };
     use std::sync::Arc;
-    let Some(tpm) = start_swtpm() else { return };
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
     let attesters: Vec<Box<dyn Attester>> = vec![Box::new(TpmAttester::new(TpmConfig {
@@ -545,7 +545,7 @@ fn live_attestation_over_http_with_a_swtpm_quote() {
 #[test]
 #[ignore]
 fn generate_tpm_fixture() {
-    let tpm = start_swtpm().expect("swtpm needed to regenerate fixtures");
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let bank = Bank::Sha256;
     let ak = provision_ak(&tcti, 0x8101_0002).unwrap();
@@ -618,7 +618,7 @@ fn generate_tpm_fixture() {
 #[test]
 fn keyward_attest_and_verify_as_processes() {
     use std::process::Command;
-    let Some(tpm) = start_swtpm() else { return };
+    let tpm = start_swtpm();
     let tcti = tpm.tcti();
     let bin = env!("CARGO_BIN_EXE_keyward");
     let out = Command::new(bin)

@@ -1,6 +1,12 @@
 //! Shared by the XKS integration tests (`tests/it` and `crates/xks/tests/it`, through
 //! `#[path]`): the botocore venv (an independent SigV4 signer).
 
+// Also included by the other shared helpers: a binary using two of them has two copies of
+// these small functions, which is harmless.
+#[allow(clippy::duplicate_mod)]
+#[path = "tools.rs"]
+pub mod tools;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -19,16 +25,21 @@ pub fn botocore_script() -> PathBuf {
     workspace().join("tests/python/xks_sign.py")
 }
 
-/// A venv with botocore under target/, built once. `None` (with a loud message) if PyPI is
-/// unreachable.
-pub fn botocore_python() -> Option<PathBuf> {
-    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PY.get_or_init(|| {
+/// A venv with botocore under target/, built once. The test fails (naming what is missing) when
+/// it cannot be built: python3-venv not installed, or PyPI unreachable.
+pub fn botocore_python() -> PathBuf {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let py = PY.get_or_init(|| {
         let root = workspace().join("target").join("xks-pyvenv");
         let py = root.join("bin").join("python3");
-        let has = |py: &Path| Command::new(py).args(["-c", "import botocore"]).status().is_ok_and(|s| s.success());
+        let has = |py: &Path| {
+            Command::new(py)
+                .args(["-c", "import botocore"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         if py.exists() && has(&py) {
-            return Some(py);
+            return Ok(py);
         }
         let lock = root.with_extension("lock");
         let _ = std::fs::create_dir_all(root.parent().unwrap());
@@ -39,21 +50,32 @@ pub fn botocore_python() -> Option<PathBuf> {
             }
             std::thread::sleep(Duration::from_millis(200));
             if py.exists() && has(&py) {
-                return Some(py);
+                return Ok(py);
             }
         }
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&root).status().is_ok_and(|s| s.success())
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&root)
+            .status()
+            .is_ok_and(|s| s.success())
             && Command::new(root.join("bin").join("pip"))
                 .args(["install", "-q", "--disable-pip-version-check", "botocore"])
                 .status()
                 .is_ok_and(|s| s.success());
         let _ = std::fs::remove_dir(&lock);
         if ok && has(&py) {
-            Some(py)
+            Ok(py)
         } else {
-            eprintln!("\n\n!!!!! SKIPPING botocore tests: could not build a venv with botocore (is PyPI reachable?) !!!!!\n");
-            None
+            Err(format!(
+                "botocore (the independent SigV4 signer) could not be installed into {}: \
+                 `python3 -m venv` needs python3-venv (apt-get install python3-venv) and pip \
+                 needs PyPI",
+                root.display()
+            ))
         }
-    })
-    .clone()
+    });
+    match py {
+        Ok(py) => py.clone(),
+        Err(e) => panic!("{e}"),
+    }
 }

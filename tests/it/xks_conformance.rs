@@ -63,7 +63,7 @@ fn start_demo() -> Demo {
 
 #[test]
 fn xks_contract_black_box() {
-    let Some(py) = botocore_python() else { return };
+    let py = botocore_python();
     let demo = start_demo();
     let info = demo._dir.path().join("demo.json");
     std::fs::write(&info, &demo.line).unwrap();
@@ -101,7 +101,7 @@ fn curl_keepalive_and_openssl_tls_versions() {
     let (url, prefix, ca) = (s("url"), s("uri_prefix"), s("ca_cert"));
     let health = format!("{url}{prefix}/kms/xks/v1/health");
     let body = r#"{"requestMetadata":{"kmsRequestId":"k","kmsOperation":"KmsHealthCheck"}}"#;
-    let out = Command::new("curl")
+    let out = xks_common::tools::curl()
         .args(["-sS", "-v", "--http1.1", "--aws-sigv4"])
         .arg(format!("aws:amz:{}:kms-xks-proxy", s("region")))
         .arg("--user")

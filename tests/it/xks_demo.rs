@@ -47,6 +47,7 @@ fn demo_serves_the_xks_api_as_printed() {
     let key = &ready.key_ids[0];
 
     // 1. The printed curl command, exactly as printed.
+    tools::need("curl", "curl");
     let curl = p.wait_stderr("curl -sS --aws-sigv4", Duration::from_secs(10));
     let out = Command::new("sh")
         .arg("-c")
@@ -77,7 +78,8 @@ fn demo_serves_the_xks_api_as_printed() {
     );
 
     // 2. botocore decrypts the same ciphertext (independent signer).
-    if let Some(py) = xks_common::botocore_python() {
+    {
+        let py = xks_common::botocore_python();
         let body = json!({
             "requestMetadata": {"awsPrincipalArn": "arn:aws:iam::111122223333:user/boto", "kmsOperation": "Decrypt", "kmsRequestId": "demo-boto-1"},
             "ciphertext": enc["ciphertext"], "ciphertextMetadata": enc["ciphertextMetadata"],
@@ -138,7 +140,7 @@ fn demo_serves_the_xks_api_as_printed() {
 
     // 4. GET -> 405 before authentication, unknown prefix -> 404, wrong secret -> 401, /ping.
     let plain = |method: &str, path: &str| {
-        let out = Command::new("curl")
+        let out = tools::curl()
             .args([
                 "-sS",
                 "-o",

@@ -329,19 +329,36 @@ fn sync_stores(registry: &Registry, stores: &[KeyStoreConfig]) -> Result<(), Boo
             }
         };
         for c in &ks.credentials {
+            // A secret KMS would refuse (e.g. the earlier docs' 40-character sample) is still
+            // installed, so such a file serves requests as it did, with this warning at every
+            // start; `keyward config check` reports it as an error.
+            let secret = c.secret_access_key.expose_secret();
+            let kms_refuses = keyward_keystore::validate::secret_access_key(secret).err();
+            if let Some(why) = &kms_refuses {
+                tracing::warn!(
+                    store = %ks.name,
+                    "credential {} from the configuration: AWS KMS WILL REFUSE ITS SECRET ({why}). \
+                     keyward serves requests signed with it, but no KMS external key store can be \
+                     set up with it: replace it with 43-64 characters (e.g. `head -c 32 /dev/urandom | base64`)",
+                    c.access_key_id
+                );
+            }
             if known.contains(&c.access_key_id) {
                 continue;
             }
-            let added = registry.add_credential(
-                Some(&ks.name),
-                &c.access_key_id,
-                secrecy::SecretString::from(c.secret_access_key.expose_secret().to_string()),
-            );
+            let secret = secrecy::SecretString::from(secret.to_string());
+            let added = match kms_refuses {
+                None => registry.add_credential(Some(&ks.name), &c.access_key_id, secret),
+                Some(_) => registry.add_credential_kms_incompatible(
+                    Some(&ks.name),
+                    &c.access_key_id,
+                    secret,
+                ),
+            };
             match added {
                 Ok(()) => {}
-                // A credential KMS would refuse (e.g. the earlier docs' 40-character sample
-                // secret): the file still loads, the credential is not used, and the log says
-                // why. `keyward config check` reports the same as an error.
+                // Unusable even outside KMS (e.g. shorter than 16 characters): the file still
+                // loads, the credential is not used, and the log says why.
                 Err(e @ keyward_keystore::KeystoreError::Invalid { .. }) => tracing::error!(
                     store = %ks.name,
                     "credential {} from the configuration is NOT used: {e}; replace it, or add one with `keyward admin creds add`",

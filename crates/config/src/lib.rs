@@ -639,7 +639,6 @@ fn parse_master_key(mut s: Section, p: &mut Problems) -> Option<MasterKeyConfig>
 
 /// The master key file must hold 32 bytes and must not be readable by group or others.
 pub fn check_master_key_file(f: &Path, path: &str, p: &mut Problems) {
-    use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(f) {
         Ok(m) if !m.is_file() => p.invalid(path, format!("{} is not a file", f.display())),
         Ok(m) => {
@@ -653,15 +652,8 @@ pub fn check_master_key_file(f: &Path, path: &str, p: &mut Problems) {
                     ),
                 );
             }
-            if m.permissions().mode() & 0o077 != 0 {
-                p.invalid(
-                    path,
-                    format!(
-                        "{} is readable or writable by group or others (mode {:o}): chmod 600",
-                        f.display(),
-                        m.permissions().mode() & 0o777
-                    ),
-                );
+            if let Some(problem) = reader::not_private(f, &m) {
+                p.invalid(path, problem);
             }
         }
         Err(e) => p.invalid(path, format!("cannot read {}: {e}", f.display())),
@@ -834,7 +826,9 @@ fn check_secret(s: &SecretString, path: &str, p: &mut Problems) {
             path,
             format!(
                 "{} characters; AWS KMS requires a secret access key of 43-64 characters of \
-                 [A-Za-z0-9/+=] (e.g. base64 of 32 random bytes)",
+                 [A-Za-z0-9/+=] (e.g. base64 of 32 random bytes). `keyward serve` still \
+                 installs it (16-128 characters, with a warning) for clients that sign with it, \
+                 but KMS will refuse it",
                 s.len()
             ),
         );

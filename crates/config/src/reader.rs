@@ -252,6 +252,13 @@ impl<'a> Section<'a> {
             return Some(SecretString::from(s));
         }
         if let Some(path) = self.path(&file_key, p) {
+            // As for the master key file: a secret others may read is an error.
+            if let Some(problem) = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| not_private(&path, &m))
+            {
+                p.invalid(self.key_path(&file_key), problem);
+            }
             return match std::fs::read_to_string(&path) {
                 Ok(s) => Some(SecretString::from(
                     s.trim_end_matches(['\n', '\r']).to_string(),
@@ -294,4 +301,18 @@ impl<'a> Section<'a> {
             }
         }
     }
+}
+
+/// The problem with a file that holds a secret (a master key, a SigV4 secret) when its mode
+/// lets group or others read or write it; `None` when only the owner can.
+pub fn not_private(f: &Path, m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = m.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} is readable or writable by group or others (mode {:o}): chmod 600",
+            f.display(),
+            mode & 0o777
+        )
+    })
 }

@@ -1093,6 +1093,30 @@ impl Registry {
     ) -> Result<(), KeystoreError> {
         validate::access_key_id(access_key_id)?;
         validate::secret_access_key(secret.expose_secret())?;
+        self.insert_credential(store, access_key_id, secret)
+    }
+
+    /// Add a credential from the configuration file whose secret AWS KMS itself would refuse
+    /// (e.g. the earlier docs' 40-character sample): requests signed with it are served, but no
+    /// KMS external key store can be set up with it. The caller warns; the secret must still
+    /// pass [`validate::secret_access_key_usable`].
+    pub fn add_credential_kms_incompatible(
+        &self,
+        store: Option<&str>,
+        access_key_id: &str,
+        secret: SecretString,
+    ) -> Result<(), KeystoreError> {
+        validate::access_key_id(access_key_id)?;
+        validate::secret_access_key_usable(secret.expose_secret())?;
+        self.insert_credential(store, access_key_id, secret)
+    }
+
+    fn insert_credential(
+        &self,
+        store: Option<&str>,
+        access_key_id: &str,
+        secret: SecretString,
+    ) -> Result<(), KeystoreError> {
         let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;

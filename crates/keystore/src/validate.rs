@@ -106,6 +106,29 @@ pub fn secret_access_key(secret: &str) -> Result<(), KeystoreError> {
     Ok(())
 }
 
+/// The least a secret must be to be installed at all when it fails [`secret_access_key`] (a
+/// configuration file's credential KMS would refuse, installed with a warning): 16-128
+/// characters, none of them whitespace or control characters. The message never contains it.
+pub fn secret_access_key_usable(secret: &str) -> Result<(), KeystoreError> {
+    const WHAT: &str = "secret access key";
+    let n = secret.chars().count();
+    if !(16..=128).contains(&n) {
+        return Err(KeystoreError::invalid(
+            WHAT,
+            format!(
+                "it has {n} characters; even outside AWS KMS at least 16 (at most 128) are needed"
+            ),
+        ));
+    }
+    if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeystoreError::invalid(
+            WHAT,
+            "it contains whitespace or a control character",
+        ));
+    }
+    Ok(())
+}
+
 /// URI prefix before `/kms/xks/v1`: empty, or `/` followed by `[a-zA-Z0-9/_-]`, no empty
 /// segment, no trailing `/`, and at most [`MAX_URI_PREFIX`] characters (so that
 /// `XksProxyUriPath` stays within 128).
@@ -226,6 +249,18 @@ mod tests {
         let bad = format!("{}!", "a".repeat(43));
         let e = why(secret_access_key(&bad));
         assert!(e.contains("outside") && !e.contains('!'), "{e}");
+    }
+
+    #[test]
+    fn secrets_kms_refuses_but_keyward_can_use() {
+        // The earlier docs' sample: KMS refuses it, keyward can install it (with a warning).
+        assert!(secret_access_key_usable("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY").is_ok());
+        assert!(secret_access_key_usable(&"a".repeat(16)).is_ok());
+        assert!(secret_access_key_usable(&"a".repeat(128)).is_ok());
+        assert!(why(secret_access_key_usable(&"a".repeat(15))).contains("15"));
+        assert!(why(secret_access_key_usable(&"a".repeat(129))).contains("129"));
+        let e = why(secret_access_key_usable("hunter2 hunter2 hunter2"));
+        assert!(e.contains("whitespace") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]
