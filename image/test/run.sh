@@ -216,7 +216,7 @@ EOF
         printf 'aW1hZ2UtdGVzdC1zZWNyZXQtaW1hZ2UtdGVzdC1zZWNyZXQ=' > "$t/xks-secret"
         # Deployment settings through the admin API: the key store, a key, a grant, a credential.
         if ! {
-            "${a[@]}" stores create --name main --uri-prefix /kw --region us-east-1 &&
+            "${a[@]}" stores create main --uri-prefix /kw --region us-east-1 &&
             "${a[@]}" keys create k1 &&
             "${a[@]}" keys grant k1 --principal '*' --ops encrypt,decrypt,metadata &&
             "${a[@]}" creds add --access-key-id "$akid" --secret-file "$t/xks-secret"

@@ -110,9 +110,9 @@ enum Stores {
     List,
     /// Create a key store: no keys, no credentials; it answers XKS requests at once.
     Create {
-        /// 1-64 characters of A-Za-z0-9._-
-        #[arg(long)]
-        name: String,
+        /// The store's name: 1-64 characters of A-Za-z0-9._- (what `--store` names elsewhere).
+        #[command(flatten)]
+        name: StoreName,
         /// Path before /kms/xks/v1: empty or like /keyward (A-Za-z0-9/_-).
         #[arg(long, default_value = "")]
         uri_prefix: String,
@@ -125,8 +125,8 @@ enum Stores {
     },
     /// Remove a key store with its credentials; its prefix answers 404 at once.
     Remove {
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        name: StoreName,
         /// Also when it holds keys: they are DESTROYED.
         #[arg(long)]
         force: bool,
@@ -150,6 +150,26 @@ enum Tls {
         #[arg(long)]
         chain: PathBuf,
     },
+}
+
+/// The store a `stores` command acts on. One rule for every admin command: the thing the
+/// command acts on is positional (a key id, an access key id, a store), the store that holds it
+/// is `--store`. `--name` is still accepted for the stores commands (the earlier spelling).
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct StoreName {
+    /// The key store.
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+    /// The same, as an option (earlier spelling).
+    #[arg(long = "name", value_name = "NAME")]
+    flag: Option<String>,
+}
+
+impl StoreName {
+    fn get(self) -> String {
+        self.name.or(self.flag).unwrap_or_default()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -427,7 +447,7 @@ fn build_stores(c: Stores) -> anyhow::Result<(Request, Show)> {
             services,
         } => (
             Request::StoresCreate {
-                name,
+                name: name.get(),
                 uri_prefix,
                 region,
                 services,
@@ -446,7 +466,10 @@ fn build_stores(c: Stores) -> anyhow::Result<(Request, Show)> {
             }),
         ),
         Stores::Remove { name, force } => (
-            Request::StoresRemove { name, force },
+            Request::StoresRemove {
+                name: name.get(),
+                force,
+            },
             Box::new(|v| {
                 let n = v
                     .get("keys_destroyed")
@@ -771,4 +794,45 @@ fn grant_str(g: &Grant) -> String {
         s += &format!(" vpce {v}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn request(argv: &[&str]) -> Result<String, String> {
+        let cli = Cli::try_parse_from(std::iter::once("admin").chain(argv.iter().copied()))
+            .map_err(|e| e.kind().to_string())?;
+        let (req, _) = build(cli.args.command).map_err(|e| e.to_string())?;
+        serde_json::to_string(&req).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_store_is_named_positionally_or_with_the_earlier_name_option() {
+        let positional = request(&["stores", "create", "payments", "--region", "us-east-1"]);
+        let flag = request(&[
+            "stores",
+            "create",
+            "--name",
+            "payments",
+            "--region",
+            "us-east-1",
+        ]);
+        assert_eq!(positional, flag);
+        assert!(positional.unwrap().contains("\"payments\""));
+        assert_eq!(
+            request(&["stores", "remove", "old"]),
+            request(&["stores", "remove", "--name", "old"])
+        );
+        // Neither, or both: refused by the parser.
+        assert!(request(&["stores", "remove"]).is_err());
+        assert!(request(&["stores", "remove", "a", "--name", "b"]).is_err());
+    }
 }
