@@ -1,16 +1,14 @@
 //! `keyward demo`: the whole appliance on embedded defaults, what `make run` runs.
 //!
-//! It creates (or reuses) a state directory with a development master key, a self-signed CA, a
-//! server certificate for `localhost`/`127.0.0.1`, an admin client certificate and profile, one
-//! enabled key granted to `*`, and a SigV4 credential; then boots through the same pipeline as
+//! It creates (or reuses) a state directory with an embedded key-release service (SoftHSMv2
+//! token, or a software stand-in), a self-signed CA, a server certificate for
+//! `localhost`/`127.0.0.1`, an admin client certificate and profile, one enabled key granted to
+//! `*`, and a SigV4 credential; the master key is released to the simulated SNP attester through
+//! the real KRP/1 protocol ([`master_key_source`]). It then boots through the same pipeline as
 //! `keyward serve` and, once the XKS listener accepts, prints ONE JSON line on stdout with
-//! everything a client needs, followed by human-readable lines (and a working `curl` command)
-//! on stderr. A restart on the same state directory reuses all of it.
-//!
-//! SEAM for the release helper: [`master_key_source`] is where the demo's master key comes
-//! from. Today it is a key file in the state directory; with the key-release issue it becomes
-//! an embedded KRS on loopback and the simulated attester, and the JSON line gains
-//! `"attestation": "simulated"` (see [`ready_line`]).
+//! everything a client needs (`"attestation": "simulated"`, see [`ready_line`]), followed by
+//! human-readable lines and working commands (with this binary's real path) on stderr. A
+//! restart on the same state directory reuses all of it.
 
 use std::io::Write;
 use std::net::SocketAddr;
