@@ -13,7 +13,6 @@ use crate::model::{self, DecryptRequest};
 use keyward_audit::XksRecord;
 use keyward_keystore::view::{KeyStatus, StoreView};
 
-use super::note_metadata;
 use super::{authorize, check_size, check_small, lookup, with_scratch, Scratch};
 
 pub(crate) fn handle(
@@ -24,10 +23,7 @@ pub(crate) fn handle(
     rec: &mut XksRecord,
 ) -> Result<Reply, XksError> {
     let r: DecryptRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
+    let md = super::request_metadata(&r.request_metadata, rec)?;
     md.principal()?;
     let required = |v: &Option<Cow<'_, str>>, name: &'static str| -> Result<(), XksError> {
         v.as_ref()

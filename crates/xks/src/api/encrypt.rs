@@ -12,7 +12,7 @@ use crate::model::{self, EncryptRequest};
 use keyward_audit::XksRecord;
 use keyward_keystore::view::{KeyStatus, StoreView};
 
-use super::{authorize, check_size, lookup, note_metadata, with_scratch, Scratch};
+use super::{authorize, check_size, lookup, with_scratch, Scratch};
 
 pub(crate) fn handle(
     ctx: &Ctx,
@@ -22,10 +22,7 @@ pub(crate) fn handle(
     rec: &mut XksRecord,
 ) -> Result<Reply, XksError> {
     let r: EncryptRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
+    let md = super::request_metadata(&r.request_metadata, rec)?;
     md.principal()?;
     let pt_b64 = r
         .plaintext

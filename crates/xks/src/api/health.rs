@@ -6,14 +6,9 @@ use crate::handlers::{Ctx, Reply};
 use crate::model::{self, MetadataRequest};
 use keyward_audit::XksRecord;
 
-use super::note_metadata;
-
 pub(crate) fn handle(ctx: &Ctx, body: &[u8], rec: &mut XksRecord) -> Result<Reply, XksError> {
     let r: MetadataRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    model::require_metadata(&r.request_metadata)?;
+    super::request_metadata(&r.request_metadata, rec)?;
     // Never subject to grants (spec: MUST).
     Ok(Reply::ok(ctx.health.answer()))
 }

@@ -8,7 +8,7 @@ use crate::model::{self, MetadataRequest};
 use keyward_audit::XksRecord;
 use keyward_keystore::view::{KeyStatus, KeyUsage, StoreView};
 
-use super::{authorize, lookup, note_metadata};
+use super::{authorize, lookup};
 
 pub(crate) fn handle(
     store: &StoreView,
@@ -17,10 +17,7 @@ pub(crate) fn handle(
     rec: &mut XksRecord,
 ) -> Result<Reply, XksError> {
     let r: MetadataRequest = model::parse(body)?;
-    if let Some(md) = &r.request_metadata {
-        note_metadata(rec, md);
-    }
-    let md = model::require_metadata(&r.request_metadata)?;
+    let md = super::request_metadata(&r.request_metadata, rec)?;
     md.principal()?;
     let key = lookup(store, id)?;
     authorize(key, Op::Metadata, md, rec)?;

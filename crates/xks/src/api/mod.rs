@@ -19,8 +19,20 @@ use crate::model::RequestMetadata;
 use keyward_audit::{Field, XksRecord};
 use keyward_keystore::view::{LiveKey, StoreView};
 
+/// The request's `requestMetadata`: copied into the audit record when present (so a refused
+/// request is still attributed), then required and checked (400 when absent or malformed).
+pub(crate) fn request_metadata<'r, 'a>(
+    md: &'r Option<RequestMetadata<'a>>,
+    rec: &mut XksRecord,
+) -> Result<&'r RequestMetadata<'a>, XksError> {
+    if let Some(md) = md {
+        note_metadata(rec, md);
+    }
+    crate::model::require_metadata(md)
+}
+
 /// Copy the request's metadata into the audit record.
-pub(crate) fn note_metadata(rec: &mut XksRecord, md: &RequestMetadata<'_>) {
+fn note_metadata(rec: &mut XksRecord, md: &RequestMetadata<'_>) {
     let fields = [
         (Field::KmsRequestId, &md.kms_request_id),
         (Field::KmsOperation, &md.kms_operation),
