@@ -3,6 +3,13 @@
 //! TPM wire structures (PCR banks, Names) both sides parse. Plain data and parsers, no I/O: like
 //! trustee's `kbs-types`, this is the one crate the verifier may depend on.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod binding;
 mod bundle;
 pub mod tpm;

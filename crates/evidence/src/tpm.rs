@@ -52,37 +52,37 @@ impl<'a> Reader<'a> {
         Self { buf, what }
     }
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], TpmParseError> {
-        if self.buf.len() < n {
-            return Err(TpmParseError::Truncated(self.what));
-        }
-        let (a, b) = self.buf.split_at(n);
+        let (a, b) = self
+            .buf
+            .split_at_checked(n)
+            .ok_or(TpmParseError::Truncated(self.what))?;
         self.buf = b;
         Ok(a)
     }
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], TpmParseError> {
+        self.take(N)?
+            .try_into()
+            .map_err(|_| TpmParseError::Truncated(self.what))
+    }
     pub fn u8(&mut self) -> Result<u8, TpmParseError> {
-        Ok(self.take(1)?[0])
+        let [b] = self.array()?;
+        Ok(b)
     }
     pub fn u16(&mut self) -> Result<u16, TpmParseError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(u16::from_be_bytes(self.array()?))
     }
     pub fn u32(&mut self) -> Result<u32, TpmParseError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_be_bytes(self.array()?))
     }
     pub fn u64(&mut self) -> Result<u64, TpmParseError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
+        Ok(u64::from_be_bytes(self.array()?))
     }
     pub fn u16le(&mut self) -> Result<u16, TpmParseError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     pub fn u32le(&mut self) -> Result<u32, TpmParseError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     /// A TPM2B: u16 size then that many bytes.
     pub fn tpm2b(&mut self) -> Result<&'a [u8], TpmParseError> {

@@ -8,6 +8,13 @@
 //! * [`validate`]: the input rules (key ids, credentials, URI prefixes) with clear messages.
 //! * [`view`] is the CONTRACT read by `xks` on every request.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod error;
 pub mod file;
 pub mod head;

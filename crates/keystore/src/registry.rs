@@ -1563,7 +1563,11 @@ pub fn generate_credential() -> Result<(String, SecretString), KeystoreError> {
     let mut r = [0u8; 24];
     getrandom_fill(&mut r)?;
     let mut id = String::from("KW");
-    id.extend(r.iter().map(|b| B32[(*b & 31) as usize] as char));
+    // `& 31` keeps every index inside the 32-letter alphabet.
+    id.extend(
+        r.iter()
+            .filter_map(|b| B32.get(usize::from(*b & 31)).map(|&c| char::from(c))),
+    );
     let mut raw = Zeroizing::new([0u8; 32]);
     getrandom_fill(&mut raw[..])?;
     let secret = base64::engine::general_purpose::STANDARD.encode(&raw[..]);

@@ -175,7 +175,7 @@ impl Sealer {
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(iv),
                 Aad::from(aad),
-                &mut out[1 + IV_LEN..],
+                out.get_mut(1 + IV_LEN..).ok_or(KeystoreError::Seal)?,
             )
             .map_err(|_| KeystoreError::Seal)?;
         out.extend_from_slice(tag.as_ref());
@@ -190,18 +190,18 @@ impl Sealer {
         aad: &[u8],
         out: &mut [u8],
     ) -> Result<(), &'static str> {
+        const WRONG_LENGTH: &str = "sealed value has the wrong length";
         let b = &sealed.0;
         if b.len() != 1 + IV_LEN + out.len() + TAG_LEN {
-            return Err("sealed value has the wrong length");
+            return Err(WRONG_LENGTH);
         }
-        if b[0] != FORMAT_VERSION {
+        let (version, rest) = b.split_first().ok_or(WRONG_LENGTH)?;
+        if *version != FORMAT_VERSION {
             return Err("sealed value has an unknown format version");
         }
-        let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&b[1..1 + IV_LEN]);
-        let ct = &b[1 + IV_LEN..b.len() - TAG_LEN];
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&b[b.len() - TAG_LEN..]);
+        let (iv, rest) = rest.split_first_chunk::<IV_LEN>().ok_or(WRONG_LENGTH)?;
+        let (ct, tag) = rest.split_last_chunk::<TAG_LEN>().ok_or(WRONG_LENGTH)?;
+        let (iv, tag) = (*iv, *tag);
         out.copy_from_slice(ct);
         let r = self.aead.get().open_in_place_separate_tag(
             Nonce::assume_unique_for_key(iv),

@@ -6,6 +6,13 @@
 //! are separate crates on top of this one, as rustls keeps `msgs/` apart from its state
 //! machines: the agent never links the KRS or the PKCS#11 loader.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 pub mod cbor;
 pub mod headproto;
 pub mod messages;

@@ -74,7 +74,7 @@ impl EphemeralKey {
     ) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
         let x = self.shared_x(hsm_epk)?;
         let mut k_ecdh = Zeroizing::new([0u8; 32]);
-        k_ecdh.copy_from_slice(&x[16..]);
+        k_ecdh.copy_from_slice(x.last_chunk::<32>().ok_or(UnwrapError::Unwrap)?);
         let k_wrap = derive_wrap_key(&k_ecdh, transcript);
         if wrapped.len() != 40 {
             return Err(UnwrapError::Unwrap);
@@ -125,16 +125,18 @@ impl EphemeralKey {
 pub fn derive_wrap_key(k_ecdh: &[u8; 32], transcript: &[u8]) -> Zeroizing<[u8; 32]> {
     let bind = wrap_binding(transcript);
     let cipher = aes::Aes256::new(k_ecdh.into());
-    let mut b1 = aes::Block::clone_from_slice(&bind[..16]);
+    let (lo, hi) = bind.split_at(16);
+    let mut b1 = aes::Block::clone_from_slice(lo);
     cipher.encrypt_block(&mut b1);
-    let mut b2 = aes::Block::clone_from_slice(&bind[16..]);
+    let mut b2 = aes::Block::clone_from_slice(hi);
     for (x, y) in b2.iter_mut().zip(b1.iter()) {
         *x ^= *y;
     }
     cipher.encrypt_block(&mut b2);
     let mut out = Zeroizing::new([0u8; 32]);
-    out[..16].copy_from_slice(&b1);
-    out[16..].copy_from_slice(&b2);
+    let (o1, o2) = out.split_at_mut(16);
+    o1.copy_from_slice(&b1);
+    o2.copy_from_slice(&b2);
     out
 }
 

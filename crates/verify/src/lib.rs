@@ -11,6 +11,13 @@
 //! the binding it expects (in [`Expectations`]) and the current time; an auditor's
 //! `keyward verify` calls it with a saved bundle and, optionally, a past time.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 pub mod nitro;
 pub mod policy;
 pub mod refvalues;

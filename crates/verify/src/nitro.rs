@@ -373,7 +373,11 @@ pub fn verify_nitro(
             }
         }
     }
-    let root_fp = hex::encode(Sha256::digest(&doc.cabundle[0]));
+    let Some(root_der) = doc.cabundle.first() else {
+        verdict.fail("nitro.chain", "the cabundle is empty: no root certificate");
+        return;
+    };
+    let root_fp = hex::encode(Sha256::digest(root_der));
     if policy
         .root_sha256
         .iter()
@@ -389,18 +393,23 @@ pub fn verify_nitro(
     chain.push(leaf.clone());
     let mut chain_err = None;
     // The root signs itself; every later certificate is signed by the one before it.
-    if let Err(e) = verify_cert_sig(&chain[0], &chain[0]) {
-        chain_err = Some(format!("root: {e}"));
+    if let Some(root) = chain.first() {
+        if let Err(e) = verify_cert_sig(root, root) {
+            chain_err = Some(format!("root: {e}"));
+        }
     }
-    for i in 1..chain.len() {
+    for (i, pair) in chain.windows(2).enumerate() {
+        let (i, [prev, cert]) = (i + 1, pair) else {
+            continue;
+        };
         if chain_err.is_some() {
             break;
         }
-        if chain[i].tbs_certificate.issuer != chain[i - 1].tbs_certificate.subject {
+        if cert.tbs_certificate.issuer != prev.tbs_certificate.subject {
             chain_err = Some(format!(
                 "certificate {i}: issuer is not the previous subject"
             ));
-        } else if let Err(e) = verify_cert_sig(&chain[i], &chain[i - 1]) {
+        } else if let Err(e) = verify_cert_sig(cert, prev) {
             chain_err = Some(format!("certificate {i}: {e}"));
         }
     }
@@ -411,8 +420,11 @@ pub fn verify_nitro(
         ),
         Some(e) => verdict.fail("nitro.chain", e),
     }
-    let expired: Vec<usize> = (0..chain.len())
-        .filter(|i| !cert_dates_ok(&chain[*i], now_unix))
+    let expired: Vec<usize> = chain
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !cert_dates_ok(c, now_unix))
+        .map(|(i, _)| i)
         .collect();
     if expired.is_empty() {
         verdict.pass("nitro.cert_dates", "every certificate is valid now");

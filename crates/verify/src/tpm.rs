@@ -420,14 +420,17 @@ pub fn parse_event_log(bytes: &[u8], bank: Bank) -> Result<EventLog, TpmParseErr
     r.take(20)?;
     let size = r.u32le()? as usize;
     let spec = r.take(size)?;
-    if ty != EV_NO_ACTION || spec.len() < 24 || &spec[..16] != b"Spec ID Event03\0" {
-        return Err(TpmParseError::Malformed(
-            "not a crypto-agile log (no Spec ID Event03 header)",
-        ));
-    }
     // TCG_EfiSpecIDEvent: signature[16], platformClass u32, versions 3×u8, uintnSize u8,
     // numberOfAlgorithms u32, then {algorithmId u16, digestSize u16}.
-    let mut s = Reader::new(&spec[24..], "Spec ID event");
+    let algorithms = match spec.split_at_checked(24) {
+        Some((head, rest)) if ty == EV_NO_ACTION && head.starts_with(b"Spec ID Event03\0") => rest,
+        _ => {
+            return Err(TpmParseError::Malformed(
+                "not a crypto-agile log (no Spec ID Event03 header)",
+            ))
+        }
+    };
+    let mut s = Reader::new(algorithms, "Spec ID event");
     let n = s.u32le()?;
     if n == 0 || n > 16 {
         return Err(TpmParseError::Malformed(
@@ -472,8 +475,13 @@ pub fn parse_event_log(bytes: &[u8], bank: Bank) -> Result<EventLog, TpmParseErr
         let size = r.u32le()? as usize;
         let data = r.take(size)?.to_vec();
         if event_type == EV_NO_ACTION {
-            if pcr == 0 && data.len() >= 17 && &data[..16] == b"StartupLocality\0" {
-                log.startup_locality = Some(data[16]);
+            if pcr == 0 {
+                if let Some(&locality) = data
+                    .strip_prefix(b"StartupLocality\0")
+                    .and_then(|d| d.first())
+                {
+                    log.startup_locality = Some(locality);
+                }
             }
             continue;
         }

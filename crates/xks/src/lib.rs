@@ -10,6 +10,13 @@
 //! Keys and credentials come only from [`keyward_keystore::view`]; this crate never reaches
 //! `attest`, `verify`, `krp`, `krs`, `agent` or `hsm` (`scripts/check-deps.sh`).
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod api;
 pub mod clock;
 pub mod crypto;

@@ -63,11 +63,13 @@ pub fn route<'a>(path: &'a str, query: Option<&str>) -> Routed<'a> {
     }
     // The first `/kms/xks/v1/` (BASE starts with '/': test only at slashes; `str::find` set
     // up a two-way searcher per request).
-    let Some(at) = path
-        .bytes()
-        .enumerate()
-        .position(|(i, b)| b == b'/' && path.as_bytes()[i..].starts_with(BASE.as_bytes()))
-    else {
+    let Some(at) = path.bytes().enumerate().position(|(i, b)| {
+        b == b'/'
+            && path
+                .as_bytes()
+                .get(i..)
+                .is_some_and(|rest| rest.starts_with(BASE.as_bytes()))
+    }) else {
         return Routed::NotFound("not an XKS API path");
     };
     let (prefix, rest) = (&path[..at], &path[at + BASE.len()..]);

@@ -165,6 +165,8 @@ fn trim_spaces(s: &str) -> &str {
 /// no early exit: invalid digits set a flag checked once at the end.
 fn decode_lower_hex_32(s: &str) -> Option<[u8; 32]> {
     const BAD: u8 = 0x80;
+    // Evaluated at compile time: an index out of range here is a build error, not a panic.
+    #[allow(clippy::indexing_slicing)]
     const NIB: [u8; 256] = {
         let mut t = [BAD; 256];
         let mut i = 0;
@@ -182,8 +184,11 @@ fn decode_lower_hex_32(s: &str) -> Option<[u8; 32]> {
     let b: &[u8; 64] = s.as_bytes().try_into().ok()?;
     let mut out = [0u8; 32];
     let mut bad = 0u8;
+    let nib = |c: u8| NIB.get(usize::from(c)).copied().unwrap_or(BAD);
     for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let (hi, lo) = (NIB[pair[0] as usize], NIB[pair[1] as usize]);
+        // Always two bytes (chunks_exact): the `else` never runs, so no data-dependent exit.
+        let &[h, l] = pair else { return None };
+        let (hi, lo) = (nib(h), nib(l));
         bad |= hi | lo;
         *o = (hi << 4) | (lo & 0x0f);
     }
@@ -376,22 +381,16 @@ fn update_trimmed(h: &mut Sha256, v: &[u8]) {
     let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
     let start = v.iter().position(|b| !is_ws(b)).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !is_ws(b)).map_or(start, |e| e + 1);
-    let v = &v[start..end];
-    let mut run_start = 0;
-    let mut i = 0;
-    while i < v.len() {
-        if is_ws(&v[i]) {
-            h.update(&v[run_start..i]);
+    let v = v.get(start..end).unwrap_or_default();
+    // Each run of spaces/tabs becomes one space; the pieces between them are fed as they are.
+    let mut pieces = v.split(is_ws).filter(|p| !p.is_empty());
+    if let Some(first) = pieces.next() {
+        h.update(first);
+        for p in pieces {
             h.update(b" ");
-            while i < v.len() && is_ws(&v[i]) {
-                i += 1;
-            }
-            run_start = i;
-        } else {
-            i += 1;
+            h.update(p);
         }
     }
-    h.update(&v[run_start..]);
 }
 
 static X_AMZ_DATE: http::HeaderName = http::HeaderName::from_static("x-amz-date");
@@ -408,11 +407,12 @@ fn single_header<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<
 /// `yyyymmddTHHMMSSZ` to Unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    let b: &[u8; 16] = b.try_into().ok()?;
+    if b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        b[r].iter().try_fold(0i64, |acc, &c| {
+        b.get(r)?.iter().try_fold(0i64, |acc, &c| {
             c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
         })
     };
@@ -518,19 +518,21 @@ fn with_signing_key<R>(
                     .unwrap_or(cache.next % CACHE_SLOTS);
                 cache.next = (i + 1) % CACHE_SLOTS;
                 // The slot's previous state is wiped by its drop here.
-                cache.slots[i] = Some(CachedKey {
-                    cred: Arc::downgrade(cred),
-                    date: date.to_owned(),
-                    region: region.to_owned(),
-                    service: service.to_owned(),
-                    keyed: keyed_state(cred, date, region, service),
-                });
+                if let Some(slot) = cache.slots.get_mut(i) {
+                    *slot = Some(CachedKey {
+                        cred: Arc::downgrade(cred),
+                        date: date.to_owned(),
+                        region: region.to_owned(),
+                        service: service.to_owned(),
+                        keyed: keyed_state(cred, date, region, service),
+                    });
+                }
                 i
             }
         };
-        match &cache.slots[idx] {
-            Some(e) => f(&e.keyed.0),
-            None => f(&keyed_state(cred, date, region, service).0),
+        match cache.slots.get(idx) {
+            Some(Some(e)) => f(&e.keyed.0),
+            _ => f(&keyed_state(cred, date, region, service).0),
         }
     })
 }

@@ -133,11 +133,13 @@ pub fn verify(ev: &SnpEvidence, policy: &Policy, expect: &Expectations, at: u64,
     let first = v.checks.len();
     let chain = build_chain(&given, &vek, signer, product, policy, at, v);
     // Report the chain top-down (root, intermediate, VEK), whatever order it was built in.
-    v.checks[first..].sort_by_key(|c| match c.name.as_str() {
-        "snp.chain.ark" => 0,
-        "snp.chain.intermediate" => 1,
-        _ => 2,
-    });
+    if let Some(chain_checks) = v.checks.get_mut(first..) {
+        chain_checks.sort_by_key(|c| match c.name.as_str() {
+            "snp.chain.ark" => 0,
+            "snp.chain.intermediate" => 1,
+            _ => 2,
+        });
+    }
 
     // --- CRLs --------------------------------------------------------------------------
     crl_check(&expect.crls, chain.as_ref(), &vek, policy, at, v);
@@ -698,9 +700,9 @@ fn hwid_check(
     }
     let chip = r.chip_id();
     let want: &[u8] = if product == Some(Product::Turin) {
-        &chip[..8]
+        head8(&chip)
     } else {
-        &chip[..]
+        chip.as_slice()
     };
     match vek.hw_id() {
         Ok(Some(hw)) if hw.as_slice() == want => v.pass(
@@ -711,8 +713,8 @@ fn hwid_check(
             "snp.hwid",
             format!(
                 "VCEK hwID {}.. differs from CHIP_ID {}..{}",
-                hex::encode(&hw[..hw.len().min(8)]),
-                hex::encode(&want[..8]),
+                hex::encode(head8(&hw)),
+                hex::encode(head8(want)),
                 if chip.iter().all(|b| *b == 0) {
                     " (CHIP_ID masked to zero)"
                 } else {
@@ -752,14 +754,19 @@ fn report_signature(r: &Report<'_>, vek: &Cert) -> Result<(), String> {
         return Err("VEK key is not EC P-384".into());
     };
     let (rl, sl) = (r.signature_r(), r.signature_s());
-    if rl[48..].iter().any(|b| *b != 0) || sl[48..].iter().any(|b| *b != 0) {
+    // Little-endian, 72 bytes each: the low 48 are the scalar, the rest must be zero.
+    let (r48, r_hi) = rl.split_at(48);
+    let (s48, s_hi) = sl.split_at(48);
+    if r_hi.iter().chain(s_hi).any(|b| *b != 0) {
         return Err("signature R or S has non-zero bytes above the 48 used by P-384".into());
     }
     let mut rb = [0u8; 48];
     let mut sb = [0u8; 48];
-    for i in 0..48 {
-        rb[i] = rl[47 - i];
-        sb[i] = sl[47 - i];
+    for (d, s) in rb.iter_mut().zip(r48.iter().rev()) {
+        *d = *s;
+    }
+    for (d, s) in sb.iter_mut().zip(s48.iter().rev()) {
+        *d = *s;
     }
     let sig = p384::ecdsa::Signature::from_scalars(rb, sb)
         .map_err(|_| "signature R or S is not a valid P-384 scalar".to_string())?;
@@ -798,16 +805,16 @@ fn report_field_checks(
         (None, None) => None,
     };
     match expected {
-        Some(e) if bool::from(e.as_slice().ct_eq(&r.report_data()[..])) => v.pass(
+        Some(e) if bool::from(e.as_slice().ct_eq(r.report_data().as_slice())) => v.pass(
             "snp.report_data",
-            format!("equals the expected value ({}…)", hex::encode(&e[..8])),
+            format!("equals the expected value ({}…)", hex::encode(head8(&e))),
         ),
         Some(e) => v.fail(
             "snp.report_data",
             format!(
                 "REPORT_DATA {}… differs from the expected {}…",
-                hex::encode(&r.report_data()[..8]),
-                hex::encode(&e[..e.len().min(8)])
+                hex::encode(head8(&r.report_data())),
+                hex::encode(head8(&e))
             ),
         ),
         None => {
@@ -1126,4 +1133,9 @@ fn tcb_below(t: &Tcb, min: &TcbMinimum) -> Vec<String> {
     cmp("snp", Some(t.snp), min.snp);
     cmp("ucode", Some(t.microcode), min.microcode);
     out
+}
+
+/// The first 8 bytes (or fewer) of a value, for messages.
+fn head8(b: &[u8]) -> &[u8] {
+    b.get(..8).unwrap_or(b)
 }

@@ -141,15 +141,19 @@ pub struct Report<'a> {
     raw: &'a [u8; REPORT_LEN],
 }
 
+/// `N` bytes at `off` (zeros past the end: every caller reads a fixed offset inside the
+/// 1184-byte report, so that never happens, and nothing here can panic).
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    b.get(off..)
+        .and_then(|t| t.first_chunk::<N>())
+        .copied()
+        .unwrap_or([0; N])
+}
 fn le32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
+    u32::from_le_bytes(bytes_at(b, off))
 }
 fn le64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(bytes_at(b, off))
 }
 
 impl<'a> Report<'a> {
@@ -170,12 +174,11 @@ impl<'a> Report<'a> {
     }
     /// The bytes the signature covers (0x000..0x2A0), exactly as received.
     pub fn signed_bytes(&self) -> &'a [u8] {
-        &self.raw[..SIGNED_LEN]
+        let (signed, _) = self.raw.split_at(SIGNED_LEN);
+        signed
     }
     fn arr<const N: usize>(&self, off: usize) -> [u8; N] {
-        let mut a = [0u8; N];
-        a.copy_from_slice(&self.raw[off..off + N]);
-        a
+        bytes_at(self.raw, off)
     }
 
     pub fn version(&self) -> u32 {

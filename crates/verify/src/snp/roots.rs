@@ -87,9 +87,9 @@ pub fn builtin() -> &'static [BuiltinSet] {
 
 fn load_all() -> Vec<BuiltinSet> {
     let mut out = Vec::new();
-    for (i, (product, ark, ask, asvk)) in PEMS.iter().enumerate() {
-        let (_, ark_pin) = ARK_PINS[i];
-        let (_, ask_pin, asvk_pin) = INTERMEDIATE_PINS[i];
+    for (((product, ark, ask, asvk), (_, ark_pin)), (_, ask_pin, asvk_pin)) in
+        PEMS.iter().zip(ARK_PINS).zip(INTERMEDIATE_PINS)
+    {
         if let (Some(ark), Some(ask), Some(asvk)) =
             (load(ark, ark_pin), load(ask, ask_pin), load(asvk, asvk_pin))
         {

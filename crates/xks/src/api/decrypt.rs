@@ -54,7 +54,10 @@ pub(crate) fn handle(
 
     // Small fields: decode into stack buffers; wrong lengths are invalid input.
     let (iv_buf, iv_len) = model::decode_small("initializationVector", check_small(iv_b64, 16)?)?;
-    let iv = &iv_buf[..iv_len];
+    let bad_len = |what: &'static str| XksError::Validation(what.into());
+    let iv = iv_buf
+        .get(..iv_len)
+        .ok_or_else(|| bad_len("initializationVector must be 12 or 16 bytes"))?;
     let (tag_buf, tag_len) = model::decode_small("authenticationTag", check_small(tag_b64, 16)?)?;
     let (ctm_buf, ctm_len) = match ctm_b64 {
         Some(c) => model::decode_small("ciphertextMetadata", check_small(c, 20)?)?,
@@ -66,10 +69,13 @@ pub(crate) fn handle(
             "ciphertextMetadata must be at most 20 bytes".into(),
         ));
     }
-    let ctm = &ctm_buf[..ctm_len];
-    let tag: [u8; 16] = tag_buf[..tag_len]
-        .try_into()
-        .map_err(|_| XksError::Validation("authenticationTag must be 16 bytes".into()))?;
+    let ctm = ctm_buf
+        .get(..ctm_len)
+        .ok_or_else(|| bad_len("ciphertextMetadata must be at most 20 bytes"))?;
+    let tag: [u8; 16] = tag_buf
+        .get(..tag_len)
+        .and_then(|t| t.try_into().ok())
+        .ok_or_else(|| bad_len("authenticationTag must be 16 bytes"))?;
     if iv.len() != 12 && iv.len() != 16 {
         return Err(XksError::Validation(
             "initializationVector must be 12 or 16 bytes".into(),

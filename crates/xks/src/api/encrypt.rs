@@ -95,8 +95,14 @@ pub(crate) fn handle(
             ("ciphertextMetadata", ctm.len()),
             ("ciphertextDataIntegrityValue", 32),
         ];
-        let n = if cdiv.is_some() { 5 } else { 4 };
-        let mut out = Vec::with_capacity(model::b64_object_len(&fields[..n]));
+        let (with_cdiv, without_cdiv) =
+            (&fields[..], fields.split_last().map_or(&[][..], |(_, f)| f));
+        let sized = if cdiv.is_some() {
+            with_cdiv
+        } else {
+            without_cdiv
+        };
+        let mut out = Vec::with_capacity(model::b64_object_len(sized));
         out.push(b'{');
         model::write_b64_field(&mut out, true, "ciphertext", buf);
         model::write_b64_field(&mut out, false, "initializationVector", &iv);
