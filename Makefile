@@ -24,7 +24,7 @@ test:
 	$(CARGO) test --workspace --all-targets
 
 ## make bench: release build, criterion micro-benchmarks (short), then `keyward demo` driven by
-## `keyward bench`; writes bench/results.json and bench/chart.png (see README, Performance).
+## `keyward bench`; writes bench/results.json and bench/chart.png (see docs/performance.md).
 ## BENCH_ARGS=--quick shortens every run to 3 s.
 bench:
 	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_xks_server --example bench_suite
@@ -40,7 +40,7 @@ release:
 clean:
 	$(CARGO) clean
 
-# ---- the appliance image (see README "The appliance image") -------------------
+# ---- the appliance image (see docs/image.md) -------------------
 # make image        mkosi base tree (cached by its config) + keyward release binary -> image/build/keyward.raw
 # make measure      reference values (PCR 4/7/11/12 [+15 with PINS=], SNP with AWS_OVMF=) -> image/build/reference-values.json,
 #                   measurements.json (every event, both banks), tpm-policy.toml (a KRS [tpm] section)

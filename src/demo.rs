@@ -351,6 +351,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
                 drop(out);
+                // The same line in STATE/ready.json (mode 0600: it holds the demo's secret), for
+                // scripts and the docs' runnable blocks: `jq -r .url demo-state/ready.json`.
+                if let Err(e) = pki::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true) {
+                    tracing::warn!("cannot write {}: {e:#}", paths.p("ready.json").display());
+                }
                 print_help(&url, &region, &cred.access_key_id, secret, &ca, &key_ids, &profile);
                 print_attestation_help(&attestation_url, &url, &policy_file);
             })

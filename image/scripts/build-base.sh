@@ -4,7 +4,7 @@
 #
 # usage: image/scripts/build-base.sh            (output: image/build/base, image/build/manifest.tsv)
 # env:   KEYWARD_OFFLINE=1  rebuild only from the .deb cache; fail if a package in the manifest
-#                           is missing from it or has a different SHA-256 (see README).
+#                           is missing from it or has a different SHA-256 (see docs/image.md).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"

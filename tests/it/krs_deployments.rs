@@ -44,7 +44,7 @@ fn host_operator_ca_with_the_victims_krs_pins_is_denied_before_any_session() {
     let text = common::policy_text_full(2, &[hex::encode(MEAS)], &test_root_policy_toml());
     f.sign_policy_text(2, &text, &f.policy_file);
 
-    // The victim's deployment, added the way the README says (`krs pins --admin-ca --append`).
+    // The victim's deployment, added the way docs/krs.md says (`krs pins --admin-ca --append`).
     let victim_ca = write_ca(&f.dir, "victim operator CA");
     let out = common::run_ok(
         f.cmd()

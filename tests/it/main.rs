@@ -23,6 +23,7 @@ mod attest_serve;
 mod bench_loop;
 mod config_check;
 mod demo_run;
+mod doc_blocks;
 mod image_pins;
 mod image_units;
 mod krs_crl_policy;

@@ -2,7 +2,7 @@
 //! requests signed with KMS's real service name `kms-xks-proxy` and with the configured legacy
 //! name `xks-kms` both work, a warning names the right value, and the earlier docs' 40-character
 //! sample secret is installed (a warning at every start says KMS will refuse it) and signs
-//! requests; README's snippet plus the sections it says a file needs serves signed requests.
+//! requests; docs/configuration.md's snippet plus the sections it says a file needs serves signed requests.
 
 use crate::serve_common;
 
@@ -126,13 +126,16 @@ fn a_secret_too_short_even_outside_kms_is_not_used_and_the_log_says_why() {
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 }
 
-/// The `toml` blocks of README.md's `[aws_xks_config]` paragraph: the section, then the rest.
+/// The `toml` blocks of docs/configuration.md's `[aws_xks_config]` paragraph: the section, then the rest.
 fn readme_blocks() -> (String, String) {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let start = readme
         .find("**Compatibility: `[aws_xks_config]`.**")
-        .expect("README has the [aws_xks_config] paragraph");
+        .expect("docs/configuration.md has the [aws_xks_config] paragraph");
     let mut blocks = readme[start..].split("```toml\n").skip(1).map(|b| {
         b.split_once("```")
             .expect("a closed toml block")
@@ -150,7 +153,7 @@ fn the_readme_snippet_and_what_it_says_a_file_needs_serve_signed_requests() {
     assert!(rest.contains("[xks]") && rest.contains("[master_key]"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // The files the README's blocks name.
+    // The files the documented blocks name.
     let ca = Ca::new("test CA").unwrap();
     let server = ca.server(&["localhost", "127.0.0.1"], 30).unwrap();
     write_file(&d.join("ca.pem"), ca.cert_pem().as_bytes(), false).unwrap();

@@ -1,6 +1,6 @@
 //! Black-box XKS conformance: the real `keyward demo` binary driven over HTTPS by botocore's
 //! SigV4 signer (tests/python/xks_conformance.py) and by curl, every case checked against
-//! /work/shared/docs/xks-proxy-api.md. Each driver case prints PASS or FAIL; every FAIL fails
+//! docs/xks-proxy-api.md. Each driver case prints PASS or FAIL; every FAIL fails
 //! this test with the request and answer that deviated.
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,5 @@
 //! PKCS#11 through cryptoki: the master key, the receipt-signing key and the in-HSM release
-//! wrap of KRP/1 (key-release.md section 8.4).
+//! wrap of KRP/1 (docs/key-release.md section 8.4).
 //!
 //! Request path of one release, all inside the token:
 //! 1. an ephemeral P-384 key pair (session objects);

@@ -1,4 +1,4 @@
-//! KRP/1 messages (key-release.md section 8.2), carried as deterministic CBOR in length-prefixed
+//! KRP/1 messages (docs/key-release.md section 8.2), carried as deterministic CBOR in length-prefixed
 //! frames over TLS 1.3. Every message carries `v: 1`; an unknown version is refused.
 //!
 //! Byte strings are CBOR byte strings (`serde_bytes`), so the encoding is compact and exact.

@@ -1,4 +1,4 @@
-//! The transcript hash T (key-release.md section 8.2 step 3.2) and the values derived from it
+//! The transcript hash T (docs/key-release.md section 8.2 step 3.2) and the values derived from it
 //! that each kind of evidence must carry.
 //!
 //! `T = SHA-384("KRP/1 transcript" || cbor{v, platform, product_release, pins_digest, session_id,

@@ -1,4 +1,4 @@
-//! The hash-chained, append-only release log (key-release.md section 8.5).
+//! The hash-chained, append-only release log (docs/key-release.md section 8.5).
 //!
 //! One JSON object per line. Each entry carries the previous entry's hash and its own
 //! `hash = SHA-384("KRP/1 log" || cbor(entry without hash))`; the first entry's `prev_hash` is

@@ -1,4 +1,4 @@
-//! Signed, versioned verifier policies (key-release.md section 8.3 step 5).
+//! Signed, versioned verifier policies (docs/key-release.md section 8.3 step 5).
 //!
 //! The customer's policy admin signs the verifier policy text with an offline P-384 key; the
 //! KRS holds only the public key. A signed policy file is JSON:

@@ -1,6 +1,6 @@
 //! The key-release service: decisions ([`Service`]) and the TLS listener ([`serve`]).
 //!
-//! Verification order for an Evidence message (key-release.md 8.3; each step its own code):
+//! Verification order for an Evidence message (docs/key-release.md 8.3; each step its own code):
 //! session (exists, unused, unexpired; consumed) -> policy digest -> ephemeral key -> T ->
 //! evidence decoding -> appraisal by the shared verifier under the signed policy, against the
 //! binding derived from T -> wrap (in the HSM, or the HPKE fallback) -> receipt signed in the

@@ -1,0 +1,45 @@
+//! The docs' runnable shell blocks (fences that read "```sh runnable") run against a fresh
+//! `keyward demo`, as a newcomer would run them after `make run` (`scripts/doc-blocks.sh`, see
+//! docs/testing.md). A block that fails, or a runnable block that silently disappears from the
+//! README, fails this test.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::tools;
+
+#[test]
+fn readme_and_docs_runnable_blocks_run_against_the_demo() {
+    tools::need("curl", "curl");
+    tools::need("jq", "jq");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![repo.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(repo.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let out = Command::new(repo.join("scripts/doc-blocks.sh"))
+        .args(&files)
+        .env("KEYWARD", env!("CARGO_BIN_EXE_keyward"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "runnable doc blocks failed:\n{stdout}\n{stderr}"
+    );
+    // The README's tour is runnable: at least its five blocks ran.
+    let readme = stdout
+        .lines()
+        .find(|l| l.contains("README.md:"))
+        .unwrap_or_default();
+    let ran: usize = readme
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!(ran >= 5, "README.md: {readme:?}\n{stdout}");
+}
