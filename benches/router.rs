@@ -20,9 +20,18 @@ fn bench(c: &mut Criterion) {
     use axum::routing::post;
     let app = axum::Router::new()
         .route("/{prefix}/kms/xks/v1/health", post(|| async { "h" }))
-        .route("/{prefix}/kms/xks/v1/keys/{id}/metadata", post(|| async { "m" }))
-        .route("/{prefix}/kms/xks/v1/keys/{id}/encrypt", post(|| async { "e" }))
-        .route("/{prefix}/kms/xks/v1/keys/{id}/decrypt", post(|| async { "d" }));
+        .route(
+            "/{prefix}/kms/xks/v1/keys/{id}/metadata",
+            post(|| async { "m" }),
+        )
+        .route(
+            "/{prefix}/kms/xks/v1/keys/{id}/encrypt",
+            post(|| async { "e" }),
+        )
+        .route(
+            "/{prefix}/kms/xks/v1/keys/{id}/decrypt",
+            post(|| async { "d" }),
+        );
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -100,18 +100,7 @@ fn main() -> ExitCode {
 /// (`... (os error 2): No such file or directory (os error 2)`): a cause whose text is already
 /// in the line is left out.
 fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    keyward_agent::error_chain(e.as_ref())
 }
 
 #[cfg(test)]

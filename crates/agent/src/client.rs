@@ -32,10 +32,30 @@ use keyward_secret::Key32;
 pub enum AgentError {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("cannot reach the KRS at {0}: {1}")]
-    Connect(String, String),
-    #[error("TLS to the KRS failed (is its key the pinned one?): {0}")]
-    Tls(String),
+    #[error("configuration")]
+    Pin(#[from] PinError),
+    #[error("KRS host {host:?}")]
+    KrsHost {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("cannot reach the KRS at {krs}")]
+    Connect {
+        krs: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the KRS at {0}: the name resolves to no address")]
+    NoAddress(String),
+    #[error("TLS to the KRS failed (is its key the pinned one?)")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Framing or encoding of a KRP/1 message.
+    #[error("protocol")]
+    Wire(#[from] keyward_krp::wire::WireError),
+    #[error("protocol")]
+    Cbor(#[from] keyward_krp::cbor::CborError),
+    /// The KRS answered out of turn, or with fields KRP/1 does not allow.
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("the KRS denied the release (code {code}{})", if *.receipt_verified { ", signed deny receipt verified" } else { ", no valid deny receipt" })]
@@ -43,13 +63,27 @@ pub enum AgentError {
     #[error("the KRS's receipt key is not the pinned one (fake KRS?)")]
     ReceiptKeyNotPinned,
     #[error("release receipt rejected: {0}")]
-    BadReceipt(String),
-    #[error("attestation: {0}")]
-    Attest(String),
-    #[error("unwrap: {0}")]
-    Unwrap(String),
-    #[error("secret memory: {0}")]
-    Secret(String),
+    BadReceipt(ReceiptProblem),
+    #[error("attestation by {attester}")]
+    Attest {
+        attester: &'static str,
+        #[source]
+        source: keyward_attest::AttestError,
+    },
+    #[error("unwrap")]
+    Unwrap(#[from] keyward_krp::wrap::UnwrapError),
+    #[error("secret memory")]
+    Secret(#[from] keyward_secret::SecretError),
+}
+
+/// Why a release receipt was refused: its signature or encoding, or a field that names
+/// something other than this exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptProblem {
+    #[error("{0}")]
+    Invalid(#[source] keyward_krp::receipt::ReceiptError),
+    #[error("{0}")]
+    Mismatch(&'static str),
 }
 
 impl AgentError {
@@ -107,29 +141,39 @@ impl Client {
         let hp = host_port(url);
         let addr = hp
             .to_socket_addrs()
-            .map_err(|e| AgentError::Connect(hp.into(), e.to_string()))?
+            .map_err(|source| AgentError::Connect {
+                krs: hp.into(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| AgentError::Connect(hp.into(), "no address".into()))?;
-        let tcp = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| AgentError::Connect(hp.into(), e.to_string()))?;
+            .ok_or_else(|| AgentError::NoAddress(hp.into()))?;
+        let connect = |source| AgentError::Connect {
+            krs: hp.into(),
+            source,
+        };
+        let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
         tcp.set_read_timeout(Some(timeout))
             .and_then(|_| tcp.set_write_timeout(Some(timeout)))
-            .map_err(|e| AgentError::Connect(hp.into(), e.to_string()))?;
+            .map_err(connect)?;
         let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(hp);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| AgentError::Config(format!("KRS host {host:?}: {e}")))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|source| {
+            AgentError::KrsHost {
+                host: host.to_string(),
+                source,
+            }
+        })?;
         let cfg = keyward_krp::tls::pinned_client_config(tls_pin)
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
+            .map_err(|e| AgentError::Tls(Box::new(e)))?;
         let conn =
-            rustls::ClientConnection::new(cfg, name).map_err(|e| AgentError::Tls(e.to_string()))?;
+            rustls::ClientConnection::new(cfg, name).map_err(|e| AgentError::Tls(Box::new(e)))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         // Drive the handshake now so a wrong key is reported as a TLS failure.
         while stream.conn.is_handshaking() {
             stream
                 .conn
                 .complete_io(&mut stream.sock)
-                .map_err(|e| AgentError::Tls(e.to_string()))?;
+                .map_err(|e| AgentError::Tls(Box::new(e)))?;
         }
         Ok(Self { stream })
     }
@@ -143,17 +187,15 @@ impl Client {
             .write_all(&len.to_be_bytes())
             .and_then(|_| self.stream.write_all(frame))
             .and_then(|_| self.stream.flush())
-            .map_err(|e| AgentError::Protocol(e.to_string()))?;
-        wire::read_msg(&mut self.stream)
-            .map_err(|e| AgentError::Protocol(e.to_string()))?
+            .map_err(keyward_krp::wire::WireError::from)?;
+        wire::read_msg(&mut self.stream)?
             .ok_or_else(|| AgentError::Protocol("the KRS closed the connection".into()))
     }
 
     /// Send one request, read one response.
     pub fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
-        wire::write_msg(&mut self.stream, req).map_err(|e| AgentError::Protocol(e.to_string()))?;
-        wire::read_msg(&mut self.stream)
-            .map_err(|e| AgentError::Protocol(e.to_string()))?
+        wire::write_msg(&mut self.stream, req)?;
+        wire::read_msg(&mut self.stream)?
             .ok_or_else(|| AgentError::Protocol("the KRS closed the connection".into()))
     }
 }
@@ -168,7 +210,7 @@ pub struct ParsedPins {
 
 /// Parse and check the agent configuration's pins.
 pub fn parse_pins(cfg: &AgentConfig) -> Result<ParsedPins, AgentError> {
-    let c = |e: PinError| AgentError::Config(e.to_string());
+    let c = AgentError::Pin;
     let tls = parse_pin("krs_tls_spki_sha256", &cfg.krs_tls_spki_sha256).map_err(c)?;
     let receipt = parse_pin("receipt_spki_sha256", &cfg.receipt_spki_sha256).map_err(c)?;
     let admin = if cfg.admin_ca_sha256.is_empty() {
@@ -241,8 +283,7 @@ impl Agent {
         let esk = EphemeralKey::generate();
         let epk = esk.public_sec1();
         let boot_key = keyward_krp::headproto::BootKey::generate();
-        let t = transcript::transcript_with(&hello, &ch, &epk, boot_key.public_sec1())
-            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        let t = transcript::transcript_with(&hello, &ch, &epk, boot_key.public_sec1())?;
         let spki = transcript::p384_spki_der(&epk)
             .ok_or_else(|| AgentError::Protocol("own ephemeral key".into()))?;
         let binding = transcript::binding(&t, &ch.nonce, &spki);
@@ -256,9 +297,12 @@ impl Agent {
         }
         for a in &self.attesters {
             a.attest(&binding, &mut bundle)
-                .map_err(|e| AgentError::Attest(format!("{}: {e}", a.name())))?;
+                .map_err(|source| AgentError::Attest {
+                    attester: a.name(),
+                    source,
+                })?;
         }
-        let evidence = to_canonical(&bundle).map_err(|e| AgentError::Protocol(e.to_string()))?;
+        let evidence = to_canonical(&bundle)?;
         let msg = Evidence {
             v: VERSION,
             session_id: ch.session_id.clone(),
@@ -322,9 +366,9 @@ pub fn accept_release(
     t: &[u8; 48],
     rel: &Release,
 ) -> Result<Released, AgentError> {
-    let bad = |s: &str| AgentError::BadReceipt(s.to_string());
+    let bad = |s: &'static str| AgentError::BadReceipt(ReceiptProblem::Mismatch(s));
     let r = verify_receipt(&ch.receipt_spki, &rel.receipt, &rel.signature)
-        .map_err(|e| AgentError::BadReceipt(e.to_string()))?;
+        .map_err(|e| AgentError::BadReceipt(ReceiptProblem::Invalid(e)))?;
     let eq = |a: &[u8], b: &[u8]| -> bool { a.ct_eq(b).into() };
     if r.decision != "release" {
         return Err(bad("decision is not release"));
@@ -367,12 +411,11 @@ pub fn accept_release(
             t,
             &hpke_aad(&r.key_id, r.key_version, &r.policy_digest),
         ),
-    }
-    .map_err(|e| AgentError::Unwrap(e.to_string()))?;
+    }?;
     if r.key_version != KEY_VERSION {
         tracing::info!(key_version = r.key_version, "released master key version");
     }
-    let key = Key32::from_bytes(&mk).map_err(|e| AgentError::Secret(e.to_string()))?;
+    let key = Key32::from_bytes(&mk)?;
     Ok(Released {
         key,
         receipt: r,

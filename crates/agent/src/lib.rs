@@ -9,4 +9,4 @@ pub mod client;
 pub mod source;
 
 pub use client::{Agent, AgentError, Released};
-pub use source::ReleaseSource;
+pub use source::{error_chain, ReleaseSource};

@@ -11,6 +11,24 @@ use crate::client::{Agent, AgentError};
 use keyward_keystore::{MasterKeyError, MasterKeySource};
 use keyward_secret::Key32;
 
+/// An error and its causes on one line, each cause once (`cannot reach the KRS at h:p:
+/// Connection refused (os error 111)`): the status lines and logs name what failed and why.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cur = err.source();
+    }
+    line
+}
+
 /// The image identifier sent in Hello (`product_release`).
 pub fn product_release() -> String {
     format!("keyward-{}", env!("CARGO_PKG_VERSION"))
@@ -98,11 +116,15 @@ impl ReleaseSource {
                         "failed"
                     };
                     if last {
-                        (self.status)(&format!("phase=release attempt {n} {what}: {e}; giving up"));
+                        let e_text = error_chain(&e);
+                        (self.status)(&format!(
+                            "phase=release attempt {n} {what}: {e_text}; giving up"
+                        ));
                         return Err(e);
                     }
                     (self.status)(&format!(
-                        "phase=release attempt {n} {what}: {e}; retrying in {:.1}s",
+                        "phase=release attempt {n} {what}: {}; retrying in {:.1}s",
+                        error_chain(&e),
                         d.as_secs_f64()
                     ));
                     std::thread::sleep(d);
@@ -122,7 +144,7 @@ impl MasterKeySource for ReleaseSource {
     fn obtain(&self) -> Result<Key32, MasterKeyError> {
         self.obtain_with_retry()
             .map(|r| r.key)
-            .map_err(|e| MasterKeyError::Release(e.to_string()))
+            .map_err(|e| MasterKeyError::Release(Box::new(e)))
     }
 
     /// The released key, with the head the KRS holds for this deployment (from the signed
@@ -130,7 +152,7 @@ impl MasterKeySource for ReleaseSource {
     fn obtain_fresh(&self) -> Result<(Key32, keyward_keystore::Freshness), MasterKeyError> {
         let r = self
             .obtain_with_retry()
-            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+            .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
         let Some(boot_key) = r.boot_key.clone() else {
             tracing::warn!(
                 "the KRS registered no boot key (it keeps no store heads): the key store has no \
@@ -139,7 +161,7 @@ impl MasterKeySource for ReleaseSource {
             return Ok((r.key, keyward_keystore::Freshness::Unanchored));
         };
         let pins = crate::client::parse_pins(&self.agent.cfg)
-            .map_err(|e| MasterKeyError::Release(e.to_string()))?;
+            .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
         let anchor = crate::anchor::KrsAnchor::new(
             &self.agent.cfg.krs_url,
             pins.tls,
@@ -169,7 +191,10 @@ mod tests {
             policy_deny_delay: Duration::from_secs(300),
             max_attempts: None,
         };
-        let transport = AgentError::Connect("x".into(), "refused".into());
+        let transport = AgentError::Connect {
+            krs: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
         for n in 0..40 {
             let d = r.delay(n, &transport);
             let full = Duration::from_millis(100)

@@ -85,7 +85,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut running = match super::boot(&config, source, notifier).await {
             Ok(r) => r,
             Err(e) => {
-                Notifier::from_env().status(&format!("boot failed: {e}"));
+                Notifier::from_env()
+                    .status(&format!("boot failed: {}", keyward_agent::error_chain(&e)));
                 return Err(anyhow::Error::new(e).context("boot failed"));
             }
         };

@@ -20,24 +20,39 @@ pub use masterkey::FileMasterKey;
 
 pub use keyward_keystore::{MasterKeyError, MasterKeySource};
 
-/// Errors during boot.
+/// Errors during boot. Each variant names the step that failed and keeps what caused it as its
+/// `source()`: the CLI prints the whole chain once (`keyward: key store: ...: No such file`).
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("memory: {0}")]
+    #[error("memory")]
     Memory(#[from] keyward_secret::SecretError),
     #[error(transparent)]
     MasterKey(#[from] MasterKeyError),
-    #[error("key store: {0}")]
+    #[error("key store")]
     Keystore(#[from] keyward_keystore::KeystoreError),
-    #[error("audit log: {0}")]
-    Audit(String),
-    #[error("XKS listener: {0}")]
-    Xks(String),
-    #[error("{0}")]
+    #[error("audit log")]
+    Audit(#[source] keyward_audit::AuditError),
+    /// A boot step run on the blocking pool panicked or was cancelled.
+    #[error("{0} task")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+    #[error("cannot read {}", .0.display())]
+    Read(std::path::PathBuf, #[source] std::io::Error),
+    #[error("XKS listener")]
+    Xks(#[from] keyward_xks::ServerError),
+    #[error("XKS TLS certificate {}: {why}", path.display())]
+    XksCertificate {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("attestation listener {0}")]
+    Attestation(SocketAddr, #[source] std::io::Error),
+    #[error("signal handler")]
+    Signal(#[source] std::io::Error),
+    #[error("admin listener")]
     Admin(#[from] keyward_admin::server::ServerError),
     #[error("pins: {0}")]
     Pins(String),
-    #[error("appliance TLS identity: {0}")]
+    #[error("appliance TLS identity")]
     Tls(#[from] tls::TlsIdError),
 }
 

@@ -22,29 +22,32 @@ impl MasterKeySource for FileMasterKey {
     }
 
     fn obtain(&self) -> Result<Key32, MasterKeyError> {
-        let shown = self.path.display();
-        let mut f = std::fs::File::open(&self.path)
-            .map_err(|e| MasterKeyError::File(format!("{shown}: {e}")))?;
-        let meta = f
-            .metadata()
-            .map_err(|e| MasterKeyError::File(format!("{shown}: {e}")))?;
+        let io = |source| MasterKeyError::FileIo {
+            path: self.path.clone(),
+            source,
+        };
+        let refuse = |why: String| MasterKeyError::FileRefused {
+            path: self.path.clone(),
+            why,
+        };
+        let mut f = std::fs::File::open(&self.path).map_err(io)?;
+        let meta = f.metadata().map_err(io)?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(MasterKeyError::File(format!(
-                "{shown} is accessible to group or others (mode {:o}); chmod 600 it",
+            return Err(refuse(format!(
+                "accessible to group or others (mode {:o}); chmod 600 it",
                 mode & 0o777
             )));
         }
         if meta.len() != 32 {
-            return Err(MasterKeyError::File(format!(
-                "{shown} holds {} bytes; a master key is exactly 32 raw bytes",
+            return Err(refuse(format!(
+                "holds {} bytes; a master key is exactly 32 raw bytes",
                 meta.len()
             )));
         }
         let mut buf = Zeroizing::new([0u8; 32]);
-        f.read_exact(&mut buf[..])
-            .map_err(|e| MasterKeyError::File(format!("{shown}: {e}")))?;
-        Key32::from_bytes(&buf).map_err(|e| MasterKeyError::File(e.to_string()))
+        f.read_exact(&mut buf[..]).map_err(io)?;
+        Ok(Key32::from_bytes(&buf)?)
     }
 }
 
@@ -55,16 +58,20 @@ pub fn create_if_missing(path: &std::path::Path) -> Result<bool, MasterKeyError>
     if path.exists() {
         return Ok(false);
     }
-    let key = Key32::random().map_err(|e| MasterKeyError::File(e.to_string()))?;
+    let key = Key32::random()?;
+    let io = |source| MasterKeyError::FileIo {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| MasterKeyError::File(format!("{}: {e}", path.display())))?;
+        .map_err(io)?;
     f.write_all(key.expose())
         .and_then(|_| f.sync_all())
-        .map_err(|e| MasterKeyError::File(format!("{}: {e}", path.display())))?;
+        .map_err(io)?;
     Ok(true)
 }
 

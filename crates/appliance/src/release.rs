@@ -63,7 +63,7 @@ pub fn build_attesters(
                 keyward_attest::simulated::SimulatedSnpAttester::new(
                     keyward_attest::simulated::DEMO_MEASUREMENT,
                 )
-                .map_err(|e| MasterKeyError::Release(e.to_string()))?,
+                .map_err(|e| MasterKeyError::Release(Box::new(e)))?,
             )),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();
@@ -73,9 +73,9 @@ pub fn build_attesters(
                 out.push(Box::new(nitrotpm::NitroTpmAttester::new(c)));
             }
             other => {
-                return Err(MasterKeyError::Release(format!(
-                    "attester `{other}` is not available in this build"
-                )))
+                return Err(MasterKeyError::Release(
+                    format!("attester `{other}` is not available in this build").into(),
+                ))
             }
         }
     }

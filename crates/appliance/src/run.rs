@@ -81,7 +81,7 @@ pub async fn boot(
         let source = source;
         tokio::task::spawn_blocking(move || source.obtain_fresh())
             .await
-            .map_err(|e| BootError::Xks(format!("master key task: {e}")))??
+            .map_err(|e| BootError::Task("master key", e))??
     };
 
     phase(
@@ -112,7 +112,7 @@ pub async fn boot(
         )
     })
     .await
-    .map_err(|e| BootError::Xks(format!("unseal task: {e}")))??;
+    .map_err(|e| BootError::Task("unseal", e))??;
     let registry = Arc::new(registry);
     sync_stores(&registry, &config.key_stores)?;
     let snap = registry.snapshot();
@@ -126,7 +126,7 @@ pub async fn boot(
         Some(p) => AuditSink::File(p.clone()),
         None => AuditSink::Stderr,
     };
-    let audit = AuditLog::start(sink).map_err(|e| BootError::Audit(e.to_string()))?;
+    let audit = AuditLog::start(sink).map_err(BootError::Audit)?;
 
     // The appliance-managed TLS identity (no TLS files): loaded from the unsealed key store,
     // or generated and stored sealed on first start.
@@ -135,7 +135,7 @@ pub async fn boot(
         let names = config.xks.tls_names.clone();
         let m = tokio::task::spawn_blocking(move || ManagedTls::open(reg, &names))
             .await
-            .map_err(|e| BootError::Xks(format!("TLS identity task: {e}")))??;
+            .map_err(|e| BootError::Task("TLS identity", e))??;
         // The operator reads this on the console to pin the admin client before a chain is
         // installed (`server_spki_sha256`); `keyward verify --url` shows the same hash.
         tracing::info!("xks tls key spki_sha256={}", hex::encode(m.spki_sha256()));
@@ -150,11 +150,8 @@ pub async fn boot(
             XksServer::bind_with_cert(settings, m.handle(), client_auth.as_ref()).await
         }
         _ => XksServer::bind(settings).await,
-    }
-    .map_err(|e| BootError::Xks(e.to_string()))?;
-    let xks_addr = xks
-        .local_addr()
-        .map_err(|e| BootError::Xks(e.to_string()))?;
+    }?;
+    let xks_addr = xks.local_addr().map_err(keyward_xks::ServerError::from)?;
     let admin = match (&config.admin, &admin_ca) {
         (Some(a), Some(ca)) => {
             let resolver = managed_tls.as_ref().map(|m| m.handle().resolver());
@@ -166,8 +163,12 @@ pub async fn boot(
     let attestation = match (&config.attestation, &config.xks.tls, &managed_tls) {
         (Some(a), Some(tls), _) => Some((
             a.listen,
-            keyward_attest::live::spki_sha256_of_pem_file(&tls.cert_chain)
-                .map_err(BootError::Xks)?,
+            keyward_attest::live::spki_sha256_of_pem_file(&tls.cert_chain).map_err(|why| {
+                BootError::XksCertificate {
+                    path: tls.cert_chain.clone(),
+                    why,
+                }
+            })?,
         )),
         // The key actually served: the appliance-managed one.
         (Some(a), None, Some(m)) if config.xks.managed_tls() => Some((a.listen, m.spki_sha256())),
@@ -199,9 +200,8 @@ pub async fn boot(
 fn xks_settings(
     x: &keyward_config::XksConfig,
 ) -> Result<(XksSettings, Option<ClientAuth>), BootError> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| BootError::Xks(format!("{}: {e}", p.display())))
-    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| BootError::Read(p.to_path_buf(), e));
     let client_auth = match &x.mtls {
         Some(m) => Some(ClientAuth {
             ca_pem: read(&m.client_ca)?,
@@ -409,9 +409,9 @@ impl Running {
         } = self;
         // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+            .map_err(BootError::Signal)?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| BootError::Xks(format!("signal handler: {e}")))?;
+            .map_err(BootError::Signal)?;
         let (tx, rx) = watch::channel(false);
 
         let view = registry.view();
@@ -431,9 +431,7 @@ impl Running {
                 let (addr, task) =
                     keyward_attest::live::spawn(listen, att, spki, wait_true(rx.clone()))
                         .await
-                        .map_err(|e| {
-                            BootError::Xks(format!("attestation listener {listen}: {e}"))
-                        })?;
+                        .map_err(|e| BootError::Attestation(listen, e))?;
                 phase(
                     "serve",
                     &format!("live attestation on http://{addr}/attestation"),

@@ -6,13 +6,28 @@ use keyward_secret::Key32;
 
 use crate::Freshness;
 
-/// Errors while obtaining the master key.
+/// Errors while obtaining the master key: what failed, with the cause as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterKeyError {
-    #[error("master key file: {0}")]
-    File(String),
-    #[error("key release: {0}")]
-    Release(String),
+    /// The key file cannot be read or written.
+    #[error("master key file {}", path.display())]
+    FileIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is there but unusable (its mode, its length).
+    #[error("master key file {}: {why}", path.display())]
+    FileRefused {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    /// Locked memory for the key could not be had.
+    #[error("master key memory")]
+    Memory(#[from] keyward_secret::SecretError),
+    /// The attested key release failed (the boot agent's error, or a configuration it needs).
+    #[error("key release")]
+    Release(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Where the master key comes from. The XKS request path never sees this.
