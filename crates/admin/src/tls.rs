@@ -139,11 +139,6 @@ pub enum ServerTrust {
     SpkiSha256([u8; 32]),
 }
 
-/// The admin client: trusts only `ca`, presents `cert`/`key`.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config_with(&ServerTrust::Ca(ca.to_path_buf()), cert, key)
-}
-
 /// The admin client with either trust: a CA or an SPKI pin. Presents `cert`/`key`.
 pub fn client_config_with(
     trust: &ServerTrust,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use reader::{join, Section};
+use reader::Section;
 pub use reader::{Problem, Problems, Severity};
 
 /// The service name AWS KMS puts in the SigV4 credential scope.
@@ -116,15 +116,6 @@ impl Config {
     /// Whether any listener serves the appliance-managed TLS identity.
     pub fn uses_managed_tls(&self) -> bool {
         self.xks.managed_tls() || self.admin.as_ref().is_some_and(|a| a.tls.is_none())
-    }
-}
-
-impl MasterKeyConfig {
-    pub fn source_name(&self) -> &'static str {
-        match self {
-            MasterKeyConfig::File { .. } => "file",
-            MasterKeyConfig::Release(_) => "release",
-        }
     }
 }
 
@@ -833,14 +824,6 @@ fn check_secret(s: &SecretString, path: &str, p: &mut Problems) {
             ),
         );
     }
-}
-
-/// The key path of a store's credential (for messages from other modules).
-pub fn credential_path(store_index: usize, cred_index: usize) -> String {
-    join(
-        &format!("key_store[{store_index}]"),
-        &format!("credentials[{cred_index}]"),
-    )
 }
 
 #[cfg(test)]

@@ -258,11 +258,6 @@ impl Service {
         }
     }
 
-    /// Handle one frame's raw bytes (undecodable input is a counted, unsigned deny).
-    pub fn handle_bytes(&self, frame: &[u8]) -> Response {
-        self.handle_from(frame, None)
-    }
-
     /// Handle one frame from `source` (a `limits::source_key`; `None`: no per-source quota).
     /// A Hello is checked for size and against the source's session quota before anything
     /// else.

@@ -170,11 +170,6 @@ pub fn require_aes_gcm(alg: &Option<Cow<'_, str>>) -> Result<(), XksError> {
     }
 }
 
-/// Decoded length of a Base64 string without decoding it (for size checks before work).
-pub fn decoded_len_upper(b64: &str) -> usize {
-    b64.len() / 4 * 3 + 3
-}
-
 /// Decode strict standard Base64 into `out` (appending). On invalid input `out` keeps its
 /// length, and whatever a partial decode wrote past it is zeroed (the buffers are reused for
 /// plaintext).
