@@ -37,8 +37,14 @@ fn vmflags_of(addr: usize) -> Option<String> {
     None
 }
 
+/// The arena's counters are process-wide: tests that create or drop keys take this lock, so
+/// the accounting test sees only its own keys (a key dropped by a neighbour meanwhile made it
+/// count one short).
+static ARENA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn key32_debug_is_redacted_everywhere() {
+    let _arena = ARENA.lock().unwrap_or_else(|p| p.into_inner());
     let k = Key32::from_bytes(&[0xAB; 32]).unwrap();
     for s in [
         format!("{k:?}"),
@@ -66,6 +72,7 @@ fn key32_debug_is_redacted_everywhere() {
 /// All arena accounting in one test so parallel tests in this binary do not disturb counts.
 #[test]
 fn keys_are_locked_dontdump_and_vmlck_grows() {
+    let _arena = ARENA.lock().unwrap_or_else(|p| p.into_inner());
     match secret::init(STRICT) {
         Ok(r) => assert!(r.locked),
         Err(SecretError::Lock(e)) => {
@@ -150,6 +157,7 @@ fn memlock_child() {
 
 #[test]
 fn strict_policy_refuses_unlockable_memory() {
+    let _arena = ARENA.lock().unwrap_or_else(|p| p.into_inner());
     let exe = std::env::current_exe().unwrap();
     let args = [
         "--ignored",
