@@ -1,7 +1,7 @@
 //! The docs' runnable shell blocks (fences that read "```sh runnable") run against a fresh
 //! `keyward demo`, as a newcomer would run them after `make run` (`scripts/doc-blocks.sh`, see
 //! docs/testing.md). A block that fails, or a runnable block that silently disappears from the
-//! README, fails this test.
+//! README or docs/admin.md, fails this test.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,14 +32,17 @@ fn readme_and_docs_runnable_blocks_run_against_the_demo() {
         out.status.success(),
         "runnable doc blocks failed:\n{stdout}\n{stderr}"
     );
-    // The README's tour is runnable: at least its five blocks ran.
-    let readme = stdout
-        .lines()
-        .find(|l| l.contains("README.md:"))
-        .unwrap_or_default();
-    let ran: usize = readme
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap_or(0);
-    assert!(ran >= 5, "README.md: {readme:?}\n{stdout}");
+    // The README's tour and the admin session are runnable: at least this many blocks ran
+    // in each (a fence whose "runnable" was dropped would otherwise pass unnoticed).
+    for (page, least) in [("README.md", 5), ("docs/admin.md", 1)] {
+        let line = stdout
+            .lines()
+            .find(|l| l.ends_with(" block(s) ran") && l.contains(&format!("{page}:")))
+            .unwrap_or_default();
+        let ran: usize = line
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or(0);
+        assert!(ran >= least, "{page}: {line:?}\n{stdout}");
+    }
 }
