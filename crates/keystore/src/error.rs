@@ -181,6 +181,33 @@ pub enum KeystoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A shared backend (a database): another appliance appended first, so the record this
+    /// write computed from an older view would not follow the store's head. Nothing was
+    /// written; the registry re-reads the store and the caller may try again.
+    #[error(
+        "another appliance changed the shared key store at the same time (this write expected \
+         record {expected} to be next; the store is at record {found}): nothing was written, \
+         try again"
+    )]
+    Conflict {
+        /// The sequence number this write would have taken.
+        expected: u64,
+        /// The store's head now.
+        found: u64,
+    },
+    /// A shared backend could not be reached or answered with an error (not a conflict). A
+    /// write that gets this may or may not have been stored: the registry re-reads before the
+    /// next one.
+    #[error("key store database {location}: {what}: {source}")]
+    Unavailable {
+        /// The database, without credentials.
+        location: String,
+        /// What was being done (`connect`, `append`, `load`, ...).
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Locked memory or RNG failure.
     #[error(transparent)]
     Secret(#[from] keyward_secret::SecretError),

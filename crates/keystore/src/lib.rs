@@ -4,7 +4,9 @@
 //! * [`Registry`]: open a store with the master key, unseal into a [`view::Snapshot`] published
 //!   in a [`view::SharedView`], and apply admin changes (durable before they return, live at
 //!   once).
-//! * [`KeyStore`]: the persistence seam; [`FileKeyStore`] is the file implementation.
+//! * [`KeyStore`]: the persistence seam; [`FileKeyStore`] is the file implementation (a
+//!   PostgreSQL one, shared by a fleet, lives in `keyward-store-pg`).
+//! * [`fleet`]: members' heartbeats, for GetHealthStatus and `keyward admin fleet`.
 //! * [`validate`]: the input rules (key ids, credentials, URI prefixes) with clear messages.
 //! * [`view`] is the CONTRACT read by `xks` on every request.
 
@@ -17,6 +19,7 @@
 
 mod error;
 pub mod file;
+pub mod fleet;
 pub mod head;
 mod load;
 pub mod model;

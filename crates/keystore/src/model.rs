@@ -239,11 +239,30 @@ pub trait KeyStore: Send {
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(), KeystoreError>;
 
+    /// Whether several appliances share this backend (a database): then records may appear
+    /// that this process did not write, compaction and truncation are left to no one (a record
+    /// another member may already have read is never removed), and [`KeyStore::append_batch`]
+    /// is a compare-and-set on the head (see there). The file store is not shared.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Sequence number of the newest record the backend holds, read cheaply (one row), or
+    /// `None` if the backend cannot tell without [`KeyStore::load`] (the file store: nobody
+    /// else writes it). A shared backend's members poll it to notice each other's writes.
+    fn tip(&mut self) -> Result<Option<u64>, KeystoreError> {
+        Ok(None)
+    }
+
     /// Durably persist one record.
     fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError>;
 
     /// Durably persist several records (in order). Durable together when it returns; a crash
     /// before that may keep any prefix of them. The default appends one by one.
+    ///
+    /// A shared backend writes all of them or none, and only if the first one's `seq` is one
+    /// above the newest record it holds (a compare-and-set on the head, under a primary key
+    /// on `seq`); otherwise it returns [`KeystoreError::Conflict`] and writes nothing.
     fn append_batch(&mut self, recs: &[SignedRecord]) -> Result<(), KeystoreError> {
         recs.iter().try_for_each(|r| self.append(r))
     }
