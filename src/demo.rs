@@ -167,6 +167,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
         }],
         storage: StorageConfig {
             dir: paths.p("keystore"),
+            backend: keyward_config::StorageBackend::File,
         },
         master_key,
         admin: Some(AdminConfig {
@@ -188,6 +189,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
         memory: MemoryConfig {
             allow_unlocked_memory: true,
         },
+        fleet: Default::default(),
     }
 }
 

@@ -79,9 +79,37 @@ impl From<KeystoreError> for AdminError {
             | KeystoreError::DuplicateKey { .. }
             | KeystoreError::DuplicateCredential(_)
             | KeystoreError::StoreNotEmpty { .. } => AdminError::Conflict(e.to_string()),
+            KeystoreError::Conflict { .. } => AdminError::Raced(e.to_string()),
+            KeystoreError::Unavailable { .. } | KeystoreError::NotAnchored(_) => {
+                tracing::warn!("admin request: {e}");
+                AdminError::Unavailable(e.to_string())
+            }
             other => {
                 tracing::error!("admin request failed in the key store: {other}");
                 AdminError::Internal(format!("key store: {other}"))
+            }
+        }
+    }
+}
+
+/// How often a write that lost a race with another appliance of the fleet is tried again (each
+/// try starts from the store as the winner left it).
+const RACE_RETRIES: usize = 4;
+
+impl RegistryBackend {
+    /// [`RegistryBackend::apply`], tried again when another member of the fleet wrote first.
+    fn apply_retrying(&self, req: Request) -> Result<Value, AdminError> {
+        let mut tries = 1;
+        loop {
+            match self.apply(req.clone()) {
+                Err(AdminError::Raced(why)) if tries < RACE_RETRIES => {
+                    tracing::info!(
+                        tries,
+                        "admin write lost a race in the shared key store: {why}"
+                    );
+                    tries += 1;
+                }
+                r => return r,
             }
         }
     }
@@ -94,7 +122,7 @@ impl Backend for RegistryBackend {
         let op = req.op();
         let what = describe(&req);
         let result = match &operator.role {
-            Ok(role) if super::role::allows(*role, &req) => self.apply(req),
+            Ok(role) if super::role::allows(*role, &req) => self.apply_retrying(req),
             Ok(role) => Err(AdminError::Forbidden(format!(
                 "forbidden: the client certificate's role is {role}, and {op} needs admin \
                  (a certificate with the SAN URI {})",

@@ -47,7 +47,7 @@ impl<'de> Deserialize<'de> for SecretText {
 }
 
 /// One admin operation. `store` may be omitted when exactly one key store exists.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Key stores with their prefixes and regions (`{"op":"stores"}` is the same).

@@ -39,6 +39,13 @@ pub enum AdminError {
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
+    /// Another appliance of the fleet wrote to the shared key store at the same moment (retried
+    /// by the backend; returned when every retry lost).
+    #[error("{0}")]
+    Raced(String),
+    /// The shared key store's database cannot be reached: writes fail fast; serving goes on.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AdminError {
@@ -49,6 +56,8 @@ impl AdminError {
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Raced(_) => StatusCode::CONFLICT,
+            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! flushes the audit log. `keyward serve` and `keyward demo` both go through here.
 
 pub mod cli;
+pub mod fleet;
 pub mod masterkey;
 pub mod notify;
 pub mod release;

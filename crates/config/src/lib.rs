@@ -34,6 +34,7 @@ pub struct Config {
     pub attestation: Option<AttestationConfig>,
     pub log: LogConfig,
     pub memory: MemoryConfig,
+    pub fleet: FleetConfig,
 }
 
 /// The XKS API listener.
@@ -92,7 +93,39 @@ pub struct CredentialConfig {
 /// Where the sealed key store lives.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    /// The file store's directory (`backend = "file"`); the appliance's local state otherwise.
     pub dir: PathBuf,
+    /// Where the sealed records are kept.
+    pub backend: StorageBackend,
+}
+
+/// `[storage] backend`.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// A directory on the data disk (one appliance).
+    File,
+    /// A PostgreSQL database shared by a fleet.
+    Postgres(PostgresConfig),
+}
+
+/// `[storage] backend = "postgres"`: the shared store. The database holds only sealed records
+/// and heads: it is trusted for availability, never for a key.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgresql://user@host:port/database[?options]`, without a password.
+    pub url: String,
+    /// The CA the server's certificate must chain to (RDS's CA bundle); required unless the
+    /// host is loopback.
+    pub ca_file: Option<PathBuf>,
+    /// From `password_file` (0600) or `password_env`; never inline.
+    pub password: Option<SecretString>,
+}
+
+/// `[fleet]`: how this member describes itself in heartbeats and GetHealthStatus.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    /// Availability zone and host, e.g. `us-east-1a/ip-10-0-1-7`; empty: the host name.
+    pub label: Option<String>,
 }
 
 /// Where the master key comes from.
@@ -261,14 +294,32 @@ fn parse(table: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     check_store_uniqueness(&key_stores, p);
 
     let storage = match root.table("storage", p) {
-        Some(mut s) => {
-            let dir = s.required_path("dir", p);
-            s.finish(p);
-            dir.map(|dir| StorageConfig { dir })
-        }
+        Some(s) => parse_storage(s, p),
         None => Some(StorageConfig {
             dir: PathBuf::from("/var/lib/keyward"),
+            backend: StorageBackend::File,
         }),
+    };
+    let fleet = match root.table("fleet", p) {
+        Some(mut s) => {
+            let label = s.string("label", p);
+            if let Some(l) = &label {
+                if l.is_empty()
+                    || l.len() > 64
+                    || !l
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+                {
+                    p.invalid(
+                        s.key_path("label"),
+                        "1-64 characters of A-Z a-z 0-9 - _ . / :",
+                    );
+                }
+            }
+            s.finish(p);
+            FleetConfig { label }
+        }
+        None => FleetConfig::default(),
     };
 
     let master_key = match root.table("master_key", p) {
@@ -353,7 +404,119 @@ fn parse(table: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         attestation,
         log: log?,
         memory,
+        fleet,
     })
+}
+
+fn parse_storage(mut s: Section, p: &mut Problems) -> Option<StorageConfig> {
+    let backend = s.string("backend", p);
+    match backend.as_deref() {
+        None | Some("file") => {
+            let dir = s.required_path("dir", p);
+            s.finish(p);
+            Some(StorageConfig {
+                dir: dir?,
+                backend: StorageBackend::File,
+            })
+        }
+        Some("postgres") => {
+            let dir = s
+                .path("dir", p)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/keyward"));
+            let url = s.required_string("url", p);
+            if let Some(u) = &url {
+                if let Err(why) = check_postgres_url(u) {
+                    p.invalid(s.key_path("url"), why);
+                }
+            }
+            let ca_file = s.path("ca_file", p);
+            if let Some(f) = &ca_file {
+                if !f.is_file() {
+                    p.invalid(
+                        s.key_path("ca_file"),
+                        format!("{} is not a readable file", f.display()),
+                    );
+                }
+            }
+            if let (Some(u), None) = (&url, &ca_file) {
+                if !postgres_host_is_loopback(u) {
+                    p.invalid(
+                        s.key_path("ca_file"),
+                        "required for a database that is not on loopback: the server's \
+                         certificate is verified against it (RDS: the region's CA bundle)",
+                    );
+                }
+            }
+            let password = if s.has("password") {
+                s.raw("password");
+                p.invalid(
+                    s.key_path("password"),
+                    "a database password is not written in the configuration: use password_file \
+                     (mode 600) or password_env",
+                );
+                None
+            } else {
+                s.secret("password", p, false)
+            };
+            s.finish(p);
+            Some(StorageConfig {
+                dir,
+                backend: StorageBackend::Postgres(PostgresConfig {
+                    url: url?,
+                    ca_file,
+                    password,
+                }),
+            })
+        }
+        Some(other) => {
+            p.invalid(
+                s.key_path("backend"),
+                format!("`{other}` is not a backend: \"file\" or \"postgres\""),
+            );
+            None
+        }
+    }
+}
+
+/// A PostgreSQL URL keyward accepts: `postgres://` or `postgresql://`, a host, no password.
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+        .ok_or("must start with postgresql://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if userinfo.contains(':') {
+            return Err(
+                "must not contain a password (user:password@): use password_file or password_env"
+                    .into(),
+            );
+        }
+    }
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err("names no host (postgresql://user@host:5432/database)".into());
+    }
+    Ok(())
+}
+
+/// Whether the URL's host is 127.0.0.0/8, ::1 or localhost.
+pub fn postgres_host_is_loopback(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        hostport.split(':').next().unwrap_or_default()
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn addr(s: &mut Section, key: &str, p: &mut Problems, required: bool) -> Option<SocketAddr> {
@@ -868,6 +1031,96 @@ file = "mk"
         // A disabled legacy section yields no store (and so, alone, an error).
         let off = text.replace("aws_xks_enable = true", "aws_xks_enable = false");
         assert!(load_str(&off, dir.path()).config.is_none());
+    }
+
+    fn storage_case(storage: &str, files: &[(&str, u32)]) -> Loaded {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mk = dir.path().join("mk");
+        std::fs::write(&mk, [1u8; 32]).unwrap();
+        std::fs::set_permissions(&mk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for (name, mode) in files {
+            let f = dir.path().join(name);
+            std::fs::write(&f, "x").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        let text = format!(
+            "[[key_store]]\nname = \"a\"\nregion = \"us-east-1\"\n[xks]\ninsecure_http = true\n\
+             [master_key]\nsource = \"file\"\nfile = \"mk\"\n{storage}"
+        );
+        load_str(&text, dir.path())
+    }
+
+    fn invalid_paths(l: &Loaded) -> Vec<String> {
+        l.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Invalid)
+            .map(|p| p.path.clone())
+            .collect()
+    }
+
+    #[test]
+    fn storage_postgres_settings() {
+        let ok = storage_case(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://kw@db.internal:5432/kw\"\n\
+             ca_file = \"ca.pem\"\npassword_file = \"pw\"\n[fleet]\nlabel = \"us-east-1a/ip-10-0-1-7\"\n",
+            &[("ca.pem", 0o644), ("pw", 0o600)],
+        );
+        let cfg = ok.config.expect("a complete postgres section loads");
+        match &cfg.storage.backend {
+            StorageBackend::Postgres(pg) => {
+                assert_eq!(pg.url, "postgresql://kw@db.internal:5432/kw");
+                assert!(pg.password.is_some() && pg.ca_file.is_some());
+            }
+            StorageBackend::File => panic!("backend = postgres"),
+        }
+        assert_eq!(cfg.fleet.label.as_deref(), Some("us-east-1a/ip-10-0-1-7"));
+
+        // Each mistake names its field.
+        for (storage, files, field) in [
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw:hunter2@db/kw\"\nca_file = \"ca.pem\"",
+                vec![("ca.pem", 0o644)],
+                "storage.url",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw@db.internal/kw\"",
+                vec![],
+                "storage.ca_file",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw@127.0.0.1:5432/kw\"\npassword = \"x\"",
+                vec![],
+                "storage.password",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw@127.0.0.1:5432/kw\"\npassword_file = \"pw\"",
+                vec![("pw", 0o644)],
+                "storage.password_file",
+            ),
+            ("backend = \"mysql\"", vec![], "storage.backend"),
+            (
+                "backend = \"postgres\"\nurl = \"mysql://db/kw\"",
+                vec![],
+                "storage.url",
+            ),
+        ] {
+            let l = storage_case(&format!("[storage]\n{storage}\n"), &files);
+            let bad = invalid_paths(&l);
+            assert!(
+                bad.iter().any(|p| p == field),
+                "{storage}: expected a problem at {field}, got {bad:?}"
+            );
+            assert!(l.config.is_none(), "{storage}: must not load");
+        }
+        // A loopback database needs no CA (the demo fleet); the password never shows up.
+        let local = storage_case(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://kw@127.0.0.1:5432/kw\"\n",
+            &[],
+        );
+        assert!(local.config.is_some(), "{:?}", invalid_paths(&local));
+        let shown = format!("{:?}", ok.problems);
+        assert!(!shown.contains("hunter2"));
     }
 
     #[test]

@@ -181,6 +181,15 @@ pub enum KeystoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A shared store: the change is stored in the fleet's database and in effect on every
+    /// member, but the KRS did not record the new head (unreachable, or it refused): until a
+    /// later write or boot records it, a database rolled back to the KRS's older head would not
+    /// be caught.
+    #[error(
+        "the change is stored in the shared key store and in effect, but the key-release \
+         service did not record the new store head ({0}); the next write or boot records it"
+    )]
+    NotAnchored(String),
     /// A shared backend (a database): another appliance appended first, so the record this
     /// write computed from an older view would not follow the store's head. Nothing was
     /// written; the registry re-reads the store and the caller may try again.

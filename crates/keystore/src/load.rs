@@ -38,6 +38,8 @@ pub(super) struct Opened {
     pub(super) tls: Option<TlsMaterial>,
     /// The acknowledged head (records after it were cut off).
     pub(super) head: StoreHead,
+    /// A shared store's verified history (see [`Replayed::chain`]).
+    pub(super) chain: ChainLog,
 }
 
 /// The sealed form of `head`.
@@ -117,7 +119,14 @@ pub(super) fn open_store(
                     anchor_seq: f.seq,
                 });
             }
-            init(backend, master)?
+            match init(backend, master) {
+                // A shared store another member initialised at the same moment: open theirs.
+                Err(KeystoreError::Conflict { expected: 0, .. }) if backend.shared() => {
+                    tracing::info!("another member initialised the shared key store first");
+                    return open_store(backend, master, freshness);
+                }
+                r => r?,
+            }
         }
         Some(h) if h.format == LEGACY_LOG_FORMAT => {
             let sealer = sealer_for(&h, master)?;
@@ -214,11 +223,16 @@ fn init(backend: &mut dyn KeyStore, master: &Key32) -> Result<Opened, KeystoreEr
     backend.init(&header)?;
     // Opens the append handle on the new, empty log.
     backend.load(&mut |_| Err(KeystoreError::Format("new store is not empty".into())))?;
+    let mut chain = ChainLog::default();
+    if backend.shared() {
+        chain.restart(0, sealer.chain_start());
+    }
     Ok(Opened {
         sealer,
         builds: HashMap::new(),
         tls: None,
         head,
+        chain,
     })
 }
 
@@ -260,16 +274,105 @@ fn open_v2(
         .header()?
         .ok_or_else(|| KeystoreError::Format("key store header is gone".into()))?;
     let sealer = sealer_for(&header, master)?;
+    let Replayed {
+        builds,
+        tls,
+        head,
+        chain,
+    } = replay_v2(backend, &sealer, floor)?;
+    Ok(Opened {
+        sealer,
+        builds,
+        tls,
+        head,
+        chain,
+    })
+}
+
+/// A verified, replayed store under a sealer the caller already holds.
+pub(super) struct Replayed {
+    pub(super) builds: HashMap<String, StoreBuild>,
+    pub(super) tls: Option<TlsMaterial>,
+    pub(super) head: StoreHead,
+    /// A shared store's chain MAC at every `seq` since its start (or its checkpoint), to tell
+    /// whether a head the KRS holds is on the history this member verified. Empty otherwise.
+    pub(super) chain: ChainLog,
+}
+
+/// The chain MACs of a shared store by `seq`, from `base` on (32 bytes a record: 3.2 MB for
+/// 100,000 records).
+#[derive(Default)]
+pub(super) struct ChainLog {
+    base: u64,
+    macs: Vec<ChainMac>,
+}
+
+impl ChainLog {
+    fn restart(&mut self, base: u64, mac: ChainMac) {
+        self.base = base;
+        self.macs.clear();
+        self.macs.push(mac);
+    }
+
+    /// Record the MAC of the next `seq`.
+    pub(super) fn push(&mut self, mac: ChainMac) {
+        self.macs.push(mac);
+    }
+
+    /// Whether `head` is a point of this history (same `seq`, same chain MAC).
+    pub(super) fn contains(&self, head: &StoreHead) -> bool {
+        head.seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.macs.get(i))
+            .is_some_and(|m| bool::from(m.as_slice().ct_eq(&head.chain_mac)))
+    }
+}
+
+/// Re-read a shared store (another member wrote to it) under the sealer this member opened it
+/// with: the same checks as at open, with `known` (the head this member has applied) as the
+/// floor, so a database that lost or replaced records this member has seen is refused
+/// (`Rollback`, `Fork`) instead of applied.
+pub(super) fn reload_shared(
+    backend: &mut dyn KeyStore,
+    sealer: &Sealer,
+    known: &StoreHead,
+) -> Result<Replayed, KeystoreError> {
+    let header = backend
+        .header()?
+        .ok_or_else(|| KeystoreError::Format("key store header is gone".into()))?;
+    if hex::decode(&header.store_id).ok().as_deref() != Some(sealer.store_id()) {
+        return Err(other_store(
+            &hex::decode(&header.store_id).unwrap_or_default(),
+            sealer.store_id(),
+        ));
+    }
+    if header.format != LOG_FORMAT || !sealer.verify_check(&header.check) {
+        return Err(KeystoreError::WrongMasterKey);
+    }
+    replay_v2(backend, sealer, Some(known))
+}
+
+/// The work of [`open_v2`]. On a shared backend ([`KeyStore::shared`]) records after the cut
+/// are not an interrupted write of this process but other members' writes (or one whose head
+/// a member has not yet recorded at the KRS): they are verified like the rest and applied, the
+/// head is the last record, and nothing is ever cut off (another member may have read it).
+fn replay_v2(
+    backend: &mut dyn KeyStore,
+    sealer: &Sealer,
+    floor: Option<&StoreHead>,
+) -> Result<Replayed, KeystoreError> {
+    let shared = backend.shared();
     let sealed = backend
         .load_head()?
         .ok_or_else(|| head_tampered("the sealed head file is missing (deleted?)"))?;
-    let local = open_head(&sealer, &sealed)?;
+    let local = open_head(sealer, &sealed)?;
     let (cut, expect) = match floor {
         Some(f) => {
             if f.store_id != sealer.store_id() {
                 return Err(other_store(sealer.store_id(), &f.store_id));
             }
-            if local.seq > f.seq {
+            if local.seq > f.seq && !shared {
                 return Err(KeystoreError::AnchorBehind {
                     store_seq: local.seq,
                     anchor_seq: f.seq,
@@ -298,6 +401,10 @@ fn open_v2(
     let mut next = 1u64;
     let mut last = 0u64;
     let mut at_cut: Option<ChainMac> = (cut == 0).then_some(start);
+    let mut history = ChainLog::default();
+    if shared {
+        history.restart(0, start);
+    }
     let mut first = true;
     let mut section: Option<Section> = None;
     let mut beyond = 0u64;
@@ -334,6 +441,9 @@ fn open_v2(
                 });
                 prev = chain;
                 next = seq + 1;
+                if shared {
+                    history.restart(seq, chain);
+                }
                 last = seq;
                 if seq == cut {
                     at_cut = Some(chain);
@@ -392,11 +502,19 @@ fn open_v2(
         prev = mac;
         last = seq;
         next = seq + 1;
+        if shared {
+            history.push(mac);
+        }
         if seq <= cut {
             if seq == cut {
                 at_cut = Some(mac);
             }
             return replay(&sealer, &mut builds, &mut tls, seq, sr.rec);
+        }
+        if shared {
+            // Another member's write (verified above): applied.
+            beyond += 1;
+            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
         }
         // After the acknowledged head: at most the one write that was never acknowledged.
         if seq == cut + 1 {
@@ -433,6 +551,32 @@ fn open_v2(
             ),
         });
     }
+    if shared {
+        let head = StoreHead {
+            store_id: sealer.store_id().to_vec(),
+            seq: last,
+            chain_mac: prev.to_vec(),
+        };
+        if beyond > 0 {
+            tracing::debug!(
+                from = cut,
+                to = last,
+                "applied records written by other members"
+            );
+        }
+        if head.seq > local.seq {
+            // Best effort: the shared backend only ever moves its sealed head forward.
+            if let Err(e) = backend.store_head(&seal_head(sealer, &head)?) {
+                tracing::warn!(error = %e, "could not move the shared store's sealed head forward");
+            }
+        }
+        return Ok(Replayed {
+            builds,
+            tls,
+            head,
+            chain: history,
+        });
+    }
     let torn = backend.has_torn_tail();
     if beyond > 0 || torn {
         tracing::warn!(
@@ -453,13 +597,13 @@ fn open_v2(
     if head.seq != local.seq {
         // The KRS recorded a head the sealed head had not caught up with (a crash between the
         // two): bring the local one up to date.
-        backend.store_head(&seal_head(&sealer, &head)?)?;
+        backend.store_head(&seal_head(sealer, &head)?)?;
     }
-    Ok(Opened {
-        sealer,
+    Ok(Replayed {
         builds,
         tls,
         head,
+        chain: history,
     })
 }
 

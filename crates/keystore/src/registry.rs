@@ -17,7 +17,7 @@ use super::model::{
     CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
     TlsKeyRecord,
 };
-use super::seal::{cred_aad, tls_key_aad, ChainMac, Sealer};
+use super::seal::{cred_aad, decode_mac, tls_key_aad, ChainMac, Sealer};
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
@@ -143,6 +143,11 @@ struct Inner {
     meta: HashMap<String, StoreMeta>,
     /// The appliance TLS identity, unsealed (not part of the XKS request-path view).
     tls: Option<TlsMaterial>,
+    /// The backend is shared by a fleet ([`KeyStore::shared`]): writes are compare-and-set,
+    /// other members' records are applied by [`Registry::refresh`], nothing is compacted or cut.
+    shared: bool,
+    /// A shared store's verified chain MACs by `seq`.
+    history: load::ChainLog,
 }
 
 /// What a write changes besides the snapshot (creation times, the TLS identity), applied when
@@ -343,6 +348,46 @@ fn validate_grant(g: &Grant) -> Result<(), KeystoreError> {
     Ok(())
 }
 
+/// The request-path snapshot and the creation times from replayed stores.
+fn build_snapshot(builds: HashMap<String, StoreBuild>) -> (Snapshot, HashMap<String, StoreMeta>) {
+    let mut snapshot = Snapshot::default();
+    let mut meta = HashMap::new();
+    for (name, b) in builds {
+        let services = services_of(&b.record);
+        snapshot.stores.insert(
+            name.clone(),
+            Arc::new(StoreView {
+                name: name.clone(),
+                uri_prefix: b.record.uri_prefix,
+                region: b.record.region,
+                services,
+                credentials: b.creds,
+                keys: b.keys,
+            }),
+        );
+        meta.insert(name, b.meta);
+    }
+    (snapshot, meta)
+}
+
+/// Have the anchor record `head` (verified, later than what it holds) on a shared store; a
+/// failure is logged, not fatal: the floor only lags, and the next write or boot retries.
+fn roll_forward(anchor: &dyn HeadAnchor, held: Option<&StoreHead>, head: &StoreHead) {
+    match anchor.advance(held, head) {
+        Ok(()) => tracing::info!(
+            from = held.map_or(0, |h| h.seq),
+            to = head.seq,
+            "recorded the shared store's newest head at the key-release service"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            seq = head.seq,
+            "the key-release service did not record the shared store's newest head (another \
+             member may have); retried with the next write"
+        ),
+    }
+}
+
 impl Registry {
     /// Open (or initialise, if empty) `backend` with `master`, verify and unseal every record
     /// into locked memory, and publish the snapshot. A wrong master key gives
@@ -374,28 +419,20 @@ impl Registry {
             builds,
             tls,
             head,
+            chain,
         } = opened;
-
-        let mut snapshot = Snapshot::default();
-        let mut meta = HashMap::new();
-        for (name, b) in builds {
-            let services = services_of(&b.record);
-            snapshot.stores.insert(
-                name.clone(),
-                Arc::new(StoreView {
-                    name: name.clone(),
-                    uri_prefix: b.record.uri_prefix,
-                    region: b.record.region,
-                    services,
-                    credentials: b.creds,
-                    keys: b.keys,
-                }),
-            );
-            meta.insert(name, b.meta);
-        }
+        let (snapshot, meta) = build_snapshot(builds);
         let live = live_count(&snapshot, &tls);
+        let shared = backend.shared();
         let anchor = match freshness {
-            super::Freshness::Anchored { anchor, .. } => Some(anchor),
+            super::Freshness::Anchored { anchor, floor } => {
+                if shared && floor.as_ref().map_or(0, |f| f.seq) < head.seq {
+                    // Another member's write whose head it has not recorded yet (or never
+                    // will: it stopped in between). The records verified: record the head.
+                    roll_forward(anchor.as_ref(), floor.as_ref(), &head);
+                }
+                Some(anchor)
+            }
             super::Freshness::Unanchored => None,
         };
         let mut inner = Inner {
@@ -407,8 +444,10 @@ impl Registry {
             pending: None,
             meta,
             tls,
+            shared,
+            history: chain,
         };
-        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
+        if !shared && inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
             if let Err(e) = compact(&mut inner, &snapshot) {
                 tracing::warn!(error = %e, "key store compaction at open failed");
             }
@@ -496,11 +535,56 @@ impl Registry {
     }
 
     /// Lock the writer state for a change: an earlier write whose outcome is unknown is
-    /// settled first (published or undone), so the change is computed from the true state.
+    /// settled first (published or undone), and on a shared store what other members wrote is
+    /// applied first, so the change is computed from the true state.
     fn lock_write(&self) -> Result<MutexGuard<'_, Inner>, KeystoreError> {
         let mut inner = self.lock();
         self.settle(&mut inner)?;
+        if inner.shared {
+            self.refresh_locked(&mut inner)?;
+        }
         Ok(inner)
+    }
+
+    /// Whether the store is shared by a fleet (a database backend).
+    pub fn is_shared(&self) -> bool {
+        self.lock().shared
+    }
+
+    /// A shared store: apply what other members wrote since this member's head (every record
+    /// verified, as at open), publishing a new snapshot when anything changed. A store that
+    /// went back before what this member has applied, or now holds another history, is refused
+    /// ([`KeystoreError::Rollback`], [`KeystoreError::Fork`]) and the current view is kept.
+    /// Returns whether the view changed. A file store is never written by anyone else: `false`.
+    pub fn refresh(&self) -> Result<bool, KeystoreError> {
+        let mut inner = self.lock();
+        if !inner.shared {
+            return Ok(false);
+        }
+        self.refresh_locked(&mut inner)
+    }
+
+    fn refresh_locked(&self, inner: &mut Inner) -> Result<bool, KeystoreError> {
+        if inner.backend.tip()? == Some(inner.head.seq) {
+            return Ok(false);
+        }
+        let known = inner.head.clone();
+        let r = load::reload_shared(inner.backend.as_mut(), &inner.sealer, &known)?;
+        if r.head == known {
+            return Ok(false);
+        }
+        let (snap, meta) = build_snapshot(r.builds);
+        tracing::info!(
+            from = known.seq,
+            to = r.head.seq,
+            "applied changes other members made to the shared key store"
+        );
+        inner.head = r.head;
+        inner.history = r.chain;
+        inner.meta = meta;
+        inner.tls = r.tls;
+        self.view.store(Arc::new(snap));
+        Ok(true)
     }
 
     /// Settle a pending write by asking the anchor which head it holds.
@@ -591,6 +675,9 @@ impl Registry {
             seq,
             chain_mac: chain.to_vec(),
         };
+        if inner.shared {
+            return self.commit_shared(inner, &signed, prev, next, snap, effect);
+        }
         // Durable, not yet published.
         inner.backend.append_batch(&signed)?;
         drop(signed);
@@ -638,6 +725,59 @@ impl Registry {
         self.take_effect(inner, next, Arc::new(snap), effect)
     }
 
+    /// [`Registry::commit_batch`] on a shared store. The compare-and-set append is the commit
+    /// point: once it succeeded the records are the fleet's (other members may apply them at
+    /// once), so they are never undone. The KRS is then told the new head, rolling forward from
+    /// an older head it holds if that head is on the history this member verified (another
+    /// member's write whose head it had not recorded yet); never from one that is not, so a
+    /// database showing members different histories is caught at the KRS.
+    fn commit_shared(
+        &self,
+        inner: &mut Inner,
+        signed: &[SignedRecord],
+        prev: StoreHead,
+        next: StoreHead,
+        snap: Snapshot,
+        effect: Effect,
+    ) -> Result<(), KeystoreError> {
+        match inner.backend.append_batch(signed) {
+            Ok(()) => {}
+            Err(e @ KeystoreError::Conflict { .. }) => {
+                // Catch up so that a retry is computed from the new state.
+                if let Err(r) = self.refresh_locked(inner) {
+                    tracing::warn!(error = %r, "re-reading the shared key store after a conflict failed");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        for r in signed {
+            if let Some(mac) = decode_mac(&r.mac) {
+                inner.history.push(mac);
+            }
+        }
+        let anchored = match inner.anchor.clone() {
+            None => Ok(()),
+            Some(anchor) => match anchor.advance(Some(&prev), &next) {
+                Ok(()) => Ok(()),
+                Err(first) => match anchor.current() {
+                    Ok(Some(h)) if h == next => Ok(()),
+                    Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => {
+                        anchor.advance(Some(&h), &next).map_err(|e| e.to_string())
+                    }
+                    Ok(Some(h)) => Err(format!(
+                        "{first}; it holds record {}, which is not on this member's history",
+                        h.seq
+                    )),
+                    Ok(None) => Err(format!("{first}; it holds no head")),
+                    Err(e) => Err(format!("{first}; then {e}")),
+                },
+            },
+        };
+        self.take_effect(inner, next, Arc::new(snap), effect)?;
+        anchored.map_err(KeystoreError::NotAnchored)
+    }
+
     /// The write that ends in `next` is acknowledged: seal the head locally, publish, compact.
     fn take_effect(
         &self,
@@ -648,7 +788,7 @@ impl Registry {
     ) -> Result<(), KeystoreError> {
         let sealed = load::seal_head(&inner.sealer, &next)?;
         if let Err(e) = inner.backend.store_head(&sealed) {
-            if inner.anchor.is_none() {
+            if inner.anchor.is_none() && !inner.shared {
                 // Without an anchor the sealed head is what makes the write count: undo it.
                 let prev = inner.head.clone();
                 rollback(inner, &prev)?;
@@ -665,7 +805,9 @@ impl Registry {
         inner.head = next;
         effect(&mut inner.meta, &mut inner.tls);
         self.view.store(Arc::clone(&snap));
-        if inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls)) {
+        if !inner.shared
+            && inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls))
+        {
             if let Err(e) = compact(inner, &snap) {
                 // The change is already durable; only the log stays longer than needed.
                 tracing::warn!(error = %e, "key store compaction failed; retried on the next change");
@@ -678,6 +820,10 @@ impl Registry {
     /// records outnumber live ones).
     pub fn compact(&self) -> Result<(), KeystoreError> {
         let mut inner = self.lock_write()?;
+        if inner.shared {
+            // Members may be reading any record: a shared store keeps its whole history.
+            return Ok(());
+        }
         let snap = self.view.load_full();
         compact(&mut inner, &snap)
     }

@@ -27,7 +27,26 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 pub trait StoreProbe: Send + Sync + 'static {
     /// `Ok` when the store is readable; the error text goes to the log only.
     fn probe(&self) -> Result<(), String>;
+
+    /// The other members of this appliance's fleet as the platform last saw them (heartbeats in
+    /// a shared store); empty for a single appliance. Cheap: answered from a cache.
+    fn peers(&self) -> Vec<Peer> {
+        Vec::new()
+    }
 }
+
+/// Another member of the fleet, for `ekmFleetDetails`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id (instance and boot), as it reports itself.
+    pub id: String,
+    /// Its state as this member judges it from its heartbeat: `Active` when seen lately and
+    /// current, `Degraded` when behind on the store or late, `Unavailable` when not seen.
+    pub status: Status,
+}
+
+/// At most this many `ekmFleetDetails` entries (the spec's limit).
+pub const MAX_FLEET_DETAILS: usize = 10;
 
 /// A probe for deployments whose keys live only in memory (tests, benchmarks).
 pub struct InMemoryStore;
@@ -71,7 +90,7 @@ impl Health {
         instance_id: String,
     ) -> Result<Arc<Self>, keyward_secret::SecretError> {
         let key = Key32::random()?;
-        let unavailable = render(&instance_id, Status::Unavailable);
+        let unavailable = render(&instance_id, Status::Unavailable, &[]);
         let h = Arc::new(Self {
             key,
             probe,
@@ -92,10 +111,11 @@ impl Health {
                 Status::Degraded
             }
         };
-        let stale = render(&self.instance_id, Status::Unavailable);
+        let peers = self.probe.peers();
+        let stale = render(&self.instance_id, Status::Unavailable, &peers);
         self.cached.store(Arc::new((
             Instant::now(),
-            render(&self.instance_id, status),
+            render(&self.instance_id, status, &peers),
             stale,
         )));
         status
@@ -155,20 +175,40 @@ pub async fn refresher(h: Arc<Health>, mut stop: tokio::sync::watch::Receiver<bo
     }
 }
 
-fn render(instance_id: &str, status: Status) -> Bytes {
+/// The answer: this member first, then its peers (at most [`MAX_FLEET_DETAILS`] entries);
+/// `xksProxyFleetSize` counts the members that serve (this one and every peer not
+/// `UNAVAILABLE`), so KMS's fleet-size warning fires when only one is left.
+fn render(instance_id: &str, status: Status, peers: &[Peer]) -> Bytes {
+    let model = format!(
+        "keyward {} in-memory AES-256-GCM (KEKs unsealed in locked memory)",
+        env!("CARGO_PKG_VERSION")
+    );
+    let serving = peers
+        .iter()
+        .filter(|p| p.status != Status::Unavailable)
+        .count();
+    let mut details = vec![EkmDetail {
+        id: instance_id.to_owned(),
+        model: model.clone(),
+        health_status: status.as_str(),
+    }];
+    details.extend(
+        peers
+            .iter()
+            .filter(|p| p.id != instance_id)
+            .take(MAX_FLEET_DETAILS - 1)
+            .map(|p| EkmDetail {
+                id: p.id.clone(),
+                model: model.clone(),
+                health_status: p.status.as_str(),
+            }),
+    );
     let r = HealthResponse {
-        xks_proxy_fleet_size: 1,
+        xks_proxy_fleet_size: u32::try_from(1 + serving).unwrap_or(u32::MAX),
         xks_proxy_vendor: "keyward",
         xks_proxy_model: format!("keyward {}", env!("CARGO_PKG_VERSION")),
         ekm_vendor: "keyward",
-        ekm_fleet_details: vec![EkmDetail {
-            id: instance_id.to_owned(),
-            model: format!(
-                "keyward {} in-memory AES-256-GCM (KEKs unsealed in locked memory)",
-                env!("CARGO_PKG_VERSION")
-            ),
-            health_status: status.as_str(),
-        }],
+        ekm_fleet_details: details,
     };
     // Serializing a struct of strings and integers cannot fail.
     Bytes::from(serde_json::to_vec(&r).unwrap_or_default())
@@ -188,6 +228,67 @@ mod tests {
                 Err("gone".into())
             }
         }
+    }
+
+    struct Fleet(Vec<Peer>);
+    impl StoreProbe for Fleet {
+        fn probe(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn peers(&self) -> Vec<Peer> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn reports_the_fleet_honestly() {
+        let peer = |id: &str, status| Peer {
+            id: id.into(),
+            status,
+        };
+        let probe = Fleet(vec![
+            peer("i-2", Status::Active),
+            peer("i-3", Status::Degraded),
+            peer("i-4", Status::Unavailable),
+        ]);
+        let h = Health::new(Arc::new(probe), "i-1".into()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&h.answer()).unwrap();
+        // Serving members: this one, i-2 and i-3 (a DEGRADED member still serves).
+        assert_eq!(v["xksProxyFleetSize"], 3);
+        let details = v["ekmFleetDetails"].as_array().unwrap();
+        let got: Vec<(&str, &str)> = details
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap(),
+                    d["healthStatus"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("i-1", "ACTIVE"),
+                ("i-2", "ACTIVE"),
+                ("i-3", "DEGRADED"),
+                ("i-4", "UNAVAILABLE")
+            ]
+        );
+
+        // At most ten entries, this member first, even in a larger fleet.
+        let many = Fleet(
+            (2..30)
+                .map(|i| peer(&format!("i-{i}"), Status::Active))
+                .collect(),
+        );
+        let h = Health::new(Arc::new(many), "i-1".into()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&h.answer()).unwrap();
+        assert_eq!(
+            v["ekmFleetDetails"].as_array().unwrap().len(),
+            MAX_FLEET_DETAILS
+        );
+        assert_eq!(v["ekmFleetDetails"][0]["id"], "i-1");
+        assert_eq!(v["xksProxyFleetSize"], 29);
     }
 
     #[test]

@@ -31,5 +31,5 @@ pub mod sigv4;
 pub mod watchdog;
 
 pub use handlers::Limits;
-pub use health::{InMemoryStore, StoreProbe};
+pub use health::{InMemoryStore, Peer, Status as HealthStatus, StoreProbe};
 pub use server::{CertHandle, ClientAuth, ServerError, TlsSettings, XksServer, XksSettings};

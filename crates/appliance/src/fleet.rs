@@ -1,0 +1,326 @@
+//! Membership of a fleet on a shared key store: this member's heartbeat, its view of the
+//! others (for GetHealthStatus and `keyward admin fleet`), and the follower loop that applies
+//! other members' writes within a poll interval.
+//!
+//! Nothing here is on the XKS request path: the loops run on blocking threads and publish
+//! their results through the registry's snapshot and an `ArcSwap` the health refresher reads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use keyward_keystore::fleet::{FleetBoard, Member};
+use keyward_keystore::Registry;
+use keyward_xks::{HealthStatus, Peer, StoreProbe};
+
+/// How often a member records its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A member whose last heartbeat is older than this is `DEGRADED` (late).
+pub const LATE: Duration = Duration::from_secs(7);
+/// ... older than this, `UNAVAILABLE`.
+pub const GONE: Duration = Duration::from_secs(20);
+/// ... older than this, no longer listed.
+pub const FORGOTTEN: Duration = Duration::from_secs(300);
+/// How often a follower asks the store for new records when no notification woke it.
+pub const POLL: Duration = Duration::from_secs(1);
+/// A member that has not applied the newest record for this long is `DEGRADED` (behind).
+pub const BEHIND: Duration = Duration::from_secs(5);
+
+/// A member's judged state, as `keyward admin fleet` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub member: Member,
+    /// Seconds since its last heartbeat (by the database's clock).
+    pub age_secs: u64,
+    /// `ACTIVE`, `DEGRADED` or `UNAVAILABLE`, as GetHealthStatus reports it.
+    pub status: &'static str,
+    /// Whether this is the member answering.
+    pub this: bool,
+}
+
+/// This member's place in the fleet.
+pub struct Fleet {
+    board: Arc<dyn FleetBoard>,
+    id: String,
+    label: String,
+    registry: Arc<Registry>,
+    /// The last membership read, judged.
+    seen: ArcSwap<Vec<MemberView>>,
+    /// Unix seconds of the last heartbeat the board accepted (0: none yet).
+    last_ok: AtomicU64,
+    /// Since when (Unix seconds) some member is ahead of this one's seq (0: not behind).
+    behind_since: AtomicU64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn status_str(s: HealthStatus) -> &'static str {
+    match s {
+        HealthStatus::Active => "ACTIVE",
+        HealthStatus::Degraded => "DEGRADED",
+        HealthStatus::Unavailable => "UNAVAILABLE",
+    }
+}
+
+/// A member's state from its heartbeat: late or behind on the store is `DEGRADED`, not seen
+/// for [`GONE`] is `UNAVAILABLE`.
+pub fn judge(m: &Member, now: u64, newest_seq: u64) -> HealthStatus {
+    let age = now.saturating_sub(m.last_seen);
+    if age > GONE.as_secs() {
+        HealthStatus::Unavailable
+    } else if age > LATE.as_secs() || m.seq < newest_seq {
+        HealthStatus::Degraded
+    } else {
+        HealthStatus::Active
+    }
+}
+
+impl Fleet {
+    pub fn new(
+        board: Arc<dyn FleetBoard>,
+        id: String,
+        label: String,
+        registry: Arc<Registry>,
+    ) -> Arc<Self> {
+        Arc::new(Fleet {
+            board,
+            id,
+            label,
+            registry,
+            seen: ArcSwap::from_pointee(Vec::new()),
+            last_ok: AtomicU64::new(0),
+            behind_since: AtomicU64::new(0),
+        })
+    }
+
+    /// This member's id (also its `ekmFleetDetails` id).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn me(&self) -> Member {
+        let snap = self.registry.snapshot();
+        let keks: usize = snap.stores.values().map(|s| s.keys.len()).sum();
+        Member {
+            id: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            label: self.label.clone(),
+            last_seen: 0,
+            keks: keks as u64,
+            seq: self.registry.head().seq,
+        }
+    }
+
+    /// One heartbeat round (blocking): record ours, read everyone's, judge them.
+    pub fn beat(&self) -> Result<(), keyward_keystore::KeystoreError> {
+        self.board.beat(&self.me())?;
+        let (members, now) = self.board.members(FORGOTTEN.as_secs())?;
+        self.last_ok.store(now_unix(), Ordering::Relaxed);
+        let newest = members.iter().map(|m| m.seq).max().unwrap_or(0);
+        let mine = self.registry.head().seq;
+        if mine < newest {
+            let _ = self.behind_since.compare_exchange(
+                0,
+                now_unix(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.behind_since.store(0, Ordering::Relaxed);
+        }
+        let views = members
+            .into_iter()
+            .map(|m| {
+                let status = status_str(judge(&m, now, newest));
+                MemberView {
+                    age_secs: now.saturating_sub(m.last_seen),
+                    this: m.id == self.id,
+                    status,
+                    member: m,
+                }
+            })
+            .collect();
+        self.seen.store(Arc::new(views));
+        Ok(())
+    }
+
+    /// The members as the last round saw them.
+    pub fn members(&self) -> Vec<MemberView> {
+        self.seen.load().as_ref().clone()
+    }
+
+    /// The other members, for GetHealthStatus.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.seen
+            .load()
+            .iter()
+            .filter(|v| !v.this)
+            .map(|v| Peer {
+                id: v.member.id.clone(),
+                status: match v.status {
+                    "ACTIVE" => HealthStatus::Active,
+                    "DEGRADED" => HealthStatus::Degraded,
+                    _ => HealthStatus::Unavailable,
+                },
+            })
+            .collect()
+    }
+
+    /// Whether this member's own view is healthy: the store answered a heartbeat lately and
+    /// this member is not behind the newest record for long. The error says why not.
+    pub fn own_state(&self) -> Result<(), String> {
+        let now = now_unix();
+        let ok = self.last_ok.load(Ordering::Relaxed);
+        if now.saturating_sub(ok) > LATE.as_secs() {
+            return Err(format!(
+                "the shared key store has not answered a heartbeat for {} s (serving from memory)",
+                now.saturating_sub(ok)
+            ));
+        }
+        let since = self.behind_since.load(Ordering::Relaxed);
+        if since != 0 && now.saturating_sub(since) > BEHIND.as_secs() {
+            return Err(format!(
+                "behind the shared key store's newest record for {} s",
+                now.saturating_sub(since)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Remove this member's row (clean shutdown), so the others stop counting it at once.
+    pub fn leave(&self) {
+        if let Err(e) = self.board.leave(&self.id) {
+            tracing::warn!(error = %e, "fleet: could not remove this member's heartbeat");
+        }
+    }
+}
+
+/// Heartbeat every [`HEARTBEAT`] until `stop`; a store outage is logged once when it starts
+/// and once when it ends.
+pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.beat()).await {
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!("fleet: heartbeats recorded again");
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "fleet: heartbeat failed; serving from memory, retrying");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!("fleet: heartbeat task failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    let f = fleet.clone();
+    let _ = tokio::task::spawn_blocking(move || f.leave()).await;
+}
+
+/// Apply other members' writes: on each wake-up from the store's notifications, and every
+/// [`POLL`] without one. A refused re-read (the store went back, or forked) keeps the current
+/// view and is logged at error level each time it changes.
+pub async fn follow_loop(
+    registry: Arc<Registry>,
+    wake: Option<Arc<Notify>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = async {
+                match &wake {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = stop.changed() => return,
+        }
+        let r = registry.clone();
+        match tokio::task::spawn_blocking(move || r.refresh()).await {
+            Ok(Ok(_)) => {
+                if last_error.take().is_some() {
+                    tracing::info!("fleet: the shared key store is readable again");
+                }
+            }
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    match e {
+                        keyward_keystore::KeystoreError::Unavailable { .. } => {
+                            tracing::warn!("fleet: {text}; serving from memory, retrying")
+                        }
+                        _ => tracing::error!(
+                            "fleet: the shared key store was NOT applied: {text}; the current \
+                             view is kept"
+                        ),
+                    }
+                    last_error = Some(text);
+                }
+            }
+            Err(e) => tracing::error!("fleet: re-read task failed: {e}"),
+        }
+    }
+}
+
+/// The health probe of a fleet member: the store answers heartbeats and this member keeps up;
+/// the peers from the last heartbeat round.
+pub struct FleetProbe(pub Arc<Fleet>);
+
+impl StoreProbe for FleetProbe {
+    fn probe(&self) -> Result<(), String> {
+        self.0.own_state()
+    }
+
+    fn peers(&self) -> Vec<Peer> {
+        self.0.peers()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(seq: u64, last_seen: u64) -> Member {
+        Member {
+            id: "i".into(),
+            version: "v".into(),
+            label: "l".into(),
+            last_seen,
+            keks: 1,
+            seq,
+        }
+    }
+
+    #[test]
+    fn judging_members() {
+        assert_eq!(judge(&m(5, 100), 101, 5), HealthStatus::Active);
+        // Behind on the store.
+        assert_eq!(judge(&m(4, 100), 101, 5), HealthStatus::Degraded);
+        // Late.
+        assert_eq!(
+            judge(&m(5, 100), 100 + LATE.as_secs() + 1, 5),
+            HealthStatus::Degraded
+        );
+        // Gone.
+        assert_eq!(
+            judge(&m(5, 100), 100 + GONE.as_secs() + 1, 5),
+            HealthStatus::Unavailable
+        );
+    }
+}
