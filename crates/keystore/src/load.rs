@@ -469,7 +469,7 @@ fn replay_v2(
             }
             s.prev = mac;
             s.remaining -= 1;
-            return replay(&sealer, &mut builds, &mut tls, seq, sr.rec);
+            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
         }
         if matches!(sr.rec, Record::Checkpoint(_)) {
             return Err(tampered(seq, "a checkpoint in the middle of the log"));
@@ -509,7 +509,7 @@ fn replay_v2(
             if seq == cut {
                 at_cut = Some(mac);
             }
-            return replay(&sealer, &mut builds, &mut tls, seq, sr.rec);
+            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
         }
         if shared {
             // Another member's write (verified above): applied.
