@@ -496,6 +496,7 @@ impl FloodFixture {
     fn agent_config(&self, addr: &str) -> keyward::release::config::AgentConfig {
         keyward::release::config::AgentConfig {
             krs_url: addr.to_string(),
+            krs_fallback_urls: Vec::new(),
             krs_tls_spki_sha256: self.tls_pin.clone(),
             receipt_spki_sha256: self.receipt_pin.clone(),
             // The fixture KRS's `test` deployment, so the flood's Hellos get sessions.

@@ -321,6 +321,7 @@ impl KrsFixture {
     pub fn agent_config(&self, addr: &str) -> keyward::release::config::AgentConfig {
         keyward::release::config::AgentConfig {
             krs_url: addr.to_string(),
+            krs_fallback_urls: Vec::new(),
             krs_tls_spki_sha256: self.tls_pin.clone(),
             receipt_spki_sha256: self.receipt_pin.clone(),
             admin_ca_sha256: TEST_ADMIN_CA_PIN.into(),

@@ -38,7 +38,7 @@ fn release(f: &common::KrsFixture, addr: &str) -> Released {
 fn anchor(f: &common::KrsFixture, addr: &str, r: &Released, key: Arc<BootKey>) -> KrsAnchor {
     let pins = parse_pins(&f.agent_config(addr)).unwrap();
     KrsAnchor::new(
-        addr,
+        &[addr],
         pins.tls,
         r.receipt_spki.clone(),
         key,
@@ -151,4 +151,56 @@ fn heads_are_compare_and_set_by_registered_boot_keys_and_survive_restarts() {
     drop(krs);
     let (ok, out) = f.log_verify(&f.log_path());
     assert!(ok, "krs log verify with head entries: {out}");
+}
+
+/// Two addresses of one KRS (issue 14: the KRS down must not stop a booting member when another
+/// instance answers): an unreachable `krs_url` is passed over for `krs_fallback_urls`, for the
+/// release and for head updates; with every address down the release fails with the last
+/// connection error.
+#[test]
+fn the_agent_and_the_anchor_fall_back_to_the_next_krs_address() {
+    let Some(f) = common::KrsFixture::new("krs-fallback", "") else {
+        return;
+    };
+    let text = common::policy_text_full(2, &[hex::encode(MEAS)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let krs = f.serve();
+    // A port nothing listens on (bound, then closed).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut cfg = f.agent_config(&krs.addr);
+    cfg.krs_url = dead.clone();
+    cfg.krs_fallback_urls = vec![krs.addr.clone()];
+    let agent = Agent {
+        cfg: cfg.clone(),
+        attesters: vec![Box::new(honest())],
+        product_release: "keyward-test".into(),
+    };
+    let r = agent.release().expect("released through the fallback address");
+    let pins = parse_pins(&cfg).unwrap();
+    // The pins still name krs_url (what the KRS's deployment judges), not the address used.
+    assert_eq!(pins.pins.krs_url, dead);
+    let a = KrsAnchor::new(
+        &[dead.as_str(), krs.addr.as_str()],
+        pins.tls,
+        r.receipt_spki.clone(),
+        r.boot_key.clone().unwrap(),
+        Duration::from_secs(5),
+    );
+    a.advance(None, &head(7, 1)).unwrap();
+    assert_eq!(a.current().unwrap(), Some(head(7, 1)));
+
+    cfg.krs_fallback_urls = vec![dead.clone()];
+    let agent = Agent {
+        cfg,
+        attesters: vec![Box::new(honest())],
+        product_release: "keyward-test".into(),
+    };
+    match agent.release() {
+        Err(keyward::release::agent::AgentError::Connect { krs, .. }) => assert_eq!(krs, dead),
+        Err(e) => panic!("expected a connection error naming {dead}, got {e}"),
+        Ok(_) => panic!("released with every KRS address down"),
+    }
 }

@@ -20,7 +20,7 @@ use keyward_krp::receipt::{verify_receipt, DenyCode};
 
 /// Store heads recorded at the KRS, through this boot's registered key.
 pub struct KrsAnchor {
-    krs_url: String,
+    krs_urls: Vec<String>,
     tls_pin: [u8; 32],
     receipt_spki: Vec<u8>,
     boot_key: Arc<BootKey>,
@@ -30,7 +30,7 @@ pub struct KrsAnchor {
 impl std::fmt::Debug for KrsAnchor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KrsAnchor")
-            .field("krs_url", &self.krs_url)
+            .field("krs_urls", &self.krs_urls)
             .field("boot_key", &self.boot_key)
             .finish()
     }
@@ -38,15 +38,16 @@ impl std::fmt::Debug for KrsAnchor {
 
 impl KrsAnchor {
     /// `receipt_spki` must be the pinned receipt key's SPKI (as checked in the release).
+    /// `krs_urls`: the KRS's addresses, tried in order.
     pub fn new(
-        krs_url: &str,
+        krs_urls: &[&str],
         tls_pin: [u8; 32],
         receipt_spki: Vec<u8>,
         boot_key: Arc<BootKey>,
         timeout: Duration,
     ) -> Self {
         Self {
-            krs_url: krs_url.to_string(),
+            krs_urls: krs_urls.iter().map(|u| u.to_string()).collect(),
             tls_pin,
             receipt_spki,
             boot_key,
@@ -55,7 +56,8 @@ impl KrsAnchor {
     }
 
     fn call(&self, req: &Request) -> Result<HeadAck, AnchorError> {
-        let mut c = Client::connect(&self.krs_url, self.tls_pin, self.timeout)
+        let urls: Vec<&str> = self.krs_urls.iter().map(String::as_str).collect();
+        let mut c = Client::connect_any(&urls, self.tls_pin, self.timeout)
             .map_err(|e| AnchorError::Unreachable(e.to_string()))?;
         match c.call(req) {
             Ok(Response::Head(ack)) => Ok(ack),

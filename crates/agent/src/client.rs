@@ -178,6 +178,33 @@ impl Client {
         Ok(Self { stream })
     }
 
+    /// Connect to the first of `urls` that can be reached (TCP, then the pinned TLS key).
+    /// Only a failure to reach one moves on to the next; the error is the last one's.
+    pub fn connect_any(
+        urls: &[&str],
+        tls_pin: [u8; 32],
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
+        let mut last = AgentError::Config("no KRS address configured".into());
+        for (i, url) in urls.iter().enumerate() {
+            match Self::connect(url, tls_pin, timeout) {
+                Ok(c) => {
+                    if i > 0 {
+                        tracing::info!(krs = %url, "reached the key-release service at a fallback address");
+                    }
+                    return Ok(c);
+                }
+                Err(e) => {
+                    if urls.len() > 1 {
+                        tracing::warn!(krs = %url, error = %crate::error_chain(&e), "key-release service unreachable; trying the next address");
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// Send raw frame bytes (tests of malformed input), read one response.
     pub fn call_raw(&mut self, frame: &[u8]) -> Result<Response, AgentError> {
         use std::io::Write;
@@ -206,6 +233,13 @@ pub struct ParsedPins {
     pub tls: [u8; 32],
     pub receipt: [u8; 32],
     pub pins: Pins,
+}
+
+/// `krs_url` first, then `krs_fallback_urls`.
+pub fn krs_addresses(cfg: &AgentConfig) -> Vec<&str> {
+    std::iter::once(cfg.krs_url.as_str())
+        .chain(cfg.krs_fallback_urls.iter().map(String::as_str))
+        .collect()
 }
 
 /// Parse and check the agent configuration's pins.
@@ -259,7 +293,7 @@ impl Agent {
     pub fn release(&self) -> Result<Released, AgentError> {
         let pins = parse_pins(&self.cfg)?;
         let timeout = Duration::from_secs(self.cfg.timeout_secs.max(1));
-        let mut client = Client::connect(&self.cfg.krs_url, pins.tls, timeout)?;
+        let mut client = Client::connect_any(&krs_addresses(&self.cfg), pins.tls, timeout)?;
         let hello = Hello {
             v: VERSION,
             platform: platform_for(&self.cfg, &self.attesters),

@@ -163,7 +163,7 @@ impl MasterKeySource for ReleaseSource {
         let pins = crate::client::parse_pins(&self.agent.cfg)
             .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
         let anchor = crate::anchor::KrsAnchor::new(
-            &self.agent.cfg.krs_url,
+            &crate::client::krs_addresses(&self.agent.cfg),
             pins.tls,
             r.receipt_spki.clone(),
             boot_key,

@@ -7,6 +7,7 @@
 //! source = "release"
 //! [master_key.release]
 //! krs_url = "krs.example.com:7443"
+//! krs_fallback_urls = ["krs-b.example.com:7443"]   # optional: the same KRS, other instances
 //! krs_tls_spki_sha256 = "<64 hex>"    # printed by `keyward krs init`
 //! receipt_spki_sha256 = "<64 hex>"    # printed by `keyward krs init`
 //! admin_ca_sha256 = "<64 hex>"        # optional
@@ -48,6 +49,16 @@ pub fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
         return None;
     };
     let krs_url = r.required_string("krs_url", p);
+    let krs_fallback_urls = r.string_list("krs_fallback_urls", p).unwrap_or_default();
+    for (i, u) in krs_fallback_urls.iter().enumerate() {
+        let hp = u.strip_prefix("krs://").unwrap_or(u);
+        if hp.rsplit_once(':').is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err()) {
+            p.invalid(
+                format!("{}[{i}]", r.key_path("krs_fallback_urls")),
+                format!("`{u}` is not host:port"),
+            );
+        }
+    }
     let mut pin = |r: &mut Section, key: &str, required: bool| -> Option<String> {
         let v = if required {
             r.required_string(key, p)
@@ -107,6 +118,7 @@ pub fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
     Some(ReleaseConfig {
         agent: AgentConfig {
             krs_url: krs_url?,
+            krs_fallback_urls,
             krs_tls_spki_sha256: tls?,
             receipt_spki_sha256: receipt?,
             admin_ca_sha256: admin.unwrap_or_default(),
@@ -126,8 +138,14 @@ pub fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// `host:port` of the KRS (a `krs://` prefix is accepted).
+    /// `host:port` of the KRS (a `krs://` prefix is accepted). This is the name the pins
+    /// carry (and the KRS's deployment judges).
     pub krs_url: String,
+    /// Other `host:port` addresses of the same key-release service (instances with the same
+    /// TLS and receipt keys, in front of the same HSM), tried in order when `krs_url` cannot
+    /// be reached. A KRS that answers (releases or denies) is never passed over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub krs_fallback_urls: Vec<String>,
     /// SHA-256 (hex) of the KRS TLS certificate's SPKI.
     pub krs_tls_spki_sha256: String,
     /// SHA-256 (hex) of the KRS receipt key's SPKI.

@@ -313,6 +313,7 @@ pub fn start_for(
         addr,
         agent: AgentConfig {
             krs_url: addr.to_string(),
+            krs_fallback_urls: Vec::new(),
             krs_tls_spki_sha256: hex::encode(tls_pin),
             receipt_spki_sha256: hex::encode(receipt_pin),
             admin_ca_sha256: hex::encode(admin_ca_sha256),
