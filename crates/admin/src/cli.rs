@@ -42,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<Stores>,
     },
+    /// The appliances of this fleet (heartbeats in the shared key store): id, label, version,
+    /// last seen, KEKs, store record and state (ACTIVE, DEGRADED, UNAVAILABLE).
+    Fleet,
     /// The appliance-managed XKS/admin TLS key: show, csr, install (the key never leaves the
     /// appliance; only its certificate chain is installed).
     #[command(subcommand)]
@@ -387,10 +390,50 @@ fn cert(c: Cert) -> anyhow::Result<ExitCode> {
 
 type Show = Box<dyn FnOnce(serde_json::Value) -> anyhow::Result<()>>;
 
+/// `keyward admin fleet`: one line per member.
+fn show_fleet(v: serde_json::Value) -> anyhow::Result<()> {
+    if v.get("shared").and_then(|s| s.as_bool()) != Some(true) {
+        println!(
+            "one appliance on its own key store (storage backend \"file\"), store record {}",
+            v.get("store_seq").and_then(|s| s.as_u64()).unwrap_or(0)
+        );
+        return Ok(());
+    }
+    let members = v
+        .get("members")
+        .and_then(|m| m.as_array())
+        .context("the answer holds no members")?;
+    println!(
+        "{:<34} {:<12} {:<24} {:>8} {:>8} {:>7}  version",
+        "id", "state", "label", "seen", "record", "keks"
+    );
+    for m in members {
+        let s = |k: &str| m.get(k).and_then(|x| x.as_str()).unwrap_or("");
+        let n = |k: &str| m.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let this = if m.get("this").and_then(|x| x.as_bool()) == Some(true) {
+            " (this)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<34} {:<12} {:<24} {:>7}s {:>8} {:>7}  {}{this}",
+            s("id"),
+            s("status"),
+            s("label"),
+            n("age_secs"),
+            n("seq"),
+            n("keks"),
+            s("version"),
+        );
+    }
+    Ok(())
+}
+
 fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
     Ok(match cmd {
         Command::Stores { command } => build_stores(command.unwrap_or(Stores::List))?,
         Command::Tls(t) => build_tls(t)?,
+        Command::Fleet => (Request::Fleet, Box::new(show_fleet)),
         Command::KmsConfig {
             store,
             access_key_id,

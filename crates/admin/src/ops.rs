@@ -31,11 +31,19 @@ pub trait TlsAdmin: Send + Sync {
     fn install(&self, chain_pem: &str) -> Result<TlsInfo, AdminError>;
 }
 
+/// The fleet as the admin API lists it (`keyward admin fleet`). Implemented by the appliance,
+/// which keeps the heartbeats.
+pub trait FleetAdmin: Send + Sync {
+    /// Every member seen lately, with its judged state, as JSON objects.
+    fn members(&self) -> Result<Value, AdminError>;
+}
+
 /// Admin requests carried out on a registry, audited.
 pub struct RegistryBackend {
     registry: Arc<Registry>,
     audit: AuditLog,
     tls: Option<Arc<dyn TlsAdmin>>,
+    fleet: Option<Arc<dyn FleetAdmin>>,
 }
 
 impl RegistryBackend {
@@ -44,7 +52,14 @@ impl RegistryBackend {
             registry,
             audit,
             tls: None,
+            fleet: None,
         }
+    }
+
+    /// Serve `fleet` from the appliance's heartbeats (a shared key store).
+    pub fn with_fleet(mut self, fleet: Arc<dyn FleetAdmin>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Serve `tls show|csr|install` with the appliance-managed TLS identity.
@@ -207,7 +222,7 @@ fn describe(req: &Request) -> String {
             services.join(",")
         ),
         Request::StoresRemove { name, force } => format!("store={name} force={force}"),
-        Request::TlsShow => "read".into(),
+        Request::TlsShow | Request::Fleet => "read".into(),
         Request::TlsCsr { dns_names } => format!("csr for {}", dns_names.join(",")),
         Request::TlsInstall { chain_pem } => {
             format!("certificate chain of {} bytes", chain_pem.len())
@@ -287,6 +302,15 @@ impl RegistryBackend {
                 r.remove_store(&name, force)?;
                 Ok(json!({ "removed": name, "keys_destroyed": keys }))
             }
+            Request::Fleet => match &self.fleet {
+                Some(f) => Ok(json!({ "shared": true, "members": f.members()? })),
+                // One appliance on its own store: itself only.
+                None => Ok(json!({
+                    "shared": false,
+                    "members": [],
+                    "store_seq": r.head().seq,
+                })),
+            },
             Request::TlsShow => to_json(&self.tls()?.show()?),
             Request::TlsCsr { dns_names } => Ok(json!({ "csr_pem": self.tls()?.csr(&dns_names)? })),
             Request::TlsInstall { chain_pem } => to_json(&self.tls()?.install(&chain_pem)?),

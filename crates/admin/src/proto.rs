@@ -70,6 +70,9 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// The members of this appliance's fleet (heartbeats in the shared key store): id,
+    /// label, version, last seen, KEKs, store record, judged state.
+    Fleet,
     /// The appliance-managed TLS identity: SPKI hash, names, expiry, whether a chain is
     /// installed.
     TlsShow,
@@ -149,6 +152,7 @@ impl Request {
             Request::StoresList => "stores_list",
             Request::StoresCreate { .. } => "stores_create",
             Request::StoresRemove { .. } => "stores_remove",
+            Request::Fleet => "fleet",
             Request::TlsShow => "tls_show",
             Request::TlsCsr { .. } => "tls_csr",
             Request::TlsInstall { .. } => "tls_install",
@@ -171,6 +175,7 @@ impl Request {
         !matches!(
             self,
             Request::StoresList
+                | Request::Fleet
                 | Request::TlsShow
                 | Request::TlsCsr { .. }
                 | Request::KeysList { .. }

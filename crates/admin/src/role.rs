@@ -29,6 +29,7 @@ pub fn allows(role: Role, req: &Request) -> bool {
         Role::Viewer => matches!(
             req,
             Request::StoresList
+                | Request::Fleet
                 | Request::KeysList { .. }
                 | Request::CredsList { .. }
                 | Request::TlsShow

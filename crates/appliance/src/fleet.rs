@@ -203,6 +203,13 @@ impl Fleet {
     }
 }
 
+impl keyward_admin::ops::FleetAdmin for Fleet {
+    fn members(&self) -> Result<serde_json::Value, keyward_admin::server::AdminError> {
+        serde_json::to_value(Fleet::members(self))
+            .map_err(|e| keyward_admin::server::AdminError::Internal(e.to_string()))
+    }
+}
+
 /// Heartbeat every [`HEARTBEAT`] until `stop`; a store outage is logged once when it starts
 /// and once when it ends.
 pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {

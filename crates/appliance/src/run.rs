@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::notify::Notifier;
 use super::{phase, Addresses, BootError, MasterKeySource};
-use keyward_admin::ops::{RegistryBackend, TlsAdmin};
+use keyward_admin::ops::{FleetAdmin, RegistryBackend, TlsAdmin};
 use keyward_admin::server::AdminServer;
 use keyward_admin::tls::OperatorCa;
 use keyward_audit::{AuditLog, AuditSink};
@@ -16,6 +16,7 @@ use keyward_keystore::{NewStore, Registry};
 use keyward_secret::MemoryPolicy;
 use keyward_xks::{ClientAuth, StoreProbe, TlsSettings, XksServer, XksSettings};
 
+use super::fleet::{Fleet, FleetProbe};
 use super::tls::ManagedTls;
 
 /// A booted appliance: key store unsealed, listeners bound, not yet serving.
@@ -23,6 +24,8 @@ pub struct Running {
     pub addresses: Addresses,
     pub registry: Arc<Registry>,
     store_dir: std::path::PathBuf,
+    /// On a shared store: this member's heartbeat and the store's change notifications.
+    fleet: Option<(Arc<Fleet>, super::storage::Shared)>,
     audit: AuditLog,
     xks: XksServer,
     admin: Option<AdminServer>,
@@ -84,15 +87,12 @@ pub async fn boot(
             .map_err(|e| BootError::Task("master key", e))??
     };
 
-    phase(
-        "unseal",
-        &format!("opening key store {}", config.storage.dir.display()),
-    );
+    let location = super::storage::describe(&config.storage);
+    phase("unseal", &format!("opening key store {location}"));
     match &freshness {
         keyward_keystore::Freshness::Unanchored => tracing::warn!(
             "the key store's freshness is not anchored (master_key.source = file): a restored \
-             older copy of {} would open without a word; development only",
-            config.storage.dir.display()
+             older copy of {location} would open without a word; development only"
         ),
         keyward_keystore::Freshness::Anchored { floor, .. } => phase(
             "unseal",
@@ -103,17 +103,25 @@ pub async fn boot(
         ),
     }
     notifier.status("unseal: opening the key store");
-    let dir = config.storage.dir.clone();
+    let opened = super::storage::open(&config.storage, &notifier).await?;
+    let shared = opened.shared;
+    let backend = opened.backend;
     let registry = tokio::task::spawn_blocking(move || {
-        Registry::open_with(
-            Box::new(keyward_keystore::FileKeyStore::open(&dir)?),
-            master,
-            freshness,
-        )
+        Registry::open_with(backend, master, freshness)
     })
     .await
     .map_err(|e| BootError::Task("unseal", e))??;
     let registry = Arc::new(registry);
+    let member_id = instance_id(shared.is_some());
+    let fleet = shared.map(|sh| {
+        let label = config.fleet.label.clone().unwrap_or_else(host_name);
+        let f = Fleet::new(sh.board.clone(), member_id.clone(), label, registry.clone());
+        phase(
+            "unseal",
+            &format!("shared key store: this member is {member_id}"),
+        );
+        (f, sh)
+    });
     sync_stores(&registry, &config.key_stores)?;
     let snap = registry.snapshot();
     let keys: usize = snap.stores.values().map(|s| s.keys.len()).sum();
@@ -144,7 +152,7 @@ pub async fn boot(
         None
     };
 
-    let (settings, client_auth) = xks_settings(&config.xks)?;
+    let (settings, client_auth) = xks_settings(&config.xks, member_id)?;
     let xks = match &managed_tls {
         Some(m) if config.xks.managed_tls() => {
             XksServer::bind_with_cert(settings, m.handle(), client_auth.as_ref()).await
@@ -185,6 +193,7 @@ pub async fn boot(
         },
         registry,
         store_dir: config.storage.dir.clone(),
+        fleet,
         audit,
         xks,
         admin,
@@ -199,6 +208,7 @@ pub async fn boot(
 /// client authentication separately (for the appliance-managed certificate too).
 fn xks_settings(
     x: &keyward_config::XksConfig,
+    instance_id: String,
 ) -> Result<(XksSettings, Option<ClientAuth>), BootError> {
     let read =
         |p: &std::path::Path| std::fs::read(p).map_err(|e| BootError::Read(p.to_path_buf(), e));
@@ -222,7 +232,7 @@ fn xks_settings(
         tls,
         insecure_http: x.insecure_http,
         limits: keyward_xks::Limits::default(),
-        instance_id: instance_id(),
+        instance_id,
     };
     Ok((settings, client_auth))
 }
@@ -270,14 +280,28 @@ fn read_admin_ca(config: &Config) -> Result<Option<OperatorCa>, BootError> {
     Ok(Some(ca))
 }
 
-/// The id this instance reports in health's `ekmFleetDetails`: the host name.
-fn instance_id() -> String {
+/// The host name (`keyward` when it cannot be read).
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .map(|h| format!("keyward-{h}"))
         .unwrap_or_else(|| "keyward".into())
+}
+
+/// The id this instance reports in health's `ekmFleetDetails`: `keyward-HOST`, and in a fleet
+/// also a per-boot suffix (several members may share a host name, and a restarted member is
+/// a new boot).
+fn instance_id(fleet: bool) -> String {
+    let host: String = host_name().chars().take(40).collect();
+    if !fleet {
+        return format!("keyward-{host}");
+    }
+    let mut b = [0u8; 3];
+    if keyward_secret::getrandom_fill(&mut b).is_err() {
+        b = (std::process::id() & 0xff_ffff).to_be_bytes()[1..].try_into().unwrap_or([0; 3]);
+    }
+    format!("keyward-{host}-{}", hex::encode(b))
 }
 
 /// Create the configured key stores that do not exist yet and add the configured credentials
@@ -399,6 +423,7 @@ impl Running {
             addresses,
             registry,
             store_dir,
+            fleet,
             audit,
             xks,
             admin,
@@ -415,12 +440,35 @@ impl Running {
         let (tx, rx) = watch::channel(false);
 
         let view = registry.view();
-        let probe = Arc::new(DirProbe(store_dir));
+        let mut fleet_tasks = Vec::new();
+        let probe: Arc<dyn StoreProbe> = match &fleet {
+            Some((f, sh)) => {
+                // The first round now, so the first health answer already knows the fleet.
+                let f0 = f.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || f0.beat()).await {
+                    tracing::warn!(error = %e, "fleet: first heartbeat failed; retrying");
+                }
+                fleet_tasks.push(tokio::spawn(super::fleet::heartbeat_loop(
+                    f.clone(),
+                    rx.clone(),
+                )));
+                fleet_tasks.push(tokio::spawn(super::fleet::follow_loop(
+                    registry.clone(),
+                    Some(sh.wake.clone()),
+                    rx.clone(),
+                )));
+                Arc::new(FleetProbe(f.clone()))
+            }
+            None => Arc::new(DirProbe(store_dir)),
+        };
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
             let mut backend = RegistryBackend::new(registry.clone(), audit.clone());
             if let Some(m) = &managed_tls {
                 backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);
+            }
+            if let Some((f, _)) = &fleet {
+                backend = backend.with_fleet(f.clone() as Arc<dyn FleetAdmin>);
             }
             let backend = Arc::new(backend);
             tokio::spawn(a.run(backend, wait_true(rx.clone())))
@@ -480,6 +528,10 @@ impl Running {
         if let Some(t) = live_task {
             let _ = t.await;
         }
+        for t in fleet_tasks {
+            let _ = t.await;
+        }
+        drop(fleet);
         if let Err(e) = audit.shutdown() {
             tracing::error!("audit log flush failed: {e}");
         }
