@@ -10,7 +10,9 @@
 #         the Encrypt command the demo prints.
 #   test  all of that, plus what the tests run: opensc, swtpm, swtpm-tools, tpm2-tools, jq,
 #         openssl, python3 and python3-venv (the botocore signer's venv, built from PyPI), a
-#         shell-script linter (shellcheck) and systemd (systemd-analyze rates the units).
+#         shell-script linter (shellcheck), systemd (systemd-analyze rates the units), and
+#         postgresql and haproxy (the shared key store's tests start their own PostgreSQL
+#         server; the fleet's load balancer).
 #   --check    report what is missing and exit 1 (nothing is installed); the default is --install.
 #
 # Messages go to stderr (stdout stays for `make run`'s JSON line). Used by the Makefile (run,
@@ -20,7 +22,7 @@ set -euo pipefail
 
 RUN_PKGS=(gcc libc6-dev pkg-config libtss2-dev softhsm2 curl)
 TEST_PKGS=("${RUN_PKGS[@]}" opensc swtpm swtpm-tools tpm2-tools jq openssl python3 python3-venv
-    shellcheck systemd)
+    shellcheck systemd postgresql haproxy)
 
 mode=install
 target=run
@@ -71,7 +73,7 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
     command -v curl >/dev/null 2>&1 || miss+=(curl)
     if [ "$target" = test ]; then
         for t in pkcs11-tool:opensc swtpm:swtpm swtpm_setup:swtpm-tools tpm2_pcrread:tpm2-tools \
-            jq:jq openssl:openssl shellcheck:shellcheck; do
+            jq:jq openssl:openssl shellcheck:shellcheck pg_ctl:postgresql haproxy:haproxy; do
             command -v "${t%%:*}" >/dev/null 2>&1 || miss+=("${t#*:}")
         done
     fi

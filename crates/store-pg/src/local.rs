@@ -1,0 +1,525 @@
+//! A throwaway PostgreSQL server from the machine's own binaries, for the tests and `keyward
+//! demo --fleet` (feature `local`): `initdb` into a directory, `pg_ctl` on 127.0.0.1 (a free
+//! port unless one is given), optionally TLS with a CA and server certificate made here
+//! (rcgen) and a required password (SCRAM), stopped when dropped.
+//!
+//! `initdb` and `postgres` refuse to run as root. When this process's effective uid is 0 (CI,
+//! the developer machines here), they are run as the `postgres` user that the Debian package
+//! creates (`runuser -u postgres --`, or `setpriv` when there is no runuser), and the directory
+//! is given to that user (chown): it must be reachable by it (no root-only parent directory).
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::PgConfig;
+
+/// The database user the server is initialised with (its superuser).
+pub const USER: &str = "keyward";
+/// The database the URL names.
+pub const DATABASE: &str = "postgres";
+
+/// Why the local server could not be set up, started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The PostgreSQL server binaries are not installed.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found via pg_config \
+         --bindir, /usr/lib/postgresql/*/bin or PATH: install the Debian package `postgresql` \
+         (apt-get install postgresql)"
+    )]
+    Missing,
+    /// Running as root, but there is no `postgres` user to run the server as.
+    #[error(
+        "running as root, and PostgreSQL refuses to: no `postgres` user to run it as (the \
+         Debian package `postgresql` creates it)"
+    )]
+    NoPostgresUser,
+    /// A file or directory operation failed.
+    #[error("local postgres: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server command failed; `output` holds its output and the server log's end.
+    #[error("local postgres: {what} failed: {output}")]
+    Command {
+        /// The command.
+        what: String,
+        /// Its output and the log's tail.
+        output: String,
+    },
+    /// The TLS certificates could not be made.
+    #[error("local postgres: certificates: {0}")]
+    Tls(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+/// How to set the server up.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// TCP port on 127.0.0.1; a free one when `None`.
+    pub port: Option<u16>,
+    /// Serve TLS with a CA and server certificate made at the first start (the CA's PEM is at
+    /// [`LocalPostgres::ca_file`]).
+    pub tls: bool,
+    /// Require this password (SCRAM-SHA-256) for TCP connections; `None`: trust.
+    pub password: Option<String>,
+}
+
+/// A running (or stopped) local server; dropping it stops the server.
+#[derive(Debug)]
+pub struct LocalPostgres {
+    dir: PathBuf,
+    data: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// `Some((uid, gid))` of the `postgres` user when running as root.
+    run_as: Option<(u32, u32)>,
+    ca_file: Option<PathBuf>,
+    running: bool,
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`.
+fn find_bindir() -> Result<PathBuf, LocalError> {
+    let has = |d: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if has(&d) {
+                return Ok(d);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut best: Option<(u32, PathBuf)> = None;
+        for e in entries.flatten() {
+            let v = e.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+            let d = e.path().join("bin");
+            if has(&d) && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                best = Some((v, d));
+            }
+        }
+        if let Some((_, d)) = best {
+            return Ok(d);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for p in std::env::split_paths(&path) {
+            let initdb = p.join("initdb");
+            if initdb.is_file() {
+                // Debian links /usr/local/bin or /usr/bin entries into the versioned directory.
+                if let Some(d) = std::fs::canonicalize(&initdb)
+                    .ok()
+                    .and_then(|r| r.parent().map(Path::to_path_buf))
+                    .filter(|d| has(d))
+                {
+                    return Ok(d);
+                }
+            }
+        }
+    }
+    Err(LocalError::Missing)
+}
+
+/// The effective uid of this process.
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn free_port() -> Result<u16, LocalError> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("find a free port"))?;
+    Ok(l.local_addr().map_err(io("find a free port"))?.port())
+}
+
+fn write_file(path: &Path, body: &str, mode: u32) -> Result<(), LocalError> {
+    std::fs::write(path, body).map_err(io(format!("write {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", path.display())))
+}
+
+impl LocalPostgres {
+    /// Initialise (unless `dir` already holds one) and start a server in `dir` on `port` (a
+    /// free one when `None`), trusting local connections.
+    pub fn start(dir: &Path, port: Option<u16>) -> Result<LocalPostgres, LocalError> {
+        Self::start_with(
+            dir,
+            LocalOptions {
+                port,
+                ..LocalOptions::default()
+            },
+        )
+    }
+
+    /// [`LocalPostgres::start`] with TLS and a password as `opts` says. TLS and the password
+    /// are set up when the data directory is first made.
+    pub fn start_with(dir: &Path, opts: LocalOptions) -> Result<LocalPostgres, LocalError> {
+        let bin = find_bindir()?;
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let run_as = if euid() == 0 {
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .ok_or(LocalError::NoPostgresUser)?;
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        let data = dir.join("data");
+        let mut pg = LocalPostgres {
+            dir: dir.to_path_buf(),
+            data,
+            bin,
+            port: match opts.port {
+                Some(p) => p,
+                None => free_port()?,
+            },
+            run_as,
+            ca_file: None,
+            running: false,
+        };
+        pg.chown(dir)?;
+        if pg.run_as.is_some() {
+            // The postgres user must reach the directory (every parent searchable).
+            let ok = pg
+                .command("test")
+                .arg("-w")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(LocalError::Command {
+                    what: "prepare the directory".into(),
+                    output: format!(
+                        "the postgres user cannot write {} (a parent directory is not \
+                         searchable by others?)",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        let ca = dir.join("ca.pem");
+        if !pg.data.join("PG_VERSION").is_file() {
+            pg.initdb(&opts)?;
+        }
+        if ca.is_file() {
+            pg.ca_file = Some(ca);
+        }
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    /// A command run as the server's user.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let program = program.as_ref();
+        match self.run_as {
+            None => Command::new(program),
+            Some(_) if Path::new("/usr/sbin/runuser").is_file() || which("runuser") => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            }
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--init-groups")
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+        }
+    }
+
+    fn chown(&self, p: &Path) -> Result<(), LocalError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(io(format!("chown {} to postgres", p.display())))?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, what: &str, mut cmd: Command) -> Result<(), LocalError> {
+        let out = cmd.output().map_err(io(format!("run {what}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut output = format!(
+            "{}{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        if !tail.is_empty() {
+            output.push_str("\nserver log:\n");
+            for l in tail.iter().rev() {
+                output.push_str(l);
+                output.push('\n');
+            }
+        }
+        Err(LocalError::Command {
+            what: what.into(),
+            output,
+        })
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn initdb(&mut self, opts: &LocalOptions) -> Result<(), LocalError> {
+        let mut cmd = self.command(self.bin.join("initdb"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-U", USER, "-E", "UTF8", "--locale=C", "--no-sync"])
+            .arg("--auth=trust");
+        let pwfile = self.dir.join("initdb.pw");
+        if let Some(pw) = &opts.password {
+            write_file(&pwfile, pw, 0o600)?;
+            self.chown(&pwfile)?;
+            cmd.arg(format!("--pwfile={}", pwfile.display()));
+        }
+        let r = self.run("initdb", cmd);
+        let _ = std::fs::remove_file(&pwfile);
+        r?;
+        let method = if opts.password.is_some() {
+            "scram-sha-256"
+        } else {
+            "trust"
+        };
+        let hba = self.data.join("pg_hba.conf");
+        write_file(
+            &hba,
+            &format!(
+                "# written by keyward's LocalPostgres\n\
+                 local all all trust\n\
+                 host all all 127.0.0.1/32 {method}\n\
+                 host all all ::1/128 {method}\n"
+            ),
+            0o600,
+        )?;
+        self.chown(&hba)?;
+        let mut conf = String::from(
+            "\n# keyward's LocalPostgres\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = ''\n\
+             max_connections = 200\n\
+             shared_buffers = 32MB\n\
+             password_encryption = 'scram-sha-256'\n\
+             include_if_exists = 'keyward-port.conf'\n",
+        );
+        if opts.tls {
+            self.make_certs()?;
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        let main = self.data.join("postgresql.conf");
+        let mut body = std::fs::read_to_string(&main).map_err(io("read postgresql.conf"))?;
+        body.push_str(&conf);
+        write_file(&main, &body, 0o600)?;
+        self.chown(&main)
+    }
+
+    /// A CA (its PEM in `dir/ca.pem`) and a server certificate for 127.0.0.1 and localhost
+    /// signed by it, in the data directory.
+    fn make_certs(&mut self) -> Result<(), LocalError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        let e = |e: rcgen::Error| LocalError::Tls(e.to_string());
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "keyward local PostgreSQL CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+        let key = KeyPair::generate().map_err(e)?;
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).map_err(e)?;
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::V4(
+                Ipv4Addr::LOCALHOST,
+            )));
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(e)?;
+        let crt = self.data.join("server.crt");
+        let k = self.data.join("server.key");
+        write_file(&crt, &cert.pem(), 0o644)?;
+        write_file(&k, &key.serialize_pem(), 0o600)?;
+        self.chown(&crt)?;
+        self.chown(&k)?;
+        let ca_file = self.dir.join("ca.pem");
+        write_file(&ca_file, &ca_cert.pem(), 0o644)?;
+        self.ca_file = Some(ca_file);
+        Ok(())
+    }
+
+    /// `postgresql://keyward@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgresql://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// A [`PgConfig`] for [`LocalPostgres::url`], with the CA file when TLS is on (no
+    /// password: add one with [`PgConfig::with_password_file`]).
+    pub fn config(&self) -> PgConfig {
+        let mut c = PgConfig::new(self.url());
+        c.ca_file = self.ca_file.clone();
+        c
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        if !self.running {
+            return None;
+        }
+        let s = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        s.lines().next()?.trim().parse().ok()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The CA's PEM file, when TLS is on.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// Stop the server (`pg_ctl stop -m fast`: sessions are ended, the data is kept).
+    pub fn stop(&mut self) -> Result<(), LocalError> {
+        if !self.running {
+            return Ok(());
+        }
+        let mut cmd = self.command(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        self.run("pg_ctl stop", cmd)?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Start the server again (after [`LocalPostgres::stop`] or [`LocalPostgres::kill9`]) on
+    /// the same port, and wait until it accepts connections.
+    pub fn start_again(&mut self) -> Result<(), LocalError> {
+        if self.running {
+            return Ok(());
+        }
+        let port_conf = self.data.join("keyward-port.conf");
+        write_file(&port_conf, &format!("port = {}\n", self.port), 0o600)?;
+        self.chown(&port_conf)?;
+        self.clear_stale_pid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut cmd = self.command(self.bin.join("pg_ctl"));
+            cmd.arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(self.log_file())
+                .args(["-w", "-t", "60", "start"]);
+            match self.run("pg_ctl start", cmd) {
+                Ok(()) => break,
+                // After a kill -9 the old backends may still hold the shared memory a moment.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    self.clear_stale_pid();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.running = true;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(LocalError::Command {
+                    what: "wait for the server".into(),
+                    output: format!("nothing accepts connections on port {}", self.port),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kill the postmaster with SIGKILL (a crash: no shutdown, no checkpoint), and wait until
+    /// it is gone.
+    pub fn kill9(&mut self) -> Result<(), LocalError> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let p = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).map_err(|e| {
+            LocalError::Io {
+                what: format!("kill -9 {pid}"),
+                source: std::io::Error::from(e),
+            }
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// Remove `postmaster.pid` when the process it names is gone (or a zombie nobody reaped:
+    /// the server would take it for a running postmaster).
+    fn clear_stale_pid(&self) {
+        let f = self.data.join("postmaster.pid");
+        let pid = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        if let Some(pid) = pid {
+            if !alive(pid) {
+                let _ = std::fs::remove_file(&f);
+            }
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            if let Err(e) = self.stop() {
+                tracing::warn!(error = %e, "could not stop the local postgres");
+                let _ = self.kill9();
+            }
+        }
+    }
+}

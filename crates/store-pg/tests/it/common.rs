@@ -1,0 +1,97 @@
+//! Shared helpers: a server per test, records and headers the backend only stores (it never
+//! checks MACs), and a direct SQL client for tampering.
+
+use std::ops::{Deref, DerefMut};
+
+use keyward_keystore::model::{Header, Record, Sealed, SealedHead, SignedRecord};
+use keyward_keystore::KeyStore;
+use keyward_store_pg::local::{LocalOptions, LocalPostgres};
+use keyward_store_pg::{PgConfig, PgKeyStore};
+
+/// A server in a temporary directory; the server stops before the directory goes.
+pub struct Server {
+    pub pg: LocalPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Deref for Server {
+    type Target = LocalPostgres;
+    fn deref(&self) -> &LocalPostgres {
+        &self.pg
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut LocalPostgres {
+        &mut self.pg
+    }
+}
+
+pub fn server() -> Server {
+    server_with(LocalOptions::default())
+}
+
+pub fn server_with(opts: LocalOptions) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = LocalPostgres::start_with(dir.path(), opts).unwrap();
+    Server { pg, _dir: dir }
+}
+
+pub fn connect(s: &Server) -> PgKeyStore {
+    PgKeyStore::connect(&s.config()).unwrap()
+}
+
+/// A direct SQL session (to tamper, or to look).
+pub fn sql(s: &Server) -> postgres::Client {
+    postgres::Client::connect(&s.url(), postgres::NoTls).unwrap()
+}
+
+pub fn header(id: &str) -> Header {
+    Header {
+        format: 2,
+        store_id: id.into(),
+        check: Sealed(vec![1, 2, 3, 4]),
+    }
+}
+
+pub fn rec(seq: u64, tag: &str) -> SignedRecord {
+    SignedRecord {
+        seq,
+        mac: tag.into(),
+        batch: None,
+        rec: Record::RemoveStore { name: tag.into() },
+    }
+}
+
+pub fn sealed(id: &str, seq: u64) -> SealedHead {
+    SealedHead {
+        format: 2,
+        store_id: id.into(),
+        seq,
+        chain_mac: format!("{seq:064x}"),
+        mac: "00".into(),
+    }
+}
+
+pub fn loaded(ks: &mut dyn KeyStore) -> Vec<SignedRecord> {
+    let mut v = Vec::new();
+    ks.load(&mut |r| {
+        v.push(r);
+        Ok(())
+    })
+    .unwrap();
+    v
+}
+
+/// An initialised store (header `id`, sealed head 0).
+pub fn initialised(s: &Server, id: &str) -> PgKeyStore {
+    let mut ks = connect(s);
+    ks.store_head(&sealed(id, 0)).unwrap();
+    ks.init(&header(id)).unwrap();
+    ks.load(&mut |_| Ok(())).unwrap();
+    ks
+}
+
+pub fn cfg(s: &Server) -> PgConfig {
+    s.config()
+}

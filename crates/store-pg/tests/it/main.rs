@@ -1,0 +1,13 @@
+//! Integration tests of the PostgreSQL key store against a real server that each test starts
+//! itself (`LocalPostgres`: initdb and pg_ctl on a loopback port) and tears down when it ends.
+//! One binary; the modules below group the cases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod concurrency;
+mod contract;
+mod outage;
+mod registry;
+mod tls;
+mod watcher;
