@@ -178,7 +178,9 @@ fn the_agent_and_the_anchor_fall_back_to_the_next_krs_address() {
         attesters: vec![Box::new(honest())],
         product_release: "keyward-test".into(),
     };
-    let r = agent.release().expect("released through the fallback address");
+    let r = agent
+        .release()
+        .expect("released through the fallback address");
     let pins = parse_pins(&cfg).unwrap();
     // The pins still name krs_url (what the KRS's deployment judges), not the address used.
     assert_eq!(pins.pins.krs_url, dead);

@@ -54,6 +54,10 @@ pub struct Fleet {
     last_ok: AtomicU64,
     /// Since when (Unix seconds) some member is ahead of this one's seq (0: not behind).
     behind_since: AtomicU64,
+    /// The newest record any member had applied, by heartbeat round (Unix seconds, seq), for
+    /// the last [`BEHIND`] and a little more: a member is behind only when it has not applied
+    /// what was already the newest [`BEHIND`] ago (a write a second old is not a lag).
+    newest: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
 
 fn now_unix() -> u64 {
@@ -70,13 +74,13 @@ fn status_str(s: HealthStatus) -> &'static str {
     }
 }
 
-/// A member's state from its heartbeat: late or behind on the store is `DEGRADED`, not seen
-/// for [`GONE`] is `UNAVAILABLE`.
-pub fn judge(m: &Member, now: u64, newest_seq: u64) -> HealthStatus {
+/// A member's state from its heartbeat: late, or behind `settled_seq` (the newest record that
+/// was known [`BEHIND`] ago), is `DEGRADED`; not seen for [`GONE`] is `UNAVAILABLE`.
+pub fn judge(m: &Member, now: u64, settled_seq: u64) -> HealthStatus {
     let age = now.saturating_sub(m.last_seen);
     if age > GONE.as_secs() {
         HealthStatus::Unavailable
-    } else if age > LATE.as_secs() || m.seq < newest_seq {
+    } else if age > LATE.as_secs() || m.seq < settled_seq {
         HealthStatus::Degraded
     } else {
         HealthStatus::Active
@@ -98,6 +102,7 @@ impl Fleet {
             seen: ArcSwap::from_pointee(Vec::new()),
             last_ok: AtomicU64::new(0),
             behind_since: AtomicU64::new(0),
+            newest: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -125,6 +130,22 @@ impl Fleet {
         let (members, now) = self.board.members(FORGOTTEN.as_secs())?;
         self.last_ok.store(now_unix(), Ordering::Relaxed);
         let newest = members.iter().map(|m| m.seq).max().unwrap_or(0);
+        let settled = {
+            let mut h = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+            h.push_back((now, newest));
+            while h.len() > 2
+                && h.get(1)
+                    .is_some_and(|(t, _)| now.saturating_sub(*t) >= BEHIND.as_secs())
+            {
+                h.pop_front();
+            }
+            // The newest seq already known BEHIND ago (0 until the history is that long).
+            h.iter()
+                .filter(|(t, _)| now.saturating_sub(*t) >= BEHIND.as_secs())
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0)
+        };
         let mine = self.registry.head().seq;
         if mine < newest {
             let _ = self.behind_since.compare_exchange(
@@ -139,7 +160,7 @@ impl Fleet {
         let views = members
             .into_iter()
             .map(|m| {
-                let status = status_str(judge(&m, now, newest));
+                let status = status_str(judge(&m, now, settled));
                 MemberView {
                     age_secs: now.saturating_sub(m.last_seen),
                     this: m.id == self.id,

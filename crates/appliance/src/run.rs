@@ -106,11 +106,10 @@ pub async fn boot(
     let opened = super::storage::open(&config.storage, &notifier).await?;
     let shared = opened.shared;
     let backend = opened.backend;
-    let registry = tokio::task::spawn_blocking(move || {
-        Registry::open_with(backend, master, freshness)
-    })
-    .await
-    .map_err(|e| BootError::Task("unseal", e))??;
+    let registry =
+        tokio::task::spawn_blocking(move || Registry::open_with(backend, master, freshness))
+            .await
+            .map_err(|e| BootError::Task("unseal", e))??;
     let registry = Arc::new(registry);
     let member_id = instance_id(shared.is_some());
     let fleet = shared.map(|sh| {
@@ -299,7 +298,9 @@ fn instance_id(fleet: bool) -> String {
     }
     let mut b = [0u8; 3];
     if keyward_secret::getrandom_fill(&mut b).is_err() {
-        b = (std::process::id() & 0xff_ffff).to_be_bytes()[1..].try_into().unwrap_or([0; 3]);
+        b = (std::process::id() & 0xff_ffff).to_be_bytes()[1..]
+            .try_into()
+            .unwrap_or([0; 3]);
     }
     format!("keyward-{host}-{}", hex::encode(b))
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use keyward_config::{PostgresConfig, StorageBackend, StorageConfig};
 use keyward_keystore::fleet::FleetBoard;
 use keyward_keystore::{KeyStore, KeystoreError};
-use keyward_store_pg::{PgConfig, PgFleetBoard, PgKeyStore, Watcher};
+use keyward_store_pg::{PgConfig, SharedPgBoard, SharedPgStore, Watcher};
 
 use super::notify::Notifier;
 use super::phase;
@@ -63,13 +63,14 @@ pub async fn open(storage: &StorageConfig, notifier: &Notifier) -> Result<Opened
     match &storage.backend {
         StorageBackend::File => {
             let dir = storage.dir.clone();
-            let backend = tokio::task::spawn_blocking(move || keyward_keystore::FileKeyStore::open(&dir))
-                .await
-                .map_err(|e| KeystoreError::Unavailable {
-                    location: storage.dir.display().to_string(),
-                    what: "open",
-                    source: Box::new(e),
-                })??;
+            let backend =
+                tokio::task::spawn_blocking(move || keyward_keystore::FileKeyStore::open(&dir))
+                    .await
+                    .map_err(|e| KeystoreError::Unavailable {
+                        location: storage.dir.display().to_string(),
+                        what: "open",
+                        source: Box::new(e),
+                    })??;
             Ok(Opened {
                 backend: Box::new(backend),
                 shared: None,
@@ -83,8 +84,8 @@ pub async fn open(storage: &StorageConfig, notifier: &Notifier) -> Result<Opened
             let (store, board) = loop {
                 let c = cfg.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    let store = PgKeyStore::connect(&c)?;
-                    let board = PgFleetBoard::connect(&c)?;
+                    let store = SharedPgStore::connect(&c)?;
+                    let board = SharedPgBoard::connect(&c)?;
                     Ok::<_, KeystoreError>((store, board))
                 })
                 .await

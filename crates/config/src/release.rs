@@ -52,7 +52,10 @@ pub fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
     let krs_fallback_urls = r.string_list("krs_fallback_urls", p).unwrap_or_default();
     for (i, u) in krs_fallback_urls.iter().enumerate() {
         let hp = u.strip_prefix("krs://").unwrap_or(u);
-        if hp.rsplit_once(':').is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err()) {
+        if hp
+            .rsplit_once(':')
+            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
             p.invalid(
                 format!("{}[{i}]", r.key_path("krs_fallback_urls")),
                 format!("`{u}` is not host:port"),

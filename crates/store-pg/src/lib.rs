@@ -13,6 +13,8 @@
 //!   appends are a compare-and-set on the head row under a primary key, in one transaction.
 //! * [`migrate`]: the versioned schema, also run at every connect.
 //! * [`PgFleetBoard`]: members' heartbeats ([`keyward_keystore::fleet::FleetBoard`]).
+//! * [`SharedPgStore`], [`SharedPgBoard`]: the two on a thread of their own, callable and
+//!   droppable from any context, an async task included (what the appliance uses).
 //! * [`Watcher`]: LISTEN/NOTIFY (with a periodic poll as the fallback) to wake members when
 //!   another one wrote.
 //! * `local` (feature `local`): a throwaway server from the machine's own PostgreSQL binaries,
@@ -31,6 +33,7 @@
     clippy::indexing_slicing
 )]
 
+mod actor;
 mod config;
 mod fleet;
 mod schema;
@@ -40,6 +43,7 @@ mod watch;
 #[cfg(feature = "local")]
 pub mod local;
 
+pub use actor::{SharedPgBoard, SharedPgStore};
 pub use config::PgConfig;
 pub use fleet::PgFleetBoard;
 pub use schema::{migrate, MigrateReport, SCHEMA_VERSION};
