@@ -225,6 +225,15 @@ impl LocalPostgres {
         if ca.is_file() {
             pg.ca_file = Some(ca);
         }
+        // A server left running on this directory (an earlier process died without stopping
+        // it): stop it, so that this one starts with the options asked for now.
+        if pg.postmaster_pid().is_some_and(alive) {
+            let mut cmd = pg.command(pg.bin.join("pg_ctl"));
+            cmd.arg("-D")
+                .arg(&pg.data)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+            let _ = pg.run("pg_ctl stop (a server left running)", cmd);
+        }
         // A free port found here may be taken before the server binds it: then try another.
         let mut tries = 0;
         loop {
@@ -477,6 +486,11 @@ impl LocalPostgres {
         if !self.running {
             return None;
         }
+        self.postmaster_pid()
+    }
+
+    /// The process id in `postmaster.pid`, if there is one.
+    fn postmaster_pid(&self) -> Option<u32> {
         let s = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
         s.lines().next()?.trim().parse().ok()
     }
@@ -579,14 +593,8 @@ impl LocalPostgres {
     /// Remove `postmaster.pid` when the process it names is gone (or a zombie nobody reaped:
     /// the server would take it for a running postmaster).
     fn clear_stale_pid(&self) {
-        let f = self.data.join("postmaster.pid");
-        let pid = std::fs::read_to_string(&f)
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-        if let Some(pid) = pid {
-            if !alive(pid) {
-                let _ = std::fs::remove_file(&f);
-            }
+        if self.postmaster_pid().is_some_and(|p| !alive(p)) {
+            let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
         }
     }
 }
