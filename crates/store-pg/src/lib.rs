@@ -40,7 +40,7 @@ mod watch;
 #[cfg(feature = "local")]
 pub mod local;
 
-pub use config::PgConfig;
+pub use config::{PgConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use fleet::PgFleetBoard;
 pub use schema::{migrate, MigrateReport, SCHEMA_VERSION};
 pub use store::{PgKeyStore, NOTIFY_CHANNEL};
