@@ -248,7 +248,11 @@ impl Connector {
         if !options.is_empty() {
             options.push(' ');
         }
-        options.push_str(&format!("-c statement_timeout={statement_ms}"));
+        // A member that stalls inside a transaction (it holds the head row's lock) is cut off
+        // by the server after the same time, so it cannot block the fleet's writers.
+        options.push_str(&format!(
+            "-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={statement_ms}"
+        ));
         c.options(&options)
             .application_name(&cfg.application_name)
             .connect_timeout(cfg.connect_timeout)

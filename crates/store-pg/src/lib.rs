@@ -44,7 +44,7 @@ mod watch;
 pub mod local;
 
 pub use actor::{SharedPgBoard, SharedPgStore};
-pub use config::PgConfig;
+pub use config::{PgConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use fleet::PgFleetBoard;
 pub use schema::{migrate, MigrateReport, SCHEMA_VERSION};
 pub use store::{PgKeyStore, NOTIFY_CHANNEL};

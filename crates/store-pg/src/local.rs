@@ -74,6 +74,9 @@ pub struct LocalOptions {
     pub tls: bool,
     /// Require this password (SCRAM-SHA-256) for TCP connections; `None`: trust.
     pub password: Option<String>,
+    /// Copy this pristine data directory (from [`LocalPostgres::template`]) instead of running
+    /// `initdb`; not used with a password (set by `initdb`).
+    pub template: Option<PathBuf>,
 }
 
 /// A running (or stopped) local server; dropping it stops the server.
@@ -140,6 +143,18 @@ fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// The `postgres` user's `(uid, gid)` when running as root (the server refuses root).
+fn run_as() -> Result<Option<(u32, u32)>, LocalError> {
+    if euid() != 0 {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .ok_or(LocalError::NoPostgresUser)?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
 fn free_port() -> Result<u16, LocalError> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("find a free port"))?;
     Ok(l.local_addr().map_err(io("find a free port"))?.port())
@@ -169,15 +184,7 @@ impl LocalPostgres {
     pub fn start_with(dir: &Path, opts: LocalOptions) -> Result<LocalPostgres, LocalError> {
         let bin = find_bindir()?;
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-        let run_as = if euid() == 0 {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or(LocalError::NoPostgresUser)?;
-            Some((user.uid.as_raw(), user.gid.as_raw()))
-        } else {
-            None
-        };
+        let run_as = run_as()?;
         let data = dir.join("data");
         let mut pg = LocalPostgres {
             dir: dir.to_path_buf(),
@@ -218,8 +225,79 @@ impl LocalPostgres {
         if ca.is_file() {
             pg.ca_file = Some(ca);
         }
-        pg.start_again()?;
-        Ok(pg)
+        // A server left running on this directory (an earlier process died without stopping
+        // it): stop it, so that this one starts with the options asked for now.
+        if pg.postmaster_pid().is_some_and(alive) {
+            let mut cmd = pg.command(pg.bin.join("pg_ctl"));
+            cmd.arg("-D")
+                .arg(&pg.data)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+            let _ = pg.run("pg_ctl stop (a server left running)", cmd);
+        }
+        // A free port found here may be taken before the server binds it: then try another.
+        let mut tries = 0;
+        loop {
+            match pg.start_again() {
+                Ok(()) => return Ok(pg),
+                Err(e) if opts.port.is_some() || tries >= 2 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    pg.port = free_port()?;
+                }
+            }
+        }
+    }
+
+    /// A pristine data directory (`initdb`'s output, superuser `keyward`, trust) under `cache`
+    /// to pass as [`LocalOptions::template`]: copying it is much faster than `initdb` (about 2 s
+    /// here). Made once and kept (concurrent callers, in this process or others, end up with
+    /// one); `cache` must be reachable by the server's user.
+    pub fn template(cache: &Path) -> Result<PathBuf, LocalError> {
+        let bin = find_bindir()?;
+        let tag: String = bin
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let done = cache.join(format!("pg-template{tag}"));
+        if done.join("data/PG_VERSION").is_file() {
+            return Ok(done.join("data"));
+        }
+        std::fs::create_dir_all(cache).map_err(io(format!("create {}", cache.display())))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = cache.join(format!(
+            "pg-template{tag}.tmp-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+        let maker = LocalPostgres {
+            dir: tmp.clone(),
+            data: tmp.join("data"),
+            bin,
+            port: 0,
+            run_as: run_as()?,
+            ca_file: None,
+            running: false,
+        };
+        let made = maker.chown(&tmp).and_then(|()| maker.run_initdb(None));
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // Another caller may have finished first: then keep theirs.
+        if std::fs::rename(&tmp, &done).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        if done.join("data/PG_VERSION").is_file() {
+            Ok(done.join("data"))
+        } else {
+            Err(LocalError::Command {
+                what: "make the template data directory".into(),
+                output: format!("{} has no PG_VERSION", done.display()),
+            })
+        }
     }
 
     /// A command run as the server's user.
@@ -282,21 +360,38 @@ impl LocalPostgres {
         self.dir.join("postgres.log")
     }
 
-    fn initdb(&mut self, opts: &LocalOptions) -> Result<(), LocalError> {
+    /// `initdb` into the data directory, with `password` for the superuser.
+    fn run_initdb(&self, password: Option<&str>) -> Result<(), LocalError> {
         let mut cmd = self.command(self.bin.join("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
             .args(["-U", USER, "-E", "UTF8", "--locale=C", "--no-sync"])
             .arg("--auth=trust");
         let pwfile = self.dir.join("initdb.pw");
-        if let Some(pw) = &opts.password {
+        if let Some(pw) = password {
             write_file(&pwfile, pw, 0o600)?;
             self.chown(&pwfile)?;
             cmd.arg(format!("--pwfile={}", pwfile.display()));
         }
         let r = self.run("initdb", cmd);
         let _ = std::fs::remove_file(&pwfile);
-        r?;
+        r
+    }
+
+    /// Make the data directory (`initdb`, or a copy of the template), then configure it.
+    fn initdb(&mut self, opts: &LocalOptions) -> Result<(), LocalError> {
+        let template = opts
+            .template
+            .as_ref()
+            .filter(|t| opts.password.is_none() && t.join("PG_VERSION").is_file());
+        match template {
+            Some(t) => {
+                let mut cmd = self.command("cp");
+                cmd.arg("-a").arg(t).arg(&self.data);
+                self.run("copy the template data directory", cmd)?;
+            }
+            None => self.run_initdb(opts.password.as_deref())?,
+        }
         let method = if opts.password.is_some() {
             "scram-sha-256"
         } else {
@@ -391,6 +486,11 @@ impl LocalPostgres {
         if !self.running {
             return None;
         }
+        self.postmaster_pid()
+    }
+
+    /// The process id in `postmaster.pid`, if there is one.
+    fn postmaster_pid(&self) -> Option<u32> {
         let s = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
         s.lines().next()?.trim().parse().ok()
     }
@@ -429,7 +529,7 @@ impl LocalPostgres {
         write_file(&port_conf, &format!("port = {}\n", self.port), 0o600)?;
         self.chown(&port_conf)?;
         self.clear_stale_pid();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut cmd = self.command(self.bin.join("pg_ctl"));
             cmd.arg("-D")
@@ -461,21 +561,29 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// Kill the postmaster with SIGKILL (a crash: no shutdown, no checkpoint), and wait until
-    /// it is gone.
+    /// Kill the postmaster and its backends with SIGKILL (a crash of the machine: no
+    /// shutdown, no checkpoint, no backend finishing a statement), and wait until they are
+    /// gone.
     pub fn kill9(&mut self) -> Result<(), LocalError> {
         let Some(pid) = self.pid() else {
             return Ok(());
         };
-        let p = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).map_err(|e| {
-            LocalError::Io {
-                what: format!("kill -9 {pid}"),
-                source: std::io::Error::from(e),
+        let mut pids = children(pid);
+        pids.insert(0, pid);
+        for p in &pids {
+            let raw = nix::unistd::Pid::from_raw(i32::try_from(*p).unwrap_or(i32::MAX));
+            match nix::sys::signal::kill(raw, nix::sys::signal::Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => {
+                    return Err(LocalError::Io {
+                        what: format!("kill -9 {p}"),
+                        source: std::io::Error::from(e),
+                    })
+                }
             }
-        })?;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) && Instant::now() < deadline {
+        while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.running = false;
@@ -485,16 +593,29 @@ impl LocalPostgres {
     /// Remove `postmaster.pid` when the process it names is gone (or a zombie nobody reaped:
     /// the server would take it for a running postmaster).
     fn clear_stale_pid(&self) {
-        let f = self.data.join("postmaster.pid");
-        let pid = std::fs::read_to_string(&f)
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-        if let Some(pid) = pid {
-            if !alive(pid) {
-                let _ = std::fs::remove_file(&f);
-            }
+        if self.postmaster_pid().is_some_and(|p| !alive(p)) {
+            let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
         }
     }
+}
+
+/// The processes whose parent is `pid` (the postmaster's backends and helpers).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// Whether `pid` runs (a zombie does not).

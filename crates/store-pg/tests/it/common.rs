@@ -31,7 +31,19 @@ pub fn server() -> Server {
     server_with(LocalOptions::default())
 }
 
-pub fn server_with(opts: LocalOptions) -> Server {
+/// The pristine data directory every plain server starts from (initdb once per target dir).
+fn template() -> std::path::PathBuf {
+    static T: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        LocalPostgres::template(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap()
+    })
+    .clone()
+}
+
+pub fn server_with(mut opts: LocalOptions) -> Server {
+    if opts.password.is_none() {
+        opts.template = Some(template());
+    }
     let dir = tempfile::tempdir().unwrap();
     let pg = LocalPostgres::start_with(dir.path(), opts).unwrap();
     Server { pg, _dir: dir }

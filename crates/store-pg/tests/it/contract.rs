@@ -298,3 +298,26 @@ fn fleet_board_heartbeats() {
     assert_eq!(board.members(7200).unwrap().0.len(), 1);
     assert!(board.beat(&member(&"x".repeat(65), 1)).is_err());
 }
+
+#[test]
+fn a_large_log_loads_in_order_through_the_portal() {
+    let s = server();
+    let mut a = initialised(&s, "aa");
+    let n = 100_000u64;
+    let t = std::time::Instant::now();
+    a.rewrite(&header("aa"), &mut (1..=n).map(|i| Ok(rec(i, "r"))))
+        .unwrap();
+    let written = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut b = connect(&s);
+    let mut next = 1u64;
+    b.load(&mut |r| {
+        assert_eq!(r.seq, next);
+        next += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(next, n + 1);
+    assert_eq!(b.record_count(), n as usize);
+    eprintln!("{n} records: rewrite {written:?}, load {:?}", t.elapsed());
+}

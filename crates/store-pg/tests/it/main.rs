@@ -7,6 +7,7 @@
 mod common;
 mod concurrency;
 mod contract;
+mod local;
 mod outage;
 mod registry;
 mod tls;
