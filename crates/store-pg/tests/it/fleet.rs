@@ -138,10 +138,8 @@ fn a_database_put_back_to_an_older_state_is_refused_not_applied() {
     assert_eq!(b.head().seq, 3);
     // The database operator deletes the last record (the kill switch) and the tip with it.
     let mut db = sql(&s);
-    db.batch_execute(
-        "DELETE FROM keyward_records WHERE seq = 3; UPDATE keyward_head SET tip = 2;",
-    )
-    .unwrap();
+    db.batch_execute("DELETE FROM keyward_records WHERE seq = 3; UPDATE keyward_head SET tip = 2;")
+        .unwrap();
     match b.refresh() {
         Err(KeystoreError::Rollback { .. }) | Err(KeystoreError::Truncated { .. }) => {}
         other => panic!("a store behind what this member applied was accepted: {other:?}"),
