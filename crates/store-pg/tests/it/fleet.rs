@@ -150,6 +150,31 @@ fn a_database_put_back_to_an_older_state_is_refused_not_applied() {
     assert!(b.enable_key(None, "k1").is_err());
 }
 
+#[test]
+fn a_record_changed_after_a_members_head_is_refused_on_catch_up() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    let b = member(&s.config(), Freshness::Unanchored);
+    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
+    a.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    // The database operator edits the newest record before member b reads it: its usage.
+    let mut db = sql(&s);
+    let n = db
+        .execute(
+            "UPDATE keyward_records SET rec = replace(rec::text, '\"k2\"', '\"k9\"')::json \
+             WHERE seq = 3",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    match b.refresh() {
+        Err(KeystoreError::Tampered { .. }) => {}
+        other => panic!("an edited record was applied: {other:?}"),
+    }
+    assert_eq!(ids(&b), Vec::<String>::new(), "nothing of it was applied");
+}
+
 /// The KRS head book's rules: compare-and-set, forward only, same store.
 #[derive(Default)]
 struct Book {
