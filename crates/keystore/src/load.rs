@@ -166,7 +166,22 @@ pub(super) fn open_store(
         Freshness::Anchored {
             floor: None,
             anchor,
-        } => anchor_first(anchor.as_ref(), &opened.head)?,
+        } => match anchor_first(anchor.as_ref(), &opened.head) {
+            Ok(()) => {}
+            // A fleet's members booting for the first time together: another member recorded
+            // the first head after this one's release. Fine if it is on the history verified
+            // here (then record ours from it); anything else is refused as before.
+            Err(e) if backend.shared() => match anchor.current() {
+                Ok(Some(h)) if h == opened.head => {}
+                Ok(Some(h)) if h.seq < opened.head.seq && opened.chain.contains(&h) => {
+                    anchor
+                        .advance(Some(&h), &opened.head)
+                        .map_err(|e| KeystoreError::AnchorFirstHead(e.to_string()))?;
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        },
         Freshness::Anchored { floor: Some(_), .. } => {}
     }
     Ok(opened)
