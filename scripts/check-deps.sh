@@ -30,6 +30,14 @@ img=$(tree -p keyward --no-default-features --features appliance | sed 's/ v.*//
 if [ -n "$img" ]; then echo "check-deps: the appliance-only binary links" "${img//$'\n'/ }" >&2; fail=1; else echo "check-deps: the appliance-only binary links no KRS, PKCS#11 loader, load generator, measure or verifier: ok"; fi
 
 # The test signer (test ARK/ASK private keys) only behind keyward-verify's test-signer feature.
+# The shared store is a backend of the keystore seam and nothing more: it sees sealed records,
+# never the XKS path, the KRS or the verifier; and the image never carries its throwaway server.
+pg=$(tree -p keyward-store-pg | ours | grep -Ev '^keyward-(store-pg|keystore|secret)$' || true)
+if [ -n "$pg" ]; then echo "check-deps: keyward-store-pg reaches" "${pg//$'\n'/ }" >&2; fail=1; else echo "check-deps: keyward-store-pg reaches only keystore, secret: ok"; fi
+if tree -p keyward --no-default-features --features appliance -e features 2>/dev/null | grep -q 'keyward-store-pg feature "local"'; then
+  echo "check-deps: the appliance-only binary enables keyward-store-pg/local (a test PostgreSQL server)" >&2; fail=1
+fi
+
 if tree -p keyward --no-default-features --features appliance -e features 2>/dev/null | grep -q 'test-signer'; then
   echo "check-deps: the appliance-only binary enables keyward-verify/test-signer" >&2; fail=1
 fi
