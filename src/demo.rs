@@ -348,6 +348,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         if attested { "simulated" } else { "none" },
                     ),
                     &attestation_url,
+                    &paths.p("audit.jsonl"),
                 );
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
@@ -368,11 +369,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Add `"attestation_url"` to the ready line.
-fn with_attestation_url(line: &str, attestation_url: &str) -> String {
+/// Add `"attestation_url"` and `"audit_log"` (the tamper-evident audit file, for `keyward
+/// audit verify`) to the ready line.
+fn with_attestation_url(line: &str, attestation_url: &str, audit_log: &Path) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.insert("attestation_url".into(), attestation_url.into());
+            m.insert("audit_log".into(), audit_log.display().to_string().into());
             serde_json::Value::Object(m).to_string()
         }
         _ => line.to_string(),

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "operator")]
 mod admin_trust;
+#[cfg(feature = "auditor")]
+mod audit_cli;
 #[cfg(feature = "dev")]
 mod demo;
 #[cfg(any(feature = "auditor", feature = "operator"))]
@@ -58,6 +60,9 @@ enum Command {
     /// Load-generate against any XKS proxy with SigV4-signed requests.
     #[cfg(feature = "dev")]
     Bench(Box<keyward_bench::Args>),
+    /// Check audit log files offline: the hash chain, the signed checkpoints, the keys.
+    #[cfg(feature = "auditor")]
+    Audit(audit_cli::Args),
     /// Compute the reference values (PCRs, SNP) of a built appliance image (UKI).
     #[cfg(feature = "auditor")]
     Measure(keyward_measure::cli::Args),
@@ -84,6 +89,8 @@ fn main() -> ExitCode {
         Command::Krs(a) => keyward_krs::cli::run(a),
         #[cfg(feature = "dev")]
         Command::Bench(a) => keyward_bench::run(*a),
+        #[cfg(feature = "auditor")]
+        Command::Audit(a) => audit_cli::run(a),
         #[cfg(feature = "auditor")]
         Command::Measure(a) => keyward_measure::cli::run(a),
     };

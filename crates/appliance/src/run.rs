@@ -134,6 +134,11 @@ pub async fn boot(
         None => AuditSink::Stderr,
     };
     let audit = AuditLog::start(sink).map_err(BootError::Audit)?;
+    // Logged to the journal (off the data disk): what `keyward audit verify --key` pins.
+    tracing::info!(
+        "audit log checkpoints are signed by this boot's key {} (keyward audit verify --key)",
+        audit.public_key()
+    );
 
     // The appliance-managed TLS identity (no TLS files): loaded from the unsealed key store,
     // or generated and stored sealed on first start.

@@ -18,6 +18,9 @@
 //! thread is gone (after `shutdown` or an I/O failure); those are counted in
 //! [`AuditLog::lost`] and reported on stderr at shutdown.
 
+pub mod chain;
+pub mod verify;
+
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -243,6 +246,8 @@ struct Inner {
     waits: AtomicU64,
     lost: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The chain's signing key (public half, SEC1 hex).
+    public_key: String,
 }
 
 /// A handle on the audit log; cheap to clone.
@@ -266,24 +271,32 @@ impl From<Arc<AuditLog>> for AuditLog {
 impl AuditLog {
     /// Open the sink and start the writer thread.
     pub fn start(sink: AuditSink) -> Result<Self, AuditError> {
-        let out = match &sink {
-            AuditSink::Stderr => Out::Stderr(io::stderr()),
+        let (out, chain, truncated) = match &sink {
+            AuditSink::Stderr => (Out::Stderr(io::stderr()), chain::Chain::new(0, [0; 32]), 0),
             AuditSink::File(path) => {
-                let mut o = OpenOptions::new();
-                o.create(true).append(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-                let f = o.open(path).map_err(|source| AuditError::Open {
+                let open = |source| AuditError::Open {
                     path: path.clone(),
                     source,
-                })?;
-                Out::File(f)
+                };
+                let mut o = OpenOptions::new();
+                o.create(true).read(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                let mut f = o.open(path).map_err(open)?;
+                // Continue the chain of what is there; a torn last line (a crash mid-write)
+                // is cut off and its length recorded in the new chain line.
+                let (seq, prev, torn, keep) = chain::tail_of(&mut f).map_err(open)?;
+                if torn > 0 {
+                    f.set_len(keep).map_err(open)?;
+                }
+                (Out::File(f), chain::Chain::new(seq, prev), torn)
             }
         };
+        let public_key = chain.public_key_hex();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("keyward-audit".into())
-            .spawn(move || writer(rx, Sink::new(out)))
+            .spawn(move || writer(rx, Sink::new(out), chain, truncated))
             .map_err(AuditError::Thread)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -291,8 +304,15 @@ impl AuditLog {
                 waits: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
                 thread: Mutex::new(Some(thread)),
+                public_key,
             }),
         })
+    }
+
+    /// The public half (SEC1, hex) of the key that signs this log's checkpoints: made in this
+    /// process at start and never stored. `keyward audit verify --key` pins it.
+    pub fn public_key(&self) -> &str {
+        &self.inner.public_key
     }
 
     /// Record one XKS request.
@@ -515,7 +535,7 @@ impl Sink {
 /// The most lines written between two checks of the flush timer.
 const BATCH: usize = 256;
 
-fn writer(rx: Receiver<Msg>, mut out: Sink) {
+fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: usize) {
     // When the oldest line not yet flushed was written, and when the last message came.
     let mut dirty: Option<Instant> = None;
     let mut last_msg: Option<Instant> = None;
@@ -527,16 +547,30 @@ fn writer(rx: Receiver<Msg>, mut out: Sink) {
             eprintln!("keyward: audit log {what} failed");
         }
     };
+    report(
+        chain
+            .write_start(&mut out.buf, SystemTime::now(), truncated)
+            .and_then(|()| out.flush()),
+        "write",
+    );
     loop {
         // Wait for a message, flushing when the oldest buffered line is FLUSH_EVERY old.
         let first = match rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Disconnected) => {
+                let _ = chain.write_checkpoint(&mut out.buf, SystemTime::now());
                 let _ = out.flush();
                 return;
             }
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
+                if chain.checkpoint_due(now) {
+                    report(
+                        chain.write_checkpoint(&mut out.buf, SystemTime::now()),
+                        "write",
+                    );
+                    dirty.get_or_insert(now);
+                }
                 if dirty.is_some_and(|t| now.duration_since(t) >= FLUSH_EVERY) {
                     report(out.flush(), "flush");
                     dirty = None;
@@ -545,13 +579,14 @@ fn writer(rx: Receiver<Msg>, mut out: Sink) {
                     std::thread::sleep(BUSY_POLL);
                     continue;
                 }
-                let wait = dirty.map_or(Duration::from_secs(3600), |t| {
+                let wait = dirty.map_or(chain::CHECKPOINT_EVERY, |t| {
                     FLUSH_EVERY.saturating_sub(now.duration_since(t))
                 });
                 match rx.recv_timeout(wait) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => {
+                        let _ = chain.write_checkpoint(&mut out.buf, SystemTime::now());
                         let _ = out.flush();
                         return;
                     }
@@ -566,14 +601,20 @@ fn writer(rx: Receiver<Msg>, mut out: Sink) {
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Xks(r) => {
+                    let start = out.buf.len();
                     let r = r
                         .write_json(&mut out.buf, &mut clock)
+                        .and_then(|()| chain.seal(&mut out.buf, start))
                         .and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
                 }
                 Msg::Admin(r) => {
-                    let r = r.write_json(&mut out.buf).and_then(|()| out.line_done());
+                    let start = out.buf.len();
+                    let r = r
+                        .write_json(&mut out.buf)
+                        .and_then(|()| chain.seal(&mut out.buf, start))
+                        .and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
                 }
@@ -582,8 +623,12 @@ fn writer(rx: Receiver<Msg>, mut out: Sink) {
                     dirty = None;
                 }
                 Msg::Shutdown(ack) => {
-                    // Everything sent before the shutdown is written (FIFO); flush and sync.
-                    let r = out.flush().and_then(|()| sync(&mut out.out));
+                    // Everything sent before the shutdown is written (FIFO); a last signed
+                    // checkpoint over it; flush and sync.
+                    let r = chain
+                        .write_checkpoint(&mut out.buf, SystemTime::now())
+                        .and_then(|()| out.flush())
+                        .and_then(|()| sync(&mut out.out));
                     let _ = ack.send(r);
                     return;
                 }
@@ -592,6 +637,12 @@ fn writer(rx: Receiver<Msg>, mut out: Sink) {
             if n < BATCH {
                 next = rx.try_recv().ok();
             }
+        }
+        if chain.checkpoint_due(now) {
+            report(
+                chain.write_checkpoint(&mut out.buf, SystemTime::now()),
+                "write",
+            );
         }
         if dirty.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
             report(out.flush(), "flush");
@@ -747,11 +798,22 @@ mod tests {
         log.shutdown().unwrap();
         log.shutdown().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
+        let all: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        // The chain line first, the shutdown checkpoint last.
+        assert_eq!(all[0]["type"], "chain");
+        assert_eq!(all[all.len() - 1]["type"], "checkpoint");
+        let lines: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|l| l["type"] != "chain" && l["type"] != "checkpoint")
+            .collect();
         assert_eq!(lines.len(), 1001);
+        let report =
+            verify::verify(std::slice::from_ref(&path), &[log.public_key().to_string()]).unwrap();
+        assert_eq!(report.lines as usize, all.len());
+        assert_eq!(report.unsigned_tail, 0);
         assert_eq!(lines[999]["kmsRequestId"], "req-999");
         assert_eq!(lines[0]["principal"], "arn:\"quoted\"\\\n");
         assert_eq!(lines[0]["decision"], "allow");

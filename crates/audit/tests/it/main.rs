@@ -1,0 +1,3 @@
+//! The audit crate's integration tests (one binary).
+
+mod chain;
