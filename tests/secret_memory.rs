@@ -64,6 +64,9 @@ fn key32_debug_is_redacted_everywhere() {
         status: keyward_keystore::view::KeyStatus::Enabled,
         grants: vec![],
         kek: k,
+        version_created: 0,
+        older: Vec::new(),
+        rotate_every_secs: None,
     };
     let s = format!("{live:?}");
     assert!(s.contains("Key32(<redacted>)") && !s.contains("171"), "{s}");

@@ -39,6 +39,9 @@ pub fn view() -> SharedView {
         }],
         #[allow(clippy::expect_used)]
         kek: Key32::random().expect("random key"),
+        version_created: 0,
+        older: Vec::new(),
+        rotate_every_secs: None,
     };
     let store = StoreView {
         name: "bench".into(),

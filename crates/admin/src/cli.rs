@@ -225,6 +225,17 @@ enum Keys {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Rotate a key: a new KEK version encrypts from now on; every earlier version still
+    /// decrypts. With --every, set the rotation schedule instead (the appliance, or one member
+    /// of a fleet, rotates it when its current version is that old); --every off clears it.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// A period such as 365d, 90d or 2160h (at least 1d), or `off`.
+        #[arg(long)]
+        every: Option<String>,
+    },
     /// Grant operations on a key to a principal pattern (exact ARN, `*`, or a glob).
     Grant {
         id: String,
@@ -408,6 +419,36 @@ fn cert(c: Cert) -> anyhow::Result<ExitCode> {
 }
 
 type Show = Box<dyn FnOnce(serde_json::Value) -> anyhow::Result<()>>;
+
+/// `2, 1`: the versions a key keeps, current first.
+fn versions_str(k: &KeyInfo) -> String {
+    k.versions
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--every`: `365d`, `2160h`, or `off` (None). At least a day.
+fn parse_period(p: &str) -> anyhow::Result<Option<u64>> {
+    if p == "off" {
+        return Ok(None);
+    }
+    let (n, unit) = p.split_at(p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--every: `{p}` is not a period like 365d, 2160h or off"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        _ => None,
+    }
+    .ok_or_else(|| anyhow::anyhow!("--every: `{p}` is not a period like 365d, 2160h or off"))?;
+    if secs < 86_400 {
+        anyhow::bail!("--every: `{p}` is shorter than a day");
+    }
+    Ok(Some(secs))
+}
 
 /// `keyward admin fleet`: one line per member.
 fn show_fleet(v: serde_json::Value) -> anyhow::Result<()> {
@@ -657,8 +698,8 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
             Box::new(|v| {
                 let keys: Vec<KeyInfo> = serde_json::from_value(v)?;
                 println!(
-                    "{:<24} {:<16} {:<9} {:>7}  {:<21} GRANTS",
-                    "ID", "USAGE", "STATUS", "VERSION", "CREATED"
+                    "{:<24} {:<16} {:<9} {:>7}  {:<21} {:<10} GRANTS",
+                    "ID", "USAGE", "STATUS", "VERSION", "CREATED", "ROTATES"
                 );
                 for k in keys {
                     let status = match k.status {
@@ -674,15 +715,24 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                             .collect::<Vec<_>>()
                             .join("; ")
                     };
+                    let rotates = k
+                        .rotate_every_secs
+                        .map_or("-".to_string(), |s| format!("{}d", s / 86_400));
                     println!(
-                        "{:<24} {:<16} {:<9} {:>7}  {:<21} {}",
+                        "{:<24} {:<16} {:<9} {:>7}  {:<21} {:<10} {}",
                         k.id,
                         usage_str(k.usage),
                         status,
                         k.version,
                         k.created,
+                        rotates,
                         grants
                     );
+                    if k.versions.len() > 1 {
+                        for v in &k.versions {
+                            println!("{:<24}   version {:>3} since {}", "", v.version, v.since);
+                        }
+                    }
                 }
                 Ok(())
             }),
@@ -697,6 +747,40 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                 Ok(())
             }),
         ),
+        Keys::Rotate { id, store, every } => match every {
+            None => (
+                Request::KeysRotate {
+                    store: store.store,
+                    id: id.clone(),
+                },
+                Box::new(move |v| {
+                    let k: KeyInfo = serde_json::from_value(v)?;
+                    println!(
+                        "key {id} rotated: version {} encrypts from now on; versions {} still decrypt",
+                        k.version,
+                        versions_str(&k)
+                    );
+                    Ok(())
+                }),
+            ),
+            Some(p) => {
+                let every_secs = parse_period(&p)?;
+                (
+                    Request::KeysRotation {
+                        store: store.store,
+                        id: id.clone(),
+                        every_secs,
+                    },
+                    Box::new(move |_| {
+                        match every_secs {
+                            Some(_) => println!("key {id} rotates every {p}"),
+                            None => println!("key {id}: rotation schedule cleared"),
+                        }
+                        Ok(())
+                    }),
+                )
+            }
+        },
         Keys::Disable { id, store } => (
             Request::KeysDisable {
                 store: store.store,

@@ -174,9 +174,20 @@ fn describe(req: &Request) -> String {
         Request::KeysImport {
             store, id, usage, ..
         } => format!("store={} key={id} usage={} imported", s(store), usage_str(*usage)),
-        Request::KeysEnable { store, id } | Request::KeysDisable { store, id } => {
+        Request::KeysEnable { store, id }
+        | Request::KeysDisable { store, id }
+        | Request::KeysRotate { store, id } => {
             format!("store={} key={id}", s(store))
         }
+        Request::KeysRotation {
+            store,
+            id,
+            every_secs,
+        } => format!(
+            "store={} key={id} every={}",
+            s(store),
+            every_secs.map_or("off".to_string(), |e| format!("{e}s"))
+        ),
         Request::KeysGrant { store, id, grant } => format!(
             "store={} key={id} grant={}",
             s(store),
@@ -248,6 +259,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, AdminError> {
 fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
     KeyInfo {
         created: k.created_rfc3339(),
+        versions: k
+            .versions
+            .iter()
+            .map(|v| super::proto::KeyVersion {
+                version: v.version,
+                since: keyward_keystore::unix_rfc3339(v.created),
+            })
+            .collect(),
+        rotate_every_secs: k.rotate_every_secs,
         id: k.id,
         usage: k.usage,
         status: k.status,
@@ -370,6 +390,18 @@ impl RegistryBackend {
             Request::KeysDisable { store, id } => {
                 to_json(&key_info(r.disable_key(store.as_deref(), &id)?))
             }
+            Request::KeysRotate { store, id } => {
+                to_json(&key_info(r.rotate_key(store.as_deref(), &id)?))
+            }
+            Request::KeysRotation {
+                store,
+                id,
+                every_secs,
+            } => to_json(&key_info(r.set_rotation(
+                store.as_deref(),
+                &id,
+                every_secs,
+            )?)),
             Request::KeysGrant { store, id, grant } => {
                 to_json(&key_info(r.grant(store.as_deref(), &id, grant)?))
             }

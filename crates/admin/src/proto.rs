@@ -107,6 +107,18 @@ pub enum Request {
         store: Option<String>,
         id: String,
     },
+    /// A new KEK version becomes current for Encrypt; every earlier version still decrypts.
+    KeysRotate {
+        store: Option<String>,
+        id: String,
+    },
+    /// Set (`every_secs`, at least a day) or clear (`None`) the key's rotation schedule.
+    KeysRotation {
+        store: Option<String>,
+        id: String,
+        #[serde(default)]
+        every_secs: Option<u64>,
+    },
     KeysGrant {
         store: Option<String>,
         id: String,
@@ -161,6 +173,8 @@ impl Request {
             Request::KeysList { .. } => "keys_list",
             Request::KeysEnable { .. } => "keys_enable",
             Request::KeysDisable { .. } => "keys_disable",
+            Request::KeysRotate { .. } => "keys_rotate",
+            Request::KeysRotation { .. } => "keys_rotation",
             Request::KeysGrant { .. } => "keys_grant",
             Request::KeysRevoke { .. } => "keys_revoke",
             Request::CredsList { .. } => "creds_list",
@@ -238,6 +252,20 @@ pub struct KeyInfo {
     pub grants: Vec<Grant>,
     /// RFC 3339 creation time.
     pub created: String,
+    /// Every version kept, current first: `{version, since}` (RFC 3339).
+    #[serde(default)]
+    pub versions: Vec<KeyVersion>,
+    /// The rotation schedule in seconds (absent: by hand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every_secs: Option<u64>,
+}
+
+/// One version of a key, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub version: u32,
+    /// When it became current, RFC 3339.
+    pub since: String,
 }
 
 /// A credential as `creds list` shows it (never the secret).

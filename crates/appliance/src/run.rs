@@ -467,6 +467,11 @@ impl Running {
             }
             None => Arc::new(DirProbe(store_dir)),
         };
+        fleet_tasks.push(tokio::spawn(super::schedule::rotation_loop(
+            registry.clone(),
+            audit.clone(),
+            rx.clone(),
+        )));
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
             let mut backend = RegistryBackend::new(registry.clone(), audit.clone());

@@ -34,7 +34,7 @@ pub use file::FileKeyStore;
 pub use head::{AnchorError, Freshness, HeadAnchor, StoreHead};
 pub use model::KeyStore;
 pub use registry::{
-    generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, NewStore, Registry, Revoke,
-    StoreInfo, TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM,
+    generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, KeyVersionInfo, NewStore, Registry,
+    Revoke, StoreInfo, TlsMaterial, KMS_SERVICE, MAX_TLS_CHAIN_PEM, MIN_ROTATION_SECS,
 };
 pub use source::{MasterKeyError, MasterKeySource};

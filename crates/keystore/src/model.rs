@@ -111,6 +111,27 @@ pub struct KeyRecord {
     pub created: u64,
     /// The sealed KEK.
     pub kek: Sealed,
+    /// When `version` became current (absent: at `created`, version 1 never rotated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<u64>,
+    /// Earlier versions, newest first, each sealed under its own version's AAD: they keep
+    /// decrypting. Absent in records written before rotation existed (their JSON, and so their
+    /// MAC, is unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older: Vec<KeyVersionRecord>,
+    /// The rotation schedule, seconds (absent: by hand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every_secs: Option<u64>,
+}
+
+/// An earlier version of a key, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersionRecord {
+    pub version: u32,
+    /// When it became current, Unix seconds.
+    pub created: u64,
+    /// Its KEK, sealed with the AAD of this version.
+    pub kek: Sealed,
 }
 
 /// A SigV4 credential, as persisted; the secret is sealed with AAD binding format version,

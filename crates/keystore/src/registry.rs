@@ -14,13 +14,14 @@ use zeroize::Zeroizing;
 use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
-    CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
-    TlsKeyRecord,
+    CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, KeyVersionRecord, Record,
+    SignedRecord, StoreRecord, TlsKeyRecord,
 };
 use super::seal::{cred_aad, decode_mac, mac_matches, tls_key_aad, ChainMac, Sealer};
 use super::validate;
 use super::view::{
-    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
+    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, OlderKek, SharedView, Snapshot,
+    StoreView,
 };
 use super::KeystoreError;
 use keyward_secret::{getrandom_fill, Key32};
@@ -77,7 +78,23 @@ pub struct KeyInfo {
     pub grants: Vec<Grant>,
     /// Creation time, Unix seconds.
     pub created: u64,
+    /// Every version kept, current first, with when it became current: the current one
+    /// encrypts, all of them decrypt.
+    pub versions: Vec<KeyVersionInfo>,
+    /// The rotation schedule, seconds (`None`: by hand only).
+    pub rotate_every_secs: Option<u64>,
 }
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyVersionInfo {
+    pub version: u32,
+    /// When it became current, Unix seconds.
+    pub created: u64,
+}
+
+/// Shortest rotation period accepted (a day): a schedule is for key hygiene, not a load.
+pub const MIN_ROTATION_SECS: u64 = 86_400;
 
 impl StoreInfo {
     /// The `XksProxyUriPath` to configure in AWS KMS: the prefix followed by `/kms/xks/v1`.
@@ -285,6 +302,9 @@ fn new_key(
         grants: Vec::new(),
         created,
         kek: sealer.seal_kek(store, id, 1, &kek)?,
+        rotated: None,
+        older: Vec::new(),
+        rotate_every_secs: None,
     };
     let live = Arc::new(LiveKey {
         id: id.to_string(),
@@ -293,11 +313,69 @@ fn new_key(
         status: KeyStatus::Enabled,
         grants: Vec::new(),
         kek,
+        version_created: created,
+        older: Vec::new(),
+        rotate_every_secs: None,
     });
     Ok((record, live))
 }
 
+/// The record of `k` (every version's KEK sealed afresh under its own version's AAD).
+fn key_record(
+    sealer: &Sealer,
+    store: &str,
+    k: &LiveKey,
+    created: u64,
+) -> Result<KeyRecord, KeystoreError> {
+    let older = k
+        .older
+        .iter()
+        .map(|o| {
+            Ok(KeyVersionRecord {
+                version: o.version,
+                created: o.created,
+                kek: sealer.seal_kek(store, &k.id, o.version, &o.kek)?,
+            })
+        })
+        .collect::<Result<Vec<_>, KeystoreError>>()?;
+    Ok(KeyRecord {
+        store: store.to_string(),
+        id: k.id.clone(),
+        version: k.version,
+        usage: k.usage,
+        status: k.status,
+        grants: k.grants.clone(),
+        created,
+        kek: sealer.seal_kek(store, &k.id, k.version, &k.kek)?,
+        rotated: (k.version > 1 || k.version_created != created).then_some(k.version_created),
+        older,
+        rotate_every_secs: k.rotate_every_secs,
+    })
+}
+
+/// Copies of `k`'s earlier versions (their KEKs copied in locked memory).
+fn older_of(k: &LiveKey) -> Result<Vec<OlderKek>, KeystoreError> {
+    k.older
+        .iter()
+        .map(|o| {
+            Ok(OlderKek {
+                version: o.version,
+                created: o.created,
+                kek: o.kek.try_clone()?,
+            })
+        })
+        .collect()
+}
+
 fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
+    let mut versions = vec![KeyVersionInfo {
+        version: k.version,
+        created: k.version_created,
+    }];
+    versions.extend(k.older.iter().map(|o| KeyVersionInfo {
+        version: o.version,
+        created: o.created,
+    }));
     KeyInfo {
         store: store.to_string(),
         id: k.id.clone(),
@@ -306,6 +384,8 @@ fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
         status: k.status,
         grants: k.grants.clone(),
         created,
+        versions,
+        rotate_every_secs: k.rotate_every_secs,
     }
 }
 
@@ -1207,16 +1287,6 @@ impl Registry {
             .get(&sv.name)
             .and_then(|m| m.keys.get(id).copied())
             .unwrap_or(0);
-        let record = KeyRecord {
-            store: sv.name.clone(),
-            id: id.to_string(),
-            version: old.version,
-            usage: old.usage,
-            status,
-            grants: grants.clone(),
-            created,
-            kek: inner.sealer.seal_kek(&sv.name, id, old.version, &old.kek)?,
-        };
         let live = Arc::new(LiveKey {
             id: id.to_string(),
             version: old.version,
@@ -1224,7 +1294,11 @@ impl Registry {
             status,
             grants,
             kek: old.kek.try_clone()?,
+            version_created: old.version_created,
+            older: older_of(&old)?,
+            rotate_every_secs: old.rotate_every_secs,
         });
+        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
         let info = key_info(&sv.name, &live, created);
         let mut keys = sv.keys.clone();
         keys.insert(id.to_string(), live);
@@ -1273,6 +1347,138 @@ impl Registry {
     /// Enable a key.
     pub fn enable_key(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
         self.set_status(store, id, KeyStatus::Enabled)
+    }
+
+    /// Rotate a key: a new random KEK becomes the current version (version + 1) and encrypts
+    /// from now on; every earlier version is kept and still decrypts what it encrypted, so
+    /// ciphertexts made before keep working (KMS `ReEncrypt` under the same key moves data to
+    /// the current version). Status, usage and grants are unchanged. On a fleet the new
+    /// version is live on every member within the poll interval.
+    pub fn rotate_key(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        self.rotate_key_if(store, id, |_| true)
+            .map(|(info, _)| info)
+    }
+
+    /// Rotate `id` only if `due` says so for its current state, judged under the write lock
+    /// after catching up with the fleet, so members racing on a schedule rotate it once: the
+    /// loser sees the winner's new version, no longer due. Returns whether it rotated.
+    pub fn rotate_key_if(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        due: impl FnOnce(&LiveKey) -> bool,
+    ) -> Result<(KeyInfo, bool), KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        if !due(&old) {
+            return Ok((key_info(&sv.name, &old, created), false));
+        }
+        let version = old.version.checked_add(1).ok_or_else(|| {
+            KeystoreError::invalid("key version", "this key has reached the last version")
+        })?;
+        let mut older = Vec::with_capacity(old.older.len() + 1);
+        older.push(OlderKek {
+            version: old.version,
+            created: old.version_created,
+            kek: old.kek.try_clone()?,
+        });
+        older.extend(older_of(&old)?);
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version,
+            usage: old.usage,
+            status: old.status,
+            grants: old.grants.clone(),
+            kek: Key32::random()?,
+            version_created: now_unix(),
+            older,
+            rotate_every_secs: old.rotate_every_secs,
+        });
+        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit(
+            &mut inner,
+            Record::Key(record),
+            Snapshot { stores },
+            no_effect(),
+        )?;
+        Ok((info, true))
+    }
+
+    /// Set (`Some`, at least [`MIN_ROTATION_SECS`]) or clear (`None`) a key's rotation
+    /// schedule. The appliance rotates a key when its current version is that old.
+    pub fn set_rotation(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        every_secs: Option<u64>,
+    ) -> Result<KeyInfo, KeystoreError> {
+        if let Some(s) = every_secs {
+            if s < MIN_ROTATION_SECS {
+                return Err(KeystoreError::invalid(
+                    "rotation period",
+                    format!("{s} s is shorter than a day ({MIN_ROTATION_SECS} s)"),
+                ));
+            }
+        }
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status: old.status,
+            grants: old.grants.clone(),
+            kek: old.kek.try_clone()?,
+            version_created: old.version_created,
+            older: older_of(&old)?,
+            rotate_every_secs: every_secs,
+        });
+        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit(
+            &mut inner,
+            Record::Key(record),
+            Snapshot { stores },
+            no_effect(),
+        )?;
+        Ok(info)
+    }
+
+    /// Keys whose schedule says they are due at `now` (Unix seconds): (store, id, version).
+    pub fn rotations_due(&self, now: u64) -> Vec<(String, String, u32)> {
+        let snap = self.view.load_full();
+        let mut due = Vec::new();
+        for (name, sv) in &snap.stores {
+            for k in sv.keys.values() {
+                if let Some(every) = k.rotate_every_secs {
+                    if now >= k.version_created.saturating_add(every) {
+                        due.push((name.clone(), k.id.clone(), k.version));
+                    }
+                }
+            }
+        }
+        due
     }
 
     /// Disable a key (metadata says `DISABLED`; encrypt and decrypt are refused).
@@ -1622,6 +1828,20 @@ pub(super) fn apply(
             let kek = sealer
                 .open_kek(&r.store, &r.id, r.version, &r.kek)?
                 .map_err(ApplyError::Tampered)?;
+            let mut older = Vec::with_capacity(r.older.len());
+            for o in &r.older {
+                if o.version >= r.version || older.iter().any(|x: &OlderKek| x.version == o.version)
+                {
+                    return Err(ApplyError::Tampered("key versions out of order"));
+                }
+                older.push(OlderKek {
+                    version: o.version,
+                    created: o.created,
+                    kek: sealer
+                        .open_kek(&r.store, &r.id, o.version, &o.kek)?
+                        .map_err(ApplyError::Tampered)?,
+                });
+            }
             b.meta.keys.insert(r.id.clone(), r.created);
             b.keys.insert(
                 r.id.clone(),
@@ -1632,6 +1852,9 @@ pub(super) fn apply(
                     status: r.status,
                     grants: r.grants,
                     kek,
+                    version_created: r.rotated.unwrap_or(r.created),
+                    older,
+                    rotate_every_secs: r.rotate_every_secs,
                 }),
             );
         }
@@ -1739,16 +1962,12 @@ fn live_records<'a>(
                 }))
             });
             let keys = sv.keys.values().map(move |k| {
-                Ok(Record::Key(KeyRecord {
-                    store: sv.name.clone(),
-                    id: k.id.clone(),
-                    version: k.version,
-                    usage: k.usage,
-                    status: k.status,
-                    grants: k.grants.clone(),
-                    created: m.keys.get(&k.id).copied().unwrap_or(0),
-                    kek: sealer.seal_kek(&sv.name, &k.id, k.version, &k.kek)?,
-                }))
+                Ok(Record::Key(key_record(
+                    sealer,
+                    &sv.name,
+                    k,
+                    m.keys.get(&k.id).copied().unwrap_or(0),
+                )?))
             });
             store.chain(creds).chain(keys)
         })

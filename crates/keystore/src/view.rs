@@ -141,4 +141,35 @@ pub struct LiveKey {
     pub grants: Vec<Grant>,
     /// The KEK itself, in locked memory.
     pub kek: Key32,
+    /// When this version became current (Unix seconds; for the rotation schedule and `keys
+    /// list`).
+    pub version_created: u64,
+    /// Earlier versions, newest first: they still decrypt what they encrypted, forever (a
+    /// ciphertext's `ciphertextMetadata` names its version); only the current one encrypts.
+    pub older: Vec<OlderKek>,
+    /// Rotate automatically this long after the current version was made (`None`: only by
+    /// hand).
+    pub rotate_every_secs: Option<u64>,
+}
+
+/// An earlier version of a key's KEK.
+#[derive(Debug)]
+pub struct OlderKek {
+    pub version: u32,
+    /// When it became current, Unix seconds.
+    pub created: u64,
+    pub kek: Key32,
+}
+
+impl LiveKey {
+    /// The KEK of `version`: the current one or an earlier one still kept.
+    pub fn kek_of(&self, version: u32) -> Option<&Key32> {
+        if version == self.version {
+            return Some(&self.kek);
+        }
+        self.older
+            .iter()
+            .find(|o| o.version == version)
+            .map(|o| &o.kek)
+    }
 }

@@ -320,6 +320,9 @@ mod tests {
                 source_vpce: None,
             }],
             kek: Key32::from_bytes(&[9; 32]).unwrap(),
+            version_created: 0,
+            older: Vec::new(),
+            rotate_every_secs: None,
         };
         let store = StoreView {
             name: "s".into(),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 mod keystore_crash;
 mod keystore_freshness;
 mod keystore_registry;
+mod keystore_rotation;
 
 /// The repository root (test data, policies and scripts live there).
 pub fn repo() -> PathBuf {

@@ -76,6 +76,33 @@ fn members_apply_each_others_writes_with_refresh() {
 }
 
 #[test]
+fn a_rotation_on_one_member_is_live_on_the_others_and_a_due_schedule_rotates_once() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    a.create_key(None, "k", KeyUsage::EncryptDecrypt).unwrap();
+    let b = member(&s.config(), Freshness::Unanchored);
+    let v1 = *b.snapshot().stores["default"].keys["k"].kek.expose();
+    a.rotate_key(None, "k").unwrap();
+    b.refresh().unwrap();
+    let k = b.snapshot().stores["default"].keys["k"].clone();
+    assert_eq!(k.version, 2);
+    assert_eq!(
+        k.kek_of(1).map(|x| *x.expose()),
+        Some(v1),
+        "version 1 still decrypts on b"
+    );
+    // Both members find the key due at the same moment: one rotation in the shared store.
+    let due = |k: &keyward_keystore::view::LiveKey| k.version == 2;
+    let (_, ra) = a.rotate_key_if(Some("default"), "k", due).unwrap();
+    let (_, rb) = b.rotate_key_if(Some("default"), "k", due).unwrap();
+    assert!(ra ^ rb, "exactly one member rotated ({ra}, {rb})");
+    a.refresh().unwrap();
+    assert_eq!(a.key_info(None, "k").unwrap().version, 3);
+    assert_eq!(b.key_info(None, "k").unwrap().version, 3);
+}
+
+#[test]
 fn racing_writers_lose_a_race_instead_of_forking_and_nothing_is_lost() {
     let s = server();
     let first = member(&s.config(), Freshness::Unanchored);

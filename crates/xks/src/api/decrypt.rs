@@ -99,15 +99,14 @@ pub(crate) fn handle(
             ));
         }
 
-        // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata for this key's version.
+        // 8. Crypto: we only ever wrote 12-byte IVs and version-1 metadata naming the key
+        // version that encrypted; every version a key has had still decrypts (rotation).
         const BAD: XksError =
             XksError::InvalidCiphertext("ciphertext, IV, tag, AAD or metadata do not authenticate");
         let iv: [u8; 12] = iv.try_into().map_err(|_| BAD)?;
         let version = crypto::parse_ctm(ctm).map_err(|_| BAD)?;
-        if version != key.version {
-            return Err(BAD);
-        }
-        crypto::decrypt(&key.kek, aad, ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
+        let kek = key.kek_of(version).ok_or(BAD)?;
+        crypto::decrypt(kek, aad, ctm, &iv, &tag, buf, scratch).map_err(|e| match e {
             CryptoError::AadTooLong => {
                 XksError::UnsupportedOperation("AAD larger than 65535 bytes".into())
             }

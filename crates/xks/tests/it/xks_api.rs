@@ -69,6 +69,9 @@ fn key(
         status,
         grants,
         kek: Key32::from_bytes(&[bytes; 32]).unwrap(),
+        version_created: 0,
+        older: Vec::new(),
+        rotate_every_secs: None,
     };
     (id.into(), Arc::new(k))
 }
@@ -802,6 +805,68 @@ fn credential_rotation_without_restart() {
     fx.view.store(Arc::new(snapshot(&[(AK2, SK2)])));
     assert_eq!(fx.signed_as(&h, &body, AK1, SK1).0, 401);
     assert_eq!(fx.signed_as(&h, &body, AK2, SK2).0, 200);
+}
+
+/// Key rotation as the request path sees it: after version 2 becomes current, what version 1
+/// encrypted still decrypts, new ciphertexts name version 2 in `ciphertextMetadata`, and a
+/// version the key no longer has is InvalidCiphertextException.
+#[test]
+fn rotated_keys_decrypt_every_version_and_encrypt_with_the_current() {
+    use keyward_keystore::view::OlderKek;
+    let fx = Fixture::start(None);
+    let body = enc("arn:aws:iam::111122223333:role/x", b"before", None, false);
+    let (s, old) = fx.signed(&fx.api("k-both", "encrypt"), &body);
+    assert_eq!(s, 200, "{old}");
+    assert_eq!(b64d(&old["ciphertextMetadata"]), [1, 0, 0, 0, 1]);
+
+    // Rotate k-both: version 2 (another KEK) current, version 1 kept.
+    let rotated = |keep_v1: bool| {
+        let mut snap = snapshot(&[(AK1, SK1)]);
+        let store = Arc::get_mut(snap.stores.get_mut("default").unwrap()).unwrap();
+        let k = LiveKey {
+            id: "k-both".into(),
+            version: 2,
+            usage: KeyUsage::EncryptDecrypt,
+            status: KeyStatus::Enabled,
+            grants: vec![grant("*", all_ops())],
+            kek: Key32::from_bytes(&[0x77; 32]).unwrap(),
+            version_created: 1,
+            older: if keep_v1 {
+                vec![OlderKek {
+                    version: 1,
+                    created: 0,
+                    kek: Key32::from_bytes(&[1; 32]).unwrap(),
+                }]
+            } else {
+                Vec::new()
+            },
+            rotate_every_secs: None,
+        };
+        store.keys.insert("k-both".into(), Arc::new(k));
+        snap
+    };
+    fx.view.store(Arc::new(rotated(true)));
+    let who = "arn:aws:iam::111122223333:role/x";
+    let (s, pt) = fx.signed(&fx.api("k-both", "decrypt"), &dec(who, &old, None));
+    assert_eq!(s, 200, "{pt}");
+    assert_eq!(b64d(&pt["plaintext"]), b"before");
+    let (s, new) = fx.signed(
+        &fx.api("k-both", "encrypt"),
+        &enc(who, b"after", None, false),
+    );
+    assert_eq!(s, 200, "{new}");
+    assert_eq!(b64d(&new["ciphertextMetadata"]), [1, 0, 0, 0, 2]);
+    let (s, pt) = fx.signed(&fx.api("k-both", "decrypt"), &dec(who, &new, None));
+    assert_eq!((s, b64d(&pt["plaintext"])), (200, b"after".to_vec()));
+
+    // Version 1 gone (a key that never had it): refused, not tried with the current KEK.
+    fx.view.store(Arc::new(rotated(false)));
+    assert_err(
+        fx.signed(&fx.api("k-both", "decrypt"), &dec(who, &old, None)),
+        400,
+        "InvalidCiphertextException",
+        "a version the key does not have",
+    );
 }
 
 #[test]
