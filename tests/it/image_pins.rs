@@ -922,3 +922,109 @@ fn an_operator_ca_that_is_not_the_pinned_one_is_refused() {
     assert!(!dir.path().join("run/operator-ca.pem").exists());
     assert!(!dir.path().join("run/db-password").exists());
 }
+
+/// CloudFormation's evaluation of the few intrinsic functions the user data uses (Ref, Fn::If
+/// with its condition, Fn::Join, Fn::Not, Fn::Equals, the database's Fn::GetAtt).
+fn cfn_eval(
+    t: &serde_json::Value,
+    v: &serde_json::Value,
+    params: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let Value::Object(o) = v else {
+        return v.clone();
+    };
+    let (name, arg) = o.iter().next().expect("a function");
+    let args = arg.as_array();
+    let at = |i: usize| cfn_eval(t, &args.unwrap()[i], params);
+    match name.as_str() {
+        "Ref" => params[arg.as_str().unwrap()].clone(),
+        "Fn::GetAtt" => match args.unwrap()[1].as_str().unwrap() {
+            "Endpoint.Address" => {
+                json!("keyward-prod-database-x1y2.abc123.us-east-2.rds.amazonaws.com")
+            }
+            "Endpoint.Port" => json!("5432"),
+            other => panic!("GetAtt {other}"),
+        },
+        "Fn::Join" => {
+            let items = at(1);
+            let items: Vec<String> = items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| cfn_eval(t, i, params).as_str().unwrap().to_string())
+                .collect();
+            json!(items.join(at(0).as_str().unwrap()))
+        }
+        "Fn::If" => {
+            let cond = &t["Conditions"][args.unwrap()[0].as_str().unwrap()];
+            if cfn_eval(t, cond, params) == json!(true) {
+                at(1)
+            } else {
+                at(2)
+            }
+        }
+        "Fn::Not" => json!(at(0) != json!(true)),
+        "Fn::Equals" => json!(at(0) == at(1)),
+        other => panic!("{other} is not evaluated here"),
+    }
+}
+
+/// The fleet template's user data (image/cloudformation/keyward-fleet.yaml), rendered as
+/// CloudFormation renders it, with and without KrsFallbackAddresses, is accepted by the image's
+/// keyward-pins and becomes a configuration `keyward config check` accepts: the template and
+/// the image agree on the format.
+#[test]
+fn cfn_fleet_user_data_is_what_keyward_pins_accepts() {
+    tools::debian_python3();
+    let t = crate::cfn::template();
+    let sub = &t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+        ["Fn::Base64"]["Fn::Sub"];
+    let ca = der("operator-ca.pem");
+    for fallback in [vec![""], vec!["krs-b.example.com:7443", "10.0.9.9:7443"]] {
+        let params = serde_json::json!({
+            "KrsAddress": "krs.example.com:7443",
+            "KrsTlsSpkiSha256": "1".repeat(64),
+            "ReceiptSpkiSha256": "2".repeat(64),
+            "AdminCaSha256": hex::encode(Sha256::digest(&ca)),
+            "OperatorCaDerBase64": b64(&ca),
+            "KrsFallbackAddresses": fallback,
+            "DbCaPemBase64": b64(&std::fs::read(identity("tls.crt")).unwrap()),
+            "DbPassword": "Ab3".repeat(12),
+        });
+        let mut text = sub[0].as_str().unwrap().to_string();
+        for (name, v) in sub[1].as_object().unwrap() {
+            let value = cfn_eval(&t, v, &params);
+            text = text.replace(&format!("${{{name}}}"), value.as_str().unwrap());
+        }
+        for (name, v) in params.as_object().unwrap() {
+            if let Some(s) = v.as_str() {
+                text = text.replace(&format!("${{{name}}}"), s);
+            }
+        }
+        assert!(!text.contains("${"), "not rendered:\n{text}");
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path(), text.as_bytes());
+        let (code, log) = run_member(dir.path());
+        assert_eq!(code, 0, "{log}\n{text}");
+        let run = dir.path().join("run");
+        config_check(&run.join("keyward.toml"));
+        let config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(run.join("keyward.toml")).unwrap()).unwrap();
+        let got: Vec<&str> = config["master_key"]["release"]
+            .get("krs_fallback_urls")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let want: Vec<&str> = fallback.iter().copied().filter(|s| !s.is_empty()).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            std::fs::read_to_string(run.join("db-password")).unwrap(),
+            "Ab3".repeat(12)
+        );
+        assert_eq!(
+            config["storage"]["url"].as_str(),
+            Some("postgresql://keyward@keyward-prod-database-x1y2.abc123.us-east-2.rds.amazonaws.com:5432/keyward")
+        );
+    }
+}
