@@ -1,7 +1,12 @@
 //! `keyward-pins` (image/rootfs/usr/libexec/keyward/keyward-pins), run for real with bash:
 //! the pins come from a fw_cfg file, PCR 15 is extended once per bank with the bank hash of
-//! the pins, a second run refuses, and pins that are not exactly the four pin lines are
-//! extended (PCR 15 shows what arrived) but produce no configuration.
+//! the user data without its password lines, a second run refuses, and user data that tries
+//! to set anything else is extended (PCR 15 shows what arrived) but produces no configuration.
+//! A fleet member's user data ([deploy], [storage], [fleet], krs_fallback_urls) becomes the
+//! files under the run directory (the password 0600, owned by the service user) and a
+//! configuration `keyward config check` accepts; PCR 15 follows the storage URL, the CAs and
+//! the KRS addresses but not the password; each malformed field is refused naming it; and the
+//! AWS fleet template's rendered user data is accepted.
 //!
 //! The TPM is the one stand-in: the kernel's sysfs PCR files and `tpm2_pcrextend` are replaced
 //! by a directory and a small script that applies TPM2_PCR_Extend to it (the script's own
