@@ -21,7 +21,7 @@ fn lint_script() -> Command {
 }
 
 /// The template as JSON, decoded by cfn-lint.
-fn template() -> Value {
+pub(crate) fn template() -> Value {
     let out = lint_script()
         .arg("--json")
         .arg(repo().join(TEMPLATE))

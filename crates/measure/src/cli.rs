@@ -10,8 +10,8 @@ use sev::measurement::vcpu_types::CpuType;
 
 use super::snp::{ec2_launch_digest, SnpLaunch};
 use super::{
-    ovmf_empty_secure_boot_vars, pcr11_events, pcr15_events, pcr4_events, pcr7_events, replay,
-    stub_version, Bank, Event, PHASES_UNTIL_READY,
+    ovmf_empty_secure_boot_vars, pcr11_events, pcr15_events, pcr15_input, pcr4_events, pcr7_events,
+    replay, stub_version, Bank, Event, PHASES_UNTIL_READY,
 };
 
 /// Arguments of `keyward measure`.
@@ -25,7 +25,9 @@ pub struct Args {
     /// AMI was registered with its own --uefi-data).
     #[arg(long, default_value = "ovmf-empty", value_parser = ["ovmf-empty", "none"])]
     pub pcr7: String,
-    /// The pins file given as user data; adds the expected PCR 15.
+    /// The user data given to the members (the four pins; for a fleet member its [deploy],
+    /// [storage] and [fleet] too); adds the expected PCR 15. Its password lines are dropped
+    /// first, as keyward-pins does (they are not measured).
     #[arg(long)]
     pub pins: Option<PathBuf>,
     /// AWS's EC2 firmware (ovmf_img.fd from AWS's published UEFI build): adds the SEV-SNP
@@ -240,7 +242,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     events.extend(pcr11_events(&uki, &PHASES_UNTIL_READY)?);
     if let Some(p) = &args.pins {
         let pins = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        events.extend(pcr15_events(&pins));
+        events.extend(pcr15_events(&pcr15_input(&pins)));
     }
     let mut pcr_list = vec![4u32];
     if args.pcr7 != "none" {

@@ -16,7 +16,8 @@
 //!   `systemd-pcrphase` words (enter-initrd, leave-initrd, sysinit, ready).
 //! * PCR 12: nothing (the command line is inside the UKI, no credentials, no overrides), so
 //!   all zeros: the "no override" value.
-//! * PCR 15: keyward-pins' single extend with the digest of the pins file.
+//! * PCR 15: keyward-pins' single extend with the digest of the user data without its password
+//!   lines ([`pcr15_input`]).
 
 pub mod cli;
 pub mod pe;
@@ -278,7 +279,37 @@ pub fn pcr7_events(vars: &[UefiVariable]) -> Vec<Event> {
     events
 }
 
-/// PCR 15: keyward-pins' one extend with the digest of the pins file's bytes.
+/// The bytes keyward-pins extends into PCR 15 for this user data: the user data with every
+/// password line dropped (a line that starts, after optional blanks, with `password` or
+/// `password_base64`, then optional blanks and `=`; the sed expression
+/// `/^[[:space:]]*password(_base64)?[[:space:]]*=/d` in the C locale), nothing else changed,
+/// not even a missing final newline. The database password is availability-only, and a
+/// measured one would put a secret-derived value into every quote and into the KRS policy.
+pub fn pcr15_input(user_data: &[u8]) -> Vec<u8> {
+    fn blanks(s: &[u8]) -> &[u8] {
+        let n = s
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+            .count();
+        &s[n..]
+    }
+    let is_password = |line: &[u8]| {
+        let Some(rest) = blanks(line).strip_prefix(b"password") else {
+            return false;
+        };
+        let rest = rest.strip_prefix(b"_base64").unwrap_or(rest);
+        blanks(rest).first() == Some(&b'=')
+    };
+    user_data
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| !is_password(line))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// PCR 15: keyward-pins' one extend with the digest of the pins file's bytes (for user data,
+/// the bytes of [`pcr15_input`]).
 pub fn pcr15_events(pins: &[u8]) -> Vec<Event> {
     vec![Event::of_data(
         15,
@@ -314,6 +345,27 @@ mod tests {
         assert_eq!(replay(&ev, 15, Bank::Sha256), expected);
         assert_eq!(replay(&ev, 4, Bank::Sha256), vec![0u8; 32]);
         assert_eq!(replay(&ev, 15, Bank::Sha384).len(), 48);
+    }
+
+    #[test]
+    fn pcr15_input_drops_exactly_the_password_lines() {
+        let pins = b"krs_url = \"a:1\"\n# password = \"in a comment\"\n";
+        assert_eq!(
+            pcr15_input(pins),
+            pins.to_vec(),
+            "nothing to drop: unchanged"
+        );
+        assert_eq!(
+            pcr15_input(b"a = 1"),
+            b"a = 1".to_vec(),
+            "no final newline added"
+        );
+        let data = b"a = 1\n[storage]\npassword = \"x\"\n  password_base64= \"eA==\"\n\
+            password_file = \"f\"\npasswords = 2\nurl = \"u\"\n\tpassword\t=\"y\"";
+        assert_eq!(
+            pcr15_input(data),
+            b"a = 1\n[storage]\npassword_file = \"f\"\npasswords = 2\nurl = \"u\"\n".to_vec()
+        );
     }
 
     #[test]
