@@ -67,6 +67,8 @@ fn key32_debug_is_redacted_everywhere() {
         version_created: 0,
         older: Vec::new(),
         rotate_every_secs: None,
+        destroy_at: None,
+        status_before_destroy: None,
     };
     let s = format!("{live:?}");
     assert!(s.contains("Key32(<redacted>)") && !s.contains("171"), "{s}");

@@ -42,6 +42,8 @@ pub fn view() -> SharedView {
         version_created: 0,
         older: Vec::new(),
         rotate_every_secs: None,
+        destroy_at: None,
+        status_before_destroy: None,
     };
     let store = StoreView {
         name: "bench".into(),
@@ -53,6 +55,7 @@ pub fn view() -> SharedView {
             secret_access_key: SK.to_string().into(),
         })],
         keys: HashMap::from([(KEY_ID.to_string(), Arc::new(key))]),
+        destroyed: HashMap::new(),
     };
     Arc::new(ArcSwap::from_pointee(Snapshot {
         stores: HashMap::from([("bench".to_string(), Arc::new(store))]),

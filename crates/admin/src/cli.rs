@@ -225,6 +225,21 @@ enum Keys {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Disable a key now and destroy every version of its KEK after --days (7-30, default
+    /// 30): ciphertexts made with it can never be decrypted again. cancel-destroy before then.
+    ScheduleDestroy {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(7..=30))]
+        days: u32,
+    },
+    /// Cancel a scheduled destruction (the key gets back its status).
+    CancelDestroy {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Rotate a key: a new KEK version encrypts from now on; every earlier version still
     /// decrypts. With --every, set the rotation schedule instead (the appliance, or one member
     /// of a fleet, rotates it when its current version is that old); --every off clears it.
@@ -718,6 +733,10 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                     let rotates = k
                         .rotate_every_secs
                         .map_or("-".to_string(), |s| format!("{}d", s / 86_400));
+                    let status = match &k.destroy_at {
+                        Some(_) => "destroy",
+                        None => status,
+                    };
                     println!(
                         "{:<24} {:<16} {:<9} {:>7}  {:<21} {:<10} {}",
                         k.id,
@@ -728,6 +747,9 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                         rotates,
                         grants
                     );
+                    if let Some(at) = &k.destroy_at {
+                        println!("{:<24}   destroyed at {at} unless cancelled", "");
+                    }
                     if k.versions.len() > 1 {
                         for v in &k.versions {
                             println!("{:<24}   version {:>3} since {}", "", v.version, v.since);
@@ -744,6 +766,36 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
             },
             Box::new(move |_| {
                 println!("key {id} enabled");
+                Ok(())
+            }),
+        ),
+        Keys::ScheduleDestroy { id, store, days } => (
+            Request::KeysScheduleDestroy {
+                store: store.store,
+                id: id.clone(),
+                days: Some(days),
+            },
+            Box::new(move |v| {
+                let k: KeyInfo = serde_json::from_value(v)?;
+                println!(
+                    "key {id} disabled and scheduled for destruction at {} (keys cancel-destroy {id} until then)",
+                    k.destroy_at.unwrap_or_default()
+                );
+                Ok(())
+            }),
+        ),
+        Keys::CancelDestroy { id, store } => (
+            Request::KeysCancelDestroy {
+                store: store.store,
+                id: id.clone(),
+            },
+            Box::new(move |v| {
+                let k: KeyInfo = serde_json::from_value(v)?;
+                let status = match k.status {
+                    KeyStatus::Enabled => "enabled",
+                    KeyStatus::Disabled => "disabled",
+                };
+                println!("key {id}: destruction cancelled, {status} again");
                 Ok(())
             }),
         ),

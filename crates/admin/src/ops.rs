@@ -174,9 +174,15 @@ fn describe(req: &Request) -> String {
         Request::KeysImport {
             store, id, usage, ..
         } => format!("store={} key={id} usage={} imported", s(store), usage_str(*usage)),
+        Request::KeysScheduleDestroy { store, id, days } => format!(
+            "store={} key={id} days={}",
+            s(store),
+            days.unwrap_or(keyward_keystore::DEFAULT_DESTROY_DAYS)
+        ),
         Request::KeysEnable { store, id }
         | Request::KeysDisable { store, id }
-        | Request::KeysRotate { store, id } => {
+        | Request::KeysRotate { store, id }
+        | Request::KeysCancelDestroy { store, id } => {
             format!("store={} key={id}", s(store))
         }
         Request::KeysRotation {
@@ -268,6 +274,7 @@ fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
             })
             .collect(),
         rotate_every_secs: k.rotate_every_secs,
+        destroy_at: k.destroy_at.map(keyward_keystore::unix_rfc3339),
         id: k.id,
         usage: k.usage,
         status: k.status,
@@ -392,6 +399,20 @@ impl RegistryBackend {
             }
             Request::KeysRotate { store, id } => {
                 to_json(&key_info(r.rotate_key(store.as_deref(), &id)?))
+            }
+            Request::KeysScheduleDestroy { store, id, days } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                to_json(&key_info(r.schedule_destroy(
+                    store.as_deref(),
+                    &id,
+                    days.unwrap_or(keyward_keystore::DEFAULT_DESTROY_DAYS),
+                    now,
+                )?))
+            }
+            Request::KeysCancelDestroy { store, id } => {
+                to_json(&key_info(r.cancel_destroy(store.as_deref(), &id)?))
             }
             Request::KeysRotation {
                 store,

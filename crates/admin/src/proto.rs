@@ -112,6 +112,18 @@ pub enum Request {
         store: Option<String>,
         id: String,
     },
+    /// Disable the key now and destroy every version of it after `days` (7-30, default 30).
+    KeysScheduleDestroy {
+        store: Option<String>,
+        id: String,
+        #[serde(default)]
+        days: Option<u32>,
+    },
+    /// Cancel a scheduled destruction: the key gets back the status it had.
+    KeysCancelDestroy {
+        store: Option<String>,
+        id: String,
+    },
     /// Set (`every_secs`, at least a day) or clear (`None`) the key's rotation schedule.
     KeysRotation {
         store: Option<String>,
@@ -174,6 +186,8 @@ impl Request {
             Request::KeysEnable { .. } => "keys_enable",
             Request::KeysDisable { .. } => "keys_disable",
             Request::KeysRotate { .. } => "keys_rotate",
+            Request::KeysScheduleDestroy { .. } => "keys_schedule_destroy",
+            Request::KeysCancelDestroy { .. } => "keys_cancel_destroy",
             Request::KeysRotation { .. } => "keys_rotation",
             Request::KeysGrant { .. } => "keys_grant",
             Request::KeysRevoke { .. } => "keys_revoke",
@@ -258,6 +272,9 @@ pub struct KeyInfo {
     /// The rotation schedule in seconds (absent: by hand only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_every_secs: Option<u64>,
+    /// Scheduled for destruction at this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_at: Option<String>,
 }
 
 /// One version of a key, as the admin API shows it.

@@ -1,5 +1,5 @@
-//! Scheduled key rotation: once a minute, rotate every key whose schedule says its current
-//! version is old enough. On a fleet every member runs this loop; the rotation is decided
+//! Scheduled key rotation and destruction: once a minute, rotate every key whose schedule says
+//! its current version is old enough, and destroy every key whose destruction date has come. On a fleet every member runs this loop; the rotation is decided
 //! under the registry's write lock after catching up with the shared store, and the append is
 //! a compare-and-set, so a key is rotated once per period however many members see it due.
 
@@ -43,6 +43,30 @@ pub fn rotate_due(registry: &Registry, audit: &AuditLog, now: u64) -> usize {
                 audit.admin(
                     "keyward (rotation schedule)",
                     "keys_rotate",
+                    &format!("{detail}; refused: {e}"),
+                    false,
+                );
+            }
+        }
+    }
+    for (store, id) in registry.destructions_due(now) {
+        let detail = format!("store={store} key={id} scheduled destruction");
+        match registry.destroy_due(Some(&store), &id, now) {
+            Ok(true) => {
+                tracing::warn!(store = %store, key = %id, "key destroyed: every version's KEK erased");
+                audit.admin(
+                    "keyward (destruction schedule)",
+                    "keys_destroy",
+                    &detail,
+                    true,
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(store = %store, key = %id, "scheduled destruction failed: {e}; retried in a minute");
+                audit.admin(
+                    "keyward (destruction schedule)",
+                    "keys_destroy",
                     &format!("{detail}; refused: {e}"),
                     false,
                 );

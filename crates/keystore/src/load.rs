@@ -416,6 +416,7 @@ fn replay_v2(
     let mut next = 1u64;
     let mut last = 0u64;
     let mut at_cut: Option<ChainMac> = (cut == 0).then_some(start);
+    let mut past_cut = false;
     let mut history = ChainLog::default();
     if shared {
         history.restart(0, start);
@@ -435,7 +436,13 @@ fn replay_v2(
                 {
                     return Err(tampered(seq, "checkpoint MAC does not verify"));
                 }
-                if seq > cut {
+                if seq > cut && shared {
+                    // Another member compacted after writing past this member's head (a
+                    // destruction shreds the log): the checkpoint is MACed under the master
+                    // key and newer than the floor, so it is no rollback; the history before
+                    // it is gone and cannot be compared.
+                    past_cut = true;
+                } else if seq > cut {
                     // Compacted past the acknowledged head: cannot happen from this code.
                     return Err(match floor {
                         Some(_) => KeystoreError::AnchorBehind {
@@ -557,8 +564,12 @@ fn replay_v2(
     if last < cut {
         return Err(ended_early(last));
     }
-    let at_cut = at_cut.ok_or_else(|| ended_early(last))?;
-    if !bool::from(at_cut.as_slice().ct_eq(&expect)) {
+    let at_cut = match at_cut {
+        Some(m) => m,
+        None if past_cut => prev,
+        None => return Err(ended_early(last)),
+    };
+    if !past_cut && !bool::from(at_cut.as_slice().ct_eq(&expect)) {
         return Err(match floor {
             Some(_) => KeystoreError::Fork { seq: cut },
             None => head_tampered(

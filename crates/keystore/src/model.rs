@@ -122,6 +122,21 @@ pub struct KeyRecord {
     /// The rotation schedule, seconds (absent: by hand only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_every_secs: Option<u64>,
+    /// Scheduled for destruction at this time (Unix seconds); disabled meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_at: Option<u64>,
+    /// The status to restore when the destruction is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_before_destroy: Option<KeyStatus>,
+}
+
+/// A destroyed key: every version's KEK erased; its id and the time stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestroyedKeyRecord {
+    pub store: String,
+    pub id: String,
+    /// When it was destroyed, Unix seconds.
+    pub destroyed: u64,
 }
 
 /// An earlier version of a key, as persisted.
@@ -190,6 +205,8 @@ pub enum Record {
     },
     /// Create or replace the appliance TLS identity.
     TlsKey(TlsKeyRecord),
+    /// A key destroyed (crypto-shredded): its KEKs are gone, its id is kept and never reused.
+    KeyDestroyed(DestroyedKeyRecord),
     /// First record of a compacted log: the head it replaces (the record's `seq` and this chain
     /// MAC) and how many live records follow it.
     Checkpoint(CheckpointRecord),

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
-    CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, KeyVersionRecord, Record,
-    SignedRecord, StoreRecord, TlsKeyRecord,
+    CheckpointRecord, CredentialRecord, DestroyedKeyRecord, KeyRecord, KeyStore, KeyVersionRecord,
+    Record, SignedRecord, StoreRecord, TlsKeyRecord,
 };
 use super::seal::{cred_aad, decode_mac, mac_matches, tls_key_aad, ChainMac, Sealer};
 use super::validate;
@@ -83,6 +83,8 @@ pub struct KeyInfo {
     pub versions: Vec<KeyVersionInfo>,
     /// The rotation schedule, seconds (`None`: by hand only).
     pub rotate_every_secs: Option<u64>,
+    /// Scheduled for destruction at this time, Unix seconds.
+    pub destroy_at: Option<u64>,
 }
 
 /// One version of a key.
@@ -95,6 +97,18 @@ pub struct KeyVersionInfo {
 
 /// Shortest rotation period accepted (a day): a schedule is for key hygiene, not a load.
 pub const MIN_ROTATION_SECS: u64 = 86_400;
+/// The waiting period of a scheduled destruction, in days (as KMS's own keys: 7-30).
+pub const MIN_DESTROY_DAYS: u32 = 7;
+pub const MAX_DESTROY_DAYS: u32 = 30;
+/// The default waiting period.
+pub const DEFAULT_DESTROY_DAYS: u32 = 30;
+
+/// What [`Registry::schedule_destroy`] and [`Registry::cancel_destroy`] change.
+struct KeyEdit {
+    status: KeyStatus,
+    destroy_at: Option<u64>,
+    status_before_destroy: Option<KeyStatus>,
+}
 
 impl StoreInfo {
     /// The `XksProxyUriPath` to configure in AWS KMS: the prefix followed by `/kms/xks/v1`.
@@ -227,6 +241,7 @@ pub(super) struct StoreBuild {
     keys: HashMap<String, Arc<LiveKey>>,
     creds: Vec<Arc<Credential>>,
     meta: StoreMeta,
+    destroyed: HashMap<String, u64>,
 }
 
 /// Compact when superseded records exceed live ones and this floor.
@@ -236,7 +251,7 @@ const COMPACT_FLOOR: usize = 4096;
 fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>) -> usize {
     snap.stores
         .values()
-        .map(|s| 1 + s.keys.len() + s.credentials.len())
+        .map(|s| 1 + s.keys.len() + s.credentials.len() + s.destroyed.len())
         .sum::<usize>()
         + usize::from(tls.is_some())
 }
@@ -281,6 +296,7 @@ fn store_view(
         services: base.services.clone(),
         credentials: credentials.unwrap_or_else(|| base.credentials.clone()),
         keys: keys.unwrap_or_else(|| base.keys.clone()),
+        destroyed: base.destroyed.clone(),
     }
 }
 
@@ -305,6 +321,8 @@ fn new_key(
         rotated: None,
         older: Vec::new(),
         rotate_every_secs: None,
+        destroy_at: None,
+        status_before_destroy: None,
     };
     let live = Arc::new(LiveKey {
         id: id.to_string(),
@@ -316,6 +334,8 @@ fn new_key(
         version_created: created,
         older: Vec::new(),
         rotate_every_secs: None,
+        destroy_at: None,
+        status_before_destroy: None,
     });
     Ok((record, live))
 }
@@ -350,6 +370,8 @@ fn key_record(
         rotated: (k.version > 1 || k.version_created != created).then_some(k.version_created),
         older,
         rotate_every_secs: k.rotate_every_secs,
+        destroy_at: k.destroy_at,
+        status_before_destroy: k.status_before_destroy,
     })
 }
 
@@ -386,6 +408,7 @@ fn key_info(store: &str, k: &LiveKey, created: u64) -> KeyInfo {
         created,
         versions,
         rotate_every_secs: k.rotate_every_secs,
+        destroy_at: k.destroy_at,
     }
 }
 
@@ -443,6 +466,7 @@ fn build_snapshot(builds: HashMap<String, StoreBuild>) -> (Snapshot, HashMap<Str
                 services,
                 credentials: b.creds,
                 keys: b.keys,
+                destroyed: b.destroyed,
             }),
         );
         meta.insert(name, b.meta);
@@ -475,6 +499,7 @@ fn builds_of(snap: &Snapshot, meta: &HashMap<String, StoreMeta>) -> HashMap<Stri
                     keys: v.keys.clone(),
                     creds: v.credentials.clone(),
                     meta: m,
+                    destroyed: v.destroyed.clone(),
                 },
             )
         })
@@ -1074,6 +1099,7 @@ impl Registry {
             services: services_of(&record),
             credentials: Vec::new(),
             keys: HashMap::new(),
+            destroyed: HashMap::new(),
         };
         let info = StoreInfo {
             name: view.name.clone(),
@@ -1190,7 +1216,7 @@ impl Registry {
         let mut records = Vec::with_capacity(ids.len());
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
-            if keys.contains_key(*id) {
+            if keys.contains_key(*id) || sv.destroyed.contains_key(*id) {
                 return Err(KeystoreError::DuplicateKey {
                     store: sv.name.clone(),
                     id: id.to_string(),
@@ -1246,6 +1272,12 @@ impl Registry {
         let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let sv = Self::resolve(&snap, store)?;
+        if sv.destroyed.contains_key(id) {
+            return Err(KeystoreError::invalid(
+                "key id",
+                format!("{id} was destroyed; a destroyed key's id is never reused"),
+            ));
+        }
         if sv.keys.contains_key(id) {
             return Err(KeystoreError::DuplicateKey {
                 store: sv.name.clone(),
@@ -1297,6 +1329,8 @@ impl Registry {
             version_created: old.version_created,
             older: older_of(&old)?,
             rotate_every_secs: old.rotate_every_secs,
+            destroy_at: old.destroy_at,
+            status_before_destroy: old.status_before_destroy,
         });
         let record = key_record(&inner.sealer, &sv.name, &live, created)?;
         let info = key_info(&sv.name, &live, created);
@@ -1346,6 +1380,17 @@ impl Registry {
 
     /// Enable a key.
     pub fn enable_key(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        let snap = self.view.load_full();
+        let (_, k) = Self::find_key(&snap, store, id)?;
+        if let Some(at) = k.destroy_at {
+            return Err(KeystoreError::invalid(
+                "key",
+                format!(
+                    "is scheduled for destruction at {}: `keys cancel-destroy` first",
+                    unix_rfc3339(at)
+                ),
+            ));
+        }
         self.set_status(store, id, KeyStatus::Enabled)
     }
 
@@ -1399,6 +1444,8 @@ impl Registry {
             version_created: now_unix(),
             older,
             rotate_every_secs: old.rotate_every_secs,
+            destroy_at: old.destroy_at,
+            status_before_destroy: old.status_before_destroy,
         });
         let record = key_record(&inner.sealer, &sv.name, &live, created)?;
         let info = key_info(&sv.name, &live, created);
@@ -1449,6 +1496,8 @@ impl Registry {
             version_created: old.version_created,
             older: older_of(&old)?,
             rotate_every_secs: every_secs,
+            destroy_at: old.destroy_at,
+            status_before_destroy: old.status_before_destroy,
         });
         let record = key_record(&inner.sealer, &sv.name, &live, created)?;
         let info = key_info(&sv.name, &live, created);
@@ -1479,6 +1528,171 @@ impl Registry {
             }
         }
         due
+    }
+
+    /// Schedule `id` for destruction in `days` (7-30, as KMS does for its own keys): it is
+    /// disabled at once (Encrypt and Decrypt refused with `InvalidStateException`, metadata
+    /// `DISABLED`) until [`Registry::cancel_destroy`] or the date, when every version's KEK is
+    /// erased ([`Registry::destroy_due`]).
+    pub fn schedule_destroy(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        days: u32,
+        now: u64,
+    ) -> Result<KeyInfo, KeystoreError> {
+        if !(MIN_DESTROY_DAYS..=MAX_DESTROY_DAYS).contains(&days) {
+            return Err(KeystoreError::invalid(
+                "days",
+                format!("{days}: must be {MIN_DESTROY_DAYS} to {MAX_DESTROY_DAYS}"),
+            ));
+        }
+        self.update_key_full(store, id, |k| {
+            if let Some(at) = k.destroy_at {
+                return Err(KeystoreError::invalid(
+                    "key",
+                    format!(
+                        "already scheduled for destruction at {}; cancel-destroy first",
+                        unix_rfc3339(at)
+                    ),
+                ));
+            }
+            k.status_before_destroy = Some(k.status);
+            k.status = KeyStatus::Disabled;
+            k.destroy_at = Some(now.saturating_add(u64::from(days) * 86_400));
+            Ok(())
+        })
+    }
+
+    /// Cancel a scheduled destruction: the key gets back the status it had.
+    pub fn cancel_destroy(&self, store: Option<&str>, id: &str) -> Result<KeyInfo, KeystoreError> {
+        self.update_key_full(store, id, |k| {
+            if k.destroy_at.is_none() {
+                return Err(KeystoreError::invalid(
+                    "key",
+                    "is not scheduled for destruction",
+                ));
+            }
+            k.status = k.status_before_destroy.take().unwrap_or(KeyStatus::Enabled);
+            k.destroy_at = None;
+            Ok(())
+        })
+    }
+
+    /// Keys whose destruction date has come at `now`: (store, id).
+    pub fn destructions_due(&self, now: u64) -> Vec<(String, String)> {
+        let snap = self.view.load_full();
+        let mut due = Vec::new();
+        for (name, sv) in &snap.stores {
+            for k in sv.keys.values() {
+                if k.destroy_at.is_some_and(|at| now >= at) {
+                    due.push((name.clone(), k.id.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// Destroy `id` if its date has come (judged under the write lock after catching up, so a
+    /// fleet destroys it once): a tombstone record replaces it, every version's KEK leaves
+    /// memory (zeroized when the last request holding it is done), and the store is compacted
+    /// so no sealed copy of any of its KEKs is left in the log. Returns whether it destroyed.
+    pub fn destroy_due(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        now: u64,
+    ) -> Result<bool, KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        if old.destroy_at.is_none_or(|at| now < at) {
+            return Ok(false);
+        }
+        let mut keys = sv.keys.clone();
+        keys.remove(id);
+        let mut view = store_view(&sv, Some(keys), None);
+        view.destroyed.insert(id.to_string(), now);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(view));
+        drop(old);
+        let (name, key) = (sv.name.clone(), id.to_string());
+        let effect: Effect = Box::new(move |meta, _| {
+            if let Some(m) = meta.get_mut(&name) {
+                m.keys.remove(&key);
+            }
+        });
+        self.commit(
+            &mut inner,
+            Record::KeyDestroyed(DestroyedKeyRecord {
+                store: sv.name.clone(),
+                id: id.to_string(),
+                destroyed: now,
+            }),
+            Snapshot { stores },
+            effect,
+        )?;
+        // Crypto-shredding: rewrite the log without the records that held its sealed KEKs.
+        let snap = self.view.load_full();
+        if let Err(e) = compact(&mut inner, &snap) {
+            tracing::error!(
+                store = %sv.name,
+                key = %id,
+                "the key is destroyed in memory and marked destroyed, but the log still holds \
+                 its sealed KEKs: compaction failed ({e}); retried at the next destruction or \
+                 `compact`"
+            );
+        }
+        Ok(true)
+    }
+
+    /// [`Registry::update_key`] with the whole key to change.
+    fn update_key_full(
+        &self,
+        store: Option<&str>,
+        id: &str,
+        change: impl FnOnce(&mut KeyEdit) -> Result<(), KeystoreError>,
+    ) -> Result<KeyInfo, KeystoreError> {
+        let mut inner = self.lock_write()?;
+        let snap = self.view.load_full();
+        let (sv, old) = Self::find_key(&snap, store, id)?;
+        let mut e = KeyEdit {
+            status: old.status,
+            destroy_at: old.destroy_at,
+            status_before_destroy: old.status_before_destroy,
+        };
+        change(&mut e)?;
+        let created = inner
+            .meta
+            .get(&sv.name)
+            .and_then(|m| m.keys.get(id).copied())
+            .unwrap_or(0);
+        let live = Arc::new(LiveKey {
+            id: id.to_string(),
+            version: old.version,
+            usage: old.usage,
+            status: e.status,
+            grants: old.grants.clone(),
+            kek: old.kek.try_clone()?,
+            version_created: old.version_created,
+            older: older_of(&old)?,
+            rotate_every_secs: old.rotate_every_secs,
+            destroy_at: e.destroy_at,
+            status_before_destroy: e.status_before_destroy,
+        });
+        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
+        let info = key_info(&sv.name, &live, created);
+        let mut keys = sv.keys.clone();
+        keys.insert(id.to_string(), live);
+        let mut stores = snap.stores.clone();
+        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
+        self.commit(
+            &mut inner,
+            Record::Key(record),
+            Snapshot { stores },
+            no_effect(),
+        )?;
+        Ok(info)
     }
 
     /// Disable a key (metadata says `DISABLED`; encrypt and decrypt are refused).
@@ -1811,6 +2025,7 @@ pub(super) fn apply(
                     keys: HashMap::new(),
                     creds: Vec::new(),
                     meta,
+                    destroyed: HashMap::new(),
                 },
             );
         }
@@ -1821,10 +2036,21 @@ pub(super) fn apply(
                 ));
             }
         }
+        Record::KeyDestroyed(d) => {
+            let b = builds.get_mut(&d.store).ok_or(ApplyError::Tampered(
+                "destroyed key of a store that does not exist",
+            ))?;
+            b.keys.remove(&d.id);
+            b.meta.keys.remove(&d.id);
+            b.destroyed.insert(d.id, d.destroyed);
+        }
         Record::Key(r) => {
             let b = builds
                 .get_mut(&r.store)
                 .ok_or(ApplyError::Tampered("key of a store that does not exist"))?;
+            if b.destroyed.contains_key(&r.id) {
+                return Err(ApplyError::Tampered("a destroyed key brought back"));
+            }
             let kek = sealer
                 .open_kek(&r.store, &r.id, r.version, &r.kek)?
                 .map_err(ApplyError::Tampered)?;
@@ -1855,6 +2081,8 @@ pub(super) fn apply(
                     version_created: r.rotated.unwrap_or(r.created),
                     older,
                     rotate_every_secs: r.rotate_every_secs,
+                    destroy_at: r.destroy_at,
+                    status_before_destroy: r.status_before_destroy,
                 }),
             );
         }
@@ -1969,7 +2197,14 @@ fn live_records<'a>(
                     m.keys.get(&k.id).copied().unwrap_or(0),
                 )?))
             });
-            store.chain(creds).chain(keys)
+            let destroyed = sv.destroyed.iter().map(move |(id, at)| {
+                Ok(Record::KeyDestroyed(DestroyedKeyRecord {
+                    store: sv.name.clone(),
+                    id: id.clone(),
+                    destroyed: *at,
+                }))
+            });
+            store.chain(creds).chain(destroyed).chain(keys)
         })
         .chain(tls_rec)
 }

@@ -43,6 +43,9 @@ pub struct StoreView {
     pub credentials: Vec<Arc<Credential>>,
     /// Keys by external key id.
     pub keys: HashMap<String, Arc<LiveKey>>,
+    /// Destroyed keys by id: when (Unix seconds). Their KEKs are gone; requests for them are
+    /// answered `KeyNotFoundException`, and the id is never reused.
+    pub destroyed: HashMap<String, u64>,
 }
 
 /// A SigV4 credential as AWS KMS holds it.
@@ -150,6 +153,10 @@ pub struct LiveKey {
     /// Rotate automatically this long after the current version was made (`None`: only by
     /// hand).
     pub rotate_every_secs: Option<u64>,
+    /// Scheduled for destruction at this time (Unix seconds); the key is disabled meanwhile.
+    pub destroy_at: Option<u64>,
+    /// The status `cancel-destroy` restores.
+    pub status_before_destroy: Option<KeyStatus>,
 }
 
 /// An earlier version of a key's KEK.

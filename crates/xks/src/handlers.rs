@@ -323,6 +323,8 @@ mod tests {
             version_created: 0,
             older: Vec::new(),
             rotate_every_secs: None,
+            destroy_at: None,
+            status_before_destroy: None,
         };
         let store = StoreView {
             name: "s".into(),
@@ -334,6 +336,7 @@ mod tests {
                 secret_access_key: SK.to_owned().into(),
             })],
             keys: HashMap::from([("k".to_string(), Arc::new(key))]),
+            destroyed: HashMap::new(),
         };
         let snap = Snapshot {
             stores: HashMap::from([("s".to_string(), Arc::new(store))]),

@@ -108,3 +108,73 @@ fn the_schedule_rotates_once_when_due() {
     reg.set_rotation(None, "k", None).unwrap();
     assert!(reg.rotations_due(u64::MAX / 2).is_empty());
 }
+
+fn one_key(dir: &Path) -> Registry {
+    let reg = open(dir);
+    reg.create_store(NewStore {
+        name: "s".into(),
+        uri_prefix: String::new(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+    reg.create_key(None, "k", KeyUsage::EncryptDecrypt).unwrap();
+    reg.create_key(None, "other", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    reg.rotate_key(None, "k").unwrap();
+    reg
+}
+
+#[test]
+fn scheduled_destruction_disables_then_erases_every_version() {
+    use keyward_keystore::view::KeyStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = one_key(dir.path());
+    let keks = [kek(&reg, "k", 1).unwrap(), kek(&reg, "k", 2).unwrap()];
+    let now = 1_900_000_000;
+    for bad in [6, 31] {
+        assert!(matches!(
+            reg.schedule_destroy(None, "k", bad, now),
+            Err(KeystoreError::Invalid { what: "days", .. })
+        ));
+    }
+    let info = reg.schedule_destroy(None, "k", 7, now).unwrap();
+    assert_eq!(info.status, KeyStatus::Disabled, "disabled at once");
+    assert_eq!(info.destroy_at, Some(now + 7 * 86_400));
+    assert!(
+        reg.enable_key(None, "k").is_err(),
+        "enable is refused while scheduled"
+    );
+    // Cancel restores the status it had; schedule again.
+    assert_eq!(
+        reg.cancel_destroy(None, "k").unwrap().status,
+        KeyStatus::Enabled
+    );
+    reg.schedule_destroy(None, "k", 7, now).unwrap();
+    // Before the date nothing happens; at the date it is destroyed once.
+    assert!(!reg.destroy_due(None, "k", now + 7 * 86_400 - 1).unwrap());
+    assert_eq!(
+        reg.destructions_due(now + 7 * 86_400),
+        [("s".into(), "k".into())]
+    );
+    assert!(reg.destroy_due(None, "k", now + 7 * 86_400).unwrap());
+    assert!(kek(&reg, "k", 1).is_none() && kek(&reg, "k", 2).is_none());
+    assert!(reg.snapshot().stores["s"].destroyed.contains_key("k"));
+    // The id is never reused.
+    assert!(reg.create_key(None, "k", KeyUsage::EncryptDecrypt).is_err());
+    drop(reg);
+
+    // After a restart it is still gone, the other key untouched, and no record of the log
+    // holds any of its sealed KEKs (the store was compacted: crypto-shredded).
+    let reg = open(dir.path());
+    assert!(reg.snapshot().stores["s"].destroyed.contains_key("k"));
+    assert!(kek(&reg, "other", 1).is_some());
+    let log = std::fs::read_to_string(dir.path().join("keystore.jsonl")).unwrap();
+    let with_k: Vec<&str> = log.lines().filter(|l| l.contains("\"id\":\"k\"")).collect();
+    assert!(!with_k.is_empty());
+    assert!(
+        with_k.iter().all(|l| !l.contains("\"kek\"")),
+        "a record still carries a sealed KEK of the destroyed key: {with_k:?}"
+    );
+    let _ = keks;
+}

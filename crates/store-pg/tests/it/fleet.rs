@@ -103,6 +103,49 @@ fn a_rotation_on_one_member_is_live_on_the_others_and_a_due_schedule_rotates_onc
 }
 
 #[test]
+fn a_destroyed_key_is_gone_on_every_member_and_from_the_database() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    a.create_key(None, "k", KeyUsage::EncryptDecrypt).unwrap();
+    a.create_key(None, "keep", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    a.rotate_key(None, "k").unwrap();
+    let b = member(&s.config(), Freshness::Unanchored);
+    let now = 1_900_000_000;
+    a.schedule_destroy(None, "k", 7, now).unwrap();
+    b.refresh().unwrap();
+    assert_eq!(b.key_info(None, "k").unwrap().status, KeyStatus::Disabled);
+    // b decides at the date (any member may); a catches up.
+    assert!(b.destroy_due(None, "k", now + 7 * 86_400).unwrap());
+    assert!(!a.destroy_due(None, "k", now + 7 * 86_400).unwrap_or(false));
+    a.refresh().unwrap();
+    for m in [&a, &b] {
+        let snap = m.snapshot();
+        assert!(!snap.stores["default"].keys.contains_key("k"));
+        assert!(snap.stores["default"].destroyed.contains_key("k"));
+        assert!(snap.stores["default"].keys.contains_key("keep"));
+    }
+    // No row of the shared store holds a sealed KEK of it any more.
+    let mut db = sql(&s);
+    let rows = db
+        .query(
+            "SELECT rec::text FROM keyward_records WHERE rec::text LIKE '%\"id\":\"k\"%'",
+            &[],
+        )
+        .unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        let t: String = r.get(0);
+        assert!(!t.contains("\"kek\""), "{t}");
+    }
+    // A member that opens the store now sees it destroyed too.
+    let c = member(&s.config(), Freshness::Unanchored);
+    assert!(c.snapshot().stores["default"].destroyed.contains_key("k"));
+    assert_eq!(ids(&c), ["keep"]);
+}
+
+#[test]
 fn racing_writers_lose_a_race_instead_of_forking_and_nothing_is_lost() {
     let s = server();
     let first = member(&s.config(), Freshness::Unanchored);

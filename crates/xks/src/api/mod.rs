@@ -51,10 +51,13 @@ fn note_metadata(rec: &mut XksRecord, md: &RequestMetadata<'_>) {
 
 /// 4. key lookup and 5. (for encrypt/decrypt) key state.
 pub(crate) fn lookup<'s>(store: &'s StoreView, id: &str) -> Result<&'s Arc<LiveKey>, XksError> {
-    store
-        .keys
-        .get(id)
-        .ok_or(XksError::KeyNotFound("no such external key"))
+    store.keys.get(id).ok_or_else(|| {
+        if store.destroyed.contains_key(id) {
+            XksError::KeyNotFound("the external key was destroyed")
+        } else {
+            XksError::KeyNotFound("no such external key")
+        }
+    })
 }
 
 /// 6. grants.

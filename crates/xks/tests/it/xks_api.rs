@@ -72,6 +72,8 @@ fn key(
         version_created: 0,
         older: Vec::new(),
         rotate_every_secs: None,
+        destroy_at: None,
+        status_before_destroy: None,
     };
     (id.into(), Arc::new(k))
 }
@@ -131,6 +133,7 @@ fn snapshot(creds: &[(&str, &str)]) -> Snapshot {
             })
             .collect(),
         keys,
+        destroyed: HashMap::from([("k-gone".to_string(), 1_700_000_000)]),
     };
     Snapshot {
         stores: [("default".to_string(), Arc::new(store))]
@@ -841,6 +844,8 @@ fn rotated_keys_decrypt_every_version_and_encrypt_with_the_current() {
                 Vec::new()
             },
             rotate_every_secs: None,
+            destroy_at: None,
+            status_before_destroy: None,
         };
         store.keys.insert("k-both".into(), Arc::new(k));
         snap
@@ -866,6 +871,36 @@ fn rotated_keys_decrypt_every_version_and_encrypt_with_the_current() {
         400,
         "InvalidCiphertextException",
         "a version the key does not have",
+    );
+}
+
+/// A destroyed key: every operation on it is KeyNotFoundException (404), saying it was
+/// destroyed (not that it never existed).
+#[test]
+fn a_destroyed_key_is_not_found_and_says_so() {
+    let fx = Fixture::start(None);
+    let who = "arn:aws:iam::111122223333:role/x";
+    let (s, v) = fx.signed(&fx.api("k-gone", "encrypt"), &enc(who, b"x", None, false));
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["errorName"], "KeyNotFoundException");
+    assert!(
+        v["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("destroyed"),
+        "{v}"
+    );
+    let (s, v) = fx.signed(
+        &fx.api("k-never", "metadata"),
+        &json!({"requestMetadata": md(who)}),
+    );
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        !v["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("destroyed"),
+        "{v}"
     );
 }
 
