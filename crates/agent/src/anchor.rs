@@ -94,6 +94,8 @@ impl KrsAnchor {
         if !eq(&r.boot_key_id, &self.boot_key.id()) {
             return Err(lost("another boot key"));
         }
+        // The KRS's signed time: trusted time moves forward with each admin write.
+        crate::time::clock().observe(r.time);
         Ok(r.head)
     }
 }

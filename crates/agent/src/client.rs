@@ -428,6 +428,8 @@ pub fn accept_release(
     if r.mode != Some(rel.mode) {
         return Err(bad("receipt names another wrap mode"));
     }
+    // Every check passed: the receipt's time is the KRS's (signed in the HSM).
+    crate::time::clock().observe(r.time);
     if !r.boot_key_id.is_empty()
         && (sent.boot_key.is_empty()
             || !eq(

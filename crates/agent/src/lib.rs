@@ -7,6 +7,7 @@
 pub mod anchor;
 pub mod client;
 pub mod source;
+pub mod time;
 
 pub use client::{Agent, AgentError, Released};
 pub use source::{error_chain, ReleaseSource};

@@ -55,6 +55,8 @@ pub enum BootError {
     Admin(#[from] keyward_admin::server::ServerError),
     #[error("pins: {0}")]
     Pins(String),
+    #[error("clock: {0}")]
+    Clock(String),
     #[error("appliance TLS identity")]
     Tls(#[from] tls::TlsIdError),
 }

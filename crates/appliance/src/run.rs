@@ -87,6 +87,17 @@ pub async fn boot(
             .map_err(|e| BootError::Task("master key", e))??
     };
 
+    // Trusted time: the release receipt carried the KRS's signed time.
+    keyward_agent::time::clock()
+        .check_not_rewound()
+        .map_err(BootError::Clock)?;
+    if let keyward_agent::time::Skew::Drift(d) = keyward_agent::time::clock().skew() {
+        tracing::warn!(
+            skew_secs = d,
+            "the VM's clock differs from the key-release service's signed time by {d} s; \
+             schedules run on the KRS's time"
+        );
+    }
     let location = super::storage::describe(&config.storage);
     phase("unseal", &format!("opening key store {location}"));
     match &freshness {

@@ -4,7 +4,7 @@
 //! a compare-and-set, so a key is rotated once per period however many members see it due.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -14,10 +14,10 @@ use keyward_keystore::Registry;
 /// How often the schedule is looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(60);
 
+/// Trusted time (the KRS's signed time carried forward), or the wall clock without a KRS: a
+/// host that moves the wall clock cannot rotate or destroy a key early.
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    keyward_agent::time::clock().now_or_wall()
 }
 
 /// Rotate what is due now; returns how many keys this call rotated. Blocking.
