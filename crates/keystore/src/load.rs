@@ -353,6 +353,15 @@ pub(super) fn reload_shared(
     replay_v2(backend, sealer, Some(known))
 }
 
+/// Verify a copy of a store (a backup) under `sealer` as [`open_v2`] verifies a store without a
+/// floor (every record, the chain, the sealed head); its head. Nothing is written.
+pub(super) fn verify_copy(
+    backend: &mut dyn KeyStore,
+    sealer: &Sealer,
+) -> Result<StoreHead, KeystoreError> {
+    replay_v2(backend, sealer, None).map(|r| r.head)
+}
+
 /// The work of [`open_v2`]. On a shared backend ([`KeyStore::shared`]) records after the cut
 /// are not an interrupted write of this process but other members' writes (or one whose head
 /// a member has not yet recorded at the KRS): they are verified like the rest and applied, the
