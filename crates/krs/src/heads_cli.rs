@@ -119,7 +119,8 @@ fn warning(
         b.keyward_version
     );
     match held {
-        Some(h) if h.store_id == next.store_id && h.seq > next.seq => t += &format!(
+        Some(h) if h.store_id == next.store_id && h.seq > next.seq => {
+            t += &format!(
             "This is the rollback the KRS otherwise refuses. The {} change(s) acknowledged after \
                  record {} (records {}..{}) are LOST FOR GOOD: keys created since are gone with \
                  the data they protect, and keys disabled, grants revoked and credentials removed \
@@ -128,7 +129,8 @@ fn warning(
             next.seq,
             next.seq + 1,
             h.seq
-        ),
+        )
+        }
         Some(h) if h.store_id == next.store_id => {
             t += &format!(
                 "The backup is not older than the head held (record {}): appliances will open \
