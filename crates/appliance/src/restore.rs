@@ -37,7 +37,8 @@ enum Cmd {
     /// [storage] (a file store directory or the PostgreSQL database). Refuses a store that is
     /// not empty. The appliance must be stopped.
     Restore {
-        /// The appliance configuration whose [storage] to restore into.
+        /// The appliance configuration whose [storage] to restore into (only that section is
+        /// read: a file holding just [storage] will do).
         #[arg(long, short = 'c', env = "KEYWARD_CONFIG")]
         config: PathBuf,
         /// Also verify the backup's MAC and every record with this master key file (32 raw
@@ -58,16 +59,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         file,
     } = args.cmd;
     let started = std::time::Instant::now();
-    let loaded = keyward_config::load_file(&config)?;
-    let Some(cfg) = loaded.config else {
-        for p in &loaded.problems {
-            eprintln!("keyward: {}: {p}", config.display());
+    let storage = match keyward_config::load_storage(&config)? {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("keyward: {}: {p}", config.display());
+            }
+            anyhow::bail!("{}: [storage] is not usable", config.display());
         }
-        anyhow::bail!(
-            "{} is not usable; `keyward config check {}` lists every problem",
-            config.display(),
-            config.display()
-        );
     };
     let shown = file.display().to_string();
     let bytes = read_bounded(&file)?;
@@ -86,12 +85,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              every record"
         }
     };
-    let mut backend: Box<dyn KeyStore> = match &cfg.storage.backend {
+    let mut backend: Box<dyn KeyStore> = match &storage.backend {
         StorageBackend::File => Box::new(
-            keyward_keystore::FileKeyStore::open(&cfg.storage.dir).with_context(|| {
+            keyward_keystore::FileKeyStore::open(&storage.dir).with_context(|| {
                 format!(
                     "key store {} (is the appliance still running?)",
-                    cfg.storage.dir.display()
+                    storage.dir.display()
                 )
             })?,
         ),
