@@ -13,6 +13,11 @@
 //! decrypt, the key made after it is gone, the key disabled after it is enabled again, writes
 //! are anchored again, and the release log verifies. The restore and boot times are printed
 //! (docs/backup.md states them).
+//!
+//! The same recovery on the PostgreSQL store (a local server from the machine's binaries): the
+//! database is lost (a new, empty server), the boot refuses the empty database, the backup
+//! restores into it through `[storage] backend = "postgres"`, and after `heads set` the member
+//! serves the ciphertexts made before the backup.
 
 use crate::common;
 use crate::serve_common;
@@ -362,4 +367,104 @@ fn a_lost_store_is_restored_from_a_backup_after_the_krs_operator_moves_the_head(
         restore_time.as_secs_f64() * 1e3,
         boot_time.as_secs_f64() * 1e3
     );
+}
+
+/// A PostgreSQL server in a temporary directory (stopped before the directory goes).
+struct Pg {
+    pg: keyward_store_pg::local::LocalPostgres,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_server() -> Pg {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = keyward_store_pg::local::LocalPostgres::start(dir.path(), None)
+        .unwrap_or_else(|e| panic!("a local PostgreSQL server (apt-get install postgresql): {e}"));
+    Pg { pg, _dir: dir }
+}
+
+/// Point `setup`'s `[storage]` at the database at `url`.
+fn use_postgres(setup: &ServeSetup, url: &str) {
+    let cfg = std::fs::read_to_string(&setup.config).unwrap();
+    let start = cfg.find("[storage]").unwrap();
+    let end = cfg[start..].find("\n[master_key]").unwrap() + start;
+    let cfg = format!(
+        "{}[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\ndir = \"state\"\n{}",
+        &cfg[..start],
+        &cfg[end..]
+    );
+    std::fs::write(&setup.config, cfg).unwrap();
+}
+
+#[test]
+fn a_lost_postgres_store_is_restored_from_a_backup() {
+    let Some(f) = common::KrsFixture::new("backup-pg", "") else {
+        return;
+    };
+    let text_policy = common::policy_text_full(
+        2,
+        &[hex::encode(keyward::attest::simulated::DEMO_MEASUREMENT)],
+        &keyward::verify::testsign::test_root_policy_toml(),
+    );
+    f.sign_policy_text(2, &text_policy, &f.policy_file);
+    let a = ServeSetup::new();
+    f.trust_admin_ca("fleet", &a.ca);
+    let krs = f.serve();
+    use_release(&f, &a, &krs.addr);
+    let db = pg_server();
+    use_postgres(&a, &db.pg.url());
+    let dir = a.dir.path();
+
+    let (pa, xks) = a.start();
+    create_open_key(&a.profile, "k1");
+    let (code, enc1) = xks.encrypt("k1", "aW4gdGhlIGRhdGFiYXNl");
+    assert_eq!(code, 200, "{enc1}");
+    let file = dir.join("fleet.backup.json");
+    let info = backup(&a.profile, &file);
+    let backup_seq = info["seq"].as_u64().unwrap();
+    create_open_key(&a.profile, "k2");
+    stop(pa);
+
+    // The database is lost: a new, empty server in its place.
+    drop(db);
+    let db = pg_server();
+    use_postgres(&a, &db.pg.url());
+    refused_at_unseal(&a, &["key store is missing"]);
+
+    let out = restore(&a, &file);
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(r["seq"], backup_seq);
+    assert!(
+        r["restored"].as_str().unwrap().contains("postgresql://"),
+        "{r}"
+    );
+    refused_at_unseal(&a, &["rollback"]);
+
+    drop(krs);
+    let out = heads_set(
+        &f,
+        &[
+            "--deployment",
+            "fleet",
+            "--backup",
+            file.to_str().unwrap(),
+            "--yes",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let krs = f.serve();
+    use_release(&f, &a, &krs.addr);
+
+    let (pa, xks) = a.start();
+    let (code, dec) = xks.decrypt("k1", &enc1);
+    assert_eq!(code, 200, "{dec}");
+    assert_eq!(dec["plaintext"], "aW4gdGhlIGRhdGFiYXNl");
+    let (code, _) = xks.encrypt("k2", "YWZ0ZXI=");
+    assert_ne!(code, 200, "a key made after the backup came back");
+    admin_ok(&a.profile, &["keys", "create", "k3"]);
+    assert_eq!(shown_head(&f, "fleet")["seq"], backup_seq + 1);
+    stop(pa);
+    drop(krs);
 }
