@@ -208,3 +208,51 @@ fn export_restore_and_refusals() {
         Ok(_) => panic!("a cut backup opened"),
     }
 }
+
+/// The restore part of the RTO at scale (docs/backup.md): 100,000 keys exported, parsed,
+/// restored into an empty directory and opened. Timing only; run it with
+/// `cargo test --release -p keyward-keystore --test it -- --ignored backup_of_100k_keys --nocapture`.
+#[test]
+#[ignore]
+fn backup_of_100k_keys() {
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let reg = open(&a, MK).unwrap();
+    reg.create_store(NewStore {
+        name: "main".into(),
+        uri_prefix: "/kw".into(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+    let ids: Vec<String> = (0..100_000).map(|i| format!("key-{i:06}")).collect();
+    for chunk in ids.chunks(10_000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        reg.create_keys(Some("main"), &refs, KeyUsage::EncryptDecrypt)
+            .unwrap();
+    }
+    let t = Instant::now();
+    let exp = reg.export().unwrap();
+    let export = t.elapsed();
+    drop(reg);
+    let t = Instant::now();
+    let b = backup::parse(&exp.bytes).unwrap();
+    let parse = t.elapsed();
+    let r = tmp.path().join("restored");
+    let t = Instant::now();
+    b.restore_into(&mut FileKeyStore::open(&r).unwrap()).unwrap();
+    let restore = t.elapsed();
+    let t = Instant::now();
+    let reg = open(&r, MK).unwrap();
+    let opened = t.elapsed();
+    assert_eq!(reg.head(), exp.head);
+    eprintln!(
+        "100k keys: backup {} MB; export {:.0} ms, parse {:.0} ms, restore {:.0} ms, open {:.0} ms",
+        exp.bytes.len() / 1_000_000,
+        export.as_secs_f64() * 1e3,
+        parse.as_secs_f64() * 1e3,
+        restore.as_secs_f64() * 1e3,
+        opened.as_secs_f64() * 1e3
+    );
+}
