@@ -118,9 +118,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
     );
     eprintln!(
-        "keyward: restored store {} at record {} into {}. The key-release service still holds a \
-         newer head of this deployment, so the appliance refuses this store (rollback) until the \
-         KRS operator runs: keyward krs heads set --config KRS_CONFIG --deployment NAME --backup {}",
+        "keyward: restored store {} at record {} into {}. If the key-release service holds a \
+         newer head of this deployment (changes were made after this backup), the appliance \
+         refuses this store (rollback) until the KRS operator runs: keyward krs heads set \
+         --config KRS_CONFIG --deployment NAME --backup {}",
         r.store_id, r.seq, r.location, shown
     );
     Ok(ExitCode::SUCCESS)
