@@ -492,15 +492,23 @@ fn covers_pcr15(p: &keyward_verify::Policy) -> bool {
         || (p.required_evidence.contains(&EvidenceKind::Nitro) && has15(&p.nitro, "pcrs"))
 }
 
-/// Everything `serve` needs, built from the config; also used by the embedded demo KRS.
+/// Everything `serve` needs, built from the config, and the state directory's lock (held for
+/// as long as the service runs: one process on this state at a time; an operator's `heads set`
+/// waits for a stop).
 pub fn build_service(
     cfg: &KrsConfig,
     appraiser: Box<dyn crate::service::Appraiser>,
-) -> anyhow::Result<(Service, Arc<rustls::ServerConfig>)> {
+) -> anyhow::Result<(
+    Service,
+    Arc<rustls::ServerConfig>,
+    crate::state_lock::StateLock,
+)> {
     let deployments = crate::deployment::parse(&cfg.deployments)?;
     std::fs::create_dir_all(&cfg.state_dir)?;
-    let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let policy = load_policy(cfg, &cfg.policy_file)?;
+    // Before the head book and the release log are read (and the log's head repaired).
+    let state = crate::state_lock::lock(&cfg.state_dir)?;
+    let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let log = ReleaseLog::open(&cfg.log_file())?;
     let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
@@ -522,15 +530,12 @@ pub fn build_service(
     )?
     .with_deployments(deployments)
     .with_heads(heads);
-    Ok((svc, tls))
+    Ok((svc, tls, state))
 }
 
 fn serve(config: &Path) -> anyhow::Result<ExitCode> {
     init_tracing();
     let cfg = KrsConfig::load(config)?;
-    // One process on this state at a time (an operator's `heads set` waits for a stop); held
-    // until the process ends.
-    let _state = crate::state_lock::lock(&cfg.state_dir)?;
     // As the appliance does, before anything secret exists (the HSM PIN, an HPKE-fallback
     // master key): non-dumpable, no core files, key memory locked.
     keyward_secret::harden_process().context("hardening the KRS process")?;
@@ -557,7 +562,7 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let appraiser = crate::appraiser::VerifierAppraiser::with_crls(crls.clone());
-    let (svc, tls) = build_service(&cfg, Box::new(appraiser))?;
+    let (svc, tls, _state) = build_service(&cfg, Box::new(appraiser))?;
     let svc = svc.with_limits(cfg.limits);
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
