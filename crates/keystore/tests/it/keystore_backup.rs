@@ -241,7 +241,8 @@ fn backup_of_100k_keys() {
     let parse = t.elapsed();
     let r = tmp.path().join("restored");
     let t = Instant::now();
-    b.restore_into(&mut FileKeyStore::open(&r).unwrap()).unwrap();
+    b.restore_into(&mut FileKeyStore::open(&r).unwrap())
+        .unwrap();
     let restore = t.elapsed();
     let t = Instant::now();
     let reg = open(&r, MK).unwrap();
