@@ -176,6 +176,19 @@ pub(crate) fn export(
         sealed_head,
         records,
     };
+    // What was read back from the backend must verify (every record's MAC, the chain, the
+    // sealed head) and end in the head: a store changed on disk since it was opened is refused
+    // now, not found out at a restore.
+    let mut copy = MemStore {
+        header: &body.header,
+        records: &body.records,
+        sealed_head: &body.sealed_head,
+    };
+    if load::verify_copy(&mut copy, sealer, false)? != *head {
+        return Err(KeystoreError::Format(
+            "the records read for the backup do not end in the store's head".into(),
+        ));
+    }
     let body = serde_json::to_vec(&body).map_err(|_| KeystoreError::Seal)?;
     let sha = hex::encode(Sha256::digest(&body));
     let mac = hex::encode(sealer.backup_mac(VERSION, &body));
@@ -347,8 +360,12 @@ impl Backup {
         if !mac_matches(&sealer.backup_mac(VERSION, &self.raw_body), &self.mac) {
             return Err(BackupError::Mac);
         }
-        let mut mem = MemStore { backup: self };
-        let replayed = load::verify_copy(&mut mem, &sealer).map_err(BackupError::Records)?;
+        let mut mem = MemStore {
+            header: &self.body.header,
+            records: &self.body.records,
+            sealed_head: &self.body.sealed_head,
+        };
+        let replayed = load::verify_copy(&mut mem, &sealer, true).map_err(BackupError::Records)?;
         if replayed != self.head {
             return Err(BackupError::Records(KeystoreError::Format(
                 "the records verify but end in another head than the backup names".into(),
@@ -421,9 +438,11 @@ impl Backup {
     }
 }
 
-/// A backup as a read-only [`KeyStore`], for verifying it as a boot would.
+/// A backup's content as a read-only [`KeyStore`], for verifying it as a boot would.
 struct MemStore<'a> {
-    backup: &'a Backup,
+    header: &'a Header,
+    records: &'a [SignedRecord],
+    sealed_head: &'a SealedHead,
 }
 
 fn read_only() -> KeystoreError {
@@ -435,7 +454,7 @@ impl KeyStore for MemStore<'_> {
         "the backup".into()
     }
     fn header(&mut self) -> Result<Option<Header>, KeystoreError> {
-        Ok(Some(self.backup.body.header.clone()))
+        Ok(Some(self.header.clone()))
     }
     fn init(&mut self, _: &Header) -> Result<(), KeystoreError> {
         Err(read_only())
@@ -444,17 +463,13 @@ impl KeyStore for MemStore<'_> {
         &mut self,
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(), KeystoreError> {
-        self.backup
-            .body
-            .records
-            .iter()
-            .try_for_each(|r| visit(r.clone()))
+        self.records.iter().try_for_each(|r| visit(r.clone()))
     }
     fn append(&mut self, _: &SignedRecord) -> Result<(), KeystoreError> {
         Err(read_only())
     }
     fn record_count(&self) -> usize {
-        self.backup.body.records.len()
+        self.records.len()
     }
     fn compact(
         &mut self,
@@ -473,7 +488,7 @@ impl KeyStore for MemStore<'_> {
         Err(read_only())
     }
     fn load_head(&mut self) -> Result<Option<SealedHead>, KeystoreError> {
-        Ok(Some(self.backup.body.sealed_head.clone()))
+        Ok(Some(self.sealed_head.clone()))
     }
     fn store_head(&mut self, _: &SealedHead) -> Result<(), KeystoreError> {
         Err(read_only())

@@ -462,7 +462,10 @@ impl Registry {
     /// acknowledged head (verbatim, still sealed), the sealed head, MACed as a whole under the
     /// master key's `backup` subkey. Taken under the writer lock (after settling a pending write
     /// and, on a shared store, applying the other members' writes), so it is one consistent
-    /// head; admin writes wait for it. Blocking I/O: one read of the whole store.
+    /// head; admin writes wait for it. What was read is verified before it is exported (every
+    /// record's MAC, the chain, the sealed head; no KEK is unsealed again): a store changed in
+    /// its backend since it was opened is refused now, not found out at a restore. Blocking
+    /// I/O: one read of the whole store.
     pub fn export(&self) -> Result<super::backup::Export, KeystoreError> {
         let mut inner = self.lock_write()?;
         let head = inner.head.clone();

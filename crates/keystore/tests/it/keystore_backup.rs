@@ -209,6 +209,33 @@ fn export_restore_and_refusals() {
     }
 }
 
+/// A store changed on disk behind the running registry's back is not exported: the backup
+/// would only fail at the restore.
+#[test]
+fn a_store_changed_on_disk_is_not_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = open(tmp.path(), MK).unwrap();
+    reg.create_store(NewStore {
+        name: "main".into(),
+        uri_prefix: "/kw".into(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+    reg.create_key(Some("main"), "k1", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    reg.export().unwrap();
+    let log = tmp.path().join("keystore.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("\"k1\"", "\"k8\"", 1)).unwrap();
+    match reg.export() {
+        Err(e @ KeystoreError::Tampered { .. }) => {
+            assert!(e.to_string().contains("altered"), "{e}")
+        }
+        other => panic!("exported a changed store: {other:?}"),
+    }
+}
+
 /// The restore part of the RTO at scale (docs/backup.md): 100,000 keys exported, parsed,
 /// restored into an empty directory and opened. Timing only; run it with
 /// `cargo test --release -p keyward-keystore --test it -- --ignored backup_of_100k_keys --nocapture`.
