@@ -14,6 +14,10 @@
 //! are anchored again, and the release log verifies. The restore and boot times are printed
 //! (docs/backup.md states them).
 //!
+//! With a master key file (development stores): `store restore --master-key-file` verifies the
+//! MAC and every record before writing (a forged backup and a wrong key are refused), and the
+//! restored store serves.
+//!
 //! The same recovery on the PostgreSQL store (a local server from the machine's binaries): the
 //! database is lost (a new, empty server), the boot refuses the empty database, the backup
 //! restores into it through `[storage] backend = "postgres"`, and after `heads set` the member
@@ -91,6 +95,17 @@ fn restore(setup: &ServeSetup, file: &Path) -> Output {
     Command::new(BIN)
         .args(["store", "restore", "--config"])
         .arg(&setup.config)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// `keyward store restore --config CONFIG [ARGS] FILE`.
+fn restore_with(config: &Path, args: &[&str], file: &Path) -> Output {
+    Command::new(BIN)
+        .args(["store", "restore", "--config"])
+        .arg(config)
+        .args(args)
         .arg(file)
         .output()
         .unwrap()
@@ -177,7 +192,10 @@ fn a_lost_store_is_restored_from_a_backup_after_the_krs_operator_moves_the_head(
     let (pb, _) = b.start();
     create_open_key(&b.profile, "b1");
     let other = dir.join("other-store.backup.json");
-    backup(&b.profile, &other);
+    let other_id = backup(&b.profile, &other)["store_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     stop(pb);
 
     // Keys, used through the XKS API.
@@ -359,8 +377,24 @@ fn a_lost_store_is_restored_from_a_backup_after_the_krs_operator_moves_the_head(
     assert_eq!(shown_head(&f, "appliance-a")["seq"], backup_seq + 1);
     stop(pa);
     drop(krs);
+    // --new-store: the deployment's store replaced by another store's backup, said so loudly.
+    let out = heads_set(
+        &f,
+        &[
+            &base[..],
+            &[other.to_str().unwrap(), "--new-store", "--yes"],
+        ]
+        .concat(),
+        "",
+    );
+    assert!(
+        out.status.success() && text(&out).contains("ANOTHER STORE"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(shown_head(&f, "appliance-a")["store_id"], other_id.as_str());
     let (ok, out) = f.log_verify(&f.log_path());
-    assert!(ok, "krs log verify with a head-set entry: {out}");
+    assert!(ok, "krs log verify with head-set entries: {out}");
     eprintln!(
         "backup: restore of {} records took {:.0} ms; boot to serving took {:.0} ms",
         r["records"],
@@ -467,4 +501,76 @@ fn a_lost_postgres_store_is_restored_from_a_backup() {
     assert_eq!(shown_head(&f, "fleet")["seq"], backup_seq + 1);
     stop(pa);
     drop(krs);
+}
+
+#[test]
+fn a_master_key_file_verifies_the_backup_before_it_is_restored() {
+    let a = ServeSetup::new();
+    let dir = a.dir.path();
+    let (pa, xks) = a.start();
+    create_open_key(&a.profile, "k1");
+    let (code, enc) = xks.encrypt("k1", "ZGV2ZWxvcG1lbnQ=");
+    assert_eq!(code, 200, "{enc}");
+    let file = dir.join("dev.backup.json");
+    backup(&a.profile, &file);
+    stop(pa);
+
+    // A file with only [storage]: the rest of the appliance's configuration is not needed.
+    let target = |name: &str| {
+        let c = dir.join(format!("{name}.toml"));
+        std::fs::write(&c, format!("[storage]\ndir = \"{name}\"\n")).unwrap();
+        c
+    };
+    let mk_path = dir.join("master.key");
+    let mk_arg = ["--master-key-file", mk_path.to_str().unwrap()];
+
+    // Forged with the SHA-256 recomputed: the MAC refuses it; nothing written.
+    let forged = forge(&file, &dir.join("forged.json"), true, |b| {
+        b.replacen("\"k1\"", "\"k7\"", 1)
+    });
+    let out = restore_with(&target("forged"), &mk_arg, &forged);
+    assert!(
+        !out.status.success() && text(&out).contains("MAC does not verify"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.join("forged/keystore.jsonl").exists());
+    // Another master key: refused.
+    let other = dir.join("other.key");
+    keyward::admin::pki::write_file(&other, &rand32(), true).unwrap();
+    let out = restore_with(
+        &target("other"),
+        &["--master-key-file", other.to_str().unwrap()],
+        &file,
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("does not open"),
+        "{}",
+        text(&out)
+    );
+    // The right key: verified and restored.
+    let out = restore_with(&target("restored"), &mk_arg, &file);
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(
+        r["verified"]
+            .as_str()
+            .unwrap()
+            .contains("MAC and every record"),
+        "{r}"
+    );
+
+    // The appliance on the restored copy decrypts what was made before.
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        cfg.replace("dir = \"store\"", "dir = \"restored\""),
+    )
+    .unwrap();
+    let (pa, xks) = a.start();
+    let (code, dec) = xks.decrypt("k1", &enc);
+    assert_eq!(code, 200, "{dec}");
+    assert_eq!(dec["plaintext"], "ZGV2ZWxvcG1lbnQ=");
+    stop(pa);
 }
