@@ -460,14 +460,20 @@ impl Registry {
 
     /// Export the store as a backup file ([`super::backup`]): the header, every record up to the
     /// acknowledged head (verbatim, still sealed), the sealed head, MACed as a whole under the
-    /// master key's `backup` subkey. Taken under the writer lock (after settling a pending write
-    /// and, on a shared store, applying the other members' writes), so it is one consistent
-    /// head; admin writes wait for it. What was read is verified before it is exported (every
+    /// master key's `backup` subkey. Taken under the writer lock (on a shared store after
+    /// applying the other members' writes), so it is one consistent head: the acknowledged one
+    /// (a write whose outcome at the KRS is still unknown is not in it); admin writes wait for
+    /// it. It needs no KRS. What was read is verified before it is exported (every
     /// record's MAC, the chain, the sealed head; no KEK is unsealed again): a store changed in
     /// its backend since it was opened is refused now, not found out at a restore. Blocking
     /// I/O: one read of the whole store.
     pub fn export(&self) -> Result<super::backup::Export, KeystoreError> {
-        let mut inner = self.lock_write()?;
+        // No settling of a pending write (that needs the KRS, and a backup must work while it
+        // is down): the export ends at the acknowledged head, and a pending write lies beyond.
+        let mut inner = self.lock();
+        if inner.shared {
+            self.refresh_locked(&mut inner)?;
+        }
         let head = inner.head.clone();
         let header = inner
             .backend
