@@ -41,6 +41,8 @@ struct Cli {
 enum Command {
     /// Run the appliance: attest, release, unseal, then serve the XKS and admin APIs.
     Serve(keyward_appliance::cli::ServeArgs),
+    /// Offline key store commands: restore a backup into an empty store (`store restore`).
+    Store(keyward_appliance::restore::Args),
     /// Check a configuration file and report every problem with its key path.
     Config(keyward_config::cli::Args),
     /// Manage keys, grants and credentials through the mutual-TLS admin API.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
     keyward_secret::fdlimit::raise_nofile();
     let result = match cli.command {
         Command::Serve(a) => keyward_appliance::cli::serve(a),
+        Command::Store(a) => keyward_appliance::restore::run(a),
         Command::Config(a) => keyward_config::cli::run(a),
         #[cfg(feature = "operator")]
         Command::Admin(a) => {

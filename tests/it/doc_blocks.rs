@@ -1,7 +1,7 @@
 //! The docs' runnable shell blocks (fences that read "```sh runnable") run against a fresh
 //! `keyward demo`, as a newcomer would run them after `make run` (`scripts/doc-blocks.sh`, see
 //! docs/testing.md). A block that fails, or a runnable block that silently disappears from the
-//! README or docs/admin.md, fails this test.
+//! README, docs/admin.md or docs/backup.md, fails this test.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,9 +32,13 @@ fn readme_and_docs_runnable_blocks_run_against_the_demo() {
         out.status.success(),
         "runnable doc blocks failed:\n{stdout}\n{stderr}"
     );
-    // The README's tour and the admin session are runnable: at least this many blocks ran
-    // in each (a fence whose "runnable" was dropped would otherwise pass unnoticed).
-    for (page, least) in [("README.md", 5), ("docs/admin.md", 1)] {
+    // The README's tour, the admin session and the backup are runnable: at least this many
+    // blocks ran in each (a fence whose "runnable" was dropped would otherwise pass unnoticed).
+    for (page, least) in [
+        ("README.md", 5),
+        ("docs/admin.md", 1),
+        ("docs/backup.md", 1),
+    ] {
         let line = stdout
             .lines()
             .find(|l| l.ends_with(" block(s) ran") && l.contains(&format!("{page}:")))

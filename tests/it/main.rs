@@ -20,6 +20,7 @@ mod admin_trust;
 mod attest_demo_live;
 mod attest_live_cli;
 mod attest_serve;
+mod backup;
 mod bench_loop;
 mod cfn;
 mod config_check;

@@ -9,8 +9,8 @@ use base64::Engine;
 
 use super::client::Profile;
 use super::proto::{
-    ops_str, parse_ops, parse_usage, usage_str, CredAdded, CredInfo, KeyInfo, Request, SecretText,
-    StoreInfo, TlsInfo,
+    ops_str, parse_ops, parse_usage, usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, Request,
+    SecretText, StoreInfo, TlsInfo,
 };
 use keyward_keystore::view::{Grant, KeyStatus};
 
@@ -75,6 +75,14 @@ enum Command {
     /// deployments; a real CA can add the same SAN URI claim itself).
     #[command(subcommand)]
     Cert(Cert),
+    /// Export the whole sealed key store to FILE (mode 0600): header, every record verbatim
+    /// (still sealed under the master key), the head, MACed under the master key. Prints the
+    /// head (store id, record) and the file's SHA-256. Admin role.
+    Backup {
+        /// Where to write the backup (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
     KmsConfig {
         /// Key store name.
@@ -524,10 +532,68 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         ),
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
+        Command::Backup { out } => (Request::Backup, Box::new(move |v| write_backup(&out, v))),
         Command::Trust { .. } | Command::Cert(_) | Command::Store(_) => {
             anyhow::bail!("internal: trust and cert are not admin API requests")
         }
     })
+}
+
+/// `keyward admin backup`: check the answer, write the file 0600 (temp file, fsync, rename,
+/// fsync the directory), print one JSON line.
+fn write_backup(out: &std::path::Path, v: serde_json::Value) -> anyhow::Result<()> {
+    use sha2::Digest;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let info: BackupInfo = serde_json::from_value(v).context("the answer is not a backup")?;
+    let bytes = info.file.as_bytes();
+    let sha = hex::encode(sha2::Sha256::digest(bytes));
+    if sha != info.sha256 {
+        anyhow::bail!("the backup arrived damaged (its SHA-256 is not the one the appliance sent)");
+    }
+    let parsed = keyward_keystore::backup::parse(bytes)
+        .map_err(|e| anyhow::anyhow!("the appliance sent an unreadable backup: {e}"))?;
+    if parsed.head().seq != info.seq || hex::encode(&parsed.head().store_id) != info.store_id {
+        anyhow::bail!("the backup does not end in the head the appliance named");
+    }
+    let name = out
+        .file_name()
+        .with_context(|| format!("--out {}: not a file name", out.display()))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = out.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "backup": out,
+            "store_id": info.store_id,
+            "seq": info.seq,
+            "records": info.records,
+            "created": info.created,
+            "bytes": bytes.len(),
+            "sha256": sha,
+        })
+    );
+    Ok(())
 }
 
 fn print_store_table(stores: &[StoreInfo]) {

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::proto::{
-    usage_str, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request, SecretText,
-    StoreInfo, TlsInfo,
+    usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request,
+    SecretText, StoreInfo, TlsInfo,
 };
 use super::role::{Operator, Role};
 use super::server::{AdminError, Backend};
@@ -247,6 +247,7 @@ fn describe(req: &Request) -> String {
         Request::KeysList { store } | Request::CredsList { store } => {
             format!("store={} read", s(store))
         }
+        Request::Backup => "export of the whole sealed key store".into(),
         Request::KmsConfig {
             store,
             access_key_id,
@@ -338,6 +339,21 @@ impl RegistryBackend {
                     "store_seq": r.head().seq,
                 })),
             },
+            Request::Backup => {
+                use sha2::Digest;
+                let e = r.export()?;
+                let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
+                let file = String::from_utf8(e.bytes)
+                    .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
+                to_json(&BackupInfo {
+                    file,
+                    store_id: hex::encode(&e.head.store_id),
+                    seq: e.head.seq,
+                    records: e.records,
+                    created: keyward_keystore::unix_rfc3339(e.created),
+                    sha256,
+                })
+            }
             Request::TlsShow => to_json(&self.tls()?.show()?),
             Request::TlsCsr { dns_names } => Ok(json!({ "csr_pem": self.tls()?.csr(&dns_names)? })),
             Request::TlsInstall { chain_pem } => to_json(&self.tls()?.install(&chain_pem)?),

@@ -161,6 +161,10 @@ pub enum Request {
         store: Option<String>,
         access_key_id: String,
     },
+    /// Export the whole sealed key store as one backup file (`keyward admin backup`): header,
+    /// every record verbatim (still sealed), the head, MACed under the master key's `backup`
+    /// subkey. Admin only. The answer carries the file's text (see [`BackupInfo`]).
+    Backup,
     /// The JSON file the AWS KMS console accepts for a store (needs the secret: give the access
     /// key id whose secret to include, or the newest credential is used).
     KmsConfig {
@@ -195,6 +199,7 @@ impl Request {
             Request::CredsAdd { .. } => "creds_add",
             Request::CredsRemove { .. } => "creds_remove",
             Request::KmsConfig { .. } => "kms_config",
+            Request::Backup => "backup",
         }
     }
 
@@ -209,6 +214,7 @@ impl Request {
                 | Request::KeysList { .. }
                 | Request::CredsList { .. }
                 | Request::KmsConfig { .. }
+                | Request::Backup
         )
     }
 }
@@ -254,6 +260,35 @@ pub struct TlsInfo {
     /// When the chain was installed, RFC 3339.
     #[serde(default)]
     pub installed_at: Option<String>,
+}
+
+/// The answer to `backup`: the backup file's text (one JSON line, to be written as is: its MAC
+/// covers its exact bytes) and the head it ends in.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The file.
+    pub file: String,
+    /// The store id (hex).
+    pub store_id: String,
+    /// The head's record (the RPO point: changes after it are not in this backup).
+    pub seq: u64,
+    /// Records in the file.
+    pub records: usize,
+    /// When it was made, RFC 3339.
+    pub created: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for BackupInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupInfo")
+            .field("file", &format_args!("{} bytes", self.file.len()))
+            .field("store_id", &self.store_id)
+            .field("seq", &self.seq)
+            .field("records", &self.records)
+            .finish()
+    }
 }
 
 /// A key as `keys list` shows it (never key bytes).

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod masterkey;
 pub mod notify;
 pub mod release;
+pub mod restore;
 pub mod schedule;
 pub mod storage;
 pub mod tls;

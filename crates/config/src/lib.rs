@@ -226,6 +226,40 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     Ok(load_str(&text, base))
 }
 
+/// Only the `[storage]` section of a configuration file (the rest is not read, so an operator's
+/// machine needs neither the appliance's TLS files nor its master key file): what `keyward store
+/// restore` writes to. `Err` lists the section's problems.
+pub fn load_storage(path: &Path) -> Result<Result<StorageConfig, Vec<Problem>>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut p = Problems::default();
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            p.invalid("", format!("not valid TOML: {}", e.message().trim()));
+            return Ok(Err(p.list));
+        }
+    };
+    let mut root = Section::new("", &table, base);
+    let storage = match root.table("storage", &mut p) {
+        Some(s) => parse_storage(s, &mut p),
+        None => Some(StorageConfig {
+            dir: PathBuf::from("/var/lib/keyward"),
+            backend: StorageBackend::File,
+        }),
+    };
+    match storage {
+        Some(s) if !p.has_invalid() => Ok(Ok(s)),
+        _ => Ok(Err(p.list)),
+    }
+}
+
 /// Parse and check configuration text; relative paths are resolved against `base_dir`.
 pub fn load_str(text: &str, base_dir: &Path) -> Loaded {
     let mut p = Problems::default();

@@ -6,6 +6,8 @@
 //!   once).
 //! * [`KeyStore`]: the persistence seam; [`FileKeyStore`] is the file implementation (a
 //!   PostgreSQL one, shared by a fleet, lives in `keyward-store-pg`).
+//! * [`backup`]: a store exported as one MACed file ([`Registry::export`]), and its restore
+//!   into an empty backend.
 //! * [`fleet`]: members' heartbeats, for GetHealthStatus and `keyward admin fleet`.
 //! * [`validate`]: the input rules (key ids, credentials, URI prefixes) with clear messages.
 //! * [`view`] is the CONTRACT read by `xks` on every request.
@@ -17,6 +19,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod backup;
 mod error;
 pub mod file;
 pub mod fleet;

@@ -294,7 +294,7 @@ fn open_v2(
         tls,
         head,
         chain,
-    } = replay_v2(backend, &sealer, floor)?;
+    } = replay_v2(backend, &sealer, floor, true)?;
     Ok(Opened {
         sealer,
         builds,
@@ -365,7 +365,18 @@ pub(super) fn reload_shared(
     if header.format != LOG_FORMAT || !sealer.verify_check(&header.check) {
         return Err(KeystoreError::WrongMasterKey);
     }
-    replay_v2(backend, sealer, Some(known))
+    replay_v2(backend, sealer, Some(known), true)
+}
+
+/// Verify a copy of a store (a backup) under `sealer` as [`open_v2`] verifies a store without a
+/// floor (every record's MAC, the chain, the sealed head; with `unseal` also every sealed value,
+/// into locked memory and dropped); its head. Nothing is written.
+pub(super) fn verify_copy(
+    backend: &mut dyn KeyStore,
+    sealer: &Sealer,
+    unseal: bool,
+) -> Result<StoreHead, KeystoreError> {
+    replay_v2(backend, sealer, None, unseal).map(|r| r.head)
 }
 
 /// The work of [`open_v2`]. On a shared backend ([`KeyStore::shared`]) records after the cut
@@ -376,6 +387,7 @@ fn replay_v2(
     backend: &mut dyn KeyStore,
     sealer: &Sealer,
     floor: Option<&StoreHead>,
+    unseal: bool,
 ) -> Result<Replayed, KeystoreError> {
     let shared = backend.shared();
     let sealed = backend
@@ -491,7 +503,10 @@ fn replay_v2(
             }
             s.prev = mac;
             s.remaining -= 1;
-            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
+            return match unseal {
+                true => replay(sealer, &mut builds, &mut tls, seq, sr.rec),
+                false => Ok(()),
+            };
         }
         if matches!(sr.rec, Record::Checkpoint(_)) {
             return Err(tampered(seq, "a checkpoint in the middle of the log"));
@@ -531,12 +546,18 @@ fn replay_v2(
             if seq == cut {
                 at_cut = Some(mac);
             }
-            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
+            return match unseal {
+                true => replay(sealer, &mut builds, &mut tls, seq, sr.rec),
+                false => Ok(()),
+            };
         }
         if shared {
             // Another member's write (verified above): applied.
             beyond += 1;
-            return replay(sealer, &mut builds, &mut tls, seq, sr.rec);
+            return match unseal {
+                true => replay(sealer, &mut builds, &mut tls, seq, sr.rec),
+                false => Ok(()),
+            };
         }
         // After the acknowledged head: at most the one write that was never acknowledged.
         if seq == cut + 1 {

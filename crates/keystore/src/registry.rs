@@ -594,6 +594,45 @@ impl Registry {
         })
     }
 
+    /// Export the store as a backup file ([`super::backup`]): the header, every record up to the
+    /// acknowledged head (verbatim, still sealed), the sealed head, MACed as a whole under the
+    /// master key's `backup` subkey. Taken under the writer lock (on a shared store after
+    /// applying the other members' writes), so it is one consistent head: the acknowledged one
+    /// (a write whose outcome at the KRS is still unknown is not in it); admin writes wait for
+    /// it. It needs no KRS. What was read is verified before it is exported (every
+    /// record's MAC, the chain, the sealed head; no KEK is unsealed again): a store changed in
+    /// its backend since it was opened is refused now, not found out at a restore. Blocking
+    /// I/O: one read of the whole store.
+    pub fn export(&self) -> Result<super::backup::Export, KeystoreError> {
+        // No settling of a pending write (that needs the KRS, and a backup must work while it
+        // is down): the export ends at the acknowledged head, and a pending write lies beyond.
+        let mut inner = self.lock();
+        if inner.shared {
+            self.refresh_locked(&mut inner)?;
+        }
+        let head = inner.head.clone();
+        let header = inner
+            .backend
+            .header()?
+            .ok_or_else(|| KeystoreError::Format("key store header is gone".into()))?;
+        if hex::decode(&header.store_id).ok().as_deref() != Some(inner.sealer.store_id()) {
+            return Err(KeystoreError::Format(
+                "the key store's header names another store than the one opened".into(),
+            ));
+        }
+        let mut records = Vec::new();
+        inner.backend.load(&mut |sr| {
+            // On a shared store, records after this member's head are other members' writes
+            // made since the refresh above: the next backup has them.
+            if sr.seq <= head.seq {
+                records.push(sr);
+            }
+            Ok(())
+        })?;
+        let sealed = load::seal_head(&inner.sealer, &head)?;
+        super::backup::export(&inner.sealer, header, &head, sealed, records)
+    }
+
     /// The store's acknowledged head (what the KRS holds once writes are anchored).
     pub fn head(&self) -> StoreHead {
         self.lock().head.clone()

@@ -18,6 +18,8 @@
 //! * live record: `"keyward/live" ‖ 2 ‖ id ‖ u64 seq ‖ u64 index ‖ previous live MAC ‖ JSON`
 //!   (the first one's previous MAC is the checkpoint's)
 //! * sealed head (head subkey): `"keyward/head" ‖ 2 ‖ id ‖ u64 seq ‖ chain MAC`
+//! * backup file (backup subkey, `backup.rs`): `"keyward/backup" ‖ 2 ‖ id ‖ u32 backup version
+//!   ‖ the body's bytes`
 //!
 //! Key schedules are wiped when the sealer is dropped: AES-GCM through the same wiped ring key
 //! as the request path ([`GcmKey`]), HMAC through the `hmac`/`sha2` 0.11 generation, whose
@@ -58,6 +60,7 @@ pub(crate) struct Sealer {
     aead: GcmKey,
     mac: HmacSha256,
     head_mac: HmacSha256,
+    backup_mac: HmacSha256,
     store_id: Vec<u8>,
 }
 
@@ -143,15 +146,19 @@ impl Sealer {
         let enc = subkey(master, b"keyward keystore v1 seal")?;
         let mac = subkey(master, b"keyward keystore v1 mac")?;
         let head = subkey(master, b"keyward keystore v2 head")?;
+        let backup = subkey(master, b"keyward keystore v2 backup")?;
         let aead = GcmKey::new(&enc).map_err(|_| KeystoreError::Seal)?;
         let mac = <HmacSha256 as KeyInit>::new_from_slice(mac.expose())
             .map_err(|_| KeystoreError::Seal)?;
         let head_mac = <HmacSha256 as KeyInit>::new_from_slice(head.expose())
             .map_err(|_| KeystoreError::Seal)?;
+        let backup_mac = <HmacSha256 as KeyInit>::new_from_slice(backup.expose())
+            .map_err(|_| KeystoreError::Seal)?;
         Ok(Sealer {
             aead,
             mac,
             head_mac,
+            backup_mac,
             store_id: store_id.to_vec(),
         })
     }
@@ -345,6 +352,14 @@ impl Sealer {
         m.update(chain);
         out32(m)
     }
+
+    /// The MAC of a backup file's body (its exact bytes), backup format `version`.
+    pub(crate) fn backup_mac(&self, version: u32, body: &[u8]) -> ChainMac {
+        let mut m = self.start(&self.backup_mac, b"keyward/backup", LOG_FORMAT);
+        m.update(&version.to_be_bytes());
+        m.update(body);
+        out32(m)
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +437,9 @@ mod tests {
         // Each MAC kind is domain-separated from the others, and the chain starts per store.
         assert_ne!(s.live_mac(5, 1, &prev, &rec).unwrap(), mac);
         assert_ne!(s.head_mac(5, &mac), s.checkpoint_mac(5, &mac, 0));
+        assert_ne!(s.backup_mac(1, b"x"), sealer(1, b"id2").backup_mac(1, b"x"));
+        assert_ne!(s.backup_mac(1, b"x"), s.backup_mac(2, b"x"));
+        assert_ne!(s.backup_mac(1, b"x"), sealer(2, b"id1").backup_mac(1, b"x"));
         assert_ne!(s.chain_start(), sealer(1, b"id2").chain_start());
     }
 

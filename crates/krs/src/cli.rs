@@ -7,6 +7,9 @@
 //! * `crl fetch|status --config FILE`: the AMD CRLs the KRS hands the verifier.
 //! * `log verify FILE --receipt-key PEM [--against HEAD]`: offline check of the release log
 //!   (and that it is not older than, or forked from, a head noted earlier).
+//! * `heads show --config FILE`: the store head held per deployment.
+//! * `heads set --config FILE --deployment NAME --backup BACKUP [--new-store] [--yes]`: the
+//!   disaster-recovery override: move a deployment's head (back) to a backup's, logged.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -78,6 +81,42 @@ enum Cmd {
     Crl {
         #[command(subcommand)]
         cmd: CrlCmd,
+    },
+    /// The store heads this KRS holds per deployment (the floor every boot must reach).
+    Heads {
+        #[command(subcommand)]
+        cmd: HeadsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HeadsCmd {
+    /// List each deployment's store head (store id, record, chain MAC) and boot keys (JSON
+    /// lines).
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Disaster recovery: move a deployment's store head to the head of a backup (`keyward
+    /// admin backup`), so its appliances open the restored store (`keyward store restore`).
+    /// Every change made after the backup is lost for good. Recorded in the release log. The
+    /// KRS must be stopped (its state directory is locked while it runs).
+    Set {
+        #[arg(long)]
+        config: PathBuf,
+        /// The deployment (a `[[deployment]]` name of the config).
+        #[arg(long)]
+        deployment: String,
+        /// The backup file whose head to hold.
+        #[arg(long)]
+        backup: PathBuf,
+        /// Also when the backup is of another store than the one the deployment's head
+        /// names (the deployment's store is replaced by the backup's).
+        #[arg(long)]
+        new_store: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -187,6 +226,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => deployment_block(&config, &ca, url.as_deref(), &name, append),
         Cmd::Policy { cmd } => policy_cmd(cmd),
         Cmd::Crl { cmd } => crl_cmd(cmd),
+        Cmd::Heads {
+            cmd: HeadsCmd::Show { config },
+        } => crate::heads_cli::show(&config),
+        Cmd::Heads {
+            cmd:
+                HeadsCmd::Set {
+                    config,
+                    deployment,
+                    backup,
+                    new_store,
+                    yes,
+                },
+        } => crate::heads_cli::set(&crate::heads_cli::SetArgs {
+            config,
+            deployment,
+            backup,
+            new_store,
+            yes,
+        }),
         Cmd::Log {
             cmd:
                 LogCmd::Verify {
@@ -434,15 +492,23 @@ fn covers_pcr15(p: &keyward_verify::Policy) -> bool {
         || (p.required_evidence.contains(&EvidenceKind::Nitro) && has15(&p.nitro, "pcrs"))
 }
 
-/// Everything `serve` needs, built from the config; also used by the embedded demo KRS.
+/// Everything `serve` needs, built from the config, and the state directory's lock (held for
+/// as long as the service runs: one process on this state at a time; an operator's `heads set`
+/// waits for a stop).
 pub fn build_service(
     cfg: &KrsConfig,
     appraiser: Box<dyn crate::service::Appraiser>,
-) -> anyhow::Result<(Service, Arc<rustls::ServerConfig>)> {
+) -> anyhow::Result<(
+    Service,
+    Arc<rustls::ServerConfig>,
+    crate::state_lock::StateLock,
+)> {
     let deployments = crate::deployment::parse(&cfg.deployments)?;
     std::fs::create_dir_all(&cfg.state_dir)?;
-    let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let policy = load_policy(cfg, &cfg.policy_file)?;
+    // Before the head book and the release log are read (and the log's head repaired).
+    let state = crate::state_lock::lock(&cfg.state_dir)?;
+    let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let log = ReleaseLog::open(&cfg.log_file())?;
     let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
@@ -464,7 +530,7 @@ pub fn build_service(
     )?
     .with_deployments(deployments)
     .with_heads(heads);
-    Ok((svc, tls))
+    Ok((svc, tls, state))
 }
 
 fn serve(config: &Path) -> anyhow::Result<ExitCode> {
@@ -496,7 +562,7 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let appraiser = crate::appraiser::VerifierAppraiser::with_crls(crls.clone());
-    let (svc, tls) = build_service(&cfg, Box::new(appraiser))?;
+    let (svc, tls, _state) = build_service(&cfg, Box::new(appraiser))?;
     let svc = svc.with_limits(cfg.limits);
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;

@@ -7,6 +7,11 @@
 //! book that cannot be read refuses the KRS's start: forgetting heads would let an older store
 //! copy open again.
 //!
+//! [`HeadBook::set`] is the operator's override (`keyward krs heads set`, after a restore from a
+//! backup): it moves a head anywhere, backwards included, and is taken only with the KRS
+//! stopped (the state directory's lock, `state_lock.rs`), after the decision is in the release
+//! log.
+//!
 //! A fleet sharing one store is one deployment with several registered boot keys: every
 //! appliance advances the same head by compare-and-set on `prev`, so two writers never fork it
 //! (the loser is refused, reloads and retries).
@@ -107,6 +112,19 @@ struct BootKeyEntry {
 struct DeploymentHeads {
     head: Option<StoreHead>,
     boot_keys: Vec<BootKeyEntry>,
+}
+
+/// One deployment as [`HeadBook::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentEntry {
+    /// The deployment's name.
+    pub name: String,
+    /// The head held (`None`: no store anchored yet).
+    pub head: Option<StoreHead>,
+    /// Boot keys registered (the newest [`KEEP_BOOT_KEYS`]).
+    pub boot_keys: usize,
+    /// When the newest was registered, Unix seconds.
+    pub last_release: Option<u64>,
 }
 
 /// The book, in memory and on disk.
@@ -218,6 +236,37 @@ impl HeadBook {
     /// The head held for `deployment`.
     pub fn head(&self, deployment: &str) -> Option<StoreHead> {
         self.lock().get(deployment).and_then(|d| d.head.clone())
+    }
+
+    /// Every deployment the book knows, by name.
+    pub fn list(&self) -> Vec<DeploymentEntry> {
+        self.lock()
+            .iter()
+            .map(|(name, d)| DeploymentEntry {
+                name: name.clone(),
+                head: d.head.clone(),
+                boot_keys: d.boot_keys.len(),
+                last_release: d.boot_keys.iter().map(|k| k.registered).max(),
+            })
+            .collect()
+    }
+
+    /// Set `deployment`'s head to `next` unconditionally (the operator's override after a
+    /// restore; backwards or to another store), durably before `Ok`; the head it replaces. The
+    /// registered boot keys stay: a running appliance still holding the newer store cannot
+    /// advance from it (its `prev` is not the head held any more).
+    pub fn set(
+        &self,
+        deployment: &str,
+        next: &StoreHead,
+    ) -> Result<Option<StoreHead>, HeadBookError> {
+        let mut m = self.lock();
+        let mut updated = m.clone();
+        let d = updated.entry(deployment.to_string()).or_default();
+        let old = d.head.replace(next.clone());
+        self.persist(&updated)?;
+        *m = updated;
+        Ok(old)
     }
 
     /// Register a boot key for `deployment` (durably; the oldest beyond [`KEEP_BOOT_KEYS`] are
@@ -356,6 +405,23 @@ mod tests {
         assert!(b
             .lookup(&boot_key_id(&[KEEP_BOOT_KEYS as u8 + 2; 65]))
             .is_some());
+        // The operator's override: backwards, durably, boot keys kept; CAS continues from it.
+        assert_eq!(b.set("d", &head(1, 1)).unwrap(), Some(head(1, 2)));
+        let b = HeadBook::open(&p).unwrap();
+        assert_eq!(b.head("d"), Some(head(1, 1)));
+        assert_eq!(
+            b.advance("d", Some(&head(1, 2)), &head(1, 3)).unwrap(),
+            Err(Refusal::NotExtending)
+        );
+        assert_eq!(
+            b.advance("d", Some(&head(1, 1)), &head(1, 2)).unwrap(),
+            Ok(Advanced::Recorded)
+        );
+        let l = b.list();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].head, Some(head(1, 2)));
+        assert_eq!(l[0].boot_keys, KEEP_BOOT_KEYS);
+        assert_eq!(l[0].last_release, Some(3));
         // A damaged book refuses to open.
         std::fs::write(&p, b"{not json").unwrap();
         assert!(matches!(

@@ -16,11 +16,13 @@ pub mod crl_fetch;
 pub mod deployment;
 pub mod embedded;
 pub mod heads;
+pub mod heads_cli;
 pub mod limits;
 pub mod log;
 pub mod policy;
 pub mod service;
 pub mod session;
 pub mod softkeys;
+pub mod state_lock;
 
 pub use service::{Appraiser, Service};

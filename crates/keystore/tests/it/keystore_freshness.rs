@@ -661,6 +661,13 @@ fn an_unknown_outcome_stays_pending_until_the_next_write_settles_it() {
             .expect_err("still unknown");
         assert!(matches!(e, KeystoreError::AnchorUnknown(_)), "{e}");
         assert!(reg.key_info(None, "k3").is_err());
+        // A backup needs no KRS: it ends at the acknowledged head, without the pending write.
+        let exp = reg.export().unwrap();
+        assert_eq!(exp.head, head);
+        keyward_keystore::backup::parse(&exp.bytes)
+            .unwrap()
+            .verify(&mk())
+            .unwrap();
         // The KRS is back: the next write settles the pending one first.
         anchor.heal();
         reg.create_key(None, "k3", KeyUsage::EncryptDecrypt)
