@@ -17,7 +17,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
     let (mut p, ready, line) = start_demo(&state);
 
     // Every documented field; later issues may add only their documented fields
-    // (`attestation`, `attestation_url`).
+    // (`attestation`, `attestation_url`, `audit_log`).
     let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line).unwrap();
     for k in [
         "access_key_id",
@@ -29,9 +29,20 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         "secret_access_key",
         "uri_prefix",
         "url",
+        "audit_log",
     ] {
         assert!(raw.contains_key(k), "{k} missing from {line}");
     }
+    // The audit log it names is a verifiable chain (issue 15: `keyward audit verify`).
+    let audit_log = raw["audit_log"].as_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["audit", "verify", &audit_log])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK: "),
+        "keyward audit verify {audit_log}: {out:?}"
+    );
     for k in raw.keys() {
         assert!(
             !k.starts_with("attestation") || k == "attestation" || k == "attestation_url",
@@ -40,7 +51,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
     }
     assert_eq!(
         raw.len(),
-        9 + raw.keys().filter(|k| k.starts_with("attestation")).count(),
+        10 + raw.keys().filter(|k| k.starts_with("attestation")).count(),
         "{line}"
     );
     assert!(ready.url.starts_with("https://127.0.0.1:"), "{}", ready.url);
