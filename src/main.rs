@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 mod admin_trust;
 #[cfg(feature = "dev")]
 mod demo;
+#[cfg(feature = "dev")]
+mod fleet;
 #[cfg(any(feature = "auditor", feature = "operator"))]
 mod verify_cli;
 
