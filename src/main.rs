@@ -74,7 +74,9 @@ fn main() -> ExitCode {
         Command::Serve(a) => keyward_appliance::cli::serve(a),
         Command::Config(a) => keyward_config::cli::run(a),
         #[cfg(feature = "operator")]
-        Command::Admin(a) => keyward_admin::cli::run(a, admin_trust::run),
+        Command::Admin(a) => {
+            keyward_admin::cli::run(a, admin_trust::run, keyward_appliance::cli::store_command)
+        }
         #[cfg(feature = "dev")]
         Command::Demo(a) => demo::run(a),
         #[cfg(feature = "auditor")]

@@ -21,6 +21,7 @@ mod attest_demo_live;
 mod attest_live_cli;
 mod attest_serve;
 mod bench_loop;
+mod cfn;
 mod config_check;
 mod demo_run;
 mod doc_blocks;

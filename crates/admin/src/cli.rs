@@ -42,6 +42,10 @@ enum Command {
         #[command(subcommand)]
         command: Option<Stores>,
     },
+    /// The key store's backend itself, offline (reads the appliance's configuration, not the
+    /// admin API): `migrate` brings a PostgreSQL store's schema up to date.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The appliances of this fleet (heartbeats in the shared key store): id, label, version,
     /// last seen, KEKs, store record and state (ACTIVE, DEGRADED, UNAVAILABLE).
     Fleet,
@@ -299,10 +303,24 @@ pub struct TrustRequest {
     pub json: bool,
 }
 
-/// Run the command; `trust` runs `keyward admin trust`.
+/// `keyward admin store ...`: run by the binary with the appliance's configuration (this
+/// crate does not link the storage backends).
+#[derive(clap::Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Create or upgrade the shared store's schema in PostgreSQL ([storage] backend =
+    /// "postgres"), idempotently; members also do it at start. Prints the versions.
+    Migrate {
+        /// The appliance configuration naming the database.
+        #[arg(long, short = 'c', env = "KEYWARD_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Run the command; `trust` runs `keyward admin trust`, `store` runs `keyward admin store`.
 pub fn run(
     args: Args,
     trust: impl FnOnce(TrustRequest) -> anyhow::Result<ExitCode>,
+    store: impl FnOnce(StoreCommand) -> anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {
     let profile_path = || {
         args.profile
@@ -311,6 +329,7 @@ pub fn run(
     };
     match args.command {
         Command::Cert(c) => return cert(c),
+        Command::Store(c) => return store(c),
         Command::Trust {
             url,
             attestation_url,
@@ -449,7 +468,7 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         ),
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
-        Command::Trust { .. } | Command::Cert(_) => {
+        Command::Trust { .. } | Command::Cert(_) | Command::Store(_) => {
             anyhow::bail!("internal: trust and cert are not admin API requests")
         }
     })

@@ -19,9 +19,15 @@ pub struct ServeArgs {
 
 /// Set up logging on stderr from the `[log]` section.
 pub fn init_logging(level: &str, format: LogFormat) {
+    // The PostgreSQL client logs the server's NOTICEs ("relation already exists, skipping")
+    // at info: only its warnings are worth an operator's line.
+    let quiet = |f: tracing_subscriber::EnvFilter| match "tokio_postgres=warn".parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level).map(quiet))
+        .unwrap_or_else(|_| quiet(tracing_subscriber::EnvFilter::new("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -98,4 +104,42 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keyward admin store ...`: the storage backend of the configuration in `--config`, offline.
+pub fn store_command(cmd: keyward_admin::cli::StoreCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        keyward_admin::cli::StoreCommand::Migrate { config } => {
+            let loaded = keyward_config::load_file(&config)?;
+            let Some(cfg) = loaded.config else {
+                anyhow::bail!(
+                    "{} is not usable; `keyward config check {}` lists every problem",
+                    config.display(),
+                    config.display()
+                );
+            };
+            let keyward_config::StorageBackend::Postgres(pg) = &cfg.storage.backend else {
+                anyhow::bail!(
+                    "storage.backend: {} uses the file store ({}), which has no schema to \
+                     migrate; `store migrate` is for backend = \"postgres\"",
+                    config.display(),
+                    cfg.storage.dir.display()
+                );
+            };
+            let r = keyward_store_pg::migrate(&crate::storage::pg_config(pg))
+                .with_context(|| "storage.url: migrating the key store database".to_string())?;
+            if r.applied.is_empty() {
+                println!(
+                    "{}: schema version {} is current; nothing to do",
+                    r.location, r.to
+                );
+            } else {
+                println!(
+                    "{}: schema migrated from version {} to {} (applied {:?})",
+                    r.location, r.from, r.to, r.applied
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -130,6 +130,7 @@ pub struct FleetConfig {
 
 /// Where the master key comes from.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per configuration, parsed once
 pub enum MasterKeyConfig {
     /// 32 raw bytes in a file that only the service user may read (development, migration).
     File { path: PathBuf },

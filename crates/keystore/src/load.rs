@@ -243,7 +243,7 @@ fn tampered(seq: u64, why: &'static str) -> KeystoreError {
     }
 }
 
-fn replay(
+pub(super) fn replay(
     sealer: &Sealer,
     builds: &mut HashMap<String, StoreBuild>,
     tls: &mut Option<TlsMaterial>,

@@ -254,6 +254,16 @@ pub trait KeyStore: Send {
         Ok(None)
     }
 
+    /// [`KeyStore::load`] of only the records after `seq` (a member catching up with the
+    /// others' writes). The default loads everything and skips the rest.
+    fn load_after(
+        &mut self,
+        seq: u64,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        self.load(&mut |r| if r.seq > seq { visit(r) } else { Ok(()) })
+    }
+
     /// Durably persist one record.
     fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError>;
 

@@ -17,7 +17,7 @@ use super::model::{
     CheckpointRecord, CredentialRecord, KeyRecord, KeyStore, Record, SignedRecord, StoreRecord,
     TlsKeyRecord,
 };
-use super::seal::{cred_aad, decode_mac, tls_key_aad, ChainMac, Sealer};
+use super::seal::{cred_aad, decode_mac, mac_matches, tls_key_aad, ChainMac, Sealer};
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
@@ -197,7 +197,7 @@ pub const MAX_TLS_CHAIN_PEM: usize = 48 * 1024;
 const MAX_TLS_KEY_DER: usize = 8 * 1024;
 
 /// Creation times (not part of the request-path view).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct StoreMeta {
     created: u64,
     keys: HashMap<String, u64>,
@@ -368,6 +368,37 @@ fn build_snapshot(builds: HashMap<String, StoreBuild>) -> (Snapshot, HashMap<Str
         meta.insert(name, b.meta);
     }
     (snapshot, meta)
+}
+
+/// The replay state of `snap` (what [`load`] would have built from the records): stores with
+/// their keys and credentials shared, not copied.
+fn builds_of(snap: &Snapshot, meta: &HashMap<String, StoreMeta>) -> HashMap<String, StoreBuild> {
+    snap.stores
+        .iter()
+        .map(|(name, v)| {
+            let m = meta.get(name).cloned().unwrap_or_default();
+            (
+                name.clone(),
+                StoreBuild {
+                    record: StoreRecord {
+                        name: v.name.clone(),
+                        uri_prefix: v.uri_prefix.clone(),
+                        region: v.region.clone(),
+                        extra_services: v
+                            .services
+                            .iter()
+                            .filter(|s| s.as_str() != KMS_SERVICE)
+                            .cloned()
+                            .collect(),
+                        created: m.created,
+                    },
+                    keys: v.keys.clone(),
+                    creds: v.credentials.clone(),
+                    meta: m,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Have the anchor record `head` (verified, later than what it holds) on a shared store; a
@@ -565,9 +596,111 @@ impl Registry {
     }
 
     fn refresh_locked(&self, inner: &mut Inner) -> Result<bool, KeystoreError> {
-        if inner.backend.tip()? == Some(inner.head.seq) {
+        let tip = inner.backend.tip()?;
+        if tip == Some(inner.head.seq) {
             return Ok(false);
         }
+        if let Some(t) = tip.filter(|t| *t < inner.head.seq) {
+            // The database lost records this member has applied (restored, truncated).
+            return Err(KeystoreError::Rollback {
+                store_seq: t,
+                anchor_seq: inner.head.seq,
+            });
+        }
+        match self.catch_up(inner)? {
+            Some(changed) => Ok(changed),
+            None => self.reload(inner),
+        }
+    }
+
+    /// Apply the records after this member's head to the current view: each is checked to
+    /// follow the chain from the head (seq, batch, chain MAC), then replayed onto the stores as
+    /// they are, so catching up costs the new records, not the whole store. `None` when it
+    /// cannot be done incrementally (a checkpoint: the store was rewritten), and the caller
+    /// re-reads everything.
+    fn catch_up(&self, inner: &mut Inner) -> Result<Option<bool>, KeystoreError> {
+        let known = inner.head.clone();
+        let mut prev: ChainMac = known
+            .chain_mac
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeystoreError::Seal)?;
+        let mut next = known.seq + 1;
+        let mut new: Vec<(u64, ChainMac, Record)> = Vec::new();
+        let mut rewritten = false;
+        let sealer = &inner.sealer;
+        inner
+            .backend
+            .load_after(known.seq, &mut |sr: SignedRecord| {
+                if rewritten {
+                    return Ok(());
+                }
+                if matches!(sr.rec, Record::Checkpoint(_)) {
+                    rewritten = true;
+                    return Ok(());
+                }
+                let tampered = |why| KeystoreError::Tampered {
+                    record: format!("seq {}", sr.seq),
+                    why,
+                };
+                if sr.seq != next {
+                    return Err(tampered(
+                        "a record is missing, repeated or out of order after this member's head",
+                    ));
+                }
+                let batch = match sr.batch {
+                    None => 1,
+                    Some(n) if n >= 2 => n,
+                    Some(_) => return Err(tampered("impossible batch size")),
+                };
+                let mac = sealer.chain_mac(sr.seq, batch, &prev, &sr.rec)?;
+                if !mac_matches(&mac, &sr.mac) {
+                    return Err(tampered(
+                        "chain MAC does not verify from this member's head (altered, or another \
+                     history)",
+                    ));
+                }
+                prev = mac;
+                next += 1;
+                new.push((sr.seq, mac, sr.rec));
+                Ok(())
+            })?;
+        if rewritten {
+            return Ok(None);
+        }
+        let Some(last) = new.last().map(|(seq, mac, _)| (*seq, *mac)) else {
+            return Ok(Some(false));
+        };
+        let snap = self.view.load_full();
+        let mut builds = builds_of(&snap, &inner.meta);
+        let mut tls = inner.tls.clone();
+        let mut macs = Vec::with_capacity(new.len());
+        for (seq, mac, rec) in new {
+            load::replay(&inner.sealer, &mut builds, &mut tls, seq, rec)?;
+            macs.push(mac);
+        }
+        let (snap, meta) = build_snapshot(builds);
+        tracing::info!(
+            from = known.seq,
+            to = last.0,
+            "applied changes other members made to the shared key store"
+        );
+        for m in macs {
+            inner.history.push(m);
+        }
+        inner.head = StoreHead {
+            store_id: known.store_id,
+            seq: last.0,
+            chain_mac: last.1.to_vec(),
+        };
+        inner.meta = meta;
+        inner.tls = tls;
+        self.view.store(Arc::new(snap));
+        Ok(Some(true))
+    }
+
+    /// Re-read the whole shared store (every record verified as at open).
+    fn reload(&self, inner: &mut Inner) -> Result<bool, KeystoreError> {
         let known = inner.head.clone();
         let r = load::reload_shared(inner.backend.as_mut(), &inner.sealer, &known)?;
         if r.head == known {

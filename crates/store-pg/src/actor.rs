@@ -176,6 +176,22 @@ impl KeyStore for SharedPgStore {
         all.into_iter().try_for_each(visit)
     }
 
+    fn load_after(
+        &mut self,
+        seq: u64,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        let new = self.call(move |s| {
+            let mut out = Vec::new();
+            s.load_after(seq, &mut |r| {
+                out.push(r);
+                Ok(())
+            })?;
+            Ok(out)
+        })?;
+        new.into_iter().try_for_each(visit)
+    }
+
     fn shared(&self) -> bool {
         true
     }

@@ -244,6 +244,61 @@ impl PgKeyStore {
         notify(tx, tip)?;
         Ok(tip)
     }
+
+    /// Visit the records from `from` on (by seq), in order, in one read-only snapshot;
+    /// returns how many.
+    fn load_from(
+        &mut self,
+        from: i64,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<usize, KeystoreError> {
+        let mut count = 0usize;
+        self.run("load records", true, |c, _| {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(Fail::Begin)?;
+            let portal = tx.bind(
+                "SELECT seq, rec::text FROM keyward_records WHERE seq >= $1 ORDER BY seq, pos",
+                &[&from],
+            )?;
+            loop {
+                let rows = tx.query_portal(&portal, LOAD_BATCH).map_err(|e| {
+                    // Records already visited cannot be taken back: no retry after the first.
+                    if count == 0 {
+                        Fail::Begin(e)
+                    } else {
+                        Fail::Pg(e)
+                    }
+                })?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in rows {
+                    let seq: i64 = row.try_get(0)?;
+                    let text: &str = row.try_get(1)?;
+                    let rec: SignedRecord =
+                        serde_json::from_str(text).map_err(|_| KeystoreError::Tampered {
+                            record: format!("seq {seq}"),
+                            why: "record does not parse",
+                        })?;
+                    if i64::try_from(rec.seq).ok() != Some(seq) {
+                        return Err(Fail::Ks(KeystoreError::Tampered {
+                            record: format!("seq {seq}"),
+                            why: "the row's seq is not the record's (record moved)",
+                        }));
+                    }
+                    visit(rec)?;
+                    count += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(count)
+    }
 }
 
 impl KeyStore for PgKeyStore {
@@ -322,52 +377,19 @@ impl KeyStore for PgKeyStore {
         &mut self,
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(), KeystoreError> {
-        let mut count = 0usize;
-        self.run("load records", true, |c, _| {
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(Fail::Begin)?;
-            let portal = tx.bind(
-                "SELECT seq, rec::text FROM keyward_records ORDER BY seq, pos",
-                &[],
-            )?;
-            loop {
-                let rows = tx.query_portal(&portal, LOAD_BATCH).map_err(|e| {
-                    // Records already visited cannot be taken back: no retry after the first.
-                    if count == 0 {
-                        Fail::Begin(e)
-                    } else {
-                        Fail::Pg(e)
-                    }
-                })?;
-                if rows.is_empty() {
-                    break;
-                }
-                for row in rows {
-                    let seq: i64 = row.try_get(0)?;
-                    let text: &str = row.try_get(1)?;
-                    let rec: SignedRecord =
-                        serde_json::from_str(text).map_err(|_| KeystoreError::Tampered {
-                            record: format!("seq {seq}"),
-                            why: "record does not parse",
-                        })?;
-                    if i64::try_from(rec.seq).ok() != Some(seq) {
-                        return Err(Fail::Ks(KeystoreError::Tampered {
-                            record: format!("seq {seq}"),
-                            why: "the row's seq is not the record's (record moved)",
-                        }));
-                    }
-                    visit(rec)?;
-                    count += 1;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })?;
+        let count = self.load_from(0, visit)?;
         self.records = count;
+        Ok(())
+    }
+
+    fn load_after(
+        &mut self,
+        seq: u64,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        let after = to_i64(seq)?;
+        let n = self.load_from(after.saturating_add(1), visit)?;
+        self.records = self.records.saturating_add(n);
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 mod common;
 mod concurrency;
 mod contract;
+mod fleet;
 mod local;
 mod outage;
 mod registry;

@@ -1,0 +1,269 @@
+//! Registries of several members on one PostgreSQL store (the fleet's view of the seam): each
+//! applies the others' writes with `refresh`, a write computed from an older view loses a
+//! compare-and-set race instead of forking the chain, a database put back to an older state is
+//! refused rather than applied, and the KRS-held head (here a compare-and-set book with the
+//! KRS's semantics) rolls forward only from a head on the verified history.
+
+use std::sync::{Arc, Mutex};
+
+use keyward_keystore::view::{KeyStatus, KeyUsage};
+use keyward_keystore::{
+    AnchorError, Freshness, HeadAnchor, KeystoreError, NewStore, Registry, StoreHead,
+};
+use keyward_secret::Key32;
+use keyward_store_pg::{PgConfig, SharedPgStore};
+
+use crate::common::*;
+
+const MK: [u8; 32] = [0x5c; 32];
+
+fn member(cfg: &PgConfig, freshness: Freshness) -> Registry {
+    Registry::open_with(
+        Box::new(SharedPgStore::connect(cfg).unwrap()),
+        Key32::from_bytes(&MK).unwrap(),
+        freshness,
+    )
+    .unwrap()
+}
+
+fn new_store(r: &Registry) {
+    r.create_store(NewStore {
+        name: "default".into(),
+        uri_prefix: "/keyward".into(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+}
+
+fn ids(r: &Registry) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .list_keys(None)
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn members_apply_each_others_writes_with_refresh() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    let b = member(&s.config(), Freshness::Unanchored);
+    assert!(!b.refresh().unwrap(), "nothing new yet");
+    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
+    assert!(b.refresh().unwrap());
+    assert_eq!(ids(&b), ["k1"]);
+    assert_eq!(b.head(), a.head());
+    // The kill switch from the other side.
+    b.disable_key(None, "k1").unwrap();
+    a.refresh().unwrap();
+    assert_eq!(
+        a.key_info(None, "k1").unwrap().status,
+        KeyStatus::Disabled,
+        "a key disabled on one member must be disabled on the others"
+    );
+    // A write refreshes first: a member that never called refresh still writes after the tip.
+    b.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    a.create_key(None, "k3", KeyUsage::EncryptDecrypt).unwrap();
+    b.refresh().unwrap();
+    assert_eq!(ids(&a), ["k1", "k2", "k3"]);
+    assert_eq!(ids(&b), ids(&a));
+    assert_eq!(a.head(), b.head());
+}
+
+#[test]
+fn racing_writers_lose_a_race_instead_of_forking_and_nothing_is_lost() {
+    let s = server();
+    let first = member(&s.config(), Freshness::Unanchored);
+    new_store(&first);
+    drop(first);
+    let conflicts = Arc::new(Mutex::new(0u32));
+    let threads: Vec<_> = (0..3)
+        .map(|m| {
+            let cfg = s.config();
+            let conflicts = conflicts.clone();
+            std::thread::spawn(move || {
+                let r = member(&cfg, Freshness::Unanchored);
+                for i in 0..40 {
+                    let id = format!("m{m}-k{i}");
+                    loop {
+                        match r.create_key(None, &id, KeyUsage::EncryptDecrypt) {
+                            Ok(_) => break,
+                            Err(KeystoreError::Conflict { .. }) => {
+                                *conflicts.lock().unwrap() += 1;
+                            }
+                            Err(e) => panic!("{id}: {e}"),
+                        }
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    let members: Vec<Registry> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for r in &members {
+        r.refresh().unwrap();
+    }
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (0..3)
+            .flat_map(|m| (0..40).map(move |i| format!("m{m}-k{i}")))
+            .collect();
+        v.sort();
+        v
+    };
+    for r in &members {
+        assert_eq!(ids(r), want, "every member holds every key exactly once");
+        assert_eq!(r.head(), members[0].head());
+    }
+    // One store record, then 120 keys: contiguous, none duplicated.
+    assert_eq!(members[0].head().seq, 121);
+    // A fresh open verifies the whole chain the three wrote.
+    let check = member(&s.config(), Freshness::Unanchored);
+    assert_eq!(ids(&check), want);
+    eprintln!("conflicts retried: {}", conflicts.lock().unwrap());
+}
+
+#[test]
+fn a_database_put_back_to_an_older_state_is_refused_not_applied() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
+    a.disable_key(None, "k1").unwrap();
+    let b = member(&s.config(), Freshness::Unanchored);
+    assert_eq!(b.head().seq, 3);
+    // The database operator deletes the last record (the kill switch) and the tip with it.
+    let mut db = sql(&s);
+    db.batch_execute("DELETE FROM keyward_records WHERE seq = 3; UPDATE keyward_head SET tip = 2;")
+        .unwrap();
+    match b.refresh() {
+        Err(KeystoreError::Rollback { .. }) | Err(KeystoreError::Truncated { .. }) => {}
+        other => panic!("a store behind what this member applied was accepted: {other:?}"),
+    }
+    // The member keeps the view it had: the key stays disabled.
+    assert_eq!(b.key_info(None, "k1").unwrap().status, KeyStatus::Disabled);
+    // And a write from it is refused too (it refreshes first), rather than forking.
+    assert!(b.enable_key(None, "k1").is_err());
+}
+
+#[test]
+fn a_record_changed_after_a_members_head_is_refused_on_catch_up() {
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    let b = member(&s.config(), Freshness::Unanchored);
+    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
+    a.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    // The database operator edits the newest record before member b reads it: its usage.
+    let mut db = sql(&s);
+    let n = db
+        .execute(
+            "UPDATE keyward_records SET rec = replace(rec::text, '\"k2\"', '\"k9\"')::json \
+             WHERE seq = 3",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    match b.refresh() {
+        Err(KeystoreError::Tampered { .. }) => {}
+        other => panic!("an edited record was applied: {other:?}"),
+    }
+    assert_eq!(ids(&b), Vec::<String>::new(), "nothing of it was applied");
+}
+
+/// The KRS head book's rules: compare-and-set, forward only, same store.
+#[derive(Default)]
+struct Book {
+    head: Mutex<Option<StoreHead>>,
+    down: Mutex<bool>,
+}
+
+impl HeadAnchor for Book {
+    fn advance(&self, prev: Option<&StoreHead>, next: &StoreHead) -> Result<(), AnchorError> {
+        if *self.down.lock().unwrap() {
+            return Err(AnchorError::Unreachable("down".into()));
+        }
+        let mut h = self.head.lock().unwrap();
+        if h.as_ref() == Some(next) {
+            return Ok(());
+        }
+        if h.as_ref().is_some_and(|h| h.seq >= next.seq) || h.as_ref() != prev {
+            return Err(AnchorError::Refused("not extending".into()));
+        }
+        *h = Some(next.clone());
+        Ok(())
+    }
+    fn current(&self) -> Result<Option<StoreHead>, AnchorError> {
+        if *self.down.lock().unwrap() {
+            return Err(AnchorError::Unreachable("down".into()));
+        }
+        Ok(self.head.lock().unwrap().clone())
+    }
+}
+
+fn anchored(book: &Arc<Book>) -> Freshness {
+    Freshness::Anchored {
+        floor: book.head.lock().unwrap().clone(),
+        anchor: book.clone(),
+    }
+}
+
+#[test]
+fn the_anchor_rolls_forward_only_along_the_verified_history() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    let a = member(&s.config(), anchored(&book));
+    new_store(&a);
+    assert_eq!(book.current().unwrap(), Some(a.head()));
+    let b = member(&s.config(), anchored(&book));
+
+    // The KRS unreachable: the write is in the fleet's store and in effect, but not anchored,
+    // and the caller is told so.
+    *book.down.lock().unwrap() = true;
+    match a.create_key(None, "k1", KeyUsage::EncryptDecrypt) {
+        Err(KeystoreError::NotAnchored(_)) => {}
+        other => panic!("expected NotAnchored, got {other:?}"),
+    }
+    *book.down.lock().unwrap() = false;
+    assert_eq!(book.current().unwrap().unwrap().seq, 1);
+    // The next write (another member's) records its head, rolling forward over record 2.
+    b.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    assert_eq!(book.current().unwrap(), Some(b.head()));
+    assert_eq!(b.head().seq, 3);
+
+    // A head the KRS holds that is NOT on this member's verified history (a database showing
+    // members different histories): never rolled forward from.
+    let foreign = StoreHead {
+        store_id: b.head().store_id,
+        seq: 2,
+        chain_mac: vec![0xee; 32],
+    };
+    *book.head.lock().unwrap() = Some(foreign.clone());
+    match b.create_key(None, "k3", KeyUsage::EncryptDecrypt) {
+        Err(KeystoreError::NotAnchored(why)) => {
+            assert!(why.contains("not on this member's history"), "{why}")
+        }
+        other => panic!("expected NotAnchored, got {other:?}"),
+    }
+    assert_eq!(book.current().unwrap(), Some(foreign));
+
+    // A member booting with a floor newer than the database: refused.
+    let ahead = StoreHead {
+        seq: 99,
+        ..b.head()
+    };
+    *book.head.lock().unwrap() = Some(ahead);
+    match Registry::open_with(
+        Box::new(SharedPgStore::connect(&s.config()).unwrap()),
+        Key32::from_bytes(&MK).unwrap(),
+        anchored(&book),
+    ) {
+        Err(KeystoreError::Rollback { .. }) => {}
+        Err(e) => panic!("expected Rollback, got {e}"),
+        Ok(_) => panic!("a store behind the KRS head opened"),
+    }
+}
