@@ -863,7 +863,10 @@ impl Registry {
     /// once), so they are never undone. The KRS is then told the new head, rolling forward from
     /// an older head it holds if that head is on the history this member verified (another
     /// member's write whose head it had not recorded yet); never from one that is not, so a
-    /// database showing members different histories is caught at the KRS.
+    /// database showing members different histories is caught at the KRS. When the KRS already
+    /// holds a later head (another member wrote on top of this write and recorded its head
+    /// first), the write is anchored if that head follows it on the store's history, which a
+    /// re-read of the newer records shows.
     fn commit_shared(
         &self,
         inner: &mut Inner,
@@ -889,26 +892,49 @@ impl Registry {
                 inner.history.push(mac);
             }
         }
-        let anchored = match inner.anchor.clone() {
+        // `Err((why, Some(h)))`: the KRS already holds `h`, a later head than this write's,
+        // recorded by another member that wrote on top of it before this one told the KRS.
+        let anchored: Result<(), (String, Option<StoreHead>)> = match inner.anchor.clone() {
             None => Ok(()),
             Some(anchor) => match anchor.advance(Some(&prev), &next) {
                 Ok(()) => Ok(()),
                 Err(first) => match anchor.current() {
                     Ok(Some(h)) if h == next => Ok(()),
-                    Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => {
-                        anchor.advance(Some(&h), &next).map_err(|e| e.to_string())
-                    }
-                    Ok(Some(h)) => Err(format!(
-                        "{first}; it holds record {}, which is not on this member's history",
-                        h.seq
+                    Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => anchor
+                        .advance(Some(&h), &next)
+                        .map_err(|e| (e.to_string(), None)),
+                    Ok(Some(h)) if h.seq > next.seq => Err((first.to_string(), Some(h))),
+                    Ok(Some(h)) => Err((
+                        format!(
+                            "{first}; it holds record {}, which is not on this member's history",
+                            h.seq
+                        ),
+                        None,
                     )),
-                    Ok(None) => Err(format!("{first}; it holds no head")),
-                    Err(e) => Err(format!("{first}; then {e}")),
+                    Ok(None) => Err((format!("{first}; it holds no head"), None)),
+                    Err(e) => Err((format!("{first}; then {e}"), None)),
                 },
             },
         };
         self.take_effect(inner, next, Arc::new(snap), effect)?;
-        anchored.map_err(KeystoreError::NotAnchored)
+        match anchored {
+            Ok(()) => Ok(()),
+            // The later head covers this write when it follows it on the store's history: read
+            // the records after this write (verified, as every re-read) and look for it there.
+            Err((first, Some(h))) => match self.refresh_locked(inner) {
+                Ok(_) if inner.history.contains(&h) => Ok(()),
+                Ok(_) => Err(KeystoreError::NotAnchored(format!(
+                    "{first}; it holds record {}, which is not on this member's history",
+                    h.seq
+                ))),
+                Err(e) => Err(KeystoreError::NotAnchored(format!(
+                    "{first}; it holds record {}, and re-reading the store to place it failed: \
+                     {e}",
+                    h.seq
+                ))),
+            },
+            Err((why, None)) => Err(KeystoreError::NotAnchored(why)),
+        }
     }
 
     /// The write that ends in `next` is acknowledged: seal the head locally, publish, compact.

@@ -267,3 +267,61 @@ fn the_anchor_rolls_forward_only_along_the_verified_history() {
         Ok(_) => panic!("a store behind the KRS head opened"),
     }
 }
+
+/// An anchor that, at its first `advance`, first lets another member write (and record its
+/// head at the KRS): the write under way is overtaken at the KRS by a later head.
+struct Overtaken {
+    book: Arc<Book>,
+    first: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl HeadAnchor for Overtaken {
+    fn advance(&self, prev: Option<&StoreHead>, next: &StoreHead) -> Result<(), AnchorError> {
+        let first = self.first.lock().unwrap().take();
+        if let Some(f) = first {
+            f();
+        }
+        self.book.advance(prev, next)
+    }
+    fn current(&self) -> Result<Option<StoreHead>, AnchorError> {
+        self.book.current()
+    }
+}
+
+#[test]
+fn a_write_overtaken_at_the_krs_by_a_later_head_on_its_history_is_anchored() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    let overtaken = Arc::new(Overtaken {
+        book: book.clone(),
+        first: Mutex::new(None),
+    });
+    let a = Registry::open_with(
+        Box::new(SharedPgStore::connect(&s.config()).unwrap()),
+        Key32::from_bytes(&MK).unwrap(),
+        Freshness::Anchored {
+            floor: None,
+            anchor: overtaken.clone(),
+        },
+    )
+    .unwrap();
+    new_store(&a);
+    let b = Arc::new(member(&s.config(), anchored(&book)));
+    // A appends record 2 and, before it tells the KRS, B appends record 3 on top of it and has
+    // the KRS record 3 (rolling forward over 2, which is on B's verified history).
+    let b2 = b.clone();
+    *overtaken.first.lock().unwrap() = Some(Box::new(move || {
+        b2.create_key(None, "by-b", KeyUsage::EncryptDecrypt)
+            .unwrap();
+    }));
+    // A's own advance (1 -> 2) is then refused, but the head the KRS holds follows A's write
+    // on the store's history: the write IS anchored, and A says so.
+    match a.create_key(None, "by-a", KeyUsage::EncryptDecrypt) {
+        Ok(_) => {}
+        Err(e) => panic!("an anchored write reported as not anchored: {e}"),
+    }
+    assert_eq!(book.current().unwrap(), Some(b.head()));
+    assert_eq!(b.head().seq, 3);
+    assert_eq!(a.head(), b.head(), "A read B's record while checking");
+    assert_eq!(ids(&a), ["by-a", "by-b"]);
+}
