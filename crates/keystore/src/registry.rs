@@ -212,6 +212,10 @@ pub(super) struct StoreBuild {
     meta: StoreMeta,
 }
 
+/// How many times a shared-store write tries to move the KRS head forward from the head the KRS
+/// holds when other members move it meanwhile.
+const ANCHOR_TRIES: usize = 8;
+
 /// Compact when superseded records exceed live ones and this floor.
 const COMPACT_FLOOR: usize = 4096;
 
@@ -894,27 +898,58 @@ impl Registry {
         }
         // `Err((why, Some(h)))`: the KRS already holds `h`, a later head than this write's,
         // recorded by another member that wrote on top of it before this one told the KRS.
+        // Members writing together race at the KRS too: the head it holds may move between
+        // asking and advancing, so an advance from an older head on this member's history is
+        // tried again from the head it then holds, a few times.
         let anchored: Result<(), (String, Option<StoreHead>)> = match inner.anchor.clone() {
             None => Ok(()),
-            Some(anchor) => match anchor.advance(Some(&prev), &next) {
-                Ok(()) => Ok(()),
-                Err(first) => match anchor.current() {
-                    Ok(Some(h)) if h == next => Ok(()),
-                    Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => anchor
-                        .advance(Some(&h), &next)
-                        .map_err(|e| (e.to_string(), None)),
-                    Ok(Some(h)) if h.seq > next.seq => Err((first.to_string(), Some(h))),
-                    Ok(Some(h)) => Err((
-                        format!(
-                            "{first}; it holds record {}, which is not on this member's history",
-                            h.seq
-                        ),
-                        None,
-                    )),
-                    Ok(None) => Err((format!("{first}; it holds no head"), None)),
-                    Err(e) => Err((format!("{first}; then {e}"), None)),
-                },
-            },
+            Some(anchor) => {
+                let mut from = prev.clone();
+                let mut tries = 0;
+                loop {
+                    let Err(refused) = anchor.advance(Some(&from), &next) else {
+                        break Ok(());
+                    };
+                    tries += 1;
+                    match anchor.current() {
+                        Ok(Some(h)) if h == next => break Ok(()),
+                        // (The head it holds now may be the one advanced from: it was
+                        // recorded, late, after the refusal.)
+                        Ok(Some(h))
+                            if h.seq < next.seq
+                                && tries < ANCHOR_TRIES
+                                && inner.history.contains(&h) =>
+                        {
+                            from = h;
+                        }
+                        Ok(Some(h)) if h.seq > next.seq => {
+                            break Err((refused.to_string(), Some(h)))
+                        }
+                        Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => {
+                            break Err((
+                                format!(
+                                    "{refused}; it holds record {} (from record {}, try \
+                                     {tries})",
+                                    h.seq, from.seq
+                                ),
+                                None,
+                            ))
+                        }
+                        Ok(Some(h)) => {
+                            break Err((
+                                format!(
+                                    "{refused}; it holds record {}, which is not on this \
+                                     member's history",
+                                    h.seq
+                                ),
+                                None,
+                            ))
+                        }
+                        Ok(None) => break Err((format!("{refused}; it holds no head"), None)),
+                        Err(e) => break Err((format!("{refused}; then {e}"), None)),
+                    }
+                }
+            }
         };
         self.take_effect(inner, next, Arc::new(snap), effect)?;
         match anchored {
