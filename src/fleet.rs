@@ -181,11 +181,13 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<ExitCode> {
             (&pg.url(), postgres_pid),
             balancer.as_ref().map(Child::id),
         );
+        // The file first: whoever reads the line may at once run `keyward bench --demo` on
+        // the file (mode 0600: it holds the demo's secret).
+        pki::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true)?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         drop(out);
-        pki::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true)?;
         demo::print_help(
             &url,
             &args.region,
