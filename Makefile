@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run test build release lint fmt bench image measure image-repro image-test ami clean
+.PHONY: run fleet fleet-chaos test build release lint fmt bench image measure image-repro image-test ami clean
 
 ## make run: the whole pipeline on embedded defaults (simulated TEE, local key release, XKS on https://127.0.0.1:8443).
 ## Installs missing packages first (scripts/setup.sh), stops before building when the port is taken,
@@ -12,6 +12,13 @@ SHELL := /bin/bash
 ARGS ?=
 run:
 	@CARGO="$(CARGO)" scripts/run.sh $(ARGS)
+
+## make fleet: a local fleet (keyward demo --fleet $(FLEET)): PostgreSQL from the machine's own
+## binaries, the embedded KRS, FLEET members (default 3) and HAProxy on the XKS address, as make
+## run does for one appliance (also installs postgresql and haproxy). ARGS= as for make run.
+FLEET ?= 3
+fleet:
+	@CARGO="$(CARGO)" KEYWARD_FLEET="$(FLEET)" scripts/run.sh $(ARGS)
 
 ## make test: installs missing packages (scripts/setup.sh test), then formatting, lints, unit and
 ## integration tests

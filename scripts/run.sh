@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# `make run`: install what is missing (scripts/setup.sh), refuse a taken port before the long
-# build, build the release binary with cargo's progress shown, then run `keyward demo` with the
-# given options (`make run ARGS="--listen 127.0.0.1:9443"` passes them here).
+# `make run` and `make fleet`: install what is missing (scripts/setup.sh), refuse a taken port
+# before the long build, build the release binary with cargo's progress shown, then run
+# `keyward demo` with the given options (`make run ARGS="--listen 127.0.0.1:9443"` passes them
+# here). `make fleet` sets KEYWARD_FLEET=N (FLEET=, default 3): `--fleet N` is added unless
+# the options already name one.
 #
-#   scripts/run.sh [keyward demo options...]
+#   [KEYWARD_FLEET=N] scripts/run.sh [keyward demo options...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 
-scripts/setup.sh --install run
+# With --fleet N: PostgreSQL and HAProxy too.
+setup=run
+fleet=()
+[ -z "${KEYWARD_FLEET:-}" ] || { setup=fleet fleet=(--fleet "$KEYWARD_FLEET"); }
+for arg in "$@"; do
+    case "$arg" in --fleet | --fleet=*) setup=fleet fleet=() ;; esac
+done
+scripts/setup.sh --install "$setup"
 
 # The addresses the demo will bind, from its options (defaults as in `keyward demo --help`).
 listen=127.0.0.1:8443
@@ -43,13 +52,13 @@ check_free() {
     local flag="$1" addr="$2" host port
     read -r host port <<<"$(split "$addr")"
     case "$port" in '' | *[!0-9]*)
-        echo "make run: $flag $addr: expected HOST:PORT (e.g. 127.0.0.1:9443)" >&2
+        echo "make $setup: $flag $addr: expected HOST:PORT (e.g. 127.0.0.1:9443)" >&2
         exit 1
         ;;
     esac
     [ "$port" != 0 ] || return 0
     taken "$host" "$port" || return 0
-    echo "make run: $addr is already in use, so the demo could not listen there ($flag)." >&2
+    echo "make $setup: $addr is already in use, so the demo could not listen there ($flag)." >&2
     if command -v ss >/dev/null 2>&1; then
         ss -Hltnp "sport = :$port" 2>/dev/null | sed 's/^/    /' >&2 || true
     fi
@@ -59,7 +68,7 @@ check_free() {
         # Not a port another of the demo's options already names.
         case " ${ports[*]} " in *" $p "*) continue ;; esac
         echo "Stop what holds it (an earlier make run?), or choose another port, e.g.:" >&2
-        echo "    make run ARGS=\"$(suggest "$flag" "$host:$p")\"" >&2
+        echo "    make $setup ARGS=\"$(suggest "$flag" "$host:$p")\"" >&2
         break
     done
     exit 1
@@ -90,7 +99,8 @@ for o in "${others[@]+"${others[@]}"}"; do
 done
 
 bin=target/release/keyward
-echo "make run: building $bin (release: fat LTO, 5-9 minutes the first time on 2 cores; then seconds)" >&2
+echo "make $setup: building $bin (release: fat LTO, 5-9 minutes the first time on 2 cores; then seconds)" >&2
 "$CARGO" build --release --bin keyward
-echo "make run: starting $bin demo $*" >&2
+set -- "${fleet[@]+"${fleet[@]}"}" "$@"
+echo "make $setup: starting $bin demo $*" >&2
 exec "$bin" demo "$@"

@@ -3,11 +3,13 @@
 # are present (one dpkg-query, no apt-get update) and installed when they are not: as root with
 # apt-get, otherwise by printing the one `sudo apt-get install ...` line and failing.
 #
-#   scripts/setup.sh [--check|--install] [run|test]
+#   scripts/setup.sh [--check|--install] [run|fleet|test]
 #
 #   run   what `make run` needs: the build (a C compiler, pkg-config, libtss2-dev for
 #         tss-esapi-sys), SoftHSMv2 for the demo's embedded key-release service, and curl for
 #         the Encrypt command the demo prints.
+#   fleet what `make fleet` needs: all of run, plus postgresql (the fleet's shared key store,
+#         started from the machine's own binaries) and haproxy (its load balancer).
 #   test  all of that, plus what the tests run: opensc, swtpm, swtpm-tools, tpm2-tools, jq,
 #         openssl, python3 and python3-venv (the botocore signer's venv, built from PyPI), a
 #         shell-script linter (shellcheck), systemd (systemd-analyze rates the units), and
@@ -21,6 +23,7 @@
 set -euo pipefail
 
 RUN_PKGS=(gcc libc6-dev pkg-config libtss2-dev softhsm2 curl)
+FLEET_PKGS=("${RUN_PKGS[@]}" postgresql haproxy)
 TEST_PKGS=("${RUN_PKGS[@]}" opensc swtpm swtpm-tools tpm2-tools jq openssl python3 python3-venv
     shellcheck systemd postgresql haproxy)
 
@@ -30,18 +33,22 @@ for arg in "$@"; do
     case "$arg" in
         --check) mode=check ;;
         --install) mode=install ;;
-        run | test) target="$arg" ;;
+        run | fleet | test) target="$arg" ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "setup.sh: unknown argument '$arg' (usage: setup.sh [--check|--install] [run|test])" >&2
+            echo "setup.sh: unknown argument '$arg' (usage: setup.sh [--check|--install] [run|fleet|test])" >&2
             exit 2
             ;;
     esac
 done
-if [ "$target" = test ]; then pkgs=("${TEST_PKGS[@]}"); else pkgs=("${RUN_PKGS[@]}"); fi
+case "$target" in
+    test) pkgs=("${TEST_PKGS[@]}") ;;
+    fleet) pkgs=("${FLEET_PKGS[@]}") ;;
+    *) pkgs=("${RUN_PKGS[@]}") ;;
+esac
 me="setup ($target)"
 
 # The Rust toolchain is not an apt package here (Debian's cargo is far older than the
@@ -71,6 +78,11 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
     pkg-config --exists tss2-sys tss2-esys 2>/dev/null || miss+=("libtss2-dev (tss2-sys, tss2-esys)")
     command -v softhsm2-util >/dev/null 2>&1 || miss+=(softhsm2)
     command -v curl >/dev/null 2>&1 || miss+=(curl)
+    if [ "$target" = fleet ]; then
+        for t in pg_ctl:postgresql haproxy:haproxy; do
+            command -v "${t%%:*}" >/dev/null 2>&1 || miss+=("${t#*:}")
+        done
+    fi
     if [ "$target" = test ]; then
         for t in pkcs11-tool:opensc swtpm:swtpm swtpm_setup:swtpm-tools tpm2_pcrread:tpm2-tools \
             jq:jq openssl:openssl shellcheck:shellcheck pg_ctl:postgresql haproxy:haproxy; do

@@ -34,30 +34,51 @@ pub const DEMO_KEY: &str = "demo-key-1";
 /// Run keyward on embedded defaults (what `make run` runs).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// State directory (created if missing, reused if present).
-    #[arg(long, default_value = "./demo-state")]
-    pub state_dir: PathBuf,
-    /// XKS API listen address.
+    /// State directory (created if missing, reused if present) [default: ./demo-state, with
+    /// --fleet ./fleet-state].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// XKS API listen address (with --fleet: the load balancer's).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    /// Admin API listen address (default: a port the system chooses).
+    /// Admin API listen address (default: a port the system chooses; with --fleet each member
+    /// gets its own).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
     /// AWS region of the demo key store (the SigV4 scope clients sign with).
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
-    /// Live-attestation listener (plain HTTP, `POST /attestation`; simulated SEV-SNP).
+    /// Live-attestation listener (plain HTTP, `POST /attestation`; simulated SEV-SNP; with
+    /// --fleet each member gets its own).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub attestation_listen: SocketAddr,
+    /// A local fleet of N appliances (1-10) instead of one: a PostgreSQL server for their
+    /// shared key store, the embedded KRS, N `keyward serve` members and HAProxy in front of
+    /// them on --listen (see docs/fleet.md, "A local fleet").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub fleet: Option<u8>,
+}
+
+impl Args {
+    /// The state directory asked for, or the default for this mode.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(if self.fleet.is_some() {
+                "./fleet-state"
+            } else {
+                "./demo-state"
+            })
+        })
+    }
 }
 
 /// Files in the state directory.
-struct Paths {
-    dir: PathBuf,
+pub(crate) struct Paths {
+    pub(crate) dir: PathBuf,
 }
 
 impl Paths {
-    fn p(&self, name: &str) -> PathBuf {
+    pub(crate) fn p(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
@@ -110,7 +131,7 @@ fn master_key_source(
 }
 
 /// SHA-256 of the demo operator CA certificate (DER) in `ca.pem`.
-fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
     use sha2::Digest;
     let certs = keyward_admin::tls::load_certs(&paths.p("ca.pem"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", paths.p("ca.pem").display()))?;
@@ -121,7 +142,7 @@ fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Create the CA, the server certificate and the admin client certificate unless present.
-fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
+pub(crate) fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
     let files = [
         "ca.pem",
         "server.pem",
@@ -253,12 +274,12 @@ pub fn ready_line(
 }
 
 /// Quote for a POSIX shell (single quotes).
-fn sh_quote(s: &str) -> String {
+pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// One shell word: as is when it needs no quoting (a plain path), else single-quoted.
-fn sh_word(s: &str) -> String {
+pub(crate) fn sh_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
@@ -271,24 +292,39 @@ fn sh_word(s: &str) -> String {
 
 /// How the printed commands start: the real path of this binary (after `make run` it is
 /// `target/release/keyward`, not on PATH), so each command runs as printed from any directory.
-fn self_command() -> String {
+pub(crate) fn self_command() -> String {
     std::env::current_exe()
         .map(|p| sh_word(&p.display().to_string()))
         .unwrap_or_else(|_| "keyward".into())
 }
 
+/// Create (mode `mode`) and resolve the state directory.
+pub(crate) fn state_paths(state_dir: &Path, mode: u32) -> anyhow::Result<Paths> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(mode));
+    }
+    let dir = std::fs::canonicalize(state_dir)
+        .with_context(|| format!("resolving {}", state_dir.display()))?;
+    Ok(Paths { dir })
+}
+
 /// Run the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     keyward_appliance::cli::init_logging("info", LogFormat::Text);
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating {}", args.state_dir.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700));
+    if let Some(n) = args.fleet {
+        return crate::fleet::run(&args, usize::from(n));
     }
-    let dir = std::fs::canonicalize(&args.state_dir)
-        .with_context(|| format!("resolving {}", args.state_dir.display()))?;
-    let paths = Paths { dir };
+    let paths = state_paths(&args.state_dir(), 0o700)?;
+    if paths.p("postgres").exists() {
+        anyhow::bail!(
+            "{} holds a local fleet (postgres/): run `keyward demo --fleet N` on it, or give \
+             the single appliance another --state-dir",
+            paths.dir.display()
+        );
+    }
     ensure_pki(&paths)?;
     let (source, master_key, attested) = master_key_source(&paths)?;
     let config = demo_config(&args, &paths, master_key);
@@ -371,7 +407,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Add `"attestation_url"` and `"audit_log"` (the tamper-evident audit file, for `keyward
 /// audit verify`) to the ready line.
-fn with_attestation_url(line: &str, attestation_url: &str, audit_log: &Path) -> String {
+pub(crate) fn with_attestation_url(line: &str, attestation_url: &str, audit_log: &Path) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.insert("attestation_url".into(), attestation_url.into());
@@ -391,16 +427,7 @@ async fn start_live_attestation(
     use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
     let spki = keyward_attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
         .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
-    let policy_file = paths.p("attestation-policy.toml");
-    let policy = format!(
-        "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\
-         # production) and the demo's launch measurement.\n\
-         format = 1\nname = \"keyward demo (simulated SNP)\"\n\n[snp]\nbuiltin_amd_roots = false\n\
-         measurements = [\"{}\"]\n\n{}",
-        hex::encode(DEMO_MEASUREMENT),
-        keyward_verify::testsign::test_root_policy_toml()
-    );
-    pki::write_file(&policy_file, policy.as_bytes(), false)?;
+    let policy_file = write_attestation_policy(paths)?;
     let attester = SimulatedSnpAttester::new(DEMO_MEASUREMENT)?;
     let attesters: Vec<Box<dyn keyward_attest::Attester>> = vec![Box::new(attester)];
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -417,7 +444,23 @@ async fn start_live_attestation(
     Ok((format!("http://{addr}"), policy_file, tx))
 }
 
-fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
+/// The verifier policy for the demo's simulated attestation, in `STATE/attestation-policy.toml`.
+pub(crate) fn write_attestation_policy(paths: &Paths) -> anyhow::Result<PathBuf> {
+    use keyward_attest::simulated::DEMO_MEASUREMENT;
+    let policy_file = paths.p("attestation-policy.toml");
+    let policy = format!(
+        "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\
+         # production) and the demo's launch measurement.\n\
+         format = 1\nname = \"keyward demo (simulated SNP)\"\n\n[snp]\nbuiltin_amd_roots = false\n\
+         measurements = [\"{}\"]\n\n{}",
+        hex::encode(DEMO_MEASUREMENT),
+        keyward_verify::testsign::test_root_policy_toml()
+    );
+    pki::write_file(&policy_file, policy.as_bytes(), false)?;
+    Ok(policy_file)
+}
+
+pub(crate) fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
     let mut e = std::io::stderr().lock();
     let _ = writeln!(
         e,
@@ -432,7 +475,7 @@ fn print_attestation_help(attestation_url: &str, xks_url: &str, policy: &Path) {
     );
 }
 
-fn print_help(
+pub(crate) fn print_help(
     url: &str,
     region: &str,
     akid: &str,

@@ -15,6 +15,8 @@ mod admin_trust;
 mod audit_cli;
 #[cfg(feature = "dev")]
 mod demo;
+#[cfg(feature = "dev")]
+mod fleet;
 #[cfg(any(feature = "auditor", feature = "operator"))]
 mod verify_cli;
 

@@ -393,3 +393,62 @@ fn cli_over_tls_with_a_ca_file_prints_json_and_exits_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("connecting to"), "{stderr}");
 }
+
+#[test]
+fn sigint_stops_an_open_loop_run_and_reports_what_it_measured() {
+    let counters = Arc::new(Counters::default());
+    let addr = start_server(counters.clone(), None);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "bench",
+            "--url",
+            &format!("http://{addr}"),
+            "--uri-prefix",
+            "/pfx",
+            "--region",
+            REGION,
+            "--access-key-id",
+            AK,
+            "--key-id",
+            "k1",
+            "--rate",
+            "200",
+            "--duration",
+            "1h",
+            "--warmup",
+            "0s",
+            "--json",
+            "--quiet",
+        ])
+        .env("KEYWARD_BENCH_SECRET_ACCESS_KEY", SK)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("keyward bench did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // 0, or 1 when a slot already scheduled was left unsent by the stop; not a panic (101).
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "status {:?}, stdout {stdout}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no report after SIGINT ({e}): {stdout}"));
+    assert!(v["requests"].as_u64().unwrap() >= 200, "{v}");
+    assert_eq!(v["errors_total"], 0, "{v}");
+}

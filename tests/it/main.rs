@@ -26,6 +26,7 @@ mod cfn;
 mod config_check;
 mod demo_run;
 mod doc_blocks;
+mod fleet;
 mod image_pins;
 mod image_units;
 mod krs_crl_policy;

@@ -286,13 +286,16 @@ pub async fn execute(s: &Settings) -> anyhow::Result<Report> {
     let mut tally = Tally::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Polled until it fires once only: a finished `ctrl_c()` must not be polled again.
+    let mut interrupted = false;
     loop {
         tokio::select! {
             joined = workers.join_next() => match joined {
                 Some(t) => tally.merge(t.context("worker task")?),
                 None => break,
             },
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
                 shared.stop.store(true, Ordering::Relaxed);
             }
         }

@@ -244,6 +244,10 @@ pub(super) struct StoreBuild {
     destroyed: HashMap<String, u64>,
 }
 
+/// How many times a shared-store write tries to move the KRS head forward from the head the KRS
+/// holds when other members move it meanwhile.
+const ANCHOR_TRIES: usize = 8;
+
 /// Compact when superseded records exceed live ones and this floor.
 const COMPACT_FLOOR: usize = 4096;
 
@@ -1007,7 +1011,10 @@ impl Registry {
     /// once), so they are never undone. The KRS is then told the new head, rolling forward from
     /// an older head it holds if that head is on the history this member verified (another
     /// member's write whose head it had not recorded yet); never from one that is not, so a
-    /// database showing members different histories is caught at the KRS.
+    /// database showing members different histories is caught at the KRS. When the KRS already
+    /// holds a later head (another member wrote on top of this write and recorded its head
+    /// first), the write is anchored if that head follows it on the store's history, which a
+    /// re-read of the newer records shows.
     fn commit_shared(
         &self,
         inner: &mut Inner,
@@ -1033,26 +1040,80 @@ impl Registry {
                 inner.history.push(mac);
             }
         }
-        let anchored = match inner.anchor.clone() {
+        // `Err((why, Some(h)))`: the KRS already holds `h`, a later head than this write's,
+        // recorded by another member that wrote on top of it before this one told the KRS.
+        // Members writing together race at the KRS too: the head it holds may move between
+        // asking and advancing, so an advance from an older head on this member's history is
+        // tried again from the head it then holds, a few times.
+        let anchored: Result<(), (String, Option<StoreHead>)> = match inner.anchor.clone() {
             None => Ok(()),
-            Some(anchor) => match anchor.advance(Some(&prev), &next) {
-                Ok(()) => Ok(()),
-                Err(first) => match anchor.current() {
-                    Ok(Some(h)) if h == next => Ok(()),
-                    Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => {
-                        anchor.advance(Some(&h), &next).map_err(|e| e.to_string())
+            Some(anchor) => {
+                let mut from = prev.clone();
+                let mut tries = 0;
+                loop {
+                    let Err(refused) = anchor.advance(Some(&from), &next) else {
+                        break Ok(());
+                    };
+                    tries += 1;
+                    match anchor.current() {
+                        Ok(Some(h)) if h == next => break Ok(()),
+                        // (The head it holds now may be the one advanced from: it was
+                        // recorded, late, after the refusal.)
+                        Ok(Some(h))
+                            if h.seq < next.seq
+                                && tries < ANCHOR_TRIES
+                                && inner.history.contains(&h) =>
+                        {
+                            from = h;
+                        }
+                        Ok(Some(h)) if h.seq > next.seq => {
+                            break Err((refused.to_string(), Some(h)))
+                        }
+                        Ok(Some(h)) if h.seq < next.seq && inner.history.contains(&h) => {
+                            break Err((
+                                format!(
+                                    "{refused}; it holds record {} (from record {}, try \
+                                     {tries})",
+                                    h.seq, from.seq
+                                ),
+                                None,
+                            ))
+                        }
+                        Ok(Some(h)) => {
+                            break Err((
+                                format!(
+                                    "{refused}; it holds record {}, which is not on this \
+                                     member's history",
+                                    h.seq
+                                ),
+                                None,
+                            ))
+                        }
+                        Ok(None) => break Err((format!("{refused}; it holds no head"), None)),
+                        Err(e) => break Err((format!("{refused}; then {e}"), None)),
                     }
-                    Ok(Some(h)) => Err(format!(
-                        "{first}; it holds record {}, which is not on this member's history",
-                        h.seq
-                    )),
-                    Ok(None) => Err(format!("{first}; it holds no head")),
-                    Err(e) => Err(format!("{first}; then {e}")),
-                },
-            },
+                }
+            }
         };
         self.take_effect(inner, next, Arc::new(snap), effect)?;
-        anchored.map_err(KeystoreError::NotAnchored)
+        match anchored {
+            Ok(()) => Ok(()),
+            // The later head covers this write when it follows it on the store's history: read
+            // the records after this write (verified, as every re-read) and look for it there.
+            Err((first, Some(h))) => match self.refresh_locked(inner) {
+                Ok(_) if inner.history.contains(&h) => Ok(()),
+                Ok(_) => Err(KeystoreError::NotAnchored(format!(
+                    "{first}; it holds record {}, which is not on this member's history",
+                    h.seq
+                ))),
+                Err(e) => Err(KeystoreError::NotAnchored(format!(
+                    "{first}; it holds record {}, and re-reading the store to place it failed: \
+                     {e}",
+                    h.seq
+                ))),
+            },
+            Err((why, None)) => Err(KeystoreError::NotAnchored(why)),
+        }
     }
 
     /// The write that ends in `next` is acknowledged: seal the head locally, publish, compact.

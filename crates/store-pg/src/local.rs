@@ -138,6 +138,13 @@ fn find_bindir() -> Result<PathBuf, LocalError> {
     Err(LocalError::Missing)
 }
 
+/// The directory holding the server binaries (`initdb`, `pg_ctl`, `postgres`), or
+/// [`LocalError::Missing`] naming the Debian package: for a caller that installs what is
+/// missing before starting a server (`keyward demo --fleet`).
+pub fn server_bindir() -> Result<PathBuf, LocalError> {
+    find_bindir()
+}
+
 /// The effective uid of this process.
 fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()

@@ -337,3 +337,121 @@ fn the_anchor_rolls_forward_only_along_the_verified_history() {
         Ok(_) => panic!("a store behind the KRS head opened"),
     }
 }
+
+/// The KRS's book, with something else happening at the KRS just before a given `advance`
+/// (counted from 1): another member writing, or recording its head late.
+struct Hooked {
+    book: Arc<Book>,
+    calls: Mutex<usize>,
+    hooks: Mutex<Vec<(usize, Box<dyn FnOnce() + Send>)>>,
+}
+
+impl Hooked {
+    fn new(book: &Arc<Book>) -> Arc<Hooked> {
+        Arc::new(Hooked {
+            book: book.clone(),
+            calls: Mutex::new(0),
+            hooks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Run `f` just before the `n`-th advance from now.
+    fn before(&self, n: usize, f: impl FnOnce() + Send + 'static) {
+        let at = *self.calls.lock().unwrap() + n;
+        self.hooks.lock().unwrap().push((at, Box::new(f)));
+    }
+
+    fn member(self: &Arc<Self>, cfg: &PgConfig) -> Registry {
+        let floor = self.book.head.lock().unwrap().clone();
+        Registry::open_with(
+            Box::new(SharedPgStore::connect(cfg).unwrap()),
+            Key32::from_bytes(&MK).unwrap(),
+            Freshness::Anchored {
+                floor,
+                anchor: self.clone(),
+            },
+        )
+        .unwrap()
+    }
+}
+
+impl HeadAnchor for Hooked {
+    fn advance(&self, prev: Option<&StoreHead>, next: &StoreHead) -> Result<(), AnchorError> {
+        let n = {
+            let mut c = self.calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        let hook = {
+            let mut hooks = self.hooks.lock().unwrap();
+            hooks
+                .iter()
+                .position(|(at, _)| *at == n)
+                .map(|i| hooks.remove(i).1)
+        };
+        if let Some(f) = hook {
+            f();
+        }
+        self.book.advance(prev, next)
+    }
+    fn current(&self) -> Result<Option<StoreHead>, AnchorError> {
+        self.book.current()
+    }
+}
+
+#[test]
+fn a_write_overtaken_at_the_krs_by_a_later_head_on_its_history_is_anchored() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    let hooked = Hooked::new(&book);
+    let a = hooked.member(&s.config());
+    new_store(&a);
+    let b = Arc::new(member(&s.config(), anchored(&book)));
+    // A appends record 2 and, before it tells the KRS, B appends record 3 on top of it and has
+    // the KRS record 3 (rolling forward over 2, which is on B's verified history).
+    let b2 = b.clone();
+    hooked.before(1, move || {
+        b2.create_key(None, "by-b", KeyUsage::EncryptDecrypt)
+            .unwrap();
+    });
+    // A's own advance (1 -> 2) is then refused, but the head the KRS holds follows A's write
+    // on the store's history: the write IS anchored, and A says so.
+    match a.create_key(None, "by-a", KeyUsage::EncryptDecrypt) {
+        Ok(_) => {}
+        Err(e) => panic!("an anchored write reported as not anchored: {e}"),
+    }
+    assert_eq!(book.current().unwrap(), Some(b.head()));
+    assert_eq!(b.head().seq, 3);
+    assert_eq!(a.head(), b.head(), "A read B's record while checking");
+    assert_eq!(ids(&a), ["by-a", "by-b"]);
+}
+
+#[test]
+fn a_write_follows_the_krs_head_while_another_member_moves_it() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    let hooked = Hooked::new(&book);
+    let a = hooked.member(&s.config());
+    new_store(&a);
+    let b = member(&s.config(), anchored(&book));
+    // B's record 2 is stored, but the KRS (down) did not record it: it holds 1.
+    let one = book.current().unwrap().unwrap();
+    *book.down.lock().unwrap() = true;
+    assert!(matches!(
+        b.create_key(None, "by-b", KeyUsage::EncryptDecrypt),
+        Err(KeystoreError::NotAnchored(_))
+    ));
+    *book.down.lock().unwrap() = false;
+    let two = b.head();
+    // A writes record 3 on top of it. Its advance 2 -> 3 is refused (the KRS holds 1); A
+    // tries again from 1, and just before that B records 2 late: refused again, and A
+    // follows to 2 -> 3.
+    let late = book.clone();
+    hooked.before(2, move || late.advance(Some(&one), &two).unwrap());
+    match a.create_key(None, "by-a", KeyUsage::EncryptDecrypt) {
+        Ok(_) => {}
+        Err(e) => panic!("a write lost the KRS head to a moving target: {e}"),
+    }
+    assert_eq!(book.current().unwrap(), Some(a.head()));
+    assert_eq!(a.head().seq, 3);
+}
