@@ -316,36 +316,59 @@ impl ManagedTls {
     /// one (the old key is dropped from the store) and the live attestation follows it.
     pub fn install(&self, chain_pem: &str) -> Result<TlsInfo, TlsIdError> {
         let mut state = self.lock();
+        // The key store decides which keys a chain may be for (on a fleet another member may
+        // have made the pending key, or already made it current); this member's state is
+        // changed only once the chain is stored.
+        let material = self
+            .registry
+            .tls_material()
+            .ok_or_else(|| TlsIdError::Key("the key store holds no TLS key".into()))?;
+        let stored_current = Identity::of_pkcs8(&material.pkcs8_der)?;
+        let stored_pending = match &material.pending_pkcs8_der {
+            Some(k) => Some((
+                Identity::of_pkcs8(k)?,
+                material.pending_created.unwrap_or(0),
+            )),
+            None => None,
+        };
         let leaf_spki = certs_of(chain_pem).ok().and_then(|c| {
             let (_, x) = X509Certificate::from_der(c.first()?.as_ref()).ok()?;
             Some(x.public_key().raw.to_vec())
         });
-        let for_pending = match (&state.pending, &leaf_spki) {
-            (Some((p, _)), Some(l)) => *l == p.spki_der && *l != state.current.spki_der,
-            _ => false,
+        let pending = stored_pending.as_ref().map(|(p, _)| p).filter(|p| {
+            leaf_spki.as_deref() == Some(p.spki_der.as_slice())
+                && p.spki_der != stored_current.spki_der
+        });
+        let (served, pending_after) = match pending {
+            Some(pending) => {
+                let certs = check_chain(chain_pem, &pending.spki_der, now_unix())?;
+                self.registry.promote_tls_pending(&pem_of(&certs))?;
+                self.handle
+                    .install_certified(CertifiedKey::new(certs, pending.key.clone()));
+                tracing::info!(
+                    "xks tls key spki_sha256={}: the new key is served now (the previous key {} is dropped)",
+                    hex::encode(pending.spki_sha256()),
+                    hex::encode(stored_current.spki_sha256())
+                );
+                (pending.clone(), None)
+            }
+            None => {
+                let certs = check_chain(chain_pem, &stored_current.spki_der, now_unix())?;
+                // Stored re-encoded: certificates only, whatever else the file held.
+                self.registry.install_tls_chain(&pem_of(&certs))?;
+                self.handle
+                    .install_certified(CertifiedKey::new(certs, stored_current.key.clone()));
+                if stored_current.spki_der != state.current.spki_der {
+                    tracing::info!(
+                        "xks tls key spki_sha256={}: the key another member made current is served now",
+                        hex::encode(stored_current.spki_sha256())
+                    );
+                }
+                (stored_current, stored_pending)
+            }
         };
-        if for_pending {
-            let Some((pending, _)) = state.pending.clone() else {
-                return Err(ChainError::WrongKey.into());
-            };
-            let certs = check_chain(chain_pem, &pending.spki_der, now_unix())?;
-            self.registry.promote_tls_pending(&pem_of(&certs))?;
-            self.handle
-                .install_certified(CertifiedKey::new(certs, pending.key.clone()));
-            tracing::info!(
-                "xks tls key spki_sha256={}: the new key is served now (the previous key {} is dropped)",
-                hex::encode(pending.spki_sha256()),
-                hex::encode(state.current.spki_sha256())
-            );
-            state.current = pending;
-            state.pending = None;
-        } else {
-            let certs = check_chain(chain_pem, &state.current.spki_der, now_unix())?;
-            // Stored re-encoded: certificates only, whatever else the file held.
-            self.registry.install_tls_chain(&pem_of(&certs))?;
-            self.handle
-                .install_certified(CertifiedKey::new(certs, state.current.key.clone()));
-        }
+        state.current = served;
+        state.pending = pending_after;
         state.installed = Some(u64::try_from(now_unix()).unwrap_or(0));
         let info = self.info_of(&state);
         drop(state);
@@ -927,5 +950,38 @@ mod tests {
             Some(true)
         );
         assert_eq!(days_to_expiry_of(b"junk", now), None);
+    }
+    #[test]
+    fn install_follows_the_key_store_not_a_stale_member() {
+        // Two identities over one key store: members of a fleet.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let reg = registry(dir.path(), 9);
+        let a = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let b = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let old = a.spki_sha256();
+        let old_chain = leaf_for(&ca, &a, &["a.example"], 30);
+        // A makes the new key; B installs its chain and serves it.
+        let csr = a.csr(&["a.example".into()], true).unwrap();
+        let new = a.pending_spki_sha256().unwrap();
+        assert_eq!(b.pending_spki_sha256(), None, "B has not seen it");
+        b.install(&ca.sign_csr(&csr, 30).unwrap()).unwrap();
+        assert_eq!(b.spki_sha256(), new);
+        // A still serves the old key, but a chain for it is refused: the store dropped it.
+        assert_eq!(a.spki_sha256(), old);
+        assert!(matches!(
+            a.install(&old_chain),
+            Err(TlsIdError::Chain(ChainError::WrongKey))
+        ));
+        assert_eq!(a.spki_sha256(), old, "a refused install changes nothing");
+        // A chain for the store's current key brings A onto it.
+        let csr = b.csr(&["a.example".into()], false).unwrap();
+        a.install(&ca.sign_csr(&csr, 30).unwrap()).unwrap();
+        assert_eq!(a.spki_sha256(), new);
+        assert_eq!(
+            keyward_attest::live::spki_sha256_of_cert(a.handle().current().cert[0].as_ref())
+                .unwrap(),
+            new
+        );
     }
 }
