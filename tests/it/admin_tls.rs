@@ -63,6 +63,17 @@ fn field<'a>(show: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
+/// `tls show` without the days left (which tick down between two calls).
+fn stable(show: &str) -> String {
+    show.lines()
+        .map(|l| match l.find(" (") {
+            Some(i) if l.starts_with("not_after") => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn fetch_spki(url: &str) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
     hex::encode(
@@ -203,7 +214,7 @@ fn managed_tls_key_csr_install_restart() {
         err.contains("the certificate's public key is not this appliance's TLS key"),
         "{err}"
     );
-    assert_eq!(admin_ok(&prof, &["tls", "show"]), show);
+    assert_eq!(stable(&admin_ok(&prof, &["tls", "show"])), stable(&show));
     assert_eq!(xks.decrypt("k1", &enc).0, 200);
     // An expired certificate for the right key: refused too.
     let old = ca.sign_csr(&csr, -1).unwrap();
@@ -257,6 +268,154 @@ fn managed_tls_key_csr_install_restart() {
         "{}",
         p.stderr_text()
     );
+}
+
+/// The chain file for `csr` signed by `ca` for `days`, written to `d/name`.
+fn signed_chain(
+    d: &Path,
+    ca: &keyward::admin::pki::Ca,
+    csr: &str,
+    days: i64,
+    name: &str,
+) -> std::path::PathBuf {
+    let leaf = ca.sign_csr(csr, days).unwrap();
+    let path = d.join(name);
+    std::fs::write(&path, format!("{leaf}{}", ca.cert_pem())).unwrap();
+    path
+}
+
+#[test]
+fn new_key_pending_until_installed_then_served_and_kept() {
+    let setup = ServeSetup::new();
+    managed(&setup, "");
+    let d = setup.dir.path();
+    let (mut p, xks) = setup.start();
+    let old = logged_spki(&mut p);
+    let pinned = pinned_profile(&setup, "pinned.toml", &old);
+
+    // A chain for the current key that expires in 5 days: served, and an error is logged.
+    let ca = keyward::admin::pki::Ca::new("test XKS CA").unwrap();
+    std::fs::write(d.join("testca.pem"), ca.cert_pem()).unwrap();
+    let csr = admin_ok(&pinned, &["tls", "csr", "--dns-name", "127.0.0.1"]);
+    let short = signed_chain(d, &ca, &csr, 5, "short.pem");
+    admin_ok(
+        &pinned,
+        &["tls", "install", "--chain", short.to_str().unwrap()],
+    );
+    let line = p.wait_stderr(
+        "the XKS TLS certificate expires in",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("expires in 4 days") || line.contains("expires in 5 days"),
+        "{line}"
+    );
+    let show = admin_ok(&pinned, &["tls", "show"]);
+    assert!(field(&show, "not_after").contains("days left)"), "{show}");
+    assert!(!show.contains("pending"), "{show}");
+    // From here the admin client trusts the test CA (the key it serves will change).
+    let prof = d.join("ca-profile.toml");
+    std::fs::write(
+        &prof,
+        format!(
+            "url = \"https://{}\"\nca_cert = \"testca.pem\"\nclient_cert = \"admin.pem\"\nclient_key = \"admin-key.pem\"\n",
+            setup.admin_addr()
+        ),
+    )
+    .unwrap();
+    let xks = Xks {
+        ca: d.join("testca.pem"),
+        ..xks
+    };
+    create_open_key(&prof, "k1");
+    let (code, enc) = xks.encrypt("k1", "aGVsbG8=");
+    assert_eq!(code, 200, "{enc}");
+
+    // csr --new-key: a new key is pending; the handshake still shows the old key.
+    let csr2 = admin_ok(
+        &prof,
+        &["tls", "csr", "--new-key", "--dns-name", "127.0.0.1"],
+    );
+    assert!(csr2.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert_eq!(field(&show, "spki_sha256"), old, "{show}");
+    let pending: String = field(&show, "pending").chars().take(64).collect();
+    assert_eq!(pending.len(), 64, "{show}");
+    assert_ne!(pending, old);
+    assert_eq!(fetch_spki(&xks.url), old, "the pending key is not served");
+    assert_eq!(stable(&admin_ok(&pinned, &["tls", "show"])), stable(&show));
+
+    // A chain for neither key: refused, nothing changes.
+    let stranger = ca.server(&["127.0.0.1"], 30).unwrap();
+    std::fs::write(d.join("stranger.pem"), &stranger.cert_pem).unwrap();
+    let out = admin(
+        &prof,
+        &[
+            "tls",
+            "install",
+            "--chain",
+            d.join("stranger.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not this appliance's TLS key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stable(&admin_ok(&prof, &["tls", "show"])), stable(&show));
+    assert_eq!(fetch_spki(&xks.url), old);
+
+    // The chain for the new key: served at once by both listeners.
+    let new_chain = signed_chain(d, &ca, &csr2, 30, "new.pem");
+    let out = admin_ok(
+        &prof,
+        &["tls", "install", "--chain", new_chain.to_str().unwrap()],
+    );
+    assert!(out.contains("installed (2 certificate(s)"), "{out}");
+    assert_eq!(fetch_spki(&xks.url), pending, "the new key is served");
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert_eq!(field(&show, "spki_sha256"), pending, "{show}");
+    assert!(!show.contains("pending"), "{show}");
+    // The admin listener serves the new key: the old pin is refused.
+    assert!(!admin(&pinned, &["tls", "show"]).status.success());
+    let (code, dec) = xks.decrypt("k1", &enc);
+    assert_eq!((code, dec["plaintext"].as_str()), (200, Some("aGVsbG8=")));
+    // The old key's chain is refused now: the old key is gone.
+    let out = admin(
+        &prof,
+        &["tls", "install", "--chain", short.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // Restart: the new key and its chain; 30 days left is a warning at start.
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let (mut p, xks2) = setup.start();
+    assert_eq!(logged_spki(&mut p), pending);
+    std::fs::write(
+        &prof,
+        format!(
+            "url = \"https://{}\"\nca_cert = \"testca.pem\"\nclient_cert = \"admin.pem\"\nclient_key = \"admin-key.pem\"\n",
+            setup.admin_addr()
+        ),
+    )
+    .unwrap();
+    let line = p.wait_stderr(
+        "the XKS TLS certificate expires in",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("WARN") && !line.contains("ERROR"), "{line}");
+    assert_eq!(fetch_spki(&xks2.url), pending);
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert_eq!(field(&show, "spki_sha256"), pending);
+    assert!(!show.contains("pending"), "{show}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    // The audit log names the new-key request.
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("with a new key"), "{audit}");
 }
 
 fn write_master(d: &Path, key: &[u8; 32]) {
@@ -375,6 +534,35 @@ fn live_attestation_binds_the_managed_key() {
     assert_eq!(
         field(&admin_ok(&prof, &["tls", "show"]), "spki_sha256"),
         fetch_spki(&xks.url)
+    );
+    // A new key, its chain installed: the evidence binds the new key (verify --url checks the
+    // binding against the key the XKS URL serves now).
+    let csr = admin_ok(
+        &prof,
+        &["tls", "csr", "--new-key", "--dns-name", "127.0.0.1"],
+    );
+    let ca = keyward::admin::pki::Ca::new("test XKS CA").unwrap();
+    let chain = setup.dir.path().join("new-chain.pem");
+    std::fs::write(&chain, ca.sign_csr(&csr, 30).unwrap()).unwrap();
+    admin_ok(
+        &prof,
+        &["tls", "install", "--chain", chain.to_str().unwrap()],
+    );
+    let now_served = fetch_spki(&xks.url);
+    assert_ne!(now_served, spki);
+    std::thread::sleep(Duration::from_millis(1100)); // the attestation listener's rate limit
+    let out = std::process::Command::new(BIN)
+        .args(["verify", "--json", "--url", &att, "--xks-url", &xks.url])
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after the key change: {v:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));

@@ -158,6 +158,10 @@ enum Tls {
         /// subject CN).
         #[arg(long = "dns-name", required = true)]
         dns_names: Vec<String>,
+        /// Generate a new in-VM key and sign the request with it: it stays pending (the
+        /// current key and chain are served) until `tls install` gets a chain for it.
+        #[arg(long)]
+        new_key: bool,
     },
     /// Install a PEM certificate chain (leaf first) issued for the appliance's TLS key; served
     /// at once by the XKS and admin listeners.
@@ -676,7 +680,10 @@ fn build_tls(t: Tls) -> anyhow::Result<(Request, Show)> {
         println!("subject      {}", i.subject);
         println!("issuer       {}", i.issuer);
         println!("names        {}", i.names.join(", "));
-        println!("not_after    {}", i.not_after);
+        match i.days_left {
+            Some(d) => println!("not_after    {} ({d} days left)", i.not_after),
+            None => println!("not_after    {}", i.not_after),
+        }
         if i.chain_installed {
             println!(
                 "chain        installed ({} certificate(s){})",
@@ -686,12 +693,21 @@ fn build_tls(t: Tls) -> anyhow::Result<(Request, Show)> {
         } else {
             println!("chain        not installed: a self-signed certificate is served");
         }
+        if let Some(p) = &i.pending_spki_sha256 {
+            println!(
+                "pending      {p}{} (served once a chain for it is installed)",
+                i.pending_created
+                    .as_ref()
+                    .map(|t| format!(", made {t}"))
+                    .unwrap_or_default()
+            );
+        }
         Ok(())
     }
     Ok(match t {
         Tls::Show => (Request::TlsShow, Box::new(show_info)),
-        Tls::Csr { dns_names } => (
-            Request::TlsCsr { dns_names },
+        Tls::Csr { dns_names, new_key } => (
+            Request::TlsCsr { dns_names, new_key },
             Box::new(|v| {
                 let pem = v
                     .get("csr_pem")

@@ -25,9 +25,10 @@ use keyward_keystore::{KeystoreError, NewStore, Registry, Revoke, KMS_SERVICE};
 pub trait TlsAdmin: Send + Sync {
     /// What is served now.
     fn show(&self) -> Result<TlsInfo, AdminError>;
-    /// A PEM PKCS#10 request for `names`, signed by the in-VM key.
-    fn csr(&self, names: &[String]) -> Result<String, AdminError>;
-    /// Check a PEM chain for the key, store it and serve it at once.
+    /// A PEM PKCS#10 request for `names`, signed by the in-VM key; with `new_key`, by a new
+    /// key kept pending (the current one stays served).
+    fn csr(&self, names: &[String], new_key: bool) -> Result<String, AdminError>;
+    /// Check a PEM chain for the current or the pending key, store it and serve it at once.
     fn install(&self, chain_pem: &str) -> Result<TlsInfo, AdminError>;
 }
 
@@ -240,7 +241,11 @@ fn describe(req: &Request) -> String {
         ),
         Request::StoresRemove { name, force } => format!("store={name} force={force}"),
         Request::TlsShow | Request::Fleet => "read".into(),
-        Request::TlsCsr { dns_names } => format!("csr for {}", dns_names.join(",")),
+        Request::TlsCsr { dns_names, new_key } => format!(
+            "csr for {}{}",
+            dns_names.join(","),
+            if *new_key { " with a new key" } else { "" }
+        ),
         Request::TlsInstall { chain_pem } => {
             format!("certificate chain of {} bytes", chain_pem.len())
         }
@@ -355,7 +360,9 @@ impl RegistryBackend {
                 })
             }
             Request::TlsShow => to_json(&self.tls()?.show()?),
-            Request::TlsCsr { dns_names } => Ok(json!({ "csr_pem": self.tls()?.csr(&dns_names)? })),
+            Request::TlsCsr { dns_names, new_key } => {
+                Ok(json!({ "csr_pem": self.tls()?.csr(&dns_names, new_key)? }))
+            }
             Request::TlsInstall { chain_pem } => to_json(&self.tls()?.install(&chain_pem)?),
             Request::StoresList => {
                 let out: Vec<StoreInfo> = r

@@ -79,6 +79,10 @@ pub enum Request {
     /// A PKCS#10 request for `dns_names`, signed by the appliance's TLS key.
     TlsCsr {
         dns_names: Vec<String>,
+        /// Generate a new in-VM key first (kept pending: served once a chain for it is
+        /// installed) and sign the request with it.
+        #[serde(default)]
+        new_key: bool,
     },
     /// Install a PEM certificate chain (leaf first) for the appliance's TLS key.
     TlsInstall {
@@ -260,6 +264,16 @@ pub struct TlsInfo {
     /// When the chain was installed, RFC 3339.
     #[serde(default)]
     pub installed_at: Option<String>,
+    /// Days left until the served leaf's notAfter (rounded down).
+    #[serde(default)]
+    pub days_left: Option<i64>,
+    /// SHA-256 of the pending key's SPKI (`tls csr --new-key`), hex: served once a chain for
+    /// it is installed.
+    #[serde(default)]
+    pub pending_spki_sha256: Option<String>,
+    /// When the pending key was made, RFC 3339.
+    #[serde(default)]
+    pub pending_created: Option<String>,
 }
 
 /// The answer to `backup`: the backup file's text (one JSON line, to be written as is: its MAC

@@ -157,7 +157,10 @@ mod tests {
         ));
         assert!(!allows(
             Role::Viewer,
-            &Request::TlsCsr { dns_names: vec![] }
+            &Request::TlsCsr {
+                dns_names: vec![],
+                new_key: false
+            }
         ));
         // Every write is refused to a viewer.
         let writes: Vec<Request> = serde_json::from_str(

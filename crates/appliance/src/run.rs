@@ -31,7 +31,8 @@ pub struct Running {
     admin: Option<AdminServer>,
     notifier: Notifier,
     /// `[attestation] listen` and the XKS certificate's SPKI hash the evidence is bound to.
-    attestation: Option<(std::net::SocketAddr, [u8; 32])>,
+    /// For the appliance-managed key, read at each request: it follows `tls install`.
+    attestation: Option<(std::net::SocketAddr, keyward_attest::live::SpkiSource)>,
     attesters: Option<Arc<Vec<Box<dyn keyward_attest::Attester>>>>,
     /// The appliance-managed TLS identity, when a listener serves it.
     managed_tls: Option<Arc<ManagedTls>>,
@@ -184,17 +185,24 @@ pub async fn boot(
     };
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let attestation = match (&config.attestation, &config.xks.tls, &managed_tls) {
-        (Some(a), Some(tls), _) => Some((
-            a.listen,
-            keyward_attest::live::spki_sha256_of_pem_file(&tls.cert_chain).map_err(|why| {
-                BootError::XksCertificate {
-                    path: tls.cert_chain.clone(),
-                    why,
-                }
-            })?,
-        )),
-        // The key actually served: the appliance-managed one.
-        (Some(a), None, Some(m)) if config.xks.managed_tls() => Some((a.listen, m.spki_sha256())),
+        (Some(a), Some(tls), _) => {
+            let spki =
+                keyward_attest::live::spki_sha256_of_pem_file(&tls.cert_chain).map_err(|why| {
+                    BootError::XksCertificate {
+                        path: tls.cert_chain.clone(),
+                        why,
+                    }
+                })?;
+            let fixed: keyward_attest::live::SpkiSource = Arc::new(move || spki);
+            Some((a.listen, fixed))
+        }
+        // The key actually served: the appliance-managed one, read at each request (a chain
+        // installed for a new key changes it).
+        (Some(a), None, Some(m)) if config.xks.managed_tls() => {
+            let m = m.clone();
+            let follow: keyward_attest::live::SpkiSource = Arc::new(move || m.spki_sha256());
+            Some((a.listen, follow))
+        }
         (Some(_), _, _) => {
             tracing::warn!("[attestation] needs the XKS TLS certificate to bind evidence to; not started with insecure_http");
             None
@@ -483,6 +491,10 @@ impl Running {
             audit.clone(),
             rx.clone(),
         )));
+        if let Some(m) = &managed_tls {
+            // The served certificate's expiry, at start and daily.
+            fleet_tasks.push(tokio::spawn(super::tls::expiry_loop(m.clone(), rx.clone())));
+        }
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
             let mut backend = RegistryBackend::new(registry.clone(), audit.clone());
@@ -499,7 +511,7 @@ impl Running {
         let live_task = match (attestation, attesters) {
             (Some((listen, spki)), Some(att)) if !att.is_empty() => {
                 let (addr, task) =
-                    keyward_attest::live::spawn(listen, att, spki, wait_true(rx.clone()))
+                    keyward_attest::live::spawn_following(listen, att, spki, wait_true(rx.clone()))
                         .await
                         .map_err(|e| BootError::Attestation(listen, e))?;
                 phase(

@@ -100,18 +100,72 @@ impl From<TlsIdError> for AdminError {
     }
 }
 
-/// The appliance's TLS identity: the signing key (its private half only inside rustls/ring
-/// and, sealed, in the key store), its public key, and the handle the listeners serve from.
-pub struct ManagedTls {
-    registry: Arc<Registry>,
+/// One TLS key as the listeners use it: the signer (its private half only inside rustls/ring
+/// and, sealed, in the key store) and its public key.
+#[derive(Clone)]
+struct Identity {
     key: Arc<dyn SigningKey>,
     /// DER SubjectPublicKeyInfo of the key.
     spki_der: Vec<u8>,
     /// Uncompressed SEC1 point (what rcgen signs certificates and CSRs with).
     public_point: Vec<u8>,
+}
+
+impl Identity {
+    /// The identity of a PKCS#8 DER P-256 private key.
+    fn of_pkcs8(pkcs8_der: &[u8]) -> Result<Identity, TlsIdError> {
+        let secret = p256::SecretKey::from_pkcs8_der(pkcs8_der)
+            .map_err(|e| TlsIdError::Key(format!("stored key is not a P-256 PKCS#8 key: {e}")))?;
+        let public = secret.public_key();
+        drop(secret);
+        let spki_der = public
+            .to_public_key_der()
+            .map_err(|e| TlsIdError::Key(e.to_string()))?
+            .as_bytes()
+            .to_vec();
+        let public_point = public.to_encoded_point(false).as_bytes().to_vec();
+        let key = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
+            PrivatePkcs8KeyDer::from(pkcs8_der),
+        ))
+        .map_err(|e| TlsIdError::Key(e.to_string()))?;
+        Ok(Identity {
+            key,
+            spki_der,
+            public_point,
+        })
+    }
+
+    fn spki_sha256(&self) -> [u8; 32] {
+        Sha256::digest(&self.spki_der).into()
+    }
+
+    /// An rcgen key pair that signs through the rustls signer (rcgen never holds the private
+    /// key).
+    fn rcgen_key(&self) -> Result<rcgen::KeyPair, TlsIdError> {
+        Ok(rcgen::KeyPair::from_remote(Box::new(RemoteSigner {
+            key: self.key.clone(),
+            public: self.public_point.clone(),
+        }))?)
+    }
+}
+
+/// What the listeners serve and what waits: changed together under one lock.
+struct State {
+    /// The key served now.
+    current: Identity,
+    /// When its chain was installed (`None`: a self-signed certificate is served).
+    installed: Option<u64>,
+    /// The key made by `tls csr --new-key`, served once a chain for it is installed.
+    pending: Option<(Identity, u64)>,
+}
+
+/// The appliance's TLS identity: the key served now (and a pending one after
+/// `tls csr --new-key`), and the handle the listeners serve from.
+pub struct ManagedTls {
+    registry: Arc<Registry>,
     handle: CertHandle,
-    /// Serialises installs (check, store, swap).
-    install: Mutex<Option<u64>>,
+    /// Serialises csr --new-key and installs (check, store, swap).
+    state: Mutex<State>,
 }
 
 impl std::fmt::Debug for ManagedTls {
@@ -131,6 +185,24 @@ fn generate_pkcs8() -> Result<Zeroizing<Vec<u8>>, TlsIdError> {
     Ok(Zeroizing::new(doc.as_bytes().to_vec()))
 }
 
+/// Days left until the `notAfter` of the DER certificate `leaf`, at Unix time `now` (rounded
+/// down; negative once expired). `None` when it does not parse.
+pub fn days_to_expiry_of(leaf: &[u8], now: i64) -> Option<i64> {
+    let (_, c) = X509Certificate::from_der(leaf).ok()?;
+    Some(
+        c.validity()
+            .not_after
+            .timestamp()
+            .saturating_sub(now)
+            .div_euclid(86_400),
+    )
+}
+
+/// Days left at which the expiry check logs a warning.
+pub const EXPIRY_WARN_DAYS: i64 = 30;
+/// Days left at which the expiry check logs an error.
+pub const EXPIRY_ERROR_DAYS: i64 = 10;
+
 impl ManagedTls {
     /// Load the identity from the key store, or generate and store it (sealed) on first start;
     /// serve the installed chain, or a self-signed certificate for `names` until there is one.
@@ -146,20 +218,14 @@ impl ManagedTls {
                     .ok_or_else(|| TlsIdError::Key("the new TLS key was not stored".into()))?
             }
         };
-        let secret = p256::SecretKey::from_pkcs8_der(&material.pkcs8_der)
-            .map_err(|e| TlsIdError::Key(format!("stored key is not a P-256 PKCS#8 key: {e}")))?;
-        let public = secret.public_key();
-        drop(secret);
-        let spki_der = public
-            .to_public_key_der()
-            .map_err(|e| TlsIdError::Key(e.to_string()))?
-            .as_bytes()
-            .to_vec();
-        let public_point = public.to_encoded_point(false).as_bytes().to_vec();
-        let key = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
-            PrivatePkcs8KeyDer::from(material.pkcs8_der.as_slice()),
-        ))
-        .map_err(|e| TlsIdError::Key(e.to_string()))?;
+        let current = Identity::of_pkcs8(&material.pkcs8_der)?;
+        let pending = match &material.pending_pkcs8_der {
+            Some(k) => Some((
+                Identity::of_pkcs8(k)?,
+                material.pending_created.unwrap_or(0),
+            )),
+            None => None,
+        };
 
         let mut names: Vec<String> = names.to_vec();
         if names.is_empty() {
@@ -167,31 +233,36 @@ impl ManagedTls {
         }
         let (served, installed) = match &material.chain_pem {
             Some(pem) => match certs_of(pem).and_then(|c| {
-                leaf_matches(&c, &spki_der)?;
+                leaf_matches(&c, &current.spki_der)?;
                 Ok(c)
             }) {
                 Ok(chain) => {
-                    if let Err(e) = check_chain(pem, &spki_der, now_unix()) {
+                    if let Err(e) = check_chain(pem, &current.spki_der, now_unix()) {
                         tracing::warn!("the installed TLS certificate chain: {e}; serving it anyway: install a new one with `keyward admin tls install`");
                     }
                     (chain, material.chain_installed.or(Some(0)))
                 }
                 Err(e) => {
                     tracing::error!("the installed TLS certificate chain is unusable ({e}); serving a self-signed certificate");
-                    (vec![self_signed(&key, &public_point, &names)?], None)
+                    (vec![self_signed(&current, &names)?], None)
                 }
             },
-            None => (vec![self_signed(&key, &public_point, &names)?], None),
+            None => (vec![self_signed(&current, &names)?], None),
         };
-        let handle = CertHandle::new(CertifiedKey::new(served, key.clone()));
+        let handle = CertHandle::new(CertifiedKey::new(served, current.key.clone()));
         Ok(ManagedTls {
             registry,
-            key,
-            spki_der,
-            public_point,
             handle,
-            install: Mutex::new(installed),
+            state: Mutex::new(State {
+                current,
+                installed,
+                pending,
+            }),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The handle the XKS (and admin) listeners serve from.
@@ -199,47 +270,149 @@ impl ManagedTls {
         self.handle.clone()
     }
 
-    /// SHA-256 of the key's DER SubjectPublicKeyInfo (what the live attestation binds, and
-    /// what an admin profile's `server_spki_sha256` pins).
+    /// SHA-256 of the served key's DER SubjectPublicKeyInfo (what the live attestation binds,
+    /// and what an admin profile's `server_spki_sha256` pins). Changes when a chain for the
+    /// pending key is installed.
     pub fn spki_sha256(&self) -> [u8; 32] {
-        Sha256::digest(&self.spki_der).into()
+        self.lock().current.spki_sha256()
     }
 
-    /// A PEM PKCS#10 request for `names`, signed by the in-VM key.
-    pub fn csr(&self, names: &[String]) -> Result<String, TlsIdError> {
+    /// SHA-256 of the pending key's SPKI, when `tls csr --new-key` made one.
+    pub fn pending_spki_sha256(&self) -> Option<[u8; 32]> {
+        self.lock().pending.as_ref().map(|(p, _)| p.spki_sha256())
+    }
+
+    /// A PEM PKCS#10 request for `names`, signed by the in-VM key. With `new_key`, a new key
+    /// is generated first and stored sealed as the pending key (replacing an earlier pending
+    /// one); the request is signed by it, and the current key and chain stay served until a
+    /// chain for the new key is installed. Without, the request is for the current key.
+    pub fn csr(&self, names: &[String], new_key: bool) -> Result<String, TlsIdError> {
         check_names(names)?;
         let mut params = rcgen::CertificateParams::new(names.to_vec())?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
-        let kp = self.rcgen_key()?;
+        let mut state = self.lock();
+        let signer = if new_key {
+            let pkcs8 = generate_pkcs8()?;
+            let id = Identity::of_pkcs8(&pkcs8)?;
+            self.registry.set_tls_pending_key(pkcs8)?;
+            tracing::info!(
+                "generated a new appliance TLS key (pending, spki_sha256={}), stored sealed; served once a chain for it is installed",
+                hex::encode(id.spki_sha256())
+            );
+            state.pending = Some((id.clone(), u64::try_from(now_unix()).unwrap_or(0)));
+            id
+        } else {
+            state.current.clone()
+        };
+        drop(state);
+        let kp = signer.rcgen_key()?;
         Ok(params.serialize_request(&kp)?.pem()?)
     }
 
-    /// Check `chain_pem` for this key, store it (authenticated log) and serve it at once.
+    /// Check `chain_pem`, store it (authenticated log) and serve it at once: a chain for the
+    /// current key replaces its chain; a chain for the pending key makes that key the current
+    /// one (the old key is dropped from the store) and the live attestation follows it.
     pub fn install(&self, chain_pem: &str) -> Result<TlsInfo, TlsIdError> {
-        let mut installed = self.install.lock().unwrap_or_else(|e| e.into_inner());
-        let certs = check_chain(chain_pem, &self.spki_der, now_unix())?;
-        // Stored re-encoded: certificates only, whatever else the file held.
-        self.registry.install_tls_chain(&pem_of(&certs))?;
-        self.handle
-            .install_certified(CertifiedKey::new(certs, self.key.clone()));
-        *installed = Some(u64::try_from(now_unix()).unwrap_or(0));
-        let at = *installed;
-        drop(installed);
-        Ok(self.info_with(at))
+        let mut state = self.lock();
+        // The key store decides which keys a chain may be for (on a fleet another member may
+        // have made the pending key, or already made it current); this member's state is
+        // changed only once the chain is stored.
+        let material = self
+            .registry
+            .tls_material()
+            .ok_or_else(|| TlsIdError::Key("the key store holds no TLS key".into()))?;
+        let stored_current = Identity::of_pkcs8(&material.pkcs8_der)?;
+        let stored_pending = match &material.pending_pkcs8_der {
+            Some(k) => Some((
+                Identity::of_pkcs8(k)?,
+                material.pending_created.unwrap_or(0),
+            )),
+            None => None,
+        };
+        let leaf_spki = certs_of(chain_pem).ok().and_then(|c| {
+            let (_, x) = X509Certificate::from_der(c.first()?.as_ref()).ok()?;
+            Some(x.public_key().raw.to_vec())
+        });
+        let pending = stored_pending.as_ref().map(|(p, _)| p).filter(|p| {
+            leaf_spki.as_deref() == Some(p.spki_der.as_slice())
+                && p.spki_der != stored_current.spki_der
+        });
+        let (served, pending_after) = match pending {
+            Some(pending) => {
+                let certs = check_chain(chain_pem, &pending.spki_der, now_unix())?;
+                self.registry.promote_tls_pending(&pem_of(&certs))?;
+                self.handle
+                    .install_certified(CertifiedKey::new(certs, pending.key.clone()));
+                tracing::info!(
+                    "xks tls key spki_sha256={}: the new key is served now (the previous key {} is dropped)",
+                    hex::encode(pending.spki_sha256()),
+                    hex::encode(stored_current.spki_sha256())
+                );
+                (pending.clone(), None)
+            }
+            None => {
+                let certs = check_chain(chain_pem, &stored_current.spki_der, now_unix())?;
+                // Stored re-encoded: certificates only, whatever else the file held.
+                self.registry.install_tls_chain(&pem_of(&certs))?;
+                self.handle
+                    .install_certified(CertifiedKey::new(certs, stored_current.key.clone()));
+                if stored_current.spki_der != state.current.spki_der {
+                    tracing::info!(
+                        "xks tls key spki_sha256={}: the key another member made current is served now",
+                        hex::encode(stored_current.spki_sha256())
+                    );
+                }
+                (stored_current, stored_pending)
+            }
+        };
+        state.current = served;
+        state.pending = pending_after;
+        state.installed = Some(u64::try_from(now_unix()).unwrap_or(0));
+        let info = self.info_of(&state);
+        drop(state);
+        self.check_expiry();
+        Ok(info)
     }
 
-    /// What is served now.
+    /// What is served now (and what is pending).
     pub fn show(&self) -> TlsInfo {
-        let at = *self.install.lock().unwrap_or_else(|e| e.into_inner());
-        self.info_with(at)
+        let state = self.lock();
+        self.info_of(&state)
     }
 
-    fn info_with(&self, installed: Option<u64>) -> TlsInfo {
+    /// Days left until the served leaf's `notAfter` (rounded down; negative once expired):
+    /// for a metrics gauge.
+    pub fn days_to_expiry(&self) -> Option<i64> {
         let current = self.handle.current();
+        days_to_expiry_of(current.cert.first()?.as_ref(), now_unix())
+    }
+
+    /// Log the served certificate's expiry: an error with [`EXPIRY_ERROR_DAYS`] days or fewer
+    /// left, a warning with [`EXPIRY_WARN_DAYS`] or fewer. Returns the days left.
+    pub fn check_expiry(&self) -> Option<i64> {
+        let days = self.days_to_expiry()?;
+        let not_after = self.show().not_after;
+        if days <= EXPIRY_ERROR_DAYS {
+            tracing::error!(
+                days_left = days,
+                "the XKS TLS certificate expires in {days} days ({not_after}): renew it now (keyward admin tls csr, tls install)"
+            );
+        } else if days <= EXPIRY_WARN_DAYS {
+            tracing::warn!(
+                days_left = days,
+                "the XKS TLS certificate expires in {days} days ({not_after}): renew it (keyward admin tls csr, tls install)"
+            );
+        }
+        Some(days)
+    }
+
+    fn info_of(&self, state: &State) -> TlsInfo {
+        let current = self.handle.current();
+        let installed = state.installed;
         let mut info = TlsInfo {
-            spki_sha256: hex::encode(self.spki_sha256()),
+            spki_sha256: hex::encode(state.current.spki_sha256()),
             subject: String::new(),
             issuer: String::new(),
             names: Vec::new(),
@@ -247,6 +420,17 @@ impl ManagedTls {
             chain_installed: installed.is_some(),
             chain_len: current.cert.len(),
             installed_at: installed
+                .filter(|t| *t > 0)
+                .map(keyward_keystore::unix_rfc3339),
+            days_left: None,
+            pending_spki_sha256: state
+                .pending
+                .as_ref()
+                .map(|(p, _)| hex::encode(p.spki_sha256())),
+            pending_created: state
+                .pending
+                .as_ref()
+                .map(|(_, t)| *t)
                 .filter(|t| *t > 0)
                 .map(keyward_keystore::unix_rfc3339),
         };
@@ -257,17 +441,24 @@ impl ManagedTls {
                 info.names = san_names(&c);
                 info.not_after = asn1_rfc3339(&c.validity().not_after);
             }
+            info.days_left = days_to_expiry_of(leaf.as_ref(), now_unix());
         }
         info
     }
+}
 
-    /// An rcgen key pair that signs through the rustls signer (rcgen never holds the private
-    /// key).
-    fn rcgen_key(&self) -> Result<rcgen::KeyPair, TlsIdError> {
-        Ok(rcgen::KeyPair::from_remote(Box::new(RemoteSigner {
-            key: self.key.clone(),
-            public: self.public_point.clone(),
-        }))?)
+/// How often [`expiry_loop`] checks the served certificate's expiry.
+pub const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Check the served certificate's expiry now and then every [`EXPIRY_CHECK_EVERY`] until
+/// `stop` changes ([`ManagedTls::check_expiry`] logs it).
+pub async fn expiry_loop(tls: Arc<ManagedTls>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tls.check_expiry();
+        tokio::select! {
+            _ = tokio::time::sleep(EXPIRY_CHECK_EVERY) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -275,8 +466,8 @@ impl TlsAdmin for ManagedTls {
     fn show(&self) -> Result<TlsInfo, AdminError> {
         Ok(ManagedTls::show(self))
     }
-    fn csr(&self, names: &[String]) -> Result<String, AdminError> {
-        Ok(ManagedTls::csr(self, names)?)
+    fn csr(&self, names: &[String], new_key: bool) -> Result<String, AdminError> {
+        Ok(ManagedTls::csr(self, names, new_key)?)
     }
     fn install(&self, chain_pem: &str) -> Result<TlsInfo, AdminError> {
         Ok(ManagedTls::install(self, chain_pem)?)
@@ -306,15 +497,8 @@ impl rcgen::RemoteKeyPair for RemoteSigner {
 }
 
 /// The self-signed certificate served until a chain is installed.
-fn self_signed(
-    key: &Arc<dyn SigningKey>,
-    public: &[u8],
-    names: &[String],
-) -> Result<CertificateDer<'static>, TlsIdError> {
-    let kp = rcgen::KeyPair::from_remote(Box::new(RemoteSigner {
-        key: key.clone(),
-        public: public.to_vec(),
-    }))?;
+fn self_signed(id: &Identity, names: &[String]) -> Result<CertificateDer<'static>, TlsIdError> {
+    let kp = id.rcgen_key()?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     params
         .distinguished_name
@@ -519,7 +703,10 @@ mod tests {
 
     fn leaf_for(ca: &Ca, tls: &ManagedTls, names: &[&str], days: i64) -> String {
         let csr = tls
-            .csr(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .csr(
+                &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                false,
+            )
             .unwrap();
         ca.sign_csr(&csr, days).unwrap()
     }
@@ -589,7 +776,7 @@ mod tests {
         let ca = Ca::new("test CA").unwrap();
         let other_ca = Ca::new("other CA").unwrap();
         let tls = ManagedTls::open(registry(dir.path(), 5), &[]).unwrap();
-        let spki = tls.spki_der.clone();
+        let spki = tls.lock().current.spki_der.clone();
         let now = now_unix();
         let good = leaf_for(&ca, &tls, &["a.example"], 30);
         assert_eq!(check_chain(&good, &spki, now).unwrap().len(), 1);
@@ -667,20 +854,134 @@ mod tests {
     fn csr_names_are_checked_and_signed_by_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let tls = ManagedTls::open(registry(dir.path(), 6), &[]).unwrap();
-        assert!(matches!(tls.csr(&[]), Err(TlsIdError::NoName)));
+        assert!(matches!(tls.csr(&[], false), Err(TlsIdError::NoName)));
         assert!(matches!(
-            tls.csr(&["bad name".into()]),
+            tls.csr(&["bad name".into()], false),
             Err(TlsIdError::BadName(_))
         ));
-        let pem = tls.csr(&["a.example".into()]).unwrap();
+        let pem = tls.csr(&["a.example".into()], false).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         // Parsing verifies the CSR's signature.
         let params = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
         use rcgen::PublicKeyData;
         assert_eq!(
             params.public_key.der_bytes(),
-            tls.public_point.as_slice(),
+            tls.lock().current.public_point.as_slice(),
             "the CSR carries the in-VM key"
+        );
+    }
+    #[test]
+    fn new_key_is_pending_until_its_chain_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let tls = ManagedTls::open(registry(dir.path(), 7), &[]).unwrap();
+        let old = tls.spki_sha256();
+        let old_chain = leaf_for(&ca, &tls, &["a.example"], 30);
+        tls.install(&old_chain).unwrap();
+        let served = tls.handle().current().cert.clone();
+
+        let csr = tls.csr(&["a.example".into()], true).unwrap();
+        let new = tls.pending_spki_sha256().expect("a pending key");
+        assert_ne!(new, old);
+        // Still served: the old key and its chain.
+        assert_eq!(tls.spki_sha256(), old);
+        assert_eq!(tls.handle().current().cert, served);
+        let info = tls.show();
+        assert_eq!(info.pending_spki_sha256, Some(hex::encode(new)));
+        assert_eq!(info.spki_sha256, hex::encode(old));
+        // The store holds both, and a reopen finds the pending key again.
+        let m = tls.registry.tls_material().unwrap();
+        assert!(m.pending_pkcs8_der.is_some());
+        drop(tls);
+        let tls = ManagedTls::open(registry(dir.path(), 7), &[]).unwrap();
+        assert_eq!(tls.spki_sha256(), old);
+        assert_eq!(tls.pending_spki_sha256(), Some(new));
+
+        // A chain for neither key is refused; the old chain still installs for the old key.
+        let stranger = ca.server(&["a.example"], 30).unwrap().cert_pem;
+        assert!(matches!(
+            tls.install(&stranger),
+            Err(TlsIdError::Chain(ChainError::WrongKey))
+        ));
+        tls.install(&old_chain).unwrap();
+        assert_eq!(tls.spki_sha256(), old);
+        assert_eq!(tls.pending_spki_sha256(), Some(new));
+
+        // The chain for the new key: served at once, the old key dropped.
+        let leaf = ca.sign_csr(&csr, 30).unwrap();
+        let info = tls.install(&leaf).unwrap();
+        assert_eq!(info.spki_sha256, hex::encode(new));
+        assert_eq!(info.pending_spki_sha256, None);
+        assert_eq!(tls.spki_sha256(), new);
+        assert_eq!(
+            keyward_attest::live::spki_sha256_of_cert(tls.handle().current().cert[0].as_ref())
+                .unwrap(),
+            new
+        );
+        let m = tls.registry.tls_material().unwrap();
+        assert!(m.pending_pkcs8_der.is_none());
+        assert_eq!(Identity::of_pkcs8(&m.pkcs8_der).unwrap().spki_sha256(), new);
+        // The old key's chain is refused now.
+        assert!(tls.install(&old_chain).is_err());
+        tls.registry.compact().unwrap();
+        drop(tls);
+        let tls = ManagedTls::open(registry(dir.path(), 7), &[]).unwrap();
+        assert_eq!(tls.spki_sha256(), new);
+        assert_eq!(tls.pending_spki_sha256(), None);
+        assert!(tls.show().chain_installed);
+    }
+
+    #[test]
+    fn days_to_expiry_counts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let tls = ManagedTls::open(registry(dir.path(), 8), &[]).unwrap();
+        // The self-signed certificate: ten years.
+        assert!(tls.days_to_expiry().unwrap() > 3000);
+        let leaf = leaf_for(&ca, &tls, &["a.example"], 5);
+        tls.install(&leaf).unwrap();
+        let d = tls.days_to_expiry().unwrap();
+        assert!((4..=5).contains(&d), "{d}");
+        assert_eq!(tls.show().days_left, Some(d));
+        let der = certs_of(&leaf).unwrap();
+        let now = now_unix();
+        assert_eq!(
+            days_to_expiry_of(der[0].as_ref(), now + 40 * 86400).map(|x| x < 0),
+            Some(true)
+        );
+        assert_eq!(days_to_expiry_of(b"junk", now), None);
+    }
+    #[test]
+    fn install_follows_the_key_store_not_a_stale_member() {
+        // Two identities over one key store: members of a fleet.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let reg = registry(dir.path(), 9);
+        let a = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let b = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let old = a.spki_sha256();
+        let old_chain = leaf_for(&ca, &a, &["a.example"], 30);
+        // A makes the new key; B installs its chain and serves it.
+        let csr = a.csr(&["a.example".into()], true).unwrap();
+        let new = a.pending_spki_sha256().unwrap();
+        assert_eq!(b.pending_spki_sha256(), None, "B has not seen it");
+        b.install(&ca.sign_csr(&csr, 30).unwrap()).unwrap();
+        assert_eq!(b.spki_sha256(), new);
+        // A still serves the old key, but a chain for it is refused: the store dropped it.
+        assert_eq!(a.spki_sha256(), old);
+        assert!(matches!(
+            a.install(&old_chain),
+            Err(TlsIdError::Chain(ChainError::WrongKey))
+        ));
+        assert_eq!(a.spki_sha256(), old, "a refused install changes nothing");
+        // A chain for the store's current key brings A onto it.
+        let csr = b.csr(&["a.example".into()], false).unwrap();
+        a.install(&ca.sign_csr(&csr, 30).unwrap()).unwrap();
+        assert_eq!(a.spki_sha256(), new);
+        assert_eq!(
+            keyward_attest::live::spki_sha256_of_cert(a.handle().current().cert[0].as_ref())
+                .unwrap(),
+            new
         );
     }
 }

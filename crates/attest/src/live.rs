@@ -90,6 +90,26 @@ pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], Strin
     spki_sha256_of_cert(first.as_ref())
 }
 
+/// Where the served key's SPKI hash comes from when it can change while serving (the
+/// appliance-managed TLS key after `tls install` of a chain for a new key): read at each
+/// request, so the evidence binds whatever key the XKS listener serves now.
+pub type SpkiSource = Arc<dyn Fn() -> [u8; 32] + Send + Sync>;
+
+/// [`spawn`], the evidence bound to the SPKI hash `spki` returns at each request.
+pub async fn spawn_following(
+    listen: SocketAddr,
+    attesters: Arc<Vec<Box<dyn Attester>>>,
+    spki: SpkiSource,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let l = TcpListener::bind(listen).await?;
+    let addr = l.local_addr()?;
+    let mut cfg = LiveConfig::new(attesters, spki());
+    cfg.follow = Some(spki);
+    let task = tokio::spawn(serve_with(l, cfg, shutdown));
+    Ok((addr, task))
+}
+
 /// Bind `listen` and serve live attestation on it in a task until `shutdown` resolves.
 /// Returns the bound address (the port may have been chosen by the system).
 pub async fn spawn(
@@ -144,6 +164,9 @@ impl TokenBucket {
 pub struct LiveConfig {
     pub attesters: Arc<Vec<Box<dyn Attester>>>,
     pub xks_spki_sha256: [u8; 32],
+    /// When set, the SPKI hash is read from here at each request (and `xks_spki_sha256` is
+    /// not used).
+    pub follow: Option<SpkiSource>,
     pub bucket: Arc<TokenBucket>,
     /// One hardware request at a time.
     pub gate: Arc<tokio::sync::Semaphore>,
@@ -164,6 +187,7 @@ impl LiveConfig {
         Self {
             attesters,
             xks_spki_sha256,
+            follow: None,
             bucket: Arc::new(TokenBucket::new(5, 1.0)),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
             max_connections: keyward_secret::fdlimit::FdBudget::current().attestation,
@@ -334,7 +358,11 @@ async fn attest(
     let Ok(_permit) = cfg.gate.clone().acquire_owned().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    let binding = runtime_binding(&nonce, &cfg.xks_spki_sha256);
+    let spki = cfg
+        .follow
+        .as_ref()
+        .map_or(cfg.xks_spki_sha256, |follow| follow());
+    let binding = runtime_binding(&nonce, &spki);
     let attesters = cfg.attesters.clone();
     let produced = tokio::task::spawn_blocking(move || {
         let mut bundle = EvidenceBundle {

@@ -179,6 +179,13 @@ pub struct TlsKeyRecord {
     /// When the chain was installed, Unix seconds.
     #[serde(default)]
     pub chain_installed: Option<u64>,
+    /// A new key made by `tls csr --new-key`, sealed: not served until a chain for it is
+    /// installed, which makes it the key (and drops this record's `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Sealed>,
+    /// When the pending key was made, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_created: Option<u64>,
 }
 
 /// One change: an upsert of a store, key or credential, or a removal.

@@ -17,7 +17,9 @@ use super::model::{
     CheckpointRecord, CredentialRecord, DestroyedKeyRecord, KeyRecord, KeyStore, KeyVersionRecord,
     Record, SignedRecord, StoreRecord, TlsKeyRecord,
 };
-use super::seal::{cred_aad, decode_mac, mac_matches, tls_key_aad, ChainMac, Sealer};
+use super::seal::{
+    cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
+};
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, OlderKek, SharedView, Snapshot,
@@ -209,6 +211,11 @@ pub struct TlsMaterial {
     pub created: u64,
     /// Chain installation time, Unix seconds.
     pub chain_installed: Option<u64>,
+    /// The pending key (`tls csr --new-key`): PKCS#8 DER, not served until a chain for it is
+    /// installed ([`Registry::promote_tls_pending`]).
+    pub pending_pkcs8_der: Option<Zeroizing<Vec<u8>>>,
+    /// When the pending key was made, Unix seconds.
+    pub pending_created: Option<u64>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -218,6 +225,11 @@ impl std::fmt::Debug for TlsMaterial {
             .field("chain_pem", &self.chain_pem.as_ref().map(|c| c.len()))
             .field("created", &self.created)
             .field("chain_installed", &self.chain_installed)
+            .field(
+                "pending_pkcs8_der",
+                &self.pending_pkcs8_der.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pending_created", &self.pending_created)
             .finish()
     }
 }
@@ -267,6 +279,12 @@ fn tls_record(sealer: &Sealer, t: &TlsMaterial) -> Result<Record, KeystoreError>
         chain_pem: t.chain_pem.clone(),
         created: t.created,
         chain_installed: t.chain_installed,
+        pending: t
+            .pending_pkcs8_der
+            .as_ref()
+            .map(|k| sealer.seal(k, &tls_pending_key_aad()))
+            .transpose()?,
+        pending_created: t.pending_created.filter(|_| t.pending_pkcs8_der.is_some()),
     }))
 }
 
@@ -2048,6 +2066,66 @@ impl Registry {
             chain_pem: None,
             created: now_unix(),
             chain_installed: None,
+            pending_pkcs8_der: None,
+            pending_created: None,
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    /// Store a new TLS private key (PKCS#8 DER), sealed, as the *pending* key next to the
+    /// current one (which, with its chain, stays the one served); a previous pending key is
+    /// replaced. Durable when it returns.
+    pub fn set_tls_pending_key(&self, pkcs8_der: Zeroizing<Vec<u8>>) -> Result<(), KeystoreError> {
+        if pkcs8_der.is_empty() || pkcs8_der.len() > MAX_TLS_KEY_DER {
+            return Err(KeystoreError::invalid(
+                "TLS key",
+                format!("a PKCS#8 key of 1-{MAX_TLS_KEY_DER} bytes is needed"),
+            ));
+        }
+        let mut inner = self.lock_write()?;
+        let Some(current) = inner.tls.as_ref() else {
+            return Err(KeystoreError::invalid(
+                "TLS key",
+                "there is no appliance TLS key to rotate",
+            ));
+        };
+        let t = TlsMaterial {
+            pending_pkcs8_der: Some(pkcs8_der),
+            pending_created: Some(now_unix()),
+            ..current.clone()
+        };
+        self.commit_tls(&mut inner, t)
+    }
+
+    /// Make the pending key the current one with `chain_pem` (PEM, leaf first) installed for
+    /// it; the previous key is dropped. The caller has checked that the chain belongs to the
+    /// pending key. Durable when it returns.
+    pub fn promote_tls_pending(&self, chain_pem: &str) -> Result<(), KeystoreError> {
+        if chain_pem.is_empty() || chain_pem.len() > MAX_TLS_CHAIN_PEM {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                format!("1-{MAX_TLS_CHAIN_PEM} bytes of PEM are needed"),
+            ));
+        }
+        let mut inner = self.lock_write()?;
+        let Some((key, created)) = inner
+            .tls
+            .as_ref()
+            .and_then(|t| Some((t.pending_pkcs8_der.clone()?, t.pending_created)))
+        else {
+            return Err(KeystoreError::invalid(
+                "certificate chain",
+                "there is no pending TLS key (tls csr --new-key) to install it for",
+            ));
+        };
+        let now = now_unix();
+        let t = TlsMaterial {
+            pkcs8_der: key,
+            chain_pem: Some(chain_pem.to_string()),
+            created: created.unwrap_or(now),
+            chain_installed: Some(now),
+            pending_pkcs8_der: None,
+            pending_created: None,
         };
         self.commit_tls(&mut inner, t)
     }
@@ -2074,6 +2152,8 @@ impl Registry {
             chain_pem: Some(chain_pem.to_string()),
             created: current.created,
             chain_installed: Some(now_unix()),
+            pending_pkcs8_der: current.pending_pkcs8_der.clone(),
+            pending_created: current.pending_created,
         };
         self.commit_tls(&mut inner, t)
     }
@@ -2236,11 +2316,30 @@ pub(super) fn apply(
             sealer
                 .open_into(&r.key, &tls_key_aad(), &mut buf)
                 .map_err(ApplyError::Tampered)?;
+            let pending = match &r.pending {
+                Some(p) => {
+                    let n =
+                        p.0.len()
+                            .checked_sub(1 + 12 + 16)
+                            .filter(|n| (1..=MAX_TLS_KEY_DER).contains(n))
+                            .ok_or(ApplyError::Tampered(
+                                "sealed pending TLS key has an impossible length",
+                            ))?;
+                    let mut pbuf = Zeroizing::new(vec![0u8; n]);
+                    sealer
+                        .open_into(p, &tls_pending_key_aad(), &mut pbuf)
+                        .map_err(ApplyError::Tampered)?;
+                    Some(pbuf)
+                }
+                None => None,
+            };
             *tls = Some(TlsMaterial {
                 pkcs8_der: buf,
                 chain_pem: r.chain_pem,
                 created: r.created,
                 chain_installed: r.chain_installed,
+                pending_created: r.pending_created.filter(|_| pending.is_some()),
+                pending_pkcs8_der: pending,
             });
         }
     }

@@ -109,6 +109,14 @@ pub(crate) fn tls_key_aad() -> Vec<u8> {
     aad
 }
 
+/// AAD of the pending TLS key (`tls csr --new-key`): another context than the current key's,
+/// so the two sealed blobs cannot be swapped.
+pub(crate) fn tls_pending_key_aad() -> Vec<u8> {
+    let mut aad = b"keyward/tls-key-pending".to_vec();
+    aad.push(FORMAT_VERSION);
+    aad
+}
+
 /// An `io::Write` that feeds an HMAC, so a record's JSON is MACed without a buffer.
 struct MacWriter<'a>(&'a mut HmacSha256);
 
