@@ -709,8 +709,10 @@ fn admin_writes_racing_on_three_members_lose_nothing_and_duplicate_nothing() {
     };
     let initial = keys_of(1);
 
-    // Three operators, one per member, creating keys as fast as they can for 15 s.
-    let results: Vec<(Vec<String>, Vec<(String, String)>)> = std::thread::scope(|s| {
+    // Three operators, one per member, creating keys as fast as they can for 15 s: per
+    // member, the keys acknowledged and the (key, error) of each refused write.
+    type Outcome = (Vec<String>, Vec<(String, String)>);
+    let results: Vec<Outcome> = std::thread::scope(|s| {
         let tasks: Vec<_> = (1..=3)
             .map(|i| {
                 let profile = Profile::load(&fleet.profile(i)).unwrap();
