@@ -1450,18 +1450,27 @@ impl Registry {
             destroy_at: old.destroy_at,
             status_before_destroy: old.status_before_destroy,
         });
+        let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
+        Ok(info)
+    }
+
+    /// Write `live` as the new state of its key in `sv` (one sealed record, every version
+    /// re-sealed) and publish it: the common end of every change to one key.
+    fn replace_key(
+        &self,
+        inner: &mut Inner,
+        snap: &Snapshot,
+        sv: &StoreView,
+        live: Arc<LiveKey>,
+        created: u64,
+    ) -> Result<KeyInfo, KeystoreError> {
         let record = key_record(&inner.sealer, &sv.name, &live, created)?;
         let info = key_info(&sv.name, &live, created);
         let mut keys = sv.keys.clone();
-        keys.insert(id.to_string(), live);
+        keys.insert(live.id.clone(), live);
         let mut stores = snap.stores.clone();
-        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit(
-            &mut inner,
-            Record::Key(record),
-            Snapshot { stores },
-            no_effect(),
-        )?;
+        stores.insert(sv.name.clone(), Arc::new(store_view(sv, Some(keys), None)));
+        self.commit(inner, Record::Key(record), Snapshot { stores }, no_effect())?;
         Ok(info)
     }
 
@@ -1565,18 +1574,7 @@ impl Registry {
             destroy_at: old.destroy_at,
             status_before_destroy: old.status_before_destroy,
         });
-        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
-        let info = key_info(&sv.name, &live, created);
-        let mut keys = sv.keys.clone();
-        keys.insert(id.to_string(), live);
-        let mut stores = snap.stores.clone();
-        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit(
-            &mut inner,
-            Record::Key(record),
-            Snapshot { stores },
-            no_effect(),
-        )?;
+        let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok((info, true))
     }
 
@@ -1617,18 +1615,7 @@ impl Registry {
             destroy_at: old.destroy_at,
             status_before_destroy: old.status_before_destroy,
         });
-        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
-        let info = key_info(&sv.name, &live, created);
-        let mut keys = sv.keys.clone();
-        keys.insert(id.to_string(), live);
-        let mut stores = snap.stores.clone();
-        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit(
-            &mut inner,
-            Record::Key(record),
-            Snapshot { stores },
-            no_effect(),
-        )?;
+        let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok(info)
     }
 
@@ -1798,18 +1785,7 @@ impl Registry {
             destroy_at: e.destroy_at,
             status_before_destroy: e.status_before_destroy,
         });
-        let record = key_record(&inner.sealer, &sv.name, &live, created)?;
-        let info = key_info(&sv.name, &live, created);
-        let mut keys = sv.keys.clone();
-        keys.insert(id.to_string(), live);
-        let mut stores = snap.stores.clone();
-        stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
-        self.commit(
-            &mut inner,
-            Record::Key(record),
-            Snapshot { stores },
-            no_effect(),
-        )?;
+        let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok(info)
     }
 
