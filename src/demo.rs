@@ -364,6 +364,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pki::write_file(&profile, profile_text.as_bytes(), false)?;
 
         let url = format!("https://{xks_addr}");
+        // `GET /metrics` on the admin listener, with the admin profile's client certificate.
+        let metrics_url = format!("https://127.0.0.1:{}/metrics", admin_addr.port());
         let region = args.region.clone();
         let ca = paths.p("ca.pem");
         let (attestation_url, policy_file, live_stop) =
@@ -385,6 +387,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ),
                     &attestation_url,
                     &paths.p("audit.jsonl"),
+                    &metrics_url,
                 );
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
@@ -405,13 +408,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Add `"attestation_url"` and `"audit_log"` (the tamper-evident audit file, for `keyward
-/// audit verify`) to the ready line.
-pub(crate) fn with_attestation_url(line: &str, attestation_url: &str, audit_log: &Path) -> String {
+/// Add `"attestation_url"`, `"audit_log"` (the tamper-evident audit file, for `keyward
+/// audit verify`) and `"metrics_url"` (the admin listener's `GET /metrics`, mutual TLS with
+/// the admin profile's certificate) to the ready line.
+pub(crate) fn with_attestation_url(
+    line: &str,
+    attestation_url: &str,
+    audit_log: &Path,
+    metrics_url: &str,
+) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.insert("attestation_url".into(), attestation_url.into());
             m.insert("audit_log".into(), audit_log.display().to_string().into());
+            m.insert("metrics_url".into(), metrics_url.into());
             serde_json::Value::Object(m).to_string()
         }
         _ => line.to_string(),

@@ -828,6 +828,7 @@ fn ready_line(
         &base,
         &members[0].attestation_url(),
         &members[0].dir.join("audit.jsonl"),
+        &format!("https://{}/metrics", members[0].admin),
     )) {
         Ok(v) => v,
         Err(_) => return base,

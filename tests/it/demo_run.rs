@@ -17,7 +17,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
     let (mut p, ready, line) = start_demo(&state);
 
     // Every documented field; later issues may add only their documented fields
-    // (`attestation`, `attestation_url`, `audit_log`).
+    // (`attestation`, `attestation_url`, `audit_log`, `metrics_url`).
     let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line).unwrap();
     for k in [
         "access_key_id",
@@ -30,6 +30,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
         "uri_prefix",
         "url",
         "audit_log",
+        "metrics_url",
     ] {
         assert!(raw.contains_key(k), "{k} missing from {line}");
     }
@@ -51,7 +52,7 @@ fn demo_prints_the_ready_line_and_a_curl_command_that_works() {
     }
     assert_eq!(
         raw.len(),
-        10 + raw.keys().filter(|k| k.starts_with("attestation")).count(),
+        11 + raw.keys().filter(|k| k.starts_with("attestation")).count(),
         "{line}"
     );
     assert!(ready.url.starts_with("https://127.0.0.1:"), "{}", ready.url);

@@ -35,6 +35,7 @@ mod krs_heads;
 mod krs_log_rollback;
 mod krs_refusals;
 mod measure_cli;
+mod metrics_scrape;
 mod nitro_verify_cli;
 mod release_config;
 mod release_e2e;

@@ -39,12 +39,19 @@ pub trait FleetAdmin: Send + Sync {
     fn members(&self) -> Result<Value, AdminError>;
 }
 
+/// What `GET /metrics` serves: OpenMetrics text. Implemented by the appliance, which knows
+/// the fleet, the served certificate and the audit log's figures.
+pub trait MetricsSource: Send + Sync {
+    fn render(&self) -> Result<String, String>;
+}
+
 /// Admin requests carried out on a registry, audited.
 pub struct RegistryBackend {
     registry: Arc<Registry>,
     audit: AuditLog,
     tls: Option<Arc<dyn TlsAdmin>>,
     fleet: Option<Arc<dyn FleetAdmin>>,
+    metrics: Option<Arc<dyn MetricsSource>>,
 }
 
 impl RegistryBackend {
@@ -54,7 +61,14 @@ impl RegistryBackend {
             audit,
             tls: None,
             fleet: None,
+            metrics: None,
         }
+    }
+
+    /// Serve `GET /metrics` from `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSource>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Serve `fleet` from the appliance's heartbeats (a shared key store).
@@ -162,6 +176,19 @@ impl Backend for RegistryBackend {
             self.audit.admin(actor, op, &detail, result.is_ok());
         }
         result
+    }
+
+    /// Every role may read the metrics (they hold no secret); a certificate whose role claim
+    /// is unknown may not.
+    fn metrics(&self, operator: &Operator) -> Result<String, AdminError> {
+        if let Err(why) = &operator.role {
+            return Err(AdminError::Forbidden(format!("forbidden: {why}")));
+        }
+        let m = self
+            .metrics
+            .as_ref()
+            .ok_or_else(|| AdminError::NotFound("metrics are not served here".into()))?;
+        m.render().map_err(AdminError::Internal)
     }
 }
 

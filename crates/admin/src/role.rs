@@ -6,7 +6,8 @@
 //! is a single, typed value the CA must put there on purpose, and it cannot be confused with a
 //! department name in a DN.
 //!
-//! - `viewer`: read-only: `stores list`, `keys list`, `creds list` (ids only), `tls show`.
+//! - `viewer`: read-only: `stores list`, `keys list`, `creds list` (ids only), `tls show`,
+//!   and `GET /metrics` (which every known role may read).
 //! - `admin`: everything, including every write, `tls csr|install` and the secret-revealing
 //!   `kms-config`.
 //!

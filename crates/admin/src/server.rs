@@ -67,7 +67,19 @@ impl AdminError {
 /// durable before returning and live at once.
 pub trait Backend: Send + Sync + 'static {
     fn handle(&self, operator: &Operator, req: Request) -> Result<serde_json::Value, AdminError>;
+
+    /// `GET /metrics`: the OpenMetrics text for `operator` (every role may read it). The
+    /// default serves none.
+    fn metrics(&self, operator: &Operator) -> Result<String, AdminError> {
+        let _ = operator;
+        Err(AdminError::NotFound("metrics are not served here".into()))
+    }
 }
+
+/// The path of the metrics endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+/// Its content type.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Errors starting the admin listener.
 #[derive(Debug, thiserror::Error)]
@@ -225,17 +237,23 @@ struct ConnState {
     actor: Arc<Operator>,
 }
 
-/// The routes of one connection: `POST /admin/v1`, a JSON 405 for other methods on it, a JSON
-/// 404 elsewhere; the body capped at [`MAX_BODY`] (413) and due within 10 s (408) by tower-http
+/// The routes of one connection: `POST /admin/v1`, `GET /metrics`, a JSON 405 for other
+/// methods on them, a JSON 404 elsewhere; the body capped at [`MAX_BODY`] (413) and due within 10 s (408) by tower-http
 /// layers. The TLS handshake deadline, the header deadline and the connection cap are the
 /// accept loop's.
 fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
-    use axum::routing::post;
+    use axum::routing::{get, post};
     axum::Router::new()
         .route(
             PATH,
             post(admin).fallback(|| async {
                 answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()))
+            }),
+        )
+        .route(
+            METRICS_PATH,
+            get(metrics).fallback(|| async {
+                answer(StatusCode::METHOD_NOT_ALLOWED, Err("use GET".into()))
             }),
         )
         .fallback(|| async { answer(StatusCode::NOT_FOUND, Err("unknown path".into())) })
@@ -289,6 +307,27 @@ async fn admin(
     }
 }
 
+/// `GET /metrics`: the backend's OpenMetrics text (read on a blocking thread: it walks the
+/// key registry and `/proc/self`). Not audited: a scraper calls every few seconds.
+async fn metrics(axum::extract::State(st): axum::extract::State<ConnState>) -> Answer {
+    let ConnState { backend, actor } = st;
+    match tokio::task::spawn_blocking(move || backend.metrics(&actor)).await {
+        Ok(Ok(text)) => {
+            let mut resp = http::Response::new(axum::body::Body::from(text));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
+            resp
+        }
+        Ok(Err(e)) => answer(e.status(), Err(e.to_string())),
+        Err(_) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Err("internal error".into()),
+        ),
+    }
+}
+
 type Answer = http::Response<axum::body::Body>;
 
 fn answer(status: StatusCode, result: Result<serde_json::Value, String>) -> Answer {
@@ -326,6 +365,32 @@ mod tests {
         fn handle(&self, op: &Operator, req: Request) -> Result<serde_json::Value, AdminError> {
             Ok(serde_json::json!({ "op": req.op(), "actor": op.subject }))
         }
+        fn metrics(&self, op: &Operator) -> Result<String, AdminError> {
+            Ok(format!("# {}\n# EOF\n", op.subject))
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_is_a_get_with_openmetrics_text() {
+        let actor = Arc::new(Operator::new("CN=viewer", Role::Viewer));
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(METRICS_PATH)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = router(Arc::new(Echo), actor.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[http::header::CONTENT_TYPE],
+            METRICS_CONTENT_TYPE
+        );
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&b[..], b"# CN=viewer\n# EOF\n");
+        let (s, _) = call("POST", METRICS_PATH, Vec::new()).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     async fn call(method: &str, path: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod fleet;
 pub mod masterkey;
+pub mod metrics;
 pub mod notify;
 pub mod release;
 pub mod restore;

@@ -27,6 +27,10 @@ pub struct Running {
     /// On a shared store: this member's heartbeat and the store's change notifications.
     fleet: Option<(Arc<Fleet>, super::storage::Shared)>,
     audit: AuditLog,
+    /// The XKS request figures the audit writer counts, served on `GET /metrics`.
+    metrics: keyward_metrics::Metrics,
+    /// Where the served XKS certificate's expiry is read for the metrics.
+    cert_expiry: super::metrics::CertExpiry,
     xks: XksServer,
     admin: Option<AdminServer>,
     notifier: Notifier,
@@ -145,7 +149,9 @@ pub async fn boot(
         Some(p) => AuditSink::File(p.clone()),
         None => AuditSink::Stderr,
     };
-    let audit = AuditLog::start(sink).map_err(BootError::Audit)?;
+    // The audit writer counts every XKS request for the metrics, off the request path.
+    let metrics = keyward_metrics::Metrics::new();
+    let audit = AuditLog::start_with(sink, Some(metrics.audit_hook())).map_err(BootError::Audit)?;
     // Logged to the journal (off the data disk): what `keyward audit verify --key` pins.
     tracing::info!(
         "audit log checkpoints are signed by this boot's key {} (keyward audit verify --key)",
@@ -176,6 +182,16 @@ pub async fn boot(
         _ => XksServer::bind(settings).await,
     }?;
     let xks_addr = xks.local_addr().map_err(keyward_xks::ServerError::from)?;
+    let cert_expiry = match (&config.xks.tls, &managed_tls) {
+        (Some(t), _) => super::tls::pem_file_not_after_unix(&t.cert_chain).map_or(
+            super::metrics::CertExpiry::Unknown,
+            super::metrics::CertExpiry::Fixed,
+        ),
+        (None, Some(m)) if config.xks.managed_tls() => {
+            super::metrics::CertExpiry::Managed(m.clone())
+        }
+        _ => super::metrics::CertExpiry::Unknown,
+    };
     let admin = match (&config.admin, &admin_ca) {
         (Some(a), Some(ca)) => {
             let resolver = managed_tls.as_ref().map(|m| m.handle().resolver());
@@ -218,6 +234,8 @@ pub async fn boot(
         store_dir: config.storage.dir.clone(),
         fleet,
         audit,
+        metrics,
+        cert_expiry,
         xks,
         admin,
         notifier,
@@ -450,6 +468,8 @@ impl Running {
             store_dir,
             fleet,
             audit,
+            metrics,
+            cert_expiry,
             xks,
             admin,
             notifier,
@@ -504,6 +524,13 @@ impl Running {
             if let Some((f, _)) = &fleet {
                 backend = backend.with_fleet(f.clone() as Arc<dyn FleetAdmin>);
             }
+            backend = backend.with_metrics(Arc::new(super::metrics::ApplianceMetrics {
+                metrics,
+                registry: registry.clone(),
+                fleet: fleet.as_ref().map(|(f, _)| f.clone()),
+                audit: audit.clone(),
+                cert: cert_expiry,
+            }));
             let backend = Arc::new(backend);
             tokio::spawn(a.run(backend, wait_true(rx.clone())))
         });

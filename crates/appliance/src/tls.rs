@@ -376,6 +376,11 @@ impl ManagedTls {
         Ok(info)
     }
 
+    /// When the certificate served now expires (Unix seconds; `None` if it does not parse).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        leaf_not_after_unix(self.handle.current().cert.first()?.as_ref())
+    }
+
     /// What is served now (and what is pending).
     pub fn show(&self) -> TlsInfo {
         let state = self.lock();
@@ -537,6 +542,19 @@ fn asn1_rfc3339(t: &x509_parser::time::ASN1Time) -> String {
 }
 
 /// The DNS names and IP addresses of a certificate's SAN extension.
+/// The expiry (Unix seconds) of a DER certificate.
+pub fn leaf_not_after_unix(der: &[u8]) -> Option<i64> {
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+/// The expiry (Unix seconds) of the first certificate of a PEM file.
+pub fn pem_file_not_after_unix(path: &std::path::Path) -> Option<i64> {
+    let pem = std::fs::read(path).ok()?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
+    leaf_not_after_unix(der.as_ref())
+}
+
 fn san_names(c: &X509Certificate<'_>) -> Vec<String> {
     let Ok(Some(san)) = c.subject_alternative_name() else {
         return Vec::new();

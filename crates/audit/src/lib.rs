@@ -155,6 +155,26 @@ impl XksRecord {
         self.grant = u32::try_from(idx).ok();
     }
 
+    /// The API called (`Encrypt`, ..., `unknown` until set).
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The HTTP status answered (0 until [`XksRecord::finish`]).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The spec's errorName of the answer, if it was an error.
+    pub fn error_name(&self) -> Option<&'static str> {
+        self.error
+    }
+
+    /// How long the request took.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us)
+    }
+
     /// The outcome.
     pub fn finish(&mut self, status: u16, error: Option<&'static str>, latency: Duration) {
         self.status = status;
@@ -241,10 +261,16 @@ enum Msg {
     Shutdown(SyncSender<io::Result<()>>),
 }
 
+/// What the writer thread calls with every XKS record it writes (metrics): it runs on the
+/// writer thread, off the request path, and must be quick.
+pub type XksHook = Arc<dyn Fn(&XksRecord) + Send + Sync>;
+
 struct Inner {
     tx: SyncSender<Msg>,
     waits: AtomicU64,
     lost: AtomicU64,
+    /// Lines the writer has formatted (XKS and admin; chain and checkpoint lines not counted).
+    written: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The chain's signing key (public half, SEC1 hex).
     public_key: String,
@@ -271,6 +297,13 @@ impl From<Arc<AuditLog>> for AuditLog {
 impl AuditLog {
     /// Open the sink and start the writer thread.
     pub fn start(sink: AuditSink) -> Result<Self, AuditError> {
+        Self::start_with(sink, None)
+    }
+
+    /// [`AuditLog::start`], with `hook` called on the writer thread for every XKS record
+    /// (after its line is formatted): how metrics see every request without touching the
+    /// request path.
+    pub fn start_with(sink: AuditSink, hook: Option<XksHook>) -> Result<Self, AuditError> {
         let (out, chain, truncated) = match &sink {
             AuditSink::Stderr => (Out::Stderr(io::stderr()), chain::Chain::new(0, [0; 32]), 0),
             AuditSink::File(path) => {
@@ -294,15 +327,21 @@ impl AuditLog {
         };
         let public_key = chain.public_key_hex();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let written = Arc::new(AtomicU64::new(0));
+        let tap = Tap {
+            hook,
+            written: written.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("keyward-audit".into())
-            .spawn(move || writer(rx, Sink::new(out), chain, truncated))
+            .spawn(move || writer(rx, Sink::new(out), chain, truncated, tap))
             .map_err(AuditError::Thread)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx,
                 waits: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
+                written,
                 thread: Mutex::new(Some(thread)),
                 public_key,
             }),
@@ -388,6 +427,17 @@ impl AuditLog {
     /// Lines that could not be written because the writer had stopped.
     pub fn lost(&self) -> u64 {
         self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    /// XKS and admin lines the writer has formatted so far.
+    pub fn written(&self) -> u64 {
+        self.inner.written.load(Ordering::Relaxed)
+    }
+
+    /// Lines in the channel the writer has not taken yet can only be counted on the request
+    /// path; what is known off it is the channel's size.
+    pub const fn capacity(&self) -> usize {
+        CHANNEL_CAPACITY
     }
 }
 
@@ -535,7 +585,13 @@ impl Sink {
 /// The most lines written between two checks of the flush timer.
 const BATCH: usize = 256;
 
-fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: usize) {
+/// What the writer reports per line: the XKS hook and the count of lines written.
+struct Tap {
+    hook: Option<XksHook>,
+    written: Arc<AtomicU64>,
+}
+
+fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: usize, tap: Tap) {
     // When the oldest line not yet flushed was written, and when the last message came.
     let mut dirty: Option<Instant> = None;
     let mut last_msg: Option<Instant> = None;
@@ -600,14 +656,18 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
         let mut n = 0;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Xks(r) => {
+                Msg::Xks(rec) => {
                     let start = out.buf.len();
-                    let r = r
+                    let r = rec
                         .write_json(&mut out.buf, &mut clock)
                         .and_then(|()| chain.seal(&mut out.buf, start))
                         .and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
+                    tap.written.fetch_add(1, Ordering::Relaxed);
+                    if let Some(hook) = &tap.hook {
+                        hook(&rec);
+                    }
                 }
                 Msg::Admin(r) => {
                     let start = out.buf.len();
@@ -617,6 +677,7 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
                         .and_then(|()| out.line_done());
                     report(r, "write");
                     dirty.get_or_insert(now);
+                    tap.written.fetch_add(1, Ordering::Relaxed);
                 }
                 Msg::Flush(ack) => {
                     let _ = ack.send(out.flush());
@@ -822,6 +883,43 @@ mod tests {
         // After shutdown, lines are counted as lost, not silently dropped.
         log.xks(XksRecord::new());
         assert_eq!(log.lost(), 1);
+    }
+
+    #[test]
+    fn the_hook_sees_every_xks_record_on_the_writer_thread() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let hook: XksHook = Arc::new(move |r: &XksRecord| {
+            let on = std::thread::current().name().map(str::to_owned);
+            if let Ok(mut v) = s2.lock() {
+                v.push((r.operation(), r.status(), r.error_name(), r.latency(), on));
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            AuditLog::start_with(AuditSink::File(dir.path().join("a.log")), Some(hook)).unwrap();
+        let mut r = XksRecord::new();
+        r.set_operation("Decrypt");
+        r.finish(
+            400,
+            Some("InvalidCiphertextException"),
+            Duration::from_micros(70),
+        );
+        log.xks(r);
+        log.admin("CN=a", "keys list", "", true);
+        log.shutdown().unwrap();
+        assert_eq!(log.written(), 2);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![(
+                "Decrypt",
+                400,
+                Some("InvalidCiphertextException"),
+                Duration::from_micros(70),
+                Some("keyward-audit".to_string())
+            )]
+        );
     }
 
     #[test]
