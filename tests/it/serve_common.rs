@@ -23,6 +23,7 @@ pub struct Proc {
     pub child: Child,
     pub stderr: Arc<Mutex<Vec<String>>>,
     stdout_rx: mpsc::Receiver<String>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -44,11 +45,11 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
-        });
+        }));
         let out = child.stdout.take().unwrap();
         let (tx, stdout_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -62,6 +63,7 @@ impl Proc {
             child,
             stderr,
             stdout_rx,
+            stderr_reader,
         }
     }
 
@@ -119,6 +121,15 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Every line the process wrote before it exited is read before this returns
+                // (a loaded machine may otherwise still hold the last lines in the pipe); at
+                // most 5 s, since a child it left behind may hold the pipe open.
+                if let Some(r) = self.stderr_reader.take() {
+                    let t = Instant::now();
+                    while !r.is_finished() && t.elapsed() < Duration::from_secs(5) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 return status.code();
             }
             if start.elapsed() > timeout {
