@@ -20,6 +20,19 @@ FLEET ?= 3
 fleet:
 	@CARGO="$(CARGO)" KEYWARD_FLEET="$(FLEET)" scripts/run.sh $(ARGS)
 
+## make fleet-chaos: keyward demo --fleet 3 under faults (kill -9 a member, PostgreSQL stopped 30 s,
+## admin writes from three members for 60 s, a database behind the KRS head) with keyward bench at
+## 1800 req/s through the balancer, plus change visibility, throughput 3 vs 1 member and the boot
+## into 100k keys: bench/fleet-chaos.json and the table in docs/performance.md. The members and the
+## load generator are the release binary; the orchestrator (benches/tools/fleet_chaos.rs) is a
+## debug build (it is not measured). CHAOS_ARGS=--quick for a short smoke run.
+CHAOS_ARGS ?=
+fleet-chaos:
+	@scripts/setup.sh --install fleet
+	$(CARGO) build --release --bin keyward
+	$(CARGO) build --example fleet_chaos
+	target/debug/examples/fleet_chaos --bin target/release/keyward $(CHAOS_ARGS)
+
 ## make test: installs missing packages (scripts/setup.sh test), then formatting, lints, unit and
 ## integration tests
 test:

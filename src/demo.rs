@@ -8,7 +8,8 @@
 //! `keyward serve` and, once the XKS listener accepts, prints ONE JSON line on stdout with
 //! everything a client needs (`"attestation": "simulated"`, see [`ready_line`]), followed by
 //! human-readable lines and working commands (with this binary's real path) on stderr. A
-//! restart on the same state directory reuses all of it.
+//! restart on the same state directory reuses all of it. `--fleet N` runs a local fleet
+//! instead (`crate::fleet`), sharing the certificates, the KRS and the ready line from here.
 
 use std::io::Write;
 use std::net::SocketAddr;

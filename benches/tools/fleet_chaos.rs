@@ -1,0 +1,1247 @@
+//! `make fleet-chaos`: `keyward demo --fleet 3` under faults, measured, with `keyward bench`
+//! driving 1,800 req/s open loop through the balancer (issue 14, item 8 and its numbers).
+//!
+//! Phases, each with a fresh bench run (new connections, so HAProxy spreads them over every
+//! member that is up):
+//!
+//! 1. `baseline`: nothing happens;
+//! 2. `kill-9`: member 3 is killed with SIGKILL (HAProxy's open connections to it counted just
+//!    before), restarted from its configuration 10 s later, and checked to have caught up;
+//! 3. `postgres-stopped`: PostgreSQL stopped for 30 s (`pg_ctl stop -m fast`); an admin write
+//!    tried every 2 s meanwhile (all must be refused, fast), then accepted after the restart,
+//!    and every member catches up;
+//! 4. `admin-writes`: three operators, one per member, create keys for 60 s; no write lost or
+//!    twice, every member at the same store record with the same keys;
+//! 5. `changes`: 100 changes (a key disabled, enabled, ...) on member 1, each timed until
+//!    members 2 and 3 both enforce it (an in-process SigV4 client polling each directly);
+//! 6. throughput: closed loop through the balancer with 3 members, then with HAProxy sending
+//!    to member 1 only (members 2 and 3 disabled on its stats socket), and to member 1
+//!    directly; each member's CPU from /proc/PID/stat;
+//! 7. `boot-100k`: 100,000 keys created in the fleet's store (a registry in this process
+//!    released through the same KRS, batches of 1,000), then member 3 restarted three times:
+//!    "released" to "XKS API on" from its log;
+//! 8. `behind-krs`: the database dumped, written to, restored (the database operator's
+//!    rollback); a new member must exit with the rollback refusal, running members keep their
+//!    view.
+//!
+//! It writes `bench/fleet-chaos.json` and the table between the `fleet-chaos` markers of
+//! `docs/performance.md`. Run from the repository root after `cargo build --release --bin
+//! keyward --example fleet_chaos`; `--quick` shortens every phase (a smoke run).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use keyward::admin::client::Profile;
+use keyward::admin::proto::Request;
+use keyward::bench::conn::Connector;
+use keyward::bench::payload::{Builder, Prepared};
+use keyward::bench::settings::{DemoLine, RawSettings};
+use keyward::bench::signer::Signer;
+use keyward::keystore::view::{Grant, GrantOps, KeyUsage};
+
+/// The fleet's faults, measured.
+#[derive(Parser, Debug)]
+struct Opts {
+    /// The keyward binary (default: target/release/keyward beside this example).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// The fleet's state directory (removed first).
+    #[arg(long, default_value = "target/fleet-chaos/state")]
+    state_dir: PathBuf,
+    /// The open-loop rate through the balancer, requests per second.
+    #[arg(long, default_value_t = 1800)]
+    rate: u32,
+    /// Connections of each open-loop run.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Keys in the store for the boot measurement.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/fleet-chaos.json")]
+    out: PathBuf,
+    /// The page whose fleet-chaos table is rewritten (empty: none).
+    #[arg(long, default_value = "docs/performance.md")]
+    doc: PathBuf,
+    /// Every phase a few seconds only, 10 changes, 10,000 keys (a smoke run; nothing written
+    /// to the page).
+    #[arg(long)]
+    quick: bool,
+}
+
+const STORE: &str = "demo";
+const FLIP: &str = "chaos-flip";
+const BEGIN: &str = "<!-- fleet-chaos: begin (written by make fleet-chaos) -->";
+const END: &str = "<!-- fleet-chaos: end -->";
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    keyward::secret::init(keyward::secret::MemoryPolicy {
+        allow_unlocked: true,
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(opts))
+}
+
+/// The running fleet and what this tool started besides it.
+struct Fleet {
+    bin: PathBuf,
+    state: PathBuf,
+    ready: Value,
+    demo: Child,
+    /// Member 3 once this tool restarted it.
+    restarted: Option<Child>,
+}
+
+impl Fleet {
+    fn start(bin: &Path, state: &Path) -> anyhow::Result<Fleet> {
+        if state.exists() {
+            std::fs::remove_dir_all(state)
+                .with_context(|| format!("removing {}", state.display()))?;
+        }
+        let parent = state.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)?;
+        let log = std::fs::File::create(parent.join("demo.log"))?;
+        let mut demo = Command::new(bin)
+            .args(["demo", "--fleet", "3", "--state-dir"])
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("keyward demo --fleet 3")?;
+        let mut line = String::new();
+        BufReader::new(demo.stdout.take().context("demo stdout")?).read_line(&mut line)?;
+        let ready: Value = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "keyward demo --fleet printed no ready line; see {}",
+                parent.join("demo.log").display()
+            )
+        })?;
+        Ok(Fleet {
+            bin: bin.to_path_buf(),
+            state: std::fs::canonicalize(state)?,
+            ready,
+            demo,
+            restarted: None,
+        })
+    }
+
+    fn member(&self, i: usize) -> &Value {
+        &self.ready["members"][i - 1]
+    }
+    fn profile(&self, i: usize) -> anyhow::Result<Profile> {
+        Ok(Profile::load(Path::new(
+            self.member(i)["admin_profile"]
+                .as_str()
+                .context("profile")?,
+        ))?)
+    }
+    fn config(&self, i: usize) -> PathBuf {
+        self.member(i)["config"].as_str().unwrap_or_default().into()
+    }
+    fn url(&self, i: usize) -> String {
+        self.member(i)["url"].as_str().unwrap_or_default().into()
+    }
+    fn pid(&self, i: usize) -> u32 {
+        if i == 3 {
+            if let Some(c) = &self.restarted {
+                return c.id();
+            }
+        }
+        self.member(i)["pid"].as_u64().unwrap_or(0) as u32
+    }
+
+    /// HAProxy's stats socket: one command, its answer.
+    fn haproxy(&self, command: &str) -> anyhow::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.state.join("haproxy.sock"))?;
+        s.write_all(format!("{command}\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// A field of `show stat` for server `name` of the members backend.
+    fn stat(&self, name: &str, field: &str) -> anyhow::Result<String> {
+        let text = self.haproxy("show stat")?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = header
+            .iter()
+            .position(|h| *h == field)
+            .context("no such stat")?;
+        for l in lines {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.first() == Some(&"members") && f.get(1) == Some(&name) {
+                return Ok(f.get(col).unwrap_or(&"").to_string());
+            }
+        }
+        bail!("no server {name}")
+    }
+
+    /// `pg_ctl` on the fleet's server, as the postgres user when root.
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let bin = keyward_store_pg::local::server_bindir()?;
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(bin.join("pg_ctl"))
+        };
+        let out = cmd
+            .arg("-D")
+            .arg(self.state.join("postgres/data"))
+            .arg("-l")
+            .arg(self.state.join("postgres/postgres.log"))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn pg_client(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let bin = keyward_store_pg::local::server_bindir()?;
+        let out = Command::new(bin.join(tool))
+            .arg("--dbname")
+            .arg(self.ready["postgres_url"].as_str().unwrap_or_default())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Start member 3 again from its configuration; its log in `log`. Returns when it serves,
+    /// with the seconds from "released" to "XKS API on" in that log.
+    fn restart_member3(&mut self, log: &Path) -> anyhow::Result<f64> {
+        let cfg = self.config(3);
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(&self.bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .current_dir(cfg.parent().unwrap_or(Path::new(".")))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()?;
+        self.restarted = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("XKS API on ") {
+                return boot_seconds(&text);
+            }
+            if let Some(c) = self.restarted.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("member 3 exited ({status}):\n{text}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("member 3 does not serve after 300 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM member 3 (whichever process it is now) and wait for it.
+    fn stop_member3(&mut self) -> anyhow::Result<()> {
+        match self.restarted.take() {
+            Some(mut c) => {
+                signal(c.id(), nix::sys::signal::Signal::SIGTERM);
+                c.wait()?;
+            }
+            None => {
+                let pid = self.pid(3);
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+                wait_gone(pid, Duration::from_secs(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.restarted.take() {
+            signal(c.id(), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        signal(self.demo.id(), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.demo.wait();
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
+        .is_some_and(|dead| !dead)
+}
+
+fn wait_gone(pid: u32, limit: Duration) {
+    let end = Instant::now() + limit;
+    while alive(pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Seconds from the `released` line to the `XKS API on` line of a member's log.
+fn boot_seconds(log: &str) -> anyhow::Result<f64> {
+    let at = |needle: &str| -> anyhow::Result<time::OffsetDateTime> {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .with_context(|| format!("no `{needle}` in the log"))?;
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        Ok(time::OffsetDateTime::parse(
+            stamp,
+            &time::format_description::well_known::Rfc3339,
+        )?)
+    };
+    let released = at(": released (")?;
+    let serving = at("XKS API on ")?;
+    Ok((serving - released).as_seconds_f64())
+}
+
+/// A `keyward bench` run through the balancer, stopped with SIGINT (killed when dropped
+/// unfinished, as when a phase fails).
+struct Bench(Option<Child>);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn bench_start(fleet: &Fleet, args: &[&str]) -> anyhow::Result<Bench> {
+    let child = Command::new(&fleet.bin)
+        .args(["bench", "--demo"])
+        .arg(fleet.state.join("ready.json"))
+        .args(args)
+        .args(["--timeout", "5s", "--json", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("keyward bench")?;
+    Ok(Bench(Some(child)))
+}
+
+fn open_loop(fleet: &Fleet, opts: &Opts) -> anyhow::Result<Bench> {
+    bench_start(
+        fleet,
+        &[
+            "--rate",
+            &opts.rate.to_string(),
+            "--connections",
+            &opts.connections.to_string(),
+            "--duration",
+            "1h",
+            "--warmup",
+            "1s",
+        ],
+    )
+}
+
+impl Bench {
+    /// Stop (SIGINT: the bench reports what it measured) and read the report.
+    fn finish(self) -> anyhow::Result<Value> {
+        if let Some(c) = &self.0 {
+            signal(c.id(), nix::sys::signal::Signal::SIGINT);
+        }
+        self.report()
+    }
+
+    fn report(mut self) -> anyhow::Result<Value> {
+        let out = self
+            .0
+            .take()
+            .context("bench already finished")?
+            .wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "keyward bench printed no report: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+/// One phase's row: what the bench saw, and what happened.
+fn phase_row(name: &str, report: &Value, notes: Value) -> Value {
+    let l = &report["latency_us"];
+    json!({
+        "phase": name,
+        "seconds": report["duration_s"],
+        "requests": report["requests"],
+        "ops_per_s": report["ops_per_s"],
+        "errors": report["errors_total"],
+        "errors_by_kind": report["errors"],
+        "unsent": report["unsent"],
+        "p50_us": l["p50_us"],
+        "p99_us": l["p99_us"],
+        "p999_us": l["p999_us"],
+        "max_us": l["max_us"],
+        "notes": notes,
+    })
+}
+
+async fn sleep(s: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(s)).await;
+}
+
+/// One admin request; `Err` carries the refusal.
+async fn admin(p: &Profile, req: Request) -> Result<Value, String> {
+    match p.call(&req).await {
+        Ok(r) if r.ok => Ok(r.result.unwrap_or(Value::Null)),
+        Ok(r) => Err(r.error.unwrap_or_default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn create_open_key(p: &Profile, id: &str) -> Result<(), String> {
+    admin(
+        p,
+        Request::KeysCreate {
+            store: Some(STORE.into()),
+            id: id.into(),
+            usage: KeyUsage::EncryptDecrypt,
+        },
+    )
+    .await?;
+    admin(
+        p,
+        Request::KeysGrant {
+            store: Some(STORE.into()),
+            id: id.into(),
+            grant: Grant {
+                principal: "*".into(),
+                ops: GrantOps {
+                    encrypt: true,
+                    decrypt: true,
+                    metadata: true,
+                },
+                via_service: None,
+                source_vpc: None,
+                source_vpce: None,
+            },
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn key_ids(p: &Profile) -> anyhow::Result<Vec<String>> {
+    let v = admin(
+        p,
+        Request::KeysList {
+            store: Some(STORE.into()),
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut ids: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The store record member `p` reports for itself (its last heartbeat).
+async fn record_of(p: &Profile) -> anyhow::Result<u64> {
+    let v = admin(p, Request::Fleet).await.map_err(anyhow::Error::msg)?;
+    v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["this"] == true)
+        .and_then(|m| m["seq"].as_u64())
+        .context("the member does not list itself")
+}
+
+/// Wait until every member reports the same record and key list; (record, keys, seconds).
+async fn settled(fleet: &Fleet, limit: Duration) -> anyhow::Result<(u64, usize, f64)> {
+    let start = Instant::now();
+    let profiles: Vec<Profile> = (1..=3)
+        .map(|i| fleet.profile(i))
+        .collect::<Result<_, _>>()?;
+    loop {
+        let mut records = Vec::new();
+        let mut keys = Vec::new();
+        for p in &profiles {
+            records.push(record_of(p).await?);
+            keys.push(key_ids(p).await?);
+        }
+        if records.iter().all(|r| *r == records[0]) && keys.iter().all(|k| *k == keys[0]) {
+            return Ok((records[0], keys[0].len(), start.elapsed().as_secs_f64()));
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "members did not settle within {limit:?}: records {records:?}, keys {:?}",
+                keys.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
+        sleep(0.5).await;
+    }
+}
+
+/// A keep-alive SigV4 client of one member's XKS API (keyward bench's signer and connector).
+struct Probe {
+    connector: Connector,
+    signer: Signer,
+    body: Prepared,
+    conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Probe {
+    fn new(fleet: &Fleet, url: &str, key: &str) -> anyhow::Result<Probe> {
+        let mut demo: DemoLine = serde_json::from_value(fleet.ready.clone())?;
+        demo.url = url.into();
+        let s = RawSettings {
+            demo: Some(demo),
+            key_ids: vec![key.into()],
+            ..RawSettings::default()
+        }
+        .validate()?;
+        use secrecy::ExposeSecret;
+        let signer = Signer::new(
+            &s.access_key_id,
+            s.secret_access_key.expose_secret(),
+            &s.region,
+            &s.target.authority,
+        )?;
+        let connector = Connector::new(&s.target, s.ca_cert.as_deref())?;
+        let body = Builder::new(&s).encrypt(key, 0);
+        Ok(Probe {
+            connector,
+            signer,
+            body,
+            conn: None,
+        })
+    }
+
+    /// Encrypt once: the HTTP status.
+    async fn encrypt(&mut self) -> anyhow::Result<u16> {
+        if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+            self.conn = Some(self.connector.connect().await?);
+        }
+        let Some(c) = self.conn.as_mut() else {
+            bail!("no connection");
+        };
+        c.ready().await?;
+        let req = self.signer.request(&self.body, SystemTime::now())?;
+        let resp = match c.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e.into());
+            }
+        };
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        Ok(status)
+    }
+
+    /// Poll until Encrypt answers `want`; how long it took.
+    async fn until(&mut self, want: u16, limit: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.encrypt().await? == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                bail!("no {want} within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+async fn run(opts: Opts) -> anyhow::Result<()> {
+    let bin = match &opts.bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("this example's directory")?
+            .join("keyward"),
+    };
+    // Absolute: members are started from their own directories.
+    let bin = std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))?;
+    let q = opts.quick;
+    let secs = |full: f64, quick: f64| if q { quick } else { full };
+    eprintln!(
+        "fleet-chaos: starting keyward demo --fleet 3 ({})",
+        bin.display()
+    );
+    let mut fleet = Fleet::start(&bin, &opts.state_dir)?;
+    eprintln!("fleet-chaos: the fleet is up: {}", fleet.ready["url"]);
+    let p1 = fleet.profile(1)?;
+    let mut phases = Vec::new();
+
+    // 1. Baseline.
+    eprintln!("fleet-chaos: baseline");
+    let b = open_loop(&fleet, &opts)?;
+    sleep(secs(20.0, 4.0)).await;
+    phases.push(phase_row("baseline", &b.finish()?, json!({})));
+
+    // 2. kill -9 one of three, restart it, check it caught up.
+    eprintln!("fleet-chaos: kill -9 member 3");
+    let b = open_loop(&fleet, &opts)?;
+    sleep(secs(5.0, 2.0)).await;
+    let on_it: u64 = fleet.stat("member-3", "scur")?.parse().unwrap_or(0);
+    let pid3 = fleet.pid(3);
+    signal(pid3, nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    wait_gone(pid3, Duration::from_secs(10));
+    let mut down_after = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        if fleet.stat("member-3", "status")?.starts_with("DOWN") {
+            down_after = Some(killed.elapsed().as_secs_f64());
+            break;
+        }
+        sleep(0.1).await;
+    }
+    // Changes while it is down.
+    create_open_key(&p1, "made-while-member-3-was-down")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    sleep(secs(10.0, 2.0) - killed.elapsed().as_secs_f64().min(secs(10.0, 2.0))).await;
+    let log = fleet.state.join("member-3/restart.log");
+    let boot = fleet.restart_member3(&log)?;
+    let restarted = killed.elapsed().as_secs_f64();
+    let mut up_after = None;
+    while killed.elapsed() < Duration::from_secs(40) {
+        if fleet.stat("member-3", "status")?.starts_with("UP") {
+            up_after = Some(killed.elapsed().as_secs_f64());
+            break;
+        }
+        sleep(0.1).await;
+    }
+    let (record, keys, _) = settled(&fleet, Duration::from_secs(20)).await?;
+    let p3 = fleet.profile(3)?;
+    let has = key_ids(&p3)
+        .await?
+        .iter()
+        .any(|k| k == "made-while-member-3-was-down");
+    sleep(secs(10.0, 2.0)).await;
+    let report = b.finish()?;
+    phases.push(phase_row(
+        "kill-9",
+        &report,
+        json!({
+            "connections_on_the_killed_member": on_it,
+            "marked_down_by_haproxy_after_s": down_after.map(|s| round(s, 1)),
+            "restarted_after_s": round(restarted, 1),
+            "released_to_serving_s": round(boot, 3),
+            "back_in_haproxy_after_s": up_after.map(|s| round(s, 1)),
+            "caught_up": has,
+            "record_on_every_member": record,
+            "keys": keys,
+        }),
+    ));
+
+    // 3. PostgreSQL stopped for 30 s.
+    eprintln!("fleet-chaos: PostgreSQL stopped");
+    let b = open_loop(&fleet, &opts)?;
+    sleep(secs(5.0, 2.0)).await;
+    fleet.pg_ctl(&["-m", "fast", "-w", "stop"])?;
+    let stopped = Instant::now();
+    let outage = Duration::from_secs_f64(secs(30.0, 6.0));
+    let (mut refused, mut accepted, mut slowest) = (0u32, 0u32, 0f64);
+    let mut sample = String::new();
+    let mut n = 0;
+    while stopped.elapsed() < outage {
+        let p = fleet.profile(1 + n % 3)?;
+        let t = Instant::now();
+        match create_open_key(&p, &format!("during-outage-{n}")).await {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                refused += 1;
+                sample = e;
+            }
+        }
+        slowest = slowest.max(t.elapsed().as_secs_f64());
+        n += 1;
+        sleep(2.0).await;
+    }
+    if let Some(rest) = outage.checked_sub(stopped.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    fleet.pg_ctl(&["-w", "start"])?;
+    let started = Instant::now();
+    let mut first_write_after = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        if create_open_key(&p1, "after-outage").await.is_ok() {
+            first_write_after = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        sleep(0.2).await;
+    }
+    let (record, keys, catch_up) = settled(&fleet, Duration::from_secs(30)).await?;
+    sleep(secs(5.0, 1.0)).await;
+    let report = b.finish()?;
+    phases.push(phase_row(
+        "postgres-stopped",
+        &report,
+        json!({
+            "outage_s": outage.as_secs_f64(),
+            "admin_writes_tried": refused + accepted,
+            "admin_writes_refused": refused,
+            "slowest_refusal_s": round(slowest, 3),
+            "refusal": sample,
+            "first_write_accepted_after_restart_s": first_write_after.map(|s| round(s, 1)),
+            "members_settled_after_s": round(catch_up, 1),
+            "record_on_every_member": record,
+            "keys": keys,
+        }),
+    ));
+
+    // 4. Concurrent admin writes from three members.
+    eprintln!("fleet-chaos: concurrent admin writes");
+    let (before, before_keys, _) = settled(&fleet, Duration::from_secs(10)).await?;
+    let b = open_loop(&fleet, &opts)?;
+    let span = Duration::from_secs_f64(secs(60.0, 5.0));
+    let mut tasks = Vec::new();
+    for i in 1..=3 {
+        let p = fleet.profile(i)?;
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let end = Instant::now() + span;
+            let mut n = 0;
+            while Instant::now() < end {
+                let req = Request::KeysCreate {
+                    store: Some(STORE.into()),
+                    id: format!("w{i}-{n}"),
+                    usage: KeyUsage::EncryptDecrypt,
+                };
+                match admin(&p, req).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                n += 1;
+            }
+            (ok, failed)
+        }));
+    }
+    let mut acked = 0;
+    let mut per_member = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        let (ok, failed) = t.await?;
+        acked += ok;
+        per_member.push(ok);
+        failures.extend(failed);
+    }
+    let (after, after_keys, _) = settled(&fleet, Duration::from_secs(30)).await?;
+    sleep(secs(2.0, 1.0)).await;
+    let report = b.finish()?;
+    let races: usize = (1..=3)
+        .map(|i| {
+            std::fs::read_to_string(fleet.state.join(format!("member-{i}/keyward.log")))
+                .unwrap_or_default()
+                .matches("admin write lost a race")
+                .count()
+        })
+        .sum();
+    let exact = after == before + acked && after_keys as u64 == before_keys as u64 + acked;
+    phases.push(phase_row(
+        "admin-writes",
+        &report,
+        json!({
+            "writes_acknowledged": acked,
+            "per_member": per_member,
+            "refused": failures.len(),
+            "refusals": failures.iter().take(3).collect::<Vec<_>>(),
+            "races_lost_and_retried": races,
+            "record_before": before,
+            "record_after_on_every_member": after,
+            "none_lost_none_twice": exact,
+        }),
+    ));
+    if !exact {
+        eprintln!(
+            "fleet-chaos: LOST OR DUPLICATED WRITES: record {before} -> {after}, keys \
+             {before_keys} -> {after_keys}, {acked} acknowledged"
+        );
+    }
+
+    // 5. A change visible on every member: 100 changes.
+    eprintln!("fleet-chaos: change visibility");
+    create_open_key(&p1, FLIP)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut probes = vec![
+        Probe::new(&fleet, &fleet.url(2), FLIP)?,
+        Probe::new(&fleet, &fleet.url(3), FLIP)?,
+    ];
+    for p in &mut probes {
+        p.until(200, Duration::from_secs(10)).await?;
+    }
+    let b = open_loop(&fleet, &opts)?;
+    sleep(1.0).await;
+    let changes = if q { 10 } else { 100 };
+    let mut visible_ms = Vec::with_capacity(changes);
+    for c in 0..changes {
+        let disable = c % 2 == 0;
+        let req = if disable {
+            Request::KeysDisable {
+                store: Some(STORE.into()),
+                id: FLIP.into(),
+            }
+        } else {
+            Request::KeysEnable {
+                store: Some(STORE.into()),
+                id: FLIP.into(),
+            }
+        };
+        admin(&p1, req).await.map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        let want = if disable { 400 } else { 200 };
+        let (a, b2) = probes.split_at_mut(1);
+        let (ra, rb) = tokio::join!(
+            a[0].until(want, Duration::from_secs(10)),
+            b2[0].until(want, Duration::from_secs(10))
+        );
+        ra?;
+        rb?;
+        visible_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        sleep(0.05).await;
+    }
+    let report = b.finish()?;
+    visible_ms.sort_by(f64::total_cmp);
+    let visibility = json!({
+        "changes": changes,
+        "p50_ms": round(percentile(&visible_ms, 50.0), 1),
+        "p99_ms": round(percentile(&visible_ms, 99.0), 1),
+        "max_ms": round(visible_ms.last().copied().unwrap_or(0.0), 1),
+        "measured": "from the admin call's answer on member 1 until members 2 and 3 both enforce the change (Encrypt polled on each directly, every 2 ms, keep-alive)",
+    });
+    phases.push(phase_row("changes", &report, visibility.clone()));
+
+    // 6. Throughput: 3 members vs 1 member through the balancer, and 1 member directly.
+    eprintln!("fleet-chaos: throughput");
+    let closed = |fleet: &Fleet, url: Option<&str>| -> anyhow::Result<Bench> {
+        let mut args = vec![
+            "--connections",
+            "64",
+            "--duration",
+            if q { "3s" } else { "10s" },
+            "--warmup",
+            "2s",
+        ];
+        if let Some(u) = url {
+            args.extend(["--url", u]);
+        }
+        bench_start(fleet, &args)
+    };
+    let cpu = |pids: &[u32]| -> Vec<f64> {
+        pids.iter()
+            .map(|p| {
+                keyward::bench::cpu::process_cpu(*p)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0)
+            })
+            .collect()
+    };
+    let balancer_pid = fleet.ready["balancer_pid"].as_u64().unwrap_or(0) as u32;
+    let mut throughput = serde_json::Map::new();
+    for (name, url, only_one) in [
+        ("three_members_through_haproxy", None, false),
+        ("one_member_through_haproxy", None, true),
+        ("one_member_direct", Some(fleet.url(1)), false),
+    ] {
+        if only_one {
+            fleet.haproxy("disable server members/member-2")?;
+            fleet.haproxy("disable server members/member-3")?;
+        }
+        let pids = [fleet.pid(1), fleet.pid(2), fleet.pid(3), balancer_pid];
+        let before = cpu(&pids);
+        let t = Instant::now();
+        let report = closed(&fleet, url.as_deref())?.report()?;
+        let wall = t.elapsed().as_secs_f64();
+        let after = cpu(&pids);
+        if only_one {
+            fleet.haproxy("enable server members/member-2")?;
+            fleet.haproxy("enable server members/member-3")?;
+        }
+        // The CPU deltas span the warm-up too: per request over all requests answered in the
+        // process's whole run (measured + warm-up, from ops/s over the wall time).
+        let total = report["ops_per_s"].as_f64().unwrap_or(0.0)
+            * (report["duration_s"].as_f64().unwrap_or(0.0) + 2.0);
+        let us = |i: usize| round((after[i] - before[i]) * 1e6 / total.max(1.0), 1);
+        throughput.insert(
+            name.into(),
+            json!({
+                "ops_per_s": report["ops_per_s"],
+                "errors": report["errors_total"],
+                "p50_us": report["latency_us"]["p50_us"],
+                "p99_us": report["latency_us"]["p99_us"],
+                "member_cpu_us_per_request": [us(0), us(1), us(2)],
+                "members_cpu_us_per_request": round(us(0) + us(1) + us(2), 1),
+                "haproxy_cpu_us_per_request": us(3),
+                "client_cpu_us_per_request": report["client_cpu"]["us_per_request"],
+                "wall_s": round(wall, 1),
+            }),
+        );
+    }
+    // A member's cost when idle (heartbeats, follower polls, health refresh): 10 s.
+    let pids = [fleet.pid(1), fleet.pid(2), fleet.pid(3)];
+    let before = cpu(&pids);
+    sleep(secs(10.0, 2.0)).await;
+    let after = cpu(&pids);
+    let idle: Vec<f64> = (0..3)
+        .map(|i| round((after[i] - before[i]) / secs(10.0, 2.0) * 100.0, 2))
+        .collect();
+    throughput.insert("idle_member_cpu_percent".into(), json!(idle));
+
+    // 7. Boot of a member into a store of 100k keys.
+    let keys_wanted = if q { 10_000 } else { opts.keys };
+    eprintln!("fleet-chaos: {keys_wanted} keys into the store");
+    let t = Instant::now();
+    fill_store(&fleet, keys_wanted).await?;
+    let fill_s = t.elapsed().as_secs_f64();
+    let (_, keys_now, spread_s) = settled(&fleet, Duration::from_secs(300)).await?;
+    let mut boots = Vec::new();
+    for r in 0..3 {
+        fleet.stop_member3()?;
+        let log = fleet.state.join(format!("member-3/boot-{r}.log"));
+        boots.push(round(fleet.restart_member3(&log)?, 3));
+    }
+    let mut sorted = boots.clone();
+    sorted.sort_by(f64::total_cmp);
+    let boot = json!({
+        "keys": keys_now,
+        "created_in_s": round(fill_s, 1),
+        "applied_by_running_members_within_s": round(spread_s, 1),
+        "released_to_serving_s": boots,
+        "median_s": sorted.get(1),
+    });
+
+    // 8. A store behind the KRS head.
+    eprintln!("fleet-chaos: database put back behind the KRS head");
+    let b = open_loop(&fleet, &opts)?;
+    sleep(secs(3.0, 1.0)).await;
+    let dump = fleet.state.join("before.dump");
+    fleet.pg_client(
+        "pg_dump",
+        &["--format=custom", "--file", &dump.to_string_lossy()],
+    )?;
+    create_open_key(&p1, "after-the-dump")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    fleet.pg_client(
+        "pg_restore",
+        &[
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            &dump.to_string_lossy(),
+        ],
+    )?;
+    let restored = Instant::now();
+    let new = new_member(&fleet)?;
+    let out = Command::new(&fleet.bin)
+        .args(["serve", "--config"])
+        .arg(&new)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let refused_boot = !out.status.success() && err.contains("rollback refused");
+    let mut kept = 0;
+    for i in 1..=3 {
+        let mut p = Probe::new(&fleet, &fleet.url(i), "after-the-dump")?;
+        if p.encrypt().await? == 200 {
+            kept += 1;
+        }
+    }
+    let mut noticed = 0;
+    for i in 1..=3 {
+        let log = if i == 3 {
+            fleet.state.join("member-3/boot-2.log")
+        } else {
+            fleet.state.join(format!("member-{i}/keyward.log"))
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("was NOT applied")
+            {
+                noticed += 1;
+                break;
+            }
+            sleep(0.2).await;
+        }
+    }
+    let write = create_open_key(&p1, "onto-the-older-store").await;
+    sleep(secs(3.0, 1.0)).await;
+    let report = b.finish()?;
+    phases.push(phase_row(
+        "behind-krs",
+        &report,
+        json!({
+            "booting_member_refused": refused_boot,
+            "booting_member_exit": out.status.code(),
+            "refusal": err.lines().rev().find(|l| l.contains("rollback")).unwrap_or_default(),
+            "refused_within_s": round(restored.elapsed().as_secs_f64(), 1),
+            "running_members_refusing_to_apply": noticed,
+            "running_members_keeping_their_view": kept,
+            "admin_write_refused": write.is_err(),
+        }),
+    ));
+
+    let result = json!({
+        "what": "make fleet-chaos: keyward demo --fleet 3 (PostgreSQL, embedded KRS, 3 members, HAProxy TCP passthrough) on this machine, keyward bench through the balancer",
+        "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
+        "cpus": keyward::bench::cpu::online_cpus(),
+        "rate": opts.rate,
+        "connections": opts.connections,
+        "quick": q,
+        "phases": phases,
+        "change_visibility": visibility,
+        "throughput": throughput,
+        "boot": boot,
+    });
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&result)? + "\n")?;
+    eprintln!("fleet-chaos: wrote {}", opts.out.display());
+    if !q && !opts.doc.as_os_str().is_empty() {
+        write_table(&opts.doc, &result)?;
+        eprintln!("fleet-chaos: rewrote the table in {}", opts.doc.display());
+    }
+    print!("{}", table(&result));
+    drop(fleet);
+    Ok(())
+}
+
+/// A configuration for a new member (member 3's with its own ports and label).
+fn new_member(fleet: &Fleet) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(fleet.config(3))?;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("listen = ") {
+            out.push_str("listen = \"127.0.0.1:0\"\n");
+        } else {
+            out.push_str(&line.replace("local-az-3", "local-az-new"));
+            out.push('\n');
+        }
+    }
+    let dir = fleet.state.join("member-new");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("keyward.toml");
+    std::fs::write(&path, out)?;
+    Ok(path)
+}
+
+/// `n` keys into the fleet's store, in batches of 1,000, through a registry of this process
+/// that released its master key from the fleet's KRS as a member does.
+async fn fill_store(fleet: &Fleet, n: usize) -> anyhow::Result<()> {
+    let config = keyward::config::load_file(&fleet.config(1))?
+        .config
+        .context("member 1's configuration")?;
+    let keyward::config::MasterKeyConfig::Release(release) = &config.master_key else {
+        bail!("member 1 does not use key release");
+    };
+    let source = keyward::appliance::release::release_source(
+        release,
+        &keyward::release::source::product_release(),
+    )?;
+    let notifier = keyward::appliance::notify::Notifier::from_env();
+    let opened = keyward::appliance::storage::open(&config.storage, &notifier).await?;
+    let backend = opened.backend;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use keyward::keystore::MasterKeySource;
+        let (master, freshness) = source.obtain_fresh()?;
+        let registry = keyward::keystore::Registry::open_with(backend, master, freshness)?;
+        let have = registry.list_keys(Some(STORE))?.len();
+        let mut made = 0;
+        let mut batch = 0;
+        while have + made < n {
+            let count = (n - have - made).min(1000);
+            let ids: Vec<String> = (0..count).map(|i| format!("bulk-{batch}-{i}")).collect();
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            registry.create_keys(Some(STORE), &refs, KeyUsage::EncryptDecrypt)?;
+            made += count;
+            batch += 1;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// The markdown table of a result.
+fn table(r: &Value) -> String {
+    let mut t = format!(
+        "| phase ({} req/s open loop through HAProxy, {} connections) | requests | XKS errors | p50 | p99 | p99.9 | what happened |\n|---|---|---|---|---|---|---|\n",
+        r["rate"], r["connections"]
+    );
+    let ms = |v: &Value| format!("{:.2} ms", v.as_f64().unwrap_or(0.0) / 1000.0);
+    for p in r["phases"].as_array().into_iter().flatten() {
+        let n = &p["notes"];
+        let what = match p["phase"].as_str().unwrap_or("") {
+            "baseline" => "nothing".to_string(),
+            "kill-9" => format!(
+                "member 3 killed with {} connection(s) on it; HAProxy marked it down after {} s; restarted at {} s, serving {} s after its release, back in HAProxy at {} s, caught up: {}",
+                n["connections_on_the_killed_member"],
+                n["marked_down_by_haproxy_after_s"],
+                n["restarted_after_s"],
+                n["released_to_serving_s"],
+                n["back_in_haproxy_after_s"],
+                n["caught_up"]
+            ),
+            "postgres-stopped" => format!(
+                "PostgreSQL down {} s: {} of {} admin writes refused (slowest refusal {} s); first write accepted {} s after the restart; members settled {} s after",
+                n["outage_s"],
+                n["admin_writes_refused"],
+                n["admin_writes_tried"],
+                n["slowest_refusal_s"],
+                n["first_write_accepted_after_restart_s"],
+                n["members_settled_after_s"]
+            ),
+            "admin-writes" => format!(
+                "{} writes from three members ({} races lost and retried, {} refused); record {} -> {} on every member; none lost or twice: {}",
+                n["writes_acknowledged"],
+                n["races_lost_and_retried"],
+                n["refused"],
+                n["record_before"],
+                n["record_after_on_every_member"],
+                n["none_lost_none_twice"]
+            ),
+            "changes" => format!(
+                "{} changes on member 1 enforced by members 2 and 3 after p50 {} ms, p99 {} ms, max {} ms",
+                n["changes"], n["p50_ms"], n["p99_ms"], n["max_ms"]
+            ),
+            "behind-krs" => format!(
+                "database restored to before a write: a booting member refused it ({}), running members refused to apply it ({} of 3) and kept their view ({} of 3); an admin write refused: {}",
+                n["booting_member_refused"],
+                n["running_members_refusing_to_apply"],
+                n["running_members_keeping_their_view"],
+                n["admin_write_refused"]
+            ),
+            other => other.to_string(),
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            p["phase"].as_str().unwrap_or(""),
+            p["requests"],
+            p["errors"],
+            ms(&p["p50_us"]),
+            ms(&p["p99_us"]),
+            ms(&p["p999_us"]),
+            what.replace('"', "")
+        ));
+    }
+    let th = &r["throughput"];
+    t.push_str("\n| closed loop, 64 connections | req/s | p99 | members' CPU per request | HAProxy's | client's |\n|---|---|---|---|---|---|\n");
+    for (name, label) in [
+        ("three_members_through_haproxy", "3 members through HAProxy"),
+        ("one_member_through_haproxy", "1 member through HAProxy"),
+        ("one_member_direct", "1 member directly"),
+    ] {
+        let x = &th[name];
+        t.push_str(&format!(
+            "| {label} | {} | {} | {} µs ({}) | {} µs | {} µs |\n",
+            x["ops_per_s"],
+            ms(&x["p99_us"]),
+            x["members_cpu_us_per_request"],
+            x["member_cpu_us_per_request"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + "))
+                .unwrap_or_default(),
+            x["haproxy_cpu_us_per_request"],
+            x["client_cpu_us_per_request"],
+        ));
+    }
+    let b = &r["boot"];
+    t.push_str(&format!(
+        "\nIdle members: {} % of a core each. Boot into a store of {} keys: released to serving {:?} s (median {} s); the keys were created in {} s and applied by the running members within {} s.\n",
+        th["idle_member_cpu_percent"],
+        b["keys"],
+        b["released_to_serving_s"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+        b["median_s"],
+        b["created_in_s"],
+        b["applied_by_running_members_within_s"],
+    ));
+    t.push_str(&format!(
+        "\nMeasured {} on {} CPUs ({}).\n",
+        r["date"].as_str().unwrap_or(""),
+        r["cpus"],
+        "bench/fleet-chaos.json"
+    ));
+    t
+}
+
+/// Rewrite the table between the markers of `doc` (added at the end when missing).
+fn write_table(doc: &Path, r: &Value) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(doc)?;
+    let block = format!("{BEGIN}\n{}{END}", table(r));
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(doc, new)?;
+    Ok(())
+}
