@@ -397,6 +397,32 @@ fn key_record(
     })
 }
 
+/// When `id` of `store` was created (Unix seconds; 0 if unknown).
+fn key_created(inner: &Inner, store: &str, id: &str) -> u64 {
+    inner
+        .meta
+        .get(store)
+        .and_then(|m| m.keys.get(id).copied())
+        .unwrap_or(0)
+}
+
+/// A copy of `k` (every version's KEK copied in locked memory), to change and publish.
+fn copy_key(k: &LiveKey) -> Result<LiveKey, KeystoreError> {
+    Ok(LiveKey {
+        id: k.id.clone(),
+        version: k.version,
+        usage: k.usage,
+        status: k.status,
+        grants: k.grants.clone(),
+        kek: k.kek.try_clone()?,
+        version_created: k.version_created,
+        older: older_of(k)?,
+        rotate_every_secs: k.rotate_every_secs,
+        destroy_at: k.destroy_at,
+        status_before_destroy: k.status_before_destroy,
+    })
+}
+
 /// Copies of `k`'s earlier versions (their KEKs copied in locked memory).
 fn older_of(k: &LiveKey) -> Result<Vec<OlderKek>, KeystoreError> {
     k.older
@@ -1432,24 +1458,11 @@ impl Registry {
         let mut status = old.status;
         let mut grants = old.grants.clone();
         change(&mut status, &mut grants)?;
-        let created = inner
-            .meta
-            .get(&sv.name)
-            .and_then(|m| m.keys.get(id).copied())
-            .unwrap_or(0);
-        let live = Arc::new(LiveKey {
-            id: id.to_string(),
-            version: old.version,
-            usage: old.usage,
-            status,
-            grants,
-            kek: old.kek.try_clone()?,
-            version_created: old.version_created,
-            older: older_of(&old)?,
-            rotate_every_secs: old.rotate_every_secs,
-            destroy_at: old.destroy_at,
-            status_before_destroy: old.status_before_destroy,
-        });
+        let created = key_created(&inner, &sv.name, id);
+        let mut k = copy_key(&old)?;
+        k.status = status;
+        k.grants = grants;
+        let live = Arc::new(k);
         let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok(info)
     }
@@ -1497,11 +1510,7 @@ impl Registry {
         let inner = self.lock();
         let snap = self.view.load_full();
         let (sv, k) = Self::find_key(&snap, store, id)?;
-        let created = inner
-            .meta
-            .get(&sv.name)
-            .and_then(|m| m.keys.get(id).copied())
-            .unwrap_or(0);
+        let created = key_created(&inner, &sv.name, id);
         Ok(key_info(&sv.name, &k, created))
     }
 
@@ -1543,11 +1552,7 @@ impl Registry {
         let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let (sv, old) = Self::find_key(&snap, store, id)?;
-        let created = inner
-            .meta
-            .get(&sv.name)
-            .and_then(|m| m.keys.get(id).copied())
-            .unwrap_or(0);
+        let created = key_created(&inner, &sv.name, id);
         if !due(&old) {
             return Ok((key_info(&sv.name, &old, created), false));
         }
@@ -1597,24 +1602,10 @@ impl Registry {
         let mut inner = self.lock_write()?;
         let snap = self.view.load_full();
         let (sv, old) = Self::find_key(&snap, store, id)?;
-        let created = inner
-            .meta
-            .get(&sv.name)
-            .and_then(|m| m.keys.get(id).copied())
-            .unwrap_or(0);
-        let live = Arc::new(LiveKey {
-            id: id.to_string(),
-            version: old.version,
-            usage: old.usage,
-            status: old.status,
-            grants: old.grants.clone(),
-            kek: old.kek.try_clone()?,
-            version_created: old.version_created,
-            older: older_of(&old)?,
-            rotate_every_secs: every_secs,
-            destroy_at: old.destroy_at,
-            status_before_destroy: old.status_before_destroy,
-        });
+        let created = key_created(&inner, &sv.name, id);
+        let mut k = copy_key(&old)?;
+        k.rotate_every_secs = every_secs;
+        let live = Arc::new(k);
         let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok(info)
     }
@@ -1767,24 +1758,12 @@ impl Registry {
             status_before_destroy: old.status_before_destroy,
         };
         change(&mut e)?;
-        let created = inner
-            .meta
-            .get(&sv.name)
-            .and_then(|m| m.keys.get(id).copied())
-            .unwrap_or(0);
-        let live = Arc::new(LiveKey {
-            id: id.to_string(),
-            version: old.version,
-            usage: old.usage,
-            status: e.status,
-            grants: old.grants.clone(),
-            kek: old.kek.try_clone()?,
-            version_created: old.version_created,
-            older: older_of(&old)?,
-            rotate_every_secs: old.rotate_every_secs,
-            destroy_at: e.destroy_at,
-            status_before_destroy: e.status_before_destroy,
-        });
+        let created = key_created(&inner, &sv.name, id);
+        let mut k = copy_key(&old)?;
+        k.status = e.status;
+        k.destroy_at = e.destroy_at;
+        k.status_before_destroy = e.status_before_destroy;
+        let live = Arc::new(k);
         let info = self.replace_key(&mut inner, &snap, &sv, live, created)?;
         Ok(info)
     }
