@@ -340,14 +340,14 @@ fn the_anchor_rolls_forward_only_along_the_verified_history() {
 
 /// The KRS's book, with something else happening at the KRS just before a given `advance`
 /// (counted from 1): another member writing, or recording its head late.
-/// What runs just before a given `advance` call.
-type Hook = (usize, Box<dyn FnOnce() + Send>);
-
 struct Hooked {
     book: Arc<Book>,
     calls: Mutex<usize>,
-    hooks: Mutex<Vec<Hook>>,
+    hooks: Mutex<Vec<(usize, Hook)>>,
 }
+
+/// What happens at the KRS before an advance.
+type Hook = Box<dyn FnOnce() + Send>;
 
 impl Hooked {
     fn new(book: &Arc<Book>) -> Arc<Hooked> {
