@@ -192,6 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             snp: Some(SnpEvidence { report, certs }),
             tpm: None,
             nitro: None,
+            audit_key: None,
         }
     } else {
         bail!("give --evidence FILE, --report FILE --cert FILE..., or --url URL (see --help)");
@@ -238,6 +239,14 @@ fn fetch_live(url: &str, xks_url: Option<&str>) -> anyhow::Result<(EvidenceBundl
         hex::encode(spki),
         hex::encode(live.nonce)
     );
+    if let Some(k) = &live.bundle.audit_key {
+        eprintln!(
+            "keyward verify: the evidence binds the audit checkpoint key {} \
+             (if the verdict passes, pin it: keyward audit verify --key {})",
+            hex::encode(k),
+            hex::encode(k)
+        );
+    }
     Ok((live.bundle, live.expect))
 }
 
@@ -262,7 +271,9 @@ pub async fn fetch_bound(attestation_url: &str, spki: &[u8; 32]) -> anyhow::Resu
     let bundle = live::fetch_evidence(attestation_url, &nonce)
         .await
         .with_context(|| format!("fetching evidence from {attestation_url}"))?;
-    let v = live::runtime_binding_value(&nonce, spki);
+    // A bundle that names an audit checkpoint key must be bound to it (`keyward/2 runtime`):
+    // a key the host swapped in makes every binding check fail.
+    let v = live::runtime_binding_value_with_audit(&nonce, spki, bundle.audit_key.as_deref());
     let expect = Expectations {
         report_data: Some(v),
         qualifying_data: Some(v.to_vec()),

@@ -101,7 +101,7 @@ fn trust_pins_only_the_attested_key() {
         );
     assert!(cfg.contains("source = \"release\"") && !cfg.contains("tls_key_file"));
     std::fs::write(&setup.config, cfg).unwrap();
-    let (mut p, _xks) = setup.start();
+    let (mut p, xks) = setup.start();
     let line = p.wait_stderr("xks tls key spki_sha256=", Duration::from_secs(10));
     let logged: String = line[line.find("spki_sha256=").unwrap() + 12..]
         .chars()
@@ -169,6 +169,30 @@ fn trust_pins_only_the_attested_key() {
     assert!(pinned.starts_with("# operator alice\n"), "{pinned}");
     assert!(admin_ok(&first, &["tls", "show"]).contains(&logged));
     assert!(admin_ok(&first, &["stores"]).contains("main"));
+
+    // The live evidence also binds the key that signs this boot's audit checkpoints:
+    // `keyward verify --url` passes the binding checks with it and names the key the
+    // appliance logged at start (what `keyward audit verify --key` pins).
+    let line = p.wait_stderr(
+        "audit log checkpoints are signed by this boot's key ",
+        Duration::from_secs(5),
+    );
+    let audit_key: String = line[line.find("boot's key ").unwrap() + 11..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    assert!(audit_key.len() >= 66, "{line}");
+    let out = std::process::Command::new(BIN)
+        .args(["verify", "--url", &att, "--xks-url", &xks.url, "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("binds the audit checkpoint key {audit_key}")),
+        "{err}"
+    );
 
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));

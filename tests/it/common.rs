@@ -96,6 +96,8 @@ pub struct KrsFixture {
 pub struct Running {
     pub child: std::process::Child,
     pub addr: String,
+    /// The `metrics_listen` address the KRS bound, when configured.
+    pub metrics: Option<String>,
     pub stderr_path: PathBuf,
 }
 
@@ -301,6 +303,7 @@ impl KrsFixture {
         Running {
             child,
             addr: v["addr"].as_str().unwrap().to_string(),
+            metrics: v["metrics"].as_str().map(str::to_string),
             stderr_path,
         }
     }

@@ -214,3 +214,105 @@ fn metrics_count_the_requests_made() {
     let days = value(&samples, "keyward_tls_certificate_expiry_days", &[]);
     assert!(days > 0.0, "certificate expiry days: {days}");
 }
+
+/// The KRS's `metrics_listen`: one release, one deny before a session (pins of no
+/// deployment) and one signed deny (evidence of a measurement the policy does not allow),
+/// then a plain-HTTP scrape on loopback parsed by the OpenMetrics parser.
+#[test]
+fn krs_metrics_count_releases_and_denials_by_code() {
+    use keyward::release::agent::{Agent, AgentError};
+    use keyward::verify::testsign::test_root_policy_toml;
+    let py = parser_python();
+    let Some(f) = crate::common::KrsFixture::new("krs-metrics", "metrics_listen = \"127.0.0.1:0\"")
+    else {
+        return;
+    };
+    const MEAS: [u8; 48] = [0x11; 48];
+    let text = crate::common::policy_text_full(2, &[hex::encode(MEAS)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let krs = f.serve();
+    let metrics = krs
+        .metrics
+        .clone()
+        .expect("the KRS names its metrics address");
+    let agent = |meas: [u8; 48], ca: Option<&str>| {
+        let mut cfg = f.agent_config(&krs.addr);
+        if let Some(ca) = ca {
+            cfg.admin_ca_sha256 = ca.into();
+        }
+        Agent {
+            cfg,
+            attesters: vec![Box::new(crate::common::honest_snp(meas))],
+            product_release: "keyward-test".into(),
+        }
+    };
+    agent(MEAS, None)
+        .release()
+        .expect("the honest agent is released to");
+    match agent(MEAS, Some("")).release() {
+        Err(AgentError::Denied { code: 110, .. }) => {}
+        other => panic!("expected PinMismatch, got {:?}", other.map(|_| ())),
+    }
+    match agent([0x22; 48], None).release() {
+        Err(AgentError::Denied { .. }) => {}
+        other => panic!("expected a deny, got {:?}", other.map(|_| ())),
+    }
+
+    let out = crate::tools::curl()
+        .args(["-sS", "--fail", "--max-time", "20"])
+        .arg(format!("http://{metrics}/metrics"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples = parse(&py, &String::from_utf8_lossy(&out.stdout));
+    assert_eq!(value(&samples, "keyward_krs_releases_total", &[]), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "keyward_krs_denials_total",
+            &[("code", "pin_mismatch"), ("signed", "false")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "keyward_krs_denials_total", &[("signed", "true")]),
+        1.0,
+        "{samples:?}"
+    );
+    // The signed deny is the one in the release log, under the same code name.
+    let denied: Vec<_> = f
+        .log_entries()
+        .into_iter()
+        .filter(|e| e["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    let reason = denied[0]["reason"].as_str().unwrap().to_string();
+    assert_eq!(
+        value(
+            &samples,
+            "keyward_krs_denials_total",
+            &[("code", &reason), ("signed", "true")]
+        ),
+        1.0
+    );
+    assert!(value(&samples, "keyward_krs_hsm_signatures_total", &[]) >= 2.0);
+    // Only GET /metrics.
+    let out = crate::tools::curl()
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("http://{metrics}/other"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}

@@ -428,6 +428,86 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
     assert!(b.nitro.is_none());
 }
 
+/// The live answer binds the audit checkpoint key it names: the quote verifies against the
+/// `keyward/2 runtime` value of that key, and a bundle whose `audit_key` was swapped on the
+/// way (the host's own key) fails the binding check.
+#[test]
+fn live_attestation_binds_the_audit_key() {
+    use keyward::attest::live::{
+        fetch_evidence, runtime_binding_value, runtime_binding_value_with_audit, serve_with,
+        LiveConfig,
+    };
+    use std::sync::Arc;
+    let tpm = start_swtpm();
+    let tcti = tpm.tcti();
+    let ak = provision_ak(&tcti, 0x8101_0003).unwrap();
+    let attesters: Vec<Box<dyn Attester>> = vec![Box::new(TpmAttester::new(TpmConfig {
+        tcti,
+        ak_handle: ak.handle,
+        bank: Bank::Sha256,
+        pcrs: vec![16],
+        event_log: None,
+    }))];
+    let spki = [0x42u8; 32];
+    let audit_key = p256::SecretKey::random(&mut rand_core::OsRng)
+        .public_key()
+        .to_sec1_bytes()
+        .to_vec();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/attestation", l.local_addr().unwrap());
+        let mut cfg = LiveConfig::new(Arc::new(attesters), spki);
+        cfg.audit_key = Some(audit_key.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(l, cfg, async {
+            let _ = rx.await;
+        }));
+        let nonce = [0x77u8; 32];
+        let bundle = fetch_evidence(&url, &nonce).await.unwrap();
+        assert_eq!(bundle.audit_key.as_deref(), Some(&audit_key[..]));
+        let bound = runtime_binding_value_with_audit(&nonce, &spki, Some(&audit_key));
+        assert_ne!(bound, runtime_binding_value(&nonce, &spki));
+        assert_eq!(bundle.report_data.as_deref(), Some(&bound[..]));
+        let policy = TpmPolicy {
+            registered_aks: vec![ak.name_hex.clone()],
+            bank: "sha256".into(),
+            pcrs: vec![16],
+            replay: Some(vec![]),
+            ..Default::default()
+        };
+        let judge = |expected: [u8; 64]| {
+            let mut v = Verdict::default();
+            verify_tpm(
+                bundle.tpm.as_ref().unwrap(),
+                &policy,
+                Some(&expected),
+                &mut v,
+            );
+            v
+        };
+        let v = judge(bound);
+        assert!(v.ok(), "{:#?}", v.checks);
+        // The host swaps in its own key: what the verifier then expects is not what the
+        // hardware signed.
+        let host_key = p256::SecretKey::random(&mut rand_core::OsRng)
+            .public_key()
+            .to_sec1_bytes()
+            .to_vec();
+        let v = judge(runtime_binding_value_with_audit(
+            &nonce,
+            &spki,
+            Some(&host_key),
+        ));
+        assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
+        // Nor can it strip the key and pass as a `keyward/1` answer.
+        let v = judge(runtime_binding_value(&nonce, &spki));
+        assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
+        let _ = tx.send(());
+        server.await.unwrap();
+    });
+}
+
 #[test]
 fn live_attestation_over_http_with_a_swtpm_quote() {
     use keyward::attest::live::{
@@ -523,6 +603,7 @@ fn live_attestation_over_http_with_a_swtpm_quote() {
         assert_eq!(checks_failed(&v), vec!["tpm.extra_data"]);
 
         // Bad requests and the rate limit (bucket of 2, almost no refill).
+        // (The audit-key binding is checked by `live_attestation_binds_the_audit_key`.)
         let err = fetch_evidence(&url.replace("/attestation", "/other"), &nonce)
             .await
             .unwrap_err()

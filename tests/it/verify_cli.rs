@@ -198,6 +198,7 @@ fn bundle_with_policy_and_crl_files() {
         }),
         tpm: None,
         nitro: None,
+        audit_key: None,
     };
     let b = write(
         dir.path(),

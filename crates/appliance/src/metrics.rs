@@ -104,6 +104,7 @@ impl ApplianceMetrics {
                 waits: self.audit.waits(),
                 lost: self.audit.lost(),
                 capacity: self.audit.capacity() as u64,
+                queued: self.audit.queued(),
             },
             clock_skew_secs,
             certificate_expiry_days: not_after

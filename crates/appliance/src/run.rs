@@ -537,10 +537,18 @@ impl Running {
 
         let live_task = match (attestation, attesters) {
             (Some((listen, spki)), Some(att)) if !att.is_empty() => {
-                let (addr, task) =
-                    keyward_attest::live::spawn_following(listen, att, spki, wait_true(rx.clone()))
-                        .await
-                        .map_err(|e| BootError::Attestation(listen, e))?;
+                // The live evidence also binds the key that signs this boot's audit checkpoints,
+                // so an auditor can pin it from hardware-signed evidence.
+                let audit_key = hex::decode(audit.public_key()).ok();
+                let (addr, task) = keyward_attest::live::spawn_following(
+                    listen,
+                    att,
+                    spki,
+                    audit_key,
+                    wait_true(rx.clone()),
+                )
+                .await
+                .map_err(|e| BootError::Attestation(listen, e))?;
                 phase(
                     "serve",
                     &format!("live attestation on http://{addr}/attestation"),

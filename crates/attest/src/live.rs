@@ -5,6 +5,13 @@
 //! V = SHA-512("keyward/1 runtime" ‖ nonce ‖ SHA-256(XKS TLS certificate's SubjectPublicKeyInfo))
 //! ```
 //!
+//! or, when the appliance also binds the key that signs its audit-log checkpoints (it always
+//! does; the bundle then carries that key as `audit_key`),
+//!
+//! ```text
+//! V = SHA-512("keyward/2 runtime" ‖ nonce ‖ SHA-256(SPKI) ‖ SHA-256(audit key, SEC1))
+//! ```
+//!
 //! as SNP REPORT_DATA, NitroTPM `user_data` (with `nonce` = the caller's nonce) and TPM
 //! qualifying data. An auditor who reads the XKS endpoint's certificate separately and finds
 //! the same SPKI hash inside hardware-signed evidence knows the TLS endpoint AWS KMS talks to
@@ -54,6 +61,9 @@ pub const PATH: &str = "/attestation";
 pub const RUNTIME_LABEL: &[u8] = b"keyward/1 runtime";
 const MAX_BODY: usize = 1024;
 
+/// Domain separator of the runtime binding that also covers the audit checkpoint key.
+pub const RUNTIME_LABEL_AUDIT: &[u8] = b"keyward/2 runtime";
+
 /// `SHA-512("keyward/1 runtime" ‖ nonce ‖ spki_sha256)`.
 pub fn runtime_binding_value(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> [u8; 64] {
     let mut h = Sha512::new();
@@ -63,9 +73,36 @@ pub fn runtime_binding_value(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> [u
     h.finalize().into()
 }
 
+/// `SHA-512("keyward/2 runtime" ‖ nonce ‖ spki_sha256 ‖ SHA-256(audit_key))`, or the
+/// `keyward/1` value when there is no audit key.
+pub fn runtime_binding_value_with_audit(
+    nonce: &[u8; 32],
+    xks_spki_sha256: &[u8; 32],
+    audit_key: Option<&[u8]>,
+) -> [u8; 64] {
+    let Some(k) = audit_key else {
+        return runtime_binding_value(nonce, xks_spki_sha256);
+    };
+    let mut h = Sha512::new();
+    h.update(RUNTIME_LABEL_AUDIT);
+    h.update(nonce);
+    h.update(xks_spki_sha256);
+    h.update(sha2::Sha256::digest(k));
+    h.finalize().into()
+}
+
 /// The [`Binding`] every attester gets for a live request.
 pub fn runtime_binding(nonce: &[u8; 32], xks_spki_sha256: &[u8; 32]) -> Binding {
-    let v = runtime_binding_value(nonce, xks_spki_sha256);
+    runtime_binding_with_audit(nonce, xks_spki_sha256, None)
+}
+
+/// [`runtime_binding`], also covering the audit checkpoint key when there is one.
+pub fn runtime_binding_with_audit(
+    nonce: &[u8; 32],
+    xks_spki_sha256: &[u8; 32],
+    audit_key: Option<&[u8]>,
+) -> Binding {
+    let v = runtime_binding_value_with_audit(nonce, xks_spki_sha256, audit_key);
     Binding {
         report_data: v,
         user_data: v.to_vec(),
@@ -95,17 +132,20 @@ pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], Strin
 /// request, so the evidence binds whatever key the XKS listener serves now.
 pub type SpkiSource = Arc<dyn Fn() -> [u8; 32] + Send + Sync>;
 
-/// [`spawn`], the evidence bound to the SPKI hash `spki` returns at each request.
+/// [`spawn`], the evidence bound to the SPKI hash `spki` returns at each request and, when
+/// given, to the audit checkpoint key `audit_key` (SEC1), which the bundle then carries.
 pub async fn spawn_following(
     listen: SocketAddr,
     attesters: Arc<Vec<Box<dyn Attester>>>,
     spki: SpkiSource,
+    audit_key: Option<Vec<u8>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let l = TcpListener::bind(listen).await?;
     let addr = l.local_addr()?;
     let mut cfg = LiveConfig::new(attesters, spki());
     cfg.follow = Some(spki);
+    cfg.audit_key = audit_key;
     let task = tokio::spawn(serve_with(l, cfg, shutdown));
     Ok((addr, task))
 }
@@ -167,6 +207,8 @@ pub struct LiveConfig {
     /// When set, the SPKI hash is read from here at each request (and `xks_spki_sha256` is
     /// not used).
     pub follow: Option<SpkiSource>,
+    /// The audit checkpoint key (SEC1) bound into every answer (`keyward/2 runtime`).
+    pub audit_key: Option<Vec<u8>>,
     pub bucket: Arc<TokenBucket>,
     /// One hardware request at a time.
     pub gate: Arc<tokio::sync::Semaphore>,
@@ -188,6 +230,7 @@ impl LiveConfig {
             attesters,
             xks_spki_sha256,
             follow: None,
+            audit_key: None,
             bucket: Arc::new(TokenBucket::new(5, 1.0)),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
             max_connections: keyward_secret::fdlimit::FdBudget::current().attestation,
@@ -362,12 +405,14 @@ async fn attest(
         .follow
         .as_ref()
         .map_or(cfg.xks_spki_sha256, |follow| follow());
-    let binding = runtime_binding(&nonce, &spki);
+    let binding = runtime_binding_with_audit(&nonce, &spki, cfg.audit_key.as_deref());
     let attesters = cfg.attesters.clone();
+    let audit_key = cfg.audit_key.clone();
     let produced = tokio::task::spawn_blocking(move || {
         let mut bundle = EvidenceBundle {
             version: 1,
             report_data: Some(binding.report_data.to_vec()),
+            audit_key,
             ..Default::default()
         };
         for a in attesters.iter() {

@@ -267,6 +267,9 @@ pub type XksHook = Arc<dyn Fn(&XksRecord) + Send + Sync>;
 
 struct Inner {
     tx: SyncSender<Msg>,
+    /// XKS and admin lines handed to the channel (one relaxed add per request: the only
+    /// figure the request path keeps, so the queue depth can be read as `sent - written`).
+    sent: AtomicU64,
     waits: AtomicU64,
     lost: AtomicU64,
     /// Lines the writer has formatted (XKS and admin; chain and checkpoint lines not counted).
@@ -339,6 +342,7 @@ impl AuditLog {
         Ok(Self {
             inner: Arc::new(Inner {
                 tx,
+                sent: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
                 written,
@@ -371,6 +375,7 @@ impl AuditLog {
     }
 
     fn send(&self, m: Msg) {
+        self.inner.sent.fetch_add(1, Ordering::Relaxed);
         match self.inner.tx.try_send(m) {
             Ok(()) => {}
             Err(TrySendError::Full(m)) => {
@@ -434,8 +439,15 @@ impl AuditLog {
         self.inner.written.load(Ordering::Relaxed)
     }
 
-    /// Lines in the channel the writer has not taken yet can only be counted on the request
-    /// path; what is known off it is the channel's size.
+    /// Lines handed to the writer and not yet formatted by it (queued, or being written):
+    /// the queue depth. Read from two counters without a lock, so it is a close estimate.
+    pub fn queued(&self) -> u64 {
+        let sent = self.inner.sent.load(Ordering::Relaxed);
+        let done = self.written() + self.lost();
+        sent.saturating_sub(done)
+    }
+
+    /// How many lines the channel holds before requests wait.
     pub const fn capacity(&self) -> usize {
         CHANNEL_CAPACITY
     }
@@ -835,6 +847,43 @@ mod tests {
             write_uint(&mut out, n, width).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }
+    }
+
+    /// The queue depth is what the writer has not taken: a writer held in its hook leaves
+    /// every later line queued, and a flush drains them to zero.
+    #[test]
+    fn queue_depth_counts_lines_not_yet_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held_tx, held_rx) = mpsc::sync_channel::<()>(0);
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(Some(go_rx));
+        let hook: XksHook = Arc::new(move |_r: &XksRecord| {
+            // The first record holds the writer until the test lets it go.
+            if let Some(rx) = go_rx.lock().unwrap().take() {
+                let _ = held_tx.send(());
+                let _ = rx.recv();
+            }
+        });
+        let log =
+            AuditLog::start_with(AuditSink::File(dir.path().join("a.log")), Some(hook)).unwrap();
+        let rec = || {
+            let mut r = XksRecord::new();
+            r.set_operation("Encrypt");
+            r.finish(200, None, Duration::from_micros(5));
+            r
+        };
+        log.xks(rec());
+        held_rx.recv().unwrap();
+        for _ in 0..9 {
+            log.xks(rec());
+        }
+        log.admin("op", "keys_create", "k", true);
+        assert_eq!(log.queued(), 10, "nine XKS lines and one admin line wait");
+        go_tx.send(()).unwrap();
+        log.flush().unwrap();
+        assert_eq!(log.queued(), 0);
+        assert_eq!(log.written(), 11);
+        log.shutdown().unwrap();
     }
 
     #[test]

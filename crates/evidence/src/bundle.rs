@@ -21,6 +21,11 @@ pub struct EvidenceBundle {
     pub tpm: Option<TpmEvidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nitro: Option<NitroEvidence>,
+    /// The public key (SEC1) that signs this process's audit-log checkpoints, when the
+    /// producer bound it into the evidence (the live attestation's `keyward/2 runtime`
+    /// binding). Informational until the verifier recomputes the binding with it.
+    #[serde(default, with = "b64opt", skip_serializing_if = "Option::is_none")]
+    pub audit_key: Option<Vec<u8>>,
 }
 
 /// A raw SEV-SNP attestation report and the certificates that came with it.

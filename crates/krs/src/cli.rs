@@ -567,17 +567,25 @@ fn serve(config: &Path) -> anyhow::Result<ExitCode> {
     let listener =
         TcpListener::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let svc = Arc::new(svc);
+    let metrics = match &cfg.metrics_listen {
+        Some(listen) => {
+            let l = crate::metrics::bind(listen)?;
+            Some(crate::metrics::spawn(l, svc.clone())?.to_string())
+        }
+        None => None,
+    };
     println!(
         "{}",
         serde_json::json!({"krs": "listening", "addr": addr.to_string(), "mode": svc.mode(),
             "non_dumpable": !keyward_secret::is_dumpable(), "memory_locked": mem.locked,
-            "crls": crl_status})
+            "crls": crl_status, "metrics": metrics})
     );
     tracing::info!(%addr, mode = ?svc.mode(), "keyward krs serving KRP/1");
     if !cfg.crl_files.is_empty() {
         crate::crl::spawn_status_logger(crls, verifier_policy);
     }
-    crate::service::serve(listener, tls, Arc::new(svc));
+    crate::service::serve(listener, tls, svc);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -63,6 +63,10 @@ pub struct KrsConfig {
     /// Bounds on unauthenticated work (`[limits]`: connections, deadlines, sessions).
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// `GET /metrics` (OpenMetrics, plain HTTP) on this loopback address, e.g.
+    /// `127.0.0.1:9466`; off when absent. See [`crate::metrics`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Key memory of the KRS process (`[memory] allow_unlocked = true`: development only).
     #[serde(default)]
     pub memory: keyward_secret::MemoryPolicy,

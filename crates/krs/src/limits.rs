@@ -380,6 +380,7 @@ impl SourceBudget {
 #[derive(Default)]
 pub struct Stats {
     unsigned_denies: Mutex<BTreeMap<&'static str, u64>>,
+    signed_denies_by: Mutex<BTreeMap<&'static str, u64>>,
     pub signed_denies: AtomicU64,
     pub releases: AtomicU64,
     pub hsm_signs: AtomicU64,
@@ -397,6 +398,24 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *g.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Count a signed deny (a session existed) by its reason name.
+    pub fn signed_deny(&self, reason: &'static str) {
+        let mut g = self
+            .signed_denies_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *g.entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn signed_denies_by(&self) -> BTreeMap<String, u64> {
+        self.signed_denies_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect()
     }
 
     pub fn unsigned_denies(&self) -> BTreeMap<String, u64> {
@@ -427,6 +446,9 @@ pub struct Status {
     pub releases: u64,
     /// Denies after a session existed: signed and in the release log.
     pub signed_denies: u64,
+    /// The same, by reason (the decision was made; its log write may still have failed).
+    #[serde(default)]
+    pub signed_denies_by_reason: BTreeMap<String, u64>,
     /// Denies before a session existed, by reason: unsigned, not in the release log.
     pub unsigned_denies: BTreeMap<String, u64>,
     pub connections_refused_total: u64,

@@ -216,6 +216,7 @@ impl Service {
             hsm_signs: n(&st.hsm_signs),
             releases: n(&st.releases),
             signed_denies: n(&st.signed_denies),
+            signed_denies_by_reason: st.signed_denies_by(),
             unsigned_denies: st.unsigned_denies(),
             connections_refused_total: n(&st.connections_refused_total),
             connections_refused_per_source: n(&st.connections_refused_per_source),
@@ -787,6 +788,7 @@ impl Service {
                 signature: vec![],
             });
         }
+        self.stats.signed_deny(code.name());
         if self.warn.allow() {
             tracing::warn!(
                 code = code.number(),

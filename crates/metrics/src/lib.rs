@@ -11,7 +11,8 @@
 //! error_name}`, `keyward_xks_request_duration_seconds{operation}` (histogram, 10 µs to 1 s),
 //! `keyward_xks_auth_failures_total{reason}`, `keyward_keys{store,state}`,
 //! `keyward_fleet_members{state}`, `keyward_fleet_store_seq_lag`, `keyward_audit_lines_total`,
-//! `keyward_audit_waits_total`, `keyward_audit_lost_total`, `keyward_audit_queue_capacity`,
+//! `keyward_audit_waits_total`, `keyward_audit_lost_total`, `keyward_audit_queue_depth`,
+//! `keyward_audit_queue_capacity`,
 //! `keyward_tls_certificate_expiry_days`, `keyward_trusted_time_skew_seconds`,
 //! `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //! `process_cpu_seconds_total`, `process_threads`.
@@ -124,6 +125,8 @@ pub struct AuditFigures {
     pub waits: u64,
     pub lost: u64,
     pub capacity: u64,
+    /// Lines handed to the writer and not yet written.
+    pub queued: u64,
 }
 
 /// What the appliance reads at scrape time.
@@ -258,6 +261,11 @@ impl Metrics {
             counter(f.audit.lost),
         );
         reg.register(
+            "keyward_audit_queue_depth",
+            "Audit lines handed to the writer thread and not yet written",
+            gauge(i64::try_from(f.audit.queued).unwrap_or(i64::MAX)),
+        );
+        reg.register(
             "keyward_audit_queue_capacity",
             "Lines the audit channel holds before requests wait",
             gauge(i64::try_from(f.audit.capacity).unwrap_or(i64::MAX)),
@@ -276,7 +284,7 @@ impl Metrics {
                 gauge_f64(d),
             );
         }
-        process(&mut reg);
+        register_process(&mut reg);
 
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg)?;
@@ -302,8 +310,9 @@ fn counter(v: u64) -> Counter {
     c
 }
 
-/// Process figures (the names the Prometheus client libraries use).
-fn process(reg: &mut Registry) {
+/// Process figures (the names the Prometheus client libraries use), for any of keyward's
+/// metrics endpoints (the appliance's and the KRS's).
+pub fn register_process(reg: &mut Registry) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -389,7 +398,11 @@ mod tests {
                 }),
                 clock_skew_secs: Some(-4),
                 certificate_expiry_days: Some(12.5),
-                ..Default::default()
+                audit: AuditFigures {
+                    queued: 7,
+                    capacity: 4096,
+                    ..Default::default()
+                },
             })
             .unwrap();
         for want in [
@@ -404,6 +417,8 @@ mod tests {
             "keyward_fleet_store_seq_lag 1\n",
             "keyward_trusted_time_skew_seconds -4\n",
             "keyward_tls_certificate_expiry_days 12.5\n",
+            "keyward_audit_queue_depth 7\n",
+            "keyward_audit_queue_capacity 4096\n",
             "process_cpu_seconds_total ",
             "process_open_fds ",
             "process_resident_memory_bytes ",

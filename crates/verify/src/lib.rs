@@ -175,6 +175,7 @@ pub fn verify_snp_report(
         }),
         tpm: None,
         nitro: None,
+        audit_key: None,
     };
     verify_bundle(&bundle, policy, expect, at)
 }

@@ -639,6 +639,7 @@ fn bundle_report_data_field_is_informational() {
         }),
         tpm: None,
         nitro: None,
+        audit_key: None,
     };
     let e = Expectations::default();
     let v = keyward_verify::verify_bundle(&bundle([1; 64]), &policy(""), &e, now());
