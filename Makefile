@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run fleet fleet-chaos test build release lint fmt bench image measure image-repro image-test ami clean
+.PHONY: run fleet fleet-chaos fuzz fuzz-seeds test build release lint fmt bench image measure image-repro image-test ami clean
 
 ## make run: the whole pipeline on embedded defaults (simulated TEE, local key release, XKS on https://127.0.0.1:8443).
 ## Installs missing packages first (scripts/setup.sh), stops before building when the port is taken,
@@ -32,6 +32,20 @@ fleet-chaos:
 	$(CARGO) build --release --bin keyward
 	$(CARGO) build --example fleet_chaos
 	target/debug/examples/fleet_chaos --bin target/release/keyward $(CHAOS_ARGS)
+
+## make fuzz: coverage-guided fuzzing (cargo-fuzz, libFuzzer + AddressSanitizer) of every parser of
+## outside bytes (crates/fuzz), each target FUZZ_SECONDS (default 180) on its committed corpus;
+## installs cargo-fuzz when missing. FUZZ_TARGETS="xks_request krp_messages" runs some only.
+## make fuzz-seeds rebuilds the committed seed corpus (fuzz/corpus/). make test replays that
+## corpus (and fuzz/regressions/) through the same targets without a fuzzer.
+FUZZ_SECONDS ?= 180
+FUZZ_TARGETS ?=
+fuzz:
+	@scripts/setup.sh --install test
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh run $(FUZZ_TARGETS)
+
+fuzz-seeds:
+	scripts/fuzz.sh seeds
 
 ## make test: installs missing packages (scripts/setup.sh test), then formatting, lints, unit and
 ## integration tests

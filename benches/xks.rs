@@ -5,6 +5,13 @@
 //! * `xks/handle_encrypt/{kms,max}` and `xks/handle_decrypt/kms`: `xks::handlers::handle`, the
 //!   whole request path after HTTP: route, SigV4, JSON, key lookup, grants, IV + AES-256-GCM,
 //!   JSON answer, and the audit record handed to the writer thread (writing to a temp file).
+//! * `xks/handle_encrypt/kms_metrics`: the same with the metrics hook on the audit writer
+//!   (what `keyward serve` runs): the request path does the same work; the writer thread
+//!   counts the request, so on a busy machine the difference is the writer's extra CPU.
+//! * `audit/line` and `audit/line_metrics`: the audit writer's own cost per XKS line (format,
+//!   SHA-256 chain, write), without and with the metrics hook, measured from the request side
+//!   as lines per second through a flush.
+//! * `metrics/observe`: one `Metrics::observe` call (the hook's work per request).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -40,12 +47,43 @@ fn settings(preset: Preset) -> Settings {
 }
 
 fn ctx(audit_dir: &std::path::Path) -> Ctx {
+    ctx_with(audit_dir, "audit.log", None)
+}
+
+fn ctx_with(audit_dir: &std::path::Path, file: &str, hook: Option<keyward::audit::XksHook>) -> Ctx {
     Ctx {
         view: fixture::view(),
         health: Health::new(Arc::new(InMemoryStore), "bench".into()).unwrap(),
-        audit: AuditLog::start(AuditSink::File(audit_dir.join("audit.log"))).unwrap(),
+        audit: AuditLog::start_with(AuditSink::File(audit_dir.join(file)), hook).unwrap(),
         limits: Limits::default(),
     }
+}
+
+fn record(i: u64) -> keyward::audit::XksRecord {
+    let mut r = keyward::audit::XksRecord::new();
+    r.set_operation("Encrypt");
+    r.set(keyward::audit::Field::KmsRequestId, &format!("req-{i}"));
+    r.finish(200, None, Duration::from_micros(15 + i % 7));
+    r
+}
+
+/// The audit writer's cost per line: `n` records handed over, then a flush (all written).
+fn writer_lines(c: &mut Criterion, name: &str, hook: Option<keyward::audit::XksHook>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start_with(AuditSink::File(dir.path().join("w.log")), hook).unwrap();
+    let mut i = 0u64;
+    c.bench_function(name, |bch| {
+        bch.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                log.xks(record(i));
+                i += 1;
+            }
+            log.flush().unwrap();
+            t.elapsed()
+        })
+    });
+    let _ = log.shutdown();
 }
 
 /// A signed request as the server would see it: path, headers, body.
@@ -142,6 +180,30 @@ fn benches(c: &mut Criterion) {
         bch.iter(|| black_box(call(&ctx, &enc_max)))
     });
     let _ = ctx.audit.shutdown();
+
+    // The metrics hook on the audit writer, as `keyward serve` runs it.
+    let metrics = keyward_metrics::Metrics::new();
+    let mctx = ctx_with(dir.path(), "audit-metrics.log", Some(metrics.audit_hook()));
+    assert_eq!(call(&mctx, &enc).status, 200);
+    c.bench_function("xks/handle_encrypt/kms_metrics", |bch| {
+        bch.iter(|| black_box(call(&mctx, &enc)))
+    });
+    let _ = mctx.audit.shutdown();
+    let text = metrics
+        .render(&keyward_metrics::Figures::default())
+        .unwrap();
+    assert!(text.contains("keyward_xks_requests_total{operation=\"Encrypt\""));
+
+    writer_lines(c, "audit/line", None);
+    writer_lines(c, "audit/line_metrics", Some(metrics.audit_hook()));
+    let recs: Vec<_> = (0..64).map(record).collect();
+    let mut k = 0usize;
+    c.bench_function("metrics/observe", |bch| {
+        bch.iter(|| {
+            metrics.observe(black_box(&recs[k % 64]));
+            k += 1;
+        })
+    });
 }
 
 fn config() -> Criterion {
