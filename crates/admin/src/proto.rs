@@ -93,12 +93,42 @@ pub enum Request {
         id: String,
         usage: KeyUsage,
     },
+    /// Import 32 raw key bytes sent in clear inside the admin TLS channel: unsafe (the
+    /// material is in clear on the operator's machine), so refused unless
+    /// `plaintext_key_material` is true. Prefer [`Request::KeysImportParams`] and
+    /// [`Request::KeysImportWrapped`].
     KeysImport {
         store: Option<String>,
         id: String,
         usage: KeyUsage,
         /// Standard Base64 of the 32 raw key bytes.
         key_b64: SecretText,
+        /// The explicit consent to the unsafe path (`--plaintext-key-material`).
+        #[serde(default)]
+        plaintext_key_material: bool,
+    },
+    /// A wrapping public key and an import token for [`Request::KeysImportWrapped`] (KMS
+    /// `GetParametersForImport`). The private key stays in this appliance's memory.
+    KeysImportParams {
+        #[serde(default)]
+        wrapping_algorithm: crate::import::WrappingAlgorithm,
+        #[serde(default)]
+        wrapping_key_spec: crate::import::WrappingKeySpec,
+        /// Validity, seconds (default and at most 24 hours).
+        #[serde(default)]
+        valid_for_secs: Option<u64>,
+    },
+    /// Import key material wrapped to the public key of `import_token` (KMS
+    /// `ImportKeyMaterial`); the token is used up by this request.
+    KeysImportWrapped {
+        store: Option<String>,
+        id: String,
+        usage: KeyUsage,
+        import_token: String,
+        #[serde(default)]
+        wrapping_algorithm: crate::import::WrappingAlgorithm,
+        /// Standard Base64 of the wrapped bytes.
+        encrypted_key_material_b64: String,
     },
     KeysList {
         store: Option<String>,
@@ -190,6 +220,8 @@ impl Request {
             Request::TlsInstall { .. } => "tls_install",
             Request::KeysCreate { .. } => "keys_create",
             Request::KeysImport { .. } => "keys_import",
+            Request::KeysImportParams { .. } => "keys_import_params",
+            Request::KeysImportWrapped { .. } => "keys_import_wrapped",
             Request::KeysList { .. } => "keys_list",
             Request::KeysEnable { .. } => "keys_enable",
             Request::KeysDisable { .. } => "keys_disable",
