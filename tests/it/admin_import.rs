@@ -256,6 +256,9 @@ fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
     std::fs::write(&short, &rand32()[..16]).unwrap();
     let wrapped = dir.join("wrapped-short.bin");
     oaep(&pk, &short, &wrapped);
+    // An id that exists is refused before the unwrap, and does not use the token up.
+    let (ok, err) = import(prof, "wrapped-1", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok && err.contains("already exists"), "{err}");
     let (ok, err) = import(prof, "short", &wrapped, &token, "RSAES_OAEP_SHA_256");
     assert!(!ok);
     assert!(

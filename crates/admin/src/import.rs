@@ -291,16 +291,16 @@ fn unwrap_with(
             wrapped.len()
         )));
     }
-    let oaep = |ct: &[u8]| -> Result<Zeroizing<Vec<u8>>, ImportError> {
-        key.decrypt_blinded(&mut rand_core::OsRng, Oaep::new::<sha2::Sha256>(), ct)
+    let oaep =
+        |ct: &[u8]| -> Result<Zeroizing<Vec<u8>>, ImportError> {
+            key.decrypt_blinded(&mut rand_core::OsRng, Oaep::new::<sha2::Sha256>(), ct)
             .map(Zeroizing::new)
             .map_err(|_| {
-                bad(format!(
-                    "RSA-OAEP-SHA-256 decryption failed: not wrapped to this token's public key \
+                bad("RSA-OAEP-SHA-256 decryption failed: not wrapped to this token's public key \
                      with OAEP, SHA-256 and MGF1-SHA-256"
-                ))
+                    .into())
             })
-    };
+        };
     let material = match algorithm {
         WrappingAlgorithm::RsaesOaepSha256 => {
             if wrapped.len() != m {

@@ -493,6 +493,55 @@ mod tests {
     }
 
     #[test]
+    fn import_ops_parse_with_kms_names_and_viewers_may_not_use_them() {
+        use crate::import::{WrappingAlgorithm, WrappingKeySpec};
+        use crate::role::{allows, Role};
+        let p: Request = serde_json::from_str(r#"{"op":"keys_import_params"}"#).unwrap();
+        assert!(matches!(
+            p,
+            Request::KeysImportParams {
+                wrapping_algorithm: WrappingAlgorithm::RsaesOaepSha256,
+                wrapping_key_spec: WrappingKeySpec::Rsa3072,
+                valid_for_secs: None
+            }
+        ));
+        let w: Request = serde_json::from_str(
+            r#"{"op":"keys_import_wrapped","store":null,"id":"k","usage":"encrypt_decrypt",
+                "import_token":"t","wrapping_algorithm":"RSA_AES_KEY_WRAP_SHA_256",
+                "encrypted_key_material_b64":"AAAA"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            w,
+            Request::KeysImportWrapped {
+                wrapping_algorithm: WrappingAlgorithm::RsaAesKeyWrapSha256,
+                ..
+            }
+        ));
+        assert!(serde_json::from_str::<Request>(
+            r#"{"op":"keys_import_params","wrapping_algorithm":"RSAES_OAEP_SHA_1"}"#
+        )
+        .is_err());
+        // The raw path defaults to refused; its bytes never show in Debug.
+        let r: Request = serde_json::from_str(
+            r#"{"op":"keys_import","store":null,"id":"k","usage":"encrypt_decrypt","key_b64":"c2VjcmV0a2V5Ynl0ZXM="}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r,
+            Request::KeysImport {
+                plaintext_key_material: false,
+                ..
+            }
+        ));
+        assert!(!format!("{r:?}").contains("c2VjcmV0a2V5Ynl0ZXM="));
+        for req in [&p, &w, &r] {
+            assert!(!allows(Role::Viewer, req), "{req:?}");
+            assert!(allows(Role::Admin, req));
+        }
+    }
+
+    #[test]
     fn the_old_stores_op_still_lists() {
         let r: Request = serde_json::from_str(r#"{"op":"stores"}"#).unwrap();
         assert!(matches!(r, Request::StoresList));
