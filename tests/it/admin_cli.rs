@@ -101,6 +101,7 @@ fn admin_session_end_to_end() {
             "legacy-7",
             "--from-file",
             key_file.to_str().unwrap(),
+            "--plaintext-key-material",
             "--usage",
             "encrypt",
         ],
@@ -132,6 +133,7 @@ fn admin_session_end_to_end() {
             "short",
             "--from-file",
             key_file.to_str().unwrap(),
+            "--plaintext-key-material",
         ],
     );
     assert!(!out.status.success());

@@ -14,6 +14,7 @@ mod xks_common;
 
 mod admin_ca_once;
 mod admin_cli;
+mod admin_import;
 mod admin_roles;
 mod admin_tls;
 mod admin_trust;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use base64::Engine;
 
 use super::client::Profile;
+use super::import::{ImportParams, WrappingAlgorithm, WrappingKeySpec};
 use super::proto::{
     ops_str, parse_ops, parse_usage, usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, Request,
     SecretText, StoreInfo, TlsInfo,
@@ -210,11 +211,52 @@ enum Keys {
         #[arg(long, default_value = "encrypt,decrypt")]
         usage: String,
     },
-    /// Import an existing key: a file of exactly 32 raw bytes.
+    /// Get a wrapping public key and an import token (as KMS's GetParametersForImport): wrap
+    /// the 32 key bytes to the public key (openssl pkeyutl; see docs/admin.md), then
+    /// `keys import ID --wrapped FILE --token TOKEN`. The private key stays in this appliance's
+    /// memory; the token works once, on this appliance, until it expires or the appliance
+    /// restarts.
+    ImportParams {
+        /// RSAES_OAEP_SHA_256 (the 32 bytes, RSA-OAEP-SHA-256) or RSA_AES_KEY_WRAP_SHA_256
+        /// (RSA-OAEP-SHA-256 of an AES-256 key, then AES-KWP of the 32 bytes).
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping: String,
+        /// RSA_3072 or RSA_4096.
+        #[arg(long, default_value = "RSA_3072")]
+        key_spec: String,
+        /// How long the token is valid: `24h` (the default and the most), `30m`, `90s`.
+        #[arg(long)]
+        valid_for: Option<String>,
+        /// Write the wrapping public key here (PEM SubjectPublicKeyInfo); otherwise printed.
+        #[arg(long)]
+        public_key_out: Option<PathBuf>,
+        /// Write the import token here (one line); it is printed as well.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// Import an existing key: key material wrapped to a key from `keys import-params`
+    /// (--wrapped FILE --token TOKEN), or, UNSAFE (the key is in clear on this machine and in
+    /// this process), a file of exactly 32 raw bytes (--from-file FILE
+    /// --plaintext-key-material).
     Import {
         id: String,
+        /// The wrapped key material (binary, as `openssl pkeyutl -out` writes it).
+        #[arg(long, conflicts_with = "from_file", requires = "token")]
+        wrapped: Option<PathBuf>,
+        /// The import token of `keys import-params` (or @FILE to read it from FILE).
         #[arg(long)]
-        from_file: PathBuf,
+        token: Option<String>,
+        /// How --wrapped was made: RSAES_OAEP_SHA_256 or RSA_AES_KEY_WRAP_SHA_256 (the one the
+        /// token was issued for).
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping: String,
+        /// UNSAFE: a file of exactly 32 raw key bytes; needs --plaintext-key-material.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Consent to importing raw key bytes from --from-file (they are in clear on this
+        /// machine). Prefer --wrapped.
+        #[arg(long)]
+        plaintext_key_material: bool,
         #[command(flatten)]
         store: StoreArg,
         #[arg(long, default_value = "encrypt,decrypt")]
@@ -454,6 +496,20 @@ fn versions_str(k: &KeyInfo) -> String {
         .map(|v| v.version.to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `--valid-for`: `24h`, `30m`, `90s` (seconds; the appliance refuses more than a day).
+fn parse_validity(p: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("--valid-for: `{p}` is not a duration like 24h, 30m or 90s");
+    let (n, unit) = p.split_at(p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len()));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" | "" => Some(n),
+        _ => None,
+    }
+    .ok_or_else(bad)
 }
 
 /// `--every`: `365d`, `2160h`, or `off` (None). At least a day.
@@ -752,32 +808,126 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                 }),
             )
         }
+        Keys::ImportParams {
+            wrapping,
+            key_spec,
+            valid_for,
+            public_key_out,
+            token_out,
+        } => {
+            let wrapping_algorithm =
+                WrappingAlgorithm::parse(&wrapping).map_err(anyhow::Error::msg)?;
+            let wrapping_key_spec =
+                WrappingKeySpec::parse(&key_spec).map_err(anyhow::Error::msg)?;
+            let valid_for_secs = valid_for.as_deref().map(parse_validity).transpose()?;
+            (
+                Request::KeysImportParams {
+                    wrapping_algorithm,
+                    wrapping_key_spec,
+                    valid_for_secs,
+                },
+                Box::new(move |v| {
+                    let p: ImportParams = serde_json::from_value(v)?;
+                    if let Some(f) = &token_out {
+                        std::fs::write(f, format!("{}\n", p.import_token))
+                            .with_context(|| format!("{}", f.display()))?;
+                    }
+                    println!("import token: {}", p.import_token);
+                    println!(
+                        "wrapping: {} with {}; valid to {}",
+                        p.wrapping_algorithm,
+                        p.wrapping_key_spec.as_str(),
+                        p.parameters_valid_to
+                    );
+                    match &public_key_out {
+                        Some(f) => {
+                            std::fs::write(f, &p.public_key_pem)
+                                .with_context(|| format!("{}", f.display()))?;
+                            println!("wrapping public key (PEM) written to {}", f.display());
+                        }
+                        None => print!("{}", p.public_key_pem),
+                    }
+                    Ok(())
+                }),
+            )
+        }
         Keys::Import {
             id,
+            wrapped,
+            token,
+            wrapping,
             from_file,
+            plaintext_key_material,
             store,
             usage,
         } => {
             let usage = parse_usage(&usage).map_err(anyhow::Error::msg)?;
-            let bytes = zeroize::Zeroizing::new(
-                std::fs::read(&from_file).with_context(|| format!("{}", from_file.display()))?,
-            );
-            if bytes.len() != 32 {
-                anyhow::bail!(
-                    "{} holds {} bytes; a key to import is exactly 32 raw bytes",
-                    from_file.display(),
-                    bytes.len()
-                );
-            }
-            let b64 = SecretText::new(base64::engine::general_purpose::STANDARD.encode(&bytes[..]));
             let store_flag = store_flag(&store.store);
+            let req = match (wrapped, from_file) {
+                (Some(w), None) => {
+                    let wrapping_algorithm =
+                        WrappingAlgorithm::parse(&wrapping).map_err(anyhow::Error::msg)?;
+                    let token = token.unwrap_or_default();
+                    let import_token = match token.strip_prefix('@') {
+                        Some(f) => std::fs::read_to_string(f)
+                            .with_context(|| f.to_string())?
+                            .trim()
+                            .to_string(),
+                        None => token.trim().to_string(),
+                    };
+                    let bytes = std::fs::read(&w).with_context(|| format!("{}", w.display()))?;
+                    if bytes.len() > crate::import::MAX_WRAPPED {
+                        anyhow::bail!(
+                            "{} holds {} bytes: too long for wrapped key material",
+                            w.display(),
+                            bytes.len()
+                        );
+                    }
+                    Request::KeysImportWrapped {
+                        store: store.store,
+                        id: id.clone(),
+                        usage,
+                        import_token,
+                        wrapping_algorithm,
+                        encrypted_key_material_b64: base64::engine::general_purpose::STANDARD
+                            .encode(&bytes),
+                    }
+                }
+                (None, Some(from_file)) => {
+                    if !plaintext_key_material {
+                        anyhow::bail!(
+                            "--from-file imports raw key bytes that are in clear on this machine: \
+                             add --plaintext-key-material to do it anyway, or wrap them \
+                             (`keys import-params`, then `keys import {id} --wrapped FILE --token TOKEN`)"
+                        );
+                    }
+                    let bytes = zeroize::Zeroizing::new(
+                        std::fs::read(&from_file)
+                            .with_context(|| format!("{}", from_file.display()))?,
+                    );
+                    if bytes.len() != 32 {
+                        anyhow::bail!(
+                            "{} holds {} bytes; a key to import is exactly 32 raw bytes",
+                            from_file.display(),
+                            bytes.len()
+                        );
+                    }
+                    Request::KeysImport {
+                        store: store.store,
+                        id: id.clone(),
+                        usage,
+                        key_b64: SecretText::new(
+                            base64::engine::general_purpose::STANDARD.encode(&bytes[..]),
+                        ),
+                        plaintext_key_material: true,
+                    }
+                }
+                _ => anyhow::bail!(
+                    "keys import needs --wrapped FILE --token TOKEN (or, unsafe, --from-file FILE --plaintext-key-material)"
+                ),
+            };
             (
-                Request::KeysImport {
-                    store: store.store,
-                    id: id.clone(),
-                    usage,
-                    key_b64: b64,
-                },
+                req,
                 Box::new(move |_| {
                     println!(
                         "imported key {id} (usage {}, enabled); it has NO grants yet. To open it:",

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod import;
 pub mod ops;
 pub mod pki;
 pub mod proto;

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::import::{ImportError, Importer};
 use super::proto::{
     usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request,
     SecretText, StoreInfo, TlsInfo,
@@ -52,6 +53,8 @@ pub struct RegistryBackend {
     tls: Option<Arc<dyn TlsAdmin>>,
     fleet: Option<Arc<dyn FleetAdmin>>,
     metrics: Option<Arc<dyn MetricsSource>>,
+    /// Outstanding wrapped-import tokens with their wrapping keys (this member's memory).
+    importer: Importer,
 }
 
 impl RegistryBackend {
@@ -62,6 +65,7 @@ impl RegistryBackend {
             tls: None,
             fleet: None,
             metrics: None,
+            importer: Importer::default(),
         }
     }
 
@@ -152,7 +156,9 @@ impl Backend for RegistryBackend {
         let op = req.op();
         let what = describe(&req);
         let result = match &operator.role {
-            Ok(role) if super::role::allows(*role, &req) => self.apply_retrying(req),
+            Ok(role) if super::role::allows(*role, &req) => self
+                .unwrap_import(req)
+                .and_then(|req| self.apply_retrying(req)),
             Ok(role) => Err(AdminError::Forbidden(format!(
                 "forbidden: the client certificate's role is {role}, and {op} needs admin \
                  (a certificate with the SAN URI {})",
@@ -170,6 +176,13 @@ impl Backend for RegistryBackend {
                         .unwrap_or("?")
                 ),
                 Ok(_) if op == "kms_config" => format!("{what}; secret disclosed to the admin"),
+                Ok(v) if op == "keys_import_params" => format!(
+                    "{what}; import_token={} valid_to={}",
+                    v.get("import_token").and_then(Value::as_str).unwrap_or("?"),
+                    v.get("parameters_valid_to")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                ),
                 Ok(_) => what,
                 Err(e) => format!("{what}; refused: {e}"),
             };
@@ -201,7 +214,32 @@ fn describe(req: &Request) -> String {
         }
         Request::KeysImport {
             store, id, usage, ..
-        } => format!("store={} key={id} usage={} imported", s(store), usage_str(*usage)),
+        } => format!(
+            "store={} key={id} usage={} imported from plaintext key material",
+            s(store),
+            usage_str(*usage)
+        ),
+        Request::KeysImportParams {
+            wrapping_algorithm,
+            wrapping_key_spec,
+            valid_for_secs,
+        } => format!(
+            "wrapping_algorithm={wrapping_algorithm} wrapping_key_spec={} valid_for={}s",
+            wrapping_key_spec.as_str(),
+            valid_for_secs.unwrap_or(super::import::MAX_VALIDITY.as_secs())
+        ),
+        Request::KeysImportWrapped {
+            store,
+            id,
+            usage,
+            import_token,
+            wrapping_algorithm,
+            ..
+        } => format!(
+            "store={} key={id} usage={} imported wrapped ({wrapping_algorithm}) with import_token={import_token}",
+            s(store),
+            usage_str(*usage)
+        ),
         Request::KeysScheduleDestroy { store, id, days } => format!(
             "store={} key={id} days={}",
             s(store),
@@ -316,7 +354,61 @@ fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
     }
 }
 
+impl From<ImportError> for AdminError {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::KeyGen(_) => AdminError::Internal(e.to_string()),
+            ImportError::TooMany => AdminError::Conflict(e.to_string()),
+            _ => AdminError::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl RegistryBackend {
+    /// A wrapped import becomes a plaintext import of the unwrapped bytes, once, before the
+    /// registry write (which may be tried again after a lost race: the token is used here, not
+    /// on each try). The key id is checked first, so a taken id does not use up the token.
+    fn unwrap_import(&self, req: Request) -> Result<Request, AdminError> {
+        let Request::KeysImportWrapped {
+            store,
+            id,
+            usage,
+            import_token,
+            wrapping_algorithm,
+            encrypted_key_material_b64,
+        } = req
+        else {
+            return Ok(req);
+        };
+        let wrapped = base64::engine::general_purpose::STANDARD
+            .decode(encrypted_key_material_b64.trim())
+            .map_err(|_| {
+                AdminError::BadRequest("encrypted_key_material_b64 is not standard Base64".into())
+            })?;
+        match self.registry.key_info(store.as_deref(), &id) {
+            Ok(_) => {
+                return Err(KeystoreError::DuplicateKey {
+                    store: self.store_name(&store)?,
+                    id,
+                }
+                .into())
+            }
+            Err(KeystoreError::UnknownKey { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.importer.check(&import_token, wrapping_algorithm)?;
+        let key = self
+            .importer
+            .unwrap(&import_token, wrapping_algorithm, &wrapped)?;
+        Ok(Request::KeysImport {
+            store,
+            id,
+            usage,
+            key_b64: SecretText::new(base64::engine::general_purpose::STANDARD.encode(&key[..])),
+            plaintext_key_material: true,
+        })
+    }
+
     /// The store name a request refers to (resolving "the only store").
     fn store_name(&self, store: &Option<String>) -> Result<String, AdminError> {
         if let Some(s) = store {
@@ -409,12 +501,35 @@ impl RegistryBackend {
                 let k = r.create_key(store.as_deref(), &id, usage)?;
                 to_json(&key_info(k))
             }
+            Request::KeysImportParams {
+                wrapping_algorithm,
+                wrapping_key_spec,
+                valid_for_secs,
+            } => to_json(&self.importer.issue(
+                wrapping_algorithm,
+                wrapping_key_spec,
+                valid_for_secs.map(std::time::Duration::from_secs),
+            )?),
+            // Unwrapped (and turned into a plaintext import) by `unwrap_import` before.
+            Request::KeysImportWrapped { .. } => Err(AdminError::Internal(
+                "a wrapped import reached the registry unwrapped".into(),
+            )),
             Request::KeysImport {
                 store,
                 id,
                 usage,
                 key_b64,
+                plaintext_key_material,
             } => {
+                if !plaintext_key_material {
+                    return Err(AdminError::BadRequest(
+                        "plaintext_key_material: importing raw key bytes puts them in clear on \
+                         the operator's machine and is refused unless asked for explicitly \
+                         (`--plaintext-key-material`); import wrapped key material instead \
+                         (`keys import-params`, then `keys import --wrapped`)"
+                            .into(),
+                    ));
+                }
                 let raw = Zeroizing::new(
                     base64::engine::general_purpose::STANDARD
                         .decode(key_b64.expose())

@@ -93,12 +93,42 @@ pub enum Request {
         id: String,
         usage: KeyUsage,
     },
+    /// Import 32 raw key bytes sent in clear inside the admin TLS channel: unsafe (the
+    /// material is in clear on the operator's machine), so refused unless
+    /// `plaintext_key_material` is true. Prefer [`Request::KeysImportParams`] and
+    /// [`Request::KeysImportWrapped`].
     KeysImport {
         store: Option<String>,
         id: String,
         usage: KeyUsage,
         /// Standard Base64 of the 32 raw key bytes.
         key_b64: SecretText,
+        /// The explicit consent to the unsafe path (`--plaintext-key-material`).
+        #[serde(default)]
+        plaintext_key_material: bool,
+    },
+    /// A wrapping public key and an import token for [`Request::KeysImportWrapped`] (KMS
+    /// `GetParametersForImport`). The private key stays in this appliance's memory.
+    KeysImportParams {
+        #[serde(default)]
+        wrapping_algorithm: crate::import::WrappingAlgorithm,
+        #[serde(default)]
+        wrapping_key_spec: crate::import::WrappingKeySpec,
+        /// Validity, seconds (default and at most 24 hours).
+        #[serde(default)]
+        valid_for_secs: Option<u64>,
+    },
+    /// Import key material wrapped to the public key of `import_token` (KMS
+    /// `ImportKeyMaterial`); the token is used up by this request.
+    KeysImportWrapped {
+        store: Option<String>,
+        id: String,
+        usage: KeyUsage,
+        import_token: String,
+        #[serde(default)]
+        wrapping_algorithm: crate::import::WrappingAlgorithm,
+        /// Standard Base64 of the wrapped bytes.
+        encrypted_key_material_b64: String,
     },
     KeysList {
         store: Option<String>,
@@ -190,6 +220,8 @@ impl Request {
             Request::TlsInstall { .. } => "tls_install",
             Request::KeysCreate { .. } => "keys_create",
             Request::KeysImport { .. } => "keys_import",
+            Request::KeysImportParams { .. } => "keys_import_params",
+            Request::KeysImportWrapped { .. } => "keys_import_wrapped",
             Request::KeysList { .. } => "keys_list",
             Request::KeysEnable { .. } => "keys_enable",
             Request::KeysDisable { .. } => "keys_disable",
@@ -458,6 +490,55 @@ mod tests {
         assert!(!format!("{r:?}").contains("topsecretvalue"));
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains("\"op\":\"creds_add\""));
+    }
+
+    #[test]
+    fn import_ops_parse_with_kms_names_and_viewers_may_not_use_them() {
+        use crate::import::{WrappingAlgorithm, WrappingKeySpec};
+        use crate::role::{allows, Role};
+        let p: Request = serde_json::from_str(r#"{"op":"keys_import_params"}"#).unwrap();
+        assert!(matches!(
+            p,
+            Request::KeysImportParams {
+                wrapping_algorithm: WrappingAlgorithm::RsaesOaepSha256,
+                wrapping_key_spec: WrappingKeySpec::Rsa3072,
+                valid_for_secs: None
+            }
+        ));
+        let w: Request = serde_json::from_str(
+            r#"{"op":"keys_import_wrapped","store":null,"id":"k","usage":"encrypt_decrypt",
+                "import_token":"t","wrapping_algorithm":"RSA_AES_KEY_WRAP_SHA_256",
+                "encrypted_key_material_b64":"AAAA"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            w,
+            Request::KeysImportWrapped {
+                wrapping_algorithm: WrappingAlgorithm::RsaAesKeyWrapSha256,
+                ..
+            }
+        ));
+        assert!(serde_json::from_str::<Request>(
+            r#"{"op":"keys_import_params","wrapping_algorithm":"RSAES_OAEP_SHA_1"}"#
+        )
+        .is_err());
+        // The raw path defaults to refused; its bytes never show in Debug.
+        let r: Request = serde_json::from_str(
+            r#"{"op":"keys_import","store":null,"id":"k","usage":"encrypt_decrypt","key_b64":"c2VjcmV0a2V5Ynl0ZXM="}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r,
+            Request::KeysImport {
+                plaintext_key_material: false,
+                ..
+            }
+        ));
+        assert!(!format!("{r:?}").contains("c2VjcmV0a2V5Ynl0ZXM="));
+        for req in [&p, &w, &r] {
+            assert!(!allows(Role::Viewer, req), "{req:?}");
+            assert!(allows(Role::Admin, req));
+        }
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! Wrapped key import end to end against a real `keyward serve`: `keys import-params` hands out
+//! an RSA wrapping public key and a token; the key bytes are wrapped by openssl (an independent
+//! implementation: `pkeyutl` RSA-OAEP-SHA-256 with MGF1-SHA-256, and `enc -id-aes256-wrap-pad`
+//! for RFC 5649 AES-KWP); `keys import --wrapped` brings them in; an Encrypt through the XKS API
+//! (SigV4-signed by curl) is then decrypted here with the known key bytes, which proves the right
+//! key went in. Refusals: a reused, unknown, expired or wrong-algorithm token, a wrong length,
+//! garbage, and the raw path without its explicit flag (CLI and API). Neither the audit log nor
+//! the server's log holds the key bytes.
+
+use crate::serve_common;
+use crate::tools;
+
+use std::path::Path;
+use std::process::Command;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use base64::Engine;
+use serve_common::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn openssl() -> Command {
+    Command::new(tools::need("openssl", "openssl"))
+}
+
+fn run(mut c: Command) {
+    let out = c.output().expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// RSA-OAEP-SHA-256 (MGF1-SHA-256) of `input` to `pubkey`, by openssl.
+fn oaep(pubkey: &Path, input: &Path, out: &Path) {
+    let mut c = openssl();
+    c.args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
+        .arg(pubkey)
+        .arg("-in")
+        .arg(input)
+        .arg("-out")
+        .arg(out)
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+        ]);
+    run(c);
+}
+
+/// RSA_AES_KEY_WRAP_SHA_256 as the KMS docs make it: a fresh AES-256 key, RSA-OAEP of it, then
+/// `openssl enc -id-aes256-wrap-pad` of the key material, concatenated.
+fn rsa_aes_wrap(dir: &Path, pubkey: &Path, input: &Path, out: &Path) {
+    let aes = dir.join("aes.bin");
+    std::fs::write(&aes, rand32()).unwrap();
+    let aes_hex = hex::encode(std::fs::read(&aes).unwrap());
+    let kwp = dir.join("kwp.bin");
+    let mut c = openssl();
+    c.args(["enc", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K"])
+        .arg(&aes_hex)
+        .arg("-in")
+        .arg(input)
+        .arg("-out")
+        .arg(&kwp);
+    run(c);
+    let rsa = dir.join("aes-wrapped.bin");
+    oaep(pubkey, &aes, &rsa);
+    let mut both = std::fs::read(&rsa).unwrap();
+    both.extend(std::fs::read(&kwp).unwrap());
+    std::fs::write(out, both).unwrap();
+}
+
+/// `keys import-params`; (public key file, token).
+fn params(prof: &Path, dir: &Path, name: &str, extra: &[&str]) -> (std::path::PathBuf, String) {
+    let pk = dir.join(format!("{name}.pub.pem"));
+    let tok = dir.join(format!("{name}.token"));
+    let mut args = vec![
+        "keys",
+        "import-params",
+        "--public-key-out",
+        pk.to_str().unwrap(),
+        "--token-out",
+        tok.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = admin_ok(prof, &args);
+    let token = std::fs::read_to_string(&tok).unwrap().trim().to_string();
+    assert!(out.contains(&format!("import token: {token}")), "{out}");
+    assert_eq!(token.len(), 32, "{token}");
+    let pem = std::fs::read_to_string(&pk).unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    (pk, token)
+}
+
+fn import(prof: &Path, id: &str, wrapped: &Path, token: &str, wrapping: &str) -> (bool, String) {
+    let out = admin(
+        prof,
+        &[
+            "keys",
+            "import",
+            id,
+            "--wrapped",
+            wrapped.to_str().unwrap(),
+            "--token",
+            token,
+            "--wrapping",
+            wrapping,
+        ],
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Open `id` to everyone, Encrypt `plaintext` through the XKS API and decrypt the answer here
+/// with `key`: AES-256-GCM, AAD `u16(0) ‖ u8(len ctm) ‖ ctm` (crates/xks/src/crypto.rs).
+fn encrypt_and_check_outside(prof: &Path, xks: &Xks, id: &str, key: &[u8; 32]) {
+    admin_ok(
+        prof,
+        &[
+            "keys",
+            "grant",
+            id,
+            "--principal",
+            "*",
+            "--ops",
+            "encrypt,decrypt,metadata",
+        ],
+    );
+    let plaintext = b"wrapped import, checked outside";
+    let (code, enc) = xks.encrypt(id, &B64.encode(plaintext));
+    assert_eq!(code, 200, "{enc}");
+    let b = |f: &str| B64.decode(enc[f].as_str().unwrap()).unwrap();
+    let (ct, iv, tag, ctm) = (
+        b("ciphertext"),
+        b("initializationVector"),
+        b("authenticationTag"),
+        b("ciphertextMetadata"),
+    );
+    let mut aad = vec![0u8, 0u8, u8::try_from(ctm.len()).unwrap()];
+    aad.extend_from_slice(&ctm);
+    let mut msg = ct.clone();
+    msg.extend_from_slice(&tag);
+    let gcm = aes_gcm::Aes256Gcm::new_from_slice(key).unwrap();
+    let got = gcm
+        .decrypt(
+            aes_gcm::Nonce::from_slice(&iv),
+            Payload {
+                msg: &msg,
+                aad: &aad,
+            },
+        )
+        .expect("the XKS ciphertext decrypts under the key bytes that were wrapped");
+    assert_eq!(got, plaintext);
+    // And a different key does not (the check above can fail).
+    let other = aes_gcm::Aes256Gcm::new_from_slice(&[0u8; 32]).unwrap();
+    assert!(other
+        .decrypt(
+            aes_gcm::Nonce::from_slice(&iv),
+            Payload {
+                msg: &msg,
+                aad: &aad
+            }
+        )
+        .is_err());
+}
+
+#[test]
+fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
+    let setup = ServeSetup::new();
+    let (mut p, xks) = setup.start();
+    let prof = setup.profile.as_path();
+    let dir = setup.dir.path();
+    let mut secrets: Vec<[u8; 32]> = Vec::new();
+
+    // RSAES_OAEP_SHA_256 (the default), RSA-3072.
+    let (pk, token) = params(prof, dir, "oaep", &[]);
+    let key = rand32();
+    secrets.push(key);
+    let key_file = dir.join("material-1.bin");
+    std::fs::write(&key_file, key).unwrap();
+    let wrapped = dir.join("wrapped-1.bin");
+    oaep(&pk, &key_file, &wrapped);
+    assert_eq!(std::fs::metadata(&wrapped).unwrap().len(), 384);
+    let (ok, err) = import(prof, "wrapped-1", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(ok, "{err}");
+    encrypt_and_check_outside(prof, &xks, "wrapped-1", &key);
+
+    // The token is used up: the same wrapped bytes again, under another id, are refused.
+    let (ok, err) = import(
+        prof,
+        "wrapped-again",
+        &wrapped,
+        &token,
+        "RSAES_OAEP_SHA_256",
+    );
+    assert!(!ok);
+    assert!(err.contains("import_token: no such token"), "{err}");
+
+    // RSA_AES_KEY_WRAP_SHA_256 with RSA-4096, token read from its file.
+    let (pk, token) = params(
+        prof,
+        dir,
+        "kwp",
+        &[
+            "--wrapping",
+            "RSA_AES_KEY_WRAP_SHA_256",
+            "--key-spec",
+            "RSA_4096",
+        ],
+    );
+    let key = rand32();
+    secrets.push(key);
+    let key_file = dir.join("material-2.bin");
+    std::fs::write(&key_file, key).unwrap();
+    let wrapped = dir.join("wrapped-2.bin");
+    rsa_aes_wrap(dir, &pk, &key_file, &wrapped);
+    assert_eq!(std::fs::metadata(&wrapped).unwrap().len(), 512 + 40);
+    // The token says which algorithm it is for; asking for the other one is refused and does
+    // not use the token.
+    let (ok, err) = import(prof, "wrapped-2", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok);
+    assert!(
+        err.contains("wrapping_algorithm: the token was issued for RSA_AES_KEY_WRAP_SHA_256"),
+        "{err}"
+    );
+    let tok_file = format!("@{}", dir.join("kwp.token").display());
+    let (ok, err) = import(
+        prof,
+        "wrapped-2",
+        &wrapped,
+        &tok_file,
+        "RSA_AES_KEY_WRAP_SHA_256",
+    );
+    assert!(ok, "{err}");
+    encrypt_and_check_outside(prof, &xks, "wrapped-2", &key);
+
+    // A token never issued.
+    let (ok, err) = import(
+        prof,
+        "x1",
+        &wrapped,
+        &"ab".repeat(16),
+        "RSA_AES_KEY_WRAP_SHA_256",
+    );
+    assert!(!ok && err.contains("import_token: no such token"), "{err}");
+
+    // Wrong length: 16 bytes, properly wrapped.
+    let (pk, token) = params(prof, dir, "short", &[]);
+    let short = dir.join("short.bin");
+    std::fs::write(&short, &rand32()[..16]).unwrap();
+    let wrapped = dir.join("wrapped-short.bin");
+    oaep(&pk, &short, &wrapped);
+    // An id that exists is refused before the unwrap, and does not use the token up.
+    let (ok, err) = import(prof, "wrapped-1", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, err) = import(prof, "short", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok);
+    assert!(
+        err.contains("encrypted_key_material: the unwrapped key is 16 bytes"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Garbage of the right size, and garbage of a wrong size.
+    let (_, token) = params(prof, dir, "garbage", &[]);
+    let garbage = dir.join("garbage.bin");
+    let mut g = Vec::new();
+    for _ in 0..12 {
+        g.extend(rand32());
+    }
+    std::fs::write(&garbage, &g).unwrap();
+    let (ok, err) = import(prof, "garbage", &garbage, &token, "RSAES_OAEP_SHA_256");
+    assert!(
+        !ok && err.contains("encrypted_key_material: RSA-OAEP"),
+        "{err}"
+    );
+    let (_, token) = params(prof, dir, "garbage2", &[]);
+    std::fs::write(&garbage, &g[..100]).unwrap();
+    let (ok, err) = import(prof, "garbage", &garbage, &token, "RSAES_OAEP_SHA_256");
+    assert!(
+        !ok && err.contains("encrypted_key_material: 100 bytes"),
+        "{err}"
+    );
+
+    // Expired.
+    let (pk, token) = params(prof, dir, "expiring", &["--valid-for", "1s"]);
+    let key_file = dir.join("material-3.bin");
+    std::fs::write(&key_file, rand32()).unwrap();
+    let wrapped = dir.join("wrapped-3.bin");
+    oaep(&pk, &key_file, &wrapped);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, err) = import(prof, "late", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok && err.contains("import_token: expired at"), "{err}");
+    let out = admin(prof, &["keys", "import-params", "--valid-for", "25h"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("valid_for_secs"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // None of the refused imports made a key.
+    let list = admin_ok(prof, &["keys", "list"]);
+    for id in ["wrapped-again", "x1", "short", "garbage", "late"] {
+        assert!(!list.lines().any(|l| l.starts_with(id)), "{id}: {list}");
+    }
+
+    // The raw path: refused by the CLI without the flag, and by the API without its field.
+    let raw = dir.join("raw.bin");
+    std::fs::write(&raw, rand32()).unwrap();
+    let out = admin(
+        prof,
+        &[
+            "keys",
+            "import",
+            "raw-1",
+            "--from-file",
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--plaintext-key-material"), "{err}");
+    let body = serde_json::json!({
+        "op": "keys_import", "store": null, "id": "raw-2", "usage": "encrypt_decrypt",
+        "key_b64": B64.encode(rand32()),
+    });
+    let d = setup.dir.path();
+    let out = tools::curl()
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(d.join("ca.pem"))
+        .arg("--cert")
+        .arg(d.join("admin.pem"))
+        .arg("--key")
+        .arg(d.join("admin-key.pem"))
+        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg(body.to_string())
+        .arg(format!("https://{}/admin/v1", setup.admin_addr()))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("plaintext_key_material:"),
+        "{answer}"
+    );
+    let with_flag = admin_ok(
+        prof,
+        &[
+            "keys",
+            "import",
+            "raw-3",
+            "--from-file",
+            raw.to_str().unwrap(),
+            "--plaintext-key-material",
+        ],
+    );
+    assert!(with_flag.contains("imported key raw-3"), "{with_flag}");
+
+    // The audit log names each import and refusal, and no key bytes are in it or in the log.
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("keys_import_params") && audit.contains("keys_import_wrapped"),
+        "{audit}"
+    );
+    assert!(audit.contains("imported wrapped (RSA_AES_KEY_WRAP_SHA_256)"));
+    assert!(audit.contains("import_token: expired"));
+    p.signal(libc::SIGTERM);
+    p.wait_exit(std::time::Duration::from_secs(20));
+    let log = p.stderr_text();
+    for k in &secrets {
+        for text in [&audit, &log] {
+            assert!(!text.contains(&hex::encode(k)) && !text.contains(&B64.encode(k)));
+        }
+    }
+}
