@@ -803,19 +803,51 @@ fn acme_dns01_order_against_pebble_installs_a_chain_for_the_in_vm_key() {
     let (rotated, issuer) = served_spki_and_issuer(&xks.url);
     assert_ne!(rotated, spki);
     assert!(issuer.contains("Pebble Intermediate CA"), "{issuer}");
+    let prof = pinned_profile(&setup, "new.toml", &rotated);
     assert_eq!(
-        field(
-            &admin_ok(
-                &pinned_profile(&setup, "new.toml", &rotated),
-                &["tls", "show"]
-            ),
-            "spki_sha256"
-        ),
+        field(&admin_ok(&prof, &["tls", "show"]), "spki_sha256"),
         rotated
     );
-    // The appliance audited both admin calls of each order.
-    let audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
-    assert_eq!(audit.matches("tls_install").count(), 2, "{audit}");
+    // Without --dns-hook the record is printed and the order waits for Enter.
+    let mut child = std::process::Command::new(BIN)
+        .args(["admin", "--profile", prof.to_str().unwrap(), "tls", "acme"])
+        .args(["--directory", &pebble.directory, "--directory-ca"])
+        .arg(&pebble.tls_ca)
+        .args(["--dns-name", "xks.keyward.test", "--account"])
+        .arg(&account)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("press Enter")
+            && err.contains("_acme-challenge.xks.keyward.test. 300 IN TXT \""),
+        "{err}"
+    );
+    // The appliance audited the admin calls of each order.
+    // (The audit writer flushes in the background: wait for it.)
+    let audited = |a: &str| {
+        a.matches("\"action\":\"tls_install\"").count() == 3
+            && a.matches("\"action\":\"tls_csr\"").count() == 3
+    };
+    let start = std::time::Instant::now();
+    let mut audit = String::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
+        if audited(&audit) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(audited(&audit), "{audit}");
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 }
