@@ -5,7 +5,7 @@
 #     async runtime or socket code;
 #   - the appliance-only binary (`--no-default-features --features appliance`, what the image
 #     runs) holds no KRS, no PKCS#11 loader, no load generator, no measure tool, no verifier
-#     (so no test signing keys).
+#     (so no test signing keys), and no ACME client (`tls acme` runs on the operator's machine).
 # Run by `make test`; exits 1 naming every broken rule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,8 @@ if [ -n "$v$net" ]; then echo "check-deps: keyward-verify reaches" "${v//$'\n'/ 
 
 # The appliance image binary.
 img=$(tree -p keyward --no-default-features --features appliance | sed 's/ v.*//' | sort -u \
-  | grep -E '^(keyward-krs|keyward-hsm|keyward-bench|keyward-measure|keyward-verify|cryptoki|cryptoki-sys|libloading|aws-sigv4|hdrhistogram)$' || true)
-if [ -n "$img" ]; then echo "check-deps: the appliance-only binary links" "${img//$'\n'/ }" >&2; fail=1; else echo "check-deps: the appliance-only binary links no KRS, PKCS#11 loader, load generator, measure or verifier: ok"; fi
+  | grep -E '^(keyward-krs|keyward-hsm|keyward-bench|keyward-measure|keyward-verify|cryptoki|cryptoki-sys|libloading|aws-sigv4|hdrhistogram|instant-acme)$' || true)
+if [ -n "$img" ]; then echo "check-deps: the appliance-only binary links" "${img//$'\n'/ }" >&2; fail=1; else echo "check-deps: the appliance-only binary links no KRS, PKCS#11 loader, load generator, measure, verifier or ACME client: ok"; fi
 
 # The test signer (test ARK/ASK private keys) only behind keyward-verify's test-signer feature.
 # The shared store is a backend of the keystore seam and nothing more: it sees sealed records,

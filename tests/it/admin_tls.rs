@@ -4,7 +4,10 @@
 //! `curl --cacert` (refused before), a chain for another key refused with one line and nothing
 //! changed, a restart keeping the key and the chain, no private key in clear in the state
 //! directory and another master key refused; and the live attestation bound to that key
-//! (`keyward verify --url`, with a released master key and the simulated SNP attester).
+//! (`keyward verify --url`, with a released master key and the simulated SNP attester); and
+//! `keyward admin tls acme` against a real ACME server (Debian's `pebble`, validation skipped
+//! with `PEBBLE_VA_ALWAYS_VALID=1`): the XKS listener then serves a pebble-issued leaf for the
+//! in-VM key.
 
 use crate::common;
 use crate::serve_common;
@@ -567,4 +570,284 @@ fn live_attestation_binds_the_managed_key() {
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     drop(krs);
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `pebble` (the ACME test server from Debian), killed when dropped.
+struct Pebble {
+    child: std::process::Child,
+    /// `https://127.0.0.1:PORT/dir`.
+    directory: String,
+    /// The CA of its directory's TLS certificate (a test CA of ours).
+    tls_ca: std::path::PathBuf,
+    /// Its issuing root, from its management endpoint.
+    root: std::path::PathBuf,
+}
+
+impl Pebble {
+    /// Start pebble in `d` with validation skipped (`PEBBLE_VA_ALWAYS_VALID=1`: it does not
+    /// look the TXT record up) and no random sleeps or nonce rejections.
+    fn start(d: &Path) -> Pebble {
+        let bin = crate::tools::need("pebble", "pebble");
+        let ca = keyward::admin::pki::Ca::new("pebble directory test CA").unwrap();
+        let tls = ca.server(&["127.0.0.1"], 2).unwrap();
+        let (cert, key, tls_ca) = (
+            d.join("pebble-tls.pem"),
+            d.join("pebble-tls-key.pem"),
+            d.join("pebble-tls-ca.pem"),
+        );
+        std::fs::write(&cert, &tls.cert_pem).unwrap();
+        std::fs::write(&key, tls.key_pem.as_bytes()).unwrap();
+        std::fs::write(&tls_ca, ca.cert_pem()).unwrap();
+        let (port, mgmt) = (free_port(), free_port());
+        let config = d.join("pebble.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{port}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                "certificate": cert, "privateKey": key,
+                "httpPort": free_port(), "tlsPort": free_port(),
+                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": 7776000u64,
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("pebble.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("-config")
+            .arg(&config)
+            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pebble");
+        let mut p = Pebble {
+            child,
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            tls_ca,
+            root: d.join("pebble-root.pem"),
+        };
+        // Its issuing root (new at each start) from the management endpoint.
+        let start = std::time::Instant::now();
+        loop {
+            let out = crate::tools::curl()
+                .args(["-sf", "--cacert"])
+                .arg(&p.tls_ca)
+                .arg(format!("https://127.0.0.1:{mgmt}/roots/0"))
+                .output()
+                .unwrap();
+            if out.status.success() && out.stdout.starts_with(b"-----BEGIN CERTIFICATE") {
+                std::fs::write(&p.root, &out.stdout).unwrap();
+                break;
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!(
+                    "pebble exited ({st}):\n{}",
+                    std::fs::read_to_string(d.join("pebble.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "pebble did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn acme_dns01_order_against_pebble_installs_a_chain_for_the_in_vm_key() {
+    let setup = ServeSetup::new();
+    managed(&setup, "");
+    let d = setup.dir.path();
+    let pebble = Pebble::start(d);
+    let (mut p, xks) = setup.start();
+    let spki = logged_spki(&mut p);
+    let prof = pinned_profile(&setup, "pinned.toml", &spki);
+    let account = d.join("acme-account.json");
+    let hook_log = d.join("hook.log");
+    let hook = format!(
+        "echo \"$KEYWARD_ACME_ACTION $KEYWARD_ACME_TXT_NAME $KEYWARD_ACME_TXT_VALUE\" >> {}",
+        hook_log.display()
+    );
+    let acme = |extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "--profile",
+            prof.to_str().unwrap(),
+            "tls",
+            "acme",
+            "--directory",
+            &pebble.directory,
+            "--directory-ca",
+            pebble.tls_ca.to_str().unwrap(),
+            "--dns-name",
+            "xks.keyward.test",
+            "--contact",
+            "mailto:ops@keyward.test",
+            "--account",
+            account.to_str().unwrap(),
+            "--dns-hook",
+            &hook,
+            "--timeout",
+            "30s",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+
+    // A directory whose TLS is not trusted is refused before any order.
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--profile", prof.to_str().unwrap(), "tls", "acme"])
+        .args([
+            "--directory",
+            &pebble.directory,
+            "--dns-name",
+            "xks.keyward.test",
+        ])
+        .arg("--account")
+        .arg(d.join("other-account.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an untrusted directory was used");
+    assert!(!d.join("other-account.json").exists());
+
+    let out = acme(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The hook was given the challenge's record, then asked to clean it up.
+    let hooked = std::fs::read_to_string(&hook_log).unwrap();
+    let lines: Vec<&str> = hooked.lines().collect();
+    assert_eq!(lines.len(), 2, "{hooked}");
+    let present: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(
+        present[..2],
+        ["present", "_acme-challenge.xks.keyward.test"]
+    );
+    assert_eq!(present[2].len(), 43, "base64url SHA-256: {hooked}");
+    assert_eq!(lines[1], lines[0].replacen("present", "cleanup", 1));
+    assert!(stdout.contains(present[2]), "{stdout}");
+    // The account key stays on the operator's side, private.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&account).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The XKS listener serves pebble's leaf for the in-VM key (a real handshake), and the chain
+    // verifies up to pebble's root.
+    let (served, issuer) = served_spki_and_issuer(&xks.url);
+    assert_eq!(served, spki);
+    assert!(issuer.contains("Pebble Intermediate CA"), "{issuer}");
+    let hostport = xks.url.trim_start_matches("https://");
+    let v = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            hostport,
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(&pebble.root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success()
+            && String::from_utf8_lossy(&v.stdout).contains("Verify return code: 0 (ok)"),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let show = admin_ok(&prof, &["tls", "show"]);
+    assert!(show.contains("xks.keyward.test"), "{show}");
+    assert!(show.contains("Pebble Intermediate CA"), "{show}");
+
+    // A renewal with a new in-VM key, on the same account: served at once, the old key gone.
+    std::fs::remove_file(&hook_log).unwrap();
+    let out = acme(&["--new-key"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rotated, issuer) = served_spki_and_issuer(&xks.url);
+    assert_ne!(rotated, spki);
+    assert!(issuer.contains("Pebble Intermediate CA"), "{issuer}");
+    let prof = pinned_profile(&setup, "new.toml", &rotated);
+    assert_eq!(
+        field(&admin_ok(&prof, &["tls", "show"]), "spki_sha256"),
+        rotated
+    );
+    // Without --dns-hook the record is printed and the order waits for Enter.
+    let mut child = std::process::Command::new(BIN)
+        .args(["admin", "--profile", prof.to_str().unwrap(), "tls", "acme"])
+        .args(["--directory", &pebble.directory, "--directory-ca"])
+        .arg(&pebble.tls_ca)
+        .args(["--dns-name", "xks.keyward.test", "--account"])
+        .arg(&account)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("press Enter")
+            && err.contains("_acme-challenge.xks.keyward.test. 300 IN TXT \""),
+        "{err}"
+    );
+    // The appliance audited the admin calls of each order.
+    // (The audit writer flushes in the background: wait for it.)
+    let audited = |a: &str| {
+        a.matches("\"action\":\"tls_install\"").count() == 3
+            && a.matches("\"action\":\"tls_csr\"").count() == 3
+    };
+    let start = std::time::Instant::now();
+    let mut audit = String::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        audit = std::fs::read_to_string(d.join("audit.jsonl")).unwrap_or_default();
+        if audited(&audit) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(audited(&audit), "{audit}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 }

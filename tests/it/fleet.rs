@@ -18,7 +18,7 @@
 //! Each test starts its own fleet (one boots in about 5 s) and they run one at a time (a
 //! lock), so that their timings do not compete for this machine's two cores.
 
-use crate::serve_common::{admin, Proc, Xks, BIN};
+use crate::serve_common::{admin, served_spki_and_issuer, Proc, Xks, BIN};
 use crate::tools;
 
 use std::io::{Read, Write};
@@ -921,4 +921,117 @@ fn demo_fleet_refuses_a_taken_balancer_address() {
     assert!(err.contains(&addr) && err.contains("--listen"), "{err}");
     // Nothing was started in the state directory.
     assert!(!tmp.path().join("state/postgres").exists(), "{err}");
+}
+
+/// The `spki_sha256=` a member logged at start for its appliance-managed TLS key.
+fn logged_spki(p: &mut Proc) -> String {
+    let line = p.wait_stderr("xks tls key spki_sha256=", Duration::from_secs(10));
+    let at = line.find("spki_sha256=").unwrap() + "spki_sha256=".len();
+    line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect()
+}
+
+#[test]
+fn a_tls_key_and_chain_installed_through_one_member_are_served_by_every_member_without_restart() {
+    let fleet = Fleet::start(2);
+    // The demo's members serve TLS files; start them again with the appliance-managed key on
+    // the XKS listener (the admin listener keeps the demo's files, so its profiles still work).
+    let mut members = Vec::new();
+    for i in 1..=2 {
+        kill9(fleet.pid(i));
+        let cfg = std::fs::read_to_string(fleet.config(i)).unwrap();
+        let at = cfg.find("[xks]").unwrap();
+        let end = at + cfg[at..].find("\n\n").unwrap();
+        let xks: String = cfg[at..end]
+            .lines()
+            .filter(|l| !l.starts_with("tls_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = format!("{}{}{}", &cfg[..at], xks.trim_end(), &cfg[end..]);
+        std::fs::write(fleet.config(i), cfg).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=2 {
+        // One after the other: the first generates the key in the shared store.
+        let mut p = fleet.restart(i);
+        let spki = logged_spki(&mut p);
+        members.push((p, spki));
+    }
+    let old = members[0].1.clone();
+    assert_eq!(old.len(), 64);
+    assert_eq!(members[1].1, old, "both members serve the store's one key");
+    let url = |i: usize| fleet.member(i)["url"].as_str().unwrap().to_string();
+    for i in 1..=2 {
+        assert_eq!(served_spki_and_issuer(&url(i)).0, old, "member {i}");
+    }
+
+    // A new key through member 1 (`tls csr --new-key`), its chain from a CA installed there.
+    let csr = fleet.admin_ok(1, &["tls", "csr", "--new-key", "--dns-name", "127.0.0.1"]);
+    let ca = keyward::admin::pki::Ca::new("fleet test XKS CA").unwrap();
+    let chain = fleet.state.join("xks-chain.pem");
+    std::fs::write(&chain, ca.sign_csr(&csr, 30).unwrap()).unwrap();
+    fleet.admin_ok(1, &["tls", "install", "--chain", chain.to_str().unwrap()]);
+    let installed = Instant::now();
+    let (new, issuer) = served_spki_and_issuer(&url(1));
+    assert_ne!(new, old, "member 1 serves the new key at once");
+    assert!(issuer.contains("fleet test XKS CA"), "{issuer}");
+    // Member 2, not restarted, serves it on its next re-read of the store.
+    let took = within(Duration::from_secs(10), || {
+        served_spki_and_issuer(&url(2)) == (new.clone(), issuer.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "member 2 still serves {:?}:\n{}",
+            served_spki_and_issuer(&url(2)),
+            members[1].0.stderr_text()
+        )
+    });
+    eprintln!(
+        "member 2 served the new key {:?} after the install on member 1",
+        installed.elapsed()
+    );
+    assert!(took <= Duration::from_secs(3), "took {took:?}");
+    let show = fleet.admin_ok(2, &["tls", "show"]);
+    assert!(show.contains(&new), "{show}");
+    assert!(show.contains("fleet test XKS CA"), "{show}");
+
+    // Member 2's live attestation binds the key it serves now (verify --url checks the
+    // evidence against the SPKI the XKS URL serves).
+    let verify = Command::new(BIN)
+        .args([
+            "verify",
+            "--json",
+            "--url",
+            fleet.member(2)["attestation_url"].as_str().unwrap(),
+            "--xks-url",
+            &url(2),
+        ])
+        .arg("--policy")
+        .arg(fleet.state.join("attestation-policy.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // A renewal for the same key through member 2: member 1 serves the new chain.
+    let csr = fleet.admin_ok(2, &["tls", "csr", "--dns-name", "127.0.0.1"]);
+    let renewal = keyward::admin::pki::Ca::new("fleet renewal CA").unwrap();
+    std::fs::write(&chain, renewal.sign_csr(&csr, 30).unwrap()).unwrap();
+    fleet.admin_ok(2, &["tls", "install", "--chain", chain.to_str().unwrap()]);
+    let renewed = within(Duration::from_secs(10), || {
+        let (spki, issuer) = served_spki_and_issuer(&url(1));
+        spki == new && issuer.contains("fleet renewal CA")
+    });
+    assert!(
+        renewed.is_some(),
+        "member 1 serves {:?}",
+        served_spki_and_issuer(&url(1))
+    );
 }

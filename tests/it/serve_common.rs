@@ -470,3 +470,42 @@ pub fn rand32() -> [u8; 32] {
         .unwrap();
     b
 }
+
+/// The leaf certificate (DER) an `https://HOST:PORT` endpoint serves, read with a real
+/// handshake by `openssl s_client` (a TLS client we did not write; the certificate is read,
+/// not trusted).
+pub fn served_leaf(url: &str) -> Vec<u8> {
+    let hostport = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &hostport])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let leaf = rustls_pemfile::certs(&mut text.as_bytes())
+        .next()
+        .unwrap_or_else(|| {
+            panic!(
+                "openssl s_client {hostport} showed no certificate: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    leaf
+}
+
+/// SHA-256 of the served leaf's SPKI (hex) and its issuer, by [`served_leaf`].
+pub fn served_spki_and_issuer(url: &str) -> (String, String) {
+    use x509_parser::prelude::FromDer;
+    let der = served_leaf(url);
+    let spki = hex::encode(keyward::attest::live::spki_sha256_of_cert(&der).unwrap());
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+    (spki, c.issuer().to_string())
+}

@@ -170,6 +170,44 @@ enum Tls {
         #[arg(long)]
         chain: PathBuf,
     },
+    /// Get the certificate from an ACME CA with a DNS-01 challenge, driven from here: the
+    /// account key and DNS credentials stay on this machine; the appliance only signs the CSR
+    /// (`tls csr`) and installs the chain (`tls install`).
+    #[cfg(feature = "acme")]
+    Acme(AcmeArgs),
+}
+
+#[cfg(feature = "acme")]
+#[derive(clap::Args, Debug)]
+struct AcmeArgs {
+    /// The CA's ACME directory URL (https://…).
+    #[arg(long)]
+    directory: String,
+    /// A DNS name for the certificate; repeat for more (the first is the subject CN).
+    #[arg(long = "dns-name", required = true)]
+    dns_names: Vec<String>,
+    /// A contact for a new ACME account (mailto:ADDRESS); repeat for more.
+    #[arg(long)]
+    contact: Vec<String>,
+    /// The ACME account's credentials (JSON with the account key): used when the file exists,
+    /// else a new account is made and written there (0600).
+    #[arg(long, default_value = "acme-account.json")]
+    account: PathBuf,
+    /// Trust this PEM CA certificate for the directory's TLS instead of the system roots.
+    #[arg(long)]
+    directory_ca: Option<PathBuf>,
+    /// A shell command run on this machine for each DNS-01 challenge with KEYWARD_ACME_ACTION
+    /// (present, then cleanup), KEYWARD_ACME_DOMAIN, KEYWARD_ACME_TXT_NAME and
+    /// KEYWARD_ACME_TXT_VALUE set; it must exit 0 once the record is served. Without it the
+    /// record is printed and the command waits for Enter.
+    #[arg(long)]
+    dns_hook: Option<String>,
+    /// Sign the CSR with a new in-VM key (as `tls csr --new-key`): served once the chain is in.
+    #[arg(long)]
+    new_key: bool,
+    /// How long to wait for the CA to validate, and then to issue.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 /// The store a `stores` command acts on. One rule for every admin command: the thing the
@@ -432,11 +470,25 @@ pub fn run(
             super::tls::parse_sha256_hex(pin).map_err(anyhow::Error::msg)?,
         );
     }
-    let (request, show) = build(args.command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    #[cfg(feature = "acme")]
+    if let Command::Tls(Tls::Acme(a)) = args.command {
+        let req = super::acme::AcmeRequest {
+            directory: a.directory,
+            dns_names: a.dns_names,
+            contacts: a.contact,
+            account: a.account,
+            directory_ca: a.directory_ca,
+            dns_hook: a.dns_hook,
+            new_key: a.new_key,
+            timeout: a.timeout,
+        };
+        return rt.block_on(super::acme::run(&profile, &req));
+    }
+    let (request, show) = build(args.command)?;
     let resp = rt.block_on(profile.call(&request))?;
     if !resp.ok {
         eprintln!(
@@ -773,6 +825,8 @@ fn build_tls(t: Tls) -> anyhow::Result<(Request, Show)> {
                 Ok(())
             }),
         ),
+        #[cfg(feature = "acme")]
+        Tls::Acme(_) => anyhow::bail!("internal: tls acme is not one admin API request"),
         Tls::Install { chain } => {
             let chain_pem =
                 std::fs::read_to_string(&chain).with_context(|| format!("{}", chain.display()))?;

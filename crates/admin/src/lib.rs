@@ -5,6 +5,8 @@
 //! trust` (pin the appliance's TLS key only after live attestation bound to it verifies), runs
 //! in the binary beside `keyward verify`: this crate does not link the verifier.
 
+#[cfg(feature = "acme")]
+pub mod acme;
 pub mod cli;
 pub mod client;
 pub mod import;

@@ -16,6 +16,8 @@ use keyward_keystore::fleet::{FleetBoard, Member};
 use keyward_keystore::Registry;
 use keyward_xks::{HealthStatus, Peer, StoreProbe};
 
+use super::tls::ManagedTls;
+
 /// How often a member records its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A member whose last heartbeat is older than this is `DEGRADED` (late).
@@ -261,9 +263,12 @@ pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) 
 
 /// Apply other members' writes: on each wake-up from the store's notifications, and every
 /// [`POLL`] without one. A refused re-read (the store went back, or forked) keeps the current
-/// view and is logged at error level each time it changes.
+/// view and is logged at error level each time it changes. With the appliance-managed TLS
+/// identity, a TLS key or chain another member installed is served after the re-read
+/// ([`ManagedTls::follow`]).
 pub async fn follow_loop(
     registry: Arc<Registry>,
+    tls: Option<Arc<ManagedTls>>,
     wake: Option<Arc<Notify>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -280,7 +285,20 @@ pub async fn follow_loop(
             _ = stop.changed() => return,
         }
         let r = registry.clone();
-        match tokio::task::spawn_blocking(move || r.refresh()).await {
+        let t = tls.clone();
+        match tokio::task::spawn_blocking(move || {
+            let refreshed = r.refresh();
+            // Also after a failed re-read: a local admin write may have applied other
+            // members' records (TLS ones among them) before it.
+            if let Some(t) = t {
+                if let Err(e) = t.follow() {
+                    tracing::error!("fleet: the TLS identity in the shared key store: {e}");
+                }
+            }
+            refreshed
+        })
+        .await
+        {
             Ok(Ok(_)) => {
                 if last_error.take().is_some() {
                     tracing::info!("fleet: the shared key store is readable again");

@@ -499,6 +499,7 @@ impl Running {
                 )));
                 fleet_tasks.push(tokio::spawn(super::fleet::follow_loop(
                     registry.clone(),
+                    managed_tls.clone(),
                     Some(sh.wake.clone()),
                     rx.clone(),
                 )));

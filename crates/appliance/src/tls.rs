@@ -157,6 +157,9 @@ struct State {
     installed: Option<u64>,
     /// The key made by `tls csr --new-key`, served once a chain for it is installed.
     pending: Option<(Identity, u64)>,
+    /// The key store's TLS material this state was last made from (what [`ManagedTls::follow`]
+    /// compares with, so it rebuilds nothing while another member changed nothing).
+    seen: Option<keyward_keystore::TlsMaterial>,
 }
 
 /// The appliance's TLS identity: the key served now (and a pending one after
@@ -164,7 +167,9 @@ struct State {
 pub struct ManagedTls {
     registry: Arc<Registry>,
     handle: CertHandle,
-    /// Serialises csr --new-key and installs (check, store, swap).
+    /// The self-signed certificate's names (when the store holds no chain for the key).
+    names: Vec<String>,
+    /// Serialises csr --new-key, installs and follows (check, store, swap).
     state: Mutex<State>,
 }
 
@@ -253,10 +258,12 @@ impl ManagedTls {
         Ok(ManagedTls {
             registry,
             handle,
+            names,
             state: Mutex::new(State {
                 current,
                 installed,
                 pending,
+                seen: Some(material),
             }),
         })
     }
@@ -297,6 +304,7 @@ impl ManagedTls {
             let pkcs8 = generate_pkcs8()?;
             let id = Identity::of_pkcs8(&pkcs8)?;
             self.registry.set_tls_pending_key(pkcs8)?;
+            state.seen = self.registry.tls_material();
             tracing::info!(
                 "generated a new appliance TLS key (pending, spki_sha256={}), stored sealed; served once a chain for it is installed",
                 hex::encode(id.spki_sha256())
@@ -370,10 +378,87 @@ impl ManagedTls {
         state.current = served;
         state.pending = pending_after;
         state.installed = Some(u64::try_from(now_unix()).unwrap_or(0));
+        state.seen = self.registry.tls_material();
         let info = self.info_of(&state);
         drop(state);
         self.check_expiry();
         Ok(info)
+    }
+
+    /// Follow the key store: when another member of a fleet changed the TLS identity (a new
+    /// pending key, a chain installed, a pending key promoted), serve what the store holds now
+    /// on both listeners (the [`CertHandle`] is swapped: new handshakes get it, open
+    /// connections keep theirs) and the live attestation follows, without a restart. Called by
+    /// the fleet's follow loop after each re-read; cheap when nothing changed. A stored chain
+    /// that is not for the stored key is not served (logged; the current one stays). Returns
+    /// whether the served certificate changed.
+    pub fn follow(&self) -> Result<bool, TlsIdError> {
+        let Some(material) = self.registry.tls_material() else {
+            return Ok(false);
+        };
+        let mut state = self.lock();
+        if state.seen.as_ref() == Some(&material) {
+            return Ok(false);
+        }
+        let parsed = Identity::of_pkcs8(&material.pkcs8_der).and_then(|c| {
+            let p = match &material.pending_pkcs8_der {
+                Some(k) => Some((
+                    Identity::of_pkcs8(k)?,
+                    material.pending_created.unwrap_or(0),
+                )),
+                None => None,
+            };
+            Ok((c, p))
+        });
+        let (stored_current, pending) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                // Once per change, not at every poll.
+                state.seen = Some(material);
+                return Err(e);
+            }
+        };
+        let served = self.handle.current();
+        let (certs, installed) = match &material.chain_pem {
+            Some(pem) => match certs_of(pem).and_then(|c| {
+                leaf_matches(&c, &stored_current.spki_der)?;
+                Ok(c)
+            }) {
+                Ok(c) => (c, material.chain_installed.or(Some(0))),
+                Err(e) => {
+                    tracing::error!(
+                        "the TLS certificate chain another member stored is not served ({e}); \
+                         the current one stays"
+                    );
+                    state.pending = pending;
+                    state.seen = Some(material);
+                    return Ok(false);
+                }
+            },
+            None if stored_current.spki_der == state.current.spki_der => {
+                (served.cert.clone(), state.installed)
+            }
+            None => (vec![self_signed(&stored_current, &self.names)?], None),
+        };
+        let changed = stored_current.spki_der != state.current.spki_der || certs != served.cert;
+        if changed {
+            self.handle
+                .install_certified(CertifiedKey::new(certs, stored_current.key.clone()));
+            tracing::info!(
+                "xks tls key spki_sha256={}: serving the TLS key and chain the shared key store \
+                 holds now (changed by another member)",
+                hex::encode(stored_current.spki_sha256())
+            );
+        }
+        state.current = stored_current;
+        state.installed = installed;
+        state.pending = pending;
+        state.seen = Some(material);
+        drop(state);
+        if changed {
+            self.check_expiry();
+        }
+        Ok(changed)
     }
 
     /// When the certificate served now expires (Unix seconds; `None` if it does not parse).
@@ -1001,5 +1086,45 @@ mod tests {
                 .unwrap(),
             new
         );
+    }
+
+    #[test]
+    fn follow_serves_what_another_member_installed() {
+        // Two identities over one key store, as two members of a fleet after a re-read.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let reg = registry(dir.path(), 10);
+        let a = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let b = ManagedTls::open(reg.clone(), &[]).unwrap();
+        let old = b.spki_sha256();
+        assert!(!b.follow().unwrap(), "nothing changed");
+        // A chain for the current key, installed through A: B serves the same chain.
+        a.install(&leaf_for(&ca, &a, &["a.example"], 30)).unwrap();
+        assert_ne!(b.handle().current().cert, a.handle().current().cert);
+        assert!(b.follow().unwrap());
+        assert_eq!(b.handle().current().cert, a.handle().current().cert);
+        assert!(b.show().chain_installed);
+        assert!(!b.follow().unwrap(), "a second follow changes nothing");
+        // A new pending key: B knows it, still serves the old key.
+        let csr = a.csr(&["a.example".into()], true).unwrap();
+        let served = b.handle().current().cert.clone();
+        assert!(!b.follow().unwrap());
+        assert_eq!(b.pending_spki_sha256(), a.pending_spki_sha256());
+        assert_eq!(b.handle().current().cert, served);
+        assert_eq!(b.spki_sha256(), old);
+        // Its chain installed through A: B serves the new key, and its SPKI (what the live
+        // attestation binds) follows.
+        a.install(&ca.sign_csr(&csr, 30).unwrap()).unwrap();
+        assert!(b.follow().unwrap());
+        let new = a.spki_sha256();
+        assert_ne!(new, old);
+        assert_eq!(b.spki_sha256(), new);
+        assert_eq!(b.pending_spki_sha256(), None);
+        assert_eq!(
+            keyward_attest::live::spki_sha256_of_cert(b.handle().current().cert[0].as_ref())
+                .unwrap(),
+            new
+        );
+        assert_eq!(b.show().spki_sha256, hex::encode(new));
     }
 }

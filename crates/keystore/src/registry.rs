@@ -200,8 +200,9 @@ struct Pending {
 }
 
 /// The appliance-managed TLS identity as the key store holds it: the private key (PKCS#8 DER,
-/// zeroized on drop, never shown by `Debug`) and the chain installed for it.
-#[derive(Clone)]
+/// zeroized on drop, never shown by `Debug`) and the chain installed for it. `PartialEq` lets a
+/// fleet member tell whether another member changed it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsMaterial {
     /// PKCS#8 DER private key.
     pub pkcs8_der: Zeroizing<Vec<u8>>,
