@@ -170,7 +170,7 @@ pub struct AdminConfig {
     /// dual control off).
     pub approvals_required: u32,
     /// How long an approval request stays usable after it was filed, seconds (`approval_ttl`,
-    /// `"1h"`, `"30m"` or seconds, 60 s to 7 days, default 1 h).
+    /// `"1h"`, `"30m"` or seconds, 1 s to 7 days, default 1 h).
     pub approval_ttl_secs: u64,
 }
 
@@ -905,11 +905,11 @@ fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
         };
         match raw {
             None => DEFAULT_APPROVAL_TTL_SECS,
-            Some(Some(n)) if (60..=7 * 86_400).contains(&n) => n,
+            Some(Some(n)) if (1..=7 * 86_400).contains(&n) => n,
             Some(_) => {
                 p.invalid(
                     key,
-                    "use a duration of 60 s to 7 days, like \"1h\", \"30m\" or 3600",
+                    "use a duration of 1 s to 7 days, like \"1h\", \"30m\" or 3600",
                 );
                 DEFAULT_APPROVAL_TTL_SECS
             }
