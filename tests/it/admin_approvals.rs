@@ -236,3 +236,71 @@ fn roles_and_two_person_approval() {
         "{audit}"
     );
 }
+
+/// A PostgreSQL server in a temporary directory (stopped before the directory goes).
+struct Pg {
+    pg: keyward_store_pg::local::LocalPostgres,
+    _dir: tempfile::TempDir,
+}
+
+#[test]
+fn a_request_filed_on_one_member_is_approved_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = keyward_store_pg::local::LocalPostgres::start(dir.path(), None)
+        .unwrap_or_else(|e| panic!("a local PostgreSQL server (apt-get install postgresql): {e}"));
+    let db = Pg { pg, _dir: dir };
+    let setup = ServeSetup::new();
+    dual_control(&setup, "");
+    // Two members on one database: the same configuration but for the local state directory.
+    let cfg = std::fs::read_to_string(&setup.config).unwrap();
+    let start = cfg.find("[storage]").unwrap();
+    let end = cfg[start..].find("\n[master_key]").unwrap() + start;
+    let member = |state: &str| {
+        format!(
+            "{}[storage]\nbackend = \"postgres\"\nurl = \"{}\"\ndir = \"{state}\"\n{}",
+            &cfg[..start],
+            db.pg.url(),
+            &cfg[end..]
+        )
+    };
+    std::fs::write(&setup.config, member("state-a")).unwrap();
+    let config_b = setup.dir.path().join("member-b.toml");
+    std::fs::write(&config_b, member("state-b")).unwrap();
+
+    let (pa, _xks) = setup.start();
+    let addr_a = setup.admin_addr();
+    let mut pb = Proc::spawn(
+        &["serve", "--config", config_b.to_str().unwrap()],
+        setup.dir.path(),
+    );
+    let line = pb.wait_stderr("admin API on ", Duration::from_secs(60));
+    let addr_b = addr_after(&line, "admin API on ");
+    let olga_a = issue(&setup, "olga", "operator", &addr_a);
+    let sam_a = issue(&setup, "sam", "security", &addr_a);
+    let tom_b = issue(&setup, "tom", "security", &addr_b);
+    let sam_b = profile(&setup, "sam", &addr_b);
+
+    create_open_key(&olga_a, "k1");
+    let destroy = ["keys", "schedule-destroy", "k1", "--days", "7"];
+    let id = filed(&refused(&sam_a, &destroy));
+    // Member B sees the request A filed, and approves it.
+    assert!(admin_ok(&tom_b, &["approvals", "list"]).contains(&id));
+    assert!(admin_ok(&tom_b, &["approvals", "approve", &id]).contains("approved request"));
+    // Member A executes it once; member B refuses the replay (the approval is used on both).
+    let mut args: Vec<&str> = destroy.to_vec();
+    args.extend(["--approval", &id]);
+    admin_ok(&sam_a, &args);
+    let err = refused(&sam_b, &args);
+    assert!(err.contains("used already"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys = admin_ok(&tom_b, &["keys", "list"]);
+        if keys.lines().any(|l| l.starts_with("k1 ") && l.contains("destroy")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "member B: {keys}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(pb);
+    stop(pa);
+}
