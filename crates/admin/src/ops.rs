@@ -57,6 +57,9 @@ pub struct RegistryBackend {
     fleet: Option<Arc<dyn FleetAdmin>>,
     metrics: Option<Arc<dyn MetricsSource>>,
     approvals: ApprovalPolicy,
+    /// Unix seconds now: the appliance passes its trusted clock (the KRS's signed time carried
+    /// forward), so that the host's wall clock cannot revive an expired approval.
+    clock: fn() -> u64,
 }
 
 impl RegistryBackend {
@@ -68,7 +71,15 @@ impl RegistryBackend {
             fleet: None,
             metrics: None,
             approvals: ApprovalPolicy::default(),
+            clock: now_unix,
         }
+    }
+
+    /// Read time from `clock` (Unix seconds) instead of the wall clock: approval expiry and
+    /// `schedule-destroy` dates.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Dual control: `policy.required` distinct operators (1: off) and the approval TTL.
@@ -191,7 +202,7 @@ impl RegistryBackend {
         roles: Roles,
         req: &Request,
     ) -> Result<Value, AdminError> {
-        let now = now_unix();
+        let now = (self.clock)();
         match req {
             Request::ApprovalsApprove { id } => {
                 let r = self.update_approval(id, |cur| {
@@ -244,7 +255,7 @@ impl RegistryBackend {
         let op = req.op();
         let what = describe(&req);
         let sha = super::approval::request_sha256(&req)?;
-        let now = now_unix();
+        let now = (self.clock)();
         let Some(id) = approval else {
             let filed =
                 super::approval::file(op, &what, sha, need, operator, self.approvals, now)?;
@@ -662,9 +673,7 @@ impl RegistryBackend {
                 to_json(&key_info(r.rotate_key(store.as_deref(), &id)?))
             }
             Request::KeysScheduleDestroy { store, id, days } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = (self.clock)();
                 to_json(&key_info(r.schedule_destroy(
                     store.as_deref(),
                     &id,
