@@ -37,7 +37,10 @@ fn issue(setup: &ServeSetup, name: &str, roles: &str, admin_addr: &str) -> PathB
 
 /// A profile for `name`'s certificate against the admin API at `admin_addr`.
 fn profile(setup: &ServeSetup, name: &str, admin_addr: &str) -> PathBuf {
-    let prof = setup.dir.path().join(format!("{name}-{}.toml", admin_addr.replace([':', '.'], "_")));
+    let prof = setup.dir.path().join(format!(
+        "{name}-{}.toml",
+        admin_addr.replace([':', '.'], "_")
+    ));
     setup.write_profile(
         &prof,
         admin_addr,
@@ -51,7 +54,11 @@ fn profile(setup: &ServeSetup, name: &str, admin_addr: &str) -> PathBuf {
 fn refused(prof: &Path, args: &[&str]) -> String {
     let out = admin(prof, args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} was not refused: {err}"
+    );
     assert!(out.stdout.is_empty(), "{args:?} printed something");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     err
@@ -77,7 +84,9 @@ fn dual_control(setup: &ServeSetup, extra: &str) {
         .lines()
         .filter(|l| !l.starts_with("approvals_required") && !l.starts_with("approval_ttl"))
         .collect();
-    let cfg = kept.join("\n").replace("\n[log]", &format!("\n{extra}\n[log]"));
+    let cfg = kept
+        .join("\n")
+        .replace("\n[log]", &format!("\n{extra}\n[log]"));
     std::fs::write(&setup.config, cfg).unwrap();
 }
 
@@ -99,7 +108,10 @@ fn roles_and_two_person_approval() {
 
     // Viewer: reads, no write. Operator: key management, no secrets. Security: secrets.
     let err = refused(&vera, &["keys", "create", "k9"]);
-    assert!(err.contains("forbidden") && err.contains("needs operator"), "{err}");
+    assert!(
+        err.contains("forbidden") && err.contains("needs operator"),
+        "{err}"
+    );
     create_open_key(&olga, "k1");
     create_open_key(&olga, "k2");
     assert!(admin_ok(&vera, &["keys", "list"]).contains("k1"));
@@ -149,12 +161,22 @@ fn roles_and_two_person_approval() {
     assert!(err.contains("not pending"), "{err}");
 
     // Bound to the exact request and its requester.
-    let out = run(&sam, with(&["keys", "schedule-destroy", "k2", "--days", "7"]));
+    let out = run(
+        &sam,
+        with(&["keys", "schedule-destroy", "k2", "--days", "7"]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("approved another request"), "{err}");
-    let out = run(&sam, with(&["keys", "schedule-destroy", "k1", "--days", "8"]));
-    assert_eq!(out.status.code(), Some(1), "another --days is another request");
+    let out = run(
+        &sam,
+        with(&["keys", "schedule-destroy", "k1", "--days", "8"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "another --days is another request"
+    );
     let out = run(&tom, with(&destroy_k1));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its requester"));
@@ -223,7 +245,10 @@ fn roles_and_two_person_approval() {
     let id4 = filed(&refused(&sam, &["stores", "remove", "main", "--force"]));
     admin_ok(&tom, &["approvals", "approve", &id4]);
     std::thread::sleep(Duration::from_secs(3));
-    let err = refused(&sam, &["stores", "remove", "main", "--force", "--approval", &id4]);
+    let err = refused(
+        &sam,
+        &["stores", "remove", "main", "--force", "--approval", &id4],
+    );
     assert!(err.contains("expired"), "{err}");
     assert!(admin_ok(&tom, &["approvals", "list"]).contains("expired"));
     assert!(admin_ok(&tom, &["stores"]).contains("main"));
@@ -295,7 +320,10 @@ fn a_request_filed_on_one_member_is_approved_on_another() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let keys = admin_ok(&tom_b, &["keys", "list"]);
-        if keys.lines().any(|l| l.starts_with("k1 ") && l.contains("destroy")) {
+        if keys
+            .lines()
+            .any(|l| l.starts_with("k1 ") && l.contains("destroy"))
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "member B: {keys}");

@@ -64,7 +64,8 @@ pub fn request_sha256(req: &super::proto::Request) -> Result<String, AdminError>
     use sha2::Digest;
     let v = serde_json::to_value(req).map_err(|e| AdminError::Internal(e.to_string()))?;
     // serde_json's map keeps keys sorted without `preserve_order`; `canonical` sorts anyway.
-    let bytes = serde_json::to_vec(&canonical(&v)).map_err(|e| AdminError::Internal(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec(&canonical(&v)).map_err(|e| AdminError::Internal(e.to_string()))?;
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
@@ -167,7 +168,11 @@ pub fn approve(
             who.subject
         )));
     }
-    if rec.approvers.iter().any(|a| a.spki_sha256 == who.spki_sha256) {
+    if rec
+        .approvers
+        .iter()
+        .any(|a| a.spki_sha256 == who.spki_sha256)
+    {
         return Err(AdminError::Forbidden(format!(
             "approval: {} has already approved request {id}; another operator must",
             who.subject

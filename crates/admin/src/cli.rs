@@ -9,8 +9,8 @@ use base64::Engine;
 
 use super::client::Profile;
 use super::proto::{
-    ops_str, parse_ops, parse_usage, usage_str, ApprovalInfo, BackupInfo, CredAdded, CredInfo, KeyInfo, Request,
-    SecretText, StoreInfo, TlsInfo,
+    ops_str, parse_ops, parse_usage, usage_str, ApprovalInfo, BackupInfo, CredAdded, CredInfo,
+    KeyInfo, Request, SecretText, StoreInfo, TlsInfo,
 };
 use keyward_keystore::view::{Grant, KeyStatus};
 

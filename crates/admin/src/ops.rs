@@ -14,11 +14,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::approval::ApprovalPolicy;
 use super::proto::{
     usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request,
     SecretText, StoreInfo, TlsInfo,
 };
-use super::approval::ApprovalPolicy;
 use super::role::{Operator, Roles};
 use super::server::{AdminError, Backend};
 use keyward_audit::AuditLog;
@@ -257,8 +257,7 @@ impl RegistryBackend {
         let sha = super::approval::request_sha256(&req)?;
         let now = (self.clock)();
         let Some(id) = approval else {
-            let filed =
-                super::approval::file(op, &what, sha, need, operator, self.approvals, now)?;
+            let filed = super::approval::file(op, &what, sha, need, operator, self.approvals, now)?;
             let id = filed.id.clone();
             let rec = self.update_approval(&id, |cur| match cur {
                 None => Ok(filed.clone()),
@@ -367,12 +366,13 @@ impl Backend for RegistryBackend {
                 "approval: {op} needs no approval; run it without --approval"
             ))),
             Ok(_) if gated => self.gated(operator, req, approval, policy.need),
-            Ok(roles) if matches!(
-                req,
-                Request::ApprovalsList
-                    | Request::ApprovalsApprove { .. }
-                    | Request::ApprovalsDeny { .. }
-            ) =>
+            Ok(roles)
+                if matches!(
+                    req,
+                    Request::ApprovalsList
+                        | Request::ApprovalsApprove { .. }
+                        | Request::ApprovalsDeny { .. }
+                ) =>
             {
                 self.approvals_op(operator, *roles, &req)
             }

@@ -182,9 +182,13 @@ pub enum Request {
     /// Approval requests (M-of-N dual control): pending, approved, denied, used, expired.
     ApprovalsList,
     /// Approve a pending request filed by another operator (needs the role its action needs).
-    ApprovalsApprove { id: String },
+    ApprovalsApprove {
+        id: String,
+    },
     /// Deny a pending or approved request (its requester, or an operator with its role).
-    ApprovalsDeny { id: String },
+    ApprovalsDeny {
+        id: String,
+    },
 }
 
 impl Request {

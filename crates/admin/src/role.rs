@@ -464,10 +464,6 @@ mod tests {
     }
     #[test]
     fn policy_stores_remove_needs_approval() {
-        check(
-            r#"{"op":"stores_remove","name":"a"}"#,
-            Need::Security,
-            true,
-        );
+        check(r#"{"op":"stores_remove","name":"a"}"#, Need::Security, true);
     }
 }

@@ -304,7 +304,10 @@ async fn admin(
     headers: http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Answer {
-    let approval = match headers.get(super::proto::APPROVAL_HEADER).map(|v| v.to_str()) {
+    let approval = match headers
+        .get(super::proto::APPROVAL_HEADER)
+        .map(|v| v.to_str())
+    {
         None => None,
         Some(Ok(v))
             if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>

@@ -890,7 +890,9 @@ fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
         Some(n) => {
             p.invalid(
                 s.key_path("approvals_required"),
-                format!("{n} is not 1-5 (operators a destructive request needs, requester included)"),
+                format!(
+                    "{n} is not 1-5 (operators a destructive request needs, requester included)"
+                ),
             );
             DEFAULT_APPROVALS_REQUIRED
         }

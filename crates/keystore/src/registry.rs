@@ -2220,7 +2220,9 @@ pub(super) fn apply(
     match rec {
         Record::Approval(a) => {
             if a.id.is_empty() || a.id.len() > 64 {
-                return Err(ApplyError::Tampered("approval request with an impossible id"));
+                return Err(ApplyError::Tampered(
+                    "approval request with an impossible id",
+                ));
             }
             side.approvals.insert(a.id.clone(), a);
         }
