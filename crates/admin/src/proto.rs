@@ -171,7 +171,7 @@ pub enum Request {
     },
     /// Export the whole sealed key store as one backup file (`keyward admin backup`): header,
     /// every record verbatim (still sealed), the head, MACed under the master key's `backup`
-    /// subkey. Admin only. The answer carries the file's text (see [`BackupInfo`]).
+    /// subkey. Security role. The answer carries the file's text (see [`BackupInfo`]).
     Backup,
     /// The JSON file the AWS KMS console accepts for a store (needs the secret: give the access
     /// key id whose secret to include, or the newest credential is used).

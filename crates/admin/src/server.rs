@@ -422,6 +422,50 @@ mod tests {
         }
     }
 
+    /// Answers with the approval id the request carried.
+    struct Approvals;
+    impl Backend for Approvals {
+        fn handle(&self, _: &Operator, _: Request) -> Result<serde_json::Value, AdminError> {
+            Ok(serde_json::json!({ "approval": null }))
+        }
+        fn handle_approved(
+            &self,
+            _: &Operator,
+            _: Request,
+            approval: Option<String>,
+        ) -> Result<serde_json::Value, AdminError> {
+            Ok(serde_json::json!({ "approval": approval }))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_approval_header_reaches_the_backend_checked() {
+        let actor = Arc::new(Operator::new("CN=sam", Role::Security));
+        let send = |value: Option<&'static str>| {
+            let mut b = http::Request::builder().method("POST").uri(PATH);
+            if let Some(v) = value {
+                b = b.header(crate::proto::APPROVAL_HEADER, v);
+            }
+            let req = b
+                .body(axum::body::Body::from(&br#"{"op":"stores_list"}"#[..]))
+                .unwrap();
+            router(Arc::new(Approvals), actor.clone()).oneshot(req)
+        };
+        let r = send(Some("ABCDEF0123")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["result"]["approval"], "abcdef0123");
+        let r = send(None).await.unwrap();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["result"]["approval"].is_null(), "{v}");
+        for bad in ["not-hex", ""] {
+            let r = send(Some(bad)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn metrics_is_a_get_with_openmetrics_text() {
         let actor = Arc::new(Operator::new("CN=viewer", Role::Viewer));
