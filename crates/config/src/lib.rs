@@ -1158,6 +1158,53 @@ file = "mk"
     }
 
     #[test]
+    fn admin_dual_control_settings() {
+        let admin = |extra: &str| {
+            storage_case(
+                &format!(
+                    "[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca_file = \"ca.pem\"\n\
+                     tls_cert_chain_file = \"ca.pem\"\ntls_key_file = \"ca.pem\"\n{extra}\n"
+                ),
+                &[("ca.pem", 0o600)],
+            )
+        };
+        let l = admin("");
+        let a = l.config.as_ref().and_then(|c| c.admin.clone());
+        let a = a.unwrap_or_else(|| panic!("{:?}", l.problems));
+        assert_eq!(
+            (a.approvals_required, a.approval_ttl_secs),
+            (DEFAULT_APPROVALS_REQUIRED, DEFAULT_APPROVAL_TTL_SECS)
+        );
+        for (extra, want) in [
+            ("approvals_required = 3\napproval_ttl = \"30m\"", (3, 1800)),
+            ("approvals_required = 1\napproval_ttl = 90", (1, 90)),
+            ("approval_ttl = \"2d\"", (2, 172_800)),
+        ] {
+            let l = admin(extra);
+            let a = l.config.as_ref().and_then(|c| c.admin.clone());
+            let a = a.unwrap_or_else(|| panic!("{extra}: {:?}", l.problems));
+            assert_eq!((a.approvals_required, a.approval_ttl_secs), want, "{extra}");
+        }
+        for (extra, field) in [
+            ("approvals_required = 0", "admin.approvals_required"),
+            ("approvals_required = 9", "admin.approvals_required"),
+            ("approval_ttl = \"1y\"", "admin.approval_ttl"),
+            ("approval_ttl = \"8d\"", "admin.approval_ttl"),
+            ("approval_ttl = true", "admin.approval_ttl"),
+        ] {
+            let bad = invalid_paths(&admin(extra));
+            assert!(bad.iter().any(|p| p == field), "{extra}: {bad:?}");
+        }
+        let bad = invalid_paths(&admin("unclaimed_role = \"root\""));
+        assert!(bad.iter().any(|p| p == "admin.unclaimed_role"), "{bad:?}");
+        let l = admin("unclaimed_role = \"security\"");
+        assert_eq!(
+            l.config.and_then(|c| c.admin).map(|a| a.unclaimed_role),
+            Some(crate::role::Role::Security)
+        );
+    }
+
+    #[test]
     fn storage_postgres_settings() {
         let ok = storage_case(
             "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://kw@db.internal:5432/kw\"\n\
