@@ -200,6 +200,8 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
             }),
             client_ca: paths.p("ca.pem"),
             unclaimed_role: keyward_admin::role::Role::Admin,
+            approvals_required: keyward_config::DEFAULT_APPROVALS_REQUIRED,
+            approval_ttl_secs: keyward_config::DEFAULT_APPROVAL_TTL_SECS,
         }),
         attestation: None,
         log: LogConfig {

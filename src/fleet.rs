@@ -399,7 +399,10 @@ fn write_member_files(
          attesters = [\"simulated-snp\"]\nretry_initial_ms = 500\nretry_max_secs = 5\n\
          policy_deny_retry_secs = 5\n\n\
          [admin]\nlisten = \"{admin}\"\ntls_cert_chain_file = {cert}\ntls_key_file = {key}\n\
-         client_ca_file = {ca}\n\n\
+         client_ca_file = {ca}\n\
+         # One person runs this local fleet: dual control off (the demo re-reads its credential\n\
+         # with kms-config at every start). Keep the default (2) on a real fleet.\n\
+         approvals_required = 1\n\n\
          [attestation]\nlisten = \"{attestation}\"\n\n\
          [log]\nlevel = \"info\"\naudit_file = {audit}\n\n\
          [memory]\nallow_unlocked_memory = true\n",

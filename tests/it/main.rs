@@ -12,6 +12,7 @@ mod serve_common;
 mod tools;
 mod xks_common;
 
+mod admin_approvals;
 mod admin_ca_once;
 mod admin_cli;
 mod admin_import;

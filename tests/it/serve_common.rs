@@ -386,6 +386,9 @@ listen = "127.0.0.1:0"
 tls_cert_chain_file = "server.pem"
 tls_key_file = "server-key.pem"
 client_ca_file = "ca.pem"
+# Most tests drive single-operator flows (kms-config, stores remove) with one certificate:
+# dual control off here; admin_approvals turns the default (2) back on.
+approvals_required = 1
 
 [log]
 audit_file = "audit.jsonl"

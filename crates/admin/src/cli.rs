@@ -10,8 +10,8 @@ use base64::Engine;
 use super::client::Profile;
 use super::import::{ImportParams, WrappingAlgorithm, WrappingKeySpec};
 use super::proto::{
-    ops_str, parse_ops, parse_usage, usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, Request,
-    SecretText, StoreInfo, TlsInfo,
+    ops_str, parse_ops, parse_usage, usage_str, ApprovalInfo, BackupInfo, CredAdded, CredInfo,
+    KeyInfo, Request, SecretText, StoreInfo, TlsInfo,
 };
 use keyward_keystore::view::{Grant, KeyStatus};
 
@@ -26,6 +26,10 @@ pub struct Args {
     /// profile's ca_cert; overrides the profile's server_spki_sha256.
     #[arg(long, global = true)]
     server_spki_sha256: Option<String>,
+    /// Run a request that needs M-of-N approval (keys schedule-destroy, kms-config, stores
+    /// remove) with this approved request id (`approvals list`); it runs once.
+    #[arg(long, global = true, value_name = "ID")]
+    approval: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,9 +80,12 @@ enum Command {
     /// deployments; a real CA can add the same SAN URI claim itself).
     #[command(subcommand)]
     Cert(Cert),
+    /// M-of-N approval of destructive or secret-revealing requests: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(Approvals),
     /// Export the whole sealed key store to FILE (mode 0600): header, every record verbatim
     /// (still sealed under the master key), the head, MACed under the master key. Prints the
-    /// head (store id, record) and the file's SHA-256. Admin role.
+    /// head (store id, record) and the file's SHA-256. Security role.
     Backup {
         /// Where to write the backup (replaced atomically if it exists).
         #[arg(long)]
@@ -95,9 +102,21 @@ enum Command {
 }
 
 #[derive(clap::Subcommand, Debug)]
+enum Approvals {
+    /// Every approval request: id, state (pending, approved, denied, used, expired), operation,
+    /// requester, approvers, expiry.
+    List,
+    /// Approve a request another operator filed (you need the role its action needs).
+    Approve { id: String },
+    /// Deny a pending or approved request.
+    Deny { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
 enum Cert {
-    /// Issue an operator (admin client) certificate with a role claim: the SAN URI
-    /// keyward:role:viewer (read-only, no secrets) or keyward:role:admin (everything).
+    /// Issue an operator (admin client) certificate with role claims: SAN URIs
+    /// keyward:role:viewer (read-only, no secrets), operator (key management), security
+    /// (credentials, secrets, destruction, TLS, backup), admin (deprecated: operator+security).
     Issue {
         /// The operator CA certificate (PEM): the one [admin] client_ca_file holds.
         #[arg(long)]
@@ -108,9 +127,10 @@ enum Cert {
         /// The operator's name (subject CN, named in the audit log).
         #[arg(long)]
         name: String,
-        /// viewer | admin
-        #[arg(long)]
-        role: String,
+        /// viewer | operator | security | admin (deprecated); repeat (or comma-separate) for
+        /// several: the certificate gets their union.
+        #[arg(long, required = true, value_delimiter = ',')]
+        role: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -489,7 +509,7 @@ pub fn run(
         return rt.block_on(super::acme::run(&profile, &req));
     }
     let (request, show) = build(args.command)?;
-    let resp = rt.block_on(profile.call(&request))?;
+    let resp = rt.block_on(profile.call_with(&request, args.approval.as_deref()))?;
     if !resp.ok {
         eprintln!(
             "keyward admin: refused: {}",
@@ -511,7 +531,10 @@ fn cert(c: Cert) -> anyhow::Result<ExitCode> {
         days,
         out,
     } = c;
-    let role = super::role::Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let roles = role
+        .iter()
+        .map(|r| super::role::Role::parse(r.trim()).map_err(|e| anyhow::anyhow!("--role: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let cert_pem = std::fs::read_to_string(&ca_cert)
         .with_context(|| format!("--ca-cert {}", ca_cert.display()))?;
     let key_pem = zeroize::Zeroizing::new(
@@ -520,7 +543,7 @@ fn cert(c: Cert) -> anyhow::Result<ExitCode> {
     );
     let ca = super::pki::Ca::from_pem(&cert_pem, &key_pem)
         .map_err(|e| anyhow::anyhow!("--ca-cert/--ca-key: {e}"))?;
-    let issued = ca.client_with_role(&name, i64::from(days), Some(role))?;
+    let issued = ca.client_with_roles(&name, i64::from(days), &roles)?;
     let key_out = {
         let stem = out
             .file_stem()
@@ -530,12 +553,21 @@ fn cert(c: Cert) -> anyhow::Result<ExitCode> {
     };
     super::pki::write_file(&key_out, issued.key_pem.as_bytes(), true)?;
     super::pki::write_file(&out, issued.cert_pem.as_bytes(), false)?;
+    let role_names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    let uris: Vec<String> = roles.iter().map(|r| r.uri()).collect();
     println!(
-        "issued {} (CN={name}, role {role}: SAN URI {}), key {}",
+        "issued {} (CN={name}, role {}: SAN URI {}), key {}",
         out.display(),
-        role.uri(),
+        role_names.join("+"),
+        uris.join(", "),
         key_out.display()
     );
+    if roles.contains(&super::role::Role::Admin) {
+        eprintln!(
+            "keyward admin: the admin role is deprecated: issue operator and security \
+             certificates to different people (dual control needs two of them)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -645,6 +677,7 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
         Command::Backup { out } => (Request::Backup, Box::new(move |v| write_backup(&out, v))),
+        Command::Approvals(a) => build_approvals(a),
         Command::Trust { .. } | Command::Cert(_) | Command::Store(_) => {
             anyhow::bail!("internal: trust and cert are not admin API requests")
         }
@@ -1257,6 +1290,69 @@ fn build_creds(c: Creds) -> anyhow::Result<(Request, Show)> {
             }),
         ),
     })
+}
+
+fn show_approval(a: &ApprovalInfo) {
+    println!(
+        "{:<32} {:<9} {:<22} {:<24} {:>5}  {}",
+        a.id,
+        a.state,
+        a.op,
+        a.requester,
+        format!("{}/{}", a.approvers.len(), a.needed),
+        a.expires
+    );
+    println!("{:<32}   {}", "", a.what);
+    if !a.approvers.is_empty() {
+        println!("{:<32}   approved by {}", "", a.approvers.join(", "));
+    }
+}
+
+fn build_approvals(a: Approvals) -> (Request, Show) {
+    match a {
+        Approvals::List => (
+            Request::ApprovalsList,
+            Box::new(|v| {
+                let list: Vec<ApprovalInfo> = serde_json::from_value(v)?;
+                println!(
+                    "{:<32} {:<9} {:<22} {:<24} {:>5}  EXPIRES",
+                    "ID", "STATE", "OPERATION", "REQUESTER", "APPR"
+                );
+                for a in &list {
+                    show_approval(a);
+                }
+                Ok(())
+            }),
+        ),
+        Approvals::Approve { id } => (
+            Request::ApprovalsApprove { id },
+            Box::new(|v| {
+                let a: ApprovalInfo = serde_json::from_value(v)?;
+                match a.state.as_str() {
+                    "approved" => println!(
+                        "approved request {}: its requester can now re-run the command with \
+                         --approval {} (once, until {})",
+                        a.id, a.id, a.expires
+                    ),
+                    _ => println!(
+                        "approved request {} ({} of {} approvals)",
+                        a.id,
+                        a.approvers.len(),
+                        a.needed
+                    ),
+                }
+                Ok(())
+            }),
+        ),
+        Approvals::Deny { id } => (
+            Request::ApprovalsDeny { id },
+            Box::new(|v| {
+                let a: ApprovalInfo = serde_json::from_value(v)?;
+                println!("denied request {} ({})", a.id, a.op);
+                Ok(())
+            }),
+        ),
+    }
 }
 
 fn store_flag(store: &Option<String>) -> String {

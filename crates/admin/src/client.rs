@@ -114,6 +114,15 @@ impl Profile {
 
     /// Send one request and return the answer (an `ok: false` answer is returned, not an error).
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        self.call_with(req, None).await
+    }
+
+    /// [`Profile::call`] using the approval `approval` (an approved request's id).
+    pub async fn call_with(
+        &self,
+        req: &Request,
+        approval: Option<&str>,
+    ) -> Result<Response, ClientError> {
         let tls = super::tls::client_config_with(&self.trust, &self.client_cert, &self.client_key)?;
         let connect_err = |msg: String| ClientError::Connect {
             url: self.url.clone(),
@@ -139,9 +148,13 @@ impl Profile {
         tokio::spawn(conn);
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let body = zeroize::Zeroizing::new(body);
-        let http_req = http::Request::post(PATH)
+        let mut builder = http::Request::post(PATH)
             .header(http::header::HOST, format!("{}:{}", self.host, self.port))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(a) = approval {
+            builder = builder.header(super::proto::APPROVAL_HEADER, a);
+        }
+        let http_req = builder
             .body(Full::new(Bytes::copy_from_slice(&body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(http_req))

@@ -2,7 +2,10 @@
 //! before it returns, live at once through the shared view), and each change or refusal becomes
 //! one audit line naming the admin certificate's subject and what changed, never a secret.
 //! The operator's role is enforced here, before anything is read or changed: a request the role
-//! does not allow is refused (`403`, `forbidden: …`) and audited as a refusal.
+//! does not allow is refused (`403`, `forbidden: …`) and audited as a refusal. A request that
+//! needs M-of-N approval ([`super::role::policy`]) runs only with an approved, unexpired,
+//! unused approval bound to it ([`super::approval`]); without one it is refused and files a
+//! request (kept in the key store, so every member of a fleet sees it).
 
 use std::sync::Arc;
 
@@ -11,12 +14,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::approval::ApprovalPolicy;
 use super::import::{ImportError, Importer};
 use super::proto::{
     usage_str, BackupInfo, CredAdded, CredInfo, KeyInfo, KmsConfigFile, KmsCredential, Request,
     SecretText, StoreInfo, TlsInfo,
 };
-use super::role::{Operator, Role};
+use super::role::{Operator, Roles};
 use super::server::{AdminError, Backend};
 use keyward_audit::AuditLog;
 use keyward_keystore::{KeystoreError, NewStore, Registry, Revoke, KMS_SERVICE};
@@ -55,6 +59,10 @@ pub struct RegistryBackend {
     metrics: Option<Arc<dyn MetricsSource>>,
     /// Outstanding wrapped-import tokens with their wrapping keys (this member's memory).
     importer: Importer,
+    approvals: ApprovalPolicy,
+    /// Unix seconds now: the appliance passes its trusted clock (the KRS's signed time carried
+    /// forward), so that the host's wall clock cannot revive an expired approval.
+    clock: fn() -> u64,
 }
 
 impl RegistryBackend {
@@ -66,7 +74,22 @@ impl RegistryBackend {
             fleet: None,
             metrics: None,
             importer: Importer::default(),
+            approvals: ApprovalPolicy::default(),
+            clock: now_unix,
         }
+    }
+
+    /// Read time from `clock` (Unix seconds) instead of the wall clock: approval expiry and
+    /// `schedule-destroy` dates.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Dual control: `policy.required` distinct operators (1: off) and the approval TTL.
+    pub fn with_approvals(mut self, policy: ApprovalPolicy) -> Self {
+        self.approvals = policy;
+        self
     }
 
     /// Serve `GET /metrics` from `metrics`.
@@ -149,22 +172,217 @@ impl RegistryBackend {
     }
 }
 
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RegistryBackend {
+    /// An approval-store write, tried again when another member of the fleet wrote first.
+    fn update_approval(
+        &self,
+        id: &str,
+        change: impl Fn(
+            Option<&keyward_keystore::model::ApprovalRecord>,
+        ) -> Result<keyward_keystore::model::ApprovalRecord, AdminError>,
+    ) -> Result<keyward_keystore::model::ApprovalRecord, AdminError> {
+        let mut tries = 1;
+        loop {
+            match self.registry.update_approval(id, &change) {
+                Err(AdminError::Raced(why)) if tries < RACE_RETRIES => {
+                    tracing::info!(tries, "approval write lost a race: {why}");
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The approvals requests themselves (list, approve, deny).
+    fn approvals_op(
+        &self,
+        operator: &Operator,
+        roles: Roles,
+        req: &Request,
+    ) -> Result<Value, AdminError> {
+        let now = (self.clock)();
+        match req {
+            Request::ApprovalsApprove { id } => {
+                let r = self.update_approval(id, |cur| {
+                    super::approval::approve(cur, id, operator, roles, now)
+                });
+                if let Err(AdminError::Forbidden(why)) = &r {
+                    if why.contains("expired") {
+                        self.audit_expired(operator, id, why);
+                    }
+                }
+                let r = r?;
+                to_json(&super::approval::info(&r, now))
+            }
+            Request::ApprovalsDeny { id } => {
+                let r = self.update_approval(id, |cur| {
+                    super::approval::deny(cur, id, operator, roles, now)
+                })?;
+                to_json(&super::approval::info(&r, now))
+            }
+            _ => {
+                let list: Vec<_> = self
+                    .registry
+                    .approvals()?
+                    .iter()
+                    .map(|a| super::approval::info(a, now))
+                    .collect();
+                to_json(&list)
+            }
+        }
+    }
+
+    fn audit_expired(&self, operator: &Operator, id: &str, why: &str) {
+        self.audit.admin(
+            &operator.subject,
+            "approval_expired",
+            &format!("approval={id}; refused: {why}"),
+            false,
+        );
+    }
+
+    /// A request that needs approval: without one, file a request and refuse; with one,
+    /// consume it (once, bound to this exact request) and run the request.
+    fn gated(
+        &self,
+        operator: &Operator,
+        req: Request,
+        approval: Option<String>,
+        need: super::role::Need,
+    ) -> Result<Value, AdminError> {
+        let op = req.op();
+        let what = describe(&req);
+        let sha = super::approval::request_sha256(&req)?;
+        let now = (self.clock)();
+        let Some(id) = approval else {
+            let filed = super::approval::file(op, &what, sha, need, operator, self.approvals, now)?;
+            let id = filed.id.clone();
+            let rec = self.update_approval(&id, |cur| match cur {
+                None => Ok(filed.clone()),
+                Some(_) => Err(AdminError::Conflict("approval: id taken".into())),
+            })?;
+            self.audit.admin(
+                &operator.subject,
+                "approval_filed",
+                &format!(
+                    "approval={id} for {op} {what}; needs {} approver(s) with the {} role;                      request_sha256={}",
+                    rec.needed, rec.role, rec.request_sha256
+                ),
+                true,
+            );
+            return Err(AdminError::Forbidden(format!(
+                "approval required: request {id}, expires {}; {} more operator(s) with the {}                  role run `keyward admin approvals approve {id}`, then re-run this command with                  --approval {id}",
+                keyward_keystore::unix_rfc3339(rec.expires),
+                rec.needed,
+                rec.role
+            )));
+        };
+        let consumed = self.update_approval(&id, |cur| {
+            super::approval::consume(cur, &id, operator, &sha, now)
+        });
+        let consumed = match consumed {
+            Ok(c) => c,
+            Err(e) => {
+                if e.to_string().contains("expired") {
+                    self.audit_expired(operator, &id, &e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        self.audit.admin(
+            &operator.subject,
+            "approval_used",
+            &format!(
+                "approval={id} for {op} {what}; approved by {}",
+                consumed
+                    .approvers
+                    .iter()
+                    .map(|a| a.subject.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            true,
+        );
+        let result = self.apply_retrying(req);
+        if let Err(e) = &result {
+            // The request did not run: give the approval back (once more usable, until it
+            // expires). If this write fails too, a new request has to be filed.
+            let back = self.update_approval(&id, |cur| match cur {
+                Some(c) if c.state == keyward_keystore::model::ApprovalState::Used => {
+                    let mut c = c.clone();
+                    c.state = keyward_keystore::model::ApprovalState::Approved;
+                    c.closed_by = None;
+                    c.closed = None;
+                    Ok(c)
+                }
+                _ => Err(AdminError::Conflict("approval changed meanwhile".into())),
+            });
+            self.audit.admin(
+                &operator.subject,
+                "approval_restored",
+                &format!(
+                    "approval={id}: {op} failed ({e}); approval {}",
+                    if back.is_ok() {
+                        "usable again"
+                    } else {
+                        "stays used"
+                    }
+                ),
+                back.is_ok(),
+            );
+        }
+        result
+    }
+}
+
 impl Backend for RegistryBackend {
     fn handle(&self, operator: &Operator, req: Request) -> Result<Value, AdminError> {
+        self.handle_approved(operator, req, None)
+    }
+
+    fn handle_approved(
+        &self,
+        operator: &Operator,
+        req: Request,
+        approval: Option<String>,
+    ) -> Result<Value, AdminError> {
         // Every request is audited, reads too: `kms-config` discloses a credential.
         let actor = operator.subject.as_str();
         let op = req.op();
         let what = describe(&req);
+        let policy = super::role::policy(&req);
+        let gated = policy.approval && self.approvals.required > 1;
         let result = match &operator.role {
-            Ok(role) if super::role::allows(*role, &req) => self
-                .unwrap_import(req)
-                .and_then(|req| self.apply_retrying(req)),
-            Ok(role) => Err(AdminError::Forbidden(format!(
-                "forbidden: the client certificate's role is {role}, and {op} needs admin \
-                 (a certificate with the SAN URI {})",
-                Role::Admin.uri()
+            Ok(roles) if !roles.satisfy(policy.need) => Err(AdminError::Forbidden(format!(
+                "forbidden: the client certificate's role is {roles}, and {op} needs {} (a \
+                 certificate with the SAN URI {})",
+                policy.need.role(),
+                policy.need.role().uri()
             ))),
             Err(why) => Err(AdminError::Forbidden(format!("forbidden: {why}"))),
+            Ok(_) if approval.is_some() && !gated => Err(AdminError::BadRequest(format!(
+                "approval: {op} needs no approval; run it without --approval"
+            ))),
+            Ok(_) if gated => self.gated(operator, req, approval, policy.need),
+            Ok(roles)
+                if matches!(
+                    req,
+                    Request::ApprovalsList
+                        | Request::ApprovalsApprove { .. }
+                        | Request::ApprovalsDeny { .. }
+                ) =>
+            {
+                self.approvals_op(operator, *roles, &req)
+            }
+            Ok(_) => self
+                .unwrap_import(req)
+                .and_then(|req| self.apply_retrying(req)),
         };
         {
             let detail = match &result {
@@ -318,6 +536,10 @@ fn describe(req: &Request) -> String {
             format!("store={} read", s(store))
         }
         Request::Backup => "export of the whole sealed key store".into(),
+        Request::ApprovalsList => "read".into(),
+        Request::ApprovalsApprove { id } | Request::ApprovalsDeny { id } => {
+            format!("approval={id}")
+        }
         Request::KmsConfig {
             store,
             access_key_id,
@@ -566,9 +788,7 @@ impl RegistryBackend {
                 to_json(&key_info(r.rotate_key(store.as_deref(), &id)?))
             }
             Request::KeysScheduleDestroy { store, id, days } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = (self.clock)();
                 to_json(&key_info(r.schedule_destroy(
                     store.as_deref(),
                     &id,
@@ -662,6 +882,11 @@ impl RegistryBackend {
                 r.remove_credential(store.as_deref(), &access_key_id)?;
                 Ok(json!({ "removed": access_key_id }))
             }
+            Request::ApprovalsList
+            | Request::ApprovalsApprove { .. }
+            | Request::ApprovalsDeny { .. } => Err(AdminError::Internal(
+                "approvals are not registry requests".into(),
+            )),
             Request::KmsConfig {
                 store,
                 access_key_id,

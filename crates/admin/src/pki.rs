@@ -109,6 +109,16 @@ impl Ca {
         days: i64,
         role: Option<Role>,
     ) -> Result<Issued, PkiError> {
+        self.client_with_roles(common_name, days, role.as_slice())
+    }
+
+    /// [`Ca::client`] with one SAN URI claim per role (the certificate gets their union).
+    pub fn client_with_roles(
+        &self,
+        common_name: &str,
+        days: i64,
+        roles: &[Role],
+    ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -118,9 +128,10 @@ impl Ca {
             .push(DnType::OrganizationName, "keyward");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if let Some(r) = role {
-            params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(r.uri())?)];
-        }
+        params.subject_alt_names = roles
+            .iter()
+            .map(|r| Ok(SanType::URI(Ia5String::try_from(r.uri())?)))
+            .collect::<Result<Vec<_>, PkiError>>()?;
         validity(&mut params, days);
         if days < 0 {
             params.not_before = params.not_after - time::Duration::days(30);

@@ -12,6 +12,10 @@ use keyward_keystore::view::{Grant, GrantOps, KeyStatus, KeyUsage};
 /// The admin API path.
 pub const PATH: &str = "/admin/v1";
 
+/// The HTTP header naming the approval a request uses (`--approval ID`): kept out of the
+/// JSON request so the request's hash (what the approval is bound to) is the request itself.
+pub const APPROVAL_HEADER: &str = "x-keyward-approval";
+
 /// Largest request body the admin server reads.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -197,13 +201,23 @@ pub enum Request {
     },
     /// Export the whole sealed key store as one backup file (`keyward admin backup`): header,
     /// every record verbatim (still sealed), the head, MACed under the master key's `backup`
-    /// subkey. Admin only. The answer carries the file's text (see [`BackupInfo`]).
+    /// subkey. Security role. The answer carries the file's text (see [`BackupInfo`]).
     Backup,
     /// The JSON file the AWS KMS console accepts for a store (needs the secret: give the access
     /// key id whose secret to include, or the newest credential is used).
     KmsConfig {
         store: Option<String>,
         access_key_id: Option<String>,
+    },
+    /// Approval requests (M-of-N dual control): pending, approved, denied, used, expired.
+    ApprovalsList,
+    /// Approve a pending request filed by another operator (needs the role its action needs).
+    ApprovalsApprove {
+        id: String,
+    },
+    /// Deny a pending or approved request (its requester, or an operator with its role).
+    ApprovalsDeny {
+        id: String,
     },
 }
 
@@ -236,6 +250,9 @@ impl Request {
             Request::CredsRemove { .. } => "creds_remove",
             Request::KmsConfig { .. } => "kms_config",
             Request::Backup => "backup",
+            Request::ApprovalsList => "approvals_list",
+            Request::ApprovalsApprove { .. } => "approvals_approve",
+            Request::ApprovalsDeny { .. } => "approvals_deny",
         }
     }
 
@@ -251,6 +268,7 @@ impl Request {
                 | Request::CredsList { .. }
                 | Request::KmsConfig { .. }
                 | Request::Backup
+                | Request::ApprovalsList
         )
     }
 }
@@ -335,6 +353,31 @@ impl std::fmt::Debug for BackupInfo {
             .field("records", &self.records)
             .finish()
     }
+}
+
+/// An approval request as `approvals list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    pub id: String,
+    /// The admin operation it is for.
+    pub op: String,
+    /// What it changes or reveals (names and ids).
+    pub what: String,
+    /// pending, approved, denied, used or expired.
+    pub state: String,
+    pub requester: String,
+    /// Approvers (subjects), in order.
+    pub approvers: Vec<String>,
+    /// Approvers needed besides the requester.
+    pub needed: u32,
+    /// The role an approver needs.
+    pub role: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub expires: String,
+    /// SHA-256 of the canonical request JSON it is bound to, hex.
+    pub request_sha256: String,
 }
 
 /// A key as `keys list` shows it (never key bytes).
@@ -495,7 +538,7 @@ mod tests {
     #[test]
     fn import_ops_parse_with_kms_names_and_viewers_may_not_use_them() {
         use crate::import::{WrappingAlgorithm, WrappingKeySpec};
-        use crate::role::{allows, Role};
+        use crate::role::{allows, Role, Roles};
         let p: Request = serde_json::from_str(r#"{"op":"keys_import_params"}"#).unwrap();
         assert!(matches!(
             p,
@@ -536,8 +579,9 @@ mod tests {
         ));
         assert!(!format!("{r:?}").contains("c2VjcmV0a2V5Ynl0ZXM="));
         for req in [&p, &w, &r] {
-            assert!(!allows(Role::Viewer, req), "{req:?}");
-            assert!(allows(Role::Admin, req));
+            assert!(!allows(Roles::of(Role::Viewer), req), "{req:?}");
+            assert!(allows(Roles::of(Role::Operator), req));
+            assert!(!allows(Roles::of(Role::Security), req), "{req:?}");
         }
     }
 

@@ -68,6 +68,22 @@ impl AdminError {
 pub trait Backend: Send + Sync + 'static {
     fn handle(&self, operator: &Operator, req: Request) -> Result<serde_json::Value, AdminError>;
 
+    /// [`Backend::handle`] with the approval the request names (`--approval ID`, the
+    /// [`super::proto::APPROVAL_HEADER`] header). The default knows no approvals.
+    fn handle_approved(
+        &self,
+        operator: &Operator,
+        req: Request,
+        approval: Option<String>,
+    ) -> Result<serde_json::Value, AdminError> {
+        match approval {
+            None => self.handle(operator, req),
+            Some(_) => Err(AdminError::BadRequest(
+                "approval: this server does not take approvals".into(),
+            )),
+        }
+    }
+
     /// `GET /metrics`: the OpenMetrics text for `operator` (every role may read it). The
     /// default serves none.
     fn metrics(&self, operator: &Operator) -> Result<String, AdminError> {
@@ -95,6 +111,8 @@ pub struct AdminServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     unclaimed_role: Role,
+    /// `[admin] approvals_required` and `approval_ttl`.
+    approvals: super::approval::ApprovalPolicy,
     /// Connections served at once (the descriptor budget's admin share); more are closed at
     /// accept, before any TLS work.
     max_connections: usize,
@@ -141,8 +159,17 @@ impl AdminServer {
             listener,
             acceptor: TlsAcceptor::from(tls),
             unclaimed_role: cfg.unclaimed_role,
+            approvals: super::approval::ApprovalPolicy {
+                required: cfg.approvals_required,
+                ttl_secs: cfg.approval_ttl_secs,
+            },
             max_connections: keyward_secret::fdlimit::FdBudget::current().admin,
         })
+    }
+
+    /// The dual-control settings from the configuration (for the backend).
+    pub fn approval_policy(&self) -> super::approval::ApprovalPolicy {
+        self.approvals
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -214,8 +241,13 @@ async fn serve_conn(
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let actor = leaf.and_then(|c| {
         let subject = super::tls::subject_of(c)?;
+        let spki_sha256 = hex::encode(super::tls::spki_sha256(c)?);
         let role = super::role::resolve(&super::role::claim_of(c), unclaimed);
-        Some(Operator { subject, role })
+        Some(Operator {
+            subject,
+            spki_sha256,
+            role,
+        })
     });
     let Some(actor) = actor else {
         tracing::warn!(%peer, "admin connection without a readable client certificate");
@@ -269,8 +301,26 @@ fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
 /// `POST /admin/v1`: one JSON request, carried out on a blocking thread (it writes and fsyncs).
 async fn admin(
     axum::extract::State(st): axum::extract::State<ConnState>,
+    headers: http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Answer {
+    let approval = match headers
+        .get(super::proto::APPROVAL_HEADER)
+        .map(|v| v.to_str())
+    {
+        None => None,
+        Some(Ok(v))
+            if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some(v.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                Err("approval: the approval id is 1-64 hex digits".into()),
+            )
+        }
+    };
     let body = match body {
         // The request may carry key material: the copy we parse is wiped after use.
         Ok(b) => zeroize::Zeroizing::new(b.to_vec()),
@@ -293,7 +343,9 @@ async fn admin(
     };
     let op = request.op();
     let ConnState { backend, actor } = st;
-    let result = tokio::task::spawn_blocking(move || backend.handle(&actor, request)).await;
+    let result =
+        tokio::task::spawn_blocking(move || backend.handle_approved(&actor, request, approval))
+            .await;
     match result {
         Ok(Ok(v)) => answer(StatusCode::OK, Ok(v)),
         Ok(Err(e)) => {
@@ -370,6 +422,50 @@ mod tests {
         }
     }
 
+    /// Answers with the approval id the request carried.
+    struct Approvals;
+    impl Backend for Approvals {
+        fn handle(&self, _: &Operator, _: Request) -> Result<serde_json::Value, AdminError> {
+            Ok(serde_json::json!({ "approval": null }))
+        }
+        fn handle_approved(
+            &self,
+            _: &Operator,
+            _: Request,
+            approval: Option<String>,
+        ) -> Result<serde_json::Value, AdminError> {
+            Ok(serde_json::json!({ "approval": approval }))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_approval_header_reaches_the_backend_checked() {
+        let actor = Arc::new(Operator::new("CN=sam", Role::Security));
+        let send = |value: Option<&'static str>| {
+            let mut b = http::Request::builder().method("POST").uri(PATH);
+            if let Some(v) = value {
+                b = b.header(crate::proto::APPROVAL_HEADER, v);
+            }
+            let req = b
+                .body(axum::body::Body::from(&br#"{"op":"stores_list"}"#[..]))
+                .unwrap();
+            router(Arc::new(Approvals), actor.clone()).oneshot(req)
+        };
+        let r = send(Some("ABCDEF0123")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["result"]["approval"], "abcdef0123");
+        let r = send(None).await.unwrap();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["result"]["approval"].is_null(), "{v}");
+        for bad in ["not-hex", ""] {
+            let r = send(Some(bad)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn metrics_is_a_get_with_openmetrics_text() {
         let actor = Arc::new(Operator::new("CN=viewer", Role::Viewer));
@@ -394,10 +490,7 @@ mod tests {
     }
 
     async fn call(method: &str, path: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
-        let actor = Arc::new(Operator {
-            subject: "CN=alice".into(),
-            role: Ok(Role::Admin),
-        });
+        let actor = Arc::new(Operator::new("CN=alice", Role::Admin));
         let req = http::Request::builder()
             .method(method)
             .uri(path)

@@ -518,7 +518,9 @@ impl Running {
         }
         let xks_task = tokio::spawn(xks.run(view, audit.clone(), probe, wait_true(rx.clone())));
         let admin_task = admin.map(|a| {
-            let mut backend = RegistryBackend::new(registry.clone(), audit.clone());
+            let mut backend = RegistryBackend::new(registry.clone(), audit.clone())
+                .with_approvals(a.approval_policy())
+                .with_clock(|| keyward_agent::time::clock().now_or_wall());
             if let Some(m) = &managed_tls {
                 backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);
             }

@@ -165,7 +165,19 @@ pub struct AdminConfig {
     /// The role of a client certificate without a `keyward:role:` SAN URI claim
     /// (`unclaimed_role`, default admin: certificates from before roles keep working).
     pub unclaimed_role: crate::role::Role,
+    /// Distinct operators a destructive or secret-revealing request needs, the requester
+    /// included (`approvals_required`, 1-5, default 2: the requester and one approver; 1 turns
+    /// dual control off).
+    pub approvals_required: u32,
+    /// How long an approval request stays usable after it was filed, seconds (`approval_ttl`,
+    /// `"1h"`, `"30m"` or seconds, 1 s to 7 days, default 1 h).
+    pub approval_ttl_secs: u64,
 }
+
+/// Default [`AdminConfig::approvals_required`].
+pub const DEFAULT_APPROVALS_REQUIRED: u32 = 2;
+/// Default [`AdminConfig::approval_ttl_secs`].
+pub const DEFAULT_APPROVAL_TTL_SECS: u64 = 3600;
 
 /// The attestation listener (live evidence for auditors).
 #[derive(Debug, Clone)]
@@ -872,13 +884,64 @@ fn parse_admin(mut s: Section, p: &mut Problems) -> Option<AdminConfig> {
             }
         },
     };
+    let approvals_required = match s.integer("approvals_required", p) {
+        None => DEFAULT_APPROVALS_REQUIRED,
+        Some(n) if (1..=5).contains(&n) => n as u32,
+        Some(n) => {
+            p.invalid(
+                s.key_path("approvals_required"),
+                format!(
+                    "{n} is not 1-5 (operators a destructive request needs, requester included)"
+                ),
+            );
+            DEFAULT_APPROVALS_REQUIRED
+        }
+    };
+    let approval_ttl_secs = {
+        let key = s.key_path("approval_ttl");
+        let raw = match s.raw("approval_ttl") {
+            None => None,
+            Some(toml::Value::Integer(n)) => Some(u64::try_from(*n).ok()),
+            Some(toml::Value::String(t)) => Some(parse_ttl(t)),
+            Some(_) => Some(None),
+        };
+        match raw {
+            None => DEFAULT_APPROVAL_TTL_SECS,
+            Some(Some(n)) if (1..=7 * 86_400).contains(&n) => n,
+            Some(_) => {
+                p.invalid(
+                    key,
+                    "use a duration of 1 s to 7 days, like \"1h\", \"30m\" or 3600",
+                );
+                DEFAULT_APPROVAL_TTL_SECS
+            }
+        }
+    };
     s.finish(p);
     Some(AdminConfig {
         listen: listen?,
         tls,
         client_ca: client_ca?,
         unclaimed_role,
+        approvals_required,
+        approval_ttl_secs,
     })
+}
+
+/// `"1h"`, `"30m"`, `"90s"`, `"2d"` or `"3600"` as seconds.
+fn parse_ttl(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mul)
 }
 
 fn parse_log(mut s: Section, p: &mut Problems) -> Option<LogConfig> {
@@ -1092,6 +1155,53 @@ file = "mk"
             .filter(|p| p.severity == Severity::Invalid)
             .map(|p| p.path.clone())
             .collect()
+    }
+
+    #[test]
+    fn admin_dual_control_settings() {
+        let admin = |extra: &str| {
+            storage_case(
+                &format!(
+                    "[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca_file = \"ca.pem\"\n\
+                     tls_cert_chain_file = \"ca.pem\"\ntls_key_file = \"ca.pem\"\n{extra}\n"
+                ),
+                &[("ca.pem", 0o600)],
+            )
+        };
+        let l = admin("");
+        let a = l.config.as_ref().and_then(|c| c.admin.clone());
+        let a = a.unwrap_or_else(|| panic!("{:?}", l.problems));
+        assert_eq!(
+            (a.approvals_required, a.approval_ttl_secs),
+            (DEFAULT_APPROVALS_REQUIRED, DEFAULT_APPROVAL_TTL_SECS)
+        );
+        for (extra, want) in [
+            ("approvals_required = 3\napproval_ttl = \"30m\"", (3, 1800)),
+            ("approvals_required = 1\napproval_ttl = 90", (1, 90)),
+            ("approval_ttl = \"2d\"", (2, 172_800)),
+        ] {
+            let l = admin(extra);
+            let a = l.config.as_ref().and_then(|c| c.admin.clone());
+            let a = a.unwrap_or_else(|| panic!("{extra}: {:?}", l.problems));
+            assert_eq!((a.approvals_required, a.approval_ttl_secs), want, "{extra}");
+        }
+        for (extra, field) in [
+            ("approvals_required = 0", "admin.approvals_required"),
+            ("approvals_required = 9", "admin.approvals_required"),
+            ("approval_ttl = \"1y\"", "admin.approval_ttl"),
+            ("approval_ttl = \"8d\"", "admin.approval_ttl"),
+            ("approval_ttl = true", "admin.approval_ttl"),
+        ] {
+            let bad = invalid_paths(&admin(extra));
+            assert!(bad.iter().any(|p| p == field), "{extra}: {bad:?}");
+        }
+        let bad = invalid_paths(&admin("unclaimed_role = \"root\""));
+        assert!(bad.iter().any(|p| p == "admin.unclaimed_role"), "{bad:?}");
+        let l = admin("unclaimed_role = \"security\"");
+        assert_eq!(
+            l.config.and_then(|c| c.admin).map(|a| a.unclaimed_role),
+            Some(crate::role::Role::Security)
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::head::{AnchorError, Freshness, HeadAnchor, StoreHead};
 use super::model::{
     Header, KeyStore, Record, SealedHead, SignedRecord, LEGACY_LOG_FORMAT, LOG_FORMAT,
 };
-use super::registry::{apply, ApplyError, StoreBuild, TlsMaterial};
+use super::registry::{apply, ApplyError, Sidecar, StoreBuild};
 use super::seal::{decode_mac, mac_matches, ChainMac, Sealer};
 use super::KeystoreError;
 use keyward_secret::{getrandom_fill, Key32};
@@ -35,7 +35,8 @@ use keyward_secret::{getrandom_fill, Key32};
 pub(super) struct Opened {
     pub(super) sealer: Sealer,
     pub(super) builds: HashMap<String, StoreBuild>,
-    pub(super) tls: Option<TlsMaterial>,
+    /// The TLS identity and the approval requests (state beside the stores).
+    pub(super) tls: Sidecar,
     /// The acknowledged head (records after it were cut off).
     pub(super) head: StoreHead,
     /// A shared store's verified history (see [`Replayed::chain`]).
@@ -245,7 +246,7 @@ fn init(backend: &mut dyn KeyStore, master: &Key32) -> Result<Opened, KeystoreEr
     Ok(Opened {
         sealer,
         builds: HashMap::new(),
-        tls: None,
+        tls: Sidecar::default(),
         head,
         chain,
     })
@@ -261,7 +262,7 @@ fn tampered(seq: u64, why: &'static str) -> KeystoreError {
 pub(super) fn replay(
     sealer: &Sealer,
     builds: &mut HashMap<String, StoreBuild>,
-    tls: &mut Option<TlsMaterial>,
+    tls: &mut Sidecar,
     seq: u64,
     rec: Record,
 ) -> Result<(), KeystoreError> {
@@ -307,7 +308,8 @@ fn open_v2(
 /// A verified, replayed store under a sealer the caller already holds.
 pub(super) struct Replayed {
     pub(super) builds: HashMap<String, StoreBuild>,
-    pub(super) tls: Option<TlsMaterial>,
+    /// The TLS identity and the approval requests (state beside the stores).
+    pub(super) tls: Sidecar,
     pub(super) head: StoreHead,
     /// A shared store's chain MAC at every `seq` since its start (or its checkpoint), to tell
     /// whether a head the KRS holds is on the history this member verified. Empty otherwise.
@@ -422,7 +424,7 @@ fn replay_v2(
     };
 
     let mut builds: HashMap<String, StoreBuild> = HashMap::new();
-    let mut tls: Option<TlsMaterial> = None;
+    let mut tls = Sidecar::default();
     let start = sealer.chain_start();
     let mut prev = start;
     let mut next = 1u64;
@@ -663,7 +665,7 @@ fn migrate(
     sealer: Sealer,
 ) -> Result<(), KeystoreError> {
     let mut builds: HashMap<String, StoreBuild> = HashMap::new();
-    let mut tls: Option<TlsMaterial> = None;
+    let mut tls = Sidecar::default();
     let mut last_seq = 0u64;
     let mut records: Vec<Record> = Vec::new();
     backend.load(&mut |sr: SignedRecord| {

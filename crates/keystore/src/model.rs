@@ -217,6 +217,70 @@ pub enum Record {
     /// First record of a compacted log: the head it replaces (the record's `seq` and this chain
     /// MAC) and how many live records follow it.
     Checkpoint(CheckpointRecord),
+    /// Create or replace an approval request (M-of-N dual control on the admin API), by id.
+    /// In the chained log like every record, so on a fleet every member sees it and a database
+    /// writer cannot forge, alter or replay one unnoticed.
+    Approval(ApprovalRecord),
+}
+
+/// Where an approval request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Filed, waiting for approvers.
+    Pending,
+    /// Approved by enough operators; not used yet.
+    Approved,
+    /// Denied (by an operator holding the role the action needs, or the requester).
+    Denied,
+    /// Used: the request it approved was carried out (once).
+    Used,
+}
+
+/// One approval of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproverRecord {
+    /// The approver's client certificate subject (for display and audit).
+    pub subject: String,
+    /// SHA-256 of the approver's client certificate SubjectPublicKeyInfo, hex (the identity).
+    pub spki_sha256: String,
+    /// When, Unix seconds.
+    pub at: u64,
+}
+
+/// An approval request as persisted: what it is for (the operation, a description with names
+/// and ids only, the SHA-256 of the canonical request JSON), who filed it, who approved it, and
+/// where it stands. Never a secret: a request's secret fields are not part of the description,
+/// and only the hash of the request is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Random id, 32 hex digits.
+    pub id: String,
+    /// The admin operation (`keys_schedule_destroy`, ...).
+    pub op: String,
+    /// What it changes or reveals (names and ids).
+    pub what: String,
+    /// SHA-256 of the canonical JSON of the exact request, hex.
+    pub request_sha256: String,
+    /// The role an approver needs.
+    pub role: String,
+    /// The requester's client certificate subject.
+    pub requester: String,
+    /// SHA-256 of the requester's client certificate SPKI, hex.
+    pub requester_spki_sha256: String,
+    /// Approvers needed besides the requester.
+    pub needed: u32,
+    /// Filed, Unix seconds.
+    pub created: u64,
+    /// Refused after this, Unix seconds.
+    pub expires: u64,
+    pub state: ApprovalState,
+    pub approvers: Vec<ApproverRecord>,
+    /// Who denied or used it, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<u64>,
 }
 
 /// What a compaction checkpoint carries (see [`Record::Checkpoint`]).

@@ -2,7 +2,7 @@
 //! publishes the result as a [`Snapshot`] in a [`SharedView`], and applies admin changes. Each
 //! change is durable before the call returns and live at once (a new snapshot is swapped in).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
-    CheckpointRecord, CredentialRecord, DestroyedKeyRecord, KeyRecord, KeyStore, KeyVersionRecord,
-    Record, SignedRecord, StoreRecord, TlsKeyRecord,
+    ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, KeyRecord, KeyStore,
+    KeyVersionRecord, Record, SignedRecord, StoreRecord, TlsKeyRecord,
 };
 use super::seal::{
     cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
@@ -176,6 +176,8 @@ struct Inner {
     meta: HashMap<String, StoreMeta>,
     /// The appliance TLS identity, unsealed (not part of the XKS request-path view).
     tls: Option<TlsMaterial>,
+    /// Approval requests by id (not part of the XKS request-path view).
+    approvals: Approvals,
     /// The backend is shared by a fleet ([`KeyStore::shared`]): writes are compare-and-set,
     /// other members' records are applied by [`Registry::refresh`], nothing is compacted or cut.
     shared: bool,
@@ -185,11 +187,26 @@ struct Inner {
 
 /// What a write changes besides the snapshot (creation times, the TLS identity), applied when
 /// the write takes effect.
-type Effect = Box<dyn FnOnce(&mut HashMap<String, StoreMeta>, &mut Option<TlsMaterial>) + Send>;
+type Effect = Box<
+    dyn FnOnce(&mut HashMap<String, StoreMeta>, &mut Option<TlsMaterial>, &mut Approvals) + Send,
+>;
 
 fn no_effect() -> Effect {
-    Box::new(|_, _| {})
+    Box::new(|_, _, _| {})
 }
+
+/// Approval requests by id.
+pub(super) type Approvals = BTreeMap<String, ApprovalRecord>;
+
+/// What replaying records builds besides the stores: the TLS identity and the approvals.
+#[derive(Default)]
+pub(super) struct Sidecar {
+    pub(super) tls: Option<TlsMaterial>,
+    pub(super) approvals: Approvals,
+}
+
+/// Largest approval request record the key store accepts (its JSON).
+const MAX_APPROVAL_JSON: usize = 8 * 1024;
 
 /// A write whose outcome at the anchor is unknown.
 struct Pending {
@@ -265,12 +282,13 @@ const ANCHOR_TRIES: usize = 8;
 const COMPACT_FLOOR: usize = 4096;
 
 /// Records needed to describe `snap` (stores, keys, credentials) and the TLS identity.
-fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>) -> usize {
+fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>, approvals: &Approvals) -> usize {
     snap.stores
         .values()
         .map(|s| 1 + s.keys.len() + s.credentials.len() + s.destroyed.len())
         .sum::<usize>()
         + usize::from(tls.is_some())
+        + approvals.len()
 }
 
 /// The record of a TLS identity, its key sealed afresh.
@@ -602,12 +620,12 @@ impl Registry {
         let load::Opened {
             sealer,
             builds,
-            tls,
+            tls: Sidecar { tls, approvals },
             head,
             chain,
         } = opened;
         let (snapshot, meta) = build_snapshot(builds);
-        let live = live_count(&snapshot, &tls);
+        let live = live_count(&snapshot, &tls, &approvals);
         let shared = backend.shared();
         let anchor = match freshness {
             super::Freshness::Anchored { anchor, floor } => {
@@ -629,6 +647,7 @@ impl Registry {
             pending: None,
             meta,
             tls,
+            approvals,
             shared,
             history: chain,
         };
@@ -866,7 +885,10 @@ impl Registry {
         };
         let snap = self.view.load_full();
         let mut builds = builds_of(&snap, &inner.meta);
-        let mut tls = inner.tls.clone();
+        let mut tls = Sidecar {
+            tls: inner.tls.clone(),
+            approvals: inner.approvals.clone(),
+        };
         let mut macs = Vec::with_capacity(new.len());
         for (seq, mac, rec) in new {
             load::replay(&inner.sealer, &mut builds, &mut tls, seq, rec)?;
@@ -887,7 +909,8 @@ impl Registry {
             chain_mac: last.1.to_vec(),
         };
         inner.meta = meta;
-        inner.tls = tls;
+        inner.tls = tls.tls;
+        inner.approvals = tls.approvals;
         self.view.store(Arc::new(snap));
         Ok(Some(true))
     }
@@ -908,7 +931,8 @@ impl Registry {
         inner.head = r.head;
         inner.history = r.chain;
         inner.meta = meta;
-        inner.tls = r.tls;
+        inner.tls = r.tls.tls;
+        inner.approvals = r.tls.approvals;
         self.view.store(Arc::new(snap));
         Ok(true)
     }
@@ -1186,10 +1210,11 @@ impl Registry {
             );
         }
         inner.head = next;
-        effect(&mut inner.meta, &mut inner.tls);
+        effect(&mut inner.meta, &mut inner.tls, &mut inner.approvals);
         self.view.store(Arc::clone(&snap));
         if !inner.shared
-            && inner.backend.record_count() > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls))
+            && inner.backend.record_count()
+                > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls, &inner.approvals))
         {
             if let Err(e) = compact(inner, &snap) {
                 // The change is already durable; only the log stays longer than needed.
@@ -1258,7 +1283,7 @@ impl Registry {
         let mut stores = snap.stores.clone();
         stores.insert(record.name.clone(), Arc::new(view));
         let created = record.created;
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             meta.insert(
                 spec.name,
                 StoreMeta {
@@ -1323,7 +1348,7 @@ impl Registry {
             name: name.to_string(),
         };
         let gone = name.to_string();
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             meta.remove(&gone);
         });
         self.commit(&mut inner, rec, Snapshot { stores }, effect)
@@ -1383,7 +1408,7 @@ impl Registry {
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
         let name = sv.name.clone();
         let new: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.extend(new.into_iter().map(|id| (id, created)));
             }
@@ -1437,7 +1462,7 @@ impl Registry {
         let mut stores = snap.stores.clone();
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
         let (name, key) = (sv.name.clone(), id.to_string());
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.insert(key, created);
             }
@@ -1714,7 +1739,7 @@ impl Registry {
         stores.insert(sv.name.clone(), Arc::new(view));
         drop(old);
         let (name, key) = (sv.name.clone(), id.to_string());
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.remove(&key);
             }
@@ -1923,7 +1948,7 @@ impl Registry {
             Arc::new(store_view(&sv, None, Some(creds))),
         );
         let (name, akid) = (sv.name.clone(), access_key_id.to_string());
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.creds.insert(akid, created);
             }
@@ -1971,7 +1996,7 @@ impl Registry {
             access_key_id: access_key_id.to_string(),
         };
         let (name, akid) = (sv.name.clone(), access_key_id.to_string());
-        let effect: Effect = Box::new(move |meta, _| {
+        let effect: Effect = Box::new(move |meta, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.creds.remove(&akid);
             }
@@ -2114,6 +2139,53 @@ impl Registry {
         self.commit_tls(&mut inner, t)
     }
 
+    /// Every approval request, oldest first (on a shared store after applying what the other
+    /// members wrote).
+    pub fn approvals(&self) -> Result<Vec<ApprovalRecord>, KeystoreError> {
+        let mut inner = self.lock();
+        if inner.shared {
+            self.refresh_locked(&mut inner)?;
+        }
+        let mut v: Vec<ApprovalRecord> = inner.approvals.values().cloned().collect();
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    /// Create or change the approval request `id`: `change` gets the request as it stands now
+    /// (under the writer lock, on a shared store after applying the other members' writes) and
+    /// returns the new record or why not; the new record is durable (and, on a fleet, every
+    /// member's) when this returns. Two members changing one request at once: one wins, the
+    /// other gets [`KeystoreError::Conflict`] and, tried again, sees the winner's record.
+    pub fn update_approval<E: From<KeystoreError>>(
+        &self,
+        id: &str,
+        change: impl FnOnce(Option<&ApprovalRecord>) -> Result<ApprovalRecord, E>,
+    ) -> Result<ApprovalRecord, E> {
+        let mut inner = self.lock_write()?;
+        let new = change(inner.approvals.get(id))?;
+        if new.id != id {
+            return Err(KeystoreError::invalid("approval", "the id cannot change").into());
+        }
+        let len = serde_json::to_vec(&new).map_or(usize::MAX, |v| v.len());
+        if len > MAX_APPROVAL_JSON {
+            return Err(KeystoreError::invalid(
+                "approval",
+                format!("the request is larger than {MAX_APPROVAL_JSON} bytes"),
+            )
+            .into());
+        }
+        let snap = self.view.load_full();
+        let same = Snapshot {
+            stores: snap.stores.clone(),
+        };
+        let kept = new.clone();
+        let effect: Effect = Box::new(move |_, _, approvals| {
+            approvals.insert(kept.id.clone(), kept);
+        });
+        self.commit(&mut inner, Record::Approval(new.clone()), same, effect)?;
+        Ok(new)
+    }
+
     fn commit_tls(&self, inner: &mut Inner, t: TlsMaterial) -> Result<(), KeystoreError> {
         let rec = tls_record(&inner.sealer, &t)?;
         let snap = self.view.load_full();
@@ -2121,7 +2193,7 @@ impl Registry {
         let same = Snapshot {
             stores: snap.stores.clone(),
         };
-        let effect: Effect = Box::new(move |_, tls| *tls = Some(t));
+        let effect: Effect = Box::new(move |_, tls, _| *tls = Some(t));
         self.commit(inner, rec, same, effect)
     }
 }
@@ -2142,10 +2214,19 @@ impl From<KeystoreError> for ApplyError {
 pub(super) fn apply(
     sealer: &Sealer,
     builds: &mut HashMap<String, StoreBuild>,
-    tls: &mut Option<TlsMaterial>,
+    side: &mut Sidecar,
     rec: Record,
 ) -> Result<(), ApplyError> {
+    let tls = &mut side.tls;
     match rec {
+        Record::Approval(a) => {
+            if a.id.is_empty() || a.id.len() > 64 {
+                return Err(ApplyError::Tampered(
+                    "approval request with an impossible id",
+                ));
+            }
+            side.approvals.insert(a.id.clone(), a);
+        }
         Record::Store(r) => {
             if builds.contains_key(&r.name) {
                 return Err(ApplyError::Tampered("store created twice"));
@@ -2309,8 +2390,12 @@ fn live_records<'a>(
     meta: &'a HashMap<String, StoreMeta>,
     snap: &'a Snapshot,
     tls: &'a Option<TlsMaterial>,
+    approvals: &'a Approvals,
 ) -> impl Iterator<Item = Result<Record, KeystoreError>> + 'a {
-    let tls_rec = tls.iter().map(move |t| tls_record(sealer, t));
+    let tls_rec = tls
+        .iter()
+        .map(move |t| tls_record(sealer, t))
+        .chain(approvals.values().map(|a| Ok(Record::Approval(a.clone()))));
     static EMPTY: std::sync::OnceLock<StoreMeta> = std::sync::OnceLock::new();
     let empty = EMPTY.get_or_init(StoreMeta::default);
     let mut stores: Vec<&'a Arc<StoreView>> = snap.stores.values().collect();
@@ -2390,6 +2475,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         head,
         meta,
         tls,
+        approvals,
         ..
     } = inner;
     let sealer: &Sealer = sealer;
@@ -2398,7 +2484,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         .as_slice()
         .try_into()
         .map_err(|_| KeystoreError::Seal)?;
-    let n = live_count(snap, tls) as u64;
+    let n = live_count(snap, tls, approvals) as u64;
     let at = head.seq;
     let ckpt_mac = sealer.checkpoint_mac(at, &chain, n);
     let checkpoint = SignedRecord {
@@ -2412,7 +2498,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
     };
     let mut prev = ckpt_mac;
     let index = std::cell::Cell::new(0u64);
-    let live = live_records(sealer, meta, snap, tls).map(|r| {
+    let live = live_records(sealer, meta, snap, tls, approvals).map(|r| {
         let rec = r?;
         let i = index.get() + 1;
         index.set(i);

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+mod keystore_approvals;
 mod keystore_backup;
 mod keystore_crash;
 mod keystore_freshness;
