@@ -255,6 +255,7 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         head: Some(next.clone()),
         boot_key_id: vec![],
         nonce: vec![],
+        also: vec![],
     };
     let rb = receipt.encode()?;
     let sig = hsm.sign_digest(&receipt_digest(&rb))?;

@@ -311,6 +311,7 @@ fn the_anchor_rolls_forward_only_along_the_verified_history() {
         store_id: b.head().store_id,
         seq: 2,
         chain_mac: vec![0xee; 32],
+        mk_version: 1,
     };
     *book.head.lock().unwrap() = Some(foreign.clone());
     match b.create_key(None, "k3", KeyUsage::EncryptDecrypt) {
