@@ -19,6 +19,7 @@ pub mod heads;
 pub mod heads_cli;
 pub mod limits;
 pub mod log;
+pub mod mk_cli;
 pub mod policy;
 pub mod service;
 pub mod session;
