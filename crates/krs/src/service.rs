@@ -1078,3 +1078,72 @@ fn frames(
     Stats::bump(&svc.stats.frame_limit_cuts);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_hsm::{Capabilities, HsmWrap};
+    use zeroize::Zeroizing;
+
+    /// The soft backend with a chosen set of master-key versions present.
+    struct Versions(crate::softkeys::SoftKeys, Vec<u32>);
+
+    impl KeyBackend for Versions {
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn master_key_id(&self) -> &str {
+            self.0.master_key_id()
+        }
+        fn receipt_public_key(&self) -> Result<Vec<u8>, HsmError> {
+            self.0.receipt_public_key()
+        }
+        fn sign_digest(&self, digest: &[u8; 48]) -> Result<Vec<u8>, HsmError> {
+            self.0.sign_digest(digest)
+        }
+        fn release_wrap(&self, epk: &[u8], t: &[u8]) -> Result<HsmWrap, HsmError> {
+            self.0.release_wrap(epk, t)
+        }
+        fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+            self.0.export_master_for_fallback()
+        }
+        fn master_key_versions(&self) -> Result<Vec<u32>, HsmError> {
+            Ok(self.1.clone())
+        }
+    }
+
+    fn head(v: u32) -> keyward_krp::messages::StoreHead {
+        keyward_krp::messages::StoreHead {
+            store_id: vec![1; 16],
+            seq: 3,
+            chain_mac: vec![2; 32],
+            mk_version: v,
+        }
+    }
+
+    #[test]
+    fn which_master_key_versions_are_released() {
+        let d = tempfile::tempdir().unwrap();
+        let b = |present: Vec<u32>| {
+            Versions(
+                crate::softkeys::SoftKeys::open_or_create(d.path()).unwrap(),
+                present,
+            )
+        };
+        let pick = Service::versions_to_release;
+        // An agent from before rotation: version 1, whatever is current; refused once retired.
+        assert_eq!(pick(&b(vec![1, 2]), None, Some(&head(2))), Ok((1, vec![])));
+        assert!(pick(&b(vec![2]), None, None)
+            .unwrap_err()
+            .contains("retired"));
+        // A rotating agent: the current version and its store head's, while present.
+        assert_eq!(pick(&b(vec![1]), Some(&[]), Some(&head(1))), Ok((1, vec![])));
+        assert_eq!(pick(&b(vec![1, 2]), Some(&[]), Some(&head(1))), Ok((2, vec![1])));
+        assert_eq!(pick(&b(vec![1, 2]), Some(&[]), Some(&head(2))), Ok((2, vec![])));
+        assert_eq!(pick(&b(vec![1, 2, 3]), Some(&[1]), Some(&head(2))), Ok((3, vec![1, 2])));
+        // A retired version asked for (by name or by the head held): refused, not skipped.
+        let e = pick(&b(vec![2]), Some(&[]), Some(&head(1))).unwrap_err();
+        assert!(e.contains("version 1 is retired"), "{e}");
+        assert!(pick(&b(vec![2, 3]), Some(&[1]), None).is_err());
+    }
+}
