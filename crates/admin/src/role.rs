@@ -34,6 +34,7 @@ pub fn allows(role: Role, req: &Request) -> bool {
                 | Request::KeysList { .. }
                 | Request::CredsList { .. }
                 | Request::TlsShow
+                | Request::MkStatus
         ),
     }
 }

@@ -238,3 +238,44 @@ fn reseal_crash_at_every_step_resumes() {
         assert_eq!(keks(&reg), before, "{point}");
     }
 }
+
+/// The figure in docs/performance.md: re-seal time of a store of 100,000 keys (run it in
+/// release mode: `cargo test --release -p keyward-keystore --test it
+/// keystore_reseal::reseal_time_100k -- --ignored --nocapture`).
+#[test]
+#[ignore = "measurement: 100,000 keys"]
+fn reseal_time_100k() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path(), v1()).unwrap();
+    reg.create_store(NewStore {
+        name: "default".into(),
+        uri_prefix: "/keyward".into(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+    let ids: Vec<String> = (0..100_000).map(|i| format!("key-{i:06}")).collect();
+    for chunk in ids.chunks(10_000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt).unwrap();
+    }
+    let before = keks(&reg);
+    drop(reg);
+    let t = std::time::Instant::now();
+    let reg = open(dir.path(), both()).unwrap();
+    let opened = t.elapsed();
+    let t = std::time::Instant::now();
+    reg.reseal().unwrap().unwrap();
+    let resealed = t.elapsed();
+    drop(reg);
+    let reg = open(dir.path(), v2()).unwrap();
+    assert_eq!(keks(&reg), before);
+    let bytes = std::fs::metadata(dir.path().join("store/keystore.jsonl"))
+        .unwrap()
+        .len();
+    println!(
+        "RESEAL keys=100000 open_ms={} reseal_ms={} log_bytes={bytes}",
+        opened.as_millis(),
+        resealed.as_millis()
+    );
+}
