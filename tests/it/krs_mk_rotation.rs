@@ -90,7 +90,11 @@ fn mk(f: &common::KrsFixture, args: &[&str]) -> std::process::Output {
 
 fn mk_list(f: &common::KrsFixture) -> Vec<serde_json::Value> {
     let out = mk(f, &["list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -134,8 +138,12 @@ fn rotate_reseal_retire_through_the_krs() {
     .unwrap();
     let ids: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt).unwrap();
-    let cts: Vec<Vec<u8>> = ids.iter().map(|id| encrypt(&reg, id, id.as_bytes())).collect();
+    reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt)
+        .unwrap();
+    let cts: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| encrypt(&reg, id, id.as_bytes()))
+        .collect();
     assert_eq!(reg.mk_status().sealed, 1);
     drop(reg);
     drop(krs);
@@ -143,11 +151,21 @@ fn rotate_reseal_retire_through_the_krs() {
 
     // Rotate (KRS stopped): version 2 current, version 1 previous, the deployment still on 1.
     let out = mk(&f, &["rotate"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = mk_list(&f);
     assert_eq!(list.len(), 2, "{list:?}");
-    assert_eq!((&list[0]["version"], &list[0]["state"]), (&1.into(), &"previous".into()));
-    assert_eq!((&list[1]["version"], &list[1]["state"]), (&2.into(), &"current".into()));
+    assert_eq!(
+        (&list[0]["version"], &list[0]["state"]),
+        (&1.into(), &"previous".into())
+    );
+    assert_eq!(
+        (&list[1]["version"], &list[1]["state"]),
+        (&2.into(), &"current".into())
+    );
     assert_eq!(list[0]["deployments"], serde_json::json!(["test"]));
     assert_eq!(list[1]["label"], "keyward-master.v2");
     // Retire before the re-seal: refused, by name of the deployment still on it.
@@ -155,7 +173,10 @@ fn rotate_reseal_retire_through_the_krs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("test"), "{err}");
     let out = mk(&f, &["retire", "2", "--backups-moved"]);
-    assert!(!out.status.success(), "the current version cannot be retired");
+    assert!(
+        !out.status.success(),
+        "the current version cannot be retired"
+    );
 
     // Boot 2: versions 2 and 1 released; re-seal online; the KRS head follows.
     let krs = f.serve();
@@ -185,9 +206,16 @@ fn rotate_reseal_retire_through_the_krs() {
     assert_eq!(list[1]["deployments"], serde_json::json!(["test"]));
     let out = mk(&f, &["retire", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--backups-moved"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--backups-moved"),
+        "{err}"
+    );
     let out = mk(&f, &["retire", "1", "--backups-moved"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = mk_list(&f);
     assert_eq!(list[0]["state"], "retired");
     let decisions: Vec<String> = f
@@ -195,8 +223,14 @@ fn rotate_reseal_retire_through_the_krs() {
         .iter()
         .map(|e| e["decision"].as_str().unwrap().to_string())
         .collect();
-    assert!(decisions.contains(&"mk-rotate".to_string()), "{decisions:?}");
-    assert!(decisions.contains(&"mk-retire".to_string()), "{decisions:?}");
+    assert!(
+        decisions.contains(&"mk-rotate".to_string()),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions.contains(&"mk-retire".to_string()),
+        "{decisions:?}"
+    );
     let (ok, out) = f.log_verify(&f.log_path());
     assert!(ok, "{out}");
 

@@ -447,10 +447,7 @@ impl Hsm {
             ObjectClass::SECRET_KEY,
             &mk_label(&self.cfg.master_key_label, version),
         )?;
-        p11(
-            "C_DestroyObject(master)",
-            self.session.destroy_object(mk),
-        )
+        p11("C_DestroyObject(master)", self.session.destroy_object(mk))
     }
 
     /// The master key's identifier (label) and version.
@@ -694,8 +691,16 @@ mod tests {
         assert_eq!(mk_label("keyward-master", 1), "keyward-master");
         assert_eq!(mk_label("keyward-master", 3), "keyward-master.v3");
         assert_eq!(mk_version_of("keyward-master", "keyward-master"), Some(1));
-        assert_eq!(mk_version_of("keyward-master", "keyward-master.v3"), Some(3));
-        for bad in ["keyward-master.v1", "keyward-master.v03", "keyward-masterx", "other"] {
+        assert_eq!(
+            mk_version_of("keyward-master", "keyward-master.v3"),
+            Some(3)
+        );
+        for bad in [
+            "keyward-master.v1",
+            "keyward-master.v03",
+            "keyward-masterx",
+            "other",
+        ] {
             assert_eq!(mk_version_of("keyward-master", bad), None, "{bad}");
         }
     }

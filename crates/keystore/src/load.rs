@@ -28,8 +28,8 @@ use super::model::{
 };
 use super::registry::{apply, ApplyError, StoreBuild, TlsMaterial};
 use super::seal::{decode_mac, mac_matches, ChainMac, Sealer};
-use super::KeystoreError;
 use super::source::MasterKeys;
+use super::KeystoreError;
 use keyward_secret::getrandom_fill;
 
 /// A verified, replayed store.
@@ -122,12 +122,12 @@ fn open_head_with(sealer: &Sealer, sealed: &SealedHead) -> Result<StoreHead, Key
 pub(super) fn sealer_for(header: &Header, keys: &MasterKeys) -> Result<Sealer, KeystoreError> {
     let id = hex::decode(&header.store_id)
         .map_err(|_| KeystoreError::Format("store id is not hex".into()))?;
-    let master = keys
-        .get(header.mk_version)
-        .ok_or_else(|| KeystoreError::MasterKeyVersionMissing {
-            needed: header.mk_version,
-            held: keys.versions(),
-        })?;
+    let master =
+        keys.get(header.mk_version)
+            .ok_or_else(|| KeystoreError::MasterKeyVersionMissing {
+                needed: header.mk_version,
+                held: keys.versions(),
+            })?;
     let sealer = Sealer::versioned(master, &id, header.mk_version)?;
     if !sealer.verify_check(&header.check) {
         return Err(KeystoreError::WrongMasterKey);

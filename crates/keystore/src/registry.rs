@@ -20,13 +20,13 @@ use super::model::{
 use super::seal::{
     cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
 };
+use super::source::MasterKeys;
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, OlderKek, SharedView, Snapshot,
     StoreView,
 };
 use super::KeystoreError;
-use super::source::MasterKeys;
 use keyward_secret::{getrandom_fill, Key32};
 
 /// The SigV4 service name AWS KMS signs with; every store accepts it.
@@ -675,7 +675,9 @@ impl Registry {
         let anchor = match freshness {
             super::Freshness::Anchored { anchor, floor } => {
                 if let Some(f) = floor.as_ref().filter(|f| {
-                    f.seq == head.seq && f.chain_mac == head.chain_mac && f.mk_version < head.mk_version
+                    f.seq == head.seq
+                        && f.chain_mac == head.chain_mac
+                        && f.mk_version < head.mk_version
                 }) {
                     // A re-seal that stopped after the store switched, before the KRS recorded it.
                     record_reseal(anchor.as_ref(), f, &head)?;
@@ -808,7 +810,15 @@ impl Registry {
                 tls,
                 ..
             } = &mut *inner;
-            write_generation(backend.as_mut(), &target, Some(&header), head, meta, tls, &snap)
+            write_generation(
+                backend.as_mut(),
+                &target,
+                Some(&header),
+                head,
+                meta,
+                tls,
+                &snap,
+            )
         };
         if let Err(e) = written {
             inner.target = Some(target);

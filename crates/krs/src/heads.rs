@@ -399,7 +399,10 @@ mod tests {
             mk_version: 2,
             ..head(1, 5)
         };
-        assert_eq!(b.advance("d", Some(&head(1, 5)), &v2).unwrap(), Ok(Advanced::Recorded));
+        assert_eq!(
+            b.advance("d", Some(&head(1, 5)), &v2).unwrap(),
+            Ok(Advanced::Recorded)
+        );
         assert_eq!(b.sealed_under(1), Vec::<String>::new());
         assert_eq!(b.sealed_under(2), vec!["d".to_string()]);
         // Persisted with its version; the old-version head is never taken back.

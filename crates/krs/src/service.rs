@@ -1137,10 +1137,22 @@ mod tests {
             .unwrap_err()
             .contains("retired"));
         // A rotating agent: the current version and its store head's, while present.
-        assert_eq!(pick(&b(vec![1]), Some(&[]), Some(&head(1))), Ok((1, vec![])));
-        assert_eq!(pick(&b(vec![1, 2]), Some(&[]), Some(&head(1))), Ok((2, vec![1])));
-        assert_eq!(pick(&b(vec![1, 2]), Some(&[]), Some(&head(2))), Ok((2, vec![])));
-        assert_eq!(pick(&b(vec![1, 2, 3]), Some(&[1]), Some(&head(2))), Ok((3, vec![1, 2])));
+        assert_eq!(
+            pick(&b(vec![1]), Some(&[]), Some(&head(1))),
+            Ok((1, vec![]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2]), Some(&[]), Some(&head(1))),
+            Ok((2, vec![1]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2]), Some(&[]), Some(&head(2))),
+            Ok((2, vec![]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2, 3]), Some(&[1]), Some(&head(2))),
+            Ok((3, vec![1, 2]))
+        );
         // A retired version asked for (by name or by the head held): refused, not skipped.
         let e = pick(&b(vec![2]), Some(&[]), Some(&head(1))).unwrap_err();
         assert!(e.contains("version 1 is retired"), "{e}");

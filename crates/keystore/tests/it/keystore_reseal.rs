@@ -40,7 +40,9 @@ impl HeadAnchor for FileAnchor {
             return Ok(());
         }
         if held.as_ref() != prev {
-            return Err(AnchorError::Refused(format!("holds {held:?}, not {prev:?}")));
+            return Err(AnchorError::Refused(format!(
+                "holds {held:?}, not {prev:?}"
+            )));
         }
         if let Some(h) = &held {
             let reseal = h.seq == next.seq
@@ -107,7 +109,8 @@ fn populate(dir: &Path, n: usize) -> Vec<(String, Vec<u8>)> {
     .unwrap();
     let ids: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt).unwrap();
+    reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt)
+        .unwrap();
     reg.rotate_key(None, "k0").unwrap();
     keks(&reg)
 }
@@ -151,12 +154,16 @@ fn reseal_moves_the_store_and_the_anchor_and_refuses_the_old_copy() {
     assert_eq!((st.sealed, st.current), (1, 2));
     let next = reg.reseal().unwrap().expect("a re-seal was due");
     assert_eq!(next.mk_version, 2);
-    assert_eq!((next.seq, &next.chain_mac), (old_head.seq, &old_head.chain_mac));
+    assert_eq!(
+        (next.seq, &next.chain_mac),
+        (old_head.seq, &old_head.chain_mac)
+    );
     assert_eq!(anchor(dir.path()).held().unwrap(), next);
     assert_eq!(reg.mk_status().sealed, 2);
     assert!(reg.reseal().unwrap().is_none(), "nothing left to re-seal");
     // Writes continue under the new version, and the KRS follows them.
-    reg.create_key(None, "after", KeyUsage::EncryptDecrypt).unwrap();
+    reg.create_key(None, "after", KeyUsage::EncryptDecrypt)
+        .unwrap();
     let mut now = keks(&reg);
     drop(reg);
     let header = std::fs::read_to_string(dir.path().join("store/keystore.jsonl")).unwrap();
@@ -180,7 +187,13 @@ fn reseal_moves_the_store_and_the_anchor_and_refuses_the_old_copy() {
     copy_dir(&dir.path().join("old-copy"), &store);
     let err = open(dir.path(), both()).err().unwrap();
     assert!(
-        matches!(err, KeystoreError::MasterKeyRollback { store_version: 1, anchor_version: 2 }),
+        matches!(
+            err,
+            KeystoreError::MasterKeyRollback {
+                store_version: 1,
+                anchor_version: 2
+            }
+        ),
         "{err}"
     );
     // And after version 1 is retired it cannot even be opened.
@@ -210,7 +223,12 @@ fn reseal_crash_at_every_step_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let before = populate(dir.path(), 50);
         let out = Command::new(&exe)
-            .args(["--exact", "keystore_reseal::reseal_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "keystore_reseal::reseal_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(DIR_ENV, dir.path())
             .env("KEYWARD_TEST_CRASH_AT", point)
             .output()
@@ -257,7 +275,8 @@ fn reseal_time_100k() {
     let ids: Vec<String> = (0..100_000).map(|i| format!("key-{i:06}")).collect();
     for chunk in ids.chunks(10_000) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt).unwrap();
+        reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt)
+            .unwrap();
     }
     let before = keks(&reg);
     drop(reg);
