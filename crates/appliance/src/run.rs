@@ -638,11 +638,20 @@ pub fn spawn_reseal(registry: &Arc<Registry>) {
     phase(
         "unseal",
         &format!(
-            "key store sealed under master key version {}, version {} released: re-sealing in \
-             the background",
+            "key store sealed under master key version {}, version {} released: re-sealing",
             st.sealed, st.current
         ),
     );
+    if registry.is_shared() {
+        tracing::warn!(
+            sealed = st.sealed,
+            current = st.current,
+            "re-sealing a fleet's shared key store is not built yet: it stays under master key \
+             version {} (safe: `keyward krs mk retire` refuses while its head is on it)",
+            st.sealed
+        );
+        return;
+    }
     let reg = registry.clone();
     let _ = std::thread::Builder::new()
         .name("mk-reseal".into())

@@ -52,6 +52,7 @@ fn head_json(h: &Option<StoreHead>) -> serde_json::Value {
             "store_id": hex::encode(&h.store_id),
             "seq": h.seq,
             "chain_mac": hex::encode(&h.chain_mac),
+            "mk_version": h.mk_version,
         }),
         None => serde_json::Value::Null,
     }
