@@ -259,3 +259,153 @@ fn rotate_reseal_retire_through_the_krs() {
         Ok(_) => panic!("the pre-rotation store opened after its master key was retired"),
     }
 }
+
+/// The real appliance (`keyward serve`, master key released by the KRS): a store of 20,000
+/// keys under version 1 and a ciphertext; `krs mk rotate`; then boots that re-seal (about
+/// 1.5 s in a debug build) are `kill -9`ed at random moments up to 2.5 s after the re-seal
+/// starts (while the new generation is written, or after the switch), until a boot finds the
+/// store re-sealed; a last boot completes it: the store ends under version 2, the KRS head
+/// follows, the old ciphertext decrypts. (The narrow windows between the switch, the sealed
+/// head and the KRS record are hit exactly by `keystore_reseal::reseal_crash_at_every_step_resumes`.)
+#[test]
+fn serve_reseal_survives_kill9_at_random_points() {
+    use crate::serve_common::{self, admin_ok, Proc, ServeSetup};
+    use rand::Rng;
+    let Some(f) = common::KrsFixture::new("serve-mk", "") else {
+        return;
+    };
+    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
+    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let setup = ServeSetup::new();
+    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
+    let section = |addr: &str| {
+        format!(
+            "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{addr}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{ca_pin}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n",
+            f.tls_pin, f.receipt_pin
+        )
+    };
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let use_krs = |addr: &str| {
+        let cfg = base.replace(
+            "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+            &section(addr),
+        );
+        assert!(cfg.contains("source = \"release\""));
+        std::fs::write(&setup.config, cfg).unwrap();
+    };
+    use_krs(&krs.addr);
+
+    // Version 1: a key and a ciphertext through XKS.
+    let (mut p, xks) = setup.start();
+    serve_common::create_open_key(&setup.profile, "k1");
+    let (code, enc) = xks.encrypt("k1", "cm90YXRlZA==");
+    assert_eq!(code, 200, "{enc}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    // 20,000 more keys, written by the library with a release for the same deployment.
+    {
+        let mut acfg = f.agent_config(&krs.addr);
+        acfg.admin_ca_sha256 = ca_pin.clone();
+        let r = Agent {
+            cfg: acfg.clone(),
+            attesters: vec![Box::new(common::honest_snp(meas))],
+            product_release: "keyward-test".into(),
+        }
+        .release()
+        .unwrap();
+        let pins = parse_pins(&acfg).unwrap();
+        let anchor = Arc::new(KrsAnchor::new(
+            &[krs.addr.as_str()],
+            pins.tls,
+            r.receipt_spki.clone(),
+            r.boot_key.clone().unwrap(),
+            Duration::from_secs(5),
+        ));
+        let reg = Registry::open_keys(
+            Box::new(FileKeyStore::open(&setup.dir.path().join("store")).unwrap()),
+            MasterKeys::new(r.receipt.key_version, r.key),
+            Freshness::Anchored {
+                floor: r.receipt.head.clone(),
+                anchor,
+            },
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("bulk-{i}")).collect();
+        for chunk in ids.chunks(5_000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            reg.create_keys(Some("main"), &refs, KeyUsage::EncryptDecrypt)
+                .unwrap();
+        }
+    }
+    drop(krs);
+    let out = mk(&f, &["rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let krs = f.serve();
+    use_krs(&krs.addr);
+
+    // Boots killed at random moments once the re-seal has started.
+    let mut rng = rand::thread_rng();
+    let mut killed = 0;
+    for _ in 0..8 {
+        let mut p = Proc::spawn(
+            &["serve", "--config", setup.config.to_str().unwrap()],
+            setup.dir.path(),
+        );
+        let line = p.wait_stderr(
+            "key store sealed under master key version",
+            Duration::from_secs(60),
+        );
+        if !line.contains("re-sealing") {
+            // Already done by an earlier boot that was killed after the switch.
+            p.signal(libc::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..2500)));
+        p.signal(libc::SIGKILL);
+        p.wait_exit(Duration::from_secs(10));
+        killed += 1;
+    }
+    assert!(killed > 0, "no boot was killed during a re-seal");
+
+    // The last boot: re-sealed (now or by an earlier one), old ciphertext decrypts.
+    let (mut p, xks) = setup.start();
+    let mut st = serde_json::Value::Null;
+    for _ in 0..100 {
+        st = serde_json::from_str(admin_ok(&setup.profile, &["mk", "status"]).trim()).unwrap();
+        if st["sealed"] == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (&st["sealed"], &st["krs_recorded"]),
+        (&2.into(), &true.into()),
+        "{st}"
+    );
+
+    let (code, dec) = xks.decrypt("k1", &enc);
+    assert_eq!(
+        (code, dec["plaintext"].as_str()),
+        (200, Some("cm90YXRlZA==")),
+        "{dec}"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(krs);
+    let list = mk_list(&f);
+    let v1 = list.iter().find(|l| l["version"] == 1).unwrap();
+    let v2 = list.iter().find(|l| l["version"] == 2).unwrap();
+    assert_eq!(v1["deployments"], serde_json::json!([]), "{list:?}");
+    assert_eq!(
+        v2["deployments"],
+        serde_json::json!(["appliance"]),
+        "{list:?}"
+    );
+}
