@@ -78,6 +78,68 @@ fn decrypt(reg: &Registry, id: &str, ct: &[u8]) -> Vec<u8> {
     c.decrypt(Nonce::from_slice(&[7; 12]), ct).unwrap()
 }
 
+/// One release by hand with `key_versions` in the Hello (`None`: an agent from before
+/// rotation): `Ok((key_version, further versions))` or `Err(deny code)`.
+fn raw_release(
+    f: &common::KrsFixture,
+    addr: &str,
+    key_versions: Option<Vec<u32>>,
+) -> Result<(u32, Vec<u32>), u32> {
+    use keyward::attest::Attester;
+    use keyward::release::agent::{accept_release, Client};
+    use keyward::release::cbor::to_canonical;
+    use keyward::release::messages::{Evidence, Hello, Request, Response};
+    use keyward::release::transcript;
+    use keyward::release::unwrap::EphemeralKey;
+    use keyward::verify::evidence::EvidenceBundle;
+    let pins = parse_pins(&f.agent_config(addr)).unwrap();
+    let mut c = Client::connect(addr, pins.tls, Duration::from_secs(5)).unwrap();
+    let hello = Hello {
+        v: 1,
+        platform: "simulated-snp".into(),
+        product_release: "keyward-test".into(),
+        algs: vec![],
+        pins: pins.pins.clone(),
+        key_versions,
+    };
+    let Response::Challenge(ch) = c.call(&Request::Hello(hello.clone())).unwrap() else {
+        panic!("no challenge")
+    };
+    let esk = EphemeralKey::generate();
+    let t = transcript::transcript(&hello, &ch, &esk.public_sec1()).unwrap();
+    let binding = transcript::binding(
+        &t,
+        &ch.nonce,
+        &transcript::p384_spki_der(&esk.public_sec1()).unwrap(),
+    );
+    let mut bundle = EvidenceBundle {
+        version: 1,
+        ..Default::default()
+    };
+    common::honest_snp(MEAS)
+        .attest(&binding, &mut bundle)
+        .unwrap();
+    let ev = Evidence {
+        v: 1,
+        session_id: ch.session_id.clone(),
+        epk: esk.public_sec1(),
+        policy_digest: ch.policy_digest.clone(),
+        evidence: to_canonical(&bundle).unwrap(),
+        boot_key: vec![],
+    };
+    match c.call(&Request::Evidence(ev.clone())).unwrap() {
+        Response::Release(rel) => {
+            let ok = accept_release(&esk, &ch, &ev, &t, &rel).unwrap();
+            Ok((
+                ok.receipt.key_version,
+                ok.also.iter().map(|(v, _)| *v).collect(),
+            ))
+        }
+        Response::Deny(d) => Err(d.code),
+        _ => panic!("unexpected answer"),
+    }
+}
+
 fn mk(f: &common::KrsFixture, args: &[&str]) -> std::process::Output {
     f.cmd()
         .args(["krs", "mk"])
@@ -127,6 +189,8 @@ fn rotate_reseal_retire_through_the_krs() {
     let r = release(&f, &krs.addr);
     assert_eq!(r.receipt.key_version, 1);
     assert!(r.also.is_empty());
+    // An agent from before rotation gets version 1 too.
+    assert_eq!(raw_release(&f, &krs.addr, None), Ok((1, vec![])));
     let (reg, _) = open(&f, &krs.addr, r, &store);
     let reg = reg.unwrap();
     reg.create_store(NewStore {
@@ -184,6 +248,10 @@ fn rotate_reseal_retire_through_the_krs() {
     assert_eq!(r.receipt.key_version, 2);
     assert_eq!(r.receipt.key_id, "keyward-master.v2");
     assert_eq!(r.also.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1]);
+    // Old agents keep getting version 1 while it is not retired; one that names a version
+    // gets it.
+    assert_eq!(raw_release(&f, &krs.addr, None), Ok((1, vec![])));
+    assert_eq!(raw_release(&f, &krs.addr, Some(vec![1])), Ok((2, vec![1])));
     let (reg, anchor) = open(&f, &krs.addr, r, &store);
     let reg = reg.unwrap();
     let st = reg.mk_status();
@@ -240,6 +308,12 @@ fn rotate_reseal_retire_through_the_krs() {
     let r = release(&f, &krs.addr);
     assert_eq!(r.receipt.key_version, 2);
     assert!(r.also.is_empty(), "a retired version is not released");
+    // Asking for the retired version, or being an agent that only knows version 1: denied.
+    let retired = keyward::release::receipt::DenyCode::KeyRetired.number();
+    assert_eq!(raw_release(&f, &krs.addr, Some(vec![1])), Err(retired));
+    assert_eq!(raw_release(&f, &krs.addr, None), Err(retired));
+    let last = f.log_entries().pop().unwrap();
+    assert_eq!(last["reason"], "key_retired", "{last}");
     let (reg, _) = open(&f, &krs.addr, r, &store);
     let reg = reg.unwrap();
     assert_eq!(reg.mk_status().sealed, 2);
