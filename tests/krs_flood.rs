@@ -308,6 +308,7 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
             product_release: "flood".into(),
             algs: vec![],
             pins: parse_pins(&ff.agent_config(&dst.to_string())).unwrap().pins,
+            key_versions: None,
         };
         for _ in 0..60 {
             wire::write_msg(&mut s, &Request::Hello(hello.clone()))
@@ -425,6 +426,7 @@ fn legit_agent_releases_while_the_krs_is_flooded() {
         product_release: "flood".into(),
         algs: vec![],
         pins: parse_pins(&ff.agent_config(&addr)).unwrap().pins,
+        key_versions: None,
     };
     let t0 = Instant::now();
     for _ in 0..40 {

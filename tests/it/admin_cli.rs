@@ -139,6 +139,18 @@ fn admin_session_end_to_end() {
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("31 bytes"), "{}", stderr_of(&out));
 
+    // Master-key versions: a key file is version 1, nothing to re-seal.
+    let st: serde_json::Value =
+        serde_json::from_str(admin_ok(prof, &["mk", "status"]).trim()).unwrap();
+    assert_eq!(
+        (&st["sealed"], &st["current"]),
+        (&1.into(), &1.into()),
+        "{st}"
+    );
+    let rs: serde_json::Value =
+        serde_json::from_str(admin_ok(prof, &["mk", "reseal"]).trim()).unwrap();
+    assert_eq!(rs["resealed"], false, "{rs}");
+
     // Refusals: exit non-zero, one line with the reason.
     for (args, why) in [
         (vec!["keys", "create", "orders-1"], "already exists"),

@@ -51,6 +51,7 @@ fn head(store: u8, seq: u64) -> StoreHead {
         store_id: vec![store; 16],
         seq,
         chain_mac: vec![seq as u8 ^ store; 32],
+        mk_version: 1,
     }
 }
 

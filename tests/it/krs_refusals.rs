@@ -29,6 +29,7 @@ fn hello(f: &common::KrsFixture, addr: &str) -> Hello {
         product_release: "test-image".into(),
         algs: vec![],
         pins: pins.pins,
+        key_versions: None,
     }
 }
 

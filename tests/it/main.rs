@@ -35,6 +35,7 @@ mod krs_crl_policy;
 mod krs_deployments;
 mod krs_heads;
 mod krs_log_rollback;
+mod krs_mk_rotation;
 mod krs_refusals;
 mod measure_cli;
 mod metrics_scrape;

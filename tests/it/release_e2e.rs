@@ -182,6 +182,7 @@ fn release_end_to_end_with_refusals() {
         product_release: "keyward-test".into(),
         algs: vec![],
         pins: pins.pins.clone(),
+        key_versions: None,
     };
     let Response::Challenge(ch) = c.call(&Request::Hello(hello.clone())).unwrap() else {
         panic!("no challenge")

@@ -91,6 +91,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Master-key rotation on this appliance: `status` (the version the key store is sealed
+    /// under, the newest released at boot) and `reseal` (re-seal now, online; also done at
+    /// boot when the KRS released a newer version).
+    #[command(subcommand)]
+    Mk(Mk),
     /// Print the proxy configuration JSON the AWS KMS console accepts for STORE.
     KmsConfig {
         /// Key store name.
@@ -110,6 +115,14 @@ enum Approvals {
     Approve { id: String },
     /// Deny a pending or approved request.
     Deny { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mk {
+    /// The key store's master-key versions (JSON).
+    Status,
+    /// Re-seal the key store under the newest master-key version released to this boot.
+    Reseal,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -678,6 +691,16 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         Command::Creds(c) => build_creds(c)?,
         Command::Backup { out } => (Request::Backup, Box::new(move |v| write_backup(&out, v))),
         Command::Approvals(a) => build_approvals(a),
+        Command::Mk(m) => (
+            match m {
+                Mk::Status => Request::MkStatus,
+                Mk::Reseal => Request::MkReseal,
+            },
+            Box::new(|v| {
+                println!("{}", serde_json::to_string(&v)?);
+                Ok(())
+            }),
+        ),
         Command::Trust { .. } | Command::Cert(_) | Command::Store(_) => {
             anyhow::bail!("internal: trust and cert are not admin API requests")
         }
@@ -736,6 +759,7 @@ fn write_backup(out: &std::path::Path, v: serde_json::Value) -> anyhow::Result<(
             "created": info.created,
             "bytes": bytes.len(),
             "sha256": sha,
+            "mk_version": parsed.mk_version(),
         })
     );
     Ok(())

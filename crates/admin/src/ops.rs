@@ -540,6 +540,8 @@ fn describe(req: &Request) -> String {
         Request::ApprovalsApprove { id } | Request::ApprovalsDeny { id } => {
             format!("approval={id}")
         }
+        Request::MkStatus => "read".into(),
+        Request::MkReseal => "re-seal of the key store under the newest master key".into(),
         Request::KmsConfig {
             store,
             access_key_id,
@@ -698,7 +700,20 @@ impl RegistryBackend {
                     records: e.records,
                     created: keyward_keystore::unix_rfc3339(e.created),
                     sha256,
+                    mk_version: e.head.mk_version,
                 })
+            }
+            Request::MkStatus => to_json(&r.mk_status()),
+            Request::MkReseal => {
+                let head = r.reseal()?;
+                let st = r.mk_status();
+                Ok(json!({
+                    "resealed": head.is_some(),
+                    "sealed": st.sealed,
+                    "current": st.current,
+                    "krs_recorded": st.krs_recorded,
+                    "store_seq": r.head().seq,
+                }))
             }
             Request::TlsShow => to_json(&self.tls()?.show()?),
             Request::TlsCsr { dns_names, new_key } => {

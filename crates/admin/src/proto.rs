@@ -203,6 +203,13 @@ pub enum Request {
     /// every record verbatim (still sealed), the head, MACed under the master key's `backup`
     /// subkey. Security role. The answer carries the file's text (see [`BackupInfo`]).
     Backup,
+    /// Master-key versions of the key store: the one it is sealed under, the newest released
+    /// to this boot, and whether the KRS recorded the re-seal (`keyward admin mk status`).
+    MkStatus,
+    /// Re-seal the key store under the newest master-key version released to this boot, now
+    /// (`keyward admin mk reseal`; done at boot anyway). Online: XKS requests keep being
+    /// served.
+    MkReseal,
     /// The JSON file the AWS KMS console accepts for a store (needs the secret: give the access
     /// key id whose secret to include, or the newest credential is used).
     KmsConfig {
@@ -253,6 +260,8 @@ impl Request {
             Request::ApprovalsList => "approvals_list",
             Request::ApprovalsApprove { .. } => "approvals_approve",
             Request::ApprovalsDeny { .. } => "approvals_deny",
+            Request::MkStatus => "mk_status",
+            Request::MkReseal => "mk_reseal",
         }
     }
 
@@ -269,6 +278,7 @@ impl Request {
                 | Request::KmsConfig { .. }
                 | Request::Backup
                 | Request::ApprovalsList
+                | Request::MkStatus
         )
     }
 }
@@ -342,6 +352,15 @@ pub struct BackupInfo {
     pub created: String,
     /// SHA-256 of the file, hex.
     pub sha256: String,
+    /// The master-key version the backup is sealed under: restoring it needs that version,
+    /// so keep it un-retired at the KRS while the backup is kept (absent from appliances
+    /// before master-key rotation: 1).
+    #[serde(default = "mk_v1")]
+    pub mk_version: u32,
+}
+
+fn mk_v1() -> u32 {
+    1
 }
 
 impl std::fmt::Debug for BackupInfo {

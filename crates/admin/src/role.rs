@@ -139,7 +139,8 @@ pub fn policy(req: &Request) -> Policy {
         | R::KeysList { .. }
         | R::CredsList { .. }
         | R::TlsShow
-        | R::ApprovalsList => (Need::Any, false),
+        | R::ApprovalsList
+        | R::MkStatus => (Need::Any, false),
         R::StoresCreate { .. }
         | R::KeysCreate { .. }
         | R::KeysImport { .. }
@@ -156,7 +157,8 @@ pub fn policy(req: &Request) -> Policy {
         | R::CredsRemove { .. }
         | R::TlsCsr { .. }
         | R::TlsInstall { .. }
-        | R::Backup => (Need::Security, false),
+        | R::Backup
+        | R::MkReseal => (Need::Security, false),
         R::KeysScheduleDestroy { .. } | R::KmsConfig { .. } | R::StoresRemove { .. } => {
             (Need::Security, true)
         }

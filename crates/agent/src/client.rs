@@ -104,7 +104,10 @@ impl AgentError {
 
 /// A successful release.
 pub struct Released {
+    /// The primary master key: version `receipt.key_version` (the current one).
     pub key: Key32,
+    /// Further master-key versions released with it (the receipt's `also`), by version.
+    pub also: Vec<(u32, Key32)>,
     pub receipt: Receipt,
     pub mode: WrapMode,
     /// The receipt key's SPKI (DER; its SHA-256 is the pinned one).
@@ -304,6 +307,8 @@ impl Agent {
                 "hpke-p384-aes256gcm".into(),
             ],
             pins: pins.pins.clone(),
+            // This agent handles master-key versions: the current one and its store head's.
+            key_versions: Some(vec![]),
         };
         let ch = match client.call(&Request::Hello(hello.clone()))? {
             Response::Challenge(c) => c,
@@ -452,8 +457,34 @@ pub fn accept_release(
         tracing::info!(key_version = r.key_version, "released master key version");
     }
     let key = Key32::from_bytes(&mk)?;
+    // Each further version: named in the signed receipt, its blob's digest checked, then
+    // unwrapped as the primary one.
+    if r.also.len() != rel.also.len() {
+        return Err(bad("receipt names other further master-key versions"));
+    }
+    let mut also = Vec::with_capacity(rel.also.len());
+    for (named, w) in r.also.iter().zip(&rel.also) {
+        if named.key_version != w.key_version
+            || named.key_version == r.key_version
+            || !eq(&named.hsm_epk, &w.hsm_epk)
+            || !eq(&named.wrapped_digest, &Sha384::digest(&w.wrapped_mk))
+        {
+            return Err(bad("receipt names another further master-key version"));
+        }
+        let mk = match rel.mode {
+            WrapMode::HsmEcdhAesKw => esk.unwrap_hsm(&w.hsm_epk, t, &w.wrapped_mk),
+            WrapMode::HpkeFallback => esk.open_hpke(
+                &w.hsm_epk,
+                &w.wrapped_mk,
+                t,
+                &hpke_aad(&named.key_id, named.key_version, &r.policy_digest),
+            ),
+        }?;
+        also.push((w.key_version, Key32::from_bytes(&mk)?));
+    }
     Ok(Released {
         key,
+        also,
         receipt: r,
         mode: rel.mode,
         receipt_spki: ch.receipt_spki.clone(),

@@ -147,18 +147,48 @@ impl MasterKeySource for ReleaseSource {
             .map_err(|e| MasterKeyError::Release(Box::new(e)))
     }
 
+    /// Every released version (current and the store's), with the floor and anchor as
+    /// [`MasterKeySource::obtain_fresh`] gives them.
+    fn obtain_keys(
+        &self,
+    ) -> Result<(keyward_keystore::MasterKeys, keyward_keystore::Freshness), MasterKeyError> {
+        let r = self
+            .obtain_with_retry()
+            .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
+        let freshness = self.freshness(&r)?;
+        let crate::client::Released {
+            key, also, receipt, ..
+        } = r;
+        let mut keys = keyward_keystore::MasterKeys::new(receipt.key_version, key);
+        for (v, k) in also {
+            keys.insert(v, k);
+        }
+        Ok((keys, freshness))
+    }
+
     /// The released key, with the head the KRS holds for this deployment (from the signed
     /// receipt) as the floor and the KRS, through this boot's registered key, as the anchor.
     fn obtain_fresh(&self) -> Result<(Key32, keyward_keystore::Freshness), MasterKeyError> {
         let r = self
             .obtain_with_retry()
             .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
+        let freshness = self.freshness(&r)?;
+        Ok((r.key, freshness))
+    }
+}
+
+impl ReleaseSource {
+    /// The floor (the head in the receipt) and the anchor (the KRS through this boot's key).
+    fn freshness(
+        &self,
+        r: &crate::client::Released,
+    ) -> Result<keyward_keystore::Freshness, MasterKeyError> {
         let Some(boot_key) = r.boot_key.clone() else {
             tracing::warn!(
                 "the KRS registered no boot key (it keeps no store heads): the key store has no \
                  freshness anchor, an older copy of it cannot be told from the newest"
             );
-            return Ok((r.key, keyward_keystore::Freshness::Unanchored));
+            return Ok(keyward_keystore::Freshness::Unanchored);
         };
         let pins = crate::client::parse_pins(&self.agent.cfg)
             .map_err(|e| MasterKeyError::Release(Box::new(e)))?;
@@ -169,13 +199,10 @@ impl MasterKeySource for ReleaseSource {
             boot_key,
             Duration::from_secs(self.agent.cfg.timeout_secs.max(1)),
         );
-        Ok((
-            r.key,
-            keyward_keystore::Freshness::Anchored {
-                floor: r.receipt.head.clone(),
-                anchor: Arc::new(anchor),
-            },
-        ))
+        Ok(keyward_keystore::Freshness::Anchored {
+            floor: r.receipt.head.clone(),
+            anchor: Arc::new(anchor),
+        })
     }
 }
 

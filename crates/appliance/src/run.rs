@@ -87,7 +87,7 @@ pub async fn boot(
     }
     let (master, freshness) = {
         let source = source;
-        tokio::task::spawn_blocking(move || source.obtain_fresh())
+        tokio::task::spawn_blocking(move || source.obtain_keys())
             .await
             .map_err(|e| BootError::Task("master key", e))??
     };
@@ -123,10 +123,11 @@ pub async fn boot(
     let shared = opened.shared;
     let backend = opened.backend;
     let registry =
-        tokio::task::spawn_blocking(move || Registry::open_with(backend, master, freshness))
+        tokio::task::spawn_blocking(move || Registry::open_keys(backend, master, freshness))
             .await
             .map_err(|e| BootError::Task("unseal", e))??;
     let registry = Arc::new(registry);
+    spawn_reseal(&registry);
     let member_id = instance_id(shared.is_some());
     let fleet = shared.map(|sh| {
         let label = config.fleet.label.clone().unwrap_or_else(host_name);
@@ -630,4 +631,52 @@ impl StoreProbe for DirProbe {
             .map(|_| ())
             .map_err(|e| format!("key store {}: {e}", self.0.display()))
     }
+}
+
+/// Master-key rotation: when the KRS released a newer version than the store is sealed under,
+/// re-seal the store under it in the background (admin writes wait on the writer lock; the
+/// XKS request path does not, its KEKs in memory do not change). A failure leaves the store
+/// under the old version (or resumes at the next boot); `keyward admin mk reseal` retries.
+pub fn spawn_reseal(registry: &Arc<Registry>) {
+    let st = registry.mk_status();
+    if st.current <= st.sealed {
+        phase(
+            "unseal",
+            &format!("key store sealed under master key version {}", st.sealed),
+        );
+        return;
+    }
+    phase(
+        "unseal",
+        &format!(
+            "key store sealed under master key version {}, version {} released: re-sealing",
+            st.sealed, st.current
+        ),
+    );
+    if registry.is_shared() {
+        tracing::warn!(
+            sealed = st.sealed,
+            current = st.current,
+            "re-sealing a fleet's shared key store is not built yet: it stays under master key \
+             version {} (safe: `keyward krs mk retire` refuses while its head is on it)",
+            st.sealed
+        );
+        return;
+    }
+    let reg = registry.clone();
+    let _ = std::thread::Builder::new()
+        .name("mk-reseal".into())
+        .spawn(move || match reg.reseal() {
+            Ok(Some(h)) => tracing::info!(
+                mk_version = h.mk_version,
+                seq = h.seq,
+                "key store re-sealed under the new master key version"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "key store re-seal failed (the store stays under the old master key version; \
+                 retried at the next boot or with `keyward admin mk reseal`)"
+            ),
+        });
 }

@@ -58,6 +58,7 @@ fn write_seeds() {
         product_release: "keyward-1".into(),
         algs: vec!["p384-ecdh-aes256kwp".into(), "hpke-p384".into()],
         pins,
+        key_versions: Some(vec![1, 2]),
     });
     let evidence = Request::Evidence(Evidence {
         v: 1,
@@ -132,6 +133,7 @@ impl StoreHeadSeed {
             store_id: vec![1; 16],
             seq: 3,
             chain_mac: vec![2; 32],
+            mk_version: 2,
         }
     }
 }

@@ -116,6 +116,26 @@ fn default_receipt_label() -> String {
     "keyward-receipt".into()
 }
 
+/// The label of master-key version `version`: version 1 is the configured label itself (the
+/// key `krs init` made, so deployments from before rotation keep working unchanged); version
+/// N >= 2 is `LABEL.vN`. Its `CKA_ID` is `keyward-mk-N`.
+pub fn mk_label(base: &str, version: u32) -> String {
+    if version <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}.v{version}")
+    }
+}
+
+/// The version a master-key label names under `base` (see [`mk_label`]).
+pub fn mk_version_of(base: &str, label: &str) -> Option<u32> {
+    if label == base {
+        return Some(1);
+    }
+    let v: u32 = label.strip_prefix(base)?.strip_prefix(".v")?.parse().ok()?;
+    (v >= 2 && label == mk_label(base, v)).then_some(v)
+}
+
 /// What the token can do for KRP/1, found with `C_GetMechanismInfo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
@@ -155,6 +175,29 @@ pub trait KeyBackend: Send {
     fn release_wrap(&self, agent_epk: &[u8], transcript: &[u8]) -> Result<HsmWrap, HsmError>;
     /// The HPKE fallback's one-call export of the master key.
     fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError>;
+    /// The master-key versions present in the token, ascending (default: version 1 only).
+    fn master_key_versions(&self) -> Result<Vec<u32>, HsmError> {
+        Ok(vec![1])
+    }
+    /// [`KeyBackend::release_wrap`] of master-key version `version`.
+    fn release_wrap_version(
+        &self,
+        version: u32,
+        agent_epk: &[u8],
+        transcript: &[u8],
+    ) -> Result<HsmWrap, HsmError> {
+        match version {
+            1 => self.release_wrap(agent_epk, transcript),
+            v => Err(HsmError::MissingKey(mk_label(self.master_key_id(), v))),
+        }
+    }
+    /// [`KeyBackend::export_master_for_fallback`] of master-key version `version`.
+    fn export_master_version(&self, version: u32) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        match version {
+            1 => self.export_master_for_fallback(),
+            v => Err(HsmError::MissingKey(mk_label(self.master_key_id(), v))),
+        }
+    }
 }
 
 impl KeyBackend for Hsm {
@@ -175,6 +218,20 @@ impl KeyBackend for Hsm {
     }
     fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError> {
         Hsm::export_master_for_fallback(self)
+    }
+    fn master_key_versions(&self) -> Result<Vec<u32>, HsmError> {
+        Hsm::master_key_versions(self)
+    }
+    fn release_wrap_version(
+        &self,
+        version: u32,
+        agent_epk: &[u8],
+        transcript: &[u8],
+    ) -> Result<HsmWrap, HsmError> {
+        Hsm::release_wrap_version(self, version, agent_epk, transcript)
+    }
+    fn export_master_version(&self, version: u32) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        Hsm::export_master_version(self, version)
     }
 }
 
@@ -285,28 +342,7 @@ impl Hsm {
         if self.find(ObjectClass::PRIVATE_KEY, rk)?.is_some() {
             return Err(HsmError::Exists(rk.clone()));
         }
-        p11(
-            "C_GenerateKey(master)",
-            self.session.generate_key(
-                &Mechanism::AesKeyGen,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                    Attribute::Label(mk.as_bytes().to_vec()),
-                    Attribute::Id(b"keyward-mk-1".to_vec()),
-                ],
-            ),
-        )?;
+        self.generate_master(1)?;
         p11(
             "C_GenerateKeyPair(receipt)",
             self.session.generate_key_pair(
@@ -328,6 +364,90 @@ impl Hsm {
             ),
         )?;
         Ok(())
+    }
+
+    /// Generate master-key version `version` (AES-256, sensitive, extractable only by
+    /// wrapping: the attributes `krs init` gives version 1). Refuses an existing label.
+    fn generate_master(&self, version: u32) -> Result<(), HsmError> {
+        let label = mk_label(&self.cfg.master_key_label, version);
+        if self.find(ObjectClass::SECRET_KEY, &label)?.is_some() {
+            return Err(HsmError::Exists(label));
+        }
+        p11(
+            "C_GenerateKey(master)",
+            self.session.generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(format!("keyward-mk-{version}").into_bytes()),
+                ],
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// The master-key versions present in the token (objects labelled per [`mk_label`]),
+    /// ascending.
+    pub fn master_key_versions(&self) -> Result<Vec<u32>, HsmError> {
+        let objs = p11(
+            "C_FindObjects",
+            self.session
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)]),
+        )?;
+        let mut out = Vec::new();
+        for o in objs {
+            let attrs = p11(
+                "C_GetAttributeValue(CKA_LABEL)",
+                self.session.get_attributes(o, &[AttributeType::Label]),
+            )?;
+            for a in attrs {
+                if let Attribute::Label(l) = a {
+                    if let Some(v) = std::str::from_utf8(&l)
+                        .ok()
+                        .and_then(|l| mk_version_of(&self.cfg.master_key_label, l))
+                    {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Make master-key version N+1 (N the newest present) in the token; returns N+1.
+    pub fn rotate_master(&self) -> Result<u32, HsmError> {
+        let newest = self
+            .master_key_versions()?
+            .last()
+            .copied()
+            .ok_or_else(|| HsmError::MissingKey(self.cfg.master_key_label.clone()))?;
+        let next = newest + 1;
+        self.generate_master(next)?;
+        Ok(next)
+    }
+
+    /// Destroy master-key version `version` (`C_DestroyObject`): everything sealed under it
+    /// only is gone for good.
+    pub fn destroy_master(&self, version: u32) -> Result<(), HsmError> {
+        let mk = self.need(
+            ObjectClass::SECRET_KEY,
+            &mk_label(&self.cfg.master_key_label, version),
+        )?;
+        p11("C_DestroyObject(master)", self.session.destroy_object(mk))
     }
 
     /// The master key's identifier (label) and version.
@@ -398,13 +518,26 @@ impl Hsm {
     /// The in-HSM release: wrap the master key to a key derived from ECDH with the agent's
     /// ephemeral key `agent_epk` (SEC1 uncompressed) and bound to `transcript` (T).
     pub fn release_wrap(&self, agent_epk: &[u8], transcript: &[u8]) -> Result<HsmWrap, HsmError> {
+        self.release_wrap_version(1, agent_epk, transcript)
+    }
+
+    /// [`Hsm::release_wrap`] of master-key version `version`.
+    pub fn release_wrap_version(
+        &self,
+        version: u32,
+        agent_epk: &[u8],
+        transcript: &[u8],
+    ) -> Result<HsmWrap, HsmError> {
         let caps = self.capabilities();
         if !caps.in_hsm_wrap() {
             return Err(HsmError::Mechanism(
                 "ECDH1_DERIVE + AES_CBC_ENCRYPT_DATA + AES_KEY_WRAP",
             ));
         }
-        let mk = self.need(ObjectClass::SECRET_KEY, &self.cfg.master_key_label)?;
+        let mk = self.need(
+            ObjectClass::SECRET_KEY,
+            &mk_label(&self.cfg.master_key_label, version),
+        )?;
         let (epub, epriv) = p11(
             "C_GenerateKeyPair(ephemeral)",
             self.session.generate_key_pair(
@@ -483,10 +616,18 @@ impl Hsm {
     /// key comes into this process for one call. It is wrapped under a throw-away session AES
     /// key whose value is read back, then unwrapped in software.
     pub fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        self.export_master_version(1)
+    }
+
+    /// [`Hsm::export_master_for_fallback`] of master-key version `version`.
+    pub fn export_master_version(&self, version: u32) -> Result<Zeroizing<[u8; 32]>, HsmError> {
         if !self.capabilities().aes_key_wrap {
             return Err(HsmError::Mechanism("AES_KEY_WRAP"));
         }
-        let mk = self.need(ObjectClass::SECRET_KEY, &self.cfg.master_key_label)?;
+        let mk = self.need(
+            ObjectClass::SECRET_KEY,
+            &mk_label(&self.cfg.master_key_label, version),
+        )?;
         let tk = p11(
             "C_GenerateKey(transport)",
             self.session.generate_key(
@@ -544,6 +685,25 @@ fn unwrap_ec_point(v: &[u8]) -> Result<Vec<u8>, HsmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mk_labels_round_trip() {
+        assert_eq!(mk_label("keyward-master", 1), "keyward-master");
+        assert_eq!(mk_label("keyward-master", 3), "keyward-master.v3");
+        assert_eq!(mk_version_of("keyward-master", "keyward-master"), Some(1));
+        assert_eq!(
+            mk_version_of("keyward-master", "keyward-master.v3"),
+            Some(3)
+        );
+        for bad in [
+            "keyward-master.v1",
+            "keyward-master.v03",
+            "keyward-masterx",
+            "other",
+        ] {
+            assert_eq!(mk_version_of("keyward-master", bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn ec_point_forms() {

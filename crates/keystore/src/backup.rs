@@ -322,6 +322,7 @@ fn check_body(b: &Body) -> Result<StoreHead, BackupError> {
         store_id: id,
         seq: b.head.seq,
         chain_mac: chain.to_vec(),
+        mk_version: b.header.mk_version,
     })
 }
 
@@ -349,11 +350,17 @@ impl Backup {
         &self.head
     }
 
+    /// The master-key version the backup is sealed under (its header's): restoring it needs
+    /// that version, so it must not be retired at the KRS while the backup is kept.
+    pub fn mk_version(&self) -> u32 {
+        self.body.header.mk_version
+    }
+
     /// Check the backup under the master key: the header's check value (the right master key),
     /// the MAC over the whole body, and every record, the chain and the sealed head as a boot
     /// checks them (the KEKs are unsealed into locked memory and dropped).
     pub fn verify(&self, master: &Key32) -> Result<(), BackupError> {
-        let sealer = Sealer::new(master, &self.head.store_id)?;
+        let sealer = Sealer::versioned(master, &self.head.store_id, self.mk_version())?;
         if !sealer.verify_check(&self.body.header.check) {
             return Err(BackupError::WrongMasterKey);
         }

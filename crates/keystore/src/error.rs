@@ -77,6 +77,32 @@ pub enum KeystoreError {
     /// The master key does not open this key store (wrong key, or its header was altered).
     #[error("the master key does not open this key store (wrong master key?)")]
     WrongMasterKey,
+    /// The store is sealed under a master-key version this boot was not given (retired at
+    /// the KRS, or an older copy of the store put back after a re-seal).
+    #[error(
+        "the key store is sealed under master-key version {needed}, which this boot does not \
+         hold (it holds {held:?}): retired at the key-release service, or an older copy of \
+         the store"
+    )]
+    MasterKeyVersionMissing {
+        /// The version the header names.
+        needed: u32,
+        /// The versions released to this boot.
+        held: Vec<u32>,
+    },
+    /// The store is sealed under an older master-key version than the head the key-release
+    /// service recorded: a copy from before a re-seal was put back.
+    #[error(
+        "the key store is sealed under master-key version {store_version} but the \
+         key-release service recorded its re-seal under version {anchor_version}: an older \
+         copy of the store; refusing it"
+    )]
+    MasterKeyRollback {
+        /// The header's version.
+        store_version: u32,
+        /// The version in the head the KRS holds.
+        anchor_version: u32,
+    },
     /// A record failed authentication or decryption: the store was altered or damaged.
     #[error("key store record {record} was altered or damaged: {why}")]
     Tampered {

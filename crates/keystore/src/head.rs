@@ -26,16 +26,25 @@ pub struct StoreHead {
     /// Chain MAC of the last record (32 bytes; for an empty store, the chain's start value).
     #[serde(with = "serde_bytes")]
     pub chain_mac: Vec<u8>,
+    /// The master-key version the store is sealed under at this head (absent: 1, so heads and
+    /// receipts from before master-key rotation encode exactly as before). A re-seal moves it
+    /// forward at the same `seq` and chain MAC; it never moves back.
+    #[serde(
+        default = "crate::model::mk_v1",
+        skip_serializing_if = "crate::model::is_mk_v1"
+    )]
+    pub mk_version: u32,
 }
 
 impl std::fmt::Debug for StoreHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "StoreHead(store {}, seq {}, mac {})",
+            "StoreHead(store {}, seq {}, mac {}, mk v{})",
             hex::encode(&self.store_id),
             self.seq,
-            hex::encode(self.chain_mac.get(..8).unwrap_or(&self.chain_mac))
+            hex::encode(self.chain_mac.get(..8).unwrap_or(&self.chain_mac)),
+            self.mk_version
         )
     }
 }

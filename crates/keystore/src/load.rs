@@ -28,8 +28,9 @@ use super::model::{
 };
 use super::registry::{apply, ApplyError, Sidecar, StoreBuild};
 use super::seal::{decode_mac, mac_matches, ChainMac, Sealer};
+use super::source::MasterKeys;
 use super::KeystoreError;
-use keyward_secret::{getrandom_fill, Key32};
+use keyward_secret::getrandom_fill;
 
 /// A verified, replayed store.
 pub(super) struct Opened {
@@ -56,6 +57,7 @@ pub(super) fn seal_head(sealer: &Sealer, head: &StoreHead) -> Result<SealedHead,
         seq: head.seq,
         chain_mac: hex::encode(chain),
         mac: hex::encode(sealer.head_mac(head.seq, &chain)),
+        mk_version: sealer.mk_version(),
     })
 }
 
@@ -66,8 +68,34 @@ fn head_tampered(why: &'static str) -> KeystoreError {
     }
 }
 
-/// Check a sealed head against this store and the head key.
-fn open_head(sealer: &Sealer, sealed: &SealedHead) -> Result<StoreHead, KeystoreError> {
+/// Check a sealed head against this store and the head key of the master-key version that
+/// sealed it: the log's own, or (a re-seal interrupted after the log was switched, before the
+/// head was) an older one this boot still holds. A head newer than the log is refused.
+fn open_head(
+    sealer: &Sealer,
+    sealed: &SealedHead,
+    keys: Option<&MasterKeys>,
+) -> Result<StoreHead, KeystoreError> {
+    if sealed.mk_version > sealer.mk_version() {
+        return Err(head_tampered(
+            "the sealed head names a newer master-key version than the log (an older log put \
+             back after a re-seal?)",
+        ));
+    }
+    if sealed.mk_version != sealer.mk_version() {
+        let key = keys.and_then(|k| k.get(sealed.mk_version)).ok_or_else(|| {
+            KeystoreError::MasterKeyVersionMissing {
+                needed: sealed.mk_version,
+                held: keys.map_or_else(|| vec![sealer.mk_version()], MasterKeys::versions),
+            }
+        })?;
+        let old = Sealer::versioned(key, sealer.store_id(), sealed.mk_version)?;
+        return open_head_with(&old, sealed);
+    }
+    open_head_with(sealer, sealed)
+}
+
+fn open_head_with(sealer: &Sealer, sealed: &SealedHead) -> Result<StoreHead, KeystoreError> {
     if sealed.format != LOG_FORMAT {
         return Err(head_tampered("the sealed head has another format"));
     }
@@ -87,14 +115,21 @@ fn open_head(sealer: &Sealer, sealed: &SealedHead) -> Result<StoreHead, Keystore
         store_id: sealer.store_id().to_vec(),
         seq: sealed.seq,
         chain_mac: chain.to_vec(),
+        mk_version: sealed.mk_version,
     })
 }
 
-/// The sealer for `header`, after checking the master key.
-fn sealer_for(header: &Header, master: &Key32) -> Result<Sealer, KeystoreError> {
+/// The sealer for `header` (under the master-key version it names), after checking the key.
+pub(super) fn sealer_for(header: &Header, keys: &MasterKeys) -> Result<Sealer, KeystoreError> {
     let id = hex::decode(&header.store_id)
         .map_err(|_| KeystoreError::Format("store id is not hex".into()))?;
-    let sealer = Sealer::new(master, &id)?;
+    let master =
+        keys.get(header.mk_version)
+            .ok_or_else(|| KeystoreError::MasterKeyVersionMissing {
+                needed: header.mk_version,
+                held: keys.versions(),
+            })?;
+    let sealer = Sealer::versioned(master, &id, header.mk_version)?;
     if !sealer.verify_check(&header.check) {
         return Err(KeystoreError::WrongMasterKey);
     }
@@ -104,7 +139,7 @@ fn sealer_for(header: &Header, master: &Key32) -> Result<Sealer, KeystoreError> 
 /// Open (initialise, migrate) and verify the store in `backend`.
 pub(super) fn open_store(
     backend: &mut dyn KeyStore,
-    master: &Key32,
+    master: &MasterKeys,
     freshness: &Freshness,
 ) -> Result<Opened, KeystoreError> {
     let floor = match freshness {
@@ -219,19 +254,28 @@ fn anchor_first(anchor: &dyn HeadAnchor, head: &StoreHead) -> Result<(), Keystor
 }
 
 /// A new store: its sealed head (the empty chain) first, then its header.
-fn init(backend: &mut dyn KeyStore, master: &Key32) -> Result<Opened, KeystoreError> {
+fn init(backend: &mut dyn KeyStore, master: &MasterKeys) -> Result<Opened, KeystoreError> {
     let mut id = [0u8; 16];
     getrandom_fill(&mut id)?;
-    let sealer = Sealer::new(master, &id)?;
+    let v = master.current_version();
+    let key = master
+        .get(v)
+        .ok_or_else(|| KeystoreError::MasterKeyVersionMissing {
+            needed: v,
+            held: master.versions(),
+        })?;
+    let sealer = Sealer::versioned(key, &id, v)?;
     let header = Header {
         format: LOG_FORMAT,
         store_id: hex::encode(id),
         check: sealer.seal_check()?,
+        mk_version: v,
     };
     let head = StoreHead {
         store_id: id.to_vec(),
         seq: 0,
         chain_mac: sealer.chain_start().to_vec(),
+        mk_version: v,
     };
     // Head before header: a log never exists without its head (a crash in between leaves an
     // uninitialised store, initialised afresh next time).
@@ -283,7 +327,7 @@ struct Section {
 /// Verify and replay a format-2 store; cut off what lies beyond the acknowledged head.
 fn open_v2(
     backend: &mut dyn KeyStore,
-    master: &Key32,
+    master: &MasterKeys,
     floor: Option<&StoreHead>,
 ) -> Result<Opened, KeystoreError> {
     let header = backend
@@ -295,7 +339,7 @@ fn open_v2(
         tls,
         head,
         chain,
-    } = replay_v2(backend, &sealer, floor, true)?;
+    } = replay_v2(backend, &sealer, Some(master), floor, true)?;
     Ok(Opened {
         sealer,
         builds,
@@ -364,10 +408,13 @@ pub(super) fn reload_shared(
             sealer.store_id(),
         ));
     }
-    if header.format != LOG_FORMAT || !sealer.verify_check(&header.check) {
+    if header.format != LOG_FORMAT
+        || header.mk_version != sealer.mk_version()
+        || !sealer.verify_check(&header.check)
+    {
         return Err(KeystoreError::WrongMasterKey);
     }
-    replay_v2(backend, sealer, Some(known), true)
+    replay_v2(backend, sealer, None, Some(known), true)
 }
 
 /// Verify a copy of a store (a backup) under `sealer` as [`open_v2`] verifies a store without a
@@ -378,7 +425,7 @@ pub(super) fn verify_copy(
     sealer: &Sealer,
     unseal: bool,
 ) -> Result<StoreHead, KeystoreError> {
-    replay_v2(backend, sealer, None, unseal).map(|r| r.head)
+    replay_v2(backend, sealer, None, None, unseal).map(|r| r.head)
 }
 
 /// The work of [`open_v2`]. On a shared backend ([`KeyStore::shared`]) records after the cut
@@ -388,6 +435,7 @@ pub(super) fn verify_copy(
 fn replay_v2(
     backend: &mut dyn KeyStore,
     sealer: &Sealer,
+    keys: Option<&MasterKeys>,
     floor: Option<&StoreHead>,
     unseal: bool,
 ) -> Result<Replayed, KeystoreError> {
@@ -395,11 +443,18 @@ fn replay_v2(
     let sealed = backend
         .load_head()?
         .ok_or_else(|| head_tampered("the sealed head file is missing (deleted?)"))?;
-    let local = open_head(sealer, &sealed)?;
+    let local = open_head(sealer, &sealed, keys)?;
     let (cut, expect) = match floor {
         Some(f) => {
             if f.store_id != sealer.store_id() {
                 return Err(other_store(sealer.store_id(), &f.store_id));
+            }
+            if f.mk_version > sealer.mk_version() {
+                // The KRS recorded a re-seal this log does not have: a copy from before it.
+                return Err(KeystoreError::MasterKeyRollback {
+                    store_version: sealer.mk_version(),
+                    anchor_version: f.mk_version,
+                });
             }
             if local.seq > f.seq && !shared {
                 return Err(KeystoreError::AnchorBehind {
@@ -605,6 +660,7 @@ fn replay_v2(
             store_id: sealer.store_id().to_vec(),
             seq: last,
             chain_mac: prev.to_vec(),
+            mk_version: sealer.mk_version(),
         };
         if beyond > 0 {
             tracing::debug!(
@@ -613,7 +669,7 @@ fn replay_v2(
                 "applied records written by other members"
             );
         }
-        if head.seq > local.seq {
+        if head.seq > local.seq || local.mk_version != head.mk_version {
             // Best effort: the shared backend only ever moves its sealed head forward.
             if let Err(e) = backend.store_head(&seal_head(sealer, &head)?) {
                 tracing::warn!(error = %e, "could not move the shared store's sealed head forward");
@@ -642,8 +698,11 @@ fn replay_v2(
         store_id: sealer.store_id().to_vec(),
         seq: cut,
         chain_mac: at_cut.to_vec(),
+        mk_version: sealer.mk_version(),
     };
-    if head.seq != local.seq {
+    if head.seq != local.seq || head.mk_version != local.mk_version {
+        // (Or a re-seal switched the log to a new master-key version and stopped before the
+        // sealed head followed: finish it.)
         // The KRS recorded a head the sealed head had not caught up with (a crash between the
         // two): bring the local one up to date.
         backend.store_head(&seal_head(sealer, &head)?)?;
@@ -704,6 +763,7 @@ fn migrate(
         store_id: sealer.store_id().to_vec(),
         seq: signed.len() as u64,
         chain_mac: prev.to_vec(),
+        mk_version: sealer.mk_version(),
     };
     backend.store_head(&seal_head(&sealer, &head)?)?;
     let new_header = Header {

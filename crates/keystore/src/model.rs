@@ -74,6 +74,23 @@ pub struct Header {
     pub store_id: String,
     /// A known constant sealed under the master key; opening it checks the master key.
     pub check: Sealed,
+    /// The master-key version that sealed this store (its header check, every sealed value
+    /// and every MAC). Absent (1) in stores written before master-key rotation, so their
+    /// header line is unchanged.
+    #[serde(default = "mk_v1", skip_serializing_if = "is_mk_v1")]
+    pub mk_version: u32,
+}
+
+/// The master-key version of stores, heads and backups written before rotation existed.
+pub const MK_VERSION_1: u32 = 1;
+
+pub(crate) fn mk_v1() -> u32 {
+    MK_VERSION_1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+pub(crate) fn is_mk_v1(v: &u32) -> bool {
+    *v == MK_VERSION_1
 }
 
 /// A logical key store (one URI prefix), as persisted.
@@ -306,6 +323,10 @@ pub struct SealedHead {
     pub chain_mac: String,
     /// HMAC-SHA256 over the above under the head subkey. Hex.
     pub mac: String,
+    /// The master-key version whose head subkey made `mac` (absent: 1). During a re-seal the
+    /// log may already be sealed under the new version while this head is still the old one's.
+    #[serde(default = "mk_v1", skip_serializing_if = "is_mk_v1")]
+    pub mk_version: u32,
 }
 
 /// A record with its sequence number and MAC, as a backend stores it.

@@ -14,12 +14,13 @@ use zeroize::Zeroizing;
 use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
-    ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, KeyRecord, KeyStore,
-    KeyVersionRecord, Record, SignedRecord, StoreRecord, TlsKeyRecord,
+    ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, Header, KeyRecord,
+    KeyStore, KeyVersionRecord, Record, SignedRecord, StoreRecord, TlsKeyRecord, LOG_FORMAT,
 };
 use super::seal::{
     cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
 };
+use super::source::MasterKeys;
 use super::validate;
 use super::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, OlderKek, SharedView, Snapshot,
@@ -183,6 +184,23 @@ struct Inner {
     shared: bool,
     /// A shared store's verified chain MACs by `seq`.
     history: load::ChainLog,
+    /// The sealer of a newer master-key version released to this boot than the store is
+    /// sealed under: [`Registry::reseal`] moves the store to it.
+    target: Option<Sealer>,
+    /// A re-seal whose new head the KRS has not recorded yet (it still holds this head, under
+    /// the old version): recorded before the next write.
+    reseal_unrecorded: Option<StoreHead>,
+}
+
+/// Master-key versions of an open store ([`Registry::mk_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MkStatus {
+    /// The version the store is sealed under.
+    pub sealed: u32,
+    /// The newest version released to this boot (`> sealed`: a re-seal is due).
+    pub current: u32,
+    /// Whether the KRS holds the head under `sealed` (false: a re-seal it has not recorded).
+    pub krs_recorded: bool,
 }
 
 /// What a write changes besides the snapshot (creation times, the TLS identity), applied when
@@ -575,6 +593,30 @@ fn builds_of(snap: &Snapshot, meta: &HashMap<String, StoreMeta>) -> HashMap<Stri
 
 /// Have the anchor record `head` (verified, later than what it holds) on a shared store; a
 /// failure is logged, not fatal: the floor only lags, and the next write or boot retries.
+/// Have the anchor record a re-seal: `next` is `held` (same store, `seq` and chain MAC) under
+/// a newer master-key version. A lost answer is settled by asking what it holds.
+fn record_reseal(
+    anchor: &dyn HeadAnchor,
+    held: &StoreHead,
+    next: &StoreHead,
+) -> Result<(), KeystoreError> {
+    match anchor.advance(Some(held), next) {
+        Ok(()) => {}
+        Err(AnchorError::Unreachable(why)) => match anchor.current() {
+            Ok(Some(h)) if &h == next => {}
+            _ => return Err(KeystoreError::AnchorUnknown(why)),
+        },
+        Err(AnchorError::Refused(why)) => return Err(KeystoreError::AnchorRefused(why)),
+    }
+    tracing::info!(
+        seq = next.seq,
+        from = held.mk_version,
+        to = next.mk_version,
+        "the key-release service recorded the key store's re-seal under the new master key"
+    );
+    Ok(())
+}
+
 fn roll_forward(anchor: &dyn HeadAnchor, held: Option<&StoreHead>, head: &StoreHead) {
     match anchor.advance(held, head) {
         Ok(()) => tracing::info!(
@@ -610,13 +652,35 @@ impl Registry {
     /// after the floor were never acknowledged and are cut off. With no floor (first boot or
     /// upgrade) the current head is recorded first, or the open fails.
     pub fn open_with(
-        mut backend: Box<dyn KeyStore>,
+        backend: Box<dyn KeyStore>,
         master: Key32,
         freshness: super::Freshness,
     ) -> Result<Registry, KeystoreError> {
+        Self::open_keys(backend, MasterKeys::single(master), freshness)
+    }
+
+    /// [`Registry::open_with`] with every master-key version released to this boot: the store
+    /// opens under the version its header names (which must be among `keys`, else
+    /// [`KeystoreError::MasterKeyVersionMissing`]); when `keys` has a newer current version,
+    /// [`Registry::reseal`] moves the store to it. A store sealed under an older version than
+    /// the head the KRS holds is refused ([`KeystoreError::MasterKeyRollback`]); one re-sealed
+    /// after the head the KRS holds (a re-seal interrupted before the KRS recorded it) has
+    /// that head recorded now. The keys are dropped (zeroized) once their subkeys are derived.
+    pub fn open_keys(
+        mut backend: Box<dyn KeyStore>,
+        keys: MasterKeys,
+        freshness: super::Freshness,
+    ) -> Result<Registry, KeystoreError> {
         let location = backend.location();
-        let opened = load::open_store(backend.as_mut(), &master, &freshness)?;
-        drop(master);
+        let opened = load::open_store(backend.as_mut(), &keys, &freshness)?;
+        let current = keys.current_version();
+        let target = match keys.get(current) {
+            Some(k) if current > opened.sealer.mk_version() => {
+                Some(Sealer::versioned(k, opened.sealer.store_id(), current)?)
+            }
+            _ => None,
+        };
+        drop(keys);
         let load::Opened {
             sealer,
             builds,
@@ -629,6 +693,14 @@ impl Registry {
         let shared = backend.shared();
         let anchor = match freshness {
             super::Freshness::Anchored { anchor, floor } => {
+                if let Some(f) = floor.as_ref().filter(|f| {
+                    f.seq == head.seq
+                        && f.chain_mac == head.chain_mac
+                        && f.mk_version < head.mk_version
+                }) {
+                    // A re-seal that stopped after the store switched, before the KRS recorded it.
+                    record_reseal(anchor.as_ref(), f, &head)?;
+                }
                 if shared && floor.as_ref().map_or(0, |f| f.seq) < head.seq {
                     // Another member's write whose head it has not recorded yet (or never
                     // will: it stopped in between). The records verified: record the head.
@@ -650,6 +722,8 @@ impl Registry {
             approvals,
             shared,
             history: chain,
+            target,
+            reseal_unrecorded: None,
         };
         if !shared && inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
             if let Err(e) = compact(&mut inner, &snapshot) {
@@ -699,6 +773,106 @@ impl Registry {
         })?;
         let sealed = load::seal_head(&inner.sealer, &head)?;
         super::backup::export(&inner.sealer, header, &head, sealed, records)
+    }
+
+    /// Which master-key version seals the store, and the newest one released to this boot.
+    pub fn mk_status(&self) -> MkStatus {
+        let inner = self.lock();
+        let sealed = inner.sealer.mk_version();
+        MkStatus {
+            sealed,
+            current: inner.target.as_ref().map_or(sealed, Sealer::mk_version),
+            krs_recorded: inner.reseal_unrecorded.is_none(),
+        }
+    }
+
+    /// Re-seal the store under the newest master-key version released to this boot, online:
+    /// admin writes wait on the writer lock; the XKS request path never does (the KEKs in
+    /// memory do not change). `Ok(None)`: already sealed under it.
+    ///
+    /// Steps, each durable before the next, so a crash at any point leaves a store that opens:
+    /// 1. a complete new generation of the log (header naming the new version, a checkpoint
+    ///    carrying the head, every live record with every secret sealed anew and MACed under
+    ///    the new version's subkeys) is written to a temp file and renamed over the log (as a
+    ///    compaction); a crash before the rename leaves the old version intact;
+    /// 2. the sealed head is rewritten under the new version (a crash before: the next open
+    ///    verifies the old head with the old version, still released, and finishes this);
+    /// 3. the KRS records the head (same `seq` and chain MAC) under the new version; it never
+    ///    takes an older version back, so the old-version store is refused from then on (a
+    ///    crash before: the next open records it).
+    pub fn reseal(&self) -> Result<Option<StoreHead>, KeystoreError> {
+        let mut inner = self.lock_write()?;
+        if inner.target.is_none() {
+            return Ok(None);
+        }
+        if inner.shared {
+            return Err(KeystoreError::Format(
+                "re-sealing a shared (PostgreSQL) store is not built yet; restore a re-sealed \
+                 backup into it instead"
+                    .into(),
+            ));
+        }
+        let snap = self.view.load_full();
+        let prev = inner.head.clone();
+        let target = inner.target.take().ok_or(KeystoreError::Seal)?;
+        let header = Header {
+            format: LOG_FORMAT,
+            store_id: hex::encode(&prev.store_id),
+            check: target.seal_check()?,
+            mk_version: target.mk_version(),
+        };
+        let started = std::time::Instant::now();
+        let written = {
+            let Inner {
+                backend,
+                head,
+                meta,
+                tls,
+                approvals,
+                ..
+            } = &mut *inner;
+            write_generation(
+                backend.as_mut(),
+                &target,
+                Some(&header),
+                head,
+                Live {
+                    meta,
+                    tls,
+                    approvals,
+                    snap: &snap,
+                },
+            )
+        };
+        if let Err(e) = written {
+            inner.target = Some(target);
+            return Err(e);
+        }
+        crash_point("reseal-switched");
+        let next = StoreHead {
+            mk_version: target.mk_version(),
+            ..prev.clone()
+        };
+        let from = inner.sealer.mk_version();
+        inner.sealer = target;
+        inner.head = next.clone();
+        let sealed_head = load::seal_head(&inner.sealer, &next)?;
+        inner.backend.store_head(&sealed_head)?;
+        crash_point("reseal-head");
+        tracing::info!(
+            from,
+            to = next.mk_version,
+            records = inner.backend.record_count(),
+            ms = started.elapsed().as_millis() as u64,
+            "re-sealed the key store under the new master-key version"
+        );
+        if let Some(anchor) = inner.anchor.clone() {
+            if let Err(e) = record_reseal(anchor.as_ref(), &prev, &next) {
+                inner.reseal_unrecorded = Some(prev);
+                return Err(e);
+            }
+        }
+        Ok(Some(next))
     }
 
     /// The store's acknowledged head (what the KRS holds once writes are anchored).
@@ -907,6 +1081,7 @@ impl Registry {
             store_id: known.store_id,
             seq: last.0,
             chain_mac: last.1.to_vec(),
+            mk_version: inner.sealer.mk_version(),
         };
         inner.meta = meta;
         inner.tls = tls.tls;
@@ -1024,9 +1199,16 @@ impl Registry {
             store_id: prev.store_id.clone(),
             seq,
             chain_mac: chain.to_vec(),
+            mk_version: inner.sealer.mk_version(),
         };
         if inner.shared {
             return self.commit_shared(inner, &signed, prev, next, snap, effect);
+        }
+        if let (Some(held), Some(anchor)) = (inner.reseal_unrecorded.clone(), inner.anchor.clone())
+        {
+            // The KRS must hold the re-sealed head before a write can extend it.
+            record_reseal(anchor.as_ref(), &held, &prev)?;
+            inner.reseal_unrecorded = None;
         }
         // Durable, not yet published.
         inner.backend.append_batch(&signed)?;
@@ -2478,7 +2660,45 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         approvals,
         ..
     } = inner;
-    let sealer: &Sealer = sealer;
+    write_generation(
+        backend.as_mut(),
+        sealer,
+        None,
+        head,
+        Live {
+            meta,
+            tls,
+            approvals,
+            snap,
+        },
+    )
+}
+
+/// The live state a new generation of the log is written from.
+struct Live<'a> {
+    meta: &'a HashMap<String, StoreMeta>,
+    tls: &'a Option<TlsMaterial>,
+    approvals: &'a Approvals,
+    snap: &'a Snapshot,
+}
+
+/// Write the live state of `snap` as a new generation of the log sealed by `sealer`: a
+/// checkpoint carrying `head`, then the live records (every secret sealed anew) MACed under it.
+/// With `header`, the header is replaced too (a re-seal under another master-key version),
+/// otherwise kept (compaction). The backend switches to it atomically.
+fn write_generation(
+    backend: &mut dyn KeyStore,
+    sealer: &Sealer,
+    header: Option<&Header>,
+    head: &StoreHead,
+    live: Live<'_>,
+) -> Result<(), KeystoreError> {
+    let Live {
+        meta,
+        tls,
+        approvals,
+        snap,
+    } = live;
     let chain: ChainMac = head
         .chain_mac
         .as_slice()
@@ -2525,9 +2745,37 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
             "live record count changed".into(),
         )))
     });
+    let resealing = header.is_some();
+    let live = live.inspect(|_| {
+        if resealing && index.get() == n / 2 + 1 {
+            crash_point("reseal-writing");
+        }
+    });
     let mut guarded = std::iter::once(Ok(checkpoint)).chain(live).chain(sentinel);
-    backend.compact(&mut guarded)
+    match header {
+        Some(h) => backend.rewrite(h, &mut guarded),
+        None => backend.compact(&mut guarded),
+    }
 }
+
+/// Test-only crash point: with `KEYWARD_TEST_CRASH_AT=<name>` the process aborts here (as a
+/// `kill -9` would stop it: no destructor, no flush). Compiled only into tests and builds with
+/// the `test-hooks` feature, never into the appliance.
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("KEYWARD_TEST_CRASH_AT").as_deref() == Ok(name) {
+        eprintln!("KEYWARD_TEST_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+    if let Ok(ms) = std::env::var(format!("KEYWARD_TEST_PAUSE_AT_{name}")) {
+        eprintln!("KEYWARD_TEST_PAUSE_AT_{name}: pausing {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+    }
+}
+
+#[cfg(not(any(test, feature = "test-hooks")))]
+#[inline(always)]
+pub(crate) fn crash_point(_: &str) {}
 
 /// A fresh SigV4 credential in the form KMS accepts: a 26-character Base32 access key id
 /// (`KW` + 24 random characters of `A-Z2-7`) and a 44-character Base64 secret (32 random bytes).

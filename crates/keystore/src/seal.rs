@@ -62,6 +62,8 @@ pub(crate) struct Sealer {
     head_mac: HmacSha256,
     backup_mac: HmacSha256,
     store_id: Vec<u8>,
+    /// The master-key version these subkeys come from (recorded in the header and heads).
+    mk_version: u32,
 }
 
 /// Derive a purpose-bound subkey into locked memory.
@@ -149,8 +151,18 @@ fn out32(m: HmacSha256) -> ChainMac {
 }
 
 impl Sealer {
-    /// Derive the subkeys for the store `store_id`.
+    /// Derive the subkeys for the store `store_id` (master-key version 1).
+    #[cfg(test)]
     pub(crate) fn new(master: &Key32, store_id: &[u8]) -> Result<Sealer, KeystoreError> {
+        Self::versioned(master, store_id, super::model::MK_VERSION_1)
+    }
+
+    /// [`Sealer::new`] for master-key version `mk_version`.
+    pub(crate) fn versioned(
+        master: &Key32,
+        store_id: &[u8],
+        mk_version: u32,
+    ) -> Result<Sealer, KeystoreError> {
         let enc = subkey(master, b"keyward keystore v1 seal")?;
         let mac = subkey(master, b"keyward keystore v1 mac")?;
         let head = subkey(master, b"keyward keystore v2 head")?;
@@ -168,7 +180,13 @@ impl Sealer {
             head_mac,
             backup_mac,
             store_id: store_id.to_vec(),
+            mk_version,
         })
+    }
+
+    /// The master-key version these subkeys come from.
+    pub(crate) fn mk_version(&self) -> u32 {
+        self.mk_version
     }
 
     /// The store id this sealer binds.

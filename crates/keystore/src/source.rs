@@ -2,9 +2,65 @@
 //! or the attested release from the KRS) and the key store that it unseals. The XKS request path
 //! never sees this.
 
+use std::collections::BTreeMap;
+
 use keyward_secret::Key32;
 
 use crate::Freshness;
+
+/// The master keys one boot holds, by version: the current one (new stores and re-seals use
+/// it) and any older version the key-release service still released because the store may
+/// be sealed under it. Versions start at 1 (a key file, or a KRS that never rotated).
+pub struct MasterKeys {
+    current: u32,
+    keys: BTreeMap<u32, Key32>,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeys")
+            .field("current", &self.current)
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl MasterKeys {
+    /// One key, version 1 (a key file, or an agent or KRS from before rotation).
+    pub fn single(key: Key32) -> Self {
+        Self::new(crate::model::MK_VERSION_1, key)
+    }
+
+    /// `key` as the current version `version`.
+    pub fn new(version: u32, key: Key32) -> Self {
+        let mut keys = BTreeMap::new();
+        keys.insert(version, key);
+        MasterKeys {
+            current: version,
+            keys,
+        }
+    }
+
+    /// Add an older (or, for tests, any other) version.
+    pub fn insert(&mut self, version: u32, key: Key32) {
+        self.keys.insert(version, key);
+    }
+
+    /// The current version.
+    pub fn current_version(&self) -> u32 {
+        self.current
+    }
+
+    /// The key of `version`, if this boot holds it.
+    pub fn get(&self, version: u32) -> Option<&Key32> {
+        self.keys.get(&version)
+    }
+
+    /// The versions held, ascending.
+    pub fn versions(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+}
 
 /// Errors while obtaining the master key: what failed, with the cause as `source()`.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +96,13 @@ pub trait MasterKeySource: Send + Sync {
     /// and anchor at the KRS that released it, or none (a key file: development only).
     fn obtain_fresh(&self) -> Result<(Key32, Freshness), MasterKeyError> {
         Ok((self.obtain()?, Freshness::Unanchored))
+    }
+    /// Obtain every master-key version released to this boot (the current one and the one
+    /// the store may still be sealed under) with the freshness. Default: [`Self::obtain_fresh`]
+    /// as version 1.
+    fn obtain_keys(&self) -> Result<(MasterKeys, Freshness), MasterKeyError> {
+        let (k, f) = self.obtain_fresh()?;
+        Ok((MasterKeys::single(k), f))
     }
     /// Whether this source attests and releases (phases `attest` and `release` run) or simply
     /// reads a key (they are skipped, and the log says so).

@@ -184,6 +184,7 @@ mod tests {
             store_id: vec![1; 16],
             seq,
             chain_mac: vec![2; 32],
+            mk_version: 1,
         }
     }
 

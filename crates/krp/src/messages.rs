@@ -32,6 +32,12 @@ pub struct Hello {
     pub product_release: String,
     pub algs: Vec<String>,
     pub pins: Pins,
+    /// Master-key rotation: the versions wanted besides the current one (e.g. a backup's).
+    /// Present (even empty) from agents that handle several versions: they get the current
+    /// version, the one the deployment's store head names, and these (each while not retired).
+    /// Absent (agents from before rotation): version 1 only, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_versions: Option<Vec<u32>>,
 }
 
 /// KRS -> Agent, answer to [`Hello`].
@@ -132,6 +138,17 @@ pub enum WrapMode {
     HpkeFallback,
 }
 
+/// One more master-key version in a [`Release`], wrapped as the primary one is (its own HSM
+/// ephemeral key, the same agent key and transcript).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    pub key_version: u32,
+    #[serde(with = "serde_bytes")]
+    pub hsm_epk: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub wrapped_mk: Vec<u8>,
+}
+
 /// KRS -> Agent: the wrapped master key and its signed receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
@@ -150,6 +167,10 @@ pub struct Release {
     /// ECDSA P-384 `r || s` over SHA-384(receipt).
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// Older master-key versions released too (the receipt's `also` names each). Absent when
+    /// only the primary (`wrapped_mk`, the receipt's `key_version`) is released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<WrappedKey>,
 }
 
 /// KRS -> Agent: an opaque refusal. The reason is only in the KRS's own log.

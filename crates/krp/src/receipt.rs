@@ -40,6 +40,9 @@ pub enum DenyCode {
     HeadSignature,
     /// A head update that does not extend the head held (or names another store).
     HeadRefused,
+    /// A master-key version asked for is retired (destroyed in the HSM), or version 1 is, for
+    /// an agent from before rotation.
+    KeyRetired,
     Internal,
 }
 
@@ -101,6 +104,7 @@ impl DenyCode {
             DenyCode::HeadKeyUnknown => 160,
             DenyCode::HeadSignature => 161,
             DenyCode::HeadRefused => 162,
+            DenyCode::KeyRetired => 170,
             DenyCode::Internal => 199,
         }
     }
@@ -127,6 +131,7 @@ impl DenyCode {
             DenyCode::HeadKeyUnknown => "head_key_unknown",
             DenyCode::HeadSignature => "head_signature",
             DenyCode::HeadRefused => "head_refused",
+            DenyCode::KeyRetired => "key_retired",
             DenyCode::Internal => "internal",
         }
     }
@@ -170,6 +175,22 @@ pub struct Receipt {
     /// `head`, `head-query`: the request's nonce.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
     pub nonce: Vec<u8>,
+    /// Release: the other master-key versions released with the primary one (`key_version`),
+    /// each by version, HSM ephemeral key and digest of its wrapped blob. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<ReleasedKey>,
+}
+
+/// A further master-key version a release carried (see [`Receipt::also`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedKey {
+    pub key_version: u32,
+    pub key_id: String,
+    #[serde(with = "serde_bytes")]
+    pub hsm_epk: Vec<u8>,
+    /// SHA-384 of the wrapped blob.
+    #[serde(with = "serde_bytes")]
+    pub wrapped_digest: Vec<u8>,
 }
 
 /// Errors checking a receipt.
@@ -260,6 +281,7 @@ mod tests {
             head: None,
             boot_key_id: vec![],
             nonce: vec![],
+            also: vec![],
         };
         let bytes = r.encode().unwrap();
         let sig: Signature = sk.sign_prehash(&receipt_digest(&bytes)).unwrap();

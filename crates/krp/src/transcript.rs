@@ -120,6 +120,7 @@ mod tests {
             product_release: "img-1".into(),
             algs: vec![],
             pins,
+            key_versions: None,
         };
         let ch = Challenge {
             v: 1,

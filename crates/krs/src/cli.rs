@@ -10,6 +10,7 @@
 //! * `heads show --config FILE`: the store head held per deployment.
 //! * `heads set --config FILE --deployment NAME --backup BACKUP [--new-store] [--yes]`: the
 //!   disaster-recovery override: move a deployment's head (back) to a backup's, logged.
+//! * `mk list|rotate|retire VERSION --config FILE`: master-key versions (`mk_cli.rs`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,39 @@ enum Cmd {
     Heads {
         #[command(subcommand)]
         cmd: HeadsCmd,
+    },
+    /// Master-key versions: list, rotate (make a new current one), retire (destroy an old one).
+    Mk {
+        #[command(subcommand)]
+        cmd: MkCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MkCmd {
+    /// One JSON line per version: version, label, created, state (current, previous,
+    /// retired) and the deployments whose store head is sealed under it.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Generate master key version N+1 in the token (current from the KRS's next start;
+    /// appliances re-seal at their next boot). Logged. The KRS must be stopped.
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Destroy master key version VERSION in the token. Refused while it is current, while any
+    /// deployment's store head is sealed under it, and without --backups-moved. Logged. The
+    /// KRS must be stopped.
+    Retire {
+        #[arg(long)]
+        config: PathBuf,
+        /// The version to retire.
+        version: u32,
+        /// Every backup kept was taken after the re-seal (under a newer version).
+        #[arg(long)]
+        backups_moved: bool,
     },
 }
 
@@ -225,6 +259,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             append,
         } => deployment_block(&config, &ca, url.as_deref(), &name, append),
         Cmd::Policy { cmd } => policy_cmd(cmd),
+        Cmd::Mk {
+            cmd: MkCmd::List { config },
+        } => crate::mk_cli::list(&config),
+        Cmd::Mk {
+            cmd: MkCmd::Rotate { config },
+        } => crate::mk_cli::rotate(&config),
+        Cmd::Mk {
+            cmd:
+                MkCmd::Retire {
+                    config,
+                    version,
+                    backups_moved,
+                },
+        } => crate::mk_cli::retire(&config, version, backups_moved),
         Cmd::Crl { cmd } => crl_cmd(cmd),
         Cmd::Heads {
             cmd: HeadsCmd::Show { config },

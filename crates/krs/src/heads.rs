@@ -46,6 +46,9 @@ pub enum Refusal {
     NotExtending,
     /// The new head does not move forward.
     NotForward,
+    /// The new head names an older master-key version than the one held (a store copy from
+    /// before a re-seal).
+    OlderMasterKey,
 }
 
 impl std::fmt::Display for Refusal {
@@ -54,6 +57,9 @@ impl std::fmt::Display for Refusal {
             Refusal::OtherStore => "another store than the one this deployment's head names",
             Refusal::NotExtending => "prev is not the head the KRS holds (does not extend it)",
             Refusal::NotForward => "the new head's seq is not above the one held",
+            Refusal::OlderMasterKey => {
+                "the new head names an older master-key version than the one held"
+            }
         })
     }
 }
@@ -73,6 +79,19 @@ struct HeadJson {
     store_id: String,
     seq: u64,
     chain_mac: String,
+    /// The master-key version the store is sealed under (absent: 1, as in books written
+    /// before master-key rotation).
+    #[serde(default = "mk_v1", skip_serializing_if = "is_mk_v1")]
+    mk_version: u32,
+}
+
+fn mk_v1() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_mk_v1(v: &u32) -> bool {
+    *v == 1
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -146,6 +165,7 @@ fn to_json(m: &BTreeMap<String, DeploymentHeads>) -> BookJson {
                             store_id: hex::encode(&h.store_id),
                             seq: h.seq,
                             chain_mac: hex::encode(&h.chain_mac),
+                            mk_version: h.mk_version,
                         }),
                         boot_keys: d
                             .boot_keys
@@ -173,6 +193,7 @@ fn from_json(b: BookJson) -> Result<BTreeMap<String, DeploymentHeads>, String> {
                 store_id: hex::decode(&h.store_id).map_err(|_| format!("{name}: store_id"))?,
                 seq: h.seq,
                 chain_mac: hex::decode(&h.chain_mac).map_err(|_| format!("{name}: chain_mac"))?,
+                mk_version: h.mk_version,
             }),
             None => None,
         };
@@ -306,7 +327,19 @@ impl HeadBook {
         })
     }
 
-    /// Compare-and-set `deployment`'s head from `prev` to `next`, durably before `Ok`.
+    /// The deployments whose held head is sealed under master-key version `version` (what
+    /// `krs mk retire` checks before destroying it).
+    pub fn sealed_under(&self, version: u32) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, d)| d.head.as_ref().is_some_and(|h| h.mk_version == version))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Compare-and-set `deployment`'s head from `prev` to `next`, durably before `Ok`. A head
+    /// moves forward in `seq`, or stays at the same `seq` and chain MAC under a newer
+    /// master-key version (a re-seal); it never moves to an older master-key version.
     pub fn advance(
         &self,
         deployment: &str,
@@ -322,7 +355,14 @@ impl HeadBook {
             if h.store_id != next.store_id {
                 return Ok(Err(Refusal::OtherStore));
             }
-            if h.seq >= next.seq {
+            if next.mk_version < h.mk_version {
+                return Ok(Err(Refusal::OlderMasterKey));
+            }
+            // A re-seal: the same head under a newer master-key version.
+            let reseal = h.seq == next.seq
+                && h.chain_mac == next.chain_mac
+                && next.mk_version > h.mk_version;
+            if h.seq >= next.seq && !reseal {
                 return Ok(Err(Refusal::NotForward));
             }
         }
@@ -346,7 +386,42 @@ mod tests {
             store_id: vec![id; 16],
             seq,
             chain_mac: vec![seq as u8; 32],
+            mk_version: 1,
         }
+    }
+
+    #[test]
+    fn a_reseal_moves_the_version_forward_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = HeadBook::open(&dir.path().join("heads.json")).unwrap();
+        b.advance("d", None, &head(1, 5)).unwrap().unwrap();
+        let v2 = StoreHead {
+            mk_version: 2,
+            ..head(1, 5)
+        };
+        assert_eq!(
+            b.advance("d", Some(&head(1, 5)), &v2).unwrap(),
+            Ok(Advanced::Recorded)
+        );
+        assert_eq!(b.sealed_under(1), Vec::<String>::new());
+        assert_eq!(b.sealed_under(2), vec!["d".to_string()]);
+        // Persisted with its version; the old-version head is never taken back.
+        let b = HeadBook::open(&dir.path().join("heads.json")).unwrap();
+        assert_eq!(b.head("d"), Some(v2.clone()));
+        assert_eq!(
+            b.advance("d", Some(&v2), &head(1, 6)).unwrap(),
+            Err(Refusal::OlderMasterKey)
+        );
+        // A re-seal must keep seq and chain MAC.
+        let forged = StoreHead {
+            chain_mac: vec![9; 32],
+            mk_version: 3,
+            ..head(1, 5)
+        };
+        assert_eq!(
+            b.advance("d", Some(&v2), &forged).unwrap(),
+            Err(Refusal::NotForward)
+        );
     }
 
     #[test]

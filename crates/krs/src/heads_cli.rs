@@ -52,6 +52,7 @@ fn head_json(h: &Option<StoreHead>) -> serde_json::Value {
             "store_id": hex::encode(&h.store_id),
             "seq": h.seq,
             "chain_mac": hex::encode(&h.chain_mac),
+            "mk_version": h.mk_version,
         }),
         None => serde_json::Value::Null,
     }
@@ -255,6 +256,7 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         head: Some(next.clone()),
         boot_key_id: vec![],
         nonce: vec![],
+        also: vec![],
     };
     let rb = receipt.encode()?;
     let sig = hsm.sign_digest(&receipt_digest(&rb))?;

@@ -20,6 +20,7 @@ pub mod heads_cli;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod mk_cli;
 pub mod policy;
 pub mod service;
 pub mod session;

@@ -639,6 +639,7 @@ mod tests {
             head: None,
             boot_key_id: vec![],
             nonce: vec![],
+            also: vec![],
         };
         let bytes = r.encode().unwrap();
         let sig = k.sign(&receipt_digest(&bytes)).unwrap();

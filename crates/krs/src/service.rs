@@ -432,10 +432,73 @@ impl Service {
             let code = code_for_check(&f.name);
             return self.deny(code, &format!("{}: {}", f.name, f.detail), ctx);
         }
-        self.release(&e, &t, &deployment, ctx)
+        self.release(&e, &t, &deployment, s.hello.key_versions.as_deref(), ctx)
     }
 
-    fn release(&self, e: &Evidence, t: &[u8; 48], deployment: &str, ctx: Ctx) -> Response {
+    /// Which master-key versions to release: an agent from before rotation (`wanted` absent)
+    /// gets version 1; one that handles versions gets the current (newest present) version,
+    /// the version of the store head held for its deployment and any it names, each only
+    /// while present in the token (not retired). `Err`: a version it needs is retired.
+    fn versions_to_release(
+        hsm: &dyn KeyBackend,
+        wanted: Option<&[u32]>,
+        head: Option<&keyward_krp::messages::StoreHead>,
+    ) -> Result<(u32, Vec<u32>), String> {
+        let present = hsm.master_key_versions().map_err(|e| e.to_string())?;
+        let Some(wanted) = wanted else {
+            if !present.contains(&KEY_VERSION) {
+                return Err(
+                    "master-key version 1 is retired and the agent predates rotation".into(),
+                );
+            }
+            return Ok((KEY_VERSION, vec![]));
+        };
+        let current = *present.last().ok_or("no master key in the token")?;
+        let mut also: Vec<u32> = wanted.to_vec();
+        if let Some(h) = head {
+            also.push(h.mk_version);
+        }
+        also.sort_unstable();
+        also.dedup();
+        also.retain(|v| *v != current);
+        if let Some(v) = also.iter().find(|v| !present.contains(v)) {
+            return Err(format!("master-key version {v} is retired"));
+        }
+        Ok((current, also))
+    }
+
+    fn wrap_version(
+        &self,
+        hsm: &dyn KeyBackend,
+        version: u32,
+        e: &Evidence,
+        t: &[u8; 48],
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        match self.mode {
+            WrapMode::HsmEcdhAesKw => hsm
+                .release_wrap_version(version, &e.epk, t)
+                .map(|w| (w.hsm_epk, w.wrapped))
+                .map_err(|err| err.to_string()),
+            WrapMode::HpkeFallback => hsm
+                .export_master_version(version)
+                .map_err(|err| err.to_string())
+                .and_then(|mk| {
+                    let label = keyward_hsm::mk_label(&self.key_id, version);
+                    let aad = hpke_aad(&label, version, &self.policy.digest);
+                    // `mk` is Zeroizing and dropped (wiped) at the end of this closure.
+                    seal_hpke(&e.epk, &mk, t, &aad).map_err(|err| err.to_string())
+                }),
+        }
+    }
+
+    fn release(
+        &self,
+        e: &Evidence,
+        t: &[u8; 48],
+        deployment: &str,
+        wanted: Option<&[u32]>,
+        ctx: Ctx,
+    ) -> Response {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Register the boot key (durably) and read the head held, before anything is wrapped:
         // a release whose key cannot advance heads would leave the store unanchored.
@@ -450,22 +513,29 @@ impl Service {
             (Some(book), true) => (book.head(deployment), vec![]),
             (None, _) => (None, vec![]),
         };
-        let wrapped = match self.mode {
-            WrapMode::HsmEcdhAesKw => inner
-                .hsm
-                .release_wrap(&e.epk, t)
-                .map(|w| (w.hsm_epk, w.wrapped))
-                .map_err(|err| err.to_string()),
-            WrapMode::HpkeFallback => inner
-                .hsm
-                .export_master_for_fallback()
-                .map_err(|err| err.to_string())
-                .and_then(|mk| {
-                    let aad = hpke_aad(&self.key_id, KEY_VERSION, &self.policy.digest);
-                    // `mk` is Zeroizing and dropped (wiped) at the end of this closure.
-                    seal_hpke(&e.epk, &mk, t, &aad).map_err(|err| err.to_string())
+        let (primary, also_versions) =
+            match Self::versions_to_release(inner.hsm.as_ref(), wanted, head.as_ref()) {
+                Ok(v) => v,
+                Err(why) => {
+                    drop(inner);
+                    return self.deny(DenyCode::KeyRetired, &why, ctx);
+                }
+            };
+        let mut wrapped = self.wrap_version(inner.hsm.as_ref(), primary, e, t);
+        let mut also = Vec::new();
+        for v in &also_versions {
+            match self.wrap_version(inner.hsm.as_ref(), *v, e, t) {
+                Ok((hsm_epk, wrapped_mk)) => also.push(keyward_krp::messages::WrappedKey {
+                    key_version: *v,
+                    hsm_epk,
+                    wrapped_mk,
                 }),
-        };
+                Err(err) => {
+                    wrapped = Err(format!("version {v}: {err}"));
+                    break;
+                }
+            }
+        }
         let (hsm_epk, wrapped_mk) = match wrapped {
             Ok(w) => w,
             Err(err) => {
@@ -473,6 +543,15 @@ impl Service {
                 return self.deny(DenyCode::Internal, &format!("wrap: {err}"), ctx);
             }
         };
+        let also_receipt: Vec<keyward_krp::receipt::ReleasedKey> = also
+            .iter()
+            .map(|w| keyward_krp::receipt::ReleasedKey {
+                key_version: w.key_version,
+                key_id: keyward_hsm::mk_label(&self.key_id, w.key_version),
+                hsm_epk: w.hsm_epk.clone(),
+                wrapped_digest: Sha384::digest(&w.wrapped_mk).to_vec(),
+            })
+            .collect();
         let time = now_secs();
         let log_index = inner.log.next_index();
         let receipt = Receipt {
@@ -486,13 +565,14 @@ impl Service {
             wrapped_digest: Sha384::digest(&wrapped_mk).to_vec(),
             evidence_digest: Sha384::digest(&e.evidence).to_vec(),
             policy_digest: self.policy.digest.to_vec(),
-            key_id: self.key_id.clone(),
-            key_version: KEY_VERSION,
+            key_id: keyward_hsm::mk_label(&self.key_id, primary),
+            key_version: primary,
             time,
             log_index,
             head,
             boot_key_id,
             nonce: vec![],
+            also: also_receipt,
         };
         let signed = self.sign_and_log(&mut inner, &receipt, None, None, &ctx);
         drop(inner);
@@ -503,6 +583,8 @@ impl Service {
                     log_index,
                     mode = ?self.mode,
                     deployment,
+                    key_version = primary,
+                    also = ?also_versions,
                     "released"
                 );
                 Response::Release(Release {
@@ -513,6 +595,7 @@ impl Service {
                     wrapped_mk,
                     receipt,
                     signature,
+                    also,
                 })
             }
             Err(err) => {
@@ -656,6 +739,7 @@ impl Service {
                 store_id: vec![],
                 seq: 0,
                 chain_mac: vec![],
+                mk_version: 1,
             }),
             nonce: q.nonce,
             signature: vec![],
@@ -690,6 +774,7 @@ impl Service {
             head,
             boot_key_id: req.boot_key_id.clone(),
             nonce: req.nonce.clone(),
+            also: vec![],
         };
         match self.sign_and_log(inner, &receipt, None, Some(detail), &Ctx::default()) {
             Ok((receipt, signature)) => {
@@ -820,6 +905,7 @@ impl Service {
             head: None,
             boot_key_id: vec![],
             nonce: vec![],
+            also: vec![],
         };
         let (receipt, signature) =
             match self.sign_and_log(&mut inner, &receipt, Some(code), Some(&detail), &ctx) {
@@ -993,4 +1079,85 @@ fn frames(
     }
     Stats::bump(&svc.stats.frame_limit_cuts);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_hsm::{Capabilities, HsmWrap};
+    use zeroize::Zeroizing;
+
+    /// The soft backend with a chosen set of master-key versions present.
+    struct Versions(crate::softkeys::SoftKeys, Vec<u32>);
+
+    impl KeyBackend for Versions {
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn master_key_id(&self) -> &str {
+            self.0.master_key_id()
+        }
+        fn receipt_public_key(&self) -> Result<Vec<u8>, HsmError> {
+            self.0.receipt_public_key()
+        }
+        fn sign_digest(&self, digest: &[u8; 48]) -> Result<Vec<u8>, HsmError> {
+            self.0.sign_digest(digest)
+        }
+        fn release_wrap(&self, epk: &[u8], t: &[u8]) -> Result<HsmWrap, HsmError> {
+            self.0.release_wrap(epk, t)
+        }
+        fn export_master_for_fallback(&self) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+            self.0.export_master_for_fallback()
+        }
+        fn master_key_versions(&self) -> Result<Vec<u32>, HsmError> {
+            Ok(self.1.clone())
+        }
+    }
+
+    fn head(v: u32) -> keyward_krp::messages::StoreHead {
+        keyward_krp::messages::StoreHead {
+            store_id: vec![1; 16],
+            seq: 3,
+            chain_mac: vec![2; 32],
+            mk_version: v,
+        }
+    }
+
+    #[test]
+    fn which_master_key_versions_are_released() {
+        let d = tempfile::tempdir().unwrap();
+        let b = |present: Vec<u32>| {
+            Versions(
+                crate::softkeys::SoftKeys::open_or_create(d.path()).unwrap(),
+                present,
+            )
+        };
+        let pick = Service::versions_to_release;
+        // An agent from before rotation: version 1, whatever is current; refused once retired.
+        assert_eq!(pick(&b(vec![1, 2]), None, Some(&head(2))), Ok((1, vec![])));
+        assert!(pick(&b(vec![2]), None, None)
+            .unwrap_err()
+            .contains("retired"));
+        // A rotating agent: the current version and its store head's, while present.
+        assert_eq!(
+            pick(&b(vec![1]), Some(&[]), Some(&head(1))),
+            Ok((1, vec![]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2]), Some(&[]), Some(&head(1))),
+            Ok((2, vec![1]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2]), Some(&[]), Some(&head(2))),
+            Ok((2, vec![]))
+        );
+        assert_eq!(
+            pick(&b(vec![1, 2, 3]), Some(&[1]), Some(&head(2))),
+            Ok((3, vec![1, 2]))
+        );
+        // A retired version asked for (by name or by the head held): refused, not skipped.
+        let e = pick(&b(vec![2]), Some(&[]), Some(&head(1))).unwrap_err();
+        assert!(e.contains("version 1 is retired"), "{e}");
+        assert!(pick(&b(vec![2, 3]), Some(&[1]), None).is_err());
+    }
 }

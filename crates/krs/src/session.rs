@@ -273,6 +273,7 @@ mod tests {
                     receipt_spki_sha256: vec![],
                     admin_ca_sha256: vec![],
                 },
+                key_versions: None,
             },
             Challenge {
                 v: 1,

@@ -8,6 +8,7 @@ mod keystore_backup;
 mod keystore_crash;
 mod keystore_freshness;
 mod keystore_registry;
+mod keystore_reseal;
 mod keystore_rotation;
 
 /// The repository root (test data, policies and scripts live there).

@@ -63,6 +63,7 @@ pub fn header(id: &str) -> Header {
         format: 2,
         store_id: id.into(),
         check: Sealed(vec![1, 2, 3, 4]),
+        mk_version: 1,
     }
 }
 
@@ -82,6 +83,7 @@ pub fn sealed(id: &str, seq: u64) -> SealedHead {
         seq,
         chain_mac: format!("{seq:064x}"),
         mac: "00".into(),
+        mk_version: 1,
     }
 }
 

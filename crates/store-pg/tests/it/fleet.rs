@@ -311,6 +311,7 @@ fn the_anchor_rolls_forward_only_along_the_verified_history() {
         store_id: b.head().store_id,
         seq: 2,
         chain_mac: vec![0xee; 32],
+        mk_version: 1,
     };
     *book.head.lock().unwrap() = Some(foreign.clone());
     match b.create_key(None, "k3", KeyUsage::EncryptDecrypt) {
@@ -457,4 +458,32 @@ fn a_write_follows_the_krs_head_while_another_member_moves_it() {
     }
     assert_eq!(book.current().unwrap(), Some(a.head()));
     assert_eq!(a.head().seq, 3);
+}
+
+/// Master-key rotation on a fleet is not built yet: a member released a newer version than
+/// the shared store is sealed under says so and refuses to re-seal, leaving the store (and
+/// every other member) under the version it has, still opening and writing.
+#[test]
+fn a_shared_store_is_not_resealed_yet_and_stays_usable() {
+    use keyward_keystore::MasterKeys;
+    let s = server();
+    let a = member(&s.config(), Freshness::Unanchored);
+    new_store(&a);
+    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
+    let mut keys = MasterKeys::new(2, Key32::from_bytes(&[0x5d; 32]).unwrap());
+    keys.insert(1, Key32::from_bytes(&MK).unwrap());
+    let b = Registry::open_keys(
+        Box::new(SharedPgStore::connect(&s.config()).unwrap()),
+        keys,
+        Freshness::Unanchored,
+    )
+    .unwrap();
+    let st = b.mk_status();
+    assert_eq!((st.sealed, st.current), (1, 2));
+    let err = b.reseal().unwrap_err().to_string();
+    assert!(err.contains("not built"), "{err}");
+    b.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    a.refresh().unwrap();
+    assert_eq!(ids(&a), ["k1", "k2"]);
+    assert_eq!(a.mk_status().sealed, 1);
 }

@@ -1,0 +1,485 @@
+//! Master-key rotation end to end, against the real `keyward krs serve` on SoftHSMv2 and the
+//! library's boot agent (simulated SNP evidence) and key store: a store sealed under version 1
+//! holding ciphertexts; `krs mk rotate`; the next boot gets versions 2 and 1, re-seals the
+//! store online and the KRS head follows; `krs mk retire 1` is refused before the re-seal and
+//! without `--backups-moved`, allowed after, and logged; after it, a boot gets version 2 only,
+//! the store opens and decrypts the old ciphertexts, and the pre-rotation copy of the store
+//! cannot be opened (its version is gone, and the KRS head names version 2).
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use keyward::keystore::view::KeyUsage;
+use keyward::keystore::{
+    FileKeyStore, Freshness, HeadAnchor, KeystoreError, MasterKeys, NewStore, Registry,
+};
+use keyward::release::agent::{parse_pins, Agent, Released};
+use keyward::release::anchor::KrsAnchor;
+use keyward::verify::testsign::test_root_policy_toml;
+
+const MEAS: [u8; 48] = [0x11; 48];
+
+fn release(f: &common::KrsFixture, addr: &str) -> Released {
+    Agent {
+        cfg: f.agent_config(addr),
+        attesters: vec![Box::new(common::honest_snp(MEAS))],
+        product_release: "keyward-test".into(),
+    }
+    .release()
+    .unwrap()
+}
+
+/// What the appliance's boot does with a release: every version as `MasterKeys`, the head in
+/// the receipt as the floor, the KRS through the boot key as the anchor.
+fn open(
+    f: &common::KrsFixture,
+    addr: &str,
+    r: Released,
+    store: &Path,
+) -> (Result<Registry, KeystoreError>, Arc<KrsAnchor>) {
+    let pins = parse_pins(&f.agent_config(addr)).unwrap();
+    let anchor = Arc::new(KrsAnchor::new(
+        &[addr],
+        pins.tls,
+        r.receipt_spki.clone(),
+        r.boot_key.clone().expect("boot key registered"),
+        Duration::from_secs(5),
+    ));
+    let floor = r.receipt.head.clone();
+    let mut keys = MasterKeys::new(r.receipt.key_version, r.key);
+    for (v, k) in r.also {
+        keys.insert(v, k);
+    }
+    let reg = Registry::open_keys(
+        Box::new(FileKeyStore::open(store).unwrap()),
+        keys,
+        Freshness::Anchored {
+            floor,
+            anchor: anchor.clone(),
+        },
+    );
+    (reg, anchor)
+}
+
+fn encrypt(reg: &Registry, id: &str, msg: &[u8]) -> Vec<u8> {
+    let snap = reg.snapshot();
+    let c = Aes256Gcm::new_from_slice(snap.stores["default"].keys[id].kek.expose()).unwrap();
+    c.encrypt(Nonce::from_slice(&[7; 12]), msg).unwrap()
+}
+
+fn decrypt(reg: &Registry, id: &str, ct: &[u8]) -> Vec<u8> {
+    let snap = reg.snapshot();
+    let c = Aes256Gcm::new_from_slice(snap.stores["default"].keys[id].kek.expose()).unwrap();
+    c.decrypt(Nonce::from_slice(&[7; 12]), ct).unwrap()
+}
+
+/// One release by hand with `key_versions` in the Hello (`None`: an agent from before
+/// rotation): `Ok((key_version, further versions))` or `Err(deny code)`.
+fn raw_release(
+    f: &common::KrsFixture,
+    addr: &str,
+    key_versions: Option<Vec<u32>>,
+) -> Result<(u32, Vec<u32>), u32> {
+    use keyward::attest::Attester;
+    use keyward::release::agent::{accept_release, Client};
+    use keyward::release::cbor::to_canonical;
+    use keyward::release::messages::{Evidence, Hello, Request, Response};
+    use keyward::release::transcript;
+    use keyward::release::unwrap::EphemeralKey;
+    use keyward::verify::evidence::EvidenceBundle;
+    let pins = parse_pins(&f.agent_config(addr)).unwrap();
+    let mut c = Client::connect(addr, pins.tls, Duration::from_secs(5)).unwrap();
+    let hello = Hello {
+        v: 1,
+        platform: "simulated-snp".into(),
+        product_release: "keyward-test".into(),
+        algs: vec![],
+        pins: pins.pins.clone(),
+        key_versions,
+    };
+    let Response::Challenge(ch) = c.call(&Request::Hello(hello.clone())).unwrap() else {
+        panic!("no challenge")
+    };
+    let esk = EphemeralKey::generate();
+    let t = transcript::transcript(&hello, &ch, &esk.public_sec1()).unwrap();
+    let binding = transcript::binding(
+        &t,
+        &ch.nonce,
+        &transcript::p384_spki_der(&esk.public_sec1()).unwrap(),
+    );
+    let mut bundle = EvidenceBundle {
+        version: 1,
+        ..Default::default()
+    };
+    common::honest_snp(MEAS)
+        .attest(&binding, &mut bundle)
+        .unwrap();
+    let ev = Evidence {
+        v: 1,
+        session_id: ch.session_id.clone(),
+        epk: esk.public_sec1(),
+        policy_digest: ch.policy_digest.clone(),
+        evidence: to_canonical(&bundle).unwrap(),
+        boot_key: vec![],
+    };
+    match c.call(&Request::Evidence(ev.clone())).unwrap() {
+        Response::Release(rel) => {
+            let ok = accept_release(&esk, &ch, &ev, &t, &rel).unwrap();
+            Ok((
+                ok.receipt.key_version,
+                ok.also.iter().map(|(v, _)| *v).collect(),
+            ))
+        }
+        Response::Deny(d) => Err(d.code),
+        _ => panic!("unexpected answer"),
+    }
+}
+
+fn mk(f: &common::KrsFixture, args: &[&str]) -> std::process::Output {
+    f.cmd()
+        .args(["krs", "mk"])
+        .args(args)
+        .arg("--config")
+        .arg(&f.config)
+        .output()
+        .unwrap()
+}
+
+fn mk_list(f: &common::KrsFixture) -> Vec<serde_json::Value> {
+    let out = mk(f, &["list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "keystore.lock" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn rotate_reseal_retire_through_the_krs() {
+    let Some(f) = common::KrsFixture::new("krs-mk", "") else {
+        return;
+    };
+    let text = common::policy_text_full(2, &[hex::encode(MEAS)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let store = f.dir.join("store");
+    let old_copy = f.dir.join("store-before-rotation");
+
+    // Boot 1, before any rotation: version 1 only, as agents always had it.
+    let krs = f.serve();
+    let r = release(&f, &krs.addr);
+    assert_eq!(r.receipt.key_version, 1);
+    assert!(r.also.is_empty());
+    // An agent from before rotation gets version 1 too.
+    assert_eq!(raw_release(&f, &krs.addr, None), Ok((1, vec![])));
+    let (reg, _) = open(&f, &krs.addr, r, &store);
+    let reg = reg.unwrap();
+    reg.create_store(NewStore {
+        name: "default".into(),
+        uri_prefix: "/keyward".into(),
+        region: "us-east-1".into(),
+        extra_services: vec![],
+    })
+    .unwrap();
+    let ids: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    reg.create_keys(None, &refs, KeyUsage::EncryptDecrypt)
+        .unwrap();
+    let cts: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| encrypt(&reg, id, id.as_bytes()))
+        .collect();
+    assert_eq!(reg.mk_status().sealed, 1);
+    drop(reg);
+    drop(krs);
+    copy_dir(&store, &old_copy);
+
+    // Rotate (KRS stopped): version 2 current, version 1 previous, the deployment still on 1.
+    let out = mk(&f, &["rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = mk_list(&f);
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(
+        (&list[0]["version"], &list[0]["state"]),
+        (&1.into(), &"previous".into())
+    );
+    assert_eq!(
+        (&list[1]["version"], &list[1]["state"]),
+        (&2.into(), &"current".into())
+    );
+    assert_eq!(list[0]["deployments"], serde_json::json!(["test"]));
+    assert_eq!(list[1]["label"], "keyward-master.v2");
+    // Retire before the re-seal: refused, by name of the deployment still on it.
+    let out = mk(&f, &["retire", "1", "--backups-moved"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("test"), "{err}");
+    let out = mk(&f, &["retire", "2", "--backups-moved"]);
+    assert!(
+        !out.status.success(),
+        "the current version cannot be retired"
+    );
+
+    // Boot 2: versions 2 and 1 released; re-seal online; the KRS head follows.
+    let krs = f.serve();
+    let r = release(&f, &krs.addr);
+    assert_eq!(r.receipt.key_version, 2);
+    assert_eq!(r.receipt.key_id, "keyward-master.v2");
+    assert_eq!(r.also.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1]);
+    // Old agents keep getting version 1 while it is not retired; one that names a version
+    // gets it.
+    assert_eq!(raw_release(&f, &krs.addr, None), Ok((1, vec![])));
+    assert_eq!(raw_release(&f, &krs.addr, Some(vec![1])), Ok((2, vec![1])));
+    let (reg, anchor) = open(&f, &krs.addr, r, &store);
+    let reg = reg.unwrap();
+    let st = reg.mk_status();
+    assert_eq!((st.sealed, st.current), (1, 2));
+    let head = reg.reseal().unwrap().expect("re-sealed");
+    assert_eq!(head.mk_version, 2);
+    assert_eq!(anchor.current().unwrap(), Some(head.clone()));
+    for (id, ct) in ids.iter().zip(&cts) {
+        assert_eq!(decrypt(&reg, id, ct), id.as_bytes());
+    }
+    // A write after the re-seal is anchored as usual.
+    reg.create_key(None, "after-reseal", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    drop(reg);
+    drop(krs);
+
+    // Retire: refused without --backups-moved, then done, destroyed and logged.
+    let list = mk_list(&f);
+    assert_eq!(list[0]["deployments"], serde_json::json!([]));
+    assert_eq!(list[1]["deployments"], serde_json::json!(["test"]));
+    let out = mk(&f, &["retire", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--backups-moved"),
+        "{err}"
+    );
+    let out = mk(&f, &["retire", "1", "--backups-moved"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = mk_list(&f);
+    assert_eq!(list[0]["state"], "retired");
+    let decisions: Vec<String> = f
+        .log_entries()
+        .iter()
+        .map(|e| e["decision"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        decisions.contains(&"mk-rotate".to_string()),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions.contains(&"mk-retire".to_string()),
+        "{decisions:?}"
+    );
+    let (ok, out) = f.log_verify(&f.log_path());
+    assert!(ok, "{out}");
+
+    // Boot 3, after retirement: version 2 only; the store opens and decrypts the old
+    // ciphertexts.
+    let krs = f.serve();
+    let r = release(&f, &krs.addr);
+    assert_eq!(r.receipt.key_version, 2);
+    assert!(r.also.is_empty(), "a retired version is not released");
+    // Asking for the retired version, or being an agent that only knows version 1: denied.
+    let retired = keyward::release::receipt::DenyCode::KeyRetired.number();
+    assert_eq!(raw_release(&f, &krs.addr, Some(vec![1])), Err(retired));
+    assert_eq!(raw_release(&f, &krs.addr, None), Err(retired));
+    let last = f.log_entries().pop().unwrap();
+    assert_eq!(last["reason"], "key_retired", "{last}");
+    let (reg, _) = open(&f, &krs.addr, r, &store);
+    let reg = reg.unwrap();
+    assert_eq!(reg.mk_status().sealed, 2);
+    for (id, ct) in ids.iter().zip(&cts) {
+        assert_eq!(decrypt(&reg, id, ct), id.as_bytes());
+    }
+    drop(reg);
+
+    // The host puts the pre-rotation copy back: its version is gone.
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&old_copy, &store);
+    let r = release(&f, &krs.addr);
+    let (reg, _) = open(&f, &krs.addr, r, &store);
+    match reg {
+        Err(KeystoreError::MasterKeyVersionMissing { needed: 1, .. }) => {}
+        Err(e) => panic!("expected the retired version to be missing, got {e}"),
+        Ok(_) => panic!("the pre-rotation store opened after its master key was retired"),
+    }
+}
+
+/// The real appliance (`keyward serve`, master key released by the KRS): a store of 20,000
+/// keys under version 1 and a ciphertext; `krs mk rotate`; then boots that re-seal (about
+/// 1.5 s in a debug build) are `kill -9`ed at random moments up to 2.5 s after the re-seal
+/// starts (while the new generation is written, or after the switch), until a boot finds the
+/// store re-sealed; a last boot completes it: the store ends under version 2, the KRS head
+/// follows, the old ciphertext decrypts. (The narrow windows between the switch, the sealed
+/// head and the KRS record are hit exactly by `keystore_reseal::reseal_crash_at_every_step_resumes`.)
+#[test]
+fn serve_reseal_survives_kill9_at_random_points() {
+    use crate::serve_common::{self, admin_ok, Proc, ServeSetup};
+    use rand::Rng;
+    let Some(f) = common::KrsFixture::new("serve-mk", "") else {
+        return;
+    };
+    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
+    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let setup = ServeSetup::new();
+    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
+    let krs = f.serve();
+    let section = |addr: &str| {
+        format!(
+            "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{addr}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{ca_pin}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n",
+            f.tls_pin, f.receipt_pin
+        )
+    };
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let use_krs = |addr: &str| {
+        let cfg = base.replace(
+            "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+            &section(addr),
+        );
+        assert!(cfg.contains("source = \"release\""));
+        std::fs::write(&setup.config, cfg).unwrap();
+    };
+    use_krs(&krs.addr);
+
+    // Version 1: a key and a ciphertext through XKS.
+    let (mut p, xks) = setup.start();
+    serve_common::create_open_key(&setup.profile, "k1");
+    let (code, enc) = xks.encrypt("k1", "cm90YXRlZA==");
+    assert_eq!(code, 200, "{enc}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    // 20,000 more keys, written by the library with a release for the same deployment.
+    {
+        let mut acfg = f.agent_config(&krs.addr);
+        acfg.admin_ca_sha256 = ca_pin.clone();
+        let r = Agent {
+            cfg: acfg.clone(),
+            attesters: vec![Box::new(common::honest_snp(meas))],
+            product_release: "keyward-test".into(),
+        }
+        .release()
+        .unwrap();
+        let pins = parse_pins(&acfg).unwrap();
+        let anchor = Arc::new(KrsAnchor::new(
+            &[krs.addr.as_str()],
+            pins.tls,
+            r.receipt_spki.clone(),
+            r.boot_key.clone().unwrap(),
+            Duration::from_secs(5),
+        ));
+        let reg = Registry::open_keys(
+            Box::new(FileKeyStore::open(&setup.dir.path().join("store")).unwrap()),
+            MasterKeys::new(r.receipt.key_version, r.key),
+            Freshness::Anchored {
+                floor: r.receipt.head.clone(),
+                anchor,
+            },
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("bulk-{i}")).collect();
+        for chunk in ids.chunks(5_000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            reg.create_keys(Some("main"), &refs, KeyUsage::EncryptDecrypt)
+                .unwrap();
+        }
+    }
+    drop(krs);
+    let out = mk(&f, &["rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let krs = f.serve();
+    use_krs(&krs.addr);
+
+    // Boots killed at random moments once the re-seal has started.
+    let mut rng = rand::thread_rng();
+    let mut killed = 0;
+    for _ in 0..8 {
+        let mut p = Proc::spawn(
+            &["serve", "--config", setup.config.to_str().unwrap()],
+            setup.dir.path(),
+        );
+        let line = p.wait_stderr(
+            "key store sealed under master key version",
+            Duration::from_secs(60),
+        );
+        if !line.contains("re-sealing") {
+            // Already done by an earlier boot that was killed after the switch.
+            p.signal(libc::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..2500)));
+        p.signal(libc::SIGKILL);
+        p.wait_exit(Duration::from_secs(10));
+        killed += 1;
+    }
+    assert!(killed > 0, "no boot was killed during a re-seal");
+
+    // The last boot: re-sealed (now or by an earlier one), old ciphertext decrypts.
+    let (mut p, xks) = setup.start();
+    let mut st = serde_json::Value::Null;
+    for _ in 0..100 {
+        st = serde_json::from_str(admin_ok(&setup.profile, &["mk", "status"]).trim()).unwrap();
+        if st["sealed"] == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (&st["sealed"], &st["krs_recorded"]),
+        (&2.into(), &true.into()),
+        "{st}"
+    );
+
+    let (code, dec) = xks.decrypt("k1", &enc);
+    assert_eq!(
+        (code, dec["plaintext"].as_str()),
+        (200, Some("cm90YXRlZA==")),
+        "{dec}"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(krs);
+    let list = mk_list(&f);
+    let v1 = list.iter().find(|l| l["version"] == 1).unwrap();
+    let v2 = list.iter().find(|l| l["version"] == 2).unwrap();
+    assert_eq!(v1["deployments"], serde_json::json!([]), "{list:?}");
+    assert_eq!(
+        v2["deployments"],
+        serde_json::json!(["appliance"]),
+        "{list:?}"
+    );
+}
