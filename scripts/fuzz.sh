@@ -37,10 +37,10 @@ seeds() {
         done
     } > "$c/snp_report/milan-full-chain"
     # Certificates: every DER, and the AMD roots as DER.
-    for f in $d/trustee/*.der $d/go-sev-guest/*.der $d/virtee-sev/*.der; do
+    for f in "$d"/trustee/*.der "$d"/go-sev-guest/*.der "$d"/virtee-sev/*.der; do
         cp "$f" "$c/snp_certs/$(basename "$(dirname "$f")")-$(basename "$f")"
     done
-    for p in $d/amd-roots/{milan,genoa,turin}_{ark,ask}.pem; do
+    for p in "$d"/amd-roots/{milan,genoa,turin}_{ark,ask}.pem; do
         openssl x509 -in "$p" -outform der > "$c/snp_certs/$(basename "$p" .pem).der"
     done
     # TPM and Nitro: the parts of the recorded bundles; the bundles themselves.
