@@ -21,17 +21,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use base64::{engine::general_purpose::STANDARD, Engine};
 use sha2::Digest;
 
 use crate::config::KrsConfig;
 use crate::heads::HeadBook;
-use crate::log::{Entry, ReleaseLog};
+use crate::log::ReleaseLog;
 use crate::service::KEY_VERSION;
 use keyward_hsm::Hsm;
 use keyward_keystore::backup;
 use keyward_krp::messages::{StoreHead, VERSION};
-use keyward_krp::receipt::{receipt_digest, Receipt};
+use keyward_krp::receipt::Receipt;
 
 /// The release log's decision for an operator's head override.
 pub const DECISION: &str = "head-set";
@@ -258,8 +257,6 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         nonce: vec![],
         also: vec![],
     };
-    let rb = receipt.encode()?;
-    let sig = hsm.sign_digest(&receipt_digest(&rb))?;
     let held_text = match &held {
         Some(h) => format!("store {} seq {}", hex::encode(&h.store_id), h.seq),
         None => "none".into(),
@@ -273,25 +270,10 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         keyward_keystore::unix_rfc3339(parsed.body().created),
         if a.new_store { ", --new-store" } else { "" }
     );
-    let entry = Entry {
-        index: receipt.log_index,
-        time,
-        decision: DECISION.into(),
-        code: None,
-        reason: None,
-        detail: Some(detail),
-        key_id: receipt.key_id.clone(),
-        evidence_digest: String::new(),
-        policy_digest: hex::encode(policy_digest),
-        session_id: String::new(),
-        evidence: None,
-        receipt: STANDARD.encode(&rb),
-        signature: STANDARD.encode(&sig),
-        prev_hash: String::new(),
-        hash: String::new(),
-    };
-    let index = entry.index;
-    log.append(entry, &|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
+    let index =
+        crate::log::append_operator_action(&mut log, &receipt, detail, &policy_digest, &|d| {
+            hsm.sign_digest(d).map_err(|e| e.to_string())
+        })?;
     let old = book.set(&a.deployment, &next)?;
     println!(
         "{}",

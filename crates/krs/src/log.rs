@@ -42,6 +42,44 @@ pub enum LogError {
     Rollback(String),
 }
 
+/// Append an operator action (not a release decision: `heads set`, `mk rotate`, `mk retire`)
+/// to the release log: the receipt `receipt` (already built, with `log_index` =
+/// [`ReleaseLog::next_index`]) is signed in the HSM through `sign`, and the entry carries it,
+/// `detail` and the policy digest in force. Returns the entry's index.
+pub fn append_operator_action(
+    log: &mut ReleaseLog,
+    receipt: &keyward_krp::receipt::Receipt,
+    detail: String,
+    policy_digest: &[u8],
+    sign: DigestSigner<'_>,
+) -> Result<u64, LogError> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let rb = receipt
+        .encode()
+        .map_err(|e| LogError::Sign(format!("encoding the receipt: {e}")))?;
+    let sig = sign(&keyward_krp::receipt::receipt_digest(&rb)).map_err(LogError::Sign)?;
+    let entry = Entry {
+        index: receipt.log_index,
+        time: receipt.time,
+        decision: receipt.decision.clone(),
+        code: None,
+        reason: None,
+        detail: Some(detail),
+        key_id: receipt.key_id.clone(),
+        evidence_digest: String::new(),
+        policy_digest: hex::encode(policy_digest),
+        session_id: String::new(),
+        evidence: None,
+        receipt: STANDARD.encode(&rb),
+        signature: STANDARD.encode(&sig),
+        prev_hash: String::new(),
+        hash: String::new(),
+    };
+    let index = entry.index;
+    log.append(entry, sign)?;
+    Ok(index)
+}
+
 /// One decision.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

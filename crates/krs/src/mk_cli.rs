@@ -23,15 +23,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
 
 use crate::config::KrsConfig;
 use crate::heads::HeadBook;
-use crate::log::{Entry, ReleaseLog};
+use crate::log::ReleaseLog;
 use keyward_hsm::{mk_label, Hsm};
 use keyward_krp::messages::VERSION;
-use keyward_krp::receipt::{receipt_digest, Receipt};
+use keyward_krp::receipt::Receipt;
 
 /// Release-log decisions.
 pub const DECISION_ROTATE: &str = "mk-rotate";
@@ -175,28 +174,13 @@ fn log_decision(
         nonce: vec![],
         also: vec![],
     };
-    let rb = receipt.encode()?;
-    let sig = hsm.sign_digest(&receipt_digest(&rb))?;
-    let entry = Entry {
-        index: receipt.log_index,
-        time,
-        decision: decision.into(),
-        code: None,
-        reason: None,
-        detail: Some(detail),
-        key_id: receipt.key_id.clone(),
-        evidence_digest: String::new(),
-        policy_digest: hex::encode(policy_digest),
-        session_id: String::new(),
-        evidence: None,
-        receipt: STANDARD.encode(&rb),
-        signature: STANDARD.encode(&sig),
-        prev_hash: String::new(),
-        hash: String::new(),
-    };
-    let index = entry.index;
-    log.append(entry, &|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
-    Ok(index)
+    Ok(crate::log::append_operator_action(
+        &mut log,
+        &receipt,
+        detail,
+        &policy_digest,
+        &|d| hsm.sign_digest(d).map_err(|e| e.to_string()),
+    )?)
 }
 
 /// `mk rotate`: make version N+1 in the token; it is current from the KRS's next start.
