@@ -637,6 +637,8 @@ impl StoreProbe for DirProbe {
 /// re-seal the store under it in the background (admin writes wait on the writer lock; the
 /// XKS request path does not, its KEKs in memory do not change). A failure leaves the store
 /// under the old version (or resumes at the next boot); `keyward admin mk reseal` retries.
+/// A fleet's shared store is re-sealed by exactly one member (one compare-and-set transaction
+/// in PostgreSQL); a member that loses the race finds the store re-sealed and follows (`Ok(None)`).
 pub fn spawn_reseal(registry: &Arc<Registry>) {
     let st = registry.mk_status();
     if st.current <= st.sealed {
@@ -653,16 +655,6 @@ pub fn spawn_reseal(registry: &Arc<Registry>) {
             st.sealed, st.current
         ),
     );
-    if registry.is_shared() {
-        tracing::warn!(
-            sealed = st.sealed,
-            current = st.current,
-            "re-sealing a fleet's shared key store is not built yet: it stays under master key \
-             version {} (safe: `keyward krs mk retire` refuses while its head is on it)",
-            st.sealed
-        );
-        return;
-    }
     let reg = registry.clone();
     let _ = std::thread::Builder::new()
         .name("mk-reseal".into())
@@ -672,7 +664,10 @@ pub fn spawn_reseal(registry: &Arc<Registry>) {
                 seq = h.seq,
                 "key store re-sealed under the new master key version"
             ),
-            Ok(None) => {}
+            Ok(None) => tracing::info!(
+                mk_version = reg.mk_status().sealed,
+                "key store already re-sealed (by another fleet member)"
+            ),
             Err(e) => tracing::error!(
                 error = %e,
                 "key store re-seal failed (the store stays under the old master key version; \

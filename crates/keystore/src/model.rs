@@ -441,4 +441,28 @@ pub trait KeyStore: Send {
 
     /// Durably replace the sealed head (atomically: the old or the new one survives a crash).
     fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError>;
+
+    /// A shared backend's re-seal: replace the header, every record (a new generation: a
+    /// checkpoint at `head.seq` and the live records) and the sealed head `head`, all at once,
+    /// and only if the store still ends at `head.seq` in the generation the last
+    /// [`KeyStore::load`] read (else [`KeystoreError::Conflict`] and nothing changes). The
+    /// generation moves, so appends computed from the old one are refused from then on and
+    /// the other members' [`KeyStore::rewritten`] says so. The default (an unshared store):
+    /// [`KeyStore::rewrite`] then [`KeyStore::store_head`].
+    fn reseal(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+        head: &SealedHead,
+    ) -> Result<(), KeystoreError> {
+        self.rewrite(header, records)?;
+        self.store_head(head)
+    }
+
+    /// A shared backend: whether the last [`KeyStore::tip`] found the log replaced (another
+    /// member re-sealed it) since the last [`KeyStore::load`], although its tip may be the
+    /// same. Then only a whole re-read is right. The default: never.
+    fn rewritten(&self) -> bool {
+        false
+    }
 }

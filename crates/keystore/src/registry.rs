@@ -15,7 +15,8 @@ use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
     ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, Header, KeyRecord,
-    KeyStore, KeyVersionRecord, Record, SignedRecord, StoreRecord, TlsKeyRecord, LOG_FORMAT,
+    KeyStore, KeyVersionRecord, Record, SealedHead, SignedRecord, StoreRecord, TlsKeyRecord,
+    LOG_FORMAT,
 };
 use super::seal::{
     cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
@@ -805,13 +806,6 @@ impl Registry {
         if inner.target.is_none() {
             return Ok(None);
         }
-        if inner.shared {
-            return Err(KeystoreError::Format(
-                "re-sealing a shared (PostgreSQL) store is not built yet; restore a re-sealed \
-                 backup into it instead"
-                    .into(),
-            ));
-        }
         let snap = self.view.load_full();
         let prev = inner.head.clone();
         let target = inner.target.take().ok_or(KeystoreError::Seal)?;
@@ -822,6 +816,16 @@ impl Registry {
             mk_version: target.mk_version(),
         };
         let started = std::time::Instant::now();
+        let next = StoreHead {
+            mk_version: target.mk_version(),
+            ..prev.clone()
+        };
+        // A shared store switches the records and the sealed head in one transaction.
+        let shared_head = if inner.shared {
+            Some(load::seal_head(&target, &next)?)
+        } else {
+            None
+        };
         let written = {
             let Inner {
                 backend,
@@ -835,6 +839,7 @@ impl Registry {
                 backend.as_mut(),
                 &target,
                 Some(&header),
+                shared_head.as_ref(),
                 head,
                 Live {
                     meta,
@@ -845,19 +850,26 @@ impl Registry {
             )
         };
         if let Err(e) = written {
+            let version = target.mk_version();
             inner.target = Some(target);
+            if inner.shared && matches!(e, KeystoreError::Conflict { .. }) {
+                // Another member wrote or re-sealed first: re-read; if it re-sealed under this
+                // version, the fleet is there and nothing is left to do.
+                self.refresh_locked(&mut inner)?;
+                if inner.sealer.mk_version() >= version {
+                    return Ok(None);
+                }
+            }
             return Err(e);
         }
         crash_point("reseal-switched");
-        let next = StoreHead {
-            mk_version: target.mk_version(),
-            ..prev.clone()
-        };
         let from = inner.sealer.mk_version();
         inner.sealer = target;
         inner.head = next.clone();
-        let sealed_head = load::seal_head(&inner.sealer, &next)?;
-        inner.backend.store_head(&sealed_head)?;
+        if shared_head.is_none() {
+            let sealed_head = load::seal_head(&inner.sealer, &next)?;
+            inner.backend.store_head(&sealed_head)?;
+        }
         crash_point("reseal-head");
         tracing::info!(
             from,
@@ -983,6 +995,10 @@ impl Registry {
 
     fn refresh_locked(&self, inner: &mut Inner) -> Result<bool, KeystoreError> {
         let tip = inner.backend.tip()?;
+        if inner.backend.rewritten() {
+            // Another member re-sealed the store: same tip, a new generation.
+            return self.reload(inner);
+        }
         if tip == Some(inner.head.seq) {
             return Ok(false);
         }
@@ -1091,9 +1107,64 @@ impl Registry {
     }
 
     /// Re-read the whole shared store (every record verified as at open).
+    ///
+    /// A store another member re-sealed under a newer master-key version is read with that
+    /// version when this boot holds it (released at boot: then this member continues under
+    /// it); when it does not, nothing is applied, the error says so (loudly, every time) and
+    /// this member stops writing, while the XKS request path keeps the view it has.
     fn reload(&self, inner: &mut Inner) -> Result<bool, KeystoreError> {
         let known = inner.head.clone();
-        let r = load::reload_shared(inner.backend.as_mut(), &inner.sealer, &known)?;
+        let version = inner
+            .backend
+            .header()?
+            .ok_or_else(|| KeystoreError::Format("key store header is gone".into()))?
+            .mk_version;
+        let switch = version != inner.sealer.mk_version();
+        if switch && inner.target.as_ref().map(Sealer::mk_version) != Some(version) {
+            let mut held = vec![inner.sealer.mk_version()];
+            held.extend(inner.target.as_ref().map(Sealer::mk_version));
+            tracing::error!(
+                store_version = version,
+                held = ?held,
+                "another fleet member re-sealed the shared key store under a master-key version \
+                 this member was not released: it stops writing (XKS keeps serving the keys it \
+                 has in memory); restart it so the key-release service releases that version"
+            );
+            return Err(KeystoreError::MasterKeyVersionMissing {
+                needed: version,
+                held,
+            });
+        }
+        let r = {
+            let sealer = match (&inner.target, switch) {
+                (Some(t), true) => t,
+                _ => &inner.sealer,
+            };
+            load::reload_shared(inner.backend.as_mut(), sealer, &known)?
+        };
+        if switch {
+            if let Some(t) = inner.target.take() {
+                inner.sealer = t;
+            }
+            tracing::info!(
+                from = known.mk_version,
+                to = version,
+                seq = r.head.seq,
+                "another fleet member re-sealed the shared key store: continuing under the new \
+                 master-key version"
+            );
+            if let Some(anchor) = inner.anchor.clone() {
+                // The re-sealing member records it; if it stopped before, do it here.
+                if r.head.seq == known.seq
+                    && r.head.chain_mac == known.chain_mac
+                    && anchor.current().ok().flatten().as_ref() == Some(&known)
+                {
+                    if let Err(e) = record_reseal(anchor.as_ref(), &known, &r.head) {
+                        tracing::warn!(error = %e, "recording the fleet's re-seal at the key-release service failed; retried with the next write");
+                    }
+                }
+            }
+        }
         if r.head == known {
             return Ok(false);
         }
@@ -1201,14 +1272,16 @@ impl Registry {
             chain_mac: chain.to_vec(),
             mk_version: inner.sealer.mk_version(),
         };
-        if inner.shared {
-            return self.commit_shared(inner, &signed, prev, next, snap, effect);
-        }
         if let (Some(held), Some(anchor)) = (inner.reseal_unrecorded.clone(), inner.anchor.clone())
         {
             // The KRS must hold the re-sealed head before a write can extend it.
-            record_reseal(anchor.as_ref(), &held, &prev)?;
+            if !(inner.shared && anchor.current().ok().flatten().as_ref() != Some(&held)) {
+                record_reseal(anchor.as_ref(), &held, &prev)?;
+            }
             inner.reseal_unrecorded = None;
+        }
+        if inner.shared {
+            return self.commit_shared(inner, &signed, prev, next, snap, effect);
         }
         // Durable, not yet published.
         inner.backend.append_batch(&signed)?;
@@ -2664,6 +2737,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         backend.as_mut(),
         sealer,
         None,
+        None,
         head,
         Live {
             meta,
@@ -2685,11 +2759,14 @@ struct Live<'a> {
 /// Write the live state of `snap` as a new generation of the log sealed by `sealer`: a
 /// checkpoint carrying `head`, then the live records (every secret sealed anew) MACed under it.
 /// With `header`, the header is replaced too (a re-seal under another master-key version),
-/// otherwise kept (compaction). The backend switches to it atomically.
+/// otherwise kept (compaction); with `sealed` as well, the sealed head is replaced with them in
+/// one compare-and-set ([`KeyStore::reseal`]: a shared store). The backend switches to it
+/// atomically.
 fn write_generation(
     backend: &mut dyn KeyStore,
     sealer: &Sealer,
     header: Option<&Header>,
+    sealed: Option<&SealedHead>,
     head: &StoreHead,
     live: Live<'_>,
 ) -> Result<(), KeystoreError> {
@@ -2752,9 +2829,10 @@ fn write_generation(
         }
     });
     let mut guarded = std::iter::once(Ok(checkpoint)).chain(live).chain(sentinel);
-    match header {
-        Some(h) => backend.rewrite(h, &mut guarded),
-        None => backend.compact(&mut guarded),
+    match (header, sealed) {
+        (Some(h), Some(sh)) => backend.reseal(h, &mut guarded, sh),
+        (Some(h), None) => backend.rewrite(h, &mut guarded),
+        (None, _) => backend.compact(&mut guarded),
     }
 }
 

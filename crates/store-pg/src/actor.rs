@@ -117,6 +117,8 @@ pub struct SharedPgStore {
     inner: Owned<PgKeyStore>,
     /// Mirrors the store's count after each call (`record_count` takes `&self`).
     records: std::sync::atomic::AtomicUsize,
+    /// Mirrors [`KeyStore::rewritten`] after each call.
+    rewritten: std::sync::atomic::AtomicBool,
 }
 
 impl SharedPgStore {
@@ -129,6 +131,7 @@ impl SharedPgStore {
         Ok(SharedPgStore {
             inner,
             records: std::sync::atomic::AtomicUsize::new(0),
+            rewritten: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -136,11 +139,13 @@ impl SharedPgStore {
         &self,
         f: impl FnOnce(&mut PgKeyStore) -> Result<R, KeystoreError> + Send + 'static,
     ) -> Result<R, KeystoreError> {
-        let (r, n) = self.inner.call(move |s| {
+        let (r, n, w) = self.inner.call(move |s| {
             let r = f(s);
-            (r, s.record_count())
+            (r, s.record_count(), s.rewritten())
         })?;
         self.records.store(n, std::sync::atomic::Ordering::Relaxed);
+        self.rewritten
+            .store(w, std::sync::atomic::Ordering::Relaxed);
         r
     }
 }
@@ -243,6 +248,21 @@ impl KeyStore for SharedPgStore {
     fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError> {
         let h = head.clone();
         self.call(move |s| s.store_head(&h))
+    }
+
+    fn reseal(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+        head: &SealedHead,
+    ) -> Result<(), KeystoreError> {
+        let all: Vec<SignedRecord> = records.collect::<Result<_, _>>()?;
+        let (h, sh) = (header.clone(), head.clone());
+        self.call(move |s| s.reseal(&h, &mut all.into_iter().map(Ok), &sh))
+    }
+
+    fn rewritten(&self) -> bool {
+        self.rewritten.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -49,3 +49,18 @@ pub use fleet::PgFleetBoard;
 pub use schema::{migrate, MigrateReport, SCHEMA_VERSION};
 pub use store::{PgKeyStore, NOTIFY_CHANNEL};
 pub use watch::Watcher;
+
+/// Test-only crash point: with `KEYWARD_TEST_CRASH_AT=<name>` the process aborts here (as a
+/// `kill -9` would stop it). Compiled only into builds with the `test-hooks` feature (this
+/// crate's own tests), never into the appliance.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("KEYWARD_TEST_CRASH_AT").as_deref() == Ok(name) {
+        eprintln!("KEYWARD_TEST_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn crash_point(_: &str) {}

@@ -11,6 +11,11 @@
 //! * `keyward_head`: one row: `tip` (the newest record's `seq`: the compare-and-set of every
 //!   append) and the [`keyward_keystore::model::SealedHead`] JSON with its `seq`.
 //! * `keyward_members`: the fleet's heartbeats.
+//!
+//! Version 2: `keyward_head.generation` (counts whole-log replacements: a fleet re-seal moves
+//! it, and every append's compare-and-set checks it, so a member whose view is of an older
+//! generation cannot append after the tip of the new one) and `keyward_head.mk_version` (the
+//! master-key version the current generation is sealed under, for operators and followers).
 
 use keyward_keystore::KeystoreError;
 use postgres::Client;
@@ -20,15 +25,16 @@ use crate::config::Connector;
 use crate::PgConfig;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Key of the advisory lock held while migrating ("keyward\0").
 const MIGRATION_LOCK: i64 = 0x6b65_7977_6172_6400;
 
 /// The migrations, `(version, SQL)`, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE keyward_header (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE keyward_header (
          one boolean PRIMARY KEY DEFAULT true CHECK (one),
          header json NOT NULL
      );
@@ -52,7 +58,14 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          keks bigint NOT NULL,
          seq bigint NOT NULL
      );",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE keyward_head
+             ADD COLUMN generation bigint NOT NULL DEFAULT 0 CHECK (generation >= 0),
+             ADD COLUMN mk_version integer NOT NULL DEFAULT 1 CHECK (mk_version >= 1);",
+    ),
+];
 
 /// What [`migrate`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,6 +9,14 @@
 //! is [`KeystoreError::Unavailable`]: the outcome of a failed commit is unknown and the registry
 //! re-reads.
 //!
+//! The log has a generation (`keyward_head.generation`): a re-seal ([`KeyStore::reseal`])
+//! replaces every record in one transaction and moves it, and the append's compare-and-set
+//! checks it too (`WHERE tip = first - 1 AND generation = <the one this member loaded>`), so
+//! a member that has not noticed the re-seal cannot chain a record sealed under the old
+//! master-key version onto the new generation, although the tip did not move: it gets
+//! [`KeystoreError::Conflict`], re-reads and retries. [`KeyStore::tip`] reads the generation
+//! with the tip, so a follower polling the tip notices a re-seal ([`KeyStore::rewritten`]).
+//!
 //! The connection is made again lazily when it broke (a database restart or fail-over needs no
 //! appliance restart); a read on a connection found broken is retried once on a new one, a write
 //! only when it failed before its transaction began.
@@ -38,6 +46,11 @@ pub struct PgKeyStore {
     /// The last sealed head handed to [`KeyStore::store_head`]: written with the header by
     /// `init` and `rewrite` when it belongs to that header's store (see there).
     pending_head: Option<SealedHead>,
+    /// The log generation the records this process holds came from (the last full load, its
+    /// own init or re-seal); `None` until one (then appends do not check it).
+    generation: Option<i64>,
+    /// The generation the last [`KeyStore::tip`] found.
+    seen_generation: Option<i64>,
 }
 
 /// Why a step failed: the client's error (mapped to `Unavailable` with the operation's name),
@@ -153,6 +166,8 @@ impl PgKeyStore {
             client: Some(client),
             records: 0,
             pending_head: None,
+            generation: None,
+            seen_generation: None,
         })
     }
 
@@ -247,19 +262,27 @@ impl PgKeyStore {
 
     /// Visit the records from `from` on (by seq), in order, in one read-only snapshot;
     /// returns how many.
+    /// Also returns the log's generation in that snapshot.
     fn load_from(
         &mut self,
         from: i64,
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
-    ) -> Result<usize, KeystoreError> {
+    ) -> Result<(usize, i64), KeystoreError> {
         let mut count = 0usize;
-        self.run("load records", true, |c, _| {
+        let generation = self.run("load records", true, |c, _| {
             let mut tx = c
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()
                 .map_err(Fail::Begin)?;
+            let generation: i64 = match tx
+                .query_opt("SELECT generation FROM keyward_head", &[])
+                .map_err(Fail::Begin)?
+            {
+                Some(r) => r.try_get(0)?,
+                None => 0,
+            };
             let portal = tx.bind(
                 "SELECT seq, rec::text FROM keyward_records WHERE seq >= $1 ORDER BY seq, pos",
                 &[&from],
@@ -295,9 +318,9 @@ impl PgKeyStore {
                 }
             }
             tx.commit()?;
-            Ok(())
+            Ok(generation)
         })?;
-        Ok(count)
+        Ok((count, generation))
     }
 }
 
@@ -363,9 +386,16 @@ impl KeyStore for PgKeyStore {
                      THEN keyward_head.sealed_seq ELSE EXCLUDED.sealed_seq END",
                 &[&sealed_json, &sealed_seq],
             )?;
+            let generation: i64 = tx
+                .query_one("SELECT generation FROM keyward_head", &[])?
+                .try_get(0)?;
             notify(&mut tx, 0)?;
             tx.commit()?;
-            Ok(())
+            Ok(generation)
+        })
+        .map(|g| {
+            self.generation = Some(g);
+            self.seen_generation = Some(g);
         })?;
         self.records = 0;
         Ok(())
@@ -377,8 +407,10 @@ impl KeyStore for PgKeyStore {
         &mut self,
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(), KeystoreError> {
-        let count = self.load_from(0, visit)?;
+        let (count, generation) = self.load_from(0, visit)?;
         self.records = count;
+        self.generation = Some(generation);
+        self.seen_generation = Some(generation);
         Ok(())
     }
 
@@ -388,7 +420,7 @@ impl KeyStore for PgKeyStore {
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(), KeystoreError> {
         let after = to_i64(seq)?;
-        let n = self.load_from(after.saturating_add(1), visit)?;
+        let (n, _) = self.load_from(after.saturating_add(1), visit)?;
         self.records = self.records.saturating_add(n);
         Ok(())
     }
@@ -397,18 +429,34 @@ impl KeyStore for PgKeyStore {
         true
     }
 
+    /// The tip and (kept for [`KeyStore::rewritten`]) the generation, in one read.
     fn tip(&mut self) -> Result<Option<u64>, KeystoreError> {
-        self.run("read tip", true, |c, _| {
-            Ok(Some(Self::read_tip(c)?.unwrap_or(0)))
-        })
+        let (tip, generation) = self.run("read tip", true, |c, _| {
+            match c.query_opt("SELECT tip, generation FROM keyward_head", &[])? {
+                Some(row) => Ok((
+                    to_u64(row.try_get(0)?, "the head's tip")?,
+                    Some(row.try_get::<_, i64>(1)?),
+                )),
+                None => Ok((0, None)),
+            }
+        })?;
+        if generation.is_some() {
+            self.seen_generation = generation;
+        }
+        Ok(Some(tip))
+    }
+
+    fn rewritten(&self) -> bool {
+        matches!((self.generation, self.seen_generation), (Some(a), Some(b)) if a != b)
     }
 
     fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError> {
         self.append_batch(std::slice::from_ref(rec))
     }
 
-    /// One transaction: `UPDATE keyward_head SET tip = last WHERE tip = first - 1` (no row:
-    /// [`KeystoreError::Conflict`]), the records, `NOTIFY`, commit.
+    /// One transaction: `UPDATE keyward_head SET tip = last WHERE tip = first - 1 AND
+    /// generation = <loaded>` (no row: [`KeystoreError::Conflict`]), the records, `NOTIFY`,
+    /// commit.
     fn append_batch(&mut self, recs: &[SignedRecord]) -> Result<(), KeystoreError> {
         let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
             return Ok(());
@@ -423,11 +471,13 @@ impl KeyStore for PgKeyStore {
         let (prev, last_i) = (to_i64(first - 1)?, to_i64(last)?);
         let seqs: Vec<i64> = (prev + 1..=last_i).collect();
         let jsons = recs.iter().map(json).collect::<Result<Vec<_>, _>>()?;
+        let generation = self.generation;
         self.run("append", false, |c, _| {
             let mut tx = c.transaction().map_err(Fail::Begin)?;
             let n = tx.execute(
-                "UPDATE keyward_head SET tip = $1 WHERE tip = $2",
-                &[&last_i, &prev],
+                "UPDATE keyward_head SET tip = $1 \
+                 WHERE tip = $2 AND ($3::bigint IS NULL OR generation = $3)",
+                &[&last_i, &prev, &generation],
             )?;
             if n == 0 {
                 tx.rollback()?;
@@ -567,6 +617,72 @@ impl KeyStore for PgKeyStore {
             })
         })
         .transpose()
+    }
+
+    /// One transaction: lock the head row; refuse ([`KeystoreError::Conflict`]) unless the tip
+    /// is still `head.seq` and the generation the one this member loaded; replace the header and
+    /// every record; write the sealed head (same `seq`, the new version: [`KeyStore::store_head`]
+    /// would not, as it only moves forward by `seq`), the new `mk_version` and the next
+    /// generation; `NOTIFY`; commit. A crash or a lost connection before the commit leaves the
+    /// old generation as it was (PostgreSQL rolls the transaction back).
+    fn reseal(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+        head: &SealedHead,
+    ) -> Result<(), KeystoreError> {
+        let recs = collect(records)?;
+        let end = recs.last().map_or(0, |r| r.seq);
+        if end != head.seq || header.mk_version != head.mk_version {
+            return Err(KeystoreError::Invalid {
+                what: "re-seal",
+                why: "the new generation must end at the head, sealed under the header's version"
+                    .into(),
+            });
+        }
+        let h = json(header)?;
+        let sealed = json(head)?;
+        let seq = to_i64(head.seq)?;
+        let version = i32::try_from(header.mk_version).map_err(|_| KeystoreError::Invalid {
+            what: "mk_version",
+            why: format!("{} is beyond what the database stores", header.mk_version),
+        })?;
+        let loaded = self.generation;
+        let generation = self.run("re-seal", false, |c, _| {
+            let mut tx = c.transaction().map_err(Fail::Begin)?;
+            let row = tx
+                .query_opt("SELECT tip, generation FROM keyward_head FOR UPDATE", &[])?
+                .ok_or_else(|| {
+                    KeystoreError::Format("the key store is not initialised (no head row)".into())
+                })?;
+            let tip = to_u64(row.try_get(0)?, "the head's tip")?;
+            let generation: i64 = row.try_get(1)?;
+            if tip != head.seq || loaded.is_some_and(|g| g != generation) {
+                tx.rollback()?;
+                return Err(Fail::Ks(KeystoreError::Conflict {
+                    expected: head.seq,
+                    found: tip,
+                }));
+            }
+            tx.execute("UPDATE keyward_header SET header = $1::text::json", &[&h])?;
+            tx.execute("DELETE FROM keyward_records", &[])?;
+            insert_all(&mut tx, &recs)?;
+            let next = generation.saturating_add(1);
+            tx.execute(
+                "UPDATE keyward_head SET tip = $1, generation = $2, mk_version = $3, \
+                 sealed = $4::text::json, sealed_seq = $5",
+                &[&seq, &next, &version, &sealed, &seq],
+            )?;
+            notify(&mut tx, seq)?;
+            crate::crash_point("pg-reseal-uncommitted");
+            tx.commit()?;
+            Ok(next)
+        })?;
+        self.generation = Some(generation);
+        self.seen_generation = Some(generation);
+        self.records = recs.len();
+        self.pending_head = Some(head.clone());
+        Ok(())
     }
 
     /// Write `head` only if it is newer than the stored one (or there is none), so a slow

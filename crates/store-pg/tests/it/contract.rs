@@ -232,7 +232,7 @@ fn migrations_are_versioned_and_idempotent() {
     let first = migrate(&cfg(&s)).unwrap();
     assert_eq!(
         (first.from, first.to, first.applied.clone()),
-        (0, SCHEMA_VERSION, vec![1])
+        (0, SCHEMA_VERSION, vec![1, 2])
     );
     let _ks = connect(&s);
     let again = migrate(&cfg(&s)).unwrap();
@@ -242,7 +242,7 @@ fn migrations_are_versioned_and_idempotent() {
         .query_one("SELECT count(*) FROM keyward_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     // Several members migrating together: each version applied once.
     std::thread::scope(|sc| {
         for _ in 0..3 {

@@ -6,7 +6,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use keyward_keystore::model::{Header, SealedHead, SignedRecord};
 use keyward_keystore::view::{KeyStatus, KeyUsage};
+use keyward_keystore::KeyStore;
 use keyward_keystore::{
     AnchorError, Freshness, HeadAnchor, KeystoreError, NewStore, Registry, StoreHead,
 };
@@ -261,7 +263,17 @@ impl HeadAnchor for Book {
         if h.as_ref() == Some(next) {
             return Ok(());
         }
-        if h.as_ref().is_some_and(|h| h.seq >= next.seq) || h.as_ref() != prev {
+        if let Some(held) = h.as_ref() {
+            // The KRS's rules: never an older master-key version; the same head under a newer
+            // one is a re-seal; otherwise only forward.
+            let reseal = held.seq == next.seq
+                && held.chain_mac == next.chain_mac
+                && next.mk_version > held.mk_version;
+            if next.mk_version < held.mk_version || (held.seq >= next.seq && !reseal) {
+                return Err(AnchorError::Refused("not forward".into()));
+            }
+        }
+        if h.as_ref() != prev {
             return Err(AnchorError::Refused("not extending".into()));
         }
         *h = Some(next.clone());
@@ -460,30 +472,376 @@ fn a_write_follows_the_krs_head_while_another_member_moves_it() {
     assert_eq!(a.head().seq, 3);
 }
 
-/// Master-key rotation on a fleet is not built yet: a member released a newer version than
-/// the shared store is sealed under says so and refuses to re-seal, leaving the store (and
-/// every other member) under the version it has, still opening and writing.
-#[test]
-fn a_shared_store_is_not_resealed_yet_and_stays_usable() {
-    use keyward_keystore::MasterKeys;
-    let s = server();
-    let a = member(&s.config(), Freshness::Unanchored);
-    new_store(&a);
-    a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
-    let mut keys = MasterKeys::new(2, Key32::from_bytes(&[0x5d; 32]).unwrap());
+// --- Master-key re-seal on a fleet ---------------------------------------------------------
+
+const MK2: [u8; 32] = [0x5d; 32];
+
+fn v1() -> keyward_keystore::MasterKeys {
+    keyward_keystore::MasterKeys::single(Key32::from_bytes(&MK).unwrap())
+}
+
+/// Version 2 current, version 1 still released (a member booted after `krs mk rotate`).
+fn both() -> keyward_keystore::MasterKeys {
+    let mut keys = keyward_keystore::MasterKeys::new(2, Key32::from_bytes(&MK2).unwrap());
     keys.insert(1, Key32::from_bytes(&MK).unwrap());
-    let b = Registry::open_keys(
-        Box::new(SharedPgStore::connect(&s.config()).unwrap()),
+    keys
+}
+
+fn v2() -> keyward_keystore::MasterKeys {
+    keyward_keystore::MasterKeys::new(2, Key32::from_bytes(&MK2).unwrap())
+}
+
+fn open_keys(
+    cfg: &PgConfig,
+    keys: keyward_keystore::MasterKeys,
+    freshness: Freshness,
+) -> Result<Registry, KeystoreError> {
+    Registry::open_keys(
+        Box::new(SharedPgStore::connect(cfg).unwrap()),
         keys,
-        Freshness::Unanchored,
+        freshness,
+    )
+}
+
+/// The log generation, its master-key version and the header's, as the database has them.
+fn generation(s: &Server) -> (i64, i32, i64) {
+    let row = sql(s)
+        .query_one(
+            "SELECT generation, mk_version, (SELECT COALESCE((header->>'mk_version')::bigint, 1) \
+             FROM keyward_header) FROM keyward_head",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Three members: one re-seals, the one released both versions follows and keeps writing,
+/// the one booted before the rotation (version 1 only) stops writing, says why, and keeps
+/// serving what it has; the KRS-held head moves to the new version, so the old one is no
+/// longer needed by anyone (a member with version 2 alone opens, one with version 1 alone
+/// is refused): what `krs mk retire` checks.
+#[test]
+fn a_fleet_reseal_moves_every_member_and_they_keep_serving_and_writing() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    let old = open_keys(&s.config(), v1(), anchored(&book)).unwrap();
+    new_store(&old);
+    old.create_key(None, "k1", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    let a = open_keys(&s.config(), both(), anchored(&book)).unwrap();
+    let b = open_keys(&s.config(), both(), anchored(&book)).unwrap();
+    assert_eq!(generation(&s), (0, 1, 1));
+    let before = book.current().unwrap().unwrap();
+    assert_eq!(before.mk_version, 1);
+
+    let head = a.reseal().unwrap().expect("a re-seal was due");
+    assert_eq!((head.seq, head.mk_version), (before.seq, 2));
+    assert_eq!(
+        generation(&s),
+        (1, 2, 2),
+        "one transaction: records, tip row, header"
+    );
+    assert_eq!(
+        book.current().unwrap(),
+        Some(head.clone()),
+        "the KRS follows"
+    );
+    assert_eq!(a.mk_status().sealed, 2);
+
+    // The follower notices although the tip did not move, and continues under version 2.
+    assert!(b.refresh().unwrap(), "the re-seal is a change");
+    assert_eq!(b.mk_status().sealed, 2);
+    assert_eq!(b.head(), head);
+    assert_eq!(
+        b.reseal().unwrap(),
+        None,
+        "the fleet moved: nothing left to re-seal"
+    );
+    b.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    assert_eq!(b.head().mk_version, 2);
+    a.create_key(None, "k3", KeyUsage::EncryptDecrypt).unwrap();
+    b.refresh().unwrap();
+    assert_eq!(ids(&b), ["k1", "k2", "k3"]);
+    assert_eq!(book.current().unwrap(), Some(a.head()));
+
+    // The member without version 2: refuses to apply or write, keeps its view for XKS.
+    match old.refresh() {
+        Err(KeystoreError::MasterKeyVersionMissing { needed: 2, .. }) => {}
+        other => panic!("expected MasterKeyVersionMissing, got {other:?}"),
+    }
+    match old.create_key(None, "k4", KeyUsage::EncryptDecrypt) {
+        Err(KeystoreError::MasterKeyVersionMissing { needed: 2, .. }) => {}
+        other => panic!("a member without the new version must not write: {other:?}"),
+    }
+    assert_eq!(ids(&old), ["k1"], "it still serves what it has");
+    assert!(old.snapshot().stores["default"].keys.contains_key("k1"));
+
+    // Version 1 is needed by no one now.
+    let only2 = open_keys(&s.config(), v2(), anchored(&book)).unwrap();
+    assert_eq!(ids(&only2), ["k1", "k2", "k3"]);
+    match open_keys(&s.config(), v1(), anchored(&book)) {
+        Err(KeystoreError::MasterKeyVersionMissing { needed: 2, .. }) => {}
+        Err(e) => panic!("expected MasterKeyVersionMissing, got {e}"),
+        Ok(_) => panic!("a version-1-only member opened the re-sealed store"),
+    }
+    // The KRS never takes the old version back.
+    assert!(book.advance(Some(&a.head()), &before).is_err());
+}
+
+/// A [`SharedPgStore`] that runs a hook once, right after a `tip` read: the member's refresh
+/// sees the store as it was, and the hook (another member's re-seal) lands before its append.
+type RaceHook = Arc<Mutex<Option<Hook>>>;
+
+struct Raced {
+    inner: SharedPgStore,
+    hook: RaceHook,
+}
+
+impl keyward_keystore::KeyStore for Raced {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn header(&mut self) -> Result<Option<Header>, KeystoreError> {
+        self.inner.header()
+    }
+    fn init(&mut self, header: &Header) -> Result<(), KeystoreError> {
+        self.inner.init(header)
+    }
+    fn load(
+        &mut self,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        self.inner.load(visit)
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn tip(&mut self) -> Result<Option<u64>, KeystoreError> {
+        let t = self.inner.tip();
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(h) = hook {
+            h();
+        }
+        t
+    }
+    fn load_after(
+        &mut self,
+        seq: u64,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        self.inner.load_after(seq, visit)
+    }
+    fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError> {
+        self.inner.append(rec)
+    }
+    fn append_batch(&mut self, recs: &[SignedRecord]) -> Result<(), KeystoreError> {
+        self.inner.append_batch(recs)
+    }
+    fn record_count(&self) -> usize {
+        self.inner.record_count()
+    }
+    fn compact(
+        &mut self,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError> {
+        self.inner.compact(records)
+    }
+    fn rewrite(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError> {
+        self.inner.rewrite(header, records)
+    }
+    fn truncate_after(&mut self, seq: u64) -> Result<(), KeystoreError> {
+        self.inner.truncate_after(seq)
+    }
+    fn load_head(&mut self) -> Result<Option<SealedHead>, KeystoreError> {
+        self.inner.load_head()
+    }
+    fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError> {
+        self.inner.store_head(head)
+    }
+    fn reseal(
+        &mut self,
+        header: &Header,
+        records: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+        head: &SealedHead,
+    ) -> Result<(), KeystoreError> {
+        self.inner.reseal(header, records, head)
+    }
+    fn rewritten(&self) -> bool {
+        self.inner.rewritten()
+    }
+}
+
+/// A member that has not noticed the re-seal appends a record sealed and chained under the
+/// old version right after it (its refresh read the tip just before the re-seal committed):
+/// the append's compare-and-set checks the generation, so it is refused (Conflict), not
+/// chained onto the new generation; the member re-reads under the new version and the retry
+/// lands there. Also at the store level: an old-generation append at the same tip is refused.
+#[test]
+fn a_stale_members_append_after_a_reseal_is_refused_then_lands_under_the_new_version() {
+    let s = server();
+    let book = Arc::new(Book::default());
+    {
+        let old = open_keys(&s.config(), v1(), anchored(&book)).unwrap();
+        new_store(&old);
+        old.create_key(None, "k1", KeyUsage::EncryptDecrypt)
+            .unwrap();
+    }
+    let a = Arc::new(open_keys(&s.config(), both(), anchored(&book)).unwrap());
+
+    // Store level: a connection that loaded generation 0 appends at the tip after the re-seal.
+    let mut raw = connect(&s);
+    let mut last = None;
+    raw.load(&mut |r| {
+        last = Some(r);
+        Ok(())
+    })
+    .unwrap();
+    let mut stale = last.unwrap();
+
+    let hook: RaceHook = Arc::new(Mutex::new(None));
+    let b = Registry::open_keys(
+        Box::new(Raced {
+            inner: SharedPgStore::connect(&s.config()).unwrap(),
+            hook: hook.clone(),
+        }),
+        both(),
+        anchored(&book),
     )
     .unwrap();
-    let st = b.mk_status();
-    assert_eq!((st.sealed, st.current), (1, 2));
-    let err = b.reseal().unwrap_err().to_string();
-    assert!(err.contains("not built"), "{err}");
+    assert_eq!(b.mk_status().sealed, 1);
+    let a2 = a.clone();
+    *hook.lock().unwrap() = Some(Box::new(move || {
+        a2.reseal().unwrap().expect("re-sealed");
+    }));
+    let tip_before = generation(&s);
+    match b.create_key(None, "k2", KeyUsage::EncryptDecrypt) {
+        Err(KeystoreError::Conflict { .. }) => {}
+        other => panic!("the stale append must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        tip_before.0 + 1,
+        generation(&s).0,
+        "the re-seal happened in between"
+    );
+    assert!(
+        !ids(&a).contains(&"k2".to_string()) && {
+            a.refresh().unwrap();
+            !ids(&a).contains(&"k2".to_string())
+        },
+        "nothing of the refused write is in the store"
+    );
+    // The conflict made it re-read: it is under version 2 now, and the retry lands.
+    assert_eq!(b.mk_status().sealed, 2);
     b.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    assert_eq!(b.head().mk_version, 2);
     a.refresh().unwrap();
     assert_eq!(ids(&a), ["k1", "k2"]);
-    assert_eq!(a.mk_status().sealed, 1);
+    let fresh = open_keys(&s.config(), v2(), anchored(&book)).unwrap();
+    assert_eq!(
+        ids(&fresh),
+        ["k1", "k2"],
+        "the whole store verifies under version 2"
+    );
+
+    // The raw old-generation connection: its next seq is taken now, but even the seq after
+    // the new tip is refused for the generation.
+    let tip = raw.tip().unwrap().unwrap();
+    assert!(raw.rewritten(), "the tip read shows the log was replaced");
+    stale.seq = tip + 1;
+    match raw.append(&stale) {
+        Err(KeystoreError::Conflict { .. }) => {}
+        other => panic!("an old-generation append must be refused, got {other:?}"),
+    }
+}
+
+const PG_URL_ENV: &str = "KEYWARD_TEST_PG_URL";
+
+/// The child: open with both versions and re-seal; aborts at `KEYWARD_TEST_CRASH_AT`.
+#[test]
+#[ignore = "helper process for a_reseal_killed_before_its_commit_leaves_the_old_generation"]
+fn reseal_child() {
+    let Ok(url) = std::env::var(PG_URL_ENV) else {
+        eprintln!("reseal_child: helper for the crash test; nothing to do without {PG_URL_ENV}");
+        return;
+    };
+    let r = open_keys(&PgConfig::new(url), both(), Freshness::Unanchored).unwrap();
+    r.reseal().unwrap();
+    println!("RESEALED");
+}
+
+/// The re-sealing member killed inside its transaction (every row written, not committed):
+/// PostgreSQL rolls it back, the old generation is intact and usable by version-1 members,
+/// and a later re-seal completes.
+#[test]
+fn a_reseal_killed_before_its_commit_leaves_the_old_generation() {
+    let s = server();
+    let a = open_keys(&s.config(), v1(), Freshness::Unanchored).unwrap();
+    new_store(&a);
+    for i in 0..20 {
+        a.create_key(None, &format!("k{i:02}"), KeyUsage::EncryptDecrypt)
+            .unwrap();
+    }
+    let before = ids(&a);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fleet::reseal_child", "--ignored", "--nocapture"])
+        .env(PG_URL_ENV, s.url())
+        .env("KEYWARD_TEST_CRASH_AT", "pg-reseal-uncommitted")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("KEYWARD_TEST_CRASH_AT=pg-reseal-uncommitted"),
+        "the child did not stop inside the transaction: {stderr}"
+    );
+    assert_eq!(
+        generation(&s),
+        (0, 1, 1),
+        "nothing of the re-seal committed"
+    );
+    assert!(!a.refresh().unwrap(), "no change for the members");
+    a.create_key(None, "after", KeyUsage::EncryptDecrypt)
+        .unwrap();
+    let v1_member = open_keys(&s.config(), v1(), Freshness::Unanchored).unwrap();
+    assert_eq!(ids(&v1_member).len(), before.len() + 1);
+    let b = open_keys(&s.config(), both(), Freshness::Unanchored).unwrap();
+    b.reseal()
+        .unwrap()
+        .expect("the re-seal is still due and completes");
+    assert_eq!(generation(&s), (1, 2, 2));
+    assert_eq!(ids(&b), ids(&v1_member));
+}
+
+/// Two members booted after the rotation re-seal at once (as `spawn_reseal` does at boot):
+/// exactly one re-seals, the other finds it done and follows.
+#[test]
+fn members_resealing_together_reseal_once() {
+    let s = server();
+    {
+        let old = open_keys(&s.config(), v1(), Freshness::Unanchored).unwrap();
+        new_store(&old);
+        old.create_key(None, "k1", KeyUsage::EncryptDecrypt)
+            .unwrap();
+    }
+    let a = Arc::new(open_keys(&s.config(), both(), Freshness::Unanchored).unwrap());
+    let b = Arc::new(open_keys(&s.config(), both(), Freshness::Unanchored).unwrap());
+    let go = Arc::new(std::sync::Barrier::new(2));
+    let run = |r: Arc<Registry>, go: Arc<std::sync::Barrier>| {
+        std::thread::spawn(move || {
+            go.wait();
+            r.reseal().unwrap().is_some()
+        })
+    };
+    let (ta, tb) = (run(a.clone(), go.clone()), run(b.clone(), go));
+    let done = [ta.join().unwrap(), tb.join().unwrap()];
+    assert_eq!(done.iter().filter(|d| **d).count(), 1, "{done:?}");
+    assert_eq!(generation(&s), (1, 2, 2));
+    assert_eq!((a.mk_status().sealed, b.mk_status().sealed), (2, 2));
+    a.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
+    b.create_key(None, "k3", KeyUsage::EncryptDecrypt).unwrap();
+    a.refresh().unwrap();
+    assert_eq!(ids(&a), ["k1", "k2", "k3"]);
 }
