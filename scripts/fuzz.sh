@@ -92,7 +92,12 @@ run() {
     [ $# -gt 0 ] && list=("$@")
     export RUSTC_BOOTSTRAP=1
     cd fuzz
-    cargo fuzz build -O "${list[@]/#/}" 2>&1 | tail -3 || true
+    # One build of every target (cargo fuzz build takes one target or all of them).
+    if [ $# -gt 0 ]; then
+        for t in "${list[@]}"; do cargo fuzz build -O "$t"; done
+    else
+        cargo fuzz build -O
+    fi
     mkdir -p corpus-run
     local report="$ROOT/fuzz/last-run.txt"
     : > "$report"
