@@ -34,6 +34,7 @@ mod image_units;
 mod krs_crl_policy;
 mod krs_deployments;
 mod krs_heads;
+mod krs_hsm_faults;
 mod krs_log_rollback;
 mod krs_mk_rotation;
 mod krs_refusals;
