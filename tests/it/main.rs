@@ -36,6 +36,7 @@ mod krs_deployments;
 mod krs_heads;
 mod krs_hsm_faults;
 mod krs_log_rollback;
+mod krs_misbehaving;
 mod krs_mk_rotation;
 mod krs_refusals;
 mod measure_cli;
