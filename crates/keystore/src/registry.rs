@@ -191,6 +191,10 @@ struct Inner {
     /// A re-seal whose new head the KRS has not recorded yet (it still holds this head, under
     /// the old version): recorded before the next write.
     reseal_unrecorded: Option<StoreHead>,
+    /// A failed write of a file store may have left records after `head` in the backend, or
+    /// its own head on disk (a directory fsync failing after the rename): the previous head is
+    /// rewritten and those records cut off before the next write (see [`settle_tail`]).
+    unsettled_tail: bool,
 }
 
 /// Master-key versions of an open store ([`Registry::mk_status`]).
@@ -725,6 +729,7 @@ impl Registry {
             history: chain,
             target,
             reseal_unrecorded: None,
+            unsettled_tail: false,
         };
         if !shared && inner.backend.record_count() > COMPACT_FLOOR.max(2 * live) {
             if let Err(e) = compact(&mut inner, &snapshot) {
@@ -968,6 +973,9 @@ impl Registry {
     /// applied first, so the change is computed from the true state.
     fn lock_write(&self) -> Result<MutexGuard<'_, Inner>, KeystoreError> {
         let mut inner = self.lock();
+        if inner.unsettled_tail {
+            settle_tail(&mut inner)?;
+        }
         self.settle(&mut inner)?;
         if inner.shared {
             self.refresh_locked(&mut inner)?;
@@ -1284,7 +1292,13 @@ impl Registry {
             return self.commit_shared(inner, &signed, prev, next, snap, effect);
         }
         // Durable, not yet published.
-        inner.backend.append_batch(&signed)?;
+        if let Err(e) = inner.backend.append_batch(&signed) {
+            // A backend may keep some of the records it failed to make durable: cut them off
+            // (now if possible, else before the next write) so the next write's `seq` is free.
+            inner.unsettled_tail = true;
+            let _ = settle_tail(inner);
+            return Err(e);
+        }
         drop(signed);
         if let Some(anchor) = inner.anchor.clone() {
             match anchor.advance(Some(&prev), &next) {
@@ -1451,9 +1465,11 @@ impl Registry {
         let sealed = load::seal_head(&inner.sealer, &next)?;
         if let Err(e) = inner.backend.store_head(&sealed) {
             if inner.anchor.is_none() && !inner.shared {
-                // Without an anchor the sealed head is what makes the write count: undo it.
-                let prev = inner.head.clone();
-                rollback(inner, &prev)?;
+                // Without an anchor the sealed head is what makes the write count: undo it. The
+                // new head may be on disk already (the rename done, the directory fsync failed):
+                // the previous head is put back before the records it does not name are cut.
+                inner.unsettled_tail = true;
+                let _ = settle_tail(inner);
                 return Err(e);
             }
             // The KRS holds the new head (the floor at the next boot); the local copy catches
@@ -2702,6 +2718,34 @@ fn live_records<'a>(
             store.chain(creds).chain(destroyed).chain(keys)
         })
         .chain(tls_rec)
+}
+
+/// Undo what a failed write of a file store may have left: rewrite the sealed head of the last
+/// acknowledged record, then cut off every record after it. The head goes first: if it cannot
+/// be rewritten, the records stay, so the store on disk is consistent whichever head survived
+/// (the write is then either cut off at the next open or found complete), and writes are
+/// refused with this error until it succeeds.
+fn settle_tail(inner: &mut Inner) -> Result<(), KeystoreError> {
+    let prev = inner.head.clone();
+    let sealed = load::seal_head(&inner.sealer, &prev)?;
+    let res = inner
+        .backend
+        .store_head(&sealed)
+        .and_then(|()| inner.backend.truncate_after(prev.seq));
+    match res {
+        Ok(()) => {
+            inner.unsettled_tail = false;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "could not undo a failed key store write; retried before the next write (an \
+                 unacknowledged record left is cut off at the next start)"
+            );
+            Err(e)
+        }
+    }
 }
 
 /// Undo an appended write whose head was not recorded: back to `prev`.

@@ -218,7 +218,19 @@ pub fn start_for(
             )
         }
     };
+    start_with_backend(dir, measurements, backend, name, admin_ca_sha256)
+}
 
+/// [`start_for`] with a key backend of the caller's (the fault-injection tests wrap the
+/// software stand-in in one that fails on demand); `name` is reported as
+/// [`EmbeddedKrs::backend`]. `dir` must exist.
+pub fn start_with_backend(
+    dir: &Path,
+    measurements: &[[u8; 48]],
+    backend: Box<dyn KeyBackend>,
+    name: &'static str,
+    admin_ca_sha256: &[u8],
+) -> Result<EmbeddedKrs, EmbeddedError> {
     // TLS certificate (pinned by SPKI).
     let cert = dir.join("tls.crt");
     let key = dir.join("tls.key");

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+mod faults;
 mod keystore_approvals;
 mod keystore_backup;
 mod keystore_crash;
