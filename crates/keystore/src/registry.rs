@@ -1293,10 +1293,15 @@ impl Registry {
         }
         // Durable, not yet published.
         if let Err(e) = inner.backend.append_batch(&signed) {
-            // A backend may keep some of the records it failed to make durable: cut them off
-            // (now if possible, else before the next write) so the next write's `seq` is free.
-            inner.unsettled_tail = true;
-            let _ = settle_tail(inner);
+            // A file backend may keep some of the records it failed to make durable: cut them
+            // off (now if possible, else before the next write) so the next write's `seq` is
+            // free. Never on a shared store: there a failed append is a lost compare-and-set
+            // (another member's records lie after our head) or a transaction that rolled back,
+            // and cutting would delete the other members' writes.
+            if !inner.shared {
+                inner.unsettled_tail = true;
+                let _ = settle_tail(inner);
+            }
             return Err(e);
         }
         drop(signed);
