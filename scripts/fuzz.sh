@@ -105,10 +105,16 @@ run() {
         mkdir -p "corpus-run/$t"
         echo "fuzz: $t for ${FUZZ_SECONDS}s"
         local log="$ROOT/fuzz/last-run-$t.log"
+        # xks_request: the SigV4 signing-key cache lives in locked memory (an anonymous mmap,
+        # keyward-secret's LockedBox), which LeakSanitizer does not scan, so the strings only it
+        # points to are reported as leaked although the cache frees them when a slot is reused
+        # (found by the first run; see docs/testing.md). Leak detection stays on elsewhere.
+        local extra=()
+        [ "$t" = xks_request ] && extra=(-detect_leaks=0)
         # corpus-run first: libFuzzer writes what it finds into the first directory only.
         if ! cargo fuzz run -O "$t" "corpus-run/$t" "corpus/$t" -- \
                 -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -max_len=65536 \
-                -print_final_stats=1 >"$log" 2>&1; then
+                -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
             tail -40 "$log"
             echo "fuzz: $t FAILED; the input is under fuzz/artifacts/$t/ (log: $log)"
             exit 1
