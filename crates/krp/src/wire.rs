@@ -14,11 +14,26 @@ pub const MAX_FRAME: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The socket's read or write timeout passed (the peer sent or took nothing in time); the
+    /// OS reports it as `EAGAIN` ("Resource temporarily unavailable"), which says nothing.
+    #[error("connection timed out: the peer did not answer within the timeout ({0})")]
+    TimedOut(std::io::Error),
     #[error("frame of {0} bytes is too large")]
     TooLarge(usize),
     #[error("{0}")]
     Cbor(#[from] crate::cbor::CborError),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                WireError::TimedOut(e)
+            }
+            _ => WireError::Io(e),
+        }
+    }
 }
 
 /// Write one message.
