@@ -28,9 +28,7 @@ pub enum WireError {
 impl From<std::io::Error> for WireError {
     fn from(e: std::io::Error) -> Self {
         match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                WireError::TimedOut(e)
-            }
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => WireError::TimedOut(e),
             _ => WireError::Io(e),
         }
     }
