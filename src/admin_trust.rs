@@ -226,6 +226,8 @@ pub fn run(req: keyward_admin::cli::TrustRequest) -> anyhow::Result<ExitCode> {
     }
 }
 
+// Test code only: every unwrap below is on a temporary file the test itself writes, never on
+// outside input.
 #[cfg(test)]
 mod tests {
     use super::*;
