@@ -15,8 +15,18 @@
 //! than drop the line: an audit log that silently loses records under load is worse than a
 //! request that is briefly slower, and KMS retries slow answers while it never learns about
 //! a lost line. Each wait is counted ([`AuditLog::waits`]). A line is lost only if the writer
-//! thread is gone (after `shutdown` or an I/O failure); those are counted in
-//! [`AuditLog::lost`] and reported on stderr at shutdown.
+//! thread is gone (after `shutdown`), or the sink has been failing for longer than
+//! [`MAX_PENDING`] bytes of lines; those are counted in [`AuditLog::lost`] and reported on
+//! stderr.
+//!
+//! When the sink fails (ENOSPC, EIO), the lines stay in memory, in order, and every
+//! [`FLUSH_EVERY`] the writer tries again; [`AuditLog::failing`] says so from the first failed
+//! write until one succeeds, and the XKS handlers refuse operations meanwhile (an answer is not
+//! given for a request whose line may not reach the disk). Nothing already formatted is ever
+//! dropped, so a line cut by a short write is completed when the disk recovers and the hash
+//! chain goes on. Lines that arrive while more than [`MAX_PENDING`] bytes wait are not
+//! formatted (they never enter the chain, so it still verifies); once the sink works again an
+//! `audit.gap` admin line says how many were not written and why.
 
 pub mod chain;
 pub mod verify;
@@ -274,6 +284,8 @@ struct Inner {
     lost: AtomicU64,
     /// Lines the writer has formatted (XKS and admin; chain and checkpoint lines not counted).
     written: Arc<AtomicU64>,
+    /// The writer's view of the sink: failing now, failed writes, lines it could not keep.
+    state: Arc<SinkState>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The chain's signing key (public half, SEC1 hex).
     public_key: String,
@@ -307,7 +319,19 @@ impl AuditLog {
     /// (after its line is formatted): how metrics see every request without touching the
     /// request path.
     pub fn start_with(sink: AuditSink, hook: Option<XksHook>) -> Result<Self, AuditError> {
-        let (out, chain, truncated) = match &sink {
+        let (out, chain, truncated) = Self::open(&sink)?;
+        Self::run(out, chain, truncated, hook)
+    }
+
+    /// Start on any writer, as a new chain (seq 0): the same writer thread, buffering,
+    /// chaining and failure handling as a file. For fault injection (a writer that fails
+    /// like a full or broken disk) and for embedding.
+    pub fn start_on(w: Box<dyn Write + Send>, hook: Option<XksHook>) -> Result<Self, AuditError> {
+        Self::run(Out::Writer(w), chain::Chain::new(0, [0; 32]), 0, hook)
+    }
+
+    fn open(sink: &AuditSink) -> Result<(Out, chain::Chain, usize), AuditError> {
+        Ok(match sink {
             AuditSink::Stderr => (Out::Stderr(io::stderr()), chain::Chain::new(0, [0; 32]), 0),
             AuditSink::File(path) => {
                 let open = |source| AuditError::Open {
@@ -327,13 +351,23 @@ impl AuditLog {
                 }
                 (Out::File(f), chain::Chain::new(seq, prev), torn)
             }
-        };
+        })
+    }
+
+    fn run(
+        out: Out,
+        chain: chain::Chain,
+        truncated: usize,
+        hook: Option<XksHook>,
+    ) -> Result<Self, AuditError> {
         let public_key = chain.public_key_hex();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let written = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(SinkState::default());
         let tap = Tap {
             hook,
             written: written.clone(),
+            state: state.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("keyward-audit".into())
@@ -346,6 +380,7 @@ impl AuditLog {
                 waits: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
                 written,
+                state,
                 thread: Mutex::new(Some(thread)),
                 public_key,
             }),
@@ -429,9 +464,21 @@ impl AuditLog {
         self.inner.waits.load(Ordering::Relaxed)
     }
 
-    /// Lines that could not be written because the writer had stopped.
+    /// Lines that could not be written: the writer had stopped, or the sink had been failing
+    /// for more than [`MAX_PENDING`] bytes of lines.
     pub fn lost(&self) -> u64 {
-        self.inner.lost.load(Ordering::Relaxed)
+        self.inner.lost.load(Ordering::Relaxed) + self.inner.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// True from the first failed write to the sink (ENOSPC, EIO) until a write succeeds
+    /// again: lines are waiting in memory. The XKS handlers refuse operations meanwhile.
+    pub fn failing(&self) -> bool {
+        self.inner.state.failing.load(Ordering::Relaxed)
+    }
+
+    /// Writes and flushes to the sink that failed since start.
+    pub fn write_errors(&self) -> u64 {
+        self.inner.state.errors.load(Ordering::Relaxed)
     }
 
     /// XKS and admin lines the writer has formatted so far.
@@ -453,10 +500,11 @@ impl AuditLog {
     }
 }
 
-/// The sink: stderr, or a file that can be fsynced.
+/// The sink: stderr, a file that can be fsynced, or a caller's writer.
 enum Out {
     Stderr(io::Stderr),
     File(std::fs::File),
+    Writer(Box<dyn Write + Send>),
 }
 
 impl Write for Out {
@@ -464,12 +512,14 @@ impl Write for Out {
         match self {
             Out::Stderr(e) => e.write(b),
             Out::File(f) => f.write(b),
+            Out::Writer(w) => w.write(b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Out::Stderr(e) => e.flush(),
             Out::File(f) => f.flush(),
+            Out::Writer(w) => w.flush(),
         }
     }
 }
@@ -547,8 +597,9 @@ struct Sink {
 
 /// Bytes gathered before a write to the sink.
 const SINK_BYTES: usize = 64 * 1024;
-/// Pending bytes kept while the sink fails; beyond this they are dropped (and reported).
-const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// Pending bytes kept while the sink fails; lines arriving beyond this are not written
+/// (counted in [`AuditLog::lost`] and named by an `audit.gap` line at recovery).
+pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 impl Sink {
     fn new(out: Out) -> Self {
@@ -558,13 +609,9 @@ impl Sink {
         }
     }
 
-    /// After a line: write out once enough has gathered.
-    fn line_done(&mut self) -> io::Result<()> {
-        if self.buf.len() >= SINK_BYTES {
-            self.write_out()
-        } else {
-            Ok(())
-        }
+    /// After a line: write out once enough has gathered (`None`: nothing was written).
+    fn line_done(&mut self) -> Option<io::Result<()>> {
+        (self.buf.len() >= SINK_BYTES).then(|| self.write_out())
     }
 
     /// Hand everything gathered to the sink; on failure keep it for the next attempt.
@@ -582,9 +629,6 @@ impl Sink {
             }
         };
         self.buf.drain(..done);
-        if self.buf.len() > MAX_PENDING {
-            self.buf.clear();
-        }
         res
     }
 
@@ -601,26 +645,90 @@ const BATCH: usize = 256;
 struct Tap {
     hook: Option<XksHook>,
     written: Arc<AtomicU64>,
+    state: Arc<SinkState>,
+}
+
+/// The sink's health as the writer sees it, read by [`AuditLog::failing`] and the metrics.
+#[derive(Default)]
+struct SinkState {
+    failing: std::sync::atomic::AtomicBool,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The writer's record of one failure: when it began, its first error, what was dropped.
+struct Outage {
+    since: SystemTime,
+    error: String,
+    dropped_at_start: u64,
+}
+
+impl Tap {
+    /// Note the outcome of a write or flush to the sink; on the first failure say so on
+    /// stderr, on the first success after failures say so too and return the `audit.gap`
+    /// line to write when lines were dropped meanwhile.
+    fn note(
+        &self,
+        r: &io::Result<()>,
+        what: &str,
+        outage: &mut Option<Outage>,
+    ) -> Option<AdminRecord> {
+        match r {
+            Err(e) => {
+                self.state.errors.fetch_add(1, Ordering::Relaxed);
+                if outage.is_none() {
+                    self.state.failing.store(true, Ordering::Relaxed);
+                    eprintln!(
+                        "keyward: audit log {what} failed: {e}; lines are kept in memory (up to \
+                         {MAX_PENDING} bytes) and XKS operations are refused until it works again"
+                    );
+                    *outage = Some(Outage {
+                        since: SystemTime::now(),
+                        error: e.to_string(),
+                        dropped_at_start: self.state.dropped.load(Ordering::Relaxed),
+                    });
+                }
+                None
+            }
+            Ok(()) => {
+                let o = outage.take()?;
+                self.state.failing.store(false, Ordering::Relaxed);
+                let dropped = self.state.dropped.load(Ordering::Relaxed) - o.dropped_at_start;
+                let secs = o.since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+                eprintln!(
+                    "keyward: audit log writes again after {secs} s ({}); {dropped} line(s) \
+                     were not written",
+                    o.error
+                );
+                (dropped > 0).then(|| AdminRecord {
+                    time: SystemTime::now(),
+                    subject: "keyward".into(),
+                    action: "audit.gap".into(),
+                    detail: format!(
+                        "{dropped} line(s) not written: the audit log failed ({}) for {secs} s \
+                         with more than {MAX_PENDING} bytes waiting",
+                        o.error
+                    ),
+                    ok: false,
+                })
+            }
+        }
+    }
 }
 
 fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: usize, tap: Tap) {
     // When the oldest line not yet flushed was written, and when the last message came.
     let mut dirty: Option<Instant> = None;
     let mut last_msg: Option<Instant> = None;
-    let mut failed = false;
+    let mut outage: Option<Outage> = None;
     let mut clock = WallClock::now();
-    let mut report = |r: io::Result<()>, what: &str| {
-        if r.is_err() && !failed {
-            failed = true;
-            eprintln!("keyward: audit log {what} failed");
-        }
-    };
-    report(
-        chain
-            .write_start(&mut out.buf, SystemTime::now(), truncated)
-            .and_then(|()| out.flush()),
-        "write",
-    );
+    let r = chain
+        .write_start(&mut out.buf, SystemTime::now(), truncated)
+        .and_then(|()| out.flush());
+    if r.is_err() {
+        dirty = Some(Instant::now());
+    }
+    let _ = tap.note(&r, "write", &mut outage);
     loop {
         // Wait for a message, flushing when the oldest buffered line is FLUSH_EVERY old.
         let first = match rx.try_recv() {
@@ -632,16 +740,12 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
             }
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
-                if chain.checkpoint_due(now) {
-                    report(
-                        chain.write_checkpoint(&mut out.buf, SystemTime::now()),
-                        "write",
-                    );
+                if chain.checkpoint_due(now) && outage.is_none() {
+                    let _ = chain.write_checkpoint(&mut out.buf, SystemTime::now());
                     dirty.get_or_insert(now);
                 }
                 if dirty.is_some_and(|t| now.duration_since(t) >= FLUSH_EVERY) {
-                    report(out.flush(), "flush");
-                    dirty = None;
+                    dirty = flush(&mut out, &mut chain, &tap, &mut outage);
                 }
                 if last_msg.is_some_and(|t| now.duration_since(t) < BUSY_WINDOW) {
                     std::thread::sleep(BUSY_POLL);
@@ -667,33 +771,53 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
         let mut next = Some(first);
         let mut n = 0;
         while let Some(msg) = next.take() {
+            // While the sink fails, lines wait in `buf`; past MAX_PENDING new ones are not
+            // formatted (so never chained) and are named by the gap line at recovery.
+            let full = out.buf.len() > MAX_PENDING;
             match msg {
                 Msg::Xks(rec) => {
-                    let start = out.buf.len();
-                    let r = rec
-                        .write_json(&mut out.buf, &mut clock)
-                        .and_then(|()| chain.seal(&mut out.buf, start))
-                        .and_then(|()| out.line_done());
-                    report(r, "write");
+                    if full {
+                        tap.state.dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let start = out.buf.len();
+                        // Formatting into the Vec cannot fail.
+                        let _ = rec
+                            .write_json(&mut out.buf, &mut clock)
+                            .and_then(|()| chain.seal(&mut out.buf, start));
+                        if let Some(w) = out.line_done() {
+                            let gap = tap.note(&w, "write", &mut outage);
+                            write_gap(gap, &mut out, &mut chain);
+                        }
+                        tap.written.fetch_add(1, Ordering::Relaxed);
+                    }
                     dirty.get_or_insert(now);
-                    tap.written.fetch_add(1, Ordering::Relaxed);
                     if let Some(hook) = &tap.hook {
                         hook(&rec);
                     }
                 }
                 Msg::Admin(r) => {
-                    let start = out.buf.len();
-                    let r = r
-                        .write_json(&mut out.buf)
-                        .and_then(|()| chain.seal(&mut out.buf, start))
-                        .and_then(|()| out.line_done());
-                    report(r, "write");
+                    if full {
+                        tap.state.dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let start = out.buf.len();
+                        // Formatting into the Vec cannot fail.
+                        let _ = r
+                            .write_json(&mut out.buf)
+                            .and_then(|()| chain.seal(&mut out.buf, start));
+                        if let Some(w) = out.line_done() {
+                            let gap = tap.note(&w, "write", &mut outage);
+                            write_gap(gap, &mut out, &mut chain);
+                        }
+                        tap.written.fetch_add(1, Ordering::Relaxed);
+                    }
                     dirty.get_or_insert(now);
-                    tap.written.fetch_add(1, Ordering::Relaxed);
                 }
                 Msg::Flush(ack) => {
-                    let _ = ack.send(out.flush());
-                    dirty = None;
+                    let r = out.flush();
+                    let failed = r.is_err();
+                    write_gap(tap.note(&r, "flush", &mut outage), &mut out, &mut chain);
+                    let _ = ack.send(r);
+                    dirty = failed.then_some(now);
                 }
                 Msg::Shutdown(ack) => {
                     // Everything sent before the shutdown is written (FIFO); a last signed
@@ -702,6 +826,13 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
                         .write_checkpoint(&mut out.buf, SystemTime::now())
                         .and_then(|()| out.flush())
                         .and_then(|()| sync(&mut out.out));
+                    if r.is_err() && !out.buf.is_empty() {
+                        eprintln!(
+                            "keyward: audit log: {} byte(s) of lines could not be written at \
+                             shutdown",
+                            out.buf.len()
+                        );
+                    }
                     let _ = ack.send(r);
                     return;
                 }
@@ -711,22 +842,42 @@ fn writer(rx: Receiver<Msg>, mut out: Sink, mut chain: chain::Chain, truncated: 
                 next = rx.try_recv().ok();
             }
         }
-        if chain.checkpoint_due(now) {
-            report(
-                chain.write_checkpoint(&mut out.buf, SystemTime::now()),
-                "write",
-            );
+        if chain.checkpoint_due(now) && outage.is_none() {
+            let _ = chain.write_checkpoint(&mut out.buf, SystemTime::now());
         }
         if dirty.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
-            report(out.flush(), "flush");
-            dirty = None;
+            dirty = flush(&mut out, &mut chain, &tap, &mut outage);
         }
     }
 }
 
+/// Flush the sink and note the outcome; the new `dirty` mark: none after a success (unless a
+/// gap line was just added), now after a failure, so the writer tries again in FLUSH_EVERY.
+fn flush(
+    out: &mut Sink,
+    chain: &mut chain::Chain,
+    tap: &Tap,
+    outage: &mut Option<Outage>,
+) -> Option<Instant> {
+    let r = out.flush();
+    let failed = r.is_err();
+    let gap = write_gap(tap.note(&r, "flush", outage), out, chain);
+    (failed || gap).then(Instant::now)
+}
+
+/// Chain the `audit.gap` line, if there is one; true when one was added.
+fn write_gap(gap: Option<AdminRecord>, out: &mut Sink, chain: &mut chain::Chain) -> bool {
+    let Some(g) = gap else { return false };
+    let start = out.buf.len();
+    let _ = g
+        .write_json(&mut out.buf)
+        .and_then(|()| chain.seal(&mut out.buf, start));
+    true
+}
+
 fn sync(w: &mut Out) -> io::Result<()> {
     match w {
-        Out::Stderr(_) => Ok(()),
+        Out::Stderr(_) | Out::Writer(_) => Ok(()),
         Out::File(f) => f.sync_all(),
     }
 }

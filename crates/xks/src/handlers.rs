@@ -252,6 +252,14 @@ fn dispatch(
     // 3. Content type; then each API parses its JSON body and goes on in its own file.
     check_content_type(req.headers)?;
     let key_id = route.key_id.unwrap_or_default();
+    // 4. An operation is answered only while its audit line can reach the disk: while the
+    // audit log's writes fail its lines wait in memory and the operations are refused (the
+    // health check still answers, DEGRADED). The refusal's own line waits with them.
+    if route.api != Api::Health && ctx.audit.failing() {
+        return Err(XksError::Internal(
+            "the audit log cannot be written; the operation was not performed",
+        ));
+    }
     match route.api {
         Api::Health => api::health::handle(ctx, req.body, rec),
         Api::Metadata => api::metadata::handle(store, key_id, req.body, rec),
@@ -412,6 +420,81 @@ mod tests {
         assert_eq!(r.status, 200);
         let d: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(d["plaintext"], "SGVsbG8=");
+    }
+
+    /// A sink that keeps the lines in memory, or fails with ENOSPC while `full` is set.
+    struct FlakyDisk {
+        lines: Arc<std::sync::Mutex<Vec<u8>>>,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl std::io::Write for FlakyDisk {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.lines.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// While the audit log cannot be written, operations are refused (500, nothing done) and
+    /// the health check says DEGRADED; once it can, they work again, and every request's line,
+    /// the refused ones' too, is in the log.
+    #[test]
+    fn operations_are_refused_while_the_audit_log_cannot_be_written() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let full = Arc::new(AtomicBool::new(false));
+        let disk = FlakyDisk {
+            lines: lines.clone(),
+            full: full.clone(),
+        };
+        let mut ctx = ctx();
+        ctx.audit = AuditLog::start_on(Box::new(disk), None).unwrap();
+        let enc = br#"{"requestMetadata":{"awsPrincipalArn":"a","kmsOperation":"Encrypt","kmsRequestId":"1"},"plaintext":"SGVsbG8=","encryptionAlgorithm":"AES_GCM"}"#;
+        let health = br#"{"requestMetadata":{"kmsOperation":"KmsHealthCheck","kmsRequestId":"2"}}"#;
+        let health_status = |ctx: &Ctx| {
+            let r = call(ctx, "/p/kms/xks/v1/health", health);
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["ekmFleetDetails"][0]["healthStatus"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(call(&ctx, "/p/kms/xks/v1/keys/k/encrypt", enc).status, 200);
+        assert_eq!(health_status(&ctx), "ACTIVE");
+
+        full.store(true, Ordering::SeqCst);
+        assert!(ctx.audit.flush().is_err());
+        assert!(ctx.audit.failing());
+        let r = call(&ctx, "/p/kms/xks/v1/keys/k/encrypt", enc);
+        assert_eq!(r.status, 500);
+        let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(e["errorName"], "InternalException");
+        assert_eq!(health_status(&ctx), "DEGRADED");
+
+        full.store(false, Ordering::SeqCst);
+        let t = Instant::now();
+        while ctx.audit.failing() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "no retry");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(call(&ctx, "/p/kms/xks/v1/keys/k/encrypt", enc).status, 200);
+        assert_eq!(health_status(&ctx), "ACTIVE");
+        ctx.audit.shutdown().unwrap();
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        let statuses: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "xks")
+            .map(|v| v["httpStatus"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [200, 200, 500, 200, 200, 200]);
     }
 
     /// The pre-authentication cap fits the largest legal request at our limits (both payloads

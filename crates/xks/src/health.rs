@@ -62,7 +62,8 @@ pub struct Health {
     key: Key32,
     probe: Arc<dyn StoreProbe>,
     instance_id: String,
-    cached: ArcSwap<(Instant, Bytes, Bytes)>,
+    /// When, the answer, the stale answer (UNAVAILABLE), the answer while the audit log fails.
+    cached: ArcSwap<(Instant, Bytes, Bytes, Bytes)>,
 }
 
 /// One deep-check outcome.
@@ -94,7 +95,12 @@ impl Health {
         let h = Arc::new(Self {
             key,
             probe,
-            cached: ArcSwap::from_pointee((Instant::now(), unavailable.clone(), unavailable)),
+            cached: ArcSwap::from_pointee((
+                Instant::now(),
+                unavailable.clone(),
+                unavailable.clone(),
+                unavailable,
+            )),
             instance_id,
         });
         h.refresh();
@@ -117,15 +123,32 @@ impl Health {
             Instant::now(),
             render(&self.instance_id, status, &peers),
             stale,
+            render(
+                &self.instance_id,
+                if status == Status::Active {
+                    Status::Degraded
+                } else {
+                    status
+                },
+                &peers,
+            ),
         )));
         status
     }
 
     /// The cached JSON answer (UNAVAILABLE if the last refresh is too old).
     pub fn answer(&self) -> Bytes {
+        self.answer_for(false)
+    }
+
+    /// [`Health::answer`], with `DEGRADED` for an `ACTIVE` member while its audit log cannot
+    /// be written (it refuses operations then; see `keyward_audit::AuditLog::failing`).
+    pub fn answer_for(&self, audit_failing: bool) -> Bytes {
         let c = self.cached.load();
         if c.0.elapsed() > MAX_AGE {
             c.2.clone()
+        } else if audit_failing {
+            c.3.clone()
         } else {
             c.1.clone()
         }

@@ -1,3 +1,4 @@
 //! The audit crate's integration tests (one binary).
 
 mod chain;
+mod faults;

@@ -10,5 +10,5 @@ pub(crate) fn handle(ctx: &Ctx, body: &[u8], rec: &mut XksRecord) -> Result<Repl
     let r: MetadataRequest = model::parse(body)?;
     super::request_metadata(&r.request_metadata, rec)?;
     // Never subject to grants (spec: MUST).
-    Ok(Reply::ok(ctx.health.answer()))
+    Ok(Reply::ok(ctx.health.answer_for(ctx.audit.failing())))
 }
