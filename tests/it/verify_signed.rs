@@ -139,7 +139,7 @@ fn tampered_file_or_signature_or_wrong_key_is_refused() {
 
     // One flipped byte in the file (inside a measurement: still valid JSON).
     let text = String::from_utf8(pristine_rv.clone()).unwrap();
-    let at = text.find("555555").unwrap();
+    let at = text.find("666666").unwrap();
     flip(&rv, at);
     let o = verify(&["--reference-values", &rv, "--signature-key", &pk]);
     refused_naming(&o, &rv, "does not verify");
