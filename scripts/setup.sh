@@ -15,7 +15,8 @@
 #         shell-script linter (shellcheck), systemd (systemd-analyze rates the units), and
 #         postgresql and haproxy (the shared key store's tests start their own PostgreSQL
 #         server; the fleet's load balancer), and pebble (the ACME test server `tls acme` is
-#         tested against).
+#         tested against), and minisign (signs the reference values and the SBOM in the
+#         signature tests; `make sign` uses it too).
 #   --check    report what is missing and exit 1 (nothing is installed); the default is --install.
 #
 # Messages go to stderr (stdout stays for `make run`'s JSON line). Used by the Makefile (run,
@@ -26,7 +27,7 @@ set -euo pipefail
 RUN_PKGS=(gcc libc6-dev pkg-config libtss2-dev softhsm2 curl)
 FLEET_PKGS=("${RUN_PKGS[@]}" postgresql haproxy)
 TEST_PKGS=("${RUN_PKGS[@]}" opensc swtpm swtpm-tools tpm2-tools jq openssl python3 python3-venv
-    shellcheck systemd postgresql haproxy pebble)
+    shellcheck systemd postgresql haproxy pebble minisign)
 
 mode=install
 target=run
@@ -87,7 +88,7 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
     if [ "$target" = test ]; then
         for t in pkcs11-tool:opensc swtpm:swtpm swtpm_setup:swtpm-tools tpm2_pcrread:tpm2-tools \
             jq:jq openssl:openssl shellcheck:shellcheck pg_ctl:postgresql haproxy:haproxy \
-            pebble:pebble; do
+            pebble:pebble minisign:minisign; do
             command -v "${t%%:*}" >/dev/null 2>&1 || miss+=("${t#*:}")
         done
     fi

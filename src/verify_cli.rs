@@ -105,6 +105,31 @@ pub struct Args {
     #[arg(long = "public-key", value_name = "FILE")]
     pub public_key: Option<PathBuf>,
 
+    /// Reference values of a release (attestation/reference-values.md): its SNP launch
+    /// measurements for --platform pin the policy's `[snp] measurements`. With
+    /// --signature-key, FILE.minisig must verify before the file is read as JSON.
+    #[arg(long = "reference-values", value_name = "FILE")]
+    pub reference_values: Option<PathBuf>,
+
+    /// Minisign public key (minisign.pub) the release signs with: --reference-values FILE is
+    /// used only when FILE.minisig is a good signature of it by this key.
+    #[arg(
+        long = "signature-key",
+        value_name = "FILE",
+        requires = "reference_values"
+    )]
+    pub signature_key: Option<PathBuf>,
+
+    /// The platform whose launch measurements --reference-values pins (aws-ec2, qemu,
+    /// bare-metal).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "aws-ec2",
+        requires = "reference_values"
+    )]
+    pub platform: String,
+
     /// Print the verdict as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -133,6 +158,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for c in &args.allow_csp {
         policy.allow_csp(c);
+    }
+    if let Some(rv) = &args.reference_values {
+        pin_reference_values(
+            &mut policy,
+            rv,
+            args.signature_key.as_deref(),
+            &args.platform,
+        )?;
     }
     let at = match &args.at {
         Some(t) => parse_time(t)?,
@@ -303,6 +336,68 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     pol.check_measured()
         .with_context(|| format!("policy {}", path.display()))?;
     Ok(pol)
+}
+
+/// `--reference-values FILE [--signature-key KEY]`: check `FILE.minisig` with KEY first (when
+/// given), then parse the file and pin the policy's SNP measurements to its values for
+/// `platform`. Every refusal is one line naming the file.
+fn pin_reference_values(
+    policy: &mut Policy,
+    path: &Path,
+    key: Option<&Path>,
+    platform: &str,
+) -> anyhow::Result<()> {
+    use keyward_verify::refvalues::ReferenceValues;
+    use keyward_verify::signed;
+    use sha2::Digest;
+    let bytes = read(path)?;
+    if let Some(key_path) = key {
+        let key_text = String::from_utf8(read(key_path)?)
+            .map_err(|_| anyhow::anyhow!("--signature-key {}: not text", key_path.display()))?;
+        let pk = signed::parse_public_key(&key_text)
+            .map_err(|e| anyhow::anyhow!("--signature-key {}: {e}", key_path.display()))?;
+        let mut sig_path = path.as_os_str().to_owned();
+        sig_path.push(".minisig");
+        let sig_path = PathBuf::from(sig_path);
+        let sig = std::fs::read(&sig_path).map_err(|e| {
+            anyhow::anyhow!(
+                "--reference-values {}: no signature {} ({e}); sign it with make sign",
+                path.display(),
+                sig_path.display()
+            )
+        })?;
+        let sig = String::from_utf8(sig)
+            .map_err(|_| anyhow::anyhow!("signature {}: not text", sig_path.display()))?;
+        let comment = signed::verify_detached(&pk, &bytes, &sig).map_err(|e| {
+            anyhow::anyhow!(
+                "--reference-values {}: signature {}: {e}",
+                path.display(),
+                sig_path.display()
+            )
+        })?;
+        eprintln!(
+            "keyward verify: {} is signed by {} (trusted comment: {comment})",
+            path.display(),
+            key_path.display()
+        );
+    } else {
+        eprintln!(
+            "keyward verify: warning: {} used without a signature check (give --signature-key)",
+            path.display()
+        );
+    }
+    let rv = ReferenceValues::from_json(&bytes)
+        .with_context(|| format!("--reference-values {}", path.display()))?;
+    let m = rv.measurements(platform);
+    if m.is_empty() {
+        bail!(
+            "--reference-values {}: no SNP launch measurement for platform {platform:?}",
+            path.display()
+        );
+    }
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    policy.pin_snp_measurements(&m, &format!("{} (sha256 {sha})", path.display()));
+    Ok(())
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {

@@ -53,5 +53,6 @@ mod serve_notify;
 mod tpm_quote;
 mod tpm_verify_cli;
 mod verify_cli;
+mod verify_signed;
 mod xks_conformance;
 mod xks_demo;

@@ -21,6 +21,7 @@
 pub mod nitro;
 pub mod policy;
 pub mod refvalues;
+pub mod signed;
 pub mod snp;
 #[cfg(any(test, feature = "test-signer"))]
 pub mod testsign;

@@ -370,6 +370,25 @@ impl Policy {
         self.widen(format!("allowed_csp_ids += {csp:?}"));
     }
 
+    /// Pin the SNP launch measurements to those of a reference-value file (`keyward verify
+    /// --reference-values`): a policy without measurements takes `measurements`; a policy
+    /// with its own list keeps only those also in `measurements` (never more than either
+    /// allows; an empty intersection makes the measurement check fail). Recorded like a
+    /// widening, so the verdict's policy digest names the file (`source`, its SHA-256).
+    pub fn pin_snp_measurements(&mut self, measurements: &[String], source: &str) {
+        let refs: Vec<String> = measurements.iter().map(|m| m.to_lowercase()).collect();
+        if self.snp.measurements.is_empty() {
+            self.snp.measurements = refs;
+        } else {
+            self.snp
+                .measurements
+                .retain(|m| refs.contains(&m.to_lowercase()));
+        }
+        self.widen(format!(
+            "snp.measurements pinned to reference values {source}"
+        ));
+    }
+
     fn widen(&mut self, what: String) {
         // Chained so that a widened policy never shows the digest of the file alone.
         let mut h = Sha384::new();
