@@ -11,18 +11,21 @@
 //!   AES key wrap with padding (RFC 5649) of the key bytes under it: `rsa(aes) ‖ kwp(key)`.
 //!
 //! The crypto is the `rsa` crate (OAEP, decryption blinded) and the `aes-kw` crate (KWP); none
-//! of it is written here. Each wrapping private key lives in memory only (zeroized on drop by
-//! the `rsa` crate), on the member that issued it, until its token is used once or expires
-//! (24 hours, as KMS; an operator may ask for less): a restart forgets every outstanding token,
-//! and a token works only on the member that issued it (docs/admin.md says so). A token is
-//! consumed by the first import that names it, whether the unwrap succeeds or not, so a wrapping
-//! key decrypts at most one ciphertext: it cannot be used as a padding oracle.
+//! of it is written here. Each wrapping private key is a record of the key store
+//! ([`keyward_keystore::ImportKeyMaterial`]): its PKCS#8 DER sealed under the master key like
+//! every secret there, with the SHA-256 of its token (never the token), the algorithm, the key
+//! spec and the expiry (trusted time; 24 hours, as KMS, or less). So on a fleet a token issued
+//! by one member works on every member, and it survives a restart. A token is consumed by the
+//! first import that names it, whether the unwrap succeeds or not (a "used" record appended
+//! with a compare-and-set: of two members racing on one token exactly one gets the key), so a
+//! wrapping key decrypts at most one ciphertext: it cannot be used as a padding oracle. Used
+//! and expired keys leave every member's memory, and the file store's log at its next
+//! compaction (a shared database keeps its whole history, sealed).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use keyward_keystore::{ImportKeyMaterial, KeystoreError, Registry};
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPrivateKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -102,7 +105,7 @@ impl WrappingKeySpec {
 
 /// How long import parameters stay valid (KMS: 24 hours), and the longest an operator may ask.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// Outstanding tokens kept at once on one member (each holds an RSA private key).
+/// Outstanding tokens kept at once by a store (a fleet shares them; each is an RSA private key).
 pub const MAX_OUTSTANDING: usize = 32;
 /// The longest `encrypted_key_material` accepted (RSA-4096 plus a KWP of 32 bytes is 552).
 pub const MAX_WRAPPED: usize = 1024;
@@ -127,9 +130,9 @@ pub struct ImportParams {
 }
 
 /// Why an import with a token was refused. Each message names the field at fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("import_token: no such token on this appliance (never issued here, already used, or forgotten by a restart): get new parameters with `keys import-params`")]
+    #[error("import_token: no such token (never issued, already used, or expired and dropped): get new parameters with `keys import-params`")]
     UnknownToken,
     #[error("import_token: expired at {0}: get new parameters with `keys import-params`")]
     Expired(String),
@@ -142,43 +145,61 @@ pub enum ImportError {
     Material(String),
     #[error("valid_for_secs: {0}")]
     Validity(String),
-    #[error("import-params: {MAX_OUTSTANDING} tokens are outstanding on this appliance; use or let some expire first")]
+    #[error("import-params: {MAX_OUTSTANDING} tokens are outstanding in this key store; use or let some expire first")]
     TooMany,
     #[error("import-params: generating the wrapping key failed: {0}")]
     KeyGen(String),
+    #[error("import_token: the stored wrapping key does not decode: {0}")]
+    StoredKey(String),
+    #[error("{0}")]
+    Store(#[from] KeystoreError),
 }
 
-struct Outstanding {
-    key: RsaPrivateKey,
-    algorithm: WrappingAlgorithm,
-    valid_to: u64,
-}
+/// How many times a use of a token that lost a race in a shared store is tried again (the
+/// retry sees the winner's write: another use of the same token, then the token is gone).
+const RACE_RETRIES: usize = 4;
 
-/// The outstanding import tokens of this member, each with its wrapping private key.
+/// Wrapped import over the key store: issues tokens and uses them, once.
 #[derive(Default)]
-pub struct Importer {
-    tokens: Mutex<HashMap<String, Outstanding>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub struct Importer;
 
 fn rfc3339(secs: u64) -> String {
     keyward_keystore::unix_rfc3339(secs)
 }
 
-impl Importer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Outstanding>> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// SHA-256 (hex) of a token: what the key store keeps instead of the token.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
+}
 
+/// Whether the stored key `k` may be used for `algorithm` at `now`.
+fn usable(
+    k: Option<&ImportKeyMaterial>,
+    algorithm: WrappingAlgorithm,
+    now: u64,
+) -> Result<(), ImportError> {
+    let k = k.ok_or(ImportError::UnknownToken)?;
+    if k.valid_to <= now {
+        return Err(ImportError::Expired(rfc3339(k.valid_to)));
+    }
+    let issued = WrappingAlgorithm::parse(&k.algorithm).map_err(ImportError::StoredKey)?;
+    if issued != algorithm {
+        return Err(ImportError::WrongAlgorithm {
+            issued,
+            asked: algorithm,
+        });
+    }
+    Ok(())
+}
+
+impl Importer {
     /// Make a wrapping key pair and a token for it, valid for `valid_for` (default and at most
-    /// 24 hours).
+    /// 24 hours) from `now` (trusted time), and store the private key sealed in `registry`.
     pub fn issue(
         &self,
+        registry: &Registry,
+        now: u64,
         algorithm: WrappingAlgorithm,
         spec: WrappingKeySpec,
         valid_for: Option<Duration>,
@@ -190,16 +211,14 @@ impl Importer {
                 valid_for.as_secs()
             )));
         }
-        {
-            let now = now_unix();
-            let mut t = self.lock();
-            t.retain(|_, o| o.valid_to > now);
-            if t.len() >= MAX_OUTSTANDING {
-                return Err(ImportError::TooMany);
-            }
+        if registry.import_keys_outstanding(now)? >= MAX_OUTSTANDING {
+            return Err(ImportError::TooMany);
         }
-        // Key generation takes a second or more: outside the lock.
+        // Key generation takes a second or more: outside the store's writer lock.
         let key = RsaPrivateKey::new(&mut rand_core::OsRng, spec.bits())
+            .map_err(|e| ImportError::KeyGen(e.to_string()))?;
+        let pkcs8 = key
+            .to_pkcs8_der()
             .map_err(|e| ImportError::KeyGen(e.to_string()))?;
         let public = key.to_public_key();
         let der = public
@@ -211,68 +230,67 @@ impl Importer {
         let mut id = [0u8; 16];
         keyward_secret::getrandom_fill(&mut id).map_err(|e| ImportError::KeyGen(e.to_string()))?;
         let import_token = hex::encode(id);
-        let valid_to = now_unix() + valid_for.as_secs();
+        let valid_to = now + valid_for.as_secs();
+        let stored = ImportKeyMaterial {
+            token_sha256: token_sha256(&import_token),
+            algorithm: algorithm.as_str().to_string(),
+            key_spec: spec.as_str().to_string(),
+            created: now,
+            valid_to,
+            pkcs8_der: zeroize::Zeroizing::new(pkcs8.as_bytes().to_vec()),
+        };
+        drop(pkcs8);
+        let mut tries = 1;
+        loop {
+            match registry.add_import_key(stored.clone(), MAX_OUTSTANDING, now) {
+                Ok(true) => break,
+                Ok(false) => return Err(ImportError::TooMany),
+                Err(KeystoreError::Conflict { .. }) if tries < RACE_RETRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
         use base64::Engine;
-        let params = ImportParams {
-            import_token: import_token.clone(),
+        Ok(ImportParams {
+            import_token,
             wrapping_algorithm: algorithm,
             wrapping_key_spec: spec,
             public_key_der_b64: base64::engine::general_purpose::STANDARD.encode(der.as_bytes()),
             public_key_pem: pem,
             valid_to,
             parameters_valid_to: rfc3339(valid_to),
-        };
-        let mut t = self.lock();
-        if t.len() >= MAX_OUTSTANDING {
-            return Err(ImportError::TooMany);
-        }
-        t.insert(
-            import_token,
-            Outstanding {
-                key,
-                algorithm,
-                valid_to,
-            },
-        );
-        Ok(params)
+        })
     }
 
-    /// Whether `token` is outstanding (not used, not expired) for `algorithm`, without using it.
-    pub fn check(&self, token: &str, algorithm: WrappingAlgorithm) -> Result<(), ImportError> {
-        let t = self.lock();
-        let o = t.get(token).ok_or(ImportError::UnknownToken)?;
-        if o.valid_to <= now_unix() {
-            return Err(ImportError::Expired(rfc3339(o.valid_to)));
-        }
-        if o.algorithm != algorithm {
-            return Err(ImportError::WrongAlgorithm {
-                issued: o.algorithm,
-                asked: algorithm,
-            });
-        }
-        Ok(())
-    }
-
-    /// Use `token` (it is gone afterwards, whatever the outcome) to unwrap `wrapped`: the 32
-    /// key bytes.
+    /// Use `token` (it is gone afterwards, on every member, whatever the outcome of the
+    /// unwrap; a wrong algorithm or an expired token is refused without using it) to unwrap
+    /// `wrapped`: the 32 key bytes.
     pub fn unwrap(
         &self,
+        registry: &Registry,
+        now: u64,
         token: &str,
         algorithm: WrappingAlgorithm,
         wrapped: &[u8],
     ) -> Result<Zeroizing<[u8; KEY_LEN]>, ImportError> {
-        self.check(token, algorithm)?;
-        let o = self.lock().remove(token).ok_or(ImportError::UnknownToken)?;
-        if o.valid_to <= now_unix() {
-            return Err(ImportError::Expired(rfc3339(o.valid_to)));
-        }
-        unwrap_with(&o.key, algorithm, wrapped)
+        let sha = token_sha256(token);
+        let mut tries = 1;
+        let stored = loop {
+            match registry.use_import_key(&sha, now, |k| usable(k, algorithm, now)) {
+                Err(ImportError::Store(KeystoreError::Conflict { .. })) if tries < RACE_RETRIES => {
+                    tries += 1;
+                }
+                r => break r?,
+            }
+        };
+        let key = RsaPrivateKey::from_pkcs8_der(&stored.pkcs8_der)
+            .map_err(|e| ImportError::StoredKey(e.to_string()))?;
+        drop(stored);
+        unwrap_with(&key, algorithm, wrapped)
     }
 
-    /// Tokens outstanding now.
-    pub fn outstanding(&self) -> usize {
-        let now = now_unix();
-        self.lock().values().filter(|o| o.valid_to > now).count()
+    /// Tokens outstanding at `now`.
+    pub fn outstanding(&self, registry: &Registry, now: u64) -> Result<usize, ImportError> {
+        Ok(registry.import_keys_outstanding(now)?)
     }
 }
 
@@ -366,6 +384,13 @@ mod tests {
     use super::*;
     use rsa::RsaPublicKey;
 
+    /// Trusted time in these tests.
+    const NOW: u64 = 1_000_000;
+
+    fn registry(dir: &std::path::Path) -> Registry {
+        Registry::open_dir(dir, keyward_secret::Key32::from_bytes(&[0x44; 32]).unwrap()).unwrap()
+    }
+
     fn public_of(p: &ImportParams) -> RsaPublicKey {
         use base64::Engine;
         use rsa::pkcs8::DecodePublicKey;
@@ -387,35 +412,61 @@ mod tests {
 
     #[test]
     fn oaep_and_kwp_round_trip_and_tokens_are_single_use() {
-        let imp = Importer::default();
+        let imp = Importer;
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
         let key = [7u8; 32];
 
         let p = imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaesOaepSha256,
                 WrappingKeySpec::Rsa3072,
                 None,
             )
             .unwrap();
-        assert!(p.valid_to >= now_unix() + MAX_VALIDITY.as_secs() - 5);
+        assert!(p.valid_to >= NOW + MAX_VALIDITY.as_secs() - 5);
         let pk = public_of(&p);
         let w = oaep_wrap(&pk, &key);
         // The other algorithm is refused and does not use the token up.
         assert!(matches!(
-            imp.unwrap(&p.import_token, WrappingAlgorithm::RsaAesKeyWrapSha256, &w),
+            imp.unwrap(
+                &r,
+                NOW,
+                &p.import_token,
+                WrappingAlgorithm::RsaAesKeyWrapSha256,
+                &w
+            ),
             Err(ImportError::WrongAlgorithm { .. })
         ));
         let got = imp
-            .unwrap(&p.import_token, WrappingAlgorithm::RsaesOaepSha256, &w)
+            .unwrap(
+                &r,
+                NOW,
+                &p.import_token,
+                WrappingAlgorithm::RsaesOaepSha256,
+                &w,
+            )
             .unwrap();
         assert_eq!(*got, key);
-        assert_eq!(
-            imp.unwrap(&p.import_token, WrappingAlgorithm::RsaesOaepSha256, &w),
+        assert!(matches!(
+            imp.unwrap(
+                &r,
+                NOW,
+                &p.import_token,
+                WrappingAlgorithm::RsaesOaepSha256,
+                &w
+            ),
             Err(ImportError::UnknownToken)
-        );
+        ));
+        // The key was in the store, sealed, and is gone from it after its use.
+        assert_eq!(imp.outstanding(&r, NOW).unwrap(), 0);
 
         let p = imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaAesKeyWrapSha256,
                 WrappingKeySpec::Rsa3072,
                 None,
@@ -431,16 +482,26 @@ mod tests {
         w.extend_from_slice(&kwp);
         assert_eq!(w.len(), 384 + 40);
         let got = imp
-            .unwrap(&p.import_token, WrappingAlgorithm::RsaAesKeyWrapSha256, &w)
+            .unwrap(
+                &r,
+                NOW,
+                &p.import_token,
+                WrappingAlgorithm::RsaAesKeyWrapSha256,
+                &w,
+            )
             .unwrap();
         assert_eq!(*got, key);
     }
 
     #[test]
     fn garbage_wrong_length_and_expired_are_refused_and_use_the_token() {
-        let imp = Importer::default();
+        let imp = Importer;
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
         let p = imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaesOaepSha256,
                 WrappingKeySpec::Rsa3072,
                 None,
@@ -450,13 +511,25 @@ mod tests {
         // 31 bytes wrapped correctly: the length is checked after the unwrap.
         let w = oaep_wrap(&pk, &[1u8; 31]);
         let e = imp
-            .unwrap(&p.import_token, WrappingAlgorithm::RsaesOaepSha256, &w)
+            .unwrap(
+                &r,
+                NOW,
+                &p.import_token,
+                WrappingAlgorithm::RsaesOaepSha256,
+                &w,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("31 bytes"), "{e}");
-        assert_eq!(imp.outstanding(), 0, "a failed unwrap uses the token");
+        assert_eq!(
+            imp.outstanding(&r, NOW).unwrap(),
+            0,
+            "a failed unwrap uses the token"
+        );
 
         let p = imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaesOaepSha256,
                 WrappingKeySpec::Rsa3072,
                 None,
@@ -464,6 +537,8 @@ mod tests {
             .unwrap();
         let e = imp
             .unwrap(
+                &r,
+                NOW,
                 &p.import_token,
                 WrappingAlgorithm::RsaesOaepSha256,
                 &[0u8; 384],
@@ -475,25 +550,41 @@ mod tests {
             "{e}"
         );
         let e = imp
-            .unwrap("nope", WrappingAlgorithm::RsaesOaepSha256, &[0u8; 384])
+            .unwrap(
+                &r,
+                NOW,
+                "nope",
+                WrappingAlgorithm::RsaesOaepSha256,
+                &[0u8; 384],
+            )
             .unwrap_err();
-        assert_eq!(e, ImportError::UnknownToken);
+        assert!(matches!(e, ImportError::UnknownToken), "{e}");
 
         let p = imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaesOaepSha256,
                 WrappingKeySpec::Rsa3072,
                 Some(Duration::from_secs(1)),
             )
             .unwrap();
         let w = oaep_wrap(&public_of(&p), &[1u8; 32]);
-        std::thread::sleep(Duration::from_millis(2100));
+        // Trusted time moves past the expiry (the host's clock plays no part).
         let e = imp
-            .unwrap(&p.import_token, WrappingAlgorithm::RsaesOaepSha256, &w)
+            .unwrap(
+                &r,
+                NOW + 1,
+                &p.import_token,
+                WrappingAlgorithm::RsaesOaepSha256,
+                &w,
+            )
             .unwrap_err();
         assert!(e.to_string().starts_with("import_token: expired at"), "{e}");
         assert!(imp
             .issue(
+                &r,
+                NOW,
                 WrappingAlgorithm::RsaesOaepSha256,
                 WrappingKeySpec::Rsa3072,
                 Some(MAX_VALIDITY + Duration::from_secs(1))

@@ -57,7 +57,7 @@ pub struct RegistryBackend {
     tls: Option<Arc<dyn TlsAdmin>>,
     fleet: Option<Arc<dyn FleetAdmin>>,
     metrics: Option<Arc<dyn MetricsSource>>,
-    /// Outstanding wrapped-import tokens with their wrapping keys (this member's memory).
+    /// Wrapped import: tokens and their wrapping keys are sealed records of the key store.
     importer: Importer,
     approvals: ApprovalPolicy,
     /// Unix seconds now: the appliance passes its trusted clock (the KRS's signed time carried
@@ -73,7 +73,7 @@ impl RegistryBackend {
             tls: None,
             fleet: None,
             metrics: None,
-            importer: Importer::default(),
+            importer: Importer,
             approvals: ApprovalPolicy::default(),
             clock: now_unix,
         }
@@ -583,6 +583,8 @@ impl From<ImportError> for AdminError {
         match e {
             ImportError::KeyGen(_) => AdminError::Internal(e.to_string()),
             ImportError::TooMany => AdminError::Conflict(e.to_string()),
+            ImportError::Store(e) => AdminError::from(e),
+            ImportError::StoredKey(_) => AdminError::Internal(e.to_string()),
             _ => AdminError::BadRequest(e.to_string()),
         }
     }
@@ -620,10 +622,13 @@ impl RegistryBackend {
             Err(KeystoreError::UnknownKey { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        self.importer.check(&import_token, wrapping_algorithm)?;
-        let key = self
-            .importer
-            .unwrap(&import_token, wrapping_algorithm, &wrapped)?;
+        let key = self.importer.unwrap(
+            &self.registry,
+            (self.clock)(),
+            &import_token,
+            wrapping_algorithm,
+            &wrapped,
+        )?;
         Ok(Request::KeysImport {
             store,
             id,
@@ -743,6 +748,8 @@ impl RegistryBackend {
                 wrapping_key_spec,
                 valid_for_secs,
             } => to_json(&self.importer.issue(
+                r,
+                (self.clock)(),
                 wrapping_algorithm,
                 wrapping_key_spec,
                 valid_for_secs.map(std::time::Duration::from_secs),

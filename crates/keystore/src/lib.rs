@@ -37,8 +37,8 @@ pub use file::FileKeyStore;
 pub use head::{AnchorError, Freshness, HeadAnchor, StoreHead};
 pub use model::KeyStore;
 pub use registry::{
-    generate_credential, unix_rfc3339, CredentialInfo, KeyInfo, KeyVersionInfo, MkStatus, NewStore,
-    Registry, Revoke, StoreInfo, TlsMaterial, DEFAULT_DESTROY_DAYS, KMS_SERVICE, MAX_DESTROY_DAYS,
-    MAX_TLS_CHAIN_PEM, MIN_DESTROY_DAYS, MIN_ROTATION_SECS,
+    generate_credential, unix_rfc3339, CredentialInfo, ImportKeyMaterial, KeyInfo, KeyVersionInfo,
+    MkStatus, NewStore, Registry, Revoke, StoreInfo, TlsMaterial, DEFAULT_DESTROY_DAYS,
+    KMS_SERVICE, MAX_DESTROY_DAYS, MAX_TLS_CHAIN_PEM, MIN_DESTROY_DAYS, MIN_ROTATION_SECS,
 };
 pub use source::{MasterKeyError, MasterKeySource, MasterKeys};

@@ -238,6 +238,40 @@ pub enum Record {
     /// In the chained log like every record, so on a fleet every member sees it and a database
     /// writer cannot forge, alter or replay one unnoticed.
     Approval(ApprovalRecord),
+    /// The RSA wrapping private key of an outstanding wrapped-import token (`keys
+    /// import-params`), sealed, so that any member of a fleet can unwrap with it.
+    ImportKey(ImportKeyRecord),
+    /// An import token used (once, fleet-wide: appended with a compare-and-set); its key is
+    /// dropped from every member's view, and from the log at the next compaction.
+    ImportKeyUsed(ImportKeyUsedRecord),
+}
+
+/// A wrapped-import token's wrapping key as persisted: the SHA-256 of the token (never the
+/// token), what it was issued for, until when, and the PKCS#8 DER private key sealed with AAD
+/// binding format version and the token hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportKeyRecord {
+    /// SHA-256 of the import token, hex (64 digits).
+    pub token_sha256: String,
+    /// The wrapping algorithm the token was issued for (KMS name).
+    pub algorithm: String,
+    /// The wrapping key spec (KMS name).
+    pub key_spec: String,
+    /// Issued, Unix seconds (trusted time).
+    pub created: u64,
+    /// Refused from this time on, Unix seconds (trusted time).
+    pub valid_to: u64,
+    /// The sealed PKCS#8 DER RSA private key.
+    pub key: Sealed,
+}
+
+/// An import token used: its key is gone from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportKeyUsedRecord {
+    /// SHA-256 of the import token, hex.
+    pub token_sha256: String,
+    /// When, Unix seconds.
+    pub used: u64,
 }
 
 /// Where an approval request stands.

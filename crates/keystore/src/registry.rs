@@ -14,12 +14,13 @@ use zeroize::Zeroizing;
 use super::head::{AnchorError, HeadAnchor, StoreHead};
 use super::load;
 use super::model::{
-    ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, Header, KeyRecord,
-    KeyStore, KeyVersionRecord, Record, SealedHead, SignedRecord, StoreRecord, TlsKeyRecord,
-    LOG_FORMAT,
+    ApprovalRecord, CheckpointRecord, CredentialRecord, DestroyedKeyRecord, Header,
+    ImportKeyRecord, ImportKeyUsedRecord, KeyRecord, KeyStore, KeyVersionRecord, Record,
+    SealedHead, SignedRecord, StoreRecord, TlsKeyRecord, LOG_FORMAT,
 };
 use super::seal::{
-    cred_aad, decode_mac, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac, Sealer,
+    cred_aad, decode_mac, import_key_aad, mac_matches, tls_key_aad, tls_pending_key_aad, ChainMac,
+    Sealer,
 };
 use super::source::MasterKeys;
 use super::validate;
@@ -180,6 +181,8 @@ struct Inner {
     tls: Option<TlsMaterial>,
     /// Approval requests by id (not part of the XKS request-path view).
     approvals: Approvals,
+    /// Outstanding wrapped-import keys by token hash (not part of the XKS request-path view).
+    imports: ImportKeys,
     /// The backend is shared by a fleet ([`KeyStore::shared`]): writes are compare-and-set,
     /// other members' records are applied by [`Registry::refresh`], nothing is compacted or cut.
     shared: bool,
@@ -211,21 +214,84 @@ pub struct MkStatus {
 /// What a write changes besides the snapshot (creation times, the TLS identity), applied when
 /// the write takes effect.
 type Effect = Box<
-    dyn FnOnce(&mut HashMap<String, StoreMeta>, &mut Option<TlsMaterial>, &mut Approvals) + Send,
+    dyn FnOnce(
+            &mut HashMap<String, StoreMeta>,
+            &mut Option<TlsMaterial>,
+            &mut Approvals,
+            &mut ImportKeys,
+        ) + Send,
 >;
 
 fn no_effect() -> Effect {
-    Box::new(|_, _, _| {})
+    Box::new(|_, _, _, _| {})
 }
 
 /// Approval requests by id.
 pub(super) type Approvals = BTreeMap<String, ApprovalRecord>;
+
+/// Outstanding wrapped-import keys by token hash.
+pub(super) type ImportKeys = BTreeMap<String, ImportKeyMaterial>;
+
+/// A wrapped-import token's RSA wrapping key as the key store holds it: the PKCS#8 DER private
+/// key (zeroized on drop, never shown by `Debug`), what it was issued for and until when. The
+/// token itself is never kept, only its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImportKeyMaterial {
+    /// SHA-256 of the import token, hex (64 digits).
+    pub token_sha256: String,
+    /// The wrapping algorithm the token was issued for (the admin API's name).
+    pub algorithm: String,
+    /// The wrapping key spec (the admin API's name).
+    pub key_spec: String,
+    /// Issued, Unix seconds (trusted time).
+    pub created: u64,
+    /// Refused from this time on, Unix seconds (trusted time).
+    pub valid_to: u64,
+    /// PKCS#8 DER RSA private key.
+    pub pkcs8_der: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ImportKeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportKeyMaterial")
+            .field("token_sha256", &self.token_sha256)
+            .field("algorithm", &self.algorithm)
+            .field("key_spec", &self.key_spec)
+            .field("created", &self.created)
+            .field("valid_to", &self.valid_to)
+            .field("pkcs8_der", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Largest PKCS#8 private key the key store accepts for a wrapped-import token (RSA-4096 is
+/// about 2.4 KiB).
+const MAX_IMPORT_KEY_DER: usize = 8 * 1024;
+
+fn is_token_hash(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The record of an import key, its private key sealed afresh.
+fn import_record(sealer: &Sealer, k: &ImportKeyMaterial) -> Result<Record, KeystoreError> {
+    Ok(Record::ImportKey(ImportKeyRecord {
+        token_sha256: k.token_sha256.clone(),
+        algorithm: k.algorithm.clone(),
+        key_spec: k.key_spec.clone(),
+        created: k.created,
+        valid_to: k.valid_to,
+        key: sealer.seal(&k.pkcs8_der, &import_key_aad(&k.token_sha256))?,
+    }))
+}
 
 /// What replaying records builds besides the stores: the TLS identity and the approvals.
 #[derive(Default)]
 pub(super) struct Sidecar {
     pub(super) tls: Option<TlsMaterial>,
     pub(super) approvals: Approvals,
+    pub(super) imports: ImportKeys,
 }
 
 /// Largest approval request record the key store accepts (its JSON).
@@ -305,13 +371,19 @@ const ANCHOR_TRIES: usize = 8;
 const COMPACT_FLOOR: usize = 4096;
 
 /// Records needed to describe `snap` (stores, keys, credentials) and the TLS identity.
-fn live_count(snap: &Snapshot, tls: &Option<TlsMaterial>, approvals: &Approvals) -> usize {
+fn live_count(
+    snap: &Snapshot,
+    tls: &Option<TlsMaterial>,
+    approvals: &Approvals,
+    imports: &ImportKeys,
+) -> usize {
     snap.stores
         .values()
         .map(|s| 1 + s.keys.len() + s.credentials.len() + s.destroyed.len())
         .sum::<usize>()
         + usize::from(tls.is_some())
         + approvals.len()
+        + imports.len()
 }
 
 /// The record of a TLS identity, its key sealed afresh.
@@ -689,12 +761,17 @@ impl Registry {
         let load::Opened {
             sealer,
             builds,
-            tls: Sidecar { tls, approvals },
+            tls:
+                Sidecar {
+                    tls,
+                    approvals,
+                    imports,
+                },
             head,
             chain,
         } = opened;
         let (snapshot, meta) = build_snapshot(builds);
-        let live = live_count(&snapshot, &tls, &approvals);
+        let live = live_count(&snapshot, &tls, &approvals, &imports);
         let shared = backend.shared();
         let anchor = match freshness {
             super::Freshness::Anchored { anchor, floor } => {
@@ -725,6 +802,7 @@ impl Registry {
             meta,
             tls,
             approvals,
+            imports,
             shared,
             history: chain,
             target,
@@ -838,6 +916,7 @@ impl Registry {
                 meta,
                 tls,
                 approvals,
+                imports,
                 ..
             } = &mut *inner;
             write_generation(
@@ -850,6 +929,7 @@ impl Registry {
                     meta,
                     tls,
                     approvals,
+                    imports,
                     snap: &snap,
                 },
             )
@@ -1086,6 +1166,7 @@ impl Registry {
         let mut tls = Sidecar {
             tls: inner.tls.clone(),
             approvals: inner.approvals.clone(),
+            imports: inner.imports.clone(),
         };
         let mut macs = Vec::with_capacity(new.len());
         for (seq, mac, rec) in new {
@@ -1110,6 +1191,7 @@ impl Registry {
         inner.meta = meta;
         inner.tls = tls.tls;
         inner.approvals = tls.approvals;
+        inner.imports = tls.imports;
         self.view.store(Arc::new(snap));
         Ok(Some(true))
     }
@@ -1187,6 +1269,7 @@ impl Registry {
         inner.meta = meta;
         inner.tls = r.tls.tls;
         inner.approvals = r.tls.approvals;
+        inner.imports = r.tls.imports;
         self.view.store(Arc::new(snap));
         Ok(true)
     }
@@ -1486,11 +1569,17 @@ impl Registry {
             );
         }
         inner.head = next;
-        effect(&mut inner.meta, &mut inner.tls, &mut inner.approvals);
+        effect(
+            &mut inner.meta,
+            &mut inner.tls,
+            &mut inner.approvals,
+            &mut inner.imports,
+        );
         self.view.store(Arc::clone(&snap));
         if !inner.shared
             && inner.backend.record_count()
-                > COMPACT_FLOOR.max(2 * live_count(&snap, &inner.tls, &inner.approvals))
+                > COMPACT_FLOOR
+                    .max(2 * live_count(&snap, &inner.tls, &inner.approvals, &inner.imports))
         {
             if let Err(e) = compact(inner, &snap) {
                 // The change is already durable; only the log stays longer than needed.
@@ -1559,7 +1648,7 @@ impl Registry {
         let mut stores = snap.stores.clone();
         stores.insert(record.name.clone(), Arc::new(view));
         let created = record.created;
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             meta.insert(
                 spec.name,
                 StoreMeta {
@@ -1624,7 +1713,7 @@ impl Registry {
             name: name.to_string(),
         };
         let gone = name.to_string();
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             meta.remove(&gone);
         });
         self.commit(&mut inner, rec, Snapshot { stores }, effect)
@@ -1684,7 +1773,7 @@ impl Registry {
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
         let name = sv.name.clone();
         let new: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.extend(new.into_iter().map(|id| (id, created)));
             }
@@ -1738,7 +1827,7 @@ impl Registry {
         let mut stores = snap.stores.clone();
         stores.insert(sv.name.clone(), Arc::new(store_view(&sv, Some(keys), None)));
         let (name, key) = (sv.name.clone(), id.to_string());
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.insert(key, created);
             }
@@ -2015,7 +2104,7 @@ impl Registry {
         stores.insert(sv.name.clone(), Arc::new(view));
         drop(old);
         let (name, key) = (sv.name.clone(), id.to_string());
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.keys.remove(&key);
             }
@@ -2224,7 +2313,7 @@ impl Registry {
             Arc::new(store_view(&sv, None, Some(creds))),
         );
         let (name, akid) = (sv.name.clone(), access_key_id.to_string());
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.creds.insert(akid, created);
             }
@@ -2272,7 +2361,7 @@ impl Registry {
             access_key_id: access_key_id.to_string(),
         };
         let (name, akid) = (sv.name.clone(), access_key_id.to_string());
-        let effect: Effect = Box::new(move |meta, _, _| {
+        let effect: Effect = Box::new(move |meta, _, _, _| {
             if let Some(m) = meta.get_mut(&name) {
                 m.creds.remove(&akid);
             }
@@ -2455,11 +2544,119 @@ impl Registry {
             stores: snap.stores.clone(),
         };
         let kept = new.clone();
-        let effect: Effect = Box::new(move |_, _, approvals| {
+        let effect: Effect = Box::new(move |_, _, approvals, _| {
             approvals.insert(kept.id.clone(), kept);
         });
         self.commit(&mut inner, Record::Approval(new.clone()), same, effect)?;
         Ok(new)
+    }
+
+    /// Wrapped-import keys outstanding at `now` (trusted time), on a shared store after
+    /// applying what the other members wrote. Expired ones are dropped from memory first.
+    pub fn import_keys_outstanding(&self, now: u64) -> Result<usize, KeystoreError> {
+        let mut inner = self.lock();
+        if inner.shared {
+            self.refresh_locked(&mut inner)?;
+        }
+        inner.imports.retain(|_, k| k.valid_to > now);
+        Ok(inner.imports.len())
+    }
+
+    /// Drop the expired wrapped-import keys (`valid_to <= now`, trusted time) from memory;
+    /// the next compaction leaves them out of the log. Returns how many were dropped.
+    pub fn prune_import_keys(&self, now: u64) -> usize {
+        let mut inner = self.lock();
+        let before = inner.imports.len();
+        inner.imports.retain(|_, k| k.valid_to > now);
+        before - inner.imports.len()
+    }
+
+    /// Store a wrapped-import token's wrapping key, sealed under the master key, unless `max`
+    /// are outstanding at `now` already (then `Ok(false)` and nothing is written). Durable,
+    /// and on a fleet every member's, when it returns `Ok(true)`.
+    pub fn add_import_key(
+        &self,
+        k: ImportKeyMaterial,
+        max: usize,
+        now: u64,
+    ) -> Result<bool, KeystoreError> {
+        if !is_token_hash(&k.token_sha256) {
+            return Err(KeystoreError::invalid(
+                "import token hash",
+                "64 lowercase hex digits are needed",
+            ));
+        }
+        if k.pkcs8_der.is_empty() || k.pkcs8_der.len() > MAX_IMPORT_KEY_DER {
+            return Err(KeystoreError::invalid(
+                "import key",
+                format!("a PKCS#8 key of 1-{MAX_IMPORT_KEY_DER} bytes is needed"),
+            ));
+        }
+        if k.algorithm.is_empty() || k.algorithm.len() > 64 || k.key_spec.len() > 64 {
+            return Err(KeystoreError::invalid(
+                "import key",
+                "algorithm and key spec names of 1-64 characters are needed",
+            ));
+        }
+        let mut inner = self.lock_write()?;
+        inner.imports.retain(|_, x| x.valid_to > now);
+        if inner.imports.len() >= max {
+            return Ok(false);
+        }
+        if inner.imports.contains_key(&k.token_sha256) {
+            return Err(KeystoreError::invalid(
+                "import token hash",
+                "that token is outstanding already",
+            ));
+        }
+        let rec = import_record(&inner.sealer, &k)?;
+        let snap = self.view.load_full();
+        let same = Snapshot {
+            stores: snap.stores.clone(),
+        };
+        let effect: Effect = Box::new(move |_, _, _, imports| {
+            imports.insert(k.token_sha256.clone(), k);
+        });
+        self.commit(&mut inner, rec, same, effect)?;
+        Ok(true)
+    }
+
+    /// Use the wrapped-import key of the token hashing to `token_sha256`, once: `check` sees
+    /// it as it stands (under the writer lock, on a shared store after applying the other
+    /// members' writes; `None`: never issued, used already, or compacted away after expiry)
+    /// and refuses or not; if not, a "used" record is appended (on a fleet a compare-and-set:
+    /// of two members using one token at once, one wins, the other gets
+    /// [`KeystoreError::Conflict`] and, tried again, finds the token gone) and the key is
+    /// returned, dropped from the store's view. A refused expired key is dropped from memory.
+    pub fn use_import_key<E: From<KeystoreError>>(
+        &self,
+        token_sha256: &str,
+        now: u64,
+        check: impl FnOnce(Option<&ImportKeyMaterial>) -> Result<(), E>,
+    ) -> Result<ImportKeyMaterial, E> {
+        let mut inner = self.lock_write()?;
+        let found = inner.imports.get(token_sha256).cloned();
+        if let Err(e) = check(found.as_ref()) {
+            inner.imports.retain(|_, k| k.valid_to > now);
+            return Err(e);
+        }
+        let Some(k) = found else {
+            return Err(KeystoreError::invalid("import token", "no such token").into());
+        };
+        let rec = Record::ImportKeyUsed(ImportKeyUsedRecord {
+            token_sha256: token_sha256.to_string(),
+            used: now,
+        });
+        let snap = self.view.load_full();
+        let same = Snapshot {
+            stores: snap.stores.clone(),
+        };
+        let gone = token_sha256.to_string();
+        let effect: Effect = Box::new(move |_, _, _, imports| {
+            imports.remove(&gone);
+        });
+        self.commit(&mut inner, rec, same, effect)?;
+        Ok(k)
     }
 
     fn commit_tls(&self, inner: &mut Inner, t: TlsMaterial) -> Result<(), KeystoreError> {
@@ -2469,7 +2666,7 @@ impl Registry {
         let same = Snapshot {
             stores: snap.stores.clone(),
         };
-        let effect: Effect = Box::new(move |_, tls, _| *tls = Some(t));
+        let effect: Effect = Box::new(move |_, tls, _, _| *tls = Some(t));
         self.commit(inner, rec, same, effect)
     }
 }
@@ -2502,6 +2699,45 @@ pub(super) fn apply(
                 ));
             }
             side.approvals.insert(a.id.clone(), a);
+        }
+        Record::ImportKey(r) => {
+            if !is_token_hash(&r.token_sha256) || r.algorithm.len() > 64 || r.key_spec.len() > 64 {
+                return Err(ApplyError::Tampered(
+                    "import key with an impossible token hash or names",
+                ));
+            }
+            if side.imports.contains_key(&r.token_sha256) {
+                return Err(ApplyError::Tampered("import token issued twice"));
+            }
+            let n = r
+                .key
+                .0
+                .len()
+                .checked_sub(1 + 12 + 16)
+                .filter(|n| (1..=MAX_IMPORT_KEY_DER).contains(n))
+                .ok_or(ApplyError::Tampered(
+                    "sealed import key has an impossible length",
+                ))?;
+            let mut buf = Zeroizing::new(vec![0u8; n]);
+            sealer
+                .open_into(&r.key, &import_key_aad(&r.token_sha256), &mut buf)
+                .map_err(ApplyError::Tampered)?;
+            side.imports.insert(
+                r.token_sha256.clone(),
+                ImportKeyMaterial {
+                    token_sha256: r.token_sha256,
+                    algorithm: r.algorithm,
+                    key_spec: r.key_spec,
+                    created: r.created,
+                    valid_to: r.valid_to,
+                    pkcs8_der: buf,
+                },
+            );
+        }
+        Record::ImportKeyUsed(u) => {
+            // The key goes with its use. (A use whose issue a compaction already dropped, as
+            // expired, has nothing left to remove.)
+            side.imports.remove(&u.token_sha256);
         }
         Record::Store(r) => {
             if builds.contains_key(&r.name) {
@@ -2667,11 +2903,13 @@ fn live_records<'a>(
     snap: &'a Snapshot,
     tls: &'a Option<TlsMaterial>,
     approvals: &'a Approvals,
+    imports: &'a ImportKeys,
 ) -> impl Iterator<Item = Result<Record, KeystoreError>> + 'a {
     let tls_rec = tls
         .iter()
         .map(move |t| tls_record(sealer, t))
-        .chain(approvals.values().map(|a| Ok(Record::Approval(a.clone()))));
+        .chain(approvals.values().map(|a| Ok(Record::Approval(a.clone()))))
+        .chain(imports.values().map(move |k| import_record(sealer, k)));
     static EMPTY: std::sync::OnceLock<StoreMeta> = std::sync::OnceLock::new();
     let empty = EMPTY.get_or_init(StoreMeta::default);
     let mut stores: Vec<&'a Arc<StoreView>> = snap.stores.values().collect();
@@ -2780,6 +3018,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
         meta,
         tls,
         approvals,
+        imports,
         ..
     } = inner;
     write_generation(
@@ -2792,6 +3031,7 @@ fn compact(inner: &mut Inner, snap: &Snapshot) -> Result<(), KeystoreError> {
             meta,
             tls,
             approvals,
+            imports,
             snap,
         },
     )
@@ -2802,6 +3042,7 @@ struct Live<'a> {
     meta: &'a HashMap<String, StoreMeta>,
     tls: &'a Option<TlsMaterial>,
     approvals: &'a Approvals,
+    imports: &'a ImportKeys,
     snap: &'a Snapshot,
 }
 
@@ -2823,6 +3064,7 @@ fn write_generation(
         meta,
         tls,
         approvals,
+        imports,
         snap,
     } = live;
     let chain: ChainMac = head
@@ -2830,7 +3072,7 @@ fn write_generation(
         .as_slice()
         .try_into()
         .map_err(|_| KeystoreError::Seal)?;
-    let n = live_count(snap, tls, approvals) as u64;
+    let n = live_count(snap, tls, approvals, imports) as u64;
     let at = head.seq;
     let ckpt_mac = sealer.checkpoint_mac(at, &chain, n);
     let checkpoint = SignedRecord {
@@ -2844,7 +3086,7 @@ fn write_generation(
     };
     let mut prev = ckpt_mac;
     let index = std::cell::Cell::new(0u64);
-    let live = live_records(sealer, meta, snap, tls, approvals).map(|r| {
+    let live = live_records(sealer, meta, snap, tls, approvals, imports).map(|r| {
         let rec = r?;
         let i = index.get() + 1;
         index.set(i);

@@ -119,6 +119,15 @@ pub(crate) fn tls_pending_key_aad() -> Vec<u8> {
     aad
 }
 
+/// AAD of a wrapped-import token's wrapping private key: bound to the token's hash, so a
+/// sealed key cannot be moved to another token's record.
+pub(crate) fn import_key_aad(token_sha256: &str) -> Vec<u8> {
+    let mut aad = b"keyward/import-key".to_vec();
+    aad.push(FORMAT_VERSION);
+    push_str(&mut aad, token_sha256);
+    aad
+}
+
 /// An `io::Write` that feeds an HMAC, so a record's JSON is MACed without a buffer.
 struct MacWriter<'a>(&'a mut HmacSha256);
 

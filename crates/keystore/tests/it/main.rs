@@ -8,6 +8,7 @@ mod keystore_approvals;
 mod keystore_backup;
 mod keystore_crash;
 mod keystore_freshness;
+mod keystore_import_keys;
 mod keystore_registry;
 mod keystore_reseal;
 mod keystore_rotation;
