@@ -23,7 +23,7 @@ use super::proto::{
 use super::role::{Operator, Roles};
 use super::server::{AdminError, Backend};
 use keyward_audit::AuditLog;
-use keyward_keystore::{KeystoreError, NewStore, Registry, Revoke, KMS_SERVICE};
+use keyward_keystore::{KeystoreError, MasterKeySource, NewStore, Registry, Revoke, KMS_SERVICE};
 
 /// The appliance-managed TLS identity as the admin API drives it (`tls show|csr|install`).
 /// Implemented by the appliance, which owns the key and the listeners' certificate handle.
@@ -57,6 +57,8 @@ pub struct RegistryBackend {
     tls: Option<Arc<dyn TlsAdmin>>,
     fleet: Option<Arc<dyn FleetAdmin>>,
     metrics: Option<Arc<dyn MetricsSource>>,
+    /// Where this boot's master key came from: `mk reseal` asks it for a newer version.
+    master_keys: Option<Arc<dyn MasterKeySource>>,
     /// Wrapped import: tokens and their wrapping keys are sealed records of the key store.
     importer: Importer,
     approvals: ApprovalPolicy,
@@ -73,6 +75,7 @@ impl RegistryBackend {
             tls: None,
             fleet: None,
             metrics: None,
+            master_keys: None,
             importer: Importer,
             approvals: ApprovalPolicy::default(),
             clock: now_unix,
@@ -89,6 +92,13 @@ impl RegistryBackend {
     /// Dual control: `policy.required` distinct operators (1: off) and the approval TTL.
     pub fn with_approvals(mut self, policy: ApprovalPolicy) -> Self {
         self.approvals = policy;
+        self
+    }
+
+    /// `mk reseal` first asks `source` (the boot's attested release) for the newest
+    /// master-key version when this boot holds none newer than the store's.
+    pub fn with_master_key_source(mut self, source: Arc<dyn MasterKeySource>) -> Self {
+        self.master_keys = Some(source);
         self
     }
 
@@ -170,6 +180,54 @@ impl RegistryBackend {
             }
         }
     }
+}
+
+impl RegistryBackend {
+    /// Before a re-seal: when this boot holds no newer master-key version than the store's, a
+    /// fresh attested release from the KRS (the current version), added to the key set.
+    /// `Some(version)`: the version released now; `None`: nothing asked (already held, or
+    /// a key file). A deny leaves everything as it was (XKS serves from memory) and is
+    /// refused with the KRS's code, which the audit line records.
+    fn learn_newer_master_key(&self) -> Result<Option<u32>, AdminError> {
+        let st = self.registry.mk_status();
+        let Some(source) = self.master_keys.as_ref().filter(|s| s.attested()) else {
+            return Ok(None);
+        };
+        if st.current > st.sealed {
+            return Ok(None);
+        }
+        let keys = source.obtain_more(&[]).map_err(|e| {
+            let why = error_line(&e);
+            tracing::error!(
+                "mk reseal: the fresh master-key release from the key-release service failed: \
+                 {why}; serving goes on under master-key version {}",
+                st.sealed
+            );
+            AdminError::Unavailable(format!(
+                "master key: a fresh release from the key-release service failed: {why}"
+            ))
+        })?;
+        let released = keys.current_version();
+        self.registry.learn_master_keys(keys)?;
+        Ok(Some(released))
+    }
+}
+
+/// An error and its causes on one line, each once.
+fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cur = err.source();
+    }
+    line
 }
 
 fn now_unix() -> u64 {
@@ -710,9 +768,11 @@ impl RegistryBackend {
             }
             Request::MkStatus => to_json(&r.mk_status()),
             Request::MkReseal => {
+                let released = self.learn_newer_master_key()?;
                 let head = r.reseal()?;
                 let st = r.mk_status();
                 Ok(json!({
+                    "released": released,
                     "resealed": head.is_some(),
                     "sealed": st.sealed,
                     "current": st.current,

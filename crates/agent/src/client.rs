@@ -292,8 +292,20 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// One complete release attempt.
+    /// One complete release attempt (at boot: it registers a fresh boot key for the head).
     pub fn release(&self) -> Result<Released, AgentError> {
+        self.release_with(&[], true)
+    }
+
+    /// One complete release attempt that names the master-key versions it wants besides the
+    /// current one (Hello `key_versions`), with fresh evidence (new nonce, new ephemeral key)
+    /// as at boot. Without `register_boot_key` no boot key is sent: a running appliance keeps
+    /// the one its boot registered (its heads stay anchored through it).
+    pub fn release_with(
+        &self,
+        key_versions: &[u32],
+        register_boot_key: bool,
+    ) -> Result<Released, AgentError> {
         let pins = parse_pins(&self.cfg)?;
         let timeout = Duration::from_secs(self.cfg.timeout_secs.max(1));
         let mut client = Client::connect_any(&krs_addresses(&self.cfg), pins.tls, timeout)?;
@@ -308,7 +320,7 @@ impl Agent {
             ],
             pins: pins.pins.clone(),
             // This agent handles master-key versions: the current one and its store head's.
-            key_versions: Some(vec![]),
+            key_versions: Some(key_versions.to_vec()),
         };
         let ch = match client.call(&Request::Hello(hello.clone()))? {
             Response::Challenge(c) => c,
@@ -322,7 +334,12 @@ impl Agent {
         let esk = EphemeralKey::generate();
         let epk = esk.public_sec1();
         let boot_key = keyward_krp::headproto::BootKey::generate();
-        let t = transcript::transcript_with(&hello, &ch, &epk, boot_key.public_sec1())?;
+        let boot_pub: &[u8] = if register_boot_key {
+            boot_key.public_sec1()
+        } else {
+            &[]
+        };
+        let t = transcript::transcript_with(&hello, &ch, &epk, boot_pub)?;
         let spki = transcript::p384_spki_der(&epk)
             .ok_or_else(|| AgentError::Protocol("own ephemeral key".into()))?;
         let binding = transcript::binding(&t, &ch.nonce, &spki);
@@ -348,7 +365,7 @@ impl Agent {
             epk,
             policy_digest: ch.policy_digest.clone(),
             evidence,
-            boot_key: boot_key.public_sec1().to_vec(),
+            boot_key: boot_pub.to_vec(),
         };
         let rel = match client.call(&Request::Evidence(msg.clone()))? {
             Response::Release(r) => r,
@@ -360,7 +377,7 @@ impl Agent {
         let out = accept_release(&esk, &ch, &msg, &t, &rel);
         drop(esk);
         let mut released = out?;
-        if !released.receipt.boot_key_id.is_empty() {
+        if register_boot_key && !released.receipt.boot_key_id.is_empty() {
             released.boot_key = Some(std::sync::Arc::new(boot_key));
         }
         Ok(released)

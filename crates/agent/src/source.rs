@@ -79,6 +79,9 @@ impl Retry {
     }
 }
 
+/// Attempts of a release while running (transport failures only; a deny is final).
+const RUNNING_ATTEMPTS: u32 = 3;
+
 /// Called with a one-line status per attempt (the caller forwards it to sd_notify `STATUS=`).
 pub type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -164,6 +167,56 @@ impl MasterKeySource for ReleaseSource {
             keys.insert(v, k);
         }
         Ok((keys, freshness))
+    }
+
+    /// A fresh release while running (`mk reseal`, or a fleet member that finds the store
+    /// re-sealed under a version it lacks): the current version and `wanted`, with fresh
+    /// evidence from the same attesters, judged by the KRS as at boot. No new boot key (this
+    /// boot's stays registered and anchors the heads). A few quick tries for transport
+    /// failures only; a deny is returned at once (the caller keeps serving and refusing
+    /// writes, and says so).
+    fn obtain_more(&self, wanted: &[u32]) -> Result<keyward_keystore::MasterKeys, MasterKeyError> {
+        let mut n: u32 = 0;
+        let r = loop {
+            n += 1;
+            match self.agent.release_with(wanted, false) {
+                Ok(r) => break r,
+                Err(e) if e.is_policy_deny() || matches!(e, AgentError::Denied { .. }) => {
+                    (self.status)(&format!(
+                        "phase=release running: a fresh release for master-key versions {wanted:?} \
+                         was denied: {}",
+                        error_chain(&e)
+                    ));
+                    return Err(MasterKeyError::Release(Box::new(e)));
+                }
+                Err(e) if n >= RUNNING_ATTEMPTS => {
+                    return Err(MasterKeyError::Release(Box::new(e)));
+                }
+                Err(e) => {
+                    let d = self.retry.delay(n - 1, &e).min(Duration::from_secs(2));
+                    tracing::warn!(
+                        error = %error_chain(&e),
+                        "a fresh master-key release failed; retrying in {:.1}s",
+                        d.as_secs_f64()
+                    );
+                    std::thread::sleep(d);
+                }
+            }
+        };
+        (self.status)(&format!(
+            "phase=release running: released master-key version {} (and {:?}; receipt log index {})",
+            r.receipt.key_version,
+            r.also.iter().map(|a| a.0).collect::<Vec<_>>(),
+            r.receipt.log_index
+        ));
+        let crate::client::Released {
+            key, also, receipt, ..
+        } = r;
+        let mut keys = keyward_keystore::MasterKeys::new(receipt.key_version, key);
+        for (v, k) in also {
+            keys.insert(v, k);
+        }
+        Ok(keys)
     }
 
     /// The released key, with the head the KRS holds for this deployment (from the signed

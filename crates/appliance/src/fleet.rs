@@ -265,40 +265,56 @@ pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) 
 /// [`POLL`] without one. A refused re-read (the store went back, or forked) keeps the current
 /// view and is logged at error level each time it changes. With the appliance-managed TLS
 /// identity, a TLS key or chain another member installed is served after the re-read
-/// ([`ManagedTls::follow`]).
-pub async fn follow_loop(
-    registry: Arc<Registry>,
-    tls: Option<Arc<ManagedTls>>,
-    wake: Option<Arc<Notify>>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// ([`ManagedTls::follow`]). A store another member re-sealed under a master-key version this
+/// boot was not released is fetched from the KRS ([`Follower::fetch_missing`]) and the
+/// re-read tried again, without a restart.
+pub async fn follow_loop(follower: Follower, mut stop: watch::Receiver<bool>) {
     let mut last_error: Option<String> = None;
+    let mut next_fetch = std::time::Instant::now();
+    let mut fetch_delay = FETCH_RETRY_FIRST;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = async {
-                match &wake {
+                match &follower.wake {
                     Some(n) => n.notified().await,
                     None => std::future::pending().await,
                 }
             } => {}
             _ = stop.changed() => return,
         }
-        let r = registry.clone();
-        let t = tls.clone();
-        match tokio::task::spawn_blocking(move || {
+        let r = follower.registry.clone();
+        let t = follower.tls.clone();
+        let reread = move || {
             let refreshed = r.refresh();
             // Also after a failed re-read: a local admin write may have applied other
             // members' records (TLS ones among them) before it.
-            if let Some(t) = t {
+            if let Some(t) = &t {
                 if let Err(e) = t.follow() {
                     tracing::error!("fleet: the TLS identity in the shared key store: {e}");
                 }
             }
             refreshed
-        })
-        .await
+        };
+        let mut outcome = tokio::task::spawn_blocking(reread.clone()).await;
+        if let Ok(Err(keyward_keystore::KeystoreError::MasterKeyVersionMissing {
+            needed, ..
+        })) = &outcome
         {
+            let needed = *needed;
+            if follower.source.is_some() && std::time::Instant::now() >= next_fetch {
+                let f = follower.clone();
+                let fetched = tokio::task::spawn_blocking(move || f.fetch_missing(needed)).await;
+                if matches!(fetched, Ok(true)) {
+                    fetch_delay = FETCH_RETRY_FIRST;
+                    outcome = tokio::task::spawn_blocking(reread).await;
+                } else {
+                    next_fetch = std::time::Instant::now() + fetch_delay;
+                    fetch_delay = (fetch_delay * 2).min(FETCH_RETRY_MAX);
+                }
+            }
+        }
+        match outcome {
             Ok(Ok(_)) => {
                 if last_error.take().is_some() {
                     tracing::info!("fleet: the shared key store is readable again");
@@ -320,6 +336,91 @@ pub async fn follow_loop(
                 }
             }
             Err(e) => tracing::error!("fleet: re-read task failed: {e}"),
+        }
+    }
+}
+
+/// After a failed fetch of a missing master-key version, the first wait before the next try
+/// (doubled each time, up to [`FETCH_RETRY_MAX`]): a deny will not change by itself.
+const FETCH_RETRY_FIRST: Duration = Duration::from_secs(5);
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What the follower loop works with.
+#[derive(Clone)]
+pub struct Follower {
+    pub registry: Arc<Registry>,
+    pub tls: Option<Arc<ManagedTls>>,
+    pub wake: Option<Arc<Notify>>,
+    /// This boot's master-key source (an attested release: it can fetch a version again).
+    pub source: Option<Arc<dyn keyward_keystore::MasterKeySource>>,
+    pub audit: keyward_audit::AuditLog,
+}
+
+impl Follower {
+    /// Another member re-sealed the shared store under master-key version `needed`, which
+    /// this boot was not released: a fresh attested release asking for it (the KRS judges
+    /// the new evidence as at boot), added to the key set. Audited either way (`mk_release`),
+    /// the deny code with it. `true`: the version is held now.
+    pub fn fetch_missing(&self, needed: u32) -> bool {
+        let Some(source) = self.source.as_ref().filter(|s| s.attested()) else {
+            return false;
+        };
+        const WHO: &str = "keyward (fleet follower)";
+        tracing::info!(
+            needed,
+            "fleet: the shared key store is sealed under master-key version {needed}, which \
+             this boot does not hold: asking the key-release service for it"
+        );
+        let got = source
+            .obtain_more(&[needed])
+            .map_err(|e| keyward_agent::source::error_chain(&e));
+        let learned = got.and_then(|keys| {
+            self.registry
+                .learn_master_keys(keys)
+                .map_err(|e| e.to_string())
+        });
+        match learned {
+            Ok(st) if st.current >= needed => {
+                tracing::info!(
+                    current = st.current,
+                    "fleet: master-key version {} released while running; re-reading the store",
+                    st.current
+                );
+                self.audit.admin(
+                    WHO,
+                    "mk_release",
+                    &format!("master-key version {needed} released while running"),
+                    true,
+                );
+                true
+            }
+            Ok(st) => {
+                let why = format!(
+                    "the key-release service released version {}, not {needed}",
+                    st.current
+                );
+                tracing::error!("fleet: {why}; admin writes stay refused");
+                self.audit.admin(
+                    WHO,
+                    "mk_release",
+                    &format!("master-key version {needed}; refused: {why}"),
+                    false,
+                );
+                false
+            }
+            Err(why) => {
+                tracing::error!(
+                    "fleet: fetching master-key version {needed} failed: {why}; XKS keeps \
+                     serving from memory, admin writes stay refused, retried later"
+                );
+                self.audit.admin(
+                    WHO,
+                    "mk_release",
+                    &format!("master-key version {needed}; refused: {why}"),
+                    false,
+                );
+                false
+            }
         }
     }
 }

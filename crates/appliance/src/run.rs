@@ -40,6 +40,9 @@ pub struct Running {
     attesters: Option<Arc<Vec<Box<dyn keyward_attest::Attester>>>>,
     /// The appliance-managed TLS identity, when a listener serves it.
     managed_tls: Option<Arc<ManagedTls>>,
+    /// Where the master key came from: asked again while running for a newer version
+    /// (`mk reseal`, or a fleet member that finds the store re-sealed under one).
+    master_source: Arc<dyn MasterKeySource>,
 }
 
 /// Run the phases `attest`, `release`, `unseal` and bind the listeners of `serve`.
@@ -85,8 +88,9 @@ pub async fn boot(
             ),
         );
     }
+    let master_source: Arc<dyn MasterKeySource> = Arc::from(source);
     let (master, freshness) = {
-        let source = source;
+        let source = master_source.clone();
         tokio::task::spawn_blocking(move || source.obtain_keys())
             .await
             .map_err(|e| BootError::Task("master key", e))??
@@ -243,6 +247,7 @@ pub async fn boot(
         attestation,
         attesters: None,
         managed_tls,
+        master_source,
     })
 }
 
@@ -477,6 +482,7 @@ impl Running {
             attestation,
             attesters,
             managed_tls,
+            master_source,
         } = self;
         // Signal handlers first, so a SIGTERM right after the ready line is a clean stop.
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -499,9 +505,13 @@ impl Running {
                     rx.clone(),
                 )));
                 fleet_tasks.push(tokio::spawn(super::fleet::follow_loop(
-                    registry.clone(),
-                    managed_tls.clone(),
-                    Some(sh.wake.clone()),
+                    super::fleet::Follower {
+                        registry: registry.clone(),
+                        tls: managed_tls.clone(),
+                        wake: Some(sh.wake.clone()),
+                        source: Some(master_source.clone()),
+                        audit: audit.clone(),
+                    },
                     rx.clone(),
                 )));
                 Arc::new(FleetProbe(f.clone()))
@@ -521,7 +531,8 @@ impl Running {
         let admin_task = admin.map(|a| {
             let mut backend = RegistryBackend::new(registry.clone(), audit.clone())
                 .with_approvals(a.approval_policy())
-                .with_clock(|| keyward_agent::time::clock().now_or_wall());
+                .with_clock(|| keyward_agent::time::clock().now_or_wall())
+                .with_master_key_source(master_source.clone());
             if let Some(m) = &managed_tls {
                 backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);
             }

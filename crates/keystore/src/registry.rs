@@ -870,6 +870,40 @@ impl Registry {
         }
     }
 
+    /// Add master-key versions released while running (a fresh release after `krs mk rotate`)
+    /// to what this boot holds: when `keys` has a newer current version than the store's and
+    /// than any re-seal target, it becomes the target ([`Registry::reseal`] moves the store to
+    /// it; a fleet member that finds the shared store re-sealed under it continues under it at
+    /// its next re-read). Older versions in `keys` are not needed (the store opened under its
+    /// own) and are dropped with the rest, zeroized, once the subkeys are derived. Returns
+    /// the status after.
+    pub fn learn_master_keys(&self, keys: MasterKeys) -> Result<MkStatus, KeystoreError> {
+        let mut inner = self.lock();
+        let current = keys.current_version();
+        let held = inner
+            .target
+            .as_ref()
+            .map_or(inner.sealer.mk_version(), Sealer::mk_version);
+        if current > held.max(inner.sealer.mk_version()) {
+            if let Some(k) = keys.get(current) {
+                let target = Sealer::versioned(k, inner.sealer.store_id(), current)?;
+                tracing::info!(
+                    sealed = inner.sealer.mk_version(),
+                    current,
+                    "learned a newer master-key version while running"
+                );
+                inner.target = Some(target);
+            }
+        }
+        drop(keys);
+        let sealed = inner.sealer.mk_version();
+        Ok(MkStatus {
+            sealed,
+            current: inner.target.as_ref().map_or(sealed, Sealer::mk_version),
+            krs_recorded: inner.reseal_unrecorded.is_none(),
+        })
+    }
+
     /// Re-seal the store under the newest master-key version released to this boot, online:
     /// admin writes wait on the writer lock; the XKS request path never does (the KEKs in
     /// memory do not change). `Ok(None)`: already sealed under it.

@@ -84,6 +84,12 @@ pub enum MasterKeyError {
     /// The attested key release failed (the boot agent's error, or a configuration it needs).
     #[error("key release")]
     Release(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// This source holds one master key and cannot release another version while running.
+    #[error(
+        "master_key.source = {0} holds a single master-key version: no other version can be \
+         obtained while running"
+    )]
+    NoMoreVersions(&'static str),
 }
 
 /// Where the master key comes from. The XKS request path never sees this.
@@ -108,5 +114,14 @@ pub trait MasterKeySource: Send + Sync {
     /// reads a key (they are skipped, and the log says so).
     fn attested(&self) -> bool {
         false
+    }
+    /// While the appliance runs: obtain the master keys again (for an attested release, a
+    /// fresh KRP/1 session with fresh evidence, judged by the KRS exactly as at boot), asking
+    /// for the current version and the versions in `wanted`. The caller adds them to its key
+    /// set ([`crate::Registry::learn_master_keys`]). Default: this source cannot (a key file
+    /// holds one version).
+    fn obtain_more(&self, wanted: &[u32]) -> Result<MasterKeys, MasterKeyError> {
+        let _ = wanted;
+        Err(MasterKeyError::NoMoreVersions(self.name()))
     }
 }
