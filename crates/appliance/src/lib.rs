@@ -59,6 +59,10 @@ pub enum BootError {
     Pins(String),
     #[error("clock: {0}")]
     Clock(String),
+    /// The FIPS build found AWS-LC not in FIPS mode (its power-on self tests failed, or the
+    /// module is not the validated one): it refuses to serve rather than serve unvalidated.
+    #[error("this is the FIPS build, but AWS-LC's FIPS module is not in FIPS mode")]
+    NotFips,
     #[error("appliance TLS identity")]
     Tls(#[from] tls::TlsIdError),
 }

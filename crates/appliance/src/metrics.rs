@@ -109,6 +109,7 @@ impl ApplianceMetrics {
             clock_skew_secs,
             certificate_expiry_days: not_after
                 .map(|t| t.saturating_sub(now_unix()) as f64 / 86_400.0),
+            fips: keyward_secret::fips_mode(),
         }
     }
 }

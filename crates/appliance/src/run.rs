@@ -62,6 +62,14 @@ pub async fn boot(
             "key memory is NOT locked (RLIMIT_MEMLOCK too low?); allowed by memory.allow_unlocked_memory: development only"
         );
     }
+    // The FIPS build (`--features fips`) checks the module before any key exists: AES-256-GCM
+    // and the XKS endpoint's TLS then run in AWS-LC's FIPS 140-3 module, or nothing runs.
+    if cfg!(feature = "fips") {
+        if !keyward_secret::fips_mode() {
+            return Err(BootError::NotFips);
+        }
+        tracing::info!("FIPS mode: AES-256-GCM and the XKS endpoint's TLS run in AWS-LC's FIPS 140-3 module (self tests passed)");
+    }
 
     // The admin CA file lives on the (untrusted) data volume: read it ONCE, check it is the
     // one the pins name before anything is attested or released, and hand these very bytes

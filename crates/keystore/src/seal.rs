@@ -26,7 +26,6 @@
 //! states are wiped on drop (checked at compile time below).
 
 use hmac13::{KeyInit, Mac};
-use ring::aead::{Aad, Nonce, Tag};
 use sha2_11::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -213,14 +212,13 @@ impl Sealer {
         out.extend_from_slice(plain);
         let tag = self
             .aead
-            .get()
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(iv),
-                Aad::from(aad),
+            .seal(
+                iv,
+                aad,
                 out.get_mut(1 + IV_LEN..).ok_or(KeystoreError::Seal)?,
             )
             .map_err(|_| KeystoreError::Seal)?;
-        out.extend_from_slice(tag.as_ref());
+        out.extend_from_slice(&tag);
         Ok(Sealed(out))
     }
 
@@ -245,13 +243,7 @@ impl Sealer {
         let (ct, tag) = rest.split_last_chunk::<TAG_LEN>().ok_or(WRONG_LENGTH)?;
         let (iv, tag) = (*iv, *tag);
         out.copy_from_slice(ct);
-        let r = self.aead.get().open_in_place_separate_tag(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(aad),
-            Tag::from(tag),
-            out,
-            0..,
-        );
+        let r = self.aead.open(iv, aad, &tag, out);
         if r.is_err() {
             out.iter_mut().for_each(|b| *b = 0);
             return Err("sealed value does not authenticate (AES-GCM tag mismatch)");

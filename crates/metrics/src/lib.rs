@@ -141,6 +141,8 @@ pub struct Figures {
     /// Days until the served XKS certificate expires (negative once expired); `None` when
     /// the appliance does not manage it.
     pub certificate_expiry_days: Option<f64>,
+    /// The FIPS build in FIPS mode (`keyward_secret::fips_mode`).
+    pub fips: bool,
 }
 
 impl Metrics {
@@ -284,6 +286,11 @@ impl Metrics {
                 gauge_f64(d),
             );
         }
+        reg.register(
+            "keyward_fips_mode",
+            "1 when AES-256-GCM and the XKS endpoint's TLS run in AWS-LC's FIPS 140-3 module in FIPS mode (the fips build), 0 otherwise",
+            gauge(i64::from(f.fips)),
+        );
         register_process(&mut reg);
 
         let mut out = String::new();

@@ -28,6 +28,34 @@ pub use arena::ArenaStats;
 pub use locked::LockedBox;
 pub use wipe::{GcmKey, HmacSha256, WipedMac};
 
+/// The AEAD every AES-256-GCM user of keyward takes ([`GcmKey`], the XKS request path, the key
+/// store's sealing): ring in the default build, AWS-LC's FIPS 140-3 module (aws-lc-rs, whose
+/// `aead` module has ring's API) in the `fips` build.
+pub mod aead {
+    #[cfg(feature = "fips")]
+    pub use aws_lc_rs::aead::*;
+    #[cfg(feature = "fips")]
+    pub use aws_lc_rs::error::Unspecified;
+    #[cfg(not(feature = "fips"))]
+    pub use ring::aead::*;
+    #[cfg(not(feature = "fips"))]
+    pub use ring::error::Unspecified;
+}
+
+/// Whether this build's AES-256-GCM and TLS run in a FIPS 140-3 module in FIPS mode: the
+/// `fips` build asks AWS-LC (`FIPS_mode`, after its power-on self tests), the default build
+/// says no.
+pub fn fips_mode() -> bool {
+    #[cfg(feature = "fips")]
+    {
+        aws_lc_rs::try_fips_mode().is_ok()
+    }
+    #[cfg(not(feature = "fips"))]
+    {
+        false
+    }
+}
+
 /// Errors from secret memory handling.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

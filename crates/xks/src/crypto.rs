@@ -9,7 +9,6 @@
 //! A later format bumps the first byte of `ciphertextMetadata`; decrypt picks the layout by it.
 
 use rand::RngCore;
-use ring::aead::{Aad, Nonce, Tag};
 use sha2::{Digest, Sha256};
 
 use keyward_secret::{GcmKey, Key32};
@@ -86,16 +85,9 @@ pub fn encrypt(
     rand::thread_rng().fill_bytes(&mut iv);
     let key = GcmKey::new(key).map_err(|_| CryptoError::Auth)?;
     let tag = key
-        .get()
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(&scratch[..]),
-            buf,
-        )
+        .seal(iv, &scratch[..], buf)
         .map_err(|_| CryptoError::Auth)?;
-    let mut t = [0u8; 16];
-    t.copy_from_slice(tag.as_ref());
-    Ok((iv, t))
+    Ok((iv, tag))
 }
 
 /// Decrypt `buf` in place; on failure `buf` is zeroed.
@@ -110,13 +102,7 @@ pub fn decrypt(
 ) -> Result<(), CryptoError> {
     gcm_aad(aad, ctm, scratch)?;
     let key = GcmKey::new(key).map_err(|_| CryptoError::Auth)?;
-    let res = key.get().open_in_place_separate_tag(
-        Nonce::assume_unique_for_key(*iv),
-        Aad::from(&scratch[..]),
-        Tag::from(*tag),
-        buf,
-        0..,
-    );
+    let res = key.open(*iv, &scratch[..], tag, buf);
     match res {
         Ok(_) => Ok(()),
         Err(_) => {

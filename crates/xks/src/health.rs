@@ -229,7 +229,12 @@ fn render(instance_id: &str, status: Status, peers: &[Peer]) -> Bytes {
     let r = HealthResponse {
         xks_proxy_fleet_size: u32::try_from(1 + serving).unwrap_or(u32::MAX),
         xks_proxy_vendor: "keyward",
-        xks_proxy_model: format!("keyward {}", env!("CARGO_PKG_VERSION")),
+        // The FIPS build says so where KMS shows the proxy's model.
+        xks_proxy_model: if keyward_secret::fips_mode() {
+            format!("keyward {} FIPS", env!("CARGO_PKG_VERSION"))
+        } else {
+            format!("keyward {}", env!("CARGO_PKG_VERSION"))
+        },
         ekm_vendor: "keyward",
         ekm_fleet_details: details,
     };

@@ -717,6 +717,7 @@ fn response(r: Reply) -> http::Response<Full<Bytes>> {
 
 /// The spec's four suites (TLS 1.3: AES-256-GCM, ChaCha20-Poly1305; TLS 1.2: ECDHE-RSA and
 /// ECDHE-ECDSA with AES-256-GCM), all forward-secret, on the ring provider.
+#[cfg(not(feature = "fips"))]
 fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite as cs;
     let mut p = rustls::crypto::ring::default_provider();
@@ -727,6 +728,45 @@ fn provider() -> Arc<CryptoProvider> {
         cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
     ];
     Arc::new(p)
+}
+
+/// The FIPS build: rustls's AWS-LC FIPS provider (only FIPS-approved suites, key exchange
+/// groups and signature schemes), narrowed to the spec's suites that FIPS approves:
+/// ChaCha20-Poly1305 is not one, so TLS 1.3 offers AES-256-GCM only.
+#[cfg(feature = "fips")]
+fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let mut p = rustls::crypto::default_fips_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    Arc::new(p)
+}
+
+#[cfg(not(feature = "fips"))]
+fn signing_key(
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    rustls::crypto::ring::sign::any_supported_type(key)
+}
+
+#[cfg(feature = "fips")]
+fn signing_key(
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    rustls::crypto::aws_lc_rs::sign::any_supported_type(key)
+}
+
+#[cfg(not(feature = "fips"))]
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    rustls::crypto::ring::Ticketer::new()
+}
+
+#[cfg(feature = "fips")]
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    rustls::crypto::aws_lc_rs::Ticketer::new()
 }
 
 fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, ServerError> {
@@ -741,8 +781,8 @@ fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Serve
         .ok_or_else(|| {
             ServerError::Tls("no PKCS#8, SEC1 or PKCS#1 private key in the key PEM".into())
         })?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| ServerError::Tls(format!("unsupported private key: {e}")))?;
+    let signer =
+        signing_key(&key).map_err(|e| ServerError::Tls(format!("unsupported private key: {e}")))?;
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match()
         .map_err(|e| ServerError::Tls(format!("key does not match the certificate: {e}")))?;
@@ -764,8 +804,15 @@ fn tls_acceptor(
     let mut cfg = builder.with_cert_resolver(Arc::new(SwapResolver(handle.0.clone())));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
-    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+    if let Ok(t) = ticketer() {
         cfg.ticketer = t;
+    }
+    // The FIPS build checks what it built: rustls says FIPS only when every part of the
+    // configuration (provider, suites, groups, EMS for TLS 1.2) is in the validated module.
+    if cfg!(feature = "fips") && !cfg.fips() {
+        return Err(ServerError::Tls(
+            "the FIPS build's TLS configuration is not FIPS-approved (rustls ServerConfig::fips() is false)".into(),
+        ));
     }
     Ok((TlsAcceptor::from(Arc::new(cfg)), handle))
 }
