@@ -405,6 +405,7 @@ mod tests {
                 }),
                 clock_skew_secs: Some(-4),
                 certificate_expiry_days: Some(12.5),
+                fips: true,
                 audit: AuditFigures {
                     queued: 7,
                     capacity: 4096,
@@ -414,6 +415,7 @@ mod tests {
             .unwrap();
         for want in [
             "keyward_xks_requests_total{operation=\"Encrypt\",status=\"200\",error_name=\"\"} 2\n",
+            "keyward_fips_mode 1\n",
             "keyward_xks_requests_total{operation=\"Decrypt\",status=\"401\",error_name=\"AuthenticationFailedException\"} 1\n",
             "keyward_xks_auth_failures_total{reason=\"AuthenticationFailedException\"} 1\n",
             "keyward_xks_request_duration_seconds_bucket{le=\"0.2\",operation=\"Encrypt\"} 1\n",
