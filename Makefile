@@ -106,6 +106,17 @@ sign:
 	@command -v minisign >/dev/null || { echo "make sign: apt-get install minisign" >&2; exit 1; }
 	for f in $(SIGN_FILES); do minisign -S -s "$(KEY)" -m "$$f" -t "keyward $$(git rev-parse HEAD) $$f" || exit 1; done
 
+## make fips: the FIPS build (--features fips: the XKS endpoint's TLS, the XKS AES-256-GCM and the
+## key store's sealing in AWS-LC's FIPS 140-3 module; docs/fips.md) in target/fips, then the tests
+## of the crates it changes, run against the module. Installs cmake and golang-go first. Never part
+## of the default build or make test.
+FIPS_TARGET ?= target/fips
+fips:
+	@scripts/setup.sh --install fips
+	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) build --features fips --bin keyward
+	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) test --features keyward-xks/fips -p keyward-secret -p keyward-xks -p keyward-keystore
+	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) test --features fips --test it fips::
+
 clean:
 	$(CARGO) clean
 

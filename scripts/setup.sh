@@ -26,6 +26,8 @@ set -euo pipefail
 
 RUN_PKGS=(gcc libc6-dev pkg-config libtss2-dev softhsm2 curl)
 FLEET_PKGS=("${RUN_PKGS[@]}" postgresql haproxy)
+# make fips: AWS-LC's FIPS module builds with CMake and Go (aws-lc-fips-sys)
+FIPS_PKGS=("${RUN_PKGS[@]}" cmake golang-go)
 TEST_PKGS=("${RUN_PKGS[@]}" opensc swtpm swtpm-tools tpm2-tools jq openssl python3 python3-venv
     shellcheck systemd postgresql haproxy pebble minisign)
 
@@ -35,7 +37,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) mode=check ;;
         --install) mode=install ;;
-        run | fleet | test) target="$arg" ;;
+        run | fleet | test | fips) target="$arg" ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
             exit 0
@@ -49,6 +51,7 @@ done
 case "$target" in
     test) pkgs=("${TEST_PKGS[@]}") ;;
     fleet) pkgs=("${FLEET_PKGS[@]}") ;;
+    fips) pkgs=("${FIPS_PKGS[@]}") ;;
     *) pkgs=("${RUN_PKGS[@]}") ;;
 esac
 me="setup ($target)"
