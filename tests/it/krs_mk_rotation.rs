@@ -534,7 +534,6 @@ fn json(text: &str) -> serde_json::Value {
 /// changes to refuse this measurement: `mk reseal` is refused with the KRS's deny code
 /// (audited), and XKS keeps serving.
 #[test]
-#[ignore = "written at the deadline, not yet run once: run it and drop this ignore"]
 fn serve_learns_a_new_master_key_version_without_a_restart() {
     use crate::serve_common::{self, admin, admin_ok, ServeSetup};
     let Some(f) = common::KrsFixture::new("serve-mk-live", "") else {
@@ -670,7 +669,6 @@ fn pg_server() -> Pg {
 /// fetches version 2 from the KRS by itself (audited `mk_release`) and accepts admin writes
 /// again, without a restart; both decrypt what was encrypted before.
 #[test]
-#[ignore = "written at the deadline, not yet run once: run it and drop this ignore"]
 fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
     use crate::serve_common::{self, addr_after, admin, admin_ok, Proc, ServeSetup};
     let Some(f) = common::KrsFixture::new("fleet-mk-live", "") else {

@@ -273,3 +273,13 @@ mod tests {
         assert_eq!(parse_vmlck("Name: y"), None);
     }
 }
+
+#[cfg(test)]
+mod fips_tests {
+    /// The build says what it is: the FIPS build's module is in FIPS mode (its self tests
+    /// passed), the default build never claims it.
+    #[test]
+    fn fips_mode_matches_the_build() {
+        assert_eq!(super::fips_mode(), cfg!(feature = "fips"));
+    }
+}
