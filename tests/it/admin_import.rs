@@ -12,6 +12,7 @@ use crate::tools;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::Engine;
@@ -294,7 +295,7 @@ fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
     std::fs::write(&key_file, rand32()).unwrap();
     let wrapped = dir.join("wrapped-3.bin");
     oaep(&pk, &key_file, &wrapped);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(2100));
     let (ok, err) = import(prof, "late", &wrapped, &token, "RSAES_OAEP_SHA_256");
     assert!(!ok && err.contains("import_token: expired at"), "{err}");
     let out = admin(prof, &["keys", "import-params", "--valid-for", "25h"]);
@@ -371,11 +372,130 @@ fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
     assert!(audit.contains("imported wrapped (RSA_AES_KEY_WRAP_SHA_256)"));
     assert!(audit.contains("import_token: expired"));
     p.signal(libc::SIGTERM);
-    p.wait_exit(std::time::Duration::from_secs(20));
+    p.wait_exit(Duration::from_secs(20));
     let log = p.stderr_text();
     for k in &secrets {
         for text in [&audit, &log] {
             assert!(!text.contains(&hex::encode(k)) && !text.contains(&B64.encode(k)));
         }
     }
+}
+
+/// Two `keyward serve` members on one PostgreSQL store: the wrapping key of an import token
+/// issued by member A is a sealed record of the shared store, so member B imports with it (a
+/// client behind a balancer cannot choose its member); the key then encrypts on member A, checked
+/// outside with the known bytes; the token is used up on both members; and the wrapping key's
+/// bytes are nowhere in the database in clear (`pg_dump`, searched for the RSA modulus).
+#[test]
+fn import_params_on_one_member_then_wrapped_import_on_another() {
+    let pgdir = tempfile::tempdir().unwrap();
+    let pg = keyward_store_pg::local::LocalPostgres::start(pgdir.path(), None)
+        .unwrap_or_else(|e| panic!("a local PostgreSQL server (apt-get install postgresql): {e}"));
+    let setup = ServeSetup::new();
+    let cfg = std::fs::read_to_string(&setup.config).unwrap();
+    let start = cfg.find("[storage]").unwrap();
+    let end = cfg[start..].find("\n[master_key]").unwrap() + start;
+    let member = |state: &str| {
+        format!(
+            "{}[storage]\nbackend = \"postgres\"\nurl = \"{}\"\ndir = \"{state}\"\n{}",
+            &cfg[..start],
+            pg.url(),
+            &cfg[end..]
+        )
+    };
+    std::fs::write(&setup.config, member("state-a")).unwrap();
+    let config_b = setup.dir.path().join("member-b.toml");
+    std::fs::write(&config_b, member("state-b")).unwrap();
+    let (mut pa, xks_a) = setup.start();
+    let prof_a = setup.profile.clone();
+    let mut pb = Proc::spawn(
+        &["serve", "--config", config_b.to_str().unwrap()],
+        setup.dir.path(),
+    );
+    let line = pb.wait_stderr("admin API on ", Duration::from_secs(60));
+    let addr_b = addr_after(&line, "admin API on ");
+    let prof_b = setup.dir.path().join("admin-b.toml");
+    setup.write_profile(&prof_b, &addr_b, "admin.pem", "admin-key.pem");
+    let dir = setup.dir.path();
+
+    // Member A issues the token and its wrapping key.
+    let (pk, token) = params(&prof_a, dir, "fleet", &[]);
+    let key = rand32();
+    let key_file = dir.join("fleet-material.bin");
+    std::fs::write(&key_file, key).unwrap();
+    let wrapped = dir.join("fleet-wrapped.bin");
+    oaep(&pk, &key_file, &wrapped);
+
+    // Member B imports with it (it may need a moment to read A's record).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, err) = import(&prof_b, "fleet-1", &wrapped, &token, "RSAES_OAEP_SHA_256");
+        if ok {
+            break;
+        }
+        assert!(
+            err.contains("no such token") && std::time::Instant::now() < deadline,
+            "member B refused the import: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The key works on member A (once A has read B's write), checked with the known bytes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !admin_ok(&prof_a, &["keys", "list"]).contains("fleet-1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member A never saw fleet-1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    encrypt_and_check_outside(&prof_a, &xks_a, "fleet-1", &key);
+
+    // The token is used up fleet-wide: member A refuses it too.
+    let (ok, err) = import(&prof_a, "fleet-2", &wrapped, &token, "RSAES_OAEP_SHA_256");
+    assert!(!ok, "member A took a token member B used");
+    assert!(err.contains("no such token"), "{err}");
+
+    // The wrapping key is in the database only sealed: its public modulus (which only the
+    // private key would carry there) is in no dump, raw, hex or base64 at any alignment.
+    let pub_der = {
+        let out = openssl()
+            .args(["rsa", "-pubin", "-outform", "DER", "-in"])
+            .arg(&pk)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let modulus = &pub_der[pub_der.len() - 16 - 384 - 5..pub_der.len() - 5];
+    let bindir = keyward_store_pg::local::server_bindir().unwrap();
+    let dump = Command::new(bindir.join("pg_dump"))
+        .arg("--dbname")
+        .arg(pg.url())
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let text = dump.stdout;
+    assert!(text.len() > 1000, "an empty dump proves nothing");
+    let probe = &modulus[100..148];
+    let hay = String::from_utf8_lossy(&text).to_string();
+    assert!(
+        !text.windows(probe.len()).any(|w| w == probe),
+        "raw modulus in the dump"
+    );
+    assert!(
+        !hay.contains(&hex::encode(probe)),
+        "hex modulus in the dump"
+    );
+    for shift in 0..3 {
+        let b64 = B64.encode(&probe[shift..]);
+        assert!(!hay.contains(&b64[4..40]), "base64 modulus in the dump");
+    }
+    pb.signal(libc::SIGTERM);
+    assert_eq!(pb.wait_exit(Duration::from_secs(20)), Some(0));
+    pa.signal(libc::SIGTERM);
+    assert_eq!(pa.wait_exit(Duration::from_secs(20)), Some(0));
 }
