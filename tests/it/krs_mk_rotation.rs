@@ -485,7 +485,7 @@ fn serve_reseal_survives_kill9_at_random_points() {
 }
 
 /// The `[master_key]` section of a `keyward serve` released by the fixture's KRS at `addr`.
-fn release_section(f: &common::KrsFixture, addr: &str, ca_pin: &str) -> String {
+pub(crate) fn release_section(f: &common::KrsFixture, addr: &str, ca_pin: &str) -> String {
     format!(
         "[master_key]\nsource = \"release\"\n[master_key.release]\nkrs_url = \"{addr}\"\nkrs_tls_spki_sha256 = \"{}\"\nreceipt_spki_sha256 = \"{}\"\nadmin_ca_sha256 = \"{ca_pin}\"\nattesters = [\"simulated-snp\"]\nretry_initial_ms = 200\nretry_max_secs = 1\n",
         f.tls_pin, f.receipt_pin
@@ -494,7 +494,7 @@ fn release_section(f: &common::KrsFixture, addr: &str, ca_pin: &str) -> String {
 
 /// Start the KRS and keep its port: a restart (around `krs mk rotate`) listens there again,
 /// so the running appliances' configured address stays right.
-fn serve_krs_pinned(f: &common::KrsFixture) -> common::Running {
+pub(crate) fn serve_krs_pinned(f: &common::KrsFixture) -> common::Running {
     let krs = f.serve();
     let cfg = std::fs::read_to_string(&f.config).unwrap();
     std::fs::write(

@@ -7,6 +7,7 @@
 //! whole-process memory figures (`keystore_bench`, `secret_memory`), and the connection floods
 //! (`xks_flood`, `krs_flood`), whose file-descriptor and CPU use would disturb their neighbours.
 
+mod boot_kill;
 mod common;
 mod fips;
 mod serve_common;
