@@ -80,7 +80,9 @@ fn sigkill_at_each_boot_phase_then_a_clean_boot() {
         .iter()
         .filter(|e| e["decision"] == "release")
         .count();
-    assert!(releases >= 1 + 5 + 1, "releases logged: {releases}");
+    // The first boot and the five restarts got their key (6), and so did the boots killed at
+    // unseal and after listen (2); the ones killed at attest and mid-release may or may not have.
+    assert!(releases >= 8, "releases logged: {releases}");
     let (ok, out) = f.log_verify(&f.log_path());
     assert!(ok, "krs log verify after the kills: {out}");
 
