@@ -29,7 +29,7 @@ FLEET_PKGS=("${RUN_PKGS[@]}" postgresql haproxy)
 # make fips: AWS-LC's FIPS module builds with CMake and Go (aws-lc-fips-sys)
 FIPS_PKGS=("${RUN_PKGS[@]}" cmake golang-go)
 TEST_PKGS=("${RUN_PKGS[@]}" opensc swtpm swtpm-tools tpm2-tools jq openssl python3 python3-venv
-    shellcheck systemd postgresql haproxy pebble minisign)
+    shellcheck systemd postgresql haproxy pebble minisign faketime)
 
 mode=install
 target=run

@@ -28,9 +28,10 @@ fn kill_at(setup: &ServeSetup, needle: &str) -> String {
     line
 }
 
-#[test]
-fn sigkill_at_each_boot_phase_then_a_clean_boot() {
-    let f = common::KrsFixture::new("boot-kill", "").expect("SoftHSMv2 token");
+/// A `keyward serve` set-up whose master key the real `keyward krs serve` (SoftHSMv2) releases
+/// to simulated SNP evidence: the fixture, the running KRS and the serve set-up (not started).
+pub(crate) fn released_setup(label: &str) -> (common::KrsFixture, common::Running, ServeSetup) {
+    let f = common::KrsFixture::new(label, "").expect("SoftHSMv2 token");
     let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
     let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
     f.sign_policy_text(2, &text, &f.policy_file);
@@ -47,6 +48,12 @@ fn sigkill_at_each_boot_phase_then_a_clean_boot() {
     // No master-key file is needed or kept when the KRS releases it.
     let _ = std::fs::remove_file(setup.dir.path().join("master.key"));
 
+    (f, krs, setup)
+}
+
+#[test]
+fn sigkill_at_each_boot_phase_then_a_clean_boot() {
+    let (f, krs, setup) = released_setup("boot-kill");
     // A first clean boot: a key and a ciphertext to find again.
     let (mut p, xks) = setup.start();
     serve_common::create_open_key(&setup.profile, "k1");

@@ -8,6 +8,7 @@
 //! (`xks_flood`, `krs_flood`), whose file-descriptor and CPU use would disturb their neighbours.
 
 mod boot_kill;
+mod clock_jumps;
 mod common;
 mod fips;
 mod serve_common;
