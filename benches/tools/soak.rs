@@ -338,6 +338,9 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[path = "chartfont.rs"]
+mod chartfont;
+
 mod chart {
     //! Latency percentiles, memory and errors per sample.
 
@@ -347,22 +350,7 @@ mod chart {
 
     use super::Sample;
 
-    const FONT_FILES: [&str; 2] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    ];
-
-    fn register_font() -> anyhow::Result<()> {
-        for f in FONT_FILES {
-            if let Ok(bytes) = std::fs::read(f) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                    .map_err(|_| anyhow::anyhow!("{f}: not a usable font"))?;
-                return Ok(());
-            }
-        }
-        anyhow::bail!("no TTF font found (apt-get install fonts-dejavu-core)")
-    }
+    use super::chartfont::register_font;
 
     pub(super) fn draw(samples: &[Sample], path: &Path) -> anyhow::Result<()> {
         register_font()?;

@@ -547,6 +547,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[path = "chartfont.rs"]
+mod chartfont;
+
 mod chart {
     //! Throughput against concurrency, and the latency distribution at 1800 req/s.
 
@@ -555,22 +558,7 @@ mod chart {
     use plotters::prelude::*;
     use serde_json::Value;
 
-    const FONT_FILES: [&str; 2] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    ];
-
-    fn register_font() -> anyhow::Result<()> {
-        for f in FONT_FILES {
-            if let Ok(bytes) = std::fs::read(f) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                    .map_err(|_| anyhow::anyhow!("{f}: not a usable font"))?;
-                return Ok(());
-            }
-        }
-        anyhow::bail!("no TTF font found (apt-get install fonts-dejavu-core)")
-    }
+    use super::chartfont::register_font;
 
     /// Percentile p (0..100) on a "nines" axis: 0 -> 0, 90 -> 1, 99 -> 2, 99.9 -> 3.
     fn nines(p: f64) -> f64 {

@@ -535,23 +535,8 @@ fn json(text: &str) -> serde_json::Value {
 /// (audited), and XKS keeps serving.
 #[test]
 fn serve_learns_a_new_master_key_version_without_a_restart() {
-    use crate::serve_common::{self, admin, admin_ok, ServeSetup};
-    let Some(f) = common::KrsFixture::new("serve-mk-live", "") else {
-        return;
-    };
-    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
-    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
-    f.sign_policy_text(2, &text, &f.policy_file);
-    let setup = ServeSetup::new();
-    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
-    let krs = serve_krs_pinned(&f);
-    let base = std::fs::read_to_string(&setup.config).unwrap();
-    let cfg = base.replace(
-        "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
-        &release_section(&f, &krs.addr, &ca_pin),
-    );
-    assert!(cfg.contains("source = \"release\""));
-    std::fs::write(&setup.config, cfg).unwrap();
+    use crate::serve_common::{self, admin, admin_ok};
+    let (f, krs, setup) = crate::boot_kill::released_setup("serve-mk-live");
 
     let (mut p, xks) = setup.start();
     let pid = p.child.id();

@@ -197,7 +197,7 @@ impl RegistryBackend {
             return Ok(None);
         }
         let keys = source.obtain_more(&[]).map_err(|e| {
-            let why = error_line(&e);
+            let why = keyward_keystore::error_chain(&e);
             tracing::error!(
                 "mk reseal: the fresh master-key release from the key-release service failed: \
                  {why}; serving goes on under master-key version {}",
@@ -211,23 +211,6 @@ impl RegistryBackend {
         self.registry.learn_master_keys(keys)?;
         Ok(Some(released))
     }
-}
-
-/// An error and its causes on one line, each once.
-fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !text.is_empty() && !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-        cur = err.source();
-    }
-    line
 }
 
 fn now_unix() -> u64 {

@@ -11,23 +11,9 @@ use crate::client::{Agent, AgentError};
 use keyward_keystore::{MasterKeyError, MasterKeySource};
 use keyward_secret::Key32;
 
-/// An error and its causes on one line, each cause once (`cannot reach the KRS at h:p:
-/// Connection refused (os error 111)`): the status lines and logs name what failed and why.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !text.is_empty() && !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-        cur = err.source();
-    }
-    line
-}
+/// An error and its causes on one line, each cause once (kept here for the callers that
+/// name it through the agent; it lives in keyward-keystore, which the admin API shares).
+pub use keyward_keystore::error_chain;
 
 /// The image identifier sent in Hello (`product_release`).
 pub fn product_release() -> String {

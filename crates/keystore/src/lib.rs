@@ -42,3 +42,21 @@ pub use registry::{
     KMS_SERVICE, MAX_DESTROY_DAYS, MAX_TLS_CHAIN_PEM, MIN_DESTROY_DAYS, MIN_ROTATION_SECS,
 };
 pub use source::{MasterKeyError, MasterKeySource, MasterKeys};
+
+/// An error and its causes on one line, each cause once (`cannot reach the KRS at h:p:
+/// Connection refused (os error 111)`): the status lines and logs name what failed and why.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cur = err.source();
+    }
+    line
+}
