@@ -181,6 +181,7 @@ fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
 
     // RSAES_OAEP_SHA_256 (the default), RSA-3072.
     let (pk, token) = params(prof, dir, "oaep", &[]);
+    let first_token = token.clone();
     let key = rand32();
     secrets.push(key);
     let key_file = dir.join("material-1.bin");
@@ -371,6 +372,12 @@ fn wrapped_import_with_openssl_then_xks_encrypt_decrypts_outside() {
     );
     assert!(audit.contains("imported wrapped (RSA_AES_KEY_WRAP_SHA_256)"));
     assert!(audit.contains("import_token: expired"));
+    // Tokens are bearer secrets until used: the audit log names them by a hash prefix only.
+    assert!(audit.contains("import_token_sha256="), "{audit}");
+    assert!(
+        !audit.contains(&first_token),
+        "an import token is in the audit log"
+    );
     p.signal(libc::SIGTERM);
     p.wait_exit(Duration::from_secs(20));
     let log = p.stderr_text();
