@@ -778,3 +778,143 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
         "{list:?}"
     );
 }
+
+/// `keyward admin backup rewrap`: a backup taken under master-key version 1 is re-wrapped by
+/// the running appliance after `krs mk rotate` and `mk reseal` (its header then names version
+/// 2, same head); the re-wrapped backup restores into an empty store (`keyward store
+/// restore`) that boots under version 2 with the same keys (a ciphertext from before the
+/// backup decrypts). A damaged backup is refused naming the field, nothing re-wrapped.
+#[test]
+fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
+    use crate::serve_common::{self, admin, admin_ok, ServeSetup};
+    let Some(f) = common::KrsFixture::new("backup-rewrap", "") else {
+        return;
+    };
+    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
+    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let setup = ServeSetup::new();
+    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
+    let krs = serve_krs_pinned(&f);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let cfg = base.replace(
+        "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+        &release_section(&f, &krs.addr, &ca_pin),
+    );
+    assert!(cfg.contains("source = \"release\""));
+    std::fs::write(&setup.config, cfg).unwrap();
+
+    let (mut p, xks) = setup.start();
+    serve_common::create_open_key(&setup.profile, "k1");
+    let (code, enc) = xks.encrypt("k1", "YmVmb3JlLXJld3JhcA==");
+    assert_eq!(code, 200, "{enc}");
+    let dir = setup.dir.path();
+    let old = dir.join("old.json");
+    let b = json(&admin_ok(
+        &setup.profile,
+        &["backup", "--out", old.to_str().unwrap()],
+    ));
+    assert_eq!(b["mk_version"], 1, "{b}");
+
+    let _krs = rotate_with_krs_stopped(&f, krs);
+    let r = json(&admin_ok(&setup.profile, &["mk", "reseal"]));
+    assert_eq!(
+        (&r["resealed"], &r["sealed"]),
+        (&true.into(), &2.into()),
+        "{r}"
+    );
+
+    // A damaged backup: refused, naming the field.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"keyward_backup\":1}").unwrap();
+    let out = admin(
+        &setup.profile,
+        &[
+            "backup",
+            "rewrap",
+            "--in",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.join("x.json").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("file:"), "{err}");
+    assert!(!dir.join("x.json").exists());
+
+    let new = dir.join("new.json");
+    let w = json(&admin_ok(
+        &setup.profile,
+        &[
+            "backup",
+            "rewrap",
+            "--in",
+            old.to_str().unwrap(),
+            "--out",
+            new.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(w["mk_version"], 2, "{w}");
+    assert_eq!(
+        (&w["seq"], &w["store_id"]),
+        (&b["seq"], &b["store_id"]),
+        "{w} {b}"
+    );
+    let parsed = keyward::keystore::backup::parse(&std::fs::read(&new).unwrap()).unwrap();
+    assert_eq!(parsed.mk_version(), 2);
+    assert_eq!(parsed.body().header.mk_version, 2);
+    // Nothing was restored: the running store still serves as before.
+    let (code, _) = xks.decrypt("k1", &enc);
+    assert_eq!(code, 200);
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("backup_rewrap")),
+        "{audit}"
+    );
+    // Already under the current version: refused.
+    let out = admin(
+        &setup.profile,
+        &[
+            "backup",
+            "rewrap",
+            "--in",
+            new.to_str().unwrap(),
+            "--out",
+            dir.join("y.json").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already sealed under master-key version 2"),
+        "{err}"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // The store is lost; the re-wrapped backup restores into the empty store and boots under
+    // version 2 with the same keys.
+    let store = dir.join("store");
+    std::fs::remove_dir_all(&store).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["store", "restore", "--config"])
+        .arg(&setup.config)
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut p, xks) = setup.start();
+    let (code, dec) = xks.decrypt("k1", &enc);
+    assert_eq!(
+        (code, dec["plaintext"].as_str()),
+        (200, Some("YmVmb3JlLXJld3JhcA==")),
+        "{dec}"
+    );
+    let st = json(&admin_ok(&setup.profile, &["mk", "status"]));
+    assert_eq!(st["sealed"], 2, "{st}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+}

@@ -86,10 +86,17 @@ enum Command {
     /// Export the whole sealed key store to FILE (mode 0600): header, every record verbatim
     /// (still sealed under the master key), the head, MACed under the master key. Prints the
     /// head (store id, record) and the file's SHA-256. Security role.
+    ///
+    /// `backup rewrap --in OLD --out NEW`: the appliance opens and verifies OLD as a restore
+    /// would, re-seals it under the newest master-key version it holds and NEW gets it (the
+    /// header names the new version); nothing is restored.
+    #[command(args_conflicts_with_subcommands = true)]
     Backup {
         /// Where to write the backup (replaced atomically if it exists).
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        #[command(subcommand)]
+        sub: Option<BackupCmd>,
     },
     /// Master-key rotation on this appliance: `status` (the version the key store is sealed
     /// under, the newest released at boot) and `reseal` (re-seal now, online; also done at
@@ -689,7 +696,22 @@ fn build(cmd: Command) -> anyhow::Result<(Request, Show)> {
         ),
         Command::Keys(k) => build_keys(k)?,
         Command::Creds(c) => build_creds(c)?,
-        Command::Backup { out } => (Request::Backup, Box::new(move |v| write_backup(&out, v))),
+        Command::Backup {
+            sub: Some(BackupCmd::Rewrap { input, out }),
+            ..
+        } => {
+            let file = std::fs::read_to_string(&input)
+                .with_context(|| format!("--in {}: reading the backup", input.display()))?;
+            (
+                Request::BackupRewrap { file },
+                Box::new(move |v| write_backup(&out, v)),
+            )
+        }
+        Command::Backup {
+            out: Some(out),
+            sub: None,
+        } => (Request::Backup, Box::new(move |v| write_backup(&out, v))),
+        Command::Backup { .. } => anyhow::bail!("backup: give --out FILE (or `backup rewrap`)"),
         Command::Approvals(a) => build_approvals(a),
         Command::Mk(m) => (
             match m {
@@ -1439,4 +1461,21 @@ mod tests {
         assert!(request(&["stores", "remove"]).is_err());
         assert!(request(&["stores", "remove", "a", "--name", "b"]).is_err());
     }
+}
+
+/// `keyward admin backup` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCmd {
+    /// Re-wrap a backup under the newest master-key version the appliance holds (before
+    /// `krs mk retire --backups-moved`): the appliance opens and verifies it as a restore
+    /// would (MACs, records, deployment) and returns it re-sealed; nothing is restored.
+    /// Security role. The file must fit in one admin request (64 KiB).
+    Rewrap {
+        /// The backup to re-wrap.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Where to write the re-wrapped backup (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }

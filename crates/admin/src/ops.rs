@@ -211,6 +211,40 @@ impl RegistryBackend {
         self.registry.learn_master_keys(keys)?;
         Ok(Some(released))
     }
+
+    /// For `backup rewrap`: the master keys to open a backup sealed under `version` and
+    /// re-seal it under the current one: a fresh attested release from the KRS of the current
+    /// version and `version` (a retired version is not released: the refusal names it), or
+    /// the key file's one version.
+    fn master_keys_for_backup(
+        &self,
+        version: u32,
+    ) -> Result<keyward_keystore::MasterKeys, AdminError> {
+        let Some(source) = self.master_keys.as_ref() else {
+            return Err(AdminError::Unavailable(
+                "backup rewrap: this appliance has no master-key source to ask".into(),
+            ));
+        };
+        let keys = if source.attested() {
+            source.obtain_more(&[version])
+        } else {
+            source.obtain_keys().map(|(k, _)| k)
+        }
+        .map_err(|e| {
+            AdminError::Unavailable(format!(
+                "file: the backup is sealed under master-key version {version}, which the \
+                 key-release service did not release (retired?): {}",
+                error_line(&e)
+            ))
+        })?;
+        if keys.get(version).is_none() {
+            return Err(AdminError::Conflict(format!(
+                "file: the backup is sealed under master-key version {version}, which this \
+                 appliance does not hold (retired at the key-release service?)"
+            )));
+        }
+        Ok(keys)
+    }
 }
 
 fn now_unix() -> u64 {
@@ -578,6 +612,10 @@ fn describe(req: &Request) -> String {
             format!("store={} read", s(store))
         }
         Request::Backup => "export of the whole sealed key store".into(),
+        Request::BackupRewrap { file } => format!(
+            "re-wrap of a backup of {} bytes under the newest master key",
+            file.len()
+        ),
         Request::ApprovalsList => "read".into(),
         Request::ApprovalsApprove { id } | Request::ApprovalsDeny { id } => {
             format!("approval={id}")
@@ -740,6 +778,37 @@ impl RegistryBackend {
                 let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
                 let file = String::from_utf8(e.bytes)
                     .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
+                to_json(&BackupInfo {
+                    file,
+                    store_id: hex::encode(&e.head.store_id),
+                    seq: e.head.seq,
+                    records: e.records,
+                    created: keyward_keystore::unix_rfc3339(e.created),
+                    sha256,
+                    mk_version: e.head.mk_version,
+                })
+            }
+            Request::BackupRewrap { file } => {
+                use sha2::Digest;
+                let bad = |e: keyward_keystore::backup::BackupError| match e {
+                    keyward_keystore::backup::BackupError::Keystore(k) => AdminError::from(k),
+                    e => AdminError::BadRequest(format!("file: {e}")),
+                };
+                let bytes = file.as_bytes();
+                let version = keyward_keystore::backup::parse(bytes)
+                    .map_err(bad)?
+                    .mk_version();
+                let keys = self.master_keys_for_backup(version)?;
+                let e = keyward_keystore::backup::rewrap(bytes, keys).map_err(bad)?;
+                let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
+                let file = String::from_utf8(e.bytes)
+                    .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
+                tracing::info!(
+                    from = version,
+                    to = e.head.mk_version,
+                    seq = e.head.seq,
+                    "re-wrapped a backup under the newest master-key version"
+                );
                 to_json(&BackupInfo {
                     file,
                     store_id: hex::encode(&e.head.store_id),

@@ -203,6 +203,14 @@ pub enum Request {
     /// every record verbatim (still sealed), the head, MACed under the master key's `backup`
     /// subkey. Security role. The answer carries the file's text (see [`BackupInfo`]).
     Backup,
+    /// Re-wrap a backup under the newest master-key version this appliance holds (`keyward
+    /// admin backup rewrap`): the file (its text, as `backup` returned it) is opened and
+    /// verified exactly as a restore given the master key does, re-sealed under the current
+    /// version and returned (see [`BackupInfo`]); nothing is restored. Security role. The
+    /// file must fit in [`MAX_BODY`].
+    BackupRewrap {
+        file: String,
+    },
     /// Master-key versions of the key store: the one it is sealed under, the newest released
     /// to this boot, and whether the KRS recorded the re-seal (`keyward admin mk status`).
     MkStatus,
@@ -257,6 +265,7 @@ impl Request {
             Request::CredsRemove { .. } => "creds_remove",
             Request::KmsConfig { .. } => "kms_config",
             Request::Backup => "backup",
+            Request::BackupRewrap { .. } => "backup_rewrap",
             Request::ApprovalsList => "approvals_list",
             Request::ApprovalsApprove { .. } => "approvals_approve",
             Request::ApprovalsDeny { .. } => "approvals_deny",

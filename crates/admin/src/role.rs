@@ -158,6 +158,7 @@ pub fn policy(req: &Request) -> Policy {
         | R::TlsCsr { .. }
         | R::TlsInstall { .. }
         | R::Backup
+        | R::BackupRewrap { .. }
         | R::MkReseal => (Need::Security, false),
         R::KeysScheduleDestroy { .. } | R::KmsConfig { .. } | R::StoresRemove { .. } => {
             (Need::Security, true)
@@ -449,6 +450,7 @@ mod tests {
     #[test]
     fn policy_backup() {
         check(r#"{"op":"backup"}"#, Need::Security, false);
+        check(r#"{"op":"backup_rewrap","file":""}"#, Need::Security, false);
     }
     #[test]
     fn policy_schedule_destroy_needs_approval() {

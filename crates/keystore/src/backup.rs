@@ -37,6 +37,7 @@ use super::load;
 use super::model::{Header, KeyStore, SealedHead, SignedRecord, LOG_FORMAT};
 use super::seal::{decode_mac, mac_matches, Sealer};
 use super::KeystoreError;
+use super::MasterKeys;
 use keyward_secret::Key32;
 
 /// What [`Body::format`] says.
@@ -84,6 +85,18 @@ pub enum BackupError {
     /// The restored store does not read back as it was written.
     #[error("the restored key store does not read back as written: {0}")]
     ReadBack(String),
+    /// A re-wrap was asked for a master-key version this appliance does not hold.
+    #[error(
+        "the backup is sealed under master-key version {0}, which this appliance does not hold \
+         (retired at the key-release service?): it cannot be opened, so it cannot be re-wrapped"
+    )]
+    VersionNotHeld(u32),
+    /// A re-wrap of a backup already sealed under the newest version held.
+    #[error(
+        "the backup is already sealed under master-key version {0}, the newest this appliance \
+         holds: nothing to re-wrap"
+    )]
+    AlreadyCurrent(u32),
     /// The backend failed.
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
@@ -442,6 +455,100 @@ impl Backup {
             seq: self.head.seq,
             records: i,
         })
+    }
+}
+
+/// Re-wrap a backup under the newest master-key version in `keys`: the file is parsed and
+/// verified under the version it names exactly as a restore given the master key does
+/// ([`Backup::verify`]: its MAC, the header's check value, every record, the chain, the sealed
+/// head), restored into a store held in memory, opened there and re-sealed as the live store
+/// is ([`super::Registry::reseal`]: every secret sealed anew, every MAC under the new
+/// version's subkeys, the same `seq` and chain MAC), and exported again. Nothing is written to
+/// any backend; the KEKs are unsealed into locked memory and dropped with the copy.
+pub fn rewrap(bytes: &[u8], keys: MasterKeys) -> Result<Export, BackupError> {
+    let backup = parse(bytes)?;
+    let version = backup.mk_version();
+    let current = keys.current_version();
+    let old = keys
+        .get(version)
+        .ok_or(BackupError::VersionNotHeld(version))?;
+    if version >= current {
+        return Err(BackupError::AlreadyCurrent(version));
+    }
+    backup.verify(old)?;
+    let mut mem = Box::new(OwnedMem::default());
+    backup.restore_into(mem.as_mut())?;
+    let registry = super::Registry::open_keys(mem, keys, super::Freshness::Unanchored)?;
+    registry.reseal()?;
+    let out = registry.export()?;
+    if out.head.mk_version != current || out.head.seq != backup.head.seq {
+        return Err(BackupError::ReadBack(
+            "the re-wrapped copy does not end in the backup's head under the new version".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A store held in memory only: where [`rewrap`] re-seals a backup's copy.
+#[derive(Default)]
+struct OwnedMem {
+    header: Option<Header>,
+    records: Vec<SignedRecord>,
+    sealed_head: Option<SealedHead>,
+}
+
+impl KeyStore for OwnedMem {
+    fn location(&self) -> String {
+        "the backup's copy in memory".into()
+    }
+    fn header(&mut self) -> Result<Option<Header>, KeystoreError> {
+        Ok(self.header.clone())
+    }
+    fn init(&mut self, header: &Header) -> Result<(), KeystoreError> {
+        self.header = Some(header.clone());
+        self.records.clear();
+        Ok(())
+    }
+    fn load(
+        &mut self,
+        visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        self.records.iter().try_for_each(|r| visit(r.clone()))
+    }
+    fn append(&mut self, rec: &SignedRecord) -> Result<(), KeystoreError> {
+        self.records.push(rec.clone());
+        Ok(())
+    }
+    fn record_count(&self) -> usize {
+        self.records.len()
+    }
+    fn compact(
+        &mut self,
+        recs: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError> {
+        self.records = recs.collect::<Result<_, _>>()?;
+        Ok(())
+    }
+    fn rewrite(
+        &mut self,
+        header: &Header,
+        recs: &mut dyn Iterator<Item = Result<SignedRecord, KeystoreError>>,
+    ) -> Result<(), KeystoreError> {
+        let records = recs.collect::<Result<_, _>>()?;
+        self.header = Some(header.clone());
+        self.records = records;
+        Ok(())
+    }
+    fn truncate_after(&mut self, seq: u64) -> Result<(), KeystoreError> {
+        self.records.retain(|r| r.seq <= seq);
+        Ok(())
+    }
+    fn load_head(&mut self) -> Result<Option<SealedHead>, KeystoreError> {
+        Ok(self.sealed_head.clone())
+    }
+    fn store_head(&mut self, head: &SealedHead) -> Result<(), KeystoreError> {
+        self.sealed_head = Some(head.clone());
+        Ok(())
     }
 }
 
