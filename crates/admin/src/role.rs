@@ -159,9 +159,10 @@ pub fn policy(req: &Request) -> Policy {
         | R::TlsInstall { .. }
         | R::Backup
         | R::MkReseal => (Need::Security, false),
-        R::KeysScheduleDestroy { .. } | R::KmsConfig { .. } | R::StoresRemove { .. } => {
-            (Need::Security, true)
-        }
+        R::KeysScheduleDestroy { .. }
+        | R::KeysExport { .. }
+        | R::KmsConfig { .. }
+        | R::StoresRemove { .. } => (Need::Security, true),
         // Approving or denying needs the role of the request it decides; checked against the
         // filed request (any known role gets that far).
         R::ApprovalsApprove { .. } | R::ApprovalsDeny { .. } => (Need::Any, false),
