@@ -506,3 +506,180 @@ fn import_params_on_one_member_then_wrapped_import_on_another() {
     pa.signal(libc::SIGTERM);
     assert_eq!(pa.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// The XKS Encrypt answer `enc` decrypted here with `key` (AES-256-GCM, the AAD of
+/// crates/xks/src/crypto.rs); `None` when `key` is not its key.
+fn decrypt_outside(enc: &serde_json::Value, key: &[u8]) -> Option<Vec<u8>> {
+    let b = |f: &str| B64.decode(enc[f].as_str().unwrap()).unwrap();
+    let (ct, iv, tag, ctm) = (
+        b("ciphertext"),
+        b("initializationVector"),
+        b("authenticationTag"),
+        b("ciphertextMetadata"),
+    );
+    let mut aad = vec![0u8, 0u8, u8::try_from(ctm.len()).unwrap()];
+    aad.extend_from_slice(&ctm);
+    let mut msg = ct;
+    msg.extend_from_slice(&tag);
+    let gcm = aes_gcm::Aes256Gcm::new_from_slice(key).unwrap();
+    gcm.decrypt(
+        aes_gcm::Nonce::from_slice(&iv),
+        Payload {
+            msg: &msg,
+            aad: &aad,
+        },
+    )
+    .ok()
+}
+
+/// `keys export`: a key created and rotated (two versions), one XKS Encrypt under each, exported
+/// to a fresh openssl RSA-3072 escrow key; openssl unwraps each version (OAEP SHA-256, MGF1
+/// SHA-256) and each ciphertext decrypts here under its own version's bytes only. A 2048-bit
+/// escrow key is refused naming the field. serve_common sets approvals_required = 1, so the
+/// M-of-N step is not exercised here (the policy and the hash binding are unit-tested).
+#[test]
+fn keys_export_to_an_openssl_escrow_key_then_openssl_unwraps_and_ciphertexts_decrypt() {
+    let setup = ServeSetup::new();
+    let (mut p, xks) = setup.start();
+    let prof = setup.profile.as_path();
+    let dir = setup.dir.path();
+    admin_ok(prof, &["keys", "create", "exp-1"]);
+    admin_ok(
+        prof,
+        &[
+            "keys",
+            "grant",
+            "exp-1",
+            "--principal",
+            "*",
+            "--ops",
+            "encrypt,decrypt,metadata",
+        ],
+    );
+    let plaintext = b"exported, checked outside";
+    let (code, enc1) = xks.encrypt("exp-1", &B64.encode(plaintext));
+    assert_eq!(code, 200, "{enc1}");
+    admin_ok(prof, &["keys", "rotate", "exp-1"]);
+    let (code, enc2) = xks.encrypt("exp-1", &B64.encode(plaintext));
+    assert_eq!(code, 200, "{enc2}");
+
+    let keygen = |bits: &str, name: &str| {
+        let priv_pem = dir.join(format!("{name}.pem"));
+        let pub_pem = dir.join(format!("{name}.pub.pem"));
+        let mut c = openssl();
+        c.args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+            .arg(format!("rsa_keygen_bits:{bits}"))
+            .arg("-out")
+            .arg(&priv_pem);
+        run(c);
+        let mut c = openssl();
+        c.args(["pkey", "-pubout", "-in"])
+            .arg(&priv_pem)
+            .arg("-out")
+            .arg(&pub_pem);
+        run(c);
+        (priv_pem, pub_pem)
+    };
+    let (esc_priv, esc_pub) = keygen("3072", "escrow");
+    let out = dir.join("exp-1.export.json");
+    let said = admin_ok(
+        prof,
+        &[
+            "keys",
+            "export",
+            "exp-1",
+            "--wrapping-public-key",
+            esc_pub.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains("2 version(s)"), "{said}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(file["key_id"], "exp-1");
+    let versions = file["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{file}");
+    let mut keys = Vec::new();
+    for v in versions {
+        let n = v["version"].as_u64().unwrap();
+        let wrapped = dir.join(format!("v{n}.wrapped"));
+        std::fs::write(
+            &wrapped,
+            B64.decode(v["wrapped"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::metadata(&wrapped).unwrap().len(), 384);
+        let raw = dir.join(format!("v{n}.raw"));
+        let mut c = openssl();
+        c.args(["pkeyutl", "-decrypt", "-inkey"])
+            .arg(&esc_priv)
+            .arg("-in")
+            .arg(&wrapped)
+            .arg("-out")
+            .arg(&raw)
+            .args([
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha256",
+                "-pkeyopt",
+                "rsa_mgf1_md:sha256",
+            ]);
+        run(c);
+        let k = std::fs::read(&raw).unwrap();
+        assert_eq!(k.len(), 32);
+        keys.push((n, k));
+    }
+    keys.sort();
+    assert_eq!(keys[0].0, 1);
+    assert_eq!(keys[1].0, 2);
+    assert_ne!(keys[0].1, keys[1].1);
+    assert_eq!(
+        decrypt_outside(&enc1, &keys[0].1).as_deref(),
+        Some(&plaintext[..])
+    );
+    assert_eq!(
+        decrypt_outside(&enc2, &keys[1].1).as_deref(),
+        Some(&plaintext[..])
+    );
+    assert!(decrypt_outside(&enc1, &keys[1].1).is_none());
+    assert!(decrypt_outside(&enc2, &keys[0].1).is_none());
+
+    // A 2048-bit escrow key is refused, naming the field; no file is written.
+    let (_, small_pub) = keygen("2048", "small");
+    let out2 = dir.join("small.export.json");
+    let o = admin(
+        prof,
+        &[
+            "keys",
+            "export",
+            "exp-1",
+            "--wrapping-public-key",
+            small_pub.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wrapping_public_key: RSA 2048 bits"), "{err}");
+    assert!(!out2.exists());
+
+    // Audited: key id, versions, escrow SPKI hash; no key bytes in the audit log or the log.
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("key=exp-1 export wrapped (RSAES_OAEP_SHA_256) to escrow_spki_sha256=")
+            && audit.contains("versions=1,2")
+            && audit.contains(file["escrow_spki_sha256"].as_str().unwrap()),
+        "{audit}"
+    );
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(20));
+    let log = p.stderr_text();
+    for (_, k) in &keys {
+        for text in [&audit, &log] {
+            assert!(!text.contains(&hex::encode(k)) && !text.contains(&B64.encode(k)));
+        }
+    }
+}

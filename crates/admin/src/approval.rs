@@ -367,6 +367,29 @@ mod tests {
     }
 
     #[test]
+    fn an_export_approval_binds_key_escrow_key_and_algorithm() {
+        use crate::import::WrappingAlgorithm as W;
+        let e = |id: &str, w: W, spki: &str| Request::KeysExport {
+            store: None,
+            id: id.into(),
+            wrapping_algorithm: w,
+            wrapping_public_key_der_b64: spki.into(),
+        };
+        let base = request_sha256(&e("k", W::RsaesOaepSha256, "AAAA")).unwrap();
+        assert_eq!(
+            base,
+            request_sha256(&e("k", W::RsaesOaepSha256, "AAAA")).unwrap()
+        );
+        for other in [
+            e("k2", W::RsaesOaepSha256, "AAAA"),
+            e("k", W::RsaAesKeyWrapSha256, "AAAA"),
+            e("k", W::RsaesOaepSha256, "BBBB"),
+        ] {
+            assert_ne!(base, request_sha256(&other).unwrap());
+        }
+    }
+
+    #[test]
     fn secrets_are_not_part_of_the_hash() {
         let a = Request::KeysImport {
             store: None,

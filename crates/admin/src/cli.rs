@@ -26,7 +26,7 @@ pub struct Args {
     /// profile's ca_cert; overrides the profile's server_spki_sha256.
     #[arg(long, global = true)]
     server_spki_sha256: Option<String>,
-    /// Run a request that needs M-of-N approval (keys schedule-destroy, kms-config, stores
+    /// Run a request that needs M-of-N approval (keys schedule-destroy, keys export, kms-config, stores
     /// remove) with this approved request id (`approvals list`); it runs once.
     #[arg(long, global = true, value_name = "ID")]
     approval: Option<String>,
@@ -365,6 +365,23 @@ enum Keys {
         store: StoreArg,
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(7..=30))]
         days: u32,
+    },
+    /// Back up every KEK version of a key wrapped to an escrow RSA public key (3072 or 4096
+    /// bits, PEM), in the layouts `keys import --wrapped` accepts; writes JSON (key id, per
+    /// version its wrapped bytes in Base64) to --out. Security role; needs M-of-N approval.
+    Export {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// The escrow public key (PEM SubjectPublicKeyInfo, `openssl pkey -pubout`).
+        #[arg(long)]
+        wrapping_public_key: PathBuf,
+        /// RSAES_OAEP_SHA_256 or RSA_AES_KEY_WRAP_SHA_256.
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping: String,
+        /// Where to write the export file (created 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Cancel a scheduled destruction (the key gets back its status).
     CancelDestroy {
@@ -787,6 +804,33 @@ fn write_backup(out: &std::path::Path, v: serde_json::Value) -> anyhow::Result<(
     Ok(())
 }
 
+/// `keys export`: write the export file 0600 (never over an existing file), print a summary.
+fn write_export(out: &std::path::Path, v: serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file: crate::export::ExportFile =
+        serde_json::from_value(v).context("the answer is not a key export")?;
+    let text = serde_json::to_string_pretty(&file)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("--out {}: creating it", out.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "key {} exported ({} version(s), {}) to {} for escrow key {}",
+        file.key_id,
+        file.versions.len(),
+        file.wrapping_algorithm,
+        out.display(),
+        file.escrow_spki_sha256
+    );
+    Ok(())
+}
+
 fn print_store_table(stores: &[StoreInfo]) {
     println!(
         "{:<16} {:<24} {:<14} {:>5} {:>6}",
@@ -1149,6 +1193,37 @@ fn build_keys(k: Keys) -> anyhow::Result<(Request, Show)> {
                 Ok(())
             }),
         ),
+        Keys::Export {
+            id,
+            store,
+            wrapping_public_key,
+            wrapping,
+            out,
+        } => {
+            use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+            let wrapping_algorithm =
+                WrappingAlgorithm::parse(&wrapping).map_err(anyhow::Error::msg)?;
+            let pem = std::fs::read_to_string(&wrapping_public_key)
+                .with_context(|| format!("{}", wrapping_public_key.display()))?;
+            let der = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
+                .and_then(|k| k.to_public_key_der())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--wrapping-public-key {}: not an RSA public key in PEM: {e}",
+                        wrapping_public_key.display()
+                    )
+                })?;
+            (
+                Request::KeysExport {
+                    store: store.store,
+                    id,
+                    wrapping_algorithm,
+                    wrapping_public_key_der_b64: base64::engine::general_purpose::STANDARD
+                        .encode(der.as_bytes()),
+                },
+                Box::new(move |v| write_export(&out, v)),
+            )
+        }
         Keys::CancelDestroy { id, store } => (
             Request::KeysCancelDestroy {
                 store: store.store,

@@ -11,6 +11,7 @@ pub mod acme;
 pub mod approval;
 pub mod cli;
 pub mod client;
+pub mod export;
 pub mod import;
 pub mod ops;
 pub mod pki;

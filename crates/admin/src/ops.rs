@@ -469,6 +469,18 @@ impl Backend for RegistryBackend {
                         .unwrap_or("?")
                 ),
                 Ok(_) if op == "kms_config" => format!("{what}; secret disclosed to the admin"),
+                Ok(v) if op == "keys_export" => format!(
+                    "{what}; versions={}",
+                    v.get("versions")
+                        .and_then(Value::as_array)
+                        .map(|vs| vs
+                            .iter()
+                            .filter_map(|x| x.get("version").and_then(Value::as_u64))
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                ),
                 Ok(v) if op == "keys_import_params" => format!(
                     "{what}; import_token_sha256={} valid_to={}",
                     token_ref(v.get("import_token").and_then(Value::as_str).unwrap_or("")),
@@ -538,6 +550,17 @@ fn describe(req: &Request) -> String {
             "store={} key={id} days={}",
             s(store),
             days.unwrap_or(keyward_keystore::DEFAULT_DESTROY_DAYS)
+        ),
+        Request::KeysExport {
+            store,
+            id,
+            wrapping_algorithm,
+            wrapping_public_key_der_b64,
+        } => format!(
+            "store={} key={id} export wrapped ({wrapping_algorithm}) to escrow_spki_sha256={}",
+            s(store),
+            super::export::escrow_key(wrapping_public_key_der_b64)
+                .map_or_else(|_| "(not a usable key)".to_string(), |(_, sha)| sha)
         ),
         Request::KeysEnable { store, id }
         | Request::KeysDisable { store, id }
@@ -655,6 +678,15 @@ fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
         status: k.status,
         version: k.version,
         grants: k.grants,
+    }
+}
+
+impl From<super::export::ExportError> for AdminError {
+    fn from(e: super::export::ExportError) -> Self {
+        match e {
+            super::export::ExportError::PublicKey(_) => AdminError::BadRequest(e.to_string()),
+            super::export::ExportError::Wrap(_) => AdminError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -930,6 +962,58 @@ impl RegistryBackend {
                     days.unwrap_or(keyward_keystore::DEFAULT_DESTROY_DAYS),
                     now,
                 )?))
+            }
+            Request::KeysExport {
+                store,
+                id,
+                wrapping_algorithm,
+                wrapping_public_key_der_b64,
+            } => {
+                let (escrow, spki_sha) = super::export::escrow_key(&wrapping_public_key_der_b64)?;
+                let name = self.store_name(&store)?;
+                let snap = r.snapshot();
+                let sv = snap
+                    .stores
+                    .get(&name)
+                    .ok_or_else(|| AdminError::from(KeystoreError::UnknownStore(name.clone())))?;
+                if sv.destroyed.contains_key(&id) {
+                    return Err(AdminError::Conflict(format!(
+                        "id: key {id} is destroyed; there is nothing to export"
+                    )));
+                }
+                let k = sv.keys.get(&id).ok_or_else(|| {
+                    AdminError::from(KeystoreError::UnknownKey {
+                        store: name.clone(),
+                        id: id.clone(),
+                    })
+                })?;
+                if k.destroy_at.is_some() {
+                    return Err(AdminError::Conflict(format!(
+                        "id: key {id} is scheduled for destruction; cancel-destroy it first to                          export it"
+                    )));
+                }
+                let mut versions: Vec<(u32, &keyward_secret::Key32)> = k
+                    .older
+                    .iter()
+                    .map(|o| (o.version, &o.kek))
+                    .chain(std::iter::once((k.version, &k.kek)))
+                    .collect();
+                versions.sort_by_key(|(v, _)| *v);
+                let mut out = Vec::with_capacity(versions.len());
+                for (version, kek) in versions {
+                    let w = super::export::wrap(&escrow, wrapping_algorithm, kek.expose())?;
+                    out.push(super::export::ExportedVersion {
+                        version,
+                        wrapped: base64::engine::general_purpose::STANDARD.encode(w),
+                    });
+                }
+                to_json(&super::export::ExportFile {
+                    key_id: id,
+                    store: name,
+                    wrapping_algorithm,
+                    escrow_spki_sha256: spki_sha,
+                    versions: out,
+                })
             }
             Request::KeysCancelDestroy { store, id } => {
                 to_json(&key_info(r.cancel_destroy(store.as_deref(), &id)?))

@@ -157,6 +157,17 @@ pub enum Request {
         #[serde(default)]
         days: Option<u32>,
     },
+    /// Every KEK version of one key wrapped to an escrow RSA public key (3072 or 4096 bits), in
+    /// the layouts `keys import --wrapped` accepts ([`crate::export`]). Security role and M-of-N
+    /// approval (the request hash covers the id, the escrow key's SPKI and the algorithm).
+    KeysExport {
+        store: Option<String>,
+        id: String,
+        #[serde(default)]
+        wrapping_algorithm: crate::import::WrappingAlgorithm,
+        /// The escrow key, DER SubjectPublicKeyInfo, standard Base64.
+        wrapping_public_key_der_b64: String,
+    },
     /// Cancel a scheduled destruction: the key gets back the status it had.
     KeysCancelDestroy {
         store: Option<String>,
@@ -256,6 +267,7 @@ impl Request {
             Request::KeysDisable { .. } => "keys_disable",
             Request::KeysRotate { .. } => "keys_rotate",
             Request::KeysScheduleDestroy { .. } => "keys_schedule_destroy",
+            Request::KeysExport { .. } => "keys_export",
             Request::KeysCancelDestroy { .. } => "keys_cancel_destroy",
             Request::KeysRotation { .. } => "keys_rotation",
             Request::KeysGrant { .. } => "keys_grant",
@@ -285,6 +297,7 @@ impl Request {
                 | Request::KeysList { .. }
                 | Request::CredsList { .. }
                 | Request::KmsConfig { .. }
+                | Request::KeysExport { .. }
                 | Request::Backup
                 | Request::ApprovalsList
                 | Request::MkStatus

@@ -13,12 +13,12 @@
 //! - `operator`: day-to-day key management: `keys create|import|grant|revoke|rotate|enable|
 //!   disable|cancel-destroy`, `stores create`.
 //! - `security`: credentials and secrets (`creds add|remove`, `kms-config`), `keys
-//!   schedule-destroy`, `tls csr|install`, `stores remove`, `backup`.
+//!   schedule-destroy|export`, `tls csr|install`, `stores remove`, `backup`.
 //! - `admin` (deprecated): operator and security together, for certificates issued before the
 //!   split.
 //!
-//! Destructive or secret-revealing requests (`keys schedule-destroy`, `kms-config`, `stores
-//! remove`) also need M-of-N approval ([`Policy::approval`], see `crate::approval`).
+//! Destructive or secret-revealing requests (`keys schedule-destroy`, `keys export`,
+//! `kms-config`, `stores remove`) also need M-of-N approval ([`Policy::approval`], see `crate::approval`).
 //!
 //! A certificate with no role claim gets `[admin] unclaimed_role` (default `admin`, so operator
 //! certificates issued before roles existed keep working; set `unclaimed_role = "viewer"` once
@@ -160,9 +160,10 @@ pub fn policy(req: &Request) -> Policy {
         | R::Backup
         | R::BackupRewrap { .. }
         | R::MkReseal => (Need::Security, false),
-        R::KeysScheduleDestroy { .. } | R::KmsConfig { .. } | R::StoresRemove { .. } => {
-            (Need::Security, true)
-        }
+        R::KeysScheduleDestroy { .. }
+        | R::KeysExport { .. }
+        | R::KmsConfig { .. }
+        | R::StoresRemove { .. } => (Need::Security, true),
         // Approving or denying needs the role of the request it decides; checked against the
         // filed request (any known role gets that far).
         R::ApprovalsApprove { .. } | R::ApprovalsDeny { .. } => (Need::Any, false),
@@ -456,6 +457,14 @@ mod tests {
     fn policy_schedule_destroy_needs_approval() {
         check(
             r#"{"op":"keys_schedule_destroy","store":null,"id":"k","days":7}"#,
+            Need::Security,
+            true,
+        );
+    }
+    #[test]
+    fn policy_keys_export_needs_approval() {
+        check(
+            r#"{"op":"keys_export","store":null,"id":"k","wrapping_algorithm":"RSAES_OAEP_SHA_256","wrapping_public_key_der_b64":"AA=="}"#,
             Need::Security,
             true,
         );
