@@ -234,7 +234,7 @@ impl RegistryBackend {
             AdminError::Unavailable(format!(
                 "file: the backup is sealed under master-key version {version}, which the \
                  key-release service did not release (retired?): {}",
-                error_line(&e)
+                keyward_keystore::error_chain(&e)
             ))
         })?;
         if keys.get(version).is_none() {
