@@ -786,23 +786,8 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
 /// backup decrypts). A damaged backup is refused naming the field, nothing re-wrapped.
 #[test]
 fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
-    use crate::serve_common::{self, admin, admin_ok, ServeSetup};
-    let Some(f) = common::KrsFixture::new("backup-rewrap", "") else {
-        return;
-    };
-    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
-    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
-    f.sign_policy_text(2, &text, &f.policy_file);
-    let setup = ServeSetup::new();
-    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
-    let krs = serve_krs_pinned(&f);
-    let base = std::fs::read_to_string(&setup.config).unwrap();
-    let cfg = base.replace(
-        "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
-        &release_section(&f, &krs.addr, &ca_pin),
-    );
-    assert!(cfg.contains("source = \"release\""));
-    std::fs::write(&setup.config, cfg).unwrap();
+    use crate::serve_common::{self, admin, admin_ok};
+    let (f, krs, setup) = crate::boot_kill::released_setup("backup-rewrap");
 
     let (mut p, xks) = setup.start();
     serve_common::create_open_key(&setup.profile, "k1");
