@@ -82,14 +82,7 @@ const END: &str = "<!-- fleet-chaos: end -->";
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
-    keyward::secret::init(keyward::secret::MemoryPolicy {
-        allow_unlocked: true,
-    })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(opts))
+    block_on(run(opts))
 }
 
 fn open_loop(fleet: &Fleet, opts: &Opts) -> anyhow::Result<Bench> {

@@ -24,6 +24,21 @@ use keyward::bench::settings::{DemoLine, RawSettings};
 use keyward::bench::signer::Signer;
 use keyward::keystore::view::{Grant, GrantOps, KeyUsage};
 
+/// Run a tool's `run` on a two-thread runtime, with key memory allowed unlocked (the tools hold
+/// only the demo's test credentials).
+pub(crate) fn block_on(
+    f: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    keyward::secret::init(keyward::secret::MemoryPolicy {
+        allow_unlocked: true,
+    })?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 /// The key store every demo fleet member serves.
 pub(crate) const STORE: &str = "demo";
 /// The running fleet and what this tool started besides it.

@@ -71,14 +71,7 @@ rss_kb_1,rss_kb_2,rss_kb_3,fds_1,fds_2,fds_3,admin_member,admin_ok,admin_error";
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
-    keyward::secret::init(keyward::secret::MemoryPolicy {
-        allow_unlocked: true,
-    })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(opts))
+    block_on(run(opts))
 }
 
 /// One minute's figures.

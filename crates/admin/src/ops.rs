@@ -656,6 +656,23 @@ fn describe(req: &Request) -> String {
     }
 }
 
+/// A backup file as `backup` and `backup rewrap` answer it: the file and what it holds.
+fn backup_info(e: keyward_keystore::backup::Export) -> Result<Value, AdminError> {
+    use sha2::Digest;
+    let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
+    let file = String::from_utf8(e.bytes)
+        .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
+    to_json(&BackupInfo {
+        file,
+        store_id: hex::encode(&e.head.store_id),
+        seq: e.head.seq,
+        records: e.records,
+        created: keyward_keystore::unix_rfc3339(e.created),
+        sha256,
+        mk_version: e.head.mk_version,
+    })
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, AdminError> {
     serde_json::to_value(v).map_err(|e| AdminError::Internal(e.to_string()))
 }
@@ -804,24 +821,8 @@ impl RegistryBackend {
                     "store_seq": r.head().seq,
                 })),
             },
-            Request::Backup => {
-                use sha2::Digest;
-                let e = r.export()?;
-                let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
-                let file = String::from_utf8(e.bytes)
-                    .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
-                to_json(&BackupInfo {
-                    file,
-                    store_id: hex::encode(&e.head.store_id),
-                    seq: e.head.seq,
-                    records: e.records,
-                    created: keyward_keystore::unix_rfc3339(e.created),
-                    sha256,
-                    mk_version: e.head.mk_version,
-                })
-            }
+            Request::Backup => backup_info(r.export()?),
             Request::BackupRewrap { file } => {
-                use sha2::Digest;
                 let bad = |e: keyward_keystore::backup::BackupError| match e {
                     keyward_keystore::backup::BackupError::Keystore(k) => AdminError::from(k),
                     e => AdminError::BadRequest(format!("file: {e}")),
@@ -832,24 +833,13 @@ impl RegistryBackend {
                     .mk_version();
                 let keys = self.master_keys_for_backup(version)?;
                 let e = keyward_keystore::backup::rewrap(bytes, keys).map_err(bad)?;
-                let sha256 = hex::encode(sha2::Sha256::digest(&e.bytes));
-                let file = String::from_utf8(e.bytes)
-                    .map_err(|_| AdminError::Internal("the backup is not UTF-8".into()))?;
                 tracing::info!(
                     from = version,
                     to = e.head.mk_version,
                     seq = e.head.seq,
                     "re-wrapped a backup under the newest master-key version"
                 );
-                to_json(&BackupInfo {
-                    file,
-                    store_id: hex::encode(&e.head.store_id),
-                    seq: e.head.seq,
-                    records: e.records,
-                    created: keyward_keystore::unix_rfc3339(e.created),
-                    sha256,
-                    mk_version: e.head.mk_version,
-                })
+                backup_info(e)
             }
             Request::MkStatus => to_json(&r.mk_status()),
             Request::MkReseal => {
