@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run fleet fleet-chaos soak fuzz fuzz-seeds test build release sbom sign fips lint fmt bench image measure image-repro image-test ami clean
+.PHONY: run fleet fleet-chaos soak fuzz fuzz-seeds test build release sbom sign fips bench-fips lint fmt bench image measure image-repro image-test ami clean
 
 ## make run: the whole pipeline on embedded defaults (simulated TEE, local key release, XKS on https://127.0.0.1:8443).
 ## Installs missing packages first (scripts/setup.sh), stops before building when the port is taken,
@@ -81,6 +81,14 @@ bench:
 	$(CARGO) build --release --bin keyward --example bench_echo_server --example bench_unseal --example bench_xks_server --example bench_suite
 	$(CARGO) bench --bench floor --bench xks --bench unseal
 	./target/release/examples/bench_suite $(BENCH_ARGS)
+
+## make bench-fips: the fips build (release, in FIPS_TARGET) against the default release build,
+## the same client driving `keyward demo` of each in turn (bench/fips.json).
+bench-fips:
+	@scripts/setup.sh --install fips
+	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) build --release --features fips --bin keyward
+	$(CARGO) build --release --bin keyward --example bench_suite
+	./target/release/examples/bench_suite --fips $(FIPS_TARGET)/release/keyward $(BENCH_ARGS)
 
 build:
 	$(CARGO) build

@@ -648,6 +648,59 @@ fn pg_server() -> Pg {
     Pg { pg, _dir: dir }
 }
 
+/// The configuration of a fleet member: `base` (a [`crate::serve_common::ServeSetup`]
+/// configuration) with its `[storage]` on the database at `url` (a state directory and audit
+/// file of its own) and `release` as its `[master_key]` section.
+fn pg_member_config(base: &str, url: &str, release: &str, state: &str, audit: &str) -> String {
+    let start = base.find("[storage]").unwrap();
+    let end = base[start..].find("\n[admin]").unwrap() + start;
+    format!(
+        "{}[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\ndir = \"{state}\"\n\n{release}{}",
+        &base[..start],
+        &base[end..]
+    )
+    .replace(
+        "audit_file = \"audit.jsonl\"",
+        &format!("audit_file = \"{audit}\""),
+    )
+}
+
+/// A running fleet member: its process, its admin profile and its XKS endpoint.
+struct Member {
+    proc: crate::serve_common::Proc,
+    profile: std::path::PathBuf,
+    xks: crate::serve_common::Xks,
+}
+
+/// Start `keyward serve --config CONFIG` in `setup`'s directory; its admin profile is
+/// `profile-NAME.toml` there (the set-up's operator certificate).
+fn start_member(setup: &crate::serve_common::ServeSetup, config: &Path, name: &str) -> Member {
+    use crate::serve_common::{addr_after, Proc, Xks};
+    let mut proc = Proc::spawn(
+        &["serve", "--config", config.to_str().unwrap()],
+        setup.dir.path(),
+    );
+    let xks_line = proc.wait_stderr("XKS API on ", Duration::from_secs(60));
+    let admin_line = proc.wait_stderr("admin API on ", Duration::from_secs(10));
+    let profile = setup.dir.path().join(format!("profile-{name}.toml"));
+    setup.write_profile(
+        &profile,
+        &addr_after(&admin_line, "admin API on "),
+        "admin.pem",
+        "admin-key.pem",
+    );
+    let xks = Xks {
+        url: format!("https://{}", addr_after(&xks_line, "XKS API on ")),
+        uri_prefix: "/kw".into(),
+        region: "us-east-1".into(),
+        access_key_id: setup.access_key_id.clone(),
+        secret: setup.secret.clone(),
+        ca: setup.ca.clone(),
+        service: "kms-xks-proxy".into(),
+    };
+    Member { proc, profile, xks }
+}
+
 /// Two `keyward serve` members on one PostgreSQL store, both booted before `krs mk rotate`:
 /// member 1 runs `mk reseal` (a fresh release, the re-seal, the KRS head under version 2);
 /// member 2, which holds only version 1, finds the store re-sealed on its next re-read,
@@ -655,7 +708,7 @@ fn pg_server() -> Pg {
 /// again, without a restart; both decrypt what was encrypted before.
 #[test]
 fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
-    use crate::serve_common::{self, addr_after, admin, admin_ok, Proc, ServeSetup};
+    use crate::serve_common::{self, admin, admin_ok, ServeSetup};
     let Some(f) = common::KrsFixture::new("fleet-mk-live", "") else {
         return;
     };
@@ -667,21 +720,9 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
     let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
     let krs = serve_krs_pinned(&f);
     let cfg = std::fs::read_to_string(&setup.config).unwrap();
-    let start = cfg.find("[storage]").unwrap();
-    let end = cfg[start..].find("\n[admin]").unwrap() + start;
-    let member = |state: &str, audit: &str| {
-        format!(
-            "{}[storage]\nbackend = \"postgres\"\nurl = \"{}\"\ndir = \"{state}\"\n\n{}{}",
-            &cfg[..start],
-            db.pg.url(),
-            release_section(&f, &krs.addr, &ca_pin),
-            &cfg[end..]
-        )
-        .replace(
-            "audit_file = \"audit.jsonl\"",
-            &format!("audit_file = \"{audit}\""),
-        )
-    };
+    let release = release_section(&f, &krs.addr, &ca_pin);
+    let member =
+        |state: &str, audit: &str| pg_member_config(&cfg, &db.pg.url(), &release, state, audit);
     std::fs::write(&setup.config, member("state-a", "audit-a.jsonl")).unwrap();
     let config_b = setup.dir.path().join("member-b.toml");
     std::fs::write(&config_b, member("state-b", "audit-b.jsonl")).unwrap();
@@ -691,21 +732,11 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
     serve_common::create_open_key(&profile_a, "k1");
     let (code, enc) = xks.encrypt("k1", "ZmxlZXQ=");
     assert_eq!(code, 200, "{enc}");
-    let mut pb = Proc::spawn(
-        &["serve", "--config", config_b.to_str().unwrap()],
-        setup.dir.path(),
-    );
-    let line = pb.wait_stderr("admin API on ", Duration::from_secs(60));
-    let profile_b = setup.dir.path().join("profile-b.toml");
-    setup.write_profile(
-        &profile_b,
-        &addr_after(&line, "admin API on "),
-        "admin.pem",
-        "admin-key.pem",
-    );
-    let xks_b_line = pb.wait_stderr("XKS API on ", Duration::from_secs(10));
-    let mut xks_b = xks.clone();
-    xks_b.url = format!("https://{}", addr_after(&xks_b_line, "XKS API on "));
+    let Member {
+        proc: mut pb,
+        profile: profile_b,
+        xks: xks_b,
+    } = start_member(&setup, &config_b, "b");
     let st = json(&admin_ok(&profile_b, &["mk", "status"]));
     assert_eq!(
         (&st["sealed"], &st["current"]),
@@ -713,6 +744,13 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
         "{st}"
     );
 
+    let releases = |f: &common::KrsFixture| {
+        f.log_entries()
+            .iter()
+            .filter(|e| e["decision"] == "release")
+            .count()
+    };
+    let released_before = releases(&f);
     let krs = rotate_with_krs_stopped(&f, krs);
     let r = json(&admin_ok(&profile_a, &["mk", "reseal"]));
     assert_eq!(
@@ -743,6 +781,9 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
         "{st}"
     );
     assert!(pb.child.try_wait().unwrap().is_none(), "member 2 restarted");
+    // The KRS recorded both: member 1's release for the re-seal and member 2's own fetch,
+    // each a fresh attested release in its log.
+    assert_eq!(releases(&f), released_before + 2, "{:?}", f.log_entries());
     assert!(pa.child.try_wait().unwrap().is_none(), "member 1 restarted");
     for x in [&xks, &xks_b] {
         let (code, dec) = x.decrypt("k1", &enc);
@@ -902,4 +943,274 @@ fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
     assert_eq!(st["sealed"], 2, "{st}");
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// `krs mk retire` for a fleet, a year's master-key rotation on three `keyward serve` members
+/// of one PostgreSQL store, against the real KRS on SoftHSMv2:
+/// - a backup under version 1, larger than the admin API's normal body cap, is taken;
+/// - `krs mk retire 1` is refused while it is current, and after `krs mk rotate` while the
+///   deployment's head is still sealed under it;
+/// - one member runs `mk reseal`; the other two follow by themselves, with no write and no
+///   restart;
+/// - the retire is refused without `--backups-moved`; the backup is re-wrapped through the
+///   file route; then the retire is done and logged;
+/// - the old backup can no longer be re-wrapped, and boots nowhere after a restore; the
+///   re-wrapped one restores and boots;
+/// - every member keeps serving, and a restarted member boots on version 2 alone.
+#[test]
+fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
+    use crate::serve_common::{self, admin, admin_ok, Proc, ServeSetup};
+    let Some(f) = common::KrsFixture::new("fleet-mk-retire", "") else {
+        return;
+    };
+    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
+    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let db = pg_server();
+    let setup = ServeSetup::new();
+    let dir = setup.dir.path().to_path_buf();
+    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
+    let mut krs = serve_krs_pinned(&f);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let release = release_section(&f, &krs.addr, &ca_pin);
+    let names = ["a", "b", "c"];
+    let configs: Vec<std::path::PathBuf> = names
+        .iter()
+        .map(|n| {
+            let p = dir.join(format!("member-{n}.toml"));
+            let text = pg_member_config(
+                &base,
+                &db.pg.url(),
+                &release,
+                &format!("state-{n}"),
+                &format!("audit-{n}.jsonl"),
+            );
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    let mut members: Vec<Member> = configs
+        .iter()
+        .zip(names)
+        .map(|(c, n)| start_member(&setup, c, n))
+        .collect();
+
+    // Keys on every member: one the XKS API uses, and enough others (made on all three at
+    // once) that the backup is larger than the admin API's 64 KiB body cap.
+    serve_common::create_open_key(&members[0].profile, "k1");
+    let (code, enc) = members[0].xks.encrypt("k1", "ZmxlZXQtcmV0aXJl");
+    assert_eq!(code, 200, "{enc}");
+    std::thread::scope(|s| {
+        for (i, m) in members.iter().enumerate() {
+            let profile = m.profile.clone();
+            s.spawn(move || {
+                for j in 0..70 {
+                    admin_ok(&profile, &["keys", "create", &format!("bulk-{i}-{j}")]);
+                }
+            });
+        }
+    });
+    // Every member sees every key before the backup.
+    for m in &members {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !["bulk-0-69", "bulk-1-69", "bulk-2-69"]
+            .iter()
+            .all(|k| admin_ok(&m.profile, &["keys", "list"]).contains(k))
+        {
+            assert!(std::time::Instant::now() < deadline, "a member lags");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let old = dir.join("old.json");
+    let b = json(&admin_ok(
+        &members[0].profile,
+        &["backup", "--out", old.to_str().unwrap()],
+    ));
+    assert_eq!(b["mk_version"], 1, "{b}");
+    let old_len = std::fs::metadata(&old).unwrap().len();
+    assert!(old_len > 64 * 1024, "the backup is only {old_len} bytes");
+
+    // The KRS state is changed with the KRS stopped (its state lock); the members keep
+    // serving XKS meanwhile.
+    let retire = |krs: common::Running, args: &[&str]| -> (common::Running, String) {
+        let addr = krs.addr.clone();
+        drop(krs);
+        let out = mk(&f, args);
+        let krs = f.serve();
+        assert_eq!(krs.addr, addr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.success(),
+            args.contains(&"--backups-moved") && !text.contains("refused"),
+            "{text}"
+        );
+        (krs, text)
+    };
+    let (k, text) = retire(krs, &["retire", "1", "--backups-moved"]);
+    assert!(text.contains("version 1 is the current one"), "{text}");
+    krs = rotate_with_krs_stopped(&f, k);
+    let (k, text) = retire(krs, &["retire", "1", "--backups-moved"]);
+    assert!(
+        text.contains("deployment(s) appliance is still sealed under master key version 1"),
+        "{text}"
+    );
+    krs = k;
+
+    // One member re-seals; the other two follow by themselves (no write, no restart).
+    let r = json(&admin_ok(&members[1].profile, &["mk", "reseal"]));
+    assert_eq!(
+        (&r["released"], &r["sealed"], &r["krs_recorded"]),
+        (&2.into(), &2.into(), &true.into()),
+        "{r}"
+    );
+    for m in &members {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = json(&admin_ok(&m.profile, &["mk", "status"]));
+            if st["sealed"] == 2 && st["current"] == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a member did not follow: {st}\n{}",
+                m.proc.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let (code, dec) = m.xks.decrypt("k1", &enc);
+        assert_eq!(
+            (code, dec["plaintext"].as_str()),
+            (200, Some("ZmxlZXQtcmV0aXJl")),
+            "{dec}"
+        );
+    }
+    let (k, text) = retire(krs, &["retire", "1"]);
+    assert!(text.contains("--backups-moved not given"), "{text}");
+    krs = k;
+
+    // The backup moves to version 2 (through the file route: it is over the normal cap), on
+    // a member other than the one that re-sealed.
+    let new = dir.join("new.json");
+    let w = json(&admin_ok(
+        &members[2].profile,
+        &[
+            "backup",
+            "rewrap",
+            "--in",
+            old.to_str().unwrap(),
+            "--out",
+            new.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        (&w["mk_version"], &w["seq"], &w["store_id"]),
+        (&2.into(), &b["seq"], &b["store_id"]),
+        "{w} {b}"
+    );
+    let (k, text) = retire(krs, &["retire", "1", "--backups-moved"]);
+    assert!(text.contains("\"retired\":true"), "{text}");
+    krs = k;
+    let list = mk_list(&f);
+    let v1 = list.iter().find(|l| l["version"] == 1).unwrap();
+    assert_eq!(v1["state"], "retired", "{list:?}");
+    let v2 = list.iter().find(|l| l["version"] == 2).unwrap();
+    assert_eq!(v2["deployments"], serde_json::json!(["appliance"]), "{list:?}");
+    assert!(
+        f.log_entries()
+            .iter()
+            .any(|e| e["decision"] == "mk-retire"),
+        "the retire is not in the release log"
+    );
+
+    // Version 1 is gone: the old backup cannot be re-wrapped any more.
+    let out = admin(
+        &members[0].profile,
+        &[
+            "backup",
+            "rewrap",
+            "--in",
+            old.to_str().unwrap(),
+            "--out",
+            dir.join("again.json").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("retired"), "{err}");
+    assert!(!dir.join("again.json").exists());
+    // Every member still serves; a restarted one boots on version 2 alone.
+    for m in &members {
+        let (code, _) = m.xks.decrypt("k1", &enc);
+        assert_eq!(code, 200);
+    }
+    let b_member = members.remove(1);
+    b_member.proc.signal(libc::SIGTERM);
+    let mut b_proc = b_member.proc;
+    assert_eq!(b_proc.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(b_proc);
+    let again = start_member(&setup, &configs[1], "b2");
+    let (code, dec) = again.xks.decrypt("k1", &enc);
+    assert_eq!(
+        (code, dec["plaintext"].as_str()),
+        (200, Some("ZmxlZXQtcmV0aXJl")),
+        "{dec}"
+    );
+    members.push(again);
+    for mut m in members {
+        m.proc.signal(libc::SIGTERM);
+        assert_eq!(m.proc.wait_exit(Duration::from_secs(20)), Some(0));
+    }
+
+    // The fleet is lost. Restored from the old backup, a store boots nowhere (version 1 is
+    // not released any more); from the re-wrapped one it boots and serves the same keys.
+    let restore = |backup: &Path, name: &str| -> std::path::PathBuf {
+        let cfg = dir.join(format!("{name}.toml"));
+        let text = base
+            .replace(
+                "[master_key]\nsource = \"file\"\nfile = \"master.key\"\n",
+                &release,
+            )
+            .replace("dir = \"store\"", &format!("dir = \"{name}\""))
+            .replace(
+                "audit_file = \"audit.jsonl\"",
+                &format!("audit_file = \"audit-{name}.jsonl\""),
+            );
+        assert!(text.contains("source = \"release\""));
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["store", "restore", "--config"])
+            .arg(&cfg)
+            .arg(backup)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cfg
+    };
+    let cfg_old = restore(&old, "restored-old");
+    let mut p = Proc::spawn(&["serve", "--config", cfg_old.to_str().unwrap()], &dir);
+    let code = p.wait_exit(Duration::from_secs(60));
+    assert!(code.is_some_and(|c| c != 0), "{code:?}");
+    assert!(p.stderr_text().contains("retired"), "{}", p.stderr_text());
+    let cfg_new = restore(&new, "restored-new");
+    let m = start_member(&setup, &cfg_new, "restored");
+    let (code, dec) = m.xks.decrypt("k1", &enc);
+    assert_eq!(
+        (code, dec["plaintext"].as_str()),
+        (200, Some("ZmxlZXQtcmV0aXJl")),
+        "{dec}"
+    );
+    let st = json(&admin_ok(&m.profile, &["mk", "status"]));
+    assert_eq!((&st["sealed"], &st["current"]), (&2.into(), &2.into()), "{st}");
+    let mut p = m.proc;
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(krs);
 }

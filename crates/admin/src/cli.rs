@@ -1544,7 +1544,7 @@ pub enum BackupCmd {
     /// Re-wrap a backup under the newest master-key version the appliance holds (before
     /// `krs mk retire --backups-moved`): the appliance opens and verifies it as a restore
     /// would (MACs, records, deployment) and returns it re-sealed; nothing is restored.
-    /// Security role. The file must fit in one admin request (64 KiB).
+    /// Security role. The file goes in one request to `/admin/v1/file`, capped at 96 MiB.
     Rewrap {
         /// The backup to re-wrap.
         #[arg(long = "in")]

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::ServerName;
 
-use super::proto::{Request, Response, PATH};
+use super::proto::{Request, Response, FILE_PATH, PATH};
 use super::tls::ServerTrust;
 use keyward_config::reader::{Problems, Section};
 
@@ -148,7 +148,8 @@ impl Profile {
         tokio::spawn(conn);
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let body = zeroize::Zeroizing::new(body);
-        let mut builder = http::Request::post(PATH)
+        let path = if req.carries_file() { FILE_PATH } else { PATH };
+        let mut builder = http::Request::post(path)
             .header(http::header::HOST, format!("{}:{}", self.host, self.port))
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(a) = approval {
@@ -157,9 +158,11 @@ impl Profile {
         let http_req = builder
             .body(Full::new(Bytes::copy_from_slice(&body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(http_req))
+        // A file (a backup of many keys) takes longer to send and to re-seal.
+        let wait = if req.carries_file() { 600 } else { 60 };
+        let resp = tokio::time::timeout(Duration::from_secs(wait), sender.send_request(http_req))
             .await
-            .map_err(|_| ClientError::Protocol("no answer within 60 s".into()))?
+            .map_err(|_| ClientError::Protocol(format!("no answer within {wait} s")))?
             .map_err(|e| {
                 // A TLS alert from the server (e.g. certificate refused) surfaces here.
                 ClientError::Protocol(format!("request failed: {e}"))

@@ -16,8 +16,18 @@ pub const PATH: &str = "/admin/v1";
 /// JSON request so the request's hash (what the approval is bound to) is the request itself.
 pub const APPROVAL_HEADER: &str = "x-keyward-approval";
 
-/// Largest request body the admin server reads.
+/// Largest request body the admin server reads on [`PATH`].
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The admin API path for the requests that carry a whole file ([`Request::carries_file`]:
+/// `backup rewrap`): the same JSON request and answer as [`PATH`], the same TLS, role and
+/// approval checks, but a body cap of [`MAX_FILE_BODY`] and a longer body deadline. Every
+/// other operation is refused there, so the larger cap buys nothing for them.
+pub const FILE_PATH: &str = "/admin/v1/file";
+
+/// Largest request body the admin server reads on [`FILE_PATH`]: a backup of about 100,000
+/// keys (a backup holds about 0.6 KB per key, a little more once JSON-escaped).
+pub const MAX_FILE_BODY: usize = 96 * 1024 * 1024;
 
 /// A string that is a secret: zeroized on drop, never shown by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -217,8 +227,8 @@ pub enum Request {
     /// Re-wrap a backup under the newest master-key version this appliance holds (`keyward
     /// admin backup rewrap`): the file (its text, as `backup` returned it) is opened and
     /// verified exactly as a restore given the master key does, re-sealed under the current
-    /// version and returned (see [`BackupInfo`]); nothing is restored. Security role. The
-    /// file must fit in [`MAX_BODY`].
+    /// version and returned (see [`BackupInfo`]); nothing is restored. Security role. Sent
+    /// to [`FILE_PATH`], whose cap is [`MAX_FILE_BODY`].
     BackupRewrap {
         file: String,
     },
@@ -249,6 +259,11 @@ pub enum Request {
 
 impl Request {
     /// Short operation name for logs and audit (`keys_create`, ...).
+    /// Whether this request carries a whole file, and so goes to [`FILE_PATH`].
+    pub fn carries_file(&self) -> bool {
+        matches!(self, Request::BackupRewrap { .. })
+    }
+
     pub fn op(&self) -> &'static str {
         match self {
             Request::StoresList => "stores_list",

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::proto::{Request, Response, MAX_BODY, PATH};
+use super::proto::{Request, Response, FILE_PATH, MAX_BODY, MAX_FILE_BODY, PATH};
 use super::role::{Operator, Role};
 use super::tls::OperatorCa;
 use keyward_config::AdminConfig;
@@ -124,6 +124,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// From the headers to the end of the body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same on [`FILE_PATH`] (up to [`MAX_FILE_BODY`]: 96 MiB at 2 MB/s).
+const FILE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AdminServer {
     /// Load the TLS material and bind the listener. Without TLS files in `cfg`, the server
@@ -269,18 +271,39 @@ struct ConnState {
     actor: Arc<Operator>,
 }
 
-/// The routes of one connection: `POST /admin/v1`, `GET /metrics`, a JSON 405 for other
-/// methods on them, a JSON 404 elsewhere; the body capped at [`MAX_BODY`] (413) and due within 10 s (408) by tower-http
-/// layers. The TLS handshake deadline, the header deadline and the connection cap are the
-/// accept loop's.
+/// The routes of one connection: `POST /admin/v1`, `POST /admin/v1/file` (the requests that
+/// carry a whole file), `GET /metrics`, a JSON 405 for other methods on them, a JSON 404
+/// elsewhere; each POST route's body capped ([`MAX_BODY`], [`MAX_FILE_BODY`]: 413) and due in
+/// time ([`BODY_TIMEOUT`], [`FILE_BODY_TIMEOUT`]: 408) by tower-http layers. The TLS handshake
+/// deadline, the header deadline and the connection cap are the accept loop's.
 fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
     use axum::routing::{get, post};
+    // Inner first: the limit wraps the body the timeout already wraps, so an oversized body
+    // is told apart (413) from a slow one (408). axum's own 2 MB default is lifted to the same
+    // cap, so the tower-http layer is the one that answers.
+    let capped = |route: axum::routing::MethodRouter<ConnState>, cap: usize, due: Duration| {
+        route
+            .layer(axum::extract::DefaultBodyLimit::max(cap))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(cap))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(due))
+    };
+    let not_post = || async { answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into())) };
     axum::Router::new()
         .route(
             PATH,
-            post(admin).fallback(|| async {
-                answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into()))
-            }),
+            capped(
+                post(admin_small).fallback(not_post),
+                MAX_BODY,
+                BODY_TIMEOUT,
+            ),
+        )
+        .route(
+            FILE_PATH,
+            capped(
+                post(admin_file).fallback(not_post),
+                MAX_FILE_BODY,
+                FILE_BODY_TIMEOUT,
+            ),
         )
         .route(
             METRICS_PATH,
@@ -289,21 +312,43 @@ fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
             }),
         )
         .fallback(|| async { answer(StatusCode::NOT_FOUND, Err("unknown path".into())) })
-        // Inner first: the limit wraps the body the timeout already wraps, so an oversized body
-        // is told apart (413) from a slow one (408).
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            BODY_TIMEOUT,
-        ))
         .with_state(ConnState { backend, actor })
 }
 
-/// `POST /admin/v1`: one JSON request, carried out on a blocking thread (it writes and fsyncs).
+/// Which POST route a request came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// [`PATH`]: every operation (a file that fits in [`MAX_BODY`] too).
+    Small,
+    /// [`FILE_PATH`]: only the operations that carry a file.
+    File,
+}
+
+type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
+type StateOf = axum::extract::State<ConnState>;
+
+/// `POST /admin/v1`.
+async fn admin_small(st: StateOf, headers: http::HeaderMap, body: BodyResult) -> Answer {
+    admin(st, headers, body, Route::Small).await
+}
+
+/// `POST /admin/v1/file`.
+async fn admin_file(st: StateOf, headers: http::HeaderMap, body: BodyResult) -> Answer {
+    admin(st, headers, body, Route::File).await
+}
+
+/// `POST /admin/v1` (or `/admin/v1/file`): one JSON request, carried out on a blocking thread
+/// (it writes and fsyncs).
 async fn admin(
-    axum::extract::State(st): axum::extract::State<ConnState>,
+    axum::extract::State(st): StateOf,
     headers: http::HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: BodyResult,
+    route: Route,
 ) -> Answer {
+    let cap = match route {
+        Route::Small => MAX_BODY,
+        Route::File => MAX_FILE_BODY,
+    };
     let approval = match headers
         .get(super::proto::APPROVAL_HEADER)
         .map(|v| v.to_str())
@@ -327,7 +372,7 @@ async fn admin(
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Err(format!("request larger than {MAX_BODY} bytes")),
+                Err(format!("request larger than {cap} bytes")),
             )
         }
         Err(_) => {
@@ -341,6 +386,15 @@ async fn admin(
         Ok(r) => r,
         Err(e) => return answer(StatusCode::BAD_REQUEST, Err(format!("bad request: {e}"))),
     };
+    if route == Route::File && !request.carries_file() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            Err(format!(
+                "op: {} carries no file: send it to {PATH}",
+                request.op()
+            )),
+        );
+    }
     let op = request.op();
     let ConnState { backend, actor } = st;
     let result =
@@ -500,6 +554,38 @@ mod tests {
         let status = r.status();
         let b = r.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_file_route_takes_large_files_and_nothing_else() {
+        // A backup far over the small cap (2 MB: also over axum's own default) goes through
+        // the file route, and only there.
+        let file = "x".repeat(2 * 1024 * 1024 + 7);
+        let req = serde_json::to_vec(&serde_json::json!({"op":"backup_rewrap","file":file}))
+            .unwrap();
+        let (s, v) = call("POST", FILE_PATH, req.clone()).await;
+        assert_eq!((s, v["result"]["op"].as_str()), (StatusCode::OK, Some("backup_rewrap")), "{v}");
+        let (s, _) = call("POST", PATH, req).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        // A small rewrap still works on the old path (older clients).
+        let (s, v) = call("POST", PATH, br#"{"op":"backup_rewrap","file":"{}"}"#.to_vec()).await;
+        assert_eq!((s, v["result"]["op"].as_str()), (StatusCode::OK, Some("backup_rewrap")));
+        // Any other operation is refused on the file route, naming it.
+        let (s, v) = call("POST", FILE_PATH, br#"{"op":"stores_list"}"#.to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v["error"].as_str(),
+            Some("op: stores_list carries no file: send it to /admin/v1")
+        );
+        let (s, v) = call("GET", FILE_PATH, Vec::new()).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("use POST")));
+        // Its cap holds too.
+        let (s, v) = call("POST", FILE_PATH, vec![b' '; MAX_FILE_BODY + 1]).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            v["error"].as_str(),
+            Some(format!("request larger than {MAX_FILE_BODY} bytes").as_str())
+        );
     }
 
     #[tokio::test]
