@@ -284,9 +284,7 @@ fn compare_fips(root: &Path, fips_bin: &Path, quick: bool) -> anyhow::Result<()>
             },
         });
     }
-    out["fips_over_default"] = json!(
-        median(&runs[1]) / median(&runs[0])
-    );
+    out["fips_over_default"] = json!(median(&runs[1]) / median(&runs[0]));
     drop(servers);
     let path = root.join("bench/fips.json");
     std::fs::create_dir_all(root.join("bench"))?;

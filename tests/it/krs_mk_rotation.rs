@@ -1118,11 +1118,13 @@ fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
     let v1 = list.iter().find(|l| l["version"] == 1).unwrap();
     assert_eq!(v1["state"], "retired", "{list:?}");
     let v2 = list.iter().find(|l| l["version"] == 2).unwrap();
-    assert_eq!(v2["deployments"], serde_json::json!(["appliance"]), "{list:?}");
+    assert_eq!(
+        v2["deployments"],
+        serde_json::json!(["appliance"]),
+        "{list:?}"
+    );
     assert!(
-        f.log_entries()
-            .iter()
-            .any(|e| e["decision"] == "mk-retire"),
+        f.log_entries().iter().any(|e| e["decision"] == "mk-retire"),
         "the retire is not in the release log"
     );
 
@@ -1208,7 +1210,11 @@ fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
         "{dec}"
     );
     let st = json(&admin_ok(&m.profile, &["mk", "status"]));
-    assert_eq!((&st["sealed"], &st["current"]), (&2.into(), &2.into()), "{st}");
+    assert_eq!(
+        (&st["sealed"], &st["current"]),
+        (&2.into(), &2.into()),
+        "{st}"
+    );
     let mut p = m.proc;
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));

@@ -278,24 +278,11 @@ struct ConnState {
 /// deadline, the header deadline and the connection cap are the accept loop's.
 fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
     use axum::routing::{get, post};
-    // Inner first: the limit wraps the body the timeout already wraps, so an oversized body
-    // is told apart (413) from a slow one (408). axum's own 2 MB default is lifted to the same
-    // cap, so the tower-http layer is the one that answers.
-    let capped = |route: axum::routing::MethodRouter<ConnState>, cap: usize, due: Duration| {
-        route
-            .layer(axum::extract::DefaultBodyLimit::max(cap))
-            .layer(tower_http::limit::RequestBodyLimitLayer::new(cap))
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(due))
-    };
     let not_post = || async { answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into())) };
     axum::Router::new()
         .route(
             PATH,
-            capped(
-                post(admin_small).fallback(not_post),
-                MAX_BODY,
-                BODY_TIMEOUT,
-            ),
+            capped(post(admin_small).fallback(not_post), MAX_BODY, BODY_TIMEOUT),
         )
         .route(
             FILE_PATH,
@@ -313,6 +300,22 @@ fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
         )
         .fallback(|| async { answer(StatusCode::NOT_FOUND, Err("unknown path".into())) })
         .with_state(ConnState { backend, actor })
+}
+
+/// `route` with its body capped at `cap` bytes and due within `due`. Inner first: the limit
+/// wraps the body the timeout already wraps, so an oversized body is told apart (413) from a
+/// slow one (408); axum's own 2 MB default is lifted to the same cap, so the tower-http layer
+/// is the one that answers.
+fn capped(
+    route: axum::routing::MethodRouter<ConnState>,
+    cap: usize,
+    due: Duration,
+) -> axum::routing::MethodRouter<ConnState> {
+    use std::convert::Infallible;
+    route
+        .layer::<_, Infallible>(axum::extract::DefaultBodyLimit::max(cap))
+        .layer::<_, Infallible>(tower_http::limit::RequestBodyLimitLayer::new(cap))
+        .layer::<_, Infallible>(tower_http::timeout::RequestBodyTimeoutLayer::new(due))
 }
 
 /// Which POST route a request came in on.
@@ -561,15 +564,27 @@ mod tests {
         // A backup far over the small cap (2 MB: also over axum's own default) goes through
         // the file route, and only there.
         let file = "x".repeat(2 * 1024 * 1024 + 7);
-        let req = serde_json::to_vec(&serde_json::json!({"op":"backup_rewrap","file":file}))
-            .unwrap();
+        let req =
+            serde_json::to_vec(&serde_json::json!({"op":"backup_rewrap","file":file})).unwrap();
         let (s, v) = call("POST", FILE_PATH, req.clone()).await;
-        assert_eq!((s, v["result"]["op"].as_str()), (StatusCode::OK, Some("backup_rewrap")), "{v}");
+        assert_eq!(
+            (s, v["result"]["op"].as_str()),
+            (StatusCode::OK, Some("backup_rewrap")),
+            "{v}"
+        );
         let (s, _) = call("POST", PATH, req).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
         // A small rewrap still works on the old path (older clients).
-        let (s, v) = call("POST", PATH, br#"{"op":"backup_rewrap","file":"{}"}"#.to_vec()).await;
-        assert_eq!((s, v["result"]["op"].as_str()), (StatusCode::OK, Some("backup_rewrap")));
+        let (s, v) = call(
+            "POST",
+            PATH,
+            br#"{"op":"backup_rewrap","file":"{}"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(
+            (s, v["result"]["op"].as_str()),
+            (StatusCode::OK, Some("backup_rewrap"))
+        );
         // Any other operation is refused on the file route, naming it.
         let (s, v) = call("POST", FILE_PATH, br#"{"op":"stores_list"}"#.to_vec()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -578,7 +593,10 @@ mod tests {
             Some("op: stores_list carries no file: send it to /admin/v1")
         );
         let (s, v) = call("GET", FILE_PATH, Vec::new()).await;
-        assert_eq!((s, v["error"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("use POST")));
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("use POST"))
+        );
         // Its cap holds too.
         let (s, v) = call("POST", FILE_PATH, vec![b' '; MAX_FILE_BODY + 1]).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
