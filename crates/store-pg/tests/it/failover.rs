@@ -13,15 +13,17 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_keystore::view::{KeyStatus, KeyUsage};
-use keyward_keystore::{Freshness, KeystoreError};
+use keyward_keystore::{Freshness, HeadAnchor, KeystoreError, Registry};
+use keyward_secret::Key32;
 use keyward_store_pg::local::{LocalOptions, LocalPostgres};
-use keyward_store_pg::PgConfig;
+use keyward_store_pg::{PgConfig, SharedPgStore};
 
 use crate::common::*;
-use crate::fleet::{ids, member, new_store};
+use crate::fleet::{anchored, ids, member, new_store, Book, MK};
 
 /// The URL naming both servers: the store connects to whichever accepts writes.
 fn both(primary: &LocalPostgres, standby: &LocalPostgres) -> PgConfig {
@@ -224,20 +226,32 @@ fn a_synchronous_standby_promoted_after_a_crash_keeps_every_acknowledged_write()
 /// members went on writing, a disable among it; the primary is killed and the standby
 /// promoted: the database now holds an older head than the members have applied. The
 /// members refuse it (`SharedRollback`), refuse every write rather than fork the history,
-/// and keep serving what they hold (the key stays disabled). A member that opens now and
-/// writes at the database's tip does fork it: the members that saw the newer head refuse
-/// that history too (its records do not chain from their head).
+/// and keep serving what they hold (the key stays disabled); a member booting now is refused
+/// by the KRS floor (`Rollback`). A member with no floor that opens now and writes at the
+/// database's tip does fork it: the members that saw the newer head refuse that history too
+/// (its records do not chain from their head). What is not stopped: a member that had not
+/// applied the lost records yet writes on top of the older head; the write commits and takes
+/// effect on it, and its caller gets `NotAnchored` (the KRS holds a head not on its history).
+///
+/// (Pausing the standby's replay with `pg_wal_replay_pause()` does not make it behind: a
+/// promotion replays all the WAL it received first; tried here, it ended at the members'
+/// head. Cutting off its WAL receiver does.)
 #[test]
 fn an_asynchronous_standby_that_was_behind_is_refused_not_applied() {
     let mut primary = server();
     let sdir = tempfile::tempdir().unwrap();
     let mut standby = primary.start_standby(sdir.path(), false).unwrap();
     let cfg = both(&primary, &standby);
-    let a = member(&cfg, Freshness::Unanchored);
+    // The members record their heads at the KRS (its head book's rules).
+    let book = Arc::new(Book::default());
+    let a = member(&cfg, anchored(&book));
     new_store(&a);
     a.create_key(None, "k1", KeyUsage::EncryptDecrypt).unwrap();
     a.create_key(None, "k2", KeyUsage::EncryptDecrypt).unwrap();
     caught_up(&primary, &standby);
+    // A member that will not have applied what follows when the failover comes (it stays at
+    // record 3: a NOTIFY not yet acted on).
+    let lag = member(&cfg, anchored(&book));
     assert_eq!(
         rows(&standby),
         (3, 3),
@@ -260,8 +274,9 @@ fn an_asynchronous_standby_that_was_behind_is_refused_not_applied() {
     }
     a.disable_key(None, "k1").unwrap();
     a.create_key(None, "k3", KeyUsage::EncryptDecrypt).unwrap();
-    let b = member(&cfg, Freshness::Unanchored);
+    let b = member(&cfg, anchored(&book));
     assert_eq!((a.head().seq, b.head().seq), (5, 5));
+    assert_eq!(book.current().unwrap().map(|h| h.seq), Some(5));
     assert_eq!(rows(&standby), (3, 3), "the standby did not receive them");
 
     primary.kill9().unwrap();
@@ -304,14 +319,53 @@ fn an_asynchronous_standby_that_was_behind_is_refused_not_applied() {
         "no member wrote on top of the older head"
     );
 
-    // A member that opens now (no KRS floor here) cannot know; it writes at the database's
-    // tip, past the old members' head. They refuse that history: its records do not chain.
+    // A member booting now gets the KRS's head as its floor: it refuses the store.
+    match Registry::open_with(
+        Box::new(SharedPgStore::connect(&cfg).unwrap()),
+        Key32::from_bytes(&MK).unwrap(),
+        anchored(&book),
+    ) {
+        Err(KeystoreError::Rollback {
+            store_seq: 3,
+            anchor_seq: 5,
+        }) => {}
+        Err(e) => panic!("expected Rollback, got {e}"),
+        Ok(_) => panic!("a member booted on the older database"),
+    }
+
+    // The lagging member finds the database where it left it and writes on top of it: the
+    // write commits and is in effect on it, but the KRS holds a later head that is not on its
+    // history, and the caller is told so. Nobody else takes that history.
+    match lag.create_key(None, "late", KeyUsage::EncryptDecrypt) {
+        Err(KeystoreError::NotAnchored(why)) => {
+            assert!(why.contains("not on this member's history"), "{why}");
+            eprintln!("the lagging member's write: {why}");
+        }
+        other => panic!("the lagging member's write on the older database: {other:?}"),
+    }
+    assert_eq!(rows(&standby), (4, 4), "its record is in the database");
+    assert_eq!(
+        book.current().unwrap().map(|h| h.seq),
+        Some(5),
+        "not at the KRS"
+    );
+    assert!(matches!(
+        a.refresh(),
+        Err(KeystoreError::SharedRollback {
+            store_seq: 4,
+            member_seq: 5
+        })
+    ));
+
+    // A member without a KRS floor (development mode) cannot know; it writes at the
+    // database's tip, past the old members' head. They refuse that history: its records do
+    // not chain from their head.
     let c = member(&cfg, Freshness::Unanchored);
     assert_eq!(c.key_info(None, "k1").unwrap().status, KeyStatus::Enabled);
     for k in ["f1", "f2", "f3"] {
         c.create_key(None, k, KeyUsage::EncryptDecrypt).unwrap();
     }
-    assert_eq!(c.head().seq, 6);
+    assert_eq!(c.head().seq, 7);
     match a.refresh() {
         Err(KeystoreError::Tampered { why, .. }) => {
             assert!(why.contains("another history"), "{why}")

@@ -17,7 +17,7 @@ use keyward_store_pg::{PgConfig, SharedPgStore};
 
 use crate::common::*;
 
-const MK: [u8; 32] = [0x5c; 32];
+pub(crate) const MK: [u8; 32] = [0x5c; 32];
 
 pub(crate) fn member(cfg: &PgConfig, freshness: Freshness) -> Registry {
     Registry::open_with(
@@ -249,7 +249,7 @@ fn a_record_changed_after_a_members_head_is_refused_on_catch_up() {
 
 /// The KRS head book's rules: compare-and-set, forward only, same store.
 #[derive(Default)]
-struct Book {
+pub(crate) struct Book {
     head: Mutex<Option<StoreHead>>,
     down: Mutex<bool>,
 }
@@ -287,7 +287,7 @@ impl HeadAnchor for Book {
     }
 }
 
-fn anchored(book: &Arc<Book>) -> Freshness {
+pub(crate) fn anchored(book: &Arc<Book>) -> Freshness {
     Freshness::Anchored {
         floor: book.head.lock().unwrap().clone(),
         anchor: book.clone(),
