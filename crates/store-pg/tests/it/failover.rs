@@ -173,9 +173,10 @@ fn a_synchronous_standby_promoted_after_a_crash_keeps_every_acknowledged_write()
     for (w, (acked, refused, errors, after)) in outcomes.iter().enumerate() {
         n_acked += acked.len();
         n_refused += refused.len();
+        // (More would measure the race between four writers, which one may keep losing.)
         assert!(
-            *after >= 3,
-            "writer {w} got {after} writes through after the promotion: it did not reconnect \
+            *after >= 1,
+            "writer {w} got no write through after the promotion: it did not reconnect \
              (last errors: {:?})",
             errors.iter().rev().take(3).collect::<Vec<_>>()
         );
