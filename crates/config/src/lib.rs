@@ -544,26 +544,42 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("names no host (postgresql://user@host:5432/database)".into());
     }
+    // Several hosts (a primary and its standbys): libpq takes the first that answers, so the
+    // member must ask for the one that accepts writes, not settle on a read-only standby.
+    let hosts = host.split(',').count();
+    let read_write = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.trim() == "target_session_attrs=read-write")
+    });
+    if hosts > 1 && !read_write {
+        return Err(format!(
+            "names {hosts} hosts but not target_session_attrs=read-write: a member could \
+             connect to a read-only standby (add ?target_session_attrs=read-write)"
+        ));
+    }
     Ok(())
 }
 
-/// Whether the URL's host is 127.0.0.0/8, ::1 or localhost.
+/// Whether the URL's hosts (every one, when it lists several) are 127.0.0.0/8, ::1 or
+/// localhost.
 pub fn postgres_host_is_loopback(url: &str) -> bool {
     let rest = url
         .strip_prefix("postgresql://")
         .or_else(|| url.strip_prefix("postgres://"))
         .unwrap_or(url);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        hostport.split(':').next().unwrap_or_default()
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let hostports = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    hostports.split(',').all(|hostport| {
+        let host = if let Some(v6) = hostport.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            hostport.split(':').next().unwrap_or_default()
+        };
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 fn addr(s: &mut Section, key: &str, p: &mut Problems, required: bool) -> Option<SocketAddr> {
@@ -1249,6 +1265,18 @@ file = "mk"
                 vec![],
                 "storage.url",
             ),
+            // A primary and a standby, without asking for the writable one.
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw@127.0.0.1:5432,127.0.0.1:5433/kw\"",
+                vec![],
+                "storage.url",
+            ),
+            // A remote standby after a loopback primary still needs the CA.
+            (
+                "backend = \"postgres\"\nurl = \"postgresql://kw@127.0.0.1:5432,db-b.internal:5432/kw?target_session_attrs=read-write\"",
+                vec![],
+                "storage.ca_file",
+            ),
         ] {
             let l = storage_case(&format!("[storage]\n{storage}\n"), &files);
             let bad = invalid_paths(&l);
@@ -1264,6 +1292,12 @@ file = "mk"
             &[],
         );
         assert!(local.config.is_some(), "{:?}", invalid_paths(&local));
+        let pair = storage_case(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgresql://kw@db-a.internal:5432,\
+             db-b.internal:5432/kw?target_session_attrs=read-write\"\nca_file = \"ca.pem\"\n",
+            &[("ca.pem", 0o644)],
+        );
+        assert!(pair.config.is_some(), "{:?}", invalid_paths(&pair));
         let shown = format!("{:?}", ok.problems);
         assert!(!shown.contains("hunter2"));
     }

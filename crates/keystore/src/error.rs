@@ -124,6 +124,23 @@ pub enum KeystoreError {
         /// Head the KRS holds.
         anchor_seq: u64,
     },
+    /// A shared store (the fleet's database) now ends before a record this member has already
+    /// applied: the database failed over to a standby that had not received the newest
+    /// commits, or an older copy was put back. Applying it would undo changes in effect (a
+    /// disabled key enabled again) and writing on top of it would fork the history, so the
+    /// member refuses both and keeps serving what it holds.
+    #[error(
+        "key store rollback refused: the shared database's store ends at record {store_seq} \
+         but this member has already applied record {member_seq} (the database failed over to \
+         a standby that was behind, or an older copy was put back); writes are refused and the \
+         member keeps serving the state it holds"
+    )]
+    SharedRollback {
+        /// Where the database's store ends.
+        store_seq: u64,
+        /// The member's head.
+        member_seq: u64,
+    },
     /// The log ends before its own sealed head: records were deleted or the log cut short.
     #[error(
         "key store truncated: its records end at {store_seq} but its sealed head says \

@@ -1105,7 +1105,8 @@ impl Registry {
     /// A shared store: apply what other members wrote since this member's head (every record
     /// verified, as at open), publishing a new snapshot when anything changed. A store that
     /// went back before what this member has applied, or now holds another history, is refused
-    /// ([`KeystoreError::Rollback`], [`KeystoreError::Fork`]) and the current view is kept.
+    /// ([`KeystoreError::SharedRollback`], [`KeystoreError::Tampered`]) and the current view is
+    /// kept.
     /// Returns whether the view changed. A file store is never written by anyone else: `false`.
     pub fn refresh(&self) -> Result<bool, KeystoreError> {
         let mut inner = self.lock();
@@ -1125,10 +1126,13 @@ impl Registry {
             return Ok(false);
         }
         if let Some(t) = tip.filter(|t| *t < inner.head.seq) {
-            // The database lost records this member has applied (restored, truncated).
-            return Err(KeystoreError::Rollback {
+            // The database lost records this member has applied (a failover to a standby that
+            // was behind, a restore, a truncation). Refused, not applied: the records it lost
+            // may be a revocation, and writing at its tip would fork the history the other
+            // members hold. The view stays as it is; an operator decides (docs/fleet.md).
+            return Err(KeystoreError::SharedRollback {
                 store_seq: t,
-                anchor_seq: inner.head.seq,
+                member_seq: inner.head.seq,
             });
         }
         match self.catch_up(inner)? {

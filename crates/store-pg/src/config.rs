@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_keystore::KeystoreError;
-use postgres::config::{Host, SslMode};
+use postgres::config::{Host, SslMode, TargetSessionAttrs};
 use postgres::{Client, NoTls};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -199,6 +199,19 @@ impl Connector {
                 why: "it names no host".into(),
             });
         }
+        let hosts = c.get_hosts().len().max(c.get_hostaddrs().len());
+        if hosts > 1 && c.get_target_session_attrs() != TargetSessionAttrs::ReadWrite {
+            // libpq takes the first host that answers: a read-only standby would serve this
+            // member a lagging copy (refused as a rollback) and refuse its writes.
+            return Err(KeystoreError::Invalid {
+                what: "url",
+                why: format!(
+                    "it names {hosts} hosts but not target_session_attrs=read-write: a \
+                     member could connect to a read-only standby (add \
+                     ?target_session_attrs=read-write)"
+                ),
+            });
+        }
         if c.get_user().is_none() {
             return Err(KeystoreError::Invalid {
                 what: "url",
@@ -362,6 +375,41 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("ca_file") && e.contains("db.example.com"), "{e}");
+    }
+
+    #[test]
+    fn several_hosts_need_read_write() {
+        for ok in [
+            "postgresql://u@127.0.0.1:5432,127.0.0.1:5433/db?target_session_attrs=read-write",
+            "host=127.0.0.1,localhost port=5432,5433 user=u target_session_attrs=read-write",
+        ] {
+            Connector::new(&PgConfig::new(ok)).unwrap();
+        }
+        let e = Connector::new(&PgConfig::new(
+            "postgresql://u@127.0.0.1:5432,127.0.0.1:5433/db",
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("url") && e.contains("target_session_attrs=read-write"),
+            "{e}"
+        );
+        let c = PgConfig::new(
+            "postgresql://u@10.0.0.5:5432,10.0.0.6:5433/db?target_session_attrs=read-write",
+        );
+        assert_eq!(c.location(), "postgresql://10.0.0.5:5432,10.0.0.6:5433/db");
+        // Plain TCP to a remote host is refused whichever of the hosts it is.
+        let e = Connector::new(&PgConfig::new(
+            "postgresql://u@127.0.0.1:5432,db2.example.com:5433/db?target_session_attrs=read-write",
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("ca_file") && e.contains("db2.example.com"),
+            "{e}"
+        );
     }
 
     #[test]

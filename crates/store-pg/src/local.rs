@@ -3,6 +3,13 @@
 //! port unless one is given), optionally TLS with a CA and server certificate made here
 //! (rcgen) and a required password (SCRAM), stopped when dropped.
 //!
+//! A running server can be given a streaming standby ([`LocalPostgres::start_standby`]:
+//! `pg_basebackup -R` into another directory, its own free port, synchronous or asynchronous
+//! as the caller chooses through the primary's `synchronous_standby_names`), which
+//! [`LocalPostgres::promote`] turns into a primary (`pg_ctl promote`, then waiting until
+//! `pg_is_in_recovery()` is false): the failover tests kill the primary and promote it.
+//! Replication connections from loopback are trusted (`pg_hba.conf`), password or not.
+//!
 //! `initdb` and `postgres` refuse to run as root. When this process's effective uid is 0 (CI,
 //! the developer machines here), they are run as the `postgres` user that the Debian package
 //! creates (`runuser -u postgres --`, or `setpriv` when there is no runuser), and the directory
@@ -89,6 +96,8 @@ pub struct LocalPostgres {
     /// `Some((uid, gid))` of the `postgres` user when running as root.
     run_as: Option<(u32, u32)>,
     ca_file: Option<PathBuf>,
+    /// The superuser's password, when one is required (for this module's own SQL sessions).
+    password: Option<secrecy::SecretString>,
     running: bool,
 }
 
@@ -203,28 +212,10 @@ impl LocalPostgres {
             },
             run_as,
             ca_file: None,
+            password: opts.password.clone().map(secrecy::SecretString::from),
             running: false,
         };
-        pg.chown(dir)?;
-        if pg.run_as.is_some() {
-            // The postgres user must reach the directory (every parent searchable).
-            let ok = pg
-                .command("test")
-                .arg("-w")
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(LocalError::Command {
-                    what: "prepare the directory".into(),
-                    output: format!(
-                        "the postgres user cannot write {} (a parent directory is not \
-                         searchable by others?)",
-                        dir.display()
-                    ),
-                });
-            }
-        }
+        pg.prepare_dir(dir)?;
         let ca = dir.join("ca.pem");
         if !pg.data.join("PG_VERSION").is_file() {
             pg.initdb(&opts)?;
@@ -286,6 +277,7 @@ impl LocalPostgres {
             port: 0,
             run_as: run_as()?,
             ca_file: None,
+            password: None,
             running: false,
         };
         let made = maker.chown(&tmp).and_then(|()| maker.run_initdb(None));
@@ -305,6 +297,31 @@ impl LocalPostgres {
                 output: format!("{} has no PG_VERSION", done.display()),
             })
         }
+    }
+
+    /// Give `dir` to the server's user and check that it can write there.
+    fn prepare_dir(&self, dir: &Path) -> Result<(), LocalError> {
+        self.chown(dir)?;
+        if self.run_as.is_some() {
+            // The postgres user must reach the directory (every parent searchable).
+            let ok = self
+                .command("test")
+                .arg("-w")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(LocalError::Command {
+                    what: "prepare the directory".into(),
+                    output: format!(
+                        "the postgres user cannot write {} (a parent directory is not \
+                         searchable by others?)",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A command run as the server's user.
@@ -411,7 +428,8 @@ impl LocalPostgres {
                 "# written by keyward's LocalPostgres\n\
                  local all all trust\n\
                  host all all 127.0.0.1/32 {method}\n\
-                 host all all ::1/128 {method}\n"
+                 host all all ::1/128 {method}\n\
+                 host replication all 127.0.0.1/32 trust\n"
             ),
             0o600,
         )?;
@@ -423,7 +441,8 @@ impl LocalPostgres {
              max_connections = 200\n\
              shared_buffers = 32MB\n\
              password_encryption = 'scram-sha-256'\n\
-             include_if_exists = 'keyward-port.conf'\n",
+             include_if_exists = 'keyward-port.conf'\n\
+             include_if_exists = 'keyward-replication.conf'\n",
         );
         if opts.tls {
             self.make_certs()?;
@@ -595,6 +614,177 @@ impl LocalPostgres {
         }
         self.running = false;
         Ok(())
+    }
+
+    /// A session as the superuser on this server (plain TCP on loopback: the server accepts it
+    /// beside TLS), for the set-up steps here.
+    fn client(&self) -> Result<postgres::Client, LocalError> {
+        let mut c = postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user(USER)
+            .dbname(DATABASE)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pw) = &self.password {
+            use secrecy::ExposeSecret;
+            c.password(pw.expose_secret().as_bytes());
+        }
+        c.connect(postgres::NoTls).map_err(|e| LocalError::Command {
+            what: format!("connect to the server on port {}", self.port),
+            output: e.to_string(),
+        })
+    }
+
+    /// Run `f` on a new session until it returns `Some` or `timeout` passes.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&mut postgres::Client) -> Result<Option<T>, postgres::Error>,
+    ) -> Result<T, LocalError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.client() {
+                Ok(mut c) => match f(&mut c) {
+                    Ok(Some(v)) => return Ok(v),
+                    Ok(None) => "not yet".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                return Err(LocalError::Command {
+                    what: format!("wait until {what}"),
+                    output: format!("still not after {timeout:?}: {last}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start a streaming standby of this (running) server in `dir` (reachable by the server's
+    /// user, as for [`LocalPostgres::start_with`]) on a free loopback port: `pg_basebackup -R`
+    /// of this server, started, and waited for until this server's `pg_stat_replication` shows
+    /// it streaming. With `synchronous` this server's `synchronous_standby_names` names it (a
+    /// commit is acknowledged once the standby has flushed it) and the wait is until it is the
+    /// `sync` standby; otherwise replication is asynchronous (a commit may be acknowledged
+    /// before the standby has it). The standby has this server's TLS certificate, CA and
+    /// password; replication connections on loopback are trusted (`pg_hba.conf`).
+    pub fn start_standby(
+        &self,
+        dir: &Path,
+        synchronous: bool,
+    ) -> Result<LocalPostgres, LocalError> {
+        if !self.running {
+            return Err(LocalError::Command {
+                what: "start a standby".into(),
+                output: "the primary is not running".into(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        self.prepare_dir(dir)?;
+        let mut standby = LocalPostgres {
+            dir: dir.to_path_buf(),
+            data: dir.join("data"),
+            bin: self.bin.clone(),
+            port: free_port()?,
+            run_as: self.run_as,
+            ca_file: None,
+            password: self.password.clone(),
+            running: false,
+        };
+        let name = format!("keyward_standby_{}", standby.port);
+        let mut cmd = self.command(self.bin.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&standby.data)
+            .arg("-d")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={USER} application_name={name}",
+                self.port
+            ))
+            // -R: standby.signal and primary_conninfo (with the application name above, which
+            // synchronous_standby_names matches).
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        self.run("pg_basebackup", cmd)?;
+        // The copy holds this server's replication settings: a promoted standby that kept
+        // synchronous_standby_names would wait for a standby of its own on every commit.
+        let repl = standby.data.join("keyward-replication.conf");
+        write_file(&repl, "", 0o600)?;
+        standby.chown(&repl)?;
+        if let Some(ca) = &self.ca_file {
+            let to = dir.join("ca.pem");
+            std::fs::copy(ca, &to).map_err(io(format!("copy {}", ca.display())))?;
+            standby.ca_file = Some(to);
+        }
+        standby.start_again()?;
+        self.set_synchronous(synchronous.then_some(name.as_str()))?;
+        let want = if synchronous { "sync" } else { "async" };
+        self.wait_for(
+            &format!("the standby on port {} streams ({want})", standby.port),
+            Duration::from_secs(30),
+            |c| {
+                let row = c.query_opt(
+                    "SELECT sync_state FROM pg_stat_replication \
+                     WHERE application_name = $1 AND state = 'streaming'",
+                    &[&name],
+                )?;
+                Ok(row
+                    .map(|r| r.try_get::<_, String>(0))
+                    .transpose()?
+                    .filter(|s| s == want)
+                    .map(|_| ()))
+            },
+        )?;
+        Ok(standby)
+    }
+
+    /// Set (`Some(name)`) or clear this server's `synchronous_standby_names` and reload it.
+    fn set_synchronous(&self, standby: Option<&str>) -> Result<(), LocalError> {
+        let repl = self.data.join("keyward-replication.conf");
+        let body = match standby {
+            Some(n) => format!("synchronous_standby_names = '\"{n}\"'\nsynchronous_commit = on\n"),
+            None => String::new(),
+        };
+        write_file(&repl, &body, 0o600)?;
+        self.chown(&repl)?;
+        let mut cmd = self.command(self.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(&self.data).arg("reload");
+        self.run("pg_ctl reload", cmd)?;
+        // The reload is asynchronous: wait until the setting is in effect.
+        let want = standby.map(|n| format!("\"{n}\"")).unwrap_or_default();
+        self.wait_for(
+            "synchronous_standby_names is in effect",
+            Duration::from_secs(10),
+            |c| {
+                let v: String = c
+                    .query_one("SHOW synchronous_standby_names", &[])?
+                    .try_get(0)?;
+                Ok((v == want).then_some(()))
+            },
+        )
+    }
+
+    /// Promote this standby to a primary (`pg_ctl promote`) and wait until
+    /// `pg_is_in_recovery()` is false, i.e. it accepts writes.
+    pub fn promote(&mut self) -> Result<(), LocalError> {
+        let mut cmd = self.command(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"]);
+        self.run("pg_ctl promote", cmd)?;
+        self.wait_for(
+            "the promoted server leaves recovery",
+            Duration::from_secs(30),
+            |c| {
+                let r: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.try_get(0)?;
+                Ok((!r).then_some(()))
+            },
+        )
+    }
+
+    /// The server's log file (`postgres.log` beside the data directory).
+    pub fn log_path(&self) -> PathBuf {
+        self.log_file()
     }
 
     /// Remove `postmaster.pid` when the process it names is gone (or a zombie nobody reaped:

@@ -20,6 +20,14 @@
 //! The connection is made again lazily when it broke (a database restart or fail-over needs no
 //! appliance restart); a read on a connection found broken is retried once on a new one, a write
 //! only when it failed before its transaction began.
+//!
+//! A transaction the server aborted with a serialization failure or a deadlock (SQLSTATE 40001,
+//! 40P01: a DBA set `default_transaction_isolation = 'serializable'` or `'repeatable read'`,
+//! and another member updated the head row first) is run again from its start, up to
+//! [`SERIALIZATION_RETRIES`] times: the server rolled all of it back, so nothing of it was
+//! applied, and the retry's compare-and-set then sees the other member's tip and reports a
+//! plain [`KeystoreError::Conflict`], as at READ COMMITTED. A read that already handed records
+//! to its caller is never run again.
 
 use keyward_keystore::model::{Header, SealedHead, SignedRecord};
 use keyward_keystore::{KeyStore, KeystoreError};
@@ -36,6 +44,29 @@ pub const NOTIFY_CHANNEL: &str = "keyward_store";
 const LOAD_BATCH: i32 = 5000;
 /// Records inserted per statement by `compact` and `rewrite`.
 const INSERT_BATCH: usize = 1000;
+/// How many times a transaction aborted by a serialization failure or a deadlock is run again.
+pub const SERIALIZATION_RETRIES: u32 = 8;
+
+/// Whether the server aborted the transaction for a serialization failure or a deadlock (it
+/// was rolled back whole; running it again is safe).
+fn serialization_failure(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// A short pause before running an aborted transaction again: grows with `n`, with a jitter
+/// from the clock so that members aborted together do not collide again in step.
+fn serialization_pause(n: u32) {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos() % 4000));
+    let base = 2u64.saturating_mul(1u64 << n.min(6));
+    std::thread::sleep(std::time::Duration::from_micros(
+        base * 1000 + jitter * (u64::from(n) + 1),
+    ));
+}
 
 /// The key store in a PostgreSQL database.
 pub struct PgKeyStore {
@@ -182,6 +213,7 @@ impl PgKeyStore {
         mut f: impl FnMut(&mut Client, &mut Option<SealedHead>) -> Result<T, Fail>,
     ) -> Result<T, KeystoreError> {
         let mut tried = false;
+        let mut serial = 0u32;
         loop {
             let fresh = match &self.client {
                 Some(c) if !c.is_closed() => false,
@@ -203,6 +235,19 @@ impl PgKeyStore {
             let broken = client.is_closed() || e.is_closed();
             if broken {
                 self.client = None;
+            }
+            if !broken && serialization_failure(&e) && serial < SERIALIZATION_RETRIES {
+                // Rolled back whole by the server: run it again from its start.
+                serial += 1;
+                tracing::debug!(
+                    database = %self.conn.location(),
+                    operation = what,
+                    error = %e,
+                    attempt = serial,
+                    "the key store transaction was aborted by a serialization failure; running it again"
+                );
+                serialization_pause(serial);
+                continue;
             }
             if broken && retryable && !fresh && !tried {
                 tried = true;
@@ -269,6 +314,7 @@ impl PgKeyStore {
         visit: &mut dyn FnMut(SignedRecord) -> Result<(), KeystoreError>,
     ) -> Result<(usize, i64), KeystoreError> {
         let mut count = 0usize;
+        let conn = self.conn.clone();
         let generation = self.run("load records", true, |c, _| {
             let mut tx = c
                 .build_transaction()
@@ -289,11 +335,12 @@ impl PgKeyStore {
             )?;
             loop {
                 let rows = tx.query_portal(&portal, LOAD_BATCH).map_err(|e| {
-                    // Records already visited cannot be taken back: no retry after the first.
+                    // Records already visited cannot be taken back: no retry after the first
+                    // (a verdict, so that `run` does not run this again).
                     if count == 0 {
                         Fail::Begin(e)
                     } else {
-                        Fail::Pg(e)
+                        Fail::Ks(conn.unavailable("load records", e))
                     }
                 })?;
                 if rows.is_empty() {
@@ -317,7 +364,13 @@ impl PgKeyStore {
                     count += 1;
                 }
             }
-            tx.commit()?;
+            tx.commit().map_err(|e| {
+                if count == 0 {
+                    Fail::Pg(e)
+                } else {
+                    Fail::Ks(conn.unavailable("load records", e))
+                }
+            })?;
             Ok(generation)
         })?;
         Ok((count, generation))

@@ -17,9 +17,9 @@ use keyward_store_pg::{PgConfig, SharedPgStore};
 
 use crate::common::*;
 
-const MK: [u8; 32] = [0x5c; 32];
+pub(crate) const MK: [u8; 32] = [0x5c; 32];
 
-fn member(cfg: &PgConfig, freshness: Freshness) -> Registry {
+pub(crate) fn member(cfg: &PgConfig, freshness: Freshness) -> Registry {
     Registry::open_with(
         Box::new(SharedPgStore::connect(cfg).unwrap()),
         Key32::from_bytes(&MK).unwrap(),
@@ -28,7 +28,7 @@ fn member(cfg: &PgConfig, freshness: Freshness) -> Registry {
     .unwrap()
 }
 
-fn new_store(r: &Registry) {
+pub(crate) fn new_store(r: &Registry) {
     r.create_store(NewStore {
         name: "default".into(),
         uri_prefix: "/keyward".into(),
@@ -38,7 +38,7 @@ fn new_store(r: &Registry) {
     .unwrap();
 }
 
-fn ids(r: &Registry) -> Vec<String> {
+pub(crate) fn ids(r: &Registry) -> Vec<String> {
     let mut v: Vec<String> = r
         .list_keys(None)
         .unwrap()
@@ -213,7 +213,7 @@ fn a_database_put_back_to_an_older_state_is_refused_not_applied() {
     db.batch_execute("DELETE FROM keyward_records WHERE seq = 3; UPDATE keyward_head SET tip = 2;")
         .unwrap();
     match b.refresh() {
-        Err(KeystoreError::Rollback { .. }) | Err(KeystoreError::Truncated { .. }) => {}
+        Err(KeystoreError::SharedRollback { .. }) => {}
         other => panic!("a store behind what this member applied was accepted: {other:?}"),
     }
     // The member keeps the view it had: the key stays disabled.
@@ -249,7 +249,7 @@ fn a_record_changed_after_a_members_head_is_refused_on_catch_up() {
 
 /// The KRS head book's rules: compare-and-set, forward only, same store.
 #[derive(Default)]
-struct Book {
+pub(crate) struct Book {
     head: Mutex<Option<StoreHead>>,
     down: Mutex<bool>,
 }
@@ -287,7 +287,7 @@ impl HeadAnchor for Book {
     }
 }
 
-fn anchored(book: &Arc<Book>) -> Freshness {
+pub(crate) fn anchored(book: &Arc<Book>) -> Freshness {
     Freshness::Anchored {
         floor: book.head.lock().unwrap().clone(),
         anchor: book.clone(),

@@ -8,6 +8,7 @@ mod backup;
 mod common;
 mod concurrency;
 mod contract;
+mod failover;
 mod fleet;
 mod local;
 mod outage;
