@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serve_common::*;
 
-fn issue(setup: &ServeSetup, name: &str, roles: &str, admin_addr: &str) -> PathBuf {
+pub(crate) fn issue(setup: &ServeSetup, name: &str, roles: &str, admin_addr: &str) -> PathBuf {
     let d = setup.dir.path();
     let ca_key = d.join("ca-key.pem");
     keyward::admin::pki::write_file(&ca_key, setup.ca_obj.key_pem().as_bytes(), true).unwrap();
@@ -51,7 +51,7 @@ fn profile(setup: &ServeSetup, name: &str, admin_addr: &str) -> PathBuf {
 }
 
 /// Refused (exit 1, one line on stderr, nothing on stdout): the line.
-fn refused(prof: &Path, args: &[&str]) -> String {
+pub(crate) fn refused(prof: &Path, args: &[&str]) -> String {
     let out = admin(prof, args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
@@ -65,7 +65,7 @@ fn refused(prof: &Path, args: &[&str]) -> String {
 }
 
 /// The approval id in an `approval required: request <id>, expires ...` refusal.
-fn filed(err: &str) -> String {
+pub(crate) fn filed(err: &str) -> String {
     let rest = err
         .split("approval required: request ")
         .nth(1)
@@ -78,7 +78,7 @@ fn filed(err: &str) -> String {
 
 /// Turn dual control back on (serve_common turns it off for the single-operator tests), with
 /// `extra` lines in `[admin]`.
-fn dual_control(setup: &ServeSetup, extra: &str) {
+pub(crate) fn dual_control(setup: &ServeSetup, extra: &str) {
     let cfg = std::fs::read_to_string(&setup.config).unwrap();
     let kept: Vec<&str> = cfg
         .lines()

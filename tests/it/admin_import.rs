@@ -666,6 +666,30 @@ fn keys_export_to_an_openssl_escrow_key_then_openssl_unwraps_and_ciphertexts_dec
     assert!(err.contains("wrapping_public_key: RSA 2048 bits"), "{err}");
     assert!(!out2.exists());
 
+    // A key scheduled for destruction is not exported; the refusal is one readable line.
+    admin_ok(prof, &["keys", "schedule-destroy", "exp-1", "--days", "7"]);
+    let o = admin(
+        prof,
+        &[
+            "keys",
+            "export",
+            "exp-1",
+            "--wrapping-public-key",
+            esc_pub.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "id: key exp-1 is scheduled for destruction; cancel-destroy it first to export it"
+        ),
+        "{err}"
+    );
+    assert!(!out2.exists());
+
     // Audited: key id, versions, escrow SPKI hash; no key bytes in the audit log or the log.
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
     assert!(
@@ -676,6 +700,259 @@ fn keys_export_to_an_openssl_escrow_key_then_openssl_unwraps_and_ciphertexts_dec
     );
     p.signal(libc::SIGTERM);
     p.wait_exit(Duration::from_secs(20));
+    let log = p.stderr_text();
+    for (_, k) in &keys {
+        for text in [&audit, &log] {
+            assert!(!text.contains(&hex::encode(k)) && !text.contains(&B64.encode(k)));
+        }
+    }
+}
+
+/// `keys export` end to end under dual control (`approvals_required` back at its default, 2,
+/// as tests/it/admin_approvals.rs runs it) with the `RSA_AES_KEY_WRAP_SHA_256` layout: a viewer
+/// and an operator are refused naming the security role; a security operator's export is
+/// refused and files a request (no file written); the re-run before approval is refused; the
+/// requester cannot approve it, an operator cannot; a second security operator approves; the
+/// approval does not cover another escrow key, another layout or another requester; the
+/// requester's re-run exports once and the approval cannot be used again. openssl unwraps each
+/// version (RSA-OAEP-SHA-256 of the AES key, then `enc -d -id-aes256-wrap-pad`), and the
+/// ciphertexts made before the export decrypt here under their own version only. Every step is
+/// in the audit log, and no key bytes are.
+#[test]
+fn keys_export_under_dual_control_then_openssl_unwraps_rsa_aes_key_wrap() {
+    use crate::admin_approvals::{dual_control, filed, issue, refused};
+    let setup = ServeSetup::new();
+    dual_control(&setup, "");
+    let (mut p, xks) = setup.start();
+    let dir = setup.dir.path();
+    let addr = setup.admin_addr();
+    let vera = issue(&setup, "vera", "viewer", &addr);
+    let olga = issue(&setup, "olga", "operator", &addr);
+    let sam = issue(&setup, "sam", "security", &addr);
+    let tom = issue(&setup, "tom", "security", &addr);
+
+    create_open_key(&olga, "esc-1");
+    let plaintext = b"escrowed under dual control";
+    let (code, enc1) = xks.encrypt("esc-1", &B64.encode(plaintext));
+    assert_eq!(code, 200, "{enc1}");
+    admin_ok(&olga, &["keys", "rotate", "esc-1"]);
+    let (code, enc2) = xks.encrypt("esc-1", &B64.encode(plaintext));
+    assert_eq!(code, 200, "{enc2}");
+
+    let keygen = |name: &str| {
+        let priv_pem = dir.join(format!("{name}.pem"));
+        let pub_pem = dir.join(format!("{name}.pub.pem"));
+        let mut c = openssl();
+        c.args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:3072",
+        ])
+        .arg("-out")
+        .arg(&priv_pem);
+        run(c);
+        let mut c = openssl();
+        c.args(["pkey", "-pubout", "-in"])
+            .arg(&priv_pem)
+            .arg("-out")
+            .arg(&pub_pem);
+        run(c);
+        (priv_pem, pub_pem)
+    };
+    let (esc_priv, esc_pub) = keygen("escrow");
+    let (_, other_pub) = keygen("other-escrow");
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let out = dir.join("esc-1.export.json");
+    let export = |escrow: &Path, wrapping: &str, approval: Option<&str>| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "keys",
+            "export",
+            "esc-1",
+            "--wrapping-public-key",
+            escrow.to_str().unwrap(),
+            "--wrapping",
+            wrapping,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(id) = approval {
+            v.push("--approval".into());
+            v.push(id.into());
+        }
+        v
+    };
+    const KWP: &str = "RSA_AES_KEY_WRAP_SHA_256";
+
+    // A viewer and an operator: refused, naming the role needed; nothing filed.
+    let err = refused(&vera, &args(&export(&esc_pub, KWP, None)));
+    assert!(
+        err.contains("forbidden")
+            && err.contains("role is viewer")
+            && err.contains("needs security"),
+        "{err}"
+    );
+    let err = refused(&olga, &args(&export(&esc_pub, KWP, None)));
+    assert!(
+        err.contains("forbidden")
+            && err.contains("role is operator")
+            && err.contains("needs security"),
+        "{err}"
+    );
+    assert!(!admin_ok(&vera, &["approvals", "list"]).contains("keys_export"));
+
+    // Security, without an approval: refused, a request filed, no file written.
+    let id = filed(&refused(&sam, &args(&export(&esc_pub, KWP, None))));
+    assert!(!out.exists());
+    let list = admin_ok(&vera, &["approvals", "list"]);
+    assert!(
+        list.contains(&id) && list.contains("pending") && list.contains("keys_export"),
+        "{list}"
+    );
+    // Not approved yet.
+    let err = refused(&sam, &args(&export(&esc_pub, KWP, Some(&id))));
+    assert!(err.contains("not approved yet"), "{err}");
+    assert!(!out.exists());
+    // The requester cannot approve it; an operator cannot either.
+    let err = refused(&sam, &["approvals", "approve", &id]);
+    assert!(err.contains("cannot approve their own request"), "{err}");
+    let err = refused(&olga, &["approvals", "approve", &id]);
+    assert!(err.contains("needs the security role"), "{err}");
+    // A second security operator approves.
+    assert!(admin_ok(&tom, &["approvals", "approve", &id]).contains("approved request"));
+
+    // Bound to the escrow key, the layout and the requester.
+    let err = refused(&sam, &args(&export(&other_pub, KWP, Some(&id))));
+    assert!(err.contains("approved another request"), "{err}");
+    let err = refused(
+        &sam,
+        &args(&export(&esc_pub, "RSAES_OAEP_SHA_256", Some(&id))),
+    );
+    assert!(err.contains("approved another request"), "{err}");
+    let err = refused(&tom, &args(&export(&esc_pub, KWP, Some(&id))));
+    assert!(err.contains("only its requester"), "{err}");
+    assert!(!out.exists());
+
+    // The requester's re-run exports, once.
+    let said = admin_ok(&sam, &args(&export(&esc_pub, KWP, Some(&id))));
+    assert!(
+        said.contains("2 version(s)") && said.contains(KWP),
+        "{said}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::rename(&out, dir.join("esc-1.kept.json")).unwrap();
+    let err = refused(&sam, &args(&export(&esc_pub, KWP, Some(&id))));
+    assert!(err.contains("used already"), "{err}");
+    assert!(!out.exists());
+    assert!(admin_ok(&vera, &["approvals", "list"]).contains("used"));
+
+    // openssl unwraps every version: RSA-OAEP-SHA-256 of the AES key, then AES-KWP.
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(file["key_id"], "esc-1");
+    assert_eq!(file["wrapping_algorithm"], KWP);
+    let mut keys = Vec::new();
+    for v in file["versions"].as_array().unwrap() {
+        let n = v["version"].as_u64().unwrap();
+        let wrapped = B64.decode(v["wrapped"].as_str().unwrap()).unwrap();
+        // 384 bytes of RSA-3072 ciphertext, then 40 of KWP (32 bytes padded to 8, plus 8).
+        assert_eq!(wrapped.len(), 384 + 40, "version {n}");
+        let rsa_part = dir.join(format!("kwp-v{n}.rsa"));
+        let kwp_part = dir.join(format!("kwp-v{n}.kwp"));
+        std::fs::write(&rsa_part, &wrapped[..384]).unwrap();
+        std::fs::write(&kwp_part, &wrapped[384..]).unwrap();
+        let aes = dir.join(format!("kwp-v{n}.aes"));
+        let mut c = openssl();
+        c.args(["pkeyutl", "-decrypt", "-inkey"])
+            .arg(&esc_priv)
+            .arg("-in")
+            .arg(&rsa_part)
+            .arg("-out")
+            .arg(&aes)
+            .args([
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha256",
+                "-pkeyopt",
+                "rsa_mgf1_md:sha256",
+            ]);
+        run(c);
+        let aes_key = std::fs::read(&aes).unwrap();
+        assert_eq!(
+            aes_key.len(),
+            32,
+            "version {n}: the RSA part holds an AES-256 key"
+        );
+        let raw = dir.join(format!("kwp-v{n}.raw"));
+        let mut c = openssl();
+        c.args(["enc", "-d", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K"])
+            .arg(hex::encode(&aes_key))
+            .arg("-in")
+            .arg(&kwp_part)
+            .arg("-out")
+            .arg(&raw);
+        run(c);
+        let k = std::fs::read(&raw).unwrap();
+        assert_eq!(k.len(), 32, "version {n}");
+        keys.push((n, k));
+    }
+    keys.sort();
+    assert_eq!(keys.iter().map(|k| k.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        decrypt_outside(&enc1, &keys[0].1).as_deref(),
+        Some(&plaintext[..])
+    );
+    assert_eq!(
+        decrypt_outside(&enc2, &keys[1].1).as_deref(),
+        Some(&plaintext[..])
+    );
+    assert!(decrypt_outside(&enc1, &keys[1].1).is_none());
+    assert!(decrypt_outside(&enc2, &keys[0].1).is_none());
+
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // The audit log names every step; no key bytes anywhere in it or in serve's log.
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    let line = |who: &str, what: &str, needle: &str| {
+        audit
+            .lines()
+            .find(|l| l.contains(who) && l.contains(what) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no audit line for {who} {what} {needle}:\n{audit}"))
+            .to_string()
+    };
+    line("CN=vera", "keys_export", "forbidden");
+    line("CN=olga", "keys_export", "forbidden");
+    assert!(line("CN=sam", "approval_filed", &id).contains("keys_export"));
+    assert!(line("CN=sam", "approvals_approve", &id).contains("cannot approve"));
+    assert!(line("CN=olga", "approvals_approve", &id).contains("security role"));
+    line("CN=tom", "approvals_approve", &id);
+    assert!(line("CN=sam", "approval_used", &id).contains("CN=tom"));
+    let done = line("CN=sam", "keys_export", "versions=1,2");
+    assert!(
+        done.contains(&format!("export wrapped ({KWP})"))
+            && done.contains(file["escrow_spki_sha256"].as_str().unwrap()),
+        "{done}"
+    );
+    assert_eq!(
+        audit
+            .lines()
+            .filter(|l| l.contains("keys_export") && l.contains("versions="))
+            .count(),
+        1,
+        "exactly one export ran:\n{audit}"
+    );
     let log = p.stderr_text();
     for (_, k) in &keys {
         for text in [&audit, &log] {

@@ -33,10 +33,16 @@ impl Proc {
         Self::spawn_command(cmd)
     }
 
-    /// Like [`Proc::spawn`] with a command the caller has set up (limits, environment).
+    /// Like [`Proc::spawn`] with a command the caller has set up (limits, environment). The
+    /// test runner's `NOTIFY_SOCKET` is not passed on, unless the caller set one of its own.
     pub fn spawn_command(mut cmd: Command) -> Proc {
+        let own_notify = cmd
+            .get_envs()
+            .any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_some());
+        if !own_notify {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
         let mut child = cmd
-            .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

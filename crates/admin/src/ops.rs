@@ -979,7 +979,8 @@ impl RegistryBackend {
                 })?;
                 if k.destroy_at.is_some() {
                     return Err(AdminError::Conflict(format!(
-                        "id: key {id} is scheduled for destruction; cancel-destroy it first to                          export it"
+                        "id: key {id} is scheduled for destruction; cancel-destroy it first to \
+                         export it"
                     )));
                 }
                 let mut versions: Vec<(u32, &keyward_secret::Key32)> = k

@@ -281,4 +281,28 @@ mod tests {
         };
         assert!(!replay.is_policy_deny());
     }
+
+    /// The jitter is there: two boots retrying on the same schedule do not wake in step (the
+    /// integration test `krs_misbehaving::the_retry_loop_survives_…` checks each delay's window
+    /// as printed and waited; this checks that the delays within a window differ).
+    #[test]
+    fn delays_in_one_window_are_spread_not_fixed() {
+        let r = Retry {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            policy_deny_delay: Duration::from_secs(300),
+            max_attempts: None,
+        };
+        let transport = AgentError::NoAddress("x".into());
+        let d: Vec<u128> = (0..200)
+            .map(|_| r.delay(5, &transport).as_millis())
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = d.iter().collect();
+        // 200 draws from the 16,001 values of [16 s, 32 s] in ms: fewer than 150 distinct ones
+        // means the draw is not uniform (or not random at all).
+        assert!(distinct.len() > 150, "{} distinct of 200", distinct.len());
+        let (lo, hi) = (d.iter().min().unwrap(), d.iter().max().unwrap());
+        assert!(*lo >= 16_000 && *hi <= 32_000, "{lo}..{hi}");
+        assert!(hi - lo > 8_000, "spread {lo}..{hi}");
+    }
 }
