@@ -278,6 +278,7 @@ struct ConnState {
 /// deadline, the header deadline and the connection cap are the accept loop's.
 fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
     use axum::routing::{get, post};
+    let state = ConnState { backend, actor };
     let not_post = || async { answer(StatusCode::METHOD_NOT_ALLOWED, Err("use POST".into())) };
     axum::Router::new()
         .route(
@@ -290,7 +291,11 @@ fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
                 post(admin_file).fallback(not_post),
                 MAX_FILE_BODY,
                 FILE_BODY_TIMEOUT,
-            ),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                file_role_first,
+            )),
         )
         .route(
             METRICS_PATH,
@@ -299,7 +304,41 @@ fn router(backend: Arc<dyn Backend>, actor: Arc<Operator>) -> axum::Router {
             }),
         )
         .fallback(|| async { answer(StatusCode::NOT_FOUND, Err("unknown path".into())) })
-        .with_state(ConnState { backend, actor })
+        .with_state(state)
+}
+
+/// On the file route, an operator whose role may not send a file is refused before the body
+/// is read: a viewer's certificate must not make the appliance hold 96 MiB per connection.
+/// The refusal is the backend's own (it is handed the request with an empty file), so it is
+/// worded and audited like every other.
+async fn file_role_first(
+    axum::extract::State(st): StateOf,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Answer {
+    let probe = Request::BackupRewrap {
+        file: String::new(),
+    };
+    let need = super::role::policy(&probe).need;
+    if matches!(&st.actor.role, Ok(roles) if roles.satisfy(need)) {
+        return next.run(req).await;
+    }
+    let ConnState { backend, actor } = st;
+    match tokio::task::spawn_blocking(move || backend.handle_approved(&actor, probe, None)).await {
+        Ok(Err(e)) => answer(e.status(), Err(e.to_string())),
+        // The backend let it through after all: still not with this role.
+        Ok(Ok(_)) => answer(
+            StatusCode::FORBIDDEN,
+            Err(format!(
+                "forbidden: this route needs the {} role",
+                need.role()
+            )),
+        ),
+        Err(_) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Err("internal error".into()),
+        ),
+    }
 }
 
 /// `route` with its body capped at `cap` bytes and due within `due`. Inner first: the limit
@@ -468,6 +507,25 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
+    /// Refuses every request, naming the actor, the operation and the file's size.
+    struct Refuses;
+    impl Backend for Refuses {
+        fn handle(&self, op: &Operator, req: Request) -> Result<serde_json::Value, AdminError> {
+            let size = match &req {
+                Request::BackupRewrap { file } => file.len(),
+                _ => 0,
+            };
+            Err(AdminError::Forbidden(format!(
+                "forbidden: {} may not {} (file of {size} bytes)",
+                op.subject,
+                req.op()
+            )))
+        }
+        fn metrics(&self, _: &Operator) -> Result<String, AdminError> {
+            Err(AdminError::NotFound("no".into()))
+        }
+    }
+
     /// Answers every request with its operation name and the actor.
     struct Echo;
     impl Backend for Echo {
@@ -596,6 +654,24 @@ mod tests {
         assert_eq!(
             (s, v["error"].as_str()),
             (StatusCode::METHOD_NOT_ALLOWED, Some("use POST"))
+        );
+        // A viewer is refused there before the body is read, with the backend's own refusal.
+        let viewer = Arc::new(Operator::new("CN=vic", Role::Viewer));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(FILE_PATH)
+            .body(axum::body::Body::from(vec![b' '; MAX_FILE_BODY + 1]))
+            .unwrap();
+        let r = router(Arc::new(Refuses), viewer)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            v["error"],
+            "forbidden: CN=vic may not backup_rewrap (file of 0 bytes)"
         );
         // Its cap holds too.
         let (s, v) = call("POST", FILE_PATH, vec![b' '; MAX_FILE_BODY + 1]).await;
