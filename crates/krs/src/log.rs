@@ -36,6 +36,10 @@ pub enum LogError {
     Broken { index: u64, what: String },
     #[error("release log head: {0}")]
     Head(String),
+    #[error("release log head: {0}")]
+    HeadJson(#[source] serde_json::Error),
+    #[error("signing: encoding the receipt: {0}")]
+    EncodeReceipt(#[source] keyward_krp::cbor::CborError),
     #[error("signing: {0}")]
     Sign(String),
     #[error("release log rolled back: {0}")]
@@ -54,9 +58,7 @@ pub fn append_operator_action(
     sign: DigestSigner<'_>,
 ) -> Result<u64, LogError> {
     use base64::{engine::general_purpose::STANDARD, Engine};
-    let rb = receipt
-        .encode()
-        .map_err(|e| LogError::Sign(format!("encoding the receipt: {e}")))?;
+    let rb = receipt.encode().map_err(LogError::EncodeReceipt)?;
     let sig = sign(&keyward_krp::receipt::receipt_digest(&rb)).map_err(LogError::Sign)?;
     let entry = Entry {
         index: receipt.log_index,
@@ -359,7 +361,7 @@ impl ReleaseLog {
             counter: Some(counter),
             signature: STANDARD.encode(sig),
         };
-        let body = serde_json::to_vec(&head).map_err(|e| LogError::Head(e.to_string()))?;
+        let body = serde_json::to_vec(&head).map_err(LogError::HeadJson)?;
         replace_file(&head_path(&self.path), &body)?;
         self.head_stale = false;
         Ok(())
@@ -488,7 +490,7 @@ fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<
     }
     let hp = head_path(path);
     let hb = std::fs::read(&hp).map_err(|e| LogError::Head(format!("{}: {e}", hp.display())))?;
-    let head: Head = serde_json::from_slice(&hb).map_err(|e| LogError::Head(e.to_string()))?;
+    let head: Head = serde_json::from_slice(&hb).map_err(LogError::HeadJson)?;
     let sig = STANDARD
         .decode(head.signature.as_bytes())
         .map_err(|_| LogError::Head("signature is not base64".into()))?;

@@ -66,8 +66,15 @@ pub trait Appraiser: Send + Sync {
 pub enum KrsError {
     #[error(transparent)]
     Hsm(#[from] HsmError),
+    /// The HSM's receipt public key is not a P-384 point.
     #[error("{0}")]
-    Setup(String),
+    ReceiptKey(#[source] keyward_krp::receipt::ReceiptError),
+    /// The token lacks what the configuration asks for (the message names it).
+    #[error("{0}")]
+    Token(String),
+    /// The release log's head could not be repaired at start.
+    #[error("{0}")]
+    Log(#[from] crate::log::LogError),
 }
 
 struct Inner {
@@ -132,17 +139,17 @@ impl Service {
         wrap: WrapChoice,
     ) -> Result<Self, KrsError> {
         let receipt_spki = keyward_krp::receipt::spki_from_sec1(&hsm.receipt_public_key()?)
-            .map_err(|e| KrsError::Setup(e.to_string()))?;
+            .map_err(KrsError::ReceiptKey)?;
         let caps = hsm.capabilities();
         if !caps.ecdsa {
-            return Err(KrsError::Setup(
+            return Err(KrsError::Token(
                 "the token cannot sign with CKM_ECDSA".into(),
             ));
         }
         let mode = match wrap {
             WrapChoice::Hpke => WrapMode::HpkeFallback,
             WrapChoice::Hsm if !caps.in_hsm_wrap() => {
-                return Err(KrsError::Setup(format!(
+                return Err(KrsError::Token(format!(
                     "wrap = \"hsm\" but the token lacks mechanisms ({caps:?})"
                 )))
             }
@@ -158,8 +165,7 @@ impl Service {
         }
         let key_id = hsm.master_key_id().to_string();
         let mut log = log;
-        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))
-            .map_err(|e| KrsError::Setup(e.to_string()))?;
+        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
         let limits = Limits::default();
         Ok(Self {
             conns: Arc::new(ConnTracker::new(&limits)),

@@ -20,22 +20,23 @@ use subtle::ConstantTimeEq;
 /// Why a certificate's SPKI could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpkiError {
+    /// The certificate is not DER X.509.
     #[error("certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] der::Error),
+    /// Its SubjectPublicKeyInfo does not encode back to DER.
     #[error("SPKI: {0}")]
-    Spki(String),
+    Spki(#[source] der::Error),
 }
 
 /// SHA-256 of the DER SubjectPublicKeyInfo inside a DER certificate.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], SpkiError> {
     use der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| SpkiError::Certificate(e.to_string()))?;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(SpkiError::Certificate)?;
     let spki = cert
         .tbs_certificate
         .subject_public_key_info
         .to_der()
-        .map_err(|e| SpkiError::Spki(e.to_string()))?;
+        .map_err(SpkiError::Spki)?;
     Ok(Sha256::digest(spki).into())
 }
 

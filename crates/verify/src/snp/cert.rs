@@ -36,12 +36,20 @@ pub mod amd_oid {
 /// Why a certificate or CRL is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CertError {
+    /// What is wrong with the encoding, in words (PEM framing, unused bits).
     #[error("not a DER or PEM certificate: {0}")]
     Parse(String),
+    /// The DER does not decode (or re-encode) as a certificate or CRL.
+    #[error("not a DER or PEM certificate: {0}")]
+    Der(#[source] der::Error),
     #[error("unsupported public key: {0}")]
     Key(String),
+    #[error("unsupported public key: {0}")]
+    KeyDer(#[source] der::Error),
     #[error("signature algorithm is not RSA-PSS with SHA-384, MGF1-SHA-384, salt 48: {0}")]
     Algorithm(String),
+    #[error("signature algorithm is not RSA-PSS with SHA-384, MGF1-SHA-384, salt 48: {0}")]
+    AlgorithmDer(#[source] der::Error),
     #[error("signature does not verify")]
     Signature,
     #[error("extension {0}: {1}")]
@@ -62,13 +70,10 @@ struct SignedParts {
 }
 
 fn split_signed(der: &[u8]) -> Result<SignedParts, CertError> {
-    let s = Signed::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let s = Signed::from_der(der).map_err(CertError::Der)?;
     // AnyRef keeps the value bytes as received and DER lengths are minimal (der enforces it on
     // decode), so tag + length + value re-assembles the exact received TBS encoding.
-    let tbs_raw = s
-        .tbs
-        .to_der()
-        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let tbs_raw = s.tbs.to_der().map_err(CertError::Der)?;
     let signature = s
         .signature
         .as_bytes()
@@ -88,10 +93,8 @@ fn check_pss_alg(alg: &spki::AlgorithmIdentifierOwned) -> Result<(), CertError> 
         .parameters
         .as_ref()
         .ok_or_else(|| CertError::Algorithm("no PSS parameters".into()))?;
-    let der = params
-        .to_der()
-        .map_err(|e| CertError::Algorithm(e.to_string()))?;
-    let p = RsaPssParams::from_der(&der).map_err(|e| CertError::Algorithm(e.to_string()))?;
+    let der = params.to_der().map_err(CertError::AlgorithmDer)?;
+    let p = RsaPssParams::from_der(&der).map_err(CertError::AlgorithmDer)?;
     let mgf_hash = p.mask_gen.parameters.as_ref().map(|a| a.oid);
     if p.hash.oid != OID_SHA384
         || p.mask_gen.oid != OID_MGF1
@@ -135,7 +138,7 @@ impl Cert {
     /// Parse one DER certificate. Serial numbers of 0 (real VCEKs and VLEKs) are accepted.
     pub fn from_der(der: &[u8]) -> Result<Cert, CertError> {
         let parts = split_signed(der)?;
-        let cert = Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+        let cert = Certificate::from_der(der).map_err(CertError::Der)?;
         Ok(Cert {
             der: der.to_vec(),
             tbs_raw: parts.tbs_raw,
@@ -183,7 +186,7 @@ impl Cert {
             .tbs()
             .subject_public_key_info
             .to_der()
-            .map_err(|e| CertError::Key(e.to_string()))?;
+            .map_err(CertError::KeyDer)?;
         if let Ok(k) = RsaPublicKey::from_public_key_der(&spki) {
             return Ok(PublicKey::Rsa(k));
         }
@@ -292,8 +295,7 @@ pub struct Crl {
 impl Crl {
     pub fn from_der(der: &[u8]) -> Result<Crl, CertError> {
         let parts = split_signed(der)?;
-        let list = x509_cert::crl::CertificateList::from_der(der)
-            .map_err(|e| CertError::Parse(e.to_string()))?;
+        let list = x509_cert::crl::CertificateList::from_der(der).map_err(CertError::Der)?;
         Ok(Crl {
             tbs_raw: parts.tbs_raw,
             signature: parts.signature,
