@@ -29,6 +29,7 @@
 //! Given the master key ([`Backup::verify`]: development stores with a key file) the MAC and
 //! every record are checked before anything is written.
 
+use crate::now_unix;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -159,13 +160,6 @@ impl std::fmt::Debug for Export {
             .field("records", &self.records)
             .finish()
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Write the backup file of a store (the registry holds its lock).

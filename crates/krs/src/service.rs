@@ -14,10 +14,11 @@
 //! evidence kept only up to `limits.log_evidence_max`. [`serve`] caps connections (in total and
 //! per source) and gives every phase of a connection a deadline (see `limits`).
 
+use keyward_keystore::now_unix;
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use rand_core::{OsRng, RngCore};
@@ -116,13 +117,6 @@ struct Ctx {
     evidence: Vec<u8>,
     /// A session was consumed: a deny is signed and logged. Before that, it is not.
     session: bool,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Service {
@@ -349,7 +343,7 @@ impl Service {
             krs_id: self.krs_id.to_vec(),
             policy_id: self.policy.label(),
             policy_digest: self.policy.digest.to_vec(),
-            expires: now_secs() + self.sessions.ttl().as_secs(),
+            expires: now_unix() + self.sessions.ttl().as_secs(),
             receipt_spki: self.receipt_spki.clone(),
         };
         tracing::info!(
@@ -509,7 +503,7 @@ impl Service {
         // Register the boot key (durably) and read the head held, before anything is wrapped:
         // a release whose key cannot advance heads would leave the store unanchored.
         let (head, boot_key_id) = match (&self.heads, e.boot_key.is_empty()) {
-            (Some(book), false) => match book.register(deployment, &e.boot_key, now_secs()) {
+            (Some(book), false) => match book.register(deployment, &e.boot_key, now_unix()) {
                 Ok(h) => (h, keyward_krp::headproto::boot_key_id(&e.boot_key).to_vec()),
                 Err(err) => {
                     drop(inner);
@@ -558,7 +552,7 @@ impl Service {
                 wrapped_digest: Sha384::digest(&w.wrapped_mk).to_vec(),
             })
             .collect();
-        let time = now_secs();
+        let time = now_unix();
         let log_index = inner.log.next_index();
         let receipt = Receipt {
             v: VERSION,
@@ -775,7 +769,7 @@ impl Service {
             policy_digest: self.policy.digest.to_vec(),
             key_id: self.key_id.clone(),
             key_version: KEY_VERSION,
-            time: now_secs(),
+            time: now_unix(),
             log_index: inner.log.next_index(),
             head,
             boot_key_id: req.boot_key_id.clone(),
@@ -906,7 +900,7 @@ impl Service {
             policy_digest: self.policy.digest.to_vec(),
             key_id: self.key_id.clone(),
             key_version: KEY_VERSION,
-            time: now_secs(),
+            time: now_unix(),
             log_index: inner.log.next_index(),
             head: None,
             boot_key_id: vec![],
