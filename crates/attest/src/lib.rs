@@ -12,6 +12,44 @@ pub enum AttestError {
     Unavailable(String),
     #[error("attestation failed: {0}")]
     Failed(String),
+    /// The device (or the simulated platform) could not be opened; `what` names it.
+    #[error("attestation device unavailable: {what}: {source}")]
+    DeviceUnavailable {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step of producing evidence failed; `what` names it.
+    #[error("attestation failed: {what}: {source}")]
+    Step {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl AttestError {
+    /// `what` (a device, a path) could not be opened, because of `source`.
+    pub(crate) fn unavailable(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        AttestError::DeviceUnavailable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The step `what` failed, because of `source`.
+    pub(crate) fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        AttestError::Step {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Something that can produce evidence bound to a caller-chosen value.

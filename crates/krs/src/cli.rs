@@ -641,10 +641,7 @@ fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
             kds_url,
             out,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = keyward_keystore::now_unix();
             let cfg = KrsConfig::load(&config)?;
             let p = read_verifier_policy(&cfg)?;
             let out = match out.or_else(|| cfg.crl_files.first().cloned()) {
