@@ -67,3 +67,34 @@ pub mod nitrotpm;
 pub mod simulated;
 pub mod snp;
 pub mod tpm;
+
+#[cfg(test)]
+mod tests {
+    use super::AttestError;
+    use std::error::Error;
+
+    #[test]
+    fn a_failed_step_names_the_step_and_keeps_its_cause() {
+        let e = AttestError::failed(
+            "PCR 11",
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the TPM did not answer"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "attestation failed: PCR 11: the TPM did not answer"
+        );
+        let source = e.source().expect("the cause is the source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io::Error itself, not its text");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+
+        let e = AttestError::unavailable("/dev/sev-guest", std::io::Error::from_raw_os_error(2));
+        assert!(
+            e.to_string()
+                .starts_with("attestation device unavailable: /dev/sev-guest: "),
+            "{e}"
+        );
+        assert!(e.source().is_some());
+    }
+}

@@ -71,6 +71,15 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(from_slice::<BTreeMap<String, u8>>(&[0xff, 0x00, 0x13]).is_err());
+        let e = from_slice::<BTreeMap<String, u8>>(&[0xff, 0x00, 0x13]).unwrap_err();
+        assert!(matches!(e, CborError::Decode(_)), "{e}");
+        // the decoder's own error is kept as the source, not flattened into text
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            source
+                .downcast_ref::<ciborium::de::Error<std::io::Error>>()
+                .is_some(),
+            "{source}"
+        );
     }
 }

@@ -146,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_certificate_keeps_the_der_error_as_its_source() {
+        let (cert, want) = cert();
+        assert_eq!(spki_sha256(cert.as_ref()).unwrap(), want);
+        let e = spki_sha256(&cert.as_ref()[..cert.as_ref().len() / 2]).unwrap_err();
+        assert!(matches!(e, SpkiError::Certificate(_)), "{e}");
+        let source = std::error::Error::source(&e).expect("the DER error is the source");
+        assert!(source.downcast_ref::<der::Error>().is_some(), "{source}");
+        assert!(e.to_string().starts_with("certificate: "), "{e}");
+    }
+
+    #[test]
     fn hashes_the_spki_and_accepts_only_the_pinned_key() {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (a, a_pin) = cert();
