@@ -39,6 +39,10 @@ pub enum CertError {
     /// What is wrong with the encoding, in words (PEM framing, unused bits).
     #[error("not a DER or PEM certificate: {0}")]
     Parse(String),
+    /// A PEM block does not decode (kept typed; without its `std` feature the PEM decoder's
+    /// error is not a `std::error::Error`, so it cannot be the source).
+    #[error("not a DER or PEM certificate: PEM: {0}")]
+    Pem(der::pem::Error),
     /// The DER does not decode (or re-encode) as a certificate or CRL.
     #[error("not a DER or PEM certificate: {0}")]
     Der(#[source] der::Error),
@@ -54,6 +58,9 @@ pub enum CertError {
     Signature,
     #[error("extension {0}: {1}")]
     Extension(String, String),
+    /// An extension's value is not the DER it should be (the OID, and the decoder's error).
+    #[error("extension {0}: {1}")]
+    ExtensionDer(String, #[source] der::Error),
 }
 
 /// The outer SEQUENCE of a certificate or CRL, with the signed part kept as raw bytes.
@@ -256,7 +263,7 @@ impl Cert {
             None => Ok(None),
             Some(v) => u8::from_der(v)
                 .map(Some)
-                .map_err(|e| CertError::Extension(oid.to_string(), e.to_string())),
+                .map_err(|e| CertError::ExtensionDer(oid.to_string(), e)),
         }
     }
 
@@ -266,7 +273,7 @@ impl Cert {
             None => Ok(None),
             Some(v) => Ia5StringRef::from_der(v)
                 .map(|s| Some(s.to_string()))
-                .map_err(|e| CertError::Extension(oid.to_string(), e.to_string())),
+                .map_err(|e| CertError::ExtensionDer(oid.to_string(), e)),
         }
     }
 
@@ -397,8 +404,7 @@ fn split_pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<Vec<u8>>, CertError
             return Err(CertError::Parse(format!("unterminated PEM {label} block")));
         };
         let block = &after[..e + end.len()];
-        let (_, der) = der::pem::decode_vec(block.as_bytes())
-            .map_err(|e| CertError::Parse(format!("PEM: {e}")))?;
+        let (_, der) = der::pem::decode_vec(block.as_bytes()).map_err(CertError::Pem)?;
         out.push(der);
         rest = &after[e + end.len()..];
     }
