@@ -5,9 +5,10 @@
 //! Nothing here is on the XKS request path: the loops run on blocking threads and publish
 //! their results through the registry's snapshot and an `ArcSwap` the health refresher reads.
 
+use keyward_keystore::now_unix;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
@@ -60,12 +61,6 @@ pub struct Fleet {
     /// the last [`BEHIND`] and a little more: a member is behind only when it has not applied
     /// what was already the newest [`BEHIND`] ago (a write a second old is not a lag).
     newest: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn status_str(s: HealthStatus) -> &'static str {

@@ -47,7 +47,8 @@ pub enum BootError {
     #[error("XKS TLS certificate {}: {why}", path.display())]
     XksCertificate {
         path: std::path::PathBuf,
-        why: String,
+        #[source]
+        why: keyward_attest::live::PemSpkiError,
     },
     #[error("attestation listener {0}")]
     Attestation(SocketAddr, #[source] std::io::Error),
@@ -56,7 +57,7 @@ pub enum BootError {
     #[error("admin listener")]
     Admin(#[from] keyward_admin::server::ServerError),
     #[error("pins: {0}")]
-    Pins(String),
+    Pins(#[from] AdminCaError),
     #[error("clock: {0}")]
     Clock(String),
     /// The FIPS build found AWS-LC not in FIPS mode (its power-on self tests failed, or the
@@ -65,6 +66,29 @@ pub enum BootError {
     NotFips,
     #[error("appliance TLS identity")]
     Tls(#[from] tls::TlsIdError),
+}
+
+/// Why the operator CA file was refused at boot (it must be the one the `admin_ca_sha256` pin
+/// names: the pin is attested, the file is on the untrusted data volume).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCaError {
+    #[error("admin CA {}: {source}", path.display())]
+    Load {
+        path: std::path::PathBuf,
+        #[source]
+        source: keyward_admin::tls::TlsError,
+    },
+    #[error("admin CA {}: holds {count} certificates; the admin_ca_sha256 pin names exactly one", path.display())]
+    Count {
+        path: std::path::PathBuf,
+        count: usize,
+    },
+    #[error("admin CA {}: its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start", path.display())]
+    Mismatch {
+        path: std::path::PathBuf,
+        got: String,
+        pin: String,
+    },
 }
 
 /// Addresses the appliance serves on, once bound.

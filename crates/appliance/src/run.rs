@@ -6,7 +6,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
 use super::notify::Notifier;
-use super::{phase, Addresses, BootError, MasterKeySource};
+use super::{phase, Addresses, AdminCaError, BootError, MasterKeySource};
 use keyward_admin::ops::{FleetAdmin, RegistryBackend, TlsAdmin};
 use keyward_admin::server::AdminServer;
 use keyward_admin::tls::OperatorCa;
@@ -301,9 +301,11 @@ fn read_admin_ca(config: &Config) -> Result<Option<OperatorCa>, BootError> {
     let Some(admin) = &config.admin else {
         return Ok(None);
     };
-    let refuse =
-        |why: String| BootError::Pins(format!("admin CA {}: {why}", admin.client_ca.display()));
-    let ca = OperatorCa::load(&admin.client_ca).map_err(|e| refuse(e.to_string()))?;
+    let path = || admin.client_ca.clone();
+    let ca = OperatorCa::load(&admin.client_ca).map_err(|source| AdminCaError::Load {
+        path: path(),
+        source,
+    })?;
     let keyward_config::MasterKeyConfig::Release(r) = &config.master_key else {
         return Ok(Some(ca));
     };
@@ -320,17 +322,21 @@ fn read_admin_ca(config: &Config) -> Result<Option<OperatorCa>, BootError> {
     }
     let certs = ca.certs();
     if certs.len() != 1 {
-        return Err(refuse(format!(
-            "holds {} certificates; the admin_ca_sha256 pin names exactly one",
-            certs.len()
-        )));
+        return Err(AdminCaError::Count {
+            path: path(),
+            count: certs.len(),
+        }
+        .into());
     }
     use sha2::Digest;
     let got = hex::encode(sha2::Sha256::digest(certs[0].as_ref()));
     if got != pin {
-        return Err(refuse(format!(
-            "its SHA-256 is {got}, not the admin_ca_sha256 pin {pin}: refusing to start"
-        )));
+        return Err(AdminCaError::Mismatch {
+            path: path(),
+            got,
+            pin,
+        }
+        .into());
     }
     Ok(Some(ca))
 }
@@ -658,7 +664,7 @@ impl StoreProbe for DirProbe {
 /// under the old version (or resumes at the next boot); `keyward admin mk reseal` retries.
 /// A fleet's shared store is re-sealed by exactly one member (one compare-and-set transaction
 /// in PostgreSQL); a member that loses the race finds the store re-sealed and follows (`Ok(None)`).
-pub fn spawn_reseal(registry: &Arc<Registry>) {
+pub(crate) fn spawn_reseal(registry: &Arc<Registry>) {
     let st = registry.mk_status();
     if st.current <= st.sealed {
         phase(

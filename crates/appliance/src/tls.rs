@@ -79,8 +79,18 @@ pub enum TlsIdError {
     NoName,
     #[error("key store: {0}")]
     Keystore(#[from] KeystoreError),
+    #[error("TLS key: stored key is not a P-256 PKCS#8 key: {0}")]
+    NotP256(#[source] p256::pkcs8::Error),
     #[error("TLS key: {0}")]
-    Key(String),
+    Spki(#[source] p256::pkcs8::spki::Error),
+    #[error("TLS key: {0}")]
+    Signer(#[source] rustls::Error),
+    #[error("TLS key: {0}")]
+    Encode(#[source] p256::pkcs8::Error),
+    #[error("TLS key: the new TLS key was not stored")]
+    NotStored,
+    #[error("TLS key: the key store holds no TLS key")]
+    NoKey,
     #[error("certificate generation: {0}")]
     Gen(#[from] rcgen::Error),
 }
@@ -114,20 +124,19 @@ struct Identity {
 impl Identity {
     /// The identity of a PKCS#8 DER P-256 private key.
     fn of_pkcs8(pkcs8_der: &[u8]) -> Result<Identity, TlsIdError> {
-        let secret = p256::SecretKey::from_pkcs8_der(pkcs8_der)
-            .map_err(|e| TlsIdError::Key(format!("stored key is not a P-256 PKCS#8 key: {e}")))?;
+        let secret = p256::SecretKey::from_pkcs8_der(pkcs8_der).map_err(TlsIdError::NotP256)?;
         let public = secret.public_key();
         drop(secret);
         let spki_der = public
             .to_public_key_der()
-            .map_err(|e| TlsIdError::Key(e.to_string()))?
+            .map_err(TlsIdError::Spki)?
             .as_bytes()
             .to_vec();
         let public_point = public.to_encoded_point(false).as_bytes().to_vec();
         let key = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(pkcs8_der),
         ))
-        .map_err(|e| TlsIdError::Key(e.to_string()))?;
+        .map_err(TlsIdError::Signer)?;
         Ok(Identity {
             key,
             spki_der,
@@ -184,9 +193,7 @@ impl std::fmt::Debug for ManagedTls {
 /// A fresh ECDSA P-256 private key as PKCS#8 DER (zeroized on drop).
 fn generate_pkcs8() -> Result<Zeroizing<Vec<u8>>, TlsIdError> {
     let secret = p256::SecretKey::random(&mut rand_core::OsRng);
-    let doc = secret
-        .to_pkcs8_der()
-        .map_err(|e| TlsIdError::Key(e.to_string()))?;
+    let doc = secret.to_pkcs8_der().map_err(TlsIdError::Encode)?;
     Ok(Zeroizing::new(doc.as_bytes().to_vec()))
 }
 
@@ -218,9 +225,7 @@ impl ManagedTls {
             None => {
                 registry.set_tls_key(generate_pkcs8()?)?;
                 tracing::info!("generated the appliance TLS key (ECDSA P-256), stored sealed");
-                registry
-                    .tls_material()
-                    .ok_or_else(|| TlsIdError::Key("the new TLS key was not stored".into()))?
+                registry.tls_material().ok_or(TlsIdError::NotStored)?
             }
         };
         let current = Identity::of_pkcs8(&material.pkcs8_der)?;
@@ -327,10 +332,7 @@ impl ManagedTls {
         // The key store decides which keys a chain may be for (on a fleet another member may
         // have made the pending key, or already made it current); this member's state is
         // changed only once the chain is stored.
-        let material = self
-            .registry
-            .tls_material()
-            .ok_or_else(|| TlsIdError::Key("the key store holds no TLS key".into()))?;
+        let material = self.registry.tls_material().ok_or(TlsIdError::NoKey)?;
         let stored_current = Identity::of_pkcs8(&material.pkcs8_der)?;
         let stored_pending = match &material.pending_pkcs8_der {
             Some(k) => Some((

@@ -12,6 +12,44 @@ pub enum AttestError {
     Unavailable(String),
     #[error("attestation failed: {0}")]
     Failed(String),
+    /// The device (or the simulated platform) could not be opened; `what` names it.
+    #[error("attestation device unavailable: {what}: {source}")]
+    DeviceUnavailable {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step of producing evidence failed; `what` names it.
+    #[error("attestation failed: {what}: {source}")]
+    Step {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl AttestError {
+    /// `what` (a device, a path) could not be opened, because of `source`.
+    pub(crate) fn unavailable(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        AttestError::DeviceUnavailable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The step `what` failed, because of `source`.
+    pub(crate) fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        AttestError::Step {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Something that can produce evidence bound to a caller-chosen value.
@@ -29,3 +67,34 @@ pub mod nitrotpm;
 pub mod simulated;
 pub mod snp;
 pub mod tpm;
+
+#[cfg(test)]
+mod tests {
+    use super::AttestError;
+    use std::error::Error;
+
+    #[test]
+    fn a_failed_step_names_the_step_and_keeps_its_cause() {
+        let e = AttestError::failed(
+            "PCR 11",
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the TPM did not answer"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "attestation failed: PCR 11: the TPM did not answer"
+        );
+        let source = e.source().expect("the cause is the source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io::Error itself, not its text");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+
+        let e = AttestError::unavailable("/dev/sev-guest", std::io::Error::from_raw_os_error(2));
+        assert!(
+            e.to_string()
+                .starts_with("attestation device unavailable: /dev/sev-guest: "),
+            "{e}"
+        );
+        assert!(e.source().is_some());
+    }
+}

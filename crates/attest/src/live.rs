@@ -54,6 +54,7 @@ use tokio::task::JoinSet;
 
 use super::{Attester, Binding};
 use keyward_evidence::EvidenceBundle;
+use keyward_pki::SpkiError;
 
 /// The path.
 pub const PATH: &str = "/attestation";
@@ -111,20 +112,55 @@ pub fn runtime_binding_with_audit(
     }
 }
 
-/// SHA-256 of a DER certificate's SubjectPublicKeyInfo.
-pub fn spki_sha256_of_cert(cert_der: &[u8]) -> Result<[u8; 32], String> {
-    keyward_pki::tlspin::spki_sha256(cert_der).map_err(|e| e.to_string())
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo: the one SPKI hash, keyward-pki's
+/// (the name the live-attestation callers know it by).
+pub use keyward_pki::tlspin::spki_sha256 as spki_sha256_of_cert;
+
+/// Why the SPKI hash of a PEM certificate file could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PemSpkiError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no certificate", path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Spki {
+        path: std::path::PathBuf,
+        #[source]
+        source: SpkiError,
+    },
 }
 
 /// SHA-256 of the SPKI of the first certificate in a PEM file (the XKS certificate chain).
-pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn spki_sha256_of_pem_file(path: &std::path::Path) -> Result<[u8; 32], PemSpkiError> {
+    let pem = std::fs::read(path).map_err(|source| PemSpkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut rd = std::io::BufReader::new(pem.as_slice());
     let first = rustls_pemfile::certs(&mut rd)
         .next()
-        .ok_or_else(|| format!("{}: no certificate", path.display()))?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    spki_sha256_of_cert(first.as_ref())
+        .ok_or_else(|| PemSpkiError::NoCertificate {
+            path: path.to_path_buf(),
+        })?
+        .map_err(|source| PemSpkiError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    spki_sha256_of_cert(first.as_ref()).map_err(|source| PemSpkiError::Spki {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Where the served key's SPKI hash comes from when it can change while serving (the
@@ -455,10 +491,46 @@ async fn attest(
 pub enum FetchError {
     #[error("bad URL {0:?}: {1}")]
     Url(String, String),
-    #[error("connecting to {0}: {1}")]
-    Connect(String, String),
+    /// No TCP connection within 10 s.
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URL's host is not a name rustls can send.
+    #[error("connecting to {addr}: {source}")]
+    ServerName {
+        addr: String,
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    #[error("connecting to {addr}: TLS: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the XKS endpoint sent no certificate")]
+    NoCertificate,
     #[error("{0}")]
-    Protocol(String),
+    Spki(#[from] SpkiError),
+    /// The HTTP/1.1 exchange failed (handshake or request).
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
+    #[error("{0}")]
+    Request(#[source] http::Error),
+    #[error("no answer within 60 s")]
+    Timeout,
+    #[error("reading the answer: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A non-2xx answer, with the start of its body.
+    #[error("{status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("evidence JSON: {0}")]
+    Json(#[source] serde_json::Error),
 }
 
 struct Target {
@@ -569,14 +641,21 @@ async fn connect_tls(
         tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
     )
     .await
-    .map_err(|_| FetchError::Connect(addr.clone(), "timed out".into()))?
-    .map_err(|e| FetchError::Connect(addr.clone(), e.to_string()))?;
-    let name = rustls_pki_types::ServerName::try_from(t.host.clone())
-        .map_err(|e| FetchError::Connect(addr.clone(), e.to_string()))?;
+    .map_err(|_| FetchError::ConnectTimeout(addr.clone()))?
+    .map_err(|source| FetchError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
+    let name = rustls_pki_types::ServerName::try_from(t.host.clone()).map_err(|source| {
+        FetchError::ServerName {
+            addr: addr.clone(),
+            source,
+        }
+    })?;
     tokio_rustls::TlsConnector::from(accept_any_client())
         .connect(name, tcp)
         .await
-        .map_err(|e| FetchError::Connect(addr, format!("TLS: {e}")))
+        .map_err(|source| FetchError::Tls { addr, source })
 }
 
 /// Connect to an XKS endpoint (`https://HOST[:PORT]`) and return SHA-256 of the SPKI of the
@@ -595,8 +674,8 @@ pub async fn fetch_spki_sha256(xks_url: &str) -> Result<[u8; 32], FetchError> {
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| FetchError::Protocol("the XKS endpoint sent no certificate".into()))?;
-    spki_sha256_of_cert(cert.as_ref()).map_err(FetchError::Protocol)
+        .ok_or(FetchError::NoCertificate)?;
+    Ok(spki_sha256_of_cert(cert.as_ref())?)
 }
 
 async fn post<S>(io: S, t: &Target, body: Vec<u8>) -> Result<Vec<u8>, FetchError>
@@ -606,28 +685,28 @@ where
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|e| FetchError::Protocol(e.to_string()))?;
+            .map_err(FetchError::Http)?;
     tokio::spawn(conn);
     let req = http::Request::post(t.path.as_str())
         .header(http::header::HOST, format!("{}:{}", t.host, t.port))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| FetchError::Protocol(e.to_string()))?;
+        .map_err(FetchError::Request)?;
     let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
         .await
-        .map_err(|_| FetchError::Protocol("no answer within 60 s".into()))?
-        .map_err(|e| FetchError::Protocol(e.to_string()))?;
+        .map_err(|_| FetchError::Timeout)?
+        .map_err(FetchError::Http)?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), 4 * 1024 * 1024)
         .collect()
         .await
-        .map_err(|e| FetchError::Protocol(format!("reading the answer: {e}")))?
+        .map_err(FetchError::Body)?
         .to_bytes();
     if !status.is_success() {
-        return Err(FetchError::Protocol(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-        )));
+        return Err(FetchError::Status {
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        });
     }
     Ok(bytes.to_vec())
 }
@@ -648,11 +727,11 @@ pub async fn fetch_evidence(url: &str, nonce: &[u8; 32]) -> Result<EvidenceBundl
             tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
         )
         .await
-        .map_err(|_| FetchError::Connect(addr.clone(), "timed out".into()))?
-        .map_err(|e| FetchError::Connect(addr, e.to_string()))?;
+        .map_err(|_| FetchError::ConnectTimeout(addr.clone()))?
+        .map_err(|source| FetchError::Connect { addr, source })?;
         post(tcp, &t, body).await?
     };
-    serde_json::from_slice(&bytes).map_err(|e| FetchError::Protocol(format!("evidence JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(FetchError::Json)
 }
 
 #[cfg(test)]

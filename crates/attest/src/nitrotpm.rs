@@ -144,7 +144,7 @@ pub fn encode_request(
 /// stops after one item).
 pub fn decode_response(bytes: &[u8]) -> Result<Vec<u8>, AttestError> {
     let v: Value = ciborium::from_reader(bytes)
-        .map_err(|e| AttestError::Failed(format!("NSM response is not CBOR: {e}")))?;
+        .map_err(|e| AttestError::failed("NSM response is not CBOR", e))?;
     let Value::Map(m) = v else {
         return Err(AttestError::Failed("NSM response is not a map".into()));
     };
@@ -212,13 +212,13 @@ fn send_raw(raw: &RawTransport, cmd: &[u8]) -> Result<u32, AttestError> {
                         .read(true)
                         .write(true)
                         .open(p)
-                        .map_err(|e| AttestError::Unavailable(format!("{}: {e}", p.display())))?;
+                        .map_err(|e| AttestError::unavailable(p.display().to_string(), e))?;
                     f.write_all(cmd)
-                        .map_err(|e| AttestError::Failed(format!("{}: {e}", p.display())))?;
+                        .map_err(|e| AttestError::failed(p.display().to_string(), e))?;
                     let mut buf = vec![0u8; 4096];
                     let n = f
                         .read(&mut buf)
-                        .map_err(|e| AttestError::Failed(format!("{}: {e}", p.display())))?;
+                        .map_err(|e| AttestError::failed(p.display().to_string(), e))?;
                     response_code(&buf[..n])
                 })();
                 match rc {
@@ -230,19 +230,19 @@ fn send_raw(raw: &RawTransport, cmd: &[u8]) -> Result<u32, AttestError> {
         }
         RawTransport::Tcp(addr) => {
             let mut s = TcpStream::connect(addr)
-                .map_err(|e| AttestError::Unavailable(format!("{addr}: {e}")))?;
+                .map_err(|e| AttestError::unavailable(addr.to_string(), e))?;
             s.write_all(cmd)
-                .map_err(|e| AttestError::Failed(format!("{addr}: {e}")))?;
+                .map_err(|e| AttestError::failed(addr.to_string(), e))?;
             let mut hdr = [0u8; 10];
             s.read_exact(&mut hdr)
-                .map_err(|e| AttestError::Failed(format!("{addr}: {e}")))?;
+                .map_err(|e| AttestError::failed(addr.to_string(), e))?;
             response_code(&hdr)
         }
     }
 }
 
 fn tss(what: &str) -> impl Fn(tss_esapi::Error) -> AttestError + '_ {
-    move |e| AttestError::Failed(format!("NitroTPM {what}: {e}"))
+    move |e| AttestError::failed(format!("NitroTPM {what}"), e)
 }
 
 /// A defined message-buffer NV index and its one-time authValue.

@@ -33,7 +33,7 @@ impl SimulatedSnpAttester {
     /// A Milan VCEK platform with the given launch measurement.
     pub fn new(measurement: [u8; 48]) -> Result<Self, AttestError> {
         let platform = SimulatedPlatform::new(measurement)
-            .map_err(|e| AttestError::Unavailable(format!("simulated SNP: {e}")))?;
+            .map_err(|e| AttestError::unavailable("simulated SNP", e))?;
         Ok(Self { platform })
     }
     /// Any platform built with `SimulatedPlatform::with` (product, signer, TCB, chip id).

@@ -191,7 +191,7 @@ pub fn tsm_report(
     vmpl: u32,
 ) -> Result<SnpEvidence, AttestError> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
-        AttestError::Failed(format!("configfs-tsm {what} {}: {e}", p.display()))
+        AttestError::failed(format!("configfs-tsm {what} {}", p.display()), e)
     };
     let mut name = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut name);
@@ -240,11 +240,10 @@ pub fn tsm_report(
 /// /dev/sev-guest through the `sev` crate.
 pub fn sev_guest_report(report_data: &[u8; 64], vmpl: u32) -> Result<SnpEvidence, AttestError> {
     use sev::firmware::guest::Firmware;
-    let mut fw =
-        Firmware::open().map_err(|e| AttestError::Unavailable(format!("/dev/sev-guest: {e}")))?;
+    let mut fw = Firmware::open().map_err(|e| AttestError::unavailable("/dev/sev-guest", e))?;
     let (report, certs) = fw
         .get_ext_report(None, Some(*report_data), Some(vmpl))
-        .map_err(|e| AttestError::Failed(format!("SNP_GET_EXT_REPORT: {e}")))?;
+        .map_err(|e| AttestError::failed("SNP_GET_EXT_REPORT", e))?;
     let entries: Vec<CertEntry> = certs
         .unwrap_or_default()
         .iter()

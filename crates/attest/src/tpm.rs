@@ -79,14 +79,14 @@ impl TpmAttester {
 }
 
 fn tpm_err(what: &str, e: tss_esapi::Error) -> AttestError {
-    AttestError::Failed(format!("TPM {what}: {e}"))
+    AttestError::failed(format!("TPM {what}"), e)
 }
 
 /// Open an ESAPI context on `tcti`.
 pub fn open_context(tcti: &str) -> Result<Context, AttestError> {
     let conf = TctiNameConf::from_str(tcti)
-        .map_err(|e| AttestError::Unavailable(format!("TCTI {tcti:?}: {e}")))?;
-    Context::new(conf).map_err(|e| AttestError::Unavailable(format!("TPM at {tcti:?}: {e}")))
+        .map_err(|e| AttestError::unavailable(format!("TCTI {tcti:?}"), e))?;
+    Context::new(conf).map_err(|e| AttestError::unavailable(format!("TPM at {tcti:?}"), e))
 }
 
 fn hashing_alg(bank: Bank) -> HashingAlgorithm {
@@ -101,7 +101,7 @@ fn selection(bank: Bank, pcrs: &[u8]) -> Result<PcrSelectionList, AttestError> {
         .iter()
         .map(|p| {
             PcrSlot::try_from(1u32.checked_shl(u32::from(*p)).unwrap_or(0))
-                .map_err(|e| AttestError::Failed(format!("PCR {p}: {e}")))
+                .map_err(|e| AttestError::failed(format!("PCR {p}"), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     PcrSelectionListBuilder::new()
@@ -138,7 +138,7 @@ fn read_pcrs(
         .iter()
         .map(|p| {
             let slot = PcrSlot::try_from(1u32.checked_shl(u32::from(*p)).unwrap_or(0))
-                .map_err(|e| AttestError::Failed(format!("PCR {p}: {e}")))?;
+                .map_err(|e| AttestError::failed(format!("PCR {p}"), e))?;
             let d = b
                 .get_digest(slot)
                 .ok_or_else(|| AttestError::Failed(format!("TPM did not return PCR {p}")))?;
@@ -182,12 +182,13 @@ pub fn quote(cfg: &TpmConfig, qualifying: &[u8]) -> Result<TpmEvidence, AttestEr
         if before != after {
             continue;
         }
-        let event_log = match &cfg.event_log {
-            Some(p) => Some(std::fs::read(p).map_err(|e| {
-                AttestError::Unavailable(format!("event log {}: {e}", p.display()))
-            })?),
-            None => None,
-        };
+        let event_log =
+            match &cfg.event_log {
+                Some(p) => Some(std::fs::read(p).map_err(|e| {
+                    AttestError::unavailable(format!("event log {}", p.display()), e)
+                })?),
+                None => None,
+            };
         return Ok(TpmEvidence {
             attest: attest
                 .marshall()
@@ -261,8 +262,8 @@ pub fn ak_info(tcti: &str, handle: u32) -> Result<ProvisionedAk, AttestError> {
     let ak = persistent_key(&mut ctx, handle)?;
     let (public, _, _) = ctx.read_public(ak).map_err(|e| tpm_err("read_public", e))?;
     let public = public.marshall().map_err(|e| tpm_err("AK marshal", e))?;
-    let name = keyward_evidence::tpm_name(&public)
-        .map_err(|e| AttestError::Failed(format!("AK name: {e}")))?;
+    let name =
+        keyward_evidence::tpm_name(&public).map_err(|e| AttestError::failed("AK name", e))?;
     Ok(ProvisionedAk {
         handle,
         public,

@@ -14,12 +14,12 @@ use keyward_keystore::view::{
 use keyward_secret::{Key32, MemoryPolicy};
 use keyward_xks::handlers::{Ctx, Limits};
 
-pub const AK: &str = "AKIAKEYWARDFUZZTESTAA";
-pub const SK: &str = "FuzzSecretKeyFuzzSecretKeyFuzzSecretKey0";
-pub const REGION: &str = "us-east-1";
+pub(crate) const AK: &str = "AKIAKEYWARDFUZZTESTAA";
+pub(crate) const SK: &str = "FuzzSecretKeyFuzzSecretKeyFuzzSecretKey0";
+pub(crate) const REGION: &str = "us-east-1";
 
 /// Locked memory is not needed to find panics; allow it unlocked.
-pub fn init_memory() {
+pub(crate) fn init_memory() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = keyward_secret::init(MemoryPolicy {
@@ -34,7 +34,7 @@ struct Fixture {
 }
 
 /// The handler context, made once per process.
-pub fn ctx() -> &'static Ctx {
+pub(crate) fn ctx() -> &'static Ctx {
     static F: OnceLock<Fixture> = OnceLock::new();
     &F.get_or_init(|| {
         init_memory();
@@ -107,7 +107,7 @@ pub fn ctx() -> &'static Ctx {
 /// `headers` with a fresh SigV4 signature (service `kms-xks-proxy`, the fixture credential,
 /// now) over `method`, `target`, the `host` and `content-type` headers and `body`; `None` when
 /// the input cannot be signed at all (no host, a target the signer refuses).
-pub fn resign(
+pub(crate) fn resign(
     method: &http::Method,
     target: &str,
     headers: &http::HeaderMap,
@@ -159,7 +159,7 @@ pub fn resign(
 }
 
 /// The DER SubjectPublicKeyInfo `tls_chain` checks chains against: a fixed P-256 key.
-pub fn tls_spki() -> &'static [u8] {
+pub(crate) fn tls_spki() -> &'static [u8] {
     static S: OnceLock<Vec<u8>> = OnceLock::new();
     S.get_or_init(|| {
         use p256::pkcs8::EncodePublicKey;

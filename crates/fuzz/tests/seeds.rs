@@ -31,7 +31,7 @@ fn frames(msgs: &[&dyn erased::Msg]) -> Vec<u8> {
 }
 
 mod erased {
-    pub trait Msg {
+    pub(crate) trait Msg {
         fn write(&self, out: &mut Vec<u8>);
     }
     impl<T: serde::Serialize> Msg for T {

@@ -39,12 +39,23 @@ const P384_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 /// Errors from the HSM layer. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
-    #[error("cannot load PKCS#11 module {0}: {1}")]
-    Module(String, String),
+    #[error("cannot load PKCS#11 module {path}: {source}")]
+    Module {
+        path: String,
+        #[source]
+        source: cryptoki::error::Error,
+    },
     #[error("no token labelled {0:?}")]
     NoToken(String),
+    /// Where the PIN should come from is not set (the message says what to set).
     #[error("HSM PIN: {0}")]
     Pin(String),
+    #[error("HSM PIN: {}: {source}", path.display())]
+    PinFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("PKCS#11 {op}: {err}")]
     Pkcs11 { op: &'static str, err: String },
     #[error("key {0:?} not found in the token (run `keyward krs init`)")]
@@ -79,8 +90,10 @@ pub struct PinSource {
 impl PinSource {
     fn read(&self) -> Result<AuthPin, HsmError> {
         if let Some(f) = &self.pin_file {
-            let s = std::fs::read_to_string(f)
-                .map_err(|e| HsmError::Pin(format!("{}: {e}", f.display())))?;
+            let s = std::fs::read_to_string(f).map_err(|source| HsmError::PinFile {
+                path: f.clone(),
+                source,
+            })?;
             return Ok(AuthPin::new(s.trim_end_matches(['\n', '\r']).into()));
         }
         if let Some(v) = &self.pin_env {
@@ -255,8 +268,10 @@ impl std::fmt::Debug for Hsm {
 impl Hsm {
     /// Load the module, find the token by label, open a R/W session and log in.
     pub fn open(cfg: &HsmConfig) -> Result<Self, HsmError> {
-        let ctx = Pkcs11::new(&cfg.module)
-            .map_err(|e| HsmError::Module(cfg.module.display().to_string(), e.to_string()))?;
+        let ctx = Pkcs11::new(&cfg.module).map_err(|source| HsmError::Module {
+            path: cfg.module.display().to_string(),
+            source,
+        })?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {}
             // Another Hsm in this process already initialized the library.

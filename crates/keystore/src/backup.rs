@@ -29,6 +29,7 @@
 //! Given the master key ([`Backup::verify`]: development stores with a key file) the MAC and
 //! every record are checked before anything is written.
 
+use crate::now_unix;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -52,7 +53,10 @@ pub const MAX_BACKUP_BYTES: usize = 1 << 30;
 pub enum BackupError {
     /// The bytes are not a backup (or are damaged so badly they do not parse).
     #[error("not a readable keyward key store backup (damaged?): {0}")]
-    NotABackup(String),
+    NotABackup(#[source] serde_json::Error),
+    /// Larger than any backup may be (refused before it is parsed).
+    #[error("not a readable keyward key store backup (damaged?): {0} bytes, more than the {MAX_BACKUP_BYTES} a backup may have")]
+    TooLarge(usize),
     /// A backup format this build does not read.
     #[error("backup format version {0}: this build reads version {VERSION}")]
     Version(u32),
@@ -158,13 +162,6 @@ impl std::fmt::Debug for Export {
     }
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Write the backup file of a store (the registry holds its lock).
 pub(crate) fn export(
     sealer: &Sealer,
@@ -257,13 +254,9 @@ fn damaged(why: impl Into<String>) -> BackupError {
 /// SHA-256 of the body, and that header, head, sealed head and records agree with each other.
 pub fn parse(bytes: &[u8]) -> Result<Backup, BackupError> {
     if bytes.len() > MAX_BACKUP_BYTES {
-        return Err(BackupError::NotABackup(format!(
-            "{} bytes, more than the {MAX_BACKUP_BYTES} a backup may have",
-            bytes.len()
-        )));
+        return Err(BackupError::TooLarge(bytes.len()));
     }
-    let env: Envelope<'_> =
-        serde_json::from_slice(bytes).map_err(|e| BackupError::NotABackup(e.to_string()))?;
+    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(BackupError::NotABackup)?;
     if env.keyward_backup != VERSION {
         return Err(BackupError::Version(env.keyward_backup));
     }

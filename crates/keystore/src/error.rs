@@ -208,7 +208,7 @@ pub enum KeystoreError {
     /// The store's head could not be recorded at the key-release service when it was first
     /// anchored (first boot or upgrade).
     #[error("the key-release service did not record this key store's head at first boot: {0}")]
-    AnchorFirstHead(String),
+    AnchorFirstHead(#[source] crate::head::AnchorError),
     /// The on-disk format is not one this build reads.
     #[error("unsupported key store format: {0}")]
     Format(String),

@@ -43,6 +43,15 @@ pub use registry::{
 };
 pub use source::{MasterKeyError, MasterKeySource, MasterKeys};
 
+/// Seconds since the Unix epoch by the wall clock (0 for a clock before 1970): the time a record
+/// was made (key creation, rotation, a session's expiry), for the key store and the KRS alike.
+/// Not for decisions a host could move the clock to sway: those run on the agent's trusted time.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// An error and its causes on one line, each cause once (`cannot reach the KRS at h:p:
 /// Connection refused (os error 111)`): the status lines and logs name what failed and why.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -212,7 +212,7 @@ pub(super) fn open_store(
                 Ok(Some(h)) if h.seq < opened.head.seq && opened.chain.contains(&h) => {
                     anchor
                         .advance(Some(&h), &opened.head)
-                        .map_err(|e| KeystoreError::AnchorFirstHead(e.to_string()))?;
+                        .map_err(KeystoreError::AnchorFirstHead)?;
                 }
                 _ => return Err(e),
             },
@@ -250,7 +250,7 @@ fn anchor_first(anchor: &dyn HeadAnchor, head: &StoreHead) -> Result<(), Keystor
             }
         }
     }
-    Err(KeystoreError::AnchorFirstHead(err.to_string()))
+    Err(KeystoreError::AnchorFirstHead(err))
 }
 
 /// A new store: its sealed head (the empty chain) first, then its header.

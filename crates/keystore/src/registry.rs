@@ -2,6 +2,7 @@
 //! publishes the result as a [`Snapshot`] in a [`SharedView`], and applies admin changes. Each
 //! change is durable before the call returns and live at once (a new snapshot is swapped in).
 
+use crate::now_unix;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -400,13 +401,6 @@ fn tls_record(sealer: &Sealer, t: &TlsMaterial) -> Result<Record, KeystoreError>
             .transpose()?,
         pending_created: t.pending_created.filter(|_| t.pending_pkcs8_der.is_some()),
     }))
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn services_of(r: &StoreRecord) -> Vec<String> {

@@ -8,10 +8,13 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Errors from (de)serialising CBOR.
 #[derive(Debug, thiserror::Error)]
 pub enum CborError {
+    /// A value does not serialise to a CBOR value.
     #[error("CBOR encode: {0}")]
-    Encode(String),
+    Value(#[source] ciborium::value::Error),
+    #[error("CBOR encode: {0}")]
+    Encode(#[source] ciborium::ser::Error<std::io::Error>),
     #[error("CBOR decode: {0}")]
-    Decode(String),
+    Decode(#[source] ciborium::de::Error<std::io::Error>),
 }
 
 fn sort(v: Value) -> Result<Value, CborError> {
@@ -21,7 +24,7 @@ fn sort(v: Value) -> Result<Value, CborError> {
             for (k, v) in entries {
                 let k = sort(k)?;
                 let mut kb = Vec::new();
-                ciborium::into_writer(&k, &mut kb).map_err(|e| CborError::Encode(e.to_string()))?;
+                ciborium::into_writer(&k, &mut kb).map_err(CborError::Encode)?;
                 keyed.push((kb, k, sort(v)?));
             }
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -35,16 +38,16 @@ fn sort(v: Value) -> Result<Value, CborError> {
 
 /// Encode `value` as deterministic CBOR.
 pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
-    let v = Value::serialized(value).map_err(|e| CborError::Encode(e.to_string()))?;
+    let v = Value::serialized(value).map_err(CborError::Value)?;
     let v = sort(v)?;
     let mut out = Vec::new();
-    ciborium::into_writer(&v, &mut out).map_err(|e| CborError::Encode(e.to_string()))?;
+    ciborium::into_writer(&v, &mut out).map_err(CborError::Encode)?;
     Ok(out)
 }
 
 /// Decode CBOR bytes; malformed input is an error, never a panic.
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
-    ciborium::from_reader(bytes).map_err(|e| CborError::Decode(e.to_string()))
+    ciborium::from_reader(bytes).map_err(CborError::Decode)
 }
 
 #[cfg(test)]
@@ -68,6 +71,15 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(from_slice::<BTreeMap<String, u8>>(&[0xff, 0x00, 0x13]).is_err());
+        let e = from_slice::<BTreeMap<String, u8>>(&[0xff, 0x00, 0x13]).unwrap_err();
+        assert!(matches!(e, CborError::Decode(_)), "{e}");
+        // the decoder's own error is kept as the source, not flattened into text
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            source
+                .downcast_ref::<ciborium::de::Error<std::io::Error>>()
+                .is_some(),
+            "{source}"
+        );
     }
 }

@@ -16,28 +16,23 @@ use sha2::{Digest, Sha256};
 pub enum TlsError {
     #[error(transparent)]
     Pem(#[from] keyward_pki::PemError),
+    /// rcgen could not make the self-signed certificate.
     #[error("TLS setup: {0}")]
-    Setup(String),
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration (protocol versions, certificate and key).
+    #[error("TLS setup: {0}")]
+    Config(#[from] rustls::Error),
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// SHA-256 of the DER SPKI inside a DER certificate.
-pub fn cert_spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
-    keyward_pki::tlspin::spki_sha256(cert_der).ok()
-}
-
 /// A new self-signed P-384 certificate for the KRS: (cert PEM, key PEM, SPKI SHA-256).
 pub fn generate_cert(names: Vec<String>) -> Result<(String, String, [u8; 32]), TlsError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
-        .map_err(|e| TlsError::Setup(e.to_string()))?;
-    let params =
-        rcgen::CertificateParams::new(names).map_err(|e| TlsError::Setup(e.to_string()))?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
+    let params = rcgen::CertificateParams::new(names)?;
+    let cert = params.self_signed(&key)?;
     let pin = Sha256::digest(key.public_key_der()).into();
     Ok((cert.pem(), key.serialize_pem(), pin))
 }
@@ -50,11 +45,9 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Setup(e.to_string()))?;
+        .with_single_cert(certs, key)?;
     Ok(Arc::new(cfg))
 }
 
@@ -62,8 +55,7 @@ pub fn server_config(
 pub fn pinned_client_config(pin: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpkiPinVerifier::tls13_only(pin, provider)))
         .with_no_client_auth();

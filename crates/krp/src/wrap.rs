@@ -28,7 +28,7 @@ pub enum UnwrapError {
     #[error("unwrap failed (wrong key or tampered blob)")]
     Unwrap,
     #[error("HPKE: {0}")]
-    Hpke(String),
+    Hpke(#[source] hpke::HpkeError),
 }
 
 /// The agent's ephemeral P-384 key. Zeroized on drop (p384::SecretKey zeroizes itself).
@@ -96,7 +96,7 @@ impl EphemeralKey {
     ) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
         let sk_bytes = Zeroizing::new(self.sk.to_bytes());
         let sk = <DhP384HkdfSha384 as KemTrait>::PrivateKey::from_bytes(&sk_bytes)
-            .map_err(|e| UnwrapError::Hpke(e.to_string()))?;
+            .map_err(UnwrapError::Hpke)?;
         let enc = <DhP384HkdfSha384 as KemTrait>::EncappedKey::from_bytes(encapped)
             .map_err(|_| UnwrapError::BadPeerKey)?;
         let pt = Zeroizing::new(
@@ -173,7 +173,7 @@ pub fn seal_hpke(
         aad,
         &mut rand_core::OsRng,
     )
-    .map_err(|e| UnwrapError::Hpke(e.to_string()))?;
+    .map_err(UnwrapError::Hpke)?;
     Ok((enc.to_bytes().to_vec(), ct))
 }
 

@@ -409,8 +409,7 @@ fn deployment_block(
             let first = tls
                 .first()
                 .context("no TLS certificate (run `keyward krs init`)")?;
-            let tls_pin =
-                keyward_krp::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+            let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
             Some(keyward_krp::messages::Pins {
                 krs_url: u.to_string(),
                 krs_tls_spki_sha256: tls_pin.to_vec(),
@@ -447,8 +446,7 @@ fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
     std::fs::write(cfg.receipt_pub(), &pem)?;
     let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
     let first = certs.first().context("no TLS certificate")?;
-    let tls_pin =
-        keyward_krp::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+    let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
     println!(
         "{}",
         serde_json::json!({
@@ -564,8 +562,7 @@ pub fn build_service(
     let first = certs
         .first()
         .context("no TLS certificate (run `keyward krs init`)")?;
-    let tls_pin =
-        keyward_krp::tls::cert_spki_sha256(first).context("TLS certificate unreadable")?;
+    let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
     let tls = keyward_krp::tls::server_config(certs, key)?;
     let svc = Service::new(
         Box::new(hsm),
@@ -644,10 +641,7 @@ fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
             kds_url,
             out,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = keyward_keystore::now_unix();
             let cfg = KrsConfig::load(&config)?;
             let p = read_verifier_policy(&cfg)?;
             let out = match out.or_else(|| cfg.crl_files.first().cloned()) {
@@ -756,8 +750,8 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         PolicyCmd::Show { file, admin_key } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let f: policy::SignedPolicyFile = serde_json::from_slice(&bytes)
-                .map_err(|e| policy::PolicyError::Unsigned(e.to_string()))?;
+            let f: policy::SignedPolicyFile =
+                serde_json::from_slice(&bytes).map_err(policy::PolicyError::NotJson)?;
             let verified = match admin_key {
                 Some(k) => {
                     let admin = policy::admin_public_key(&std::fs::read_to_string(k)?)?;

@@ -11,9 +11,9 @@ use keyward_hsm::HsmConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {0}: {1}")]
-    Io(String, String),
+    Io(String, #[source] std::io::Error),
     #[error("config {0}: {1}")]
-    Parse(String, String),
+    Parse(String, #[source] toml::de::Error),
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -98,9 +98,9 @@ fn default_names() -> Vec<String> {
 impl KrsConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let s = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Io(path.display().to_string(), e.to_string()))?;
-        let c: Self = toml::from_str(&s)
-            .map_err(|e| ConfigError::Parse(path.display().to_string(), e.to_string()))?;
+            .map_err(|e| ConfigError::Io(path.display().to_string(), e))?;
+        let c: Self =
+            toml::from_str(&s).map_err(|e| ConfigError::Parse(path.display().to_string(), e))?;
         if c.session_ttl_secs == 0 || c.session_ttl_secs > 3600 {
             return Err(ConfigError::Invalid(
                 "session_ttl_secs must be 1..=3600".into(),

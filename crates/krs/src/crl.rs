@@ -6,6 +6,7 @@
 //! closed until it is fixed. Their age (thisUpdate/nextUpdate per CRL) is reported at start,
 //! at each reload, hourly, and by `keyward krs crl status`.
 
+use keyward_keystore::now_unix;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -109,7 +110,7 @@ impl CrlStore {
                     g.crls = Arc::new(crls);
                     g.error = None;
                     tracing::info!(crls = n, "CRL files changed; reloaded");
-                    for s in status_of(&g.crls, None, now_secs()) {
+                    for s in status_of(&g.crls, None, now_unix()) {
                         tracing::info!("{}", s.line());
                     }
                 }
@@ -129,15 +130,8 @@ impl CrlStore {
     /// Status of each CRL (signature checked against the ARKs `policy` pins, when given).
     pub fn status(&self, policy: Option<&Policy>) -> Result<Vec<CrlStatus>, String> {
         let crls = self.current()?;
-        Ok(status_of(&crls, policy, now_secs()))
+        Ok(status_of(&crls, policy, now_unix()))
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The age of one CRL.

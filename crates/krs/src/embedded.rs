@@ -24,12 +24,29 @@ use keyward_hsm::{Hsm, HsmConfig, KeyBackend, PinSource};
 /// Errors starting the embedded KRS.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("embedded KRS: {0}")]
-    Setup(String),
+    /// A set-up step failed; `what` names it, the cause is the source.
+    #[error("embedded KRS: {what}: {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `softhsm2-util --init-token` exited non-zero (its stderr).
+    #[error("embedded KRS: softhsm2-util --init-token: {0}")]
+    InitToken(String),
+    #[error("embedded KRS: TLS certificate unreadable")]
+    NoCertificate,
+    #[error("embedded KRS: pins digest")]
+    PinsDigest,
 }
 
-fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> EmbeddedError + '_ {
-    move |e| EmbeddedError::Setup(format!("{what}: {e}"))
+fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: &'static str,
+) -> impl FnOnce(E) -> EmbeddedError {
+    move |e| EmbeddedError::Setup {
+        what,
+        source: e.into(),
+    }
 }
 
 /// A running embedded KRS.
@@ -123,10 +140,9 @@ fn softhsm_backend(dir: &Path, module: PathBuf) -> Result<Hsm, EmbeddedError> {
             .output()
             .map_err(setup("softhsm2-util"))?;
         if !out.status.success() {
-            return Err(EmbeddedError::Setup(format!(
-                "softhsm2-util --init-token: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(EmbeddedError::InitToken(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
     }
     let hsm = Hsm::open(&HsmConfig {
@@ -244,10 +260,8 @@ pub fn start_with_backend(
     }
     let certs = keyward_krp::tls::load_certs(&cert).map_err(setup("tls.crt"))?;
     let tls_key = keyward_krp::tls::load_key(&key).map_err(setup("tls.key"))?;
-    let tls_pin = certs
-        .first()
-        .and_then(|c| keyward_krp::tls::cert_spki_sha256(c))
-        .ok_or_else(|| EmbeddedError::Setup("TLS certificate unreadable".into()))?;
+    let tls_pin = keyward_pki::spki_sha256(certs.first().ok_or(EmbeddedError::NoCertificate)?)
+        .map_err(setup("TLS certificate"))?;
     let tls = keyward_krp::tls::server_config(certs, tls_key).map_err(setup("TLS"))?;
 
     // Signed policy, by a demo admin key in the state dir.
@@ -298,10 +312,7 @@ pub fn start_with_backend(
     };
     let deployment = crate::deployment::Deployment {
         name: "demo".into(),
-        pins_sha384: Some(
-            crate::deployment::pins_sha384(&pins)
-                .ok_or_else(|| EmbeddedError::Setup("pins digest".into()))?,
-        ),
+        pins_sha384: Some(crate::deployment::pins_sha384(&pins).ok_or(EmbeddedError::PinsDigest)?),
         admin_ca_sha256: None,
     };
     let svc = Service::new(

@@ -16,6 +16,7 @@
 //! store only makes the next boot refuse it (a fork or a rollback): the KRS trusts the backup
 //! for nothing but the head to hold.
 
+use keyward_keystore::now_unix;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,13 +56,6 @@ fn head_json(h: &Option<StoreHead>) -> serde_json::Value {
         }),
         None => serde_json::Value::Null,
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `heads show`: one JSON line per deployment the config names or the book knows. Read only
@@ -236,7 +230,7 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
     let policy_digest = policy_digest(&cfg)?;
     let mut log = ReleaseLog::open(&cfg.log_file())?;
     log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
-    let time = now_secs();
+    let time = now_unix();
     let receipt = Receipt {
         v: VERSION,
         decision: DECISION.into(),

@@ -31,11 +31,29 @@ use keyward_krp::receipt::{verify_receipt, Receipt};
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("release log {0}: {1}")]
-    Io(String, String),
+    Io(String, #[source] std::io::Error),
+    /// A saved head given to `krs log verify --against` is a file that is not head JSON.
+    #[error("release log head: saved head {arg}: {source}")]
+    SavedHeadJson {
+        arg: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The log's saved head file cannot be read or parsed.
+    #[error("release log head: {}: {source}", path.display())]
+    HeadFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("release log entry {index}: {what}")]
     Broken { index: u64, what: String },
     #[error("release log head: {0}")]
     Head(String),
+    #[error("release log head: {0}")]
+    HeadJson(#[source] serde_json::Error),
+    #[error("signing: encoding the receipt: {0}")]
+    EncodeReceipt(#[source] keyward_krp::cbor::CborError),
     #[error("signing: {0}")]
     Sign(String),
     #[error("release log rolled back: {0}")]
@@ -54,9 +72,7 @@ pub fn append_operator_action(
     sign: DigestSigner<'_>,
 ) -> Result<u64, LogError> {
     use base64::{engine::general_purpose::STANDARD, Engine};
-    let rb = receipt
-        .encode()
-        .map_err(|e| LogError::Sign(format!("encoding the receipt: {e}")))?;
+    let rb = receipt.encode().map_err(LogError::EncodeReceipt)?;
     let sig = sign(&keyward_krp::receipt::receipt_digest(&rb)).map_err(LogError::Sign)?;
     let entry = Entry {
         index: receipt.log_index,
@@ -197,7 +213,7 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 
 /// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync the dir).
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e.to_string());
+    let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e);
     let tmp = suffixed(path, ".tmp");
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
@@ -216,9 +232,15 @@ fn read_head(path: &Path) -> Result<Option<Head>, LogError> {
     match std::fs::read(&hp) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| LogError::Head(format!("{}: {e}", hp.display()))),
+            .map_err(|e| LogError::HeadFile {
+                path: hp.clone(),
+                source: e.into(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(LogError::Head(format!("{}: {e}", hp.display()))),
+        Err(e) => Err(LogError::HeadFile {
+            path: hp,
+            source: e.into(),
+        }),
     }
 }
 
@@ -231,7 +253,7 @@ fn read_counter(path: &Path) -> Result<Option<u64>, LogError> {
             .map(Some)
             .map_err(|_| LogError::Head(format!("{}: not a counter", cp.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(LogError::Io(cp.display().to_string(), e.to_string())),
+        Err(e) => Err(LogError::Io(cp.display().to_string(), e)),
     }
 }
 
@@ -260,7 +282,7 @@ impl ReleaseLog {
     /// counter must not be below the one kept in `FILE.counter`: otherwise the log or its
     /// head were truncated or rolled back, and the KRS refuses to start.
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e.to_string());
+        let io = |e: std::io::Error| LogError::Io(path.display().to_string(), e);
         let entries = match File::open(path) {
             Ok(f) => read_entries(BufReader::new(f))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -359,7 +381,7 @@ impl ReleaseLog {
             counter: Some(counter),
             signature: STANDARD.encode(sig),
         };
-        let body = serde_json::to_vec(&head).map_err(|e| LogError::Head(e.to_string()))?;
+        let body = serde_json::to_vec(&head).map_err(LogError::HeadJson)?;
         replace_file(&head_path(&self.path), &body)?;
         self.head_stale = false;
         Ok(())
@@ -373,7 +395,7 @@ impl ReleaseLog {
     /// Append an entry (its `index`, `prev_hash` and `hash` are filled in here), fsync, then
     /// replace the signed head. `sign` signs a SHA-384 digest with the receipt key.
     pub fn append(&mut self, mut entry: Entry, sign: DigestSigner<'_>) -> Result<(), LogError> {
-        let io = |e: std::io::Error| LogError::Io(self.path.display().to_string(), e.to_string());
+        let io = |e: std::io::Error| LogError::Io(self.path.display().to_string(), e);
         entry.index = self.count;
         entry.prev_hash = hex::encode(self.last_hash);
         entry.hash = String::new();
@@ -396,7 +418,7 @@ impl ReleaseLog {
 fn read_entries(r: impl BufRead) -> Result<Vec<Entry>, LogError> {
     let mut out = Vec::new();
     for (i, line) in r.lines().enumerate() {
-        let line = line.map_err(|e| LogError::Io("read".into(), e.to_string()))?;
+        let line = line.map_err(|e| LogError::Io("read".into(), e))?;
         let e: Entry = serde_json::from_str(&line).map_err(|e| LogError::Broken {
             index: i as u64,
             what: format!("not a log entry: {e}"),
@@ -448,8 +470,7 @@ pub fn verify_file(path: &Path, receipt_spki_der: &[u8]) -> Result<Summary, LogE
 }
 
 fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<Entry>), LogError> {
-    let f =
-        File::open(path).map_err(|e| LogError::Io(path.display().to_string(), e.to_string()))?;
+    let f = File::open(path).map_err(|e| LogError::Io(path.display().to_string(), e))?;
     let entries = read_entries(BufReader::new(f))?;
     let (count, last) = check_chain(&entries)?;
     let mut releases = 0;
@@ -487,8 +508,11 @@ fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<
         }
     }
     let hp = head_path(path);
-    let hb = std::fs::read(&hp).map_err(|e| LogError::Head(format!("{}: {e}", hp.display())))?;
-    let head: Head = serde_json::from_slice(&hb).map_err(|e| LogError::Head(e.to_string()))?;
+    let hb = std::fs::read(&hp).map_err(|e| LogError::HeadFile {
+        path: hp.clone(),
+        source: e.into(),
+    })?;
+    let head: Head = serde_json::from_slice(&hb).map_err(LogError::HeadJson)?;
     let sig = STANDARD
         .decode(head.signature.as_bytes())
         .map_err(|_| LogError::Head("signature is not base64".into()))?;
@@ -527,9 +551,11 @@ impl SavedHead {
     pub fn load(arg: &str, receipt_spki_der: &[u8]) -> Result<Self, LogError> {
         let p = Path::new(arg);
         if p.is_file() {
-            let b = std::fs::read(p).map_err(|e| LogError::Io(arg.into(), e.to_string()))?;
-            let h: Head = serde_json::from_slice(&b)
-                .map_err(|e| LogError::Head(format!("saved head {arg}: {e}")))?;
+            let b = std::fs::read(p).map_err(|e| LogError::Io(arg.into(), e))?;
+            let h: Head = serde_json::from_slice(&b).map_err(|source| LogError::SavedHeadJson {
+                arg: arg.to_string(),
+                source,
+            })?;
             let sig = STANDARD
                 .decode(h.signature.as_bytes())
                 .map_err(|_| LogError::Head(format!("saved head {arg}: signature")))?;

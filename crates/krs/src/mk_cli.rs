@@ -18,6 +18,7 @@
 //! `STATE/mk-versions.json` keeps when each version was made and retired (the token keeps no
 //! dates), for `list`.
 
+use keyward_keystore::now_unix;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,13 +76,6 @@ fn save_dates(cfg: &KrsConfig, d: &Dates) -> anyhow::Result<()> {
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &p))
         .with_context(|| format!("writing {}", p.display()))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// One version as `list` prints it.
@@ -153,7 +147,7 @@ fn log_decision(
     let policy_digest = crate::policy::load(&cfg.policy_file, &admin)?.digest;
     let mut log = ReleaseLog::open(&cfg.log_file())?;
     log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
-    let time = now_secs();
+    let time = now_unix();
     let receipt = Receipt {
         v: VERSION,
         decision: decision.into(),
@@ -209,7 +203,7 @@ pub fn rotate(config: &Path) -> anyhow::Result<ExitCode> {
         bail!("the token made version {made}, expected {next}");
     }
     let mut dates = load_dates(&cfg)?;
-    dates.versions.entry(next).or_default().created = Some(now_secs());
+    dates.versions.entry(next).or_default().created = Some(now_unix());
     save_dates(&cfg, &dates)?;
     println!(
         "{}",
@@ -272,7 +266,7 @@ pub fn retire(config: &Path, version: u32, backups_moved: bool) -> anyhow::Resul
     )?;
     hsm.destroy_master(version)?;
     let mut dates = load_dates(&cfg)?;
-    dates.versions.entry(version).or_default().retired = Some(now_secs());
+    dates.versions.entry(version).or_default().retired = Some(now_unix());
     save_dates(&cfg, &dates)?;
     println!(
         "{}",

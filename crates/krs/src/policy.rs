@@ -31,12 +31,22 @@ pub const FORMAT: &str = "keyward-signed-policy/1";
 pub enum PolicyError {
     #[error("policy file {0}: {1}")]
     Io(String, String),
-    #[error("not a signed policy ({0}); sign it with `keyward krs policy sign`")]
-    Unsigned(String),
+    /// The file is not signed-policy JSON at all (a bare policy, say).
+    #[error(
+        "not a signed policy (not signed-policy JSON: {0}); sign it with `keyward krs policy sign`"
+    )]
+    NotJson(#[source] serde_json::Error),
+    /// The JSON's `format` is not [`FORMAT`] (it holds that tag).
+    #[error("not a signed policy (format {0:?}); sign it with `keyward krs policy sign`")]
+    Format(String),
     #[error("policy signature does not verify with the configured policy-admin key")]
     BadSignature,
     #[error("policy-admin key: {0}")]
-    Key(String),
+    PrivateKey(#[source] p384::elliptic_curve::Error),
+    #[error("policy-admin key: {0}")]
+    PublicKey(#[source] p384::pkcs8::spki::Error),
+    #[error("policy-admin key: {0}")]
+    Sign(#[source] p384::ecdsa::Error),
     #[error("policy version {got} is older than version {highest} already accepted")]
     Rollback { got: u64, highest: u64 },
     #[error(
@@ -49,7 +59,9 @@ pub enum PolicyError {
         got: String,
     },
     #[error("policy encoding: {0}")]
-    Encoding(String),
+    Cbor(#[from] keyward_krp::cbor::CborError),
+    #[error("policy encoding: {0}")]
+    Base64(#[source] base64::DecodeError),
 }
 
 /// The JSON file.
@@ -106,8 +118,7 @@ fn signed_digest(policy_id: &str, version: u64, policy: &[u8]) -> Result<[u8; 48
         policy_id,
         version,
         policy,
-    })
-    .map_err(|e| PolicyError::Encoding(e.to_string()))?;
+    })?;
     let mut h = Sha384::new();
     h.update(b"KRP/1 policy");
     h.update(body);
@@ -124,11 +135,9 @@ pub fn sign(
     use p384::pkcs8::DecodePrivateKey;
     let sk = SigningKey::from_pkcs8_pem(admin_key_pem)
         .or_else(|_| p384::SecretKey::from_sec1_pem(admin_key_pem).map(SigningKey::from))
-        .map_err(|e| PolicyError::Key(e.to_string()))?;
+        .map_err(PolicyError::PrivateKey)?;
     let d = signed_digest(policy_id, version, policy)?;
-    let sig: Signature = sk
-        .sign_prehash(&d)
-        .map_err(|e| PolicyError::Key(e.to_string()))?;
+    let sig: Signature = sk.sign_prehash(&d).map_err(PolicyError::Sign)?;
     Ok(SignedPolicyFile {
         format: FORMAT.into(),
         policy_id: policy_id.into(),
@@ -141,19 +150,18 @@ pub fn sign(
 /// Parse a PEM SPKI P-384 public key.
 pub fn admin_public_key(pem: &str) -> Result<VerifyingKey, PolicyError> {
     use p384::pkcs8::DecodePublicKey;
-    VerifyingKey::from_public_key_pem(pem).map_err(|e| PolicyError::Key(e.to_string()))
+    VerifyingKey::from_public_key_pem(pem).map_err(PolicyError::PublicKey)
 }
 
 /// Parse and verify a signed policy file's bytes.
 pub fn verify(file_bytes: &[u8], admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyError> {
-    let f: SignedPolicyFile = serde_json::from_slice(file_bytes)
-        .map_err(|e| PolicyError::Unsigned(format!("not signed-policy JSON: {e}")))?;
+    let f: SignedPolicyFile = serde_json::from_slice(file_bytes).map_err(PolicyError::NotJson)?;
     if f.format != FORMAT {
-        return Err(PolicyError::Unsigned(format!("format {:?}", f.format)));
+        return Err(PolicyError::Format(f.format));
     }
     let policy = STANDARD
         .decode(f.policy.as_bytes())
-        .map_err(|e| PolicyError::Encoding(e.to_string()))?;
+        .map_err(PolicyError::Base64)?;
     let sig_bytes = STANDARD
         .decode(f.signature.as_bytes())
         .map_err(|_| PolicyError::BadSignature)?;
@@ -170,8 +178,7 @@ pub fn verify(file_bytes: &[u8], admin: &VerifyingKey) -> Result<VerifiedPolicy,
         version: f.version,
         policy: &policy,
         signature: &sig_bytes,
-    })
-    .map_err(|e| PolicyError::Encoding(e.to_string()))?;
+    })?;
     Ok(VerifiedPolicy {
         policy_id: f.policy_id,
         version: f.version,
@@ -290,7 +297,7 @@ mod tests {
         // Unsigned text fails.
         assert!(matches!(
             verify(b"measurement = 'ab'", &vk),
-            Err(PolicyError::Unsigned(_))
+            Err(PolicyError::NotJson(_))
         ));
         // Another admin key fails.
         let (_, other, _) = keys();

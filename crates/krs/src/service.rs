@@ -14,10 +14,11 @@
 //! evidence kept only up to `limits.log_evidence_max`. [`serve`] caps connections (in total and
 //! per source) and gives every phase of a connection a deadline (see `limits`).
 
+use keyward_keystore::now_unix;
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use rand_core::{OsRng, RngCore};
@@ -66,8 +67,15 @@ pub trait Appraiser: Send + Sync {
 pub enum KrsError {
     #[error(transparent)]
     Hsm(#[from] HsmError),
+    /// The HSM's receipt public key is not a P-384 point.
     #[error("{0}")]
-    Setup(String),
+    ReceiptKey(#[source] keyward_krp::receipt::ReceiptError),
+    /// The token lacks what the configuration asks for (the message names it).
+    #[error("{0}")]
+    Token(String),
+    /// The release log's head could not be repaired at start.
+    #[error("{0}")]
+    Log(#[from] crate::log::LogError),
 }
 
 struct Inner {
@@ -111,13 +119,6 @@ struct Ctx {
     session: bool,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Service {
     /// Build the service from an open HSM, a verified policy (version already enforced), the
     /// release log, the appraiser and the TLS key pin.
@@ -132,17 +133,17 @@ impl Service {
         wrap: WrapChoice,
     ) -> Result<Self, KrsError> {
         let receipt_spki = keyward_krp::receipt::spki_from_sec1(&hsm.receipt_public_key()?)
-            .map_err(|e| KrsError::Setup(e.to_string()))?;
+            .map_err(KrsError::ReceiptKey)?;
         let caps = hsm.capabilities();
         if !caps.ecdsa {
-            return Err(KrsError::Setup(
+            return Err(KrsError::Token(
                 "the token cannot sign with CKM_ECDSA".into(),
             ));
         }
         let mode = match wrap {
             WrapChoice::Hpke => WrapMode::HpkeFallback,
             WrapChoice::Hsm if !caps.in_hsm_wrap() => {
-                return Err(KrsError::Setup(format!(
+                return Err(KrsError::Token(format!(
                     "wrap = \"hsm\" but the token lacks mechanisms ({caps:?})"
                 )))
             }
@@ -158,8 +159,7 @@ impl Service {
         }
         let key_id = hsm.master_key_id().to_string();
         let mut log = log;
-        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))
-            .map_err(|e| KrsError::Setup(e.to_string()))?;
+        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
         let limits = Limits::default();
         Ok(Self {
             conns: Arc::new(ConnTracker::new(&limits)),
@@ -343,7 +343,7 @@ impl Service {
             krs_id: self.krs_id.to_vec(),
             policy_id: self.policy.label(),
             policy_digest: self.policy.digest.to_vec(),
-            expires: now_secs() + self.sessions.ttl().as_secs(),
+            expires: now_unix() + self.sessions.ttl().as_secs(),
             receipt_spki: self.receipt_spki.clone(),
         };
         tracing::info!(
@@ -503,7 +503,7 @@ impl Service {
         // Register the boot key (durably) and read the head held, before anything is wrapped:
         // a release whose key cannot advance heads would leave the store unanchored.
         let (head, boot_key_id) = match (&self.heads, e.boot_key.is_empty()) {
-            (Some(book), false) => match book.register(deployment, &e.boot_key, now_secs()) {
+            (Some(book), false) => match book.register(deployment, &e.boot_key, now_unix()) {
                 Ok(h) => (h, keyward_krp::headproto::boot_key_id(&e.boot_key).to_vec()),
                 Err(err) => {
                     drop(inner);
@@ -552,7 +552,7 @@ impl Service {
                 wrapped_digest: Sha384::digest(&w.wrapped_mk).to_vec(),
             })
             .collect();
-        let time = now_secs();
+        let time = now_unix();
         let log_index = inner.log.next_index();
         let receipt = Receipt {
             v: VERSION,
@@ -769,7 +769,7 @@ impl Service {
             policy_digest: self.policy.digest.to_vec(),
             key_id: self.key_id.clone(),
             key_version: KEY_VERSION,
-            time: now_secs(),
+            time: now_unix(),
             log_index: inner.log.next_index(),
             head,
             boot_key_id: req.boot_key_id.clone(),
@@ -900,7 +900,7 @@ impl Service {
             policy_digest: self.policy.digest.to_vec(),
             key_id: self.key_id.clone(),
             key_version: KEY_VERSION,
-            time: now_secs(),
+            time: now_unix(),
             log_index: inner.log.next_index(),
             head: None,
             boot_key_id: vec![],

@@ -20,22 +20,23 @@ use subtle::ConstantTimeEq;
 /// Why a certificate's SPKI could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpkiError {
+    /// The certificate is not DER X.509.
     #[error("certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] der::Error),
+    /// Its SubjectPublicKeyInfo does not encode back to DER.
     #[error("SPKI: {0}")]
-    Spki(String),
+    Spki(#[source] der::Error),
 }
 
 /// SHA-256 of the DER SubjectPublicKeyInfo inside a DER certificate.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], SpkiError> {
     use der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| SpkiError::Certificate(e.to_string()))?;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(SpkiError::Certificate)?;
     let spki = cert
         .tbs_certificate
         .subject_public_key_info
         .to_der()
-        .map_err(|e| SpkiError::Spki(e.to_string()))?;
+        .map_err(SpkiError::Spki)?;
     Ok(Sha256::digest(spki).into())
 }
 
@@ -142,6 +143,17 @@ mod tests {
         // rcgen's own SPKI encoding of the key: an independent source for the hash
         let want: [u8; 32] = Sha256::digest(key.public_key_der()).into();
         (cert.der().clone(), want)
+    }
+
+    #[test]
+    fn a_bad_certificate_keeps_the_der_error_as_its_source() {
+        let (cert, want) = cert();
+        assert_eq!(spki_sha256(cert.as_ref()).unwrap(), want);
+        let e = spki_sha256(&cert.as_ref()[..cert.as_ref().len() / 2]).unwrap_err();
+        assert!(matches!(e, SpkiError::Certificate(_)), "{e}");
+        let source = std::error::Error::source(&e).expect("the DER error is the source");
+        assert!(source.downcast_ref::<der::Error>().is_some(), "{source}");
+        assert!(e.to_string().starts_with("certificate: "), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ unsafe impl Send for Chunk {}
 
 impl Chunk {
     /// Map, advise and try to lock a new chunk. Returns the chunk and the `mlock` error, if any.
-    fn map() -> Result<(Chunk, Option<String>), SecretError> {
+    fn map() -> Result<(Chunk, Option<std::io::Error>), SecretError> {
         // SAFETY: anonymous private mapping with no address hint; the result is checked.
         let p = unsafe {
             libc::mmap(
@@ -45,12 +45,10 @@ impl Chunk {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(SecretError::Map(
-                std::io::Error::last_os_error().to_string(),
-            ));
+            return Err(SecretError::Map(std::io::Error::last_os_error()));
         }
         let Some(base) = NonNull::new(p.cast::<u8>()) else {
-            return Err(SecretError::Map("mmap returned null".into()));
+            return Err(SecretError::Arena("mmap returned null"));
         };
         // SAFETY: `p` is a mapping of CHUNK_BYTES we own. Advice failures are not fatal for
         // WIPEONFORK (kernels before 4.14); DONTDUMP is also covered by PR_SET_DUMPABLE=0 and
@@ -64,7 +62,7 @@ impl Chunk {
         let (locked, err) = if rc == 0 {
             (true, None)
         } else {
-            (false, Some(std::io::Error::last_os_error().to_string()))
+            (false, Some(std::io::Error::last_os_error()))
         };
         Ok((Chunk { base, locked }, err))
     }
@@ -138,10 +136,10 @@ impl Arena {
         if let Some(e) = lock_err {
             if !self.policy.allow_unlocked {
                 // `chunk` is dropped (zeroized, unmapped) here.
-                return Err(SecretError::Lock(format!(
-                    "mlock of {CHUNK_BYTES} bytes failed ({e}); raise RLIMIT_MEMLOCK \
-                     (ulimit -l, LimitMEMLOCK=) or allow unlocked memory for development"
-                )));
+                return Err(SecretError::Lock(crate::MlockError {
+                    bytes: CHUNK_BYTES,
+                    source: e,
+                }));
             }
             if !self.warned {
                 self.warned = true;
@@ -153,7 +151,7 @@ impl Arena {
             }
         }
         let first = u32::try_from(self.chunks.len() * SLOTS_PER_CHUNK)
-            .map_err(|_| SecretError::Map("arena index overflow".into()))?;
+            .map_err(|_| SecretError::Arena("arena index overflow"))?;
         self.chunks.push(chunk);
         // Reverse so that low indices are handed out first.
         let n = SLOTS_PER_CHUNK as u32;
@@ -177,7 +175,7 @@ impl Arena {
         let idx = self
             .free
             .pop()
-            .ok_or_else(|| SecretError::Map("arena has no free slot".into()))?;
+            .ok_or(SecretError::Arena("arena has no free slot"))?;
         self.live += 1;
         Ok((self.ptr(idx), idx))
     }

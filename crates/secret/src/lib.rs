@@ -61,16 +61,37 @@ pub fn fips_mode() -> bool {
 pub enum SecretError {
     /// `mlock` failed and the policy does not allow unlocked key memory.
     #[error("cannot lock memory: {0}")]
-    Lock(String),
+    Lock(#[source] MlockError),
     /// The OS RNG failed.
     #[error("random number generator failed")]
     Rng,
     /// `mmap` failed (out of memory or address space).
     #[error("cannot map memory for keys: {0}")]
-    Map(String),
-    /// A process-hardening call (`prctl`, `setrlimit`) failed.
-    #[error("process hardening failed: {0}")]
-    Harden(String),
+    Map(#[source] std::io::Error),
+    /// The arena's own bookkeeping ran out (what ran out is said).
+    #[error("cannot map memory for keys: {0}")]
+    Arena(&'static str),
+    /// A process-hardening call (`prctl`, `setrlimit`) failed; `call` names it.
+    #[error("process hardening failed: {call}: {source}")]
+    Harden {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `mlock` of a chunk of key memory failed, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "mlock of {bytes} bytes failed ({source}); raise RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK=) \
+     or allow unlocked memory for development"
+)]
+pub struct MlockError {
+    /// How much was to be locked.
+    pub bytes: usize,
+    /// What `mlock` said.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// What to do when key memory cannot be locked.
@@ -105,10 +126,10 @@ pub fn harden_process() -> Result<(), SecretError> {
     // SAFETY: plain syscalls with constant arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rc != 0 {
-        return Err(SecretError::Harden(format!(
-            "prctl(PR_SET_DUMPABLE, 0): {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(SecretError::Harden {
+            call: "prctl(PR_SET_DUMPABLE, 0)",
+            source: std::io::Error::last_os_error(),
+        });
     }
     let zero = libc::rlimit {
         rlim_cur: 0,
@@ -117,10 +138,10 @@ pub fn harden_process() -> Result<(), SecretError> {
     // SAFETY: `zero` is a valid rlimit.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
     if rc != 0 {
-        return Err(SecretError::Harden(format!(
-            "setrlimit(RLIMIT_CORE, 0): {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(SecretError::Harden {
+            call: "setrlimit(RLIMIT_CORE, 0)",
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -47,12 +47,10 @@ impl<T> LockedBox<T> {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(SecretError::Map(
-                std::io::Error::last_os_error().to_string(),
-            ));
+            return Err(SecretError::Map(std::io::Error::last_os_error()));
         }
         let Some(ptr) = NonNull::new(p.cast::<T>()) else {
-            return Err(SecretError::Map("mmap returned null".into()));
+            return Err(SecretError::Arena("mmap returned null"));
         };
         // SAFETY: `p` is a mapping of `len` bytes we own. Advice failures are not fatal (see
         // the arena); a failed `mlock` leaves the box usable, unlocked, and is reported by

@@ -24,7 +24,9 @@ pub enum PolicyError {
     #[error("policy is not valid UTF-8")]
     NotUtf8,
     #[error("policy does not parse: {0}")]
-    Syntax(String),
+    Json(#[source] serde_json::Error),
+    #[error("policy does not parse: {0}")]
+    Toml(#[source] toml::de::Error),
     #[error("policy format {0} is not supported (this verifier knows format {POLICY_FORMAT})")]
     Format(u32),
     #[error("policy field {field}: {reason}")]
@@ -303,9 +305,9 @@ impl Policy {
     pub fn from_bytes(bytes: &[u8]) -> Result<Policy, PolicyError> {
         let text = std::str::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8)?;
         let mut policy: Policy = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?
+            serde_json::from_str(text).map_err(PolicyError::Json)?
         } else {
-            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?
+            toml::from_str(text).map_err(PolicyError::Toml)?
         };
         if policy.format != POLICY_FORMAT {
             return Err(PolicyError::Format(policy.format));

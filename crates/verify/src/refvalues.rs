@@ -17,7 +17,7 @@ pub const FORMAT: &str = "keyward-reference-values/1";
 #[derive(Debug, thiserror::Error)]
 pub enum RefValuesError {
     #[error("reference values do not parse: {0}")]
-    Syntax(String),
+    Syntax(#[source] serde_json::Error),
     #[error("reference-value format {0:?} is not {FORMAT:?}")]
     Format(String),
     #[error("reference values, {field}: {reason}")]
@@ -122,8 +122,7 @@ pub struct TpmPcr {
 impl ReferenceValues {
     /// Parse and validate (format, hex lengths, known enumerations).
     pub fn from_json(bytes: &[u8]) -> Result<ReferenceValues, RefValuesError> {
-        let rv: ReferenceValues =
-            serde_json::from_slice(bytes).map_err(|e| RefValuesError::Syntax(e.to_string()))?;
+        let rv: ReferenceValues = serde_json::from_slice(bytes).map_err(RefValuesError::Syntax)?;
         if rv.format != FORMAT {
             return Err(RefValuesError::Format(rv.format));
         }

@@ -11,11 +11,11 @@ use minisign_verify::{PublicKey, Signature};
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
     #[error("the public key is not a minisign public key: {0}")]
-    Key(String),
+    Key(#[source] minisign_verify::Error),
     #[error("the signature is not a minisign signature: {0}")]
-    Syntax(String),
+    Syntax(#[source] minisign_verify::Error),
     #[error("the signature does not verify with this key (file changed, or signed with another key): {0}")]
-    Bad(String),
+    Bad(#[source] minisign_verify::Error),
 }
 
 /// A minisign public key, from the text of a `minisign.pub` file (an `untrusted comment:` line
@@ -27,7 +27,7 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey, SignatureError> {
     } else {
         PublicKey::from_base64(text)
     };
-    parsed.map_err(|e| SignatureError::Key(e.to_string()))
+    parsed.map_err(SignatureError::Key)
 }
 
 /// Check `signature` (the text of a `.minisig` file) over `data` with `key`. Only the
@@ -39,9 +39,8 @@ pub fn verify_detached(
     data: &[u8],
     signature: &str,
 ) -> Result<String, SignatureError> {
-    let sig = Signature::decode(signature).map_err(|e| SignatureError::Syntax(e.to_string()))?;
-    key.verify(data, &sig, false)
-        .map_err(|e| SignatureError::Bad(e.to_string()))?;
+    let sig = Signature::decode(signature).map_err(SignatureError::Syntax)?;
+    key.verify(data, &sig, false).map_err(SignatureError::Bad)?;
     Ok(sig.trusted_comment().to_string())
 }
 

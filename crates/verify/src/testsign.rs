@@ -52,16 +52,20 @@ pub const TEST_ARK_SUBJECT: &str = "CN=ARK-keyward-TEST,O=keyward TEST ROOT - NO
 /// Errors from the test signer (bad fixture files or bad requests).
 #[derive(Debug, thiserror::Error)]
 pub enum TestSignError {
+    /// A committed fixture is not what it should be (the message says which).
     #[error("test root fixture: {0}")]
-    Fixture(String),
+    Fixture(&'static str),
+    #[error("test root fixture: {0}")]
+    FixtureKey(#[source] rsa::pkcs8::Error),
+    #[error("test root fixture: {0}")]
+    FixtureCert(#[source] crate::snp::cert::CertError),
+    /// Building a certificate or report failed (DER, names, times, keys).
     #[error("encoding: {0}")]
-    Encode(String),
-    #[error("signing: {0}")]
-    Sign(String),
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-fn enc<E: std::fmt::Display>(e: E) -> TestSignError {
-    TestSignError::Encode(e.to_string())
+fn enc<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> TestSignError {
+    TestSignError::Encode(e.into())
 }
 
 /// A `[[snp.roots]]` TOML snippet that trusts the test root (for tests and the demo only).
@@ -199,7 +203,7 @@ fn issue(
 }
 
 fn rsa_key(pem: &str) -> Result<RsaPrivateKey, TestSignError> {
-    RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| TestSignError::Fixture(e.to_string()))
+    RsaPrivateKey::from_pkcs8_pem(pem).map_err(TestSignError::FixtureKey)
 }
 
 /// Intermediate subject for a product and signer kind.
@@ -215,13 +219,13 @@ impl TestCa {
     /// Load the committed test root and intermediate keys.
     pub fn load() -> Result<TestCa, TestSignError> {
         let ark_der = crate::snp::cert::split_cert_input(TEST_ARK_PEM.as_bytes())
-            .map_err(|e| TestSignError::Fixture(e.to_string()))?
+            .map_err(TestSignError::FixtureCert)?
             .into_iter()
             .next()
-            .ok_or_else(|| TestSignError::Fixture("no test ARK".into()))?;
+            .ok_or(TestSignError::Fixture("no test ARK"))?;
         if hex::encode(Sha256::digest(&ark_der)) != TEST_ARK_SHA256.trim() {
             return Err(TestSignError::Fixture(
-                "test_ark.pem does not match test_ark.sha256".into(),
+                "test_ark.pem does not match test_ark.sha256",
             ));
         }
         Ok(TestCa {

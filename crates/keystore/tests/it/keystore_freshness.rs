@@ -798,7 +798,7 @@ mod format1 {
 
     /// The log lines of a format-1 store: store, k1, k2, credential, k1 disabled, credential
     /// removed, with gaps in `seq` (left by the old compaction).
-    pub fn store(mk: &[u8; 32], id: &[u8; 16], kek: &[u8; 32]) -> Vec<String> {
+    pub(crate) fn store(mk: &[u8; 32], id: &[u8; 16], kek: &[u8; 32]) -> Vec<String> {
         let mut header_aad = b"keyward/header".to_vec();
         header_aad.push(1);
         header_aad.extend_from_slice(id);

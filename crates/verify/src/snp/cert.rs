@@ -36,16 +36,31 @@ pub mod amd_oid {
 /// Why a certificate or CRL is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CertError {
+    /// What is wrong with the encoding, in words (PEM framing, unused bits).
     #[error("not a DER or PEM certificate: {0}")]
     Parse(String),
+    /// A PEM block does not decode (kept typed; without its `std` feature the PEM decoder's
+    /// error is not a `std::error::Error`, so it cannot be the source).
+    #[error("not a DER or PEM certificate: PEM: {0}")]
+    Pem(der::pem::Error),
+    /// The DER does not decode (or re-encode) as a certificate or CRL.
+    #[error("not a DER or PEM certificate: {0}")]
+    Der(#[source] der::Error),
     #[error("unsupported public key: {0}")]
     Key(String),
+    #[error("unsupported public key: {0}")]
+    KeyDer(#[source] der::Error),
     #[error("signature algorithm is not RSA-PSS with SHA-384, MGF1-SHA-384, salt 48: {0}")]
     Algorithm(String),
+    #[error("signature algorithm is not RSA-PSS with SHA-384, MGF1-SHA-384, salt 48: {0}")]
+    AlgorithmDer(#[source] der::Error),
     #[error("signature does not verify")]
     Signature,
     #[error("extension {0}: {1}")]
     Extension(String, String),
+    /// An extension's value is not the DER it should be (the OID, and the decoder's error).
+    #[error("extension {0}: {1}")]
+    ExtensionDer(String, #[source] der::Error),
 }
 
 /// The outer SEQUENCE of a certificate or CRL, with the signed part kept as raw bytes.
@@ -62,13 +77,10 @@ struct SignedParts {
 }
 
 fn split_signed(der: &[u8]) -> Result<SignedParts, CertError> {
-    let s = Signed::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let s = Signed::from_der(der).map_err(CertError::Der)?;
     // AnyRef keeps the value bytes as received and DER lengths are minimal (der enforces it on
     // decode), so tag + length + value re-assembles the exact received TBS encoding.
-    let tbs_raw = s
-        .tbs
-        .to_der()
-        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let tbs_raw = s.tbs.to_der().map_err(CertError::Der)?;
     let signature = s
         .signature
         .as_bytes()
@@ -88,10 +100,8 @@ fn check_pss_alg(alg: &spki::AlgorithmIdentifierOwned) -> Result<(), CertError> 
         .parameters
         .as_ref()
         .ok_or_else(|| CertError::Algorithm("no PSS parameters".into()))?;
-    let der = params
-        .to_der()
-        .map_err(|e| CertError::Algorithm(e.to_string()))?;
-    let p = RsaPssParams::from_der(&der).map_err(|e| CertError::Algorithm(e.to_string()))?;
+    let der = params.to_der().map_err(CertError::AlgorithmDer)?;
+    let p = RsaPssParams::from_der(&der).map_err(CertError::AlgorithmDer)?;
     let mgf_hash = p.mask_gen.parameters.as_ref().map(|a| a.oid);
     if p.hash.oid != OID_SHA384
         || p.mask_gen.oid != OID_MGF1
@@ -135,7 +145,7 @@ impl Cert {
     /// Parse one DER certificate. Serial numbers of 0 (real VCEKs and VLEKs) are accepted.
     pub fn from_der(der: &[u8]) -> Result<Cert, CertError> {
         let parts = split_signed(der)?;
-        let cert = Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+        let cert = Certificate::from_der(der).map_err(CertError::Der)?;
         Ok(Cert {
             der: der.to_vec(),
             tbs_raw: parts.tbs_raw,
@@ -183,7 +193,7 @@ impl Cert {
             .tbs()
             .subject_public_key_info
             .to_der()
-            .map_err(|e| CertError::Key(e.to_string()))?;
+            .map_err(CertError::KeyDer)?;
         if let Ok(k) = RsaPublicKey::from_public_key_der(&spki) {
             return Ok(PublicKey::Rsa(k));
         }
@@ -253,7 +263,7 @@ impl Cert {
             None => Ok(None),
             Some(v) => u8::from_der(v)
                 .map(Some)
-                .map_err(|e| CertError::Extension(oid.to_string(), e.to_string())),
+                .map_err(|e| CertError::ExtensionDer(oid.to_string(), e)),
         }
     }
 
@@ -263,7 +273,7 @@ impl Cert {
             None => Ok(None),
             Some(v) => Ia5StringRef::from_der(v)
                 .map(|s| Some(s.to_string()))
-                .map_err(|e| CertError::Extension(oid.to_string(), e.to_string())),
+                .map_err(|e| CertError::ExtensionDer(oid.to_string(), e)),
         }
     }
 
@@ -292,8 +302,7 @@ pub struct Crl {
 impl Crl {
     pub fn from_der(der: &[u8]) -> Result<Crl, CertError> {
         let parts = split_signed(der)?;
-        let list = x509_cert::crl::CertificateList::from_der(der)
-            .map_err(|e| CertError::Parse(e.to_string()))?;
+        let list = x509_cert::crl::CertificateList::from_der(der).map_err(CertError::Der)?;
         Ok(Crl {
             tbs_raw: parts.tbs_raw,
             signature: parts.signature,
@@ -395,8 +404,7 @@ fn split_pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<Vec<u8>>, CertError
             return Err(CertError::Parse(format!("unterminated PEM {label} block")));
         };
         let block = &after[..e + end.len()];
-        let (_, der) = der::pem::decode_vec(block.as_bytes())
-            .map_err(|e| CertError::Parse(format!("PEM: {e}")))?;
+        let (_, der) = der::pem::decode_vec(block.as_bytes()).map_err(CertError::Pem)?;
         out.push(der);
         rest = &after[e + end.len()..];
     }

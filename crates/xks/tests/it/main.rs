@@ -1,6 +1,10 @@
 //! The integration tests of keyward-xks, one binary with a module per area (as rustls does):
 //! they link this crate and what it depends on, not the whole workspace.
 
+// TODO(issue 13): the helpers (and the root tests/it files included by path) are `pub`; make
+// them `pub(crate)` (this crate is another branch's while the workspace turns unreachable_pub on).
+#![allow(unreachable_pub)]
+
 use std::path::PathBuf;
 
 mod xks_api;
