@@ -45,7 +45,7 @@ const LOAD_BATCH: i32 = 5000;
 /// Records inserted per statement by `compact` and `rewrite`.
 const INSERT_BATCH: usize = 1000;
 /// How many times a transaction aborted by a serialization failure or a deadlock is run again.
-pub const SERIALIZATION_RETRIES: u32 = 8;
+pub(crate) const SERIALIZATION_RETRIES: u32 = 8;
 
 /// Whether the server aborted the transaction for a serialization failure or a deadlock (it
 /// was rolled back whole; running it again is safe).
