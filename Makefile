@@ -83,12 +83,13 @@ bench:
 	./target/release/examples/bench_suite $(BENCH_ARGS)
 
 ## make bench-fips: the fips build (release, in FIPS_TARGET) against the default release build,
-## the same client driving `keyward demo` of each in turn (bench/fips.json).
+## the same client (the default build's `keyward bench`) driving `keyward demo` of each in turn,
+## alternating (scripts/bench-fips.sh; bench/fips.json).
 bench-fips:
 	@scripts/setup.sh --install fips
 	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) build --release --features fips --bin keyward
-	$(CARGO) build --release --bin keyward --example bench_suite
-	./target/release/examples/bench_suite --fips $(FIPS_TARGET)/release/keyward $(BENCH_ARGS)
+	$(CARGO) build --release --bin keyward
+	scripts/bench-fips.sh target/release/keyward $(FIPS_TARGET)/release/keyward
 
 build:
 	$(CARGO) build

@@ -7,11 +7,6 @@
 //!
 //! Usage: bench_suite [--quick]   (run from the repository root after `cargo build --release`
 //! and the criterion benches; `make bench` does all of it)
-//!
-//! `bench_suite --fips BIN` (`make bench-fips`) instead compares the `fips` build BIN with the
-//! default build: the same client (the default `keyward bench`) drives `keyward demo` of each
-//! binary in turn, encrypt at 64 connections five times each, alternating, then the open loop
-//! at 1800 req/s once each; it writes `bench/fips.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -205,110 +200,9 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-/// `--fips BIN`: the FIPS build against the default build, alternating runs of the same
-/// client against `keyward demo` of each.
-fn compare_fips(root: &Path, fips_bin: &Path, quick: bool) -> anyhow::Result<()> {
-    let default_bin = root.join("target/release/keyward");
-    for b in [&default_bin, &fips_bin.to_path_buf()] {
-        if !b.exists() {
-            bail!("{} missing: `make bench-fips` builds both", b.display());
-        }
-    }
-    let work = root.join("target/bench-fips");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    // The client is always the default build's `keyward bench`; only the server changes.
-    let client = Suite {
-        keyward: default_bin.clone(),
-        work: work.clone(),
-        quick,
-    };
-    let mut servers = Vec::new();
-    for (name, bin) in [("default", &default_bin), ("fips", &fips_bin.to_path_buf())] {
-        let server = Suite {
-            keyward: bin.clone(),
-            work: work.clone(),
-            quick,
-        };
-        let line = work.join(format!("{name}.json"));
-        let (guard, _, _) = server.start_demo(&work.join(format!("state-{name}")), &line)?;
-        servers.push((name, guard, bin.display().to_string(), line));
-    }
-    let c64 = ["-c", "64", "--duration", &client.secs(5), "--warmup", "1s"];
-    let mut runs: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
-    let mut tput: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
-    for i in 0..if quick { 2 } else { 5 } {
-        for (j, (name, _, _, line)) in servers.iter().enumerate() {
-            let r = client.bench(line, &format!("{name} encrypt c64 #{}", i + 1), &c64)?;
-            runs[j].push(f(&r["server_cpu"]["us_per_request"]));
-            tput[j].push(f(&r["ops_per_s"]));
-        }
-    }
-    let open = [
-        "--rate",
-        "1800",
-        "-c",
-        "32",
-        "--duration",
-        &client.secs(20),
-        "--warmup",
-        "1s",
-    ];
-    let mut opens = Vec::new();
-    for (name, _, _, line) in &servers {
-        opens.push(client.bench(line, &format!("{name} open 1800"), &open)?);
-    }
-    let median = |v: &[f64]| -> f64 {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let mut out = json!({
-        "generated_by": "make bench-fips (benches/tools/suite.rs --fips)",
-        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        "machine": machine(),
-        "quick": quick,
-    });
-    for (j, (name, _, bin, _)) in servers.iter().enumerate() {
-        out[*name] = json!({
-            "binary": bin,
-            "server_us_per_request_runs": runs[j],
-            "server_us_per_request_median": median(&runs[j]),
-            "ops_per_s_runs": tput[j],
-            "ops_per_s_median": median(&tput[j]),
-            "open_1800": {
-                "p50_us": opens[j]["latency_us"]["p50_us"],
-                "p99_us": opens[j]["latency_us"]["p99_us"],
-                "p999_us": opens[j]["latency_us"]["p999_us"],
-                "errors": opens[j]["errors_total"],
-            },
-        });
-    }
-    out["fips_over_default"] = json!(median(&runs[1]) / median(&runs[0]));
-    drop(servers);
-    let path = root.join("bench/fips.json");
-    std::fs::create_dir_all(root.join("bench"))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")?;
-    eprintln!(
-        "bench: fips {:.1} us/req against default {:.1} (x{:.2}); wrote {}",
-        median(&runs[1]),
-        median(&runs[0]),
-        median(&runs[1]) / median(&runs[0]),
-        path.display()
-    );
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let root = std::env::current_dir()?;
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--fips") {
-        let bin = args
-            .get(i + 1)
-            .context("--fips: give the FIPS build's keyward binary")?;
-        return compare_fips(&root, Path::new(bin), quick);
-    }
     let suite = Suite {
         keyward: root.join("target/release/keyward"),
         work: root.join("target/bench-suite"),
