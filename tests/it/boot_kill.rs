@@ -222,15 +222,7 @@ fn serve_started_before_its_krs_keeps_retrying_then_boots_and_serves() {
     let xks_addr = serve_common::addr_after(&xks_line, "XKS API on ");
     let admin_addr = serve_common::addr_after(&admin_line, "admin API on ");
     setup.write_profile(&setup.profile, &admin_addr, "admin.pem", "admin-key.pem");
-    let xks = serve_common::Xks {
-        url: format!("https://{xks_addr}"),
-        uri_prefix: "/kw".into(),
-        region: "us-east-1".into(),
-        access_key_id: setup.access_key_id.clone(),
-        secret: setup.secret.clone(),
-        ca: setup.ca.clone(),
-        service: "kms-xks-proxy".into(),
-    };
+    let xks = setup.xks_at(&xks_addr);
     serve_common::create_open_key(&setup.profile, "late");
     let (code, enc) = xks.encrypt("late", "bGF0ZS1rcnM=");
     assert_eq!(code, 200, "{enc}");

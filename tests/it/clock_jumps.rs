@@ -76,15 +76,7 @@ fn wall_clock_jumps_neither_revive_nor_hasten_anything() {
     let xks_addr = serve_common::addr_after(&xks_line, "XKS API on ");
     let admin_addr = serve_common::addr_after(&admin_line, "admin API on ");
     setup.write_profile(&setup.profile, &admin_addr, "admin.pem", "admin-key.pem");
-    let xks = serve_common::Xks {
-        url: format!("https://{xks_addr}"),
-        uri_prefix: "/kw".into(),
-        region: "us-east-1".into(),
-        access_key_id: setup.access_key_id.clone(),
-        secret: setup.secret.clone(),
-        ca: setup.ca.clone(),
-        service: "kms-xks-proxy".into(),
-    };
+    let xks = setup.xks_at(&xks_addr);
     serve_common::create_open_key(&setup.profile, "k1");
     serve_common::create_open_key(&setup.profile, "doomed");
     let (code, enc) = xks.encrypt("k1", "Y2xvY2s=");

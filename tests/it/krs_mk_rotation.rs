@@ -665,6 +665,40 @@ fn pg_member_config(base: &str, url: &str, release: &str, state: &str, audit: &s
     )
 }
 
+/// What the fleet tests start from: the KRS on SoftHSMv2 (its policy admitting the simulated
+/// attester, its port kept across restarts), a PostgreSQL server, a serve set-up whose
+/// operator CA the KRS trusts for deployment `appliance`, its configuration text and the
+/// `[master_key]` section that releases from that KRS.
+struct PgFleet {
+    f: common::KrsFixture,
+    db: Pg,
+    setup: crate::serve_common::ServeSetup,
+    krs: common::Running,
+    base: String,
+    release: String,
+}
+
+fn pg_fleet(label: &str) -> Option<PgFleet> {
+    let f = common::KrsFixture::new(label, "")?;
+    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
+    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
+    f.sign_policy_text(2, &text, &f.policy_file);
+    let db = pg_server();
+    let setup = crate::serve_common::ServeSetup::new();
+    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
+    let krs = serve_krs_pinned(&f);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let release = release_section(&f, &krs.addr, &ca_pin);
+    Some(PgFleet {
+        f,
+        db,
+        setup,
+        krs,
+        base,
+        release,
+    })
+}
+
 /// A running fleet member: its process, its admin profile and its XKS endpoint.
 struct Member {
     proc: crate::serve_common::Proc,
@@ -675,7 +709,7 @@ struct Member {
 /// Start `keyward serve --config CONFIG` in `setup`'s directory; its admin profile is
 /// `profile-NAME.toml` there (the set-up's operator certificate).
 fn start_member(setup: &crate::serve_common::ServeSetup, config: &Path, name: &str) -> Member {
-    use crate::serve_common::{addr_after, Proc, Xks};
+    use crate::serve_common::{addr_after, Proc};
     let mut proc = Proc::spawn(
         &["serve", "--config", config.to_str().unwrap()],
         setup.dir.path(),
@@ -689,15 +723,7 @@ fn start_member(setup: &crate::serve_common::ServeSetup, config: &Path, name: &s
         "admin.pem",
         "admin-key.pem",
     );
-    let xks = Xks {
-        url: format!("https://{}", addr_after(&xks_line, "XKS API on ")),
-        uri_prefix: "/kw".into(),
-        region: "us-east-1".into(),
-        access_key_id: setup.access_key_id.clone(),
-        secret: setup.secret.clone(),
-        ca: setup.ca.clone(),
-        service: "kms-xks-proxy".into(),
-    };
+    let xks = setup.xks_at(&addr_after(&xks_line, "XKS API on "));
     Member { proc, profile, xks }
 }
 
@@ -708,19 +734,18 @@ fn start_member(setup: &crate::serve_common::ServeSetup, config: &Path, name: &s
 /// again, without a restart; both decrypt what was encrypted before.
 #[test]
 fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
-    use crate::serve_common::{self, admin, admin_ok, ServeSetup};
-    let Some(f) = common::KrsFixture::new("fleet-mk-live", "") else {
+    use crate::serve_common::{self, admin, admin_ok};
+    let Some(PgFleet {
+        f,
+        db,
+        setup,
+        krs,
+        base: cfg,
+        release,
+    }) = pg_fleet("fleet-mk-live")
+    else {
         return;
     };
-    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
-    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
-    f.sign_policy_text(2, &text, &f.policy_file);
-    let db = pg_server();
-    let setup = ServeSetup::new();
-    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
-    let krs = serve_krs_pinned(&f);
-    let cfg = std::fs::read_to_string(&setup.config).unwrap();
-    let release = release_section(&f, &krs.addr, &ca_pin);
     let member =
         |state: &str, audit: &str| pg_member_config(&cfg, &db.pg.url(), &release, state, audit);
     std::fs::write(&setup.config, member("state-a", "audit-a.jsonl")).unwrap();
@@ -959,20 +984,19 @@ fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
 /// - every member keeps serving, and a restarted member boots on version 2 alone.
 #[test]
 fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
-    use crate::serve_common::{self, admin, admin_ok, Proc, ServeSetup};
-    let Some(f) = common::KrsFixture::new("fleet-mk-retire", "") else {
+    use crate::serve_common::{self, admin, admin_ok, Proc};
+    let Some(PgFleet {
+        f,
+        db,
+        setup,
+        mut krs,
+        base,
+        release,
+    }) = pg_fleet("fleet-mk-retire")
+    else {
         return;
     };
-    let meas = keyward::attest::simulated::DEMO_MEASUREMENT;
-    let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
-    f.sign_policy_text(2, &text, &f.policy_file);
-    let db = pg_server();
-    let setup = ServeSetup::new();
     let dir = setup.dir.path().to_path_buf();
-    let ca_pin = f.trust_admin_ca("appliance", &setup.ca);
-    let mut krs = serve_krs_pinned(&f);
-    let base = std::fs::read_to_string(&setup.config).unwrap();
-    let release = release_section(&f, &krs.addr, &ca_pin);
     let names = ["a", "b", "c"];
     let configs: Vec<std::path::PathBuf> = names
         .iter()

@@ -427,16 +427,20 @@ allow_unlocked_memory = true
         let xks_addr = addr_after(&xks_line, "XKS API on ");
         let admin_addr = addr_after(&admin_line, "admin API on ");
         self.write_profile(&self.profile, &admin_addr, "admin.pem", "admin-key.pem");
-        let xks = Xks {
-            url: format!("https://{xks_addr}"),
+        (p, self.xks_at(&xks_addr))
+    }
+
+    /// The XKS API this set-up's configuration serves, at `addr` (`host:port`).
+    pub fn xks_at(&self, addr: &str) -> Xks {
+        Xks {
+            url: format!("https://{addr}"),
             uri_prefix: "/kw".into(),
             region: "us-east-1".into(),
             access_key_id: self.access_key_id.clone(),
             secret: self.secret.clone(),
             ca: self.ca.clone(),
             service: "kms-xks-proxy".into(),
-        };
-        (p, xks)
+        }
     }
 
     pub fn write_profile(&self, path: &Path, admin_addr: &str, cert: &str, key: &str) {

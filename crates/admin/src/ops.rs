@@ -23,7 +23,9 @@ use super::proto::{
 use super::role::{Operator, Roles};
 use super::server::{AdminError, Backend};
 use keyward_audit::AuditLog;
-use keyward_keystore::{KeystoreError, MasterKeySource, NewStore, Registry, Revoke, KMS_SERVICE};
+use keyward_keystore::{
+    now_unix, KeystoreError, MasterKeySource, NewStore, Registry, Revoke, KMS_SERVICE,
+};
 
 /// The appliance-managed TLS identity as the admin API drives it (`tls show|csr|install`).
 /// Implemented by the appliance, which owns the key and the listeners' certificate handle.
@@ -245,12 +247,6 @@ impl RegistryBackend {
         }
         Ok(keys)
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl RegistryBackend {
