@@ -26,31 +26,9 @@ fn stand_in(tls: Arc<rustls::ServerConfig>, how: Misbehave) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
-        let Ok((tcp, _)) = l.accept() else { return };
-        let conn = rustls::ServerConnection::new(tls).unwrap();
-        let mut s = rustls::StreamOwned::new(conn, tcp);
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).is_err() {
-            return;
+        if let Ok((tcp, _)) = l.accept() {
+            misbehave_on(tls, tcp, how);
         }
-        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
-        if s.read_exact(&mut hello).is_err() {
-            return;
-        }
-        let _ = match how {
-            Misbehave::Garbage => s.write_all(&[
-                0, 0, 0, 16, 0xff, 0x13, 0x37, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-            ]),
-            Misbehave::WrongMessage => s.write_all(&len).and_then(|()| s.write_all(&hello)),
-            Misbehave::CutMidFrame => s.write_all(&[0, 0, 3, 232, 0xa1, 0x61, 0x76]),
-            Misbehave::Slow(d) => {
-                std::thread::sleep(d);
-                s.write_all(&len).and_then(|()| s.write_all(&hello))
-            }
-        };
-        let _ = s.flush();
-        s.conn.send_close_notify();
-        let _ = s.flush();
     });
     addr
 }

@@ -845,6 +845,28 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
     );
 }
 
+/// The arguments of `keyward admin backup rewrap --in INPUT --out OUTPUT`.
+fn rewrap_args<'a>(input: &'a Path, output: &'a Path) -> [&'a str; 6] {
+    [
+        "backup",
+        "rewrap",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+    ]
+}
+
+/// `backup rewrap` against the appliance of `profile`.
+fn rewrap(profile: &Path, input: &Path, output: &Path) -> std::process::Output {
+    crate::serve_common::admin(profile, &rewrap_args(input, output))
+}
+
+/// [`rewrap`], which must succeed: its answer.
+fn rewrap_ok(profile: &Path, input: &Path, output: &Path) -> String {
+    crate::serve_common::admin_ok(profile, &rewrap_args(input, output))
+}
+
 /// `keyward admin backup rewrap`: a backup taken under master-key version 1 is re-wrapped by
 /// the running appliance after `krs mk rotate` and `mk reseal` (its header then names version
 /// 2, same head); the re-wrapped backup restores into an empty store (`keyward store
@@ -852,7 +874,7 @@ fn a_fleet_follower_fetches_the_new_master_key_version_by_itself() {
 /// backup decrypts). A damaged backup is refused naming the field, nothing re-wrapped.
 #[test]
 fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
-    use crate::serve_common::{self, admin, admin_ok};
+    use crate::serve_common::{self, admin_ok};
     let (f, krs, setup) = crate::boot_kill::released_setup("backup-rewrap");
 
     let (mut p, xks) = setup.start();
@@ -878,33 +900,13 @@ fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
     // A damaged backup: refused, naming the field.
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"keyward_backup\":1}").unwrap();
-    let out = admin(
-        &setup.profile,
-        &[
-            "backup",
-            "rewrap",
-            "--in",
-            bad.to_str().unwrap(),
-            "--out",
-            dir.join("x.json").to_str().unwrap(),
-        ],
-    );
+    let out = rewrap(&setup.profile, &bad, &dir.join("x.json"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("file:"), "{err}");
     assert!(!dir.join("x.json").exists());
 
     let new = dir.join("new.json");
-    let w = json(&admin_ok(
-        &setup.profile,
-        &[
-            "backup",
-            "rewrap",
-            "--in",
-            old.to_str().unwrap(),
-            "--out",
-            new.to_str().unwrap(),
-        ],
-    ));
+    let w = json(&rewrap_ok(&setup.profile, &old, &new));
     assert_eq!(w["mk_version"], 2, "{w}");
     assert_eq!(
         (&w["seq"], &w["store_id"]),
@@ -923,17 +925,7 @@ fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
         "{audit}"
     );
     // Already under the current version: refused.
-    let out = admin(
-        &setup.profile,
-        &[
-            "backup",
-            "rewrap",
-            "--in",
-            new.to_str().unwrap(),
-            "--out",
-            dir.join("y.json").to_str().unwrap(),
-        ],
-    );
+    let out = rewrap(&setup.profile, &new, &dir.join("y.json"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("already sealed under master-key version 2"),
@@ -984,7 +976,7 @@ fn a_backup_is_rewrapped_under_the_new_master_key_version_and_restores() {
 /// - every member keeps serving, and a restarted member boots on version 2 alone.
 #[test]
 fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
-    use crate::serve_common::{self, admin, admin_ok, Proc};
+    use crate::serve_common::{self, admin_ok, Proc};
     let Some(PgFleet {
         f,
         db,
@@ -1119,17 +1111,7 @@ fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
     // The backup moves to version 2 (through the file route: it is over the normal cap), on
     // a member other than the one that re-sealed.
     let new = dir.join("new.json");
-    let w = json(&admin_ok(
-        &members[2].profile,
-        &[
-            "backup",
-            "rewrap",
-            "--in",
-            old.to_str().unwrap(),
-            "--out",
-            new.to_str().unwrap(),
-        ],
-    ));
+    let w = json(&rewrap_ok(&members[2].profile, &old, &new));
     assert_eq!(
         (&w["mk_version"], &w["seq"], &w["store_id"]),
         (&2.into(), &b["seq"], &b["store_id"]),
@@ -1153,17 +1135,7 @@ fn three_members_move_to_a_new_master_key_then_the_old_one_is_retired() {
     );
 
     // Version 1 is gone: the old backup cannot be re-wrapped any more.
-    let out = admin(
-        &members[0].profile,
-        &[
-            "backup",
-            "rewrap",
-            "--in",
-            old.to_str().unwrap(),
-            "--out",
-            dir.join("again.json").to_str().unwrap(),
-        ],
-    );
+    let out = rewrap(&members[0].profile, &old, &dir.join("again.json"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("retired"), "{err}");
     assert!(!dir.join("again.json").exists());
