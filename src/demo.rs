@@ -25,7 +25,7 @@ use keyward_config::{
     AdminConfig, Config, KeyStoreConfig, LogConfig, LogFormat, MasterKeyConfig, MemoryConfig,
     StorageConfig, TlsFiles, XksConfig, KMS_SERVICE,
 };
-use keyward_keystore::view::{Grant, GrantOps, KeyUsage};
+use keyward_keystore::view::{Grant, KeyUsage};
 
 /// Name, prefix and region of the demo's key store.
 pub const STORE: &str = "demo";
@@ -230,21 +230,7 @@ fn seed(registry: &keyward_keystore::Registry) -> anyhow::Result<()> {
     }
     if store.keys.is_empty() {
         registry.create_key(Some(STORE), DEMO_KEY, KeyUsage::EncryptDecrypt)?;
-        registry.grant(
-            Some(STORE),
-            DEMO_KEY,
-            Grant {
-                principal: "*".into(),
-                ops: GrantOps {
-                    encrypt: true,
-                    decrypt: true,
-                    metadata: true,
-                },
-                via_service: None,
-                source_vpc: None,
-                source_vpce: None,
-            },
-        )?;
+        registry.grant(Some(STORE), DEMO_KEY, Grant::open_to_all())?;
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ use anyhow::Context;
 use keyward_admin::client::Profile;
 use keyward_admin::pki;
 use keyward_admin::proto::{KmsConfigFile, Request};
-use keyward_keystore::view::{Grant, GrantOps, KeyUsage};
+use keyward_keystore::view::{Grant, KeyUsage};
 use keyward_store_pg::local::{LocalError, LocalPostgres};
 
 use crate::demo::{self, Args, Paths, DEMO_KEY, STORE, URI_PREFIX};
@@ -619,17 +619,7 @@ async fn seed(paths: &Paths, members: &[Member]) -> anyhow::Result<(String, Stri
             Request::KeysGrant {
                 store: store.clone(),
                 id: DEMO_KEY.into(),
-                grant: Grant {
-                    principal: "*".into(),
-                    ops: GrantOps {
-                        encrypt: true,
-                        decrypt: true,
-                        metadata: true,
-                    },
-                    via_service: None,
-                    source_vpc: None,
-                    source_vpce: None,
-                },
+                grant: Grant::open_to_all(),
             },
         )
         .await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use keyward::keystore::view::{
-    Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
+    Credential, Grant, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
 };
 use keyward::secret::{Key32, MemoryPolicy};
 
@@ -26,17 +26,7 @@ pub fn view() -> SharedView {
         version: 1,
         usage: KeyUsage::EncryptDecrypt,
         status: KeyStatus::Enabled,
-        grants: vec![Grant {
-            principal: "*".into(),
-            ops: GrantOps {
-                encrypt: true,
-                decrypt: true,
-                metadata: true,
-            },
-            via_service: None,
-            source_vpc: None,
-            source_vpce: None,
-        }],
+        grants: vec![Grant::open_to_all()],
         #[allow(clippy::expect_used)]
         kek: Key32::random().expect("random key"),
         version_created: 0,

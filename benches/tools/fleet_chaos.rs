@@ -108,16 +108,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         print!("{}", table(&r));
         return Ok(());
     }
-    let bin = match &opts.bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("this example's directory")?
-            .join("keyward"),
-    };
-    // Absolute: members are started from their own directories.
-    let bin = std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))?;
+    let bin = keyward_bin(&opts.bin)?;
     let q = opts.quick;
     let secs = |full: f64, quick: f64| if q { quick } else { full };
     eprintln!(

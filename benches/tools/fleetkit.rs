@@ -22,7 +22,7 @@ use keyward::bench::conn::Connector;
 use keyward::bench::payload::{Builder, Prepared};
 use keyward::bench::settings::{DemoLine, RawSettings};
 use keyward::bench::signer::Signer;
-use keyward::keystore::view::{Grant, GrantOps, KeyUsage};
+use keyward::keystore::view::{Grant, KeyUsage};
 
 /// Run a tool's `run` on a two-thread runtime, with key memory allowed unlocked (the tools hold
 /// only the demo's test credentials).
@@ -383,17 +383,7 @@ pub(crate) async fn create_open_key(p: &Profile, id: &str) -> Result<(), String>
         Request::KeysGrant {
             store: Some(STORE.into()),
             id: id.into(),
-            grant: Grant {
-                principal: "*".into(),
-                ops: GrantOps {
-                    encrypt: true,
-                    decrypt: true,
-                    metadata: true,
-                },
-                via_service: None,
-                source_vpc: None,
-                source_vpce: None,
-            },
+            grant: Grant::open_to_all(),
         },
     )
     .await?;
@@ -540,4 +530,19 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
+}
+
+/// The keyward binary a fleet tool runs: `--bin` when given, else the `keyward` beside the
+/// tool's own directory (`target/release/examples/..`), made absolute (members start from
+/// their own directories).
+pub fn keyward_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("this example's directory")?
+            .join("keyward"),
+    };
+    std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))
 }

@@ -16,10 +16,9 @@
 //!
 //! Run from the repository root after `cargo build --release --bin keyward --example soak`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -178,15 +177,7 @@ fn slope(ys: &[f64]) -> f64 {
 }
 
 async fn run(opts: Opts) -> anyhow::Result<()> {
-    let bin = match &opts.bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("this example's directory")?
-            .join("keyward"),
-    };
-    let bin = std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))?;
+    let bin = keyward_bin(&opts.bin)?;
     eprintln!("soak: starting keyward demo --fleet 3 ({})", bin.display());
     let fleet = Fleet::start(&bin, &opts.state_dir)?;
     eprintln!("soak: the fleet is up: {}", fleet.ready["url"]);

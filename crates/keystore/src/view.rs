@@ -129,6 +129,24 @@ pub struct Grant {
     pub source_vpce: Option<String>,
 }
 
+impl Grant {
+    /// Encrypt, decrypt and metadata for every principal, with no conditions: what the demo,
+    /// the benchmarks and the fixtures grant their one key.
+    pub fn open_to_all() -> Grant {
+        Grant {
+            principal: "*".into(),
+            ops: GrantOps {
+                encrypt: true,
+                decrypt: true,
+                metadata: true,
+            },
+            via_service: None,
+            source_vpc: None,
+            source_vpce: None,
+        }
+    }
+}
+
 /// One unsealed external key, ready for the request path.
 #[derive(Debug)]
 pub struct LiveKey {

@@ -300,7 +300,7 @@ mod tests {
     use hmac::{Hmac, Mac};
     use keyward_audit::AuditSink;
     use keyward_keystore::view::{
-        Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
+        Credential, Grant, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
     };
     use keyward_secret::Key32;
     use proptest::prelude::*;
@@ -316,17 +316,7 @@ mod tests {
             version: 1,
             usage: KeyUsage::EncryptDecrypt,
             status: KeyStatus::Enabled,
-            grants: vec![Grant {
-                principal: "*".into(),
-                ops: GrantOps {
-                    encrypt: true,
-                    decrypt: true,
-                    metadata: true,
-                },
-                via_service: None,
-                source_vpc: None,
-                source_vpce: None,
-            }],
+            grants: vec![Grant::open_to_all()],
             kek: Key32::from_bytes(&[9; 32]).unwrap(),
             version_created: 0,
             older: Vec::new(),
