@@ -123,8 +123,8 @@ pub const ALLOW_UNMEASURED: &str =
 /// The default policy with a version, a measurement allow-list and extra TOML appended. With
 /// no measurements it carries `allow_unmeasured` (the KRS refuses it otherwise).
 pub fn policy_text_full(version: u64, measurements: &[String], extra: &str) -> String {
-    let base = std::fs::read_to_string(crate::repo().join("attestation/policies/default.toml"))
-    .unwrap();
+    let base =
+        std::fs::read_to_string(crate::repo().join("attestation/policies/default.toml")).unwrap();
     let mut out = String::new();
     for line in base.lines() {
         if line.starts_with("policy_version") {

@@ -36,21 +36,36 @@ pub fn repo() -> &'static Path {
 pub fn keyward_bin() -> &'static Path {
     static BIN_PATH: OnceLock<PathBuf> = OnceLock::new();
     BIN_PATH.get_or_init(|| {
-        let bin = match std::env::var_os("KEYWARD_BIN") {
-            Some(b) => PathBuf::from(b),
-            None => std::env::current_exe()
-                .ok()
-                .and_then(|exe| Some(exe.parent()?.parent()?.join("keyward")))
-                .unwrap_or_else(|| PathBuf::from("target/debug/keyward")),
-        };
-        if !bin.is_file() {
-            panic!(
-                "{} not found: build it first (`cargo build`; make test does)",
-                bin.display()
-            );
+        let exe = std::env::current_exe().unwrap_or_default();
+        match existing(locate(std::env::var_os("KEYWARD_BIN"), &exe)) {
+            Ok(bin) => bin,
+            Err(line) => panic!("{line}"),
         }
-        bin
     })
+}
+
+/// Where the binary should be: `given` (KEYWARD_BIN), else `keyward` two levels above `exe`.
+fn locate(given: Option<std::ffi::OsString>, exe: &Path) -> PathBuf {
+    match given {
+        Some(b) => PathBuf::from(b),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|profile| profile.join("keyward"))
+            .unwrap_or_else(|| PathBuf::from("target/debug/keyward")),
+    }
+}
+
+/// `bin` if it is a file, else the one line a test panics with.
+fn existing(bin: PathBuf) -> Result<PathBuf, String> {
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it first (`cargo build`; make test does)",
+            bin.display()
+        ))
+    }
 }
 
 /// [`keyward_bin`] as a `&str`, for the places that print it or compare command lines.
@@ -84,5 +99,48 @@ impl AsRef<Path> for KeywardBin {
 impl std::fmt::Display for KeywardBin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         keyward_bin().display().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_looked_up_in_the_profile_dir_of_the_test_or_example() {
+        for exe in [
+            "/w/target/debug/deps/it-0123abcd",
+            "/w/target/debug/examples/soak",
+        ] {
+            assert_eq!(
+                locate(None, Path::new(exe)),
+                Path::new("/w/target/debug/keyward")
+            );
+        }
+        assert_eq!(
+            locate(
+                Some("/opt/kw".into()),
+                Path::new("/w/target/release/deps/x")
+            ),
+            Path::new("/opt/kw")
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_is_one_line_naming_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("debug/keyward");
+        let e = existing(missing.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{} not found: build it first (`cargo build`; make test does)",
+                missing.display()
+            )
+        );
+        assert!(!e.contains('\n'));
+        std::fs::create_dir_all(dir.path().join("debug")).unwrap();
+        std::fs::write(&missing, b"").unwrap();
+        assert_eq!(existing(missing.clone()).unwrap(), missing);
     }
 }

@@ -342,6 +342,12 @@ pub struct ServeSetup {
 pub const SECRET_1: &str = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
 pub const AKID_1: &str = "KEYWARDTESTCREDENTIAL2AB";
 
+impl Default for ServeSetup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ServeSetup {
     pub fn new() -> ServeSetup {
         Self::with_stores(&format!(

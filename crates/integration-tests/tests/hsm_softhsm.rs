@@ -89,7 +89,7 @@ fn softhsm_master_key_wrap_and_receipts() {
 }
 
 /// A tool the tests need and cannot find fails the test with the package that provides it
-/// (tests/it/tools.rs), never a silent pass.
+/// (crates/integration-tests/src/tools.rs), never a silent pass.
 #[test]
 fn a_missing_tool_fails_naming_its_package() {
     assert!(common::tools::find("keyward-no-such-tool").is_none());

@@ -3,7 +3,7 @@
 //! fresh process holding them, plus the cost of one admin change at that size.
 //!
 //! Run it in release mode:
-//! `cargo test --release --test keystore_bench -- --ignored --nocapture`
+//! `cargo test --release -p keyward-integration-tests --test keystore_bench -- --ignored --nocapture`
 //! It prints one JSON line prefixed with `KEYSTORE_BENCH ` for scripts (the bench helper).
 
 use std::path::Path;

@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_agent::client::{parse_pins, Agent};
+use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_krp::cbor::to_canonical;
-use keyward_krs::limits::Status;
 use keyward_krp::messages::{Evidence, Hello, Request, Response};
 use keyward_krp::receipt::DenyCode;
 use keyward_krp::wire;
+use keyward_krs::limits::Status;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];

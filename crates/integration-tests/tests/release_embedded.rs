@@ -2,16 +2,13 @@
 //! and the software stand-in; a second start on the same state directory releases the same
 //! master key; the release log verifies.
 
-use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_agent::client::Agent;
+use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_krs::embedded::{start, Backend};
 
 const MEAS: [u8; 48] = [0x42; 48];
 
-fn release(
-    k: &keyward_krs::embedded::EmbeddedKrs,
-    meas: [u8; 48],
-) -> Result<[u8; 32], String> {
+fn release(k: &keyward_krs::embedded::EmbeddedKrs, meas: [u8; 48]) -> Result<[u8; 32], String> {
     let a = Agent {
         cfg: k.agent.clone(),
         attesters: vec![Box::new(SimulatedSnpAttester::new(meas).unwrap())],

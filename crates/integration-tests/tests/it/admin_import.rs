@@ -709,7 +709,7 @@ fn keys_export_to_an_openssl_escrow_key_then_openssl_unwraps_and_ciphertexts_dec
 }
 
 /// `keys export` end to end under dual control (`approvals_required` back at its default, 2,
-/// as tests/it/admin_approvals.rs runs it) with the `RSA_AES_KEY_WRAP_SHA_256` layout: a viewer
+/// as crates/integration-tests/tests/it/admin_approvals.rs runs it) with the `RSA_AES_KEY_WRAP_SHA_256` layout: a viewer
 /// and an operator are refused naming the security role; a security operator's export is
 /// refused and files a request (no file written); the re-run before approval is refused; the
 /// requester cannot approve it, an operator cannot; a second security operator approves; the

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_agent::client::{Agent, AgentError};
+use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_krp::receipt::DenyCode;
 use keyward_verify::testsign::{test_root_policy_toml, CrlSpec, TestCa};
 
@@ -424,7 +424,10 @@ fn unmeasured_policies_are_refused_everywhere_unless_opted_out() {
         let out = f
             .cmd()
             .args(["verify", "--report"])
-            .arg(keyward_integration_tests::repo().join("tests/data/snp/virtee-sev/report_milan.bin"))
+            .arg(
+                keyward_integration_tests::repo()
+                    .join("tests/data/snp/virtee-sev/report_milan.bin"),
+            )
             .arg("--cert")
             .arg(keyward_integration_tests::repo().join("tests/data/snp/virtee-sev/vcek_milan.der"))
             .arg("--policy")

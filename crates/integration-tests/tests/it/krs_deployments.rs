@@ -11,8 +11,8 @@
 use crate::common;
 
 use keyward_admin::pki::Ca;
-use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_agent::client::{parse_pins, Agent, AgentError};
+use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_krp::receipt::DenyCode;
 use keyward_verify::testsign::test_root_policy_toml;
 

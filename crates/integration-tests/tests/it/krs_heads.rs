@@ -10,10 +10,10 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyward_agent::anchor::KrsAnchor;
+use keyward_agent::client::{parse_pins, Agent, Client, Released};
 use keyward_attest::simulated::SimulatedSnpAttester;
 use keyward_keystore::{AnchorError, HeadAnchor, StoreHead};
-use keyward_agent::client::{parse_pins, Agent, Client, Released};
-use keyward_agent::anchor::KrsAnchor;
 use keyward_krp::headproto::BootKey;
 use keyward_krp::messages::{Request, Response};
 use keyward_krp::receipt::DenyCode;

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
+use keyward_agent::anchor::KrsAnchor;
+use keyward_agent::client::{parse_pins, Agent, Released};
 use keyward_keystore::view::KeyUsage;
 use keyward_keystore::{
     FileKeyStore, Freshness, HeadAnchor, KeystoreError, MasterKeys, NewStore, Registry,
 };
-use keyward_agent::client::{parse_pins, Agent, Released};
-use keyward_agent::anchor::KrsAnchor;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
@@ -85,13 +85,13 @@ fn raw_release(
     addr: &str,
     key_versions: Option<Vec<u32>>,
 ) -> Result<(u32, Vec<u32>), u32> {
-    use keyward_attest::Attester;
     use keyward_agent::client::{accept_release, Client};
+    use keyward_attest::Attester;
+    use keyward_evidence::EvidenceBundle;
     use keyward_krp::cbor::to_canonical;
     use keyward_krp::messages::{Evidence, Hello, Request, Response};
     use keyward_krp::transcript;
     use keyward_krp::wrap::EphemeralKey;
-    use keyward_evidence::EvidenceBundle;
     let pins = parse_pins(&f.agent_config(addr)).unwrap();
     let mut c = Client::connect(addr, pins.tls, Duration::from_secs(5)).unwrap();
     let hello = Hello {

@@ -9,9 +9,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyward_agent::client::{Agent, AgentError};
 use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_attest::tpm::{provision_ak, TpmAttester, TpmConfig};
-use keyward_agent::client::{Agent, AgentError};
 use keyward_verify::tpm::Bank;
 
 struct Swtpm {

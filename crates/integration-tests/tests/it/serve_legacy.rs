@@ -128,8 +128,9 @@ fn a_secret_too_short_even_outside_kms_is_not_used_and_the_log_says_why() {
 
 /// The `toml` blocks of docs/configuration.md's `[aws_xks_config]` paragraph: the section, then the rest.
 fn readme_blocks() -> (String, String) {
-    let readme = std::fs::read_to_string(keyward_integration_tests::repo().join("docs/configuration.md"))
-    .unwrap();
+    let readme =
+        std::fs::read_to_string(keyward_integration_tests::repo().join("docs/configuration.md"))
+            .unwrap();
     let start = readme
         .find("**Compatibility: `[aws_xks_config]`.**")
         .expect("docs/configuration.md has the [aws_xks_config] paragraph");

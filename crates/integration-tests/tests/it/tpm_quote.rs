@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use keyward_attest::tpm::{provision_ak, TpmAttester, TpmConfig};
 use keyward_attest::{Attester, Binding};
 use keyward_evidence::EvidenceBundle;
-use keyward_verify::tpm::{
-    build_event_log, verify_tpm, AllowedPcr, Bank, TpmPolicy, UserspacePcr,
-};
+use keyward_verify::tpm::{build_event_log, verify_tpm, AllowedPcr, Bank, TpmPolicy, UserspacePcr};
 use keyward_verify::verdict::{Status, Verdict};
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -257,8 +255,8 @@ values = ["{pcr4}"]
         .iter()
         .any(|c| c.name == "tpm.replay" && c.status == Status::Passed));
     // A policy without a [tpm] section registers no AK: refused.
-    let pol = keyward_verify::Policy::from_bytes(b"format = 1\nrequired_evidence = [\"tpm\"]\n")
-        .unwrap();
+    let pol =
+        keyward_verify::Policy::from_bytes(b"format = 1\nrequired_evidence = [\"tpm\"]\n").unwrap();
     let v = keyward_verify::verify_bundle(&bundle, &pol, &expect, std::time::SystemTime::now());
     assert_eq!(checks_failed(&v), vec!["tpm.policy"]);
 
@@ -622,7 +620,7 @@ fn live_attestation_over_http_with_a_swtpm_quote() {
 }
 
 /// Regenerates `tests/data/tpm/` (a real swtpm quote bundle + its policy) for the CLI test:
-/// `cargo test --test tpm_quote -- --ignored generate_tpm_fixture`.
+/// `cargo test -p keyward-integration-tests --test it tpm_quote -- --ignored generate_tpm_fixture`.
 #[test]
 #[ignore]
 fn generate_tpm_fixture() {
@@ -686,7 +684,10 @@ fn generate_tpm_fixture() {
         pcr(4),
         pcr(7)
     );
-    let out = format!("{}/tests/data/tpm", keyward_integration_tests::repo().display());
+    let out = format!(
+        "{}/tests/data/tpm",
+        keyward_integration_tests::repo().display()
+    );
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
         format!("{out}/bundle.json"),
