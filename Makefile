@@ -72,6 +72,9 @@ test:
 	else echo "cargo-deny advisories: SKIPPED (no local advisory-db: set KEYWARD_ADVISORY_DB)"; fi
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p keyward --no-default-features --features appliance -- -D warnings
+	# keyward-integration-tests runs target/debug/keyward (cargo builds it only for the root
+	# package's own tests): build it first, so a stale binary never runs
+	$(CARGO) build --bin keyward
 	$(CARGO) test --workspace --all-targets
 
 ## make bench: release build, criterion micro-benchmarks (short), then `keyward demo` driven by
@@ -124,7 +127,7 @@ fips:
 	@scripts/setup.sh --install fips
 	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) build --features fips --bin keyward
 	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) test --features keyward-xks/fips -p keyward-secret -p keyward-xks -p keyward-keystore
-	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) test --features fips --test it fips::
+	CARGO_TARGET_DIR=$(FIPS_TARGET) $(CARGO) test -p keyward --features fips --test it fips::
 
 clean:
 	$(CARGO) clean

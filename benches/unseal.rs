@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keyward::keystore::view::KeyUsage;
-use keyward::keystore::{NewStore, Registry};
-use keyward::secret::{Key32, MemoryPolicy};
+use keyward_keystore::view::KeyUsage;
+use keyward_keystore::{NewStore, Registry};
+use keyward_secret::{Key32, MemoryPolicy};
 
 const MK: [u8; 32] = [0x5a; 32];
 
@@ -33,7 +33,7 @@ fn make_store(dir: &Path, n: usize) {
 }
 
 fn unseal(c: &mut Criterion) {
-    keyward::secret::init(MemoryPolicy {
+    keyward_secret::init(MemoryPolicy {
         allow_unlocked: true,
     })
     .unwrap();

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
-use keyward::audit::{AuditLog, AuditSink};
-use keyward::bench::payload::{Builder, EncryptOutput, Prepared};
-use keyward::bench::settings::{Preset, RawSettings, Settings};
-use keyward::bench::signer::Signer;
-use keyward::xks::handlers::{handle, Ctx, Limits, Request};
-use keyward::xks::sigv4;
-use keyward::xks::{health::Health, InMemoryStore};
+use keyward_audit::{AuditLog, AuditSink};
+use keyward_bench::payload::{Builder, EncryptOutput, Prepared};
+use keyward_bench::settings::{Preset, RawSettings, Settings};
+use keyward_bench::signer::Signer;
+use keyward_xks::handlers::{handle, Ctx, Limits, Request};
+use keyward_xks::sigv4;
+use keyward_xks::{health::Health, InMemoryStore};
 
 #[path = "tools/fixture.rs"]
 mod fixture;
@@ -50,7 +50,7 @@ fn ctx(audit_dir: &std::path::Path) -> Ctx {
     ctx_with(audit_dir, "audit.log", None)
 }
 
-fn ctx_with(audit_dir: &std::path::Path, file: &str, hook: Option<keyward::audit::XksHook>) -> Ctx {
+fn ctx_with(audit_dir: &std::path::Path, file: &str, hook: Option<keyward_audit::XksHook>) -> Ctx {
     Ctx {
         view: fixture::view(),
         health: Health::new(Arc::new(InMemoryStore), "bench".into()).unwrap(),
@@ -59,16 +59,16 @@ fn ctx_with(audit_dir: &std::path::Path, file: &str, hook: Option<keyward::audit
     }
 }
 
-fn record(i: u64) -> keyward::audit::XksRecord {
-    let mut r = keyward::audit::XksRecord::new();
+fn record(i: u64) -> keyward_audit::XksRecord {
+    let mut r = keyward_audit::XksRecord::new();
     r.set_operation("Encrypt");
-    r.set(keyward::audit::Field::KmsRequestId, &format!("req-{i}"));
+    r.set(keyward_audit::Field::KmsRequestId, &format!("req-{i}"));
     r.finish(200, None, Duration::from_micros(15 + i % 7));
     r
 }
 
 /// The audit writer's cost per line: `n` records handed over, then a flush (all written).
-fn writer_lines(c: &mut Criterion, name: &str, hook: Option<keyward::audit::XksHook>) {
+fn writer_lines(c: &mut Criterion, name: &str, hook: Option<keyward_audit::XksHook>) {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start_with(AuditSink::File(dir.path().join("w.log")), hook).unwrap();
     let mut i = 0u64;
@@ -104,7 +104,7 @@ fn signed(p: &Prepared) -> Signed {
     }
 }
 
-fn call(ctx: &Ctx, s: &Signed) -> keyward::xks::handlers::Reply {
+fn call(ctx: &Ctx, s: &Signed) -> keyward_xks::handlers::Reply {
     let req = Request {
         method: &Method::POST,
         path: &s.path,

@@ -11,7 +11,7 @@
 #
 # cfn-lint comes from PyPI into a venv under target/ (CFN_LINT_VENV overrides the place), built
 # once and rebuilt when the pinned version changes, as the tests' botocore venv is
-# (tests/it/xks_common.rs): `python3 -m venv` needs python3-venv, pip needs PyPI. A lock
+# (crates/integration-tests/src/xks_common.rs): `python3 -m venv` needs python3-venv, pip needs PyPI. A lock
 # directory serialises two callers building it at once. cfn-lint needs no network and no AWS
 # credentials to lint: the resource schemas ship with it.
 set -euo pipefail

@@ -5,7 +5,8 @@
 #     async runtime or socket code;
 #   - the appliance-only binary (`--no-default-features --features appliance`, what the image
 #     runs) holds no KRS, no PKCS#11 loader, no load generator, no measure tool, no verifier
-#     (so no test signing keys), and no ACME client (`tls acme` runs on the operator's machine).
+#     (so no test signing keys), and no ACME client (`tls acme` runs on the operator's machine);
+#   - keyward-integration-tests (test fixtures) is nobody's normal dependency.
 # Run by `make test`; exits 1 naming every broken rule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,9 @@ fi
 if tree -p keyward --no-default-features --features appliance -e features 2>/dev/null | grep -q 'test-signer'; then
   echo "check-deps: the appliance-only binary enables keyward-verify/test-signer" >&2; fail=1
 fi
+# keyward-integration-tests (the test fixtures) is test-only: no crate's normal build, and no
+# build of the binary, links it (the root package and keyward-xks's tests reach it as a
+# dev-dependency or by #[path]).
+it=$(tree --workspace -i keyward-integration-tests 2>/dev/null | grep -E '^keyward' | grep -v '^keyward-integration-tests ' || true)
+if [ -n "$it" ]; then echo "check-deps: keyward-integration-tests is a normal dependency of" "${it//$'\n'/ }" >&2; fail=1; else echo "check-deps: keyward-integration-tests is test-only: ok"; fi
 exit $fail

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use keyward::keystore::view::{
+use keyward_keystore::view::{
     Credential, Grant, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
 };
-use keyward::secret::{Key32, MemoryPolicy};
+use keyward_secret::{Key32, MemoryPolicy};
 
 pub const AK: &str = "AKIAKEYWARDBENCHTEST23";
 pub const SK: &str = "Q3w9vJm2Xb7Lr5Tn8Pk4Hs6Yd1Fg0Zc2Ve5Ua7Ni3Ox";
@@ -18,7 +18,7 @@ pub const KEY_ID: &str = "key-1";
 
 /// Initialises locked memory (allowing unlocked for benchmarks) and builds the view.
 pub fn view() -> SharedView {
-    let _ = keyward::secret::init(MemoryPolicy {
+    let _ = keyward_secret::init(MemoryPolicy {
         allow_unlocked: true,
     });
     let key = LiveKey {

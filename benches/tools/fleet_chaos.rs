@@ -36,8 +36,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::{json, Value};
 
-use keyward::admin::proto::Request;
-use keyward::keystore::view::KeyUsage;
+use keyward_admin::proto::Request;
+use keyward_keystore::view::KeyUsage;
 
 #[path = "fleetkit.rs"]
 mod fleetkit;
@@ -562,7 +562,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let result = json!({
         "what": "make fleet-chaos: keyward demo --fleet 3 (PostgreSQL, embedded KRS, 3 members, HAProxy TCP passthrough) on this machine, keyward bench through the balancer",
         "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
-        "cpus": keyward::bench::cpu::online_cpus(),
+        "cpus": keyward_bench::cpu::online_cpus(),
         "loadavg_at_start": load_before,
         "loadavg_at_end": loadavg(),
         "rate": opts.rate,
@@ -591,7 +591,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
 fn cpu_of(pids: &[u32]) -> Vec<f64> {
     pids.iter()
         .map(|p| {
-            keyward::bench::cpu::process_cpu(*p)
+            keyward_bench::cpu::process_cpu(*p)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0)
         })
@@ -630,23 +630,23 @@ fn new_member(fleet: &Fleet) -> anyhow::Result<PathBuf> {
 /// `n` keys into the fleet's store, in batches of 1,000, through a registry of this process
 /// that released its master key from the fleet's KRS as a member does.
 async fn fill_store(fleet: &Fleet, n: usize) -> anyhow::Result<()> {
-    let config = keyward::config::load_file(&fleet.config(1))?
+    let config = keyward_config::load_file(&fleet.config(1))?
         .config
         .context("member 1's configuration")?;
-    let keyward::config::MasterKeyConfig::Release(release) = &config.master_key else {
+    let keyward_config::MasterKeyConfig::Release(release) = &config.master_key else {
         bail!("member 1 does not use key release");
     };
-    let source = keyward::appliance::release::release_source(
+    let source = keyward_appliance::release::release_source(
         release,
-        &keyward::release::source::product_release(),
+        &keyward_agent::source::product_release(),
     )?;
-    let notifier = keyward::appliance::notify::Notifier::from_env();
-    let opened = keyward::appliance::storage::open(&config.storage, &notifier).await?;
+    let notifier = keyward_appliance::notify::Notifier::from_env();
+    let opened = keyward_appliance::storage::open(&config.storage, &notifier).await?;
     let backend = opened.backend;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        use keyward::keystore::MasterKeySource;
+        use keyward_keystore::MasterKeySource;
         let (master, freshness) = source.obtain_fresh()?;
-        let registry = keyward::keystore::Registry::open_with(backend, master, freshness)?;
+        let registry = keyward_keystore::Registry::open_with(backend, master, freshness)?;
         let have = registry.list_keys(Some(STORE))?.len();
         let mut made = 0;
         let mut batch = 0;

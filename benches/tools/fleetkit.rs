@@ -16,20 +16,20 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use keyward::admin::client::Profile;
-use keyward::admin::proto::Request;
-use keyward::bench::conn::Connector;
-use keyward::bench::payload::{Builder, Prepared};
-use keyward::bench::settings::{DemoLine, RawSettings};
-use keyward::bench::signer::Signer;
-use keyward::keystore::view::{Grant, KeyUsage};
+use keyward_admin::client::Profile;
+use keyward_admin::proto::Request;
+use keyward_bench::conn::Connector;
+use keyward_bench::payload::{Builder, Prepared};
+use keyward_bench::settings::{DemoLine, RawSettings};
+use keyward_bench::signer::Signer;
+use keyward_keystore::view::{Grant, KeyUsage};
 
 /// Run a tool's `run` on a two-thread runtime, with key memory allowed unlocked (the tools hold
 /// only the demo's test credentials).
 pub(crate) fn block_on(
     f: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    keyward::secret::init(keyward::secret::MemoryPolicy {
+    keyward_secret::init(keyward_secret::MemoryPolicy {
         allow_unlocked: true,
     })?;
     tokio::runtime::Builder::new_multi_thread()
@@ -538,11 +538,8 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
 pub fn keyward_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let bin = match given {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("this example's directory")?
-            .join("keyward"),
+        // the tests' lookup: KEYWARD_BIN, else `keyward` beside target/<profile>/examples
+        None => keyward_integration_tests::keyward_bin().to_path_buf(),
     };
     std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()))
 }

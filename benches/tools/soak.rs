@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{json, Value};
 
-use keyward::admin::proto::Request;
+use keyward_admin::proto::Request;
 
 #[path = "fleetkit.rs"]
 mod fleetkit;

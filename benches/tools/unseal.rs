@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use keyward::keystore::view::KeyUsage;
-use keyward::keystore::{NewStore, Registry};
-use keyward::secret::{Key32, MemoryPolicy};
+use keyward_keystore::view::KeyUsage;
+use keyward_keystore::{NewStore, Registry};
+use keyward_secret::{Key32, MemoryPolicy};
 
 const MK: [u8; 32] = [0x5a; 32];
 
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         args.get(1)
             .context("usage: bench_unseal create|open DIR [N]")?,
     );
-    keyward::secret::init(MemoryPolicy {
+    keyward_secret::init(MemoryPolicy {
         allow_unlocked: true,
     })?;
     match mode {

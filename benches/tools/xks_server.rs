@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use keyward::audit::{AuditLog, AuditSink};
-use keyward::xks::{InMemoryStore, Limits, TlsSettings, XksServer, XksSettings};
+use keyward_audit::{AuditLog, AuditSink};
+use keyward_xks::{InMemoryStore, Limits, TlsSettings, XksServer, XksSettings};
 
 #[path = "fixture.rs"]
 mod fixture;

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use keyward::attest::live::{serve, spki_sha256_of_cert};
-use keyward::attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
-use keyward::attest::Attester;
-use keyward::verify::testsign::test_root_policy_toml;
+use keyward_attest::live::{serve, spki_sha256_of_cert};
+use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+use keyward_attest::Attester;
+use keyward_verify::testsign::test_root_policy_toml;
 
 async fn tls_endpoint(cert_der: Vec<u8>, key_der: Vec<u8>) -> u16 {
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -73,7 +73,7 @@ fn legacy_section_loads_and_its_sample_secret_is_an_error_with_its_path() {
         line.contains("43-64") && line.contains("[A-Za-z0-9/+=]"),
         "{line}"
     );
-    // ... and that serve still installs it (tests/serve_legacy.rs shows it does).
+    // ... and that serve still installs it (crates/integration-tests/tests/it/serve_legacy.rs shows it does).
     assert!(
         line.contains("still installs it") && line.contains("KMS will refuse it"),
         "{line}"

@@ -223,7 +223,7 @@ fn measure_matches_the_rules_written_out() {
     // NitroPolicy reads it.
     #[derive(serde::Deserialize)]
     struct NitroSection {
-        nitro: keyward::verify::nitro::NitroPolicy,
+        nitro: keyward_verify::nitro::NitroPolicy,
     }
     let nitro: NitroSection =
         toml::from_str(&std::fs::read_to_string(dir.path().join("nitro.toml")).unwrap()).unwrap();
@@ -231,7 +231,7 @@ fn measure_matches_the_rules_written_out() {
     assert_eq!(p15.values, [doc["pcrs"]["sha384"]["15"].as_str().unwrap()]);
     let p4 = nitro.nitro.pcrs.iter().find(|p| p.pcr == 4).unwrap();
     assert_eq!(p4.values, [doc["pcrs"]["sha384"]["4"].as_str().unwrap()]);
-    let rv = keyward::verify::refvalues::ReferenceValues::from_json(
+    let rv = keyward_verify::refvalues::ReferenceValues::from_json(
         &std::fs::read(dir.path().join("rv.json")).unwrap(),
     )
     .unwrap();
@@ -249,7 +249,7 @@ fn measure_matches_the_rules_written_out() {
     );
     #[derive(serde::Deserialize)]
     struct Section {
-        tpm: keyward::verify::tpm::TpmPolicy,
+        tpm: keyward_verify::tpm::TpmPolicy,
     }
     let sec: Section =
         toml::from_str(&std::fs::read_to_string(dir.path().join("tpm.toml")).unwrap()).unwrap();

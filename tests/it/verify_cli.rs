@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use keyward::verify::evidence::{EvidenceBundle, SnpEvidence};
-use keyward::verify::testsign::{test_root_policy_toml, CrlSpec, SimulatedPlatform, TestCa};
+use keyward_evidence::{EvidenceBundle, SnpEvidence};
+use keyward_verify::testsign::{test_root_policy_toml, CrlSpec, SimulatedPlatform, TestCa};
 
 fn data(p: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

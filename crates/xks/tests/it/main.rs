@@ -8,7 +8,11 @@
 use std::path::PathBuf;
 
 mod xks_api;
-#[path = "../../../../tests/it/xks_common.rs"]
+// keyward-integration-tests' helpers, by path: that crate depends on this one, so a
+// dev-dependency back would link keyward-xks twice.
+#[path = "../../../integration-tests/src/tools.rs"]
+pub mod tools;
+#[path = "../../../integration-tests/src/xks_common.rs"]
 mod xks_common;
 
 /// The repository root (test data, policies and scripts live there).
