@@ -526,6 +526,25 @@ fn a_fleet_members_user_data_becomes_its_configuration() {
 }
 
 /// PCR 15 after one run on `data`; the measured copy must be what `keyward measure` computes.
+/// A fleet whose database fails over: libpq's multi-host URL, with the read-write rule, is
+/// written as given and `keyward config check` accepts the configuration it becomes.
+#[test]
+fn a_multi_host_storage_url_becomes_the_configuration() {
+    tools::debian_python3();
+    let single = "postgresql://keyward@db.abc123.us-east-2.rds.amazonaws.com:5432/keyward";
+    let multi = "postgresql://keyward@db-a.example.com:5432,db-b.example.com,10.0.9.7:6432/keyward?target_session_attrs=read-write";
+    let data = fleet().replace(single, multi);
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), data.as_bytes());
+    let (code, log) = run_member(dir.path());
+    assert_eq!(code, 0, "{log}");
+    let toml_path = dir.path().join("run/keyward.toml");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(config["storage"]["url"].as_str(), Some(multi));
+    config_check(&toml_path);
+}
+
 fn pcr15_of(data: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), data.as_bytes());
@@ -707,6 +726,46 @@ fn each_malformed_field_is_refused_naming_it() {
         (
             "URL port out of range",
             data.replace(":5432/", ":99999/"),
+            "storage.url",
+        ),
+        (
+            "several hosts without target_session_attrs",
+            data.replace("5432/keyward\"", "5432,db-b.example.com:5432/keyward\""),
+            "storage.url lists several hosts but not ?target_session_attrs=read-write",
+        ),
+        (
+            "nine hosts",
+            data.replace(
+                "5432/keyward\"",
+                &format!(
+                    "5432{}/keyward?target_session_attrs=read-write\"",
+                    ",h:5432".repeat(8)
+                ),
+            ),
+            "storage.url lists not 1-8 hosts",
+        ),
+        (
+            "an empty host between commas",
+            data.replace(
+                "5432/keyward\"",
+                "5432,,db-b:5432/keyward?target_session_attrs=read-write\"",
+            ),
+            "storage.url lists not 1-8 hosts",
+        ),
+        (
+            "the second host's port out of range",
+            data.replace(
+                "5432/keyward\"",
+                "5432,db-b:70000/keyward?target_session_attrs=read-write\"",
+            ),
+            "storage.url host \"db-b:70000\"",
+        ),
+        (
+            "another option beside target_session_attrs",
+            data.replace(
+                "5432/keyward\"",
+                "5432,db-b:5432/keyward?target_session_attrs=any\"",
+            ),
             "storage.url",
         ),
         (
