@@ -759,6 +759,44 @@ mod tests {
     }
 
     #[test]
+    fn a_signer_that_fails_is_the_source_of_the_log_error() {
+        use std::error::Error as _;
+        let k = key();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release.log");
+        let mut log = ReleaseLog::open(&p).unwrap();
+        let e = entry(&k, log.next_index());
+        let failing = |_: &[u8; 48]| -> Result<Vec<u8>, keyward_hsm::HsmError> {
+            Err(keyward_hsm::HsmError::SoftKeyFile {
+                path: "soft-receipt.key".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            })
+        };
+        let err = log.append(e, &failing).unwrap_err();
+        assert!(matches!(err, LogError::Sign(_)), "{err:?}");
+        assert_eq!(err.to_string(), "signing");
+        // The chain goes down to the I/O error, each level once.
+        let hsm = err
+            .source()
+            .and_then(|s| s.downcast_ref::<keyward_hsm::HsmError>());
+        assert!(
+            matches!(hsm, Some(keyward_hsm::HsmError::SoftKeyFile { .. })),
+            "{hsm:?}"
+        );
+        let io = hsm
+            .and_then(|h| h.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!(
+            keyward_keystore::error_chain(&err),
+            "signing: soft key file soft-receipt.key: permission denied"
+        );
+    }
+
+    #[test]
     fn open_refuses_a_restored_older_log_and_repairs_a_crashed_head() {
         let k = key();
         let d = tempfile::tempdir().unwrap();
