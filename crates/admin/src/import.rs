@@ -134,6 +134,7 @@ pub struct ImportParams {
 pub enum ImportError {
     #[error("import_token: no such token (never issued, already used, or expired and dropped): get new parameters with `keys import-params`")]
     UnknownToken,
+    /// The token's time is up (the field is when, RFC 3339; no cause).
     #[error("import_token: expired at {0}: get new parameters with `keys import-params`")]
     Expired(String),
     #[error("wrapping_algorithm: the token was issued for {issued}, not {asked}")]
@@ -141,8 +142,11 @@ pub enum ImportError {
         issued: WrappingAlgorithm,
         asked: WrappingAlgorithm,
     },
+    /// The wrapped key is refused for a reason the message gives (its size, a failed unwrap:
+    /// the RSA error is left out on purpose, it would be an oracle); no cause.
     #[error("encrypted_key_material: {0}")]
     Material(String),
+    /// The asked validity is out of range (the message says how); no cause.
     #[error("valid_for_secs: {0}")]
     Validity(String),
     #[error("import-params: {MAX_OUTSTANDING} tokens are outstanding in this key store; use or let some expire first")]
