@@ -62,10 +62,13 @@ fn canonical(v: &Value) -> Value {
 /// SHA-256 (hex) of the canonical JSON of `req`: what an approval is bound to.
 pub fn request_sha256(req: &super::proto::Request) -> Result<String, AdminError> {
     use sha2::Digest;
-    let v = serde_json::to_value(req).map_err(|e| AdminError::Internal(e.to_string()))?;
+    let json = |source| AdminError::Json {
+        what: "the request's canonical JSON",
+        source,
+    };
+    let v = serde_json::to_value(req).map_err(json)?;
     // serde_json's map keeps keys sorted without `preserve_order`; `canonical` sorts anyway.
-    let bytes =
-        serde_json::to_vec(&canonical(&v)).map_err(|e| AdminError::Internal(e.to_string()))?;
+    let bytes = serde_json::to_vec(&canonical(&v)).map_err(json)?;
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
 

@@ -29,12 +29,61 @@ use keyward_config::reader::{Problems, Section};
 /// Errors talking to the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The profile is wrong in a way the message says (a missing or bad field, named; or TOML
+    /// syntax, as toml's one-line message: its own Display spans several lines). No cause.
     #[error("profile {path}: {msg}")]
     Profile { path: String, msg: String },
-    #[error("{0}")]
+    /// The profile file could not be read.
+    #[error("reading profile {}", path.display())]
+    ProfileRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
-    #[error("cannot connect to {url}: {msg}")]
-    Connect { url: String, msg: String },
+    /// The profile's host is not a name or address TLS can check.
+    #[error("cannot connect to {url}: bad host name")]
+    HostName {
+        url: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// No answer to the TCP connection in time (nothing else to say).
+    #[error("cannot connect to {url}: timed out")]
+    ConnectTimeout { url: String },
+    /// The TCP connection (`step` = "TCP") or the TLS handshake (`step` = "TLS") failed.
+    #[error("cannot connect to {url}: {step}")]
+    Connect {
+        url: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 handshake on the TLS connection failed.
+    #[error("cannot connect to {url}: HTTP")]
+    Http {
+        url: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be encoded as JSON.
+    #[error("admin API: encoding the request")]
+    Encode(#[source] serde_json::Error),
+    /// The HTTP request could not be built.
+    #[error("admin API: building the request")]
+    Request(#[source] http::Error),
+    /// Sending the request failed (a TLS alert from the server, e.g. certificate refused,
+    /// surfaces here).
+    #[error("admin API: request failed")]
+    Send(#[source] hyper::Error),
+    /// Reading the answer's body failed.
+    #[error("admin API: reading the answer")]
+    Body(#[source] hyper::Error),
+    /// The answer is not the API's JSON.
+    #[error("admin API: unreadable answer")]
+    Answer(#[source] serde_json::Error),
+    /// The server did not answer within the deadline (the message says how long; no cause).
     #[error("admin API: {0}")]
     Protocol(String),
 }
@@ -64,7 +113,10 @@ impl Profile {
             path: path.display().to_string(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::ProfileRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
         let base = path
             .parent()
@@ -124,29 +176,34 @@ impl Profile {
         approval: Option<&str>,
     ) -> Result<Response, ClientError> {
         let tls = super::tls::client_config_with(&self.trust, &self.client_cert, &self.client_key)?;
-        let connect_err = |msg: String| ClientError::Connect {
-            url: self.url.clone(),
-            msg,
-        };
+        let url = || self.url.clone();
         let server_name = ServerName::try_from(self.host.clone())
-            .map_err(|e| connect_err(format!("bad host name: {e}")))?;
+            .map_err(|source| ClientError::HostName { url: url(), source })?;
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| connect_err("timed out".into()))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|_| ClientError::ConnectTimeout { url: url() })?
+        .map_err(|source| ClientError::Connect {
+            url: url(),
+            step: "TCP",
+            source,
+        })?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+            .map_err(|source| ClientError::Connect {
+                url: url(),
+                step: "TLS",
+                source,
+            })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| connect_err(e.to_string()))?;
+                .map_err(|source| ClientError::Http { url: url(), source })?;
         tokio::spawn(conn);
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = serde_json::to_vec(req).map_err(ClientError::Encode)?;
         let body = zeroize::Zeroizing::new(body);
         let path = if req.carries_file() { FILE_PATH } else { PATH };
         let mut builder = http::Request::post(path)
@@ -157,24 +214,20 @@ impl Profile {
         }
         let http_req = builder
             .body(Full::new(Bytes::copy_from_slice(&body)))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .map_err(ClientError::Request)?;
         // A file (a backup of many keys) takes longer to send and to re-seal.
         let wait = if req.carries_file() { 600 } else { 60 };
         let resp = tokio::time::timeout(Duration::from_secs(wait), sender.send_request(http_req))
             .await
             .map_err(|_| ClientError::Protocol(format!("no answer within {wait} s")))?
-            .map_err(|e| {
-                // A TLS alert from the server (e.g. certificate refused) surfaces here.
-                ClientError::Protocol(format!("request failed: {e}"))
-            })?;
+            .map_err(ClientError::Send)?;
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .map_err(ClientError::Body)?
             .to_bytes();
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Protocol(format!("unreadable answer: {e}")))
+        serde_json::from_slice(&bytes).map_err(ClientError::Answer)
     }
 }
 
@@ -227,5 +280,20 @@ mod tests {
         );
         assert!(parse_url("http://a:1").is_err());
         assert!(parse_url("https://a:1/x").is_err());
+    }
+
+    #[test]
+    fn an_unreadable_profile_keeps_the_io_error() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.toml");
+        let e = Profile::load(&path).unwrap_err();
+        assert_eq!(e.to_string(), format!("reading profile {}", path.display()));
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
     }
 }

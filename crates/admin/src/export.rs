@@ -16,10 +16,21 @@ use super::import::WrappingAlgorithm;
 /// Why an export was refused before any key was wrapped. Each message names the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// The escrow key is refused for a reason the message gives (not Base64, wrong size).
     #[error("wrapping_public_key: {0}")]
     PublicKey(String),
-    #[error("wrapping: {0}")]
-    Wrap(String),
+    /// The escrow key is not a DER SubjectPublicKeyInfo of an RSA key.
+    #[error("wrapping_public_key: not an RSA SubjectPublicKeyInfo")]
+    PublicKeyDer(#[source] rsa::pkcs8::spki::Error),
+    /// RSA-OAEP encryption to the escrow key failed.
+    #[error("wrapping: RSA-OAEP-SHA-256 failed")]
+    Oaep(#[source] rsa::Error),
+    /// No random AES key for `RSA_AES_KEY_WRAP_SHA_256`.
+    #[error("wrapping: random AES key")]
+    Random(#[source] keyward_secret::SecretError),
+    /// AES-KWP of the key failed.
+    #[error("wrapping: AES-KWP failed")]
+    Kwp(#[source] aes_kw::Error),
 }
 
 /// One version in the export file.
@@ -49,8 +60,7 @@ pub fn escrow_key(der_b64: &str) -> Result<(RsaPublicKey, String), ExportError> 
     let der = base64::engine::general_purpose::STANDARD
         .decode(der_b64.trim())
         .map_err(|_| ExportError::PublicKey("not standard Base64".into()))?;
-    let key = RsaPublicKey::from_public_key_der(&der)
-        .map_err(|e| ExportError::PublicKey(format!("not an RSA SubjectPublicKeyInfo: {e}")))?;
+    let key = RsaPublicKey::from_public_key_der(&der).map_err(ExportError::PublicKeyDer)?;
     let bits = key.size() * 8;
     if bits != 3072 && bits != 4096 {
         return Err(ExportError::PublicKey(format!(
@@ -68,21 +78,40 @@ pub fn wrap(
 ) -> Result<Vec<u8>, ExportError> {
     let oaep = |data: &[u8]| {
         key.encrypt(&mut rand_core::OsRng, Oaep::new::<sha2::Sha256>(), data)
-            .map_err(|e| ExportError::Wrap(format!("RSA-OAEP-SHA-256 failed: {e}")))
+            .map_err(ExportError::Oaep)
     };
     match algorithm {
         WrappingAlgorithm::RsaesOaepSha256 => oaep(kek),
         WrappingAlgorithm::RsaAesKeyWrapSha256 => {
             let mut aes = Zeroizing::new([0u8; 32]);
-            keyward_secret::getrandom_fill(&mut aes[..])
-                .map_err(|e| ExportError::Wrap(format!("random AES key: {e}")))?;
+            keyward_secret::getrandom_fill(&mut aes[..]).map_err(ExportError::Random)?;
             let mut out = oaep(&aes[..])?;
             let mut kwp = [0u8; 40];
             aes_kw::KekAes256::from(*aes)
                 .wrap_with_padding(kek, &mut kwp)
-                .map_err(|e| ExportError::Wrap(format!("AES-KWP failed: {e}")))?;
+                .map_err(ExportError::Kwp)?;
             out.extend_from_slice(&kwp);
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn an_escrow_key_that_is_not_an_spki_keeps_the_der_error() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0x30, 0x03, 0x02, 0x01, 0x01]);
+        let e = escrow_key(&b64).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "wrapping_public_key: not an RSA SubjectPublicKeyInfo"
+        );
+        let src = e
+            .source()
+            .and_then(|s| s.downcast_ref::<rsa::pkcs8::spki::Error>());
+        assert!(src.is_some(), "{e:?}");
     }
 }

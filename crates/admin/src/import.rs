@@ -134,6 +134,7 @@ pub struct ImportParams {
 pub enum ImportError {
     #[error("import_token: no such token (never issued, already used, or expired and dropped): get new parameters with `keys import-params`")]
     UnknownToken,
+    /// The token's time is up (the field is when, RFC 3339; no cause).
     #[error("import_token: expired at {0}: get new parameters with `keys import-params`")]
     Expired(String),
     #[error("wrapping_algorithm: the token was issued for {issued}, not {asked}")]
@@ -141,17 +142,34 @@ pub enum ImportError {
         issued: WrappingAlgorithm,
         asked: WrappingAlgorithm,
     },
+    /// The wrapped key is refused for a reason the message gives (its size, a failed unwrap:
+    /// the RSA error is left out on purpose, it would be an oracle); no cause.
     #[error("encrypted_key_material: {0}")]
     Material(String),
+    /// The asked validity is out of range (the message says how); no cause.
     #[error("valid_for_secs: {0}")]
     Validity(String),
     #[error("import-params: {MAX_OUTSTANDING} tokens are outstanding in this key store; use or let some expire first")]
     TooMany,
-    #[error("import-params: generating the wrapping key failed: {0}")]
-    KeyGen(String),
+    /// RSA key generation failed.
+    #[error("import-params: generating the wrapping key failed")]
+    KeyGen(#[source] rsa::Error),
+    /// The new wrapping key could not be encoded as PKCS#8.
+    #[error("import-params: encoding the wrapping key failed")]
+    KeyEncode(#[source] rsa::pkcs8::Error),
+    /// Its public key could not be encoded as a SubjectPublicKeyInfo.
+    #[error("import-params: encoding the wrapping public key failed")]
+    PublicKeyEncode(#[source] rsa::pkcs8::spki::Error),
+    /// No random token id.
+    #[error("import-params: drawing the import token failed")]
+    TokenId(#[source] keyward_secret::SecretError),
+    /// The stored token names an algorithm this build does not know (the message says which).
     #[error("import_token: the stored wrapping key does not decode: {0}")]
     StoredKey(String),
-    #[error("{0}")]
+    /// The stored wrapping key is not PKCS#8 DER.
+    #[error("import_token: the stored wrapping key does not decode")]
+    StoredKeyDer(#[source] rsa::pkcs8::Error),
+    #[error(transparent)]
     Store(#[from] KeystoreError),
 }
 
@@ -215,20 +233,18 @@ impl Importer {
             return Err(ImportError::TooMany);
         }
         // Key generation takes a second or more: outside the store's writer lock.
-        let key = RsaPrivateKey::new(&mut rand_core::OsRng, spec.bits())
-            .map_err(|e| ImportError::KeyGen(e.to_string()))?;
-        let pkcs8 = key
-            .to_pkcs8_der()
-            .map_err(|e| ImportError::KeyGen(e.to_string()))?;
+        let key =
+            RsaPrivateKey::new(&mut rand_core::OsRng, spec.bits()).map_err(ImportError::KeyGen)?;
+        let pkcs8 = key.to_pkcs8_der().map_err(ImportError::KeyEncode)?;
         let public = key.to_public_key();
         let der = public
             .to_public_key_der()
-            .map_err(|e| ImportError::KeyGen(e.to_string()))?;
+            .map_err(ImportError::PublicKeyEncode)?;
         let pem = public
             .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| ImportError::KeyGen(e.to_string()))?;
+            .map_err(ImportError::PublicKeyEncode)?;
         let mut id = [0u8; 16];
-        keyward_secret::getrandom_fill(&mut id).map_err(|e| ImportError::KeyGen(e.to_string()))?;
+        keyward_secret::getrandom_fill(&mut id).map_err(ImportError::TokenId)?;
         let import_token = hex::encode(id);
         let valid_to = now + valid_for.as_secs();
         let stored = ImportKeyMaterial {
@@ -282,8 +298,8 @@ impl Importer {
                 r => break r?,
             }
         };
-        let key = RsaPrivateKey::from_pkcs8_der(&stored.pkcs8_der)
-            .map_err(|e| ImportError::StoredKey(e.to_string()))?;
+        let key =
+            RsaPrivateKey::from_pkcs8_der(&stored.pkcs8_der).map_err(ImportError::StoredKeyDer)?;
         drop(stored);
         unwrap_with(&key, algorithm, wrapped)
     }

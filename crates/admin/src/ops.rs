@@ -150,7 +150,7 @@ impl From<KeystoreError> for AdminError {
             | KeystoreError::StoreNotEmpty { .. } => AdminError::Conflict(e.to_string()),
             KeystoreError::Conflict { .. } => AdminError::Raced(e.to_string()),
             KeystoreError::Unavailable { .. } | KeystoreError::NotAnchored(_) => {
-                tracing::warn!("admin request: {e}");
+                tracing::warn!("admin request: {}", keyward_keystore::error_chain(&e));
                 AdminError::Unavailable(e.to_string())
             }
             other => {
@@ -670,7 +670,10 @@ fn backup_info(e: keyward_keystore::backup::Export) -> Result<Value, AdminError>
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, AdminError> {
-    serde_json::to_value(v).map_err(|e| AdminError::Internal(e.to_string()))
+    serde_json::to_value(v).map_err(|source| AdminError::Json {
+        what: "encoding the answer",
+        source,
+    })
 }
 
 fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
@@ -697,8 +700,12 @@ fn key_info(k: keyward_keystore::KeyInfo) -> KeyInfo {
 impl From<super::export::ExportError> for AdminError {
     fn from(e: super::export::ExportError) -> Self {
         match e {
-            super::export::ExportError::PublicKey(_) => AdminError::BadRequest(e.to_string()),
-            super::export::ExportError::Wrap(_) => AdminError::Internal(e.to_string()),
+            // The answer's one line keeps the cause (`...: not an RSA SubjectPublicKeyInfo: ...`).
+            super::export::ExportError::PublicKey(_)
+            | super::export::ExportError::PublicKeyDer(_) => {
+                AdminError::BadRequest(keyward_keystore::error_chain(&e))
+            }
+            _ => AdminError::Internal(keyward_keystore::error_chain(&e)),
         }
     }
 }
@@ -706,10 +713,16 @@ impl From<super::export::ExportError> for AdminError {
 impl From<ImportError> for AdminError {
     fn from(e: ImportError) -> Self {
         match e {
-            ImportError::KeyGen(_) => AdminError::Internal(e.to_string()),
+            ImportError::KeyGen(_)
+            | ImportError::KeyEncode(_)
+            | ImportError::PublicKeyEncode(_)
+            | ImportError::TokenId(_)
+            | ImportError::StoredKey(_)
+            | ImportError::StoredKeyDer(_) => {
+                AdminError::Internal(keyward_keystore::error_chain(&e))
+            }
             ImportError::TooMany => AdminError::Conflict(e.to_string()),
             ImportError::Store(e) => AdminError::from(e),
-            ImportError::StoredKey(_) => AdminError::Internal(e.to_string()),
             _ => AdminError::BadRequest(e.to_string()),
         }
     }
@@ -1143,4 +1156,26 @@ impl RegistryBackend {
 fn token_ref(token: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(token.as_bytes())[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn an_answer_that_does_not_encode_keeps_the_serde_error() {
+        // JSON object keys must be strings: a map keyed by pairs does not encode.
+        let v: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let e = to_json(&v).unwrap_err();
+        assert!(matches!(e, AdminError::Json { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "encoding the answer");
+        let src = e
+            .source()
+            .and_then(|s| s.downcast_ref::<serde_json::Error>());
+        assert!(src.is_some(), "{e:?}");
+        // The API's one-line answer (what the server sends) still shows the cause.
+        let line = keyward_keystore::error_chain(&e);
+        assert!(line.starts_with("encoding the answer: "), "{line}");
+    }
 }

@@ -14,9 +14,9 @@ use super::role::Role;
 /// Errors generating or writing certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("certificate generation: {0}")]
+    #[error("certificate generation")]
     Gen(#[from] rcgen::Error),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: String,
         source: std::io::Error,

@@ -25,20 +25,32 @@ use super::role::{Operator, Role};
 use super::tls::OperatorCa;
 use keyward_config::AdminConfig;
 
-/// Why an admin request was refused.
+/// Why an admin request was refused. The String variants carry the API's own one-line answer
+/// (naming the field at fault, or the cause already on that line); they have no `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The request is wrong (the message names the field).
     #[error("{0}")]
     BadRequest(String),
+    /// What the request names is not there (the message names it).
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the current state (the message says how).
     #[error("{0}")]
     Conflict(String),
     /// The operator's role does not allow the request.
     #[error("{0}")]
     Forbidden(String),
+    /// The server failed for a reason the message gives.
     #[error("{0}")]
     Internal(String),
+    /// A value could not be encoded as JSON (`what` names it); the answer's line shows the cause.
+    #[error("{what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// Another appliance of the fleet wrote to the shared key store at the same moment (retried
     /// by the backend; returned when every retry lost).
     #[error("{0}")]
@@ -55,7 +67,7 @@ impl AdminError {
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Internal(_) | AdminError::Json { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::Raced(_) => StatusCode::CONFLICT,
             AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -100,9 +112,13 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 /// Errors starting the admin listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("admin listener {addr}: {msg}")]
-    Bind { addr: SocketAddr, msg: String },
-    #[error("admin TLS: {0}")]
+    #[error("admin listener {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin TLS")]
     Tls(#[from] super::tls::TlsError),
 }
 
@@ -153,9 +169,9 @@ impl AdminServer {
         let tls = super::tls::server_config_with(cert, client_ca)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| ServerError::Bind {
+            .map_err(|source| ServerError::Bind {
                 addr: cfg.listen,
-                msg: e.to_string(),
+                source,
             })?;
         Ok(AdminServer {
             listener,
@@ -325,7 +341,7 @@ async fn file_role_first(
     }
     let ConnState { backend, actor } = st;
     match tokio::task::spawn_blocking(move || backend.handle_approved(&actor, probe, None)).await {
-        Ok(Err(e)) => answer(e.status(), Err(e.to_string())),
+        Ok(Err(e)) => answer(e.status(), Err(keyward_keystore::error_chain(&e))),
         // The backend let it through after all: still not with this role.
         Ok(Ok(_)) => answer(
             StatusCode::FORBIDDEN,
@@ -445,8 +461,9 @@ async fn admin(
     match result {
         Ok(Ok(v)) => answer(StatusCode::OK, Ok(v)),
         Ok(Err(e)) => {
-            tracing::info!(op, "admin request refused: {e}");
-            answer(e.status(), Err(e.to_string()))
+            let line = keyward_keystore::error_chain(&e);
+            tracing::info!(op, "admin request refused: {line}");
+            answer(e.status(), Err(line))
         }
         Err(_) => answer(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -468,7 +485,7 @@ async fn metrics(axum::extract::State(st): axum::extract::State<ConnState>) -> A
             );
             resp
         }
-        Ok(Err(e)) => answer(e.status(), Err(e.to_string())),
+        Ok(Err(e)) => answer(e.status(), Err(keyward_keystore::error_chain(&e))),
         Err(_) => answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             Err("internal error".into()),

@@ -17,8 +17,24 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 pub enum TlsError {
     #[error(transparent)]
     Pem(#[from] keyward_pki::PemError),
-    #[error("{path}: no usable CA certificate: {msg}")]
-    BadCa { path: String, msg: String },
+    /// rustls refused a CA certificate of the file.
+    #[error("{path}: no usable CA certificate")]
+    BadCa {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused part of the configuration (`what` names the step).
+    #[error("TLS configuration: {what}")]
+    Rustls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built from the operator CA.
+    #[error("TLS configuration: client certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// The settings give no TLS identity (the message says what to set; no cause).
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -34,9 +50,9 @@ pub use keyward_pki::{load_certs, load_key};
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
-        roots.add(c).map_err(|e| TlsError::BadCa {
+        roots.add(c).map_err(|source| TlsError::BadCa {
             path: path.display().to_string(),
-            msg: e.to_string(),
+            source,
         })?;
     }
     Ok(roots)
@@ -75,9 +91,9 @@ impl OperatorCa {
     pub fn roots(&self) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
         for c in &self.certs {
-            roots.add(c.clone()).map_err(|e| TlsError::BadCa {
+            roots.add(c.clone()).map_err(|source| TlsError::BadCa {
                 path: self.source.clone(),
-                msg: e.to_string(),
+                source,
             })?;
         }
         Ok(roots)
@@ -113,15 +129,21 @@ pub fn server_config_with(
     let roots = Arc::new(client_ca.roots()?);
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(TlsError::ClientVerifier)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?
         .with_client_cert_verifier(verifier);
     let mut cfg = match cert {
         ServerCert::Files { cert_chain, key } => builder
             .with_single_cert(load_certs(cert_chain)?, load_key(key)?)
-            .map_err(|e| TlsError::Config(e.to_string()))?,
+            .map_err(|source| TlsError::Rustls {
+                what: "server certificate and key",
+                source,
+            })?,
         ServerCert::Resolver(r) => builder.with_cert_resolver(r),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -147,7 +169,10 @@ pub fn client_config_with(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?;
     let builder = match trust {
         ServerTrust::Ca(ca) => builder.with_root_certificates(load_roots(ca)?),
         ServerTrust::SpkiSha256(pin) => builder
@@ -156,7 +181,10 @@ pub fn client_config_with(
     };
     let mut cfg = builder
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(|source| TlsError::Rustls {
+            what: "client certificate and key",
+            source,
+        })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -187,6 +215,25 @@ mod tests {
     use super::*;
     use crate::pki::{write_file, Ca, Issued};
     use rustls::pki_types::ServerName;
+
+    #[test]
+    fn a_ca_certificate_rustls_refuses_keeps_the_rustls_error() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        write_file(&path, pem.as_bytes(), false).unwrap();
+        let e = OperatorCa::load(&path).unwrap().roots().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no usable CA certificate", path.display())
+        );
+        let src = e.source().and_then(|s| s.downcast_ref::<rustls::Error>());
+        assert!(
+            matches!(src, Some(rustls::Error::InvalidCertificate(_))),
+            "{e:?}"
+        );
+    }
 
     fn der_of(pem: &str) -> CertificateDer<'static> {
         rustls_pemfile::certs(&mut pem.as_bytes())

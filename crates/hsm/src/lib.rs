@@ -39,27 +39,50 @@ const P384_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 /// Errors from the HSM layer. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
-    #[error("cannot load PKCS#11 module {path}: {source}")]
+    /// The module could not be loaded; the cause is the `source()`.
+    #[error("cannot load PKCS#11 module {path}")]
     Module {
         path: String,
         #[source]
         source: cryptoki::error::Error,
     },
+    /// No slot holds a token with this label (the field is the configured label, no cause).
     #[error("no token labelled {0:?}")]
     NoToken(String),
-    /// Where the PIN should come from is not set (the message says what to set).
+    /// Where the PIN should come from is not set (the message says what to set; no cause).
     #[error("HSM PIN: {0}")]
     Pin(String),
-    #[error("HSM PIN: {}: {source}", path.display())]
+    /// The PIN file could not be read; the cause is the `source()`.
+    #[error("HSM PIN: reading {}", path.display())]
     PinFile {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// A PKCS#11 call failed: `op` names the function (`C_Login`, `C_WrapKey`, ...), the
+    /// token's return value is the `source()` (a [`cryptoki::error::Error`]).
+    #[error("PKCS#11 {op}")]
+    Call {
+        op: &'static str,
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// A failure a backend other than a PKCS#11 library reports as text with its own message
+    /// (no cause to keep): the fault-injecting stand-in of `tests/it/krs_hsm_faults.rs` builds
+    /// it. Every real PKCS#11 call fails with [`HsmError::Call`] instead.
     #[error("PKCS#11 {op}: {err}")]
     Pkcs11 { op: &'static str, err: String },
+    /// The soft backend (`keyward demo`'s stand-in) could not read or write a key file.
+    #[error("soft key file {}", path.display())]
+    SoftKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No object with this label (the field is the label; no cause).
     #[error("key {0:?} not found in the token (run `keyward krs init`)")]
     MissingKey(String),
+    /// An object with this label is already there (the field is the label; no cause).
     #[error("key {0:?} already exists in the token")]
     Exists(String),
     #[error("the token lacks mechanism {0}")]
@@ -69,10 +92,7 @@ pub enum HsmError {
 }
 
 fn p11<T>(op: &'static str, r: cryptoki::error::Result<T>) -> Result<T, HsmError> {
-    r.map_err(|e| HsmError::Pkcs11 {
-        op,
-        err: e.to_string(),
-    })
+    r.map_err(|source| HsmError::Call { op, source })
 }
 
 /// Where the PIN comes from.
@@ -279,10 +299,10 @@ impl Hsm {
                 cryptoki::error::RvError::CryptokiAlreadyInitialized,
                 _,
             )) => {}
-            Err(e) => {
-                return Err(HsmError::Pkcs11 {
+            Err(source) => {
+                return Err(HsmError::Call {
                     op: "C_Initialize",
-                    err: e.to_string(),
+                    source,
                 })
             }
         }
@@ -303,10 +323,10 @@ impl Hsm {
                 cryptoki::error::RvError::UserAlreadyLoggedIn,
                 _,
             )) => {}
-            Err(e) => {
-                return Err(HsmError::Pkcs11 {
+            Err(source) => {
+                return Err(HsmError::Call {
                     op: "C_Login",
-                    err: e.to_string(),
+                    source,
                 })
             }
         }
@@ -729,5 +749,67 @@ mod tests {
         assert_eq!(unwrap_ec_point(&der).unwrap(), raw);
         assert_eq!(unwrap_ec_point(&raw).unwrap(), raw);
         assert!(unwrap_ec_point(&raw[..50]).is_err());
+    }
+
+    #[test]
+    fn a_failed_call_keeps_the_token_error_as_its_source() {
+        use cryptoki::context::Function;
+        use cryptoki::error::{Error, RvError};
+        use std::error::Error as _;
+        let e = p11::<()>(
+            "C_WrapKey",
+            Err(Error::Pkcs11(RvError::SessionClosed, Function::WrapKey)),
+        )
+        .unwrap_err();
+        // The message names the call once; the token's answer is the source, not a copy.
+        assert_eq!(e.to_string(), "PKCS#11 C_WrapKey");
+        let src = e.source().and_then(|s| s.downcast_ref::<Error>());
+        assert!(
+            matches!(src, Some(Error::Pkcs11(RvError::SessionClosed, _))),
+            "{src:?}"
+        );
+    }
+
+    #[test]
+    fn a_module_that_does_not_load_keeps_the_loader_error() {
+        use std::error::Error as _;
+        let cfg = HsmConfig {
+            module: "/nonexistent/libnothing.so".into(),
+            token_label: "t".into(),
+            pin: PinSource::default(),
+            master_key_label: default_mk_label(),
+            receipt_key_label: default_receipt_label(),
+        };
+        let Err(e) = Hsm::open(&cfg) else {
+            panic!("a missing module opened")
+        };
+        assert!(matches!(e, HsmError::Module { .. }), "{e}");
+        assert!(!e.to_string().contains("No such file"), "{e}");
+        let src = e
+            .source()
+            .and_then(|s| s.downcast_ref::<cryptoki::error::Error>());
+        assert!(
+            matches!(src, Some(cryptoki::error::Error::LibraryLoading(_))),
+            "{src:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_pin_file_keeps_the_io_error() {
+        use std::error::Error as _;
+        let pin = PinSource {
+            pin_file: Some("/nonexistent/pin".into()),
+            pin_env: None,
+        };
+        let Err(e) = pin.read() else {
+            panic!("a missing PIN file was read")
+        };
+        assert_eq!(e.to_string(), "HSM PIN: reading /nonexistent/pin");
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{io:?}"
+        );
     }
 }

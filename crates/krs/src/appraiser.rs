@@ -44,9 +44,11 @@ impl VerifierAppraiser {
                 return Ok(pol.clone());
             }
         }
-        let pol = keyward_verify::Policy::from_bytes(&p.policy).map_err(|e| e.to_string())?;
+        let pol = keyward_verify::Policy::from_bytes(&p.policy)
+            .map_err(|e| keyward_keystore::error_chain(&e))?;
         // Also refused at KRS start; checked here so that no path appraises under it.
-        pol.check_measured().map_err(|e| e.to_string())?;
+        pol.check_measured()
+            .map_err(|e| keyward_keystore::error_chain(&e))?;
         let pol = Arc::new(pol);
         *g = Some((p.digest, pol.clone()));
         Ok(pol)

@@ -10,10 +10,11 @@ use keyward_hsm::HsmConfig;
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config {0}: {1}")]
+    #[error("config {0}")]
     Io(String, #[source] std::io::Error),
-    #[error("config {0}: {1}")]
+    #[error("config {0}")]
     Parse(String, #[source] toml::de::Error),
+    /// A setting is wrong (the message names it; no cause).
     #[error("config: {0}")]
     Invalid(String),
 }

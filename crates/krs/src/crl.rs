@@ -18,8 +18,28 @@ use keyward_verify::Policy;
 /// Errors loading CRL files.
 #[derive(Debug, thiserror::Error)]
 pub enum CrlError {
-    #[error("CRL file {0}: {1}")]
-    File(String, String),
+    /// The file could not be read.
+    #[error("CRL file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not PEM or DER CRLs.
+    #[error("CRL file {}", path.display())]
+    Split {
+        path: PathBuf,
+        #[source]
+        source: keyward_verify::snp::cert::CertError,
+    },
+    /// CRL number `index` (from 0) of the file does not parse.
+    #[error("CRL file {}: CRL #{index}", path.display())]
+    Parse {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: keyward_verify::snp::cert::CertError,
+    },
 }
 
 /// What identifies a file's content cheaply: (inode, size, mtime s, mtime ns); None = absent.
@@ -40,11 +60,21 @@ pub struct LoadedCrl {
 
 /// Read one CRL file: every CRL in it must parse.
 pub fn read_crl_file(p: &Path) -> Result<Vec<Vec<u8>>, CrlError> {
-    let f = |e: String| CrlError::File(p.display().to_string(), e);
-    let bytes = std::fs::read(p).map_err(|e| f(e.to_string()))?;
-    let ders = split_crl_input(&bytes).map_err(|e| f(e.to_string()))?;
-    for (i, d) in ders.iter().enumerate() {
-        Crl::from_der(d).map_err(|e| f(format!("CRL #{i}: {e}")))?;
+    let path = || p.to_path_buf();
+    let bytes = std::fs::read(p).map_err(|source| CrlError::Read {
+        path: path(),
+        source,
+    })?;
+    let ders = split_crl_input(&bytes).map_err(|source| CrlError::Split {
+        path: path(),
+        source,
+    })?;
+    for (index, d) in ders.iter().enumerate() {
+        Crl::from_der(d).map_err(|source| CrlError::Parse {
+            path: path(),
+            index,
+            source,
+        })?;
     }
     Ok(ders)
 }
@@ -115,9 +145,10 @@ impl CrlStore {
                     }
                 }
                 Err(e) => {
+                    let e = keyward_keystore::error_chain(&e);
                     tracing::error!("CRL reload failed, every appraisal fails until fixed: {e}");
                     g.stamps = now;
-                    g.error = Some(e.to_string());
+                    g.error = Some(e);
                 }
             }
         }
@@ -233,6 +264,28 @@ mod tests {
     use super::*;
     use keyward_verify::testsign::{CrlSpec, TestCa};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_crl_file_that_does_not_parse_keeps_the_cert_error() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crl");
+        let e = read_crl_file(&missing).unwrap_err();
+        assert_eq!(e.to_string(), format!("CRL file {}", missing.display()));
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+        // A DER that is no CRL: the parse error is the source, with the CRL's number.
+        let bad = dir.path().join("bad.crl");
+        std::fs::write(&bad, [0x30, 0x03, 0x02, 0x01, 0x01]).unwrap();
+        let e = read_crl_file(&bad).unwrap_err();
+        assert!(matches!(e, CrlError::Parse { index: 0, .. }), "{e:?}");
+        assert!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<keyward_verify::snp::cert::CertError>())
+                .is_some(),
+            "{e:?}"
+        );
+    }
 
     fn crl(revoked: Vec<Vec<u8>>, next_in: i64) -> Vec<u8> {
         let now = SystemTime::now();

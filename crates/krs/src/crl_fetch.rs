@@ -9,7 +9,7 @@
 //! The HTTP client is hyper's (already a dependency) over tokio-rustls with the webpki roots;
 //! the CRL signature, not TLS, is what makes a CRL trusted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,12 +30,61 @@ const MAX_CRL: usize = 1024 * 1024;
 /// Why a fetch failed; nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The URL or the answer is unusable for a reason the message gives (no host, not
+    /// http(s), a non-200 status, no answer in time); no cause.
     #[error("{0}: {1}")]
     Http(String, String),
+    /// A step of the download failed (`step`: "TCP", "TLS", "HTTP", ...); the cause is the
+    /// source (an I/O, rustls, hyper or http error).
+    #[error("{url}: {step}")]
+    Transfer {
+        url: String,
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The CRL fails a check the message names (signature, freshness, replay); no cause.
     #[error("{0}: the CRL is refused: {1}")]
     Refused(String, String),
-    #[error("CRL file {0}: {1}")]
-    File(String, String),
+    /// The answer is not PEM or DER CRLs.
+    #[error("{url}: the CRL is refused")]
+    NotCrl {
+        url: String,
+        #[source]
+        source: keyward_verify::snp::cert::CertError,
+    },
+    /// The fetched CRL could not be written as PEM.
+    #[error("{url}: encoding the CRL as PEM")]
+    Pem {
+        url: String,
+        #[source]
+        source: der::Error,
+    },
+    /// The installed CRL file is not what [`fetch`] writes.
+    #[error("CRL file {}", path.display())]
+    Installed {
+        path: PathBuf,
+        #[source]
+        source: TaggedError,
+    },
+    /// The installed CRL file could not be read or replaced.
+    #[error("CRL file {}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a CRL file does not read as [`read_tagged`] expects.
+#[derive(Debug, thiserror::Error)]
+pub enum TaggedError {
+    #[error("not PEM or DER CRLs")]
+    Split(#[source] keyward_verify::snp::cert::CertError),
+    #[error("a PEM X509 CRL block does not decode")]
+    Pem(#[source] der::Error),
+    #[error("unterminated PEM X509 CRL block")]
+    Unterminated,
 }
 
 /// The KDS URL of one CRL.
@@ -60,7 +109,7 @@ pub struct Tagged {
 
 /// Read a CRL file as written by [`fetch`] (PEM with `# source:` lines); a plain DER or PEM
 /// file gives untagged blocks.
-pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, String> {
+pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, TaggedError> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Ok(vec![Tagged {
             source: None,
@@ -74,7 +123,7 @@ pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, String> {
                     .map(|der| Tagged { source: None, der })
                     .collect()
             })
-            .map_err(|e| e.to_string());
+            .map_err(TaggedError::Split);
     }
     let mut out = Vec::new();
     let mut source = None;
@@ -84,7 +133,8 @@ pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, String> {
             b.push_str(line);
             b.push('\n');
             if line.starts_with("-----END X509 CRL-----") {
-                let (_, der) = der::pem::decode_vec(b.as_bytes()).map_err(|e| e.to_string())?;
+                let (_, der) =
+                    der::pem::decode_vec(b.as_bytes()).map_err(|e| TaggedError::Pem(e.into()))?;
                 out.push(Tagged {
                     source: source.take(),
                     der,
@@ -98,7 +148,7 @@ pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, String> {
         }
     }
     if block.is_some() {
-        return Err("unterminated PEM X509 CRL block".into());
+        return Err(TaggedError::Unterminated);
     }
     Ok(out)
 }
@@ -119,14 +169,26 @@ pub fn fetch(
     now: u64,
 ) -> Result<Vec<Fetched>, FetchError> {
     let existing = match std::fs::read(out) {
-        Ok(b) => read_tagged(&b).map_err(|e| FetchError::File(out.display().to_string(), e))?,
+        Ok(b) => read_tagged(&b).map_err(|source| FetchError::Installed {
+            path: out.to_path_buf(),
+            source,
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(FetchError::File(out.display().to_string(), e.to_string())),
+        Err(source) => {
+            return Err(FetchError::File {
+                path: out.to_path_buf(),
+                source,
+            })
+        }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| FetchError::Http(base.into(), e.to_string()))?;
+        .map_err(|source| FetchError::Transfer {
+            url: base.into(),
+            step: "starting the runtime",
+            source: source.into(),
+        })?;
     let mut got = Vec::new();
     let mut text = String::from(
         "# AMD SEV-SNP CRLs written by `keyward krs crl fetch`; each signature was checked by\n\
@@ -136,8 +198,10 @@ pub fn fetch(
         for product in &policy.snp.products {
             let url = crl_url(base, *signer, *product);
             let body = rt.block_on(get(&url))?;
-            let ders = split_crl_input(&body)
-                .map_err(|e| FetchError::Refused(url.clone(), e.to_string()))?;
+            let ders = split_crl_input(&body).map_err(|source| FetchError::NotCrl {
+                url: url.clone(),
+                source,
+            })?;
             let [der] = ders.as_slice() else {
                 return Err(FetchError::Refused(
                     url,
@@ -179,14 +243,20 @@ pub fn fetch(
             }
             text.push_str(&format!("# source: {url}\n"));
             text.push_str(
-                &der::pem::encode_string("X509 CRL", der::pem::LineEnding::LF, der)
-                    .map_err(|e| FetchError::Refused(url.clone(), e.to_string()))?,
+                &der::pem::encode_string("X509 CRL", der::pem::LineEnding::LF, der).map_err(
+                    |e| FetchError::Pem {
+                        url: url.clone(),
+                        source: e.into(),
+                    },
+                )?,
             );
             got.push(Fetched { url, facts });
         }
     }
-    write_atomic(out, text.as_bytes())
-        .map_err(|e| FetchError::File(out.display().to_string(), e.to_string()))?;
+    write_atomic(out, text.as_bytes()).map_err(|source| FetchError::File {
+        path: out.to_path_buf(),
+        source,
+    })?;
     Ok(got)
 }
 
@@ -209,12 +279,24 @@ fn http_err(url: &str) -> impl Fn(String) -> FetchError + '_ {
     move |e| FetchError::Http(url.to_string(), e)
 }
 
+/// A failed download step of `url`, the cause kept as the source.
+fn step_err<'a, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    url: &'a str,
+    step: &'static str,
+) -> impl FnOnce(E) -> FetchError + 'a {
+    move |source| FetchError::Transfer {
+        url: url.to_string(),
+        step,
+        source: source.into(),
+    }
+}
+
 /// GET `url` (http or https), 200 only, body at most [`MAX_CRL`], 30 s in all.
 async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
     let e = http_err(url);
     let uri: http::Uri = url
         .parse()
-        .map_err(|x: http::uri::InvalidUri| e(x.to_string()))?;
+        .map_err(step_err::<http::uri::InvalidUri>(url, "not a URL"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -229,7 +311,7 @@ async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|x| e(x.to_string()))?;
+            .map_err(step_err::<std::io::Error>(url, "TCP"))?;
         if https {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -237,15 +319,19 @@ async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
-            .map_err(|x| e(x.to_string()))?
+            .map_err(step_err::<rustls::Error>(url, "TLS configuration"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|x| e(x.to_string()))?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(step_err::<
+                rustls_pki_types::InvalidDnsNameError,
+            >(
+                url,
+                "TLS server name",
+            ))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
                 .await
-                .map_err(|x| e(format!("TLS: {x}")))?;
+                .map_err(step_err::<std::io::Error>(url, "TLS"))?;
             request(tls, &host, &path, url).await
         } else {
             request(tcp, &host, &path, url).await
@@ -264,17 +350,17 @@ where
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|x| e(x.to_string()))?;
+            .map_err(step_err::<hyper::Error>(url, "HTTP handshake"))?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "keyward-krs")
         .body(Empty::<Bytes>::new())
-        .map_err(|x| e(x.to_string()))?;
+        .map_err(step_err::<http::Error>(url, "building the request"))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|x| e(x.to_string()))?;
+        .map_err(step_err::<hyper::Error>(url, "HTTP request"))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(e(format!("HTTP {status}")));
@@ -282,7 +368,10 @@ where
     let body = Limited::new(resp.into_body(), MAX_CRL)
         .collect()
         .await
-        .map_err(|x| e(format!("reading the answer: {x}")))?
+        .map_err(step_err::<Box<dyn std::error::Error + Send + Sync>>(
+            url,
+            "reading the answer",
+        ))?
         .to_bytes();
     Ok(body.to_vec())
 }

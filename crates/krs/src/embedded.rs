@@ -25,13 +25,13 @@ use keyward_hsm::{Hsm, HsmConfig, KeyBackend, PinSource};
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     /// A set-up step failed; `what` names it, the cause is the source.
-    #[error("embedded KRS: {what}: {source}")]
+    #[error("embedded KRS: {what}")]
     Setup {
         what: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// `softhsm2-util --init-token` exited non-zero (its stderr).
+    /// `softhsm2-util --init-token` exited non-zero (the field is its stderr: its own message).
     #[error("embedded KRS: softhsm2-util --init-token: {0}")]
     InitToken(String),
     #[error("embedded KRS: TLS certificate unreadable")]

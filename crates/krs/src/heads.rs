@@ -31,8 +31,31 @@ pub const KEEP_BOOT_KEYS: usize = 32;
 /// Errors reading or writing the book.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadBookError {
-    #[error("head book {0}: {1}")]
-    Io(String, String),
+    /// Reading or writing the book's file failed.
+    #[error("head book {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The book could not be encoded as JSON.
+    #[error("head book {}: encoding", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file is not the book's JSON.
+    #[error(
+        "head book {} is not readable; refusing to start without the heads it holds",
+        path.display()
+    )]
+    CorruptJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The JSON holds a value that is not a head (the message names it; no cause).
     #[error("head book {0} is not readable ({1}); refusing to start without the heads it holds")]
     Corrupt(String, String),
 }
@@ -217,12 +240,21 @@ impl HeadBook {
         let shown = path.display().to_string();
         let state = match std::fs::read(path) {
             Ok(bytes) => {
-                let j: BookJson = serde_json::from_slice(&bytes)
-                    .map_err(|e| HeadBookError::Corrupt(shown.clone(), e.to_string()))?;
+                let j: BookJson = serde_json::from_slice(&bytes).map_err(|source| {
+                    HeadBookError::CorruptJson {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
                 from_json(j).map_err(|e| HeadBookError::Corrupt(shown.clone(), e))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(HeadBookError::Io(shown, e.to_string())),
+            Err(source) => {
+                return Err(HeadBookError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -237,10 +269,15 @@ impl HeadBook {
     /// Write `m` durably: temp file, fsync, rename, fsync the directory.
     fn persist(&self, m: &BTreeMap<String, DeploymentHeads>) -> Result<(), HeadBookError> {
         use std::io::Write;
-        let shown = self.path.display().to_string();
-        let io = |e: std::io::Error| HeadBookError::Io(shown.clone(), e.to_string());
-        let bytes = serde_json::to_vec_pretty(&to_json(m))
-            .map_err(|e| HeadBookError::Io(shown.clone(), e.to_string()))?;
+        let io = |source: std::io::Error| HeadBookError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&to_json(m)).map_err(|source| HeadBookError::Encode {
+                path: self.path.clone(),
+                source,
+            })?;
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io)?;
@@ -499,9 +536,18 @@ mod tests {
         assert_eq!(l[0].last_release, Some(3));
         // A damaged book refuses to open.
         std::fs::write(&p, b"{not json").unwrap();
-        assert!(matches!(
-            HeadBook::open(&p),
-            Err(HeadBookError::Corrupt(..))
-        ));
+        let Err(e) = HeadBook::open(&p) else {
+            panic!("a damaged book opened")
+        };
+        assert!(matches!(e, HeadBookError::CorruptJson { .. }), "{e}");
+        // The JSON error is the source, not a copy in the message.
+        use std::error::Error as _;
+        assert!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<serde_json::Error>())
+                .is_some(),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains("line 1"), "{e}");
     }
 }

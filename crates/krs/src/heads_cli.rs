@@ -229,7 +229,7 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
     let hsm = Hsm::open(&cfg.hsm)?;
     let policy_digest = policy_digest(&cfg)?;
     let mut log = ReleaseLog::open(&cfg.log_file())?;
-    log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
+    log.repair_head(&|d| hsm.sign_digest(d))?;
     let time = now_unix();
     let receipt = Receipt {
         v: VERSION,
@@ -266,7 +266,7 @@ pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
     );
     let index =
         crate::log::append_operator_action(&mut log, &receipt, detail, &policy_digest, &|d| {
-            hsm.sign_digest(d).map_err(|e| e.to_string())
+            hsm.sign_digest(d)
         })?;
     let old = book.set(&a.deployment, &next)?;
     println!(

@@ -30,32 +30,50 @@ use keyward_krp::receipt::{verify_receipt, Receipt};
 /// Errors writing or verifying the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("release log {0}: {1}")]
+    #[error("release log {0}")]
     Io(String, #[source] std::io::Error),
     /// A saved head given to `krs log verify --against` is a file that is not head JSON.
-    #[error("release log head: saved head {arg}: {source}")]
+    #[error("release log head: saved head {arg}")]
     SavedHeadJson {
         arg: String,
         #[source]
         source: serde_json::Error,
     },
     /// The log's saved head file cannot be read or parsed.
-    #[error("release log head: {}: {source}", path.display())]
+    #[error("release log head: {}", path.display())]
     HeadFile {
         path: std::path::PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An entry fails a check the message names (no cause).
     #[error("release log entry {index}: {what}")]
     Broken { index: u64, what: String },
+    /// An entry could not be encoded (canonical JSON or its line).
+    #[error("release log entry {index}: encoding")]
+    EntryEncode {
+        index: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An entry's receipt does not verify under the receipt key.
+    #[error("release log entry {index}: receipt")]
+    BrokenReceipt {
+        index: u64,
+        #[source]
+        source: keyward_krp::receipt::ReceiptError,
+    },
+    /// The head fails a check the message names (no cause).
     #[error("release log head: {0}")]
     Head(String),
-    #[error("release log head: {0}")]
+    #[error("release log head")]
     HeadJson(#[source] serde_json::Error),
-    #[error("signing: encoding the receipt: {0}")]
+    #[error("signing: encoding the receipt")]
     EncodeReceipt(#[source] keyward_krp::cbor::CborError),
-    #[error("signing: {0}")]
-    Sign(String),
+    /// The HSM (or the demo's soft keys) did not sign.
+    #[error("signing")]
+    Sign(#[source] keyward_hsm::HsmError),
+    /// The log is shorter or older than its head or counter says (the message says how).
     #[error("release log rolled back: {0}")]
     Rollback(String),
 }
@@ -136,9 +154,9 @@ impl Entry {
     fn compute_hash(&self) -> Result<[u8; 48], LogError> {
         let mut e = self.clone();
         e.hash = String::new();
-        let body = to_canonical(&e).map_err(|err| LogError::Broken {
+        let body = to_canonical(&e).map_err(|err| LogError::EntryEncode {
             index: self.index,
-            what: err.to_string(),
+            source: err.into(),
         })?;
         let mut h = Sha384::new();
         h.update(b"KRP/1 log");
@@ -258,7 +276,7 @@ fn read_counter(path: &Path) -> Result<Option<u64>, LogError> {
 }
 
 /// Signs a SHA-384 digest with the receipt key (the HSM), giving `r || s`.
-pub type DigestSigner<'a> = &'a dyn Fn(&[u8; 48]) -> Result<Vec<u8>, String>;
+pub type DigestSigner<'a> = &'a dyn Fn(&[u8; 48]) -> Result<Vec<u8>, keyward_hsm::HsmError>;
 
 /// An open log, positioned for appending.
 pub struct ReleaseLog {
@@ -401,9 +419,9 @@ impl ReleaseLog {
         entry.hash = String::new();
         let h = entry.compute_hash()?;
         entry.hash = hex::encode(h);
-        let mut line = serde_json::to_vec(&entry).map_err(|e| LogError::Broken {
+        let mut line = serde_json::to_vec(&entry).map_err(|e| LogError::EntryEncode {
             index: entry.index,
-            what: e.to_string(),
+            source: e.into(),
         })?;
         line.push(b'\n');
         self.file.write_all(&line).map_err(io)?;
@@ -485,8 +503,12 @@ fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<
         let sb = STANDARD
             .decode(e.signature.as_bytes())
             .map_err(|_| broken("signature is not base64".into()))?;
-        let r: Receipt =
-            verify_receipt(receipt_spki_der, &rb, &sb).map_err(|err| broken(err.to_string()))?;
+        let r: Receipt = verify_receipt(receipt_spki_der, &rb, &sb).map_err(|source| {
+            LogError::BrokenReceipt {
+                index: e.index,
+                source,
+            }
+        })?;
         if r.log_index != e.index {
             return Err(broken("receipt names another log index".into()));
         }
@@ -675,8 +697,11 @@ mod tests {
     }
 
     impl Key {
-        fn sign(&self, d: &[u8; 48]) -> Result<Vec<u8>, String> {
-            let s: p384::ecdsa::Signature = self.sk.sign_prehash(d).map_err(|e| e.to_string())?;
+        fn sign(&self, d: &[u8; 48]) -> Result<Vec<u8>, keyward_hsm::HsmError> {
+            let s: p384::ecdsa::Signature = self
+                .sk
+                .sign_prehash(d)
+                .map_err(|_| keyward_hsm::HsmError::Malformed("test signer"))?;
             Ok(s.to_bytes().to_vec())
         }
     }
@@ -731,6 +756,44 @@ mod tests {
             let e = entry(k, log.next_index());
             log.append(e, &|d| k.sign(d)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_signer_that_fails_is_the_source_of_the_log_error() {
+        use std::error::Error as _;
+        let k = key();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release.log");
+        let mut log = ReleaseLog::open(&p).unwrap();
+        let e = entry(&k, log.next_index());
+        let failing = |_: &[u8; 48]| -> Result<Vec<u8>, keyward_hsm::HsmError> {
+            Err(keyward_hsm::HsmError::SoftKeyFile {
+                path: "soft-receipt.key".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            })
+        };
+        let err = log.append(e, &failing).unwrap_err();
+        assert!(matches!(err, LogError::Sign(_)), "{err:?}");
+        assert_eq!(err.to_string(), "signing");
+        // The chain goes down to the I/O error, each level once.
+        let hsm = err
+            .source()
+            .and_then(|s| s.downcast_ref::<keyward_hsm::HsmError>());
+        assert!(
+            matches!(hsm, Some(keyward_hsm::HsmError::SoftKeyFile { .. })),
+            "{hsm:?}"
+        );
+        let io = hsm
+            .and_then(|h| h.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!(
+            keyward_keystore::error_chain(&err),
+            "signing: soft key file soft-receipt.key: permission denied"
+        );
     }
 
     #[test]

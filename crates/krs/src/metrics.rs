@@ -31,6 +31,7 @@ pub const CONTENT_TYPE: &str = keyward_metrics::CONTENT_TYPE;
 /// Errors starting the listener or rendering the figures.
 #[derive(Debug, thiserror::Error)]
 pub enum KrsMetricsError {
+    /// The setting's text (shown as given) does not parse as an address; no cause worth keeping.
     #[error("metrics_listen {0:?} is not an address (for example 127.0.0.1:9466)")]
     Address(String),
     #[error(
@@ -42,7 +43,7 @@ pub enum KrsMetricsError {
     Bind(SocketAddr, std::io::Error),
     #[error("starting the metrics thread: {0}")]
     Thread(std::io::Error),
-    #[error("cannot encode the metrics: {0}")]
+    #[error("cannot encode the metrics")]
     Encode(#[from] std::fmt::Error),
 }
 
@@ -226,7 +227,7 @@ fn answer<B>(req: &http::Request<B>, svc: &Service) -> Response<Full<Bytes>> {
             r
         }
         Err(e) => {
-            tracing::error!("metrics: {e}");
+            tracing::error!("metrics: {}", keyward_keystore::error_chain(&e));
             plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot render\n")
         }
     }

@@ -146,7 +146,7 @@ fn log_decision(
     let admin = crate::policy::admin_public_key(&pem)?;
     let policy_digest = crate::policy::load(&cfg.policy_file, &admin)?.digest;
     let mut log = ReleaseLog::open(&cfg.log_file())?;
-    log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
+    log.repair_head(&|d| hsm.sign_digest(d))?;
     let time = now_unix();
     let receipt = Receipt {
         v: VERSION,
@@ -173,7 +173,7 @@ fn log_decision(
         &receipt,
         detail,
         &policy_digest,
-        &|d| hsm.sign_digest(d).map_err(|e| e.to_string()),
+        &|d| hsm.sign_digest(d),
     )?)
 }
 

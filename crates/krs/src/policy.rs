@@ -13,7 +13,7 @@
 //! value that is signed, so re-signing the same text is the same policy.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use p384::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
@@ -29,11 +29,23 @@ pub const FORMAT: &str = "keyward-signed-policy/1";
 /// Errors loading or checking a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy file {0}: {1}")]
-    Io(String, String),
+    /// The policy file could not be read.
+    #[error("policy file {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The version file does not start with a number (or is not readable).
+    #[error("policy version file {}", path.display())]
+    VersionFile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The file is not signed-policy JSON at all (a bare policy, say).
     #[error(
-        "not a signed policy (not signed-policy JSON: {0}); sign it with `keyward krs policy sign`"
+        "not a signed policy (not signed-policy JSON); sign it with `keyward krs policy sign`"
     )]
     NotJson(#[source] serde_json::Error),
     /// The JSON's `format` is not [`FORMAT`] (it holds that tag).
@@ -41,11 +53,11 @@ pub enum PolicyError {
     Format(String),
     #[error("policy signature does not verify with the configured policy-admin key")]
     BadSignature,
-    #[error("policy-admin key: {0}")]
+    #[error("policy-admin key")]
     PrivateKey(#[source] p384::elliptic_curve::Error),
-    #[error("policy-admin key: {0}")]
+    #[error("policy-admin key")]
     PublicKey(#[source] p384::pkcs8::spki::Error),
-    #[error("policy-admin key: {0}")]
+    #[error("policy-admin key")]
     Sign(#[source] p384::ecdsa::Error),
     #[error("policy version {got} is older than version {highest} already accepted")]
     Rollback { got: u64, highest: u64 },
@@ -58,9 +70,9 @@ pub enum PolicyError {
         accepted: String,
         got: String,
     },
-    #[error("policy encoding: {0}")]
+    #[error("policy encoding")]
     Cbor(#[from] keyward_krp::cbor::CborError),
-    #[error("policy encoding: {0}")]
+    #[error("policy encoding")]
     Base64(#[source] base64::DecodeError),
 }
 
@@ -189,8 +201,10 @@ pub fn verify(file_bytes: &[u8], admin: &VerifyingKey) -> Result<VerifiedPolicy,
 
 /// Load and verify a signed policy from a file.
 pub fn load(path: &Path, admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| PolicyError::Io(path.display().to_string(), e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     verify(&bytes, admin)
 }
 
@@ -202,7 +216,10 @@ pub fn content_digest(p: &VerifiedPolicy) -> Result<String, PolicyError> {
 /// The high-water mark in `version_file`: `VERSION [CONTENT-DIGEST]` (older files hold the
 /// version alone). `(0, None)` when the file does not exist.
 pub fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), PolicyError> {
-    let bad = |e: String| PolicyError::Io(version_file.display().to_string(), e);
+    let bad = |e: Box<dyn std::error::Error + Send + Sync>| PolicyError::VersionFile {
+        path: version_file.to_path_buf(),
+        source: e,
+    };
     match std::fs::read_to_string(version_file) {
         Ok(s) => {
             let mut it = s.split_whitespace();
@@ -210,11 +227,11 @@ pub fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), P
                 .next()
                 .unwrap_or("")
                 .parse::<u64>()
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.into()))?;
             Ok((v, it.next().map(str::to_string)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None)),
-        Err(e) => Err(bad(e.to_string())),
+        Err(e) => Err(bad(e.into())),
     }
 }
 
@@ -248,7 +265,10 @@ pub fn check_version(version_file: &Path, p: &VerifiedPolicy) -> Result<bool, Po
 /// (older: refused; same version, other content: refused), recording `p` (atomically,
 /// fsynced) when it is newer.
 pub fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), PolicyError> {
-    let io = |e: std::io::Error| PolicyError::Io(version_file.display().to_string(), e.to_string());
+    let io = |source: std::io::Error| PolicyError::Io {
+        path: version_file.to_path_buf(),
+        source,
+    };
     if check_version(version_file, p)? {
         let tmp = version_file.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp).map_err(io)?;

@@ -38,6 +38,7 @@ use crate::session::{SessionError, SessionStore};
 use keyward_evidence::Binding;
 use keyward_evidence::EvidenceBundle;
 use keyward_hsm::{HsmError, KeyBackend};
+use keyward_keystore::error_chain;
 use keyward_krp::messages::{
     Challenge, Deny, Evidence, HeadAck, HeadQuery, HeadUpdate, Hello, Release, Request, Response,
     WrapMode, VERSION,
@@ -68,13 +69,13 @@ pub enum KrsError {
     #[error(transparent)]
     Hsm(#[from] HsmError),
     /// The HSM's receipt public key is not a P-384 point.
-    #[error("{0}")]
+    #[error("the HSM's receipt public key")]
     ReceiptKey(#[source] keyward_krp::receipt::ReceiptError),
     /// The token lacks what the configuration asks for (the message names it).
     #[error("{0}")]
     Token(String),
     /// The release log's head could not be repaired at start.
-    #[error("{0}")]
+    #[error(transparent)]
     Log(#[from] crate::log::LogError),
 }
 
@@ -159,7 +160,7 @@ impl Service {
         }
         let key_id = hsm.master_key_id().to_string();
         let mut log = log;
-        log.repair_head(&|d| hsm.sign_digest(d).map_err(|e| e.to_string()))?;
+        log.repair_head(&|d| hsm.sign_digest(d))?;
         let limits = Limits::default();
         Ok(Self {
             conns: Arc::new(ConnTracker::new(&limits)),
@@ -265,7 +266,7 @@ impl Service {
     pub fn handle_from(&self, frame: &[u8], source: Option<IpAddr>) -> Response {
         let req = match keyward_krp::cbor::from_slice::<Request>(frame) {
             Ok(r) => r,
-            Err(e) => return self.deny(DenyCode::Malformed, &e.to_string(), Ctx::default()),
+            Err(e) => return self.deny(DenyCode::Malformed, &error_chain(&e), Ctx::default()),
         };
         let h = match req {
             Request::Hello(h) => h,
@@ -417,12 +418,12 @@ impl Service {
         };
         let t = match transcript::transcript_with(&s.hello, &s.challenge, &e.epk, &e.boot_key) {
             Ok(t) => t,
-            Err(err) => return self.deny(DenyCode::Internal, &err.to_string(), ctx),
+            Err(err) => return self.deny(DenyCode::Internal, &error_chain(&err), ctx),
         };
         ctx.t = t.to_vec();
         let bundle: EvidenceBundle = match keyward_krp::cbor::from_slice(&e.evidence) {
             Ok(b) => b,
-            Err(err) => return self.deny(DenyCode::EvidenceMalformed, &err.to_string(), ctx),
+            Err(err) => return self.deny(DenyCode::EvidenceMalformed, &error_chain(&err), ctx),
         };
         let binding = transcript::binding(&t, &s.challenge.nonce, &epk_spki);
         let verdict = self
@@ -444,7 +445,7 @@ impl Service {
         wanted: Option<&[u32]>,
         head: Option<&keyward_krp::messages::StoreHead>,
     ) -> Result<(u32, Vec<u32>), String> {
-        let present = hsm.master_key_versions().map_err(|e| e.to_string())?;
+        let present = hsm.master_key_versions().map_err(|e| error_chain(&e))?;
         let Some(wanted) = wanted else {
             if !present.contains(&KEY_VERSION) {
                 return Err(
@@ -478,15 +479,15 @@ impl Service {
             WrapMode::HsmEcdhAesKw => hsm
                 .release_wrap_version(version, &e.epk, t)
                 .map(|w| (w.hsm_epk, w.wrapped))
-                .map_err(|err| err.to_string()),
+                .map_err(|err| error_chain(&err)),
             WrapMode::HpkeFallback => hsm
                 .export_master_version(version)
-                .map_err(|err| err.to_string())
+                .map_err(|err| error_chain(&err))
                 .and_then(|mk| {
                     let label = keyward_hsm::mk_label(&self.key_id, version);
                     let aad = hpke_aad(&label, version, &self.policy.digest);
                     // `mk` is Zeroizing and dropped (wiped) at the end of this closure.
-                    seal_hpke(&e.epk, &mk, t, &aad).map_err(|err| err.to_string())
+                    seal_hpke(&e.epk, &mk, t, &aad).map_err(|err| error_chain(&err))
                 }),
         }
     }
@@ -507,7 +508,7 @@ impl Service {
                 Ok(h) => (h, keyward_krp::headproto::boot_key_id(&e.boot_key).to_vec()),
                 Err(err) => {
                     drop(inner);
-                    return self.deny(DenyCode::Internal, &err.to_string(), ctx);
+                    return self.deny(DenyCode::Internal, &error_chain(&err), ctx);
                 }
             },
             (Some(book), true) => (book.head(deployment), vec![]),
@@ -705,7 +706,7 @@ impl Service {
             }
             Err(err) => {
                 drop(inner);
-                self.deny(DenyCode::Internal, &err.to_string(), Ctx::default())
+                self.deny(DenyCode::Internal, &error_chain(&err), Ctx::default())
             }
         }
     }
@@ -808,12 +809,12 @@ impl Service {
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
         let keep_evidence =
             !ctx.evidence.is_empty() && ctx.evidence.len() <= self.limits.log_evidence_max;
-        let bytes = receipt.encode().map_err(|e| e.to_string())?;
+        let bytes = receipt.encode().map_err(|e| error_chain(&e))?;
         Stats::bump(&self.stats.hsm_signs);
         let sig = inner
             .hsm
             .sign_digest(&receipt_digest(&bytes))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         let entry = Entry {
             index: receipt.log_index,
             time: receipt.time,
@@ -841,9 +842,9 @@ impl Service {
         let Inner { hsm, log } = inner;
         log.append(entry, &|d| {
             Stats::bump(&self.stats.hsm_signs);
-            hsm.sign_digest(d).map_err(|e| e.to_string())
+            hsm.sign_digest(d)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
         if receipt.decision == "release" {
             Stats::bump(&self.stats.releases);
         } else {
@@ -1043,7 +1044,7 @@ fn connection(
     let l = svc.limits;
     let mut sock = DeadlineStream::new(stream, secs(l.connection_secs));
     sock.phase(secs(l.handshake_secs));
-    let conn = rustls::ServerConnection::new(tls).map_err(|e| e.to_string())?;
+    let conn = rustls::ServerConnection::new(tls).map_err(|e| error_chain(&e))?;
     let mut tls_stream = rustls::StreamOwned::new(conn, sock);
     let r = frames(&mut tls_stream, svc, src);
     if tls_stream.sock.expired() {
@@ -1064,18 +1065,18 @@ fn frames(
     while s.conn.is_handshaking() {
         s.conn
             .complete_io(&mut s.sock)
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(|e| format!("TLS handshake: {}", error_chain(&e)))?;
     }
     for _ in 0..l.max_frames_per_connection {
         s.sock.phase(secs(l.idle_secs));
         let frame = match wire::read_frame_phased(s, |s| s.sock.phase(secs(l.frame_secs))) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(error_chain(&e)),
         };
         let resp = svc.handle_from(&frame, Some(src));
         s.sock.phase(secs(l.frame_secs));
-        wire::write_msg(s, &resp).map_err(|e| e.to_string())?;
+        wire::write_msg(s, &resp).map_err(|e| error_chain(&e))?;
     }
     Stats::bump(&svc.stats.frame_limit_cuts);
     Ok(())

@@ -21,10 +21,10 @@ pub struct SoftKeys {
     id: String,
 }
 
-fn io(p: &Path, e: std::io::Error) -> HsmError {
-    HsmError::Pkcs11 {
-        op: "soft key file",
-        err: format!("{}: {e}", p.display()),
+fn io(p: &Path, source: std::io::Error) -> HsmError {
+    HsmError::SoftKeyFile {
+        path: p.to_path_buf(),
+        source,
     }
 }
 

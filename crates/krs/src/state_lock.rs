@@ -18,8 +18,8 @@ pub enum StateLockError {
     )]
     Busy(PathBuf),
     /// The lock file could not be opened or locked.
-    #[error("the KRS state directory lock {0}: {1}")]
-    Io(PathBuf, String),
+    #[error("the KRS state directory lock {}", .0.display())]
+    Io(PathBuf, #[source] std::io::Error),
 }
 
 /// The held lock (released when dropped, or when the process ends however it ends).
@@ -30,7 +30,7 @@ pub struct StateLock {
 /// Take the lock of `state_dir` (created if missing), without waiting.
 pub fn lock(state_dir: &Path) -> Result<StateLock, StateLockError> {
     std::fs::create_dir_all(state_dir)
-        .map_err(|e| StateLockError::Io(state_dir.to_path_buf(), e.to_string()))?;
+        .map_err(|e| StateLockError::Io(state_dir.to_path_buf(), e))?;
     let path = state_dir.join("krs.lock");
     let f = OpenOptions::new()
         .create(true)
@@ -38,13 +38,13 @@ pub fn lock(state_dir: &Path) -> Result<StateLock, StateLockError> {
         .write(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| StateLockError::Io(path.clone(), e.to_string()))?;
+        .map_err(|e| StateLockError::Io(path.clone(), e))?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(StateLock { _file: l }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             Err(StateLockError::Busy(state_dir.to_path_buf()))
         }
-        Err((_, e)) => Err(StateLockError::Io(path, e.to_string())),
+        Err((_, e)) => Err(StateLockError::Io(path, e.into())),
     }
 }
 
@@ -59,5 +59,25 @@ mod tests {
         assert!(matches!(lock(dir.path()), Err(StateLockError::Busy(_))));
         drop(held);
         lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_state_directory_that_cannot_be_made_keeps_the_io_error() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let Err(e) = lock(&file.join("state")) else {
+            panic!("a state directory under a file was locked")
+        };
+        assert!(matches!(e, StateLockError::Io(..)), "{e}");
+        // The message names the path once; the OS error is the source, not a copy.
+        assert!(!e.to_string().contains("os error"), "{e}");
+        assert!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some(),
+            "{e:?}"
+        );
     }
 }

@@ -78,16 +78,43 @@ pub struct ClientAuth {
 /// Errors setting up or running the listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The TLS settings are unusable for a reason of their own (the message says which; no
+    /// cause to keep).
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(&'static str),
+    /// A PEM input could not be read (`what` names it: "certificate chain PEM", ...).
+    #[error("TLS setup: {what}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// rustls refused part of the configuration (`what` names the step).
+    #[error("TLS setup: {what}")]
+    Rustls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built from the client CA.
+    #[error("TLS setup: client certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
     #[error("plain HTTP needs the explicit insecure_http setting")]
     InsecureNotAllowed,
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
-    #[error("listener failed: {0}")]
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listener failed")]
     Io(#[from] io::Error),
-    #[error("health key: {0}")]
-    Health(String),
+    /// The health key could not be made.
+    #[error("health key")]
+    Health(#[source] keyward_secret::SecretError),
+    /// The blocking task making the health key panicked or was cancelled.
+    #[error("health key task")]
+    HealthTask(#[source] tokio::task::JoinError),
 }
 
 /// A bound XKS listener, not yet serving.
@@ -215,8 +242,8 @@ impl XksServer {
         let id = self.instance_id.clone();
         let health = tokio::task::spawn_blocking(move || Health::new(probe, id))
             .await
-            .map_err(|e| ServerError::Health(e.to_string()))?
-            .map_err(|e| ServerError::Health(e.to_string()))?;
+            .map_err(ServerError::HealthTask)?
+            .map_err(ServerError::Health)?;
         let limits = self.limits;
         let shared = Arc::new(Serving {
             ctx: Ctx {
@@ -772,20 +799,28 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error>
 fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, ServerError> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
         .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls(format!("certificate chain PEM: {e}")))?;
+        .map_err(|source| ServerError::Pem {
+            what: "certificate chain PEM",
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(ServerError::Tls("no certificate in the chain PEM".into()));
+        return Err(ServerError::Tls("no certificate in the chain PEM"));
     }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| ServerError::Tls(format!("private key PEM: {e}")))?
-        .ok_or_else(|| {
-            ServerError::Tls("no PKCS#8, SEC1 or PKCS#1 private key in the key PEM".into())
-        })?;
-    let signer =
-        signing_key(&key).map_err(|e| ServerError::Tls(format!("unsupported private key: {e}")))?;
+        .map_err(|source| ServerError::Pem {
+            what: "private key PEM",
+            source,
+        })?
+        .ok_or_else(|| ServerError::Tls("no PKCS#8, SEC1 or PKCS#1 private key in the key PEM"))?;
+    let signer = signing_key(&key).map_err(|source| ServerError::Rustls {
+        what: "unsupported private key",
+        source,
+    })?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match()
-        .map_err(|e| ServerError::Tls(format!("key does not match the certificate: {e}")))?;
+    ck.keys_match().map_err(|source| ServerError::Rustls {
+        what: "key does not match the certificate",
+        source,
+    })?;
     Ok(ck)
 }
 
@@ -796,7 +831,10 @@ fn tls_acceptor(
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .map_err(|source| ServerError::Rustls {
+            what: "protocol versions",
+            source,
+        })?;
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
@@ -811,7 +849,7 @@ fn tls_acceptor(
     // configuration (provider, suites, groups, EMS for TLS 1.2) is in the validated module.
     if cfg!(feature = "fips") && !cfg.fips() {
         return Err(ServerError::Tls(
-            "the FIPS build's TLS configuration is not FIPS-approved (rustls ServerConfig::fips() is false)".into(),
+            "the FIPS build's TLS configuration is not FIPS-approved (rustls ServerConfig::fips() is false)",
         ));
     }
     Ok((TlsAcceptor::from(Arc::new(cfg)), handle))
@@ -823,24 +861,26 @@ fn client_verifier(
 ) -> Result<Arc<dyn ClientCertVerifier>, ServerError> {
     if ca.allowed_names.is_empty() {
         return Err(ServerError::Tls(
-            "mTLS needs at least one allowed client name".into(),
+            "mTLS needs at least one allowed client name",
         ));
     }
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &ca.ca_pem[..]) {
-        let c = c.map_err(|e| ServerError::Tls(format!("client CA PEM: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| ServerError::Tls(format!("client CA: {e}")))?;
+        let c = c.map_err(|source| ServerError::Pem {
+            what: "client CA PEM",
+            source,
+        })?;
+        roots.add(c).map_err(|source| ServerError::Rustls {
+            what: "client CA",
+            source,
+        })?;
     }
     if roots.is_empty() {
-        return Err(ServerError::Tls(
-            "no certificate in the client CA PEM".into(),
-        ));
+        return Err(ServerError::Tls("no certificate in the client CA PEM"));
     }
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .map_err(ServerError::ClientVerifier)?;
     Ok(Arc::new(NameCheckingVerifier {
         inner,
         names: ca.allowed_names.clone(),
@@ -930,4 +970,34 @@ fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    const CHAIN: &[u8] = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn an_unusable_private_key_keeps_the_rustls_error() {
+        let key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let Err(e) = certified_key(CHAIN, key) else {
+            panic!("a 3-byte private key was accepted")
+        };
+        assert_eq!(e.to_string(), "TLS setup: unsupported private key");
+        let src = e.source().and_then(|s| s.downcast_ref::<rustls::Error>());
+        assert!(src.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn a_broken_pem_keeps_the_io_error() {
+        let chain = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let Err(e) = certified_key(chain, b"") else {
+            panic!("a PEM that is not base64 was accepted")
+        };
+        assert_eq!(e.to_string(), "TLS setup: certificate chain PEM");
+        let io = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert!(io.is_some(), "{e:?}");
+    }
 }
