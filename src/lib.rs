@@ -19,7 +19,7 @@ pub use keyward_hsm as hsm;
 pub use keyward_keystore as keystore;
 #[cfg(feature = "auditor")]
 pub use keyward_measure as measure;
-pub use keyward_pki::tlspin;
+pub use keyward_pki as tlspin;
 pub use keyward_secret as secret;
 pub use keyward_secret::fdlimit;
 pub use keyward_xks as xks;
@@ -36,8 +36,9 @@ pub mod verify {
 pub mod release {
     pub use keyward_agent::client as agent;
     pub use keyward_agent::{anchor, source};
-    pub use keyward_krp::wrap as unwrap;
-    pub use keyward_krp::{cbor, headproto, messages, receipt, tls, transcript, wire};
+    pub use keyward_krp as unwrap;
+    pub use keyward_krp::{cbor, messages, transcript, wire};
+    pub use keyward_krp::{self as headproto, self as receipt, self as tls};
     pub use keyward_krs::service as krs;
     pub use keyward_krs::{
         cli, crl, crl_fetch, deployment, embedded, heads, limits, log, policy, session, softkeys,

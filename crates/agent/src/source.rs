@@ -270,13 +270,13 @@ mod tests {
         }
         assert!(r.delay(30, &transport) <= Duration::from_secs(2));
         let deny = AgentError::Denied {
-            code: keyward_krp::receipt::DenyCode::Measurement.number(),
+            code: keyward_krp::DenyCode::Measurement.number(),
             receipt_verified: true,
         };
         assert!(deny.is_policy_deny());
         assert_eq!(r.delay(0, &deny), Duration::from_secs(300));
         let replay = AgentError::Denied {
-            code: keyward_krp::receipt::DenyCode::SessionExpired.number(),
+            code: keyward_krp::DenyCode::SessionExpired.number(),
             receipt_verified: true,
         };
         assert!(!replay.is_policy_deny());

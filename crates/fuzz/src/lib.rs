@@ -177,12 +177,12 @@ pub fn krp_messages(data: &[u8]) {
             _ => None,
         };
         if let Some(bytes) = receipt {
-            let _ = keyward_krp::receipt::Receipt::decode(bytes);
+            let _ = keyward_krp::Receipt::decode(bytes);
         }
     }
     let _ = keyward_krp::cbor::from_slice::<Request>(data);
     let _ = keyward_krp::cbor::from_slice::<Response>(data);
-    let _ = keyward_krp::receipt::Receipt::decode(data);
+    let _ = keyward_krp::Receipt::decode(data);
 }
 
 mod xks_fixture;

@@ -26,7 +26,7 @@ use crate::log::ReleaseLog;
 use crate::policy;
 use crate::service::{Service, KEY_VERSION};
 use keyward_hsm::Hsm;
-use keyward_krp::receipt::spki_pin;
+use keyward_krp::spki_pin;
 
 /// Arguments of `keyward krs`.
 #[derive(ClapArgs, Debug)]
@@ -362,7 +362,7 @@ fn init(config: &Path) -> anyhow::Result<ExitCode> {
         bail!("the token lets CKA_VALUE of the master key be read; refusing to use it");
     }
     if !cfg.tls_cert().exists() {
-        let (cert, key, _) = keyward_krp::tls::generate_cert(cfg.tls_names.clone())?;
+        let (cert, key, _) = keyward_krp::generate_cert(cfg.tls_names.clone())?;
         write_private(&cfg.tls_key(), &key)?;
         std::fs::write(cfg.tls_cert(), cert)?;
     }
@@ -404,8 +404,8 @@ fn deployment_block(
         Some(u) => {
             let hsm = Hsm::open(&cfg.hsm)?;
             let sec1 = hsm.receipt_public_key()?;
-            let spki = keyward_krp::receipt::spki_from_sec1(&sec1)?;
-            let tls = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
+            let spki = keyward_krp::spki_from_sec1(&sec1)?;
+            let tls = keyward_pki::load_certs(&cfg.tls_cert())?;
             let first = tls
                 .first()
                 .context("no TLS certificate (run `keyward krs init`)")?;
@@ -444,7 +444,7 @@ fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
     let spki = pk.to_public_key_der()?.as_bytes().to_vec();
     let pem = pk.to_public_key_pem(LineEnding::LF)?;
     std::fs::write(cfg.receipt_pub(), &pem)?;
-    let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
+    let certs = keyward_pki::load_certs(&cfg.tls_cert())?;
     let first = certs.first().context("no TLS certificate")?;
     let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
     println!(
@@ -557,13 +557,13 @@ pub fn build_service(
     let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let log = ReleaseLog::open(&cfg.log_file())?;
-    let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
-    let key = keyward_krp::tls::load_key(&cfg.tls_key())?;
+    let certs = keyward_pki::load_certs(&cfg.tls_cert())?;
+    let key = keyward_pki::load_key(&cfg.tls_key())?;
     let first = certs
         .first()
         .context("no TLS certificate (run `keyward krs init`)")?;
     let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
-    let tls = keyward_krp::tls::server_config(certs, key)?;
+    let tls = keyward_krp::server_config(certs, key)?;
     let svc = Service::new(
         Box::new(hsm),
         log,

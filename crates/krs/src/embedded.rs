@@ -252,17 +252,17 @@ pub fn start_with_backend(
     let key = dir.join("tls.key");
     if !cert.exists() {
         let (c, k, _) =
-            keyward_krp::tls::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
+            keyward_krp::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
                 .map_err(setup("TLS certificate"))?;
         let _ = std::fs::remove_file(&key);
         write_0600(&key, k.as_bytes())?;
         std::fs::write(&cert, c).map_err(setup("tls.crt"))?;
     }
-    let certs = keyward_krp::tls::load_certs(&cert).map_err(setup("tls.crt"))?;
-    let tls_key = keyward_krp::tls::load_key(&key).map_err(setup("tls.key"))?;
+    let certs = keyward_pki::load_certs(&cert).map_err(setup("tls.crt"))?;
+    let tls_key = keyward_pki::load_key(&key).map_err(setup("tls.key"))?;
     let tls_pin = keyward_pki::spki_sha256(certs.first().ok_or(EmbeddedError::NoCertificate)?)
         .map_err(setup("TLS certificate"))?;
-    let tls = keyward_krp::tls::server_config(certs, tls_key).map_err(setup("TLS"))?;
+    let tls = keyward_krp::server_config(certs, tls_key).map_err(setup("TLS"))?;
 
     // Signed policy, by a demo admin key in the state dir.
     let admin_path = dir.join("policy-admin.pem");
@@ -292,7 +292,7 @@ pub fn start_with_backend(
     crate::policy::enforce_version(&dir.join("policy.version"), &policy)
         .map_err(setup("policy"))?;
 
-    let receipt_spki = keyward_krp::receipt::spki_from_sec1(
+    let receipt_spki = keyward_krp::spki_from_sec1(
         &backend.receipt_public_key().map_err(setup("receipt key"))?,
     )
     .map_err(setup("receipt key"))?;
