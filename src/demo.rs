@@ -126,7 +126,7 @@ fn master_key_source(
     };
     let source = keyward_appliance::release::release_source(
         &release,
-        &keyward_agent::source::product_release(),
+        &keyward_agent::product_release(),
     )?;
     Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }

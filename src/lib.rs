@@ -34,8 +34,7 @@ pub mod verify {
 /// KRP/1 and both of its ends, at the paths of the former `release` module.
 #[cfg(feature = "krs")]
 pub mod release {
-    pub use keyward_agent::client as agent;
-    pub use keyward_agent::{anchor, source};
+    pub use keyward_agent::{self as agent, self as anchor, self as source};
     pub use keyward_krp as unwrap;
     pub use keyward_krp::{cbor, messages, transcript, wire};
     pub use keyward_krp::{self as headproto, self as receipt, self as tls};

@@ -132,7 +132,7 @@ pub struct Client {
 }
 
 /// Strip an optional `krs://` prefix.
-pub fn host_port(url: &str) -> &str {
+pub(crate) fn host_port(url: &str) -> &str {
     url.strip_prefix("krs://")
         .unwrap_or(url)
         .trim_end_matches('/')
@@ -239,7 +239,7 @@ pub struct ParsedPins {
 }
 
 /// `krs_url` first, then `krs_fallback_urls`.
-pub fn krs_addresses(cfg: &AgentConfig) -> Vec<&str> {
+pub(crate) fn krs_addresses(cfg: &AgentConfig) -> Vec<&str> {
     std::iter::once(cfg.krs_url.as_str())
         .chain(cfg.krs_fallback_urls.iter().map(String::as_str))
         .collect()
@@ -270,7 +270,7 @@ pub fn parse_pins(cfg: &AgentConfig) -> Result<ParsedPins, AgentError> {
 }
 
 /// The platform string for Hello, from the attesters in use.
-pub fn platform_for(cfg: &AgentConfig, attesters: &[Box<dyn Attester>]) -> String {
+pub(crate) fn platform_for(cfg: &AgentConfig, attesters: &[Box<dyn Attester>]) -> String {
     if let Some(p) = &cfg.platform {
         return p.clone();
     }

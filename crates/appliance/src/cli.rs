@@ -78,7 +78,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let source: Box<dyn super::MasterKeySource> = match &config.master_key {
         MasterKeyConfig::File { path } => Box::new(super::FileMasterKey { path: path.clone() }),
         MasterKeyConfig::Release(r) => Box::new(
-            crate::release::release_source(r, &keyward_agent::source::product_release())
+            crate::release::release_source(r, &keyward_agent::product_release())
                 .context("[master_key.release]")?,
         ),
     };

@@ -368,7 +368,7 @@ impl Follower {
         );
         let got = source
             .obtain_more(&[needed])
-            .map_err(|e| keyward_agent::source::error_chain(&e));
+            .map_err(|e| keyward_agent::error_chain(&e));
         let learned = got.and_then(|keys| {
             self.registry
                 .learn_master_keys(keys)

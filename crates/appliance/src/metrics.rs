@@ -87,9 +87,9 @@ impl ApplianceMetrics {
             fig.seq_lag = i64::try_from(lag).unwrap_or(i64::MAX);
             fig
         });
-        let clock_skew_secs = match keyward_agent::time::clock().skew() {
-            keyward_agent::time::Skew::Unknown => None,
-            keyward_agent::time::Skew::Fine(d) | keyward_agent::time::Skew::Drift(d) => Some(d),
+        let clock_skew_secs = match keyward_agent::clock().skew() {
+            keyward_agent::Skew::Unknown => None,
+            keyward_agent::Skew::Fine(d) | keyward_agent::Skew::Drift(d) => Some(d),
         };
         let not_after = match &self.cert {
             CertExpiry::Managed(m) => m.not_after_unix(),

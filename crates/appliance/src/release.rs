@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_agent::client::Agent;
-use keyward_agent::source::{ReleaseSource, Retry, StatusFn};
+use keyward_agent::Agent;
+use keyward_agent::{ReleaseSource, Retry, StatusFn};
 use keyward_keystore::MasterKeyError;
 
 /// Build from `[master_key.release]`: attesters by name, retry schedule, and a status hook

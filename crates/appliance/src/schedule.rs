@@ -17,7 +17,7 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Trusted time (the KRS's signed time carried forward), or the wall clock without a KRS: a
 /// host that moves the wall clock cannot rotate or destroy a key early.
 fn now_unix() -> u64 {
-    keyward_agent::time::clock().now_or_wall()
+    keyward_agent::clock().now_or_wall()
 }
 
 /// Rotate what is due now; returns how many keys this call rotated. Blocking.
