@@ -116,7 +116,7 @@ fn master_key_source(
         "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
         krs.addr, krs.backend
     );
-    let release = keyward_config::release::ReleaseConfig {
+    let release = keyward_config::ReleaseConfig {
         agent: krs.agent.clone(),
         tpm_tcti: None,
         retry_initial_ms: 500,

@@ -382,7 +382,7 @@ fn write_member_files(
     m: &Member,
     region: &str,
     postgres_url: &str,
-    agent: &keyward_config::release::AgentConfig,
+    agent: &keyward_config::AgentConfig,
 ) -> anyhow::Result<()> {
     let p = |name: &str| toml_str(&paths.p(name).display().to_string());
     let config = format!(

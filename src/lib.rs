@@ -45,7 +45,7 @@ pub mod release {
 
     /// The KRS configuration, and the agent's settings (now in `keyward_config::release`).
     pub mod config {
-        pub use keyward_config::release::{parse_pin, AgentConfig};
+        pub use keyward_config::{parse_pin, AgentConfig};
         pub use keyward_krs::config::*;
     }
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha384};
 use subtle::ConstantTimeEq;
 
 use keyward_attest::Attester;
-use keyward_config::release::{parse_pin, AgentConfig, PinError};
+use keyward_config::{parse_pin, AgentConfig, PinError};
 use keyward_evidence::EvidenceBundle;
 use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{

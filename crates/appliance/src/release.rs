@@ -13,7 +13,7 @@ use keyward_keystore::MasterKeyError;
 /// Build from `[master_key.release]`: attesters by name, retry schedule, and a status hook
 /// that logs `phase=release` lines and sends sd_notify `STATUS=` for each attempt.
 pub fn release_source(
-    cfg: &keyward_config::release::ReleaseConfig,
+    cfg: &keyward_config::ReleaseConfig,
     product_release: &str,
 ) -> Result<ReleaseSource, MasterKeyError> {
     let attesters = build_attesters(cfg)?;
@@ -40,7 +40,7 @@ pub fn release_source(
 
 /// The attesters named in the configuration, in order.
 pub fn build_attesters(
-    cfg: &keyward_config::release::ReleaseConfig,
+    cfg: &keyward_config::ReleaseConfig,
 ) -> Result<Vec<Box<dyn keyward_attest::Attester>>, MasterKeyError> {
     use keyward_attest::{nitrotpm, tpm};
     let mut out: Vec<Box<dyn keyward_attest::Attester>> = Vec::new();

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::WrapChoice;
 use crate::log::ReleaseLog;
 use crate::service::Service;
-use keyward_config::release::AgentConfig;
+use keyward_config::AgentConfig;
 use keyward_hsm::{Hsm, HsmConfig, KeyBackend, PinSource};
 
 /// Errors starting the embedded KRS.
