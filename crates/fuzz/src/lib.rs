@@ -76,7 +76,7 @@ pub fn snp_report(data: &[u8]) {
         Some((r, c)) => (*r, c),
         None => return,
     };
-    if let Ok(r) = keyward_verify::snp::report::Report::parse(report) {
+    if let Ok(r) = keyward_verify::snp::Report::parse(report) {
         let _ = format!("{r:?}");
     }
     let certs: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
@@ -92,8 +92,8 @@ pub fn snp_report(data: &[u8]) {
 
 /// AMD certificates and CRLs: the DER parsers the SNP chain check and `krs crl` use.
 pub fn snp_certs(data: &[u8]) {
-    let _ = keyward_verify::snp::cert::Cert::from_der(data);
-    let _ = keyward_verify::snp::cert::Crl::from_der(data);
+    let _ = keyward_verify::snp::Cert::from_der(data);
+    let _ = keyward_verify::snp::Crl::from_der(data);
 }
 
 /// TPM 2.0 wire structures: a TPMT_PUBLIC (the AK), a TPMT_SIGNATURE, a TPMS_ATTEST (quote)

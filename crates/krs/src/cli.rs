@@ -500,7 +500,7 @@ pub fn policy_warnings(cfg: &KrsConfig, p: &keyward_verify::Policy) -> Vec<Strin
     }
     let snp = p
         .required_evidence
-        .contains(&keyward_verify::policy::EvidenceKind::Snp);
+        .contains(&keyward_verify::EvidenceKind::Snp);
     if snp && cfg.crl_files.is_empty() {
         if p.snp.crl.required {
             out.push(
@@ -532,7 +532,7 @@ fn covers_pcr15(p: &keyward_verify::Policy) -> bool {
                     .any(|e| e.get("pcr").and_then(|n| n.as_u64()) == Some(15))
             })
     };
-    use keyward_verify::policy::EvidenceKind;
+    use keyward_verify::EvidenceKind;
     (p.required_evidence.contains(&EvidenceKind::Tpm)
         && (has15(&p.tpm, "allowed") || has15(&p.tpm, "userspace")))
         || (p.required_evidence.contains(&EvidenceKind::Nitro) && has15(&p.nitro, "pcrs"))
@@ -654,8 +654,8 @@ fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
                     "{}",
                     serde_json::json!({"fetched": f.url, "issuer": f.facts.issuer_cn,
                         "signed_by": f.facts.root,
-                        "this_update": keyward_verify::snp::cert::fmt_time(f.facts.this_update),
-                        "next_update": f.facts.next_update.map(keyward_verify::snp::cert::fmt_time),
+                        "this_update": keyward_verify::snp::fmt_time(f.facts.this_update),
+                        "next_update": f.facts.next_update.map(keyward_verify::snp::fmt_time),
                         "revoked": f.facts.revoked, "file": out})
                 );
             }

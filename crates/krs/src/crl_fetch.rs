@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::cert::split_crl_input;
-use keyward_verify::snp::revocation::{check_crl_signature, CrlFacts};
+use keyward_verify::{Product, SignerKind};
+use keyward_verify::snp::split_crl_input;
+use keyward_verify::snp::{check_crl_signature, CrlFacts};
 use keyward_verify::Policy;
 
 /// AMD's Key Distribution Service.
@@ -153,7 +153,7 @@ pub fn fetch(
                         url,
                         format!(
                             "already past its nextUpdate {}",
-                            keyward_verify::snp::cert::fmt_time(nu)
+                            keyward_verify::snp::fmt_time(nu)
                         ),
                     ))
                 }
@@ -170,8 +170,8 @@ pub fn fetch(
                             format!(
                                 "thisUpdate {} is older than the installed copy's {} (a replayed \
                                  CRL could hide a revocation)",
-                                keyward_verify::snp::cert::fmt_time(facts.this_update),
-                                keyward_verify::snp::cert::fmt_time(of.this_update)
+                                keyward_verify::snp::fmt_time(facts.this_update),
+                                keyward_verify::snp::fmt_time(of.this_update)
                             ),
                         ));
                     }

@@ -166,7 +166,7 @@ fn softhsm_backend(dir: &Path, module: PathBuf) -> Result<Hsm, EmbeddedError> {
 fn demo_policy(measurements: &[[u8; 48]]) -> String {
     let list: Vec<String> = measurements.iter().map(hex::encode).collect();
     let mut out = String::new();
-    for line in keyward_verify::policy::DEFAULT_POLICY_TOML.lines() {
+    for line in keyward_verify::DEFAULT_POLICY_TOML.lines() {
         if line.starts_with("policy_version") {
             out.push_str("policy_version = 1\n");
         } else if line.starts_with("name") {

@@ -46,7 +46,7 @@ use keyward_krp::{receipt_digest, spki_pin, DenyCode, Receipt};
 use keyward_krp::transcript;
 use keyward_krp::wire;
 use keyward_krp::{hpke_aad, seal_hpke};
-use keyward_verify::verdict::Verdict;
+use keyward_verify::Verdict;
 
 pub use keyward_krp::KEY_VERSION;
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::report::Tcb;
+use keyward_verify::{Product, SignerKind};
+use keyward_verify::snp::Tcb;
 use keyward_verify::testsign::{
     test_root_policy_toml, CrlSpec, ReportBuilder, SimulatedPlatform, TestCa, VekSpec,
 };
