@@ -108,7 +108,7 @@ fn master_key_source(
     let admin_ca = demo_admin_ca_sha256(paths)?;
     let krs = keyward_krs::embedded::start_for(
         &paths.p("krs"),
-        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        &[keyward_attest::DEMO_MEASUREMENT],
         keyward_krs::embedded::Backend::Auto,
         &admin_ca,
     )?;
@@ -423,7 +423,7 @@ async fn start_live_attestation(
     args: &Args,
     paths: &Paths,
 ) -> anyhow::Result<(String, PathBuf, tokio::sync::oneshot::Sender<()>)> {
-    use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+    use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
     let spki = keyward_attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
         .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
     let policy_file = write_attestation_policy(paths)?;
@@ -445,7 +445,7 @@ async fn start_live_attestation(
 
 /// The verifier policy for the demo's simulated attestation, in `STATE/attestation-policy.toml`.
 pub(crate) fn write_attestation_policy(paths: &Paths) -> anyhow::Result<PathBuf> {
-    use keyward_attest::simulated::DEMO_MEASUREMENT;
+    use keyward_attest::DEMO_MEASUREMENT;
     let policy_file = paths.p("attestation-policy.toml");
     let policy = format!(
         "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\

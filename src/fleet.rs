@@ -120,7 +120,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<ExitCode> {
 
     let krs = keyward_krs::embedded::start_for(
         &paths.p("krs"),
-        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        &[keyward_attest::DEMO_MEASUREMENT],
         keyward_krs::embedded::Backend::Auto,
         &admin_ca,
     )?;

@@ -68,7 +68,7 @@ pub fn load_for_serve(path: &std::path::Path) -> anyhow::Result<Config> {
 fn live_attesters(config: &Config) -> anyhow::Result<Vec<Box<dyn keyward_attest::Attester>>> {
     Ok(match &config.master_key {
         MasterKeyConfig::Release(r) => crate::release::build_attesters(r)?,
-        MasterKeyConfig::File { .. } => vec![Box::new(keyward_attest::snp::SnpAttester::default())],
+        MasterKeyConfig::File { .. } => vec![Box::new(keyward_attest::SnpAttester::default())],
     })
 }
 
