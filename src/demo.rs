@@ -124,7 +124,7 @@ fn master_key_source(
         policy_deny_retry_secs: 5,
         max_attempts: 5,
     };
-    let source = keyward_appliance::release::release_source(
+    let source = keyward_appliance::release_source(
         &release,
         &keyward_agent::product_release(),
     )?;
@@ -324,7 +324,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let running =
-            keyward_appliance::boot(&config, source, keyward_appliance::notify::Notifier::from_env()).await?;
+            keyward_appliance::boot(&config, source, keyward_appliance::Notifier::from_env()).await?;
         let registry = running.registry.clone();
         tokio::task::spawn_blocking(move || seed(&registry)).await??;
 

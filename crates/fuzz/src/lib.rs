@@ -317,5 +317,5 @@ pub fn tls_chain(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = keyward_appliance::tls::check_chain(text, xks_fixture::tls_spki(), 1_735_689_600);
+    let _ = keyward_appliance::check_chain(text, xks_fixture::tls_spki(), 1_735_689_600);
 }
