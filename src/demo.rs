@@ -124,10 +124,7 @@ fn master_key_source(
         policy_deny_retry_secs: 5,
         max_attempts: 5,
     };
-    let source = keyward_appliance::release_source(
-        &release,
-        &keyward_agent::product_release(),
-    )?;
+    let source = keyward_appliance::release_source(&release, &keyward_agent::product_release())?;
     Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }
 

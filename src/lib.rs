@@ -36,8 +36,8 @@ pub mod verify {
 pub mod release {
     pub use keyward_agent::{self as agent, self as anchor, self as source};
     pub use keyward_krp as unwrap;
-    pub use keyward_krp::{cbor, messages, transcript, wire};
     pub use keyward_krp::{self as headproto, self as receipt, self as tls};
+    pub use keyward_krp::{cbor, messages, transcript, wire};
     pub use keyward_krs::service as krs;
     pub use keyward_krs::{
         cli, crl, crl_fetch, deployment, embedded, heads, limits, log, policy, session, softkeys,

@@ -178,8 +178,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         expect.crls.extend(ders);
     }
     if let Some(h) = &args.report_data {
-        let b = keyward_verify::check_hex(h, 64)
-            .map_err(|e| anyhow::anyhow!("--report-data: {e}"))?;
+        let b =
+            keyward_verify::check_hex(h, 64).map_err(|e| anyhow::anyhow!("--report-data: {e}"))?;
         let mut rd = [0u8; 64];
         rd.copy_from_slice(&b);
         expect.report_data = Some(rd);

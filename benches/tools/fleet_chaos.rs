@@ -636,10 +636,8 @@ async fn fill_store(fleet: &Fleet, n: usize) -> anyhow::Result<()> {
     let keyward::config::MasterKeyConfig::Release(release) = &config.master_key else {
         bail!("member 1 does not use key release");
     };
-    let source = keyward::appliance::release_source(
-        release,
-        &keyward::release::source::product_release(),
-    )?;
+    let source =
+        keyward::appliance::release_source(release, &keyward::release::source::product_release())?;
     let notifier = keyward::appliance::Notifier::from_env();
     let opened = keyward::appliance::open_storage(&config.storage, &notifier).await?;
     let backend = opened.backend;

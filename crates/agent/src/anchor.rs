@@ -14,8 +14,8 @@ use subtle::ConstantTimeEq;
 
 use crate::client::Client;
 use keyward_keystore::{AnchorError, HeadAnchor};
-use keyward_krp::BootKey;
 use keyward_krp::messages::{HeadAck, Request, Response, StoreHead};
+use keyward_krp::BootKey;
 use keyward_krp::{verify_receipt, DenyCode};
 
 /// Store heads recorded at the KRS, through this boot's registered key.

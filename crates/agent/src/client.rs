@@ -20,11 +20,11 @@ use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{
     Challenge, Deny, Evidence, Hello, Pins, Release, Request, Response, WrapMode, VERSION,
 };
-use keyward_krp::{spki_pin, verify_receipt, DenyCode, Receipt};
 use keyward_krp::transcript;
 use keyward_krp::wire;
-use keyward_krp::{hpke_aad, EphemeralKey};
 use keyward_krp::KEY_VERSION;
+use keyward_krp::{hpke_aad, EphemeralKey};
+use keyward_krp::{spki_pin, verify_receipt, DenyCode, Receipt};
 use keyward_secret::Key32;
 
 /// Why a release attempt failed.
@@ -166,8 +166,8 @@ impl Client {
                 source,
             }
         })?;
-        let cfg = keyward_krp::pinned_client_config(tls_pin)
-            .map_err(|e| AgentError::Tls(Box::new(e)))?;
+        let cfg =
+            keyward_krp::pinned_client_config(tls_pin).map_err(|e| AgentError::Tls(Box::new(e)))?;
         let conn =
             rustls::ClientConnection::new(cfg, name).map_err(|e| AgentError::Tls(Box::new(e)))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
@@ -454,10 +454,7 @@ pub fn accept_release(
     crate::time::clock().observe(r.time);
     if !r.boot_key_id.is_empty()
         && (sent.boot_key.is_empty()
-            || !eq(
-                &r.boot_key_id,
-                &keyward_krp::boot_key_id(&sent.boot_key),
-            ))
+            || !eq(&r.boot_key_id, &keyward_krp::boot_key_id(&sent.boot_key)))
     {
         return Err(bad("receipt registers another boot key"));
     }

@@ -60,10 +60,8 @@ pub fn build_attesters(
             // Named explicitly only (config check warns): proves nothing, for tests and demo.
             #[cfg(feature = "simulated")]
             "simulated-snp" => out.push(Box::new(
-                keyward_attest::SimulatedSnpAttester::new(
-                    keyward_attest::DEMO_MEASUREMENT,
-                )
-                .map_err(|e| MasterKeyError::Release(Box::new(e)))?,
+                keyward_attest::SimulatedSnpAttester::new(keyward_attest::DEMO_MEASUREMENT)
+                    .map_err(|e| MasterKeyError::Release(Box::new(e)))?,
             )),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();

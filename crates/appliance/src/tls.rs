@@ -219,7 +219,10 @@ impl ManagedTls {
     /// Load the identity from the key store, or generate and store it (sealed) on first start;
     /// serve the installed chain, or a self-signed certificate for `names` until there is one.
     /// Call after the key store is unsealed; does blocking I/O on first start.
-    pub(crate) fn open(registry: Arc<Registry>, names: &[String]) -> Result<ManagedTls, TlsIdError> {
+    pub(crate) fn open(
+        registry: Arc<Registry>,
+        names: &[String],
+    ) -> Result<ManagedTls, TlsIdError> {
         let material = match registry.tls_material() {
             Some(m) => m,
             None => {
@@ -545,7 +548,10 @@ pub(crate) const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::
 
 /// Check the served certificate's expiry now and then every [`EXPIRY_CHECK_EVERY`] until
 /// `stop` changes ([`ManagedTls::check_expiry`] logs it).
-pub(crate) async fn expiry_loop(tls: Arc<ManagedTls>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn expiry_loop(
+    tls: Arc<ManagedTls>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tls.check_expiry();
         tokio::select! {

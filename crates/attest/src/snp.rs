@@ -238,7 +238,10 @@ pub fn tsm_report(
 }
 
 /// /dev/sev-guest through the `sev` crate.
-pub(crate) fn sev_guest_report(report_data: &[u8; 64], vmpl: u32) -> Result<SnpEvidence, AttestError> {
+pub(crate) fn sev_guest_report(
+    report_data: &[u8; 64],
+    vmpl: u32,
+) -> Result<SnpEvidence, AttestError> {
     use sev::firmware::guest::Firmware;
     let mut fw = Firmware::open().map_err(|e| AttestError::unavailable("/dev/sev-guest", e))?;
     let (report, certs) = fw

@@ -28,8 +28,7 @@ mod wrap;
 
 // The store-head exchange: the per-boot signing key and the digests it signs.
 pub use headproto::{
-    boot_key_id, query_digest, update_digest, verify as verify_boot_signature, well_formed,
-    BootKey,
+    boot_key_id, query_digest, update_digest, verify as verify_boot_signature, well_formed, BootKey,
 };
 // Signed receipts and the deny codes they carry.
 pub use receipt::{

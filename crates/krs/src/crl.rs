@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use keyward_verify::snp::{fmt_time, split_crl_input, Crl};
 use keyward_verify::snp::check_crl_signature;
+use keyward_verify::snp::{fmt_time, split_crl_input, Crl};
 use keyward_verify::Policy;
 
 /// Errors loading CRL files.

@@ -16,10 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 
-use keyward_verify::{Product, SignerKind};
 use keyward_verify::snp::split_crl_input;
 use keyward_verify::snp::{check_crl_signature, CrlFacts};
 use keyward_verify::Policy;
+use keyward_verify::{Product, SignerKind};
 
 /// AMD's Key Distribution Service.
 pub const AMD_KDS: &str = "https://kdsintf.amd.com";

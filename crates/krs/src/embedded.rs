@@ -251,9 +251,8 @@ pub fn start_with_backend(
     let cert = dir.join("tls.crt");
     let key = dir.join("tls.key");
     if !cert.exists() {
-        let (c, k, _) =
-            keyward_krp::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
-                .map_err(setup("TLS certificate"))?;
+        let (c, k, _) = keyward_krp::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(setup("TLS certificate"))?;
         let _ = std::fs::remove_file(&key);
         write_0600(&key, k.as_bytes())?;
         std::fs::write(&cert, c).map_err(setup("tls.crt"))?;
@@ -292,10 +291,9 @@ pub fn start_with_backend(
     crate::policy::enforce_version(&dir.join("policy.version"), &policy)
         .map_err(setup("policy"))?;
 
-    let receipt_spki = keyward_krp::spki_from_sec1(
-        &backend.receipt_public_key().map_err(setup("receipt key"))?,
-    )
-    .map_err(setup("receipt key"))?;
+    let receipt_spki =
+        keyward_krp::spki_from_sec1(&backend.receipt_public_key().map_err(setup("receipt key"))?)
+            .map_err(setup("receipt key"))?;
     let log_path = dir.join("release.log");
     let log = ReleaseLog::open(&log_path).map_err(setup("release log"))?;
     let heads = crate::heads::HeadBook::open(&dir.join("heads.json")).map_err(setup("heads"))?;

@@ -42,10 +42,10 @@ use keyward_krp::messages::{
     Challenge, Deny, Evidence, HeadAck, HeadQuery, HeadUpdate, Hello, Release, Request, Response,
     WrapMode, VERSION,
 };
-use keyward_krp::{receipt_digest, spki_pin, DenyCode, Receipt};
 use keyward_krp::transcript;
 use keyward_krp::wire;
 use keyward_krp::{hpke_aad, seal_hpke};
+use keyward_krp::{receipt_digest, spki_pin, DenyCode, Receipt};
 use keyward_verify::Verdict;
 
 pub use keyward_krp::KEY_VERSION;

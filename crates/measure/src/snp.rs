@@ -39,7 +39,10 @@ pub(crate) struct SnpLaunch {
 }
 
 /// The 48-byte launch digest (MEASUREMENT) for one configuration, as lower-case hex.
-pub(crate) fn ec2_launch_digest(ovmf: &Path, launch: &SnpLaunch) -> Result<String, SnpMeasureError> {
+pub(crate) fn ec2_launch_digest(
+    ovmf: &Path,
+    launch: &SnpLaunch,
+) -> Result<String, SnpMeasureError> {
     let args = SnpMeasurementArgs {
         vcpus: launch.vcpus,
         vcpu_type: launch.vcpu_type,
