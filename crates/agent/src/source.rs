@@ -1,6 +1,6 @@
 //! The `release` master-key source: the boot agent wrapped in a retry loop, for
 //! `[master_key] source = "release"` in `keyward serve` and for `keyward demo` (built from the
-//! configuration by `keyward_appliance::release`).
+//! configuration by `keyward_appliance::release_source`).
 
 use std::sync::Arc;
 use std::time::Duration;
