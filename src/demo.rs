@@ -108,7 +108,7 @@ fn master_key_source(
     let admin_ca = demo_admin_ca_sha256(paths)?;
     let krs = keyward_krs::embedded::start_for(
         &paths.p("krs"),
-        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        &[keyward_attest::DEMO_MEASUREMENT],
         keyward_krs::embedded::Backend::Auto,
         &admin_ca,
     )?;
@@ -116,7 +116,7 @@ fn master_key_source(
         "keyward demo: embedded key-release service on {} ({}), simulated SNP attestation",
         krs.addr, krs.backend
     );
-    let release = keyward_config::release::ReleaseConfig {
+    let release = keyward_config::ReleaseConfig {
         agent: krs.agent.clone(),
         tpm_tcti: None,
         retry_initial_ms: 500,
@@ -124,10 +124,7 @@ fn master_key_source(
         policy_deny_retry_secs: 5,
         max_attempts: 5,
     };
-    let source = keyward_appliance::release::release_source(
-        &release,
-        &keyward_agent::source::product_release(),
-    )?;
+    let source = keyward_appliance::release_source(&release, &keyward_agent::product_release())?;
     Ok((Box::new(source), MasterKeyConfig::Release(release), true))
 }
 
@@ -324,7 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let running =
-            keyward_appliance::boot(&config, source, keyward_appliance::notify::Notifier::from_env()).await?;
+            keyward_appliance::boot(&config, source, keyward_appliance::Notifier::from_env()).await?;
         let registry = running.registry.clone();
         tokio::task::spawn_blocking(move || seed(&registry)).await??;
 
@@ -423,7 +420,7 @@ async fn start_live_attestation(
     args: &Args,
     paths: &Paths,
 ) -> anyhow::Result<(String, PathBuf, tokio::sync::oneshot::Sender<()>)> {
-    use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+    use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
     let spki = keyward_attest::live::spki_sha256_of_pem_file(&paths.p("server.pem"))
         .map_err(|e| anyhow::anyhow!("XKS certificate: {e}"))?;
     let policy_file = write_attestation_policy(paths)?;
@@ -445,7 +442,7 @@ async fn start_live_attestation(
 
 /// The verifier policy for the demo's simulated attestation, in `STATE/attestation-policy.toml`.
 pub(crate) fn write_attestation_policy(paths: &Paths) -> anyhow::Result<PathBuf> {
-    use keyward_attest::simulated::DEMO_MEASUREMENT;
+    use keyward_attest::DEMO_MEASUREMENT;
     let policy_file = paths.p("attestation-policy.toml");
     let policy = format!(
         "# keyward demo: trusts the simulated SEV-SNP TEST root only (never AMD's, never in\n\

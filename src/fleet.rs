@@ -120,7 +120,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<ExitCode> {
 
     let krs = keyward_krs::embedded::start_for(
         &paths.p("krs"),
-        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        &[keyward_attest::DEMO_MEASUREMENT],
         keyward_krs::embedded::Backend::Auto,
         &admin_ca,
     )?;
@@ -382,7 +382,7 @@ fn write_member_files(
     m: &Member,
     region: &str,
     postgres_url: &str,
-    agent: &keyward_config::release::AgentConfig,
+    agent: &keyward_config::AgentConfig,
 ) -> anyhow::Result<()> {
     let p = |name: &str| toml_str(&paths.p(name).display().to_string());
     let config = format!(

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 
 use keyward_evidence::{EvidenceBundle, SnpEvidence};
-use keyward_verify::snp::cert::{split_cert_input, split_crl_input};
+use keyward_verify::snp::{split_cert_input, split_crl_input};
 use keyward_verify::{verify_bundle, Expectations, Policy};
 
 const LONG_ABOUT: &str = "\
@@ -178,8 +178,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         expect.crls.extend(ders);
     }
     if let Some(h) = &args.report_data {
-        let b = keyward_verify::policy::check_hex(h, 64)
-            .map_err(|e| anyhow::anyhow!("--report-data: {e}"))?;
+        let b =
+            keyward_verify::check_hex(h, 64).map_err(|e| anyhow::anyhow!("--report-data: {e}"))?;
         let mut rd = [0u8; 64];
         rd.copy_from_slice(&b);
         expect.report_data = Some(rd);
@@ -348,13 +348,13 @@ fn pin_reference_values(
     platform: &str,
 ) -> anyhow::Result<()> {
     use keyward_verify::refvalues::ReferenceValues;
-    use keyward_verify::signed;
+    use keyward_verify::{parse_public_key, verify_detached};
     use sha2::Digest;
     let bytes = read(path)?;
     if let Some(key_path) = key {
         let key_text = String::from_utf8(read(key_path)?)
             .map_err(|_| anyhow::anyhow!("--signature-key {}: not text", key_path.display()))?;
-        let pk = signed::parse_public_key(&key_text)
+        let pk = parse_public_key(&key_text)
             .map_err(|e| anyhow::anyhow!("--signature-key {}: {e}", key_path.display()))?;
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".minisig");
@@ -368,7 +368,7 @@ fn pin_reference_values(
         })?;
         let sig = String::from_utf8(sig)
             .map_err(|_| anyhow::anyhow!("signature {}: not text", sig_path.display()))?;
-        let comment = signed::verify_detached(&pk, &bytes, &sig).map_err(|e| {
+        let comment = verify_detached(&pk, &bytes, &sig).map_err(|e| {
             anyhow::anyhow!(
                 "--reference-values {}: signature {}: {e}",
                 path.display(),

@@ -636,12 +636,9 @@ async fn fill_store(fleet: &Fleet, n: usize) -> anyhow::Result<()> {
     let keyward_config::MasterKeyConfig::Release(release) = &config.master_key else {
         bail!("member 1 does not use key release");
     };
-    let source = keyward_appliance::release::release_source(
-        release,
-        &keyward_agent::source::product_release(),
-    )?;
-    let notifier = keyward_appliance::notify::Notifier::from_env();
-    let opened = keyward_appliance::storage::open(&config.storage, &notifier).await?;
+    let source = keyward_appliance::release_source(release, &keyward_agent::product_release())?;
+    let notifier = keyward_appliance::Notifier::from_env();
+    let opened = keyward_appliance::open_storage(&config.storage, &notifier).await?;
     let backend = opened.backend;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         use keyward_keystore::MasterKeySource;

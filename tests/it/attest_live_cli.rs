@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use keyward_attest::live::{serve, spki_sha256_of_cert};
-use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_attest::Attester;
+use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_verify::testsign::test_root_policy_toml;
 
 async fn tls_endpoint(cert_der: Vec<u8>, key_der: Vec<u8>) -> u16 {

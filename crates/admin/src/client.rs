@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 
 use super::proto::{Request, Response, FILE_PATH, PATH};
 use super::tls::ServerTrust;
-use keyward_config::reader::{Problems, Section};
+use keyward_config::{Problems, Section};
 
 /// Errors talking to the admin API.
 #[derive(Debug, thiserror::Error)]

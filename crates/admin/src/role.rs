@@ -28,7 +28,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::proto::Request;
 
-pub use keyward_config::role::{Role, ROLE_URI_PREFIX};
+pub use keyward_config::{Role, ROLE_URI_PREFIX};
 
 /// A set of roles (what a certificate's claims add up to). `admin` is kept as operator and
 /// security.

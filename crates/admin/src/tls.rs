@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 
-pub use keyward_pki::tlspin::SpkiPinVerifier;
+pub use keyward_pki::SpkiPinVerifier;
 use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -191,7 +191,7 @@ pub fn client_config_with(
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo, or `None` if it does not parse.
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    keyward_pki::tlspin::spki_sha256(cert.as_ref()).ok()
+    keyward_pki::spki_sha256(cert.as_ref()).ok()
 }
 
 /// Parse a 64-hex-digit SHA-256 (case-insensitive, `:` separators allowed).

@@ -14,9 +14,9 @@ use subtle::ConstantTimeEq;
 
 use crate::client::Client;
 use keyward_keystore::{AnchorError, HeadAnchor};
-use keyward_krp::headproto::BootKey;
 use keyward_krp::messages::{HeadAck, Request, Response, StoreHead};
-use keyward_krp::receipt::{verify_receipt, DenyCode};
+use keyward_krp::BootKey;
+use keyward_krp::{verify_receipt, DenyCode};
 
 /// Store heads recorded at the KRS, through this boot's registered key.
 pub struct KrsAnchor {

@@ -14,17 +14,17 @@ use sha2::{Digest, Sha384};
 use subtle::ConstantTimeEq;
 
 use keyward_attest::Attester;
-use keyward_config::release::{parse_pin, AgentConfig, PinError};
+use keyward_config::{parse_pin, AgentConfig, PinError};
 use keyward_evidence::EvidenceBundle;
 use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{
     Challenge, Deny, Evidence, Hello, Pins, Release, Request, Response, WrapMode, VERSION,
 };
-use keyward_krp::receipt::{spki_pin, verify_receipt, DenyCode, Receipt};
 use keyward_krp::transcript;
 use keyward_krp::wire;
-use keyward_krp::wrap::{hpke_aad, EphemeralKey};
 use keyward_krp::KEY_VERSION;
+use keyward_krp::{hpke_aad, EphemeralKey};
+use keyward_krp::{spki_pin, verify_receipt, DenyCode, Receipt};
 use keyward_secret::Key32;
 
 /// Why a release attempt failed.
@@ -71,7 +71,7 @@ pub enum AgentError {
         source: keyward_attest::AttestError,
     },
     #[error("unwrap")]
-    Unwrap(#[from] keyward_krp::wrap::UnwrapError),
+    Unwrap(#[from] keyward_krp::UnwrapError),
     #[error("secret memory")]
     Secret(#[from] keyward_secret::SecretError),
 }
@@ -81,7 +81,7 @@ pub enum AgentError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptProblem {
     #[error("{0}")]
-    Invalid(#[source] keyward_krp::receipt::ReceiptError),
+    Invalid(#[source] keyward_krp::ReceiptError),
     #[error("{0}")]
     Mismatch(&'static str),
 }
@@ -114,7 +114,7 @@ pub struct Released {
     pub receipt_spki: Vec<u8>,
     /// The per-boot key the KRS registered (its id is in the receipt): it signs head updates.
     /// `None` when the KRS did not register one (it keeps no store heads).
-    pub boot_key: Option<std::sync::Arc<keyward_krp::headproto::BootKey>>,
+    pub boot_key: Option<std::sync::Arc<keyward_krp::BootKey>>,
 }
 
 impl std::fmt::Debug for Released {
@@ -132,7 +132,7 @@ pub struct Client {
 }
 
 /// Strip an optional `krs://` prefix.
-pub fn host_port(url: &str) -> &str {
+pub(crate) fn host_port(url: &str) -> &str {
     url.strip_prefix("krs://")
         .unwrap_or(url)
         .trim_end_matches('/')
@@ -166,8 +166,8 @@ impl Client {
                 source,
             }
         })?;
-        let cfg = keyward_krp::tls::pinned_client_config(tls_pin)
-            .map_err(|e| AgentError::Tls(Box::new(e)))?;
+        let cfg =
+            keyward_krp::pinned_client_config(tls_pin).map_err(|e| AgentError::Tls(Box::new(e)))?;
         let conn =
             rustls::ClientConnection::new(cfg, name).map_err(|e| AgentError::Tls(Box::new(e)))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
@@ -239,7 +239,7 @@ pub struct ParsedPins {
 }
 
 /// `krs_url` first, then `krs_fallback_urls`.
-pub fn krs_addresses(cfg: &AgentConfig) -> Vec<&str> {
+pub(crate) fn krs_addresses(cfg: &AgentConfig) -> Vec<&str> {
     std::iter::once(cfg.krs_url.as_str())
         .chain(cfg.krs_fallback_urls.iter().map(String::as_str))
         .collect()
@@ -270,7 +270,7 @@ pub fn parse_pins(cfg: &AgentConfig) -> Result<ParsedPins, AgentError> {
 }
 
 /// The platform string for Hello, from the attesters in use.
-pub fn platform_for(cfg: &AgentConfig, attesters: &[Box<dyn Attester>]) -> String {
+pub(crate) fn platform_for(cfg: &AgentConfig, attesters: &[Box<dyn Attester>]) -> String {
     if let Some(p) = &cfg.platform {
         return p.clone();
     }
@@ -333,7 +333,7 @@ impl Agent {
 
         let esk = EphemeralKey::generate();
         let epk = esk.public_sec1();
-        let boot_key = keyward_krp::headproto::BootKey::generate();
+        let boot_key = keyward_krp::BootKey::generate();
         let boot_pub: &[u8] = if register_boot_key {
             boot_key.public_sec1()
         } else {
@@ -454,10 +454,7 @@ pub fn accept_release(
     crate::time::clock().observe(r.time);
     if !r.boot_key_id.is_empty()
         && (sent.boot_key.is_empty()
-            || !eq(
-                &r.boot_key_id,
-                &keyward_krp::headproto::boot_key_id(&sent.boot_key),
-            ))
+            || !eq(&r.boot_key_id, &keyward_krp::boot_key_id(&sent.boot_key)))
     {
         return Err(bad("receipt registers another boot key"));
     }

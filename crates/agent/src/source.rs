@@ -1,6 +1,6 @@
 //! The `release` master-key source: the boot agent wrapped in a retry loop, for
 //! `[master_key] source = "release"` in `keyward serve` and for `keyward demo` (built from the
-//! configuration by `keyward_appliance::release`).
+//! configuration by `keyward_appliance::release_source`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,13 +270,13 @@ mod tests {
         }
         assert!(r.delay(30, &transport) <= Duration::from_secs(2));
         let deny = AgentError::Denied {
-            code: keyward_krp::receipt::DenyCode::Measurement.number(),
+            code: keyward_krp::DenyCode::Measurement.number(),
             receipt_verified: true,
         };
         assert!(deny.is_policy_deny());
         assert_eq!(r.delay(0, &deny), Duration::from_secs(300));
         let replay = AgentError::Denied {
-            code: keyward_krp::receipt::DenyCode::SessionExpired.number(),
+            code: keyward_krp::DenyCode::SessionExpired.number(),
             receipt_verified: true,
         };
         assert!(!replay.is_policy_deny());

@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// How far the wall clock may be from the KRS's before it counts as drift (and, behind it,
 /// refuses the boot).
-pub const TOLERANCE_SECS: u64 = 60;
+pub(crate) const TOLERANCE_SECS: u64 = 60;
 
 /// The latest KRS time seen and when.
 #[derive(Default)]

@@ -68,7 +68,7 @@ pub fn load_for_serve(path: &std::path::Path) -> anyhow::Result<Config> {
 fn live_attesters(config: &Config) -> anyhow::Result<Vec<Box<dyn keyward_attest::Attester>>> {
     Ok(match &config.master_key {
         MasterKeyConfig::Release(r) => crate::release::build_attesters(r)?,
-        MasterKeyConfig::File { .. } => vec![Box::new(keyward_attest::snp::SnpAttester::default())],
+        MasterKeyConfig::File { .. } => vec![Box::new(keyward_attest::SnpAttester::default())],
     })
 }
 
@@ -78,7 +78,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let source: Box<dyn super::MasterKeySource> = match &config.master_key {
         MasterKeyConfig::File { path } => Box::new(super::FileMasterKey { path: path.clone() }),
         MasterKeyConfig::Release(r) => Box::new(
-            crate::release::release_source(r, &keyward_agent::source::product_release())
+            crate::release::release_source(r, &keyward_agent::product_release())
                 .context("[master_key.release]")?,
         ),
     };

@@ -20,21 +20,21 @@ use keyward_xks::{HealthStatus, Peer, StoreProbe};
 use super::tls::ManagedTls;
 
 /// How often a member records its heartbeat.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A member whose last heartbeat is older than this is `DEGRADED` (late).
-pub const LATE: Duration = Duration::from_secs(7);
+pub(crate) const LATE: Duration = Duration::from_secs(7);
 /// ... older than this, `UNAVAILABLE`.
-pub const GONE: Duration = Duration::from_secs(20);
+pub(crate) const GONE: Duration = Duration::from_secs(20);
 /// ... older than this, no longer listed.
-pub const FORGOTTEN: Duration = Duration::from_secs(300);
+pub(crate) const FORGOTTEN: Duration = Duration::from_secs(300);
 /// How often a follower asks the store for new records when no notification woke it.
-pub const POLL: Duration = Duration::from_secs(1);
+pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// A member that has not applied the newest record for this long is `DEGRADED` (behind).
-pub const BEHIND: Duration = Duration::from_secs(5);
+pub(crate) const BEHIND: Duration = Duration::from_secs(5);
 
 /// A member's judged state, as `keyward admin fleet` lists it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberView {
+pub(crate) struct MemberView {
     #[serde(flatten)]
     pub member: Member,
     /// Seconds since its last heartbeat (by the database's clock).
@@ -46,7 +46,7 @@ pub struct MemberView {
 }
 
 /// This member's place in the fleet.
-pub struct Fleet {
+pub(crate) struct Fleet {
     board: Arc<dyn FleetBoard>,
     id: String,
     label: String,
@@ -73,7 +73,7 @@ fn status_str(s: HealthStatus) -> &'static str {
 
 /// A member's state from its heartbeat: late, or behind `settled_seq` (the newest record that
 /// was known [`BEHIND`] ago), is `DEGRADED`; not seen for [`GONE`] is `UNAVAILABLE`.
-pub fn judge(m: &Member, now: u64, settled_seq: u64) -> HealthStatus {
+pub(crate) fn judge(m: &Member, now: u64, settled_seq: u64) -> HealthStatus {
     let age = now.saturating_sub(m.last_seen);
     if age > GONE.as_secs() {
         HealthStatus::Unavailable
@@ -85,7 +85,7 @@ pub fn judge(m: &Member, now: u64, settled_seq: u64) -> HealthStatus {
 }
 
 impl Fleet {
-    pub fn new(
+    pub(crate) fn new(
         board: Arc<dyn FleetBoard>,
         id: String,
         label: String,
@@ -103,11 +103,6 @@ impl Fleet {
         })
     }
 
-    /// This member's id (also its `ekmFleetDetails` id).
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     fn me(&self) -> Member {
         let snap = self.registry.snapshot();
         let keks: usize = snap.stores.values().map(|s| s.keys.len()).sum();
@@ -122,7 +117,7 @@ impl Fleet {
     }
 
     /// One heartbeat round (blocking): record ours, read everyone's, judge them.
-    pub fn beat(&self) -> Result<(), keyward_keystore::KeystoreError> {
+    pub(crate) fn beat(&self) -> Result<(), keyward_keystore::KeystoreError> {
         self.board.beat(&self.me())?;
         let (members, now) = self.board.members(FORGOTTEN.as_secs())?;
         self.last_ok.store(now_unix(), Ordering::Relaxed);
@@ -171,12 +166,12 @@ impl Fleet {
     }
 
     /// The members as the last round saw them.
-    pub fn members(&self) -> Vec<MemberView> {
+    pub(crate) fn members(&self) -> Vec<MemberView> {
         self.seen.load().as_ref().clone()
     }
 
     /// The other members, for GetHealthStatus.
-    pub fn peers(&self) -> Vec<Peer> {
+    pub(crate) fn peers(&self) -> Vec<Peer> {
         self.seen
             .load()
             .iter()
@@ -194,7 +189,7 @@ impl Fleet {
 
     /// Whether this member's own view is healthy: the store answered a heartbeat lately and
     /// this member is not behind the newest record for long. The error says why not.
-    pub fn own_state(&self) -> Result<(), String> {
+    pub(crate) fn own_state(&self) -> Result<(), String> {
         let now = now_unix();
         let ok = self.last_ok.load(Ordering::Relaxed);
         if now.saturating_sub(ok) > LATE.as_secs() {
@@ -214,7 +209,7 @@ impl Fleet {
     }
 
     /// Remove this member's row (clean shutdown), so the others stop counting it at once.
-    pub fn leave(&self) {
+    pub(crate) fn leave(&self) {
         if let Err(e) = self.board.leave(&self.id) {
             tracing::warn!(error = %e, "fleet: could not remove this member's heartbeat");
         }
@@ -230,7 +225,7 @@ impl keyward_admin::ops::FleetAdmin for Fleet {
 
 /// Heartbeat every [`HEARTBEAT`] until `stop`; a store outage is logged once when it starts
 /// and once when it ends.
-pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
     let mut failing = false;
     loop {
         let f = fleet.clone();
@@ -263,7 +258,7 @@ pub async fn heartbeat_loop(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) 
 /// ([`ManagedTls::follow`]). A store another member re-sealed under a master-key version this
 /// boot was not released is fetched from the KRS ([`Follower::fetch_missing`]) and the
 /// re-read tried again, without a restart.
-pub async fn follow_loop(follower: Follower, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn follow_loop(follower: Follower, mut stop: watch::Receiver<bool>) {
     let mut last_error: Option<String> = None;
     let mut next_fetch = std::time::Instant::now();
     let mut fetch_delay = FETCH_RETRY_FIRST;
@@ -342,7 +337,7 @@ const FETCH_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What the follower loop works with.
 #[derive(Clone)]
-pub struct Follower {
+pub(crate) struct Follower {
     pub registry: Arc<Registry>,
     pub tls: Option<Arc<ManagedTls>>,
     pub wake: Option<Arc<Notify>>,
@@ -356,7 +351,7 @@ impl Follower {
     /// this boot was not released: a fresh attested release asking for it (the KRS judges
     /// the new evidence as at boot), added to the key set. Audited either way (`mk_release`),
     /// the deny code with it. `true`: the version is held now.
-    pub fn fetch_missing(&self, needed: u32) -> bool {
+    pub(crate) fn fetch_missing(&self, needed: u32) -> bool {
         let Some(source) = self.source.as_ref().filter(|s| s.attested()) else {
             return false;
         };
@@ -368,7 +363,7 @@ impl Follower {
         );
         let got = source
             .obtain_more(&[needed])
-            .map_err(|e| keyward_agent::source::error_chain(&e));
+            .map_err(|e| keyward_agent::error_chain(&e));
         let learned = got.and_then(|keys| {
             self.registry
                 .learn_master_keys(keys)
@@ -422,7 +417,7 @@ impl Follower {
 
 /// The health probe of a fleet member: the store answers heartbeats and this member keeps up;
 /// the peers from the last heartbeat round.
-pub struct FleetProbe(pub Arc<Fleet>);
+pub(crate) struct FleetProbe(pub Arc<Fleet>);
 
 impl StoreProbe for FleetProbe {
     fn probe(&self) -> Result<(), String> {

@@ -2,28 +2,38 @@
 //! sd_notify and phase logging.
 //!
 //! [`MasterKeySource`] (from `keyward-keystore`) is the seam between where the master key comes
-//! from (a key file, or the attested release of [`release`]) and everything after it.
+//! from (a key file, or the attested release of [`release_source`]) and everything after it.
 //!
 //! [`boot`] runs the phases up to bound listeners and returns a [`Running`] appliance;
 //! [`Running::serve_until`] serves until a shutdown signal, then stops accepting, drains and
 //! flushes the audit log. `keyward serve` and `keyward demo` both go through here.
 
+// The binary's subcommands, their arguments and their runs, as main.rs names them:
+// `keyward serve` (`cli::ServeArgs`, `cli::serve`) and `keyward store` (`restore::Args`).
 pub mod cli;
-pub mod fleet;
-pub mod masterkey;
-pub mod metrics;
-pub mod notify;
-pub mod release;
 pub mod restore;
-pub mod schedule;
-pub mod storage;
-pub mod tls;
+
+mod fleet;
+mod masterkey;
+mod metrics;
+mod notify;
+mod release;
+mod schedule;
+mod storage;
+mod tls;
 
 use std::net::SocketAddr;
 
-pub use masterkey::FileMasterKey;
-
+// Where the master key comes from: a key file, or the attested release from the configuration.
 pub use keyward_keystore::{MasterKeyError, MasterKeySource};
+pub use masterkey::FileMasterKey;
+pub use release::{build_attesters, release_source};
+// sd_notify: readiness, status lines and the watchdog.
+pub use notify::Notifier;
+// The configured key store backend, opened as `serve` opens it (the fleet tools fill one).
+pub use storage::{open as open_storage, Opened};
+// The TLS certificate chain check `serve` and the admin API apply to an uploaded chain.
+pub use tls::check_chain;
 
 /// Errors during boot. Each variant names the step that failed and keeps what caused it as its
 /// `source()`: the CLI prints the whole chain once (`keyward: key store: ...: No such file`).

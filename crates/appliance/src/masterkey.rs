@@ -52,7 +52,8 @@ impl MasterKeySource for FileMasterKey {
 }
 
 /// Create a new random master key file (mode 0600) unless one exists. For the demo and tests.
-pub fn create_if_missing(path: &std::path::Path) -> Result<bool, MasterKeyError> {
+#[cfg(test)]
+pub(crate) fn create_if_missing(path: &std::path::Path) -> Result<bool, MasterKeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {

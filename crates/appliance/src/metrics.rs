@@ -15,7 +15,7 @@ use super::fleet::Fleet;
 use super::tls::ManagedTls;
 
 /// Where the served XKS certificate's expiry comes from.
-pub enum CertExpiry {
+pub(crate) enum CertExpiry {
     /// The appliance-managed identity (a new chain may be installed at any time).
     Managed(Arc<ManagedTls>),
     /// A certificate file read at boot (Unix seconds).
@@ -25,7 +25,7 @@ pub enum CertExpiry {
 }
 
 /// The appliance's [`MetricsSource`].
-pub struct ApplianceMetrics {
+pub(crate) struct ApplianceMetrics {
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
     pub fleet: Option<Arc<Fleet>>,
@@ -41,7 +41,7 @@ fn now_unix() -> i64 {
 
 impl ApplianceMetrics {
     /// The scrape-time figures.
-    pub fn figures(&self) -> Figures {
+    pub(crate) fn figures(&self) -> Figures {
         let snap = self.registry.snapshot();
         let mut keys = Vec::new();
         let mut names: Vec<&String> = snap.stores.keys().collect();
@@ -87,9 +87,9 @@ impl ApplianceMetrics {
             fig.seq_lag = i64::try_from(lag).unwrap_or(i64::MAX);
             fig
         });
-        let clock_skew_secs = match keyward_agent::time::clock().skew() {
-            keyward_agent::time::Skew::Unknown => None,
-            keyward_agent::time::Skew::Fine(d) | keyward_agent::time::Skew::Drift(d) => Some(d),
+        let clock_skew_secs = match keyward_agent::clock().skew() {
+            keyward_agent::Skew::Unknown => None,
+            keyward_agent::Skew::Fine(d) | keyward_agent::Skew::Drift(d) => Some(d),
         };
         let not_after = match &self.cert {
             CertExpiry::Managed(m) => m.not_after_unix(),

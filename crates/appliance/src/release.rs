@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_agent::client::Agent;
-use keyward_agent::source::{ReleaseSource, Retry, StatusFn};
+use keyward_agent::Agent;
+use keyward_agent::{ReleaseSource, Retry, StatusFn};
 use keyward_keystore::MasterKeyError;
 
 /// Build from `[master_key.release]`: attesters by name, retry schedule, and a status hook
 /// that logs `phase=release` lines and sends sd_notify `STATUS=` for each attempt.
 pub fn release_source(
-    cfg: &keyward_config::release::ReleaseConfig,
+    cfg: &keyward_config::ReleaseConfig,
     product_release: &str,
 ) -> Result<ReleaseSource, MasterKeyError> {
     let attesters = build_attesters(cfg)?;
@@ -40,30 +40,28 @@ pub fn release_source(
 
 /// The attesters named in the configuration, in order.
 pub fn build_attesters(
-    cfg: &keyward_config::release::ReleaseConfig,
+    cfg: &keyward_config::ReleaseConfig,
 ) -> Result<Vec<Box<dyn keyward_attest::Attester>>, MasterKeyError> {
-    use keyward_attest::{nitrotpm, tpm};
+    use keyward_attest::{nitrotpm, TpmAttester, TpmConfig};
     let mut out: Vec<Box<dyn keyward_attest::Attester>> = Vec::new();
     for name in &cfg.agent.attesters {
         match name.as_str() {
             "tpm" => {
-                let mut c = tpm::TpmConfig::appliance(
+                let mut c = TpmConfig::appliance(
                     keyward_evidence::Bank::Sha256,
                     vec![0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 15],
                 );
                 if let Some(t) = &cfg.tpm_tcti {
                     c.tcti = t.clone();
                 }
-                out.push(Box::new(tpm::TpmAttester::new(c)));
+                out.push(Box::new(TpmAttester::new(c)));
             }
-            "snp" => out.push(Box::new(keyward_attest::snp::SnpAttester::default())),
+            "snp" => out.push(Box::new(keyward_attest::SnpAttester::default())),
             // Named explicitly only (config check warns): proves nothing, for tests and demo.
             #[cfg(feature = "simulated")]
             "simulated-snp" => out.push(Box::new(
-                keyward_attest::simulated::SimulatedSnpAttester::new(
-                    keyward_attest::simulated::DEMO_MEASUREMENT,
-                )
-                .map_err(|e| MasterKeyError::Release(Box::new(e)))?,
+                keyward_attest::SimulatedSnpAttester::new(keyward_attest::DEMO_MEASUREMENT)
+                    .map_err(|e| MasterKeyError::Release(Box::new(e)))?,
             )),
             "nitrotpm" => {
                 let mut c = nitrotpm::NitroTpmConfig::default();

@@ -105,10 +105,10 @@ pub async fn boot(
     };
 
     // Trusted time: the release receipt carried the KRS's signed time.
-    keyward_agent::time::clock()
+    keyward_agent::clock()
         .check_not_rewound()
         .map_err(BootError::Clock)?;
-    if let keyward_agent::time::Skew::Drift(d) = keyward_agent::time::clock().skew() {
+    if let keyward_agent::Skew::Drift(d) = keyward_agent::clock().skew() {
         tracing::warn!(
             skew_secs = d,
             "the VM's clock differs from the key-release service's signed time by {d} s; \
@@ -545,7 +545,7 @@ impl Running {
         let admin_task = admin.map(|a| {
             let mut backend = RegistryBackend::new(registry.clone(), audit.clone())
                 .with_approvals(a.approval_policy())
-                .with_clock(|| keyward_agent::time::clock().now_or_wall())
+                .with_clock(|| keyward_agent::clock().now_or_wall())
                 .with_master_key_source(master_source.clone());
             if let Some(m) = &managed_tls {
                 backend = backend.with_tls(m.clone() as Arc<dyn TlsAdmin>);

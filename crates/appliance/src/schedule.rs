@@ -12,16 +12,16 @@ use keyward_audit::AuditLog;
 use keyward_keystore::Registry;
 
 /// How often the schedule is looked at.
-pub const CHECK_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Trusted time (the KRS's signed time carried forward), or the wall clock without a KRS: a
 /// host that moves the wall clock cannot rotate or destroy a key early.
 fn now_unix() -> u64 {
-    keyward_agent::time::clock().now_or_wall()
+    keyward_agent::clock().now_or_wall()
 }
 
 /// Rotate what is due now; returns how many keys this call rotated. Blocking.
-pub fn rotate_due(registry: &Registry, audit: &AuditLog, now: u64) -> usize {
+pub(crate) fn rotate_due(registry: &Registry, audit: &AuditLog, now: u64) -> usize {
     let mut rotated = 0;
     for (store, id, version) in registry.rotations_due(now) {
         let due = |k: &keyward_keystore::view::LiveKey| {
@@ -77,7 +77,7 @@ pub fn rotate_due(registry: &Registry, audit: &AuditLog, now: u64) -> usize {
 }
 
 /// [`rotate_due`] every [`CHECK_EVERY`] until `stop`.
-pub async fn rotation_loop(
+pub(crate) async fn rotation_loop(
     registry: Arc<Registry>,
     audit: AuditLog,
     mut stop: watch::Receiver<bool>,

@@ -31,7 +31,7 @@ pub struct Shared {
     /// Woken by the database's notifications (and its poll).
     pub wake: Arc<Notify>,
     /// Keeps the listening thread running.
-    pub watcher: Watcher,
+    _watcher: Watcher,
 }
 
 /// First and largest pause between attempts to reach the database at boot.
@@ -39,7 +39,7 @@ const RETRY_START: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The client settings for `pg`.
-pub fn pg_config(pg: &PostgresConfig) -> PgConfig {
+pub(crate) fn pg_config(pg: &PostgresConfig) -> PgConfig {
     let mut c = PgConfig::new(pg.url.clone());
     if let Some(ca) = &pg.ca_file {
         c = c.with_ca_file(ca.clone());
@@ -50,7 +50,7 @@ pub fn pg_config(pg: &PostgresConfig) -> PgConfig {
 }
 
 /// Where the store lives, for messages (a path, or the database URL without credentials).
-pub fn describe(storage: &StorageConfig) -> String {
+pub(crate) fn describe(storage: &StorageConfig) -> String {
     match &storage.backend {
         StorageBackend::File => storage.dir.display().to_string(),
         StorageBackend::Postgres(pg) => pg_config(pg).location(),
@@ -118,7 +118,7 @@ pub async fn open(storage: &StorageConfig, notifier: &Notifier) -> Result<Opened
                 shared: Some(Shared {
                     board: Arc::new(board),
                     wake,
-                    watcher,
+                    _watcher: watcher,
                 }),
             })
         }

@@ -29,7 +29,7 @@ use keyward_keystore::{KeystoreError, Registry};
 use keyward_xks::CertHandle;
 
 /// The name of the self-signed certificate when `[xks] tls_names` is empty.
-pub const DEFAULT_NAME: &str = "keyward-appliance";
+pub(crate) const DEFAULT_NAME: &str = "keyward-appliance";
 
 /// Most certificates a chain may hold.
 const MAX_CHAIN: usize = 10;
@@ -173,7 +173,7 @@ struct State {
 
 /// The appliance's TLS identity: the key served now (and a pending one after
 /// `tls csr --new-key`), and the handle the listeners serve from.
-pub struct ManagedTls {
+pub(crate) struct ManagedTls {
     registry: Arc<Registry>,
     handle: CertHandle,
     /// The self-signed certificate's names (when the store holds no chain for the key).
@@ -199,7 +199,7 @@ fn generate_pkcs8() -> Result<Zeroizing<Vec<u8>>, TlsIdError> {
 
 /// Days left until the `notAfter` of the DER certificate `leaf`, at Unix time `now` (rounded
 /// down; negative once expired). `None` when it does not parse.
-pub fn days_to_expiry_of(leaf: &[u8], now: i64) -> Option<i64> {
+pub(crate) fn days_to_expiry_of(leaf: &[u8], now: i64) -> Option<i64> {
     let (_, c) = X509Certificate::from_der(leaf).ok()?;
     Some(
         c.validity()
@@ -211,15 +211,18 @@ pub fn days_to_expiry_of(leaf: &[u8], now: i64) -> Option<i64> {
 }
 
 /// Days left at which the expiry check logs a warning.
-pub const EXPIRY_WARN_DAYS: i64 = 30;
+pub(crate) const EXPIRY_WARN_DAYS: i64 = 30;
 /// Days left at which the expiry check logs an error.
-pub const EXPIRY_ERROR_DAYS: i64 = 10;
+pub(crate) const EXPIRY_ERROR_DAYS: i64 = 10;
 
 impl ManagedTls {
     /// Load the identity from the key store, or generate and store it (sealed) on first start;
     /// serve the installed chain, or a self-signed certificate for `names` until there is one.
     /// Call after the key store is unsealed; does blocking I/O on first start.
-    pub fn open(registry: Arc<Registry>, names: &[String]) -> Result<ManagedTls, TlsIdError> {
+    pub(crate) fn open(
+        registry: Arc<Registry>,
+        names: &[String],
+    ) -> Result<ManagedTls, TlsIdError> {
         let material = match registry.tls_material() {
             Some(m) => m,
             None => {
@@ -278,19 +281,20 @@ impl ManagedTls {
     }
 
     /// The handle the XKS (and admin) listeners serve from.
-    pub fn handle(&self) -> CertHandle {
+    pub(crate) fn handle(&self) -> CertHandle {
         self.handle.clone()
     }
 
     /// SHA-256 of the served key's DER SubjectPublicKeyInfo (what the live attestation binds,
     /// and what an admin profile's `server_spki_sha256` pins). Changes when a chain for the
     /// pending key is installed.
-    pub fn spki_sha256(&self) -> [u8; 32] {
+    pub(crate) fn spki_sha256(&self) -> [u8; 32] {
         self.lock().current.spki_sha256()
     }
 
     /// SHA-256 of the pending key's SPKI, when `tls csr --new-key` made one.
-    pub fn pending_spki_sha256(&self) -> Option<[u8; 32]> {
+    #[cfg(test)]
+    pub(crate) fn pending_spki_sha256(&self) -> Option<[u8; 32]> {
         self.lock().pending.as_ref().map(|(p, _)| p.spki_sha256())
     }
 
@@ -298,7 +302,7 @@ impl ManagedTls {
     /// is generated first and stored sealed as the pending key (replacing an earlier pending
     /// one); the request is signed by it, and the current key and chain stay served until a
     /// chain for the new key is installed. Without, the request is for the current key.
-    pub fn csr(&self, names: &[String], new_key: bool) -> Result<String, TlsIdError> {
+    pub(crate) fn csr(&self, names: &[String], new_key: bool) -> Result<String, TlsIdError> {
         check_names(names)?;
         let mut params = rcgen::CertificateParams::new(names.to_vec())?;
         params
@@ -327,7 +331,7 @@ impl ManagedTls {
     /// Check `chain_pem`, store it (authenticated log) and serve it at once: a chain for the
     /// current key replaces its chain; a chain for the pending key makes that key the current
     /// one (the old key is dropped from the store) and the live attestation follows it.
-    pub fn install(&self, chain_pem: &str) -> Result<TlsInfo, TlsIdError> {
+    pub(crate) fn install(&self, chain_pem: &str) -> Result<TlsInfo, TlsIdError> {
         let mut state = self.lock();
         // The key store decides which keys a chain may be for (on a fleet another member may
         // have made the pending key, or already made it current); this member's state is
@@ -394,7 +398,7 @@ impl ManagedTls {
     /// the fleet's follow loop after each re-read; cheap when nothing changed. A stored chain
     /// that is not for the stored key is not served (logged; the current one stays). Returns
     /// whether the served certificate changed.
-    pub fn follow(&self) -> Result<bool, TlsIdError> {
+    pub(crate) fn follow(&self) -> Result<bool, TlsIdError> {
         let Some(material) = self.registry.tls_material() else {
             return Ok(false);
         };
@@ -464,26 +468,26 @@ impl ManagedTls {
     }
 
     /// When the certificate served now expires (Unix seconds; `None` if it does not parse).
-    pub fn not_after_unix(&self) -> Option<i64> {
+    pub(crate) fn not_after_unix(&self) -> Option<i64> {
         leaf_not_after_unix(self.handle.current().cert.first()?.as_ref())
     }
 
     /// What is served now (and what is pending).
-    pub fn show(&self) -> TlsInfo {
+    pub(crate) fn show(&self) -> TlsInfo {
         let state = self.lock();
         self.info_of(&state)
     }
 
     /// Days left until the served leaf's `notAfter` (rounded down; negative once expired):
     /// for a metrics gauge.
-    pub fn days_to_expiry(&self) -> Option<i64> {
+    pub(crate) fn days_to_expiry(&self) -> Option<i64> {
         let current = self.handle.current();
         days_to_expiry_of(current.cert.first()?.as_ref(), now_unix())
     }
 
     /// Log the served certificate's expiry: an error with [`EXPIRY_ERROR_DAYS`] days or fewer
     /// left, a warning with [`EXPIRY_WARN_DAYS`] or fewer. Returns the days left.
-    pub fn check_expiry(&self) -> Option<i64> {
+    pub(crate) fn check_expiry(&self) -> Option<i64> {
         let days = self.days_to_expiry()?;
         let not_after = self.show().not_after;
         if days <= EXPIRY_ERROR_DAYS {
@@ -540,11 +544,14 @@ impl ManagedTls {
 }
 
 /// How often [`expiry_loop`] checks the served certificate's expiry.
-pub const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
+pub(crate) const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// Check the served certificate's expiry now and then every [`EXPIRY_CHECK_EVERY`] until
 /// `stop` changes ([`ManagedTls::check_expiry`] logs it).
-pub async fn expiry_loop(tls: Arc<ManagedTls>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn expiry_loop(
+    tls: Arc<ManagedTls>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tls.check_expiry();
         tokio::select! {
@@ -630,13 +637,13 @@ fn asn1_rfc3339(t: &x509_parser::time::ASN1Time) -> String {
 
 /// The DNS names and IP addresses of a certificate's SAN extension.
 /// The expiry (Unix seconds) of a DER certificate.
-pub fn leaf_not_after_unix(der: &[u8]) -> Option<i64> {
+pub(crate) fn leaf_not_after_unix(der: &[u8]) -> Option<i64> {
     let (_, c) = X509Certificate::from_der(der).ok()?;
     Some(c.validity().not_after.timestamp())
 }
 
 /// The expiry (Unix seconds) of the first certificate of a PEM file.
-pub fn pem_file_not_after_unix(path: &std::path::Path) -> Option<i64> {
+pub(crate) fn pem_file_not_after_unix(path: &std::path::Path) -> Option<i64> {
     let pem = std::fs::read(path).ok()?;
     let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
     leaf_not_after_unix(der.as_ref())
@@ -696,7 +703,7 @@ fn leaf_matches(certs: &[CertificateDer<'_>], spki_der: &[u8]) -> Result<(), Cha
 
 /// How far in the future a leaf's `notBefore` may lie and still be installed (clock skew
 /// between the signing CA and this VM).
-pub const NOT_BEFORE_SLACK_SECS: i64 = 300;
+pub(crate) const NOT_BEFORE_SLACK_SECS: i64 = 300;
 
 /// Check a PEM chain (leaf first) for the key whose DER SPKI is `spki_der`, at Unix time
 /// `now`: it parses, it holds no private key, the leaf's public key is this key, the leaf is

@@ -60,13 +60,29 @@ pub trait Attester: Send + Sync {
     fn attest(&self, binding: &Binding, bundle: &mut EvidenceBundle) -> Result<(), AttestError>;
 }
 
+// Namespaces callers use as such: `keyward attest`'s arguments and run (`cli::Args`); the live
+// attestation endpoint and its client (`live::spawn`, `live::fetch_evidence`); the NitroTPM
+// attester and the NSM request transport over the TPM's vendor command (`nitrotpm::exchange`),
+// which tests drive step by step.
 pub mod cli;
 pub mod live;
 pub mod nitrotpm;
+
 #[cfg(feature = "simulated")]
-pub mod simulated;
-pub mod snp;
-pub mod tpm;
+mod simulated;
+mod snp;
+mod tpm;
+
+// The SEV-SNP guest device, and the certificate table its extended report carries.
+pub use snp::{
+    build_cert_table, evidence_from_parts, parse_cert_table, tsm_report, SnpAttester, GUID_ARK,
+    GUID_ASK, GUID_CRL, GUID_VLEK,
+};
+// TPM 2.0 quotes under a provisioned attestation key.
+pub use tpm::{open_context, provision_ak, TpmAttester, TpmConfig};
+// The simulated SNP signer of tests and the demo.
+#[cfg(feature = "simulated")]
+pub use simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 
 #[cfg(test)]
 mod tests {

@@ -114,7 +114,7 @@ pub fn runtime_binding_with_audit(
 
 /// SHA-256 of a DER certificate's SubjectPublicKeyInfo: the one SPKI hash, keyward-pki's
 /// (the name the live-attestation callers know it by).
-pub use keyward_pki::tlspin::spki_sha256 as spki_sha256_of_cert;
+pub use keyward_pki::spki_sha256 as spki_sha256_of_cert;
 
 /// Why the SPKI hash of a PEM certificate file could not be taken.
 #[derive(Debug, thiserror::Error)]

@@ -21,14 +21,14 @@ use super::{AttestError, Attester, Binding};
 use keyward_evidence::{EvidenceBundle, SnpEvidence};
 
 /// Length of an SNP attestation report.
-pub const REPORT_LEN: usize = 1184;
+pub(crate) const REPORT_LEN: usize = 1184;
 /// Where configfs-tsm lives.
-pub const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
+pub(crate) const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 
 /// GHCB certificate-table GUIDs (AMD SEV-SNP firmware ABI / GHCB spec).
 pub const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
 pub const GUID_ASK: &str = "4ab7b379-bbac-4fe4-a02f-05aef327c782";
-pub const GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
+pub(crate) const GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
 pub const GUID_VLEK: &str = "a8074bc2-a25a-483e-aae6-39c045a0b8a1";
 pub const GUID_CRL: &str = "92f81bc3-5811-4d3d-97ff-d19f88dc67ea";
 
@@ -78,7 +78,7 @@ fn guid_string(b: &[u8; 16]) -> String {
 }
 
 /// Encode a GUID string into the table's 16-byte layout (used by tests and fixtures).
-pub fn guid_bytes(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn guid_bytes(s: &str) -> Option<[u8; 16]> {
     let h = hex::decode(s.replace('-', "")).ok()?;
     let h: [u8; 16] = h.try_into().ok()?;
     Some([
@@ -238,7 +238,10 @@ pub fn tsm_report(
 }
 
 /// /dev/sev-guest through the `sev` crate.
-pub fn sev_guest_report(report_data: &[u8; 64], vmpl: u32) -> Result<SnpEvidence, AttestError> {
+pub(crate) fn sev_guest_report(
+    report_data: &[u8; 64],
+    vmpl: u32,
+) -> Result<SnpEvidence, AttestError> {
     use sev::firmware::guest::Firmware;
     let mut fw = Firmware::open().map_err(|e| AttestError::unavailable("/dev/sev-guest", e))?;
     let (report, certs) = fw

@@ -34,9 +34,9 @@ use keyward_evidence::Bank;
 use keyward_evidence::{EvidenceBundle, PcrValue, TpmEvidence};
 
 /// Where Linux exposes the firmware's measured-boot log.
-pub const DEFAULT_EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+pub(crate) const DEFAULT_EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
 /// The persistent handle [`provision_ak`] uses unless told otherwise.
-pub const DEFAULT_AK_HANDLE: u32 = 0x8101_0002;
+pub(crate) const DEFAULT_AK_HANDLE: u32 = 0x8101_0002;
 
 /// How to reach the TPM and what to quote.
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ fn read_pcrs(
 
 /// Take a quote with `qualifying` data and the PCR values around it. Retries when the PCRs
 /// changed between the read and the quote (another process extending), up to three times.
-pub fn quote(cfg: &TpmConfig, qualifying: &[u8]) -> Result<TpmEvidence, AttestError> {
+pub(crate) fn quote(cfg: &TpmConfig, qualifying: &[u8]) -> Result<TpmEvidence, AttestError> {
     let mut ctx = open_context(&cfg.tcti)?;
     let ak = persistent_key(&mut ctx, cfg.ak_handle)?;
     let (ak_public, _, _) = ctx
@@ -257,7 +257,7 @@ pub fn provision_ak(tcti: &str, handle: u32) -> Result<ProvisionedAk, AttestErro
 }
 
 /// Read a persistent AK's public area and Name.
-pub fn ak_info(tcti: &str, handle: u32) -> Result<ProvisionedAk, AttestError> {
+pub(crate) fn ak_info(tcti: &str, handle: u32) -> Result<ProvisionedAk, AttestError> {
     let mut ctx = open_context(tcti)?;
     let ak = persistent_key(&mut ctx, handle)?;
     let (public, _, _) = ctx.read_public(ak).map_err(|e| tpm_err("read_public", e))?;

@@ -2,14 +2,15 @@
 //! the earlier product's `[aws_xks_config]` section, and the checks behind `keyward config check`.
 //!
 //! Loading never stops at the first problem: [`load_str`] walks the whole file and returns every
-//! problem with its key path (see [`reader`]). Problems of severity [`Severity::Invalid`] make
+//! problem with its key path (see [`Problems`]). Problems of severity [`Severity::Invalid`] make
 //! the file unusable; [`Severity::KmsIncompatible`] ones load (so an existing customer's file
 //! keeps working) but `config check` reports them as errors because real AWS KMS refuses them.
 
+// `keyward config check`: its arguments and its run, as the binary names them (`cli::Args`).
 pub mod cli;
-pub mod reader;
-pub mod release;
-pub mod role;
+mod reader;
+mod release;
+mod role;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -17,8 +18,12 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use reader::Section;
-pub use reader::{Problem, Problems, Severity};
+// Reading: every problem of a file with its key path, and the section reader callers share.
+pub use reader::{Problem, Problems, Section, Severity};
+// `[master_key.release]`: the agent's settings and its pins.
+pub use release::{parse_pin, AgentConfig, PinError, ReleaseConfig};
+// The roles an operator certificate names.
+pub use role::{Role, ROLE_URI_PREFIX};
 
 /// The service name AWS KMS puts in the SigV4 credential scope.
 pub const KMS_SERVICE: &str = "kms-xks-proxy";
@@ -134,7 +139,7 @@ pub struct FleetConfig {
 pub enum MasterKeyConfig {
     /// 32 raw bytes in a file that only the service user may read (development, migration).
     File { path: PathBuf },
-    /// Attested key release from a key-release service (see [`release`]).
+    /// Attested key release from a key-release service (see [`ReleaseConfig`]).
     Release(release::ReleaseConfig),
 }
 

@@ -78,7 +78,7 @@ impl Problems {
 }
 
 /// Join a parent path and a key.
-pub fn join(parent: &str, key: &str) -> String {
+pub(crate) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -305,7 +305,7 @@ impl<'a> Section<'a> {
 
 /// The problem with a file that holds a secret (a master key, a SigV4 secret) when its mode
 /// lets group or others read or write it; `None` when only the owner can.
-pub fn not_private(f: &Path, m: &std::fs::Metadata) -> Option<String> {
+pub(crate) fn not_private(f: &Path, m: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = m.permissions().mode();
     (mode & 0o077 != 0).then(|| {

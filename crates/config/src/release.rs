@@ -24,7 +24,7 @@ use super::reader::{Problems, Section};
 use serde::{Deserialize, Serialize};
 
 /// Known attester names.
-pub const ATTESTERS: &[&str] = &["snp", "tpm", "nitrotpm", "simulated-snp"];
+pub(crate) const ATTESTERS: &[&str] = &["snp", "tpm", "nitrotpm", "simulated-snp"];
 
 /// Settings of the boot agent.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct ReleaseConfig {
 }
 
 /// Parse the release settings from the `[master_key]` section.
-pub fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
+pub(crate) fn parse(s: &mut Section, p: &mut Problems) -> Option<ReleaseConfig> {
     let Some(mut r) = s.table("release", p) else {
         p.invalid(
             s.key_path("release"),

@@ -12,11 +12,16 @@
 
 mod binding;
 mod bundle;
+// The TPM 2.0 wire constants and their reader, used as a namespace (`tpm::TPM_ALG_RSA`,
+// `tpm::Reader`) by the attester that builds quotes and the verifier that parses them.
 pub mod tpm;
 
+// What a producer binds into its report.
 pub use binding::Binding;
+// The bundle and its parts, with the serde helpers of their byte fields.
 pub use bundle::{
     b64, b64opt, b64vec, hexbytes, EvidenceBundle, NitroEvidence, PcrValue, SnpEvidence,
     TpmEvidence,
 };
+// The TPM types both sides name most: PCR banks, Names, the parse error.
 pub use tpm::{tpm_name, Bank, TpmParseError};

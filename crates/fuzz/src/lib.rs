@@ -76,7 +76,7 @@ pub fn snp_report(data: &[u8]) {
         Some((r, c)) => (*r, c),
         None => return,
     };
-    if let Ok(r) = keyward_verify::snp::report::Report::parse(report) {
+    if let Ok(r) = keyward_verify::snp::Report::parse(report) {
         let _ = format!("{r:?}");
     }
     let certs: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
@@ -92,8 +92,8 @@ pub fn snp_report(data: &[u8]) {
 
 /// AMD certificates and CRLs: the DER parsers the SNP chain check and `krs crl` use.
 pub fn snp_certs(data: &[u8]) {
-    let _ = keyward_verify::snp::cert::Cert::from_der(data);
-    let _ = keyward_verify::snp::cert::Crl::from_der(data);
+    let _ = keyward_verify::snp::Cert::from_der(data);
+    let _ = keyward_verify::snp::Crl::from_der(data);
 }
 
 /// TPM 2.0 wire structures: a TPMT_PUBLIC (the AK), a TPMT_SIGNATURE, a TPMS_ATTEST (quote)
@@ -177,12 +177,12 @@ pub fn krp_messages(data: &[u8]) {
             _ => None,
         };
         if let Some(bytes) = receipt {
-            let _ = keyward_krp::receipt::Receipt::decode(bytes);
+            let _ = keyward_krp::Receipt::decode(bytes);
         }
     }
     let _ = keyward_krp::cbor::from_slice::<Request>(data);
     let _ = keyward_krp::cbor::from_slice::<Response>(data);
-    let _ = keyward_krp::receipt::Receipt::decode(data);
+    let _ = keyward_krp::Receipt::decode(data);
 }
 
 mod xks_fixture;
@@ -317,5 +317,5 @@ pub fn tls_chain(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = keyward_appliance::tls::check_chain(text, xks_fixture::tls_spki(), 1_735_689_600);
+    let _ = keyward_appliance::check_chain(text, xks_fixture::tls_spki(), 1_735_689_600);
 }

@@ -630,7 +630,7 @@ impl Hsm {
             ),
         )?;
         temps.push(k_ecdh);
-        let bind = keyward_krp::wrap::wrap_binding(transcript);
+        let bind = keyward_krp::wrap_binding(transcript);
         let k_wrap = p11(
             "C_DeriveKey(CKM_AES_CBC_ENCRYPT_DATA)",
             self.session.derive_key(

@@ -315,8 +315,8 @@ impl KrsFixture {
             .collect()
     }
 
-    pub fn agent_config(&self, addr: &str) -> keyward_config::release::AgentConfig {
-        keyward_config::release::AgentConfig {
+    pub fn agent_config(&self, addr: &str) -> keyward_config::AgentConfig {
+        keyward_config::AgentConfig {
             krs_url: addr.to_string(),
             krs_fallback_urls: Vec::new(),
             krs_tls_spki_sha256: self.tls_pin.clone(),
@@ -347,9 +347,9 @@ impl KrsFixture {
 
 /// An honest simulated SEV-SNP platform (Milan, VCEK, SNP TCB 22) measuring `meas`: the agent
 /// the KRS tests release to.
-pub fn honest_snp(meas: [u8; 48]) -> keyward_attest::simulated::SimulatedSnpAttester {
-    use keyward_verify::policy::{Product, SignerKind};
-    use keyward_verify::snp::report::Tcb;
+pub fn honest_snp(meas: [u8; 48]) -> keyward_attest::SimulatedSnpAttester {
+    use keyward_verify::snp::Tcb;
+    use keyward_verify::{Product, SignerKind};
     let tcb = Tcb {
         fmc: None,
         bootloader: 4,
@@ -360,7 +360,7 @@ pub fn honest_snp(meas: [u8; 48]) -> keyward_attest::simulated::SimulatedSnpAtte
     };
     let mut chip = [0u8; 64];
     chip[0] = 7;
-    keyward_attest::simulated::SimulatedSnpAttester::from_platform(
+    keyward_attest::SimulatedSnpAttester::from_platform(
         keyward_verify::testsign::SimulatedPlatform::with(
             Product::Milan,
             SignerKind::Vcek,

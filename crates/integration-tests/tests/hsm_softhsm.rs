@@ -7,7 +7,7 @@ use keyward_integration_tests::common;
 
 use keyward_hsm::{Hsm, HsmConfig, PinSource};
 use keyward_krp::transcript::p384_spki_der;
-use keyward_krp::wrap::EphemeralKey;
+use keyward_krp::EphemeralKey;
 
 fn open(t: &common::Token) -> Hsm {
     // The module reads SOFTHSM2_CONF from this process's environment; every test in this file
@@ -78,7 +78,7 @@ fn softhsm_master_key_wrap_and_receipts() {
     // Receipt signatures verify with the public key read from the token.
     let spki = p384_spki_der(&hsm.receipt_public_key().unwrap()).unwrap();
     let body = b"receipt bytes";
-    let d = keyward_krp::receipt::receipt_digest(body);
+    let d = keyward_krp::receipt_digest(body);
     let sig = hsm.sign_digest(&d).unwrap();
     assert_eq!(sig.len(), 96);
     use p384::ecdsa::signature::hazmat::PrehashVerifier;

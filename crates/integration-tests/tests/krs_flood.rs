@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_agent::client::{parse_pins, Agent};
-use keyward_attest::simulated::SimulatedSnpAttester;
+use keyward_agent::{parse_pins, Agent};
+use keyward_attest::SimulatedSnpAttester;
 use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{Evidence, Hello, Request, Response};
-use keyward_krp::receipt::DenyCode;
 use keyward_krp::wire;
+use keyward_krp::DenyCode;
 use keyward_krs::limits::Status;
 use keyward_verify::testsign::test_root_policy_toml;
 
@@ -106,7 +106,7 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// A pinned TLS connection to the KRS from `src`.
 fn tls_from(f: &FloodFixture, src: &str, dst: SocketAddr) -> std::io::Result<Tls> {
     let pin = parse_pins(&f.agent_config(&dst.to_string())).unwrap().tls;
-    let cfg = keyward_krp::tls::pinned_client_config(pin).unwrap();
+    let cfg = keyward_krp::pinned_client_config(pin).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp_from(src, dst)?);
@@ -119,7 +119,7 @@ fn tls_from(f: &FloodFixture, src: &str, dst: SocketAddr) -> std::io::Result<Tls
 /// The first flight of a real TLS client (its ClientHello), to be trickled.
 fn client_hello(f: &FloodFixture, dst: SocketAddr) -> Vec<u8> {
     let pin = parse_pins(&f.agent_config(&dst.to_string())).unwrap().tls;
-    let cfg = keyward_krp::tls::pinned_client_config(pin).unwrap();
+    let cfg = keyward_krp::pinned_client_config(pin).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let mut out = Vec::new();
@@ -494,8 +494,8 @@ struct FloodFixture {
 }
 
 impl FloodFixture {
-    fn agent_config(&self, addr: &str) -> keyward_config::release::AgentConfig {
-        keyward_config::release::AgentConfig {
+    fn agent_config(&self, addr: &str) -> keyward_config::AgentConfig {
+        keyward_config::AgentConfig {
             krs_url: addr.to_string(),
             krs_fallback_urls: Vec::new(),
             krs_tls_spki_sha256: self.tls_pin.clone(),

@@ -2,8 +2,8 @@
 //! and the software stand-in; a second start on the same state directory releases the same
 //! master key; the release log verifies.
 
-use keyward_agent::client::Agent;
-use keyward_attest::simulated::SimulatedSnpAttester;
+use keyward_agent::Agent;
+use keyward_attest::SimulatedSnpAttester;
 use keyward_krs::embedded::{start, Backend};
 
 const MEAS: [u8; 48] = [0x42; 48];

@@ -16,8 +16,8 @@ use crate::cbor::{to_canonical, CborError};
 use crate::messages::{HeadQuery, HeadUpdate, StoreHead};
 
 /// Length of a store id and of a chain MAC in a [`StoreHead`].
-pub const STORE_ID_LEN: usize = 16;
-pub const CHAIN_MAC_LEN: usize = 32;
+pub(crate) const STORE_ID_LEN: usize = 16;
+pub(crate) const CHAIN_MAC_LEN: usize = 32;
 
 #[derive(Serialize)]
 struct UpdateBody<'a> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustls::crypto::{ring, CryptoProvider};
 
-use keyward_pki::tlspin::SpkiPinVerifier;
+use keyward_pki::SpkiPinVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
@@ -36,8 +36,6 @@ pub fn generate_cert(names: Vec<String>) -> Result<(String, String, [u8; 32]), T
     let pin = Sha256::digest(key.public_key_der()).into();
     Ok((cert.pem(), key.serialize_pem(), pin))
 }
-
-pub use keyward_pki::{load_certs, load_key};
 
 /// Server configuration: TLS 1.3 only, no client authentication.
 pub fn server_config(

@@ -141,7 +141,7 @@ pub fn derive_wrap_key(k_ecdh: &[u8; 32], transcript: &[u8]) -> Zeroizing<[u8; 3
 }
 
 /// HPKE `info`: `"KRP/1 release" || T`.
-pub fn hpke_info(transcript: &[u8]) -> Vec<u8> {
+pub(crate) fn hpke_info(transcript: &[u8]) -> Vec<u8> {
     let mut v = b"KRP/1 release".to_vec();
     v.extend_from_slice(transcript);
     v

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use keyward_evidence::{Binding, EvidenceBundle};
-use keyward_verify::verdict::Verdict;
+use keyward_verify::Verdict;
 
 use crate::crl::CrlStore;
 use crate::policy::VerifiedPolicy;

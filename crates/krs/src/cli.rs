@@ -26,7 +26,7 @@ use crate::log::ReleaseLog;
 use crate::policy;
 use crate::service::{Service, KEY_VERSION};
 use keyward_hsm::Hsm;
-use keyward_krp::receipt::spki_pin;
+use keyward_krp::spki_pin;
 
 /// Arguments of `keyward krs`.
 #[derive(ClapArgs, Debug)]
@@ -362,7 +362,7 @@ fn init(config: &Path) -> anyhow::Result<ExitCode> {
         bail!("the token lets CKA_VALUE of the master key be read; refusing to use it");
     }
     if !cfg.tls_cert().exists() {
-        let (cert, key, _) = keyward_krp::tls::generate_cert(cfg.tls_names.clone())?;
+        let (cert, key, _) = keyward_krp::generate_cert(cfg.tls_names.clone())?;
         write_private(&cfg.tls_key(), &key)?;
         std::fs::write(cfg.tls_cert(), cert)?;
     }
@@ -404,8 +404,8 @@ fn deployment_block(
         Some(u) => {
             let hsm = Hsm::open(&cfg.hsm)?;
             let sec1 = hsm.receipt_public_key()?;
-            let spki = keyward_krp::receipt::spki_from_sec1(&sec1)?;
-            let tls = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
+            let spki = keyward_krp::spki_from_sec1(&sec1)?;
+            let tls = keyward_pki::load_certs(&cfg.tls_cert())?;
             let first = tls
                 .first()
                 .context("no TLS certificate (run `keyward krs init`)")?;
@@ -444,7 +444,7 @@ fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
     let spki = pk.to_public_key_der()?.as_bytes().to_vec();
     let pem = pk.to_public_key_pem(LineEnding::LF)?;
     std::fs::write(cfg.receipt_pub(), &pem)?;
-    let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
+    let certs = keyward_pki::load_certs(&cfg.tls_cert())?;
     let first = certs.first().context("no TLS certificate")?;
     let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
     println!(
@@ -500,7 +500,7 @@ pub fn policy_warnings(cfg: &KrsConfig, p: &keyward_verify::Policy) -> Vec<Strin
     }
     let snp = p
         .required_evidence
-        .contains(&keyward_verify::policy::EvidenceKind::Snp);
+        .contains(&keyward_verify::EvidenceKind::Snp);
     if snp && cfg.crl_files.is_empty() {
         if p.snp.crl.required {
             out.push(
@@ -532,7 +532,7 @@ fn covers_pcr15(p: &keyward_verify::Policy) -> bool {
                     .any(|e| e.get("pcr").and_then(|n| n.as_u64()) == Some(15))
             })
     };
-    use keyward_verify::policy::EvidenceKind;
+    use keyward_verify::EvidenceKind;
     (p.required_evidence.contains(&EvidenceKind::Tpm)
         && (has15(&p.tpm, "allowed") || has15(&p.tpm, "userspace")))
         || (p.required_evidence.contains(&EvidenceKind::Nitro) && has15(&p.nitro, "pcrs"))
@@ -557,13 +557,13 @@ pub fn build_service(
     let heads = crate::heads::HeadBook::open(&cfg.heads_file())?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let log = ReleaseLog::open(&cfg.log_file())?;
-    let certs = keyward_krp::tls::load_certs(&cfg.tls_cert())?;
-    let key = keyward_krp::tls::load_key(&cfg.tls_key())?;
+    let certs = keyward_pki::load_certs(&cfg.tls_cert())?;
+    let key = keyward_pki::load_key(&cfg.tls_key())?;
     let first = certs
         .first()
         .context("no TLS certificate (run `keyward krs init`)")?;
     let tls_pin = keyward_pki::spki_sha256(first).context("TLS certificate unreadable")?;
-    let tls = keyward_krp::tls::server_config(certs, key)?;
+    let tls = keyward_krp::server_config(certs, key)?;
     let svc = Service::new(
         Box::new(hsm),
         log,
@@ -654,8 +654,8 @@ fn crl_cmd(cmd: CrlCmd) -> anyhow::Result<ExitCode> {
                     "{}",
                     serde_json::json!({"fetched": f.url, "issuer": f.facts.issuer_cn,
                         "signed_by": f.facts.root,
-                        "this_update": keyward_verify::snp::cert::fmt_time(f.facts.this_update),
-                        "next_update": f.facts.next_update.map(keyward_verify::snp::cert::fmt_time),
+                        "this_update": keyward_verify::snp::fmt_time(f.facts.this_update),
+                        "next_update": f.facts.next_update.map(keyward_verify::snp::fmt_time),
                         "revoked": f.facts.revoked, "file": out})
                 );
             }

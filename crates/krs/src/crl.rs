@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use keyward_verify::snp::cert::{fmt_time, split_crl_input, Crl};
-use keyward_verify::snp::revocation::check_crl_signature;
+use keyward_verify::snp::check_crl_signature;
+use keyward_verify::snp::{fmt_time, split_crl_input, Crl};
 use keyward_verify::Policy;
 
 /// Errors loading CRL files.
@@ -30,7 +30,7 @@ pub enum CrlError {
     Split {
         path: PathBuf,
         #[source]
-        source: keyward_verify::snp::cert::CertError,
+        source: keyward_verify::snp::CertError,
     },
     /// CRL number `index` (from 0) of the file does not parse.
     #[error("CRL file {}: CRL #{index}", path.display())]
@@ -38,7 +38,7 @@ pub enum CrlError {
         path: PathBuf,
         index: usize,
         #[source]
-        source: keyward_verify::snp::cert::CertError,
+        source: keyward_verify::snp::CertError,
     },
 }
 
@@ -281,7 +281,7 @@ mod tests {
         assert!(matches!(e, CrlError::Parse { index: 0, .. }), "{e:?}");
         assert!(
             e.source()
-                .and_then(|s| s.downcast_ref::<keyward_verify::snp::cert::CertError>())
+                .and_then(|s| s.downcast_ref::<keyward_verify::snp::CertError>())
                 .is_some(),
             "{e:?}"
         );

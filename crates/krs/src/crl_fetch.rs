@@ -16,10 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::cert::split_crl_input;
-use keyward_verify::snp::revocation::{check_crl_signature, CrlFacts};
+use keyward_verify::snp::split_crl_input;
+use keyward_verify::snp::{check_crl_signature, CrlFacts};
 use keyward_verify::Policy;
+use keyward_verify::{Product, SignerKind};
 
 /// AMD's Key Distribution Service.
 pub const AMD_KDS: &str = "https://kdsintf.amd.com";
@@ -51,7 +51,7 @@ pub enum FetchError {
     NotCrl {
         url: String,
         #[source]
-        source: keyward_verify::snp::cert::CertError,
+        source: keyward_verify::snp::CertError,
     },
     /// The fetched CRL could not be written as PEM.
     #[error("{url}: encoding the CRL as PEM")]
@@ -80,7 +80,7 @@ pub enum FetchError {
 #[derive(Debug, thiserror::Error)]
 pub enum TaggedError {
     #[error("not PEM or DER CRLs")]
-    Split(#[source] keyward_verify::snp::cert::CertError),
+    Split(#[source] keyward_verify::snp::CertError),
     #[error("a PEM X509 CRL block does not decode")]
     Pem(#[source] der::Error),
     #[error("unterminated PEM X509 CRL block")]
@@ -217,7 +217,7 @@ pub fn fetch(
                         url,
                         format!(
                             "already past its nextUpdate {}",
-                            keyward_verify::snp::cert::fmt_time(nu)
+                            keyward_verify::snp::fmt_time(nu)
                         ),
                     ))
                 }
@@ -234,8 +234,8 @@ pub fn fetch(
                             format!(
                                 "thisUpdate {} is older than the installed copy's {} (a replayed \
                                  CRL could hide a revocation)",
-                                keyward_verify::snp::cert::fmt_time(facts.this_update),
-                                keyward_verify::snp::cert::fmt_time(of.this_update)
+                                keyward_verify::snp::fmt_time(facts.this_update),
+                                keyward_verify::snp::fmt_time(of.this_update)
                             ),
                         ));
                     }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::WrapChoice;
 use crate::log::ReleaseLog;
 use crate::service::Service;
-use keyward_config::release::AgentConfig;
+use keyward_config::AgentConfig;
 use keyward_hsm::{Hsm, HsmConfig, KeyBackend, PinSource};
 
 /// Errors starting the embedded KRS.
@@ -166,7 +166,7 @@ fn softhsm_backend(dir: &Path, module: PathBuf) -> Result<Hsm, EmbeddedError> {
 fn demo_policy(measurements: &[[u8; 48]]) -> String {
     let list: Vec<String> = measurements.iter().map(hex::encode).collect();
     let mut out = String::new();
-    for line in keyward_verify::policy::DEFAULT_POLICY_TOML.lines() {
+    for line in keyward_verify::DEFAULT_POLICY_TOML.lines() {
         if line.starts_with("policy_version") {
             out.push_str("policy_version = 1\n");
         } else if line.starts_with("name") {
@@ -251,18 +251,17 @@ pub fn start_with_backend(
     let cert = dir.join("tls.crt");
     let key = dir.join("tls.key");
     if !cert.exists() {
-        let (c, k, _) =
-            keyward_krp::tls::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
-                .map_err(setup("TLS certificate"))?;
+        let (c, k, _) = keyward_krp::generate_cert(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(setup("TLS certificate"))?;
         let _ = std::fs::remove_file(&key);
         write_0600(&key, k.as_bytes())?;
         std::fs::write(&cert, c).map_err(setup("tls.crt"))?;
     }
-    let certs = keyward_krp::tls::load_certs(&cert).map_err(setup("tls.crt"))?;
-    let tls_key = keyward_krp::tls::load_key(&key).map_err(setup("tls.key"))?;
+    let certs = keyward_pki::load_certs(&cert).map_err(setup("tls.crt"))?;
+    let tls_key = keyward_pki::load_key(&key).map_err(setup("tls.key"))?;
     let tls_pin = keyward_pki::spki_sha256(certs.first().ok_or(EmbeddedError::NoCertificate)?)
         .map_err(setup("TLS certificate"))?;
-    let tls = keyward_krp::tls::server_config(certs, tls_key).map_err(setup("TLS"))?;
+    let tls = keyward_krp::server_config(certs, tls_key).map_err(setup("TLS"))?;
 
     // Signed policy, by a demo admin key in the state dir.
     let admin_path = dir.join("policy-admin.pem");
@@ -292,10 +291,9 @@ pub fn start_with_backend(
     crate::policy::enforce_version(&dir.join("policy.version"), &policy)
         .map_err(setup("policy"))?;
 
-    let receipt_spki = keyward_krp::receipt::spki_from_sec1(
-        &backend.receipt_public_key().map_err(setup("receipt key"))?,
-    )
-    .map_err(setup("receipt key"))?;
+    let receipt_spki =
+        keyward_krp::spki_from_sec1(&backend.receipt_public_key().map_err(setup("receipt key"))?)
+            .map_err(setup("receipt key"))?;
     let log_path = dir.join("release.log");
     let log = ReleaseLog::open(&log_path).map_err(setup("release log"))?;
     let heads = crate::heads::HeadBook::open(&dir.join("heads.json")).map_err(setup("heads"))?;

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use keyward_krp::headproto::boot_key_id;
+use keyward_krp::boot_key_id;
 use keyward_krp::messages::StoreHead;
 
 /// Boot keys kept per deployment (the newest; older boots can no longer advance the head).

@@ -31,7 +31,7 @@ use crate::service::KEY_VERSION;
 use keyward_hsm::Hsm;
 use keyward_keystore::backup;
 use keyward_krp::messages::{StoreHead, VERSION};
-use keyward_krp::receipt::Receipt;
+use keyward_krp::Receipt;
 
 /// The release log's decision for an operator's head override.
 pub const DECISION: &str = "head-set";

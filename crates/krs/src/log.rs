@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 
 use keyward_krp::cbor::to_canonical;
-use keyward_krp::receipt::{verify_receipt, Receipt};
+use keyward_krp::{verify_receipt, Receipt};
 
 /// Errors writing or verifying the log.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum LogError {
     BrokenReceipt {
         index: u64,
         #[source]
-        source: keyward_krp::receipt::ReceiptError,
+        source: keyward_krp::ReceiptError,
     },
     /// The head fails a check the message names (no cause).
     #[error("release log head: {0}")]
@@ -84,14 +84,14 @@ pub enum LogError {
 /// `detail` and the policy digest in force. Returns the entry's index.
 pub fn append_operator_action(
     log: &mut ReleaseLog,
-    receipt: &keyward_krp::receipt::Receipt,
+    receipt: &keyward_krp::Receipt,
     detail: String,
     policy_digest: &[u8],
     sign: DigestSigner<'_>,
 ) -> Result<u64, LogError> {
     use base64::{engine::general_purpose::STANDARD, Engine};
     let rb = receipt.encode().map_err(LogError::EncodeReceipt)?;
-    let sig = sign(&keyward_krp::receipt::receipt_digest(&rb)).map_err(LogError::Sign)?;
+    let sig = sign(&keyward_krp::receipt_digest(&rb)).map_err(LogError::Sign)?;
     let entry = Entry {
         index: receipt.log_index,
         time: receipt.time,
@@ -676,7 +676,7 @@ fn verify_digest_sig(spki_der: &[u8], digest: &[u8; 48], sig: &[u8]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_krp::receipt::{receipt_digest, Receipt};
+    use keyward_krp::{receipt_digest, Receipt};
     use p384::ecdsa::signature::hazmat::PrehashSigner;
     use p384::pkcs8::EncodePublicKey;
 

@@ -31,7 +31,7 @@ use crate::heads::HeadBook;
 use crate::log::ReleaseLog;
 use keyward_hsm::{mk_label, Hsm};
 use keyward_krp::messages::VERSION;
-use keyward_krp::receipt::Receipt;
+use keyward_krp::Receipt;
 
 /// Release-log decisions.
 pub const DECISION_ROTATE: &str = "mk-rotate";

@@ -43,11 +43,11 @@ use keyward_krp::messages::{
     Challenge, Deny, Evidence, HeadAck, HeadQuery, HeadUpdate, Hello, Release, Request, Response,
     WrapMode, VERSION,
 };
-use keyward_krp::receipt::{receipt_digest, spki_pin, DenyCode, Receipt};
 use keyward_krp::transcript;
 use keyward_krp::wire;
-use keyward_krp::wrap::{hpke_aad, seal_hpke};
-use keyward_verify::verdict::Verdict;
+use keyward_krp::{hpke_aad, seal_hpke};
+use keyward_krp::{receipt_digest, spki_pin, DenyCode, Receipt};
+use keyward_verify::Verdict;
 
 pub use keyward_krp::KEY_VERSION;
 
@@ -70,7 +70,7 @@ pub enum KrsError {
     Hsm(#[from] HsmError),
     /// The HSM's receipt public key is not a P-384 point.
     #[error("the HSM's receipt public key")]
-    ReceiptKey(#[source] keyward_krp::receipt::ReceiptError),
+    ReceiptKey(#[source] keyward_krp::ReceiptError),
     /// The token lacks what the configuration asks for (the message names it).
     #[error("{0}")]
     Token(String),
@@ -133,7 +133,7 @@ impl Service {
         session_ttl: Duration,
         wrap: WrapChoice,
     ) -> Result<Self, KrsError> {
-        let receipt_spki = keyward_krp::receipt::spki_from_sec1(&hsm.receipt_public_key()?)
+        let receipt_spki = keyward_krp::spki_from_sec1(&hsm.receipt_public_key()?)
             .map_err(KrsError::ReceiptKey)?;
         let caps = hsm.capabilities();
         if !caps.ecdsa {
@@ -505,7 +505,7 @@ impl Service {
         // a release whose key cannot advance heads would leave the store unanchored.
         let (head, boot_key_id) = match (&self.heads, e.boot_key.is_empty()) {
             (Some(book), false) => match book.register(deployment, &e.boot_key, now_unix()) {
-                Ok(h) => (h, keyward_krp::headproto::boot_key_id(&e.boot_key).to_vec()),
+                Ok(h) => (h, keyward_krp::boot_key_id(&e.boot_key).to_vec()),
                 Err(err) => {
                     drop(inner);
                     return self.deny(DenyCode::Internal, &error_chain(&err), ctx);
@@ -544,9 +544,9 @@ impl Service {
                 return self.deny(DenyCode::Internal, &format!("wrap: {err}"), ctx);
             }
         };
-        let also_receipt: Vec<keyward_krp::receipt::ReleasedKey> = also
+        let also_receipt: Vec<keyward_krp::ReleasedKey> = also
             .iter()
-            .map(|w| keyward_krp::receipt::ReleasedKey {
+            .map(|w| keyward_krp::ReleasedKey {
                 key_version: w.key_version,
                 key_id: keyward_hsm::mk_label(&self.key_id, w.key_version),
                 hsm_epk: w.hsm_epk.clone(),
@@ -644,7 +644,7 @@ impl Service {
                 Ctx::default(),
             )));
         };
-        let ok = digest.is_ok_and(|d| keyward_krp::headproto::verify(&public, &d, signature));
+        let ok = digest.is_ok_and(|d| keyward_krp::verify_boot_signature(&public, &d, signature));
         if !ok {
             return Err(Box::new(self.deny(
                 DenyCode::HeadSignature,
@@ -660,11 +660,11 @@ impl Service {
     /// `HeadUpdate`: compare-and-set the deployment's store head; durable before the signed
     /// answer, and recorded in the release log (decision `head`).
     fn head_update(&self, u: HeadUpdate) -> Response {
-        use keyward_krp::headproto::well_formed;
+        use keyward_krp::well_formed;
         let deployment = match self.head_caller(
             u.v,
             &u.boot_key_id,
-            keyward_krp::headproto::update_digest(&u),
+            keyward_krp::update_digest(&u),
             &u.signature,
         ) {
             Ok(d) => d,
@@ -716,7 +716,7 @@ impl Service {
         let deployment = match self.head_caller(
             q.v,
             &q.boot_key_id,
-            keyward_krp::headproto::query_digest(&q),
+            keyward_krp::query_digest(&q),
             &q.signature,
         ) {
             Ok(d) => d,

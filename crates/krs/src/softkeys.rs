@@ -12,7 +12,7 @@ use p384::ecdsa::signature::hazmat::PrehashSigner;
 use zeroize::Zeroizing;
 
 use keyward_hsm::{Capabilities, HsmError, HsmWrap, KeyBackend};
-use keyward_krp::wrap::derive_wrap_key;
+use keyward_krp::derive_wrap_key;
 
 /// Keys in files under a directory.
 pub struct SoftKeys {
@@ -125,7 +125,7 @@ impl KeyBackend for SoftKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_krp::wrap::EphemeralKey;
+    use keyward_krp::EphemeralKey;
 
     #[test]
     fn soft_wrap_round_trips_and_persists() {

@@ -19,9 +19,10 @@
 //! * PCR 15: keyward-pins' single extend with the digest of the user data without its password
 //!   lines ([`pcr15_input`]).
 
+// `keyward measure`: its arguments and its run, as the binary names them (`cli::Args`).
 pub mod cli;
-pub mod pe;
-pub mod snp;
+mod pe;
+mod snp;
 
 use sha2::{Digest, Sha256, Sha384};
 

@@ -23,7 +23,7 @@ pub enum PeError {
 
 /// One entry of the section table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Section {
+pub(crate) struct Section {
     /// The name, without trailing NULs (`.linux`, `.osrel`, ...).
     pub name: String,
     pub virtual_size: u32,
@@ -34,7 +34,7 @@ pub struct Section {
 
 /// A parsed PE image borrowing the file's bytes.
 #[derive(Debug)]
-pub struct Pe<'a> {
+pub(crate) struct Pe<'a> {
     data: &'a [u8],
     checksum_offset: usize,
     /// Offset of the certificate-table data directory entry, if the image has one.
@@ -73,7 +73,7 @@ fn u32_at(data: &[u8], what: &'static str, offset: usize) -> Result<u32, PeError
 
 impl<'a> Pe<'a> {
     /// Parse the DOS stub, COFF header, optional header (PE32 or PE32+) and section table.
-    pub fn parse(data: &'a [u8]) -> Result<Self, PeError> {
+    pub(crate) fn parse(data: &'a [u8]) -> Result<Self, PeError> {
         if slice(data, "DOS header", 0, 2)? != b"MZ" {
             return Err(PeError::Format("no MZ signature"));
         }
@@ -126,14 +126,15 @@ impl<'a> Pe<'a> {
     }
 
     /// The section table, in file order.
-    pub fn sections(&self) -> &[Section] {
+    #[cfg(test)]
+    pub(crate) fn sections(&self) -> &[Section] {
         &self.sections
     }
 
     /// A section's contents as the image has them in memory: `VirtualSize` bytes, the raw data
     /// zero-padded when `SizeOfRawData` is shorter. systemd-stub measures (PCR 11) and loads
     /// (`.linux`) exactly these bytes.
-    pub fn section_data(&self, name: &str) -> Result<Option<Vec<u8>>, PeError> {
+    pub(crate) fn section_data(&self, name: &str) -> Result<Option<Vec<u8>>, PeError> {
         let Some(s) = self.sections.iter().find(|s| s.name == name) else {
             return Ok(None);
         };
@@ -154,7 +155,7 @@ impl<'a> Pe<'a> {
     /// as edk2 computes it before extending EV_EFI_BOOT_SERVICES_APPLICATION into PCR 4:
     /// the headers without the checksum and the certificate-table entry, then every section's
     /// raw data in file order, then any data after the last section except the certificate table.
-    pub fn authenticode<D: Digest>(&self) -> Result<Vec<u8>, PeError> {
+    pub(crate) fn authenticode<D: Digest>(&self) -> Result<Vec<u8>, PeError> {
         let d = self.data;
         let mut h = D::new();
         let cks = self.checksum_offset;

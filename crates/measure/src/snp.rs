@@ -14,7 +14,7 @@ use sev::measurement::{
 
 /// Errors from the launch-measurement computation.
 #[derive(Debug, thiserror::Error)]
-pub enum SnpMeasureError {
+pub(crate) enum SnpMeasureError {
     #[error("SNP launch measurement of {path}: {msg}")]
     Compute { path: String, msg: String },
 }
@@ -22,7 +22,7 @@ pub enum SnpMeasureError {
 /// Kernel, initrd and command line hashed into the firmware's SEV hashes table (qemu direct
 /// boot; EC2 has none, so the appliance passes `None`).
 #[derive(Debug, Clone)]
-pub struct DirectBoot {
+pub(crate) struct DirectBoot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub append: Option<String>,
@@ -30,7 +30,7 @@ pub struct DirectBoot {
 
 /// What the launch digest depends on besides the firmware file.
 #[derive(Debug, Clone)]
-pub struct SnpLaunch {
+pub(crate) struct SnpLaunch {
     pub vcpus: u32,
     pub vcpu_type: CpuType,
     /// SEV_FEATURES of the VMSA; 0x1 (SNPActive) is what EC2 launches with.
@@ -39,7 +39,10 @@ pub struct SnpLaunch {
 }
 
 /// The 48-byte launch digest (MEASUREMENT) for one configuration, as lower-case hex.
-pub fn ec2_launch_digest(ovmf: &Path, launch: &SnpLaunch) -> Result<String, SnpMeasureError> {
+pub(crate) fn ec2_launch_digest(
+    ovmf: &Path,
+    launch: &SnpLaunch,
+) -> Result<String, SnpMeasureError> {
     let args = SnpMeasurementArgs {
         vcpus: launch.vcpus,
         vcpu_type: launch.vcpu_type,

@@ -1,5 +1,5 @@
 //! The verifier library: pure functions from evidence bytes, a policy and a verification time
-//! to a [`verdict::Verdict`]. Used by the key-release service and by `keyward verify` alike.
+//! to a [`Verdict`]. Used by the key-release service and by `keyward verify` alike.
 //!
 //! It depends on nothing of ours but `keyward-evidence` (the bundle it judges) and never touches
 //! the network (no tokio, no sockets: `make test` checks it with `cargo tree`): the CLI fetches,
@@ -18,23 +18,32 @@
     clippy::indexing_slicing
 )]
 
+mod policy;
+mod signed;
+mod verdict;
+
+// Namespaces callers use as such: one per kind of evidence, with its parsers and its policy
+// section (`snp::Report`, `tpm::TpmPolicy`, `nitro::parse_cose`); the reference-values file
+// format (many record types, `refvalues::ReferenceValues`); and the test signer, behind the
+// `test-signer` feature so no release build holds its keys.
 pub mod nitro;
-pub mod policy;
 pub mod refvalues;
-pub mod signed;
 pub mod snp;
 #[cfg(any(test, feature = "test-signer"))]
 pub mod testsign;
 pub mod tpm;
-pub mod verdict;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+// What is judged, and the verdict.
 pub use keyward_evidence::EvidenceBundle;
-pub use policy::{Policy, PolicyError};
 pub use verdict::{Check, Status, Verdict};
-
-use policy::EvidenceKind;
+// The policy and its parts.
+pub use policy::{
+    check_hex, EvidenceKind, Policy, PolicyError, Product, SignerKind, DEFAULT_POLICY_TOML,
+};
+// Detached minisign signatures on the release's published files.
+pub use signed::{parse_public_key, verify_detached, SignatureError};
 
 /// What the verifier expects the evidence to be bound to, plus inputs that are not evidence
 /// (CRLs). Every field is optional: a missing expectation is a skipped check and a warning.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha384};
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../attestation/policies/default.toml");
 
 /// The only policy format this verifier understands.
-pub const POLICY_FORMAT: u32 = 1;
+pub(crate) const POLICY_FORMAT: u32 = 1;
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum PolicyError {
 /// The exact value of `allow_unmeasured` that lets a policy accept evidence no reference value
 /// pins (an empty `required_evidence`, SNP without measurements, NitroTPM without PCRs, a TPM
 /// quote without allowed PCR values). Any other value is refused.
-pub const UNMEASURED_CONSENT: &str = "I understand this accepts evidence no one measured";
+pub(crate) const UNMEASURED_CONSENT: &str = "I understand this accepts evidence no one measured";
 
 /// Kinds of evidence a policy can require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

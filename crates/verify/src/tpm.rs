@@ -513,10 +513,6 @@ impl EventLog {
         }
         value
     }
-    /// Whether any event extends `pcr`.
-    pub fn touches(&self, pcr: u8) -> bool {
-        self.events.iter().any(|e| e.pcr == u32::from(pcr))
-    }
 }
 
 /// Build a crypto-agile event log (header plus events) with digests in `bank` only. Used by

@@ -5,8 +5,8 @@
 use std::time::{Instant, SystemTime};
 
 use keyward_attest::live::{runtime_binding, runtime_binding_value};
-use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_attest::Attester;
+use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
 use keyward_verify::testsign::test_root_policy_toml;
 use keyward_verify::{verify_bundle, EvidenceBundle, Expectations, Policy, Status};
 

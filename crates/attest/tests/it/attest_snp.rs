@@ -3,7 +3,7 @@
 //! it, parsed and turned into `SnpEvidence` by the same functions `/dev/sev-guest` and
 //! configfs-tsm use. Malformed tables are refused without panicking.
 
-use keyward_attest::snp::{
+use keyward_attest::{
     build_cert_table, evidence_from_parts, parse_cert_table, tsm_report, GUID_ARK, GUID_ASK,
     GUID_CRL, GUID_VLEK,
 };

@@ -101,7 +101,7 @@ fn the_admin_listener_trusts_the_checked_bytes() {
         .block_on(keyward_appliance::boot(
             &config,
             Box::new(source),
-            keyward_appliance::notify::Notifier::from_env(),
+            keyward_appliance::Notifier::from_env(),
         ))
         .unwrap_or_else(|e| panic!("boot: {e}"));
     // The host did swap the file while the "release" ran.
@@ -143,7 +143,7 @@ fn the_admin_listener_trusts_the_checked_bytes() {
         .block_on(keyward_appliance::boot(
             &config,
             Box::new(source),
-            keyward_appliance::notify::Notifier::from_env(),
+            keyward_appliance::Notifier::from_env(),
         ))
         .err()
         .expect("booted with a CA file other than the pinned one");

@@ -461,7 +461,7 @@ fn live_attestation_binds_the_managed_key() {
     };
     let text = common::policy_text_full(
         2,
-        &[hex::encode(keyward_attest::simulated::DEMO_MEASUREMENT)],
+        &[hex::encode(keyward_attest::DEMO_MEASUREMENT)],
         &keyward_verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text, &f.policy_file);

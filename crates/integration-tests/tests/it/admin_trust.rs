@@ -72,7 +72,7 @@ fn trust_pins_only_the_attested_key() {
     };
     let text = common::policy_text_full(
         2,
-        &[hex::encode(keyward_attest::simulated::DEMO_MEASUREMENT)],
+        &[hex::encode(keyward_attest::DEMO_MEASUREMENT)],
         &keyward_verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text, &f.policy_file);

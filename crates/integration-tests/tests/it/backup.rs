@@ -174,7 +174,7 @@ fn a_lost_store_is_restored_from_a_backup_after_the_krs_operator_moves_the_head(
     };
     let text_policy = common::policy_text_full(
         2,
-        &[hex::encode(keyward_attest::simulated::DEMO_MEASUREMENT)],
+        &[hex::encode(keyward_attest::DEMO_MEASUREMENT)],
         &keyward_verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text_policy, &f.policy_file);
@@ -436,7 +436,7 @@ fn a_lost_postgres_store_is_restored_from_a_backup() {
     };
     let text_policy = common::policy_text_full(
         2,
-        &[hex::encode(keyward_attest::simulated::DEMO_MEASUREMENT)],
+        &[hex::encode(keyward_attest::DEMO_MEASUREMENT)],
         &keyward_verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text_policy, &f.policy_file);

@@ -32,7 +32,7 @@ fn kill_at(setup: &ServeSetup, needle: &str) -> String {
 /// to simulated SNP evidence: the fixture, the running KRS and the serve set-up (not started).
 pub(crate) fn released_setup(label: &str) -> (common::KrsFixture, common::Running, ServeSetup) {
     let f = common::KrsFixture::new(label, "").expect("SoftHSMv2 token");
-    let meas = keyward_attest::simulated::DEMO_MEASUREMENT;
+    let meas = keyward_attest::DEMO_MEASUREMENT;
     let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
     f.sign_policy_text(2, &text, &f.policy_file);
     let setup = ServeSetup::new();

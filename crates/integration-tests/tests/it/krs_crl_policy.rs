@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use keyward_agent::client::{Agent, AgentError};
-use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
-use keyward_krp::receipt::DenyCode;
+use keyward_agent::{Agent, AgentError};
+use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+use keyward_krp::DenyCode;
 use keyward_verify::testsign::{test_root_policy_toml, CrlSpec, TestCa};
 
 const CONSENT: &str = "I understand this accepts evidence no one measured";
@@ -593,7 +593,7 @@ impl keyward_attest::Attester for BareMetalGuest {
 
 #[test]
 fn shipped_bare_metal_policy_releases_once_its_crl_is_configured() {
-    use keyward_verify::policy::{Product, SignerKind};
+    use keyward_verify::{Product, SignerKind};
     let dir = tempfile::tempdir().unwrap();
     let crl_file = dir.path().join("amd-crl.pem");
     let Some(f) = common::KrsFixture::new(
@@ -611,7 +611,7 @@ fn shipped_bare_metal_policy_releases_once_its_crl_is_configured() {
     f.sign_policy_text(1, &text, &f.policy_file);
     install(&crl_file, &crl(vec![vec![9]], 3600, 86_400, false));
     let krs = f.serve();
-    let tcb = keyward_verify::snp::report::Tcb {
+    let tcb = keyward_verify::snp::Tcb {
         fmc: None,
         bootloader: 9,
         tee: 0,

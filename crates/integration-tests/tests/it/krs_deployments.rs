@@ -11,9 +11,9 @@
 use crate::common;
 
 use keyward_admin::pki::Ca;
-use keyward_agent::client::{parse_pins, Agent, AgentError};
-use keyward_attest::simulated::SimulatedSnpAttester;
-use keyward_krp::receipt::DenyCode;
+use keyward_agent::{parse_pins, Agent, AgentError};
+use keyward_attest::SimulatedSnpAttester;
+use keyward_krp::DenyCode;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
@@ -22,7 +22,7 @@ fn honest() -> SimulatedSnpAttester {
     common::honest_snp(MEAS)
 }
 
-fn agent(cfg: keyward_config::release::AgentConfig) -> Agent {
+fn agent(cfg: keyward_config::AgentConfig) -> Agent {
     Agent {
         cfg,
         attesters: vec![Box::new(honest())],

@@ -10,13 +10,13 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_agent::anchor::KrsAnchor;
-use keyward_agent::client::{parse_pins, Agent, Client, Released};
-use keyward_attest::simulated::SimulatedSnpAttester;
+use keyward_agent::KrsAnchor;
+use keyward_agent::{parse_pins, Agent, Client, Released};
+use keyward_attest::SimulatedSnpAttester;
 use keyward_keystore::{AnchorError, HeadAnchor, StoreHead};
-use keyward_krp::headproto::BootKey;
 use keyward_krp::messages::{Request, Response};
-use keyward_krp::receipt::DenyCode;
+use keyward_krp::BootKey;
+use keyward_krp::DenyCode;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];
@@ -202,7 +202,7 @@ fn the_agent_and_the_anchor_fall_back_to_the_next_krs_address() {
         product_release: "keyward-test".into(),
     };
     match agent.release() {
-        Err(keyward_agent::client::AgentError::Connect { krs, .. }) => assert_eq!(krs, dead),
+        Err(keyward_agent::AgentError::Connect { krs, .. }) => assert_eq!(krs, dead),
         Err(e) => panic!("expected a connection error naming {dead}, got {e}"),
         Ok(_) => panic!("released with every KRS address down"),
     }

@@ -84,11 +84,10 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
     let tmp = tempfile::tempdir().unwrap();
     let fail = Arc::new(Mutex::new(None));
     let soft = SoftKeys::open_or_create(tmp.path()).unwrap();
-    let receipt_spki =
-        keyward_krp::receipt::spki_from_sec1(&soft.receipt_public_key().unwrap()).unwrap();
+    let receipt_spki = keyward_krp::spki_from_sec1(&soft.receipt_public_key().unwrap()).unwrap();
     let krs = keyward_krs::embedded::start_with_backend(
         tmp.path(),
-        &[keyward_attest::simulated::DEMO_MEASUREMENT],
+        &[keyward_attest::DEMO_MEASUREMENT],
         Box::new(Flaky {
             soft,
             fail: Arc::clone(&fail),
@@ -97,7 +96,7 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
         &[],
     )
     .unwrap();
-    let release = keyward_config::release::ReleaseConfig {
+    let release = keyward_config::ReleaseConfig {
         agent: krs.agent.clone(),
         tpm_tcti: None,
         retry_initial_ms: 100,
@@ -105,9 +104,9 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
         policy_deny_retry_secs: 1,
         max_attempts: 1,
     };
-    let agent = keyward_agent::client::Agent {
+    let agent = keyward_agent::Agent {
         cfg: krs.agent.clone(),
-        attesters: keyward_appliance::release::build_attesters(&release).unwrap(),
+        attesters: keyward_appliance::build_attesters(&release).unwrap(),
         product_release: "test-image".into(),
     };
     let timeout = Duration::from_secs(krs.agent.timeout_secs);
@@ -131,7 +130,7 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
             // The wrap failed after the session: a deny the KRS signs (the receipt key works).
             (
                 Fail::Wrap,
-                keyward_agent::client::AgentError::Denied {
+                keyward_agent::AgentError::Denied {
                     receipt_verified, ..
                 },
             ) => {
@@ -140,13 +139,13 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
             // No signature at all: an unsigned deny or a protocol error, never a key.
             (
                 Fail::Sign,
-                keyward_agent::client::AgentError::Denied {
+                keyward_agent::AgentError::Denied {
                     receipt_verified, ..
                 },
             ) => {
                 assert!(!*receipt_verified, "{shown}")
             }
-            (Fail::Sign, keyward_agent::client::AgentError::Protocol(_)) => {}
+            (Fail::Sign, keyward_agent::AgentError::Protocol(_)) => {}
             _ => panic!("{f:?}: unexpected error {shown}"),
         }
         if f == Fail::Wrap {

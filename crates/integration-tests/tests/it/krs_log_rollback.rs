@@ -9,8 +9,8 @@ use crate::common;
 
 use std::path::Path;
 
-use keyward_agent::client::Agent;
-use keyward_attest::simulated::SimulatedSnpAttester;
+use keyward_agent::Agent;
+use keyward_attest::SimulatedSnpAttester;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];

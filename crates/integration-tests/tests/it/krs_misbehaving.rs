@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_agent::client::{Agent, AgentError};
+use keyward_agent::{Agent, AgentError};
 
 #[derive(Clone, Copy, Debug)]
 enum Misbehave {
@@ -37,17 +37,17 @@ fn stand_in(tls: Arc<rustls::ServerConfig>, how: Misbehave) -> String {
 fn a_misbehaving_krs_gives_typed_errors_within_the_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key, pin) =
-        keyward_krp::tls::generate_cert(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        keyward_krp::generate_cert(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(tmp.path().join("c.pem"), cert).unwrap();
     std::fs::write(tmp.path().join("k.pem"), key.as_bytes()).unwrap();
-    let tls = keyward_krp::tls::server_config(
-        keyward_krp::tls::load_certs(&tmp.path().join("c.pem")).unwrap(),
-        keyward_krp::tls::load_key(&tmp.path().join("k.pem")).unwrap(),
+    let tls = keyward_krp::server_config(
+        keyward_pki::load_certs(&tmp.path().join("c.pem")).unwrap(),
+        keyward_pki::load_key(&tmp.path().join("k.pem")).unwrap(),
     )
     .unwrap();
     let timeout = Duration::from_secs(2);
     let agent_for = |addr: String| {
-        let cfg = keyward_config::release::AgentConfig {
+        let cfg = keyward_config::AgentConfig {
             krs_url: addr,
             krs_fallback_urls: vec![],
             krs_tls_spki_sha256: hex::encode(pin),
@@ -57,7 +57,7 @@ fn a_misbehaving_krs_gives_typed_errors_within_the_timeout() {
             platform: None,
             timeout_secs: timeout.as_secs(),
         };
-        let release = keyward_config::release::ReleaseConfig {
+        let release = keyward_config::ReleaseConfig {
             agent: cfg.clone(),
             tpm_tcti: None,
             retry_initial_ms: 100,
@@ -67,7 +67,7 @@ fn a_misbehaving_krs_gives_typed_errors_within_the_timeout() {
         };
         Agent {
             cfg,
-            attesters: keyward_appliance::release::build_attesters(&release).unwrap(),
+            attesters: keyward_appliance::build_attesters(&release).unwrap(),
             product_release: "test-image".into(),
         }
     };
@@ -192,11 +192,11 @@ fn forward(tcp: std::net::TcpStream, to: String) {
 #[test]
 fn the_retry_loop_survives_a_misbehaving_krs_and_releases_once_it_recovers() {
     use crate::common;
-    use keyward_agent::source::{ReleaseSource, Retry, StatusFn};
+    use keyward_agent::{ReleaseSource, Retry, StatusFn};
     use std::sync::Mutex;
 
     let f = common::KrsFixture::new("krs-recovers", "").expect("SoftHSMv2 token");
-    let meas = keyward_attest::simulated::DEMO_MEASUREMENT;
+    let meas = keyward_attest::DEMO_MEASUREMENT;
     let text = common::policy_text_full(
         2,
         &[hex::encode(meas)],
@@ -205,9 +205,9 @@ fn the_retry_loop_survives_a_misbehaving_krs_and_releases_once_it_recovers() {
     f.sign_policy_text(2, &text, &f.policy_file);
     let krs = f.serve();
     // The stand-in holds the real KRS's TLS key, so the agent's pin passes for it too.
-    let tls = keyward_krp::tls::server_config(
-        keyward_krp::tls::load_certs(&f.state.join("tls.crt")).unwrap(),
-        keyward_krp::tls::load_key(&f.state.join("tls.key")).unwrap(),
+    let tls = keyward_krp::server_config(
+        keyward_pki::load_certs(&f.state.join("tls.crt")).unwrap(),
+        keyward_pki::load_key(&f.state.join("tls.key")).unwrap(),
     )
     .unwrap();
 
@@ -415,7 +415,7 @@ fn the_retry_loop_survives_a_misbehaving_krs_and_releases_once_it_recovers() {
         Err(e) => e,
     };
     assert!(t1.elapsed() < Duration::from_secs(3), "{:?}", t1.elapsed());
-    let shown = keyward_agent::source::error_chain(&err);
+    let shown = keyward_agent::error_chain(&err);
     assert!(shown.contains("denied"), "{shown}");
     assert_eq!(f.log_entries().len(), before + 1, "one attempt only");
     let texts = lines.lock().unwrap().clone();

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use keyward_agent::anchor::KrsAnchor;
-use keyward_agent::client::{parse_pins, Agent, Released};
+use keyward_agent::KrsAnchor;
+use keyward_agent::{parse_pins, Agent, Released};
 use keyward_keystore::view::KeyUsage;
 use keyward_keystore::{
     FileKeyStore, Freshness, HeadAnchor, KeystoreError, MasterKeys, NewStore, Registry,
@@ -85,13 +85,13 @@ fn raw_release(
     addr: &str,
     key_versions: Option<Vec<u32>>,
 ) -> Result<(u32, Vec<u32>), u32> {
-    use keyward_agent::client::{accept_release, Client};
+    use keyward_agent::{accept_release, Client};
     use keyward_attest::Attester;
     use keyward_evidence::EvidenceBundle;
     use keyward_krp::cbor::to_canonical;
     use keyward_krp::messages::{Evidence, Hello, Request, Response};
     use keyward_krp::transcript;
-    use keyward_krp::wrap::EphemeralKey;
+    use keyward_krp::EphemeralKey;
     let pins = parse_pins(&f.agent_config(addr)).unwrap();
     let mut c = Client::connect(addr, pins.tls, Duration::from_secs(5)).unwrap();
     let hello = Hello {
@@ -309,7 +309,7 @@ fn rotate_reseal_retire_through_the_krs() {
     assert_eq!(r.receipt.key_version, 2);
     assert!(r.also.is_empty(), "a retired version is not released");
     // Asking for the retired version, or being an agent that only knows version 1: denied.
-    let retired = keyward_krp::receipt::DenyCode::KeyRetired.number();
+    let retired = keyward_krp::DenyCode::KeyRetired.number();
     assert_eq!(raw_release(&f, &krs.addr, Some(vec![1])), Err(retired));
     assert_eq!(raw_release(&f, &krs.addr, None), Err(retired));
     let last = f.log_entries().pop().unwrap();
@@ -348,7 +348,7 @@ fn serve_reseal_survives_kill9_at_random_points() {
     let Some(f) = common::KrsFixture::new("serve-mk", "") else {
         return;
     };
-    let meas = keyward_attest::simulated::DEMO_MEASUREMENT;
+    let meas = keyward_attest::DEMO_MEASUREMENT;
     let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
     f.sign_policy_text(2, &text, &f.policy_file);
     let setup = ServeSetup::new();
@@ -680,7 +680,7 @@ struct PgFleet {
 
 fn pg_fleet(label: &str) -> Option<PgFleet> {
     let f = common::KrsFixture::new(label, "")?;
-    let meas = keyward_attest::simulated::DEMO_MEASUREMENT;
+    let meas = keyward_attest::DEMO_MEASUREMENT;
     let text = common::policy_text_full(2, &[hex::encode(meas)], &test_root_policy_toml());
     f.sign_policy_text(2, &text, &f.policy_file);
     let db = pg_server();

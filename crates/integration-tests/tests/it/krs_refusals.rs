@@ -9,12 +9,12 @@ use crate::common;
 
 use std::time::Duration;
 
-use keyward_agent::client::{check_challenge, denied, parse_pins, AgentError, Client};
+use keyward_agent::{check_challenge, denied, parse_pins, AgentError, Client};
 use keyward_evidence::EvidenceBundle;
 use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{Challenge, Evidence, Hello, Request, Response};
-use keyward_krp::receipt::{verify_receipt, DenyCode};
-use keyward_krp::wrap::EphemeralKey;
+use keyward_krp::EphemeralKey;
+use keyward_krp::{verify_receipt, DenyCode};
 
 fn connect(f: &common::KrsFixture, addr: &str) -> Client {
     let pins = parse_pins(&f.agent_config(addr)).unwrap();

@@ -220,7 +220,7 @@ fn metrics_count_the_requests_made() {
 /// then a plain-HTTP scrape on loopback parsed by the OpenMetrics parser.
 #[test]
 fn krs_metrics_count_releases_and_denials_by_code() {
-    use keyward_agent::client::{Agent, AgentError};
+    use keyward_agent::{Agent, AgentError};
     use keyward_verify::testsign::test_root_policy_toml;
     let py = parser_python();
     let Some(f) = crate::common::KrsFixture::new("krs-metrics", "metrics_listen = \"127.0.0.1:0\"")

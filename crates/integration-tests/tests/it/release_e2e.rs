@@ -9,18 +9,18 @@ use crate::common;
 
 use std::time::Duration;
 
-use keyward_agent::client::{accept_release, parse_pins, Agent, AgentError, Client};
-use keyward_attest::simulated::SimulatedSnpAttester;
+use keyward_agent::{accept_release, parse_pins, Agent, AgentError, Client};
+use keyward_attest::SimulatedSnpAttester;
 use keyward_attest::{AttestError, Attester, Binding};
 use keyward_evidence::{EvidenceBundle, SnpEvidence};
 use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{Evidence, Hello, Request, Response, WrapMode};
-use keyward_krp::receipt::{receipt_digest, DenyCode, Receipt};
 use keyward_krp::transcript;
-use keyward_krp::wrap::EphemeralKey;
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::report::Tcb;
+use keyward_krp::EphemeralKey;
+use keyward_krp::{receipt_digest, DenyCode, Receipt};
+use keyward_verify::snp::Tcb;
 use keyward_verify::testsign::{test_root_policy_toml, ReportBuilder, SimulatedPlatform};
+use keyward_verify::{Product, SignerKind};
 
 const MEAS: [u8; 48] = [0x11; 48];
 
@@ -94,7 +94,7 @@ fn fixture(label: &str) -> Option<common::KrsFixture> {
 
 fn expect_deny(
     f: &common::KrsFixture,
-    r: Result<keyward_agent::client::Released, AgentError>,
+    r: Result<keyward_agent::Released, AgentError>,
     code: DenyCode,
     check: &str,
 ) {

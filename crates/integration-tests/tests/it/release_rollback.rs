@@ -93,7 +93,7 @@ fn rolled_back_truncated_or_swapped_stores_are_refused_and_writes_need_the_krs()
     };
     let text = common::policy_text_full(
         2,
-        &[hex::encode(keyward_attest::simulated::DEMO_MEASUREMENT)],
+        &[hex::encode(keyward_attest::DEMO_MEASUREMENT)],
         &keyward_verify::testsign::test_root_policy_toml(),
     );
     f.sign_policy_text(2, &text, &f.policy_file);

@@ -48,7 +48,7 @@ fn serve_releases_unseals_serves_and_restarts() {
     let Some(f) = common::KrsFixture::new("serve-release", "") else {
         return;
     };
-    sign_demo_measurement_policy(&f, 2, keyward_attest::simulated::DEMO_MEASUREMENT);
+    sign_demo_measurement_policy(&f, 2, keyward_attest::DEMO_MEASUREMENT);
     let setup = ServeSetup::new();
     f.trust_admin_ca("appliance", &setup.ca);
     let krs = f.serve();

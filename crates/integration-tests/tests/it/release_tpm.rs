@@ -9,10 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_agent::client::{Agent, AgentError};
-use keyward_attest::simulated::{SimulatedSnpAttester, DEMO_MEASUREMENT};
-use keyward_attest::tpm::{provision_ak, TpmAttester, TpmConfig};
-use keyward_verify::tpm::Bank;
+use keyward_agent::{Agent, AgentError};
+use keyward_attest::{provision_ak, TpmAttester, TpmConfig};
+use keyward_attest::{SimulatedSnpAttester, DEMO_MEASUREMENT};
+use keyward_evidence::Bank;
 
 struct Swtpm {
     child: Child,

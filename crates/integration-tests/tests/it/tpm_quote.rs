@@ -8,11 +8,11 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_attest::tpm::{provision_ak, TpmAttester, TpmConfig};
+use keyward_attest::{provision_ak, TpmAttester, TpmConfig};
 use keyward_attest::{Attester, Binding};
 use keyward_evidence::EvidenceBundle;
 use keyward_verify::tpm::{build_event_log, verify_tpm, AllowedPcr, Bank, TpmPolicy, UserspacePcr};
-use keyward_verify::verdict::{Status, Verdict};
+use keyward_verify::{Status, Verdict};
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -88,7 +88,7 @@ fn start_swtpm() -> Swtpm {
 }
 
 fn extend(tcti: &str, pcr: u8, bank: Bank, digest: &[u8]) {
-    let mut ctx = keyward_attest::tpm::open_context(tcti).unwrap();
+    let mut ctx = keyward_attest::open_context(tcti).unwrap();
     let handle = pcr_handle(pcr);
     let mut vals = DigestValues::new();
     let alg = match bank {
@@ -388,7 +388,7 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
     let req = encode_request(Some(&[0xaa; 64]), Some(&[1; 32]), Some(b"spki"));
 
     // The message-buffer protocol on a real TPM: define, write, read back, undefine.
-    let mut ctx = keyward_attest::tpm::open_context(&tcti).unwrap();
+    let mut ctx = keyward_attest::open_context(&tcti).unwrap();
     let mb = write_request(&mut ctx, &req, 2048).unwrap();
     let back = read_and_undefine(&mut ctx, &mb).unwrap();
     assert_eq!(back.len(), 2048);
@@ -409,7 +409,7 @@ fn swtpm_nitrotpm_message_buffer_and_vendor_command_framing() {
         Err(AttestError::Unavailable(m)) => assert!(m.contains("not a NitroTPM"), "{m}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    let mut ctx = keyward_attest::tpm::open_context(&tcti).unwrap();
+    let mut ctx = keyward_attest::open_context(&tcti).unwrap();
     assert!(tss_esapi::abstraction::nv::list(&mut ctx)
         .unwrap()
         .is_empty());

@@ -15,7 +15,8 @@ use x509_cert::crl::TbsCertList;
 use x509_cert::{Certificate, TbsCertificate};
 
 /// id-RSASSA-PSS
-pub const OID_RSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+pub(crate) const OID_RSA_PSS: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
 const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const OID_MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8");
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");

@@ -10,10 +10,20 @@
 //!
 //! [`Check`]: crate::verdict::Check
 
-pub mod cert;
-pub mod report;
-pub mod revocation;
-pub mod roots;
+pub(crate) mod cert;
+pub(crate) mod report;
+pub(crate) mod revocation;
+pub(crate) mod roots;
+
+// The VEK chain's certificates and CRLs, and the AMD OIDs they carry.
+pub use cert::{
+    amd_oid, fmt_time, split_cert_input, split_crl_input, Cert, CertError, Crl, PublicKey,
+};
+// The attestation report and its TCB version.
+pub use report::{Report, Tcb};
+// Revocation and the pinned AMD roots.
+pub use revocation::{check_crl_signature, CrlFacts};
+pub use roots::is_amd_ark;
 
 use p384::ecdsa::signature::Verifier;
 use subtle::ConstantTimeEq;
@@ -23,8 +33,7 @@ use crate::verdict::Verdict;
 use crate::Expectations;
 use keyward_evidence::SnpEvidence;
 
-use cert::{amd_oid, Cert, Crl, PublicKey};
-use report::{platform_bits, policy_bits, Report, SigningKey, Tcb};
+use report::{platform_bits, policy_bits, SigningKey};
 
 /// Verify one SNP report with its certificates, appending `snp.*` checks to `v`.
 pub fn verify(ev: &SnpEvidence, policy: &Policy, expect: &Expectations, at: u64, v: &mut Verdict) {

@@ -8,9 +8,9 @@
 use crate::policy::Product;
 
 /// Length of every report version this parser knows.
-pub const REPORT_LEN: usize = 1184;
+pub(crate) const REPORT_LEN: usize = 1184;
 /// End (exclusive) of the signed region.
-pub const SIGNED_LEN: usize = 0x2A0;
+pub(crate) const SIGNED_LEN: usize = 0x2A0;
 
 /// Why the bytes are not a report this verifier can judge.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,29 +110,29 @@ impl std::fmt::Display for Tcb {
 }
 
 /// Guest policy bits (POLICY, offset 0x08).
-pub mod policy_bits {
-    pub const SMT: u64 = 1 << 16;
-    pub const RESERVED_MUST_BE_ONE: u64 = 1 << 17;
-    pub const MIGRATE_MA: u64 = 1 << 18;
-    pub const DEBUG: u64 = 1 << 19;
-    pub const SINGLE_SOCKET: u64 = 1 << 20;
-    pub const CXL_ALLOW: u64 = 1 << 21;
-    pub const MEM_AES_256_XTS: u64 = 1 << 22;
-    pub const RAPL_DIS: u64 = 1 << 23;
-    pub const CIPHERTEXT_HIDING: u64 = 1 << 24;
-    pub const PAGE_SWAP_DISABLE: u64 = 1 << 25;
+pub(crate) mod policy_bits {
+    pub(crate) const SMT: u64 = 1 << 16;
+    pub(crate) const RESERVED_MUST_BE_ONE: u64 = 1 << 17;
+    pub(crate) const MIGRATE_MA: u64 = 1 << 18;
+    pub(crate) const DEBUG: u64 = 1 << 19;
+    pub(crate) const SINGLE_SOCKET: u64 = 1 << 20;
+    pub(crate) const CXL_ALLOW: u64 = 1 << 21;
+    pub(crate) const MEM_AES_256_XTS: u64 = 1 << 22;
+    pub(crate) const RAPL_DIS: u64 = 1 << 23;
+    pub(crate) const CIPHERTEXT_HIDING: u64 = 1 << 24;
+    pub(crate) const PAGE_SWAP_DISABLE: u64 = 1 << 25;
     /// Every bit at or above 26 is undefined in the ABI versions this verifier knows.
-    pub const UNKNOWN_MASK: u64 = !((1 << 26) - 1);
+    pub(crate) const UNKNOWN_MASK: u64 = !((1 << 26) - 1);
 }
 
 /// PLATFORM_INFO bits (offset 0x40).
-pub mod platform_bits {
-    pub const SMT_EN: u64 = 1 << 0;
-    pub const TSME_EN: u64 = 1 << 1;
-    pub const ECC_EN: u64 = 1 << 2;
-    pub const RAPL_DIS: u64 = 1 << 3;
-    pub const CIPHERTEXT_HIDING_EN: u64 = 1 << 4;
-    pub const ALIAS_CHECK_COMPLETE: u64 = 1 << 5;
+pub(crate) mod platform_bits {
+    pub(crate) const SMT_EN: u64 = 1 << 0;
+    pub(crate) const TSME_EN: u64 = 1 << 1;
+    pub(crate) const ECC_EN: u64 = 1 << 2;
+    pub(crate) const RAPL_DIS: u64 = 1 << 3;
+    pub(crate) const CIPHERTEXT_HIDING_EN: u64 = 1 << 4;
+    pub(crate) const ALIAS_CHECK_COMPLETE: u64 = 1 << 5;
 }
 
 /// A parsed report: a borrowed view of the raw bytes with typed accessors.

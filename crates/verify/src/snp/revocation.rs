@@ -10,7 +10,7 @@ use super::roots;
 
 /// The ARKs a policy trusts: AMD's built-in ones (when `builtin_amd_roots`) and the policy's
 /// `[[snp.roots]]` that carry a PEM hashing to their pin. Each with the name shown in logs.
-pub fn pinned_arks(policy: &Policy) -> Vec<(String, Cert)> {
+pub(crate) fn pinned_arks(policy: &Policy) -> Vec<(String, Cert)> {
     let sp = &policy.snp;
     let mut out = Vec::new();
     if sp.builtin_amd_roots {

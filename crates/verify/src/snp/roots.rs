@@ -8,7 +8,7 @@ use crate::policy::Product;
 use super::cert::{split_cert_input, Cert};
 
 /// SHA-256 (hex) of each AMD ARK's DER, as published in `attestation/amd/README.md`.
-pub const ARK_PINS: [(Product, &str); 3] = [
+pub(crate) const ARK_PINS: [(Product, &str); 3] = [
     (
         Product::Milan,
         "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
@@ -24,7 +24,7 @@ pub const ARK_PINS: [(Product, &str); 3] = [
 ];
 
 /// SHA-256 (hex) of each built-in intermediate's DER: (product, ASK, ASVK).
-pub const INTERMEDIATE_PINS: [(Product, &str, &str); 3] = [
+pub(crate) const INTERMEDIATE_PINS: [(Product, &str, &str); 3] = [
     (
         Product::Milan,
         "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b",
@@ -64,7 +64,7 @@ const PEMS: [(Product, &str, &str, &str); 3] = [
 ];
 
 /// One product's built-in certificates.
-pub struct BuiltinSet {
+pub(crate) struct BuiltinSet {
     pub product: Product,
     pub ark: Cert,
     pub ask: Cert,
@@ -80,7 +80,7 @@ fn load(pem: &str, pin: &str) -> Option<Cert> {
 
 /// The built-in sets whose files match their pins (all three, unless the tree was altered),
 /// parsed once per process.
-pub fn builtin() -> &'static [BuiltinSet] {
+pub(crate) fn builtin() -> &'static [BuiltinSet] {
     static SETS: std::sync::OnceLock<Vec<BuiltinSet>> = std::sync::OnceLock::new();
     SETS.get_or_init(load_all)
 }

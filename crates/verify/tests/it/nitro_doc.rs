@@ -5,7 +5,7 @@
 use ciborium::Value;
 use keyward_evidence::NitroEvidence;
 use keyward_verify::nitro::{sig_structure, verify_nitro, NitroExpect, NitroPcr, NitroPolicy};
-use keyward_verify::verdict::{Status, Verdict};
+use keyward_verify::{Status, Verdict};
 use p384::ecdsa::signature::Signer;
 use p384::pkcs8::DecodePrivateKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_ECDSA_P384_SHA384};

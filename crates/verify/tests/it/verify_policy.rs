@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use keyward_verify::policy::{Policy, DEFAULT_POLICY_TOML};
+use keyward_verify::{Policy, DEFAULT_POLICY_TOML};
 
 fn root() -> PathBuf {
     crate::repo()

@@ -3,10 +3,10 @@
 //! chains and reports our test signer produces (so the test signer is not only "right" by our
 //! own verifier's standards).
 
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::cert::split_cert_input;
-use keyward_verify::snp::report::Tcb;
+use keyward_verify::snp::split_cert_input;
+use keyward_verify::snp::Tcb;
 use keyward_verify::testsign::{ReportBuilder, SimulatedPlatform, TestCa};
+use keyward_verify::{Product, SignerKind};
 use sev::certs::snp::{ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;

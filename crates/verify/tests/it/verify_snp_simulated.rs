@@ -4,12 +4,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keyward_verify::policy::{Product, SignerKind};
-use keyward_verify::snp::report::Tcb;
+use keyward_verify::snp::Tcb;
 use keyward_verify::testsign::{
     test_root_policy_toml, CrlSpec, ReportBuilder, SimulatedPlatform, TestCa, VekSpec,
 };
 use keyward_verify::{verify_snp_report, Expectations, Policy, Status, Verdict};
+use keyward_verify::{Product, SignerKind};
 
 const MEAS: [u8; 48] = [0x11; 48];
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keyward_verify::snp::cert::split_cert_input;
+use keyward_verify::snp::split_cert_input;
 use keyward_verify::{verify_snp_report, Expectations, Policy, Status, Verdict};
 
 fn data(p: &str) -> Vec<u8> {
@@ -163,7 +163,7 @@ fn expected_json_cases() {
         assert_eq!(failed(&v), expected_fail, "{report}\n{}", v.to_table());
         // Parsed fields recorded in expected.json.
         let raw = data(report);
-        let r = keyward_verify::snp::report::Report::parse(&raw).unwrap();
+        let r = keyward_verify::snp::Report::parse(&raw).unwrap();
         assert_eq!(r.version() as u64, case["report_version"].as_u64().unwrap());
         assert_eq!(
             format!("{:#x}", r.policy()),
@@ -307,7 +307,7 @@ fn bad_signature_vceks_refused() {
             .detail
             .contains("not signed by"));
         // Both hwID encodings parse (the extension reader handles raw and DER-wrapped).
-        let c = keyward_verify::snp::cert::Cert::from_der(&data(bad)).unwrap();
+        let c = keyward_verify::snp::Cert::from_der(&data(bad)).unwrap();
         assert_eq!(c.hw_id().unwrap().unwrap().len(), 64, "{bad}");
         // With the full AMD chain as given intermediates, refused the same way.
         let v = run(
@@ -524,7 +524,7 @@ fn chain_rules_given_certs() {
 
 #[test]
 fn turin_vcek_and_chain_parse_and_verify() {
-    use keyward_verify::snp::cert::{amd_oid, Cert};
+    use keyward_verify::snp::{amd_oid, Cert};
     let vcek = Cert::from_der(&data("virtee-sev/vcek_turin.der")).unwrap();
     assert_eq!(vcek.hw_id().unwrap().unwrap().len(), 8);
     assert!(vcek.spl(&amd_oid::FMC_SPL).unwrap().is_some());
@@ -532,7 +532,7 @@ fn turin_vcek_and_chain_parse_and_verify() {
     let ask = Cert::from_der(&chain[0]).unwrap();
     let ark = Cert::from_der(&chain[1]).unwrap();
     let key = |c: &Cert| match c.public_key().unwrap() {
-        keyward_verify::snp::cert::PublicKey::Rsa(k) => k,
+        keyward_verify::snp::PublicKey::Rsa(k) => k,
         _ => panic!("not RSA"),
     };
     vcek.verify_signed_by(&key(&ask)).unwrap();

@@ -38,9 +38,9 @@ fn committed_test_root_loads_and_matches_its_pin() {
         hex::encode(sha2::Sha256::digest(ca.ark_der())),
         TEST_ARK_SHA256.trim()
     );
-    let ark = keyward_verify::snp::cert::Cert::from_der(ca.ark_der()).unwrap();
+    let ark = keyward_verify::snp::Cert::from_der(ca.ark_der()).unwrap();
     assert!(ark.is_self_issued());
     assert!(ark.subject_cn().contains("TEST"));
     // Not one of AMD's pins.
-    assert!(keyward_verify::snp::roots::is_amd_ark(TEST_ARK_SHA256.trim()).is_none());
+    assert!(keyward_verify::snp::is_amd_ark(TEST_ARK_SHA256.trim()).is_none());
 }
