@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Listeners size their connection caps from the descriptor limit: lift the soft limit to
     // the hard one (the unit's LimitNOFILE) before anything binds.
-    keyward_secret::fdlimit::raise_nofile();
+    keyward_secret::raise_nofile();
     let result = match cli.command {
         Command::Serve(a) => keyward_appliance::cli::serve(a),
         Command::Store(a) => keyward_appliance::restore::run(a),

@@ -181,7 +181,7 @@ impl AdminServer {
                 required: cfg.approvals_required,
                 ttl_secs: cfg.approval_ttl_secs,
             },
-            max_connections: keyward_secret::fdlimit::FdBudget::current().admin,
+            max_connections: keyward_secret::FdBudget::current().admin,
         })
     }
 

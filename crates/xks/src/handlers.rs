@@ -46,7 +46,7 @@ pub struct Limits {
     /// How long a request may take from its headers to its answer (the body arriving, mostly);
     /// past it the connection is dropped.
     pub request_timeout: std::time::Duration,
-    /// Connections served at once. Default: [`keyward_secret::fdlimit::FdBudget`]'s XKS share.
+    /// Connections served at once. Default: [`keyward_secret::FdBudget`]'s XKS share.
     pub max_connections: usize,
     /// Connections past `max_connections` that are still accepted, only to be answered
     /// 429 `ThrottlingException` within a short deadline; beyond these they are closed at once.
@@ -83,7 +83,7 @@ pub fn pre_auth_body_cap(max_data: usize, max_aad: usize) -> usize {
 
 impl Default for Limits {
     fn default() -> Self {
-        let fds = keyward_secret::fdlimit::FdBudget::current();
+        let fds = keyward_secret::FdBudget::current();
         let max_data = 64 * 1024;
         let max_aad = crypto::MAX_AAD;
         Self {
