@@ -49,7 +49,7 @@ enum Command {
     Config(keyward_config::cli::Args),
     /// Manage keys, grants and credentials through the mutual-TLS admin API.
     #[cfg(feature = "operator")]
-    Admin(keyward_admin::cli::Args),
+    Admin(keyward_admin::Args),
     /// Run the whole pipeline on embedded defaults (simulated TEE, local key release).
     #[cfg(feature = "dev")]
     Demo(demo::Args),
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         Command::Config(a) => keyward_config::cli::run(a),
         #[cfg(feature = "operator")]
         Command::Admin(a) => {
-            keyward_admin::cli::run(a, admin_trust::run, keyward_appliance::cli::store_command)
+            keyward_admin::run(a, admin_trust::run, keyward_appliance::cli::store_command)
         }
         #[cfg(feature = "dev")]
         Command::Demo(a) => demo::run(a),
