@@ -14,7 +14,7 @@ const PATH: &str = "/keyward/kms/xks/v1/keys/key-1/encrypt";
 
 fn bench(c: &mut Criterion) {
     c.bench_function("router/keyward_route", |b| {
-        b.iter(|| black_box(keyward_xks::router::route(black_box(PATH), None)))
+        b.iter(|| black_box(keyward_xks::route(black_box(PATH), None)))
     });
 
     use axum::routing::post;

@@ -24,9 +24,9 @@ use keyward_audit::{AuditLog, AuditSink};
 use keyward_bench::payload::{Builder, EncryptOutput, Prepared};
 use keyward_bench::settings::{Preset, RawSettings, Settings};
 use keyward_bench::signer::Signer;
-use keyward_xks::handlers::{handle, Ctx, Limits, Request};
 use keyward_xks::sigv4;
-use keyward_xks::{health::Health, InMemoryStore};
+use keyward_xks::{handle, Ctx, Limits, Request};
+use keyward_xks::{Health, InMemoryStore};
 
 #[path = "tools/fixture.rs"]
 mod fixture;
@@ -104,7 +104,7 @@ fn signed(p: &Prepared) -> Signed {
     }
 }
 
-fn call(ctx: &Ctx, s: &Signed) -> keyward_xks::handlers::Reply {
+fn call(ctx: &Ctx, s: &Signed) -> keyward_xks::Reply {
     let req = Request {
         method: &Method::POST,
         path: &s.path,

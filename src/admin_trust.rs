@@ -18,9 +18,9 @@ use anyhow::Context as _;
 use std::time::SystemTime;
 
 use crate::verify_cli::{fetch_bound, load_policy, BINDING_CHECKS};
-use keyward_admin::client::Profile;
 use keyward_admin::proto::{Request, TlsInfo};
-use keyward_admin::tls::ServerTrust;
+use keyward_admin::Profile;
+use keyward_admin::ServerTrust;
 use keyward_verify::{verify_bundle, Status, Verdict};
 
 /// Why the pin was not written.
@@ -82,7 +82,7 @@ pub async fn trust(
     let mut profile = Profile::load_with(profile_path, Some(ServerTrust::SpkiSha256([0; 32])))
         .map_err(|e| TrustError::Setup(e.to_string()))?;
     if let Some(u) = url {
-        let (host, port) = keyward_admin::client::parse_url(u).map_err(TrustError::Setup)?;
+        let (host, port) = keyward_admin::parse_url(u).map_err(TrustError::Setup)?;
         profile.url = u.to_string();
         profile.host = host;
         profile.port = port;
@@ -186,12 +186,12 @@ pub fn write_pin(path: &Path, hex: &str) -> Result<(), TrustError> {
     new.push('\n');
     // The result must still be a profile (e.g. not a duplicate key).
     toml::from_str::<toml::Table>(&new).map_err(|e| err(e.message().to_string()))?;
-    keyward_admin::pki::write_file(path, new.as_bytes(), false).map_err(|e| err(e.to_string()))
+    keyward_admin::write_file(path, new.as_bytes(), false).map_err(|e| err(e.to_string()))
 }
 
 /// `keyward admin trust`: exit 0 with the pin written, 1 refused (one line, nothing written).
-pub fn run(req: keyward_admin::cli::TrustRequest) -> anyhow::Result<ExitCode> {
-    let keyward_admin::cli::TrustRequest {
+pub fn run(req: keyward_admin::TrustRequest) -> anyhow::Result<ExitCode> {
+    let keyward_admin::TrustRequest {
         profile,
         url,
         attestation_url,

@@ -31,7 +31,7 @@ enum Command {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Command::Verify { files, keys, json } = args.command;
-    match keyward_audit::verify::verify(&files, &keys) {
+    match keyward_audit::verify(&files, &keys) {
         Ok(r) => {
             if json {
                 println!(

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
-use keyward_admin::pki::{self, Ca};
+use keyward_admin::Ca;
 use keyward_appliance::{self, MasterKeySource};
 use keyward_config::{
     AdminConfig, Config, KeyStoreConfig, LogConfig, LogFormat, MasterKeyConfig, MemoryConfig,
@@ -131,7 +131,7 @@ fn master_key_source(
 /// SHA-256 of the demo operator CA certificate (DER) in `ca.pem`.
 pub(crate) fn demo_admin_ca_sha256(paths: &Paths) -> anyhow::Result<Vec<u8>> {
     use sha2::Digest;
-    let certs = keyward_admin::tls::load_certs(&paths.p("ca.pem"))
+    let certs = keyward_pki::load_certs(&paths.p("ca.pem"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", paths.p("ca.pem").display()))?;
     let [ca] = certs.as_slice() else {
         anyhow::bail!("{}: expected one certificate", paths.p("ca.pem").display());
@@ -154,13 +154,13 @@ pub(crate) fn ensure_pki(paths: &Paths) -> anyhow::Result<()> {
     let ca = Ca::new("keyward demo CA")?;
     let server = ca.server(&["localhost", "127.0.0.1"], 3650)?;
     let admin = ca.client("keyward-demo-admin", 3650)?;
-    pki::write_file(&paths.p("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
-    pki::write_file(&paths.p("server.pem"), server.cert_pem.as_bytes(), false)?;
-    pki::write_file(&paths.p("server-key.pem"), server.key_pem.as_bytes(), true)?;
-    pki::write_file(&paths.p("admin.pem"), admin.cert_pem.as_bytes(), false)?;
-    pki::write_file(&paths.p("admin-key.pem"), admin.key_pem.as_bytes(), true)?;
+    keyward_admin::write_file(&paths.p("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
+    keyward_admin::write_file(&paths.p("server.pem"), server.cert_pem.as_bytes(), false)?;
+    keyward_admin::write_file(&paths.p("server-key.pem"), server.key_pem.as_bytes(), true)?;
+    keyward_admin::write_file(&paths.p("admin.pem"), admin.cert_pem.as_bytes(), false)?;
+    keyward_admin::write_file(&paths.p("admin-key.pem"), admin.key_pem.as_bytes(), true)?;
     // Last: its presence marks the set as complete.
-    pki::write_file(&paths.p("ca.pem"), ca.cert_pem().as_bytes(), false)?;
+    keyward_admin::write_file(&paths.p("ca.pem"), ca.cert_pem().as_bytes(), false)?;
     eprintln!("keyward demo: created a self-signed CA, server and admin certificates");
     Ok(())
 }
@@ -196,7 +196,7 @@ fn demo_config(args: &Args, paths: &Paths, master_key: MasterKeyConfig) -> Confi
                 key: paths.p("server-key.pem"),
             }),
             client_ca: paths.p("ca.pem"),
-            unclaimed_role: keyward_admin::role::Role::Admin,
+            unclaimed_role: keyward_config::Role::Admin,
             approvals_required: keyward_config::DEFAULT_APPROVALS_REQUIRED,
             approval_ttl_secs: keyward_config::DEFAULT_APPROVAL_TTL_SECS,
         }),
@@ -347,7 +347,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             paths.p("admin.pem").display(),
             paths.p("admin-key.pem").display(),
         );
-        pki::write_file(&profile, profile_text.as_bytes(), false)?;
+        keyward_admin::write_file(&profile, profile_text.as_bytes(), false)?;
 
         let url = format!("https://{xks_addr}");
         // `GET /metrics` on the admin listener, with the admin profile's client certificate.
@@ -381,7 +381,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 drop(out);
                 // The same line in STATE/ready.json (mode 0600: it holds the demo's secret), for
                 // scripts and the docs' runnable blocks: `jq -r .url demo-state/ready.json`.
-                if let Err(e) = pki::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true) {
+                if let Err(e) = keyward_admin::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true) {
                     tracing::warn!("cannot write {}: {e:#}", paths.p("ready.json").display());
                 }
                 print_help(&url, &region, &cred.access_key_id, secret, &ca, &key_ids, &profile);
@@ -452,7 +452,7 @@ pub(crate) fn write_attestation_policy(paths: &Paths) -> anyhow::Result<PathBuf>
         hex::encode(DEMO_MEASUREMENT),
         keyward_verify::testsign::test_root_policy_toml()
     );
-    pki::write_file(&policy_file, policy.as_bytes(), false)?;
+    keyward_admin::write_file(&policy_file, policy.as_bytes(), false)?;
     Ok(policy_file)
 }
 

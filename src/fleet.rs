@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use keyward_admin::client::Profile;
-use keyward_admin::pki;
+use keyward_admin::Profile;
+
 use keyward_admin::proto::{KmsConfigFile, Request};
 use keyward_keystore::view::{Grant, KeyUsage};
 use keyward_store_pg::local::{LocalError, LocalPostgres};
@@ -183,7 +183,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<ExitCode> {
         );
         // The file first: whoever reads the line may at once run `keyward bench --demo` on
         // the file (mode 0600: it holds the demo's secret).
-        pki::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true)?;
+        keyward_admin::write_file(&paths.p("ready.json"), format!("{line}\n").as_bytes(), true)?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -437,7 +437,7 @@ fn write_member_files(
         cert = p("admin.pem"),
         key = p("admin-key.pem"),
     );
-    pki::write_file(&m.profile(), profile.as_bytes(), false)?;
+    keyward_admin::write_file(&m.profile(), profile.as_bytes(), false)?;
     Ok(())
 }
 

@@ -49,7 +49,7 @@ enum Command {
     Config(keyward_config::cli::Args),
     /// Manage keys, grants and credentials through the mutual-TLS admin API.
     #[cfg(feature = "operator")]
-    Admin(keyward_admin::cli::Args),
+    Admin(keyward_admin::Args),
     /// Run the whole pipeline on embedded defaults (simulated TEE, local key release).
     #[cfg(feature = "dev")]
     Demo(demo::Args),
@@ -76,14 +76,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Listeners size their connection caps from the descriptor limit: lift the soft limit to
     // the hard one (the unit's LimitNOFILE) before anything binds.
-    keyward_secret::fdlimit::raise_nofile();
+    keyward_secret::raise_nofile();
     let result = match cli.command {
         Command::Serve(a) => keyward_appliance::cli::serve(a),
         Command::Store(a) => keyward_appliance::restore::run(a),
         Command::Config(a) => keyward_config::cli::run(a),
         #[cfg(feature = "operator")]
         Command::Admin(a) => {
-            keyward_admin::cli::run(a, admin_trust::run, keyward_appliance::cli::store_command)
+            keyward_admin::run(a, admin_trust::run, keyward_appliance::cli::store_command)
         }
         #[cfg(feature = "dev")]
         Command::Demo(a) => demo::run(a),

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use keyward_admin::client::Profile;
 use keyward_admin::proto::Request;
+use keyward_admin::Profile;
 use keyward_bench::conn::Connector;
 use keyward_bench::payload::{Builder, Prepared};
 use keyward_bench::settings::{DemoLine, RawSettings};

@@ -319,7 +319,7 @@ fn admin_listener_refuses_clients_without_an_operator_certificate() {
     assert!(!String::from_utf8_lossy(&none.stdout).contains("ok"));
 
     // A certificate from another CA, and an expired one from the right CA: refused.
-    let other = keyward_admin::pki::Ca::new("someone else's CA").unwrap();
+    let other = keyward_admin::Ca::new("someone else's CA").unwrap();
     let stranger = other.client("test-admin", 30).unwrap();
     let expired = setup.ca_obj.client("test-admin", -1).unwrap();
     for (name, cert) in [("stranger", stranger), ("expired", expired)] {

@@ -26,7 +26,7 @@ use super::proto::{Request, TlsInfo};
 
 /// What `keyward admin tls acme` was asked.
 #[derive(Debug, Clone)]
-pub struct AcmeRequest {
+pub(crate) struct AcmeRequest {
     /// The ACME directory URL (`https://…/directory`).
     pub directory: String,
     /// The certificate's names (the first is the CSR's CN). DNS names only: DNS-01 cannot
@@ -50,7 +50,7 @@ pub struct AcmeRequest {
 
 /// One DNS-01 challenge's TXT record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxtRecord {
+pub(crate) struct TxtRecord {
     /// The name being validated.
     pub domain: String,
     /// `_acme-challenge.<domain>`.
@@ -60,7 +60,7 @@ pub struct TxtRecord {
 }
 
 /// Check the request before anything is sent; each error names the flag.
-pub fn check(req: &AcmeRequest) -> anyhow::Result<()> {
+pub(crate) fn check(req: &AcmeRequest) -> anyhow::Result<()> {
     if req.dns_names.is_empty() {
         anyhow::bail!("--dns-name: name at least one DNS name");
     }
@@ -84,7 +84,7 @@ pub fn check(req: &AcmeRequest) -> anyhow::Result<()> {
 }
 
 /// Run `keyward admin tls acme` against the appliance of `profile`.
-pub async fn run(profile: &Profile, req: &AcmeRequest) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(profile: &Profile, req: &AcmeRequest) -> anyhow::Result<ExitCode> {
     check(req)?;
     let account = account(req).await?;
 
@@ -290,7 +290,7 @@ fn write_account(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Run `--dns-hook` for `rec` with `action` (`present` or `cleanup`) through `sh -c`, with
 /// `KEYWARD_ACME_ACTION`, `KEYWARD_ACME_DOMAIN`, `KEYWARD_ACME_TXT_NAME` and
 /// `KEYWARD_ACME_TXT_VALUE` set; it must exit 0.
-pub fn run_hook(hook: &str, action: &str, rec: &TxtRecord) -> anyhow::Result<()> {
+pub(crate) fn run_hook(hook: &str, action: &str, rec: &TxtRecord) -> anyhow::Result<()> {
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(hook)

@@ -60,7 +60,7 @@ fn canonical(v: &Value) -> Value {
 }
 
 /// SHA-256 (hex) of the canonical JSON of `req`: what an approval is bound to.
-pub fn request_sha256(req: &super::proto::Request) -> Result<String, AdminError> {
+pub(crate) fn request_sha256(req: &super::proto::Request) -> Result<String, AdminError> {
     use sha2::Digest;
     let json = |source| AdminError::Json {
         what: "the request's canonical JSON",
@@ -80,7 +80,7 @@ fn random_id() -> Result<String, AdminError> {
 }
 
 /// A new pending request for `op` by `who`.
-pub fn file(
+pub(crate) fn file(
     op: &str,
     what: &str,
     request_sha256: String,
@@ -108,12 +108,12 @@ pub fn file(
 }
 
 /// Whether `rec` can no longer be used because of time.
-pub fn expired(rec: &ApprovalRecord, now: u64) -> bool {
+pub(crate) fn expired(rec: &ApprovalRecord, now: u64) -> bool {
     now > rec.expires
 }
 
 /// The state to show: `expired` for a pending or approved request past its time.
-pub fn shown_state(rec: &ApprovalRecord, now: u64) -> &'static str {
+pub(crate) fn shown_state(rec: &ApprovalRecord, now: u64) -> &'static str {
     match rec.state {
         ApprovalState::Pending | ApprovalState::Approved if expired(rec, now) => "expired",
         ApprovalState::Pending => "pending",
@@ -147,7 +147,7 @@ fn refuse_expired(rec: &ApprovalRecord) -> AdminError {
 
 /// `who` approves `cur`: another operator than the requester (SPKI hash), holding the role the
 /// action needs, once each; the request becomes approved when enough have.
-pub fn approve(
+pub(crate) fn approve(
     cur: Option<&ApprovalRecord>,
     id: &str,
     who: &Operator,
@@ -204,7 +204,7 @@ pub fn approve(
 
 /// `who` denies `cur` (pending or approved, not used): its requester, or an operator holding
 /// the role the action needs.
-pub fn deny(
+pub(crate) fn deny(
     cur: Option<&ApprovalRecord>,
     id: &str,
     who: &Operator,
@@ -234,7 +234,7 @@ pub fn deny(
 }
 
 /// The requester `who` uses approved request `cur` for the request hashing to `sha`: once.
-pub fn consume(
+pub(crate) fn consume(
     cur: Option<&ApprovalRecord>,
     id: &str,
     who: &Operator,
@@ -287,7 +287,7 @@ pub fn consume(
 }
 
 /// An approval as `approvals list` shows it.
-pub fn info(rec: &ApprovalRecord, now: u64) -> super::proto::ApprovalInfo {
+pub(crate) fn info(rec: &ApprovalRecord, now: u64) -> super::proto::ApprovalInfo {
     super::proto::ApprovalInfo {
         id: rec.id.clone(),
         op: rec.op.clone(),

@@ -1540,7 +1540,7 @@ mod tests {
 
 /// `keyward admin backup` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum BackupCmd {
+pub(crate) enum BackupCmd {
     /// Re-wrap a backup under the newest master-key version the appliance holds (before
     /// `krs mk retire --backups-moved`): the appliance opens and verifies it as a restore
     /// would (MACs, records, deployment) and returns it re-sealed; nothing is restored.

@@ -35,7 +35,7 @@ pub enum ExportError {
 
 /// One version in the export file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExportedVersion {
+pub(crate) struct ExportedVersion {
     pub version: u32,
     /// Standard Base64 of the wrapped 32 bytes.
     pub wrapped: String,
@@ -43,7 +43,7 @@ pub struct ExportedVersion {
 
 /// The export file (`keys export --out FILE`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExportFile {
+pub(crate) struct ExportFile {
     pub key_id: String,
     pub store: String,
     pub wrapping_algorithm: WrappingAlgorithm,
@@ -55,7 +55,7 @@ pub struct ExportFile {
 
 /// The escrow key from its DER SPKI (standard Base64), and the SPKI's SHA-256 (hex). Only RSA
 /// of 3072 or 4096 bits.
-pub fn escrow_key(der_b64: &str) -> Result<(RsaPublicKey, String), ExportError> {
+pub(crate) fn escrow_key(der_b64: &str) -> Result<(RsaPublicKey, String), ExportError> {
     use sha2::Digest;
     let der = base64::engine::general_purpose::STANDARD
         .decode(der_b64.trim())
@@ -71,7 +71,7 @@ pub fn escrow_key(der_b64: &str) -> Result<(RsaPublicKey, String), ExportError> 
 }
 
 /// `kek` wrapped to `key` as `algorithm` lays it out.
-pub fn wrap(
+pub(crate) fn wrap(
     key: &RsaPublicKey,
     algorithm: WrappingAlgorithm,
     kek: &[u8; 32],

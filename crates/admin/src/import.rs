@@ -104,17 +104,17 @@ impl WrappingKeySpec {
 }
 
 /// How long import parameters stay valid (KMS: 24 hours), and the longest an operator may ask.
-pub const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Outstanding tokens kept at once by a store (a fleet shares them; each is an RSA private key).
-pub const MAX_OUTSTANDING: usize = 32;
+pub(crate) const MAX_OUTSTANDING: usize = 32;
 /// The longest `encrypted_key_material` accepted (RSA-4096 plus a KWP of 32 bytes is 552).
-pub const MAX_WRAPPED: usize = 1024;
+pub(crate) const MAX_WRAPPED: usize = 1024;
 /// Imported key material is exactly this long.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// The answer to `keys import-params` (KMS `GetParametersForImport`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportParams {
+pub(crate) struct ImportParams {
     /// Hand this back with the wrapped key material; it names the wrapping key.
     pub import_token: String,
     pub wrapping_algorithm: WrappingAlgorithm,
@@ -179,14 +179,14 @@ const RACE_RETRIES: usize = 4;
 
 /// Wrapped import over the key store: issues tokens and uses them, once.
 #[derive(Default)]
-pub struct Importer;
+pub(crate) struct Importer;
 
 fn rfc3339(secs: u64) -> String {
     keyward_keystore::unix_rfc3339(secs)
 }
 
 /// SHA-256 (hex) of a token: what the key store keeps instead of the token.
-pub fn token_sha256(token: &str) -> String {
+pub(crate) fn token_sha256(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
 }
@@ -214,7 +214,7 @@ fn usable(
 impl Importer {
     /// Make a wrapping key pair and a token for it, valid for `valid_for` (default and at most
     /// 24 hours) from `now` (trusted time), and store the private key sealed in `registry`.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         registry: &Registry,
         now: u64,
@@ -280,7 +280,7 @@ impl Importer {
     /// Use `token` (it is gone afterwards, on every member, whatever the outcome of the
     /// unwrap; a wrong algorithm or an expired token is refused without using it) to unwrap
     /// `wrapped`: the 32 key bytes.
-    pub fn unwrap(
+    pub(crate) fn unwrap(
         &self,
         registry: &Registry,
         now: u64,
@@ -305,7 +305,8 @@ impl Importer {
     }
 
     /// Tokens outstanding at `now`.
-    pub fn outstanding(&self, registry: &Registry, now: u64) -> Result<usize, ImportError> {
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self, registry: &Registry, now: u64) -> Result<usize, ImportError> {
         Ok(registry.import_keys_outstanding(now)?)
     }
 }

@@ -28,7 +28,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::proto::Request;
 
-pub use keyward_config::{Role, ROLE_URI_PREFIX};
+pub(crate) use keyward_config::{Role, ROLE_URI_PREFIX};
 
 /// A set of roles (what a certificate's claims add up to). `admin` is kept as operator and
 /// security.
@@ -124,14 +124,14 @@ impl Need {
 
 /// What a request needs: a role, and whether M-of-N approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub need: Need,
     /// Destructive or secret-revealing: needs an approval by other operators.
     pub approval: bool,
 }
 
 /// The decision table: what each admin request needs. One place; a unit test per request.
-pub fn policy(req: &Request) -> Policy {
+pub(crate) fn policy(req: &Request) -> Policy {
     use Request as R;
     let (need, approval) = match req {
         R::StoresList
@@ -172,13 +172,14 @@ pub fn policy(req: &Request) -> Policy {
 }
 
 /// Whether `roles` may make `req` (approval aside).
-pub fn allows(roles: Roles, req: &Request) -> bool {
+#[cfg(test)]
+pub(crate) fn allows(roles: Roles, req: &Request) -> bool {
     roles.satisfy(policy(req).need)
 }
 
 /// What a certificate claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// No `keyward:role:` URI.
     None,
     /// One or more known roles (their union).
@@ -189,7 +190,7 @@ pub enum Claim {
 
 /// The role claim of a DER certificate (its SubjectAltName URIs). A certificate that does not
 /// parse claims nothing (rustls has verified it already; this only reads the extension).
-pub fn claim_of(cert: &CertificateDer<'_>) -> Claim {
+pub(crate) fn claim_of(cert: &CertificateDer<'_>) -> Claim {
     use der::Decode;
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
@@ -216,7 +217,7 @@ pub fn claim_of(cert: &CertificateDer<'_>) -> Claim {
 }
 
 /// The roles a claim gives, with `unclaimed` for a certificate without a claim.
-pub fn resolve(claim: &Claim, unclaimed: Role) -> Result<Roles, String> {
+pub(crate) fn resolve(claim: &Claim, unclaimed: Role) -> Result<Roles, String> {
     match claim {
         Claim::None => Ok(Roles::of(unclaimed)),
         Claim::Roles(r) => Ok(*r),

@@ -105,7 +105,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The path of the metrics endpoint.
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 /// Its content type.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -181,7 +181,7 @@ impl AdminServer {
                 required: cfg.approvals_required,
                 ttl_secs: cfg.approval_ttl_secs,
             },
-            max_connections: keyward_secret::fdlimit::FdBudget::current().admin,
+            max_connections: keyward_secret::FdBudget::current().admin,
         })
     }
 
@@ -259,7 +259,7 @@ async fn serve_conn(
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let actor = leaf.and_then(|c| {
         let subject = super::tls::subject_of(c)?;
-        let spki_sha256 = hex::encode(super::tls::spki_sha256(c)?);
+        let spki_sha256 = hex::encode(keyward_pki::spki_sha256(c.as_ref()).ok()?);
         let role = super::role::resolve(&super::role::claim_of(c), unclaimed);
         Some(Operator {
             subject,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 
-pub use keyward_pki::SpkiPinVerifier;
+pub(crate) use keyward_pki::SpkiPinVerifier;
 use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -40,14 +40,14 @@ pub enum TlsError {
 }
 
 /// The `ring` crypto provider (never aws-lc: it doubles clean build times).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub use keyward_pki::{load_certs, load_key};
+pub(crate) use keyward_pki::{load_certs, load_key};
 
 /// A root store holding the CA certificates in a PEM file.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
         roots.add(c).map_err(|source| TlsError::BadCa {
@@ -101,28 +101,17 @@ impl OperatorCa {
 }
 
 /// Where the admin listener's server certificate comes from.
-pub enum ServerCert<'a> {
+pub(crate) enum ServerCert<'a> {
     /// A PEM chain and key file.
     Files { cert_chain: &'a Path, key: &'a Path },
     /// A resolver shared with another listener (the appliance-managed TLS identity).
     Resolver(Arc<dyn ResolvesServerCert>),
 }
 
-/// The admin server: TLS 1.2/1.3, a client certificate from `client_ca` is mandatory.
-pub fn server_config(
-    cert_chain: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with(
-        ServerCert::Files { cert_chain, key },
-        &OperatorCa::load(client_ca)?,
-    )
-}
-
-/// [`server_config`] with the server certificate from files or a shared resolver, and the
-/// operator CA as already read (and checked) by the caller.
-pub fn server_config_with(
+/// The admin server: TLS 1.2/1.3, a client certificate from the operator CA is mandatory; the
+/// server certificate from files or a shared resolver, and the operator CA as already read (and
+/// checked) by the caller.
+pub(crate) fn server_config_with(
     cert: ServerCert<'_>,
     client_ca: &OperatorCa,
 ) -> Result<Arc<ServerConfig>, TlsError> {
@@ -162,7 +151,7 @@ pub enum ServerTrust {
 }
 
 /// The admin client with either trust: a CA or an SPKI pin. Presents `cert`/`key`.
-pub fn client_config_with(
+pub(crate) fn client_config_with(
     trust: &ServerTrust,
     cert: &Path,
     key: &Path,
@@ -189,13 +178,8 @@ pub fn client_config_with(
     Ok(Arc::new(cfg))
 }
 
-/// SHA-256 of a DER certificate's SubjectPublicKeyInfo, or `None` if it does not parse.
-pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    keyward_pki::spki_sha256(cert.as_ref()).ok()
-}
-
 /// Parse a 64-hex-digit SHA-256 (case-insensitive, `:` separators allowed).
-pub fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
     let clean: String = s.chars().filter(|c| *c != ':').collect();
     let mut out = [0u8; 32];
     hex::decode_to_slice(clean.trim(), &mut out)
@@ -204,7 +188,7 @@ pub fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
 }
 
 /// The subject of a DER certificate as an RFC 4514 string (`CN=ops-admin,O=...`).
-pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
     use der::Decode;
     let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
     Some(c.tbs_certificate.subject.to_string())
@@ -315,7 +299,7 @@ mod tests {
         // A certificate for another name than the client dials: a CA check refuses it, the
         // pin (which checks the key only) accepts it.
         let server = ca.server(&["elsewhere.example"], 1).unwrap();
-        let pin = spki_sha256(&der_of(&server.cert_pem)).unwrap();
+        let pin = keyward_pki::spki_sha256(der_of(&server.cert_pem).as_ref()).unwrap();
         let ca_path = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(ca_path.path(), ca.cert_pem()).unwrap();
         assert!(!handshake(

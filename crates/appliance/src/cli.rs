@@ -107,9 +107,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `keyward admin store ...`: the storage backend of the configuration in `--config`, offline.
-pub fn store_command(cmd: keyward_admin::cli::StoreCommand) -> anyhow::Result<ExitCode> {
+pub fn store_command(cmd: keyward_admin::StoreCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        keyward_admin::cli::StoreCommand::Migrate { config } => {
+        keyward_admin::StoreCommand::Migrate { config } => {
             let loaded = keyward_config::load_file(&config)?;
             let Some(cfg) = loaded.config else {
                 anyhow::bail!(

@@ -216,10 +216,10 @@ impl Fleet {
     }
 }
 
-impl keyward_admin::ops::FleetAdmin for Fleet {
-    fn members(&self) -> Result<serde_json::Value, keyward_admin::server::AdminError> {
+impl keyward_admin::FleetAdmin for Fleet {
+    fn members(&self) -> Result<serde_json::Value, keyward_admin::AdminError> {
         serde_json::to_value(Fleet::members(self))
-            .map_err(|e| keyward_admin::server::AdminError::Internal(e.to_string()))
+            .map_err(|e| keyward_admin::AdminError::Internal(e.to_string()))
     }
 }
 

@@ -65,7 +65,7 @@ pub enum BootError {
     #[error("signal handler")]
     Signal(#[source] std::io::Error),
     #[error("admin listener")]
-    Admin(#[from] keyward_admin::server::ServerError),
+    Admin(#[from] keyward_admin::ServerError),
     #[error("pins: {0}")]
     Pins(#[from] AdminCaError),
     #[error("clock: {0}")]
@@ -86,7 +86,7 @@ pub enum AdminCaError {
     Load {
         path: std::path::PathBuf,
         #[source]
-        source: keyward_admin::tls::TlsError,
+        source: keyward_admin::TlsError,
     },
     #[error("admin CA {}: holds {count} certificates; the admin_ca_sha256 pin names exactly one", path.display())]
     Count {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use keyward_admin::ops::MetricsSource;
+use keyward_admin::MetricsSource;
 use keyward_audit::AuditLog;
 use keyward_keystore::view::KeyStatus;
 use keyward_keystore::Registry;

@@ -67,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
         } => (config, master_key_file, file),
         Cmd::Migrate { config } => {
-            return crate::cli::store_command(keyward_admin::cli::StoreCommand::Migrate { config })
+            return crate::cli::store_command(keyward_admin::StoreCommand::Migrate { config })
         }
     };
     let started = std::time::Instant::now();

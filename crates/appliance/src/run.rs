@@ -7,9 +7,9 @@ use tokio::sync::watch;
 
 use super::notify::Notifier;
 use super::{phase, Addresses, AdminCaError, BootError, MasterKeySource};
-use keyward_admin::ops::{FleetAdmin, RegistryBackend, TlsAdmin};
-use keyward_admin::server::AdminServer;
-use keyward_admin::tls::OperatorCa;
+use keyward_admin::AdminServer;
+use keyward_admin::OperatorCa;
+use keyward_admin::{FleetAdmin, RegistryBackend, TlsAdmin};
 use keyward_audit::{AuditLog, AuditSink};
 use keyward_config::{Config, KeyStoreConfig};
 use keyward_keystore::{NewStore, Registry};

@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use zeroize::Zeroizing;
 
-use keyward_admin::ops::TlsAdmin;
 use keyward_admin::proto::TlsInfo;
-use keyward_admin::server::AdminError;
+use keyward_admin::AdminError;
+use keyward_admin::TlsAdmin;
 use keyward_keystore::{KeystoreError, Registry};
 use keyward_xks::CertHandle;
 
@@ -806,7 +806,7 @@ fn pem_of(certs: &[CertificateDer<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_admin::pki::Ca;
+    use keyward_admin::Ca;
     use keyward_secret::Key32;
 
     fn registry(dir: &std::path::Path, mk: u8) -> Arc<Registry> {

@@ -29,7 +29,7 @@
 //!
 //! Unauthenticated callers cannot hold the appliance's descriptors: the listener serves at most
 //! [`LiveConfig::max_connections`] connections (sized from the descriptor limit, see
-//! [`keyward_secret::fdlimit`]); one past the cap is answered a fixed 429 without being read and closed
+//! [`keyward_secret::FdBudget`]); one past the cap is answered a fixed 429 without being read and closed
 //! at once. Each connection carries one request (no keep-alive), whose headers must arrive
 //! within [`LiveConfig::header_timeout`] and body within [`LiveConfig::body_timeout`]; the whole
 //! exchange is bounded by [`LiveConfig::conn_deadline`].
@@ -269,7 +269,7 @@ impl LiveConfig {
             audit_key: None,
             bucket: Arc::new(TokenBucket::new(5, 1.0)),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
-            max_connections: keyward_secret::fdlimit::FdBudget::current().attestation,
+            max_connections: keyward_secret::FdBudget::current().attestation,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             conn_deadline: Duration::from_secs(30),

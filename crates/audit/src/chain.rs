@@ -23,14 +23,14 @@ use p256::ecdsa::{Signature, SigningKey};
 use sha2::{Digest, Sha256};
 
 /// How often a checkpoint is written while lines keep coming.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// What a checkpoint signature covers: this prefix, the key's SEC1 public key, the
 /// checkpoint line's `seq` (big-endian u64) and the head (the hash of the line before it).
-pub const CHECKPOINT_CONTEXT: &[u8] = b"keyward audit checkpoint v1\0";
+pub(crate) const CHECKPOINT_CONTEXT: &[u8] = b"keyward audit checkpoint v1\0";
 
 /// The message a checkpoint signs.
-pub fn checkpoint_message(key_sec1: &[u8], seq: u64, head: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn checkpoint_message(key_sec1: &[u8], seq: u64, head: &[u8; 32]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHECKPOINT_CONTEXT.len() + key_sec1.len() + 40);
     m.extend_from_slice(CHECKPOINT_CONTEXT);
     m.extend_from_slice(key_sec1);

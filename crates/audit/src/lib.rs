@@ -28,8 +28,11 @@
 //! formatted (they never enter the chain, so it still verifies); once the sink works again an
 //! `audit.gap` admin line says how many were not written and why.
 
-pub mod chain;
-pub mod verify;
+mod chain;
+mod verify;
+
+// Offline verification of a log's hash chain and signed checkpoints (`keyward audit verify`).
+pub use verify::{verify, Report, VerifyError};
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};

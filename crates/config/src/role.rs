@@ -1,7 +1,7 @@
 //! Operator roles on the admin API (`viewer`, `operator`, `security`, and the deprecated
 //! `admin` = operator + security): part of the configuration model because `[admin]
 //! unclaimed_role` names one; what each role may do is the admin API's business
-//! (`keyward_admin::role`).
+//! (`keyward_admin`'s role checks).
 
 /// The SAN URI prefix of a role claim.
 pub const ROLE_URI_PREFIX: &str = "keyward:role:";

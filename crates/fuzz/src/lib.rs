@@ -229,7 +229,7 @@ pub fn xks_statuses(data: &[u8]) -> Vec<u16> {
     };
     let ctx = xks_fixture::ctx();
     let mut call = |headers: &http::HeaderMap| {
-        let r = keyward_xks::handlers::Request {
+        let r = keyward_xks::Request {
             method: &method,
             path,
             query,
@@ -237,7 +237,7 @@ pub fn xks_statuses(data: &[u8]) -> Vec<u16> {
             authority: None,
             body,
         };
-        let reply = keyward_xks::handlers::handle(ctx, &r, Instant::now());
+        let reply = keyward_xks::handle(ctx, &r, Instant::now());
         // Whatever the input, the answer is an HTTP status.
         assert!((200..600).contains(&reply.status));
         if std::env::var_os("KEYWARD_FUZZ_DEBUG").is_some() {

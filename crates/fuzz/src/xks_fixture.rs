@@ -12,7 +12,7 @@ use keyward_keystore::view::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
 };
 use keyward_secret::{Key32, MemoryPolicy};
-use keyward_xks::handlers::{Ctx, Limits};
+use keyward_xks::{Ctx, Limits};
 
 pub(crate) const AK: &str = "AKIAKEYWARDFUZZTESTAA";
 pub(crate) const SK: &str = "FuzzSecretKeyFuzzSecretKeyFuzzSecretKey0";
@@ -88,9 +88,8 @@ pub(crate) fn ctx() -> &'static Ctx {
         ))
         .expect("the audit log");
         #[allow(clippy::expect_used)]
-        let health =
-            keyward_xks::health::Health::new(Arc::new(keyward_xks::InMemoryStore), "fuzz".into())
-                .expect("health");
+        let health = keyward_xks::Health::new(Arc::new(keyward_xks::InMemoryStore), "fuzz".into())
+            .expect("health");
         Fixture {
             ctx: Ctx {
                 view,

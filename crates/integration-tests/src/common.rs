@@ -164,7 +164,7 @@ pub const TEST_ADMIN_CA_PIN: &str =
 /// SHA-256 (hex) of the one certificate in a PEM file (DER), as `admin_ca_sha256` names it.
 pub fn ca_pin(ca: &Path) -> String {
     use sha2::Digest;
-    let certs = keyward_admin::tls::load_certs(ca).unwrap();
+    let certs = keyward_pki::load_certs(ca).unwrap();
     assert_eq!(certs.len(), 1);
     hex::encode(sha2::Sha256::digest(certs[0].as_ref()))
 }

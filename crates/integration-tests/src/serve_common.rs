@@ -336,7 +336,7 @@ pub struct ServeSetup {
     pub ca: PathBuf,
     pub access_key_id: String,
     pub secret: String,
-    pub ca_obj: keyward_admin::pki::Ca,
+    pub ca_obj: keyward_admin::Ca,
 }
 
 pub const SECRET_1: &str = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
@@ -358,7 +358,7 @@ impl ServeSetup {
 
     /// Like [`ServeSetup::new`] with `stores` as the key-store part of the configuration.
     pub fn with_stores(stores: &str) -> ServeSetup {
-        use keyward_admin::pki::{write_file, Ca};
+        use keyward_admin::{write_file, Ca};
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = Ca::new("test operator CA").unwrap();

@@ -238,7 +238,7 @@ impl hyper::body::Body for Stall {
 
 #[test]
 fn floods_leave_signed_requests_fast_and_memory_bounded() {
-    keyward_secret::fdlimit::raise_nofile();
+    keyward_secret::raise_nofile();
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
     let (demo, ready) = start_demo_nofile_1024(&state_dir);
@@ -335,7 +335,7 @@ fn floods_leave_signed_requests_fast_and_memory_bounded() {
     );
     let b = probe(&x, &key, "flood (b)");
     assert!(b < LATENCY_BOUND, "flood (b): median {b} s");
-    let att_cap = keyward_secret::fdlimit::FdBudget::from_limit(1024).attestation;
+    let att_cap = keyward_secret::FdBudget::from_limit(1024).attestation;
     assert!(
         still_open <= att_cap,
         "the attestation listener held {still_open} connections, its cap is {att_cap}"

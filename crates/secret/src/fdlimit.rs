@@ -21,7 +21,7 @@
 /// Whatever the descriptor limit, at most this many XKS connections are served at once: an
 /// idle TLS connection costs tens of KiB (rustls and hyper buffers, the task), so 16384 of them
 /// stay below about 1 GiB. KMS keeps far fewer open.
-pub const XKS_MEMORY_CEILING: usize = 16_384;
+pub(crate) const XKS_MEMORY_CEILING: usize = 16_384;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
 /// Never fails the caller: on error the current limit stays and is returned.
@@ -49,7 +49,7 @@ pub fn raise_nofile() -> u64 {
 }
 
 /// The soft `RLIMIT_NOFILE` (1024 if it cannot be read).
-pub fn nofile_soft() -> u64 {
+pub(crate) fn nofile_soft() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -14,7 +14,7 @@
 //! Without [`init`], the arena uses the strict policy: a key that cannot be locked is an error.
 
 mod arena;
-pub mod fdlimit;
+mod fdlimit;
 mod locked;
 mod wipe;
 
@@ -24,9 +24,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use zeroize::{Zeroize, Zeroizing};
 
+// Key memory: the locked arena's counters, locked boxes, wiped key schedules.
 pub use arena::ArenaStats;
 pub use locked::LockedBox;
 pub use wipe::{GcmKey, HmacSha256, WipedMac};
+
+// The file-descriptor budget shared by the listeners.
+pub use fdlimit::{raise_nofile, FdBudget};
 
 /// The AEAD every AES-256-GCM user of keyward takes ([`GcmKey`], the XKS request path, the key
 /// store's sealing): ring in the default build, AWS-LC's FIPS 140-3 module (aws-lc-rs, whose

@@ -4,7 +4,7 @@
 //! window and the connection watchdog.
 
 /// Seconds since the Unix epoch (`CLOCK_REALTIME_COARSE`, a few milliseconds of resolution).
-pub fn unix_secs() -> i64 {
+pub(crate) fn unix_secs() -> i64 {
     coarse(nix::time::ClockId::CLOCK_REALTIME_COARSE).unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -13,7 +13,7 @@ pub fn unix_secs() -> i64 {
 }
 
 /// Monotonic seconds (`CLOCK_MONOTONIC_COARSE`), for deadlines.
-pub fn mono_secs() -> u64 {
+pub(crate) fn mono_secs() -> u64 {
     match coarse(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
         Some(s) => u64::try_from(s).unwrap_or(0),
         None => {

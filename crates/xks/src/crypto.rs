@@ -14,15 +14,15 @@ use sha2::{Digest, Sha256};
 use keyward_secret::{GcmKey, Key32};
 
 /// The `ciphertextMetadata` format byte of the layout above.
-pub const CTM_V1: u8 = 0x01;
+pub(crate) const CTM_V1: u8 = 0x01;
 /// Length of our version-1 `ciphertextMetadata`.
-pub const CTM_V1_LEN: usize = 5;
+pub(crate) const CTM_V1_LEN: usize = 5;
 /// The largest AAD the length prefix can describe.
-pub const MAX_AAD: usize = u16::MAX as usize;
+pub(crate) const MAX_AAD: usize = u16::MAX as usize;
 
 /// Crypto failures, mapped by the handler onto XKS errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CryptoError {
+pub(crate) enum CryptoError {
     /// The tag did not verify (wrong key, IV, AAD, metadata, ciphertext or tag).
     #[error("ciphertext does not authenticate")]
     Auth,
@@ -35,13 +35,13 @@ pub enum CryptoError {
 }
 
 /// Our `ciphertextMetadata` for a key version.
-pub fn ctm_v1(key_version: u32) -> [u8; CTM_V1_LEN] {
+pub(crate) fn ctm_v1(key_version: u32) -> [u8; CTM_V1_LEN] {
     let v = key_version.to_be_bytes();
     [CTM_V1, v[0], v[1], v[2], v[3]]
 }
 
 /// The key version a `ciphertextMetadata` names, if it is ours.
-pub fn parse_ctm(ctm: &[u8]) -> Result<u32, CryptoError> {
+pub(crate) fn parse_ctm(ctm: &[u8]) -> Result<u32, CryptoError> {
     match ctm {
         [CTM_V1, a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => Err(CryptoError::Metadata),
@@ -49,7 +49,7 @@ pub fn parse_ctm(ctm: &[u8]) -> Result<u32, CryptoError> {
 }
 
 /// `u16_be(len aad) || aad || u8(len ctm) || ctm`, into `out` (cleared first).
-pub fn gcm_aad(aad: &[u8], ctm: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+pub(crate) fn gcm_aad(aad: &[u8], ctm: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
     let la = u16::try_from(aad.len()).map_err(|_| CryptoError::AadTooLong)?;
     let lc = u8::try_from(ctm.len()).map_err(|_| CryptoError::Metadata)?;
     out.clear();
@@ -62,7 +62,7 @@ pub fn gcm_aad(aad: &[u8], ctm: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoEr
 }
 
 /// SHA-256(aad || ctm || iv || ciphertext || tag), no length prefixes (spec Appendix C).
-pub fn cdiv(aad: &[u8], ctm: &[u8], iv: &[u8], ciphertext: &[u8], tag: &[u8]) -> [u8; 32] {
+pub(crate) fn cdiv(aad: &[u8], ctm: &[u8], iv: &[u8], ciphertext: &[u8], tag: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(aad);
     h.update(ctm);
@@ -73,7 +73,7 @@ pub fn cdiv(aad: &[u8], ctm: &[u8], iv: &[u8], ciphertext: &[u8], tag: &[u8]) ->
 }
 
 /// Encrypt `buf` in place under `key`; returns (iv, tag). `scratch` holds the GCM AAD.
-pub fn encrypt(
+pub(crate) fn encrypt(
     key: &Key32,
     aad: &[u8],
     ctm: &[u8],
@@ -91,7 +91,7 @@ pub fn encrypt(
 }
 
 /// Decrypt `buf` in place; on failure `buf` is zeroed.
-pub fn decrypt(
+pub(crate) fn decrypt(
     key: &Key32,
     aad: &[u8],
     ctm: &[u8],

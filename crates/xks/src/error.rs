@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 /// One XKS error. The payload is the `errorMessage`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum XksError {
+pub(crate) enum XksError {
     /// 400: an input is invalid (bad JSON, missing field, bad Base64, wrong enum value).
     #[error("ValidationException: {0}")]
     Validation(Cow<'static, str>),
@@ -43,6 +43,8 @@ pub enum XksError {
     #[error("UnsupportedOperationException: {0}")]
     UnsupportedOperation(Cow<'static, str>),
     /// 503: a backend timed out.
+    // Reserved by the contract (docs/xks-api.md: no remote backend on the request path yet).
+    #[allow(dead_code)]
     #[error("DependencyTimeoutException: {0}")]
     DependencyTimeout(&'static str),
     /// 500: internal failure.
@@ -53,7 +55,7 @@ pub enum XksError {
 impl XksError {
     /// The `errorName` on the wire. A 405 has no XKS name in the spec; we send
     /// `UnsupportedOperationException` in its body so that the body is still a valid XKS error.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             XksError::Validation(_) => "ValidationException",
             XksError::InvalidState(_) => "InvalidStateException",
@@ -72,7 +74,7 @@ impl XksError {
     }
 
     /// The exact HTTP status the spec gives this error.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             XksError::Validation(_)
             | XksError::InvalidState(_)
@@ -90,7 +92,7 @@ impl XksError {
     }
 
     /// The `errorMessage`.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             XksError::Validation(m) | XksError::UnsupportedOperation(m) => m,
             XksError::InvalidState(m)
@@ -108,7 +110,7 @@ impl XksError {
     }
 
     /// The JSON body. The message is cut to printable ASCII below 512 characters, and escaped.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
         out.extend_from_slice(b"{\"errorName\":\"");
         out.extend_from_slice(self.name().as_bytes());

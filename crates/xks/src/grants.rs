@@ -12,14 +12,14 @@ use super::model::RequestMetadata;
 
 /// An operation a grant may open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Encrypt,
     Decrypt,
     Metadata,
 }
 
 /// The index of the first grant that allows `op` for this request, if any.
-pub fn allowed(grants: &[Grant], op: Op, md: &RequestMetadata<'_>) -> Option<usize> {
+pub(crate) fn allowed(grants: &[Grant], op: Op, md: &RequestMetadata<'_>) -> Option<usize> {
     let principal = md.aws_principal_arn.as_deref()?;
     grants.iter().position(|g| {
         let opens = match op {
@@ -44,7 +44,7 @@ fn narrows(want: &Option<String>, got: Option<&str>) -> bool {
 
 /// `*` matches any (possibly empty) run; everything else matches itself. Linear-time greedy
 /// matching with one backtrack point, so no input can make it slow.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

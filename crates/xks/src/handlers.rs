@@ -46,7 +46,7 @@ pub struct Limits {
     /// How long a request may take from its headers to its answer (the body arriving, mostly);
     /// past it the connection is dropped.
     pub request_timeout: std::time::Duration,
-    /// Connections served at once. Default: [`keyward_secret::fdlimit::FdBudget`]'s XKS share.
+    /// Connections served at once. Default: [`keyward_secret::FdBudget`]'s XKS share.
     pub max_connections: usize,
     /// Connections past `max_connections` that are still accepted, only to be answered
     /// 429 `ThrottlingException` within a short deadline; beyond these they are closed at once.
@@ -60,14 +60,14 @@ pub struct Limits {
 }
 
 /// Bodies up to this size are never throttled by [`Limits::body_budget`].
-pub const SMALL_BODY: usize = 16 * 1024;
+pub(crate) const SMALL_BODY: usize = 16 * 1024;
 
 /// Room for everything in a request besides the two Base64 payloads: `requestMetadata` (ARNs
 /// of up to 2048 characters each: `awsPrincipalArn`, `kmsKeyArn`; `kmsRequestId`,
 /// `kmsOperation`, `kmsViaService`, `awsSourceVpc(e)`, and the fields KMS may add later per the
 /// spec's Appendix B), the IV (24), tag (24), metadata (28) and algorithm fields, field names,
 /// JSON punctuation and whitespace.
-pub const METADATA_ALLOWANCE: usize = 16 * 1024;
+pub(crate) const METADATA_ALLOWANCE: usize = 16 * 1024;
 
 /// The largest legal request body for these limits, rounded up to 16 KiB. The largest request
 /// is an Encrypt (or Decrypt) with both payloads at their maximum: Base64 of `max_data` bytes
@@ -75,7 +75,7 @@ pub const METADATA_ALLOWANCE: usize = 16 * 1024;
 /// [`METADATA_ALLOWANCE`]. With the defaults (64 KiB data, 65535 AAD):
 /// 87384 + 87380 + 16384 = 191148 bytes, rounded up to 192 KiB. (KMS sends Base64 unescaped; a client
 /// that escaped every `/` as `\/` could exceed this and is refused with 501.)
-pub fn pre_auth_body_cap(max_data: usize, max_aad: usize) -> usize {
+pub(crate) fn pre_auth_body_cap(max_data: usize, max_aad: usize) -> usize {
     let b64 = |n: usize| n.div_ceil(3) * 4;
     let raw = b64(max_data) + b64(max_aad) + METADATA_ALLOWANCE;
     raw.div_ceil(16 * 1024) * 16 * 1024
@@ -83,7 +83,7 @@ pub fn pre_auth_body_cap(max_data: usize, max_aad: usize) -> usize {
 
 impl Default for Limits {
     fn default() -> Self {
-        let fds = keyward_secret::fdlimit::FdBudget::current();
+        let fds = keyward_secret::FdBudget::current();
         let max_data = 64 * 1024;
         let max_aad = crypto::MAX_AAD;
         Self {
@@ -141,7 +141,7 @@ impl Reply {
         }
     }
     /// The answer for an error.
-    pub fn error(e: &XksError) -> Self {
+    pub(crate) fn error(e: &XksError) -> Self {
         Self {
             status: e.status(),
             body: e.to_json().into(),
@@ -182,7 +182,7 @@ pub fn handle(ctx: &Ctx, req: &Request<'_>, started: Instant) -> Reply {
 }
 
 /// The answer for a body larger than [`Limits::max_body`] (no authentication was possible).
-pub fn oversized(ctx: &Ctx, req_path: &str, started: Instant) -> Reply {
+pub(crate) fn oversized(ctx: &Ctx, req_path: &str, started: Instant) -> Reply {
     let mut rec = XksRecord::at(started);
     if let Routed::Xks(r) = router::route(req_path, None) {
         rec.set_operation(r.api.as_str());

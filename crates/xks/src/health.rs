@@ -19,9 +19,9 @@ use super::model::{EkmDetail, HealthResponse};
 use keyward_secret::Key32;
 
 /// How often the deep check runs.
-pub const REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH: Duration = Duration::from_secs(5);
 /// A cached result older than this is reported as `UNAVAILABLE` (the spec allows 60 s).
-pub const MAX_AGE: Duration = Duration::from_secs(30);
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Implemented by the platform: can the key store be read right now? May block briefly.
 pub trait StoreProbe: Send + Sync + 'static {
@@ -46,7 +46,7 @@ pub struct Peer {
 }
 
 /// At most this many `ekmFleetDetails` entries (the spec's limit).
-pub const MAX_FLEET_DETAILS: usize = 10;
+pub(crate) const MAX_FLEET_DETAILS: usize = 10;
 
 /// A probe for deployments whose keys live only in memory (tests, benchmarks).
 pub struct InMemoryStore;
@@ -182,7 +182,7 @@ impl Health {
 }
 
 /// Refresh in the background until the runtime stops.
-pub async fn refresher(h: Arc<Health>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn refresher(h: Arc<Health>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}

@@ -1,11 +1,11 @@
 //! The XKS Proxy API request path: route, SigV4, JSON, grants, AES-256-GCM, health.
 //!
-//! Read in the order of a request: [`router`] (method and path), [`sigv4`] (authentication),
-//! [`model`] (JSON in and out), [`error`] (every XKS error and its status), [`grants`]
-//! (secondary authorization), [`crypto`] (AES-256-GCM, AAD and metadata layout, CDIV),
-//! [`health`] (the deep health check), [`handlers`] (route, SigV4 and content type, then one
+//! Read in the order of a request: `router` (method and path), [`sigv4`] (authentication),
+//! `model` (JSON in and out), `error` (every XKS error and its status), `grants`
+//! (secondary authorization), `crypto` (AES-256-GCM, AAD and metadata layout, CDIV),
+//! `health` (the deep health check), `handlers` (route, SigV4 and content type, then one
 //! file per API in `api/`: `encrypt.rs`, `decrypt.rs`, `metadata.rs`, `health.rs`, each parse ->
-//! authorize -> apply in the contract's order of checks) and [`server`] (TLS, HTTP, mTLS, the listener) with [`watchdog`] (connection deadlines) and [`clock`] (coarse clocks).
+//! authorize -> apply in the contract's order of checks) and `server` (TLS, HTTP, mTLS, the listener) with `watchdog` (connection deadlines) and `clock` (coarse clocks).
 //!
 //! Keys and credentials come only from [`keyward_keystore::view`]; this crate never reaches
 //! `attest`, `verify`, `krp`, `krs`, `agent` or `hsm` (`scripts/check-deps.sh`).
@@ -18,18 +18,25 @@
 )]
 
 mod api;
-pub mod clock;
-pub mod crypto;
-pub mod error;
-pub mod grants;
-pub mod handlers;
-pub mod health;
-pub mod model;
-pub mod router;
-pub mod server;
+mod clock;
+mod crypto;
+mod error;
+mod grants;
+mod handlers;
+mod health;
+mod model;
+mod router;
+mod server;
+// SigV4 on its own (benches time `sigv4::verify`): a namespace of its request, policy and check.
 pub mod sigv4;
-pub mod watchdog;
+mod watchdog;
 
-pub use handlers::Limits;
-pub use health::{InMemoryStore, Peer, Status as HealthStatus, StoreProbe};
+// The listener: settings, TLS, client authentication, the hot-swappable certificate.
 pub use server::{CertHandle, ClientAuth, ServerError, TlsSettings, XksServer, XksSettings};
+
+// The request path without the listener (fuzzers, benches): context, one request, its answer.
+pub use handlers::{handle, Ctx, Limits, Reply, Request};
+pub use router::route;
+
+// The deep health check and the fleet's view of the stores.
+pub use health::{Health, InMemoryStore, Peer, Status as HealthStatus, StoreProbe};

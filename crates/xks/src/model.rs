@@ -14,7 +14,8 @@ use super::error::XksError;
 
 /// Strict standard Base64: `+/`, `=` padding required, no whitespace, canonical trailing bits.
 /// The request path uses [`B64_FAST`]; this engine is the reference it is tested against.
-pub const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+#[cfg(test)]
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The same strict rules through `base64-simd` (SSSE3/AVX2 chosen at run time): Base64 was the
 /// largest user-space item in the request profile after SHA-256. The crate was already built
@@ -23,7 +24,7 @@ const B64_FAST: base64_simd::Base64 = base64_simd::STANDARD;
 
 /// The longest ARN the spec makes us accept (we accept it and longer: no check needed, but
 /// ARNs longer than this are refused as invalid input).
-pub const MAX_ARN: usize = 2048;
+pub(crate) const MAX_ARN: usize = 2048;
 
 /// An optional JSON string that borrows from the body when it has no escapes. serde's own
 /// `Deserialize` for `Cow<str>` always allocates: only a field of type exactly `Cow<str>` marked
@@ -38,7 +39,7 @@ fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str
 /// `requestMetadata`, common to all four APIs.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestMetadata<'a> {
+pub(crate) struct RequestMetadata<'a> {
     #[serde(borrow, default, deserialize_with = "opt_str")]
     pub aws_principal_arn: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
@@ -58,7 +59,7 @@ pub struct RequestMetadata<'a> {
 impl RequestMetadata<'_> {
     /// The checks common to every API: `kmsRequestId` and `kmsOperation` present (not
     /// validated beyond that), ARNs within bounds.
-    pub fn check_common(&self) -> Result<(), XksError> {
+    pub(crate) fn check_common(&self) -> Result<(), XksError> {
         if self.kms_request_id.is_none() {
             return Err(XksError::Validation(
                 "requestMetadata.kmsRequestId is required".into(),
@@ -83,7 +84,7 @@ impl RequestMetadata<'_> {
     }
 
     /// Key APIs also need `awsPrincipalArn`.
-    pub fn principal(&self) -> Result<&str, XksError> {
+    pub(crate) fn principal(&self) -> Result<&str, XksError> {
         self.aws_principal_arn.as_deref().ok_or_else(|| {
             XksError::Validation("requestMetadata.awsPrincipalArn is required".into())
         })
@@ -93,7 +94,7 @@ impl RequestMetadata<'_> {
 /// GetKeyMetadata and GetHealthStatus bodies.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetadataRequest<'a> {
+pub(crate) struct MetadataRequest<'a> {
     #[serde(borrow, default)]
     pub request_metadata: Option<RequestMetadata<'a>>,
 }
@@ -101,7 +102,7 @@ pub struct MetadataRequest<'a> {
 /// Encrypt body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EncryptRequest<'a> {
+pub(crate) struct EncryptRequest<'a> {
     #[serde(borrow, default)]
     pub request_metadata: Option<RequestMetadata<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
@@ -117,7 +118,7 @@ pub struct EncryptRequest<'a> {
 /// Decrypt body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DecryptRequest<'a> {
+pub(crate) struct DecryptRequest<'a> {
     #[serde(borrow, default)]
     pub request_metadata: Option<RequestMetadata<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
@@ -135,7 +136,7 @@ pub struct DecryptRequest<'a> {
 }
 
 /// Parse a body; any JSON error is a `ValidationException` that does not echo the body.
-pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, XksError> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, XksError> {
     serde_json::from_slice(body).map_err(|e| {
         let msg = match e.classify() {
             serde_json::error::Category::Data => "request body has a field of the wrong type",
@@ -147,7 +148,7 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, XksError> {
 }
 
 /// The metadata that every request must carry.
-pub fn require_metadata<'r, 'a>(
+pub(crate) fn require_metadata<'r, 'a>(
     md: &'r Option<RequestMetadata<'a>>,
 ) -> Result<&'r RequestMetadata<'a>, XksError> {
     let md = md
@@ -158,7 +159,7 @@ pub fn require_metadata<'r, 'a>(
 }
 
 /// `encryptionAlgorithm` must be `AES_GCM`.
-pub fn require_aes_gcm(alg: &Option<Cow<'_, str>>) -> Result<(), XksError> {
+pub(crate) fn require_aes_gcm(alg: &Option<Cow<'_, str>>) -> Result<(), XksError> {
     match alg.as_deref() {
         Some("AES_GCM") => Ok(()),
         None => Err(XksError::Validation(
@@ -173,7 +174,11 @@ pub fn require_aes_gcm(alg: &Option<Cow<'_, str>>) -> Result<(), XksError> {
 /// Decode strict standard Base64 into `out` (appending). On invalid input `out` keeps its
 /// length, and whatever a partial decode wrote past it is zeroed (the buffers are reused for
 /// plaintext).
-pub fn decode_into(field: &'static str, b64: &str, out: &mut Vec<u8>) -> Result<(), XksError> {
+pub(crate) fn decode_into(
+    field: &'static str,
+    b64: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), XksError> {
     B64_FAST.decode_append(b64.as_bytes(), out).map_err(|_| {
         out.spare_capacity_mut().iter_mut().for_each(|b| {
             b.write(0);
@@ -183,12 +188,15 @@ pub fn decode_into(field: &'static str, b64: &str, out: &mut Vec<u8>) -> Result<
 }
 
 /// The most a short field ([`decode_small`]) may decode to.
-pub const SMALL: usize = 24;
+pub(crate) const SMALL: usize = 24;
 
 /// Decode a short strict-Base64 field (IV, tag, `ciphertextMetadata`) into a stack buffer;
 /// returns it and the decoded length. Callers bound the input's length first; a longer one is
 /// refused like any invalid Base64.
-pub fn decode_small(field: &'static str, b64: &str) -> Result<([u8; SMALL], usize), XksError> {
+pub(crate) fn decode_small(
+    field: &'static str,
+    b64: &str,
+) -> Result<([u8; SMALL], usize), XksError> {
     let invalid =
         || XksError::Validation(Cow::Owned(format!("{field} is not valid standard Base64")));
     let mut out = [0u8; SMALL];
@@ -206,7 +214,7 @@ pub fn decode_small(field: &'static str, b64: &str) -> Result<([u8; SMALL], usiz
 /// The exact length of a JSON object of `"name":"<base64>"` fields, given each name and the
 /// length of the bytes it encodes: sizing the answer exactly lets it become the response body
 /// without another allocation.
-pub fn b64_object_len(fields: &[(&str, usize)]) -> usize {
+pub(crate) fn b64_object_len(fields: &[(&str, usize)]) -> usize {
     let inner: usize = fields
         .iter()
         .map(|(name, n)| name.len() + 5 + base64::encoded_len(*n, true).unwrap_or(0))
@@ -217,7 +225,7 @@ pub fn b64_object_len(fields: &[(&str, usize)]) -> usize {
 /// GetKeyMetadata response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetadataResponse {
+pub(crate) struct MetadataResponse {
     pub key_spec: &'static str,
     pub key_usage: &'static [&'static str],
     pub key_status: &'static str,
@@ -226,7 +234,7 @@ pub struct MetadataResponse {
 /// GetHealthStatus response.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HealthResponse {
+pub(crate) struct HealthResponse {
     pub xks_proxy_fleet_size: u32,
     pub xks_proxy_vendor: &'static str,
     pub xks_proxy_model: String,
@@ -237,7 +245,7 @@ pub struct HealthResponse {
 /// One key-manager instance in a health answer.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EkmDetail {
+pub(crate) struct EkmDetail {
     pub id: String,
     pub model: String,
     pub health_status: &'static str,
@@ -245,7 +253,7 @@ pub struct EkmDetail {
 
 /// Append `"name":"<base64 of bytes>"` to a JSON object being written (no escaping is needed:
 /// Base64 has none of `"` or `\`).
-pub fn write_b64_field(out: &mut Vec<u8>, first: bool, name: &str, bytes: &[u8]) {
+pub(crate) fn write_b64_field(out: &mut Vec<u8>, first: bool, name: &str, bytes: &[u8]) {
     if !first {
         out.push(b',');
     }

@@ -47,7 +47,7 @@ pub enum Routed<'a> {
 }
 
 /// The longest URI the spec allows.
-pub const MAX_URI: usize = 256;
+pub(crate) const MAX_URI: usize = 256;
 const BASE: &str = "/kms/xks/v1/";
 
 /// Split `path` (and reject a query string: KMS sends none).
@@ -107,7 +107,7 @@ pub fn route<'a>(path: &'a str, query: Option<&str>) -> Routed<'a> {
 }
 
 /// A key id: 1-128 characters of `A-Za-z0-9._-`, and not `.` or `..` (dot segments).
-pub fn key_id_ok(id: &str) -> bool {
+pub(crate) fn key_id_ok(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id != "."
         && id != ".."

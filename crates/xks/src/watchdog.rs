@@ -32,12 +32,12 @@ use atomic_waker::AtomicWaker;
 use super::clock::mono_secs;
 
 /// How long a connection asked to shut down may take before it is dropped.
-pub const GRACE: Duration = Duration::from_secs(10);
+pub(crate) const GRACE: Duration = Duration::from_secs(10);
 
 /// What a connection has been asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
-pub enum Signal {
+pub(crate) enum Signal {
     Run = 0,
     /// Finish the request in flight, then close (HTTP/2: GOAWAY).
     Drain = 1,
@@ -47,7 +47,7 @@ pub enum Signal {
 
 /// The deadlines every connection of a listener gets, in whole seconds (at least 1).
 #[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     /// Until the first request starts (and the idle limit under pressure).
     pub header: u64,
     /// Between requests once one has been served.
@@ -60,7 +60,12 @@ pub struct Deadlines {
 
 impl Deadlines {
     /// From durations; `header` is capped at `idle`.
-    pub fn new(header: Duration, idle: Duration, request: Duration, pressure_at: usize) -> Self {
+    pub(crate) fn new(
+        header: Duration,
+        idle: Duration,
+        request: Duration,
+        pressure_at: usize,
+    ) -> Self {
         let idle = idle.as_secs().max(1);
         Deadlines {
             header: header.as_secs().clamp(1, idle),
@@ -73,7 +78,7 @@ impl Deadlines {
 
 /// One connection's activity and signal, shared by its task and the accept loop.
 #[derive(Debug)]
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     /// Coarse monotonic seconds of the last request start, or of the accept.
     stamp: AtomicU64,
     /// Requests in flight on this connection.
@@ -96,7 +101,7 @@ impl ConnGuard {
     }
 
     /// A request started; it counts as in flight until the returned [`Busy`] is dropped.
-    pub fn begin(self: &Arc<Self>) -> Busy {
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.stamp.store(mono_secs(), Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.served.store(true, Ordering::Relaxed);
@@ -110,7 +115,7 @@ impl ConnGuard {
     }
 
     /// Resolves once the connection has been asked for `at_least`.
-    pub fn wait(&self, at_least: Signal) -> Wait<'_> {
+    pub(crate) fn wait(&self, at_least: Signal) -> Wait<'_> {
         Wait {
             guard: self,
             at_least,
@@ -120,7 +125,7 @@ impl ConnGuard {
 
 /// A request in flight on a connection (see [`ConnGuard::begin`]).
 #[derive(Debug)]
-pub struct Busy(Arc<ConnGuard>);
+pub(crate) struct Busy(Arc<ConnGuard>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -129,7 +134,7 @@ impl Drop for Busy {
 }
 
 /// The future of [`ConnGuard::wait`].
-pub struct Wait<'a> {
+pub(crate) struct Wait<'a> {
     guard: &'a ConnGuard,
     at_least: Signal,
 }
@@ -152,13 +157,13 @@ impl Future for Wait<'_> {
 
 /// The accept loop's list of live connections.
 #[derive(Debug)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     conns: Vec<Arc<ConnGuard>>,
     deadlines: Deadlines,
 }
 
 impl Watchdog {
-    pub fn new(deadlines: Deadlines) -> Self {
+    pub(crate) fn new(deadlines: Deadlines) -> Self {
         Watchdog {
             conns: Vec::new(),
             deadlines,
@@ -166,25 +171,20 @@ impl Watchdog {
     }
 
     /// Watch a new connection; its task keeps the returned guard.
-    pub fn watch(&mut self) -> Arc<ConnGuard> {
+    pub(crate) fn watch(&mut self) -> Arc<ConnGuard> {
         let g = Arc::new(ConnGuard::new());
         self.conns.push(g.clone());
         g
     }
 
     /// How many connections are watched (ended ones are forgotten at the next sweep).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.conns.len()
-    }
-
-    /// Whether no connection is watched.
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
     }
 
     /// Forget ended connections and apply the deadlines (see the module comment). Returns how
     /// many are still watched.
-    pub fn sweep(&mut self) -> usize {
+    pub(crate) fn sweep(&mut self) -> usize {
         let now = mono_secs();
         let d = self.deadlines;
         let pressure = self.conns.len() > d.pressure_at;
@@ -216,7 +216,7 @@ impl Watchdog {
     }
 
     /// Ask every connection to finish gracefully (server shutdown).
-    pub fn drain_all(&self) {
+    pub(crate) fn drain_all(&self) {
         for g in &self.conns {
             g.raise(Signal::Drain);
         }

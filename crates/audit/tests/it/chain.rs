@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward_audit::verify::{verify, VerifyError};
+use keyward_audit::{verify, VerifyError};
 use keyward_audit::{AuditLog, AuditSink, Field, XksRecord};
 
 fn write(path: &Path, n: usize) -> String {

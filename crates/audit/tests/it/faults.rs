@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_audit::verify::verify;
+use keyward_audit::verify;
 use keyward_audit::{AuditLog, Field, XksRecord, MAX_PENDING};
 
 const OK: u8 = 0;

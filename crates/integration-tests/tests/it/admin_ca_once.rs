@@ -11,7 +11,7 @@ use crate::serve_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward_admin::pki::{write_file, Ca};
+use keyward_admin::{write_file, Ca};
 use keyward_appliance::{BootError, MasterKeySource};
 use keyward_secret::Key32;
 use serve_common::*;

@@ -15,7 +15,7 @@ use serve_common::*;
 fn issue(setup: &ServeSetup, name: &str, role: &str) -> std::path::PathBuf {
     let d = setup.dir.path();
     let ca_key = d.join("ca-key.pem");
-    keyward_admin::pki::write_file(&ca_key, setup.ca_obj.key_pem().as_bytes(), true).unwrap();
+    keyward_admin::write_file(&ca_key, setup.ca_obj.key_pem().as_bytes(), true).unwrap();
     let out = std::process::Command::new(BIN)
         .args(["admin", "cert", "issue", "--ca-cert"])
         .arg(&setup.ca)

@@ -140,7 +140,7 @@ fn managed_tls_key_csr_install_restart() {
     );
 
     // A test CA; curl trusting it fails against the self-signed certificate.
-    let ca = keyward_admin::pki::Ca::new("test XKS CA").unwrap();
+    let ca = keyward_admin::Ca::new("test XKS CA").unwrap();
     std::fs::write(d.join("testca.pem"), ca.cert_pem()).unwrap();
     let xks = Xks {
         ca: d.join("testca.pem"),
@@ -276,7 +276,7 @@ fn managed_tls_key_csr_install_restart() {
 /// The chain file for `csr` signed by `ca` for `days`, written to `d/name`.
 fn signed_chain(
     d: &Path,
-    ca: &keyward_admin::pki::Ca,
+    ca: &keyward_admin::Ca,
     csr: &str,
     days: i64,
     name: &str,
@@ -297,7 +297,7 @@ fn new_key_pending_until_installed_then_served_and_kept() {
     let pinned = pinned_profile(&setup, "pinned.toml", &old);
 
     // A chain for the current key that expires in 5 days: served, and an error is logged.
-    let ca = keyward_admin::pki::Ca::new("test XKS CA").unwrap();
+    let ca = keyward_admin::Ca::new("test XKS CA").unwrap();
     std::fs::write(d.join("testca.pem"), ca.cert_pem()).unwrap();
     let csr = admin_ok(&pinned, &["tls", "csr", "--dns-name", "127.0.0.1"]);
     let short = signed_chain(d, &ca, &csr, 5, "short.pem");
@@ -422,7 +422,7 @@ fn new_key_pending_until_installed_then_served_and_kept() {
 }
 
 fn write_master(d: &Path, key: &[u8; 32]) {
-    keyward_admin::pki::write_file(&d.join("master.key"), key, true).unwrap();
+    keyward_admin::write_file(&d.join("master.key"), key, true).unwrap();
 }
 
 #[test]
@@ -544,7 +544,7 @@ fn live_attestation_binds_the_managed_key() {
         &prof,
         &["tls", "csr", "--new-key", "--dns-name", "127.0.0.1"],
     );
-    let ca = keyward_admin::pki::Ca::new("test XKS CA").unwrap();
+    let ca = keyward_admin::Ca::new("test XKS CA").unwrap();
     let chain = setup.dir.path().join("new-chain.pem");
     std::fs::write(&chain, ca.sign_csr(&csr, 30).unwrap()).unwrap();
     admin_ok(
@@ -597,7 +597,7 @@ impl Pebble {
     /// look the TXT record up) and no random sleeps or nonce rejections.
     fn start(d: &Path) -> Pebble {
         let bin = crate::tools::need("pebble", "pebble");
-        let ca = keyward_admin::pki::Ca::new("pebble directory test CA").unwrap();
+        let ca = keyward_admin::Ca::new("pebble directory test CA").unwrap();
         let tls = ca.server(&["127.0.0.1"], 2).unwrap();
         let (cert, key, tls_ca) = (
             d.join("pebble-tls.pem"),

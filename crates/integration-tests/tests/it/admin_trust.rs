@@ -16,7 +16,7 @@ use serve_common::*;
 
 /// A TLS endpoint with a key of its own (what a relay in front of the appliance would serve).
 fn mitm_endpoint(rt: &tokio::runtime::Runtime) -> u16 {
-    let ca = keyward_admin::pki::Ca::new("mitm").unwrap();
+    let ca = keyward_admin::Ca::new("mitm").unwrap();
     let leaf = ca.server(&["127.0.0.1"], 1).unwrap();
     let cert = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
         .next()

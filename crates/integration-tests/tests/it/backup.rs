@@ -229,11 +229,10 @@ fn a_lost_store_is_restored_from_a_backup_after_the_krs_operator_moves_the_head(
     // A viewer may not export.
     let viewer = a
         .ca_obj
-        .client_with_role("viewer", 30, Some(keyward_admin::role::Role::Viewer))
+        .client_with_role("viewer", 30, Some(keyward_config::Role::Viewer))
         .unwrap();
-    keyward_admin::pki::write_file(&dir.join("viewer.pem"), viewer.cert_pem.as_bytes(), false)
-        .unwrap();
-    keyward_admin::pki::write_file(&dir.join("viewer-key.pem"), viewer.key_pem.as_bytes(), true)
+    keyward_admin::write_file(&dir.join("viewer.pem"), viewer.cert_pem.as_bytes(), false).unwrap();
+    keyward_admin::write_file(&dir.join("viewer-key.pem"), viewer.key_pem.as_bytes(), true)
         .unwrap();
     let vprofile = dir.join("viewer-profile.toml");
     a.write_profile(&vprofile, &a.admin_addr(), "viewer.pem", "viewer-key.pem");
@@ -537,7 +536,7 @@ fn a_master_key_file_verifies_the_backup_before_it_is_restored() {
     assert!(!dir.join("forged/keystore.jsonl").exists());
     // Another master key: refused.
     let other = dir.join("other.key");
-    keyward_admin::pki::write_file(&other, &rand32(), true).unwrap();
+    keyward_admin::write_file(&other, &rand32(), true).unwrap();
     let out = restore_with(
         &target("other"),
         &["--master-key-file", other.to_str().unwrap()],

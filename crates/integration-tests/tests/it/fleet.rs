@@ -678,8 +678,8 @@ fn a_database_outage_costs_no_xks_request_and_members_catch_up_by_themselves() {
 
 #[test]
 fn admin_writes_racing_on_three_members_lose_nothing_and_duplicate_nothing() {
-    use keyward_admin::client::Profile;
     use keyward_admin::proto::Request;
+    use keyward_admin::Profile;
     use keyward_keystore::view::KeyUsage;
 
     let fleet = Fleet::start(3);
@@ -969,7 +969,7 @@ fn a_tls_key_and_chain_installed_through_one_member_are_served_by_every_member_w
 
     // A new key through member 1 (`tls csr --new-key`), its chain from a CA installed there.
     let csr = fleet.admin_ok(1, &["tls", "csr", "--new-key", "--dns-name", "127.0.0.1"]);
-    let ca = keyward_admin::pki::Ca::new("fleet test XKS CA").unwrap();
+    let ca = keyward_admin::Ca::new("fleet test XKS CA").unwrap();
     let chain = fleet.state.join("xks-chain.pem");
     std::fs::write(&chain, ca.sign_csr(&csr, 30).unwrap()).unwrap();
     fleet.admin_ok(1, &["tls", "install", "--chain", chain.to_str().unwrap()]);
@@ -1022,7 +1022,7 @@ fn a_tls_key_and_chain_installed_through_one_member_are_served_by_every_member_w
 
     // A renewal for the same key through member 2: member 1 serves the new chain.
     let csr = fleet.admin_ok(2, &["tls", "csr", "--dns-name", "127.0.0.1"]);
-    let renewal = keyward_admin::pki::Ca::new("fleet renewal CA").unwrap();
+    let renewal = keyward_admin::Ca::new("fleet renewal CA").unwrap();
     std::fs::write(&chain, renewal.sign_csr(&csr, 30).unwrap()).unwrap();
     fleet.admin_ok(2, &["tls", "install", "--chain", chain.to_str().unwrap()]);
     let renewed = within(Duration::from_secs(10), || {

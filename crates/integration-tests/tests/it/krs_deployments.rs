@@ -10,7 +10,7 @@
 
 use crate::common;
 
-use keyward_admin::pki::Ca;
+use keyward_admin::Ca;
 use keyward_agent::{parse_pins, Agent, AgentError};
 use keyward_attest::SimulatedSnpAttester;
 use keyward_krp::DenyCode;

@@ -145,7 +145,7 @@ fn readme_blocks() -> (String, String) {
 
 #[test]
 fn the_readme_snippet_and_what_it_says_a_file_needs_serve_signed_requests() {
-    use keyward_admin::pki::{write_file, Ca};
+    use keyward_admin::{write_file, Ca};
     let (section, rest) = readme_blocks();
     assert!(section.contains("[aws_xks_config]") && !section.contains("[xks]"));
     assert!(rest.contains("[xks]") && rest.contains("[master_key]"));
