@@ -14,6 +14,7 @@ pub mod config;
 pub mod crl;
 pub mod crl_fetch;
 pub mod deployment;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod heads;
 pub mod heads_cli;
