@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 use keyward_hsm::{Capabilities, HsmError, HsmWrap, KeyBackend};
-use keyward_krs::softkeys::SoftKeys;
+use keyward_krs::SoftKeys;
 use zeroize::Zeroizing;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -159,7 +159,7 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
             assert!(log.contains("The session was closed"), "{log}");
         }
         // The release log still verifies under the receipt key.
-        keyward_krs::log::verify_file(&krs.log, &receipt_spki)
+        keyward_krs::verify_release_log(&krs.log, &receipt_spki)
             .unwrap_or_else(|e| panic!("{f:?}: release log no longer verifies: {e}"));
     }
 
@@ -169,7 +169,7 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
         .release()
         .unwrap_or_else(|e| panic!("after recovery: {e:?}"));
     assert_eq!(again.key.expose(), first.key.expose());
-    let sum = keyward_krs::log::verify_file(&krs.log, &receipt_spki).unwrap();
+    let sum = keyward_krs::verify_release_log(&krs.log, &receipt_spki).unwrap();
     assert_eq!(sum.releases, 2, "{sum:?}");
     assert!(sum.denies >= 1, "{sum:?}");
 }
