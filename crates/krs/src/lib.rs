@@ -6,7 +6,8 @@
 //! evidence appraised by the shared verifier ([`Appraiser`]), the HSM wraps, the receipt is
 //! signed, the hash-chained release log appended and fsynced) and answers `Release` or `Deny`.
 //! The limits bound the work anyone may cause before authenticating; the heads keep each
-//! deployment's key-store head; [`embedded`] runs a KRS on SoftHSM for the demo and tests.
+//! deployment's key-store head; `embedded` (feature `embedded`) runs a KRS on SoftHSM for the
+//! demo and tests.
 
 mod appraiser;
 mod cli;
