@@ -269,7 +269,7 @@ fn tls_records(c: &mut Criterion) {
 /// Not part of the floor: what `keyward bench` spends signing one request with aws-sigv4 (body
 /// hash pre-computed), to tell where the load generator's own ceiling is.
 fn client_sign(c: &mut Criterion) {
-    let signer = keyward_bench::signer::Signer::new(
+    let signer = keyward_bench::Signer::new(
         "AKIAKEYWARDBENCHTEST23",
         "Q3w9vJm2Xb7Lr5Tn8Pk4Hs6Yd1Fg0Zc2Ve5Ua7Ni3Ox",
         "us-east-1",
@@ -277,8 +277,8 @@ fn client_sign(c: &mut Criterion) {
     )
     .unwrap();
     let body = encrypt_body(320, 96);
-    let prepared = keyward_bench::payload::Prepared {
-        op: keyward_bench::settings::Op::Encrypt,
+    let prepared = keyward_bench::Prepared {
+        op: keyward_bench::Op::Encrypt,
         path: "/keyward/kms/xks/v1/keys/key-1/encrypt".into(),
         body_sha256_hex: hex::encode(Sha256::digest(&body)),
         body: body.into(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{NewStore, Registry};
 use keyward_secret::{Key32, MemoryPolicy};
 

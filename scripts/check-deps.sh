@@ -42,6 +42,10 @@ fi
 if tree -p keyward --no-default-features --features appliance -e features 2>/dev/null | grep -q 'test-signer'; then
   echo "check-deps: the appliance-only binary enables keyward-verify/test-signer" >&2; fail=1
 fi
+# The KRS binary build (`--features krs`, no `dev`) has no embedded (demo) KRS and so no test signer.
+if tree -p keyward --no-default-features --features appliance,krs -f '{p} {f}' | grep -E '^keyward-(krs|verify) ' | grep -Eq 'embedded|test-signer'; then
+  echo "check-deps: the krs binary build (without dev) enables keyward-krs/embedded or keyward-verify/test-signer" >&2; fail=1
+else echo "check-deps: the krs binary build (without dev) carries no embedded KRS or test signer: ok"; fi
 # keyward-integration-tests (the test fixtures) is test-only: no crate's normal build, and no
 # build of the binary, links it (the root package and keyward-xks's tests reach it as a
 # dev-dependency or by #[path]).

@@ -25,7 +25,7 @@ use keyward_config::{
     AdminConfig, Config, KeyStoreConfig, LogConfig, LogFormat, MasterKeyConfig, MemoryConfig,
     StorageConfig, TlsFiles, XksConfig, KMS_SERVICE,
 };
-use keyward_keystore::view::{Grant, KeyUsage};
+use keyward_keystore::{Grant, KeyUsage};
 
 /// Name, prefix and region of the demo's key store.
 pub const STORE: &str = "demo";

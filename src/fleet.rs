@@ -38,7 +38,7 @@ use anyhow::Context;
 use keyward_admin::Profile;
 
 use keyward_admin::proto::{KmsConfigFile, Request};
-use keyward_keystore::view::{Grant, KeyUsage};
+use keyward_keystore::{Grant, KeyUsage};
 use keyward_store_pg::local::{LocalError, LocalPostgres};
 
 use crate::demo::{self, Args, Paths, DEMO_KEY, STORE, URI_PREFIX};

@@ -60,7 +60,7 @@ enum Command {
     Attest(keyward_attest::cli::Args),
     /// The key-release service in front of the HSM, and its operator commands.
     #[cfg(feature = "krs")]
-    Krs(keyward_krs::cli::Args),
+    Krs(keyward_krs::Args),
     /// Load-generate against any XKS proxy with SigV4-signed requests.
     #[cfg(feature = "dev")]
     Bench(Box<keyward_bench::Args>),
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify_cli::run(a),
         Command::Attest(a) => keyward_attest::cli::run(a),
         #[cfg(feature = "krs")]
-        Command::Krs(a) => keyward_krs::cli::run(a),
+        Command::Krs(a) => keyward_krs::run(a),
         #[cfg(feature = "dev")]
         Command::Bench(a) => keyward_bench::run(*a),
         #[cfg(feature = "auditor")]

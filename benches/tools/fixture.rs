@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use keyward_keystore::view::{
+use keyward_keystore::{
     Credential, Grant, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
 };
 use keyward_secret::{Key32, MemoryPolicy};

@@ -37,7 +37,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use keyward_admin::proto::Request;
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 
 #[path = "fleetkit.rs"]
 mod fleetkit;
@@ -562,7 +562,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let result = json!({
         "what": "make fleet-chaos: keyward demo --fleet 3 (PostgreSQL, embedded KRS, 3 members, HAProxy TCP passthrough) on this machine, keyward bench through the balancer",
         "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
-        "cpus": keyward_bench::cpu::online_cpus(),
+        "cpus": keyward_bench::online_cpus(),
         "loadavg_at_start": load_before,
         "loadavg_at_end": loadavg(),
         "rate": opts.rate,
@@ -591,7 +591,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
 fn cpu_of(pids: &[u32]) -> Vec<f64> {
     pids.iter()
         .map(|p| {
-            keyward_bench::cpu::process_cpu(*p)
+            keyward_bench::process_cpu(*p)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0)
         })

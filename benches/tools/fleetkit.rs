@@ -18,11 +18,11 @@ use serde_json::{json, Value};
 
 use keyward_admin::proto::Request;
 use keyward_admin::Profile;
-use keyward_bench::conn::Connector;
-use keyward_bench::payload::{Builder, Prepared};
-use keyward_bench::settings::{DemoLine, RawSettings};
-use keyward_bench::signer::Signer;
-use keyward_keystore::view::{Grant, KeyUsage};
+use keyward_bench::Connector;
+use keyward_bench::Signer;
+use keyward_bench::{Builder, Prepared};
+use keyward_bench::{DemoLine, RawSettings};
+use keyward_keystore::{Grant, KeyUsage};
 
 /// Run a tool's `run` on a two-thread runtime, with key memory allowed unlocked (the tools hold
 /// only the demo's test credentials).

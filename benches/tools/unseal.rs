@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{NewStore, Registry};
 use keyward_secret::{Key32, MemoryPolicy};
 

@@ -1,6 +1,6 @@
 //! M-of-N approval (dual control) of destructive or secret-revealing admin requests: the rules,
 //! as pure functions over the approval records the key store keeps
-//! ([`keyward_keystore::model::ApprovalRecord`], chained and MACed like every record, so on a
+//! ([`keyward_keystore::ApprovalRecord`], chained and MACed like every record, so on a
 //! fleet every member sees them and a database writer cannot forge one unnoticed).
 //!
 //! The walk: a request [`crate::role::policy`] marks as needing approval, made without one, is
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::role::{Need, Operator, Role, Roles};
 use super::server::AdminError;
-use keyward_keystore::model::{ApprovalRecord, ApprovalState, ApproverRecord};
+use keyward_keystore::{ApprovalRecord, ApprovalState, ApproverRecord};
 
 /// Fields that may hold a secret: never part of what an approval is bound to or stores.
 const SECRET_FIELDS: [&str; 2] = ["key_b64", "secret_access_key"];
@@ -397,14 +397,14 @@ mod tests {
         let a = Request::KeysImport {
             store: None,
             id: "k".into(),
-            usage: keyward_keystore::view::KeyUsage::EncryptDecrypt,
+            usage: keyward_keystore::KeyUsage::EncryptDecrypt,
             key_b64: crate::proto::SecretText::new("AAAA".into()),
             plaintext_key_material: true,
         };
         let b = Request::KeysImport {
             store: None,
             id: "k".into(),
-            usage: keyward_keystore::view::KeyUsage::EncryptDecrypt,
+            usage: keyward_keystore::KeyUsage::EncryptDecrypt,
             key_b64: crate::proto::SecretText::new("BBBB".into()),
             plaintext_key_material: true,
         };

@@ -13,7 +13,7 @@ use super::proto::{
     ops_str, parse_ops, parse_usage, usage_str, ApprovalInfo, BackupInfo, CredAdded, CredInfo,
     KeyInfo, Request, SecretText, StoreInfo, TlsInfo,
 };
-use keyward_keystore::view::{Grant, KeyStatus};
+use keyward_keystore::{Grant, KeyStatus};
 
 /// Manage keys, grants and SigV4 credentials on a running appliance.
 #[derive(clap::Args, Debug)]

@@ -255,9 +255,9 @@ impl RegistryBackend {
         &self,
         id: &str,
         change: impl Fn(
-            Option<&keyward_keystore::model::ApprovalRecord>,
-        ) -> Result<keyward_keystore::model::ApprovalRecord, AdminError>,
-    ) -> Result<keyward_keystore::model::ApprovalRecord, AdminError> {
+            Option<&keyward_keystore::ApprovalRecord>,
+        ) -> Result<keyward_keystore::ApprovalRecord, AdminError>,
+    ) -> Result<keyward_keystore::ApprovalRecord, AdminError> {
         let mut tries = 1;
         loop {
             match self.registry.update_approval(id, &change) {
@@ -385,9 +385,9 @@ impl RegistryBackend {
             // The request did not run: give the approval back (once more usable, until it
             // expires). If this write fails too, a new request has to be filed.
             let back = self.update_approval(&id, |cur| match cur {
-                Some(c) if c.state == keyward_keystore::model::ApprovalState::Used => {
+                Some(c) if c.state == keyward_keystore::ApprovalState::Used => {
                     let mut c = c.clone();
-                    c.state = keyward_keystore::model::ApprovalState::Approved;
+                    c.state = keyward_keystore::ApprovalState::Approved;
                     c.closed_by = None;
                     c.closed = None;
                     Ok(c)

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use keyward_keystore::view::{Grant, GrantOps, KeyStatus, KeyUsage};
+use keyward_keystore::{Grant, GrantOps, KeyStatus, KeyUsage};
 
 /// The admin API path.
 pub const PATH: &str = "/admin/v1";

@@ -13,8 +13,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
-use keyward_keystore::fleet::{FleetBoard, Member};
 use keyward_keystore::Registry;
+use keyward_keystore::{FleetBoard, Member};
 use keyward_xks::{HealthStatus, Peer, StoreProbe};
 
 use super::tls::ManagedTls;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyward_admin::MetricsSource;
 use keyward_audit::AuditLog;
-use keyward_keystore::view::KeyStatus;
+use keyward_keystore::KeyStatus;
 use keyward_keystore::Registry;
 use keyward_metrics::{AuditFigures, Figures, FleetFigures, KeyCount, Metrics};
 

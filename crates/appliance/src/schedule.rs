@@ -24,7 +24,7 @@ fn now_unix() -> u64 {
 pub(crate) fn rotate_due(registry: &Registry, audit: &AuditLog, now: u64) -> usize {
     let mut rotated = 0;
     for (store, id, version) in registry.rotations_due(now) {
-        let due = |k: &keyward_keystore::view::LiveKey| {
+        let due = |k: &keyward_keystore::LiveKey| {
             k.version == version
                 && k.rotate_every_secs
                     .is_some_and(|e| now >= k.version_created.saturating_add(e))

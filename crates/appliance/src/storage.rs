@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use keyward_config::{PostgresConfig, StorageBackend, StorageConfig};
-use keyward_keystore::fleet::FleetBoard;
+use keyward_keystore::FleetBoard;
 use keyward_keystore::{KeyStore, KeystoreError};
 use keyward_store_pg::{PgConfig, SharedPgBoard, SharedPgStore, Watcher};
 

@@ -48,7 +48,7 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// User + system CPU time of this process, all threads, microsecond resolution.
-pub fn self_cpu() -> Duration {
+pub(crate) fn self_cpu() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -10,13 +10,24 @@
 //! pre-builds and pre-hashes the bodies, [`conn`] opens the connections, [`load`] runs the
 //! loops with [`signer`] signing each request, [`cpu`] and [`report`] sum up.
 
-pub mod conn;
-pub mod cpu;
-pub mod load;
-pub mod payload;
-pub mod report;
-pub mod settings;
-pub mod signer;
+mod conn;
+mod cpu;
+mod load;
+mod payload;
+mod report;
+mod settings;
+mod signer;
+
+// What a run is given: the validated settings, from arguments or `keyward demo`'s JSON line.
+pub use settings::{DemoLine, Load, Mix, Op, Preset, RawSettings, Settings, SettingsError, Target};
+// What a run reports: the result, latency percentiles and CPU per request.
+pub use report::{distribution, new_histogram, record, CpuUse, LatencySummary, Report};
+// Server CPU time from /proc (the numbers behind `CpuUse`).
+pub use cpu::{online_cpus, parse_stat, process_cpu};
+// The pieces the criterion benches time on their own: signing, pre-built bodies, connections.
+pub use conn::Connector;
+pub use payload::{Builder, EncryptOutput, Prepared};
+pub use signer::Signer;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -30,9 +41,7 @@ use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 
 use self::load::{Shared, Tally};
-use self::payload::{EncryptOutput, Pools, POOL};
-use self::report::{distribution, CpuUse, LatencySummary, Report};
-use self::settings::{DemoLine, Load, Op, Preset, RawSettings, Settings};
+use self::payload::{Pools, POOL};
 
 /// Load-generate against an XKS proxy with SigV4-signed requests.
 ///

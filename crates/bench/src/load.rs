@@ -25,7 +25,7 @@ use super::settings::{Mix, Op};
 use super::signer::Signer;
 
 /// What every connection task shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub pools: Pools,
     pub mix: Mix,
     pub signer: Signer,
@@ -51,7 +51,7 @@ pub struct Shared {
 }
 
 /// One connection's tally, merged at the end.
-pub struct Tally {
+pub(crate) struct Tally {
     pub hist: Histogram<u64>,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
@@ -61,7 +61,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new() -> Tally {
+    pub(crate) fn new() -> Tally {
         Tally {
             hist: new_histogram(),
             ok: 0,
@@ -72,7 +72,7 @@ impl Tally {
         }
     }
 
-    pub fn merge(&mut self, o: Tally) {
+    pub(crate) fn merge(&mut self, o: Tally) {
         // Both histograms share the same bounds (new_histogram), so adding cannot fail; a
         // failure would only lose that connection's latencies, never panic.
         let _ = self.hist.add(&o.hist);
@@ -105,11 +105,11 @@ impl Default for Tally {
 }
 
 /// The answer to one request: `Ok` for 200, else the error key.
-pub type Outcome = Result<(), String>;
+pub(crate) type Outcome = Result<(), String>;
 
 /// Sends one signed request on `conn` (reconnecting first if it is gone) and reads the answer.
 /// Returns the outcome and, for 200 answers, the body (used by decrypt priming).
-pub async fn send(
+pub(crate) async fn send(
     shared: &Shared,
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     p: &Prepared,
@@ -170,7 +170,7 @@ pub async fn send(
 }
 
 /// `"<status> <errorName>"` from an XKS error answer (or `"<status> -"` without one).
-pub fn error_key(status: u16, body: &[u8]) -> String {
+pub(crate) fn error_key(status: u16, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         #[serde(rename = "errorName")]
@@ -204,7 +204,7 @@ fn pick(shared: &Shared, n: u64) -> Option<&Prepared> {
 }
 
 /// One closed-loop connection: request, answer, repeat, until `end`, `limit` or `stop`.
-pub async fn closed_worker(
+pub(crate) async fn closed_worker(
     shared: Arc<Shared>,
     mut conn: Option<SendRequest<Full<Bytes>>>,
 ) -> Tally {
@@ -242,14 +242,14 @@ pub async fn closed_worker(
 
 /// One slot of the open-loop schedule.
 #[derive(Debug, Clone, Copy)]
-pub struct Slot {
+pub(crate) struct Slot {
     pub n: u64,
     pub intended: Instant,
 }
 
 /// The open-loop schedule: runs on its own OS thread, sends slot `i` at `start + i / rate`
 /// until `end` or `limit` recorded slots, then closes the queue.
-pub fn pacer(
+pub(crate) fn pacer(
     start: Instant,
     rate: f64,
     measure_start: Instant,
@@ -291,7 +291,7 @@ pub fn pacer(
 
 /// One open-loop connection: takes the next slot, sends it, records latency from the slot's
 /// intended time.
-pub async fn open_worker(
+pub(crate) async fn open_worker(
     shared: Arc<Shared>,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Slot>>>,
     mut conn: Option<SendRequest<Full<Bytes>>>,

@@ -11,7 +11,7 @@ use super::settings::{Op, Settings};
 
 /// How many distinct bodies (each with its own `kmsRequestId` and random plaintext) are kept
 /// per operation and key; requests cycle through them.
-pub const POOL: usize = 16;
+pub(crate) const POOL: usize = 16;
 
 /// One ready-to-sign request: path, body and the body's SHA-256 in lower-case hex.
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ impl<'a> Builder<'a> {
 
 /// The bodies of a run, per operation, cycled through by request number.
 #[derive(Debug, Default, Clone)]
-pub struct Pools {
+pub(crate) struct Pools {
     pub encrypt: Vec<Prepared>,
     pub decrypt: Vec<Prepared>,
     pub metadata: Vec<Prepared>,
@@ -176,7 +176,7 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn get(&self, op: Op, n: u64) -> Option<&Prepared> {
+    pub(crate) fn get(&self, op: Op, n: u64) -> Option<&Prepared> {
         let pool = match op {
             Op::Encrypt => &self.encrypt,
             Op::Decrypt => &self.decrypt,

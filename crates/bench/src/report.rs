@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Highest latency the histogram tracks; longer ones are recorded as this.
-pub const MAX_LATENCY: Duration = Duration::from_secs(60);
+pub(crate) const MAX_LATENCY: Duration = Duration::from_secs(60);
 
 /// A histogram of latencies in nanoseconds, 1 ns to 60 s, three significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -69,7 +69,7 @@ impl LatencySummary {
 }
 
 /// Percentiles at which the latency distribution is reported (for charts).
-pub const DISTRIBUTION_PERCENTILES: [f64; 14] = [
+pub(crate) const DISTRIBUTION_PERCENTILES: [f64; 14] = [
     0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
 ];
 

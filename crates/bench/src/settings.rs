@@ -194,8 +194,8 @@ impl Preset {
 
 /// The largest plaintext and AAD we let the generator build (well above the spec minimums, so
 /// a proxy's "too large" answer can be measured too, but bounded so memory stays small).
-pub const MAX_PLAINTEXT: usize = 65_536;
-pub const MAX_AAD: usize = 65_535;
+pub(crate) const MAX_PLAINTEXT: usize = 65_536;
+pub(crate) const MAX_AAD: usize = 65_535;
 
 /// `keyward demo`'s JSON line (issue 2, part 7). Unknown fields are ignored.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use http_body_util::Full;
 use super::payload::Prepared;
 
 /// The SigV4 service name AWS KMS signs XKS requests with.
-pub const SERVICE: &str = "kms-xks-proxy";
+pub(crate) const SERVICE: &str = "kms-xks-proxy";
 
 /// Signing failed (never expected with valid settings; reported, not panicked on).
 #[derive(Debug, thiserror::Error)]

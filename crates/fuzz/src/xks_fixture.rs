@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use keyward_keystore::view::{
+use keyward_keystore::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
 };
 use keyward_secret::{Key32, MemoryPolicy};

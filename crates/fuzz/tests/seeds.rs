@@ -139,7 +139,7 @@ impl StoreHeadSeed {
 }
 
 fn keyward_fuzz_seed_store(out: &Path) {
-    use keyward_keystore::view::KeyUsage;
+    use keyward_keystore::KeyUsage;
     use keyward_keystore::{NewStore, Registry};
     let _ = keyward_secret::init(keyward_secret::MemoryPolicy {
         allow_unlocked: true,

@@ -67,11 +67,6 @@ pub enum HsmError {
         #[source]
         source: cryptoki::error::Error,
     },
-    /// A failure a backend other than a PKCS#11 library reports as text with its own message
-    /// (no cause to keep): the fault-injecting stand-in of `tests/it/krs_hsm_faults.rs` builds
-    /// it. Every real PKCS#11 call fails with [`HsmError::Call`] instead.
-    #[error("PKCS#11 {op}: {err}")]
-    Pkcs11 { op: &'static str, err: String },
     /// The soft backend (`keyward demo`'s stand-in) could not read or write a key file.
     #[error("soft key file {}", path.display())]
     SoftKeyFile {

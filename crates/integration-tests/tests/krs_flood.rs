@@ -25,7 +25,7 @@ use keyward_krp::cbor::to_canonical;
 use keyward_krp::messages::{Evidence, Hello, Request, Response};
 use keyward_krp::wire;
 use keyward_krp::DenyCode;
-use keyward_krs::limits::Status;
+use keyward_krs::Status;
 use keyward_verify::testsign::test_root_policy_toml;
 
 const MEAS: [u8; 48] = [0x11; 48];

@@ -56,11 +56,11 @@ fn key32_debug_is_redacted_everywhere() {
             "{s}"
         );
     }
-    let live = keyward_keystore::view::LiveKey {
+    let live = keyward_keystore::LiveKey {
         id: "k".into(),
         version: 1,
-        usage: keyward_keystore::view::KeyUsage::EncryptDecrypt,
-        status: keyward_keystore::view::KeyStatus::Enabled,
+        usage: keyward_keystore::KeyUsage::EncryptDecrypt,
+        status: keyward_keystore::KeyStatus::Enabled,
         grants: vec![],
         kek: k,
         version_created: 0,

@@ -29,11 +29,11 @@ use super::KeystoreError;
 
 /// The sealing format (bound into every AAD and sealed blob, and into format-1 record MACs).
 /// Unchanged by the log format 2: sealed values are carried over verbatim.
-pub const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 1;
 /// The log format this build writes: contiguous chained records, checkpoints, a sealed head.
-pub const LOG_FORMAT: u8 = 2;
+pub(crate) const LOG_FORMAT: u8 = 2;
 /// The previous release's log format (unchained), read and migrated at open.
-pub const LEGACY_LOG_FORMAT: u8 = 1;
+pub(crate) const LEGACY_LOG_FORMAT: u8 = 1;
 
 /// Bytes that are only ever written sealed: `format ‖ IV(12) ‖ ciphertext ‖ tag(16)`.
 /// Serialized as standard Base64.
@@ -82,7 +82,7 @@ pub struct Header {
 }
 
 /// The master-key version of stores, heads and backups written before rotation existed.
-pub const MK_VERSION_1: u32 = 1;
+pub(crate) const MK_VERSION_1: u32 = 1;
 
 pub(crate) fn mk_v1() -> u32 {
     MK_VERSION_1

@@ -15,14 +15,14 @@ use crate::service::Appraiser;
 /// policy (`keyward_verify::Policy`); it is parsed once per policy digest.
 /// With a [`CrlStore`], the AMD CRLs go to the verifier with every appraisal (re-read when a
 /// file changes; an unreadable file fails the appraisal closed).
-pub struct VerifierAppraiser {
+pub(crate) struct VerifierAppraiser {
     parsed: std::sync::Mutex<Option<([u8; 48], Arc<keyward_verify::Policy>)>>,
     crls: Option<Arc<CrlStore>>,
 }
 
 impl VerifierAppraiser {
     /// Without CRLs (a policy with `snp.crl.required` then denies every SNP release).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             parsed: std::sync::Mutex::new(None),
             crls: None,
@@ -30,7 +30,7 @@ impl VerifierAppraiser {
     }
 
     /// With the KRS's CRL files.
-    pub fn with_crls(crls: Arc<CrlStore>) -> Self {
+    pub(crate) fn with_crls(crls: Arc<CrlStore>) -> Self {
         Self {
             parsed: std::sync::Mutex::new(None),
             crls: Some(crls),
@@ -104,14 +104,15 @@ impl Appraiser for VerifierAppraiser {
     }
 }
 
-/// The appraiser `keyward krs serve` uses: the shared verifier library.
-pub fn default_appraiser() -> Box<dyn Appraiser> {
+/// The embedded KRS's appraiser: the shared verifier library, as `keyward krs serve` uses.
+#[cfg(feature = "embedded")]
+pub(crate) fn default_appraiser() -> Box<dyn Appraiser> {
     Box::new(VerifierAppraiser::new())
 }
 
 /// Check that signed policy text is a valid verifier policy that measures what it requires
 /// (or says `allow_unmeasured`, see [`keyward_verify::Policy::check_measured`]).
-pub fn check_policy_text(text: &[u8]) -> anyhow::Result<keyward_verify::Policy> {
+pub(crate) fn check_policy_text(text: &[u8]) -> anyhow::Result<keyward_verify::Policy> {
     let p = keyward_verify::Policy::from_bytes(text)?;
     p.check_measured()?;
     Ok(p)

@@ -463,7 +463,7 @@ fn print_pins(cfg: &KrsConfig, hsm: &Hsm) -> anyhow::Result<()> {
 }
 
 /// Load the policy under the config's rules (signature, forward-only version).
-pub fn load_policy(cfg: &KrsConfig, file: &Path) -> anyhow::Result<policy::VerifiedPolicy> {
+pub(crate) fn load_policy(cfg: &KrsConfig, file: &Path) -> anyhow::Result<policy::VerifiedPolicy> {
     let pem = std::fs::read_to_string(&cfg.admin_public_key)
         .with_context(|| format!("reading {}", cfg.admin_public_key.display()))?;
     let admin = policy::admin_public_key(&pem)?;
@@ -487,7 +487,7 @@ fn read_verifier_policy(cfg: &KrsConfig) -> anyhow::Result<keyward_verify::Polic
 
 /// Warnings about what the policy leaves to the KRS configuration: the deployment pins
 /// (`admin_ca_sha256`, KRS URL) and the CRLs.
-pub fn policy_warnings(cfg: &KrsConfig, p: &keyward_verify::Policy) -> Vec<String> {
+pub(crate) fn policy_warnings(cfg: &KrsConfig, p: &keyward_verify::Policy) -> Vec<String> {
     let mut out = Vec::new();
     if !covers_pcr15(p) && cfg.deployments.is_empty() {
         out.push(
@@ -541,7 +541,7 @@ fn covers_pcr15(p: &keyward_verify::Policy) -> bool {
 /// Everything `serve` needs, built from the config, and the state directory's lock (held for
 /// as long as the service runs: one process on this state at a time; an operator's `heads set`
 /// waits for a stop).
-pub fn build_service(
+pub(crate) fn build_service(
     cfg: &KrsConfig,
     appraiser: Box<dyn crate::service::Appraiser>,
 ) -> anyhow::Result<(

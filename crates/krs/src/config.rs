@@ -9,7 +9,7 @@ use keyward_hsm::HsmConfig;
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("config {0}")]
     Io(String, #[source] std::io::Error),
     #[error("config {0}")]
@@ -35,7 +35,7 @@ pub enum WrapChoice {
 /// `keyward krs` configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KrsConfig {
+pub(crate) struct KrsConfig {
     /// Listen address, e.g. `0.0.0.0:7443` (`127.0.0.1:0` picks a free port).
     pub listen: String,
     /// Holds `tls.crt`, `tls.key`, `release.log`(+`.head`), `policy.version`,
@@ -77,7 +77,7 @@ pub struct KrsConfig {
 /// with. At least one of the two digests must be set.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct DeploymentConfig {
+pub(crate) struct DeploymentConfig {
     /// A name for logs and for the store heads this KRS keeps per deployment.
     pub name: String,
     /// SHA-384 (hex) of the canonical CBOR pins (the `pins_digest` in T): covers the KRS URL,
@@ -97,7 +97,7 @@ fn default_names() -> Vec<String> {
 }
 
 impl KrsConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let s = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Io(path.display().to_string(), e))?;
         let c: Self =
@@ -110,23 +110,23 @@ impl KrsConfig {
         c.limits.check().map_err(ConfigError::Invalid)?;
         Ok(c)
     }
-    pub fn tls_cert(&self) -> PathBuf {
+    pub(crate) fn tls_cert(&self) -> PathBuf {
         self.state_dir.join("tls.crt")
     }
-    pub fn tls_key(&self) -> PathBuf {
+    pub(crate) fn tls_key(&self) -> PathBuf {
         self.state_dir.join("tls.key")
     }
-    pub fn log_file(&self) -> PathBuf {
+    pub(crate) fn log_file(&self) -> PathBuf {
         self.state_dir.join("release.log")
     }
-    pub fn version_file(&self) -> PathBuf {
+    pub(crate) fn version_file(&self) -> PathBuf {
         self.state_dir.join("policy.version")
     }
-    pub fn receipt_pub(&self) -> PathBuf {
+    pub(crate) fn receipt_pub(&self) -> PathBuf {
         self.state_dir.join("receipt.pub.pem")
     }
     /// Store heads and registered boot keys per deployment.
-    pub fn heads_file(&self) -> PathBuf {
+    pub(crate) fn heads_file(&self) -> PathBuf {
         self.state_dir.join("heads.json")
     }
 }

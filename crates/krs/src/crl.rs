@@ -17,7 +17,7 @@ use keyward_verify::Policy;
 
 /// Errors loading CRL files.
 #[derive(Debug, thiserror::Error)]
-pub enum CrlError {
+pub(crate) enum CrlError {
     /// The file could not be read.
     #[error("CRL file {}", path.display())]
     Read {
@@ -53,13 +53,13 @@ fn stamp(p: &Path) -> Stamp {
 
 /// One loaded CRL and the file it came from.
 #[derive(Debug, Clone)]
-pub struct LoadedCrl {
+pub(crate) struct LoadedCrl {
     pub file: PathBuf,
     pub der: Vec<u8>,
 }
 
 /// Read one CRL file: every CRL in it must parse.
-pub fn read_crl_file(p: &Path) -> Result<Vec<Vec<u8>>, CrlError> {
+pub(crate) fn read_crl_file(p: &Path) -> Result<Vec<Vec<u8>>, CrlError> {
     let path = || p.to_path_buf();
     let bytes = std::fs::read(p).map_err(|source| CrlError::Read {
         path: path(),
@@ -87,7 +87,7 @@ struct State {
 }
 
 /// The configured CRL files, kept current.
-pub struct CrlStore {
+pub(crate) struct CrlStore {
     files: Vec<PathBuf>,
     state: Mutex<State>,
 }
@@ -110,7 +110,7 @@ fn load_all(files: &[PathBuf]) -> Result<(Vec<Stamp>, Vec<LoadedCrl>), CrlError>
 
 impl CrlStore {
     /// Load every file now; any unreadable or unparsable file is an error.
-    pub fn open(files: &[PathBuf]) -> Result<CrlStore, CrlError> {
+    pub(crate) fn open(files: &[PathBuf]) -> Result<CrlStore, CrlError> {
         let (stamps, crls) = load_all(files)?;
         Ok(CrlStore {
             files: files.to_vec(),
@@ -122,14 +122,9 @@ impl CrlStore {
         })
     }
 
-    /// The configured files.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
     /// The CRLs as of now (re-read when any file changed). `Err` when a file is unreadable:
     /// the caller fails the appraisal.
-    pub fn current(&self) -> Result<Arc<Vec<LoadedCrl>>, String> {
+    pub(crate) fn current(&self) -> Result<Arc<Vec<LoadedCrl>>, String> {
         let now: Vec<Stamp> = self.files.iter().map(|p| stamp(p)).collect();
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if now != g.stamps {
@@ -159,7 +154,7 @@ impl CrlStore {
     }
 
     /// Status of each CRL (signature checked against the ARKs `policy` pins, when given).
-    pub fn status(&self, policy: Option<&Policy>) -> Result<Vec<CrlStatus>, String> {
+    pub(crate) fn status(&self, policy: Option<&Policy>) -> Result<Vec<CrlStatus>, String> {
         let crls = self.current()?;
         Ok(status_of(&crls, policy, now_unix()))
     }
@@ -167,7 +162,7 @@ impl CrlStore {
 
 /// The age of one CRL.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct CrlStatus {
+pub(crate) struct CrlStatus {
     pub file: String,
     pub issuer: String,
     pub this_update: String,
@@ -188,7 +183,7 @@ pub struct CrlStatus {
 
 impl CrlStatus {
     /// One log line.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "CRL {} from CN={}: thisUpdate {} (age {} s), nextUpdate {}{}{}",
             self.file,
@@ -239,7 +234,7 @@ fn status_of(crls: &[LoadedCrl], policy: Option<&Policy>, now: u64) -> Vec<CrlSt
 }
 
 /// Log the status of `store` once an hour, forever (a thread started by `krs serve`).
-pub fn spawn_status_logger(store: Arc<CrlStore>, policy: Arc<Policy>) {
+pub(crate) fn spawn_status_logger(store: Arc<CrlStore>, policy: Arc<Policy>) {
     let _ = std::thread::Builder::new()
         .name("krs-crl-status".into())
         .spawn(move || loop {

@@ -22,14 +22,14 @@ use keyward_verify::Policy;
 use keyward_verify::{Product, SignerKind};
 
 /// AMD's Key Distribution Service.
-pub const AMD_KDS: &str = "https://kdsintf.amd.com";
+pub(crate) const AMD_KDS: &str = "https://kdsintf.amd.com";
 
 /// Largest CRL accepted (AMD's are a few KiB).
 const MAX_CRL: usize = 1024 * 1024;
 
 /// Why a fetch failed; nothing was written.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     /// The URL or the answer is unusable for a reason the message gives (no host, not
     /// http(s), a non-200 status, no answer in time); no cause.
     #[error("{0}: {1}")]
@@ -78,7 +78,7 @@ pub enum FetchError {
 
 /// Why a CRL file does not read as [`read_tagged`] expects.
 #[derive(Debug, thiserror::Error)]
-pub enum TaggedError {
+pub(crate) enum TaggedError {
     #[error("not PEM or DER CRLs")]
     Split(#[source] keyward_verify::snp::CertError),
     #[error("a PEM X509 CRL block does not decode")]
@@ -88,7 +88,7 @@ pub enum TaggedError {
 }
 
 /// The KDS URL of one CRL.
-pub fn crl_url(base: &str, signer: SignerKind, product: Product) -> String {
+pub(crate) fn crl_url(base: &str, signer: SignerKind, product: Product) -> String {
     let kind = match signer {
         SignerKind::Vcek => "vcek",
         SignerKind::Vlek => "vlek",
@@ -102,14 +102,14 @@ pub fn crl_url(base: &str, signer: SignerKind, product: Product) -> String {
 
 /// One CRL block of a fetched file: where it came from and its DER.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tagged {
+pub(crate) struct Tagged {
     pub source: Option<String>,
     pub der: Vec<u8>,
 }
 
 /// Read a CRL file as written by [`fetch`] (PEM with `# source:` lines); a plain DER or PEM
 /// file gives untagged blocks.
-pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, TaggedError> {
+pub(crate) fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, TaggedError> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Ok(vec![Tagged {
             source: None,
@@ -155,14 +155,14 @@ pub fn read_tagged(bytes: &[u8]) -> Result<Vec<Tagged>, TaggedError> {
 
 /// What [`fetch`] installed.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub url: String,
     pub facts: CrlFacts,
 }
 
 /// Fetch every CRL `policy` needs from `base` into `out`. All or nothing: any download or
 /// check failure leaves `out` as it was.
-pub fn fetch(
+pub(crate) fn fetch(
     base: &str,
     policy: &Policy,
     out: &Path,

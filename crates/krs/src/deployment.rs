@@ -36,7 +36,7 @@ fn hex_n<const N: usize>(dep: &str, field: &str, s: &str) -> Result<[u8; N], Con
 
 /// Check the configured deployments: at least one; each with a valid name (letters, digits,
 /// `.`, `_`, `-`; at most 64), unique, and at least one of `pins_sha384` / `admin_ca_sha256`.
-pub fn parse(cfgs: &[DeploymentConfig]) -> Result<Vec<Deployment>, ConfigError> {
+pub(crate) fn parse(cfgs: &[DeploymentConfig]) -> Result<Vec<Deployment>, ConfigError> {
     if cfgs.is_empty() {
         return Err(ConfigError::Invalid(
             "no [[deployment]]: the KRS releases only to appliances whose pins name a configured \
@@ -97,7 +97,10 @@ pub fn pins_sha384(pins: &Pins) -> Option<[u8; 48]> {
 
 /// The deployment whose every configured digest matches `pins` (compared in constant time,
 /// every deployment tried). `Err` is the logged detail naming what was presented.
-pub fn find<'a>(deployments: &'a [Deployment], pins: &Pins) -> Result<&'a Deployment, String> {
+pub(crate) fn find<'a>(
+    deployments: &'a [Deployment],
+    pins: &Pins,
+) -> Result<&'a Deployment, String> {
     let pd = pins_sha384(pins).unwrap_or([0u8; 48]);
     let mut found: Option<&Deployment> = None;
     for d in deployments {
@@ -131,7 +134,7 @@ pub fn find<'a>(deployments: &'a [Deployment], pins: &Pins) -> Result<&'a Deploy
 
 /// The `[[deployment]]` block for `keyward krs pins`: `admin_ca_sha256` always, and
 /// `pins_sha384` when the appliance's `krs_url` is known (`pins` given).
-pub fn block(name: &str, admin_ca_sha256: &[u8; 32], pins: Option<&Pins>) -> String {
+pub(crate) fn block(name: &str, admin_ca_sha256: &[u8; 32], pins: Option<&Pins>) -> String {
     let mut s = format!("[[deployment]]\nname = \"{name}\"\n");
     if let Some(p) = pins.and_then(pins_sha384) {
         s.push_str(&format!("pins_sha384 = \"{}\"\n", hex::encode(p)));

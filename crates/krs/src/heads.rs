@@ -26,7 +26,7 @@ use keyward_krp::boot_key_id;
 use keyward_krp::messages::StoreHead;
 
 /// Boot keys kept per deployment (the newest; older boots can no longer advance the head).
-pub const KEEP_BOOT_KEYS: usize = 32;
+pub(crate) const KEEP_BOOT_KEYS: usize = 32;
 
 /// Errors reading or writing the book.
 #[derive(Debug, thiserror::Error)]

@@ -34,11 +34,11 @@ use keyward_krp::messages::{StoreHead, VERSION};
 use keyward_krp::Receipt;
 
 /// The release log's decision for an operator's head override.
-pub const DECISION: &str = "head-set";
+pub(crate) const DECISION: &str = "head-set";
 
 /// `keyward krs heads set`'s arguments.
 #[derive(Debug, Clone)]
-pub struct SetArgs {
+pub(crate) struct SetArgs {
     pub config: PathBuf,
     pub deployment: String,
     pub backup: PathBuf,
@@ -60,7 +60,7 @@ fn head_json(h: &Option<StoreHead>) -> serde_json::Value {
 
 /// `heads show`: one JSON line per deployment the config names or the book knows. Read only
 /// (the book is replaced atomically, so reading it while the KRS runs is safe).
-pub fn show(config: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn show(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = KrsConfig::load(config)?;
     let book = HeadBook::open(&cfg.heads_file())?;
     let listed = book.list();
@@ -149,7 +149,7 @@ fn warning(
 }
 
 /// `heads set`: check, confirm, log, then move the head.
-pub fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
     let cfg = KrsConfig::load(&a.config)?;
     if !cfg.deployments.iter().any(|d| d.name == a.deployment) {
         let names: Vec<&str> = cfg.deployments.iter().map(|d| d.name.as_str()).collect();

@@ -120,7 +120,7 @@ impl Limits {
 
 /// The unit a per-source cap counts: the IPv4 address (IPv4-mapped IPv6 included), or the
 /// IPv6 /64 (one host usually holds a whole /64).
-pub fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -135,7 +135,7 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
 
 /// Why a connection was closed at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ConnRefused {
+pub(crate) enum ConnRefused {
     #[error("connection limit reached")]
     Total,
     #[error("connection limit for this source reached")]
@@ -143,14 +143,14 @@ pub enum ConnRefused {
 }
 
 /// Counts the connections being served, in total and per source.
-pub struct ConnTracker {
+pub(crate) struct ConnTracker {
     max_total: usize,
     max_per_source: usize,
     inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 impl ConnTracker {
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         Self {
             max_total: limits.max_connections,
             max_per_source: limits.max_connections_per_source,
@@ -160,7 +160,7 @@ impl ConnTracker {
 
     /// Take a slot for a connection from `src` (already a [`source_key`]); the slot is given
     /// back when the returned guard is dropped.
-    pub fn admit(self: &Arc<Self>, src: IpAddr) -> Result<ConnSlot, ConnRefused> {
+    pub(crate) fn admit(self: &Arc<Self>, src: IpAddr) -> Result<ConnSlot, ConnRefused> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 >= self.max_total {
             return Err(ConnRefused::Total);
@@ -178,19 +178,19 @@ impl ConnTracker {
     }
 
     /// Connections being served now.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
 /// One admitted connection's slot.
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     tracker: Arc<ConnTracker>,
     src: IpAddr,
 }
 
 impl ConnSlot {
-    pub fn source(&self) -> IpAddr {
+    pub(crate) fn source(&self) -> IpAddr {
         self.src
     }
 }
@@ -211,7 +211,7 @@ impl Drop for ConnSlot {
 /// A TCP stream whose reads and writes fail with `TimedOut` once the current phase's
 /// deadline (never later than the connection's own) has passed, however the peer paces its
 /// bytes.
-pub struct DeadlineStream {
+pub(crate) struct DeadlineStream {
     inner: TcpStream,
     end: Instant,
     deadline: Instant,
@@ -220,7 +220,7 @@ pub struct DeadlineStream {
 
 impl DeadlineStream {
     /// Wrap `inner`; the connection ends after `lifetime` whatever happens.
-    pub fn new(inner: TcpStream, lifetime: Duration) -> Self {
+    pub(crate) fn new(inner: TcpStream, lifetime: Duration) -> Self {
         let end = Instant::now() + lifetime;
         Self {
             inner,
@@ -231,12 +231,12 @@ impl DeadlineStream {
     }
 
     /// Start a phase that must end within `d` (and within the connection's lifetime).
-    pub fn phase(&mut self, d: Duration) {
+    pub(crate) fn phase(&mut self, d: Duration) {
         self.deadline = (Instant::now() + d).min(self.end);
     }
 
     /// Whether a read or write failed because a deadline passed.
-    pub fn expired(&self) -> bool {
+    pub(crate) fn expired(&self) -> bool {
         self.expired
     }
 
@@ -289,7 +289,7 @@ impl Write for DeadlineStream {
 
 /// A token bucket for warning lines: `per_sec` a second, bursts up to ten times that. What it
 /// holds back is counted and reported in the next `krs status` line.
-pub struct WarnGate {
+pub(crate) struct WarnGate {
     per_sec: f64,
     burst: f64,
     state: Mutex<(f64, Instant)>,
@@ -297,7 +297,7 @@ pub struct WarnGate {
 }
 
 impl WarnGate {
-    pub fn new(per_sec: u32) -> Self {
+    pub(crate) fn new(per_sec: u32) -> Self {
         let per_sec = f64::from(per_sec.max(1));
         Self {
             per_sec,
@@ -308,7 +308,7 @@ impl WarnGate {
     }
 
     /// Whether a warning line may be written now.
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let refill = now.saturating_duration_since(g.1).as_secs_f64() * self.per_sec;
@@ -324,7 +324,7 @@ impl WarnGate {
     }
 
     /// Lines held back so far.
-    pub fn suppressed(&self) -> u64 {
+    pub(crate) fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
     }
 }
@@ -332,7 +332,7 @@ impl WarnGate {
 /// Token buckets per source (for Evidence messages): `per_min` a minute, bursts of a quarter
 /// of that (at least 4). At most `max_sources` buckets are kept; when more are needed, full
 /// (idle) ones are forgotten first, then the table is cleared (which only forgives).
-pub struct SourceBudget {
+pub(crate) struct SourceBudget {
     per_sec: f64,
     burst: f64,
     max_sources: usize,
@@ -340,7 +340,7 @@ pub struct SourceBudget {
 }
 
 impl SourceBudget {
-    pub fn new(per_min: u32, max_sources: usize) -> Self {
+    pub(crate) fn new(per_min: u32, max_sources: usize) -> Self {
         let per_min = f64::from(per_min.max(1));
         Self {
             per_sec: per_min / 60.0,
@@ -351,7 +351,7 @@ impl SourceBudget {
     }
 
     /// Take one unit of `src`'s budget; false when it has none left.
-    pub fn take(&self, src: IpAddr) -> bool {
+    pub(crate) fn take(&self, src: IpAddr) -> bool {
         let now = Instant::now();
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (per_sec, burst) = (self.per_sec, self.burst);
@@ -378,7 +378,7 @@ impl SourceBudget {
 
 /// Counters for the `krs status` line.
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     unsigned_denies: Mutex<BTreeMap<&'static str, u64>>,
     signed_denies_by: Mutex<BTreeMap<&'static str, u64>>,
     pub signed_denies: AtomicU64,
@@ -392,7 +392,7 @@ pub struct Stats {
 
 impl Stats {
     /// Count an unsigned deny by its reason name.
-    pub fn unsigned_deny(&self, reason: &'static str) {
+    pub(crate) fn unsigned_deny(&self, reason: &'static str) {
         let mut g = self
             .unsigned_denies
             .lock()
@@ -401,7 +401,7 @@ impl Stats {
     }
 
     /// Count a signed deny (a session existed) by its reason name.
-    pub fn signed_deny(&self, reason: &'static str) {
+    pub(crate) fn signed_deny(&self, reason: &'static str) {
         let mut g = self
             .signed_denies_by
             .lock()
@@ -409,7 +409,7 @@ impl Stats {
         *g.entry(reason).or_insert(0) += 1;
     }
 
-    pub fn signed_denies_by(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn signed_denies_by(&self) -> BTreeMap<String, u64> {
         self.signed_denies_by
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -418,7 +418,7 @@ impl Stats {
             .collect()
     }
 
-    pub fn unsigned_denies(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn unsigned_denies(&self) -> BTreeMap<String, u64> {
         self.unsigned_denies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -427,7 +427,7 @@ impl Stats {
             .collect()
     }
 
-    pub fn bump(c: &AtomicU64) {
+    pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -462,7 +462,7 @@ pub struct Status {
 }
 
 /// Cut `s` to at most `max` bytes (on a character boundary), marking the cut.
-pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if s.len() <= max {
         return s.into();
     }

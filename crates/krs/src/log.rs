@@ -82,7 +82,7 @@ pub enum LogError {
 /// to the release log: the receipt `receipt` (already built, with `log_index` =
 /// [`ReleaseLog::next_index`]) is signed in the HSM through `sign`, and the entry carries it,
 /// `detail` and the policy digest in force. Returns the entry's index.
-pub fn append_operator_action(
+pub(crate) fn append_operator_action(
     log: &mut ReleaseLog,
     receipt: &keyward_krp::Receipt,
     detail: String,
@@ -168,7 +168,7 @@ impl Entry {
 /// The signed head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Head {
+pub(crate) struct Head {
     pub count: u64,
     /// Hex hash of the last entry (48 zero bytes when empty).
     pub head_hash: String,
@@ -181,7 +181,7 @@ pub struct Head {
 
 impl Head {
     /// The digest this head's signature covers.
-    pub fn digest(&self) -> [u8; 48] {
+    pub(crate) fn digest(&self) -> [u8; 48] {
         let hash = hex_or_empty(&self.head_hash);
         match self.counter {
             Some(c) => head_digest_counted(self.count, &hash, c),
@@ -196,7 +196,7 @@ impl Head {
 }
 
 /// The digest the receipt key signs for a head with a counter.
-pub fn head_digest_counted(count: u64, head_hash: &[u8], counter: u64) -> [u8; 48] {
+pub(crate) fn head_digest_counted(count: u64, head_hash: &[u8], counter: u64) -> [u8; 48] {
     let mut h = Sha384::new();
     h.update(b"KRP/1 log head v2");
     h.update(count.to_be_bytes());
@@ -206,7 +206,7 @@ pub fn head_digest_counted(count: u64, head_hash: &[u8], counter: u64) -> [u8; 4
 }
 
 /// The digest the receipt key signs for a head.
-pub fn head_digest(count: u64, head_hash: &[u8]) -> [u8; 48] {
+pub(crate) fn head_digest(count: u64, head_hash: &[u8]) -> [u8; 48] {
     let mut h = Sha384::new();
     h.update(b"KRP/1 log head");
     h.update(count.to_be_bytes());
@@ -219,7 +219,7 @@ fn head_path(path: &Path) -> PathBuf {
 }
 
 /// Where the KRS keeps the log's head counter: `FILE.counter`.
-pub fn counter_path(path: &Path) -> PathBuf {
+pub(crate) fn counter_path(path: &Path) -> PathBuf {
     suffixed(path, ".counter")
 }
 
@@ -276,7 +276,7 @@ fn read_counter(path: &Path) -> Result<Option<u64>, LogError> {
 }
 
 /// Signs a SHA-384 digest with the receipt key (the HSM), giving `r || s`.
-pub type DigestSigner<'a> = &'a dyn Fn(&[u8; 48]) -> Result<Vec<u8>, keyward_hsm::HsmError>;
+pub(crate) type DigestSigner<'a> = &'a dyn Fn(&[u8; 48]) -> Result<Vec<u8>, keyward_hsm::HsmError>;
 
 /// An open log, positioned for appending.
 pub struct ReleaseLog {
@@ -562,7 +562,7 @@ fn verify_entries(path: &Path, receipt_spki_der: &[u8]) -> Result<(Summary, Vec<
 /// A head a verifier noted earlier: a saved `FILE.head` (its signature checked), or
 /// `COUNT:HASH` (the `entries` and `head_hash` a verify printed), optionally `COUNT:HASH:COUNTER`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SavedHead {
+pub(crate) struct SavedHead {
     pub count: u64,
     pub head_hash: String,
     pub counter: Option<u64>,
@@ -570,7 +570,7 @@ pub struct SavedHead {
 
 impl SavedHead {
     /// Parse `arg`: a head file if one exists at that path, else `COUNT:HASH[:COUNTER]`.
-    pub fn load(arg: &str, receipt_spki_der: &[u8]) -> Result<Self, LogError> {
+    pub(crate) fn load(arg: &str, receipt_spki_der: &[u8]) -> Result<Self, LogError> {
         let p = Path::new(arg);
         if p.is_file() {
             let b = std::fs::read(p).map_err(|e| LogError::Io(arg.into(), e))?;
@@ -619,7 +619,7 @@ impl SavedHead {
 /// [`verify_file`], then check that the log extends `saved`: it holds at least as many
 /// entries, the entry `saved` ended with is still there unchanged, and its head counter is not
 /// below `saved`'s. An older log (restored from a copy) or one forked from `saved` fails.
-pub fn verify_against(
+pub(crate) fn verify_against(
     path: &Path,
     receipt_spki_der: &[u8],
     saved: &SavedHead,

@@ -26,11 +26,11 @@ use crate::limits::Status;
 use crate::service::Service;
 
 /// The content type of [`render`]'s text.
-pub const CONTENT_TYPE: &str = keyward_metrics::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = keyward_metrics::CONTENT_TYPE;
 
 /// Errors starting the listener or rendering the figures.
 #[derive(Debug, thiserror::Error)]
-pub enum KrsMetricsError {
+pub(crate) enum KrsMetricsError {
     /// The setting's text (shown as given) does not parse as an address; no cause worth keeping.
     #[error("metrics_listen {0:?} is not an address (for example 127.0.0.1:9466)")]
     Address(String),
@@ -73,7 +73,7 @@ fn gauge(v: usize) -> Gauge {
 }
 
 /// The figures of `status` as OpenMetrics text ([`CONTENT_TYPE`]).
-pub fn render(status: &Status) -> Result<String, KrsMetricsError> {
+pub(crate) fn render(status: &Status) -> Result<String, KrsMetricsError> {
     let mut reg = Registry::default();
     reg.register(
         "keyward_krs_releases",
@@ -151,7 +151,7 @@ pub fn render(status: &Status) -> Result<String, KrsMetricsError> {
 }
 
 /// Check `listen` (loopback only) and bind it.
-pub fn bind(listen: &str) -> Result<TcpListener, KrsMetricsError> {
+pub(crate) fn bind(listen: &str) -> Result<TcpListener, KrsMetricsError> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| KrsMetricsError::Address(listen.to_string()))?;
@@ -163,7 +163,10 @@ pub fn bind(listen: &str) -> Result<TcpListener, KrsMetricsError> {
 
 /// Serve `GET /metrics` on `listener` from a thread of its own (a one-thread runtime; a
 /// scrape every few seconds needs no more) for as long as the process runs.
-pub fn spawn(listener: TcpListener, svc: Arc<Service>) -> Result<SocketAddr, KrsMetricsError> {
+pub(crate) fn spawn(
+    listener: TcpListener,
+    svc: Arc<Service>,
+) -> Result<SocketAddr, KrsMetricsError> {
     let addr = listener.local_addr().map_err(KrsMetricsError::Thread)?;
     listener
         .set_nonblocking(true)

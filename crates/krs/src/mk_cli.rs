@@ -34,8 +34,8 @@ use keyward_krp::messages::VERSION;
 use keyward_krp::Receipt;
 
 /// Release-log decisions.
-pub const DECISION_ROTATE: &str = "mk-rotate";
-pub const DECISION_RETIRE: &str = "mk-retire";
+pub(crate) const DECISION_ROTATE: &str = "mk-rotate";
+pub(crate) const DECISION_RETIRE: &str = "mk-retire";
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,7 +80,7 @@ fn save_dates(cfg: &KrsConfig, d: &Dates) -> anyhow::Result<()> {
 
 /// One version as `list` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct VersionLine {
+pub(crate) struct VersionLine {
     pub version: u32,
     pub label: String,
     pub created: Option<u64>,
@@ -122,7 +122,7 @@ fn lines(cfg: &KrsConfig, hsm: &Hsm, book: &HeadBook) -> anyhow::Result<Vec<Vers
 }
 
 /// `mk list`: one JSON line per version. Read only.
-pub fn list(config: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn list(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = KrsConfig::load(config)?;
     let hsm = Hsm::open(&cfg.hsm)?;
     let book = HeadBook::open(&cfg.heads_file())?;
@@ -178,7 +178,7 @@ fn log_decision(
 }
 
 /// `mk rotate`: make version N+1 in the token; it is current from the KRS's next start.
-pub fn rotate(config: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn rotate(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = KrsConfig::load(config)?;
     let _state = crate::state_lock::lock(&cfg.state_dir)?;
     let hsm = Hsm::open(&cfg.hsm)?;
@@ -221,7 +221,7 @@ pub fn rotate(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `mk retire VERSION`: destroy a previous version once nothing needs it.
-pub fn retire(config: &Path, version: u32, backups_moved: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn retire(config: &Path, version: u32, backups_moved: bool) -> anyhow::Result<ExitCode> {
     let cfg = KrsConfig::load(config)?;
     let _state = crate::state_lock::lock(&cfg.state_dir)?;
     let hsm = Hsm::open(&cfg.hsm)?;

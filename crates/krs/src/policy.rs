@@ -24,7 +24,7 @@ use sha2::{Digest, Sha384};
 use keyward_krp::cbor::to_canonical;
 
 /// The file format tag.
-pub const FORMAT: &str = "keyward-signed-policy/1";
+pub(crate) const FORMAT: &str = "keyward-signed-policy/1";
 
 /// Errors loading or checking a policy.
 #[derive(Debug, thiserror::Error)]
@@ -160,13 +160,16 @@ pub fn sign(
 }
 
 /// Parse a PEM SPKI P-384 public key.
-pub fn admin_public_key(pem: &str) -> Result<VerifyingKey, PolicyError> {
+pub(crate) fn admin_public_key(pem: &str) -> Result<VerifyingKey, PolicyError> {
     use p384::pkcs8::DecodePublicKey;
     VerifyingKey::from_public_key_pem(pem).map_err(PolicyError::PublicKey)
 }
 
 /// Parse and verify a signed policy file's bytes.
-pub fn verify(file_bytes: &[u8], admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyError> {
+pub(crate) fn verify(
+    file_bytes: &[u8],
+    admin: &VerifyingKey,
+) -> Result<VerifiedPolicy, PolicyError> {
     let f: SignedPolicyFile = serde_json::from_slice(file_bytes).map_err(PolicyError::NotJson)?;
     if f.format != FORMAT {
         return Err(PolicyError::Format(f.format));
@@ -200,7 +203,7 @@ pub fn verify(file_bytes: &[u8], admin: &VerifyingKey) -> Result<VerifiedPolicy,
 }
 
 /// Load and verify a signed policy from a file.
-pub fn load(path: &Path, admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyError> {
+pub(crate) fn load(path: &Path, admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyError> {
     let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
         path: path.to_path_buf(),
         source,
@@ -209,13 +212,13 @@ pub fn load(path: &Path, admin: &VerifyingKey) -> Result<VerifiedPolicy, PolicyE
 }
 
 /// The content digest recorded with the version (hex).
-pub fn content_digest(p: &VerifiedPolicy) -> Result<String, PolicyError> {
+pub(crate) fn content_digest(p: &VerifiedPolicy) -> Result<String, PolicyError> {
     signed_digest(&p.policy_id, p.version, &p.policy).map(hex::encode)
 }
 
 /// The high-water mark in `version_file`: `VERSION [CONTENT-DIGEST]` (older files hold the
 /// version alone). `(0, None)` when the file does not exist.
-pub fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), PolicyError> {
+pub(crate) fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), PolicyError> {
     let bad = |e: Box<dyn std::error::Error + Send + Sync>| PolicyError::VersionFile {
         path: version_file.to_path_buf(),
         source: e,
@@ -237,7 +240,7 @@ pub fn read_version_file(version_file: &Path) -> Result<(u64, Option<String>), P
 
 /// Check `p` against the high-water mark without changing it. `Ok(true)` when accepting `p`
 /// would write the file (newer version, or the digest not yet recorded).
-pub fn check_version(version_file: &Path, p: &VerifiedPolicy) -> Result<bool, PolicyError> {
+pub(crate) fn check_version(version_file: &Path, p: &VerifiedPolicy) -> Result<bool, PolicyError> {
     let (highest, recorded) = read_version_file(version_file)?;
     if p.version < highest {
         return Err(PolicyError::Rollback {
@@ -264,7 +267,7 @@ pub fn check_version(version_file: &Path, p: &VerifiedPolicy) -> Result<bool, Po
 /// Enforce the version rule against the persisted high-water mark in `version_file`
 /// (older: refused; same version, other content: refused), recording `p` (atomically,
 /// fsynced) when it is newer.
-pub fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), PolicyError> {
+pub(crate) fn enforce_version(version_file: &Path, p: &VerifiedPolicy) -> Result<(), PolicyError> {
     let io = |source: std::io::Error| PolicyError::Io {
         path: version_file.to_path_buf(),
         source,

@@ -49,7 +49,7 @@ use keyward_krp::{hpke_aad, seal_hpke};
 use keyward_krp::{receipt_digest, spki_pin, DenyCode, Receipt};
 use keyward_verify::Verdict;
 
-pub use keyward_krp::KEY_VERSION;
+pub(crate) use keyward_krp::KEY_VERSION;
 
 /// Judges evidence under the signed policy. The production implementation is the shared
 /// verifier library (`keyward_verify`); tests may plug others in only through this seam.
@@ -962,7 +962,7 @@ fn hello_oversized(h: &Hello) -> Option<&'static str> {
 /// Serve KRP/1 on `listener` until the process ends: one thread per connection, TLS 1.3, one
 /// frame in, one frame out, as many rounds as the agent sends (up to the limits). A status
 /// line (`krs status {json}`) is logged every `limits.status_secs` when a counter changed.
-pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, svc: Arc<Service>) {
+pub(crate) fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, svc: Arc<Service>) {
     let every = Duration::from_secs(svc.limits.status_secs);
     let status_svc = svc.clone();
     let _ = std::thread::Builder::new()

@@ -17,7 +17,7 @@ use keyward_krp::messages::{Challenge, Hello};
 
 /// What the store knows about a session.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub hello: Hello,
     pub challenge: Challenge,
     expires: Instant,
@@ -29,7 +29,7 @@ pub struct Session {
 
 /// Why a session cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("unknown session")]
     Unknown,
     #[error("session already used (replay)")]
@@ -40,7 +40,7 @@ pub enum SessionError {
 
 /// Why a new session is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AdmitError {
+pub(crate) enum AdmitError {
     #[error("this source holds {0} open sessions, the most allowed")]
     PerSource(usize),
 }
@@ -124,7 +124,7 @@ impl Table {
 
 /// In-memory session store. Sessions do not survive a KRS restart (a restarted KRS simply
 /// refuses old sessions as unknown).
-pub struct SessionStore {
+pub(crate) struct SessionStore {
     ttl: Duration,
     max: usize,
     max_per_source: usize,
@@ -133,13 +133,13 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// A store with the default bounds (`limits::Limits::default()`).
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         let d = crate::limits::Limits::default();
         Self::bounded(ttl, d.max_sessions, d.max_sessions_per_source)
     }
 
     /// A store of at most `max` entries, `max_per_source` open sessions per source.
-    pub fn bounded(ttl: Duration, max: usize, max_per_source: usize) -> Self {
+    pub(crate) fn bounded(ttl: Duration, max: usize, max_per_source: usize) -> Self {
         Self {
             ttl,
             max: max.max(1),
@@ -152,21 +152,17 @@ impl SessionStore {
         }
     }
 
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
     /// Entries held (open sessions and remembered used ids).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The most entries held.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.max
     }
 
@@ -180,7 +176,7 @@ impl SessionStore {
     }
 
     /// May `source` open another session? (Cheap: checked before a Hello is handled.)
-    pub fn admit(&self, source: Option<IpAddr>) -> Result<(), AdmitError> {
+    pub(crate) fn admit(&self, source: Option<IpAddr>) -> Result<(), AdmitError> {
         let now = Instant::now();
         let mut t = self.lock();
         if now.saturating_duration_since(t.last_sweep) >= Duration::from_secs(1) {
@@ -195,7 +191,7 @@ impl SessionStore {
     }
 
     /// Remember a new session (evicting one when the table is full).
-    pub fn insert(&self, id: [u8; 16], hello: Hello, challenge: Challenge) {
+    pub(crate) fn insert(&self, id: [u8; 16], hello: Hello, challenge: Challenge) {
         let now = Instant::now();
         let mut t = self.lock();
         if t.map.len() >= self.max {
@@ -222,7 +218,7 @@ impl SessionStore {
 
     /// Record which source opened session `id` (after [`insert`](Self::insert)), so it
     /// counts toward that source's open sessions.
-    pub fn assign(&self, id: &[u8], source: IpAddr) {
+    pub(crate) fn assign(&self, id: &[u8], source: IpAddr) {
         let Ok(id) = <[u8; 16]>::try_from(id) else {
             return;
         };
@@ -237,7 +233,7 @@ impl SessionStore {
     }
 
     /// Consume a session: the first call returns it (if not expired); every later call fails.
-    pub fn take(&self, id: &[u8]) -> Result<Session, SessionError> {
+    pub(crate) fn take(&self, id: &[u8]) -> Result<Session, SessionError> {
         let id: [u8; 16] = id.try_into().map_err(|_| SessionError::Unknown)?;
         let mut t = self.lock();
         let s = t.map.get_mut(&id).ok_or(SessionError::Unknown)?;

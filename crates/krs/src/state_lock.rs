@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
-pub enum StateLockError {
+pub(crate) enum StateLockError {
     /// Another process holds it.
     #[error(
         "the KRS state directory {0} is in use (a running `keyward krs serve`, or another \
@@ -23,12 +23,12 @@ pub enum StateLockError {
 }
 
 /// The held lock (released when dropped, or when the process ends however it ends).
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: nix::fcntl::Flock<File>,
 }
 
 /// Take the lock of `state_dir` (created if missing), without waiting.
-pub fn lock(state_dir: &Path) -> Result<StateLock, StateLockError> {
+pub(crate) fn lock(state_dir: &Path) -> Result<StateLock, StateLockError> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| StateLockError::Io(state_dir.to_path_buf(), e))?;
     let path = state_dir.join("krs.lock");

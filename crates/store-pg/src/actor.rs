@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use keyward_keystore::fleet::{FleetBoard, Member};
-use keyward_keystore::model::{Header, SealedHead, SignedRecord};
+use keyward_keystore::{FleetBoard, Member};
+use keyward_keystore::{Header, SealedHead, SignedRecord};
 use keyward_keystore::{KeyStore, KeystoreError};
 
 use crate::{PgConfig, PgFleetBoard, PgKeyStore};

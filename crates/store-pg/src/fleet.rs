@@ -4,8 +4,8 @@
 
 use std::sync::Mutex;
 
-use keyward_keystore::fleet::{FleetBoard, Member};
 use keyward_keystore::KeystoreError;
+use keyward_keystore::{FleetBoard, Member};
 use postgres::Client;
 
 use crate::config::Connector;

@@ -2,7 +2,7 @@
 //! (`keyward_keystore::FileKeyStore`) that single appliances and `make run` keep using.
 //!
 //! The database holds exactly what the file store holds on disk: the header, the sealed and
-//! chained records ([`keyward_keystore::model::SignedRecord`] JSON, verbatim) and the sealed
+//! chained records ([`keyward_keystore::SignedRecord`] JSON, verbatim) and the sealed
 //! head. It never sees a secret in clear and is trusted for nothing but availability: every
 //! record is verified by the registry when it is read, so a row changed or deleted in the
 //! database is refused at open like a changed line on disk.
@@ -12,7 +12,7 @@
 //! * [`PgKeyStore`]: the [`keyward_keystore::KeyStore`] implementation (`shared() == true`):
 //!   appends are a compare-and-set on the head row under a primary key, in one transaction.
 //! * [`migrate`]: the versioned schema, also run at every connect.
-//! * [`PgFleetBoard`]: members' heartbeats ([`keyward_keystore::fleet::FleetBoard`]).
+//! * [`PgFleetBoard`]: members' heartbeats ([`keyward_keystore::FleetBoard`]).
 //! * [`SharedPgStore`], [`SharedPgBoard`]: the two on a thread of their own, callable and
 //!   droppable from any context, an async task included (what the appliance uses).
 //! * [`Watcher`]: LISTEN/NOTIFY (with a periodic poll as the fallback) to wake members when
@@ -40,6 +40,7 @@ mod schema;
 mod store;
 mod watch;
 
+// A namespace of its own: the throwaway test server (feature `local`), never the product's store.
 #[cfg(feature = "local")]
 pub mod local;
 

@@ -3,13 +3,13 @@
 //! exactly once. Run at every connect and by [`migrate`] (`keyward admin store migrate`).
 //!
 //! Tables (version 1):
-//! * `keyward_header`: one row, the store's [`keyward_keystore::model::Header`] JSON.
-//! * `keyward_records`: the [`keyward_keystore::model::SignedRecord`]s, JSON exactly as they
+//! * `keyward_header`: one row, the store's [`keyward_keystore::Header`] JSON.
+//! * `keyward_records`: the [`keyward_keystore::SignedRecord`]s, JSON exactly as they
 //!   serialize, keyed by `(seq, pos)`. `pos` is 0 for every record of the chain, so the primary
 //!   key makes a second record with the same `seq` impossible; only the live records after a
 //!   compaction checkpoint (which all carry the checkpoint's `seq`) have `pos` 1, 2, ...
 //! * `keyward_head`: one row: `tip` (the newest record's `seq`: the compare-and-set of every
-//!   append) and the [`keyward_keystore::model::SealedHead`] JSON with its `seq`.
+//!   append) and the [`keyward_keystore::SealedHead`] JSON with its `seq`.
 //! * `keyward_members`: the fleet's heartbeats.
 //!
 //! Version 2: `keyward_head.generation` (counts whole-log replacements: a fleet re-seal moves

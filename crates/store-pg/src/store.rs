@@ -29,7 +29,7 @@
 //! plain [`KeystoreError::Conflict`], as at READ COMMITTED. A read that already handed records
 //! to its caller is never run again.
 
-use keyward_keystore::model::{Header, SealedHead, SignedRecord};
+use keyward_keystore::{Header, SealedHead, SignedRecord};
 use keyward_keystore::{KeyStore, KeystoreError};
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel};

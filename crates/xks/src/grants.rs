@@ -6,7 +6,7 @@
 //! `kmsViaService`, `awsSourceVpc` and `awsSourceVpce` (exact matches). No matching grant means
 //! 403 `AccessDeniedException`. Health is never subject to grants (the handler never calls this).
 
-use keyward_keystore::view::Grant;
+use keyward_keystore::Grant;
 
 use super::model::RequestMetadata;
 
@@ -74,7 +74,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_keystore::view::GrantOps;
+    use keyward_keystore::GrantOps;
 
     fn grant(p: &str, via: Option<&str>) -> Grant {
         Grant {

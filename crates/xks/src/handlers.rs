@@ -21,7 +21,7 @@ use super::health::Health;
 use super::router::{self, Api, Routed};
 use super::sigv4;
 use keyward_audit::{AuditLog, Field, XksRecord};
-use keyward_keystore::view::SharedView;
+use keyward_keystore::SharedView;
 
 /// Size limits above the spec minimums (above them: 501 `UnsupportedOperationException`), and
 /// the listener's resource limits (over them: 429 `ThrottlingException`, which KMS retries).
@@ -299,9 +299,7 @@ mod tests {
     use arc_swap::ArcSwap;
     use hmac::{Hmac, Mac};
     use keyward_audit::AuditSink;
-    use keyward_keystore::view::{
-        Credential, Grant, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView,
-    };
+    use keyward_keystore::{Credential, Grant, KeyStatus, KeyUsage, LiveKey, Snapshot, StoreView};
     use keyward_secret::Key32;
     use proptest::prelude::*;
     use sha2::{Digest, Sha256};

@@ -7,8 +7,8 @@
 //! file per API in `api/`: `encrypt.rs`, `decrypt.rs`, `metadata.rs`, `health.rs`, each parse ->
 //! authorize -> apply in the contract's order of checks) and `server` (TLS, HTTP, mTLS, the listener) with `watchdog` (connection deadlines) and `clock` (coarse clocks).
 //!
-//! Keys and credentials come only from [`keyward_keystore::view`]; this crate never reaches
-//! `attest`, `verify`, `krp`, `krs`, `agent` or `hsm` (`scripts/check-deps.sh`).
+//! Keys and credentials come only from the key store's view ([`keyward_keystore::StoreView`]);
+//! this crate never reaches `attest`, `verify`, `krp`, `krs`, `agent` or `hsm` (`scripts/check-deps.sh`).
 
 #![deny(
     clippy::unwrap_used,

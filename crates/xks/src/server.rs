@@ -34,7 +34,7 @@ use super::handlers::{self, Ctx, Limits, Reply, SMALL_BODY};
 use super::health::{self, Health, StoreProbe};
 use super::watchdog::{ConnGuard, Deadlines, Signal, Watchdog};
 use keyward_audit::AuditLog;
-use keyward_keystore::view::SharedView;
+use keyward_keystore::SharedView;
 
 /// How the XKS listener is set up. The platform maps its configuration onto this.
 #[derive(Debug, Clone)]

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use keyward_keystore::view::Credential;
+use keyward_keystore::Credential;
 use keyward_secret::HmacSha256;
 use keyward_secret::{LockedBox, WipedMac};
 

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use keyward_bench::cpu::parse_stat;
-use keyward_bench::report::{distribution, new_histogram, record, CpuUse, LatencySummary};
-use keyward_bench::settings::{
-    DemoLine, Load, Mix, Op, Preset, RawSettings, SettingsError, Target,
-};
+use keyward_bench::parse_stat;
+use keyward_bench::{distribution, new_histogram, record, CpuUse, LatencySummary};
+use keyward_bench::{DemoLine, Load, Mix, Op, Preset, RawSettings, SettingsError, Target};
 
 fn base() -> RawSettings {
     RawSettings {
@@ -19,7 +17,7 @@ fn base() -> RawSettings {
     }
 }
 
-fn field_of(r: Result<keyward_bench::settings::Settings, SettingsError>) -> String {
+fn field_of(r: Result<keyward_bench::Settings, SettingsError>) -> String {
     match r {
         Ok(_) => panic!("expected a refusal"),
         Err(SettingsError::Invalid { field, .. }) | Err(SettingsError::Missing { field }) => {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use keyward_bench::settings::RawSettings;
+use keyward_bench::RawSettings;
 use tokio::net::TcpListener;
 
 const AK: &str = "AKIAKEYWARDBENCHTEST23";
@@ -232,7 +232,7 @@ fn settings(addr: SocketAddr, tls: bool) -> RawSettings {
     }
 }
 
-fn run(raw: RawSettings) -> keyward_bench::report::Report {
+fn run(raw: RawSettings) -> keyward_bench::Report {
     let s = raw.validate().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(s.threads)

@@ -680,7 +680,7 @@ fn a_database_outage_costs_no_xks_request_and_members_catch_up_by_themselves() {
 fn admin_writes_racing_on_three_members_lose_nothing_and_duplicate_nothing() {
     use keyward_admin::proto::Request;
     use keyward_admin::Profile;
-    use keyward_keystore::view::KeyUsage;
+    use keyward_keystore::KeyUsage;
 
     let fleet = Fleet::start(3);
     // The record each member applied, as its next heartbeat (every 2 s) reports it.

@@ -333,7 +333,7 @@ fn crl_fetch_takes_only_fresh_crls_signed_by_the_pinned_ark() {
 /// as an older keyward or another tool could have.
 fn sign_raw(f: &common::KrsFixture, version: u64, text: &str) {
     let pem = std::fs::read_to_string(&f.admin_key).unwrap();
-    let s = keyward_krs::policy::sign(&pem, "test", version, text.as_bytes()).unwrap();
+    let s = keyward_krs::sign_policy(&pem, "test", version, text.as_bytes()).unwrap();
     std::fs::write(&f.policy_file, serde_json::to_vec(&s).unwrap()).unwrap();
 }
 

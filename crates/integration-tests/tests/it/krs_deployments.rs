@@ -66,7 +66,7 @@ fn host_operator_ca_with_the_victims_krs_pins_is_denied_before_any_session() {
     // The printed pins_sha384 is the digest of exactly those pins (what goes into T).
     let mut cfg = f.agent_config("krs.victim.example:7443");
     cfg.admin_ca_sha256 = victim_pin.clone();
-    let want = keyward_krs::deployment::pins_sha384(&parse_pins(&cfg).unwrap().pins).unwrap();
+    let want = keyward_krs::pins_sha384(&parse_pins(&cfg).unwrap().pins).unwrap();
     assert!(out.contains(&hex::encode(want)), "{out}");
     common::run_ok(
         f.cmd()

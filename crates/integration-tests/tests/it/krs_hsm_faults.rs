@@ -9,8 +9,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cryptoki::context::Function;
+use cryptoki::error::{Error, RvError};
 use keyward_hsm::{Capabilities, HsmError, HsmWrap, KeyBackend};
-use keyward_krs::softkeys::SoftKeys;
+use keyward_krs::SoftKeys;
 use zeroize::Zeroizing;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -30,13 +32,13 @@ impl Flaky {
     fn check(&self, at: Fail) -> Result<(), HsmError> {
         if *self.fail.lock().unwrap() == Some(at) {
             return Err(match at {
-                Fail::Wrap => HsmError::Pkcs11 {
+                Fail::Wrap => HsmError::Call {
                     op: "C_DeriveKey",
-                    err: "CKR_SESSION_CLOSED".into(),
+                    source: Error::Pkcs11(RvError::SessionClosed, Function::DeriveKey),
                 },
-                Fail::Sign => HsmError::Pkcs11 {
+                Fail::Sign => HsmError::Call {
                     op: "C_OpenSession",
-                    err: "CKR_SESSION_COUNT (maximum number of sessions)".into(),
+                    source: Error::Pkcs11(RvError::SessionCount, Function::OpenSession),
                 },
             });
         }
@@ -149,12 +151,14 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
             _ => panic!("{f:?}: unexpected error {shown}"),
         }
         if f == Fail::Wrap {
-            // The KRS's own log names what the HSM said (the agent only gets the code).
+            // The KRS's own log names what the HSM said (the agent only gets the code): the
+            // call and cryptoki's text for CKR_SESSION_CLOSED.
             let log = std::fs::read_to_string(&krs.log).unwrap();
-            assert!(log.contains("CKR_SESSION_CLOSED"), "{log}");
+            assert!(log.contains("PKCS#11 C_DeriveKey"), "{log}");
+            assert!(log.contains("The session was closed"), "{log}");
         }
         // The release log still verifies under the receipt key.
-        keyward_krs::log::verify_file(&krs.log, &receipt_spki)
+        keyward_krs::verify_release_log(&krs.log, &receipt_spki)
             .unwrap_or_else(|e| panic!("{f:?}: release log no longer verifies: {e}"));
     }
 
@@ -164,7 +168,7 @@ fn hsm_session_faults_deny_cleanly_and_the_next_release_works() {
         .release()
         .unwrap_or_else(|e| panic!("after recovery: {e:?}"));
     assert_eq!(again.key.expose(), first.key.expose());
-    let sum = keyward_krs::log::verify_file(&krs.log, &receipt_spki).unwrap();
+    let sum = keyward_krs::verify_release_log(&krs.log, &receipt_spki).unwrap();
     assert_eq!(sum.releases, 2, "{sum:?}");
     assert!(sum.denies >= 1, "{sum:?}");
 }

@@ -16,7 +16,7 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use keyward_agent::KrsAnchor;
 use keyward_agent::{parse_pins, Agent, Released};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{
     FileKeyStore, Freshness, HeadAnchor, KeystoreError, MasterKeys, NewStore, Registry,
 };

@@ -15,9 +15,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use keyward_keystore::model::{Header, SealedHead, SignedRecord};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{FileKeyStore, KeyStore, KeystoreError, NewStore, Registry};
+use keyward_keystore::{Header, SealedHead, SignedRecord};
 use keyward_secret::Key32;
 
 const MK: [u8; 32] = [0x6b; 32];

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keyward_keystore::model::{ApprovalRecord, ApprovalState, ApproverRecord};
+use keyward_keystore::{ApprovalRecord, ApprovalState, ApproverRecord};
 use keyward_keystore::{KeystoreError, NewStore, Registry};
 use keyward_secret::Key32;
 

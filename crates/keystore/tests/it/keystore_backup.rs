@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use keyward_keystore::backup::{self, BackupError};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{FileKeyStore, KeystoreError, NewStore, Registry};
 use keyward_secret::Key32;
 use secrecy::SecretString;
@@ -91,7 +91,7 @@ fn export_restore_and_refusals() {
     assert_eq!(b.body().records.len(), exp.records);
     assert!(matches!(
         b.body().records.first().map(|r| &r.rec),
-        Some(keyward_keystore::model::Record::Checkpoint(_))
+        Some(keyward_keystore::Record::Checkpoint(_))
     ));
     b.verify(&Key32::from_bytes(&MK).unwrap()).unwrap();
     assert!(matches!(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use keyward_keystore::view::{Grant, GrantOps, KeyStatus, KeyUsage};
 use keyward_keystore::{generate_credential, NewStore, Registry};
+use keyward_keystore::{Grant, GrantOps, KeyStatus, KeyUsage};
 use keyward_secret::Key32;
 use rand::Rng;
 use secrecy::ExposeSecret;

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keyward_keystore::view::{KeyStatus, KeyUsage};
 use keyward_keystore::{
     AnchorError, FileKeyStore, Freshness, HeadAnchor, KeystoreError, NewStore, Registry, StoreHead,
 };
+use keyward_keystore::{KeyStatus, KeyUsage};
 use keyward_secret::Key32;
 use secrecy::SecretString;
 
@@ -856,8 +856,7 @@ mod format1 {
             m.update(id);
             m.update(&seq.to_be_bytes());
             // The MAC is over the record's canonical JSON (its struct field order).
-            let canonical: keyward_keystore::model::Record =
-                serde_json::from_value(rec.clone()).unwrap();
+            let canonical: keyward_keystore::Record = serde_json::from_value(rec.clone()).unwrap();
             m.update(&serde_json::to_vec(&canonical).unwrap());
             let mac = hex::encode(m.finalize().into_bytes());
             out.push(serde_json::json!({"seq": seq, "mac": mac, "rec": rec}).to_string());

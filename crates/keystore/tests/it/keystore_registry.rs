@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use keyward_keystore::view::{Grant, GrantOps, KeyStatus, KeyUsage};
 use keyward_keystore::{generate_credential, KeystoreError, NewStore, Registry, Revoke, StoreInfo};
+use keyward_keystore::{Grant, GrantOps, KeyStatus, KeyUsage};
 use keyward_secret::Key32;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;

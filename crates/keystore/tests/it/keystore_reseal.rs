@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{
     AnchorError, FileKeyStore, Freshness, HeadAnchor, KeystoreError, MasterKeys, NewStore,
     Registry, StoreHead,

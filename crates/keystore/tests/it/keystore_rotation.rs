@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{KeystoreError, NewStore, Registry, MIN_ROTATION_SECS};
 use keyward_secret::Key32;
 
@@ -89,7 +89,7 @@ fn the_schedule_rotates_once_when_due() {
     let due = reg.rotations_due(made + MIN_ROTATION_SECS);
     assert_eq!(due, [("s".into(), "k".into(), 1)]);
     // Two deciders (two members of a fleet) with the same view: one rotation.
-    let is_due = |v: u32| move |k: &keyward_keystore::view::LiveKey| k.version == v;
+    let is_due = |v: u32| move |k: &keyward_keystore::LiveKey| k.version == v;
     let (_, first) = reg.rotate_key_if(Some("s"), "k", is_due(1)).unwrap();
     let (info, second) = reg.rotate_key_if(Some("s"), "k", is_due(1)).unwrap();
     assert!(first && !second);
@@ -127,7 +127,7 @@ fn one_key(dir: &Path) -> Registry {
 
 #[test]
 fn scheduled_destruction_disables_then_erases_every_version() {
-    use keyward_keystore::view::KeyStatus;
+    use keyward_keystore::KeyStatus;
     let dir = tempfile::tempdir().unwrap();
     let reg = one_key(dir.path());
     let keks = [kek(&reg, "k", 1).unwrap(), kek(&reg, "k", 2).unwrap()];

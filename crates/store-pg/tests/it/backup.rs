@@ -5,7 +5,7 @@
 //! and a file store's backup restores into PostgreSQL (moving a single appliance to a fleet).
 
 use keyward_keystore::backup::{self, BackupError};
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{FileKeyStore, KeyStore, KeystoreError, NewStore, Registry};
 use keyward_secret::Key32;
 use keyward_store_pg::{PgConfig, PgKeyStore};

@@ -3,13 +3,13 @@
 
 use std::ops::{Deref, DerefMut};
 
-use keyward_keystore::model::{Header, Record, Sealed, SealedHead, SignedRecord};
 use keyward_keystore::KeyStore;
+use keyward_keystore::{Header, Record, Sealed, SealedHead, SignedRecord};
 use keyward_store_pg::local::{LocalOptions, LocalPostgres};
 use keyward_store_pg::{PgConfig, PgKeyStore};
 
 /// A server in a temporary directory; the server stops before the directory goes.
-pub struct Server {
+pub(crate) struct Server {
     pub pg: LocalPostgres,
     _dir: tempfile::TempDir,
 }
@@ -27,7 +27,7 @@ impl DerefMut for Server {
     }
 }
 
-pub fn server() -> Server {
+pub(crate) fn server() -> Server {
     server_with(LocalOptions::default())
 }
 
@@ -40,7 +40,7 @@ fn template() -> std::path::PathBuf {
     .clone()
 }
 
-pub fn server_with(mut opts: LocalOptions) -> Server {
+pub(crate) fn server_with(mut opts: LocalOptions) -> Server {
     if opts.password.is_none() {
         opts.template = Some(template());
     }
@@ -49,16 +49,16 @@ pub fn server_with(mut opts: LocalOptions) -> Server {
     Server { pg, _dir: dir }
 }
 
-pub fn connect(s: &Server) -> PgKeyStore {
+pub(crate) fn connect(s: &Server) -> PgKeyStore {
     PgKeyStore::connect(&s.config()).unwrap()
 }
 
 /// A direct SQL session (to tamper, or to look).
-pub fn sql(s: &Server) -> postgres::Client {
+pub(crate) fn sql(s: &Server) -> postgres::Client {
     postgres::Client::connect(&s.url(), postgres::NoTls).unwrap()
 }
 
-pub fn header(id: &str) -> Header {
+pub(crate) fn header(id: &str) -> Header {
     Header {
         format: 2,
         store_id: id.into(),
@@ -67,7 +67,7 @@ pub fn header(id: &str) -> Header {
     }
 }
 
-pub fn rec(seq: u64, tag: &str) -> SignedRecord {
+pub(crate) fn rec(seq: u64, tag: &str) -> SignedRecord {
     SignedRecord {
         seq,
         mac: tag.into(),
@@ -76,7 +76,7 @@ pub fn rec(seq: u64, tag: &str) -> SignedRecord {
     }
 }
 
-pub fn sealed(id: &str, seq: u64) -> SealedHead {
+pub(crate) fn sealed(id: &str, seq: u64) -> SealedHead {
     SealedHead {
         format: 2,
         store_id: id.into(),
@@ -87,7 +87,7 @@ pub fn sealed(id: &str, seq: u64) -> SealedHead {
     }
 }
 
-pub fn loaded(ks: &mut dyn KeyStore) -> Vec<SignedRecord> {
+pub(crate) fn loaded(ks: &mut dyn KeyStore) -> Vec<SignedRecord> {
     let mut v = Vec::new();
     ks.load(&mut |r| {
         v.push(r);
@@ -98,7 +98,7 @@ pub fn loaded(ks: &mut dyn KeyStore) -> Vec<SignedRecord> {
 }
 
 /// An initialised store (header `id`, sealed head 0).
-pub fn initialised(s: &Server, id: &str) -> PgKeyStore {
+pub(crate) fn initialised(s: &Server, id: &str) -> PgKeyStore {
     let mut ks = connect(s);
     ks.store_head(&sealed(id, 0)).unwrap();
     ks.init(&header(id)).unwrap();
@@ -106,6 +106,6 @@ pub fn initialised(s: &Server, id: &str) -> PgKeyStore {
     ks
 }
 
-pub fn cfg(s: &Server) -> PgConfig {
+pub(crate) fn cfg(s: &Server) -> PgConfig {
     s.config()
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Barrier;
 
-use keyward_keystore::fleet::{FleetBoard, Member};
+use keyward_keystore::{FleetBoard, Member};
 use keyward_keystore::{KeyStore, KeystoreError};
 use keyward_store_pg::{migrate, PgFleetBoard, SCHEMA_VERSION};
 

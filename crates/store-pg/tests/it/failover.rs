@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_keystore::view::{KeyStatus, KeyUsage};
 use keyward_keystore::{Freshness, HeadAnchor, KeystoreError, Registry};
+use keyward_keystore::{KeyStatus, KeyUsage};
 use keyward_secret::Key32;
 use keyward_store_pg::local::{LocalOptions, LocalPostgres};
 use keyward_store_pg::{PgConfig, SharedPgStore};

@@ -6,12 +6,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use keyward_keystore::model::{Header, SealedHead, SignedRecord};
-use keyward_keystore::view::{KeyStatus, KeyUsage};
 use keyward_keystore::KeyStore;
 use keyward_keystore::{
     AnchorError, Freshness, HeadAnchor, KeystoreError, NewStore, Registry, StoreHead,
 };
+use keyward_keystore::{Header, SealedHead, SignedRecord};
+use keyward_keystore::{KeyStatus, KeyUsage};
 use keyward_secret::Key32;
 use keyward_store_pg::{PgConfig, SharedPgStore};
 
@@ -95,7 +95,7 @@ fn a_rotation_on_one_member_is_live_on_the_others_and_a_due_schedule_rotates_onc
         "version 1 still decrypts on b"
     );
     // Both members find the key due at the same moment: one rotation in the shared store.
-    let due = |k: &keyward_keystore::view::LiveKey| k.version == 2;
+    let due = |k: &keyward_keystore::LiveKey| k.version == 2;
     let (_, ra) = a.rotate_key_if(Some("default"), "k", due).unwrap();
     let (_, rb) = b.rotate_key_if(Some("default"), "k", due).unwrap();
     assert!(ra ^ rb, "exactly one member rotated ({ra}, {rb})");

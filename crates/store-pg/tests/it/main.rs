@@ -3,9 +3,6 @@
 //! One binary; the modules below group the cases.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-// TODO(issue 13): the shared helpers in common.rs are `pub`; make them `pub(crate)` (this
-// crate is another branch's while the workspace turns unreachable_pub on).
-#![allow(unreachable_pub)]
 
 mod backup;
 mod common;

@@ -3,7 +3,7 @@
 //! database (the backend is trusted for nothing). The registry runs in tokio spawn_blocking
 //! threads, as the appliance runs it, which checks that the blocking client works there.
 
-use keyward_keystore::view::KeyUsage;
+use keyward_keystore::KeyUsage;
 use keyward_keystore::{KeystoreError, NewStore, Registry};
 use keyward_secret::Key32;
 use keyward_store_pg::{PgConfig, PgKeyStore};
@@ -84,7 +84,7 @@ fn reopen_sees_the_store_and_keys() {
     assert_eq!(again.head().seq, 5);
     assert_eq!(
         again.key_info(None, "k2").unwrap().status,
-        keyward_keystore::view::KeyStatus::Disabled
+        keyward_keystore::KeyStatus::Disabled
     );
 }
 

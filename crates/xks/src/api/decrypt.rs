@@ -11,7 +11,7 @@ use crate::grants::Op;
 use crate::handlers::{Ctx, Reply};
 use crate::model::{self, DecryptRequest};
 use keyward_audit::XksRecord;
-use keyward_keystore::view::{KeyStatus, StoreView};
+use keyward_keystore::{KeyStatus, StoreView};
 
 use super::{authorize, check_size, check_small, lookup, with_scratch, Scratch};
 

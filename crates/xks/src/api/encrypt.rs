@@ -10,7 +10,7 @@ use crate::grants::Op;
 use crate::handlers::{Ctx, Reply};
 use crate::model::{self, EncryptRequest};
 use keyward_audit::XksRecord;
-use keyward_keystore::view::{KeyStatus, StoreView};
+use keyward_keystore::{KeyStatus, StoreView};
 
 use super::{authorize, check_size, lookup, with_scratch, Scratch};
 

@@ -6,7 +6,7 @@ use crate::grants::Op;
 use crate::handlers::Reply;
 use crate::model::{self, MetadataRequest};
 use keyward_audit::XksRecord;
-use keyward_keystore::view::{KeyStatus, KeyUsage, StoreView};
+use keyward_keystore::{KeyStatus, KeyUsage, StoreView};
 
 use super::{authorize, lookup};
 

@@ -17,7 +17,7 @@ use crate::error::XksError;
 use crate::grants::{self, Op};
 use crate::model::RequestMetadata;
 use keyward_audit::{Field, XksRecord};
-use keyward_keystore::view::{LiveKey, StoreView};
+use keyward_keystore::{LiveKey, StoreView};
 
 /// The request's `requestMetadata`: copied into the audit record when present (so a refused
 /// request is still attributed), then required and checked (400 when absent or malformed).

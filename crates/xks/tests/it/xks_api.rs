@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use keyward_audit::{AuditLog, AuditSink};
-use keyward_keystore::view::{
+use keyward_keystore::{
     Credential, Grant, GrantOps, KeyStatus, KeyUsage, LiveKey, SharedView, Snapshot, StoreView,
 };
 use keyward_secret::Key32;
@@ -815,7 +815,7 @@ fn credential_rotation_without_restart() {
 /// version the key no longer has is InvalidCiphertextException.
 #[test]
 fn rotated_keys_decrypt_every_version_and_encrypt_with_the_current() {
-    use keyward_keystore::view::OlderKek;
+    use keyward_keystore::OlderKek;
     let fx = Fixture::start(None);
     let body = enc("arn:aws:iam::111122223333:role/x", b"before", None, false);
     let (s, old) = fx.signed(&fx.api("k-both", "encrypt"), &body);
