@@ -31,8 +31,8 @@ pub fn repo() -> &'static Path {
 /// profile directory of the running executable (`target/debug/deps/it-0123` and
 /// `target/debug/examples/soak` both give `target/debug/keyward`). Tests outside the root
 /// package do not get `CARGO_BIN_EXE_keyward`, and cargo does not build another package's
-/// binary for them: `make test` runs `cargo build --bin keyward` first. Panics with one line
-/// when the file is missing.
+/// binary for them: `cargo test --workspace` (what `make test` runs) builds it, for the root
+/// package's own tests, before any test runs. Panics with one line when the file is missing.
 pub fn keyward_bin() -> &'static Path {
     static BIN_PATH: OnceLock<PathBuf> = OnceLock::new();
     BIN_PATH.get_or_init(|| {
